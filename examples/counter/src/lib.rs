@@ -1,0 +1,1 @@
+//! example guest (placeholder: being built).

@@ -1,0 +1,1 @@
+//! wraft-guest (placeholder: being built).

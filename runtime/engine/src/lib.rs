@@ -1,0 +1,1 @@
+//! wraft-engine (placeholder: being built).

@@ -1,0 +1,1 @@
+//! wraft host runtime (placeholder: being built).

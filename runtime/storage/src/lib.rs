@@ -1,0 +1,1 @@
+//! wraft-storage (placeholder: being built).

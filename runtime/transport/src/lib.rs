@@ -1,0 +1,1 @@
+//! wraft-transport (placeholder: being built).

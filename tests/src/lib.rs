@@ -1,0 +1,1 @@
+//! Shared helpers for wraft's end-to-end tests.
