@@ -1,0 +1,36 @@
+# wraft's two entry points. Both install what they need first, so a fresh
+# machine with only rustup and cargo succeeds:
+#
+#   make demo   run the main job: a local wraft cluster with the example kv machine
+#   make test   run the whole test suite (what CI runs, via .ci/run)
+#
+# Everything else here is a helper for those two.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test deps check
+
+## Install the toolchain pieces the build needs (idempotent, quiet when present).
+deps:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+	  || rustup target add wasm32-unknown-unknown
+	@command -v clang >/dev/null \
+	  || { echo "installing clang (guests compile C zstd for wasm32)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang >/dev/null; }
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+
+## The main job.
+demo: deps
+	$(CARGO) run -p wraft -- demo
+
+## The whole test suite: unit, integration, end-to-end and doc tests.
+test: deps
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+## Lints that must stay clean (not part of `make test`; run before committing).
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
