@@ -1,1 +1,20 @@
-//! wraft host runtime (placeholder: being built).
+//! wraft: a Raft node that runs replicated state machines shipped as
+//! WebAssembly components.
+//!
+//! - [`host`] — the sandboxed wasm host (one wasmtime engine per node, a
+//!   thread per machine instance).
+//! - [`node`] — the node driver: storage, transport, Raft engine and machines.
+//! - [`client`] — the Rust client applications use.
+//! - [`config`] — the node's TOML configuration.
+//! - [`proto`] — the client protocol and the replicated command format.
+//! - [`build`] — turning a guest crate into a checked component.
+//! - [`local`] — laying out a local cluster (demo, tests).
+
+pub mod build;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod local;
+pub mod node;
+pub mod proto;

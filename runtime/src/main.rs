@@ -1,1 +1,406 @@
-fn main() {}
+//! The `wraft` command line: run nodes, manage certificates, deploy and talk
+//! to machines.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wraft::client::{Client, ClientOptions};
+use wraft::proto::{Consistency, Status};
+
+#[derive(Parser)]
+#[command(
+    name = "wraft",
+    version,
+    about = "Raft over QUIC running WebAssembly state machines",
+    long_about = "Raft over QUIC running WebAssembly state machines.\n\n\
+        Try `wraft demo` for a local 3-node cluster running the example kv machine.\n\
+        Operators: `wraft cert` then `wraft node --config FILE` on each node.\n\
+        Everyone else: `wraft deploy`, `wraft propose`, `wraft query`, `wraft status`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// How to reach a cluster (for every command that talks to one).
+#[derive(Args, Clone)]
+struct Conn {
+    /// Node addresses (any member redirects to the leader), comma-separated.
+    #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',', required = true)]
+    endpoints: Vec<SocketAddr>,
+    /// Directory written by `wraft cert` (holds ca.crt and client-<name>.crt/.key).
+    #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// Which client certificate to present.
+    #[arg(long, env = "WRAFT_CLIENT", default_value = "admin")]
+    client: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    /// Quorum-confirmed (ReadIndex): sees every write acknowledged before it.
+    Linearizable,
+    /// Leader lease: no quorum round trip; safe within the configured clock-drift bound.
+    Lease,
+    /// Whatever the contacted node has applied: fastest, possibly stale.
+    Stale,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a cluster CA and node/client certificates for a test cluster.
+    Cert {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Node ids to issue certificates for, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<u64>,
+        /// Client names to issue certificates for, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        clients: Vec<String>,
+        /// Validity of issued certificates, days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Run a node.
+    Node {
+        /// The node's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Build a guest crate into a component and check it as the cluster will at deploy.
+    Build {
+        /// The guest crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// cargo's --target-dir.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Deploy (or upgrade, carrying state across) a machine from a .wasm component.
+    Deploy {
+        /// Machine name.
+        name: String,
+        /// The component file.
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a machine and its state.
+    Undeploy {
+        /// Machine name.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List deployed machines.
+    Machines {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Apply a command to a machine through the log and print its output.
+    Propose {
+        /// Machine name.
+        name: String,
+        /// The command: JSON for SDK guests (e.g. '{"op":"put","key":"a","value":"1"}').
+        command: String,
+        /// Treat COMMAND as hex-encoded raw bytes.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Ask a machine a read-only question.
+    Query {
+        /// Machine name.
+        name: String,
+        /// The request (JSON for SDK guests).
+        request: String,
+        /// Freshness required.
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+        /// Treat REQUEST as hex-encoded raw bytes.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show role, term, leader, indexes, members and machines.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Ask every endpoint, not only the leader.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Change membership.
+    Members {
+        #[command(subcommand)]
+        op: MembersOp,
+    },
+    /// Leadership.
+    Leader {
+        #[command(subcommand)]
+        op: LeaderOp,
+    },
+    /// Start a local 3-node cluster, deploy the kv example and walk through it.
+    Demo {
+        /// Run the walkthrough and exit instead of serving afterwards.
+        #[arg(long)]
+        once: bool,
+        /// The kv component to deploy (default: build examples/kv).
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersOp {
+    /// List voters and learners.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add a node as a non-voting learner (start it first with its config).
+    AddLearner {
+        /// Node id.
+        id: u64,
+        /// Its QUIC address.
+        addr: SocketAddr,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// Node id.
+        id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a member (may be the leader).
+    Remove {
+        /// Node id.
+        id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderOp {
+    /// Hand leadership to another voter and wait until it has moved.
+    Transfer {
+        /// Target voter.
+        id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn client(conn: &Conn) -> Result<Client, AnyError> {
+    let opts = ClientOptions::from_cert_dir(conn.endpoints.clone(), &conn.certs, &conn.client)?;
+    Ok(Client::connect(opts).await?)
+}
+
+fn bytes_arg(s: &str, hex: bool) -> Result<Vec<u8>, AnyError> {
+    if !hex {
+        return Ok(s.as_bytes().to_vec());
+    }
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return Err("hex input must have an even number of digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|_| format!("not a hex byte at offset {i}: {:?}", &s[i..i + 2]).into())
+        })
+        .collect()
+}
+
+fn print_output(bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => println!("{s}"),
+        Err(_) => println!(
+            "{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<(), AnyError> {
+    match cmd {
+        Cmd::Cert {
+            dir,
+            nodes,
+            clients,
+            days,
+        } => wraft::cli::cert(&dir, &nodes, &clients, days),
+        Cmd::Node { config } => {
+            let cfg = wraft::config::NodeConfig::load(&config)?;
+            let node = wraft::node::Node::start(cfg).await?;
+            eprintln!("node {} serving on {}", node.id(), node.local_addr());
+            tokio::signal::ctrl_c().await?;
+            node.shutdown().await;
+            Ok(())
+        }
+        Cmd::Build { path, target_dir } => build(&path, target_dir.as_deref()),
+        Cmd::Deploy { name, file, conn } => {
+            let module = std::fs::read(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let c = client(&conn).await?;
+            println!("{}", c.deploy(&name, module).await?);
+            Ok(())
+        }
+        Cmd::Undeploy { name, conn } => {
+            println!("{}", client(&conn).await?.remove_machine(&name).await?);
+            Ok(())
+        }
+        Cmd::Machines { conn } => {
+            let ms = client(&conn).await?.machines().await?;
+            println!("{}", wraft::cli::machines_table(&ms));
+            Ok(())
+        }
+        Cmd::Propose {
+            name,
+            command,
+            hex,
+            conn,
+        } => {
+            let out = client(&conn)
+                .await?
+                .propose(&name, &bytes_arg(&command, hex)?)
+                .await?;
+            print_output(&out.output);
+            Ok(())
+        }
+        Cmd::Query {
+            name,
+            request,
+            consistency,
+            hex,
+            conn,
+        } => {
+            let consistency = match consistency {
+                ConsistencyArg::Linearizable => Consistency::Linearizable,
+                ConsistencyArg::Lease => Consistency::Lease,
+                ConsistencyArg::Stale => Consistency::Stale,
+            };
+            let out = client(&conn)
+                .await?
+                .query(&name, &bytes_arg(&request, hex)?, consistency)
+                .await?;
+            print_output(&out);
+            Ok(())
+        }
+        Cmd::Status { json, all, conn } => {
+            let c = client(&conn).await?;
+            let statuses: Vec<Status> = if all {
+                let mut v = Vec::new();
+                for ep in &conn.endpoints {
+                    match c.status_of(Some(*ep)).await {
+                        Ok(s) => v.push(s),
+                        Err(e) => eprintln!("{ep}: {e}"),
+                    }
+                }
+                v
+            } else {
+                vec![c.status().await?]
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                println!("{}", wraft::cli::status_table(&statuses));
+            }
+            Ok(())
+        }
+        Cmd::Members { op } => match op {
+            MembersOp::List { conn } => {
+                let s = client(&conn).await?.status().await?;
+                println!("voters:   {:?}\nlearners: {:?}", s.voters, s.learners);
+                Ok(())
+            }
+            MembersOp::AddLearner { id, addr, conn } => {
+                println!("{}", client(&conn).await?.add_learner(id, addr).await?);
+                Ok(())
+            }
+            MembersOp::Promote { id, conn } => {
+                println!("{}", client(&conn).await?.promote(id).await?);
+                Ok(())
+            }
+            MembersOp::Remove { id, conn } => {
+                println!("{}", client(&conn).await?.remove_member(id).await?);
+                Ok(())
+            }
+        },
+        Cmd::Leader {
+            op: LeaderOp::Transfer { id, conn },
+        } => {
+            let c = client(&conn).await?;
+            println!("{}", c.transfer_leader(id).await?);
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(10) {
+                if let Ok(s) = c.status().await
+                    && s.leader == Some(id)
+                {
+                    println!("node {id} is the leader (term {})", s.term);
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(format!("leadership did not move to node {id} within 10 s").into())
+        }
+        Cmd::Demo { once, module } => wraft::cli::demo(once, module).await,
+    }
+}
+
+fn build(path: &Path, target_dir: Option<&Path>) -> Result<(), AnyError> {
+    let built = wraft::build::build_guest(path, target_dir)?;
+    let engine = wraft::host::HostEngine::new(wraft::host::HostConfig::default())?;
+    let module = engine.load_file(&built.component)?;
+    let info = module.info();
+    println!(
+        "{}\n  machine {} {} (snapshot format {}), sha256 {}\n  imports: {}",
+        built.component.display(),
+        info.name,
+        info.version,
+        info.snapshot_format,
+        module.sha256_hex(),
+        built.summary.imports.join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The Rust client: what applications use to talk to a wraft cluster.
+//!
+//! A [`Client`] knows a few node addresses, finds the leader (following
+//! `NotLeader` redirects), and retries safely: every command carries a
+//! session tag (client id + sequence number) that the cluster uses to apply a
+//! retried command at most once and return the original result.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wraft::client::ClientError> {
+//! use wraft::client::{Client, ClientOptions};
+//! let client = Client::connect(ClientOptions::from_cert_dir(
+//!     vec!["127.0.0.1:7001".parse().unwrap()],
+//!     "certs".as_ref(),
+//!     "admin",
+//! )?).await?;
+//! let out = client.propose("kv", br#"{"op":"put","key":"a","value":"1"}"#).await?;
+//! println!("applied at {}: {}", out.index, String::from_utf8_lossy(&out.output));
+//! # Ok(()) }
+//! ```
+//!
+//! Cost: one QUIC stream per request on a cached connection; the first call
+//! pays the TLS handshake.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wraft_transport::certs::{CertDir, TlsIdentity};
+use wraft_transport::client::{ClientConfig, ClientConnection};
+
+use crate::node::KIND_REQUEST;
+use crate::proto::{
+    Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response, Status,
+};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No reachable node knows a leader (election in progress, or a majority is down).
+    #[error("no leader reachable within {waited_ms} ms (last answer: {last})")]
+    NoLeader {
+        /// How long the client tried.
+        waited_ms: u64,
+        /// The last error seen.
+        last: String,
+    },
+    /// The cluster is overloaded and stayed so for the whole retry budget.
+    #[error("cluster busy: {0}")]
+    Busy(String),
+    /// No outcome within the deadline; a retry with the same client is safe.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The request is invalid (retrying will not help): bad module, command too large…
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// No such machine.
+    #[error("no machine named {0:?}")]
+    NoSuchMachine(String),
+    /// The machine returned a deterministic application error.
+    #[error("application error {code}: {message}")]
+    App {
+        /// Application-defined code.
+        code: u32,
+        /// Its message.
+        message: String,
+    },
+    /// The guest trapped on this command (recorded identically on every replica).
+    #[error("machine fault: {0}")]
+    MachineFault(String),
+    /// Certificates could not be loaded.
+    #[error("client certificates: {0}")]
+    Certs(String),
+    /// An unexpected answer or a node-side internal error.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Nodes to try first (any member will redirect to the leader).
+    pub endpoints: Vec<SocketAddr>,
+    /// The client's certificate, key and the cluster CA.
+    pub tls: TlsIdentity,
+    /// Give up on one call after this long, milliseconds.
+    pub call_timeout_ms: u64,
+    /// First retry delay after `Busy` or no leader, milliseconds (doubles, capped at 1 s).
+    pub retry_backoff_min_ms: u64,
+}
+
+impl ClientOptions {
+    /// Options using the certificate `client-<name>` from a `wraft cert` directory.
+    pub fn from_cert_dir(
+        endpoints: Vec<SocketAddr>,
+        dir: &Path,
+        name: &str,
+    ) -> Result<ClientOptions, ClientError> {
+        let tls = CertDir::new(dir)
+            .load_tls(&wraft_transport::Identity::Client(name.to_owned()))
+            .map_err(|e| ClientError::Certs(e.to_string()))?;
+        Ok(ClientOptions {
+            endpoints,
+            tls,
+            call_timeout_ms: 30_000,
+            retry_backoff_min_ms: 20,
+        })
+    }
+}
+
+/// The output of an applied command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Log index at which the command was applied.
+    pub index: u64,
+    /// The machine's output.
+    pub output: Vec<u8>,
+}
+
+/// A session used for at-most-once retries. A client holds several so that
+/// concurrent calls never share one (a session has one request in flight).
+struct Session {
+    client_id: u64,
+    next_seq: u64,
+}
+
+/// A handle to a cluster. Cheap to share by reference across tasks.
+pub struct Client {
+    opts: ClientOptions,
+    conn: tokio::sync::Mutex<Option<(SocketAddr, ClientConnection)>>,
+    sessions: Mutex<Vec<Session>>,
+    leader_hint: Mutex<Option<SocketAddr>>,
+}
+
+impl Client {
+    /// Create a client; connects lazily on the first call.
+    pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        if opts.endpoints.is_empty() {
+            return Err(ClientError::Rejected("no endpoints given".into()));
+        }
+        Ok(Client {
+            opts,
+            conn: tokio::sync::Mutex::new(None),
+            sessions: Mutex::new(Vec::new()),
+            leader_hint: Mutex::new(None),
+        })
+    }
+
+    /// Apply `command` to machine `machine`; returns its output.
+    pub async fn propose(&self, machine: &str, command: &[u8]) -> Result<Applied, ClientError> {
+        let machine = machine.to_owned();
+        let command = command.to_vec();
+        let reply = self
+            .tagged(|tag| Request::Propose {
+                tag,
+                machine: machine.clone(),
+                command: command.clone(),
+            })
+            .await?;
+        match reply {
+            Reply::Applied { index, output } => Ok(Applied { index, output }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ask machine `machine` a read-only question.
+    pub async fn query(
+        &self,
+        machine: &str,
+        request: &[u8],
+        consistency: Consistency,
+    ) -> Result<Vec<u8>, ClientError> {
+        let req = Request::Query {
+            machine: machine.to_owned(),
+            request: request.to_vec(),
+            consistency,
+        };
+        // Stale reads may be served by whichever node we reach.
+        let follow_leader = consistency != Consistency::Stale;
+        match self.call(req, follow_leader).await? {
+            Reply::Answer { output, .. } => Ok(output),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deploy (or upgrade) machine `name` from component bytes.
+    pub async fn deploy(&self, name: &str, module: Vec<u8>) -> Result<String, ClientError> {
+        let name = name.to_owned();
+        done(
+            self.tagged(|tag| Request::Deploy {
+                tag,
+                name: name.clone(),
+                module: module.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Remove machine `name` and its state.
+    pub async fn remove_machine(&self, name: &str) -> Result<String, ClientError> {
+        let name = name.to_owned();
+        done(
+            self.tagged(|tag| Request::RemoveMachine {
+                tag,
+                name: name.clone(),
+            })
+            .await?,
+        )
+    }
+
+    /// Deployed machines, as the leader sees them.
+    pub async fn machines(&self) -> Result<Vec<MachineInfo>, ClientError> {
+        match self.call(Request::Machines, true).await? {
+            Reply::Machines(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Status of the node at `addr` (or of the first reachable endpoint).
+    pub async fn status_of(&self, addr: Option<SocketAddr>) -> Result<Status, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::Status).await? {
+            Ok(Reply::Status(s)) => Ok(*s),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Status of the leader.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        match self.call(Request::Status, false).await? {
+            Reply::Status(s) => Ok(*s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Add node `id` at `addr` as a learner.
+    pub async fn add_learner(&self, id: u64, addr: SocketAddr) -> Result<String, ClientError> {
+        done(self.call(Request::AddLearner { id, addr }, true).await?)
+    }
+
+    /// Promote learner `id` to voter.
+    pub async fn promote(&self, id: u64) -> Result<String, ClientError> {
+        done(self.call(Request::Promote { id }, true).await?)
+    }
+
+    /// Remove member `id`.
+    pub async fn remove_member(&self, id: u64) -> Result<String, ClientError> {
+        done(self.call(Request::RemoveMember { id }, true).await?)
+    }
+
+    /// Ask the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<String, ClientError> {
+        done(self.call(Request::TransferLeader { to }, true).await?)
+    }
+
+    /// Run a tagged request with a session taken from the pool; the same tag
+    /// is reused on every retry, so the cluster applies it at most once.
+    async fn tagged(&self, make: impl Fn(RequestTag) -> Request) -> Result<Reply, ClientError> {
+        let mut session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_else(|| Session {
+                client_id: fastrand::u64(1..),
+                next_seq: 1,
+            });
+        let tag = RequestTag {
+            client_id: session.client_id,
+            seq: session.next_seq,
+        };
+        session.next_seq += 1;
+        let result = self.call(make(tag), true).await;
+        // A session whose last request has an unknown outcome could see a
+        // later request deduplicated against it; retire it instead.
+        if !matches!(result, Err(ClientError::Timeout(_)) | Err(ClientError::NoLeader { .. }))
+            && let Ok(mut s) = self.sessions.lock()
+        {
+            s.push(session);
+        }
+        result
+    }
+
+    /// Send `req` to the leader, following redirects and retrying what is
+    /// safe to retry, until `call_timeout_ms`.
+    async fn call(&self, req: Request, follow_leader: bool) -> Result<Reply, ClientError> {
+        let start = Instant::now();
+        let deadline = Duration::from_millis(self.opts.call_timeout_ms);
+        let mut backoff = Duration::from_millis(self.opts.retry_backoff_min_ms.max(1));
+        let mut endpoint_idx = 0usize;
+        let mut last = String::from("no attempt");
+        while start.elapsed() < deadline {
+            let target = self
+                .leader_hint
+                .lock()
+                .ok()
+                .and_then(|h| *h)
+                .unwrap_or(self.opts.endpoints[endpoint_idx % self.opts.endpoints.len()]);
+            let outcome = match self.connection_to(target).await {
+                Ok(conn) => exchange(&conn, &req).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
+                    last = format!("node at {target} is not the leader");
+                    let hint = leader.map(|(_, a)| a).filter(|a| *a != target);
+                    self.set_hint(hint);
+                    if hint.is_none() {
+                        endpoint_idx += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                Ok(Err(RequestError::Busy(m))) => {
+                    last = m;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Ok(Err(RequestError::Timeout(m))) => {
+                    // Outcome unknown; retrying with the same tag is safe.
+                    last = m;
+                }
+                Ok(Err(e)) => return Err(map_err(e)),
+                Err(e) => {
+                    // Connection trouble: forget this node, try the next one.
+                    last = e.to_string();
+                    self.set_hint(None);
+                    *self.conn.lock().await = None;
+                    endpoint_idx += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        Err(ClientError::NoLeader {
+            waited_ms: start.elapsed().as_millis() as u64,
+            last,
+        })
+    }
+
+    fn set_hint(&self, hint: Option<SocketAddr>) {
+        if let Ok(mut h) = self.leader_hint.lock() {
+            *h = hint;
+        }
+    }
+
+    async fn connection_to(&self, addr: SocketAddr) -> Result<ClientConnection, ClientError> {
+        let mut guard = self.conn.lock().await;
+        if let Some((a, c)) = guard.as_ref()
+            && *a == addr
+            && c.connection().close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let cfg = ClientConfig::default();
+        let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)
+            .await
+            .map_err(|e| ClientError::Internal(format!("connecting to {addr}: {e}")))?;
+        *guard = Some((addr, conn.clone()));
+        Ok(conn)
+    }
+}
+
+async fn exchange(conn: &ClientConnection, req: &Request) -> Result<Response, ClientError> {
+    conn.request::<Request, Response>(KIND_REQUEST, req)
+        .await
+        .map(|(_, r)| r)
+        .map_err(|e| ClientError::Internal(e.to_string()))
+}
+
+fn done(r: Reply) -> Result<String, ClientError> {
+    match r {
+        Reply::Done { message } => Ok(message),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(r: Reply) -> ClientError {
+    ClientError::Internal(format!("unexpected reply {r:?}"))
+}
+
+fn map_err(e: RequestError) -> ClientError {
+    match e {
+        RequestError::NotLeader { leader } => ClientError::NoLeader {
+            waited_ms: 0,
+            last: format!("not the leader (hint {leader:?})"),
+        },
+        RequestError::Busy(m) => ClientError::Busy(m),
+        RequestError::Timeout(m) => ClientError::Timeout(m),
+        RequestError::Rejected(m) => ClientError::Rejected(m),
+        RequestError::NoSuchMachine(m) => ClientError::NoSuchMachine(m),
+        RequestError::App { code, message } => ClientError::App { code, message },
+        RequestError::MachineFault(m) => ClientError::MachineFault(m),
+        RequestError::Internal(m) => ClientError::Internal(m),
+    }
+}

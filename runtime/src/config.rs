@@ -1,0 +1,468 @@
+//! Node configuration: a TOML file, every bound named with its unit.
+//!
+//! A minimal file names the node, its data directory, its address, its
+//! certificates and the initial members; everything else has a documented
+//! default. Unknown keys are rejected (a typo must not silently fall back to a
+//! default), and [`NodeConfig::validate`] names the offending key.
+//!
+//! ```toml
+//! [node]
+//! id = 1
+//! data_dir = "/var/lib/wraft/n1"
+//! listen = "127.0.0.1:7001"
+//!
+//! [cluster]
+//! members = { 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002", 3 = "127.0.0.1:7003" }
+//!
+//! [tls]
+//! dir = "/etc/wraft/certs"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, including the key and line.
+        message: String,
+    },
+    /// A value is out of its allowed range or inconsistent with another.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `raft.heartbeat_interval_ms`.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identity and addresses of this node.
+    pub node: NodeSection,
+    /// Cluster membership used on first start.
+    pub cluster: ClusterSection,
+    /// Certificates for mutual TLS.
+    pub tls: TlsSection,
+    /// Consensus timing and bounds.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// Durability settings.
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// Snapshot creation, retention and transfer.
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
+    /// Sandbox limits for guests.
+    #[serde(default)]
+    pub guest: GuestSection,
+    /// Client-facing limits.
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's id (≥ 1), which its certificate must name.
+    pub id: u64,
+    /// Directory holding the log, hard state, snapshots and module cache.
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC endpoint (Raft, bulk and client traffic).
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint; none disables it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Initial voting members (id → QUIC address). Used to bootstrap a new
+    /// cluster when the data directory is empty and this node is listed; a
+    /// node not listed here starts empty and waits to be added as a learner.
+    pub members: BTreeMap<u64, SocketAddr>,
+    /// Addresses of other nodes known to this one, e.g. a learner joining
+    /// later (id → address). Merged with `members` into the address book.
+    #[serde(default)]
+    pub peers: BTreeMap<u64, SocketAddr>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Directory written by `wraft cert`: `ca.pem`, `node-<id>.pem`,
+    /// `node-<id>.key`.
+    pub dir: PathBuf,
+}
+
+/// `[raft]` — all times in milliseconds of wall clock; the driver turns them
+/// into engine ticks of `tick_interval_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Length of one engine tick.
+    pub tick_interval_ms: u64,
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout; the upper bound is
+    /// twice this.
+    pub election_timeout_ms: u64,
+    /// Most AppendEntries messages in flight to one follower.
+    pub max_inflight_append_msgs: u64,
+    /// Most entries in one AppendEntries message.
+    pub max_append_entries: u64,
+    /// Most payload bytes in one AppendEntries message.
+    pub max_append_bytes: u64,
+    /// Most proposals waiting to be appended; beyond it clients get `Busy`.
+    pub max_pending_proposals: u64,
+    /// Serve `lease` reads from the leader without a quorum round trip.
+    pub lease_reads: bool,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        Self {
+            tick_interval_ms: 10,
+            heartbeat_interval_ms: 50,
+            election_timeout_ms: 500,
+            max_inflight_append_msgs: 64,
+            max_append_entries: 4096,
+            max_append_bytes: 4 << 20,
+            max_pending_proposals: 65_536,
+            lease_reads: true,
+        }
+    }
+}
+
+/// How hard the node tries to make writes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// `fdatasync` before acknowledging anything (the default).
+    Durable,
+    /// Never sync. A power loss can lose acknowledged writes and, if it hits
+    /// a majority at once, break Raft's guarantees. Benchmarks only.
+    Relaxed,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Durability of the log and hard state.
+    pub fsync: FsyncPolicy,
+    /// Size at which a log segment is sealed and a new one started.
+    pub segment_bytes: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Durable,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `[snapshot]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSection {
+    /// Snapshot after this many entries applied past the last snapshot; 0
+    /// disables the trigger.
+    pub hint_threshold_entries: u64,
+    /// Snapshot when the live log above the snapshot holds more entries than
+    /// this; 0 disables the guardrail.
+    pub max_log_entries: u64,
+    /// Snapshots kept on disk (the newest N).
+    pub retain_count: u64,
+    /// Entries kept behind a snapshot for followers that are slightly behind.
+    pub log_retain_margin_entries: u64,
+    /// Size of one chunk of an InstallSnapshot stream.
+    pub chunk_bytes: u64,
+    /// Cap on outgoing snapshot bandwidth per transfer; 0 means unlimited.
+    pub transfer_bytes_per_sec_max: u64,
+    /// A transfer making no progress for this long is aborted and re-offered.
+    pub transfer_progress_timeout_ms: u64,
+    /// Most incoming transfers at once; more are answered `Busy`.
+    pub incoming_transfers_max: u64,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        Self {
+            hint_threshold_entries: 100_000,
+            max_log_entries: 1_000_000,
+            retain_count: 2,
+            log_retain_margin_entries: 10_000,
+            chunk_bytes: 1 << 20,
+            transfer_bytes_per_sec_max: 0,
+            transfer_progress_timeout_ms: 10_000,
+            incoming_transfers_max: 2,
+        }
+    }
+}
+
+/// `[guest]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestSection {
+    /// Largest module accepted by `deploy`.
+    pub module_bytes_max: u64,
+    /// Largest linear memory one machine instance may grow to.
+    pub memory_bytes_max: u64,
+    /// Fuel (≈ wasm instructions) one call may burn before it traps.
+    pub fuel_per_call: u64,
+}
+
+impl Default for GuestSection {
+    fn default() -> Self {
+        Self {
+            module_bytes_max: 32 << 20,
+            memory_bytes_max: 1 << 30,
+            fuel_per_call: 1_000_000_000,
+        }
+    }
+}
+
+/// `[client]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Largest command or query accepted from a client.
+    pub command_bytes_max: u64,
+    /// Most client connections served at once.
+    pub connections_max: u64,
+    /// A request not answered within this time gets `Timeout`.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        Self {
+            command_bytes_max: 1 << 20,
+            connections_max: 4096,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Render as TOML (used by `wraft demo` and tests to write config files).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Check ranges and cross-field rules; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        fn range(key: &'static str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+            if v < lo || v > hi {
+                return Err(invalid(key, format!("{v} is outside {lo}..={hi}")));
+            }
+            Ok(())
+        }
+        if self.node.id == 0 {
+            return Err(invalid("node.id", "node ids start at 1"));
+        }
+        if self.cluster.members.contains_key(&0) {
+            return Err(invalid("cluster.members", "node ids start at 1"));
+        }
+        if self.cluster.members.is_empty() {
+            return Err(invalid(
+                "cluster.members",
+                "list the initial voting members (id = \"ip:port\")",
+            ));
+        }
+        let r = &self.raft;
+        range("raft.tick_interval_ms", r.tick_interval_ms, 1, 1_000)?;
+        if r.heartbeat_interval_ms < r.tick_interval_ms {
+            return Err(invalid(
+                "raft.heartbeat_interval_ms",
+                format!(
+                    "{} is shorter than one tick ({} ms)",
+                    r.heartbeat_interval_ms, r.tick_interval_ms
+                ),
+            ));
+        }
+        if r.election_timeout_ms < 3 * r.heartbeat_interval_ms {
+            return Err(invalid(
+                "raft.election_timeout_ms",
+                format!(
+                    "{} must be at least 3 × raft.heartbeat_interval_ms ({})",
+                    r.election_timeout_ms,
+                    3 * r.heartbeat_interval_ms
+                ),
+            ));
+        }
+        range(
+            "raft.max_inflight_append_msgs",
+            r.max_inflight_append_msgs,
+            1,
+            4096,
+        )?;
+        range("raft.max_append_entries", r.max_append_entries, 1, 1 << 20)?;
+        range("raft.max_append_bytes", r.max_append_bytes, 1024, 256 << 20)?;
+        range(
+            "raft.max_pending_proposals",
+            r.max_pending_proposals,
+            1,
+            1 << 24,
+        )?;
+        range(
+            "storage.segment_bytes",
+            self.storage.segment_bytes,
+            1 << 20,
+            4 << 30,
+        )?;
+        let s = &self.snapshot;
+        range("snapshot.retain_count", s.retain_count, 1, 64)?;
+        range("snapshot.chunk_bytes", s.chunk_bytes, 4 << 10, 64 << 20)?;
+        range(
+            "snapshot.transfer_progress_timeout_ms",
+            s.transfer_progress_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        range(
+            "snapshot.incoming_transfers_max",
+            s.incoming_transfers_max,
+            1,
+            64,
+        )?;
+        let g = &self.guest;
+        range("guest.module_bytes_max", g.module_bytes_max, 1 << 10, 1 << 30)?;
+        range("guest.memory_bytes_max", g.memory_bytes_max, 1 << 20, 4 << 30)?;
+        range("guest.fuel_per_call", g.fuel_per_call, 1_000, u64::MAX / 2)?;
+        let c = &self.client;
+        range("client.command_bytes_max", c.command_bytes_max, 1, 64 << 20)?;
+        range("client.connections_max", c.connections_max, 1, 1 << 20)?;
+        range("client.request_timeout_ms", c.request_timeout_ms, 10, 3_600_000)?;
+        if self.storage.fsync == FsyncPolicy::Relaxed {
+            tracing::warn!(
+                target: "wraft::config",
+                "storage.fsync = \"relaxed\": writes are acknowledged before they reach the disk; \
+                 a crash can lose acknowledged writes and, on a majority, break Raft's safety. \
+                 Use only for benchmarks."
+            );
+        }
+        Ok(())
+    }
+
+    /// The address book: every known node id with its address.
+    pub fn address_book(&self) -> BTreeMap<u64, SocketAddr> {
+        let mut book = self.cluster.peers.clone();
+        book.extend(self.cluster.members.iter().map(|(k, v)| (*k, *v)));
+        book
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+id = 1
+data_dir = "/tmp/n1"
+listen = "127.0.0.1:7001"
+
+[cluster]
+members = { 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002" }
+
+[tls]
+dir = "/tmp/certs"
+"#;
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.node.id, 1);
+        assert_eq!(cfg.storage.fsync, FsyncPolicy::Durable);
+        assert_eq!(cfg.snapshot.retain_count, 2);
+        assert_eq!(cfg.address_book().len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let text = format!("{MINIMAL}\n[raft]\nheartbeat_ms = 5\n");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_the_key() {
+        let text = format!("{MINIMAL}\n[snapshot]\nchunk_bytes = 1\n");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("snapshot.chunk_bytes"), "{err}");
+    }
+
+    #[test]
+    fn election_timeout_must_cover_heartbeats() {
+        let text =
+            format!("{MINIMAL}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_ms = 200\n");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("raft.election_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        let again = NodeConfig::parse(&cfg.to_toml()).unwrap();
+        assert_eq!(again.address_book(), cfg.address_book());
+    }
+}

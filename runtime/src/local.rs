@@ -1,0 +1,115 @@
+//! Laying out a local cluster on this machine: certificates, free loopback
+//! ports and one config file per node. Used by `wraft demo`, `wraft dev` and
+//! the end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use wraft_transport::certs::{CertDir, ClusterCa, Validity};
+
+use crate::config::{
+    ClientSection, ClusterSection, GuestSection, NodeConfig, NodeSection, RaftSection,
+    SnapshotSection, StorageSection, TlsSection,
+};
+
+/// Validity of the certificates of a local cluster, days.
+pub const LOCAL_CERT_DAYS: u32 = 30;
+
+/// A local cluster's files.
+#[derive(Debug, Clone)]
+pub struct LocalLayout {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Certificate directory (CA, node and `client-admin` certificates).
+    pub certs: PathBuf,
+    /// Per node: its config and the path it was written to.
+    pub nodes: Vec<(NodeConfig, PathBuf)>,
+}
+
+impl LocalLayout {
+    /// Client endpoints of every node.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|(c, _)| c.node.listen).collect()
+    }
+}
+
+/// Ask the OS for a free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> std::io::Result<SocketAddr> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.local_addr()
+}
+
+/// Issue certificates into `dir`: a CA (created if absent), node certificates
+/// for `nodes`, client certificates for `clients`.
+pub fn issue_certs(
+    dir: &Path,
+    nodes: &[u64],
+    clients: &[String],
+    days: u32,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let cd = CertDir::new(dir);
+    let ca = if cd.ca_cert_path().exists() {
+        cd.load_ca()?
+    } else {
+        let ca = ClusterCa::generate("wraft", Validity::days_from_now(days.max(1) * 10))?;
+        cd.write_ca(&ca)?;
+        ca
+    };
+    let cd = cd.overwrite(true);
+    for id in nodes {
+        cd.write_issued(&ca.issue_node(*id, &[], Validity::days_from_now(days))?)?;
+    }
+    for name in clients {
+        cd.write_issued(&ca.issue_client(name, Validity::days_from_now(days))?)?;
+    }
+    Ok(())
+}
+
+/// Write certificates and configs for an `n`-node cluster under `root`, on
+/// free loopback ports. `tweak` may adjust each config before it is written.
+pub fn layout(
+    root: &Path,
+    n: u64,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Result<LocalLayout, Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(root)?;
+    let certs = root.join("certs");
+    let ids: Vec<u64> = (1..=n).collect();
+    issue_certs(&certs, &ids, &["admin".to_owned()], LOCAL_CERT_DAYS)?;
+    let mut members = BTreeMap::new();
+    for id in &ids {
+        members.insert(*id, free_udp_port()?);
+    }
+    let mut nodes = Vec::new();
+    for id in ids {
+        let mut cfg = NodeConfig {
+            node: NodeSection {
+                id,
+                data_dir: root.join(format!("node-{id}")),
+                listen: members[&id],
+                metrics_listen: None,
+            },
+            cluster: ClusterSection {
+                members: members.clone(),
+                peers: BTreeMap::new(),
+            },
+            tls: TlsSection { dir: certs.clone() },
+            raft: RaftSection::default(),
+            storage: StorageSection::default(),
+            snapshot: SnapshotSection::default(),
+            guest: GuestSection::default(),
+            client: ClientSection::default(),
+        };
+        tweak(&mut cfg);
+        cfg.validate()?;
+        let path = root.join(format!("node-{id}.toml"));
+        std::fs::write(&path, cfg.to_toml())?;
+        nodes.push((cfg, path));
+    }
+    Ok(LocalLayout {
+        root: root.to_owned(),
+        certs,
+        nodes,
+    })
+}

@@ -1,0 +1,818 @@
+//! The node: storage, transport, the Raft engine and the machines, wired
+//! together.
+//!
+//! ```text
+//!  transport ──raft msgs──▶ ┐
+//!  clients ──requests────▶  ├─▶ driver task ── owns Engine ──▶ actions, in order:
+//!  storage ──durable seq──▶ │                    Persist  → group-commit writer (never waited on)
+//!  ticker ──ticks────────▶  ┘                    Send     → transport (deferred until durable
+//!                                                            when `after_persist`)
+//!                                                Apply    → applier task (machine threads)
+//! ```
+//!
+//! The driver never awaits storage, a guest or a peer: a persist is submitted
+//! and its completion comes back as an event; messages that reveal persisted
+//! state wait in a queue keyed by the storage sequence number they need.
+
+mod apply;
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use wraft_engine::{
+    Action, ConfChange, ConfChangeEntry, Engine, Entry, EntryKind, Event, InitialState, Membership,
+    Message, ProposalError, ReadError, Role, SnapshotMeta,
+};
+use wraft_storage::{LogEntry, Storage, StorageConfig, WriteBatch, WriterEvent};
+use wraft_transport::certs::{CertDir, TlsIdentity};
+use wraft_transport::{AddressBook, Transport, TransportConfig};
+
+use crate::config::{FsyncPolicy, NodeConfig};
+use crate::host::{HostConfig, HostEngine};
+use crate::proto::{
+    Command, Consistency, PeerStatus, Reply, Request, RequestError, Response, Status,
+};
+pub use apply::ApplyState;
+use apply::{ApplyMsg, Applier};
+pub use server::{KIND_REQUEST, KIND_RESPONSE};
+
+/// Most requests and raft messages taken in one driver turn before the
+/// engine's actions are executed; they share one persist and one append.
+pub const DRIVER_BATCH_EVENTS_MAX: usize = 4096;
+/// Capacity of the queue from client connections to the driver, requests.
+pub const REQUEST_QUEUE_MAX: usize = 65_536;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage could not be opened or recovered.
+    #[error("storage in {dir}: {source}")]
+    Storage {
+        /// Data directory.
+        dir: PathBuf,
+        /// The storage error (with the operator's recovery path if corrupt).
+        source: wraft_storage::StorageError,
+    },
+    /// A log entry on disk passed its checksum but does not decode.
+    #[error("log entry {index} in {dir} does not decode ({detail}); the data directory was written by an incompatible version or is damaged")]
+    BadEntry {
+        /// Data directory.
+        dir: PathBuf,
+        /// Entry index.
+        index: u64,
+        /// Decoder message.
+        detail: String,
+    },
+    /// Certificates could not be loaded.
+    #[error("certificates in {dir}: {detail}")]
+    Certs {
+        /// Certificate directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Transport(#[from] wraft_transport::TransportError),
+    /// The wasm host could not start.
+    #[error("wasm host: {0}")]
+    Host(String),
+    /// The Raft engine refused its configuration or state.
+    #[error("raft engine: {0}")]
+    Engine(String),
+}
+
+/// A request from a client connection to the driver.
+pub(crate) struct ClientCall {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// A running node. Dropping it does not stop the node; call [`Node::shutdown`].
+pub struct Node {
+    id: u64,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    driver: tokio::task::JoinHandle<()>,
+    requests: mpsc::Sender<ClientCall>,
+}
+
+impl Node {
+    /// Open storage, recover, bind the endpoint and start serving.
+    ///
+    /// Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let id = cfg.node.id;
+        let data_dir = cfg.node.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::Storage {
+            dir: data_dir.clone(),
+            source: wraft_storage::StorageError::Io {
+                path: data_dir.clone(),
+                op: "create data directory",
+                source: e,
+            },
+        })?;
+
+        // Storage, with durable-point notifications turned into driver events.
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel::<u64>();
+        let on_event: wraft_storage::EventCallback = Arc::new(move |ev: &WriterEvent| {
+            if let WriterEvent::Durable(p) = ev {
+                let _ = durable_tx.send(p.seq);
+            }
+        });
+        let mut scfg = StorageConfig::default();
+        scfg.fsync = match cfg.storage.fsync {
+            FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Always,
+            FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Never,
+        };
+        scfg.segment_bytes = cfg.storage.segment_bytes;
+        scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
+        let (storage, recovered) =
+            Storage::open(&data_dir, &scfg, Some(on_event)).map_err(|source| NodeError::Storage {
+                dir: data_dir.clone(),
+                source,
+            })?;
+        let storage = Arc::new(storage);
+
+        // Recover the engine's view: hard state, membership, log.
+        let hs = recovered.log.hard_state;
+        let mut entries = Vec::new();
+        let first = recovered.replay_from().max(1);
+        let last = recovered.log.last_index;
+        let mut next = first;
+        while next <= last {
+            let page = storage
+                .log
+                .entries(next, last + 1, 64 << 20)
+                .map_err(|source| NodeError::Storage {
+                    dir: data_dir.clone(),
+                    source,
+                })?;
+            if page.is_empty() {
+                break;
+            }
+            for le in page {
+                next = le.index + 1;
+                entries.push(decode_entry(&le).map_err(|detail| NodeError::BadEntry {
+                    dir: data_dir.clone(),
+                    index: le.index,
+                    detail,
+                })?);
+            }
+        }
+        let bootstrap = if cfg.cluster.members.contains_key(&id) {
+            Membership::with_voters(cfg.cluster.members.keys().copied())
+        } else {
+            Membership::default()
+        };
+        let init = InitialState {
+            hard_state: wraft_engine::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            },
+            snapshot: SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership: bootstrap,
+            },
+            entries,
+        };
+        tracing::info!(target: "wraft::node", node = id, dir = %data_dir.display(),
+            last_index = last, term = hs.term, "recovered storage");
+
+        let mut ecfg = wraft_engine::Config::new(id, seed_from_time(id));
+        let r = &cfg.raft;
+        let tick = r.tick_interval_ms.max(1);
+        ecfg.heartbeat_interval_ticks = (r.heartbeat_interval_ms / tick).max(1) as u32;
+        ecfg.election_timeout_min_ticks = (r.election_timeout_ms / tick).max(3) as u32;
+        ecfg.election_timeout_max_ticks = 2 * ecfg.election_timeout_min_ticks;
+        ecfg.max_inflight_append_msgs = r.max_inflight_append_msgs as usize;
+        ecfg.max_append_entries = r.max_append_entries as usize;
+        ecfg.max_append_bytes = r.max_append_bytes as usize;
+        ecfg.max_pending_proposals = r.max_pending_proposals as usize;
+        ecfg.max_command_bytes = (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
+        // Snapshots are created and shipped by the snapshot subsystem, which
+        // is not wired into the node yet: keep the engine from asking.
+        ecfg.snapshot_hint_threshold_entries = 0;
+        ecfg.max_log_entries = 0;
+        ecfg.lease_reads = r.lease_reads;
+        if r.lease_reads {
+            ecfg.lease_ticks = ecfg.election_timeout_min_ticks.saturating_sub(1) * 100
+                / (100 + ecfg.clock_drift_bound_percent)
+                - 1;
+        }
+        let engine = Engine::new(ecfg, init).map_err(|e| NodeError::Engine(e.to_string()))?;
+
+        // The wasm host.
+        let mut hcfg = HostConfig::default();
+        hcfg.cache_dir = Some(data_dir.join("modules"));
+        hcfg.module_bytes_max = cfg.guest.module_bytes_max as usize;
+        hcfg.guest_memory_bytes_max = cfg.guest.memory_bytes_max as usize;
+        hcfg.fuel_per_call = cfg.guest.fuel_per_call;
+        let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
+
+        // Transport.
+        let certs = CertDir::new(&cfg.tls.dir);
+        let tls = load_node_tls(&certs, id)?;
+        let book = AddressBook::new(cfg.address_book());
+        let tmembers = wraft_transport::Membership::new(
+            engine
+                .membership()
+                .members()
+                .chain(cfg.address_book().keys().copied()),
+        );
+        let mut tcfg = TransportConfig::new(id, cfg.node.listen);
+        tcfg.inbound_streams_max = cfg.client.connections_max as usize;
+        let (transport, inbound) = Transport::bind(tcfg, &tls, tmembers.clone(), book.clone())?;
+        let addr = transport.local_addr().map_err(|e| {
+            NodeError::Transport(wraft_transport::TransportError::Bind {
+                addr: cfg.node.listen,
+                source: e,
+            })
+        })?;
+        tracing::info!(target: "wraft::node", node = id, %addr, "listening");
+
+        let published = Arc::new(Mutex::new(ApplyState::default()));
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let applier = Applier::new(host.clone(), storage.clone(), book.clone(), published.clone());
+        tokio::spawn(applier.run(apply_rx));
+
+        let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(server::serve_clients(
+            inbound.clients,
+            req_tx.clone(),
+            host.clone(),
+            cfg.client.clone(),
+            shutdown_rx.clone(),
+        ));
+
+        let driver = Driver {
+            id,
+            engine,
+            storage,
+            transport,
+            transport_members: tmembers,
+            addresses: book,
+            config_book: cfg.address_book(),
+            apply_tx,
+            published,
+            next_id: 1,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            persists: VecDeque::new(),
+            deferred: VecDeque::new(),
+            last_submitted: 0,
+            durable: 0,
+            actions: Vec::new(),
+        };
+        let driver = tokio::spawn(driver.run(
+            inbound.raft,
+            req_rx,
+            durable_rx,
+            shutdown_rx,
+            Duration::from_millis(tick),
+        ));
+        Ok(Node {
+            id,
+            addr,
+            shutdown,
+            driver,
+            requests: req_tx,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Send a request to this node directly (in-process), as a client would.
+    pub async fn call(&self, request: Request) -> Response {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(ClientCall { request, reply: tx })
+            .await
+            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+    }
+
+    /// Stop serving, flush, and wait for the driver to exit.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+    }
+}
+
+fn load_node_tls(certs: &CertDir, id: u64) -> Result<TlsIdentity, NodeError> {
+    certs
+        .load_tls(&wraft_transport::Identity::Node(id))
+        .map_err(|e| NodeError::Certs {
+            dir: certs.root().to_owned(),
+            detail: format!("{e} (create certificates with `wraft cert`)"),
+        })
+}
+
+fn seed_from_time(id: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Storage record payload of an engine entry.
+fn encode_entry(e: &Entry) -> LogEntry {
+    LogEntry {
+        index: e.index,
+        term: e.term,
+        payload: Bytes::from(postcard::to_stdvec(&e.kind).unwrap_or_default()),
+    }
+}
+
+fn decode_entry(le: &LogEntry) -> Result<Entry, String> {
+    let kind: EntryKind = postcard::from_bytes(&le.payload).map_err(|e| e.to_string())?;
+    Ok(Entry {
+        index: le.index,
+        term: le.term,
+        kind,
+    })
+}
+
+enum PendingProposal {
+    /// Answer with the machine's output once applied.
+    Client(oneshot::Sender<Response>),
+    /// Membership change: answer once committed.
+    Membership(oneshot::Sender<Response>, String),
+    /// Fire and forget (e.g. the address record before AddLearner).
+    Quiet,
+}
+
+struct PendingRead {
+    machine: String,
+    request: Vec<u8>,
+    reply: oneshot::Sender<Response>,
+}
+
+struct Driver {
+    id: u64,
+    engine: Engine,
+    storage: Arc<Storage>,
+    transport: Transport,
+    transport_members: wraft_transport::Membership,
+    addresses: AddressBook,
+    config_book: BTreeMap<u64, SocketAddr>,
+    apply_tx: mpsc::UnboundedSender<ApplyMsg>,
+    published: Arc<Mutex<ApplyState>>,
+    next_id: u64,
+    proposals: HashMap<u64, PendingProposal>,
+    reads: HashMap<u64, PendingRead>,
+    /// (storage seq, engine persist seq), in submission order.
+    persists: VecDeque<(u64, u64)>,
+    /// Messages waiting for storage seq to be durable.
+    deferred: VecDeque<(u64, Message)>,
+    last_submitted: u64,
+    durable: u64,
+    actions: Vec<Action>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut raft_rx: mpsc::Receiver<(u64, Bytes)>,
+        mut req_rx: mpsc::Receiver<ClientCall>,
+        mut durable_rx: mpsc::UnboundedReceiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(seq) = durable_rx.recv() => {
+                    self.on_durable(seq);
+                    while let Ok(seq) = durable_rx.try_recv() { self.on_durable(seq); }
+                }
+                _ = ticker.tick() => self.step(Event::Tick),
+                Some((from, bytes)) = raft_rx.recv() => {
+                    self.on_raft(from, &bytes);
+                    for _ in 0..DRIVER_BATCH_EVENTS_MAX {
+                        match raft_rx.try_recv() { Ok((f, b)) => self.on_raft(f, &b), Err(_) => break }
+                    }
+                }
+                Some(call) = req_rx.recv() => {
+                    self.on_request(call);
+                    for _ in 0..DRIVER_BATCH_EVENTS_MAX {
+                        match req_rx.try_recv() { Ok(c) => self.on_request(c), Err(_) => break }
+                    }
+                }
+            }
+            self.execute();
+        }
+        tracing::info!(target: "wraft::node", node = self.id, "shutting down");
+        self.transport.shutdown().await;
+    }
+
+    fn step(&mut self, ev: Event) {
+        if let Err(e) = self.engine.step(ev) {
+            tracing::warn!(target: "wraft::node", node = self.id, error = %e, "engine refused an event");
+        }
+    }
+
+    fn on_raft(&mut self, from: u64, bytes: &[u8]) {
+        match postcard::from_bytes::<Message>(bytes) {
+            Ok(msg) if msg.from == from && msg.to == self.id => self.step(Event::Message(msg)),
+            Ok(msg) => tracing::warn!(target: "wraft::node", node = self.id, link_peer = from,
+                claimed_from = msg.from, to = msg.to, "dropping a raft message whose addresses do not match its link"),
+            Err(e) => tracing::warn!(target: "wraft::node", node = self.id, peer = from, error = %e,
+                "dropping an undecodable raft message"),
+        }
+    }
+
+    fn on_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+        let mut engine_seq = None;
+        while let Some(&(s, e)) = self.persists.front() {
+            if s > self.durable {
+                break;
+            }
+            engine_seq = Some(e);
+            self.persists.pop_front();
+        }
+        if let Some(e) = engine_seq {
+            self.step(Event::Persisted { seq: e });
+        }
+        while let Some((s, _)) = self.deferred.front() {
+            if *s > self.durable {
+                break;
+            }
+            if let Some((_, msg)) = self.deferred.pop_front() {
+                self.send(msg);
+            }
+        }
+    }
+
+    fn propose(&mut self, kind: EntryKind, pending: PendingProposal) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.proposals.insert(id, pending);
+        self.step(Event::Propose { id, kind });
+    }
+
+    fn on_request(&mut self, call: ClientCall) {
+        let ClientCall { request, reply } = call;
+        match request {
+            Request::Propose {
+                tag,
+                machine,
+                command,
+            } => {
+                let data = encode_command(&Command::Apply { machine, command });
+                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+            }
+            Request::Deploy { tag, name, module } => {
+                let sha256 = sha256(&module);
+                let data = encode_command(&Command::Deploy {
+                    name,
+                    sha256,
+                    module,
+                });
+                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+            }
+            Request::RemoveMachine { tag, name } => {
+                let data = encode_command(&Command::Remove { name });
+                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+            }
+            Request::Query {
+                machine,
+                request,
+                consistency,
+            } => match consistency {
+                Consistency::Stale => {
+                    let _ = self.apply_tx.send(ApplyMsg::Read {
+                        index: 0,
+                        machine,
+                        request,
+                        reply,
+                    });
+                }
+                Consistency::Linearizable | Consistency::Lease => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.reads.insert(
+                        id,
+                        PendingRead {
+                            machine,
+                            request,
+                            reply,
+                        },
+                    );
+                    self.step(Event::Read { id });
+                }
+            },
+            Request::Machines => {
+                let machines = self
+                    .published
+                    .lock()
+                    .map(|p| p.machines.clone())
+                    .unwrap_or_default();
+                let _ = reply.send(Ok(Reply::Machines(machines)));
+            }
+            Request::Status => {
+                let _ = reply.send(Ok(Reply::Status(Box::new(self.status()))));
+            }
+            Request::AddLearner { id, addr } => {
+                if self.engine.role() != Role::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                // The address travels in the log first, so every member can
+                // reach the learner; both entries go out in the same append.
+                let data = encode_command(&Command::SetAddress { id, addr });
+                self.propose(command_kind(None, data), PendingProposal::Quiet);
+                self.propose(
+                    EntryKind::ConfChange(ConfChangeEntry::new(ConfChange::AddLearner(id))),
+                    PendingProposal::Membership(reply, format!("node {id} added as a learner")),
+                );
+            }
+            Request::Promote { id } => self.propose(
+                EntryKind::ConfChange(ConfChangeEntry::new(ConfChange::PromoteLearner(id))),
+                PendingProposal::Membership(reply, format!("node {id} promoted to voter")),
+            ),
+            Request::RemoveMember { id } => self.propose(
+                EntryKind::ConfChange(ConfChangeEntry::new(ConfChange::RemoveNode(id))),
+                PendingProposal::Membership(reply, format!("node {id} removed")),
+            ),
+            Request::TransferLeader { to } => {
+                if self.engine.role() != Role::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.step(Event::TransferLeadership { to });
+                let _ = reply.send(Ok(Reply::Done {
+                    message: format!("leadership transfer to node {to} started"),
+                }));
+            }
+        }
+    }
+
+    fn not_leader(&self) -> RequestError {
+        RequestError::NotLeader {
+            leader: self
+                .engine
+                .leader()
+                .and_then(|l| self.addresses.get(l).map(|a| (l, a))),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let m = self.engine.membership();
+        let (applied, machines) = self
+            .published
+            .lock()
+            .map(|p| (p.applied_index, p.machines.clone()))
+            .unwrap_or_default();
+        let peers = if self.engine.role() == Role::Leader {
+            m.members()
+                .filter(|p| *p != self.id)
+                .map(|p| PeerStatus {
+                    id: p,
+                    voter: m.voters.contains(&p),
+                    match_index: self.engine.peer_match_index(p).unwrap_or(0),
+                    next_index: self.engine.peer_match_index(p).unwrap_or(0) + 1,
+                    state: self
+                        .transport
+                        .peer_stats(p)
+                        .map(|s| format!("{:?}", s.state))
+                        .unwrap_or_else(|| "unknown".into()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let role = match self.engine.role() {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Follower if m.learners.contains(&self.id) => "learner",
+            Role::Follower => "follower",
+        };
+        Status {
+            id: self.id,
+            role: role.into(),
+            term: self.engine.term(),
+            leader: self.engine.leader(),
+            commit_index: self.engine.commit_index(),
+            applied_index: applied,
+            last_index: self.engine.last_index(),
+            snapshot_index: self.engine.log_floor(),
+            voters: m.voters.iter().copied().collect(),
+            learners: m.learners.iter().copied().collect(),
+            peers,
+            machines,
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        let to = msg.to;
+        match postcard::to_stdvec(&msg) {
+            Ok(buf) => {
+                if let Err(e) = self.transport.send(to, Bytes::from(buf)) {
+                    tracing::debug!(target: "wraft::node", node = self.id, peer = to, error = %e, "send failed");
+                }
+            }
+            Err(e) => tracing::error!(target: "wraft::node", error = %e, "cannot encode a raft message"),
+        }
+    }
+
+    /// Execute the engine's actions, in order, until the engine is quiet
+    /// (executing an action may step the engine again, e.g. `Persisted`).
+    fn execute(&mut self) {
+        loop {
+            let mut actions = std::mem::take(&mut self.actions);
+            self.engine.poll_actions(&mut actions);
+            if actions.is_empty() {
+                self.actions = actions;
+                return;
+            }
+            for action in actions.drain(..) {
+                self.execute_one(action);
+            }
+            self.actions = actions;
+        }
+    }
+
+    fn execute_one(&mut self, action: Action) {
+        {
+            match action {
+                Action::Send { msg, after_persist } => {
+                    if after_persist && self.last_submitted > self.durable {
+                        self.deferred.push_back((self.last_submitted, msg));
+                    } else {
+                        self.send(msg);
+                    }
+                }
+                Action::Persist(batch) => {
+                    let mut wb = WriteBatch::default();
+                    if let Some(hs) = batch.hard_state {
+                        wb = wb.with_hard_state(wraft_storage::HardState {
+                            term: hs.term,
+                            vote: hs.vote,
+                            commit: hs.commit,
+                        });
+                    }
+                    if let Some(from) = batch.truncate_from {
+                        wb = wb.with_truncate_after(from.saturating_sub(1));
+                    }
+                    if !batch.entries.is_empty() {
+                        wb = wb.with_entries(batch.entries.iter().map(encode_entry).collect());
+                    }
+                    let submitted = match self.storage.log.try_submit(wb.clone()) {
+                        Ok(t) => Ok(t),
+                        // The writer's queue is full: wait for room (this is
+                        // the backpressure that bounds memory; safety first).
+                        Err(_) => tokio::task::block_in_place(|| self.storage.log.submit(wb)),
+                    };
+                    match submitted {
+                        Ok(ticket) => {
+                            self.last_submitted = ticket.seq();
+                            self.persists.push_back((ticket.seq(), batch.seq));
+                            if ticket.seq() <= self.durable {
+                                self.on_durable(self.durable);
+                            }
+                        }
+                        Err(e) => {
+                            // Without durable storage this node must not go on
+                            // acknowledging anything.
+                            tracing::error!(target: "wraft::node", node = self.id, error = %e,
+                                "cannot persist to the log; the node stops here to stay safe");
+                            std::process::abort();
+                        }
+                    }
+                }
+                Action::Apply { entries } => {
+                    let _ = self.apply_tx.send(ApplyMsg::Entries(entries));
+                }
+                Action::ProposalResult { id, result } => self.on_proposal_result(id, result),
+                Action::ReadReady { id, index } => {
+                    if let Some(r) = self.reads.remove(&id) {
+                        let _ = self.apply_tx.send(ApplyMsg::Read {
+                            index,
+                            machine: r.machine,
+                            request: r.request,
+                            reply: r.reply,
+                        });
+                    }
+                }
+                Action::ReadFailed { id, error } => {
+                    if let Some(r) = self.reads.remove(&id) {
+                        let e = match error {
+                            ReadError::NotLeader { .. } => self.not_leader(),
+                            ReadError::Busy { .. } => RequestError::Busy(error.to_string()),
+                        };
+                        let _ = r.reply.send(Err(e));
+                    }
+                }
+                Action::SnapshotHint { .. } => self.step(Event::SnapshotFailed),
+                Action::SendSnapshot { to, meta, .. } => {
+                    tracing::warn!(target: "wraft::node", node = self.id, peer = to, index = meta.index,
+                        "a snapshot transfer was requested but this build cannot stream snapshots yet");
+                    self.step(Event::SnapshotTransferFailed {
+                        to,
+                        index: meta.index,
+                    });
+                }
+                Action::InstallSnapshot { meta } => self.step(Event::SnapshotInstallFailed { meta }),
+                Action::CompactLog { .. } => {}
+                Action::RoleChanged { role, term, leader } => {
+                    tracing::info!(target: "wraft::raft", node = self.id, ?role, term, ?leader, "role changed");
+                }
+                Action::MembershipChanged { membership } => {
+                    tracing::info!(target: "wraft::raft", node = self.id, voters = ?membership.voters,
+                        learners = ?membership.learners, "membership changed");
+                    let ids: BTreeSet<u64> = membership
+                        .members()
+                        .chain(self.config_book.keys().copied())
+                        .collect();
+                    self.transport_members.set(ids);
+                }
+            }
+        }
+    }
+
+    fn on_proposal_result(&mut self, id: u64, result: Result<u64, ProposalError>) {
+        let Some(p) = self.proposals.remove(&id) else {
+            return;
+        };
+        match (p, result) {
+            (PendingProposal::Client(reply), Ok(index)) => {
+                let _ = self.apply_tx.send(ApplyMsg::Await { index, reply });
+            }
+            (PendingProposal::Membership(reply, what), Ok(index)) => {
+                let _ = reply.send(Ok(Reply::Done {
+                    message: format!("{what} (index {index})"),
+                }));
+            }
+            (PendingProposal::Quiet, _) => {}
+            (PendingProposal::Client(reply) | PendingProposal::Membership(reply, _), Err(e)) => {
+                let _ = reply.send(Err(self.proposal_error(e)));
+            }
+        }
+    }
+
+    fn proposal_error(&self, e: ProposalError) -> RequestError {
+        match e {
+            ProposalError::NotLeader { .. } | ProposalError::TransferInProgress => self.not_leader(),
+            ProposalError::Busy { .. } => RequestError::Busy(e.to_string()),
+            ProposalError::TooLarge { .. } | ProposalError::ConfChange(_) => {
+                RequestError::Rejected(e.to_string())
+            }
+            other => RequestError::Timeout(format!(
+                "{other}; the outcome is known: it was not applied, retry"
+            )),
+        }
+    }
+}
+
+fn encode_command(c: &Command) -> Bytes {
+    Bytes::from(postcard::to_stdvec(c).unwrap_or_default())
+}
+
+fn command_kind(tag: Option<crate::proto::RequestTag>, data: Bytes) -> EntryKind {
+    EntryKind::Command {
+        client: tag.map(|t| wraft_engine::ClientTag {
+            client_id: t.client_id,
+            seq: t.seq,
+        }),
+        timestamp_ms: now_ms(),
+        data,
+    }
+}
+
+/// SHA-256 of a module, as used to identify it.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}

@@ -1,0 +1,154 @@
+//! Serving client connections: one request per QUIC stream, answered on the
+//! same stream, with a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use wraft_transport::ClientStream;
+use wraft_transport::frame;
+
+use super::ClientCall;
+use crate::config::ClientSection;
+use crate::host::HostEngine;
+use crate::proto::{Request, RequestError, Response};
+
+/// Frame kind of a client request.
+pub const KIND_REQUEST: u8 = 0x20;
+/// Frame kind of a response.
+pub const KIND_RESPONSE: u8 = 0x21;
+/// Most client requests being served at once by one node.
+pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
+
+/// Accept client streams until shutdown.
+pub(super) async fn serve_clients(
+    mut streams: mpsc::Receiver<ClientStream>,
+    driver: mpsc::Sender<ClientCall>,
+    host: Arc<HostEngine>,
+    limits: ClientSection,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(CLIENT_REQUESTS_IN_FLIGHT_MAX));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            s = streams.recv() => match s { Some(s) => s, None => return },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the bound: refuse this one cheaply rather than queue it.
+            let mut send = stream.send;
+            let resp: Response = Err(RequestError::Busy(format!(
+                "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
+            )));
+            tokio::spawn(async move {
+                let _ = frame::write_msg(&mut send, KIND_RESPONSE, &resp, u32::MAX).await;
+                let _ = send.finish();
+            });
+            continue;
+        };
+        let driver = driver.clone();
+        let host = host.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            serve_one(stream, driver, host, &limits).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_one(
+    stream: ClientStream,
+    driver: mpsc::Sender<ClientCall>,
+    host: Arc<HostEngine>,
+    limits: &ClientSection,
+) {
+    let ClientStream {
+        identity,
+        mut send,
+        mut recv,
+        ..
+    } = stream;
+    let frame_max = (limits.command_bytes_max.max(host.config().module_bytes_max as u64) + 4096)
+        .min(u32::MAX as u64) as u32;
+    let deadline = Duration::from_millis(limits.request_timeout_ms);
+    let request = match tokio::time::timeout(deadline, frame::read_msg::<_, Request>(&mut recv, frame_max)).await {
+        Ok(Ok(Some((KIND_REQUEST, req)))) => req,
+        Ok(Ok(Some((kind, _)))) => {
+            tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
+            let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target: "wraft::client", %identity, "closing a client stream: no request within the deadline");
+            return;
+        }
+    };
+    let response = tokio::time::timeout(deadline, handle(request, &driver, &host, limits))
+        .await
+        .unwrap_or_else(|_| {
+            Err(RequestError::Timeout(format!(
+                "no outcome within {} ms; retrying with the same tag is safe",
+                limits.request_timeout_ms
+            )))
+        });
+    let _ = frame::write_msg(&mut send, KIND_RESPONSE, &response, u32::MAX).await;
+    let _ = send.finish();
+}
+
+async fn handle(
+    request: Request,
+    driver: &mpsc::Sender<ClientCall>,
+    host: &Arc<HostEngine>,
+    limits: &ClientSection,
+) -> Response {
+    // Bounds and validation happen here, off the driver.
+    match &request {
+        Request::Propose { command, .. } if command.len() as u64 > limits.command_bytes_max => {
+            return Err(RequestError::Rejected(format!(
+                "command is {} bytes; client.command_bytes_max is {}",
+                command.len(),
+                limits.command_bytes_max
+            )));
+        }
+        Request::Query { request, .. } if request.len() as u64 > limits.command_bytes_max => {
+            return Err(RequestError::Rejected(format!(
+                "query is {} bytes; client.command_bytes_max is {}",
+                request.len(),
+                limits.command_bytes_max
+            )));
+        }
+        Request::Deploy { name, module, .. } => {
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(RequestError::Rejected(format!(
+                    "machine name {name:?} must be 1–64 characters of [A-Za-z0-9_-]"
+                )));
+            }
+            // Validate and precompile before anything reaches the log: a bad
+            // module is refused to the client and never poisons the log.
+            let host = host.clone();
+            let bytes = module.clone();
+            let checked = tokio::task::spawn_blocking(move || host.load(&bytes).map(|_| ()))
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))?;
+            if let Err(e) = checked {
+                return Err(RequestError::Rejected(format!("module refused: {e}")));
+            }
+        }
+        _ => {}
+    }
+    let (tx, rx) = oneshot::channel();
+    driver
+        .send(ClientCall {
+            request,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
+    rx.await
+        .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+}

@@ -1,0 +1,265 @@
+//! The client protocol and the replicated command format.
+//!
+//! Both are encoded with postcard inside checksummed, versioned frames
+//! (`wraft-transport`'s framing). Adding a variant at the end of an enum is a
+//! compatible change; anything else bumps [`CLIENT_PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the client protocol carried in every request.
+pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
+
+/// How fresh a query's answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms its leadership with a quorum
+    /// (ReadIndex) and answers once it has applied up to that point.
+    #[default]
+    Linearizable,
+    /// Served by the leader under its lease, without a quorum round trip.
+    /// Safe while clocks drift less than the configured margin.
+    Lease,
+    /// Served by whichever node receives it, from its current state; may be
+    /// arbitrarily stale.
+    Stale,
+}
+
+/// Identifies a client session for at-most-once application of retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestTag {
+    /// Random per client process.
+    pub client_id: u64,
+    /// Increases by one per new command; a retry reuses it.
+    pub seq: u64,
+}
+
+/// What a client asks a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Apply `command` to machine `machine` through the log.
+    Propose {
+        /// Deduplication tag.
+        tag: RequestTag,
+        /// Target machine name.
+        machine: String,
+        /// Command bytes (JSON for SDK guests).
+        command: Vec<u8>,
+    },
+    /// Ask machine `machine` a read-only question.
+    Query {
+        /// Target machine name.
+        machine: String,
+        /// Request bytes.
+        request: Vec<u8>,
+        /// Freshness required.
+        consistency: Consistency,
+    },
+    /// Deploy (or upgrade) machine `name` from a component.
+    Deploy {
+        /// Deduplication tag.
+        tag: RequestTag,
+        /// Machine name.
+        name: String,
+        /// The `.wasm` component.
+        module: Vec<u8>,
+    },
+    /// Remove machine `name` and its state.
+    RemoveMachine {
+        /// Deduplication tag.
+        tag: RequestTag,
+        /// Machine name.
+        name: String,
+    },
+    /// List deployed machines.
+    Machines,
+    /// Node and cluster status.
+    Status,
+    /// Add a non-voting member.
+    AddLearner {
+        /// New node's id.
+        id: u64,
+        /// Its QUIC address.
+        addr: std::net::SocketAddr,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Remove a member (voter or learner), possibly the leader itself.
+    RemoveMember {
+        /// The member.
+        id: u64,
+    },
+    /// Hand leadership to `to`.
+    TransferLeader {
+        /// The target voter.
+        to: u64,
+    },
+}
+
+/// Why a request failed. Every variant says what the caller can do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RequestError {
+    /// This node is not the leader; retry at `leader` if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Leader id and address, if this node knows them.
+        leader: Option<(u64, std::net::SocketAddr)>,
+    },
+    /// Queues are full; back off and retry.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The request did not complete in time; its outcome is unknown (a
+    /// retry with the same tag is safe).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The request is invalid and retrying will not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// No machine with that name is deployed.
+    #[error("no machine named {0:?}")]
+    NoSuchMachine(String),
+    /// The machine returned a deterministic application error.
+    #[error("application error {code}: {message}")]
+    App {
+        /// Application-defined code.
+        code: u32,
+        /// Its message.
+        message: String,
+    },
+    /// The guest trapped (panic, fuel, memory) on this command. The result is
+    /// recorded identically on every replica.
+    #[error("machine fault: {0}")]
+    MachineFault(String),
+    /// Something went wrong on the node; details are in its log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Answer to one [`Request`].
+pub type Response = Result<Reply, RequestError>;
+
+/// A successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Output of a command, with the log index it was applied at.
+    Applied {
+        /// Log index of the command.
+        index: u64,
+        /// The machine's output.
+        output: Vec<u8>,
+    },
+    /// Answer of a query, with the applied index it reflects.
+    Answer {
+        /// Applied index the answer reflects.
+        index: u64,
+        /// The machine's answer.
+        output: Vec<u8>,
+    },
+    /// Deployed machines.
+    Machines(Vec<MachineInfo>),
+    /// Node status.
+    Status(Box<Status>),
+    /// The operation is done (membership change, transfer, snapshot…).
+    Done {
+        /// A human-readable summary.
+        message: String,
+    },
+}
+
+/// One deployed machine as reported by `wraft machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// Deployment name.
+    pub name: String,
+    /// Guest-reported kind.
+    pub kind: String,
+    /// Guest-reported version.
+    pub version: String,
+    /// SHA-256 of the component, hex.
+    pub module_sha256: String,
+    /// Log index at which this version was deployed.
+    pub deployed_at: u64,
+    /// Whether the instance is healthy on this node.
+    pub healthy: bool,
+}
+
+/// Replication progress of one peer, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub id: u64,
+    /// Voter or learner.
+    pub voter: bool,
+    /// Highest index known replicated.
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    /// State of the replication (probe, replicate, snapshot).
+    pub state: String,
+}
+
+/// Node status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node.
+    pub id: u64,
+    /// Leader, follower, candidate, learner…
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u64>,
+    /// Highest committed index.
+    pub commit_index: u64,
+    /// Highest applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Index of the newest snapshot (the log floor).
+    pub snapshot_index: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Per-peer progress (leader only).
+    pub peers: Vec<PeerStatus>,
+    /// Deployed machines.
+    pub machines: Vec<MachineInfo>,
+}
+
+/// A replicated command: the payload of a log entry's `Command` kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Apply bytes to a machine.
+    Apply {
+        /// Machine name.
+        machine: String,
+        /// Command bytes.
+        command: Vec<u8>,
+    },
+    /// Deploy or upgrade a machine. The module travels in the log so every
+    /// node can validate and precompile it before applying.
+    Deploy {
+        /// Machine name.
+        name: String,
+        /// SHA-256 of `module`.
+        sha256: [u8; 32],
+        /// The component.
+        module: Vec<u8>,
+    },
+    /// Remove a machine.
+    Remove {
+        /// Machine name.
+        name: String,
+    },
+    /// Record the QUIC address of a node, replicated so every member can
+    /// reach a node added later. Proposed together with `AddLearner`.
+    SetAddress {
+        /// The node.
+        id: u64,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+}
