@@ -1,0 +1,1799 @@
+//! Deterministic, seeded multi-node simulator (feature `sim`).
+//!
+//! A discrete-event simulation in one thread: every node is an [`Engine`] plus
+//! a model host (durable store with a group-commit writer, a key-value state
+//! machine using [`SessionTable`], snapshot creation, chunked snapshot
+//! streaming and slow installs). The seeded schedule covers ticks at per-node
+//! rates (clock drift), message delivery with random delay (reordering), drop,
+//! duplication, symmetric/asymmetric partitions, heal, crash (losing
+//! unflushed writes) and restart, client writes/CAS/reads with retries,
+//! snapshots with multi-chunk transfers (interrupted and resumed), membership
+//! changes and leadership transfers.
+//!
+//! After every event it checks Election Safety, Log Matching, Leader
+//! Completeness, State Machine Safety (digest at every applied index,
+//! including state that arrived by snapshot), persist-before-send and at most
+//! one uncommitted membership change. At the end it heals everything and checks
+//! liveness (a leader within a bound, every client operation finished, final
+//! reads of every key) and linearizability of the whole client history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::lincheck::{self, CheckResult, KvInput, KvModel, KvOutput, Operation};
+use crate::session::{SessionCheck, SessionTable};
+use crate::*;
+
+/// Virtual time units per nominal tick.
+pub const TICK: u64 = 1000;
+
+/// Simulation parameters. [`SimConfig::new`] gives a faulty 5-voter schedule.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed for everything random.
+    pub seed: u64,
+    /// Initial voters (ids `1..=voters`).
+    pub voters: usize,
+    /// Extra nodes, not members at start, available for AddLearner.
+    pub spares: usize,
+    /// Length of the random (faulty) phase, nominal ticks.
+    pub duration_ticks: u64,
+    /// Concurrent clients (each with one outstanding operation).
+    pub clients: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Inject crashes/restarts.
+    pub crashes: bool,
+    /// Inject partitions (symmetric and asymmetric).
+    pub partitions: bool,
+    /// Message drop probability, per mille.
+    pub drop_per_mille: u32,
+    /// Message duplication probability, per mille.
+    pub dup_per_mille: u32,
+    /// Inject membership changes.
+    pub membership_changes: bool,
+    /// Inject leadership transfers.
+    pub transfers: bool,
+    /// Inject snapshot-transfer interruptions.
+    pub snapshot_aborts: bool,
+    /// Engine option.
+    pub pre_vote: bool,
+    /// Engine option.
+    pub lease_reads: bool,
+    /// Engine `snapshot_hint_threshold_entries`.
+    pub snapshot_threshold: u64,
+    /// Engine `log_retention_margin_entries`.
+    pub retention_margin: u64,
+    /// Snapshot stream chunk size, bytes.
+    pub snapshot_chunk_bytes: u64,
+    /// After healing, a leader must emerge and all operations finish within this, ticks.
+    pub liveness_bound_ticks: u64,
+    /// Search budget for the linearizability checker, steps per key.
+    pub lincheck_max_steps: u64,
+}
+
+impl SimConfig {
+    /// All faults on, 5 voters + 2 spares, 400 ticks.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            voters: 5,
+            spares: 2,
+            duration_ticks: 400,
+            clients: 4,
+            keys: 3,
+            crashes: true,
+            partitions: true,
+            drop_per_mille: 30,
+            dup_per_mille: 20,
+            membership_changes: true,
+            transfers: true,
+            snapshot_aborts: true,
+            pre_vote: true,
+            lease_reads: false,
+            snapshot_threshold: 20,
+            retention_margin: 5,
+            snapshot_chunk_bytes: 64,
+            liveness_bound_ticks: 400,
+            lincheck_max_steps: 2_000_000,
+        }
+    }
+}
+
+/// What a finished run observed.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Events processed.
+    pub events: u64,
+    /// Client operations completed with an answer.
+    pub ops_completed: u64,
+    /// Client operations left with an unknown outcome.
+    pub ops_unknown: u64,
+    /// Highest committed index seen.
+    pub max_commit: LogIndex,
+    /// Highest term seen.
+    pub max_term: Term,
+    /// Snapshots installed on followers.
+    pub snapshots_installed: u64,
+    /// Snapshot chunks delivered.
+    pub chunks_delivered: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Membership changes committed (applied by the first node).
+    pub conf_changes_applied: u64,
+    /// Leadership transfers requested.
+    pub transfers: u64,
+    /// Duplicate client commands suppressed by the session table.
+    pub duplicates_suppressed: u64,
+    /// Reads served from a lease.
+    pub lease_reads: u64,
+}
+
+/// A violated property, with the seed to replay it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimFailure {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub time: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed {} at t={}: {}", self.seed, self.time, self.message)
+    }
+}
+
+/// The model state machine: a key-value map with put and compare-and-set,
+/// deduplicated by a [`SessionTable`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Machine {
+    /// Last applied index.
+    pub applied: LogIndex,
+    /// Contents.
+    pub kv: BTreeMap<u64, u64>,
+    /// Client sessions.
+    pub sessions: SessionTable,
+}
+
+impl Machine {
+    fn new() -> Self {
+        Machine {
+            applied: 0,
+            kv: BTreeMap::new(),
+            sessions: SessionTable::new(64, u64::MAX / 2),
+        }
+    }
+
+    /// Digest of everything that influences future outputs.
+    pub fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.kv.hash(&mut h);
+        self.sessions.hash(&mut h);
+        h.finish()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        64 + 16 * self.kv.len() as u64 + 48 * self.sessions.len() as u64
+    }
+
+    /// Applies one entry; returns the client tag, output and whether it was a duplicate.
+    fn apply(&mut self, e: &Entry) -> Option<(ClientTag, Bytes, bool)> {
+        self.applied = e.index;
+        let EntryKind::Command {
+            client: Some(tag),
+            timestamp_ms,
+            data,
+        } = &e.kind
+        else {
+            return None;
+        };
+        match self.sessions.check(*tag) {
+            SessionCheck::Fresh => {
+                let out = self.exec(data);
+                self.sessions.record(*tag, out.clone(), *timestamp_ms);
+                Some((*tag, out, false))
+            }
+            SessionCheck::Duplicate(out) => Some((*tag, out, true)),
+            SessionCheck::Stale { .. } => None,
+            // Not applied; tell the client (an empty output) to open a new session.
+            SessionCheck::SessionExpired => Some((*tag, Bytes::new(), false)),
+        }
+    }
+
+    fn exec(&mut self, data: &[u8]) -> Bytes {
+        match decode_cmd(data) {
+            Some(KvInput::Put { key, value }) => {
+                self.kv.insert(key, value);
+                Bytes::from_static(&[0])
+            }
+            Some(KvInput::Cas { key, expected, new }) => {
+                let ok = self.kv.get(&key).copied() == expected;
+                if ok {
+                    self.kv.insert(key, new);
+                }
+                Bytes::from(vec![1, u8::from(ok)])
+            }
+            _ => Bytes::from_static(&[0xff]),
+        }
+    }
+}
+
+fn encode_cmd(i: &KvInput) -> Bytes {
+    let mut v = Vec::with_capacity(26);
+    match *i {
+        KvInput::Put { key, value } => {
+            v.push(0);
+            v.extend_from_slice(&key.to_le_bytes());
+            v.extend_from_slice(&value.to_le_bytes());
+        }
+        KvInput::Cas { key, expected, new } => {
+            v.push(1);
+            v.extend_from_slice(&key.to_le_bytes());
+            v.push(u8::from(expected.is_some()));
+            v.extend_from_slice(&expected.unwrap_or(0).to_le_bytes());
+            v.extend_from_slice(&new.to_le_bytes());
+        }
+        KvInput::Get { .. } => v.push(2),
+    }
+    Bytes::from(v)
+}
+
+fn u64_at(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_cmd(d: &[u8]) -> Option<KvInput> {
+    match d.first()? {
+        0 => Some(KvInput::Put {
+            key: u64_at(d, 1)?,
+            value: u64_at(d, 9)?,
+        }),
+        1 => {
+            let has = *d.get(9)? == 1;
+            let exp = u64_at(d, 10)?;
+            Some(KvInput::Cas {
+                key: u64_at(d, 1)?,
+                expected: has.then_some(exp),
+                new: u64_at(d, 18)?,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn decode_output(input: &KvInput, out: &[u8]) -> Option<KvOutput> {
+    match (input, out) {
+        (KvInput::Put { .. }, [0]) => Some(KvOutput::Put),
+        (KvInput::Cas { .. }, [1, ok]) => Some(KvOutput::Cas(*ok == 1)),
+        _ => None,
+    }
+}
+
+fn hash_of<T: Hash>(t: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Clone, Debug)]
+struct Chunk {
+    from: NodeId,
+    to: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+    offset: u64,
+    len: u64,
+    total: u64,
+    data: Arc<Machine>,
+}
+
+#[derive(Clone, Debug)]
+enum NetMsg {
+    Raft(Message),
+    Chunk(Chunk),
+    ChunkAck {
+        from: NodeId,
+        to: NodeId,
+        index: LogIndex,
+        durable_offset: u64,
+    },
+}
+
+impl NetMsg {
+    fn ends(&self) -> (NodeId, NodeId) {
+        match self {
+            NetMsg::Raft(m) => (m.from, m.to),
+            NetMsg::Chunk(c) => (c.from, c.to),
+            NetMsg::ChunkAck { from, to, .. } => (*from, *to),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(NodeId, u64),
+    Net(NetMsg),
+    WriterDone(NodeId, u64, u64),
+    SnapshotDone(NodeId, u64),
+    InstallDone(NodeId, u64),
+    Client(usize),
+    Fault,
+}
+
+enum WOp {
+    Persist(PersistBatch),
+    Compact(LogIndex),
+}
+
+struct Outgoing {
+    meta: SnapshotMeta,
+    data: Arc<Machine>,
+}
+
+struct Staged {
+    from: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+    total: u64,
+    durable: u64,
+    data: Arc<Machine>,
+}
+
+struct Host {
+    id: NodeId,
+    incarnation: u64,
+    engine: Option<Engine>,
+    period: u64,
+    // durable
+    d_hs: HardState,
+    d_log: BTreeMap<LogIndex, Entry>,
+    d_floor: LogIndex,
+    d_snap: (SnapshotMeta, Arc<Machine>),
+    // volatile
+    writer: VecDeque<(u64, WOp)>,
+    w_issued: u64,
+    w_done: u64,
+    w_scheduled: bool,
+    deferred: VecDeque<(u64, Message)>,
+    machine: Machine,
+    await_apply: BTreeMap<LogIndex, ProposalId>,
+    pending_reads: Vec<(ReadId, LogIndex)>,
+    snap_capture: Option<(SnapshotMeta, Arc<Machine>)>,
+    snapshotting: bool,
+    installing: Option<(SnapshotMeta, Arc<Machine>)>,
+    staged: Option<Staged>,
+    outgoing: BTreeMap<NodeId, Outgoing>,
+    checked_commit: LogIndex,
+}
+
+struct ClientOp {
+    hist: usize,
+    input: KvInput,
+    tag: Option<ClientTag>,
+    deadline: u64,
+    attempts: u32,
+}
+
+struct Client {
+    client_id: u64,
+    seq: u64,
+    target: NodeId,
+    op: Option<ClientOp>,
+    active: bool,
+}
+
+/// The simulator. Build with [`Sim::new`], then [`Sim::run`] for the full
+/// random schedule and checks, or drive it step by step for scripted tests.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: fastrand::Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    hosts: BTreeMap<NodeId, Host>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    clients: Vec<Client>,
+    history: Vec<Operation<KvInput, KvOutput>>,
+    prop_owner: HashMap<ProposalId, (usize, usize)>,
+    read_owner: HashMap<ReadId, (usize, usize, KvInput)>,
+    next_id: u64,
+    next_client_id: u64,
+    faults_on: bool,
+    new_ops: bool,
+    leaders: BTreeMap<Term, NodeId>,
+    committed: BTreeMap<LogIndex, (Term, u64)>,
+    entries_seen: HashMap<(LogIndex, Term), (u64, Term)>,
+    digests: HashMap<LogIndex, u64>,
+    report: SimReport,
+    failure: Option<String>,
+}
+
+type Res<T> = Result<T, SimFailure>;
+
+impl Sim {
+    /// Builds the cluster: voters `1..=voters` bootstrapped with that
+    /// configuration; spares start empty (they learn membership from the log).
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(cfg.seed);
+        let mut hosts = BTreeMap::new();
+        let total = cfg.voters + cfg.spares;
+        let voters = Membership::with_voters(1..=cfg.voters as u64);
+        for id in 1..=total as u64 {
+            let membership = if id as usize <= cfg.voters {
+                voters.clone()
+            } else {
+                Membership::default()
+            };
+            let meta = SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership,
+            };
+            let period = TICK + rng.u64(0..90); // < 10% drift between any two nodes
+            hosts.insert(
+                id,
+                Host {
+                    id,
+                    incarnation: 0,
+                    engine: None,
+                    period,
+                    d_hs: HardState::default(),
+                    d_log: BTreeMap::new(),
+                    d_floor: 0,
+                    d_snap: (meta, Arc::new(Machine::new())),
+                    writer: VecDeque::new(),
+                    w_issued: 0,
+                    w_done: 0,
+                    w_scheduled: false,
+                    deferred: VecDeque::new(),
+                    machine: Machine::new(),
+                    await_apply: BTreeMap::new(),
+                    pending_reads: Vec::new(),
+                    snap_capture: None,
+                    snapshotting: false,
+                    installing: None,
+                    staged: None,
+                    outgoing: BTreeMap::new(),
+                    checked_commit: 0,
+                },
+            );
+        }
+        let clients = (0..cfg.clients)
+            .map(|i| Client {
+                client_id: 1000 + i as u64,
+                seq: 0,
+                target: 1,
+                op: None,
+                active: true,
+            })
+            .collect();
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            hosts,
+            blocked: BTreeSet::new(),
+            clients,
+            history: Vec::new(),
+            prop_owner: HashMap::new(),
+            read_owner: HashMap::new(),
+            next_id: 1,
+            next_client_id: 10_000,
+            faults_on: true,
+            new_ops: true,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            entries_seen: HashMap::new(),
+            digests: HashMap::new(),
+            report: SimReport::default(),
+            failure: None,
+            cfg,
+        };
+        let ids: Vec<NodeId> = sim.hosts.keys().copied().collect();
+        for id in ids {
+            sim.start_node(id);
+        }
+        for c in 0..sim.clients.len() {
+            let t = sim.rng.u64(0..5 * TICK);
+            sim.schedule(t, Ev::Client(c));
+        }
+        sim
+    }
+
+    fn engine_config(&self, id: NodeId, incarnation: u64) -> Config {
+        let mut c = Config::new(id, hash_of(&(self.cfg.seed, id, incarnation)));
+        c.pre_vote = self.cfg.pre_vote;
+        c.lease_reads = self.cfg.lease_reads;
+        c.snapshot_hint_threshold_entries = self.cfg.snapshot_threshold;
+        c.max_log_entries = self.cfg.snapshot_threshold * 4;
+        c.log_retention_margin_entries = self.cfg.retention_margin;
+        c.max_append_entries = 8;
+        c.max_append_bytes = 256;
+        c.max_inflight_append_msgs = 4;
+        c.max_pending_proposals = 32;
+        c.snapshot_transfer_timeout_ticks = 15;
+        c
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let inc = self.hosts[&id].incarnation;
+        let cfg = self.engine_config(id, inc);
+        let h = self.hosts.get_mut(&id).expect("host");
+        let init = InitialState {
+            hard_state: h.d_hs,
+            snapshot: h.d_snap.0.clone(),
+            entries: h.d_log.values().cloned().collect(),
+        };
+        match Engine::new(cfg, init) {
+            Ok(e) => {
+                h.machine = (*h.d_snap.1).clone();
+                h.checked_commit = e.log_floor();
+                h.engine = Some(e);
+            }
+            Err(e) => {
+                self.failure.get_or_insert(format!(
+                    "node {id} failed to restart from its durable state: {e}"
+                ));
+                return;
+            }
+        }
+        let first = self.now + self.rng.u64(1..self.hosts[&id].period);
+        self.schedule_at(first, Ev::Tick(id, inc));
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.schedule_at(self.now + delay, ev);
+    }
+
+    fn schedule_at(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn fail(&self, msg: String) -> SimFailure {
+        SimFailure {
+            seed: self.cfg.seed,
+            time: self.now,
+            message: msg,
+        }
+    }
+
+    fn alive(&self, id: NodeId) -> bool {
+        self.hosts.get(&id).is_some_and(|h| h.engine.is_some())
+    }
+
+    /// The live leader with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.hosts
+            .values()
+            .filter_map(|h| h.engine.as_ref())
+            .filter(|e| e.role() == Role::Leader)
+            .max_by_key(|e| e.term())
+            .map(|e| e.id())
+    }
+
+    /// The engine of a live node.
+    pub fn engine(&self, id: NodeId) -> Option<&Engine> {
+        self.hosts.get(&id).and_then(|h| h.engine.as_ref())
+    }
+
+    /// The state machine of a live node.
+    pub fn machine(&self, id: NodeId) -> Option<&Machine> {
+        self.hosts
+            .get(&id)
+            .filter(|h| h.engine.is_some())
+            .map(|h| &h.machine)
+    }
+
+    /// Counters so far.
+    pub fn report(&self) -> &SimReport {
+        &self.report
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Turns random fault injection on or off.
+    pub fn set_faults(&mut self, on: bool) {
+        self.faults_on = on;
+    }
+
+    /// Blocks messages from `from` to `to` (asymmetric partition).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts `id` off from everyone, both directions.
+    pub fn isolate(&mut self, id: NodeId) {
+        let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
+        for o in ids {
+            if o != id {
+                self.blocked.insert((id, o));
+                self.blocked.insert((o, id));
+            }
+        }
+    }
+
+    /// Removes all partitions.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Crashes `id`: unflushed writes, volatile state and staged work are lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        if h.engine.is_none() {
+            return;
+        }
+        self.report.crashes += 1;
+        h.engine = None;
+        h.incarnation += 1;
+        h.writer.clear();
+        h.w_issued = 0;
+        h.w_done = 0;
+        h.w_scheduled = false;
+        h.deferred.clear();
+        h.await_apply.clear();
+        h.pending_reads.clear();
+        h.snap_capture = None;
+        h.snapshotting = false;
+        h.installing = None;
+        h.staged = None;
+        h.outgoing.clear();
+    }
+
+    /// Restarts a crashed node from its durable state.
+    pub fn restart(&mut self, id: NodeId) {
+        if self.hosts.contains_key(&id) && !self.alive(id) {
+            self.start_node(id);
+        }
+    }
+
+    /// Feeds an event to a live node and executes its actions.
+    ///
+    /// # Errors
+    /// A violated property.
+    pub fn step_node(&mut self, id: NodeId, ev: Event) -> Res<()> {
+        let Some(e) = self.hosts.get_mut(&id).and_then(|h| h.engine.as_mut()) else {
+            return Ok(());
+        };
+        if let Err(err) = e.step(ev) {
+            return Err(self.fail(format!("node {id}: engine rejected a host event: {err}")));
+        }
+        self.run_actions(id)?;
+        self.check_node(id)
+    }
+
+    /// Proposes a membership change at `id` (the result is ignored).
+    ///
+    /// # Errors
+    /// A violated property.
+    pub fn propose_conf_change(&mut self, id: NodeId, change: ConfChange) -> Res<()> {
+        let pid = self.fresh_id();
+        self.step_node(
+            id,
+            Event::Propose {
+                id: pid,
+                kind: EntryKind::ConfChange(ConfChangeEntry::new(change)),
+            },
+        )
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Runs the event loop for `ticks` nominal ticks.
+    ///
+    /// # Errors
+    /// The first violated property.
+    pub fn run_for(&mut self, ticks: u64) -> Res<()> {
+        let end = self.now + ticks * TICK;
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > end {
+                break;
+            }
+            let ((t, _), ev) = entry.remove_entry();
+            self.now = t;
+            self.report.events += 1;
+            self.handle(ev)?;
+            if let Some(f) = self.failure.take() {
+                return Err(self.fail(f));
+            }
+        }
+        self.now = end;
+        Ok(())
+    }
+
+    /// Runs until `pred` holds or `ticks` pass; returns whether it held.
+    ///
+    /// # Errors
+    /// A violated property.
+    pub fn run_until(&mut self, ticks: u64, mut pred: impl FnMut(&Sim) -> bool) -> Res<bool> {
+        for _ in 0..ticks {
+            if pred(self) {
+                return Ok(true);
+            }
+            self.run_for(1)?;
+        }
+        Ok(pred(self))
+    }
+
+    /// Runs the whole scenario: random phase, heal, liveness, final reads and
+    /// the linearizability check.
+    ///
+    /// # Errors
+    /// The first violated property.
+    pub fn run(mut self) -> Res<SimReport> {
+        let first_fault = self.rng.u64(TICK..5 * TICK);
+        self.schedule(first_fault, Ev::Fault);
+        self.run_for(self.cfg.duration_ticks)?;
+        // Heal everything and stop injecting faults.
+        self.faults_on = false;
+        self.heal();
+        let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
+        for id in ids {
+            self.restart(id);
+        }
+        self.new_ops = false;
+        let bound = self.cfg.liveness_bound_ticks;
+        let ok = self.run_until(bound, |s| {
+            s.leader().is_some_and(|l| {
+                s.engine(l)
+                    .is_some_and(|e| e.commit_index() >= e.last_index() && e.commit_index() > 0)
+            }) && s.clients.iter().all(|c| c.op.is_none())
+        })?;
+        if !ok {
+            let open = self.clients.iter().filter(|c| c.op.is_some()).count();
+            return Err(self.fail(format!(
+                "liveness: {bound} ticks after healing, leader = {:?}, {open} client operations still open\n{}",
+                self.leader(),
+                self.describe()
+            )));
+        }
+        // Final reads of every key: every acknowledged write must be visible.
+        for c in &mut self.clients {
+            c.active = false;
+        }
+        let reader = self.clients.len();
+        self.clients.push(Client {
+            client_id: 999,
+            seq: 0,
+            target: self.leader().unwrap_or(1),
+            op: None,
+            active: false,
+        });
+        for key in 0..self.cfg.keys {
+            let hist = self.history.len();
+            let input = KvInput::Get { key };
+            self.history.push(Operation {
+                client: 999,
+                input,
+                call: self.now,
+                ret: None,
+                output: None,
+            });
+            self.clients[reader].op = Some(ClientOp {
+                hist,
+                input,
+                tag: None,
+                deadline: self.now,
+                attempts: 0,
+            });
+            self.submit(reader)?;
+            let ok = self.run_until(bound, |s| s.clients[reader].op.is_none())?;
+            if !ok {
+                return Err(self.fail(format!(
+                    "liveness: final read of key {key} did not finish in {bound} ticks"
+                )));
+            }
+        }
+        self.report.ops_completed = self.history.iter().filter(|o| o.ret.is_some()).count() as u64;
+        self.report.ops_unknown = self.history.len() as u64 - self.report.ops_completed;
+        self.report.lease_reads = self
+            .hosts
+            .values()
+            .filter_map(|h| h.engine.as_ref())
+            .map(|e| e.stats().lease_reads)
+            .sum();
+        match lincheck::check(&KvModel, &self.history, self.cfg.lincheck_max_steps) {
+            CheckResult::Linearizable => Ok(self.report),
+            CheckResult::Unknown => {
+                Err(self.fail("linearizability check ran out of budget".into()))
+            }
+            CheckResult::NotLinearizable { partition } => {
+                let ops: Vec<String> = partition
+                    .iter()
+                    .map(|&i| format!("{:?}", self.history[i]))
+                    .collect();
+                Err(self.fail(format!(
+                    "history is not linearizable; offending key's operations:\n  {}",
+                    ops.join("\n  ")
+                )))
+            }
+        }
+    }
+
+    /// Human-readable state of every node and open client operation (for failure reports).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for h in self.hosts.values() {
+            match &h.engine {
+                Some(e) => s.push_str(&format!(
+                    "  node {}: {:?} term {} leader {:?} commit {} applied {} last {} floor {} durable {} snap {} members {:?} installing {} machine.applied {} await {:?} reads {:?}\n",
+                    h.id,
+                    e.role(),
+                    e.term(),
+                    e.leader(),
+                    e.commit_index(),
+                    e.applied_index(),
+                    e.last_index(),
+                    e.log_floor(),
+                    e.durable_index(),
+                    e.snapshot().index,
+                    e.membership(),
+                    e.is_installing_snapshot(),
+                    h.machine.applied,
+                    h.await_apply,
+                    h.pending_reads,
+                )),
+                None => s.push_str(&format!("  node {}: down\n", h.id)),
+            }
+        }
+        for c in &self.clients {
+            if let Some(op) = &c.op {
+                s.push_str(&format!(
+                    "  client {}: target {} op {:?} tag {:?} attempts {} deadline {}\n",
+                    c.client_id, c.target, op.input, op.tag, op.attempts, op.deadline
+                ));
+            }
+        }
+        s
+    }
+
+    // ----- event handling ------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) -> Res<()> {
+        match ev {
+            Ev::Tick(id, inc) => {
+                if self.hosts[&id].incarnation != inc || !self.alive(id) {
+                    return Ok(());
+                }
+                let p = self.hosts[&id].period;
+                self.schedule(p, Ev::Tick(id, inc));
+                self.step_node(id, Event::Tick)
+            }
+            Ev::Net(m) => self.deliver(m),
+            Ev::WriterDone(id, inc, upto) => self.writer_done(id, inc, upto),
+            Ev::SnapshotDone(id, inc) => self.snapshot_done(id, inc),
+            Ev::InstallDone(id, inc) => self.install_done(id, inc),
+            Ev::Client(c) => self.client_event(c),
+            Ev::Fault => {
+                if self.faults_on {
+                    self.inject_fault()?;
+                    let d = self.rng.u64(TICK..8 * TICK);
+                    self.schedule(d, Ev::Fault);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn deliver(&mut self, m: NetMsg) -> Res<()> {
+        let (from, to) = m.ends();
+        if self.blocked.contains(&(from, to)) || !self.alive(to) {
+            return Ok(());
+        }
+        match m {
+            NetMsg::Raft(msg) => self.step_node(to, Event::Message(msg)),
+            NetMsg::Chunk(c) => self.on_chunk(c),
+            NetMsg::ChunkAck {
+                from,
+                to,
+                index,
+                durable_offset,
+            } => {
+                self.step_node(
+                    to,
+                    Event::SnapshotProgress {
+                        from,
+                        index,
+                        durable_offset,
+                    },
+                )?;
+                let h = self.hosts.get_mut(&to).expect("host");
+                if h.outgoing.get(&from).is_some_and(|o| o.meta.index == index) {
+                    let total = h.outgoing[&from].data.size_bytes();
+                    if durable_offset >= total {
+                        h.outgoing.remove(&from);
+                    } else {
+                        self.send_chunk(to, from, durable_offset);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn net_send(&mut self, m: NetMsg) {
+        let (from, to) = m.ends();
+        if self.blocked.contains(&(from, to)) {
+            return;
+        }
+        if self.rng.u32(0..1000) < self.cfg.drop_per_mille {
+            return;
+        }
+        let copies = if self.rng.u32(0..1000) < self.cfg.dup_per_mille {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            // Mostly quick; sometimes slow, which reorders messages.
+            let d = if self.rng.u32(0..100) < 5 {
+                self.rng.u64(TICK..6 * TICK)
+            } else {
+                self.rng.u64(20..400)
+            };
+            self.schedule(d, Ev::Net(m.clone()));
+        }
+    }
+
+    fn release(&mut self, id: NodeId, msg: Message) -> Res<()> {
+        self.check_send(id, &msg)?;
+        self.net_send(NetMsg::Raft(msg));
+        Ok(())
+    }
+
+    /// Persist-before-send: nothing leaves that reveals non-durable state.
+    fn check_send(&self, id: NodeId, m: &Message) -> Res<()> {
+        let h = &self.hosts[&id];
+        let prospective = matches!(
+            m.body,
+            MessageBody::RequestVote { pre_vote: true, .. }
+                | MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true
+                }
+        );
+        if !prospective && m.term > h.d_hs.term {
+            return Err(self.fail(format!(
+                "persist-before-send: node {id} sent {} with term {} but its durable term is {}",
+                m.body.kind_name(),
+                m.term,
+                h.d_hs.term
+            )));
+        }
+        match &m.body {
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            } if (h.d_hs.term != m.term || h.d_hs.vote != Some(m.to)) => {
+                return Err(self.fail(format!(
+                        "persist-before-send: node {id} granted its vote to {} in term {} but durable state is {:?}",
+                        m.to, m.term, h.d_hs
+                    )));
+            }
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                match_index,
+                ..
+            } => {
+                let mi = *match_index;
+                let durable = mi <= h.d_floor.max(h.d_snap.0.index) || h.d_log.contains_key(&mi);
+                if !durable {
+                    return Err(self.fail(format!(
+                        "persist-before-send: node {id} acknowledged index {mi} which is not durable (durable log ends at {:?})",
+                        h.d_log.keys().next_back()
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn run_actions(&mut self, id: NodeId) -> Res<()> {
+        let mut out = Vec::new();
+        match self.hosts.get_mut(&id).and_then(|h| h.engine.as_mut()) {
+            Some(e) => e.poll_actions(&mut out),
+            None => return Ok(()),
+        }
+        for a in out {
+            self.execute(id, a)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, id: NodeId, a: Action) -> Res<()> {
+        match a {
+            Action::Send { msg, after_persist } => {
+                let h = self.hosts.get_mut(&id).expect("host");
+                if after_persist && h.w_issued > h.w_done {
+                    let need = h.w_issued;
+                    h.deferred.push_back((need, msg));
+                } else {
+                    self.release(id, msg)?;
+                }
+            }
+            Action::Persist(b) => {
+                self.check_log_matching(id, &b)?;
+                self.writer_push(id, WOp::Persist(b));
+            }
+            Action::CompactLog { up_to } => self.writer_push(id, WOp::Compact(up_to)),
+            Action::Apply { entries } => {
+                for e in entries {
+                    self.apply_entry(id, &e)?;
+                }
+                self.serve_reads(id);
+            }
+            Action::ProposalResult { id: pid, result } => match result {
+                Ok(index) => {
+                    self.hosts
+                        .get_mut(&id)
+                        .expect("host")
+                        .await_apply
+                        .insert(index, pid);
+                }
+                Err(err) => {
+                    if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+                        eprintln!("t={} node {id}: proposal {pid} failed: {err}", self.now);
+                    }
+                    if let Some((c, hist)) = self.prop_owner.remove(&pid) {
+                        let hint = match err {
+                            ProposalError::NotLeader { leader_hint } => leader_hint,
+                            _ => None,
+                        };
+                        self.client_retry_soon(c, hist, hint);
+                    }
+                }
+            },
+            Action::ReadReady { id: rid, index } => {
+                self.hosts
+                    .get_mut(&id)
+                    .expect("host")
+                    .pending_reads
+                    .push((rid, index));
+                self.serve_reads(id);
+            }
+            Action::ReadFailed { id: rid, error } => {
+                if let Some((c, hist, _)) = self.read_owner.remove(&rid) {
+                    let hint = match error {
+                        ReadError::NotLeader { leader_hint } => leader_hint,
+                        ReadError::Busy { .. } => None,
+                    };
+                    self.client_retry_soon(c, hist, hint);
+                }
+            }
+            Action::SendSnapshot { to, meta, offset } => {
+                if self.hosts[&id].d_snap.0 != meta {
+                    return Err(self.fail(format!(
+                        "node {id}: engine asked to send snapshot {} but the host's durable snapshot is {}",
+                        meta.index,
+                        self.hosts[&id].d_snap.0.index
+                    )));
+                }
+                let h = self.hosts.get_mut(&id).expect("host");
+                let data = h.d_snap.1.clone();
+                h.outgoing.insert(to, Outgoing { meta, data });
+                self.send_chunk(id, to, offset);
+            }
+            Action::InstallSnapshot { meta } => {
+                let h = self.hosts.get_mut(&id).expect("host");
+                let Some(st) = h.staged.take().filter(|s| s.meta == meta) else {
+                    return Err(self.fail(format!(
+                        "node {id}: InstallSnapshot {} without a staged snapshot",
+                        meta.index
+                    )));
+                };
+                h.installing = Some((meta, st.data));
+                // Sometimes very slow: the consensus loop must stay live meanwhile.
+                let d = if self.rng.bool() {
+                    self.rng.u64(100..2 * TICK)
+                } else {
+                    self.rng.u64(5 * TICK..30 * TICK)
+                };
+                let inc = self.hosts[&id].incarnation;
+                self.schedule(d, Ev::InstallDone(id, inc));
+            }
+            Action::SnapshotHint { .. } => {
+                let h = self.hosts.get_mut(&id).expect("host");
+                if h.snapshotting || h.installing.is_some() {
+                    return Ok(());
+                }
+                let e = h.engine.as_ref().expect("alive");
+                let capture = Arc::new(h.machine.clone());
+                match e.snapshot_meta_at(capture.applied) {
+                    Some(meta) if meta.index > h.d_snap.0.index => {
+                        h.snapshotting = true;
+                        h.snap_capture = Some((meta, capture));
+                        let inc = h.incarnation;
+                        let d = self.rng.u64(100..3 * TICK);
+                        self.schedule(d, Ev::SnapshotDone(id, inc));
+                    }
+                    _ => {
+                        self.step_node(id, Event::SnapshotFailed)?;
+                    }
+                }
+            }
+            Action::RoleChanged { role, term, .. } => {
+                if role == Role::Leader {
+                    self.check_leader_completeness(id, term)?;
+                }
+            }
+            Action::MembershipChanged { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn writer_push(&mut self, id: NodeId, op: WOp) {
+        let h = self.hosts.get_mut(&id).expect("host");
+        h.w_issued += 1;
+        h.writer.push_back((h.w_issued, op));
+        if !h.w_scheduled {
+            h.w_scheduled = true;
+            let (inc, upto) = (h.incarnation, h.w_issued);
+            let d = self.rng.u64(50..600);
+            self.schedule(d, Ev::WriterDone(id, inc, upto));
+        }
+    }
+
+    fn writer_done(&mut self, id: NodeId, inc: u64, upto: u64) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        if h.incarnation != inc || h.engine.is_none() {
+            return Ok(());
+        }
+        let mut last_seq = None;
+        while h.writer.front().is_some_and(|(n, _)| *n <= upto) {
+            let (_, op) = h.writer.pop_front().expect("front");
+            match op {
+                WOp::Persist(b) => {
+                    if let Some(m) = &b.reset_to_snapshot {
+                        h.d_log.retain(|i, _| *i > m.index);
+                        h.d_floor = h.d_floor.max(m.index);
+                    }
+                    if let Some(t) = b.truncate_from {
+                        h.d_log.split_off(&t);
+                    }
+                    for e in b.entries {
+                        if e.index > h.d_floor {
+                            h.d_log.insert(e.index, e);
+                        }
+                    }
+                    if let Some(hs) = b.hard_state {
+                        h.d_hs = hs;
+                    }
+                    last_seq = Some(b.seq);
+                }
+                WOp::Compact(up_to) => {
+                    h.d_log.retain(|i, _| *i > up_to);
+                    h.d_floor = h.d_floor.max(up_to);
+                }
+            }
+        }
+        h.w_done = upto;
+        h.w_scheduled = false;
+        if let Some(&(n, _)) = h.writer.back() {
+            h.w_scheduled = true;
+            let d = self.rng.u64(50..600);
+            self.schedule(d, Ev::WriterDone(id, inc, n));
+        }
+        // Release sends that waited for this.
+        let h = self.hosts.get_mut(&id).expect("host");
+        let mut ready = Vec::new();
+        while h.deferred.front().is_some_and(|(need, _)| *need <= upto) {
+            ready.push(h.deferred.pop_front().expect("front").1);
+        }
+        for m in ready {
+            self.release(id, m)?;
+        }
+        if let Some(seq) = last_seq {
+            self.step_node(id, Event::Persisted { seq })?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, id: NodeId, e: &Entry) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        if e.index != h.machine.applied + 1 {
+            return Err(self.fail(format!(
+                "node {id}: Apply of index {} but the machine is at {}",
+                e.index, self.hosts[&id].machine.applied
+            )));
+        }
+        let r = h.machine.apply(e);
+        if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+            eprintln!(
+                "t={} node {id}: applied {} {:?} -> {:?} await {:?}",
+                self.now,
+                e.index,
+                e.kind,
+                r,
+                h.await_apply.get(&e.index)
+            );
+        }
+        let d = h.machine.digest();
+        let pid = h.await_apply.remove(&e.index);
+        // Drop stale waiters (their entries were superseded below this index).
+        while let Some((&i, _)) = h.await_apply.first_key_value() {
+            if i > e.index {
+                break;
+            }
+            h.await_apply.pop_first();
+        }
+        if matches!(e.kind, EntryKind::ConfChange(_)) && id == 1 {
+            self.report.conf_changes_applied += 1;
+        }
+        self.check_digest(id, e.index, d)?;
+        if let Some((tag, out, dup)) = r {
+            if dup {
+                self.report.duplicates_suppressed += 1;
+            }
+            if let Some(pid) = pid
+                && let Some((c, hist)) = self.prop_owner.remove(&pid)
+            {
+                let input = self.history[hist].input;
+                let matches = self.clients[c]
+                    .op
+                    .as_ref()
+                    .is_some_and(|o| o.hist == hist && o.tag == Some(tag));
+                if matches && out.is_empty() {
+                    // Session expired (the client gave up earlier requests
+                    // that never applied): reopen with a fresh client id.
+                    self.next_client_id += 1;
+                    let fresh = self.next_client_id;
+                    let cl = &mut self.clients[c];
+                    cl.client_id = fresh;
+                    cl.seq = 1;
+                    if let Some(op) = cl.op.as_mut() {
+                        op.tag = Some(ClientTag {
+                            client_id: fresh,
+                            seq: 1,
+                        });
+                    }
+                    self.client_retry_soon(c, hist, Some(id));
+                } else if matches {
+                    let Some(output) = decode_output(&input, &out) else {
+                        return Err(self.fail(format!(
+                            "node {id}: undecodable output {out:?} for {input:?}"
+                        )));
+                    };
+                    self.complete(c, output);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_digest(&mut self, id: NodeId, index: LogIndex, d: u64) -> Res<()> {
+        match self.digests.get(&index) {
+            Some(&x) if x != d => Err(self.fail(format!(
+                "state machine safety: node {id} has a different state digest at index {index}"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.digests.insert(index, d);
+                Ok(())
+            }
+        }
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let h = self.hosts.get_mut(&id).expect("host");
+        let applied = h.machine.applied;
+        let mut done = Vec::new();
+        h.pending_reads.retain(|&(rid, idx)| {
+            if idx <= applied {
+                done.push(rid);
+                false
+            } else {
+                true
+            }
+        });
+        for rid in done {
+            if let Some((c, hist, input)) = self.read_owner.remove(&rid) {
+                let v = self.hosts[&id].machine.kv.get(&input.key()).copied();
+                if self.clients[c].op.as_ref().is_some_and(|o| o.hist == hist) {
+                    self.complete(c, KvOutput::Get(v));
+                }
+            }
+        }
+    }
+
+    // ----- snapshots -------------------------------------------------------
+
+    fn snapshot_done(&mut self, id: NodeId, inc: u64) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        if h.incarnation != inc || h.engine.is_none() {
+            return Ok(());
+        }
+        h.snapshotting = false;
+        let Some((meta, data)) = h.snap_capture.take() else {
+            return Ok(());
+        };
+        if self.rng.u32(0..10) == 0 || meta.index <= h.d_snap.0.index {
+            return self.step_node(id, Event::SnapshotFailed);
+        }
+        h.d_snap = (meta.clone(), data);
+        self.step_node(id, Event::SnapshotCreated { meta })
+    }
+
+    fn send_chunk(&mut self, from: NodeId, to: NodeId, offset: u64) {
+        let h = &self.hosts[&from];
+        let (Some(o), Some(e)) = (h.outgoing.get(&to), h.engine.as_ref()) else {
+            return;
+        };
+        let total = o.data.size_bytes();
+        let offset = offset.min(total);
+        let len = self.cfg.snapshot_chunk_bytes.min(total - offset);
+        let c = Chunk {
+            from,
+            to,
+            term: e.term(),
+            meta: o.meta.clone(),
+            offset,
+            len,
+            total,
+            data: o.data.clone(),
+        };
+        self.net_send(NetMsg::Chunk(c));
+    }
+
+    fn on_chunk(&mut self, c: Chunk) -> Res<()> {
+        self.report.chunks_delivered += 1;
+        let h = self.hosts.get_mut(&c.to).expect("host");
+        let same = h
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.from == c.from && s.meta == c.meta && s.term == c.term);
+        if !same && c.offset == 0 && h.installing.is_none() {
+            h.staged = Some(Staged {
+                from: c.from,
+                term: c.term,
+                meta: c.meta.clone(),
+                total: c.total,
+                durable: 0,
+                data: c.data.clone(),
+            });
+        }
+        let mut complete = None;
+        let mut durable = 0;
+        if let Some(s) = h
+            .staged
+            .as_mut()
+            .filter(|s| s.from == c.from && s.meta == c.meta && s.term == c.term)
+        {
+            if c.offset == s.durable {
+                s.durable += c.len;
+                if s.durable >= s.total {
+                    complete = Some((s.from, s.term, s.meta.clone()));
+                }
+            }
+            durable = s.durable;
+        }
+        self.net_send(NetMsg::ChunkAck {
+            from: c.to,
+            to: c.from,
+            index: c.meta.index,
+            durable_offset: durable,
+        });
+        if let Some((from, term, meta)) = complete {
+            self.step_node(c.to, Event::SnapshotReceived { from, term, meta })?;
+            // If the engine did not ask for an install, drop the staging.
+            let h = self.hosts.get_mut(&c.to).expect("host");
+            if h.installing.is_none() && h.staged.as_ref().is_some_and(|s| s.durable >= s.total) {
+                h.staged = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn install_done(&mut self, id: NodeId, inc: u64) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        if h.incarnation != inc || h.engine.is_none() {
+            return Ok(());
+        }
+        let Some((meta, data)) = h.installing.take() else {
+            return Ok(());
+        };
+        if self.rng.u32(0..20) == 0 {
+            return self.step_node(id, Event::SnapshotInstallFailed { meta });
+        }
+        h.machine = (*data).clone();
+        if meta.index > h.d_snap.0.index {
+            h.d_snap = (meta.clone(), data);
+        }
+        // Pending reads and proposals waiting on indexes the snapshot skipped
+        // will be answered by retries.
+        h.await_apply.retain(|i, _| *i > meta.index);
+        self.report.snapshots_installed += 1;
+        let d = self.hosts[&id].machine.digest();
+        self.check_digest(id, meta.index, d)?;
+        self.step_node(id, Event::SnapshotInstalled { meta })?;
+        self.serve_reads(id);
+        Ok(())
+    }
+
+    // ----- clients ----------------------------------------------------------
+
+    fn client_event(&mut self, c: usize) -> Res<()> {
+        if self.clients[c].op.is_none() {
+            if !self.new_ops || !self.clients[c].active {
+                return Ok(());
+            }
+            let key = self.rng.u64(0..self.cfg.keys);
+            let input = match self.rng.u32(0..10) {
+                0..=3 => KvInput::Put {
+                    key,
+                    value: self.rng.u64(1..1_000_000),
+                },
+                4..=6 => {
+                    let expected = if self.rng.bool() {
+                        None
+                    } else {
+                        Some(self.rng.u64(1..1_000_000))
+                    };
+                    // Aim CAS at the real current value often enough to succeed.
+                    let expected =
+                        match self.hosts.values().find_map(|h| {
+                            h.engine.as_ref().map(|_| h.machine.kv.get(&key).copied())
+                        }) {
+                            Some(v) if self.rng.bool() => v,
+                            _ => expected,
+                        };
+                    KvInput::Cas {
+                        key,
+                        expected,
+                        new: self.rng.u64(1..1_000_000),
+                    }
+                }
+                _ => KvInput::Get { key },
+            };
+            let cl = &mut self.clients[c];
+            let tag = if matches!(input, KvInput::Get { .. }) {
+                None
+            } else {
+                cl.seq += 1;
+                Some(ClientTag {
+                    client_id: cl.client_id,
+                    seq: cl.seq,
+                })
+            };
+            let hist = self.history.len();
+            self.history.push(Operation {
+                client: cl.client_id,
+                input,
+                call: self.now,
+                ret: None,
+                output: None,
+            });
+            cl.op = Some(ClientOp {
+                hist,
+                input,
+                tag,
+                deadline: 0,
+                attempts: 0,
+            });
+            return self.submit(c);
+        }
+        let deadline = self.clients[c].op.as_ref().map_or(0, |o| o.deadline);
+        if self.now >= deadline {
+            return self.submit(c);
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, c: usize) -> Res<()> {
+        let n = self.hosts.len() as u64;
+        let Some(op) = self.clients[c].op.as_mut() else {
+            return Ok(());
+        };
+        op.attempts += 1;
+        if op.attempts > 60 && self.new_ops {
+            // Give up: the outcome stays unknown (ret = None) in the history.
+            self.clients[c].op = None;
+            let t = self.rng.u64(0..2 * TICK);
+            self.schedule(t, Ev::Client(c));
+            return Ok(());
+        }
+        let deadline = self.now + 12 * TICK;
+        op.deadline = deadline;
+        let (hist, input, tag) = (op.hist, op.input, op.tag);
+        self.schedule_at(deadline, Ev::Client(c));
+        let mut target = self.clients[c].target;
+        if !self.alive(target) {
+            target = self.rng.u64(1..=n);
+            self.clients[c].target = target;
+        }
+        if !self.alive(target) {
+            return Ok(());
+        }
+        let rid = self.fresh_id();
+        match tag {
+            None => {
+                self.read_owner.insert(rid, (c, hist, input));
+                self.step_node(target, Event::Read { id: rid })
+            }
+            Some(tag) => {
+                self.prop_owner.insert(rid, (c, hist));
+                let kind = EntryKind::Command {
+                    client: Some(tag),
+                    timestamp_ms: self.now / TICK,
+                    data: encode_cmd(&input),
+                };
+                self.step_node(target, Event::Propose { id: rid, kind })
+            }
+        }
+    }
+
+    fn client_retry_soon(&mut self, c: usize, hist: usize, hint: Option<NodeId>) {
+        let n = self.hosts.len() as u64;
+        let cl = &mut self.clients[c];
+        let Some(op) = cl.op.as_mut().filter(|o| o.hist == hist) else {
+            return;
+        };
+        cl.target = match hint {
+            Some(h) if h != cl.target => h,
+            _ => self.rng.u64(1..=n),
+        };
+        let d = self.rng.u64(100..TICK);
+        op.deadline = self.now + d;
+        self.schedule(d, Ev::Client(c));
+    }
+
+    fn complete(&mut self, c: usize, output: KvOutput) {
+        let Some(op) = self.clients[c].op.take() else {
+            return;
+        };
+        let h = &mut self.history[op.hist];
+        h.ret = Some(self.now);
+        h.output = Some(output);
+        let t = self.rng.u64(0..2 * TICK);
+        self.schedule(t, Ev::Client(c));
+    }
+
+    // ----- faults -------------------------------------------------------------
+
+    fn inject_fault(&mut self) -> Res<()> {
+        let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
+        let pick = |rng: &mut fastrand::Rng| ids[rng.usize(0..ids.len())];
+        match self.rng.u32(0..100) {
+            0..=11 if self.cfg.partitions => {
+                let x = pick(&mut self.rng);
+                self.isolate(x);
+            }
+            12..=19 if self.cfg.partitions => {
+                // Split into two random groups.
+                let group: BTreeSet<NodeId> =
+                    ids.iter().copied().filter(|_| self.rng.bool()).collect();
+                for &a in &ids {
+                    for &b in &ids {
+                        if group.contains(&a) != group.contains(&b) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+            20..=27 if self.cfg.partitions => {
+                let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
+                if a != b {
+                    self.block(a, b);
+                }
+            }
+            28..=45 => self.heal(),
+            46..=55 if self.cfg.crashes => {
+                let crashed = ids.iter().filter(|i| !self.alive(**i)).count();
+                if crashed < 2 {
+                    let x = pick(&mut self.rng);
+                    self.crash(x);
+                }
+            }
+            56..=67 if self.cfg.crashes => {
+                let dead: Vec<NodeId> = ids.iter().copied().filter(|i| !self.alive(*i)).collect();
+                if !dead.is_empty() {
+                    let x = dead[self.rng.usize(0..dead.len())];
+                    self.restart(x);
+                }
+            }
+            68..=79 if self.cfg.membership_changes => {
+                if let Some(l) = self.leader() {
+                    let m = self.engine(l).expect("leader").membership().clone();
+                    let non_members: Vec<NodeId> =
+                        ids.iter().copied().filter(|i| !m.contains(*i)).collect();
+                    let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+                    let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+                    let change = match self.rng.u32(0..3) {
+                        0 if !non_members.is_empty() => Some(ConfChange::AddLearner(
+                            non_members[self.rng.usize(0..non_members.len())],
+                        )),
+                        1 if !learners.is_empty() => Some(ConfChange::PromoteLearner(
+                            learners[self.rng.usize(0..learners.len())],
+                        )),
+                        2 if voters.len() > 3 => Some(ConfChange::RemoveNode(
+                            voters[self.rng.usize(0..voters.len())],
+                        )),
+                        2 if !learners.is_empty() => Some(ConfChange::RemoveNode(
+                            learners[self.rng.usize(0..learners.len())],
+                        )),
+                        _ => None,
+                    };
+                    if let Some(ch) = change {
+                        self.propose_conf_change(l, ch)?;
+                    }
+                }
+            }
+            80..=89 if self.cfg.transfers => {
+                if let Some(l) = self.leader() {
+                    let voters: Vec<NodeId> = self
+                        .engine(l)
+                        .expect("leader")
+                        .membership()
+                        .voters
+                        .iter()
+                        .copied()
+                        .filter(|v| *v != l)
+                        .collect();
+                    if !voters.is_empty() {
+                        let to = voters[self.rng.usize(0..voters.len())];
+                        self.report.transfers += 1;
+                        self.step_node(l, Event::TransferLeadership { to })?;
+                    }
+                }
+            }
+            90..=99 if self.cfg.snapshot_aborts => {
+                let with_out: Vec<(NodeId, NodeId, LogIndex)> = self
+                    .hosts
+                    .values()
+                    .flat_map(|h| {
+                        h.outgoing
+                            .iter()
+                            .map(move |(to, o)| (h.id, *to, o.meta.index))
+                    })
+                    .collect();
+                if !with_out.is_empty() {
+                    let (from, to, index) = with_out[self.rng.usize(0..with_out.len())];
+                    self.hosts
+                        .get_mut(&from)
+                        .expect("host")
+                        .outgoing
+                        .remove(&to);
+                    self.step_node(from, Event::SnapshotTransferFailed { to, index })?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    // ----- checks ----------------------------------------------------------------
+
+    fn check_log_matching(&mut self, id: NodeId, b: &PersistBatch) -> Res<()> {
+        let e = self.hosts[&id].engine.as_ref().expect("alive");
+        let mut checks = Vec::with_capacity(b.entries.len());
+        for (k, en) in b.entries.iter().enumerate() {
+            let prev_term = if k > 0 {
+                b.entries[k - 1].term
+            } else {
+                e.log_term(en.index - 1).unwrap_or(u64::MAX)
+            };
+            checks.push(((en.index, en.term), (hash_of(en), prev_term)));
+        }
+        for (key, val) in checks {
+            match self.entries_seen.get(&key) {
+                Some(&(h, pt))
+                    if h != val.0 || (pt != val.1 && pt != u64::MAX && val.1 != u64::MAX) =>
+                {
+                    return Err(self.fail(format!(
+                        "log matching: node {id} persisted entry (index {}, term {}) that differs from another node's",
+                        key.0, key.1
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.entries_seen.insert(key, val);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leader_completeness(&mut self, id: NodeId, term: Term) -> Res<()> {
+        let e = self.hosts[&id].engine.as_ref().expect("alive");
+        if let Some((&max, _)) = self.committed.last_key_value()
+            && e.last_index() < max
+        {
+            return Err(self.fail(format!(
+                    "leader completeness: node {id} became leader of term {term} with last index {} < committed {max}",
+                    e.last_index()
+                )));
+        }
+        for (&i, &(t, h)) in self.committed.range(e.log_floor() + 1..) {
+            let ok = e
+                .log_entry(i)
+                .is_some_and(|en| en.term == t && hash_of(en) == h);
+            if !ok {
+                return Err(self.fail(format!(
+                    "leader completeness: node {id} leader of term {term} lacks committed entry {i} (term {t})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_node(&mut self, id: NodeId) -> Res<()> {
+        let Some(e) = self.hosts[&id].engine.as_ref() else {
+            return Ok(());
+        };
+        let commit = e.commit_index();
+        let from = self.hosts[&id].checked_commit.max(e.log_floor());
+        let mut found = Vec::new();
+        for i in from + 1..=commit {
+            if let Some(en) = e.log_entry(i) {
+                found.push((i, en.term, hash_of(en)));
+            }
+        }
+        let (role, term, unc) = (e.role(), e.term(), e.uncommitted_conf_changes());
+        self.report.max_commit = self.report.max_commit.max(commit);
+        self.report.max_term = self.report.max_term.max(term);
+        self.hosts.get_mut(&id).expect("host").checked_commit = commit;
+        for (i, t, h) in found {
+            match self.committed.get(&i) {
+                Some(&(t2, h2)) if (t2, h2) != (t, h) => {
+                    return Err(self.fail(format!(
+                        "state machine safety: node {id} committed (index {i}, term {t}) but (term {t2}) was committed before"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(i, (t, h));
+                }
+            }
+        }
+        if role == Role::Leader {
+            match self.leaders.get(&term) {
+                Some(&l) if l != id => {
+                    return Err(self.fail(format!(
+                        "election safety: nodes {l} and {id} are both leaders of term {term}"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(term, id);
+                }
+            }
+            if unc > 1 {
+                return Err(self.fail(format!(
+                    "leader {id} has {unc} uncommitted membership changes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seeds to run: `WRAFT_SIM_SEED` (one seed) or `default_count` seeds starting
+/// at `base` (`WRAFT_SIM_SEEDS` overrides the count).
+pub fn seeds_from_env(base: u64, default_count: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("WRAFT_SIM_SEED")
+        && let Ok(seed) = s.trim().parse()
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("WRAFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default_count);
+    (base..base + n).collect()
+}
