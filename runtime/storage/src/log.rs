@@ -306,15 +306,16 @@ impl DiskIndex {
                     ));
                 }
                 if !self.locs.is_empty() {
-                    if last_kept + 1 < self.base {
-                        return Err((
-                            "truncation below the first retained entry".into(),
-                            format!(">= {}", self.base - 1),
-                            last_kept.to_string(),
-                        ));
-                    }
-                    let keep = (last_kept + 1 - self.base).min(self.locs.len() as u64);
+                    // Truncating below the first replayed entry is legal: the entries it removed
+                    // lived in segments since deleted by compaction, and a later floor record
+                    // covers them (checked by `finish`).
+                    let keep = (last_kept + 1)
+                        .saturating_sub(self.base)
+                        .min(self.locs.len() as u64);
                     self.locs.truncate(keep as usize);
+                    if self.locs.is_empty() {
+                        self.next = Some(last_kept + 1);
+                    }
                 }
                 let last = self.last();
                 if self.next.is_some() && last_kept > last {
