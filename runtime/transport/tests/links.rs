@@ -177,7 +177,7 @@ async fn slow_peer_backs_up_into_a_bounded_queue_that_drops_and_then_recovers() 
         t1.send(2, payload.clone()).unwrap();
         sends += 1;
         assert!(sends < 1_000_000, "queue never overflowed");
-        if sends % 64 == 0 {
+        if sends.is_multiple_of(64) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
