@@ -430,6 +430,7 @@ struct Shared {
     raft_client: quinn::ClientConfig,
     bulk_client: quinn::ClientConfig,
     addresses: AddressBook,
+    membership: Membership,
     auth: AuthCounters,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
@@ -504,7 +505,7 @@ impl Transport {
         let auth = AuthCounters::new();
         let transport = Arc::new(config.quinn_transport()?);
 
-        let server_tls = tls::server_config(tls, membership, &auth)?;
+        let server_tls = tls::server_config(tls, membership.clone(), &auth)?;
         let quic_server = QuicServerConfig::try_from(server_tls)
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
@@ -534,6 +535,7 @@ impl Transport {
             raft_client,
             bulk_client,
             addresses,
+            membership,
             auth,
             counters: Arc::new(Counters::default()),
             shutdown,
@@ -1138,6 +1140,10 @@ async fn read_raft_stream(
     }
     loop {
         match frame::read_frame(&mut recv, max).await {
+            Ok(Some(_)) if !shared.membership.contains(from) => {
+                // Removed from the cluster after the handshake: stop listening to it.
+                return refuse(&shared, &conn, Refusal::NotAMember(from));
+            }
             Ok(Some(f)) if f.kind == KIND_RAFT => {
                 shared
                     .counters

@@ -124,7 +124,7 @@ async fn expired_certificate_is_refused_and_logged() {
 }
 
 #[tokio::test]
-async fn certificate_naming_a_non_member_is_refused_until_it_joins() {
+async fn certificate_naming_a_non_member_is_refused_until_it_joins_and_after_it_leaves() {
     let (logs, _g) = Logs::install();
     let f = Fixture::new([1, 2]);
     let (t1, mut in1) = f.bind(1, &f.node_tls(1));
@@ -154,6 +154,16 @@ async fn certificate_naming_a_non_member_is_refused_until_it_joins() {
         }
     }
     assert!(delivered, "node 3 never got through after joining");
+    // Removed again: its established link is cut at its next message.
+    f.membership.remove(3);
+    t3.send(1, Bytes::from_static(b"after removal")).unwrap();
+    eventually(5, "removed member refused", || {
+        t1.stats().refusals.not_a_member >= 2
+    })
+    .await;
+    while let Ok((from, p)) = in1.raft.try_recv() {
+        assert_ne!((from, &p[..]), (3, &b"after removal"[..]));
+    }
     t1.shutdown().await;
     t3.shutdown().await;
 }
