@@ -439,7 +439,8 @@ struct Shared {
 struct Inner {
     shared: Shared,
     links: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
-    bulk_conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
+    /// One slot per peer, so a slow dial to one peer never delays bulk opens to another.
+    bulk_conns: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -555,7 +556,7 @@ impl Transport {
         let inner = Arc::new(Inner {
             shared,
             links: Mutex::new(HashMap::new()),
-            bulk_conns: tokio::sync::Mutex::new(HashMap::new()),
+            bulk_conns: Mutex::new(HashMap::new()),
             shutdown_tx,
             tasks: Mutex::new(vec![accept]),
         });
@@ -742,15 +743,26 @@ impl Transport {
     }
 
     async fn bulk_connection(&self, to: NodeId) -> Result<Connection, TransportError> {
-        let mut conns = self.inner.bulk_conns.lock().await;
-        if let Some(c) = conns.get(&to)
+        if *self.inner.shared.shutdown.borrow() {
+            return Err(TransportError::ShutDown);
+        }
+        let slot = self
+            .inner
+            .bulk_conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(to)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref()
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
         }
         let conn = dial(&self.inner.shared, to, &self.inner.shared.bulk_client).await?;
         info!(target: LOG, peer = to, "bulk connection established");
-        conns.insert(to, conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 
@@ -769,8 +781,17 @@ impl Transport {
             link.stop.store(true, Ordering::Release);
             link.stop_notify.notify_waiters();
         }
-        for c in inner.bulk_conns.lock().await.drain() {
-            c.1.close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");
+        let slots: Vec<_> = inner
+            .bulk_conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            if let Some(c) = slot.lock().await.take() {
+                c.close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");
+            }
         }
         let endpoint = inner.shared.endpoint.clone();
         endpoint.close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");

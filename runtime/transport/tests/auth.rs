@@ -306,3 +306,38 @@ async fn garbage_oversized_and_corrupt_frames_close_only_their_stream() {
     t1.shutdown().await;
     t3.shutdown().await;
 }
+
+#[tokio::test]
+async fn udp_garbage_at_the_node_port_does_not_disturb_its_links() {
+    let f = Fixture::new([1, 2]);
+    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
+    let (t2, _in2) = f.bind(2, &f.node_tls(2));
+    t2.send(1, Bytes::from_static(b"before")).unwrap();
+    assert_eq!(&recv(&mut in1.raft, 5).await.1[..], b"before");
+    let seed = 0x6a7b_u64;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = t1.local_addr().unwrap();
+    for i in 0..2000 {
+        let mut datagram: Vec<u8> = (0..rng.usize(1..1400)).map(|_| rng.u8(..)).collect();
+        if i % 2 == 0 {
+            // Half of them look like QUIC long-header (Initial) packets, version 1.
+            datagram[0] = 0xc0 | (datagram[0] & 0x0f);
+            if datagram.len() > 5 {
+                datagram[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+        }
+        let _ = sock.send_to(&datagram, addr);
+    }
+    for i in 0..10u32 {
+        t2.send_msg(1, &i).unwrap();
+        let (from, p) = recv(&mut in1.raft, 5).await;
+        assert_eq!(
+            (from, frame::decode_payload::<u32>(&p).unwrap()),
+            (2, i),
+            "seed {seed:#x}"
+        );
+    }
+    t1.shutdown().await;
+    t2.shutdown().await;
+}
