@@ -252,6 +252,9 @@ pub enum TransportError {
     /// No address known for the peer.
     #[error("no address known for node {0} (add it to the address book)")]
     UnknownPeer(NodeId),
+    /// `send` addressed to this node itself (the driver should loop it back locally).
+    #[error("node {0} cannot send to itself over the transport")]
+    SendToSelf(NodeId),
     /// Dialing failed.
     #[error("connect to node {peer} at {addr}: {detail}")]
     Connect {
@@ -316,7 +319,9 @@ pub struct PeerStats {
     pub dropped_overflow_msgs: u64,
     /// Messages discarded because the link was down (queue cleared, or sent during backoff).
     pub dropped_link_down_msgs: u64,
-    /// Successful connects (1 + reconnects).
+    /// Handshakes that completed locally (1 + reconnects). With TLS 1.3 the
+    /// peer may still refuse our certificate just after; that shows up as a
+    /// quick link-down and a refusal in the peer's log.
     pub connects: u64,
 }
 
@@ -406,6 +411,14 @@ impl PeerLink {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ask the link task to exit. `notify_waiters` wakes a task already
+    /// waiting; the stored `notify_one` permit catches one about to wait.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.stop_notify.notify_waiters();
+        self.stop_notify.notify_one();
+    }
+
     fn set_state(&self, s: LinkState) {
         let mut q = self.lock();
         q.state = s;
@@ -454,8 +467,7 @@ impl Drop for Inner {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            link.stop.store(true, Ordering::Release);
-            link.stop_notify.notify_waiters();
+            link.stop();
         }
         self.shared
             .endpoint
@@ -609,7 +621,10 @@ impl Transport {
         if *self.inner.shared.shutdown.borrow() {
             return Err(TransportError::ShutDown);
         }
-        if to == cfg.node_id || self.inner.shared.addresses.get(to).is_none() {
+        if to == cfg.node_id {
+            return Err(TransportError::SendToSelf(to));
+        }
+        if self.inner.shared.addresses.get(to).is_none() {
             return Err(TransportError::UnknownPeer(to));
         }
         let link = self.link(to);
@@ -691,8 +706,7 @@ impl Transport {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&to);
         if let Some(link) = link {
-            link.stop.store(true, Ordering::Release);
-            link.stop_notify.notify_waiters();
+            link.stop();
         }
     }
 
@@ -778,8 +792,7 @@ impl Transport {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            link.stop.store(true, Ordering::Release);
-            link.stop_notify.notify_waiters();
+            link.stop();
         }
         let slots: Vec<_> = inner
             .bulk_conns
