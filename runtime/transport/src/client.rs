@@ -1,0 +1,160 @@
+//! Client side of `wraft-client/1`: connect to any cluster node with a client
+//! certificate and run framed request/response exchanges on bidirectional
+//! streams. Request and response types are the caller's (postcard).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::certs::{Identity, NodeId, TlsIdentity};
+use crate::frame::{self, FrameError};
+use crate::tls::{self, Alpn, AuthCounters, TlsError};
+use crate::transport::{CODE_SHUTDOWN, TransportError};
+
+/// Bounds for a client connection.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Largest request/response frame payload, bytes. Default 16 MiB.
+    pub max_frame_bytes: u32,
+    /// Handshake deadline, ms. Default 3000.
+    pub connect_timeout_ms: u64,
+    /// Keep-alive interval, ms. Default 1000.
+    pub keep_alive_interval_ms: u64,
+    /// Idle timeout, ms. Default 10000.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+            connect_timeout_ms: 3000,
+            keep_alive_interval_ms: 1000,
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// An authenticated `wraft-client/1` connection to one node.
+#[derive(Debug, Clone)]
+pub struct ClientConnection {
+    endpoint: Endpoint,
+    conn: Connection,
+    max_frame_bytes: u32,
+}
+
+impl ClientConnection {
+    /// Connect to the node at `addr` presenting `tls` (a client certificate,
+    /// or a node certificate for node-to-node forwarding). If `node` is
+    /// given, the server's certificate must name that node; otherwise any
+    /// node of the cluster is accepted. Binds an ephemeral UDP port.
+    pub async fn connect(
+        addr: SocketAddr,
+        node: Option<NodeId>,
+        tls: &TlsIdentity,
+        config: &ClientConfig,
+    ) -> Result<ClientConnection, TransportError> {
+        let err = |detail: String| TransportError::Connect {
+            peer: node.unwrap_or(0),
+            addr,
+            detail,
+        };
+        let rustls_cfg = tls::client_config(tls, Alpn::Client, &AuthCounters::new())?;
+        let quic = QuicClientConfig::try_from(rustls_cfg)
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_interval_ms)));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms)).map_err(
+                |_| TransportError::Config {
+                    key: "idle_timeout_ms",
+                    msg: "too large".into(),
+                },
+            )?,
+        ));
+        cc.transport_config(Arc::new(t));
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint =
+            Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+        let name = match node {
+            Some(id) => tls::server_name_for(id),
+            None => tls::ANY_NODE_SERVER_NAME.to_owned(),
+        };
+        let connecting = endpoint
+            .connect_with(cc, addr, &name)
+            .map_err(|e| err(e.to_string()))?;
+        let conn = match tokio::time::timeout(
+            Duration::from_millis(config.connect_timeout_ms),
+            connecting,
+        )
+        .await
+        {
+            Err(_) => return Err(err("handshake timed out".into())),
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Ok(Ok(c)) => c,
+        };
+        Ok(ClientConnection {
+            endpoint,
+            conn,
+            max_frame_bytes: config.max_frame_bytes,
+        })
+    }
+
+    /// The server's identity, from its (verified) certificate.
+    pub fn server(&self) -> Option<Identity> {
+        let certs = self
+            .conn
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        crate::certs::identity_of(certs.first()?).ok()
+    }
+
+    /// Open a raw bidirectional stream (for streaming exchanges).
+    pub async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
+        Ok(self.conn.open_bi().await?)
+    }
+
+    /// One request/response exchange on a fresh stream: write `req` as one
+    /// frame of `kind`, finish the send side, read one response frame. Fails
+    /// on connection loss, a malformed response, or a stream that ends
+    /// without a response.
+    pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: u8,
+        req: &Req,
+    ) -> Result<(u8, Resp), TransportError> {
+        let (mut send, mut recv) = self.open_stream().await?;
+        frame::write_msg(&mut send, kind, req, self.max_frame_bytes).await?;
+        let _ = send.finish();
+        match frame::read_msg(&mut recv, self.max_frame_bytes).await? {
+            Some(r) => Ok(r),
+            None => Err(FrameError::Truncated {
+                needed: frame::FRAME_HEADER_BYTES,
+            }
+            .into()),
+        }
+    }
+
+    /// The underlying quinn connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Close the connection and wait (briefly) for the peer to be told.
+    pub async fn close(self) {
+        self.conn
+            .close(VarInt::from_u32(CODE_SHUTDOWN), b"client closing");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
