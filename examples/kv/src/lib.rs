@@ -1,1 +1,349 @@
-//! example guest (placeholder: being built).
+//! A replicated string key/value store: put, delete and compare-and-swap commands; get and prefix
+//! scan queries; JSON on the wire.
+//!
+//! ```text
+//! {"op":"put","key":"a","value":"1"}                       -> {"prev":null}
+//! {"op":"cas","key":"a","expected":"1","new":"2"}           -> {"swapped":true,"current":"2"}
+//! {"op":"delete","key":"a"}                                 -> {"prev":"2"}
+//! query {"op":"get","key":"a"}                              -> {"value":null}
+//! query {"op":"scan","prefix":"user/","limit":100}          -> {"entries":[["user/1","x"]],"more":false}
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use wraft_guest::{AppError, DefaultSnapshot, EntryCtx, Json, Records, StateMachine};
+
+/// Most entries one scan returns; a scan with more matches reports `more: true`.
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+/// Longest key accepted, in bytes.
+pub const KEY_BYTES_MAX: usize = 4 << 10;
+/// Application error code: the key is empty or longer than [`KEY_BYTES_MAX`].
+pub const ERR_BAD_KEY: u32 = 1;
+
+/// The replicated state. A `BTreeMap`, so iteration (scans, snapshots) is ordered identically on
+/// every replica.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+}
+
+/// A write.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Set `key` to `value`.
+    Put { key: String, value: String },
+    /// Remove `key`.
+    Delete { key: String },
+    /// Set `key` to `new` (or remove it if `new` is null) only if its current value equals
+    /// `expected` (null = absent).
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+    },
+}
+
+/// The result of a write.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Output {
+    /// Put and delete return the previous value.
+    Prev { prev: Option<String> },
+    /// Compare-and-swap says whether it swapped and what the value is now.
+    Cas {
+        swapped: bool,
+        current: Option<String>,
+    },
+}
+
+/// A read.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Query {
+    /// The value of `key`.
+    Get { key: String },
+    /// Entries whose key starts with `prefix`, in key order, starting after `after` if given.
+    Scan {
+        prefix: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// The answer to a read.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Reply {
+    /// Answer to `get`.
+    Value { value: Option<String> },
+    /// Answer to `scan`; `more` is true if the limit cut the list short.
+    Entries {
+        entries: Vec<(String, String)>,
+        more: bool,
+    },
+}
+
+fn check_key(key: &str) -> Result<(), AppError> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(AppError::new(
+            ERR_BAD_KEY,
+            format!("key must be 1..={KEY_BYTES_MAX} bytes, got {}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl Kv {
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True if there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl StateMachine for Kv {
+    const NAME: &'static str = "kv";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Codec = Json;
+    type Snapshot = DefaultSnapshot;
+    type Command = Command;
+    type Output = Output;
+    type Query = Query;
+    type Reply = Reply;
+
+    fn apply(&mut self, _ctx: &EntryCtx, cmd: Command) -> Result<Output, AppError> {
+        match cmd {
+            Command::Put { key, value } => {
+                check_key(&key)?;
+                Ok(Output::Prev {
+                    prev: self.map.insert(key, value),
+                })
+            }
+            Command::Delete { key } => Ok(Output::Prev {
+                prev: self.map.remove(&key),
+            }),
+            Command::Cas { key, expected, new } => {
+                check_key(&key)?;
+                let current = self.map.get(&key);
+                if current != expected.as_ref() {
+                    return Ok(Output::Cas {
+                        swapped: false,
+                        current: current.cloned(),
+                    });
+                }
+                match &new {
+                    Some(v) => self.map.insert(key, v.clone()),
+                    None => self.map.remove(&key),
+                };
+                Ok(Output::Cas {
+                    swapped: true,
+                    current: new,
+                })
+            }
+        }
+    }
+
+    fn query(&self, q: Query) -> Result<Reply, AppError> {
+        match q {
+            Query::Get { key } => Ok(Reply::Value {
+                value: self.map.get(&key).cloned(),
+            }),
+            Query::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                let limit = limit.unwrap_or(SCAN_LIMIT_MAX).min(SCAN_LIMIT_MAX);
+                let start = match &after {
+                    Some(a) if a.as_str() >= prefix.as_str() => Bound::Excluded(a.as_str()),
+                    _ => Bound::Included(prefix.as_str()),
+                };
+                let mut it = self
+                    .map
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&prefix));
+                let entries: Vec<_> = it
+                    .by_ref()
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let more = it.next().is_some();
+                Ok(Reply::Entries { entries, more })
+            }
+        }
+    }
+}
+
+impl Records for Kv {
+    type Record<'a> = (&'a str, &'a str);
+    type OwnedRecord = (String, String);
+
+    fn records(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    fn restore_record(&mut self, (k, v): (String, String)) -> Result<(), String> {
+        // Records arrive in key order; anything else means a corrupt or foreign snapshot.
+        if let Some((last, _)) = self.map.last_key_value()
+            && *last >= k
+        {
+            return Err(format!("keys out of order: {k:?} after {last:?}"));
+        }
+        self.map.insert(k, v);
+        Ok(())
+    }
+}
+
+wraft_guest::machine!(Kv);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wraft_guest::testing::Harness;
+
+    fn apply(h: &mut Harness<Kv>, cmd: serde_json::Value) -> Result<serde_json::Value, AppError> {
+        h.apply(&serde_json::to_vec(&cmd).unwrap())
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn query(h: &Harness<Kv>, q: serde_json::Value) -> serde_json::Value {
+        serde_json::from_slice(&h.query(&serde_json::to_vec(&q).unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn put_get_delete_report_previous_values() {
+        let mut h = Harness::<Kv>::new();
+        assert_eq!(
+            apply(&mut h, json!({"op":"put","key":"a","value":"1"})).unwrap(),
+            json!({"prev":null})
+        );
+        assert_eq!(
+            apply(&mut h, json!({"op":"put","key":"a","value":"2"})).unwrap(),
+            json!({"prev":"1"})
+        );
+        assert_eq!(
+            query(&h, json!({"op":"get","key":"a"})),
+            json!({"value":"2"})
+        );
+        assert_eq!(
+            apply(&mut h, json!({"op":"delete","key":"a"})).unwrap(),
+            json!({"prev":"2"})
+        );
+        assert_eq!(
+            query(&h, json!({"op":"get","key":"a"})),
+            json!({"value":null})
+        );
+    }
+
+    #[test]
+    fn cas_swaps_only_on_expected_value() {
+        let mut h = Harness::<Kv>::new();
+        let r = apply(
+            &mut h,
+            json!({"op":"cas","key":"k","expected":null,"new":"v1"}),
+        )
+        .unwrap();
+        assert_eq!(r, json!({"swapped":true,"current":"v1"}));
+        let r = apply(
+            &mut h,
+            json!({"op":"cas","key":"k","expected":"nope","new":"v2"}),
+        )
+        .unwrap();
+        assert_eq!(r, json!({"swapped":false,"current":"v1"}));
+        let r = apply(
+            &mut h,
+            json!({"op":"cas","key":"k","expected":"v1","new":null}),
+        )
+        .unwrap();
+        assert_eq!(r, json!({"swapped":true,"current":null}));
+        assert_eq!(h.state().len(), 0);
+    }
+
+    #[test]
+    fn scan_returns_prefix_matches_in_order_and_pages() {
+        let mut h = Harness::<Kv>::new();
+        for k in ["u/3", "u/1", "v/1", "u/2", "t/9"] {
+            apply(&mut h, json!({"op":"put","key":k,"value":k})).unwrap();
+        }
+        let r = query(&h, json!({"op":"scan","prefix":"u/","limit":2}));
+        assert_eq!(
+            r,
+            json!({"entries":[["u/1","u/1"],["u/2","u/2"]],"more":true})
+        );
+        let r = query(&h, json!({"op":"scan","prefix":"u/","after":"u/2"}));
+        assert_eq!(r, json!({"entries":[["u/3","u/3"]],"more":false}));
+    }
+
+    #[test]
+    fn empty_key_is_rejected_with_app_error() {
+        let mut h = Harness::<Kv>::new();
+        let e = apply(&mut h, json!({"op":"put","key":"","value":"x"})).unwrap_err();
+        assert_eq!(e.code, ERR_BAD_KEY);
+    }
+
+    #[test]
+    fn snapshot_restores_identical_state_across_many_small_chunks() {
+        let mut h = Harness::<Kv>::new();
+        for i in 0..5000 {
+            apply(
+                &mut h,
+                json!({"op":"put","key":format!("key{i:05}"),"value":"v".repeat(i % 50)}),
+            )
+            .unwrap();
+        }
+        let chunks = h.snapshot(256).unwrap();
+        assert!(
+            chunks.len() > 10,
+            "expected many chunks, got {}",
+            chunks.len()
+        );
+        let r = Harness::<Kv>::restore(chunks.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(r.state(), h.state());
+    }
+
+    #[test]
+    fn flipped_byte_in_a_chunk_is_caught_by_its_checksum() {
+        let mut h = Harness::<Kv>::new();
+        for i in 0..100 {
+            apply(
+                &mut h,
+                json!({"op":"put","key":format!("k{i}"),"value":"x"}),
+            )
+            .unwrap();
+        }
+        let mut chunks = h.snapshot(128).unwrap();
+        let last = chunks[1].len() - 1;
+        chunks[1][last] ^= 0x40;
+        let e = Harness::<Kv>::restore(chunks.iter().map(Vec::as_slice))
+            .err()
+            .unwrap();
+        assert!(e.contains("chunk 1: checksum mismatch"), "{e}");
+    }
+
+    #[test]
+    fn missing_final_chunk_fails_finish() {
+        let mut h = Harness::<Kv>::new();
+        for i in 0..100 {
+            apply(
+                &mut h,
+                json!({"op":"put","key":format!("k{i}"),"value":"x"}),
+            )
+            .unwrap();
+        }
+        let chunks = h.snapshot(128).unwrap();
+        let e = Harness::<Kv>::restore(chunks[..chunks.len() - 1].iter().map(Vec::as_slice))
+            .err()
+            .unwrap();
+        assert!(e.contains("no final chunk"), "{e}");
+    }
+}

@@ -1,1 +1,173 @@
-//! example guest (placeholder: being built).
+//! A guest that misbehaves on command, for testing that the host contains it.
+//!
+//! Commands (JSON): `"Ok"`, `{"Panic":"why"}`, `"Loop"`, `{"Recurse":depth}`, `"GrowMemory"`,
+//! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`.
+//! It also shows a custom [`SnapshotFormat`] layered over [`DefaultSnapshot`].
+
+use std::hint::black_box;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use wraft_guest::{
+    AppError, DefaultSnapshot, EntryCtx, Json, Records, SnapshotFormat, StateMachine,
+};
+
+/// State: how many well-behaved commands ran, and which snapshot faults are armed.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Misbehave {
+    ok_count: u64,
+    fail_snapshot: bool,
+    corrupt_restore: bool,
+}
+
+/// What to do.
+#[derive(Deserialize, Serialize, Debug)]
+pub enum Command {
+    /// Behave: count one.
+    Ok,
+    /// Panic with this message (a trap).
+    Panic(String),
+    /// Spin forever (fuel exhaustion).
+    Loop,
+    /// Recurse this deep (stack overflow for large depths).
+    Recurse(u64),
+    /// Allocate until allocation fails (memory limit).
+    GrowMemory,
+    /// Return an output of this many bytes.
+    HugeOutput(u64),
+    /// Make `begin-snapshot` fail (or not).
+    FailSnapshot(bool),
+    /// Make a restore of a snapshot taken from now on panic in `finish` (or not).
+    CorruptRestore(bool),
+}
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    black_box(recurse(black_box(depth - 1))) + 1
+}
+
+impl StateMachine for Misbehave {
+    const NAME: &'static str = "misbehave";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Codec = Json;
+    type Snapshot = Picky;
+    type Command = Command;
+    type Output = String;
+    type Query = serde::de::IgnoredAny;
+    type Reply = u64;
+
+    fn apply(&mut self, _ctx: &EntryCtx, cmd: Command) -> Result<String, AppError> {
+        match cmd {
+            Command::Ok => {
+                self.ok_count += 1;
+                Ok(self.ok_count.to_string())
+            }
+            Command::Panic(why) => panic!("misbehave: {why}"),
+            Command::Loop => {
+                let mut i = 0u64;
+                loop {
+                    i = black_box(i.wrapping_add(1));
+                }
+            }
+            Command::Recurse(depth) => Ok(recurse(depth).to_string()),
+            Command::GrowMemory => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                    black_box(&hoard);
+                }
+            }
+            Command::HugeOutput(n) => Ok("x".repeat(n as usize)),
+            Command::FailSnapshot(on) => {
+                self.fail_snapshot = on;
+                Ok(String::new())
+            }
+            Command::CorruptRestore(on) => {
+                self.corrupt_restore = on;
+                Ok(String::new())
+            }
+        }
+    }
+
+    fn query(&self, _q: serde::de::IgnoredAny) -> Result<u64, AppError> {
+        Ok(self.ok_count)
+    }
+}
+
+impl Records for Misbehave {
+    type Record<'a> = &'a Misbehave;
+    type OwnedRecord = Misbehave;
+    fn records(&self) -> impl Iterator<Item = &Misbehave> {
+        std::iter::once(self)
+    }
+    fn restore_record(&mut self, record: Misbehave) -> Result<(), String> {
+        *self = record;
+        Ok(())
+    }
+}
+
+/// The default format, except that it fails or traps when the state says so.
+pub struct Picky;
+
+type Inner = DefaultSnapshot;
+
+impl SnapshotFormat<Misbehave> for Picky {
+    type Reader = <Inner as SnapshotFormat<Misbehave>>::Reader;
+    type Restorer = <Inner as SnapshotFormat<Misbehave>>::Restorer;
+
+    fn begin_snapshot(state: Rc<Misbehave>) -> Result<Self::Reader, String> {
+        if state.fail_snapshot {
+            return Err("misbehave: snapshot refused on purpose".into());
+        }
+        Inner::begin_snapshot(state)
+    }
+    fn next_chunk(r: &mut Self::Reader, max_bytes: usize) -> Result<Option<Vec<u8>>, String> {
+        Inner::next_chunk(r, max_bytes)
+    }
+    fn begin_restore(format: u32) -> Result<Self::Restorer, String> {
+        <Inner as SnapshotFormat<Misbehave>>::begin_restore(format)
+    }
+    fn write_chunk(r: &mut Self::Restorer, chunk: &[u8]) -> Result<(), String> {
+        Inner::write_chunk(r, chunk)
+    }
+    fn finish(r: Self::Restorer) -> Result<Misbehave, String> {
+        let m = Inner::finish(r)?;
+        if m.corrupt_restore {
+            panic!("misbehave: corrupting restore on purpose");
+        }
+        Ok(m)
+    }
+}
+
+wraft_guest::machine!(Misbehave);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wraft_guest::testing::Harness;
+
+    #[test]
+    fn ok_counts_and_snapshot_round_trips() {
+        let mut h = Harness::<Misbehave>::new();
+        h.apply(br#""Ok""#).unwrap();
+        h.apply(br#""Ok""#).unwrap();
+        let r = h.snapshot_restore(1024).unwrap();
+        assert_eq!(r.query(b"null").unwrap(), b"2");
+    }
+
+    #[test]
+    fn armed_fail_snapshot_refuses_to_begin() {
+        let mut h = Harness::<Misbehave>::new();
+        h.apply(br#"{"FailSnapshot":true}"#).unwrap();
+        assert!(h.snapshot(1024).unwrap_err().contains("refused on purpose"));
+    }
+
+    #[test]
+    fn huge_output_is_returned_in_full() {
+        let mut h = Harness::<Misbehave>::new();
+        assert_eq!(h.apply(br#"{"HugeOutput":1000}"#).unwrap().len(), 1002);
+    }
+}

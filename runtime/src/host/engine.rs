@@ -1,0 +1,300 @@
+//! The per-node wasmtime engine, the watchdog ticker, and loading (validate, compile, cache).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, OptLevel};
+
+use super::instance::{Instance, StoreState, add_host_imports};
+use super::validate::validate_component;
+use super::{CallError, EngineError, HostConfig, LoadError, bindings};
+
+/// One node's wasm host: a deterministic wasmtime engine, its watchdog, and its compile cache.
+///
+/// Cheap to clone (shared). Create one per node. Dropping the last clone stops the watchdog
+/// thread.
+#[derive(Clone)]
+pub struct HostEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    config: Arc<HostConfig>,
+    linker: Linker<StoreState>,
+    compat_hash: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A validated, compiled component, ready to start instances. Cheap to clone.
+#[derive(Clone)]
+pub struct MachineModule {
+    pub(crate) inner: Arc<ModuleInner>,
+}
+
+pub(crate) struct ModuleInner {
+    pub(crate) engine: HostEngine,
+    pub(crate) pre: bindings::StateMachinePre<StoreState>,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) info: MachineInfo,
+    pub(crate) from_cache: bool,
+}
+
+/// What a guest says about itself (`info` in the WIT).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineInfo {
+    /// Machine kind, e.g. `"kv"`.
+    pub name: String,
+    /// Version of the guest code.
+    pub version: String,
+    /// Snapshot format the guest writes.
+    pub snapshot_format: u32,
+}
+
+/// Feeds `Hash` output into SHA-256, so the engine's compatibility hash is stable across
+/// processes (unlike `DefaultHasher`, which is not specified to be).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl HostEngine {
+    /// Build the engine: NaN canonicalization, deterministic relaxed SIMD, no threads, fuel,
+    /// epoch interruption, a stack limit; and start the watchdog ticker thread.
+    ///
+    /// Fails if wasmtime rejects the configuration or the cache directory cannot be created.
+    pub fn new(config: HostConfig) -> Result<Self, EngineError> {
+        let mut c = Config::new();
+        // Threads are off by construction: wasmtime is built without its `threads` feature.
+        c.wasm_component_model(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.wasm_stack_bytes_max)
+            .cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&c).map_err(|e| EngineError(format!("{e:#}")))?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| EngineError(format!("cache dir {}: {e}", dir.display())))?;
+        }
+        let mut h = ShaHasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compat_hash = hex(&h.0.finalize()[..8]);
+        let mut linker = Linker::new(&engine);
+        add_host_imports(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
+        let (ticker_engine, ticker_stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("wraft-wasm-watchdog".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| EngineError(format!("spawning watchdog thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                engine,
+                config: Arc::new(config),
+                linker,
+                compat_hash,
+                stop,
+            }),
+        })
+    }
+
+    /// The settings this engine was built with.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn config_arc(&self) -> Arc<HostConfig> {
+        Arc::clone(&self.inner.config)
+    }
+
+    pub(crate) fn wasmtime(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Watchdog deadline in epoch ticks.
+    pub(crate) fn watchdog_ticks(&self) -> u64 {
+        let c = &self.inner.config;
+        c.watchdog_ms.div_ceil(c.epoch_tick_ms.max(1)).max(1)
+    }
+
+    /// Load a component file; see [`HostEngine::load`].
+    pub fn load_file(&self, path: &Path) -> Result<MachineModule, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Validate, compile (or fetch from the cache) and describe a component.
+    ///
+    /// Steps: size cap; SHA-256; on a cache hit (same module hash and engine compatibility hash,
+    /// file checksum intact) deserialize the precompiled code — milliseconds; otherwise parse and
+    /// validate fully, check imports (only `wraft:machine/host` and `types`) and exports, compile
+    /// with Cranelift (seconds for a large guest) and write the cache atomically. Then check
+    /// the exports' types against the world and call `info` once in a throwaway instance.
+    pub fn load(&self, bytes: &[u8]) -> Result<MachineModule, LoadError> {
+        let cfg = &self.inner.config;
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let cache_path = cfg
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}-{}.cwasm", hex(&sha256), self.inner.compat_hash)));
+        let cached = match &cache_path {
+            Some(p) => self.read_cache(p),
+            None => None,
+        };
+        // The cache key is the content hash, so a hit was fully validated when it was written;
+        // the cheap name checks run regardless.
+        validate_component(bytes, cfg.module_bytes_max, cached.is_none())?;
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.inner.engine, bytes)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                if let Some(p) = &cache_path {
+                    self.write_cache(p, &c)?;
+                }
+                c
+            }
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::StateMachinePre::new)
+            .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+        let mut module = ModuleInner {
+            engine: self.clone(),
+            pre,
+            sha256,
+            info: MachineInfo {
+                name: "?".into(),
+                version: String::new(),
+                snapshot_format: 0,
+            },
+            from_cache,
+        };
+        let info = Instance::new_raw(&module)
+            .and_then(|mut i| i.info())
+            .map_err(|e: CallError| LoadError::Info(e.to_string()))?;
+        module.info = info;
+        Ok(MachineModule {
+            inner: Arc::new(module),
+        })
+    }
+
+    fn read_cache(&self, path: &Path) -> Option<Component> {
+        let bytes = std::fs::read(path).ok()?;
+        let body_len = bytes.len().checked_sub(CACHE_TRAILER_BYTES)?;
+        let (body, trailer) = bytes.split_at(body_len);
+        let ok = trailer[32..] == *CACHE_MAGIC && trailer[..32] == *blake3::hash(body).as_bytes();
+        if !ok {
+            tracing::warn!(path = %path.display(), "compile cache entry is corrupt; recompiling");
+            return None;
+        }
+        // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output. They are: this
+        // node's cache directory is written only by `write_cache`, and the BLAKE3 trailer
+        // guarantees the file is exactly what it wrote. wasmtime checks version and engine
+        // settings itself.
+        match unsafe { Component::deserialize(&self.inner.engine, body) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "compile cache entry unusable; recompiling");
+                None
+            }
+        }
+    }
+
+    fn write_cache(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let cache_err = |source| LoadError::Cache {
+            path: path.to_owned(),
+            source,
+        };
+        let mut body = component
+            .serialize()
+            .map_err(|e| cache_err(std::io::Error::other(format!("{e:#}"))))?;
+        let sum = blake3::hash(&body);
+        body.extend_from_slice(sum.as_bytes());
+        body.extend_from_slice(CACHE_MAGIC);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        write_synced(&tmp, &body).map_err(cache_err)?;
+        std::fs::rename(&tmp, path).map_err(cache_err)?;
+        Ok(())
+    }
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"WRFTCWM1";
+const CACHE_TRAILER_BYTES: usize = 32 + 8;
+
+fn write_synced(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl MachineModule {
+    /// SHA-256 of the component bytes: the module's identity in logs, caches and Raft config.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.inner.sha256
+    }
+
+    /// [`MachineModule::sha256`] as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        hex(&self.inner.sha256)
+    }
+
+    /// The guest's self-description.
+    pub fn info(&self) -> &MachineInfo {
+        &self.inner.info
+    }
+
+    /// True if the compiled code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.inner.from_cache
+    }
+
+    /// Start an instance with the machine's default (empty) state on its own OS thread.
+    ///
+    /// Cost: one thread and one instantiation (tens of µs plus the guest's initial memory).
+    pub fn start(&self) -> Result<super::MachineHandle, CallError> {
+        super::worker::MachineHandle::spawn(self.clone())
+    }
+
+    /// A synchronous instance owned by the caller's thread, for embedders that run their own
+    /// thread (and for benchmarks). Calls block; never use it from async code.
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        Instance::new(self.clone())
+    }
+}
