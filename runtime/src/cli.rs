@@ -55,7 +55,9 @@ pub fn status_table(ss: &[Status]) -> String {
             s.id,
             s.role,
             s.term,
-            s.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            s.leader
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
             s.commit_index,
             s.applied_index,
             s.last_index,
@@ -102,7 +104,10 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
     let kv = find_kv_module(module)?;
     let tmp = tempfile::Builder::new().prefix("wraft-demo-").tempdir()?;
     let layout = local::layout(tmp.path(), 3, |_| {})?;
-    println!("\n== starting 3 nodes (data and certificates in {})", tmp.path().display());
+    println!(
+        "\n== starting 3 nodes (data and certificates in {})",
+        tmp.path().display()
+    );
     let mut nodes = Vec::new();
     for (cfg, _) in &layout.nodes {
         let n = Node::start(cfg.clone()).await?;
@@ -118,31 +123,55 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
     println!("   {}", c.deploy("kv", kv).await?);
 
     println!("\n== writes");
-    for (k, v) in [("apple", "red"), ("banana", "yellow"), ("cherry", "dark red")] {
+    for (k, v) in [
+        ("apple", "red"),
+        ("banana", "yellow"),
+        ("cherry", "dark red"),
+    ] {
         let cmd = format!(r#"{{"op":"put","key":"{k}","value":"{v}"}}"#);
         let out = c.propose("kv", cmd.as_bytes()).await?;
-        println!("   {cmd}  →  index {}: {}", out.index, String::from_utf8_lossy(&out.output));
+        println!(
+            "   {cmd}  →  index {}: {}",
+            out.index,
+            String::from_utf8_lossy(&out.output)
+        );
     }
     let cas = r#"{"op":"cas","key":"apple","expected":"red","new":"green"}"#;
     let out = c.propose("kv", cas.as_bytes()).await?;
-    println!("   {cas}  →  index {}: {}", out.index, String::from_utf8_lossy(&out.output));
+    println!(
+        "   {cas}  →  index {}: {}",
+        out.index,
+        String::from_utf8_lossy(&out.output)
+    );
 
     println!("\n== linearizable read");
     let q = r#"{"op":"get","key":"apple"}"#;
-    let ans = c.query("kv", q.as_bytes(), Consistency::Linearizable).await?;
+    let ans = c
+        .query("kv", q.as_bytes(), Consistency::Linearizable)
+        .await?;
     println!("   {q}  →  {}", String::from_utf8_lossy(&ans));
 
     println!("\n== failover: stopping the leader (node {leader})");
-    let idx = nodes.iter().position(|n| n.id() == leader).ok_or("leader vanished")?;
+    let idx = nodes
+        .iter()
+        .position(|n| n.id() == leader)
+        .ok_or("leader vanished")?;
     let old = nodes.remove(idx);
     old.shutdown().await;
     let t0 = Instant::now();
     let new_leader = wait_for_leader(&c, &nodes, Duration::from_secs(10)).await?;
-    println!("   node {new_leader} took over after {} ms", t0.elapsed().as_millis());
-    let out = c.propose("kv", br#"{"op":"put","key":"durian","value":"spiky"}"#).await?;
+    println!(
+        "   node {new_leader} took over after {} ms",
+        t0.elapsed().as_millis()
+    );
+    let out = c
+        .propose("kv", br#"{"op":"put","key":"durian","value":"spiky"}"#)
+        .await?;
     println!("   write after failover → index {}", out.index);
     let scan = r#"{"op":"scan","prefix":""}"#;
-    let ans = c.query("kv", scan.as_bytes(), Consistency::Linearizable).await?;
+    let ans = c
+        .query("kv", scan.as_bytes(), Consistency::Linearizable)
+        .await?;
     println!("   {scan}  →  {}", String::from_utf8_lossy(&ans));
 
     println!("\n== status");

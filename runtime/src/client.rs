@@ -275,8 +275,10 @@ impl Client {
         let result = self.call(make(tag), true).await;
         // A session whose last request has an unknown outcome could see a
         // later request deduplicated against it; retire it instead.
-        if !matches!(result, Err(ClientError::Timeout(_)) | Err(ClientError::NoLeader { .. }))
-            && let Ok(mut s) = self.sessions.lock()
+        if !matches!(
+            result,
+            Err(ClientError::Timeout(_)) | Err(ClientError::NoLeader { .. })
+        ) && let Ok(mut s) = self.sessions.lock()
         {
             s.push(session);
         }

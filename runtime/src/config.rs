@@ -385,13 +385,28 @@ impl NodeConfig {
             64,
         )?;
         let g = &self.guest;
-        range("guest.module_bytes_max", g.module_bytes_max, 1 << 10, 1 << 30)?;
-        range("guest.memory_bytes_max", g.memory_bytes_max, 1 << 20, 4 << 30)?;
+        range(
+            "guest.module_bytes_max",
+            g.module_bytes_max,
+            1 << 10,
+            1 << 30,
+        )?;
+        range(
+            "guest.memory_bytes_max",
+            g.memory_bytes_max,
+            1 << 20,
+            4 << 30,
+        )?;
         range("guest.fuel_per_call", g.fuel_per_call, 1_000, u64::MAX / 2)?;
         let c = &self.client;
         range("client.command_bytes_max", c.command_bytes_max, 1, 64 << 20)?;
         range("client.connections_max", c.connections_max, 1, 1 << 20)?;
-        range("client.request_timeout_ms", c.request_timeout_ms, 10, 3_600_000)?;
+        range(
+            "client.request_timeout_ms",
+            c.request_timeout_ms,
+            10,
+            3_600_000,
+        )?;
         if self.storage.fsync == FsyncPolicy::Relaxed {
             tracing::warn!(
                 target: "wraft::config",

@@ -212,7 +212,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -240,7 +243,7 @@ fn bytes_arg(s: &str, hex: bool) -> Result<Vec<u8>, AnyError> {
         return Ok(s.as_bytes().to_vec());
     }
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("hex input must have an even number of digits".into());
     }
     (0..s.len())
@@ -280,8 +283,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
         }
         Cmd::Build { path, target_dir } => build(&path, target_dir.as_deref()),
         Cmd::Deploy { name, file, conn } => {
-            let module = std::fs::read(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let module =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let c = client(&conn).await?;
             println!("{}", c.deploy(&name, module).await?);
             Ok(())

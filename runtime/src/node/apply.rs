@@ -346,7 +346,11 @@ impl Applier {
         // Anyone still waiting at or below the applied index lost their
         // entry to another leader's (the engine reports that separately);
         // do not leave them hanging.
-        let stale: Vec<u64> = self.waiting.range(..=self.applied).map(|(i, _)| *i).collect();
+        let stale: Vec<u64> = self
+            .waiting
+            .range(..=self.applied)
+            .map(|(i, _)| *i)
+            .collect();
         for i in stale {
             if let Some(r) = self.waiting.remove(&i) {
                 let _ = r.send(Err(RequestError::Internal(format!(
@@ -529,7 +533,13 @@ impl Applier {
         }
     }
 
-    async fn deploy(&mut self, index: u64, name: String, sha256: [u8; 32], module: Vec<u8>) -> Response {
+    async fn deploy(
+        &mut self,
+        index: u64,
+        name: String,
+        sha256: [u8; 32],
+        module: Vec<u8>,
+    ) -> Response {
         let host = self.host.clone();
         let loaded = tokio::task::spawn_blocking(move || host.load(&module))
             .await
@@ -682,7 +692,11 @@ async fn replay_machine(
                     }
                 }
                 Command::Deploy { name: n, .. } if n == name => {
-                    if let Some(v) = m.versions.get(version + 1).filter(|v| v.deployed_at == le.index) {
+                    if let Some(v) = m
+                        .versions
+                        .get(version + 1)
+                        .filter(|v| v.deployed_at == le.index)
+                    {
                         if !batch.is_empty() {
                             handle
                                 .apply_batch(std::mem::take(&mut batch))

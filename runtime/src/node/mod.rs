@@ -39,7 +39,7 @@ use crate::proto::{
     Command, Consistency, PeerStatus, Reply, Request, RequestError, Response, Status,
 };
 pub use apply::ApplyState;
-use apply::{ApplyMsg, Applier};
+use apply::{Applier, ApplyMsg};
 pub use server::{KIND_REQUEST, KIND_RESPONSE};
 
 /// Most requests and raft messages taken in one driver turn before the
@@ -57,10 +57,12 @@ pub enum NodeError {
         /// Data directory.
         dir: PathBuf,
         /// The storage error (with the operator's recovery path if corrupt).
-        source: wraft_storage::StorageError,
+        source: Box<wraft_storage::StorageError>,
     },
     /// A log entry on disk passed its checksum but does not decode.
-    #[error("log entry {index} in {dir} does not decode ({detail}); the data directory was written by an incompatible version or is damaged")]
+    #[error(
+        "log entry {index} in {dir} does not decode ({detail}); the data directory was written by an incompatible version or is damaged"
+    )]
     BadEntry {
         /// Data directory.
         dir: PathBuf,
@@ -112,11 +114,11 @@ impl Node {
         let data_dir = cfg.node.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::Storage {
             dir: data_dir.clone(),
-            source: wraft_storage::StorageError::Io {
+            source: Box::new(wraft_storage::StorageError::Io {
                 path: data_dir.clone(),
                 op: "create data directory",
                 source: e,
-            },
+            }),
         })?;
 
         // Storage, with durable-point notifications turned into driver events.
@@ -128,15 +130,22 @@ impl Node {
         });
         let mut scfg = StorageConfig::default();
         scfg.fsync = match cfg.storage.fsync {
-            FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Always,
-            FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Never,
+            FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Durable,
+            FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Relaxed,
         };
         scfg.segment_bytes = cfg.storage.segment_bytes;
         scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
+        // A deploy carries the whole module in one entry.
+        scfg.entry_bytes_max = scfg
+            .entry_bytes_max
+            .max(cfg.guest.module_bytes_max + (64 << 10))
+            .max(cfg.client.command_bytes_max + (64 << 10));
         let (storage, recovered) =
-            Storage::open(&data_dir, &scfg, Some(on_event)).map_err(|source| NodeError::Storage {
-                dir: data_dir.clone(),
-                source,
+            Storage::open(&data_dir, &scfg, Some(on_event)).map_err(|source| {
+                NodeError::Storage {
+                    dir: data_dir.clone(),
+                    source: Box::new(source),
+                }
             })?;
         let storage = Arc::new(storage);
 
@@ -152,7 +161,7 @@ impl Node {
                 .entries(next, last + 1, 64 << 20)
                 .map_err(|source| NodeError::Storage {
                     dir: data_dir.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if page.is_empty() {
                 break;
@@ -197,7 +206,8 @@ impl Node {
         ecfg.max_append_entries = r.max_append_entries as usize;
         ecfg.max_append_bytes = r.max_append_bytes as usize;
         ecfg.max_pending_proposals = r.max_pending_proposals as usize;
-        ecfg.max_command_bytes = (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
+        ecfg.max_command_bytes =
+            (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
         // Snapshots are created and shipped by the snapshot subsystem, which
         // is not wired into the node yet: keep the engine from asking.
         ecfg.snapshot_hint_threshold_entries = 0;
@@ -211,11 +221,13 @@ impl Node {
         let engine = Engine::new(ecfg, init).map_err(|e| NodeError::Engine(e.to_string()))?;
 
         // The wasm host.
-        let mut hcfg = HostConfig::default();
-        hcfg.cache_dir = Some(data_dir.join("modules"));
-        hcfg.module_bytes_max = cfg.guest.module_bytes_max as usize;
-        hcfg.guest_memory_bytes_max = cfg.guest.memory_bytes_max as usize;
-        hcfg.fuel_per_call = cfg.guest.fuel_per_call;
+        let hcfg = HostConfig {
+            cache_dir: Some(data_dir.join("modules")),
+            module_bytes_max: cfg.guest.module_bytes_max as usize,
+            guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
+            fuel_per_call: cfg.guest.fuel_per_call,
+            ..HostConfig::default()
+        };
         let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
 
         // Transport.
@@ -241,7 +253,12 @@ impl Node {
 
         let published = Arc::new(Mutex::new(ApplyState::default()));
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-        let applier = Applier::new(host.clone(), storage.clone(), book.clone(), published.clone());
+        let applier = Applier::new(
+            host.clone(),
+            storage.clone(),
+            book.clone(),
+            published.clone(),
+        );
         tokio::spawn(applier.run(apply_rx));
 
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
@@ -446,8 +463,10 @@ impl Driver {
             Ok(msg) if msg.from == from && msg.to == self.id => self.step(Event::Message(msg)),
             Ok(msg) => tracing::warn!(target: "wraft::node", node = self.id, link_peer = from,
                 claimed_from = msg.from, to = msg.to, "dropping a raft message whose addresses do not match its link"),
-            Err(e) => tracing::warn!(target: "wraft::node", node = self.id, peer = from, error = %e,
-                "dropping an undecodable raft message"),
+            Err(e) => {
+                tracing::warn!(target: "wraft::node", node = self.id, peer = from, error = %e,
+                "dropping an undecodable raft message")
+            }
         }
     }
 
@@ -490,7 +509,10 @@ impl Driver {
                 command,
             } => {
                 let data = encode_command(&Command::Apply { machine, command });
-                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+                self.propose(
+                    command_kind(Some(tag), data),
+                    PendingProposal::Client(reply),
+                );
             }
             Request::Deploy { tag, name, module } => {
                 let sha256 = sha256(&module);
@@ -499,11 +521,17 @@ impl Driver {
                     sha256,
                     module,
                 });
-                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+                self.propose(
+                    command_kind(Some(tag), data),
+                    PendingProposal::Client(reply),
+                );
             }
             Request::RemoveMachine { tag, name } => {
                 let data = encode_command(&Command::Remove { name });
-                self.propose(command_kind(Some(tag), data), PendingProposal::Client(reply));
+                self.propose(
+                    command_kind(Some(tag), data),
+                    PendingProposal::Client(reply),
+                );
             }
             Request::Query {
                 machine,
@@ -643,7 +671,9 @@ impl Driver {
                     tracing::debug!(target: "wraft::node", node = self.id, peer = to, error = %e, "send failed");
                 }
             }
-            Err(e) => tracing::error!(target: "wraft::node", error = %e, "cannot encode a raft message"),
+            Err(e) => {
+                tracing::error!(target: "wraft::node", error = %e, "cannot encode a raft message")
+            }
         }
     }
 
@@ -744,7 +774,9 @@ impl Driver {
                         index: meta.index,
                     });
                 }
-                Action::InstallSnapshot { meta } => self.step(Event::SnapshotInstallFailed { meta }),
+                Action::InstallSnapshot { meta } => {
+                    self.step(Event::SnapshotInstallFailed { meta })
+                }
                 Action::CompactLog { .. } => {}
                 Action::RoleChanged { role, term, leader } => {
                     tracing::info!(target: "wraft::raft", node = self.id, ?role, term, ?leader, "role changed");
@@ -784,7 +816,9 @@ impl Driver {
 
     fn proposal_error(&self, e: ProposalError) -> RequestError {
         match e {
-            ProposalError::NotLeader { .. } | ProposalError::TransferInProgress => self.not_leader(),
+            ProposalError::NotLeader { .. } | ProposalError::TransferInProgress => {
+                self.not_leader()
+            }
             ProposalError::Busy { .. } => RequestError::Busy(e.to_string()),
             ProposalError::TooLarge { .. } | ProposalError::ConfChange(_) => {
                 RequestError::Rejected(e.to_string())

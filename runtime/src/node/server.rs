@@ -68,10 +68,18 @@ async fn serve_one(
         mut recv,
         ..
     } = stream;
-    let frame_max = (limits.command_bytes_max.max(host.config().module_bytes_max as u64) + 4096)
+    let frame_max = (limits
+        .command_bytes_max
+        .max(host.config().module_bytes_max as u64)
+        + 4096)
         .min(u32::MAX as u64) as u32;
     let deadline = Duration::from_millis(limits.request_timeout_ms);
-    let request = match tokio::time::timeout(deadline, frame::read_msg::<_, Request>(&mut recv, frame_max)).await {
+    let request = match tokio::time::timeout(
+        deadline,
+        frame::read_msg::<_, Request>(&mut recv, frame_max),
+    )
+    .await
+    {
         Ok(Ok(Some((KIND_REQUEST, req)))) => req,
         Ok(Ok(Some((kind, _)))) => {
             tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
@@ -123,7 +131,12 @@ async fn handle(
             )));
         }
         Request::Deploy { name, module, .. } => {
-            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(RequestError::Rejected(format!(
                     "machine name {name:?} must be 1–64 characters of [A-Za-z0-9_-]"
                 )));
@@ -143,10 +156,7 @@ async fn handle(
     }
     let (tx, rx) = oneshot::channel();
     driver
-        .send(ClientCall {
-            request,
-            reply: tx,
-        })
+        .send(ClientCall { request, reply: tx })
         .await
         .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
     rx.await
