@@ -9,6 +9,7 @@
 //! - [`proto`] — the client protocol and the replicated command format.
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`local`] — laying out a local cluster (demo, tests).
+//! - [`metrics`] — the Prometheus endpoint and the metric names.
 
 pub mod build;
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod client;
 pub mod config;
 pub mod host;
 pub mod local;
+pub mod metrics;
 pub mod node;
 pub mod proto;

@@ -103,6 +103,7 @@ pub struct Applier {
     waiting: BTreeMap<u64, oneshot::Sender<Response>>,
     reads: VecDeque<(u64, String, Vec<u8>, oneshot::Sender<Response>)>,
     published: Arc<Mutex<ApplyState>>,
+    metrics: crate::metrics::ApplyMetrics,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -110,6 +111,7 @@ type Outcome = (u64, Option<ClientTag>, Response);
 impl Applier {
     /// A new applier that will publish its progress into `published`.
     pub fn new(
+        node: u64,
         host: Arc<HostEngine>,
         storage: Arc<Storage>,
         addresses: AddressBook,
@@ -126,6 +128,7 @@ impl Applier {
             waiting: BTreeMap::new(),
             reads: VecDeque::new(),
             published,
+            metrics: crate::metrics::ApplyMetrics::new(node),
         }
     }
 
@@ -178,6 +181,7 @@ impl Applier {
                 }
             })
             .collect();
+        self.metrics.applied_index.set(self.applied as f64);
         if let Ok(mut p) = self.published.lock() {
             p.applied_index = self.applied;
             p.machines = machines;
@@ -408,8 +412,15 @@ impl Applier {
                 Some(h) => h,
                 None => break,
             };
-            match handle.apply_batch(entries).await {
+            let started = std::time::Instant::now();
+            let n = entries.len() as u64;
+            let result = handle.apply_batch(entries).await;
+            self.metrics
+                .batch_seconds
+                .record(started.elapsed().as_secs_f64());
+            match result {
                 Ok(results) => {
+                    self.metrics.entries.increment(n);
                     for ((index, tag, _), r) in rest.drain(..).zip(results) {
                         outcomes.push((index, tag, app_response(index, r)));
                     }
@@ -451,6 +462,7 @@ impl Applier {
             match handle.apply(entry.clone()).await {
                 Ok(r) => return app_response(index, r),
                 Err(e @ CallError::Trap { .. }) => {
+                    self.metrics.trap(machine);
                     tracing::warn!(target: "wraft::apply", machine, index, error = %e,
                         "guest trapped; recording the failure and rebuilding the instance");
                     if let Some(m) = self.machines.get_mut(machine) {
@@ -534,6 +546,19 @@ impl Applier {
     }
 
     async fn deploy(
+        &mut self,
+        index: u64,
+        name: String,
+        sha256: [u8; 32],
+        module: Vec<u8>,
+    ) -> Response {
+        let r = self.deploy_inner(index, name, sha256, module).await;
+        self.metrics
+            .deploy(if r.is_ok() { "ok" } else { "refused" });
+        r
+    }
+
+    async fn deploy_inner(
         &mut self,
         index: u64,
         name: String,

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -85,6 +85,9 @@ pub enum NodeError {
     /// The wasm host could not start.
     #[error("wasm host: {0}")]
     Host(String),
+    /// The metrics endpoint could not start.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// The Raft engine refused its configuration or state.
     #[error("raft engine: {0}")]
     Engine(String),
@@ -112,6 +115,9 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let id = cfg.node.id;
         let data_dir = cfg.node.data_dir.clone();
+        if let Some(addr) = cfg.node.metrics_listen {
+            crate::metrics::serve(addr).map_err(NodeError::Metrics)?;
+        }
         std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::Storage {
             dir: data_dir.clone(),
             source: Box::new(wraft_storage::StorageError::Io {
@@ -254,6 +260,7 @@ impl Node {
         let published = Arc::new(Mutex::new(ApplyState::default()));
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let applier = Applier::new(
+            id,
             host.clone(),
             storage.clone(),
             book.clone(),
@@ -289,6 +296,7 @@ impl Node {
             last_submitted: 0,
             durable: 0,
             actions: Vec::new(),
+            metrics: crate::metrics::DriverMetrics::new(id),
         };
         let driver = tokio::spawn(driver.run(
             inbound.raft,
@@ -402,7 +410,7 @@ struct Driver {
     apply_tx: mpsc::UnboundedSender<ApplyMsg>,
     published: Arc<Mutex<ApplyState>>,
     next_id: u64,
-    proposals: HashMap<u64, PendingProposal>,
+    proposals: HashMap<u64, (Instant, PendingProposal)>,
     reads: HashMap<u64, PendingRead>,
     /// (storage seq, engine persist seq), in submission order.
     persists: VecDeque<(u64, u64)>,
@@ -411,6 +419,7 @@ struct Driver {
     last_submitted: u64,
     durable: u64,
     actions: Vec<Action>,
+    metrics: crate::metrics::DriverMetrics,
 }
 
 impl Driver {
@@ -432,7 +441,10 @@ impl Driver {
                     self.on_durable(seq);
                     while let Ok(seq) = durable_rx.try_recv() { self.on_durable(seq); }
                 }
-                _ = ticker.tick() => self.step(Event::Tick),
+                _ = ticker.tick() => {
+                    self.step(Event::Tick);
+                    self.update_gauges();
+                }
                 Some((from, bytes)) = raft_rx.recv() => {
                     self.on_raft(from, &bytes);
                     for _ in 0..DRIVER_BATCH_EVENTS_MAX {
@@ -450,6 +462,26 @@ impl Driver {
         }
         tracing::info!(target: "wraft::node", node = self.id, "shutting down");
         self.transport.shutdown().await;
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.term.set(self.engine.term() as f64);
+        m.commit_index.set(self.engine.commit_index() as f64);
+        m.last_index.set(self.engine.last_index() as f64);
+        m.pending_proposals.set(self.proposals.len() as f64);
+        m.pending_reads.set(self.reads.len() as f64);
+        let applied = self.published.lock().map(|p| p.applied_index).unwrap_or(0);
+        m.apply_backlog
+            .set(self.engine.commit_index().saturating_sub(applied) as f64);
+        let dropped: u64 = self
+            .engine
+            .membership()
+            .members()
+            .filter_map(|p| self.transport.peer_stats(p))
+            .map(|s| s.dropped_overflow_msgs + s.dropped_link_down_msgs)
+            .sum();
+        m.transport_dropped.set(dropped as f64);
     }
 
     fn step(&mut self, ev: Event) {
@@ -496,7 +528,7 @@ impl Driver {
     fn propose(&mut self, kind: EntryKind, pending: PendingProposal) {
         let id = self.next_id;
         self.next_id += 1;
-        self.proposals.insert(id, pending);
+        self.proposals.insert(id, (Instant::now(), pending));
         self.step(Event::Propose { id, kind });
     }
 
@@ -727,6 +759,10 @@ impl Driver {
                     };
                     match submitted {
                         Ok(ticket) => {
+                            self.metrics.persist_batches.increment(1);
+                            self.metrics
+                                .persist_entries
+                                .increment(batch.entries.len() as u64);
                             self.last_submitted = ticket.seq();
                             self.persists.push_back((ticket.seq(), batch.seq));
                             if ticket.seq() <= self.durable {
@@ -779,6 +815,16 @@ impl Driver {
                 }
                 Action::CompactLog { .. } => {}
                 Action::RoleChanged { role, term, leader } => {
+                    self.metrics.role_change(match role {
+                        Role::Leader => "leader",
+                        Role::Candidate => "candidate",
+                        Role::PreCandidate => "pre-candidate",
+                        Role::Follower => "follower",
+                    });
+                    self.metrics
+                        .is_leader
+                        .set(if role == Role::Leader { 1.0 } else { 0.0 });
+                    self.metrics.term.set(term as f64);
                     tracing::info!(target: "wraft::raft", node = self.id, ?role, term, ?leader, "role changed");
                 }
                 Action::MembershipChanged { membership } => {
@@ -795,9 +841,14 @@ impl Driver {
     }
 
     fn on_proposal_result(&mut self, id: u64, result: Result<u64, ProposalError>) {
-        let Some(p) = self.proposals.remove(&id) else {
+        let Some((started, p)) = self.proposals.remove(&id) else {
             return;
         };
+        if result.is_ok() {
+            self.metrics
+                .proposal_commit_seconds
+                .record(started.elapsed().as_secs_f64());
+        }
         match (p, result) {
             (PendingProposal::Client(reply), Ok(index)) => {
                 let _ = self.apply_tx.send(ApplyMsg::Await { index, reply });
