@@ -692,3 +692,32 @@ fn large_state_snapshots_and_restores_in_bounded_extra_memory() {
     let v = ok_json(r.query_blocking(scan).unwrap());
     assert_eq!(v["entries"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn guest_snapshot_bytes_are_identical_to_native_sdk_output() {
+    // The same SDK and zstd code compiled natively and to wasm (C zstd built by clang for
+    // wasm32) must produce byte-identical snapshots from the same state.
+    let cmds: Vec<Value> = (0..3000)
+        .map(|i| json!({"op":"put","key":format!("k{i:05}"),"value":format!("{}", i * 7919 % 10007).repeat(i % 13)}))
+        .collect();
+    let h = kv().start().unwrap();
+    let es = cmds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| entry(i as u64 + 1, c.clone()))
+        .collect();
+    h.apply_batch_blocking(es).unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
+    h.snapshot_blocking(tx).unwrap();
+    let wasm: Vec<Vec<u8>> = rx.try_iter().collect();
+
+    let mut native = wraft_guest::testing::Harness::<wraft_example_kv::Kv>::new();
+    for c in &cmds {
+        native.apply(&serde_json::to_vec(c).unwrap()).unwrap();
+    }
+    let native = native
+        .snapshot(HostConfig::default().snapshot_chunk_bytes as usize)
+        .unwrap();
+    assert!(!wasm.is_empty());
+    assert_eq!(wasm, native);
+}
