@@ -1,1 +1,3 @@
 //! Shared helpers for wraft's end-to-end tests.
+
+pub mod guests;

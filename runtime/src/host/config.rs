@@ -25,8 +25,11 @@ pub struct HostConfig {
     /// Replicated: must be equal on every node. Default 100 000 000.
     pub fuel_per_entry: u64,
     /// Fuel for the work of one call outside its entries (argument decoding, result encoding),
-    /// for each query, and for each snapshot/restore step. Replicated. Default 1 000 000 000.
+    /// and for each query. Replicated. Default 1 000 000 000.
     pub fuel_per_call: u64,
+    /// Fuel for each snapshot or restore step (one chunk, or `finish`). Snapshots are node-local,
+    /// so this is only a guard; the watchdog is the real bound. Default 100 000 000 000.
+    pub fuel_per_snapshot_step: u64,
     /// Largest output of one entry or query, in bytes; a larger output becomes the
     /// deterministic application error [`crate::host::CODE_OUTPUT_TOO_LARGE`]. Replicated.
     /// Default 16 MiB.
@@ -62,6 +65,7 @@ impl Default for HostConfig {
             wasm_stack_bytes_max: 512 << 10,
             fuel_per_entry: 100_000_000,
             fuel_per_call: 1_000_000_000,
+            fuel_per_snapshot_step: 100_000_000_000,
             output_bytes_max: 16 << 20,
             watchdog_ms: 10_000,
             epoch_tick_ms: 10,

@@ -533,9 +533,9 @@ impl Instance {
 
     /// Read a snapshot of the current state out of the guest, chunk by chunk (each at most
     /// `snapshot_chunk_bytes`), into `sink`. Host memory: one chunk at a time.
-    /// Fuel: `fuel_per_call` per chunk.
+    /// Fuel: `fuel_per_snapshot_step` per chunk.
     pub fn snapshot(&mut self, sink: &mut dyn ChunkSink) -> Result<SnapshotSummary, CallError> {
-        let fuel = self.engine.config().fuel_per_call;
+        let fuel = self.engine.config().fuel_per_snapshot_step;
         let max = self.engine.config().snapshot_chunk_bytes;
         self.enter("begin-snapshot", fuel)?;
         let m = self.exports.wraft_machine_machine();
@@ -595,9 +595,9 @@ impl Instance {
     /// Replace the guest's state with a snapshot read from `source`, all or nothing: on any
     /// error before `finish` succeeds the guest keeps its old state (unless it trapped, which
     /// poisons it). `format` is [`SnapshotSummary::format`] of the snapshot.
-    /// Fuel: `fuel_per_call` per chunk and for `finish`.
+    /// Fuel: `fuel_per_snapshot_step` per chunk and for `finish`.
     pub fn restore(&mut self, format: u32, source: &mut dyn ChunkSource) -> Result<(), CallError> {
-        let fuel = self.engine.config().fuel_per_call;
+        let fuel = self.engine.config().fuel_per_snapshot_step;
         self.enter("begin-restore", fuel)?;
         let m = self.exports.wraft_machine_machine();
         let restorer = match m.call_begin_restore(&mut self.store, format) {
