@@ -362,7 +362,7 @@ struct Host {
     w_scheduled: bool,
     deferred: VecDeque<(u64, Message)>,
     machine: Machine,
-    await_apply: BTreeMap<LogIndex, ProposalId>,
+    waiting_apply: BTreeMap<LogIndex, ProposalId>,
     pending_reads: Vec<(ReadId, LogIndex)>,
     snap_capture: Option<(SnapshotMeta, Arc<Machine>)>,
     snapshotting: bool,
@@ -404,6 +404,7 @@ pub struct Sim {
     read_owner: HashMap<ReadId, (usize, usize, KvInput)>,
     next_id: u64,
     next_client_id: u64,
+    trace: bool,
     faults_on: bool,
     new_ops: bool,
     leaders: BTreeMap<Term, NodeId>,
@@ -453,7 +454,7 @@ impl Sim {
                     w_scheduled: false,
                     deferred: VecDeque::new(),
                     machine: Machine::new(),
-                    await_apply: BTreeMap::new(),
+                    waiting_apply: BTreeMap::new(),
                     pending_reads: Vec::new(),
                     snap_capture: None,
                     snapshotting: false,
@@ -486,6 +487,7 @@ impl Sim {
             read_owner: HashMap::new(),
             next_id: 1,
             next_client_id: 10_000,
+            trace: std::env::var_os("WRAFT_SIM_TRACE").is_some(),
             faults_on: true,
             new_ops: true,
             leaders: BTreeMap::new(),
@@ -644,7 +646,7 @@ impl Sim {
         h.w_done = 0;
         h.w_scheduled = false;
         h.deferred.clear();
-        h.await_apply.clear();
+        h.waiting_apply.clear();
         h.pending_reads.clear();
         h.snap_capture = None;
         h.snapshotting = false;
@@ -832,7 +834,7 @@ impl Sim {
         for h in self.hosts.values() {
             match &h.engine {
                 Some(e) => s.push_str(&format!(
-                    "  node {}: {:?} term {} leader {:?} commit {} applied {} last {} floor {} durable {} snap {} members {:?} installing {} machine.applied {} await {:?} reads {:?}\n",
+                    "  node {}: {:?} term {} leader {:?} commit {} applied {} last {} floor {} durable {} snap {} members {:?} installing {} machine.applied {} waiting {:?} reads {:?}\n",
                     h.id,
                     e.role(),
                     e.term(),
@@ -846,7 +848,7 @@ impl Sim {
                     e.membership(),
                     e.is_installing_snapshot(),
                     h.machine.applied,
-                    h.await_apply,
+                    h.waiting_apply,
                     h.pending_reads,
                 )),
                 None => s.push_str(&format!("  node {}: down\n", h.id)),
@@ -980,7 +982,10 @@ impl Sim {
             MessageBody::RequestVoteResponse {
                 pre_vote: false,
                 granted: true,
-            } if (h.d_hs.term != m.term || h.d_hs.vote != Some(m.to)) => {
+            } if !(h.d_hs.term > m.term
+                || (h.d_hs.term == m.term && h.d_hs.vote == Some(m.to))) =>
+            {
+                // Durable means: this vote, or a later term (which can never vote in m.term again).
                 return Err(self.fail(format!(
                         "persist-before-send: node {id} granted its vote to {} in term {} but durable state is {:?}",
                         m.to, m.term, h.d_hs
@@ -1044,11 +1049,11 @@ impl Sim {
                     self.hosts
                         .get_mut(&id)
                         .expect("host")
-                        .await_apply
+                        .waiting_apply
                         .insert(index, pid);
                 }
                 Err(err) => {
-                    if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+                    if self.trace {
                         eprintln!("t={} node {id}: proposal {pid} failed: {err}", self.now);
                     }
                     if let Some((c, hist)) = self.prop_owner.remove(&pid) {
@@ -1145,8 +1150,18 @@ impl Sim {
         if !h.w_scheduled {
             h.w_scheduled = true;
             let (inc, upto) = (h.incarnation, h.w_issued);
-            let d = self.rng.u64(50..600);
+            let d = self.fsync_delay(id);
             self.schedule(d, Ev::WriterDone(id, inc, upto));
+        }
+    }
+
+    /// Group-commit latency: per-node disk speed (some disks are slow) with jitter.
+    fn fsync_delay(&mut self, id: NodeId) -> u64 {
+        let slow = self.hosts[&id].period.is_multiple_of(3);
+        if slow {
+            self.rng.u64(200..3 * TICK)
+        } else {
+            self.rng.u64(30..500)
         }
     }
 
@@ -1187,7 +1202,7 @@ impl Sim {
         h.w_scheduled = false;
         if let Some(&(n, _)) = h.writer.back() {
             h.w_scheduled = true;
-            let d = self.rng.u64(50..600);
+            let d = self.fsync_delay(id);
             self.schedule(d, Ev::WriterDone(id, inc, n));
         }
         // Release sends that waited for this.
@@ -1214,24 +1229,24 @@ impl Sim {
             )));
         }
         let r = h.machine.apply(e);
-        if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+        if self.trace {
             eprintln!(
-                "t={} node {id}: applied {} {:?} -> {:?} await {:?}",
+                "t={} node {id}: applied {} {:?} -> {:?} waiting {:?}",
                 self.now,
                 e.index,
                 e.kind,
                 r,
-                h.await_apply.get(&e.index)
+                h.waiting_apply.get(&e.index)
             );
         }
         let d = h.machine.digest();
-        let pid = h.await_apply.remove(&e.index);
+        let pid = h.waiting_apply.remove(&e.index);
         // Drop stale waiters (their entries were superseded below this index).
-        while let Some((&i, _)) = h.await_apply.first_key_value() {
+        while let Some((&i, _)) = h.waiting_apply.first_key_value() {
             if i > e.index {
                 break;
             }
-            h.await_apply.pop_first();
+            h.waiting_apply.pop_first();
         }
         if matches!(e.kind, EntryKind::ConfChange(_)) && id == 1 {
             self.report.conf_changes_applied += 1;
@@ -1417,7 +1432,7 @@ impl Sim {
         }
         // Pending reads and proposals waiting on indexes the snapshot skipped
         // will be answered by retries.
-        h.await_apply.retain(|i, _| *i > meta.index);
+        h.waiting_apply.retain(|i, _| *i > meta.index);
         self.report.snapshots_installed += 1;
         let d = self.hosts[&id].machine.digest();
         self.check_digest(id, meta.index, d)?;
@@ -1587,16 +1602,24 @@ impl Sim {
                 }
             }
             20..=27 if self.cfg.partitions => {
+                // One link: one direction (asymmetric) or both (a partial partition).
                 let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
                 if a != b {
                     self.block(a, b);
+                    if self.rng.bool() {
+                        self.block(b, a);
+                    }
                 }
             }
             28..=45 => self.heal(),
             46..=55 if self.cfg.crashes => {
                 let crashed = ids.iter().filter(|i| !self.alive(**i)).count();
                 if crashed < 2 {
-                    let x = pick(&mut self.rng);
+                    // Leaders are the interesting victims (unpersisted tail, in-flight commits).
+                    let x = match self.leader() {
+                        Some(l) if self.rng.bool() => l,
+                        _ => pick(&mut self.rng),
+                    };
                     self.crash(x);
                 }
             }
