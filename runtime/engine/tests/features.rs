@@ -22,7 +22,7 @@ struct Host {
 struct Cluster {
     engines: BTreeMap<NodeId, Engine>,
     hosts: BTreeMap<NodeId, Host>,
-    queue: VecDeque<(Message, bool)>,
+    queue: VecDeque<Message>,
     cut: BTreeSet<(NodeId, NodeId)>,
     /// When false, persists are held until `flush_persists`.
     auto_persist: bool,
@@ -111,9 +111,9 @@ impl Cluster {
         for a in out {
             let h = self.hosts.get_mut(&id).expect("host");
             match a {
-                Action::Send { msg, after_persist } => {
+                Action::Send { msg } => {
                     self.sent.push(msg.clone());
-                    self.queue.push_back((msg, after_persist));
+                    self.queue.push_back(msg);
                 }
                 Action::Persist(b) => {
                     if self.auto_persist {
@@ -152,7 +152,7 @@ impl Cluster {
     /// Delivers queued messages (and whatever they cause) until the network is quiet.
     fn deliver_all(&mut self) {
         let mut budget = 1_000_000;
-        while let Some((m, _)) = self.queue.pop_front() {
+        while let Some(m) = self.queue.pop_front() {
             budget -= 1;
             assert!(budget > 0, "message storm");
             if self.cut.contains(&(m.from, m.to)) || !self.engines.contains_key(&m.to) {
@@ -503,50 +503,99 @@ fn leader_counts_itself_only_after_its_own_persist() {
 }
 
 #[test]
-fn votes_and_acks_are_ordered_after_the_persist_they_depend_on() {
+fn acks_are_held_until_the_persist_they_depend_on_is_reported() {
     let mut c = Cluster::new(3, 0, 9, |_| {});
     let l = c.elect();
     let f = (1..=3).find(|i| *i != l).expect("follower");
     c.propose(l, 1, b"v");
-    // Inspect the follower's action stream for the append.
-    let (m, _) = c
-        .queue
-        .iter()
-        .find(|(m, _)| m.to == f)
-        .cloned()
-        .expect("append");
+    let m = c.queue.iter().find(|m| m.to == f).cloned().expect("append");
     c.queue.clear();
     let e = c.engines.get_mut(&f).expect("f");
     e.step(Event::Message(m)).expect("ok");
     let mut out = Vec::new();
     e.poll_actions(&mut out);
-    let persist_at = out
+    let seq = out
         .iter()
-        .position(|a| matches!(a, Action::Persist(_)))
-        .expect("persist");
-    let ack_at = out
-        .iter()
-        .position(|a| {
-            matches!(
-                a,
-                Action::Send {
-                    msg: Message {
-                        body: MessageBody::AppendEntriesResponse { .. },
-                        ..
-                    },
-                    ..
-                }
-            )
+        .find_map(|a| {
+            if let Action::Persist(b) = a {
+                Some(b.seq)
+            } else {
+                None
+            }
         })
-        .expect("ack");
-    assert!(persist_at < ack_at);
-    assert!(matches!(
-        &out[ack_at],
+        .expect("persist");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send { .. })),
+        "no ack may leave before the entries are durable: {out:?}"
+    );
+    out.clear();
+    e.step(Event::Persisted { seq }).expect("ok");
+    e.poll_actions(&mut out);
+    assert!(out.iter().any(|a| matches!(
+        a,
         Action::Send {
-            after_persist: true,
-            ..
+            msg: Message {
+                body: MessageBody::AppendEntriesResponse { success: true, .. },
+                ..
+            }
         }
-    ));
+    )));
+}
+
+#[test]
+fn an_ack_from_an_older_term_is_dropped_if_a_new_leader_truncated_meanwhile() {
+    let mut c = Cluster::new(3, 0, 31, |_| {});
+    let l = c.elect();
+    let f = (1..=3).find(|i| *i != l).expect("follower");
+    c.propose(l, 1, b"v");
+    let m = c.queue.iter().find(|m| m.to == f).cloned().expect("append");
+    c.queue.clear();
+    let e = c.engines.get_mut(&f).expect("f");
+    e.step(Event::Message(m)).expect("ok");
+    let mut out = Vec::new();
+    e.poll_actions(&mut out);
+    let seq = out
+        .iter()
+        .find_map(|a| {
+            if let Action::Persist(b) = a {
+                Some(b.seq)
+            } else {
+                None
+            }
+        })
+        .expect("p");
+    // Before the write completes, a newer leader shows up.
+    let term = e.term() + 1;
+    let hb = Message {
+        from: 99,
+        to: f,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_ctx: 1,
+        },
+    };
+    e.step(Event::Message(hb)).expect("ok");
+    out.clear();
+    e.poll_actions(&mut out);
+    let seq2 = out
+        .iter()
+        .find_map(|a| {
+            if let Action::Persist(b) = a {
+                Some(b.seq)
+            } else {
+                None
+            }
+        })
+        .expect("p2");
+    out.clear();
+    e.step(Event::Persisted { seq: seq.max(seq2) }).expect("ok");
+    e.poll_actions(&mut out);
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::Send { msg } if msg.to == l)),
+        "the stale ack to the old leader is dropped: {out:?}"
+    );
 }
 
 // ----- commit rule -----------------------------------------------------------
@@ -1237,4 +1286,55 @@ fn messages_survive_a_postcard_roundtrip() {
     let bytes = postcard::to_allocvec(&m).expect("encode");
     let back: Message = postcard::from_bytes(&bytes).expect("decode");
     assert_eq!(back, m);
+}
+
+#[test]
+fn lease_holder_is_never_overlapped_by_a_new_leader_that_commits() {
+    // L keeps its lease through F's acks while C, cut off from L, campaigns.
+    // Then F's answers stop reaching L, so L never learns of a newer term.
+    // Leader stickiness must keep F from electing C while L's lease may be valid.
+    let mut meaningful = 0;
+    for seed in 0..20 {
+        let mut c = Cluster::new(3, 0, 300 + seed, |c| c.lease_reads = true);
+        let l = c.elect();
+        let mut others = (1..=3).filter(|i| *i != l);
+        let (cand, f) = (others.next().expect("c"), others.next().expect("f"));
+        c.cut.insert((l, cand));
+        c.cut.insert((cand, l));
+        let mut f_cut_from_l = false;
+        let mut new_leader_commit_tick = None;
+        let mut last_lease_read_tick = None;
+        for tick in 0..200u64 {
+            c.tick_all(1);
+            if !f_cut_from_l && c.e(cand).role() != Role::Follower {
+                c.cut.insert((f, l));
+                f_cut_from_l = true;
+            }
+            let nl = c.e(cand);
+            if new_leader_commit_tick.is_none()
+                && nl.role() == Role::Leader
+                && nl.log_term(nl.commit_index()) == Some(nl.term())
+            {
+                new_leader_commit_tick = Some(tick);
+            }
+            if c.e(l).role() == Role::Leader {
+                let before = c.e(l).stats().lease_reads;
+                c.step(l, Event::Read { id: tick });
+                if c.e(l).stats().lease_reads > before {
+                    last_lease_read_tick = Some(tick);
+                }
+            }
+        }
+        if let (Some(commit), Some(read)) = (new_leader_commit_tick, last_lease_read_tick) {
+            assert!(
+                read < commit,
+                "seed {seed}: old leader served a lease read at tick {read}, new leader committed at {commit}"
+            );
+            meaningful += 1;
+        }
+    }
+    assert!(
+        meaningful > 0,
+        "the scenario never produced both a lease read and a new leader"
+    );
 }

@@ -98,7 +98,7 @@ impl SimConfig {
             retention_margin: 5,
             snapshot_chunk_bytes: 64,
             liveness_bound_ticks: 400,
-            lincheck_max_steps: 2_000_000,
+            lincheck_max_steps: 20_000_000,
         }
     }
 }
@@ -360,7 +360,6 @@ struct Host {
     w_issued: u64,
     w_done: u64,
     w_scheduled: bool,
-    deferred: VecDeque<(u64, Message)>,
     machine: Machine,
     waiting_apply: BTreeMap<LogIndex, ProposalId>,
     pending_reads: Vec<(ReadId, LogIndex)>,
@@ -452,7 +451,6 @@ impl Sim {
                     w_issued: 0,
                     w_done: 0,
                     w_scheduled: false,
-                    deferred: VecDeque::new(),
                     machine: Machine::new(),
                     waiting_apply: BTreeMap::new(),
                     pending_reads: Vec::new(),
@@ -645,7 +643,6 @@ impl Sim {
         h.w_issued = 0;
         h.w_done = 0;
         h.w_scheduled = false;
-        h.deferred.clear();
         h.waiting_apply.clear();
         h.pending_reads.clear();
         h.snap_capture = None;
@@ -810,7 +807,21 @@ impl Sim {
             .filter_map(|h| h.engine.as_ref())
             .map(|e| e.stats().lease_reads)
             .sum();
-        match lincheck::check(&KvModel, &self.history, self.cfg.lincheck_max_steps) {
+        // Values are unique, so abandoned writes nobody observed can be pruned.
+        let history = lincheck::prune_unobserved_pending(&self.history);
+        if self.trace {
+            let mut per_key: BTreeMap<u64, (usize, usize, u64)> = BTreeMap::new();
+            for o in &history {
+                let e = per_key.entry(o.input.key()).or_default();
+                e.0 += 1;
+                if o.ret.is_none() {
+                    e.1 += 1;
+                }
+                e.2 = e.2.max(o.ret.unwrap_or(self.now) - o.call);
+            }
+            eprintln!("history per key (ops, unknown, longest op): {per_key:?}");
+        }
+        match lincheck::check(&KvModel, &history, self.cfg.lincheck_max_steps) {
             CheckResult::Linearizable => Ok(self.report),
             CheckResult::Unknown => {
                 Err(self.fail("linearizability check ran out of budget".into()))
@@ -818,7 +829,7 @@ impl Sim {
             CheckResult::NotLinearizable { partition } => {
                 let ops: Vec<String> = partition
                     .iter()
-                    .map(|&i| format!("{:?}", self.history[i]))
+                    .map(|&i| format!("{:?}", history[i]))
                     .collect();
                 Err(self.fail(format!(
                     "history is not linearizable; offending key's operations:\n  {}",
@@ -1000,8 +1011,14 @@ impl Sim {
                 let durable = mi <= h.d_floor.max(h.d_snap.0.index) || h.d_log.contains_key(&mi);
                 if !durable {
                     return Err(self.fail(format!(
-                        "persist-before-send: node {id} acknowledged index {mi} which is not durable (durable log ends at {:?})",
-                        h.d_log.keys().next_back()
+                        "persist-before-send: node {id} acknowledged index {mi} to {} in term {} which is not durable (durable log ends at {:?}, durable floor {}, durable snapshot {}; engine commit {:?} durable_index {:?})",
+                        m.to,
+                        m.term,
+                        h.d_log.keys().next_back(),
+                        h.d_floor,
+                        h.d_snap.0.index,
+                        h.engine.as_ref().map(|e| e.commit_index()),
+                        h.engine.as_ref().map(|e| e.durable_index()),
                     )));
                 }
             }
@@ -1023,16 +1040,49 @@ impl Sim {
     }
 
     fn execute(&mut self, id: NodeId, a: Action) -> Res<()> {
-        match a {
-            Action::Send { msg, after_persist } => {
-                let h = self.hosts.get_mut(&id).expect("host");
-                if after_persist && h.w_issued > h.w_done {
-                    let need = h.w_issued;
-                    h.deferred.push_back((need, msg));
-                } else {
-                    self.release(id, msg)?;
-                }
+        if self.trace {
+            let h = &self.hosts[&id];
+            match &a {
+                Action::Apply { .. } => {}
+                Action::Persist(b) => eprintln!(
+                    "t={} node {id} [w {}/{}]: Persist seq {} hs {:?} reset {:?} trunc {:?} entries {:?}",
+                    self.now,
+                    h.w_issued,
+                    h.w_done,
+                    b.seq,
+                    b.hard_state,
+                    b.reset_to_snapshot.as_ref().map(|m| m.index),
+                    b.truncate_from,
+                    b.entries
+                        .iter()
+                        .map(|e| (e.index, e.term))
+                        .collect::<Vec<_>>()
+                ),
+                Action::Send { msg } => eprintln!(
+                    "t={} node {id} [w {}/{}]: send to {} term {}: {:?}",
+                    self.now,
+                    h.w_issued,
+                    h.w_done,
+                    msg.to,
+                    msg.term,
+                    match &msg.body {
+                        MessageBody::AppendEntries {
+                            prev_log_index,
+                            entries,
+                            leader_commit,
+                            ..
+                        } => format!(
+                            "AE prev {prev_log_index} n {} commit {leader_commit}",
+                            entries.len()
+                        ),
+                        b => format!("{b:?}"),
+                    }
+                ),
+                other => eprintln!("t={} node {id}: {other:?}", self.now),
             }
+        }
+        match a {
+            Action::Send { msg } => self.release(id, msg)?,
             Action::Persist(b) => {
                 self.check_log_matching(id, &b)?;
                 self.writer_push(id, WOp::Persist(b));
@@ -1204,15 +1254,6 @@ impl Sim {
             h.w_scheduled = true;
             let d = self.fsync_delay(id);
             self.schedule(d, Ev::WriterDone(id, inc, n));
-        }
-        // Release sends that waited for this.
-        let h = self.hosts.get_mut(&id).expect("host");
-        let mut ready = Vec::new();
-        while h.deferred.front().is_some_and(|(need, _)| *need <= upto) {
-            ready.push(h.deferred.pop_front().expect("front").1);
-        }
-        for m in ready {
-            self.release(id, m)?;
         }
         if let Some(seq) = last_seq {
             self.step_node(id, Event::Persisted { seq })?;
@@ -1450,9 +1491,10 @@ impl Sim {
             }
             let key = self.rng.u64(0..self.cfg.keys);
             let input = match self.rng.u32(0..10) {
+                // Written values are unique (lincheck pruning relies on it).
                 0..=3 => KvInput::Put {
                     key,
-                    value: self.rng.u64(1..1_000_000),
+                    value: self.fresh_id(),
                 },
                 4..=6 => {
                     let expected = if self.rng.bool() {
@@ -1471,7 +1513,7 @@ impl Sim {
                     KvInput::Cas {
                         key,
                         expected,
-                        new: self.rng.u64(1..1_000_000),
+                        new: self.fresh_id(),
                     }
                 }
                 _ => KvInput::Get { key },
