@@ -289,17 +289,24 @@ impl Model for KvModel {
     }
 }
 
-/// Drops pending (never answered) writes whose written value is never
-/// observed: no completed `Get` returned it and no successful `Cas` expected
-/// it. Sound because a pending operation may always be linearized after every
-/// completed one, where an unobserved write changes nothing. Requires written
-/// values to be unique per key (the caller's generator must ensure it).
-/// Also drops pending `Get`s, which constrain nothing. This keeps the search
-/// from branching over 2^k placements of k abandoned writes.
+/// Drops pending (never answered) writes that cannot help explain any
+/// observation, and pending `Get`s (which constrain nothing).
+///
+/// Dropping a pending write is the same as linearizing it after every
+/// completed operation, which is always a legal placement; it only loses
+/// placements where the write takes effect earlier. Those can matter only to
+/// an observation the write could explain: a `Get` returning its value, a
+/// successful `Cas` expecting its value, or a *failed* `Cas` (any value other
+/// than the expected one explains a failure) that could be linearized after
+/// the write's call. Writes with none of those are dropped, so the verdict is
+/// unchanged. Requires written values to be unique per key. This keeps the
+/// search from branching over 2^k placements of k abandoned writes.
 pub fn prune_unobserved_pending(
     history: &[Operation<KvInput, KvOutput>],
 ) -> Vec<Operation<KvInput, KvOutput>> {
     let mut observed = std::collections::HashSet::new();
+    // Latest return time of a failed CAS, per key.
+    let mut failed_cas_ret: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for o in history {
         match (o.input, o.output) {
             (KvInput::Get { key }, Some(KvOutput::Get(Some(v)))) => {
@@ -315,6 +322,11 @@ pub fn prune_unobserved_pending(
             ) => {
                 observed.insert((key, e));
             }
+            (KvInput::Cas { key, .. }, Some(KvOutput::Cas(false))) => {
+                let r = o.ret.unwrap_or(u64::MAX);
+                let e = failed_cas_ret.entry(key).or_insert(0);
+                *e = (*e).max(r);
+            }
             _ => {}
         }
     }
@@ -329,7 +341,10 @@ pub fn prune_unobserved_pending(
                 KvInput::Put { key, value }
                 | KvInput::Cas {
                     key, new: value, ..
-                } => observed.contains(&(key, value)),
+                } => {
+                    observed.contains(&(key, value))
+                        || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
+                }
             }
         })
         .cloned()
@@ -525,6 +540,29 @@ mod tests {
             check(&KvModel, &p, 1_000),
             CheckResult::NotLinearizable { .. }
         ));
+    }
+
+    #[test]
+    fn pruning_keeps_a_pending_write_that_explains_a_failed_cas() {
+        let h = vec![
+            op(1, put(8), 0, None, None),
+            op(
+                2,
+                KvInput::Cas {
+                    key: 1,
+                    expected: None,
+                    new: 5,
+                },
+                3,
+                Some(4),
+                Some(KvOutput::Cas(false)),
+            ),
+        ];
+        assert_eq!(prune_unobserved_pending(&h).len(), 2);
+        assert_eq!(
+            check(&KvModel, &prune_unobserved_pending(&h), 1_000),
+            CheckResult::Linearizable
+        );
     }
 
     #[test]
