@@ -45,7 +45,7 @@ fn full_fault_schedule_keeps_raft_safe_live_and_linearizable() {
     let t = run_scenario(
         "full_fault_schedule_keeps_raft_safe_live_and_linearizable",
         1,
-        300,
+        500,
         SimConfig::new,
     );
     if std::env::var("WRAFT_SIM_SEED").is_err() {
@@ -67,7 +67,7 @@ fn lease_reads_stay_linearizable_under_drift_and_faults() {
     let t = run_scenario(
         "lease_reads_stay_linearizable_under_drift_and_faults",
         100_000,
-        200,
+        400,
         |seed| {
             let mut c = SimConfig::new(seed);
             c.lease_reads = true;
@@ -84,7 +84,7 @@ fn three_voters_without_pre_vote_survive_faults() {
     run_scenario(
         "three_voters_without_pre_vote_survive_faults",
         200_000,
-        200,
+        400,
         |seed| {
             let mut c = SimConfig::new(seed);
             c.voters = 3;
@@ -100,7 +100,7 @@ fn lossy_duplicating_network_without_crashes() {
     run_scenario(
         "lossy_duplicating_network_without_crashes",
         300_000,
-        200,
+        300,
         |seed| {
             let mut c = SimConfig::new(seed);
             c.crashes = false;
@@ -117,7 +117,7 @@ fn client_retries_after_leader_change_apply_at_most_once() {
     let t = run_scenario(
         "client_retries_after_leader_change_apply_at_most_once",
         400_000,
-        150,
+        300,
         |seed| {
             let mut c = SimConfig::new(seed);
             c.membership_changes = false;
