@@ -326,10 +326,38 @@ enum Ev {
     Fault,
 }
 
-enum WOp {
+/// One durable-storage operation, in the order the engine issued it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// An [`Action::Persist`] batch.
     Persist(PersistBatch),
+    /// An [`Action::CompactLog`].
     Compact(LogIndex),
 }
+
+/// Storage in the loop: plug a real log store under the simulator.
+///
+/// The simulator keeps its own in-memory model of what is durable (the
+/// oracle for persist-before-send and for recovery). When a node's simulated
+/// group commit completes, the same operations are handed to the store with
+/// [`SimStorage::write`] (which must make them durable before returning);
+/// operations still queued when a node crashes are never written, exactly like
+/// unflushed writes. At restart, [`SimStorage::recover`] must return the same
+/// hard state and log entries as the model, or the run fails.
+pub trait SimStorage {
+    /// Make `ops` durable for `node`, in order.
+    ///
+    /// # Errors
+    /// A description of the storage failure (fails the run).
+    fn write(&mut self, node: NodeId, ops: &[StorageOp]) -> Result<(), String>;
+    /// What `node`'s storage holds after a crash: hard state and log entries in index order.
+    ///
+    /// # Errors
+    /// A description of the recovery failure (fails the run).
+    fn recover(&mut self, node: NodeId) -> Result<(HardState, Vec<Entry>), String>;
+}
+
+use StorageOp as WOp;
 
 struct Outgoing {
     meta: SnapshotMeta,
@@ -404,6 +432,7 @@ pub struct Sim {
     next_id: u64,
     next_client_id: u64,
     trace: bool,
+    storage: Option<Box<dyn SimStorage>>,
     faults_on: bool,
     new_ops: bool,
     leaders: BTreeMap<Term, NodeId>,
@@ -420,6 +449,15 @@ impl Sim {
     /// Builds the cluster: voters `1..=voters` bootstrapped with that
     /// configuration; spares start empty (they learn membership from the log).
     pub fn new(cfg: SimConfig) -> Sim {
+        Self::build(cfg, None)
+    }
+
+    /// Like [`Sim::new`], with a real log store in the loop (see [`SimStorage`]).
+    pub fn with_storage(cfg: SimConfig, storage: Box<dyn SimStorage>) -> Sim {
+        Self::build(cfg, Some(storage))
+    }
+
+    fn build(cfg: SimConfig, storage: Option<Box<dyn SimStorage>>) -> Sim {
         let mut rng = fastrand::Rng::with_seed(cfg.seed);
         let mut hosts = BTreeMap::new();
         let total = cfg.voters + cfg.spares;
@@ -486,6 +524,7 @@ impl Sim {
             next_id: 1,
             next_client_id: 10_000,
             trace: std::env::var_os("WRAFT_SIM_TRACE").is_some(),
+            storage,
             faults_on: true,
             new_ops: true,
             leaders: BTreeMap::new(),
@@ -526,11 +565,38 @@ impl Sim {
         let inc = self.hosts[&id].incarnation;
         let cfg = self.engine_config(id, inc);
         let h = self.hosts.get_mut(&id).expect("host");
-        let init = InitialState {
+        let mut init = InitialState {
             hard_state: h.d_hs,
             snapshot: h.d_snap.0.clone(),
             entries: h.d_log.values().cloned().collect(),
         };
+        if let Some(st) = self.storage.as_mut() {
+            match st.recover(id) {
+                Ok((hs, entries)) if hs == init.hard_state && entries == init.entries => {
+                    init.entries = entries;
+                }
+                Ok((hs, entries)) => {
+                    self.failure.get_or_insert(format!(
+                        "storage recovery of node {id} differs from the model: hard state {hs:?} vs {:?}, \
+                         {} entries ({:?}..{:?}) vs {} ({:?}..{:?})",
+                        init.hard_state,
+                        entries.len(),
+                        entries.first().map(|e| e.index),
+                        entries.last().map(|e| e.index),
+                        init.entries.len(),
+                        init.entries.first().map(|e| e.index),
+                        init.entries.last().map(|e| e.index),
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.failure
+                        .get_or_insert(format!("storage recovery of node {id} failed: {e}"));
+                    return;
+                }
+            }
+        }
+        let h = self.hosts.get_mut(&id).expect("host");
         match Engine::new(cfg, init) {
             Ok(e) => {
                 h.machine = (*h.d_snap.1).clone();
@@ -1221,8 +1287,12 @@ impl Sim {
             return Ok(());
         }
         let mut last_seq = None;
+        let mut written = Vec::new();
         while h.writer.front().is_some_and(|(n, _)| *n <= upto) {
             let (_, op) = h.writer.pop_front().expect("front");
+            if self.storage.is_some() {
+                written.push(op.clone());
+            }
             match op {
                 WOp::Persist(b) => {
                     if let Some(m) = &b.reset_to_snapshot {
@@ -1250,6 +1320,11 @@ impl Sim {
         }
         h.w_done = upto;
         h.w_scheduled = false;
+        if let Some(st) = self.storage.as_mut()
+            && let Err(e) = st.write(id, &written)
+        {
+            return Err(self.fail(format!("storage write failed on node {id}: {e}")));
+        }
         if let Some(&(n, _)) = h.writer.back() {
             h.w_scheduled = true;
             let d = self.fsync_delay(id);
