@@ -207,16 +207,15 @@ pub enum SnapshotReason {
 /// Output of [`Engine::poll_actions`]. The host executes actions in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send a message. If `after_persist`, it must not leave before every
-    /// [`Action::Persist`] earlier in the action stream is durable (it reveals
-    /// a vote, an acknowledgement or a term). Otherwise it may leave at once
-    /// (leader appends and heartbeats, pre-votes). A host that always waits is
-    /// also correct, only slower.
+    /// Send a message now. Messages that reveal state (a vote, an
+    /// acknowledgement, a term) are held *inside the engine* until the
+    /// [`Action::Persist`] they depend on is reported durable with
+    /// [`Event::Persisted`], and are dropped if the term moved on meanwhile;
+    /// so the host never delays a `Send`. Leader appends go out before the
+    /// leader's own persist (Raft thesis §10.2.1).
     Send {
         /// The message.
         msg: Message,
-        /// See above.
-        after_persist: bool,
     },
     /// Make this batch durable (group commit is fine), then report [`Event::Persisted`].
     Persist(PersistBatch),
@@ -474,7 +473,7 @@ pub struct Engine {
     hinted_band_log: u64,
 
     imm: Vec<Action>,
-    after: Vec<Action>,
+    held: VecDeque<(u64, Message)>,
     tail: Vec<Action>,
     scratch: Vec<u64>,
     last_role_report: (Role, Term, Option<NodeId>),
@@ -495,6 +494,8 @@ impl std::fmt::Debug for Engine {
 }
 
 const HB_ROUNDS_MAX: usize = 256;
+/// Messages held back waiting for persists (beyond this the oldest is dropped).
+const HELD_MSGS_MAX: usize = 65_536;
 
 impl Engine {
     /// Builds an engine from its configuration and the state recovered from storage.
@@ -603,7 +604,7 @@ impl Engine {
             hinted_band_applied: 0,
             hinted_band_log: 0,
             imm: Vec::new(),
-            after: Vec::new(),
+            held: VecDeque::new(),
             tail: Vec::new(),
             scratch: Vec::new(),
             last_role_report: (Role::Follower, term, None),
@@ -795,7 +796,6 @@ impl Engine {
         if let Some(b) = self.take_persist_batch() {
             out.push(Action::Persist(b));
         }
-        out.append(&mut self.after);
         self.emit_apply();
         self.maybe_hint();
         out.append(&mut self.tail);
@@ -869,6 +869,14 @@ impl Engine {
             }
             self.inflight_persists.pop_front();
         }
+        while self.held.front().is_some_and(|(need, _)| *need <= seq) {
+            let (_, msg) = self.held.pop_front().expect("front");
+            // A message from an older term may describe state that a newer
+            // leader has since truncated (e.g. an ack): drop it.
+            if msg.term == self.term {
+                self.imm.push(Action::Send { msg });
+            }
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -884,32 +892,53 @@ impl Engine {
     /// Queues a message. Anything carrying our term waits for the term to be
     /// durable even if the caller did not ask for it (a single-voter leader
     /// elects itself before its term is on disk).
-    fn send(&mut self, to: NodeId, body: MessageBody, after_persist: bool) {
-        let after_persist = after_persist || !self.hs_durable();
+    fn send(&mut self, to: NodeId, body: MessageBody, needs_durable: bool) {
         let msg = Message {
             from: self.id,
             to,
             term: self.term,
             body,
         };
-        if after_persist {
-            self.after.push(Action::Send { msg, after_persist });
-        } else {
-            self.imm.push(Action::Send { msg, after_persist });
-        }
+        self.emit(msg, needs_durable || !self.hs_durable());
     }
 
-    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody, after_persist: bool) {
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody, needs_durable: bool) {
         let msg = Message {
             from: self.id,
             to,
             term,
             body,
         };
-        if after_persist {
-            self.after.push(Action::Send { msg, after_persist });
+        self.emit(msg, needs_durable);
+    }
+
+    /// True if some state changed since the last persist batch was cut.
+    fn has_unpersisted(&self) -> bool {
+        self.hs_dirty
+            || self.unstable_from <= self.log.last_index()
+            || self.trunc_pending.is_some()
+            || self.reset_pending.is_some()
+    }
+
+    /// Sends now, or holds the message until everything it may reveal is durable.
+    fn emit(&mut self, msg: Message, needs_durable: bool) {
+        if !needs_durable {
+            self.imm.push(Action::Send { msg });
+            return;
+        }
+        let need = if self.has_unpersisted() {
+            self.persist_seq + 1
         } else {
-            self.imm.push(Action::Send { msg, after_persist });
+            self.persist_seq
+        };
+        if need <= self.durable_seq {
+            self.imm.push(Action::Send { msg });
+        } else {
+            if self.held.len() >= HELD_MSGS_MAX {
+                // Messages may be lost anyway; keep memory bounded.
+                self.held.pop_front();
+            }
+            self.held.push_back((need, msg));
         }
     }
 

@@ -8,11 +8,13 @@
 //!
 //! ## The host's contract
 //! 1. Execute actions **in order**. [`Action::Persist`] goes to a (group-commit)
-//!    writer; report completion with [`Event::Persisted`].
-//! 2. An [`Action::Send`] with `after_persist: true` must not leave before every
-//!    earlier `Persist` is durable (it reveals a vote, an ack or a term). Leader
-//!    appends go out at once: the leader replicates before it persists
-//!    (Raft thesis §10.2.1) and counts itself only once its own write is durable.
+//!    writer; report completion with [`Event::Persisted`] (for every batch;
+//!    reporting the latest `seq` covers all earlier ones).
+//! 2. Send every [`Action::Send`] at once. The engine itself holds back any
+//!    message that reveals not-yet-durable state (a vote, an ack, a term) until
+//!    the host reports the persist it depends on, and drops it if the term moved
+//!    on. Leader appends go out before the leader's own write (Raft thesis
+//!    §10.2.1); the leader counts itself only once that write is durable.
 //! 3. [`Action::Apply`] hands out committed entries; apply them off the
 //!    consensus path. Reads: [`Event::Read`] → [`Action::ReadReady`] `{ index }`
 //!    → serve once applied ≥ index.

@@ -289,6 +289,68 @@ impl Model for KvModel {
     }
 }
 
+/// Drops pending (never answered) writes that cannot help explain any
+/// observation, and pending `Get`s (which constrain nothing).
+///
+/// Dropping a pending write is the same as linearizing it after every
+/// completed operation, which is always a legal placement; it only loses
+/// placements where the write takes effect earlier. Those can matter only to
+/// an observation the write could explain: a `Get` returning its value, a
+/// successful `Cas` expecting its value, or a *failed* `Cas` (any value other
+/// than the expected one explains a failure) that could be linearized after
+/// the write's call. Writes with none of those are dropped, so the verdict is
+/// unchanged. Requires written values to be unique per key. This keeps the
+/// search from branching over 2^k placements of k abandoned writes.
+pub fn prune_unobserved_pending(
+    history: &[Operation<KvInput, KvOutput>],
+) -> Vec<Operation<KvInput, KvOutput>> {
+    let mut observed = std::collections::HashSet::new();
+    // Latest return time of a failed CAS, per key.
+    let mut failed_cas_ret: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for o in history {
+        match (o.input, o.output) {
+            (KvInput::Get { key }, Some(KvOutput::Get(Some(v)))) => {
+                observed.insert((key, v));
+            }
+            (
+                KvInput::Cas {
+                    key,
+                    expected: Some(e),
+                    ..
+                },
+                Some(KvOutput::Cas(true)),
+            ) => {
+                observed.insert((key, e));
+            }
+            (KvInput::Cas { key, .. }, Some(KvOutput::Cas(false))) => {
+                let r = o.ret.unwrap_or(u64::MAX);
+                let e = failed_cas_ret.entry(key).or_insert(0);
+                *e = (*e).max(r);
+            }
+            _ => {}
+        }
+    }
+    history
+        .iter()
+        .filter(|o| {
+            if o.ret.is_some() {
+                return true;
+            }
+            match o.input {
+                KvInput::Get { .. } => false,
+                KvInput::Put { key, value }
+                | KvInput::Cas {
+                    key, new: value, ..
+                } => {
+                    observed.contains(&(key, value))
+                        || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
+                }
+            }
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +513,75 @@ mod tests {
             CheckResult::NotLinearizable { partition } => assert_eq!(partition, vec![1, 2]),
             other => panic!("expected a violation on key 2, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn pruning_keeps_observed_pending_writes_and_verdicts() {
+        let h = vec![
+            op(1, put(7), 0, None, None),
+            op(2, put(8), 0, None, None),
+            op(3, get(), 1, Some(2), Some(KvOutput::Get(Some(7)))),
+            op(4, get(), 5, None, None),
+        ];
+        let p = prune_unobserved_pending(&h);
+        assert_eq!(
+            p.len(),
+            2,
+            "put(8) and the pending get are dropped, put(7) is kept"
+        );
+        assert_eq!(check(&KvModel, &p, 1_000), CheckResult::Linearizable);
+        // Without put(7) the read of 7 would be impossible: it must be kept.
+        let bad = vec![
+            op(2, put(8), 0, None, None),
+            op(3, get(), 1, Some(2), Some(KvOutput::Get(Some(7)))),
+        ];
+        let p = prune_unobserved_pending(&bad);
+        assert!(matches!(
+            check(&KvModel, &p, 1_000),
+            CheckResult::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn pruning_keeps_a_pending_write_that_explains_a_failed_cas() {
+        let h = vec![
+            op(1, put(8), 0, None, None),
+            op(
+                2,
+                KvInput::Cas {
+                    key: 1,
+                    expected: None,
+                    new: 5,
+                },
+                3,
+                Some(4),
+                Some(KvOutput::Cas(false)),
+            ),
+        ];
+        assert_eq!(prune_unobserved_pending(&h).len(), 2);
+        assert_eq!(
+            check(&KvModel, &prune_unobserved_pending(&h), 1_000),
+            CheckResult::Linearizable
+        );
+    }
+
+    #[test]
+    fn many_abandoned_writes_do_not_blow_up_the_search_after_pruning() {
+        let mut h = Vec::new();
+        for c in 0..40u64 {
+            h.push(op(c, put(100 + c), c, None, None));
+            h.push(op(
+                100 + c,
+                get(),
+                2 * c + 1000,
+                Some(2 * c + 1001),
+                Some(KvOutput::Get(None)),
+            ));
+        }
+        assert_eq!(
+            check(&KvModel, &prune_unobserved_pending(&h), 10_000),
+            CheckResult::Linearizable
+        );
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl SimConfig {
             retention_margin: 5,
             snapshot_chunk_bytes: 64,
             liveness_bound_ticks: 400,
-            lincheck_max_steps: 2_000_000,
+            lincheck_max_steps: 20_000_000,
         }
     }
 }
@@ -326,10 +326,38 @@ enum Ev {
     Fault,
 }
 
-enum WOp {
+/// One durable-storage operation, in the order the engine issued it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// An [`Action::Persist`] batch.
     Persist(PersistBatch),
+    /// An [`Action::CompactLog`].
     Compact(LogIndex),
 }
+
+/// Storage in the loop: plug a real log store under the simulator.
+///
+/// The simulator keeps its own in-memory model of what is durable (the
+/// oracle for persist-before-send and for recovery). When a node's simulated
+/// group commit completes, the same operations are handed to the store with
+/// [`SimStorage::write`] (which must make them durable before returning);
+/// operations still queued when a node crashes are never written, exactly like
+/// unflushed writes. At restart, [`SimStorage::recover`] must return the same
+/// hard state and log entries as the model, or the run fails.
+pub trait SimStorage {
+    /// Make `ops` durable for `node`, in order.
+    ///
+    /// # Errors
+    /// A description of the storage failure (fails the run).
+    fn write(&mut self, node: NodeId, ops: &[StorageOp]) -> Result<(), String>;
+    /// What `node`'s storage holds after a crash: hard state and log entries in index order.
+    ///
+    /// # Errors
+    /// A description of the recovery failure (fails the run).
+    fn recover(&mut self, node: NodeId) -> Result<(HardState, Vec<Entry>), String>;
+}
+
+use StorageOp as WOp;
 
 struct Outgoing {
     meta: SnapshotMeta,
@@ -360,9 +388,8 @@ struct Host {
     w_issued: u64,
     w_done: u64,
     w_scheduled: bool,
-    deferred: VecDeque<(u64, Message)>,
     machine: Machine,
-    await_apply: BTreeMap<LogIndex, ProposalId>,
+    waiting_apply: BTreeMap<LogIndex, ProposalId>,
     pending_reads: Vec<(ReadId, LogIndex)>,
     snap_capture: Option<(SnapshotMeta, Arc<Machine>)>,
     snapshotting: bool,
@@ -404,6 +431,8 @@ pub struct Sim {
     read_owner: HashMap<ReadId, (usize, usize, KvInput)>,
     next_id: u64,
     next_client_id: u64,
+    trace: bool,
+    storage: Option<Box<dyn SimStorage>>,
     faults_on: bool,
     new_ops: bool,
     leaders: BTreeMap<Term, NodeId>,
@@ -420,6 +449,15 @@ impl Sim {
     /// Builds the cluster: voters `1..=voters` bootstrapped with that
     /// configuration; spares start empty (they learn membership from the log).
     pub fn new(cfg: SimConfig) -> Sim {
+        Self::build(cfg, None)
+    }
+
+    /// Like [`Sim::new`], with a real log store in the loop (see [`SimStorage`]).
+    pub fn with_storage(cfg: SimConfig, storage: Box<dyn SimStorage>) -> Sim {
+        Self::build(cfg, Some(storage))
+    }
+
+    fn build(cfg: SimConfig, storage: Option<Box<dyn SimStorage>>) -> Sim {
         let mut rng = fastrand::Rng::with_seed(cfg.seed);
         let mut hosts = BTreeMap::new();
         let total = cfg.voters + cfg.spares;
@@ -451,9 +489,8 @@ impl Sim {
                     w_issued: 0,
                     w_done: 0,
                     w_scheduled: false,
-                    deferred: VecDeque::new(),
                     machine: Machine::new(),
-                    await_apply: BTreeMap::new(),
+                    waiting_apply: BTreeMap::new(),
                     pending_reads: Vec::new(),
                     snap_capture: None,
                     snapshotting: false,
@@ -486,6 +523,8 @@ impl Sim {
             read_owner: HashMap::new(),
             next_id: 1,
             next_client_id: 10_000,
+            trace: std::env::var_os("WRAFT_SIM_TRACE").is_some(),
+            storage,
             faults_on: true,
             new_ops: true,
             leaders: BTreeMap::new(),
@@ -526,11 +565,38 @@ impl Sim {
         let inc = self.hosts[&id].incarnation;
         let cfg = self.engine_config(id, inc);
         let h = self.hosts.get_mut(&id).expect("host");
-        let init = InitialState {
+        let mut init = InitialState {
             hard_state: h.d_hs,
             snapshot: h.d_snap.0.clone(),
             entries: h.d_log.values().cloned().collect(),
         };
+        if let Some(st) = self.storage.as_mut() {
+            match st.recover(id) {
+                Ok((hs, entries)) if hs == init.hard_state && entries == init.entries => {
+                    init.entries = entries;
+                }
+                Ok((hs, entries)) => {
+                    self.failure.get_or_insert(format!(
+                        "storage recovery of node {id} differs from the model: hard state {hs:?} vs {:?}, \
+                         {} entries ({:?}..{:?}) vs {} ({:?}..{:?})",
+                        init.hard_state,
+                        entries.len(),
+                        entries.first().map(|e| e.index),
+                        entries.last().map(|e| e.index),
+                        init.entries.len(),
+                        init.entries.first().map(|e| e.index),
+                        init.entries.last().map(|e| e.index),
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.failure
+                        .get_or_insert(format!("storage recovery of node {id} failed: {e}"));
+                    return;
+                }
+            }
+        }
+        let h = self.hosts.get_mut(&id).expect("host");
         match Engine::new(cfg, init) {
             Ok(e) => {
                 h.machine = (*h.d_snap.1).clone();
@@ -643,8 +709,7 @@ impl Sim {
         h.w_issued = 0;
         h.w_done = 0;
         h.w_scheduled = false;
-        h.deferred.clear();
-        h.await_apply.clear();
+        h.waiting_apply.clear();
         h.pending_reads.clear();
         h.snap_capture = None;
         h.snapshotting = false;
@@ -808,7 +873,21 @@ impl Sim {
             .filter_map(|h| h.engine.as_ref())
             .map(|e| e.stats().lease_reads)
             .sum();
-        match lincheck::check(&KvModel, &self.history, self.cfg.lincheck_max_steps) {
+        // Values are unique, so abandoned writes nobody observed can be pruned.
+        let history = lincheck::prune_unobserved_pending(&self.history);
+        if self.trace {
+            let mut per_key: BTreeMap<u64, (usize, usize, u64)> = BTreeMap::new();
+            for o in &history {
+                let e = per_key.entry(o.input.key()).or_default();
+                e.0 += 1;
+                if o.ret.is_none() {
+                    e.1 += 1;
+                }
+                e.2 = e.2.max(o.ret.unwrap_or(self.now) - o.call);
+            }
+            eprintln!("history per key (ops, unknown, longest op): {per_key:?}");
+        }
+        match lincheck::check(&KvModel, &history, self.cfg.lincheck_max_steps) {
             CheckResult::Linearizable => Ok(self.report),
             CheckResult::Unknown => {
                 Err(self.fail("linearizability check ran out of budget".into()))
@@ -816,7 +895,7 @@ impl Sim {
             CheckResult::NotLinearizable { partition } => {
                 let ops: Vec<String> = partition
                     .iter()
-                    .map(|&i| format!("{:?}", self.history[i]))
+                    .map(|&i| format!("{:?}", history[i]))
                     .collect();
                 Err(self.fail(format!(
                     "history is not linearizable; offending key's operations:\n  {}",
@@ -832,7 +911,7 @@ impl Sim {
         for h in self.hosts.values() {
             match &h.engine {
                 Some(e) => s.push_str(&format!(
-                    "  node {}: {:?} term {} leader {:?} commit {} applied {} last {} floor {} durable {} snap {} members {:?} installing {} machine.applied {} await {:?} reads {:?}\n",
+                    "  node {}: {:?} term {} leader {:?} commit {} applied {} last {} floor {} durable {} snap {} members {:?} installing {} machine.applied {} waiting {:?} reads {:?}\n",
                     h.id,
                     e.role(),
                     e.term(),
@@ -846,7 +925,7 @@ impl Sim {
                     e.membership(),
                     e.is_installing_snapshot(),
                     h.machine.applied,
-                    h.await_apply,
+                    h.waiting_apply,
                     h.pending_reads,
                 )),
                 None => s.push_str(&format!("  node {}: down\n", h.id)),
@@ -980,7 +1059,10 @@ impl Sim {
             MessageBody::RequestVoteResponse {
                 pre_vote: false,
                 granted: true,
-            } if (h.d_hs.term != m.term || h.d_hs.vote != Some(m.to)) => {
+            } if !(h.d_hs.term > m.term
+                || (h.d_hs.term == m.term && h.d_hs.vote == Some(m.to))) =>
+            {
+                // Durable means: this vote, or a later term (which can never vote in m.term again).
                 return Err(self.fail(format!(
                         "persist-before-send: node {id} granted its vote to {} in term {} but durable state is {:?}",
                         m.to, m.term, h.d_hs
@@ -995,8 +1077,14 @@ impl Sim {
                 let durable = mi <= h.d_floor.max(h.d_snap.0.index) || h.d_log.contains_key(&mi);
                 if !durable {
                     return Err(self.fail(format!(
-                        "persist-before-send: node {id} acknowledged index {mi} which is not durable (durable log ends at {:?})",
-                        h.d_log.keys().next_back()
+                        "persist-before-send: node {id} acknowledged index {mi} to {} in term {} which is not durable (durable log ends at {:?}, durable floor {}, durable snapshot {}; engine commit {:?} durable_index {:?})",
+                        m.to,
+                        m.term,
+                        h.d_log.keys().next_back(),
+                        h.d_floor,
+                        h.d_snap.0.index,
+                        h.engine.as_ref().map(|e| e.commit_index()),
+                        h.engine.as_ref().map(|e| e.durable_index()),
                     )));
                 }
             }
@@ -1018,16 +1106,49 @@ impl Sim {
     }
 
     fn execute(&mut self, id: NodeId, a: Action) -> Res<()> {
-        match a {
-            Action::Send { msg, after_persist } => {
-                let h = self.hosts.get_mut(&id).expect("host");
-                if after_persist && h.w_issued > h.w_done {
-                    let need = h.w_issued;
-                    h.deferred.push_back((need, msg));
-                } else {
-                    self.release(id, msg)?;
-                }
+        if self.trace {
+            let h = &self.hosts[&id];
+            match &a {
+                Action::Apply { .. } => {}
+                Action::Persist(b) => eprintln!(
+                    "t={} node {id} [w {}/{}]: Persist seq {} hs {:?} reset {:?} trunc {:?} entries {:?}",
+                    self.now,
+                    h.w_issued,
+                    h.w_done,
+                    b.seq,
+                    b.hard_state,
+                    b.reset_to_snapshot.as_ref().map(|m| m.index),
+                    b.truncate_from,
+                    b.entries
+                        .iter()
+                        .map(|e| (e.index, e.term))
+                        .collect::<Vec<_>>()
+                ),
+                Action::Send { msg } => eprintln!(
+                    "t={} node {id} [w {}/{}]: send to {} term {}: {:?}",
+                    self.now,
+                    h.w_issued,
+                    h.w_done,
+                    msg.to,
+                    msg.term,
+                    match &msg.body {
+                        MessageBody::AppendEntries {
+                            prev_log_index,
+                            entries,
+                            leader_commit,
+                            ..
+                        } => format!(
+                            "AE prev {prev_log_index} n {} commit {leader_commit}",
+                            entries.len()
+                        ),
+                        b => format!("{b:?}"),
+                    }
+                ),
+                other => eprintln!("t={} node {id}: {other:?}", self.now),
             }
+        }
+        match a {
+            Action::Send { msg } => self.release(id, msg)?,
             Action::Persist(b) => {
                 self.check_log_matching(id, &b)?;
                 self.writer_push(id, WOp::Persist(b));
@@ -1044,11 +1165,11 @@ impl Sim {
                     self.hosts
                         .get_mut(&id)
                         .expect("host")
-                        .await_apply
+                        .waiting_apply
                         .insert(index, pid);
                 }
                 Err(err) => {
-                    if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+                    if self.trace {
                         eprintln!("t={} node {id}: proposal {pid} failed: {err}", self.now);
                     }
                     if let Some((c, hist)) = self.prop_owner.remove(&pid) {
@@ -1145,8 +1266,18 @@ impl Sim {
         if !h.w_scheduled {
             h.w_scheduled = true;
             let (inc, upto) = (h.incarnation, h.w_issued);
-            let d = self.rng.u64(50..600);
+            let d = self.fsync_delay(id);
             self.schedule(d, Ev::WriterDone(id, inc, upto));
+        }
+    }
+
+    /// Group-commit latency: per-node disk speed (some disks are slow) with jitter.
+    fn fsync_delay(&mut self, id: NodeId) -> u64 {
+        let slow = self.hosts[&id].period.is_multiple_of(3);
+        if slow {
+            self.rng.u64(200..3 * TICK)
+        } else {
+            self.rng.u64(30..500)
         }
     }
 
@@ -1156,8 +1287,12 @@ impl Sim {
             return Ok(());
         }
         let mut last_seq = None;
+        let mut written = Vec::new();
         while h.writer.front().is_some_and(|(n, _)| *n <= upto) {
             let (_, op) = h.writer.pop_front().expect("front");
+            if self.storage.is_some() {
+                written.push(op.clone());
+            }
             match op {
                 WOp::Persist(b) => {
                     if let Some(m) = &b.reset_to_snapshot {
@@ -1185,19 +1320,15 @@ impl Sim {
         }
         h.w_done = upto;
         h.w_scheduled = false;
+        if let Some(st) = self.storage.as_mut()
+            && let Err(e) = st.write(id, &written)
+        {
+            return Err(self.fail(format!("storage write failed on node {id}: {e}")));
+        }
         if let Some(&(n, _)) = h.writer.back() {
             h.w_scheduled = true;
-            let d = self.rng.u64(50..600);
+            let d = self.fsync_delay(id);
             self.schedule(d, Ev::WriterDone(id, inc, n));
-        }
-        // Release sends that waited for this.
-        let h = self.hosts.get_mut(&id).expect("host");
-        let mut ready = Vec::new();
-        while h.deferred.front().is_some_and(|(need, _)| *need <= upto) {
-            ready.push(h.deferred.pop_front().expect("front").1);
-        }
-        for m in ready {
-            self.release(id, m)?;
         }
         if let Some(seq) = last_seq {
             self.step_node(id, Event::Persisted { seq })?;
@@ -1214,24 +1345,24 @@ impl Sim {
             )));
         }
         let r = h.machine.apply(e);
-        if std::env::var("WRAFT_SIM_TRACE").is_ok() {
+        if self.trace {
             eprintln!(
-                "t={} node {id}: applied {} {:?} -> {:?} await {:?}",
+                "t={} node {id}: applied {} {:?} -> {:?} waiting {:?}",
                 self.now,
                 e.index,
                 e.kind,
                 r,
-                h.await_apply.get(&e.index)
+                h.waiting_apply.get(&e.index)
             );
         }
         let d = h.machine.digest();
-        let pid = h.await_apply.remove(&e.index);
+        let pid = h.waiting_apply.remove(&e.index);
         // Drop stale waiters (their entries were superseded below this index).
-        while let Some((&i, _)) = h.await_apply.first_key_value() {
+        while let Some((&i, _)) = h.waiting_apply.first_key_value() {
             if i > e.index {
                 break;
             }
-            h.await_apply.pop_first();
+            h.waiting_apply.pop_first();
         }
         if matches!(e.kind, EntryKind::ConfChange(_)) && id == 1 {
             self.report.conf_changes_applied += 1;
@@ -1417,7 +1548,7 @@ impl Sim {
         }
         // Pending reads and proposals waiting on indexes the snapshot skipped
         // will be answered by retries.
-        h.await_apply.retain(|i, _| *i > meta.index);
+        h.waiting_apply.retain(|i, _| *i > meta.index);
         self.report.snapshots_installed += 1;
         let d = self.hosts[&id].machine.digest();
         self.check_digest(id, meta.index, d)?;
@@ -1435,9 +1566,10 @@ impl Sim {
             }
             let key = self.rng.u64(0..self.cfg.keys);
             let input = match self.rng.u32(0..10) {
+                // Written values are unique (lincheck pruning relies on it).
                 0..=3 => KvInput::Put {
                     key,
-                    value: self.rng.u64(1..1_000_000),
+                    value: self.fresh_id(),
                 },
                 4..=6 => {
                     let expected = if self.rng.bool() {
@@ -1456,7 +1588,7 @@ impl Sim {
                     KvInput::Cas {
                         key,
                         expected,
-                        new: self.rng.u64(1..1_000_000),
+                        new: self.fresh_id(),
                     }
                 }
                 _ => KvInput::Get { key },
@@ -1587,16 +1719,24 @@ impl Sim {
                 }
             }
             20..=27 if self.cfg.partitions => {
+                // One link: one direction (asymmetric) or both (a partial partition).
                 let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
                 if a != b {
                     self.block(a, b);
+                    if self.rng.bool() {
+                        self.block(b, a);
+                    }
                 }
             }
             28..=45 => self.heal(),
             46..=55 if self.cfg.crashes => {
                 let crashed = ids.iter().filter(|i| !self.alive(**i)).count();
                 if crashed < 2 {
-                    let x = pick(&mut self.rng);
+                    // Leaders are the interesting victims (unpersisted tail, in-flight commits).
+                    let x = match self.leader() {
+                        Some(l) if self.rng.bool() => l,
+                        _ => pick(&mut self.rng),
+                    };
                     self.crash(x);
                 }
             }
