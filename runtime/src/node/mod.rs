@@ -5,14 +5,13 @@
 //!  transport ──raft msgs──▶ ┐
 //!  clients ──requests────▶  ├─▶ driver task ── owns Engine ──▶ actions, in order:
 //!  storage ──durable seq──▶ │                    Persist  → group-commit writer (never waited on)
-//!  ticker ──ticks────────▶  ┘                    Send     → transport (deferred until durable
-//!                                                            when `after_persist`)
+//!  ticker ──ticks────────▶  ┘                    Send     → transport, at once (never blocks)
 //!                                                Apply    → applier task (machine threads)
 //! ```
 //!
 //! The driver never awaits storage, a guest or a peer: a persist is submitted
-//! and its completion comes back as an event; messages that reveal persisted
-//! state wait in a queue keyed by the storage sequence number they need.
+//! and its completion comes back as an `Event::Persisted`; the engine itself
+//! holds back messages that reveal state (votes, acks) until then.
 
 mod apply;
 mod server;
@@ -292,8 +291,6 @@ impl Node {
             proposals: HashMap::new(),
             reads: HashMap::new(),
             persists: VecDeque::new(),
-            deferred: VecDeque::new(),
-            last_submitted: 0,
             durable: 0,
             actions: Vec::new(),
             metrics: crate::metrics::DriverMetrics::new(id),
@@ -414,9 +411,6 @@ struct Driver {
     reads: HashMap<u64, PendingRead>,
     /// (storage seq, engine persist seq), in submission order.
     persists: VecDeque<(u64, u64)>,
-    /// Messages waiting for storage seq to be durable.
-    deferred: VecDeque<(u64, Message)>,
-    last_submitted: u64,
     durable: u64,
     actions: Vec<Action>,
     metrics: crate::metrics::DriverMetrics,
@@ -514,14 +508,6 @@ impl Driver {
         }
         if let Some(e) = engine_seq {
             self.step(Event::Persisted { seq: e });
-        }
-        while let Some((s, _)) = self.deferred.front() {
-            if *s > self.durable {
-                break;
-            }
-            if let Some((_, msg)) = self.deferred.pop_front() {
-                self.send(msg);
-            }
         }
     }
 
@@ -729,13 +715,9 @@ impl Driver {
     fn execute_one(&mut self, action: Action) {
         {
             match action {
-                Action::Send { msg, after_persist } => {
-                    if after_persist && self.last_submitted > self.durable {
-                        self.deferred.push_back((self.last_submitted, msg));
-                    } else {
-                        self.send(msg);
-                    }
-                }
+                // The engine holds back anything that reveals state not yet
+                // durable, so every Send goes out at once.
+                Action::Send { msg } => self.send(msg),
                 Action::Persist(batch) => {
                     let mut wb = WriteBatch::default();
                     if let Some(hs) = batch.hard_state {
@@ -763,7 +745,6 @@ impl Driver {
                             self.metrics
                                 .persist_entries
                                 .increment(batch.entries.len() as u64);
-                            self.last_submitted = ticket.seq();
                             self.persists.push_back((ticket.seq(), batch.seq));
                             if ticket.seq() <= self.durable {
                                 self.on_durable(self.durable);
@@ -874,9 +855,9 @@ impl Driver {
             ProposalError::TooLarge { .. } | ProposalError::ConfChange(_) => {
                 RequestError::Rejected(e.to_string())
             }
-            other => RequestError::Timeout(format!(
-                "{other}; the outcome is known: it was not applied, retry"
-            )),
+            // Superseded: definitely not applied. OutcomeUnknown: maybe.
+            // Either way a retry with the same tag is applied at most once.
+            other => RequestError::Timeout(format!("{other}; retrying with the same tag is safe")),
         }
     }
 }
