@@ -31,6 +31,16 @@ fn expected_payload(index: u64) -> Bytes {
     )
 }
 
+/// Kills the child if the test panics mid-cycle, so no process outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn every_acknowledged_entry_survives_repeated_sigkill() {
     let cycles: u32 = std::env::var("WRAFT_STORAGE_KILL9_CYCLES")
@@ -51,13 +61,15 @@ fn every_acknowledged_entry_survives_repeated_sigkill() {
     let mut snapshots_seen = 0u64;
     let started = Instant::now();
     for cycle in 0..cycles {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storage-kill9-child"))
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_storage-kill9-child"))
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn child"),
+        );
+        let stdout = child.0.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -79,8 +91,8 @@ fn every_acknowledged_entry_survives_repeated_sigkill() {
             "cycle {cycle}: child recovered {recovered} < acknowledged {max_acked} (seed {seed})"
         );
         std::thread::sleep(Duration::from_millis(rng.u64(20..250)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        child.0.kill().expect("SIGKILL");
+        child.0.wait().expect("reap");
         reader.join().expect("reader");
         for line in rx.try_iter() {
             if let Some(v) = line
