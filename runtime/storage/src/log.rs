@@ -98,6 +98,8 @@ pub enum WriterEvent {
 
 /// Callback invoked on the writer thread after every sync (and once on failure). It must not
 /// block: forward it into the driver's event loop (e.g. a channel send or `Notify::notify_one`).
+/// Never call the blocking [`Log::submit`] or [`WriteTicket::wait`] from it: the writer would wait
+/// for itself. While it runs, the next batch is not started, so keep it to a few microseconds.
 pub type EventCallback = Arc<dyn Fn(&WriterEvent) + Send + Sync>;
 
 /// A completion handle for one submission.
