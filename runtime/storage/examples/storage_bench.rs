@@ -7,7 +7,11 @@
 //! Measures, in one run and on one disk:
 //! 1. the raw serial `fdatasync` rate (append 100 bytes + `fdatasync`, repeated), before and after;
 //! 2. durable appends/s and submit-to-durable latency (p50/p99/p99.9) with 1, 16 and 256 concurrent
-//!    proposers, each proposing one 100-byte entry and waiting for it to be durable;
+//!    proposers, each proposing one 100-byte entry (one `WriteBatch` per proposal) and waiting for it
+//!    to be durable, in two harnesses:
+//!    * `threads`: one OS thread per proposer, blocking in `WriteTicket::wait`;
+//!    * `driver`: one event-loop thread keeps N proposals in flight with `try_submit` and completes
+//!      them from the `WriterEvent::Durable` callback — how the node driver uses the log;
 //! 3. the same at 256 proposers with `FsyncPolicy::Relaxed`, to show the CPU ceiling.
 
 use std::fs::OpenOptions;
@@ -77,6 +81,7 @@ fn raw_fdatasync(dir: &Path, n: u64) -> (f64, Histogram<u64>) {
 }
 
 struct RunResult {
+    harness: &'static str,
     proposers: usize,
     policy: FsyncPolicy,
     entries: u64,
@@ -145,7 +150,79 @@ fn run(dir: &Path, proposers: usize, policy: FsyncPolicy, secs: u64) -> RunResul
     drop(log);
     let _ = std::fs::remove_dir_all(dir);
     RunResult {
+        harness: "threads",
         proposers,
+        policy,
+        entries,
+        secs,
+        hist,
+        syncs: stats.syncs - base_stats.syncs,
+        batches: stats.batches - base_stats.batches,
+    }
+}
+
+/// One event-loop thread keeps `inflight` single-entry proposals outstanding; completions arrive
+/// through the durability callback.
+fn run_driver(dir: &Path, inflight: usize, policy: FsyncPolicy, secs: u64) -> RunResult {
+    let _ = std::fs::remove_dir_all(dir);
+    let cfg = StorageConfig {
+        fsync: policy,
+        ..StorageConfig::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let tx = Mutex::new(tx);
+    let cb: wraft_storage::EventCallback = Arc::new(move |e: &wraft_storage::WriterEvent| {
+        if let wraft_storage::WriterEvent::Durable(p) = e {
+            let _ = tx.lock().expect("tx").send(p.seq);
+        }
+    });
+    let (log, _) = Log::open(Arc::new(StdFs), dir, &cfg, Some(cb)).expect("open log");
+    let payload = Bytes::from(vec![0x5Au8; ENTRY_BYTES]);
+    let mut next = 1u64;
+    let mut pending: std::collections::VecDeque<(u64, Instant)> = std::collections::VecDeque::new();
+    let propose = |pending: &mut std::collections::VecDeque<(u64, Instant)>, next: &mut u64| {
+        let t = Instant::now();
+        let e = LogEntry {
+            index: *next,
+            term: 1,
+            payload: payload.clone(),
+        };
+        let ticket = log
+            .try_submit(WriteBatch::default().with_entries(vec![e]))
+            .expect("submit");
+        *next += 1;
+        pending.push_back((ticket.seq(), t));
+    };
+    let base_stats = log.stats();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    for _ in 0..inflight {
+        propose(&mut pending, &mut next);
+    }
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut entries = 0u64;
+    while Instant::now() < deadline {
+        let Ok(durable) = rx.recv_timeout(Duration::from_secs(10)) else {
+            break;
+        };
+        let mut done = 0;
+        while pending.front().is_some_and(|(seq, _)| *seq <= durable) {
+            let (_, t) = pending.pop_front().expect("front");
+            hist.record(t.elapsed().as_nanos() as u64).expect("record");
+            entries += 1;
+            done += 1;
+        }
+        for _ in 0..done {
+            propose(&mut pending, &mut next);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stats = log.stats();
+    drop(log);
+    let _ = std::fs::remove_dir_all(dir);
+    RunResult {
+        harness: "driver",
+        proposers: inflight,
         policy,
         entries,
         secs,
@@ -181,19 +258,24 @@ fn main() {
     let raw_p50_us = us(&raw_h, 0.5);
 
     let mut results = Vec::new();
-    for (p, policy) in [
-        (1, FsyncPolicy::Durable),
-        (16, FsyncPolicy::Durable),
-        (256, FsyncPolicy::Durable),
-        (256, FsyncPolicy::Relaxed),
-    ] {
-        let r = run(
-            &root.join(format!("run-{p}-{policy:?}")),
-            p,
-            policy,
-            args.secs,
-        );
-        eprintln!("done: {p} proposers {policy:?}");
+    let scenarios = [
+        ("driver", 1, FsyncPolicy::Durable),
+        ("driver", 16, FsyncPolicy::Durable),
+        ("driver", 256, FsyncPolicy::Durable),
+        ("threads", 1, FsyncPolicy::Durable),
+        ("threads", 16, FsyncPolicy::Durable),
+        ("threads", 256, FsyncPolicy::Durable),
+        ("driver", 256, FsyncPolicy::Relaxed),
+        ("threads", 256, FsyncPolicy::Relaxed),
+    ];
+    for (harness, p, policy) in scenarios {
+        let dir = root.join(format!("run-{harness}-{p}-{policy:?}"));
+        let r = if harness == "driver" {
+            run_driver(&dir, p, policy, args.secs)
+        } else {
+            run(&dir, p, policy, args.secs)
+        };
+        eprintln!("done: {harness} {p} proposers {policy:?}");
         results.push(r);
     }
     let (raw_after, raw_h2) = raw_fdatasync(&root, args.raw_syncs);
@@ -207,9 +289,9 @@ fn main() {
     let raw = (raw_before + raw_after) / 2.0;
     println!();
     println!(
-        "| proposers | mode | entries/s | x raw sync rate | entries/sync | p50 us | p99 us | p99.9 us | p50 / raw p50 |"
+        "| harness | proposers | mode | entries/s | x raw sync rate | entries/sync | p50 us | p99 us | p99.9 us | p50 / raw p50 |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         let rate = r.entries as f64 / r.secs;
         let per_sync = if r.syncs > 0 {
@@ -218,7 +300,8 @@ fn main() {
             r.entries as f64 / r.batches.max(1) as f64
         };
         println!(
-            "| {} | {:?} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {} | {:?} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            r.harness,
             r.proposers,
             r.policy,
             rate,

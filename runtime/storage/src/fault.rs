@@ -42,6 +42,24 @@ pub enum CrashMode {
 struct Inode {
     data: Vec<u8>,
     synced: Vec<u8>,
+    /// Lowest offset changed since the last sync (so a sync copies only the changed suffix).
+    dirty_from: usize,
+}
+
+impl Inode {
+    fn touch(&mut self, offset: usize) {
+        self.dirty_from = self.dirty_from.min(offset);
+    }
+    fn sync(&mut self) {
+        let keep = self.dirty_from.min(self.data.len()).min(self.synced.len());
+        self.synced.truncate(keep);
+        self.synced.extend_from_slice(&self.data[keep..]);
+        self.dirty_from = self.data.len();
+    }
+    fn revert(&mut self) {
+        self.data = self.synced.clone();
+        self.dirty_from = self.data.len();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -109,19 +127,19 @@ impl FaultFs {
         match mode {
             CrashMode::LoseUnsynced => {
                 for inode in s.inodes.values_mut() {
-                    inode.data = inode.synced.clone();
+                    inode.revert();
                 }
                 s.names = s.durable_names.clone();
             }
             CrashMode::KeepWritten => {
                 for inode in s.inodes.values_mut() {
-                    inode.synced = inode.data.clone();
+                    inode.sync();
                 }
                 s.durable_names = s.names.clone();
             }
             CrashMode::KeepDataLoseNames => {
                 for inode in s.inodes.values_mut() {
-                    inode.synced = inode.data.clone();
+                    inode.sync();
                 }
                 s.names = s.durable_names.clone();
             }
@@ -147,8 +165,9 @@ impl FaultFs {
         let Some(node) = s.inodes.get_mut(&inode) else {
             return false;
         };
-        node.synced = data.clone();
         node.data = data;
+        node.touch(0);
+        node.sync();
         true
     }
 
@@ -335,11 +354,12 @@ impl VfsFile for FaultFile {
         }
         s.bytes_written += take as u64;
         let off = usize::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
-        let data = &mut s.inodes.get_mut(&self.inode).ok_or_else(crashed)?.data;
-        if data.len() < off + take {
-            data.resize(off + take, 0);
+        let node = s.inodes.get_mut(&self.inode).ok_or_else(crashed)?;
+        node.touch(off);
+        if node.data.len() < off + take {
+            node.data.resize(off + take, 0);
         }
-        data[off..off + take].copy_from_slice(&buf[..take]);
+        node.data[off..off + take].copy_from_slice(&buf[..take]);
         if cut {
             s.failed = true;
             return Err(crashed());
@@ -350,24 +370,106 @@ impl VfsFile for FaultFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.lock()?;
         s.syncs += 1;
-        let node = s.inodes.get_mut(&self.inode).ok_or_else(crashed)?;
-        node.synced = node.data.clone();
+        s.inodes.get_mut(&self.inode).ok_or_else(crashed)?.sync();
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.lock()?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
-        s.inodes
-            .get_mut(&self.inode)
-            .ok_or_else(crashed)?
-            .data
-            .resize(len, 0);
+        let node = s.inodes.get_mut(&self.inode).ok_or_else(crashed)?;
+        node.touch(len.min(node.data.len()));
+        node.data.resize(len, 0);
         Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {
         let s = self.lock()?;
         Ok(s.inodes.get(&self.inode).ok_or_else(crashed)?.data.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn power_loss_keeps_exactly_the_synced_bytes_and_synced_names() {
+        let fs = FaultFs::new();
+        fs.create_dir_all(&p("/d")).unwrap();
+        let f = fs.open(&p("/d/a"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"hello", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        f.write_all_at(b" world", 5).unwrap();
+        f.write_all_at(b"J", 0).unwrap();
+        let g = fs.open(&p("/d/b"), OpenMode::CreateNew).unwrap();
+        g.write_all_at(b"x", 0).unwrap();
+        g.sync_data().unwrap(); // data synced, name not
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")).unwrap(), b"hello");
+        assert!(
+            fs.read_file(&p("/d/b")).is_none(),
+            "unsynced create must be lost"
+        );
+        assert!(
+            f.read_at(&mut [0u8; 1], 0).is_err(),
+            "pre-crash handles are dead"
+        );
+    }
+
+    #[test]
+    fn kill_nine_keeps_written_bytes_and_a_write_budget_tears_the_crossing_write() {
+        let fs = FaultFs::new();
+        fs.create_dir_all(&p("/d")).unwrap();
+        let f = fs.open(&p("/d/a"), OpenMode::CreateNew).unwrap();
+        fs.set_write_budget(Some(7));
+        f.write_all_at(b"abcd", 0).unwrap();
+        assert!(f.write_all_at(b"efgh", 4).is_err());
+        assert!(
+            f.write_all_at(b"z", 0).is_err(),
+            "everything fails after the cut"
+        );
+        fs.crash(CrashMode::KeepWritten);
+        assert_eq!(fs.read_file(&p("/d/a")).unwrap(), b"abcdefg");
+    }
+
+    #[test]
+    fn sync_after_truncate_and_overwrite_matches_the_written_file() {
+        let fs = FaultFs::new();
+        fs.create_dir_all(&p("/d")).unwrap();
+        let f = fs.open(&p("/d/a"), OpenMode::CreateNew).unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        f.write_all_at(b"0123456789", 0).unwrap();
+        f.sync_data().unwrap();
+        f.set_len(4).unwrap();
+        f.write_all_at(b"AB", 6).unwrap();
+        f.write_all_at(b"q", 1).unwrap();
+        f.sync_data().unwrap();
+        fs.crash(CrashMode::LoseUnsynced);
+        assert_eq!(fs.read_file(&p("/d/a")).unwrap(), b"0q23\0\0AB");
+    }
+
+    #[test]
+    fn unsynced_rename_is_lost_on_power_loss_but_kept_after_kill_nine() {
+        for (mode, want_new) in [
+            (CrashMode::LoseUnsynced, false),
+            (CrashMode::KeepWritten, true),
+        ] {
+            let fs = FaultFs::new();
+            fs.create_dir_all(&p("/d")).unwrap();
+            let f = fs.open(&p("/d/tmp"), OpenMode::CreateNew).unwrap();
+            f.write_all_at(b"v", 0).unwrap();
+            f.sync_data().unwrap();
+            fs.sync_dir(&p("/d")).unwrap();
+            fs.rename(&p("/d/tmp"), &p("/d/final")).unwrap();
+            fs.crash(mode);
+            assert_eq!(fs.read_file(&p("/d/final")).is_some(), want_new, "{mode:?}");
+            assert_eq!(fs.read_file(&p("/d/tmp")).is_some(), !want_new, "{mode:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -97,6 +98,8 @@ pub enum WriterEvent {
 
 /// Callback invoked on the writer thread after every sync (and once on failure). It must not
 /// block: forward it into the driver's event loop (e.g. a channel send or `Notify::notify_one`).
+/// Never call the blocking [`Log::submit`] or [`WriteTicket::wait`] from it: the writer would wait
+/// for itself. While it runs, the next batch is not started, so keep it to a few microseconds.
 pub type EventCallback = Arc<dyn Fn(&WriterEvent) + Send + Sync>;
 
 /// A completion handle for one submission.
@@ -121,11 +124,10 @@ impl WriteTicket {
     }
     /// Non-blocking: is it durable yet? Fails if the writer failed first.
     pub fn is_durable(&self) -> Result<bool> {
-        let st = self.shared.lock();
-        if st.durable_seq >= self.seq {
+        if self.shared.durable_seq.load(Ordering::Acquire) >= self.seq {
             return Ok(true);
         }
-        match &st.poisoned {
+        match &self.shared.lock().poisoned {
             Some(e) => Err(StorageError::Poisoned(e.clone())),
             None => Ok(false),
         }
@@ -451,7 +453,6 @@ struct State {
     queued_bytes: u64,
     next_seq: u64,
     written_seq: u64,
-    durable_seq: u64,
     durable: DurablePoint,
     poisoned: Option<Arc<StorageError>>,
     shutdown: bool,
@@ -493,6 +494,9 @@ struct Shared {
     state: Mutex<State>,
     work_cv: Condvar,
     space_cv: Condvar,
+    durable_seq: AtomicU64,
+    failed: AtomicBool,
+    waiters: Mutex<()>,
     durable_cv: Condvar,
     cfg: StorageConfig,
     vfs: Arc<dyn Vfs>,
@@ -511,17 +515,32 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waiters park on their own small mutex, not the state mutex, so that waking hundreds of
+    /// them after a sync does not stall submitters or the writer.
     fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut st = self.lock();
+        if self.durable_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let mut g = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if st.durable_seq >= seq {
+            if self.durable_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
-            if let Some(e) = &st.poisoned {
-                return Err(StorageError::Poisoned(e.clone()));
+            if self.failed.load(Ordering::Acquire) {
+                drop(g);
+                return match &self.lock().poisoned {
+                    Some(e) => Err(StorageError::Poisoned(e.clone())),
+                    None => Err(StorageError::Closed),
+                };
             }
-            st = self.durable_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            g = self.durable_cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Wake every waiter. Taking the waiter lock orders this after any waiter's last check.
+    fn wake_waiters(&self) {
+        drop(self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        self.durable_cv.notify_all();
     }
 
     fn body_max(&self) -> usize {
@@ -628,7 +647,6 @@ impl Log {
                 queued_bytes: 0,
                 next_seq: 1,
                 written_seq: 0,
-                durable_seq: 0,
                 durable,
                 poisoned: None,
                 shutdown: false,
@@ -640,6 +658,9 @@ impl Log {
             }),
             work_cv: Condvar::new(),
             space_cv: Condvar::new(),
+            durable_seq: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            waiters: Mutex::new(()),
             durable_cv: Condvar::new(),
             cfg: cfg.clone(),
             vfs,
@@ -957,7 +978,8 @@ impl Log {
         {
             tracing::error!("storage writer thread panicked");
         }
-        self.shared.durable_cv.notify_all();
+        self.shared.failed.store(true, Ordering::Release);
+        self.shared.wake_waiters();
     }
 }
 
@@ -1118,7 +1140,8 @@ fn writer_main(shared: Arc<Shared>, mut w: Writer) {
             let e = Arc::new(e);
             tracing::error!(error = %e, "storage writer failed; refusing further writes");
             shared.lock().poisoned = Some(e.clone());
-            shared.durable_cv.notify_all();
+            shared.failed.store(true, Ordering::Release);
+            shared.wake_waiters();
             shared.space_cv.notify_all();
             if let Some(cb) = &shared.on_event {
                 cb(&WriterEvent::Failed(e));
@@ -1196,7 +1219,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
     }
     let point = {
         let mut st = shared.lock();
-        st.durable_seq = seq_hi;
+        shared.durable_seq.store(seq_hi, Ordering::Release);
         if cfg.fsync == FsyncPolicy::Durable {
             st.syncs += 1;
         }
@@ -1208,7 +1231,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
         };
         st.durable.clone()
     };
-    shared.durable_cv.notify_all();
+    shared.wake_waiters();
     if compacted {
         delete_compacted_segments(shared, w.seq)?;
     }

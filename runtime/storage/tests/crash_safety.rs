@@ -1,7 +1,8 @@
 //! Crash-safety of the log under the `FaultFs` fault model.
 //!
 //! Every test derives its workload from a seed and prints the seed and a replay command on failure.
-//! More seeds: `WRAFT_STORAGE_CRASH_SEEDS=20 cargo test -p wraft-storage --test crash_safety`.
+//! More seeds: `WRAFT_STORAGE_CRASH_SEEDS=20 cargo test -p wraft-storage --test crash_safety`;
+//! one seed: `WRAFT_STORAGE_CRASH_SEED=0x5eed0003 ...`.
 
 mod common;
 
@@ -18,6 +19,12 @@ const MODES: [CrashMode; 3] = [
 ];
 
 fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("WRAFT_STORAGE_CRASH_SEED")
+        .ok()
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+    {
+        return vec![seed];
+    }
     let n: u64 = std::env::var("WRAFT_STORAGE_CRASH_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -4,14 +4,19 @@
 //! Usage: `storage-kill9-child <data-dir>`
 //!
 //! Output lines: `recovered <last_index>` once, then `ack <last_index>` for each durable batch.
-//! Entry `i` has term `expected_term(i)` and payload `expected_payload(i)` (shared with the test
-//! through `tests/kill9.rs`, which reimplements both so the check is independent).
+//! Entry `i` has term `expected_term(i)` and payload `expected_payload(i)` (`tests/kill9.rs`
+//! reimplements both so the check is independent). Every `SNAPSHOT_EVERY` entries it writes a
+//! snapshot whose body is `snapshot_body(index)` and compacts the log to `KEEP_BEHIND` entries
+//! below it, so kills also land in snapshot writes, renames and segment deletions.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use wraft_storage::{Bytes, HardState, LogEntry, Storage, StorageConfig, WriteBatch};
+use wraft_storage::{
+    Bytes, HardState, LogEntry, Membership, SnapshotId, SnapshotMeta, Storage, StorageConfig,
+    WriteBatch,
+};
 
 fn expected_term(index: u64) -> u64 {
     1 + index / 1000
@@ -25,6 +30,15 @@ fn expected_payload(index: u64) -> Bytes {
             .map(|i| seed[i % 8] ^ (i as u8))
             .collect::<Vec<u8>>(),
     )
+}
+
+const SNAPSHOT_EVERY: u64 = 5_000;
+const KEEP_BEHIND: u64 = 2_000;
+
+fn snapshot_body(index: u64) -> Vec<u8> {
+    format!("snapshot through {index};")
+        .repeat(200)
+        .into_bytes()
 }
 
 fn main() {
@@ -61,6 +75,7 @@ fn main() {
         }
     });
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ next;
+    let mut next_snapshot = (next / SNAPSHOT_EVERY + 1) * SNAPSHOT_EVERY;
     loop {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -85,6 +100,14 @@ fn main() {
                 .with_hard_state(hs),
         ) {
             Ok(t) => {
+                if last >= next_snapshot {
+                    // Single node: durable == committed, so the snapshot may cover `last`.
+                    if let Err(e) = t.wait().and_then(|()| snapshot_and_compact(&storage, last)) {
+                        eprintln!("snapshot failed: {e}");
+                        std::process::exit(1);
+                    }
+                    next_snapshot = last + SNAPSHOT_EVERY;
+                }
                 if tx.send((t, last)).is_err() {
                     break;
                 }
@@ -98,4 +121,25 @@ fn main() {
     }
     drop(tx);
     let _ = acker.join();
+}
+
+fn snapshot_and_compact(storage: &Storage, index: u64) -> wraft_storage::Result<()> {
+    let meta = SnapshotMeta {
+        id: SnapshotId {
+            last_index: index,
+            last_term: expected_term(index),
+        },
+        membership: Membership {
+            voters: vec![1],
+            learners: vec![],
+        },
+        format: "kill9/1".into(),
+    };
+    let mut w = storage.snapshots.begin(meta)?;
+    for chunk in snapshot_body(index).chunks(1000) {
+        w.write_chunk(chunk)?;
+    }
+    w.finish()?;
+    let floor = index - KEEP_BEHIND;
+    storage.log.compact(floor, expected_term(floor))?.wait()
 }
