@@ -315,7 +315,14 @@ impl Client {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    // Start the next call where this one succeeded, rather
+                    // than at the first endpoint (which may be a dead node).
+                    if follow_leader {
+                        self.set_hint(Some(target));
+                    }
+                    return Ok(reply);
+                }
                 Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
                     last = format!("node at {target} is not the leader");
                     let hint = leader.map(|(_, a)| a).filter(|a| *a != target);
