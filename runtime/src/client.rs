@@ -348,7 +348,12 @@ impl Client {
                     last = e.to_string();
                     self.set_hint(None);
                     *self.conn.lock().await = None;
-                    endpoint_idx += 1;
+                    // Continue after the node that failed, which may have
+                    // been reached through the hint, not `endpoint_idx`.
+                    endpoint_idx = match self.opts.endpoints.iter().position(|a| *a == target) {
+                        Some(p) => p + 1,
+                        None => endpoint_idx + 1,
+                    };
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
