@@ -34,6 +34,16 @@ use crate::proto::{
     Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response, Status,
 };
 
+/// A connection that hears nothing from its node for this long is declared
+/// dead and the call moves to the next node, milliseconds. QUIC learns of a
+/// crashed peer only through this timeout, so it bounds how long a client
+/// stalls after a `kill -9` of the leader (the election itself takes about
+/// one election timeout).
+pub const CONNECTION_IDLE_TIMEOUT_MS: u64 = 2_000;
+/// Keep-alive interval on client connections, milliseconds (well under
+/// [`CONNECTION_IDLE_TIMEOUT_MS`], so a live but idle node is never dropped).
+pub const CONNECTION_KEEP_ALIVE_MS: u64 = 400;
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -305,7 +315,14 @@ impl Client {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    // Start the next call where this one succeeded, rather
+                    // than at the first endpoint (which may be a dead node).
+                    if follow_leader {
+                        self.set_hint(Some(target));
+                    }
+                    return Ok(reply);
+                }
                 Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
                     last = format!("node at {target} is not the leader");
                     let hint = leader.map(|(_, a)| a).filter(|a| *a != target);
@@ -331,7 +348,12 @@ impl Client {
                     last = e.to_string();
                     self.set_hint(None);
                     *self.conn.lock().await = None;
-                    endpoint_idx += 1;
+                    // Continue after the node that failed, which may have
+                    // been reached through the hint, not `endpoint_idx`.
+                    endpoint_idx = match self.opts.endpoints.iter().position(|a| *a == target) {
+                        Some(p) => p + 1,
+                        None => endpoint_idx + 1,
+                    };
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -357,7 +379,11 @@ impl Client {
         {
             return Ok(c.clone());
         }
-        let cfg = ClientConfig::default();
+        let cfg = ClientConfig {
+            keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
+            idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
+            ..ClientConfig::default()
+        };
         let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)
             .await
             .map_err(|e| ClientError::Internal(format!("connecting to {addr}: {e}")))?;

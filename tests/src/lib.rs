@@ -1,3 +1,588 @@
-//! Shared helpers for wraft's end-to-end tests.
+//! End-to-end harness for wraft: real `wraft node` processes on loopback
+//! QUIC, driven through the public client.
+//!
+//! A [`Cluster`] lays out certificates and one TOML config per node in a
+//! temporary directory (with [`wraft::local::layout`], on free `127.0.0.1`
+//! ports), spawns one `wraft node --config FILE` child process per node, and
+//! offers the operations the tests need: find the leader, `kill -9` a node,
+//! restart it, add a new node process, and talk to the cluster or to one node.
+//!
+//! # Where the `wraft` binary comes from
+//!
+//! Cargo only exposes `CARGO_BIN_EXE_*` to the tests of the package that owns
+//! the binary, so this crate finds it itself ([`wraft_bin`]):
+//!
+//! 1. `WRAFT_BIN`, if set, names the binary to run (nothing is built);
+//! 2. otherwise the harness runs `cargo build -p wraft --bin wraft` once per
+//!    test process, into the target directory and profile the test binary
+//!    itself was built in (derived from `std::env::current_exe()`), and uses
+//!    `<target>/<profile>/wraft`. Cargo's lock serializes concurrent test
+//!    processes; when the binary is fresh this costs well under a second, and
+//!    it can never run a stale binary.
+//!
+//! Guests are built the same way with [`wraft::build::build_guest`], once per
+//! test process ([`guest`]).
+//!
+//! # Hygiene
+//!
+//! Every wait is bounded and panics with what it was waiting for. Every child
+//! process is killed (`SIGKILL`) and reaped when the [`Cluster`] is dropped.
+//! Each node's stdout and stderr go to `<tmp>/node-<id>.log`; when a test
+//! panics, the tail of every node's log is printed (set `WRAFT_E2E_KEEP=1` to
+//! keep the whole directory). `WRAFT_E2E_LOG` overrides the nodes'
+//! `RUST_LOG` (default `info,quinn=warn`).
 
 pub mod guests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use wraft::client::{Client, ClientError, ClientOptions};
+use wraft::config::NodeConfig;
+use wraft::local::{self, LocalLayout};
+use wraft::proto::{Consistency, Status};
+
+/// Lines of each node's log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 120;
+/// Bound on one status probe of one node, milliseconds (a killed node's
+/// connection would otherwise hang until the QUIC idle timeout).
+pub const PROBE_TIMEOUT_MS: u64 = 1_500;
+/// Interval between polls of a condition, milliseconds.
+pub const POLL_INTERVAL_MS: u64 = 50;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// `(target dir, profile dir name)` the running test binary was built in:
+/// `<target>/<profile>/deps/<test-binary>`.
+fn build_location() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <target>/<profile>/deps");
+    let target = profile_dir
+        .parent()
+        .expect("profile dir has a parent")
+        .to_owned();
+    let profile = profile_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "debug".into());
+    (target, profile)
+}
+
+/// A `cargo` command without the variables cargo sets for the test process
+/// itself (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, …): build scripts that watch
+/// them (ring's does) would otherwise see a changed environment, and the
+/// inner and outer builds would rebuild each other's dependencies forever.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("NEXTEST")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// The `wraft` binary to run (see the crate docs). Built at most once per
+/// test process. Panics with cargo's status if the build fails.
+pub fn wraft_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("WRAFT_BIN") {
+            return PathBuf::from(p);
+        }
+        let (target, profile) = build_location();
+        let mut cmd = cargo();
+        cmd.args(["build", "--quiet", "-p", "wraft", "--bin", "wraft"])
+            .arg("--manifest-path")
+            .arg(workspace_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo to build the wraft binary");
+        assert!(
+            status.success(),
+            "`cargo build -p wraft --bin wraft` failed: {status}"
+        );
+        let bin = target.join(&profile).join("wraft");
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// The component bytes of the example guest `examples/<name>`, built once
+/// per test process with [`wraft::build::build_guest`] into the test's
+/// target directory.
+pub fn guest(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = BUILT.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let path = cache
+        .entry(name.to_owned())
+        .or_insert_with(|| {
+            let (target, _) = build_location();
+            let dir = workspace_root().join("examples").join(name);
+            wraft::build::build_guest(&dir, Some(&target))
+                .unwrap_or_else(|e| panic!("building guest {name}: {e}"))
+                .component
+        })
+        .clone();
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Poll `cond` every [`POLL_INTERVAL_MS`] until it returns `Some`, or panic
+/// after `timeout` naming `what`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {} ms waiting for {what}",
+            timeout.as_millis()
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// One node process and its files.
+struct NodeProc {
+    config: NodeConfig,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// A cluster of `wraft node` processes on loopback. Dropping it kills them.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    layout: LocalLayout,
+    nodes: BTreeMap<u64, NodeProc>,
+    clients: Mutex<HashMap<u64, Arc<Client>>>,
+}
+
+impl Cluster {
+    /// Lay out and start an `n`-node cluster with default configs.
+    pub fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {})
+    }
+
+    /// Lay out and start an `n`-node cluster; `tweak` adjusts each config.
+    pub fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("wraft-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let layout = local::layout(dir.path(), n, tweak).expect("cluster layout");
+        let mut c = Cluster {
+            dir: Some(dir),
+            layout,
+            nodes: BTreeMap::new(),
+            clients: Mutex::new(HashMap::new()),
+        };
+        for (cfg, path) in c.layout.nodes.clone() {
+            c.insert_node(cfg, path);
+        }
+        c
+    }
+
+    fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    fn insert_node(&mut self, config: NodeConfig, config_path: PathBuf) {
+        let id = config.node.id;
+        let log_path = self.root().join(format!("node-{id}.log"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                config,
+                config_path,
+                log_path,
+                child: None,
+                starts: 0,
+            },
+        );
+        self.restart(id);
+    }
+
+    /// The certificate directory (CA, node certs, `client-admin`).
+    pub fn certs_dir(&self) -> &Path {
+        &self.layout.certs
+    }
+
+    /// Ids of every node this harness knows (running or not).
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes whose process is running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The client (and raft) address of node `id`.
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.nodes[&id].config.node.listen
+    }
+
+    /// Addresses of every node.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.nodes.values().map(|n| n.config.node.listen).collect()
+    }
+
+    /// A client for the whole cluster (all endpoints, follows redirects).
+    pub async fn client(&self) -> Client {
+        self.client_for(self.endpoints()).await
+    }
+
+    /// A client that knows only `endpoints`.
+    pub async fn client_for(&self, endpoints: Vec<SocketAddr>) -> Client {
+        let opts = ClientOptions::from_cert_dir(endpoints, self.certs_dir(), "admin")
+            .expect("client certificate");
+        Client::connect(opts).await.expect("client")
+    }
+
+    /// A cached client that talks to node `id` only (for stale reads and
+    /// status); replaced whenever the node is killed or restarted.
+    pub async fn node_client(&self, id: u64) -> Arc<Client> {
+        if let Some(c) = self.lock_clients().get(&id) {
+            return c.clone();
+        }
+        let c = Arc::new(self.client_for(vec![self.addr(id)]).await);
+        self.lock_clients().insert(id, c.clone());
+        c
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Client>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_client(&self, id: u64) {
+        self.lock_clients().remove(&id);
+    }
+
+    /// Status of node `id`, bounded by [`PROBE_TIMEOUT_MS`]; `None` if it
+    /// does not answer (and its cached connection is dropped).
+    pub async fn status(&self, id: u64) -> Option<Status> {
+        let c = self.node_client(id).await;
+        match tokio::time::timeout(
+            Duration::from_millis(PROBE_TIMEOUT_MS),
+            c.status_of(Some(self.addr(id))),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                self.forget_client(id);
+                None
+            }
+        }
+    }
+
+    /// A stale read served by node `id` itself, bounded by [`PROBE_TIMEOUT_MS`].
+    pub async fn stale_query(
+        &self,
+        id: u64,
+        machine: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let c = self.node_client(id).await;
+        match tokio::time::timeout(
+            Duration::from_millis(PROBE_TIMEOUT_MS),
+            c.query(machine, request, Consistency::Stale),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                self.forget_client(id);
+                Err(format!(
+                    "node {id} did not answer within {PROBE_TIMEOUT_MS} ms"
+                ))
+            }
+        }
+    }
+
+    /// Statuses of every running node that answers.
+    pub async fn statuses(&self) -> Vec<Status> {
+        let mut out = Vec::new();
+        for id in self.running() {
+            if let Some(s) = self.status(id).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// One line per node: its status as it reports it, or that it is down.
+    pub async fn describe(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            let line = match self.status(id).await {
+                Some(s) => format!(
+                    "node {id}: {} term {} leader {:?} commit {} applied {} last {} voters {:?} learners {:?} machines {:?}",
+                    s.role,
+                    s.term,
+                    s.leader,
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_index,
+                    s.voters,
+                    s.learners,
+                    s.machines
+                        .iter()
+                        .map(|m| (&m.name, m.deployed_at, m.healthy))
+                        .collect::<Vec<_>>()
+                ),
+                None if self.nodes[&id].child.is_some() => format!("node {id}: no answer"),
+                None => format!("node {id}: stopped"),
+            };
+            out += &line;
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Wait until one running node is leader with the highest term any
+    /// running node reports, and a majority of the running nodes that answer
+    /// name it; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        self.wait_for_leader_among(&self.running(), timeout).await
+    }
+
+    /// [`Cluster::wait_for_leader`] restricted to the nodes `among`.
+    pub async fn wait_for_leader_among(&self, among: &[u64], timeout: Duration) -> u64 {
+        wait_for("a leader", timeout, async || {
+            let mut ss = Vec::new();
+            for id in among {
+                if let Some(s) = self.status(*id).await {
+                    ss.push(s);
+                }
+            }
+            let max_term = ss.iter().map(|s| s.term).max()?;
+            let leader = ss
+                .iter()
+                .find(|s| s.role == "leader" && s.term == max_term)?
+                .id;
+            let agree = ss.iter().filter(|s| s.leader == Some(leader)).count();
+            (agree * 2 > among.len()).then_some(leader)
+        })
+        .await
+    }
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.forget_client(id);
+    }
+
+    /// Whether node `id`'s process is alive (panics if it exited by itself).
+    pub fn assert_alive(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let child = node.child.as_mut().expect("node was started");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("node {id} exited unexpectedly: {status}");
+        }
+    }
+
+    /// (Re)start node `id` from its config and data directory.
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.starts += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("node log");
+        let _ = writeln!(log, "==== harness: start #{} of node {id}", node.starts);
+        let err = log.try_clone().expect("log handle");
+        let filter =
+            std::env::var("WRAFT_E2E_LOG").unwrap_or_else(|_| "info,quinn=warn".to_owned());
+        let child = Command::new(wraft_bin())
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawning wraft node");
+        node.child = Some(child);
+    }
+
+    /// Lay out node `id` joining the running cluster: a certificate from the
+    /// cluster CA, a free port, a config that lists the original members in
+    /// `cluster.members` (so it starts with no role of its own: it is not in
+    /// that list) and every known node in `cluster.peers`; then start it.
+    pub fn add_node(&mut self, id: u64) -> SocketAddr {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists");
+        local::issue_certs(self.certs_dir(), &[id], &[], local::LOCAL_CERT_DAYS)
+            .expect("issuing a node certificate");
+        let template = self
+            .nodes
+            .values()
+            .next()
+            .expect("at least one node")
+            .config
+            .clone();
+        let mut cfg = template;
+        cfg.node.id = id;
+        cfg.node.listen = local::free_udp_port().expect("free port");
+        cfg.node.data_dir = self.root().join(format!("node-{id}"));
+        cfg.cluster.peers = self
+            .nodes
+            .iter()
+            .map(|(i, n)| (*i, n.config.node.listen))
+            .collect();
+        assert!(!cfg.cluster.members.contains_key(&id));
+        cfg.validate().expect("valid config");
+        let path = self.root().join(format!("node-{id}.toml"));
+        std::fs::write(&path, cfg.to_toml()).expect("writing config");
+        let addr = cfg.node.listen;
+        self.insert_node(cfg, path);
+        addr
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
+    }
+
+    /// Wait until every node in `ids` has applied at least `index`.
+    pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
+        for id in ids {
+            wait_for(
+                &format!("node {id} to apply index {index}"),
+                timeout,
+                async || {
+                    self.status(*id)
+                        .await
+                        .filter(|s| s.applied_index >= index)
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids = self.ids();
+        for id in &ids {
+            self.kill(*id);
+        }
+        if std::thread::panicking() {
+            for id in &ids {
+                let log = self.log(*id);
+                let lines: Vec<&str> = log.lines().collect();
+                let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+                eprintln!(
+                    "\n======== node {id}: last {} of {} log lines ========",
+                    lines.len() - from,
+                    lines.len()
+                );
+                for l in &lines[from..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        if std::env::var_os("WRAFT_E2E_KEEP").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("kept cluster directory {}", kept.display());
+        }
+    }
+}
+
+/// JSON bytes of a value (for kv commands and queries).
+pub fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// Parse a machine's JSON output.
+pub fn parse(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// A kv `put`.
+pub fn kv_put(key: &str, value: &str) -> Vec<u8> {
+    json(serde_json::json!({"op": "put", "key": key, "value": value}))
+}
+
+/// A kv `get` query.
+pub fn kv_get(key: &str) -> Vec<u8> {
+    json(serde_json::json!({"op": "get", "key": key}))
+}
+
+/// The value a kv `get` answer carries (`None` when absent).
+pub fn kv_value(answer: &[u8]) -> Option<String> {
+    parse(answer)["value"].as_str().map(str::to_owned)
+}
+
+/// Whether an error is the kind a client sees while the cluster changes
+/// leader (as opposed to a refusal).
+pub fn is_transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::NoLeader { .. }
+            | ClientError::Timeout(_)
+            | ClientError::Busy(_)
+            | ClientError::Internal(_)
+    )
+}

@@ -240,6 +240,12 @@ impl Applier {
         // Consecutive commands for the same machine go to the guest in one batch.
         let mut batch: Vec<(u64, Option<ClientTag>, host::Entry)> = Vec::new();
         let mut batch_machine = String::new();
+        // Sessions are recorded as soon as an outcome is known, with its
+        // entry's timestamp, so that the next command of the same client in
+        // this same call is checked against it: what a replica decides must
+        // not depend on how committed entries were grouped into calls.
+        let mut recorded = 0usize;
+        let mut entry_ts: BTreeMap<u64, u64> = BTreeMap::new();
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -281,6 +287,16 @@ impl Applier {
                     };
                     // Deduplicate before anything reaches a guest.
                     if let Some(tag) = client {
+                        entry_ts.insert(index, ts);
+                        if batch
+                            .iter()
+                            .any(|(_, t, _)| t.is_some_and(|t| t.client_id == tag.client_id))
+                        {
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await;
+                        }
+                        self.record_sessions(&outcomes[recorded..], &entry_ts);
+                        recorded = outcomes.len();
                         match self.sessions.check(tag) {
                             SessionCheck::Fresh => {}
                             SessionCheck::Duplicate(out) => {
@@ -337,11 +353,8 @@ impl Applier {
         }
         self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
             .await;
-        for (index, tag, resp) in outcomes {
-            if let Some(tag) = tag {
-                let cached = encode_cached(&resp);
-                self.sessions.record(tag, cached, self.last_timestamp_ms);
-            }
+        self.record_sessions(&outcomes[recorded..], &entry_ts);
+        for (index, _, resp) in outcomes {
             self.applied = index;
             if let Some(reply) = self.waiting.remove(&index) {
                 let _ = reply.send(resp);
@@ -360,6 +373,20 @@ impl Applier {
                 let _ = r.send(Err(RequestError::Internal(format!(
                     "entry {i} applied without an outcome"
                 ))));
+            }
+        }
+    }
+
+    /// Record the outcomes of tagged commands in the session table, each at
+    /// its own entry's timestamp.
+    fn record_sessions(&mut self, outcomes: &[Outcome], entry_ts: &BTreeMap<u64, u64>) {
+        for (index, tag, resp) in outcomes {
+            if let Some(tag) = tag {
+                let now_ms = entry_ts
+                    .get(index)
+                    .copied()
+                    .unwrap_or(self.last_timestamp_ms);
+                self.sessions.record(*tag, encode_cached(resp), now_ms);
             }
         }
     }
