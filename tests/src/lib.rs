@@ -144,21 +144,14 @@ pub fn wraft_bin() -> PathBuf {
 }
 
 /// The component bytes of the example guest `examples/<name>`, built once
-/// per test process with [`wraft::build::build_guest`] into the test's
-/// target directory.
+/// per test process with [`guests::build`].
 pub fn guest(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = BUILT.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     let path = cache
         .entry(name.to_owned())
-        .or_insert_with(|| {
-            let (target, _) = build_location();
-            let dir = workspace_root().join("examples").join(name);
-            wraft::build::build_guest(&dir, Some(&target))
-                .unwrap_or_else(|e| panic!("building guest {name}: {e}"))
-                .component
-        })
+        .or_insert_with(|| guests::build(name))
         .clone();
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
