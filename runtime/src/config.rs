@@ -273,9 +273,21 @@ impl Default for ClientSection {
 impl NodeConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_overrides(path, &[])
+    }
+
+    /// Read a config file, apply `key=value` overrides (dotted keys, values
+    /// in TOML syntax, bare words taken as strings — e.g.
+    /// `raft.heartbeat_interval_ms=30`, `node.data_dir=/tmp/n1`), then parse
+    /// and validate the result exactly as a file.
+    pub fn load_with_overrides(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        let text = apply_overrides(&text, overrides).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
         })?;
         let cfg = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -426,6 +438,44 @@ impl NodeConfig {
     }
 }
 
+/// Apply `key=value` overrides to TOML text.
+fn apply_overrides(text: &str, overrides: &[String]) -> Result<String, String> {
+    if overrides.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    for o in overrides {
+        let (key, raw) = o
+            .split_once('=')
+            .ok_or_else(|| format!("override {o:?} is not key=value"))?;
+        let key = key.trim();
+        let raw = raw.trim();
+        // Parse the value as TOML; a bare word that is not valid TOML is a string.
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let mut parts = key.split('.').peekable();
+        let mut table = &mut doc;
+        while let Some(part) = parts.next() {
+            if part.is_empty() {
+                return Err(format!("override key {key:?} has an empty part"));
+            }
+            if parts.peek().is_none() {
+                table.insert(part.to_owned(), value.clone());
+                break;
+            }
+            let entry = table
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("override key {key:?}: {part:?} is not a section"))?;
+        }
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +522,33 @@ dir = "/tmp/certs"
             format!("{MINIMAL}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_ms = 200\n");
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("raft.election_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_file_values_and_are_validated_like_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let cfg = NodeConfig::load_with_overrides(
+            &path,
+            &[
+                "raft.heartbeat_interval_ms=40".into(),
+                "node.data_dir=/var/tmp/elsewhere".into(),
+                "storage.fsync=relaxed".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.raft.heartbeat_interval_ms, 40);
+        assert_eq!(cfg.node.data_dir, PathBuf::from("/var/tmp/elsewhere"));
+        assert_eq!(cfg.storage.fsync, FsyncPolicy::Relaxed);
+        let err = NodeConfig::load_with_overrides(&path, &["raft.heartbeat_ms=5".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat_ms"), "{err}");
+        let err = NodeConfig::load_with_overrides(&path, &["snapshot.chunk_bytes=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snapshot.chunk_bytes"), "{err}");
     }
 
     #[test]

@@ -70,6 +70,9 @@ enum Cmd {
         /// The node's TOML config file.
         #[arg(long)]
         config: PathBuf,
+        /// Override a config key, e.g. `--set raft.heartbeat_interval_ms=30` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Build a guest crate into a component and check it as the cluster will at deploy.
     Build {
@@ -273,8 +276,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             clients,
             days,
         } => wraft::cli::cert(&dir, &nodes, &clients, days),
-        Cmd::Node { config } => {
-            let cfg = wraft::config::NodeConfig::load(&config)?;
+        Cmd::Node { config, overrides } => {
+            let cfg = wraft::config::NodeConfig::load_with_overrides(&config, &overrides)?;
             let node = wraft::node::Node::start(cfg).await?;
             eprintln!("node {} serving on {}", node.id(), node.local_addr());
             tokio::signal::ctrl_c().await?;
