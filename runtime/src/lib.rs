@@ -9,7 +9,9 @@
 //! - [`proto`] — the client protocol and the replicated command format.
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`local`] — laying out a local cluster (demo, tests).
+//! - [`bench`] — `wraft bench`, the load generator.
 
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod client;
