@@ -10,7 +10,9 @@
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`local`] — laying out a local cluster (demo, tests).
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
+//! - [`bench`] — `wraft bench`, the load generator.
 
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod client;

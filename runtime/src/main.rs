@@ -161,6 +161,8 @@ enum Cmd {
         #[arg(long)]
         module: Option<PathBuf>,
     },
+    /// Benchmark a local cluster: closed-loop kv puts or linearizable gets, next to the disk's fdatasync rate.
+    Bench(wraft::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -391,6 +393,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             Err(format!("leadership did not move to node {id} within 10 s").into())
         }
         Cmd::Demo { once, module } => wraft::cli::demo(once, module).await,
+        Cmd::Bench(args) => wraft::bench::run(args).await,
     }
 }
 

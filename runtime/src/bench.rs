@@ -1,0 +1,793 @@
+//! `wraft bench`: a closed-loop load generator against a local cluster, and
+//! the machine figures every storage number must sit next to.
+//!
+//! One run:
+//! 1. measures the disk (`fdatasync` after a small append, and after an
+//!    in-place overwrite of a preallocated file — what a group-commit log and
+//!    etcd's preallocated WAL pay per batch) and the loopback UDP round trip;
+//! 2. lays out an `n`-node cluster in a temp dir ([`crate::local::layout`]),
+//!    starts it either as `wraft node` child processes (`--processes`, the
+//!    headline setup: nodes and load generator do not share a tokio runtime)
+//!    or in this process, waits for a leader and deploys the kv machine;
+//! 3. measures one client round trip to the leader (a `status` request over
+//!    the benchmark's QUIC connection: no disk, no consensus);
+//! 4. runs `clients` closed-loop workers, sharing `conns` client connections,
+//!    for `warmup_secs` unmeasured and `secs` measured, issuing kv puts
+//!    (256-byte values and the key pattern of the etcd kit in
+//!    `shared/bench/etcd`) or linearizable gets;
+//! 5. prints a human table on stderr and one JSON line on stdout.
+//!
+//! Cost: the run itself (`warmup_secs + secs`), plus cluster start and a kv
+//! build when no `--module` is given. Everything it starts is stopped and its
+//! temp dir removed on return, also on error.
+
+use std::io::{Read as _, Write as _};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::config::FsyncPolicy;
+use crate::local::{self, LocalLayout};
+use crate::node::Node;
+use crate::proto::Consistency;
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest latency the histograms record, microseconds (60 s); slower
+/// operations are clamped to it.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Most keys the read benchmark pre-populates and reads back.
+pub const READ_KEYS_MAX: u64 = 1_000_000;
+
+/// Flags of `wraft bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Concurrent closed-loop workers (each has one request in flight).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Client QUIC connections the workers share (worker i uses connection i mod M).
+    #[arg(long, default_value_t = 16)]
+    pub conns: usize,
+    /// Measured duration, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Unmeasured load before the measurement, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Size of each put's value, bytes (256 matches the etcd kit).
+    #[arg(long, default_value_t = 256)]
+    pub value_bytes: usize,
+    /// Issue linearizable gets (of pre-written keys) instead of puts.
+    #[arg(long)]
+    pub reads: bool,
+    /// Keys written before a read run and read back uniformly at random.
+    #[arg(long, default_value_t = 1000)]
+    pub read_keys: u64,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Run the nodes as `wraft node` child processes (recommended for headline figures).
+    #[arg(long)]
+    pub processes: bool,
+    /// NOT DURABLE: acknowledge writes without fdatasync. Labelled in the output.
+    #[arg(long)]
+    pub relaxed_fsync: bool,
+    /// The kv component to deploy (default: build examples/kv from the current directory).
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// Where to create the cluster's temp dir (default: the system temp dir). The
+    /// fdatasync probe runs in the same place.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Serial fdatasyncs in the disk probe (at least 200).
+    #[arg(long, default_value_t = 400)]
+    pub fsync_samples: usize,
+    /// Keep the cluster's directory (logs, data) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Latency summary of a series of samples, milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest sample.
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// Summarize a histogram recorded in microseconds.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+
+    /// Operations per second implied by the median (serial rate).
+    pub fn serial_rate_per_s(&self) -> f64 {
+        if self.p50_ms > 0.0 {
+            1000.0 / self.p50_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts (1 µs .. 60 s, 3 digits).
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+    })
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record((d.as_micros() as u64).clamp(1, LATENCY_US_MAX));
+}
+
+/// The disk as the log sees it: `samples` serial (write 4 KiB + fdatasync)
+/// in a temp file under `dir`, appending (file size changes, as in a log
+/// segment without preallocation) and overwriting a preallocated region (as
+/// etcd's WAL does). Costs `2 × samples` fdatasyncs; fails on any I/O error.
+pub fn fsync_probe(dir: &Path, samples: usize) -> std::io::Result<(Percentiles, Percentiles)> {
+    use std::os::unix::fs::FileExt as _;
+    let block = vec![0x5au8; 4096];
+    let samples = samples.max(1);
+
+    let append_file = tempfile::tempfile_in(dir)?;
+    let mut append = histogram();
+    for i in 0..samples {
+        let t = Instant::now();
+        append_file.write_all_at(&block, (i * block.len()) as u64)?;
+        append_file.sync_data()?;
+        record(&mut append, t.elapsed());
+    }
+
+    let pre_file = tempfile::tempfile_in(dir)?;
+    for i in 0..samples {
+        pre_file.write_all_at(&block, (i * block.len()) as u64)?;
+    }
+    pre_file.sync_all()?;
+    let mut overwrite = histogram();
+    for i in 0..samples {
+        let t = Instant::now();
+        pre_file.write_all_at(&block, (i * block.len()) as u64)?;
+        pre_file.sync_data()?;
+        record(&mut overwrite, t.elapsed());
+    }
+    Ok((Percentiles::of(&append), Percentiles::of(&overwrite)))
+}
+
+/// `threads` threads each doing `samples` serial (append 4 KiB + fdatasync)
+/// on its own file under `dir`, at the same time — what `threads` nodes
+/// sharing one disk see. On this VM a lone serial fdatasync waits ~4 ms (a
+/// timer tick) while concurrent ones complete in ~0.2 ms, so both figures
+/// are needed to read a storage number. Returns all samples together.
+pub fn fsync_concurrent_probe(
+    dir: &Path,
+    threads: usize,
+    samples: usize,
+) -> std::io::Result<Percentiles> {
+    use std::os::unix::fs::FileExt as _;
+    let mut handles = Vec::new();
+    for _ in 0..threads.max(1) {
+        let file = tempfile::tempfile_in(dir)?;
+        handles.push(std::thread::spawn(
+            move || -> std::io::Result<Histogram<u64>> {
+                let block = vec![0x5au8; 4096];
+                let mut h = histogram();
+                for i in 0..samples.max(1) {
+                    let t = Instant::now();
+                    file.write_all_at(&block, (i * block.len()) as u64)?;
+                    file.sync_data()?;
+                    record(&mut h, t.elapsed());
+                }
+                Ok(h)
+            },
+        ));
+    }
+    let mut all = histogram();
+    for h in handles {
+        let h = h
+            .join()
+            .map_err(|_| std::io::Error::other("fsync probe thread panicked"))??;
+        all.add(&h)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    Ok(Percentiles::of(&all))
+}
+
+/// Loopback UDP ping-pong between two threads: `samples` serial round trips
+/// of a 64-byte datagram.
+pub fn udp_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
+    let a = UdpSocket::bind("127.0.0.1:0")?;
+    let b = UdpSocket::bind("127.0.0.1:0")?;
+    a.connect(b.local_addr()?)?;
+    b.connect(a.local_addr()?)?;
+    a.set_read_timeout(Some(Duration::from_secs(2)))?;
+    b.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let n = samples.max(1);
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let len = b.recv(&mut buf)?;
+            b.send(&buf[..len])?;
+        }
+        Ok(())
+    });
+    let mut h = histogram();
+    let mut buf = [0u8; 64];
+    for _ in 0..n {
+        let t = Instant::now();
+        a.send(&[7u8; 64])?;
+        a.recv(&mut buf)?;
+        record(&mut h, t.elapsed());
+    }
+    echo.join()
+        .map_err(|_| std::io::Error::other("udp echo thread panicked"))??;
+    Ok(Percentiles::of(&h))
+}
+
+/// The 1-, 5- and 15-minute load averages from `/proc/loadavg` (zeros if unreadable).
+pub fn load_average() -> [f64; 3] {
+    let mut s = String::new();
+    let _ = std::fs::File::open("/proc/loadavg").and_then(|mut f| f.read_to_string(&mut s));
+    let mut it = s
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(0.0));
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
+}
+
+/// A running local cluster: child processes or in-process nodes. Dropping it
+/// kills the children; [`Cluster::stop`] also shuts in-process nodes down.
+enum Cluster {
+    Processes(Vec<Child>),
+    InProcess(Vec<Node>),
+}
+
+impl Cluster {
+    async fn start(layout: &LocalLayout, processes: bool) -> Result<Cluster, AnyError> {
+        if processes {
+            let exe = std::env::current_exe()?;
+            let mut children = Vec::new();
+            for (cfg, path) in &layout.nodes {
+                let log =
+                    std::fs::File::create(layout.root.join(format!("node-{}.log", cfg.node.id)))?;
+                let child = Command::new(&exe)
+                    .arg("node")
+                    .arg("--config")
+                    .arg(path)
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("WRAFT_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .map_err(|e| format!("cannot start {} node: {e}", exe.display()))?;
+                children.push(child);
+            }
+            Ok(Cluster::Processes(children))
+        } else {
+            let mut nodes = Vec::new();
+            for (cfg, _) in &layout.nodes {
+                nodes.push(Node::start(cfg.clone()).await?);
+            }
+            Ok(Cluster::InProcess(nodes))
+        }
+    }
+
+    /// Fail if a child process has exited (it would otherwise look like a slow cluster).
+    fn check_alive(&mut self) -> Result<(), AnyError> {
+        if let Cluster::Processes(children) = self {
+            for c in children.iter_mut() {
+                if let Some(status) = c.try_wait()? {
+                    return Err(format!(
+                        "node process {} exited early ({status}); see node-*.log (--keep keeps them)",
+                        c.id()
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(mut self) {
+        if let Cluster::InProcess(nodes) = &mut self {
+            for n in std::mem::take(nodes) {
+                n.shutdown().await;
+            }
+        }
+        // Child processes are killed by `Drop`.
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Cluster::Processes(children) = self {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+async fn wait_for_leader(
+    c: &Client,
+    layout: &LocalLayout,
+    cluster: &mut Cluster,
+    timeout: Duration,
+) -> Result<(u64, std::net::SocketAddr), AnyError> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        cluster.check_alive()?;
+        for ep in layout.endpoints() {
+            if let Ok(s) = c.status_of(Some(ep)).await
+                && s.role == "leader"
+            {
+                return Ok((s.id, ep));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no leader within {} ms", timeout.as_millis()).into())
+}
+
+async fn wait_for_machine_everywhere(
+    c: &Client,
+    layout: &LocalLayout,
+    leader: std::net::SocketAddr,
+    machine: &str,
+    timeout: Duration,
+) -> Result<(), AnyError> {
+    let start = Instant::now();
+    let target = c.status_of(Some(leader)).await?.commit_index;
+    'outer: while start.elapsed() < timeout {
+        for ep in layout.endpoints() {
+            let ready = match c.status_of(Some(ep)).await {
+                Ok(s) => {
+                    s.applied_index >= target
+                        && s.machines.iter().any(|m| m.name == machine && m.healthy)
+                }
+                Err(_) => false,
+            };
+            if !ready {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'outer;
+            }
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "machine {machine:?} not applied on every node within {} ms",
+        timeout.as_millis()
+    )
+    .into())
+}
+
+fn kv_module(module: Option<&Path>) -> Result<Vec<u8>, AnyError> {
+    if let Some(p) = module {
+        return std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()).into());
+    }
+    let dir = Path::new("examples/kv");
+    if !dir.exists() {
+        return Err(
+            "no --module given and examples/kv is not here; run from the repository root or pass --module"
+                .into(),
+        );
+    }
+    eprintln!("building the kv example (examples/kv)…");
+    let built = crate::build::build_guest(dir, None)?;
+    Ok(std::fs::read(&built.component)?)
+}
+
+/// The key worker `i` uses for its `n`-th put (the etcd kit's pattern).
+fn put_key(i: usize, n: u64) -> String {
+    format!("k{:07}", (i as u64 * 1_000_003 + n) % 10_000_000)
+}
+
+/// What one worker saw in the measured window.
+struct WorkerResult {
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// The closed loop: one request in flight per worker until `end`; only
+/// operations that start at or after `measure_from` are recorded.
+async fn worker(
+    i: usize,
+    client: Arc<Client>,
+    reads: bool,
+    read_keys: u64,
+    value: Arc<str>,
+    measure_from: Instant,
+    end: Instant,
+) -> WorkerResult {
+    let mut res = WorkerResult {
+        latency: histogram(),
+        errors: 0,
+        first_error: None,
+    };
+    let mut n = 0u64;
+    let mut rng = fastrand::Rng::with_seed(i as u64);
+    loop {
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
+        let outcome: Result<(), ClientError> = if reads {
+            let q = format!(
+                r#"{{"op":"get","key":"k{:07}"}}"#,
+                rng.u64(0..read_keys.max(1))
+            );
+            client
+                .query("kv", q.as_bytes(), Consistency::Linearizable)
+                .await
+                .map(|_| ())
+        } else {
+            let cmd = format!(
+                r#"{{"op":"put","key":"{}","value":"{}"}}"#,
+                put_key(i, n),
+                value
+            );
+            client.propose("kv", cmd.as_bytes()).await.map(|_| ())
+        };
+        n += 1;
+        if t >= measure_from {
+            match outcome {
+                Ok(()) => {
+                    if Instant::now() <= end {
+                        record(&mut res.latency, t.elapsed());
+                    }
+                }
+                Err(e) => {
+                    res.errors += 1;
+                    res.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+    res
+}
+
+/// Run `wraft bench` with `args`; prints a table on stderr and one JSON line
+/// on stdout. Fails if the cluster cannot start, has no leader, or refuses
+/// the kv deploy.
+pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
+    if args.clients == 0 || args.conns == 0 || args.nodes == 0 || args.secs == 0 {
+        return Err("--clients, --conns, --nodes and --secs must be at least 1".into());
+    }
+    if args.reads && !(1..=READ_KEYS_MAX).contains(&args.read_keys) {
+        return Err(format!("--read-keys must be 1..={READ_KEYS_MAX}").into());
+    }
+    let conns = args.conns.min(args.clients);
+    let module = kv_module(args.module.as_deref())?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("wraft-bench-");
+    let tmp = match &args.dir {
+        Some(d) => builder.tempdir_in(d)?,
+        None => builder.tempdir()?,
+    };
+    let root = tmp.path().to_owned();
+    let load_before = load_average();
+
+    eprintln!(
+        "measuring the disk ({} serial fdatasyncs ×3 in {}) and loopback…",
+        args.fsync_samples.max(200),
+        root.display()
+    );
+    let (fsync_append, fsync_overwrite) = {
+        let r = root.clone();
+        let n = args.fsync_samples.max(200);
+        tokio::task::spawn_blocking(move || fsync_probe(&r, n)).await??
+    };
+    let fsync_concurrent = {
+        let (r, n, k) = (
+            root.clone(),
+            args.fsync_samples.max(200),
+            args.nodes as usize,
+        );
+        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n)).await??
+    };
+    let udp = tokio::task::spawn_blocking(|| udp_rtt_probe(2000)).await??;
+
+    let relaxed = args.relaxed_fsync;
+    let layout = local::layout(&root, args.nodes, |cfg| {
+        if relaxed {
+            cfg.storage.fsync = FsyncPolicy::Relaxed;
+        }
+    })?;
+    eprintln!(
+        "starting {} nodes ({}) in {}…",
+        args.nodes,
+        if args.processes {
+            "processes"
+        } else {
+            "in-process"
+        },
+        root.display()
+    );
+    let mut cluster = Cluster::start(&layout, args.processes).await?;
+    let result = drive(&args, conns, &layout, &mut cluster, module).await;
+    cluster.stop().await;
+    if args.keep {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+    let r = result?;
+    let load_after = load_average();
+
+    let ops_per_s = r.latency.count as f64 / args.secs as f64;
+    let json = serde_json::json!({
+        "system": "wraft",
+        "workload": if args.reads { "linearizable-get" } else { "put" },
+        "durable": !args.relaxed_fsync,
+        "nodes": args.nodes,
+        "processes": args.processes,
+        "clients": args.clients,
+        "conns": conns,
+        "value_bytes": args.value_bytes,
+        "secs": args.secs,
+        "ops": r.latency.count,
+        "ops_per_s": ops_per_s.round(),
+        "p50_ms": r.latency.p50_ms,
+        "p99_ms": r.latency.p99_ms,
+        "p999_ms": r.latency.p999_ms,
+        "max_ms": r.latency.max_ms,
+        "errors": r.errors,
+        "first_error": r.first_error,
+        "leader_changed": r.leader_changed,
+        "fsync_append_p50_ms": fsync_append.p50_ms,
+        "fsync_append_per_s": fsync_append.serial_rate_per_s().round(),
+        "fsync_overwrite_p50_ms": fsync_overwrite.p50_ms,
+        "fsync_overwrite_per_s": fsync_overwrite.serial_rate_per_s().round(),
+        "fsync_concurrent_p50_ms": fsync_concurrent.p50_ms,
+        "fsync_concurrent_threads": args.nodes,
+        "udp_rtt_p50_ms": udp.p50_ms,
+        "request_rtt_p50_ms": r.request_rtt.p50_ms,
+        "load1_before": load_before[0],
+        "load1_after": load_after[0],
+    });
+    eprintln!();
+    eprintln!(
+        "wraft bench: {} {}, {} nodes ({}), {} clients / {} conns, {} B values, {} s{}",
+        if args.reads {
+            "linearizable gets"
+        } else {
+            "puts"
+        },
+        if args.relaxed_fsync {
+            "WITHOUT FSYNC (not durable)"
+        } else {
+            "fsync on"
+        },
+        args.nodes,
+        if args.processes {
+            "processes"
+        } else {
+            "in-process"
+        },
+        args.clients,
+        conns,
+        args.value_bytes,
+        args.secs,
+        if r.leader_changed {
+            " — LEADER CHANGED DURING THE RUN"
+        } else {
+            ""
+        },
+    );
+    eprintln!(
+        "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    let row = |name: &str, rate: f64, p: &Percentiles| {
+        eprintln!(
+            "  {:<34} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            name, rate, p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms
+        )
+    };
+    row("load", ops_per_s, &r.latency);
+    row(
+        "fdatasync, 4 KiB append (serial)",
+        fsync_append.serial_rate_per_s(),
+        &fsync_append,
+    );
+    row(
+        "fdatasync, 4 KiB overwrite (serial)",
+        fsync_overwrite.serial_rate_per_s(),
+        &fsync_overwrite,
+    );
+    row(
+        &format!("fdatasync, append, {} concurrent", args.nodes),
+        fsync_concurrent.serial_rate_per_s() * args.nodes as f64,
+        &fsync_concurrent,
+    );
+    row("loopback UDP round trip", udp.serial_rate_per_s(), &udp);
+    row(
+        "client→leader status round trip",
+        r.request_rtt.serial_rate_per_s(),
+        &r.request_rtt,
+    );
+    eprintln!(
+        "  errors {}{}; load average {:.2} before, {:.2} after",
+        r.errors,
+        r.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default(),
+        load_before[0],
+        load_after[0]
+    );
+    println!("{json}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+struct DriveResult {
+    latency: Percentiles,
+    errors: u64,
+    first_error: Option<String>,
+    leader_changed: bool,
+    request_rtt: Percentiles,
+}
+
+async fn drive(
+    args: &BenchArgs,
+    conns: usize,
+    layout: &LocalLayout,
+    cluster: &mut Cluster,
+    module: Vec<u8>,
+) -> Result<DriveResult, AnyError> {
+    let mut opts = ClientOptions::from_cert_dir(layout.endpoints(), &layout.certs, "admin")?;
+    let admin = Client::connect(opts.clone()).await?;
+    let (leader, leader_addr) =
+        wait_for_leader(&admin, layout, cluster, Duration::from_secs(20)).await?;
+    // Workers start at the leader (they would be redirected there anyway).
+    opts.endpoints.retain(|a| *a != leader_addr);
+    opts.endpoints.insert(0, leader_addr);
+    let term_before = admin.status_of(Some(leader_addr)).await?.term;
+    eprintln!("node {leader} ({leader_addr}) leads term {term_before}; deploying kv…");
+    admin.deploy("kv", module).await?;
+    // Every node compiles the module when it applies the deploy; wait for all
+    // of them, or the compile (seconds of CPU) would land in the measurement.
+    wait_for_machine_everywhere(&admin, layout, leader_addr, "kv", Duration::from_secs(120))
+        .await?;
+
+    // One client round trip with no disk or consensus on the path.
+    let mut rtt = histogram();
+    for _ in 0..500 {
+        let t = Instant::now();
+        admin.status_of(Some(leader_addr)).await?;
+        record(&mut rtt, t.elapsed());
+    }
+
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let c = Arc::new(Client::connect(opts.clone()).await?);
+        // Connect now (handshake + leader discovery) rather than in the warm-up.
+        c.status().await?;
+        clients.push(c);
+    }
+    if args.reads {
+        eprintln!("writing {} keys to read back…", args.read_keys);
+        let value = "v".repeat(args.value_bytes);
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..conns.min(64) {
+            let c = clients[w % conns].clone();
+            let (value, keys, step) = (value.clone(), args.read_keys, conns.min(64) as u64);
+            tasks.spawn(async move {
+                let mut k = w as u64;
+                while k < keys {
+                    let cmd = format!(r#"{{"op":"put","key":"k{k:07}","value":"{value}"}}"#);
+                    c.propose("kv", cmd.as_bytes()).await?;
+                    k += step;
+                }
+                Ok::<(), ClientError>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+    }
+
+    eprintln!(
+        "running {} workers: {} s warm-up, {} s measured…",
+        args.clients, args.warmup_secs, args.secs
+    );
+    let value: Arc<str> = "v".repeat(args.value_bytes).into();
+    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let end = measure_from + Duration::from_secs(args.secs);
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        tasks.push(tokio::spawn(worker(
+            i,
+            clients[i % conns].clone(),
+            args.reads,
+            args.read_keys,
+            value.clone(),
+            measure_from,
+            end,
+        )));
+    }
+    let mut all = histogram();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        let r = t.await?;
+        all.add(&r.latency)?;
+        errors += r.errors;
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    cluster.check_alive()?;
+    let after = admin.status_of(Some(leader_addr)).await?;
+    Ok(DriveResult {
+        latency: Percentiles::of(&all),
+        errors,
+        first_error,
+        leader_changed: after.term != term_before || after.role != "leader",
+        request_rtt: Percentiles::of(&rtt),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_keys_follow_the_etcd_kit_pattern() {
+        assert_eq!(put_key(0, 0), "k0000000");
+        assert_eq!(put_key(1, 2), "k1000005");
+        assert_eq!(put_key(10, 0), "k0000030");
+    }
+
+    #[test]
+    fn percentiles_report_milliseconds_from_microsecond_samples() {
+        let mut h = histogram();
+        for us in 1..=1000u64 {
+            h.record(us * 10).unwrap_or_default();
+        }
+        let p = Percentiles::of(&h);
+        assert_eq!(p.count, 1000);
+        assert!((p.p50_ms - 5.0).abs() < 0.01, "{p:?}");
+        assert!((p.p99_ms - 9.9).abs() < 0.02, "{p:?}");
+        assert!((p.max_ms - 10.0).abs() < 0.01, "{p:?}");
+        assert!((p.serial_rate_per_s() - 200.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn fsync_probe_measures_both_patterns() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let (append, overwrite) =
+            fsync_probe(dir.path(), 5).unwrap_or_else(|e| panic!("probe: {e}"));
+        assert_eq!(append.count, 5);
+        assert_eq!(overwrite.count, 5);
+        assert!(append.p50_ms > 0.0 && overwrite.p50_ms > 0.0);
+    }
+}
