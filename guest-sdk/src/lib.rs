@@ -93,6 +93,8 @@
 //! state itself; restore keeps the old state and the state being rebuilt until `finish` swaps them.
 
 mod codec;
+#[cfg(any(target_arch = "wasm32", test))]
+mod mem;
 #[doc(hidden)]
 pub mod rt;
 mod snapshot;

@@ -87,7 +87,7 @@ const STREAM_VERSION: u32 = 1;
 const TRAILER_MARK: u32 = u32::MAX;
 const FLAG_FINAL: u8 = 1;
 /// Serialized records are batched to about this size before entering the compressor.
-const BATCH_BYTES: usize = 64 << 10;
+const BATCH_BYTES: usize = 256 << 10;
 /// Decompression proceeds in steps of at most this many output bytes.
 const DECOMPRESS_STEP_BYTES: usize = 128 << 10;
 
@@ -108,7 +108,6 @@ pub struct DefaultReader<M: Records + 'static> {
 pub struct DefaultRestorer<M> {
     state: M,
     decoder: Decoder<'static>,
-    step: Vec<u8>,
     buf: Vec<u8>,
     header_seen: bool,
     seq: u32,
@@ -196,8 +195,7 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
         Ok(DefaultRestorer {
             state: M::default(),
             decoder: Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?,
-            step: vec![0; DECOMPRESS_STEP_BYTES],
-            buf: Vec::new(),
+            buf: Vec::with_capacity(DECOMPRESS_STEP_BYTES),
             header_seen: false,
             seq: 0,
             final_seen: false,
@@ -327,21 +325,25 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
                     input.len()
                 ));
             }
+            // Decompress straight into the spare capacity behind the unparsed bytes: no
+            // intermediate step buffer, no copy.
+            let start = self.buf.len();
+            self.buf.reserve(DECOMPRESS_STEP_BYTES);
+            let room = self.buf.capacity() - start;
             let mut inb = InBuffer::around(input);
-            let mut outb = OutBuffer::around(&mut self.step[..]);
+            let mut outb = OutBuffer::around_pos(&mut self.buf, start);
             let hint = self
                 .decoder
                 .run(&mut inb, &mut outb)
                 .map_err(|e| format!("chunk {}: corrupt zstd data: {e}", self.seq - 1))?;
-            let written = outb.pos();
+            let written = outb.pos() - start;
             let read = inb.pos();
             input = &input[read..];
-            self.buf.extend_from_slice(&self.step[..written]);
             self.parse()?;
             if hint == 0 {
                 self.frame_done = true;
             }
-            if input.is_empty() && written < self.step.len() && !self.frame_done {
+            if input.is_empty() && written < room && !self.frame_done {
                 return Ok(());
             }
         }
