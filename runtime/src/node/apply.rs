@@ -530,7 +530,7 @@ impl Applier {
         if let Some(h) = m.handle.take() {
             tokio::task::spawn_blocking(move || h.shutdown());
         }
-        let result = replay_machine(&self.storage, &self.host, machine, m, before).await;
+        let result = replay_machine(&self.storage, machine, m, before).await;
         match result {
             Ok(handle) => {
                 m.handle = Some(handle);
@@ -546,7 +546,9 @@ impl Applier {
 
     async fn apply_admin(&mut self, index: u64, cmd: Command) -> Response {
         match cmd {
-            Command::Apply { .. } => unreachable_apply(),
+            Command::Apply { .. } => Err(RequestError::Internal(
+                "apply command routed to the admin path".into(),
+            )),
             Command::SetAddress { id, addr } => {
                 self.addresses.insert(id, addr);
                 Ok(Reply::Done {
@@ -669,12 +671,6 @@ impl Applier {
     }
 }
 
-fn unreachable_apply() -> Response {
-    Err(RequestError::Internal(
-        "apply command routed to the admin path".into(),
-    ))
-}
-
 fn new_handle_shutdown(h: MachineHandle) {
     tokio::task::spawn_blocking(move || h.shutdown());
 }
@@ -691,7 +687,6 @@ async fn migrate(old: &MachineHandle, new: &MachineHandle, format: u32) -> Resul
 /// Replay `machine`'s history from the log up to (excluding) `before`.
 async fn replay_machine(
     storage: &Storage,
-    host: &HostEngine,
     name: &str,
     m: &Machine,
     before: u64,
@@ -737,10 +732,7 @@ async fn replay_machine(
                         command,
                     });
                     if batch.len() >= APPLY_BATCH_ENTRIES_MAX {
-                        handle
-                            .apply_batch(std::mem::take(&mut batch))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        replay_batch(&handle, &mut batch).await?;
                     }
                 }
                 Command::Deploy { name: n, .. } if n == name => {
@@ -749,12 +741,7 @@ async fn replay_machine(
                         .get(version + 1)
                         .filter(|v| v.deployed_at == le.index)
                     {
-                        if !batch.is_empty() {
-                            handle
-                                .apply_batch(std::mem::take(&mut batch))
-                                .await
-                                .map_err(|e| e.to_string())?;
-                        }
+                        replay_batch(&handle, &mut batch).await?;
                         let fresh = v.module.start().map_err(|e| e.to_string())?;
                         let format = m.versions[version].module.info().snapshot_format;
                         migrate(&handle, &fresh, format)
@@ -769,11 +756,21 @@ async fn replay_machine(
             }
         }
     }
-    if !batch.is_empty() {
-        handle.apply_batch(batch).await.map_err(|e| e.to_string())?;
-    }
-    let _ = host;
+    replay_batch(&handle, &mut batch).await?;
     Ok(handle)
+}
+
+/// Re-apply a pending batch during a rebuild. Outputs were already recorded
+/// the first time; only the state matters here.
+async fn replay_batch(handle: &MachineHandle, batch: &mut Vec<host::Entry>) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    handle
+        .apply_batch(std::mem::take(batch))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn app_response(index: u64, r: host::EntryResult) -> Response {
