@@ -293,6 +293,19 @@ fn roots(tls: &TlsIdentity) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// Count and log a refusal (`context` says which side of which handshake),
+/// and turn it into the TLS alert the peer sees.
+fn refusal_error(counters: &RefusalCounters, r: Refusal, context: &'static str) -> rustls::Error {
+    counters.record(&r, context);
+    let e = match r {
+        Refusal::UnknownCa(_) => CertificateError::UnknownIssuer,
+        Refusal::Expired(_) => CertificateError::Expired,
+        Refusal::NotYetValid(_) => CertificateError::NotValidYet,
+        _ => CertificateError::ApplicationVerificationFailure,
+    };
+    rustls::Error::InvalidCertificate(e)
+}
+
 #[derive(Debug)]
 struct ClusterClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
@@ -302,19 +315,7 @@ struct ClusterClientVerifier {
 
 impl ClusterClientVerifier {
     fn refuse(&self, r: Refusal) -> rustls::Error {
-        self.counters.record(&r, "incoming handshake");
-        match r {
-            Refusal::UnknownCa(_) => {
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            }
-            Refusal::Expired(_) => rustls::Error::InvalidCertificate(CertificateError::Expired),
-            Refusal::NotYetValid(_) => {
-                rustls::Error::InvalidCertificate(CertificateError::NotValidYet)
-            }
-            _ => {
-                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
-            }
-        }
+        refusal_error(&self.counters, r, "incoming handshake")
     }
 }
 
@@ -380,19 +381,7 @@ struct ClusterServerVerifier {
 
 impl ClusterServerVerifier {
     fn refuse(&self, r: Refusal) -> rustls::Error {
-        self.counters.record(&r, "server certificate while dialing");
-        match r {
-            Refusal::UnknownCa(_) => {
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-            }
-            Refusal::Expired(_) => rustls::Error::InvalidCertificate(CertificateError::Expired),
-            Refusal::NotYetValid(_) => {
-                rustls::Error::InvalidCertificate(CertificateError::NotValidYet)
-            }
-            _ => {
-                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
-            }
-        }
+        refusal_error(&self.counters, r, "server certificate while dialing")
     }
 }
 
