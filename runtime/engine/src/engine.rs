@@ -1102,23 +1102,9 @@ impl Engine {
             self.campaign(false);
             return;
         }
-        let (lli, llt) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self
-            .membership
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != self.id)
-            .collect();
-        for v in voters {
-            let body = MessageBody::RequestVote {
-                pre_vote: true,
-                last_log_index: lli,
-                last_log_term: llt,
-                leadership_transfer: false,
-            };
-            self.send_with_term(v, self.term + 1, body, false);
-        }
+        // A pre-vote asks for the prospective term and reveals no durable
+        // state, so it is not held for a persist.
+        self.request_votes(true, false);
     }
 
     fn campaign(&mut self, transfer: bool) {
@@ -1135,6 +1121,13 @@ impl Engine {
             self.become_leader();
             return;
         }
+        // A real vote request carries the new term and our own vote: it
+        // must wait until both are durable.
+        self.request_votes(false, transfer);
+    }
+
+    /// Ask every other voter for a (pre-)vote with our last log position.
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let (lli, llt) = (self.log.last_index(), self.log.last_term());
         let voters: Vec<NodeId> = self
             .membership
@@ -1145,12 +1138,16 @@ impl Engine {
             .collect();
         for v in voters {
             let body = MessageBody::RequestVote {
-                pre_vote: false,
+                pre_vote,
                 last_log_index: lli,
                 last_log_term: llt,
                 leadership_transfer: transfer,
             };
-            self.send(v, body, true);
+            if pre_vote {
+                self.send_with_term(v, self.term + 1, body, false);
+            } else {
+                self.send(v, body, true);
+            }
         }
     }
 
