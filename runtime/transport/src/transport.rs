@@ -374,6 +374,44 @@ pub struct Inbound {
     pub clients: mpsc::Receiver<ClientStream>,
 }
 
+/// The endpoint configuration, with a stateless-reset key that survives restarts.
+///
+/// A node killed without closing its connections (crash, `kill -9`) leaves its
+/// peers holding connections to a process that no longer exists. When it comes
+/// back on the same address, the new process answers their packets with QUIC
+/// stateless resets — but a peer only honours a reset whose token was derived
+/// from the key that issued the connection ids, so with quinn's default (a
+/// random key per process) the peers ignore them and notice the restart only
+/// at the idle timeout. Deriving the key from the node's private key (through
+/// a BLAKE3 KDF with its own context, so the key itself is never used twice)
+/// makes every incarnation of a node issue the same tokens. The connection-id
+/// generator's key is derived the same way: quinn silently drops packets whose
+/// connection id its generator does not recognise, so a new process with a
+/// random generator key would never answer the old ids at all. Together, peers
+/// drop the dead connection at their first packet and reconnect at once
+/// (measured: ~50 ms instead of the idle timeout). Both keys are KDF outputs
+/// with distinct contexts; learning one (the connection-id key is only a
+/// keyed FxHash) reveals neither the other nor the node's private key.
+fn endpoint_config(tls: &TlsIdentity) -> quinn::EndpointConfig {
+    let reset = blake3::derive_key(
+        "wraft-transport 2026-11 QUIC stateless reset key",
+        tls.key.secret_der(),
+    );
+    let cid = blake3::derive_key(
+        "wraft-transport 2026-11 QUIC connection id key",
+        tls.key.secret_der(),
+    );
+    let cid_key = u64::from_le_bytes([
+        cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+    ]);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 struct Hello {
     from: NodeId,
@@ -536,10 +574,13 @@ impl Transport {
 
         let endpoint = {
             let _guard = rt.enter();
-            Endpoint::server(server, config.listen_addr).map_err(|source| TransportError::Bind {
+            let bind_err = |source| TransportError::Bind {
                 addr: config.listen_addr,
                 source,
-            })?
+            };
+            let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(bind_err)?;
+            let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
+            Endpoint::new(endpoint_config(tls), Some(server), socket, runtime).map_err(bind_err)?
         };
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Shared {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Fixture, Logs, config, eventually, recv};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame;
-use wraft_transport::{Identity, Inbound, LinkState, SendOutcome};
+use wraft_transport::{Identity, Inbound, LinkState, SendOutcome, Transport};
 
 #[tokio::test]
 async fn two_nodes_exchange_frames_both_ways_in_order() {
@@ -325,4 +325,73 @@ async fn client_with_client_certificate_gets_framed_responses_with_its_identity(
     client.close().await;
     let _in1 = server.await.unwrap();
     t1.shutdown().await;
+}
+
+/// A peer that crashes (no CONNECTION_CLOSE ever leaves it) and comes back on
+/// the same address must be noticed at the first packet, through a QUIC
+/// stateless reset the new process can issue for its predecessor's
+/// connection ids — not at the idle timeout, which is set far out of reach
+/// here.
+#[tokio::test]
+async fn crashed_peer_restarted_on_same_port_is_detected_by_stateless_reset_not_idle_timeout() {
+    let f = Fixture::new([1, 2]);
+    let tls2 = f.node_tls(2);
+    let mut cfg1 = config(1, "127.0.0.1:0".parse().unwrap());
+    cfg1.keep_alive_interval_ms = 500;
+    cfg1.idle_timeout_ms = 60_000;
+    let (t1, _in1) = f.bind_with(cfg1, &f.node_tls(1));
+
+    // Node 2 lives on its own runtime so it can die like a killed process:
+    // shutting that runtime down drops every task unpolled, so nothing (no
+    // CONNECTION_CLOSE) is ever sent for its connections.
+    let rt2 = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (t2, mut in2) = {
+        let _enter = rt2.enter();
+        let mut cfg2 = config(2, "127.0.0.1:0".parse().unwrap());
+        cfg2.idle_timeout_ms = 60_000; // QUIC uses the smaller of both sides' values
+        f.bind_with(cfg2, &tls2)
+    };
+    let addr2 = t2.local_addr().unwrap();
+    t1.send(2, Bytes::from_static(b"before")).unwrap();
+    assert_eq!(&recv(&mut in2.raft, 5).await.1[..], b"before");
+    rt2.shutdown_background();
+    drop((t2, in2));
+
+    // The new incarnation binds the same port once the old socket is gone.
+    let mut rebound = None;
+    for _ in 0..200 {
+        let mut cfg = config(2, addr2);
+        cfg.idle_timeout_ms = 60_000;
+        match Transport::bind(cfg, &tls2, f.membership.clone(), f.book.clone()) {
+            Ok(t) => {
+                rebound = Some(t);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let (t2b, mut in2b) = rebound.expect("port of the crashed node never became free");
+
+    // Node 1 still believes its connection is up; it must learn otherwise from
+    // the first reset and deliver over a fresh connection well before the
+    // 60 s idle timeout would have fired.
+    let started = tokio::time::Instant::now();
+    let mut got = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = t1.send(2, Bytes::from_static(b"after"));
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), in2b.raft.recv()).await
+        {
+            got = Some(m);
+            break;
+        }
+    }
+    let (from, msg) = got.expect("restart not detected within 15 s (idle timeout is 60 s)");
+    assert_eq!((from, &msg[..]), (1, &b"after"[..]));
+    assert!(t1.peer_stats(2).unwrap().connects >= 2);
+    t1.shutdown().await;
+    t2b.shutdown().await;
 }
