@@ -21,6 +21,7 @@
 //! Cost: one QUIC stream per request on a cached connection; the first call
 //! pays the TLS handshake.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
@@ -40,6 +41,17 @@ use crate::proto::{
 /// stalls after a `kill -9` of the leader (the election itself takes about
 /// one election timeout).
 pub const CONNECTION_IDLE_TIMEOUT_MS: u64 = 2_000;
+/// Handshake deadline when (re)connecting to a node, milliseconds. A QUIC
+/// handshake to a dead address gets no answer at all (ICMP errors are
+/// ignored), so this bounds the cost of trying one, while leaving two orders
+/// of magnitude over a LAN handshake.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// A node whose connection just failed is skipped for this long when the
+/// client picks where to send the next attempt, milliseconds (unless every
+/// node is suspect). Without it, a client that loses the leader keeps trying
+/// the dead node, which followers still name as leader until they elect
+/// another, paying [`CONNECT_TIMEOUT_MS`] each time.
+pub const SUSPECT_NODE_MS: u64 = 3_000;
 /// Keep-alive interval on client connections, milliseconds (well under
 /// [`CONNECTION_IDLE_TIMEOUT_MS`], so a live but idle node is never dropped).
 pub const CONNECTION_KEEP_ALIVE_MS: u64 = 400;
@@ -140,6 +152,8 @@ pub struct Client {
     conn: tokio::sync::Mutex<Option<(SocketAddr, ClientConnection)>>,
     sessions: Mutex<Vec<Session>>,
     leader_hint: Mutex<Option<SocketAddr>>,
+    /// Nodes whose connection failed, and when (see [`SUSPECT_NODE_MS`]).
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl Client {
@@ -153,6 +167,7 @@ impl Client {
             conn: tokio::sync::Mutex::new(None),
             sessions: Mutex::new(Vec::new()),
             leader_hint: Mutex::new(None),
+            suspects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -304,18 +319,18 @@ impl Client {
         let mut endpoint_idx = 0usize;
         let mut last = String::from("no attempt");
         while start.elapsed() < deadline {
-            let target = self
-                .leader_hint
-                .lock()
-                .ok()
-                .and_then(|h| *h)
-                .unwrap_or(self.opts.endpoints[endpoint_idx % self.opts.endpoints.len()]);
+            let hint = self.leader_hint.lock().ok().and_then(|h| *h);
+            let target = match hint {
+                Some(h) if !self.is_suspect(h) => h,
+                _ => self.next_endpoint(&mut endpoint_idx),
+            };
             let outcome = match self.connection_to(target).await {
                 Ok(conn) => exchange(&conn, &req).await,
                 Err(e) => Err(e),
             };
             match outcome {
                 Ok(Ok(reply)) => {
+                    self.set_suspect(target, false);
                     // Start the next call where this one succeeded, rather
                     // than at the first endpoint (which may be a dead node).
                     if follow_leader {
@@ -325,7 +340,11 @@ impl Client {
                 }
                 Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
                     last = format!("node at {target} is not the leader");
-                    let hint = leader.map(|(_, a)| a).filter(|a| *a != target);
+                    // A hint naming a node we just failed to reach is stale
+                    // (followers name the old leader until they elect anew).
+                    let hint = leader
+                        .map(|(_, a)| a)
+                        .filter(|a| *a != target && !self.is_suspect(*a));
                     self.set_hint(hint);
                     if hint.is_none() {
                         endpoint_idx += 1;
@@ -346,6 +365,7 @@ impl Client {
                 Err(e) => {
                     // Connection trouble: forget this node, try the next one.
                     last = e.to_string();
+                    self.set_suspect(target, true);
                     self.set_hint(None);
                     *self.conn.lock().await = None;
                     // Continue after the node that failed, which may have
@@ -365,6 +385,37 @@ impl Client {
         })
     }
 
+    /// The first endpoint from `*idx` on that is not suspect (or, if all
+    /// are, the one at `*idx`); leaves `*idx` pointing at it.
+    fn next_endpoint(&self, idx: &mut usize) -> SocketAddr {
+        let eps = &self.opts.endpoints;
+        for step in 0..eps.len() {
+            let i = (*idx + step) % eps.len();
+            if !self.is_suspect(eps[i]) {
+                *idx = i;
+                return eps[i];
+            }
+        }
+        eps[*idx % eps.len()]
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        self.suspects.lock().is_ok_and(|s| {
+            s.get(&addr)
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(SUSPECT_NODE_MS))
+        })
+    }
+
+    fn set_suspect(&self, addr: SocketAddr, failed: bool) {
+        if let Ok(mut s) = self.suspects.lock() {
+            if failed {
+                s.insert(addr, Instant::now());
+            } else {
+                s.remove(&addr);
+            }
+        }
+    }
+
     fn set_hint(&self, hint: Option<SocketAddr>) {
         if let Ok(mut h) = self.leader_hint.lock() {
             *h = hint;
@@ -382,6 +433,7 @@ impl Client {
         let cfg = ClientConfig {
             keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
             idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
             ..ClientConfig::default()
         };
         let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)
