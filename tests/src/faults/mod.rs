@@ -322,7 +322,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn client_options(endpoints: Vec<SocketAddr>, certs: &std::path::Path) -> ClientOptions {
-    let mut o = ClientOptions::from_cert_dir(endpoints, certs, "admin").expect("client certificate");
+    let mut o =
+        ClientOptions::from_cert_dir(endpoints, certs, "admin").expect("client certificate");
     o.call_timeout_ms = OP_CALL_TIMEOUT_MS;
     o
 }
@@ -436,7 +437,14 @@ async fn client_loop(ctx: ClientCtx) {
                         let v = crate::parse(&out.output);
                         let swapped = v["swapped"].as_bool().unwrap_or(false);
                         h.complete(op, Outcome::Ok, Some(KvOutput::Cas(swapped)), String::new());
-                        seen.insert(key, if swapped { Some(value) } else { parse_value(&v["current"]) });
+                        seen.insert(
+                            key,
+                            if swapped {
+                                Some(value)
+                            } else {
+                                parse_value(&v["current"])
+                            },
+                        );
                     }
                     Err(e) => h.complete(op, write_outcome(&e), None, e.to_string()),
                 }
@@ -520,10 +528,7 @@ fn config_tweak(proxy: &FaultProxy, snapshot_entries: u64, cfg: &mut NodeConfig)
 impl Nemesis {
     fn note(&mut self, what: String) {
         let t = self.history.len();
-        let line = format!(
-            "[{:>8.3} s, op #{t}] {what}",
-            self.started_secs()
-        );
+        let line = format!("[{:>8.3} s, op #{t}] {what}", self.started_secs());
         eprintln!("faults: {line}");
         self.timeline.push(line);
     }
@@ -623,9 +628,16 @@ impl Nemesis {
                 let Some((leader, follower)) = self.leader_and_follower().await else {
                     return self.note(format!("{}: no leader found, skipped", kind.name()));
                 };
-                let t = if kind == FaultKind::KillLeader { leader } else { follower };
+                let t = if kind == FaultKind::KillLeader {
+                    leader
+                } else {
+                    follower
+                };
                 let down = self.hold(500, 3_000);
-                self.note(format!("kill -9 node {t} (leader {leader}) for {} ms", down.as_millis()));
+                self.note(format!(
+                    "kill -9 node {t} (leader {leader}) for {} ms",
+                    down.as_millis()
+                ));
                 self.cluster.kill(t);
                 tokio::time::sleep(down).await;
                 self.cluster.restart(t);
@@ -635,7 +647,9 @@ impl Nemesis {
                 let Some((leader, t)) = self.leader_and_follower().await else {
                     return self.note("lagging follower: no leader found, skipped".into());
                 };
-                let Some(s) = self.status(leader).await else { return };
+                let Some(s) = self.status(leader).await else {
+                    return;
+                };
                 let lag = (3 * self.opts.snapshot_entries).max(300);
                 self.note(format!(
                     "kill -9 node {t}; keep it down until the leader commits {lag} entries past {}",
@@ -656,9 +670,16 @@ impl Nemesis {
                 let Some((leader, follower)) = self.leader_and_follower().await else {
                     return self.note(format!("{}: no leader found, skipped", kind.name()));
                 };
-                let t = if kind == FaultKind::PauseLeader { leader } else { follower };
+                let t = if kind == FaultKind::PauseLeader {
+                    leader
+                } else {
+                    follower
+                };
                 let pause = self.hold(1_200, 3_500);
-                self.note(format!("SIGSTOP node {t} (leader {leader}) for {} ms", pause.as_millis()));
+                self.note(format!(
+                    "SIGSTOP node {t} (leader {leader}) for {} ms",
+                    pause.as_millis()
+                ));
                 self.signal(t, libc::SIGSTOP);
                 tokio::time::sleep(pause).await;
                 self.signal(t, libc::SIGCONT);
@@ -686,7 +707,10 @@ impl Nemesis {
                 };
                 let all = self.all_nodes();
                 let hold = self.hold(1_500, 5_000);
-                self.note(format!("isolate leader {leader} for {} ms", hold.as_millis()));
+                self.note(format!(
+                    "isolate leader {leader} for {} ms",
+                    hold.as_millis()
+                ));
                 self.proxy.partition(&[leader], &all);
                 tokio::time::sleep(hold).await;
                 self.proxy.heal();
@@ -762,11 +786,11 @@ impl Nemesis {
                 self.note(format!("transfer leadership {leader} -> {to}"));
                 let c = self.admin_client().await;
                 let r = bounded(c.transfer_leader(to)).await;
-                let moved = self
-                    .leader(Duration::from_secs(5))
-                    .await
-                    .map(|(l, _)| l);
-                self.note(format!("transfer answered {:?}; leader now {moved:?}", r.map_err(|e| e.to_string())));
+                let moved = self.leader(Duration::from_secs(5)).await.map(|(l, _)| l);
+                self.note(format!(
+                    "transfer answered {:?}; leader now {moved:?}",
+                    r.map_err(|e| e.to_string())
+                ));
             }
             FaultKind::MembershipChange => self.membership_change().await,
         }
@@ -782,7 +806,11 @@ impl Nemesis {
     }
 
     async fn admin_client(&self) -> Client {
-        let eps: Vec<SocketAddr> = self.live().iter().map(|id| self.cluster.addr(*id)).collect();
+        let eps: Vec<SocketAddr> = self
+            .live()
+            .iter()
+            .map(|id| self.cluster.addr(*id))
+            .collect();
         Client::connect(client_options(eps, self.cluster.certs_dir()))
             .await
             .expect("client")
@@ -870,7 +898,9 @@ impl Nemesis {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let d = self.cluster.describe().await;
-        self.anomaly(format!("{what}: not done within 30 s with no fault active\n{d}"));
+        self.anomaly(format!(
+            "{what}: not done within 30 s with no fault active\n{d}"
+        ));
         false
     }
 
@@ -888,7 +918,9 @@ impl Nemesis {
             cfg.cluster.peers = peers;
         });
         let front = self.proxy.front(id, addr);
-        self.note(format!("membership: started node {id} (front {front}); leader {leader}"));
+        self.note(format!(
+            "membership: started node {id} (front {front}); leader {leader}"
+        ));
         if !self
             .membership_step(
                 &format!("add learner {id}"),
@@ -952,13 +984,17 @@ impl Nemesis {
         let start = Instant::now();
         loop {
             self.probe_n += 1;
-            let cmd = json(serde_json::json!({"op":"put","key":format!("probe/{}", self.probe_n),"value":"1"}));
+            let cmd = json(
+                serde_json::json!({"op":"put","key":format!("probe/{}", self.probe_n),"value":"1"}),
+            );
             let c = self.admin_client().await;
             let r = bounded(c.propose("kv", &cmd)).await;
             if r.is_ok() {
                 let ms = start.elapsed().as_millis() as u64;
                 self.recovery_ms_max = self.recovery_ms_max.max(ms);
-                self.note(format!("progress after {after}: a write succeeded {ms} ms after healing"));
+                self.note(format!(
+                    "progress after {after}: a write succeeded {ms} ms after healing"
+                ));
                 return;
             }
             if start.elapsed() > self.opts.recovery_bound {
@@ -1003,7 +1039,9 @@ async fn full_scan(cluster: &Cluster, id: u64) -> Result<Vec<(String, String)>, 
         }));
         let answer = cluster.stale_query(id, "kv", &q).await?;
         let v = crate::parse(&answer);
-        let entries = v["entries"].as_array().ok_or("scan answer without entries")?;
+        let entries = v["entries"]
+            .as_array()
+            .ok_or("scan answer without entries")?;
         for e in entries {
             out.push((
                 e[0].as_str().unwrap_or_default().to_owned(),
@@ -1021,7 +1059,9 @@ async fn unique_keys(c: &Client) -> Result<BTreeSet<u64>, ClientError> {
     let mut out = BTreeSet::new();
     let mut after: Option<String> = None;
     loop {
-        let q = json(serde_json::json!({"op":"scan","prefix":"w/","limit":SCAN_PAGE_ENTRIES,"after":after}));
+        let q = json(
+            serde_json::json!({"op":"scan","prefix":"w/","limit":SCAN_PAGE_ENTRIES,"after":after}),
+        );
         let answer = bounded(c.query("kv", &q, Consistency::Linearizable)).await?;
         let v = crate::parse(&answer);
         for e in v["entries"].as_array().into_iter().flatten() {
@@ -1142,14 +1182,18 @@ pub async fn run(opts: FaultOptions) -> Report {
             ),
             Err(e) => {
                 history.complete(op, Outcome::Failed, None, e.to_string());
-                nem.anomaly(format!("final linearizable read of k{key} failed after healing: {e}"));
+                nem.anomaly(format!(
+                    "final linearizable read of k{key} failed after healing: {e}"
+                ));
             }
         }
     }
     let final_unique = match unique_keys(&c).await {
         Ok(s) => s,
         Err(e) => {
-            nem.anomaly(format!("final linearizable scan of w/ failed after healing: {e}"));
+            nem.anomaly(format!(
+                "final linearizable scan of w/ failed after healing: {e}"
+            ));
             BTreeSet::new()
         }
     };
@@ -1164,7 +1208,8 @@ pub async fn run(opts: FaultOptions) -> Report {
     for id in nem.cluster.ids() {
         let log = nem.cluster.log(id);
         if let Some(line) = log.lines().find(|l| l.contains("panicked at")) {
-            nem.anomalies.push(format!("node {id} logged a panic: {line}"));
+            nem.anomalies
+                .push(format!("node {id} logged a panic: {line}"));
         }
     }
     let report = Report {
@@ -1236,7 +1281,10 @@ async fn converge(nem: &mut Nemesis) -> (u64, (u64, usize)) {
         }
         let commit = statuses.iter().map(|s| s.commit_index).max().unwrap_or(0);
         if let Some(s) = statuses.iter().find(|s| s.applied_index != commit) {
-            last_problem = format!("node {} applied {} of commit {commit}", s.id, s.applied_index);
+            last_problem = format!(
+                "node {} applied {} of commit {commit}",
+                s.id, s.applied_index
+            );
             continue;
         }
         let mut scans = Vec::new();
@@ -1255,7 +1303,11 @@ async fn converge(nem: &mut Nemesis) -> (u64, (u64, usize)) {
         // No entry may have been applied while we scanned.
         let mut moved = false;
         for id in &members {
-            if nem.status(*id).await.is_none_or(|s| s.applied_index != commit) {
+            if nem
+                .status(*id)
+                .await
+                .is_none_or(|s| s.applied_index != commit)
+            {
                 moved = true;
             }
         }

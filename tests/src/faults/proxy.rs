@@ -115,7 +115,10 @@ impl FaultProxy {
     pub fn front(&self, id: u64, real: SocketAddr) -> SocketAddr {
         let mut nodes = lock(&self.shared.nodes);
         if let Some((front, known)) = nodes.get(&id) {
-            assert_eq!(*known, real, "node {id} registered twice with different addresses");
+            assert_eq!(
+                *known, real,
+                "node {id} registered twice with different addresses"
+            );
             return *front;
         }
         let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a proxy front");
