@@ -289,3 +289,102 @@ impl History {
         verdict
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock has microsecond resolution and touching intervals count as
+    /// concurrent; keep the operations of a test strictly ordered.
+    fn later() {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+
+    fn put(h: &History, client: u64, key: u64, value: u64, outcome: Outcome) {
+        let op = h.invoke(client, OpKind::Put, KvInput::Put { key, value });
+        let out = (outcome == Outcome::Ok).then_some(KvOutput::Put);
+        h.complete(op, outcome, out, String::new());
+        later();
+    }
+
+    fn get(h: &History, client: u64, key: u64, value: Option<u64>) {
+        let op = h.invoke(client, OpKind::GetLease, KvInput::Get { key });
+        h.complete(op, Outcome::Ok, Some(KvOutput::Get(value)), String::new());
+        later();
+    }
+
+    fn unique(h: &History, value: u64, outcome: Outcome) {
+        let op = h.invoke(
+            1,
+            OpKind::UniquePut,
+            KvInput::Put {
+                key: u64::MAX,
+                value,
+            },
+        );
+        h.complete(op, outcome, None, String::new());
+    }
+
+    #[test]
+    fn a_read_of_the_old_value_after_an_acknowledged_write_is_an_anomaly() {
+        let h = History::new();
+        put(&h, 1, 0, 10, Outcome::Ok);
+        put(&h, 1, 0, 11, Outcome::Ok);
+        get(&h, 2, 0, Some(10));
+        let v = h.check(&BTreeSet::new());
+        assert_eq!(v.anomalies.len(), 1, "{:?}", v.anomalies);
+        assert!(v.anomalies[0].contains("key k0"), "{}", v.anomalies[0]);
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_surface_later_but_a_refused_one_may_not() {
+        let h = History::new();
+        put(&h, 1, 0, 10, Outcome::Indeterminate);
+        get(&h, 2, 0, None);
+        get(&h, 2, 0, Some(10));
+        assert!(h.check(&BTreeSet::new()).anomalies.is_empty());
+
+        let h = History::new();
+        put(&h, 1, 0, 10, Outcome::Failed);
+        get(&h, 2, 0, Some(10));
+        assert_eq!(h.check(&BTreeSet::new()).anomalies.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_unique_write_and_a_phantom_one_are_anomalies() {
+        let h = History::new();
+        unique(&h, 5, Outcome::Ok);
+        unique(&h, 6, Outcome::Indeterminate);
+        unique(&h, 7, Outcome::Failed);
+        // 6 may or may not be there; 5 must be; 7 and 8 must not.
+        assert!(h.check(&BTreeSet::from([5, 6])).anomalies.is_empty());
+        assert!(h.check(&BTreeSet::from([5])).anomalies.is_empty());
+        let v = h.check(&BTreeSet::from([6, 7, 8]));
+        assert_eq!(v.anomalies.len(), 3, "{:?}", v.anomalies);
+        assert!(
+            v.anomalies
+                .iter()
+                .any(|a| a.contains("lost") && a.contains("w/5"))
+        );
+        assert!(
+            v.anomalies
+                .iter()
+                .any(|a| a.contains("phantom") && a.contains("w/7"))
+        );
+        assert!(
+            v.anomalies
+                .iter()
+                .any(|a| a.contains("phantom") && a.contains("w/8"))
+        );
+    }
+
+    #[test]
+    fn tally_counts_each_outcome_per_kind() {
+        let h = History::new();
+        put(&h, 1, 0, 1, Outcome::Ok);
+        put(&h, 1, 0, 2, Outcome::Failed);
+        put(&h, 1, 0, 3, Outcome::Indeterminate);
+        assert_eq!(h.tally()[&OpKind::Put], [1, 1, 1]);
+        assert_eq!(h.tally()[&OpKind::Cas], [0, 0, 0]);
+    }
+}

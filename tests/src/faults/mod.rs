@@ -98,6 +98,8 @@ pub struct FaultOptions {
     pub snapshot_entries: u64,
     /// After a fault heals, a write must succeed within this long.
     pub recovery_bound: Duration,
+    /// Fault kinds to draw from (empty: all), by [`FaultKind::slug`].
+    pub only: Vec<String>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -132,13 +134,26 @@ impl FaultOptions {
             keys: env_u64("WRAFT_FAULTS_KEYS").unwrap_or(6).max(1),
             snapshot_entries: env_u64("WRAFT_FAULTS_SNAPSHOT_ENTRIES").unwrap_or(400),
             recovery_bound: Duration::from_secs(20),
+            only: std::env::var("WRAFT_FAULTS_ONLY")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
     /// The command that reruns this schedule.
     pub fn replay_command(&self) -> String {
+        let only = if self.only.is_empty() {
+            String::new()
+        } else {
+            format!("WRAFT_FAULTS_ONLY={} ", self.only.join(","))
+        };
         format!(
-            "WRAFT_FAULTS_SEED={} WRAFT_FAULTS_SECS={} WRAFT_FAULTS_NODES={} WRAFT_FAULTS_CLIENTS={} \
+            "{only}WRAFT_FAULTS_SEED={} WRAFT_FAULTS_SECS={} WRAFT_FAULTS_NODES={} WRAFT_FAULTS_CLIENTS={} \
              WRAFT_FAULTS_KEYS={} WRAFT_FAULTS_SNAPSHOT_ENTRIES={} \
              cargo nextest run -p wraft-tests --test faults --no-capture {}",
             self.seed,
@@ -199,6 +214,23 @@ impl FaultKind {
         (FaultKind::LeaderTransfer, 8),
         (FaultKind::MembershipChange, 5),
     ];
+
+    /// Short name for `WRAFT_FAULTS_ONLY`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillFollower => "kill-follower",
+            FaultKind::LaggingFollower => "lagging-follower",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::PauseFollower => "pause-follower",
+            FaultKind::Partition => "partition",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::OneWayCut => "one-way",
+            FaultKind::LossyLinks => "lossy",
+            FaultKind::LeaderTransfer => "transfer",
+            FaultKind::MembershipChange => "membership",
+        }
+    }
 
     /// Name in reports.
     pub fn name(self) -> &'static str {
@@ -507,6 +539,8 @@ struct Nemesis {
     snapshot_index_max: u64,
     timeline: Vec<String>,
     probe_n: u64,
+    /// Nodes stopped with SIGSTOP right now.
+    paused: BTreeSet<u64>,
 }
 
 fn config_tweak(proxy: &FaultProxy, snapshot_entries: u64, cfg: &mut NodeConfig) {
@@ -547,7 +581,7 @@ impl Nemesis {
         self.cluster
             .running()
             .into_iter()
-            .filter(|id| !self.retired.contains(id))
+            .filter(|id| !self.retired.contains(id) && !self.paused.contains(id))
             .collect()
     }
 
@@ -675,6 +709,9 @@ impl Nemesis {
                 } else {
                     follower
                 };
+                if t == leader && self.rng.bool() {
+                    return self.pause_leader_with_lease_probe(leader).await;
+                }
                 let pause = self.hold(1_200, 3_500);
                 self.note(format!(
                     "SIGSTOP node {t} (leader {leader}) for {} ms",
@@ -793,6 +830,78 @@ impl Nemesis {
                 ));
             }
             FaultKind::MembershipChange => self.membership_change().await,
+        }
+    }
+
+    /// Pause the leader; once the others have a new leader, write the probe
+    /// key through it, then send a lease read of that key to the paused
+    /// leader (it waits in that node's socket buffer) and resume it. A
+    /// leader that trusts a lease its stall outlived answers the old value:
+    /// the checker sees a read of an overwritten value after the write was
+    /// acknowledged. Every operation goes into the history (probe key
+    /// `k{keys}`, client ids from 1000).
+    async fn pause_leader_with_lease_probe(&mut self, leader: u64) {
+        let key = self.opts.keys;
+        self.probe_n += 1;
+        let client_id = 1000 + self.probe_n;
+        let pinned = Arc::new(
+            Client::connect(client_options(
+                vec![self.cluster.addr(leader)],
+                self.cluster.certs_dir(),
+            ))
+            .await
+            .expect("client"),
+        );
+        // Warm the pinned connection (and record the read).
+        record_get(&self.history, &pinned, client_id, key, Consistency::Lease).await;
+        let pause = self.hold(1_200, 1_800);
+        self.note(format!(
+            "SIGSTOP leader {leader} for {} ms, with a lease read probe of k{key}",
+            pause.as_millis()
+        ));
+        let stopped = Instant::now();
+        self.signal(leader, libc::SIGSTOP);
+        self.paused.insert(leader);
+        let mut read = None;
+        if let Some((new, _)) = self
+            .leader(pause.saturating_sub(Duration::from_millis(600)))
+            .await
+            && new != leader
+        {
+            let value = 900_000_000_000 + self.probe_n;
+            let c = self.admin_client().await;
+            let input = KvInput::Put { key, value };
+            let op = self.history.invoke(client_id, OpKind::Put, input);
+            let cmd =
+                json(serde_json::json!({"op":"put","key":key_name(key),"value":value.to_string()}));
+            let r = bounded(c.propose("kv", &cmd)).await;
+            let written = r.is_ok();
+            match r {
+                Ok(_) => self
+                    .history
+                    .complete(op, Outcome::Ok, Some(KvOutput::Put), String::new()),
+                Err(e) => self
+                    .history
+                    .complete(op, write_outcome(&e), None, e.to_string()),
+            }
+            if written && stopped.elapsed() + Duration::from_millis(100) < pause {
+                let (h, p) = (self.history.clone(), pinned.clone());
+                read = Some(tokio::spawn(async move {
+                    record_get(&h, &p, client_id, key, Consistency::Lease).await
+                }));
+                self.note(format!("new leader {new} acknowledged k{key} = {value}; lease read sent to the paused {leader}"));
+            }
+        }
+        tokio::time::sleep(pause.saturating_sub(stopped.elapsed())).await;
+        self.signal(leader, libc::SIGCONT);
+        self.paused.remove(&leader);
+        if let Some(r) = read {
+            let got = r.await.ok().flatten();
+            self.note(format!("SIGCONT {leader}; its lease read answered {got:?}"));
+        } else {
+            self.note(format!(
+                "SIGCONT {leader} (no probe: no new leader in time)"
+            ));
         }
     }
 
@@ -1017,15 +1126,54 @@ impl Nemesis {
     }
 
     fn pick_fault(&mut self) -> FaultKind {
-        let total: u32 = FaultKind::WEIGHTS.iter().map(|(_, w)| w).sum();
+        let kinds: Vec<(FaultKind, u32)> = FaultKind::WEIGHTS
+            .into_iter()
+            .filter(|(k, _)| {
+                self.opts.only.is_empty() || self.opts.only.iter().any(|o| o == k.slug())
+            })
+            .collect();
+        assert!(
+            !kinds.is_empty(),
+            "WRAFT_FAULTS_ONLY={:?} names no fault kind; kinds: {:?}",
+            self.opts.only,
+            FaultKind::WEIGHTS.map(|(k, _)| k.slug())
+        );
+        let total: u32 = kinds.iter().map(|(_, w)| w).sum();
         let mut r = self.rng.u32(0..total);
-        for (k, w) in FaultKind::WEIGHTS {
+        for (k, w) in kinds {
             if r < w {
                 return k;
             }
             r -= w;
         }
         FaultKind::KillLeader
+    }
+}
+
+/// A `get` of register `key` through `c`, recorded in `h`; the value read.
+async fn record_get(
+    h: &History,
+    c: &Client,
+    client: u64,
+    key: u64,
+    consistency: Consistency,
+) -> Option<Option<u64>> {
+    let kind = match consistency {
+        Consistency::Lease => OpKind::GetLease,
+        _ => OpKind::GetLinearizable,
+    };
+    let op = h.invoke(client, kind, KvInput::Get { key });
+    let q = json(serde_json::json!({"op":"get","key":key_name(key)}));
+    match bounded(c.query("kv", &q, consistency)).await {
+        Ok(out) => {
+            let got = parse_value(&crate::parse(&out)["value"]);
+            h.complete(op, Outcome::Ok, Some(KvOutput::Get(got)), String::new());
+            Some(got)
+        }
+        Err(e) => {
+            h.complete(op, Outcome::Failed, None, e.to_string());
+            None
+        }
     }
 }
 
@@ -1121,6 +1269,7 @@ pub async fn run(opts: FaultOptions) -> Report {
         snapshot_index_max: 0,
         timeline: Vec::new(),
         probe_n: 0,
+        paused: BTreeSet::new(),
     };
 
     // Deploy (retried: the first election may still be under way).
@@ -1170,7 +1319,7 @@ pub async fn run(opts: FaultOptions) -> Report {
 
     // Final reads, recorded like any other operation.
     let c = nem.admin_client().await;
-    for key in 0..opts.keys {
+    for key in 0..=opts.keys {
         let op = history.invoke(0, OpKind::GetLinearizable, KvInput::Get { key });
         let q = json(serde_json::json!({"op":"get","key":key_name(key)}));
         match bounded(c.query("kv", &q, Consistency::Linearizable)).await {
