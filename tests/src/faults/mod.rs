@@ -854,7 +854,10 @@ impl Nemesis {
         );
         // Warm the pinned connection (and record the read).
         record_get(&self.history, &pinned, client_id, key, Consistency::Lease).await;
-        let pause = self.hold(1_200, 1_800);
+        // Long enough for an election and a write (election timeout 500–1000
+        // ms), short enough that the pinned client's 2 s idle timeout keeps
+        // its connection.
+        let pause = self.hold(1_700, 1_900);
         self.note(format!(
             "SIGSTOP leader {leader} for {} ms, with a lease read probe of k{key}",
             pause.as_millis()
@@ -864,7 +867,7 @@ impl Nemesis {
         self.paused.insert(leader);
         let mut read = None;
         if let Some((new, _)) = self
-            .leader(pause.saturating_sub(Duration::from_millis(600)))
+            .leader(pause.saturating_sub(Duration::from_millis(350)))
             .await
             && new != leader
         {
@@ -884,7 +887,7 @@ impl Nemesis {
                     .history
                     .complete(op, write_outcome(&e), None, e.to_string()),
             }
-            if written && stopped.elapsed() + Duration::from_millis(100) < pause {
+            if written && stopped.elapsed() + Duration::from_millis(50) < pause {
                 let (h, p) = (self.history.clone(), pinned.clone());
                 read = Some(tokio::spawn(async move {
                     record_get(&h, &p, client_id, key, Consistency::Lease).await
