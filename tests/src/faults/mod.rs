@@ -1278,11 +1278,18 @@ pub async fn run(opts: FaultOptions) -> Report {
     // Deploy (retried: the first election may still be under way).
     let leader = nem.cluster.wait_for_leader(Duration::from_secs(30)).await;
     nem.note(format!("cluster up, leader {leader}; deploying kv"));
-    let c = nem.admin_client().await;
-    crate::wait_for("the kv deploy", Duration::from_secs(60), async || {
-        bounded(c.deploy("kv", kv.clone())).await.ok()
-    })
-    .await;
+    // One long call (the client retries it under one tag): every retry of
+    // a deploy under a new tag would make every node compile the module
+    // again, which on a loaded 2-core machine never converges.
+    let mut o = client_options(
+        nem.live().iter().map(|id| nem.cluster.addr(*id)).collect(),
+        nem.cluster.certs_dir(),
+    );
+    o.call_timeout_ms = 180_000;
+    let c = Client::connect(o).await.expect("client");
+    if let Err(e) = c.deploy("kv", kv).await {
+        panic!("deploying kv failed: {e}\n{}", nem.cluster.describe().await);
+    }
     for id in nem.cluster.ids() {
         nem.wait_caught_up(id, "initial deploy").await;
     }
