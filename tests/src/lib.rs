@@ -32,6 +32,7 @@
 //! keep the whole directory). `WRAFT_E2E_LOG` overrides the nodes'
 //! `RUST_LOG` (default `info,quinn=warn`).
 
+pub mod faults;
 pub mod guests;
 
 use std::collections::{BTreeMap, HashMap};
@@ -419,6 +420,32 @@ impl Cluster {
         self.forget_client(id);
     }
 
+    /// The process id of node `id`, if it is running (for `SIGSTOP`/`SIGCONT`).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(Child::id)
+    }
+
+    /// Node `id`'s config as written to its file.
+    pub fn config(&self, id: u64) -> &NodeConfig {
+        &self.nodes[&id].config
+    }
+
+    /// The cluster's temporary directory (configs, data dirs, node logs).
+    pub fn dir(&self) -> &Path {
+        self.root()
+    }
+
+    /// If node `id` was started and its process has exited by itself (it was
+    /// not killed by the harness), how it exited; the child is then reaped
+    /// and the node counts as stopped.
+    pub fn exited(&mut self, id: u64) -> Option<String> {
+        let node = self.nodes.get_mut(&id)?;
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        self.forget_client(id);
+        Some(status.to_string())
+    }
+
     /// Whether node `id`'s process is alive (panics if it exited by itself).
     pub fn assert_alive(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("known node");
@@ -461,6 +488,12 @@ impl Cluster {
     /// `cluster.members` (so it starts with no role of its own: it is not in
     /// that list) and every known node in `cluster.peers`; then start it.
     pub fn add_node(&mut self, id: u64) -> SocketAddr {
+        self.add_node_with(id, |_| {})
+    }
+
+    /// [`Cluster::add_node`], with `tweak` applied to the new node's config
+    /// last (e.g. to point its peers at a fault proxy).
+    pub fn add_node_with(&mut self, id: u64, tweak: impl FnOnce(&mut NodeConfig)) -> SocketAddr {
         assert!(!self.nodes.contains_key(&id), "node {id} exists");
         local::issue_certs(self.certs_dir(), &[id], &[], local::LOCAL_CERT_DAYS)
             .expect("issuing a node certificate");
@@ -481,6 +514,7 @@ impl Cluster {
             .map(|(i, n)| (*i, n.config.node.listen))
             .collect();
         assert!(!cfg.cluster.members.contains_key(&id));
+        tweak(&mut cfg);
         cfg.validate().expect("valid config");
         let path = self.root().join(format!("node-{id}.toml"));
         std::fs::write(&path, cfg.to_toml()).expect("writing config");

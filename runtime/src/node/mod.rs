@@ -427,25 +427,35 @@ impl Driver {
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The engine's clock is its tick count, and leases are measured in
+        // it, so it must never fall behind the monotonic clock: a process
+        // stalled past the election timeout (SIGSTOP, a long GC-like pause,
+        // an overloaded host) would otherwise wake up believing its lease is
+        // still valid and serve a stale read while a newer leader is already
+        // committing. Every missed tick is stepped before the next event.
+        let mut next_tick = Instant::now() + tick;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(seq) = durable_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
                     self.on_durable(seq);
                     while let Ok(seq) = durable_rx.try_recv() { self.on_durable(seq); }
                 }
                 _ = ticker.tick() => {
-                    self.step(Event::Tick);
+                    self.catch_up_ticks(&mut next_tick, tick);
                     self.update_gauges();
                 }
                 Some((from, bytes)) = raft_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
                     self.on_raft(from, &bytes);
                     for _ in 0..DRIVER_BATCH_EVENTS_MAX {
                         match raft_rx.try_recv() { Ok((f, b)) => self.on_raft(f, &b), Err(_) => break }
                     }
                 }
                 Some(call) = req_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
                     self.on_request(call);
                     for _ in 0..DRIVER_BATCH_EVENTS_MAX {
                         match req_rx.try_recv() { Ok(c) => self.on_request(c), Err(_) => break }
@@ -476,6 +486,16 @@ impl Driver {
             .map(|s| s.dropped_overflow_msgs + s.dropped_link_down_msgs)
             .sum();
         m.transport_dropped.set(dropped as f64);
+    }
+
+    /// Step one `Tick` for every tick period that has fully elapsed on the
+    /// monotonic clock since the last one (several after a stall).
+    fn catch_up_ticks(&mut self, next_tick: &mut Instant, tick: Duration) {
+        let now = Instant::now();
+        while *next_tick <= now {
+            self.step(Event::Tick);
+            *next_tick += tick;
+        }
     }
 
     fn step(&mut self, ev: Event) {
