@@ -101,6 +101,21 @@ enum Cmd {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Build, run a local cluster with the machine deployed, and upgrade it on every change.
+    Dev {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Deploy under this name (default: the machine's own name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Nodes in the local cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// cargo's --target-dir (Rust projects).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
     /// Deploy (or upgrade, carrying state across) a machine from a .wasm component.
     Deploy {
         /// Machine name.
@@ -315,6 +330,21 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             out,
             target_dir,
         } => build(&path, out, target_dir),
+        Cmd::Dev {
+            path,
+            name,
+            nodes,
+            target_dir,
+        } => {
+            wraft::dev::run(wraft::dev::DevOptions {
+                path,
+                name,
+                nodes,
+                target_dir,
+                ..Default::default()
+            })
+            .await
+        }
         Cmd::Deploy { name, file, conn } => {
             let module =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
