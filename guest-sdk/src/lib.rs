@@ -106,6 +106,11 @@ pub use snapshot::{DefaultSnapshot, Records, SnapshotFormat, decode_record};
 #[doc(hidden)]
 pub use rt as __rt;
 
+/// The author guide (`docs/guide.md`): every Rust block in it is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct AuthorGuide;
+
 /// Bindings generated from `wit/machine.wit`. Guest authors normally never touch these.
 #[doc(hidden)]
 pub mod bindings {
