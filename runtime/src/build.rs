@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn js_and_python_projects_are_recognised_and_refused_until_their_toolchains_are_wired() {
+        for (file, lang) in [("package.json", "js"), ("app.py", "python")] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join(file), "").unwrap();
+            match build_project(tmp.path(), &BuildOptions::default()) {
+                Err(BuildError::NotAvailable { lang: l, .. }) => assert_eq!(l, lang),
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_core_module_is_refused_by_the_deploy_checks() {
         // The smallest core module: the check is the node's own, so it says what a deploy says.
         let e = check_component(b"\0asm\x01\0\0\0", &HostConfig::default()).unwrap_err();

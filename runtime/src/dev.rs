@@ -207,8 +207,13 @@ pub async fn run(opts: DevOptions) -> Result<(), AnyError> {
     .await;
     let _ = std::fs::remove_file(&files.env);
     println!("== stopping {} node(s)", nodes.len());
-    for n in nodes {
-        n.shutdown().await;
+    // In parallel: each node's shutdown waits on its own tasks, not on the others.
+    let stops: Vec<_> = nodes
+        .into_iter()
+        .map(|n| tokio::spawn(n.shutdown()))
+        .collect();
+    for s in stops {
+        let _ = s.await;
     }
     drop(watcher);
     println!("== stopped");
