@@ -173,6 +173,55 @@ fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     );
 }
 
+/// The template's machine, version 2: snapshot format 2 records `(key, value, value length)`,
+/// and format-1 records are migrated.
+fn migrate_template_to_format_2(src: &str) -> String {
+    let version = r#"const VERSION: &'static str = env!("CARGO_PKG_VERSION");"#;
+    let records = src
+        .find("impl Records for Store {")
+        .expect("the template's Records impl");
+    let end = src
+        .find("wraft_guest::machine!(Store);")
+        .expect("machine! line");
+    assert!(
+        src.contains(version),
+        "the template's VERSION line changed; update this test"
+    );
+    let head = src[..records].replace(
+        version,
+        "const VERSION: &'static str = \"0.2.0\";\n    const SNAPSHOT_FORMAT: u32 = 2;\n    \
+         const OLDEST_SNAPSHOT_FORMAT: u32 = 1;",
+    );
+    let v2_records = r#"impl Records for Store {
+    type Record<'a> = (&'a str, &'a str, u64);
+    type OwnedRecord = (String, String, u64);
+
+    fn records(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str(), v.len() as u64))
+    }
+
+    fn restore_record(&mut self, (key, value, len): (String, String, u64)) -> Result<(), String> {
+        if value.len() as u64 != len {
+            return Err(format!("{key}: length {len} does not match its value"));
+        }
+        self.map.insert(key, value);
+        Ok(())
+    }
+
+    fn restore_old_record(&mut self, format: u32, record: &[u8]) -> Result<(), String> {
+        if format != 1 {
+            return Err(format!("snapshot format {format} is not supported"));
+        }
+        let (key, value): (String, String) = wraft_guest::decode_record(record)?;
+        self.map.insert(key, value);
+        Ok(())
+    }
+}
+
+"#;
+    format!("{head}{v2_records}{}", &src[end..])
+}
+
 /// `wraft dev`'s stdout, line by line, with the transcript kept for failure messages.
 struct Transcript {
     rx: mpsc::Receiver<String>,
@@ -224,7 +273,7 @@ fn send(stdin: &mut ChildStdin, line: &str) {
 }
 
 #[test]
-fn wraft_dev_upgrades_on_every_change_keeping_the_state_and_survives_a_broken_build() {
+fn wraft_dev_upgrades_on_every_change_migrating_the_state_and_survives_a_broken_build() {
     let tmp = tempfile::tempdir().expect("tmp");
     let project = new_project(tmp.path(), "devloop");
     let mut dev = Group::spawn(
@@ -249,17 +298,19 @@ fn wraft_dev_upgrades_on_every_change_keeping_the_state_and_survives_a_broken_bu
     let line = out.expect("== propose", Duration::from_secs(30));
     assert!(line.ends_with(r#"{"prev":null}"#), "{line}");
 
-    // A change: rebuilt, deployed as an upgrade, the state carried across.
+    // A change that is an upgrade with a state migration: snapshot format 2 stores each value's
+    // length too, and version 2 still restores format 1. Rebuilt, deployed as an upgrade; each
+    // node hands version 1's snapshot to version 2's migration, inside wasm.
     let lib = project.join("src/lib.rs");
     let src = std::fs::read_to_string(&lib).expect("lib.rs");
-    let v2 = src.replace(r#"env!("CARGO_PKG_VERSION")"#, r#""0.2.0""#);
-    assert_ne!(
-        src, v2,
-        "the template's VERSION line changed; update this test"
-    );
+    let v2 = migrate_template_to_format_2(&src);
     std::fs::write(&lib, &v2).expect("write lib.rs");
     let line = out.expect("== change", Duration::from_secs(30));
     assert!(line.contains("src/lib.rs"), "{line}");
+    let line = out.expect("== build", STEP_TIMEOUT);
+    assert!(line.starts_with("== build ok"), "{line}");
+    let line = out.expect("  machine", Duration::from_secs(5));
+    assert!(line.contains("devloop 0.2.0 (snapshot format 2)"), "{line}");
     let line = out.expect("== upgraded", STEP_TIMEOUT);
     assert!(
         line.contains("devloop 0.2.0") && line.contains("state carried across"),
