@@ -101,10 +101,15 @@ mod snapshot;
 pub mod testing;
 
 pub use codec::{Codec, Json, Postcard};
-pub use snapshot::{DefaultSnapshot, Records, SnapshotFormat};
+pub use snapshot::{DefaultSnapshot, Records, SnapshotFormat, decode_record};
 
 #[doc(hidden)]
 pub use rt as __rt;
+
+/// The author guide (`docs/guide.md`): every Rust block in it is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct AuthorGuide;
 
 /// Bindings generated from `wit/machine.wit`. Guest authors normally never touch these.
 #[doc(hidden)]
@@ -180,6 +185,11 @@ pub trait StateMachine: Default + Sized + 'static {
     /// Version of this machine's snapshot schema. [`DefaultSnapshot`] restores only this
     /// format; bump it when [`Records::OwnedRecord`] changes incompatibly.
     const SNAPSHOT_FORMAT: u32 = 1;
+    /// Oldest snapshot format this version can still restore (an upgrade hands the new version
+    /// the old version's snapshot). Default: only [`SNAPSHOT_FORMAT`](Self::SNAPSHOT_FORMAT).
+    /// Lower it when you bump the format and migrate old records in
+    /// [`Records::restore_old_record`].
+    const OLDEST_SNAPSHOT_FORMAT: u32 = Self::SNAPSHOT_FORMAT;
 
     /// Wire encoding of commands, queries, outputs and replies: [`Json`] or [`Postcard`].
     type Codec: Codec;

@@ -70,6 +70,47 @@ pub trait Records: Sized {
     fn records(&self) -> impl Iterator<Item = Self::Record<'_>>;
     /// Add one record to a state that started as `Default::default()`.
     fn restore_record(&mut self, record: Self::OwnedRecord) -> Result<(), String>;
+
+    /// Add one record written by an older snapshot `format` (between
+    /// [`StateMachine::OLDEST_SNAPSHOT_FORMAT`] and the current
+    /// [`StateMachine::SNAPSHOT_FORMAT`], exclusive): the state migration of an upgrade.
+    ///
+    /// `record` is the record's postcard encoding as that older version wrote it; decode it with
+    /// [`decode_record`] into the old record type and convert. The default refuses, which is right
+    /// for a machine that never changed its snapshot format.
+    ///
+    /// ```
+    /// # use serde::Deserialize;
+    /// # #[derive(Deserialize)] struct V1 { key: String, value: String }
+    /// # struct S { map: std::collections::BTreeMap<String, (String, u64)> }
+    /// # impl S {
+    /// fn restore_old_record(&mut self, format: u32, record: &[u8]) -> Result<(), String> {
+    ///     match format {
+    ///         // Format 1 had no version counter per key: start every key at version 1.
+    ///         1 => {
+    ///             let V1 { key, value } = wraft_guest::decode_record(record)?;
+    ///             self.map.insert(key, (value, 1));
+    ///             Ok(())
+    ///         }
+    ///         other => Err(format!("snapshot format {other} is not supported")),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    fn restore_old_record(&mut self, format: u32, record: &[u8]) -> Result<(), String> {
+        let _ = record;
+        Err(format!(
+            "snapshot format {format} is older than this machine's format and it has no \
+             migration (implement Records::restore_old_record and lower \
+             StateMachine::OLDEST_SNAPSHOT_FORMAT)"
+        ))
+    }
+}
+
+/// Decode one snapshot record from its postcard bytes: the helper for
+/// [`Records::restore_old_record`]. Cost: linear in the record size. Fails with postcard's reason.
+pub fn decode_record<T: DeserializeOwned>(record: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(record).map_err(|e| format!("cannot decode record: {e}"))
 }
 
 /// The default format: records → postcard → zstd → checksummed frames (see the module docs).
@@ -107,6 +148,7 @@ pub struct DefaultReader<M: Records + 'static> {
 /// A restore in progress in the default format.
 pub struct DefaultRestorer<M> {
     state: M,
+    format: u32,
     decoder: Decoder<'static>,
     buf: Vec<u8>,
     header_seen: bool,
@@ -185,15 +227,18 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
     }
 
     fn begin_restore(format: u32) -> Result<Self::Restorer, String> {
-        if format != M::SNAPSHOT_FORMAT {
+        let oldest = M::OLDEST_SNAPSHOT_FORMAT.min(M::SNAPSHOT_FORMAT);
+        if !(oldest..=M::SNAPSHOT_FORMAT).contains(&format) {
             return Err(format!(
-                "{} restores snapshot format {} only, got format {format}",
+                "{} {} restores snapshot formats {oldest}..={}, got format {format}",
                 M::NAME,
+                M::VERSION,
                 M::SNAPSHOT_FORMAT
             ));
         }
         Ok(DefaultRestorer {
             state: M::default(),
+            format,
             decoder: Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?,
             buf: Vec::with_capacity(DECOMPRESS_STEP_BYTES),
             header_seen: false,
@@ -371,6 +416,13 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
                     "snapshot stream version {version}, this SDK reads {STREAM_VERSION}"
                 ));
             }
+            let format = le_u32(&buf[12..16]);
+            if format != self.format {
+                return Err(format!(
+                    "snapshot stream says format {format}, the restore was begun for format {}",
+                    self.format
+                ));
+            }
             let name = String::from_utf8_lossy(&buf[fixed..fixed + name_len]);
             if name != M::NAME {
                 return Err(format!(
@@ -418,11 +470,15 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
             if rest.len() < 4 + len {
                 break;
             }
-            let record: M::OwnedRecord = postcard::from_bytes(&rest[4..4 + len])
-                .map_err(|e| format!("record {}: cannot decode: {e}", self.count))?;
-            self.state
-                .restore_record(record)
-                .map_err(|e| format!("record {}: {e}", self.count))?;
+            let bytes = &rest[4..4 + len];
+            if self.format == M::SNAPSHOT_FORMAT {
+                let record: M::OwnedRecord = postcard::from_bytes(bytes)
+                    .map_err(|e| format!("record {}: cannot decode: {e}", self.count))?;
+                self.state.restore_record(record)
+            } else {
+                self.state.restore_old_record(self.format, bytes)
+            }
+            .map_err(|e| format!("record {}: {e}", self.count))?;
             self.count += 1;
             pos += 4 + len;
         }

@@ -1,14 +1,27 @@
-//! Building guests: compile a guest crate to a core wasm module and wrap it as a component.
+//! Building guests: compile a machine project to a component and check it as a cluster would.
 //!
-//! `cargo build --target wasm32-unknown-unknown --profile guest` gives a core module carrying the
-//! WIT world in a custom section (put there by `wit-bindgen` in `wraft-guest`);
+//! For Rust, `cargo build --target wasm32-unknown-unknown --profile guest` gives a core module
+//! carrying the WIT world in a custom section (put there by `wit-bindgen` in `wraft-guest`);
 //! [`componentize`] turns it into a component with `wit-component`. The result imports only
 //! `wraft:machine/host`, so the host never provides WASI.
+//!
+//! [`build_project`] is `wraft build`: it finds the project's language, checks the toolchain
+//! first (and says exactly what to install), builds, then runs [`check_component`] — the very
+//! [`HostEngine::load`] a node runs on deploy (size, imports, exports, world types, a call to
+//! `info`) — and only then writes the output file.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::host::{ComponentSummary, LoadError, validate_component};
+use crate::host::{
+    ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo,
+    validate_component,
+};
+use crate::templates::Language;
+
+/// The Rust target guests compile to.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Why a guest could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +40,26 @@ pub enum BuildError {
     /// The result does not pass the host's load checks.
     #[error("built component fails the host's checks: {0}")]
     Invalid(#[from] LoadError),
+    /// A tool the build needs is missing; the message says what to run.
+    #[error("{0}")]
+    Toolchain(String),
+    /// The directory is not a machine project.
+    #[error(
+        "{0} is not a machine project: no Cargo.toml (Rust), package.json (JavaScript) or \
+         pyproject.toml (Python) there; create one with `wraft new NAME`"
+    )]
+    NotAProject(PathBuf),
+    /// This build of wraft cannot build this language yet.
+    #[error("building {lang} machines is not available in this build of wraft: {detail}")]
+    NotAvailable {
+        /// The project's language.
+        lang: &'static str,
+        /// What is missing.
+        detail: String,
+    },
+    /// The host engine used for the check could not start.
+    #[error("cannot start the wasm engine to check the component: {0}")]
+    Engine(#[from] EngineError),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -57,14 +90,8 @@ pub struct BuiltGuest {
     pub summary: ComponentSummary,
 }
 
-/// Build the guest crate at `crate_dir` with `cargo build --target wasm32-unknown-unknown
-/// --profile guest`, componentize it, run the host's static load checks
-/// ([`validate_component`]) and write the component next to the core module (atomically, so
-/// concurrent builders are safe; cargo's own lock serializes the compile).
-///
-/// `target_dir`: cargo's `--target-dir` (default: cargo's choice). Cost: a cargo build (about a
-/// minute cold for a guest with zstd, well under a second when fresh).
-pub fn build_guest(crate_dir: &Path, target_dir: Option<&Path>) -> Result<BuiltGuest, BuildError> {
+/// Build the guest crate at `crate_dir` to a core wasm module; returns its path.
+fn cargo_build_core(crate_dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, BuildError> {
     let cargo_err = |detail: String| BuildError::Cargo {
         crate_dir: crate_dir.to_owned(),
         detail,
@@ -95,8 +122,7 @@ pub fn build_guest(crate_dir: &Path, target_dir: Option<&Path>) -> Result<BuiltG
         .map_err(|e| cargo_err(format!("cannot run cargo: {e}")))?;
     if !out.status.success() {
         return Err(cargo_err(format!(
-            "{} (is the target installed? `rustup target add wasm32-unknown-unknown`; is clang \
-             installed for zstd?)",
+            "{}; cargo's diagnostics are above",
             out.status
         )));
     }
@@ -122,7 +148,24 @@ pub fn build_guest(crate_dir: &Path, target_dir: Option<&Path>) -> Result<BuiltG
                 .map(PathBuf::from);
         }
     }
-    let core = core.ok_or_else(|| cargo_err("no .wasm artifact; is the crate a cdylib?".into()))?;
+    core.ok_or_else(|| {
+        cargo_err(
+            "cargo built no .wasm artifact; is the crate a cdylib (`[lib] crate-type = \
+             [\"cdylib\"]`)?"
+                .into(),
+        )
+    })
+}
+
+/// Build the guest crate at `crate_dir` with `cargo build --target wasm32-unknown-unknown
+/// --profile guest`, componentize it, run the host's static load checks
+/// ([`validate_component`]) and write the component next to the core module (atomically, so
+/// concurrent builders are safe; cargo's own lock serializes the compile).
+///
+/// `target_dir`: cargo's `--target-dir` (default: cargo's choice). Cost: a cargo build (about a
+/// minute cold for a guest with zstd, well under a second when fresh).
+pub fn build_guest(crate_dir: &Path, target_dir: Option<&Path>) -> Result<BuiltGuest, BuildError> {
+    let core = cargo_build_core(crate_dir, target_dir)?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| BuildError::Io { path, source }
@@ -138,4 +181,258 @@ pub fn build_guest(crate_dir: &Path, target_dir: Option<&Path>) -> Result<BuiltG
         component: path,
         summary,
     })
+}
+
+/// The `[profile.guest]` a Rust machine project needs (the `wraft new` template has it).
+pub const GUEST_PROFILE_TOML: &str = "[profile.guest]\ninherits = \"release\"\nopt-level = 3\n\
+     lto = true\ncodegen-units = 1\npanic = \"abort\"\nstrip = \"debuginfo\"\n";
+
+/// Options of [`build_project`].
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Where to write the component; default `<project>/target/wraft/<name>.wasm`.
+    pub out: Option<PathBuf>,
+    /// cargo's `--target-dir` for Rust projects (default: cargo's choice).
+    pub target_dir: Option<PathBuf>,
+    /// The host settings to check against (size limit, fuel for `info`); default
+    /// [`HostConfig::default`], which is also a node's default.
+    pub host: Option<HostConfig>,
+}
+
+/// What [`build_project`] produced.
+#[derive(Debug, Clone)]
+pub struct BuiltProject {
+    /// The project's language.
+    pub lang: Language,
+    /// The component file written.
+    pub out: PathBuf,
+    /// What the checks saw.
+    pub checked: CheckedComponent,
+}
+
+/// A component that passed [`check_component`].
+#[derive(Debug, Clone)]
+pub struct CheckedComponent {
+    /// Size in bytes.
+    pub bytes: usize,
+    /// SHA-256, hex: the module's identity in a cluster (`wraft machines`).
+    pub sha256: String,
+    /// What the guest says about itself.
+    pub info: MachineInfo,
+    /// Top-level imports and exports.
+    pub summary: ComponentSummary,
+}
+
+/// Run on `component` exactly the checks a node runs when it is deployed ([`HostEngine::load`]:
+/// size limit, full validation, imports allowed by the host, the required export, the export's
+/// types against the world, and one `info` call in a throwaway instance).
+///
+/// Cost: a Cranelift compile of the component (about a second for a Rust guest with zstd).
+pub fn check_component(
+    component: &[u8],
+    host: &HostConfig,
+) -> Result<CheckedComponent, BuildError> {
+    let host = HostConfig {
+        cache_dir: None,
+        ..host.clone()
+    };
+    let limit = host.module_bytes_max;
+    let engine = HostEngine::new(host)?;
+    let module = engine.load(component)?;
+    Ok(CheckedComponent {
+        bytes: component.len(),
+        sha256: module.sha256_hex(),
+        info: module.info().clone(),
+        summary: validate_component(component, limit, false)?,
+    })
+}
+
+/// `wraft build`: build the machine project in `dir` into a checked component.
+///
+/// Steps: detect the language ([`Language::detect`]); check the toolchain and fail with the
+/// command that installs what is missing; build; [`check_component`]; write the output
+/// atomically (nothing is written if a check fails). JavaScript and Python projects fail with
+/// [`BuildError::NotAvailable`] until the polyglot toolchains are wired in.
+pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, BuildError> {
+    let lang = Language::detect(dir).ok_or_else(|| BuildError::NotAProject(dir.to_owned()))?;
+    let (component, default_name) = match lang {
+        Language::Rust => {
+            preflight_rust(dir, WASM_TARGET, OsStr::new("clang"))?;
+            let core = cargo_build_core(dir, opts.target_dir.as_deref())?;
+            let bytes = std::fs::read(&core).map_err(|source| BuildError::Io {
+                path: core.clone(),
+                source,
+            })?;
+            let name = core
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "machine".into());
+            (componentize(&bytes)?, name)
+        }
+        Language::Js | Language::Python => {
+            return Err(BuildError::NotAvailable {
+                lang: lang.name(),
+                detail: "the componentize-js / componentize-py toolchains are wired in by the \
+                         polyglot guest support, which this binary does not include yet"
+                    .into(),
+            });
+        }
+    };
+    let checked = check_component(&component, &opts.host.clone().unwrap_or_default())?;
+    let out = opts.out.clone().unwrap_or_else(|| {
+        dir.join("target")
+            .join("wraft")
+            .join(format!("{default_name}.wasm"))
+    });
+    write_atomically(&out, &component)?;
+    Ok(BuiltProject { lang, out, checked })
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, creating the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let io = |p: &Path| {
+        let path = p.to_owned();
+        move |source| BuildError::Io { path, source }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Check what a Rust guest build needs before starting it: the `target` standard library, a C
+/// compiler for wasm (`clang`, for the SDK's zstd) and a `[profile.guest]`. Each failure says
+/// exactly what to run. Cost: two short subprocesses (`rustc --print`, `clang --version`).
+pub fn preflight_rust(dir: &Path, target: &str, clang: &OsStr) -> Result<(), BuildError> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .current_dir(dir)
+        .args(["--print", "target-libdir", "--target", target])
+        .output();
+    let installed = match &libdir {
+        Ok(o) if o.status.success() => {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_some())
+        }
+        _ => false,
+    };
+    if !installed {
+        let detail = match &libdir {
+            Err(e) => format!("cannot run {}: {e}", rustc.to_string_lossy()),
+            Ok(o) if !o.status.success() => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Ok(_) => "its standard library is not installed".into(),
+        };
+        return Err(BuildError::Toolchain(format!(
+            "the Rust target {target} is missing ({detail}); install it with:\n    rustup target \
+             add {target}"
+        )));
+    }
+    let cc_set = [
+        format!("CC_{}", target.replace('-', "_")),
+        format!("CC_{target}"),
+        "TARGET_CC".to_owned(),
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if !cc_set
+        && !Command::new(clang)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Err(BuildError::Toolchain(format!(
+            "`{}` was not found: the guest SDK compresses snapshots with zstd, C code that clang \
+             compiles for {target}. Install clang:\n    sudo apt-get install clang      # Debian, \
+             Ubuntu\n    sudo dnf install clang          # Fedora\n    xcode-select --install  \
+                     # macOS\nor point CC_{} at a clang that targets wasm32",
+            clang.to_string_lossy(),
+            target.replace('-', "_")
+        )));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Command::new(cargo)
+        .current_dir(dir)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output();
+    if let Ok(o) = root
+        && o.status.success()
+    {
+        let root = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if std::fs::read_to_string(&root).is_ok_and(|s| !s.contains("[profile.guest]")) {
+            return Err(BuildError::Toolchain(format!(
+                "{} defines no [profile.guest], which `wraft build` compiles with; add:\n\n{}",
+                root.display(),
+                GUEST_PROFILE_TOML
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_wasm_target_names_the_rustup_command() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let e = preflight_rust(dir, "wasm32-unknown-nowhere", OsStr::new("clang")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rustup target add wasm32-unknown-nowhere"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_missing_clang_names_the_install_command() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        if std::env::var_os("CC_wasm32_unknown_unknown").is_some()
+            || std::env::var_os("TARGET_CC").is_some()
+        {
+            return; // a configured C compiler skips the probe by design
+        }
+        let e = preflight_rust(dir, WASM_TARGET, OsStr::new("clang-not-installed-anywhere"))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`clang-not-installed-anywhere` was not found")
+                && msg.contains("sudo apt-get install clang"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_directory_without_a_manifest_is_not_a_project() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = build_project(tmp.path(), &BuildOptions::default()).unwrap_err();
+        assert!(matches!(e, BuildError::NotAProject(_)), "{e}");
+        assert!(e.to_string().contains("wraft new NAME"), "{e}");
+    }
+
+    #[test]
+    fn js_and_python_projects_are_recognised_and_refused_until_their_toolchains_are_wired() {
+        for (file, lang) in [("package.json", "js"), ("app.py", "python")] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join(file), "").unwrap();
+            match build_project(tmp.path(), &BuildOptions::default()) {
+                Err(BuildError::NotAvailable { lang: l, .. }) => assert_eq!(l, lang),
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_core_module_is_refused_by_the_deploy_checks() {
+        // The smallest core module: the check is the node's own, so it says what a deploy says.
+        let e = check_component(b"\0asm\x01\0\0\0", &HostConfig::default()).unwrap_err();
+        assert!(
+            matches!(e, BuildError::Invalid(LoadError::CoreModule)),
+            "{e}"
+        );
+    }
 }

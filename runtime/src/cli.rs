@@ -206,3 +206,23 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
     }
     Ok(())
 }
+
+/// What `wraft build` and `wraft dev` print about a built component.
+pub fn describe_build(b: &crate::build::BuiltProject) -> String {
+    let c = &b.checked;
+    format!(
+        "{}\n  machine {} {} (snapshot format {}), {} bytes, sha256 {}\n  imports: {}\n  \
+         passed the deploy checks (size, imports, exports, world, info)",
+        b.out.display(),
+        c.info.name,
+        c.info.version,
+        c.info.snapshot_format,
+        c.bytes,
+        &c.sha256[..c.sha256.len().min(16)],
+        if c.summary.imports.is_empty() {
+            "none".to_owned()
+        } else {
+            c.summary.imports.join(", ")
+        }
+    )
+}

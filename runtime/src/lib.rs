@@ -8,6 +8,8 @@
 //! - [`config`] — the node's TOML configuration.
 //! - [`proto`] — the client protocol and the replicated command format.
 //! - [`build`] — turning a guest crate into a checked component.
+//! - [`templates`] — `wraft new`: machine projects from templates in the binary.
+//! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
 //! - [`local`] — laying out a local cluster (demo, tests).
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
 //! - [`bench`] — `wraft bench`, the load generator.
@@ -17,8 +19,10 @@ pub mod build;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dev;
 pub mod host;
 pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod templates;

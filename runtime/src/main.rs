@@ -74,12 +74,45 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Build a guest crate into a component and check it as the cluster will at deploy.
+    /// Create a machine project (a key/value starter with tests) from a built-in template.
+    New {
+        /// Machine and package name: lower-case letters, digits, '-' or '_'.
+        name: String,
+        /// The project's language.
+        #[arg(long, default_value = "rust")]
+        lang: wraft::templates::Language,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The wraft-guest SDK directory a Rust project depends on (default: $WRAFT_SDK_PATH,
+        /// else the checkout this wraft was built from).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a machine project into a component and check it as the cluster will at deploy.
     Build {
-        /// The guest crate's directory.
+        /// The project's directory.
         #[arg(default_value = ".")]
         path: PathBuf,
-        /// cargo's --target-dir.
+        /// Where to write the component (default: PATH/target/wraft/NAME.wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// cargo's --target-dir (Rust projects).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Build, run a local cluster with the machine deployed, and upgrade it on every change.
+    Dev {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Deploy under this name (default: the machine's own name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Nodes in the local cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// cargo's --target-dir (Rust projects).
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
@@ -286,7 +319,32 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             node.shutdown().await;
             Ok(())
         }
-        Cmd::Build { path, target_dir } => build(&path, target_dir.as_deref()),
+        Cmd::New {
+            name,
+            lang,
+            dir,
+            sdk_path,
+        } => new(&name, lang, dir, sdk_path),
+        Cmd::Build {
+            path,
+            out,
+            target_dir,
+        } => build(&path, out, target_dir),
+        Cmd::Dev {
+            path,
+            name,
+            nodes,
+            target_dir,
+        } => {
+            wraft::dev::run(wraft::dev::DevOptions {
+                path,
+                name,
+                nodes,
+                target_dir,
+                ..Default::default()
+            })
+            .await
+        }
         Cmd::Deploy { name, file, conn } => {
             let module =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -397,19 +455,40 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
     }
 }
 
-fn build(path: &Path, target_dir: Option<&Path>) -> Result<(), AnyError> {
-    let built = wraft::build::build_guest(path, target_dir)?;
-    let engine = wraft::host::HostEngine::new(wraft::host::HostConfig::default())?;
-    let module = engine.load_file(&built.component)?;
-    let info = module.info();
+fn new(
+    name: &str,
+    lang: wraft::templates::Language,
+    dir: Option<PathBuf>,
+    sdk_path: Option<PathBuf>,
+) -> Result<(), AnyError> {
+    let opts = wraft::templates::NewOptions { dir, sdk_path };
+    let p = wraft::templates::new_project(name, lang, &opts)?;
     println!(
-        "{}\n  machine {} {} (snapshot format {}), sha256 {}\n  imports: {}",
-        built.component.display(),
-        info.name,
-        info.version,
-        info.snapshot_format,
-        module.sha256_hex(),
-        built.summary.imports.join(", ")
+        "created {} machine {name:?} in {}",
+        lang.name(),
+        p.dir.display()
     );
+    for f in &p.files {
+        println!("  {}", f.display());
+    }
+    if let Some(sdk) = &p.sdk {
+        println!("  wraft-guest from {}", sdk.display());
+    }
+    println!(
+        "next:\n  cd {}\n  cargo test      # native tests\n  wraft build     # the checked \
+         component\n  wraft dev       # a local cluster that upgrades on every save",
+        p.dir.display()
+    );
+    Ok(())
+}
+
+fn build(path: &Path, out: Option<PathBuf>, target_dir: Option<PathBuf>) -> Result<(), AnyError> {
+    let opts = wraft::build::BuildOptions {
+        out,
+        target_dir,
+        host: None,
+    };
+    let built = wraft::build::build_project(path, &opts)?;
+    println!("{}", wraft::cli::describe_build(&built));
     Ok(())
 }
