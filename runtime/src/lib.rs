@@ -22,3 +22,4 @@ pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod snapshot;
