@@ -4,11 +4,17 @@
 //! bodies of [`send_snapshot`] and [`receive_snapshot`] are NOT DONE yet (`todo!()`).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wraft_storage::{SnapshotId, SnapshotInfo, SnapshotStore, StorageError};
-use wraft_transport::frame::FrameError;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use wraft_storage::{
+    IncomingSnapshot, SnapshotId, SnapshotInfo, SnapshotReader, SnapshotStore, StorageError,
+};
+use wraft_transport::frame::{self, FrameError};
+use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
 
 /// Environment variable read by [`TransferConfig::with_test_faults_from_env`]: corrupt every
@@ -400,15 +406,270 @@ pub enum TransferError {
     },
 }
 
+// ---------------------------------------------------------------------------------------------
+// Wire protocol
+// ---------------------------------------------------------------------------------------------
+
+/// Magic at the start of every offer: "wraft snapshot transfer".
+const OFFER_MAGIC: [u8; 4] = *b"WSXF";
+/// The transfer protocol version this build speaks.
+pub const TRANSFER_PROTOCOL_VERSION: u16 = 1;
+/// Transport frame kind of the offer (leader -> follower, first frame of the stream).
+const KIND_OFFER: u8 = 0x20;
+/// Transport frame kind of every follower -> leader message.
+const KIND_REPLY: u8 = 0x21;
+/// Largest control frame payload either side reads, bytes.
+const CONTROL_FRAME_BYTES_MAX: u32 = 64 << 10;
+/// Longest reason string put in a reply, bytes.
+const REASON_BYTES_MAX: usize = 1024;
+
+/// Chunk frame magic, version and header size. Layout (little-endian):
+///
+/// ```text
+/// 0   magic b"WC"
+/// 2   version u8 (1)
+/// 3   flags u8 (0, reserved)
+/// 4   offset u64     file offset of the first data byte
+/// 12  len u32        data bytes (<= the offer's chunk_bytes)
+/// 16  data_crc u32   CRC32C of the data
+/// 20  header_crc u32 CRC32C of bytes 0..20
+/// 24  data
+/// ```
+///
+/// The header has its own CRC so that a corrupt chunk is rejected *by offset* without losing
+/// the stream's framing; a corrupt header is fatal for the stream (the next transfer resumes).
+const CHUNK_MAGIC: [u8; 2] = *b"WC";
+const CHUNK_VERSION: u8 = 1;
+const CHUNK_HEADER_BYTES: usize = 24;
+
+/// Offset of the whole-file digest inside a snapshot file header (see `wraft_storage`).
+/// Files shorter than this cannot be snapshots.
+const MIN_SNAPSHOT_FILE_BYTES: u64 = wraft_storage::SNAPSHOT_HEADER_BYTES;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Offer {
+    magic: [u8; 4],
+    version: u16,
+    id: SnapshotId,
+    digest: [u8; 32],
+    file_len: u64,
+    chunk_bytes: u32,
+    leader_term: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Reply {
+    /// Send from this offset (what the follower holds durably for this id and digest).
+    Accept { resume_from: u64 },
+    /// At the limit of concurrent incoming transfers.
+    Busy { in_flight: u32, limit: u32 },
+    /// The snapshot is already complete here.
+    AlreadyHave,
+    /// The offer is unacceptable.
+    Reject { reason: String },
+    /// Bytes `[0, offset)` are durable.
+    Durable { offset: u64 },
+    /// The chunk at `offset` failed its CRC32C: resend from there.
+    Nack { offset: u64 },
+    /// All bytes are here; whole-file verification is running (a progress heartbeat).
+    Verifying,
+    /// Verified and published.
+    Received { digest: [u8; 32] },
+    /// The receiver gave up.
+    Failed { reason: String },
+}
+
+fn encode_chunk_header(offset: u64, data: &[u8]) -> [u8; CHUNK_HEADER_BYTES] {
+    let mut h = [0u8; CHUNK_HEADER_BYTES];
+    h[..2].copy_from_slice(&CHUNK_MAGIC);
+    h[2] = CHUNK_VERSION;
+    h[4..12].copy_from_slice(&offset.to_le_bytes());
+    h[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    let hc = crc32c::crc32c(&h[..20]);
+    h[20..24].copy_from_slice(&hc.to_le_bytes());
+    h
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkHeader {
+    offset: u64,
+    len: u32,
+    data_crc: u32,
+}
+
+/// Validate a chunk header. Pure; never panics.
+fn decode_chunk_header(h: &[u8; CHUNK_HEADER_BYTES]) -> Result<ChunkHeader, String> {
+    let le32 = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if h[..2] != CHUNK_MAGIC {
+        return Err(format!(
+            "chunk magic: expected {CHUNK_MAGIC:02x?}, found {:02x?}",
+            &h[..2]
+        ));
+    }
+    let (stored, found) = (le32(20), crc32c::crc32c(&h[..20]));
+    if stored != found {
+        return Err(format!(
+            "chunk header checksum: header says {stored:#010x}, bytes hash to {found:#010x}"
+        ));
+    }
+    if h[2] != CHUNK_VERSION {
+        return Err(format!(
+            "chunk version: expected {CHUNK_VERSION}, found {}",
+            h[2]
+        ));
+    }
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&h[4..12]);
+    Ok(ChunkHeader {
+        offset: u64::from_le_bytes(off),
+        len: le32(12),
+        data_crc: le32(16),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn truncate_reason(mut s: String) -> String {
+    if s.len() > REASON_BYTES_MAX {
+        let mut cut = REASON_BYTES_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress, metrics
+// ---------------------------------------------------------------------------------------------
+
+const LOG: &str = "wraft::snapshot";
+
+/// Last time anything moved, shared by the futures (and the receiver's disk thread) of one
+/// transfer. The watchdog fires `progress_timeout_ms` after the last touch.
+#[derive(Debug)]
+struct Progress {
+    base: Instant,
+    last_ms: AtomicU64,
+    offset: AtomicU64,
+}
+
+impl Progress {
+    fn new(offset: u64) -> Self {
+        Progress {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            offset: AtomicU64::new(offset),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+    fn advance(&self, offset: u64) {
+        self.offset.store(offset, Ordering::Relaxed);
+        self.touch();
+    }
+    fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+    /// Resolves once nothing was touched for `timeout_ms`.
+    async fn stalled(&self, timeout_ms: u64) {
+        loop {
+            let deadline = self.last_ms.load(Ordering::Relaxed) + timeout_ms;
+            let now = self.now_ms();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    }
+}
+
+/// Metric names (all carry `node`; see the module docs).
+struct XferMetrics {
+    node: String,
+    direction: &'static str,
+}
+
+impl XferMetrics {
+    fn new(node: NodeId, direction: &'static str) -> Self {
+        XferMetrics {
+            node: node.to_string(),
+            direction,
+        }
+    }
+    fn in_flight(&self) -> metrics::Gauge {
+        metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => self.node.clone(), "direction" => self.direction)
+    }
+    fn bytes(&self) -> metrics::Counter {
+        if self.direction == "send" {
+            metrics::counter!("wraft_snapshot_sent_bytes_total", "node" => self.node.clone())
+        } else {
+            metrics::counter!("wraft_snapshot_received_bytes_total", "node" => self.node.clone())
+        }
+    }
+    fn resume(&self) {
+        metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => self.node.clone(), "direction" => self.direction).increment(1);
+    }
+    fn checksum_failure(&self) {
+        metrics::counter!("wraft_snapshot_checksum_failures_total", "node" => self.node.clone())
+            .increment(1);
+    }
+    fn chunks_resent(&self, n: u64) {
+        metrics::counter!("wraft_snapshot_chunks_resent_total", "node" => self.node.clone())
+            .increment(n);
+    }
+    fn finished(&self, outcome: &'static str, d: Duration) {
+        metrics::histogram!("wraft_snapshot_transfer_seconds", "node" => self.node.clone(), "direction" => self.direction, "outcome" => outcome).record(d.as_secs_f64());
+    }
+}
+
+/// Keeps `wraft_snapshot_transfers_in_flight` up while alive.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new(g: metrics::Gauge) -> Self {
+        g.increment(1.0);
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn outcome_label<T>(r: &Result<T, TransferError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(TransferError::Busy { .. }) => "busy",
+        Err(TransferError::ProgressTimeout { .. }) => "timeout",
+        Err(_) => "error",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender
+// ---------------------------------------------------------------------------------------------
+
 /// Leader side: offer snapshot `id` from `store` on `stream`, learn the follower's durable
 /// offset, stream the file from there in CRC32C-checked chunks (re-sending any chunk the
 /// follower rejects), report each durable acknowledgement through `on_durable(offset)`, and
 /// return once the follower acknowledges the verified, published file.
 ///
-/// The snapshot is pinned (kept by retention) for the duration. Memory: about two chunks.
-/// Paced by QUIC flow control and `limiter`. Fails on no progress for
-/// `cfg.progress_timeout_ms`, a stream error, or a protocol violation; the follower keeps
-/// its durable prefix, so the next offer resumes.
+/// The snapshot is pinned (kept by retention) for the duration. Memory: about two chunks
+/// (the one being written and one read ahead). Paced by QUIC flow control and `limiter`.
+/// Fails on no progress for `cfg.progress_timeout_ms`, a stream error, or a protocol
+/// violation; the follower keeps its durable prefix, so the next offer resumes.
+/// `Busy` and `AlreadyHave` answers are `Ok` with the matching [`SendOutcome`].
 pub async fn send_snapshot(
     stream: BulkStream,
     store: &SnapshotStore,
@@ -416,28 +677,875 @@ pub async fn send_snapshot(
     leader_term: u64,
     cfg: &TransferConfig,
     limiter: &BandwidthLimiter,
-    on_durable: impl FnMut(u64) + Send,
+    mut on_durable: impl FnMut(u64) + Send,
 ) -> Result<SendReport, TransferError> {
-    let _ = (stream, store, id, leader_term, cfg, limiter, on_durable);
-    todo!("NOT DONE: send_snapshot")
+    cfg.validate()?;
+    let m = XferMetrics::new(cfg.node_id, "send");
+    let _in_flight = InFlight::new(m.in_flight());
+    let start = Instant::now();
+    let result = send_inner(
+        stream,
+        store,
+        id,
+        leader_term,
+        cfg,
+        limiter,
+        &mut on_durable,
+        &m,
+    )
+    .await;
+    let duration = start.elapsed();
+    m.finished(outcome_label(&result), duration);
+    result.map(|mut r| {
+        r.duration = duration;
+        r
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_inner(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    id: SnapshotId,
+    leader_term: u64,
+    cfg: &TransferConfig,
+    limiter: &BandwidthLimiter,
+    on_durable: &mut (impl FnMut(u64) + Send),
+    m: &XferMetrics,
+) -> Result<SendReport, TransferError> {
+    let BulkStream {
+        peer,
+        mut send,
+        mut recv,
+    } = stream;
+    let storage = |source| TransferError::Storage { id, source };
+    let s = store.clone();
+    let reader = tokio::task::spawn_blocking(move || s.open_reader(id))
+        .await
+        .map_err(|e| storage(StorageError::Invalid(format!("reader task: {e}"))))?
+        .map_err(storage)?;
+    let reader = Arc::new(reader);
+    let info = reader.info().clone();
+    let file_len = info.file_len;
+    let timeout_ms = cfg.progress_timeout_ms;
+    let timeout = Duration::from_millis(timeout_ms);
+    let timed_out = |during, offset| TransferError::ProgressTimeout {
+        peer,
+        during,
+        offset,
+        timeout_ms,
+    };
+    let frame_err = |during| {
+        move |source| TransferError::Frame {
+            peer,
+            during,
+            source,
+        }
+    };
+
+    let offer = Offer {
+        magic: OFFER_MAGIC,
+        version: TRANSFER_PROTOCOL_VERSION,
+        id,
+        digest: info.digest,
+        file_len,
+        chunk_bytes: cfg.chunk_bytes,
+        leader_term,
+    };
+    tokio::time::timeout(
+        timeout,
+        frame::write_msg(&mut send, KIND_OFFER, &offer, CONTROL_FRAME_BYTES_MAX),
+    )
+    .await
+    .map_err(|_| timed_out("sending the offer", 0))?
+    .map_err(frame_err("sending the offer"))?;
+    let reply = tokio::time::timeout(timeout, read_reply(&mut recv))
+        .await
+        .map_err(|_| timed_out("waiting for the answer to the offer", 0))?
+        .map_err(frame_err("reading the answer to the offer"))?;
+    let report = |outcome, resumed_from| SendReport {
+        outcome,
+        resumed_from,
+        bytes_sent: 0,
+        chunks_resent: 0,
+        duration: Duration::ZERO,
+    };
+    let resume_from = match reply {
+        None => return Err(TransferError::PeerClosed { peer, offset: 0 }),
+        Some(Reply::Accept { resume_from }) if resume_from <= file_len => resume_from,
+        Some(Reply::Busy { in_flight, limit }) => {
+            tracing::info!(target: LOG, %id, peer, in_flight, limit, "follower is busy; snapshot offer declined");
+            let _ = send.finish();
+            return Ok(report(SendOutcome::Busy, 0));
+        }
+        Some(Reply::AlreadyHave) => {
+            tracing::info!(target: LOG, %id, peer, "follower already has the snapshot");
+            let _ = send.finish();
+            return Ok(report(SendOutcome::AlreadyHave, file_len));
+        }
+        Some(Reply::Reject { reason }) => {
+            return Err(TransferError::Rejected { peer, id, reason });
+        }
+        Some(other) => {
+            return Err(TransferError::Protocol {
+                peer,
+                detail: format!(
+                    "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, Busy, AlreadyHave or Reject, found {other:?}"
+                ),
+            });
+        }
+    };
+    if resume_from > 0 {
+        m.resume();
+    }
+    tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes = cfg.chunk_bytes, "sending snapshot");
+
+    let progress = Progress::new(resume_from);
+    progress.touch();
+    // Go-back requests from the control loop to the writer loop.
+    let rewind = AtomicU64::new(NO_REWIND);
+    let wake = tokio::sync::Notify::new();
+    let bytes_sent = AtomicU64::new(0);
+    let chunks_resent = AtomicU64::new(0);
+    let chunk_bytes = u64::from(cfg.chunk_bytes);
+
+    let writer = async {
+        let mut off = resume_from;
+        let mut high_water = resume_from;
+        let mut sent_chunks: u64 = 0;
+        let mut ahead: Option<(u64, tokio::task::JoinHandle<ReadResult>)> = None;
+        loop {
+            let r = rewind.swap(NO_REWIND, Ordering::AcqRel);
+            if r != NO_REWIND {
+                off = r;
+            }
+            if off >= file_len {
+                wake.notified().await;
+                continue;
+            }
+            let len = chunk_bytes.min(file_len - off);
+            let data = match ahead.take() {
+                Some((o, h)) if o == off => h.await,
+                _ => read_ahead(&reader, off, len).await,
+            }
+            .map_err(|e| storage(StorageError::Invalid(format!("reader task: {e}"))))?
+            .map_err(storage)?;
+            let next = off + len;
+            if next < file_len {
+                let l = chunk_bytes.min(file_len - next);
+                ahead = Some((next, read_ahead_spawn(&reader, next, l)));
+            }
+            limiter.acquire(len).await;
+            let header = encode_chunk_header(off, &data);
+            sent_chunks += 1;
+            let data = match cfg.corrupt_chunk_every {
+                Some(n) if sent_chunks % u64::from(n.get()) == 0 => {
+                    let mut bad = data.to_vec();
+                    let bit = (sent_chunks as usize * 7919) % (bad.len() * 8);
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    tracing::warn!(target: LOG, %id, peer, offset = off, "TEST FAULT: corrupting outgoing chunk after its CRC32C");
+                    Bytes::from(bad)
+                }
+                _ => data,
+            };
+            let stream_err = |e: quinn::WriteError| TransferError::Stream {
+                peer,
+                during: "writing a chunk",
+                offset: off,
+                detail: e.to_string(),
+            };
+            send.write_all(&header).await.map_err(stream_err)?;
+            send.write_chunk(data).await.map_err(stream_err)?;
+            bytes_sent.fetch_add(len, Ordering::Relaxed);
+            m.bytes().increment(len);
+            if off < high_water {
+                chunks_resent.fetch_add(1, Ordering::Relaxed);
+                m.chunks_resent(1);
+            }
+            high_water = high_water.max(next);
+            off = next;
+            progress.advance(off);
+        }
+    };
+
+    let control = async {
+        let mut acked = resume_from;
+        loop {
+            let msg = read_reply(&mut recv)
+                .await
+                .map_err(frame_err("reading acknowledgements"))?;
+            match msg {
+                None => {
+                    return Err(TransferError::PeerClosed {
+                        peer,
+                        offset: acked,
+                    });
+                }
+                Some(Reply::Durable { offset }) if offset >= acked && offset <= file_len => {
+                    acked = offset;
+                    tracing::debug!(target: LOG, %id, peer, offset, "follower made snapshot bytes durable");
+                    on_durable(offset);
+                    progress.touch();
+                }
+                Some(Reply::Nack { offset })
+                    if offset >= resume_from
+                        && offset < file_len
+                        && (offset - resume_from) % chunk_bytes == 0 =>
+                {
+                    tracing::warn!(target: LOG, %id, peer, offset, "follower rejected a chunk (CRC32C mismatch); re-sending from it");
+                    rewind.store(offset, Ordering::Release);
+                    wake.notify_one();
+                }
+                Some(Reply::Verifying) => progress.touch(),
+                Some(Reply::Received { digest }) => {
+                    if digest != info.digest {
+                        return Err(TransferError::DigestMismatch {
+                            peer,
+                            id,
+                            expected: hex(&info.digest),
+                            found: hex(&digest),
+                        });
+                    }
+                    on_durable(file_len);
+                    return Ok(());
+                }
+                Some(Reply::Failed { reason }) => {
+                    return Err(TransferError::PeerFailed { peer, id, reason });
+                }
+                Some(other) => {
+                    return Err(TransferError::Protocol {
+                        peer,
+                        detail: format!(
+                            "during the transfer (acked {acked} of {file_len} bytes, chunk_bytes {chunk_bytes}, resumed from {resume_from}): expected Durable{{offset in {acked}..={file_len}}}, Nack at a chunk boundary, Verifying, Received or Failed, found {other:?}"
+                        ),
+                    });
+                }
+            }
+        }
+    };
+
+    let outcome: Result<(), TransferError> = tokio::select! {
+        r = control => r,
+        r = writer => r,
+        () = progress.stalled(timeout_ms) => Err(timed_out("streaming chunks", progress.offset())),
+    };
+    let bytes_sent = bytes_sent.load(Ordering::Relaxed);
+    let chunks_resent = chunks_resent.load(Ordering::Relaxed);
+    match outcome {
+        Ok(()) => {
+            let _ = send.finish();
+            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_sent, chunks_resent, "snapshot sent and acknowledged");
+            Ok(SendReport {
+                outcome: SendOutcome::Completed,
+                resumed_from: resume_from,
+                bytes_sent,
+                chunks_resent,
+                duration: Duration::ZERO,
+            })
+        }
+        Err(e) => {
+            let _ = send.reset(quinn::VarInt::from_u32(CODE_TRANSFER_ABORTED));
+            tracing::warn!(target: LOG, %id, peer, error = %e, bytes_sent, "snapshot send failed; the next offer resumes from the follower's durable offset");
+            Err(e)
+        }
+    }
+}
+
+/// Stream reset code when a side abandons a transfer.
+const CODE_TRANSFER_ABORTED: u32 = 0x5e;
+const NO_REWIND: u64 = u64::MAX;
+
+type ReadResult = Result<Bytes, StorageError>;
+
+fn read_ahead_spawn(
+    reader: &Arc<SnapshotReader>,
+    off: u64,
+    len: u64,
+) -> tokio::task::JoinHandle<ReadResult> {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        let n = reader.read_file_at(off, &mut buf)?;
+        if n != buf.len() {
+            return Err(StorageError::Invalid(format!(
+                "snapshot {}: read {n} bytes at offset {off}, expected {len} (file shorter than its header says)",
+                reader.info().id()
+            )));
+        }
+        Ok(Bytes::from(buf))
+    })
+}
+
+async fn read_ahead(
+    reader: &Arc<SnapshotReader>,
+    off: u64,
+    len: u64,
+) -> Result<ReadResult, tokio::task::JoinError> {
+    read_ahead_spawn(reader, off, len).await
+}
+
+async fn read_reply(recv: &mut quinn::RecvStream) -> Result<Option<Reply>, FrameError> {
+    match frame::read_frame(recv, CONTROL_FRAME_BYTES_MAX).await? {
+        None => Ok(None),
+        Some(f) if f.kind == KIND_REPLY => f.decode().map(Some),
+        Some(f) => Err(FrameError::UnexpectedKind {
+            expected: "snapshot transfer reply (0x21)",
+            found: f.kind,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver
+// ---------------------------------------------------------------------------------------------
+
+/// A held incoming-transfer slot; released when dropped (after the spool file is closed).
+struct SlotPermit {
+    slots: IncomingSlots,
+    id: SnapshotId,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        let mut st = self.slots.lock();
+        if let Some(i) = st.ids.iter().position(|x| *x == self.id) {
+            st.ids.swap_remove(i);
+        }
+    }
+}
+
+impl IncomingSlots {
+    /// Take a slot for `id`, or `Err((in_flight, limit))`.
+    fn try_acquire(&self, id: SnapshotId) -> Result<SlotPermit, (usize, usize)> {
+        let mut st = self.lock();
+        if st.ids.len() >= st.limit || st.ids.contains(&id) {
+            return Err((st.ids.len(), st.limit));
+        }
+        st.ids.push(id);
+        Ok(SlotPermit {
+            slots: self.clone(),
+            id,
+        })
+    }
+}
+
+/// From the network task to the disk thread.
+struct WriteCmd {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// From the disk thread to the network task.
+enum DiskEvent {
+    Durable(u64),
+    Verifying,
+    Published(Box<SnapshotInfo>),
+    Failed(StorageError),
 }
 
 /// Follower side: serve one inbound bulk stream carrying a snapshot offer. Answers `Busy`
 /// (returning [`TransferError::Busy`]) beyond `slots`, `AlreadyHave` if the snapshot is complete
-/// here, otherwise the offset held durably for the same id *and digest* (0 if none); spools to
-/// the store's partial file, syncs every `cfg.sync_every_bytes` and only then acknowledges the
-/// durable offset (also reported through `on_durable`), verifies the whole-file BLAKE3,
-/// publishes atomically and acknowledges *received*.
+/// here (returning `Ok` with [`Received::already_had`]), otherwise the offset held durably for
+/// the same id *and digest* (0 if none; a partial of a different file with the same id is
+/// discarded); spools to the store's partial file, syncs every `cfg.sync_every_bytes` and only
+/// then acknowledges the durable offset (also reported through `on_durable`), verifies the
+/// whole-file BLAKE3, publishes atomically and acknowledges *received*.
 ///
-/// Memory: about `(receive_queue_chunks + 1) * chunk` bytes. Disk writes and syncs run on a
-/// blocking thread; the caller's task only moves and checks bytes.
+/// Memory: about `(receive_queue_chunks + 1) * chunk` bytes. Disk writes, syncs and the final
+/// verification run on a blocking thread; the caller's task only moves and checks bytes. On
+/// failure the received prefix is kept (synced) for the next transfer to resume.
 pub async fn receive_snapshot(
     stream: BulkStream,
     store: &SnapshotStore,
     cfg: &TransferConfig,
     slots: &IncomingSlots,
-    on_durable: impl FnMut(u64) + Send,
+    mut on_durable: impl FnMut(u64) + Send,
 ) -> Result<Received, TransferError> {
-    let _ = (stream, store, cfg, slots, on_durable);
-    todo!("NOT DONE: receive_snapshot")
+    cfg.validate()?;
+    let m = XferMetrics::new(cfg.node_id, "receive");
+    let _in_flight = InFlight::new(m.in_flight());
+    let start = Instant::now();
+    let result = receive_inner(stream, store, cfg, slots, &mut on_durable, &m).await;
+    let duration = start.elapsed();
+    m.finished(outcome_label(&result), duration);
+    result.map(|mut r| {
+        r.duration = duration;
+        r
+    })
+}
+
+async fn receive_inner(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    cfg: &TransferConfig,
+    slots: &IncomingSlots,
+    on_durable: &mut (impl FnMut(u64) + Send),
+    m: &XferMetrics,
+) -> Result<Received, TransferError> {
+    let BulkStream {
+        peer,
+        mut send,
+        mut recv,
+    } = stream;
+    let timeout_ms = cfg.progress_timeout_ms;
+    let timeout = Duration::from_millis(timeout_ms);
+    let frame_err = |during| {
+        move |source| TransferError::Frame {
+            peer,
+            during,
+            source,
+        }
+    };
+
+    // 1. The offer.
+    let first = tokio::time::timeout(
+        timeout,
+        frame::read_frame(&mut recv, CONTROL_FRAME_BYTES_MAX),
+    )
+    .await
+    .map_err(|_| TransferError::ProgressTimeout {
+        peer,
+        during: "waiting for a snapshot offer",
+        offset: 0,
+        timeout_ms,
+    })?
+    .map_err(frame_err("reading the snapshot offer"))?
+    .ok_or(TransferError::PeerClosed { peer, offset: 0 })?;
+    let offer: Offer = match (first.kind, first.decode::<Offer>()) {
+        (KIND_OFFER, Ok(o)) => o,
+        (KIND_OFFER, Err(e)) => {
+            let reason = format!(
+                "offer does not decode (this node speaks transfer protocol version {TRANSFER_PROTOCOL_VERSION}): {e}"
+            );
+            reject(&mut send, &reason, timeout).await;
+            return Err(TransferError::Protocol {
+                peer,
+                detail: reason,
+            });
+        }
+        (kind, _) => {
+            let reason = format!(
+                "first frame of a bulk stream: expected a snapshot offer (kind {KIND_OFFER:#04x}), found kind {kind:#04x}"
+            );
+            reject(&mut send, &reason, timeout).await;
+            return Err(TransferError::Protocol {
+                peer,
+                detail: reason,
+            });
+        }
+    };
+    let id = offer.id;
+    let problem = if offer.magic != OFFER_MAGIC || offer.version != TRANSFER_PROTOCOL_VERSION {
+        Some(format!(
+            "transfer protocol: expected magic {OFFER_MAGIC:02x?} version {TRANSFER_PROTOCOL_VERSION}, found magic {:02x?} version {}",
+            offer.magic, offer.version
+        ))
+    } else if offer.chunk_bytes == 0 || offer.chunk_bytes > cfg.chunk_bytes_max {
+        Some(format!(
+            "chunk size {} bytes is outside 1..={} (chunk_bytes_max)",
+            offer.chunk_bytes, cfg.chunk_bytes_max
+        ))
+    } else if offer.file_len < MIN_SNAPSHOT_FILE_BYTES {
+        Some(format!(
+            "file length {} is shorter than a snapshot header ({MIN_SNAPSHOT_FILE_BYTES} bytes)",
+            offer.file_len
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = problem {
+        tracing::warn!(target: LOG, %id, peer, %reason, "rejecting snapshot offer");
+        reject(&mut send, &reason, timeout).await;
+        return Err(TransferError::Protocol {
+            peer,
+            detail: reason,
+        });
+    }
+
+    // 2. Already complete here?
+    if let Some(info) = store.list().into_iter().find(|i| i.id() == id) {
+        tracing::info!(target: LOG, %id, peer, "offered snapshot is already complete here");
+        if info.digest != offer.digest {
+            tracing::warn!(target: LOG, %id, peer, local = %hex(&info.digest), offered = %hex(&offer.digest),
+                "the local snapshot with this id has other bytes than the leader's (taken independently); keeping the local one");
+        }
+        tokio::time::timeout(timeout, send_reply(&mut send, &Reply::AlreadyHave))
+            .await
+            .map_err(|_| TransferError::ProgressTimeout {
+                peer,
+                during: "answering the offer",
+                offset: 0,
+                timeout_ms,
+            })?
+            .map_err(frame_err("answering the offer"))?;
+        let _ = send.finish();
+        return Ok(Received {
+            from: peer,
+            leader_term: offer.leader_term,
+            info,
+            resumed_from: offer.file_len,
+            bytes_received: 0,
+            already_had: true,
+            duration: Duration::ZERO,
+        });
+    }
+
+    // 3. A slot.
+    let permit = match slots.try_acquire(id) {
+        Ok(p) => p,
+        Err((in_flight, limit)) => {
+            tracing::info!(target: LOG, %id, peer, in_flight, limit, "declining snapshot offer: busy");
+            let busy = Reply::Busy {
+                in_flight: in_flight as u32,
+                limit: limit as u32,
+            };
+            let _ = tokio::time::timeout(timeout, send_reply(&mut send, &busy)).await;
+            let _ = send.finish();
+            return Err(TransferError::Busy {
+                peer,
+                id,
+                in_flight,
+                limit,
+            });
+        }
+    };
+
+    // 4. Open (or resume) the spool file.
+    let storage = |source| TransferError::Storage { id, source };
+    let s = store.clone();
+    let offer2 = offer.clone();
+    let incoming = tokio::task::spawn_blocking(move || open_spool(&s, &offer2, peer))
+        .await
+        .map_err(|e| storage(StorageError::Invalid(format!("spool task: {e}"))))?
+        .map_err(storage)?;
+    let resume_from = incoming.durable_offset();
+    tokio::time::timeout(
+        timeout,
+        send_reply(&mut send, &Reply::Accept { resume_from }),
+    )
+    .await
+    .map_err(|_| TransferError::ProgressTimeout {
+        peer,
+        during: "answering the offer",
+        offset: resume_from,
+        timeout_ms,
+    })?
+    .map_err(frame_err("answering the offer"))?;
+    if resume_from > 0 {
+        m.resume();
+    }
+    tracing::info!(target: LOG, %id, peer, file_len = offer.file_len, resume_from, leader_term = offer.leader_term, "receiving snapshot");
+
+    // 5. Stream.
+    let progress = Arc::new(Progress::new(resume_from));
+    progress.touch();
+    let (cmd_tx, cmd_rx) = mpsc::channel::<WriteCmd>(cfg.receive_queue_chunks);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<DiskEvent>(16);
+    let (nack_tx, mut nack_rx) = mpsc::channel::<u64>(4);
+    {
+        let progress = progress.clone();
+        let sync_every = cfg.sync_every_bytes;
+        let file_len = offer.file_len;
+        tokio::task::spawn_blocking(move || {
+            disk_loop(
+                incoming, permit, cmd_rx, ev_tx, sync_every, file_len, progress,
+            )
+        });
+    }
+    let bytes_received = AtomicU64::new(0);
+    let chunk_limit = offer.chunk_bytes;
+    let file_len = offer.file_len;
+
+    let network = async {
+        let mut expected = resume_from;
+        let mut retries: u32 = 0;
+        let mut nack_pending = false;
+        if expected == file_len {
+            // Everything was durable already; the disk thread finalizes on its own.
+            std::future::pending::<()>().await;
+        }
+        loop {
+            let mut hdr = [0u8; CHUNK_HEADER_BYTES];
+            recv.read_exact(&mut hdr).await.map_err(|e| match e {
+                quinn::ReadExactError::FinishedEarly(_) => TransferError::PeerClosed {
+                    peer,
+                    offset: expected,
+                },
+                quinn::ReadExactError::ReadError(e) => TransferError::Stream {
+                    peer,
+                    during: "reading a chunk header",
+                    offset: expected,
+                    detail: e.to_string(),
+                },
+            })?;
+            let h = decode_chunk_header(&hdr).map_err(|detail| TransferError::Protocol {
+                peer,
+                detail: format!("chunk header after offset {expected}: {detail}"),
+            })?;
+            let end = h.offset.checked_add(u64::from(h.len));
+            if h.len == 0 || h.len > chunk_limit || end.is_none_or(|e| e > file_len) {
+                return Err(TransferError::Protocol {
+                    peer,
+                    detail: format!(
+                        "chunk at offset {} of {} bytes: expected 1..={chunk_limit} bytes ending at or before {file_len}",
+                        h.offset, h.len
+                    ),
+                });
+            }
+            let mut data = vec![0u8; h.len as usize];
+            recv.read_exact(&mut data).await.map_err(|e| match e {
+                quinn::ReadExactError::FinishedEarly(_) => TransferError::PeerClosed {
+                    peer,
+                    offset: expected,
+                },
+                quinn::ReadExactError::ReadError(e) => TransferError::Stream {
+                    peer,
+                    during: "reading chunk data",
+                    offset: expected,
+                    detail: e.to_string(),
+                },
+            })?;
+            if h.offset != expected {
+                if nack_pending && h.offset > expected {
+                    // Sent before our rejection reached the leader; it will come again.
+                    continue;
+                }
+                return Err(TransferError::Protocol {
+                    peer,
+                    detail: format!("chunk at offset {}, expected {expected}", h.offset),
+                });
+            }
+            let found = crc32c::crc32c(&data);
+            if found != h.data_crc {
+                m.checksum_failure();
+                retries += 1;
+                tracing::warn!(target: LOG, %id, peer, offset = h.offset, len = h.len,
+                    expected_crc = format_args!("{:#010x}", h.data_crc), found_crc = format_args!("{found:#010x}"),
+                    retries, "snapshot chunk failed its CRC32C; rejected, asking for it again");
+                if retries > cfg.chunk_retries_max {
+                    return Err(TransferError::ChunkRetriesExhausted {
+                        peer,
+                        id,
+                        offset: h.offset,
+                        retries: retries - 1,
+                    });
+                }
+                nack_pending = true;
+                // The control loop always drains this channel.
+                let _ = nack_tx.send(expected).await;
+                continue;
+            }
+            nack_pending = false;
+            retries = 0;
+            expected += u64::from(h.len);
+            bytes_received.fetch_add(u64::from(h.len), Ordering::Relaxed);
+            m.bytes().increment(u64::from(h.len));
+            progress.advance(expected);
+            if cmd_tx
+                .send(WriteCmd {
+                    offset: h.offset,
+                    data,
+                })
+                .await
+                .is_err()
+            {
+                // The disk thread stopped; its event says why.
+                std::future::pending::<()>().await;
+            }
+            if expected == file_len {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+
+    let control = async {
+        let heartbeat_ms = (timeout_ms / 4).max(1);
+        let mut verifying = false;
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        loop {
+            let msg = tokio::select! {
+                ev = ev_rx.recv() => match ev {
+                    Some(DiskEvent::Durable(offset)) => {
+                        on_durable(offset);
+                        Reply::Durable { offset }
+                    }
+                    Some(DiskEvent::Verifying) => {
+                        verifying = true;
+                        heartbeat.reset();
+                        Reply::Verifying
+                    }
+                    Some(DiskEvent::Published(info)) => {
+                        if info.digest != offer.digest {
+                            let e = TransferError::DigestMismatch { peer, id, expected: hex(&offer.digest), found: hex(&info.digest) };
+                            tracing::warn!(target: LOG, error = %e, "published snapshot does not match the offer's digest; keeping it (it verified against its own header)");
+                        }
+                        let _ = frame::write_msg(&mut send, KIND_REPLY, &Reply::Received { digest: info.digest }, CONTROL_FRAME_BYTES_MAX).await;
+                        let _ = send.finish();
+                        on_durable(file_len);
+                        return Ok(*info);
+                    }
+                    Some(DiskEvent::Failed(e)) => return Err(storage(e)),
+                    None => return Err(storage(StorageError::Invalid("snapshot disk thread ended unexpectedly".into()))),
+                },
+                Some(offset) = nack_rx.recv() => Reply::Nack { offset },
+                _ = heartbeat.tick(), if verifying => {
+                    progress.touch();
+                    Reply::Verifying
+                }
+            };
+            frame::write_msg(&mut send, KIND_REPLY, &msg, CONTROL_FRAME_BYTES_MAX)
+                .await
+                .map_err(frame_err("sending an acknowledgement"))?;
+        }
+    };
+
+    let outcome: Result<SnapshotInfo, TransferError> = tokio::select! {
+        r = control => r,
+        r = network => r,
+        () = progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
+            peer, during: "receiving chunks", offset: progress.offset(), timeout_ms,
+        }),
+    };
+    let bytes_received = bytes_received.load(Ordering::Relaxed);
+    match outcome {
+        Ok(info) => {
+            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_received, "snapshot received, verified and published");
+            Ok(Received {
+                from: peer,
+                leader_term: offer.leader_term,
+                info,
+                resumed_from: resume_from,
+                bytes_received,
+                already_had: false,
+                duration: Duration::ZERO,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(target: LOG, %id, peer, error = %e, bytes_received, "snapshot receive failed; the received prefix is kept for the next attempt");
+            let failed = Reply::Failed {
+                reason: truncate_reason(e.to_string()),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_millis(timeout_ms.min(1000)),
+                frame::write_msg(&mut send, KIND_REPLY, &failed, CONTROL_FRAME_BYTES_MAX),
+            )
+            .await;
+            let _ = send.finish();
+            let _ = recv.stop(quinn::VarInt::from_u32(CODE_TRANSFER_ABORTED));
+            Err(e)
+        }
+    }
+}
+
+async fn send_reply(send: &mut quinn::SendStream, r: &Reply) -> Result<(), FrameError> {
+    frame::write_msg(send, KIND_REPLY, r, CONTROL_FRAME_BYTES_MAX).await
+}
+
+async fn reject(send: &mut quinn::SendStream, reason: &str, timeout: Duration) {
+    let r = Reply::Reject {
+        reason: truncate_reason(reason.to_owned()),
+    };
+    let _ = tokio::time::timeout(
+        timeout,
+        frame::write_msg(send, KIND_REPLY, &r, CONTROL_FRAME_BYTES_MAX),
+    )
+    .await;
+    let _ = send.finish();
+}
+
+/// Open the partial file for `offer.id`, keeping its durable prefix only if it is a prefix of
+/// the *same* file (same digest in its header) and not longer than the offer.
+fn open_spool(
+    store: &SnapshotStore,
+    offer: &Offer,
+    peer: NodeId,
+) -> Result<IncomingSnapshot, StorageError> {
+    let incoming = store.incoming(offer.id)?;
+    let durable = incoming.durable_offset();
+    if durable == 0 {
+        return Ok(incoming);
+    }
+    let why = if durable > offer.file_len {
+        Some(format!(
+            "holds {durable} bytes but the offered file has {}",
+            offer.file_len
+        ))
+    } else {
+        match incoming.received_digest()? {
+            Some(d) if d == offer.digest => None,
+            Some(d) => Some(format!(
+                "is a prefix of another file with the same id (digest {}, offered {}); snapshots taken on different nodes may differ",
+                hex(&d),
+                hex(&offer.digest)
+            )),
+            // Not even the digest is durable yet: too little to be worth checking otherwise.
+            None => Some(format!("holds only {durable} bytes")),
+        }
+    };
+    match why {
+        None => Ok(incoming),
+        Some(why) => {
+            tracing::info!(target: LOG, id = %offer.id, peer, durable, "partial snapshot {why}; restarting the transfer from 0");
+            incoming.abort();
+            store.incoming(offer.id)
+        }
+    }
+}
+
+/// The disk side of a receive, on a blocking thread: write, sync every `sync_every` bytes and
+/// report the durable offset, then verify and publish. Holds the slot until the file is closed.
+fn disk_loop(
+    mut incoming: IncomingSnapshot,
+    permit: SlotPermit,
+    mut cmds: mpsc::Receiver<WriteCmd>,
+    events: mpsc::Sender<DiskEvent>,
+    sync_every: u64,
+    file_len: u64,
+    progress: Arc<Progress>,
+) {
+    let mut unsynced: u64 = 0;
+    let mut reported = incoming.durable_offset();
+    let fail = |e| {
+        let _ = events.blocking_send(DiskEvent::Failed(e));
+    };
+    while incoming.written_offset() < file_len {
+        let Some(cmd) = cmds.blocking_recv() else {
+            // The transfer was abandoned: make what arrived durable for the next attempt.
+            if let Err(e) = incoming.sync() {
+                tracing::warn!(target: LOG, id = %incoming.id(), error = %e, "could not sync the partial snapshot of an abandoned transfer");
+            }
+            drop(incoming);
+            drop(permit);
+            return;
+        };
+        let len = cmd.data.len() as u64;
+        if let Err(e) = incoming.write_at(cmd.offset, &cmd.data) {
+            return fail(e);
+        }
+        unsynced += len;
+        if unsynced >= sync_every {
+            if let Err(e) = incoming.sync() {
+                return fail(e);
+            }
+            unsynced = 0;
+        }
+        progress.touch();
+        let durable = incoming.durable_offset();
+        if durable > reported {
+            // The store may also sync on its own (`snapshot_sync_every_bytes`).
+            unsynced = incoming.written_offset() - durable;
+            reported = durable;
+            if events.blocking_send(DiskEvent::Durable(durable)).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = events.blocking_send(DiskEvent::Verifying);
+    match incoming.finalize() {
+        Ok(info) => {
+            let _ = events.blocking_send(DiskEvent::Published(Box::new(info)));
+        }
+        Err(e) => fail(e),
+    }
+    drop(permit);
 }

@@ -900,6 +900,20 @@ impl IncomingSnapshot {
         self.written_end
     }
 
+    /// The whole-file digest named in the received header, once its bytes (24..56) have been
+    /// written; `None` before. A resumed transfer compares it with the sender's digest: two
+    /// snapshots with the same id taken on different nodes need not be byte-identical, and only
+    /// a prefix of the *same* file may be resumed. Cost: one 32-byte `pread`.
+    pub fn received_digest(&self) -> Result<Option<[u8; 32]>> {
+        if self.written_end < 56 {
+            return Ok(None);
+        }
+        let mut digest = [0u8; 32];
+        read_exact_at(self.file.as_ref(), &mut digest, 24)
+            .map_err(io_err("read incoming snapshot header", &self.path))?;
+        Ok(Some(digest))
+    }
+
     /// Store `data` at `offset` of the snapshot file. `offset` may repeat received bytes but must
     /// not skip any ([`StorageError::OffsetGap`]). Syncs (and advances the durable offset) every
     /// `snapshot_sync_every_bytes`.
