@@ -260,6 +260,31 @@ impl Client {
         done(self.call(Request::RemoveMember { id }, true).await?)
     }
 
+    /// Ask the node at `addr` (or the first endpoint) to take a snapshot now
+    /// and wait until it is durable (joins one already in flight).
+    pub async fn snapshot_trigger(&self, addr: Option<SocketAddr>) -> Result<String, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::SnapshotTrigger).await? {
+            Ok(r) => done(r),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// The complete snapshots held by the node at `addr` (or the first endpoint).
+    pub async fn snapshots(
+        &self,
+        addr: Option<SocketAddr>,
+    ) -> Result<Vec<crate::proto::SnapshotListing>, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::Snapshots).await? {
+            Ok(Reply::Snapshots(v)) => Ok(v),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// Ask the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<String, ClientError> {
         done(self.call(Request::TransferLeader { to }, true).await?)

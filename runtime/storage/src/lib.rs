@@ -78,7 +78,7 @@ pub use crate::log::{
     WriterEvent,
 };
 pub use crate::snapshot::{
-    IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo, SnapshotMeta,
+    IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, inspect_snapshot_file, SnapshotId, SnapshotInfo, SnapshotMeta,
     SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
 };
 pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile};

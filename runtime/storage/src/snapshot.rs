@@ -295,6 +295,13 @@ fn verify_file(
     })
 }
 
+/// Read and check the snapshot file at `path` without opening a store (no retention, no
+/// quarantine, nothing written): the header, its CRC, the lengths and, with `full`, the whole-file
+/// BLAKE3 digest (one sequential read). For tools such as `wraft snapshot inspect`.
+pub fn inspect_snapshot_file(path: &Path, full: bool) -> Result<SnapshotInfo> {
+    verify_file(&crate::vfs::StdFs, path, &StorageConfig::default(), full)
+}
+
 impl SnapshotStore {
     /// Open (or create) the store in `dir`: find the newest snapshot whose digest verifies
     /// (quarantining newer corrupt ones with a warning naming file and digests), delete
