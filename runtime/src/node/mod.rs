@@ -513,7 +513,11 @@ async fn serve_bulk(
             (storage.clone(), cfg.clone(), slots.clone(), events.clone());
         tokio::spawn(async move {
             let peer = stream.peer;
-            match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, |_| {}).await {
+            let on_durable = |offset: u64| {
+                tracing::info!(target: "wraft::snapshot", node, peer, durable_offset = offset,
+                    "incoming snapshot durable up to offset");
+            };
+            match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, on_durable).await {
                 Ok(r) => {
                     let meta = engine_meta(&r.info.meta);
                     tracing::info!(target: "wraft::snapshot", node, from = r.from, index = meta.index,

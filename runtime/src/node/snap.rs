@@ -339,7 +339,7 @@ pub async fn create_snapshot(
             })
             .collect(),
     };
-    let writer: Arc<Mutex<NodeSnapshotWriter>> = {
+    let writer: SharedWriter = {
         let storage = storage.clone();
         let header = header.clone();
         let modules: Vec<Bytes> = cut
@@ -354,7 +354,7 @@ pub async fn create_snapshot(
                 w.module(i as u32, b)?;
             }
             w.sessions(&sessions)?;
-            Ok::<_, crate::snapshot::format::FormatError>(Arc::new(Mutex::new(w)))
+            Ok::<_, crate::snapshot::format::FormatError>(Arc::new(Mutex::new(Some(w))))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -378,10 +378,11 @@ pub async fn create_snapshot(
     drop(base_snap);
     let n = cut.machines.len() as u32;
     let info = tokio::task::spawn_blocking(move || {
-        let w = Arc::try_unwrap(writer)
-            .map_err(|_| "snapshot writer still shared".to_string())?
-            .into_inner()
-            .map_err(|_| "snapshot writer poisoned".to_string())?;
+        // A machine thread may still hold its sink (an `Arc` clone) for a
+        // moment after answering; take the writer out instead of unwrapping.
+        let w = lock(&writer)?
+            .take()
+            .ok_or_else(|| "snapshot writer already finished".to_string())?;
         w.finish(n).map_err(|e| e.to_string())
     })
     .await
@@ -395,34 +396,36 @@ pub async fn create_snapshot(
 
 /// Stream `handle`'s guest snapshot into `writer` as machine section `idx`.
 async fn export(
-    writer: &Arc<Mutex<NodeSnapshotWriter>>,
+    writer: &SharedWriter,
     idx: u32,
     handle: &MachineHandle,
 ) -> Result<(u64, u64), String> {
     let begin = postcard::to_stdvec(&idx).map_err(|e| e.to_string())?;
-    lock(writer)?
-        .frame(FrameKind::MachineBegin, &begin)
-        .map_err(|e| e.to_string())?;
+    frame(writer, FrameKind::MachineBegin, &begin)?;
     let w = writer.clone();
     // The sink runs on the machine's thread: each chunk goes to the file as
     // the guest yields it.
-    let sink = FnSink(move |chunk: Vec<u8>| {
-        lock(&w)?
-            .frame(FrameKind::MachineChunk, &chunk)
-            .map_err(|e| e.to_string())
-    });
+    let sink = FnSink(move |chunk: Vec<u8>| frame(&w, FrameKind::MachineChunk, &chunk));
     let summary = handle.snapshot(sink).await.map_err(|e| e.to_string())?;
     let end = postcard::to_stdvec(&(summary.chunks, summary.bytes)).map_err(|e| e.to_string())?;
-    lock(writer)?
-        .frame(FrameKind::MachineEnd, &end)
-        .map_err(|e| e.to_string())?;
+    frame(writer, FrameKind::MachineEnd, &end)?;
     Ok((summary.chunks, summary.bytes))
 }
 
-fn lock(
-    w: &Arc<Mutex<NodeSnapshotWriter>>,
-) -> Result<std::sync::MutexGuard<'_, NodeSnapshotWriter>, String> {
+/// The file being written, shared with machine threads (`None` once sealed).
+type SharedWriter = Arc<Mutex<Option<NodeSnapshotWriter>>>;
+
+/// Lock the writer; fails if it was poisoned or already sealed.
+fn lock(w: &SharedWriter) -> Result<std::sync::MutexGuard<'_, Option<NodeSnapshotWriter>>, String> {
     w.lock().map_err(|_| "snapshot writer poisoned".to_string())
+}
+
+fn frame(w: &SharedWriter, kind: FrameKind, payload: &[u8]) -> Result<(), String> {
+    lock(w)?
+        .as_mut()
+        .ok_or_else(|| "snapshot writer already sealed".to_string())?
+        .frame(kind, payload)
+        .map_err(|e| e.to_string())
 }
 
 /// A registry restored from a snapshot: fresh instances holding its state.
