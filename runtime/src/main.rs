@@ -469,7 +469,11 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 } else {
                     println!("{}", report.render());
                 }
-                if report.ok { Ok(()) } else { Err("the snapshot failed verification".into()) }
+                if report.ok {
+                    Ok(())
+                } else {
+                    Err("the snapshot failed verification".into())
+                }
             }
             SnapshotOp::Trigger { conn } => {
                 let c = client(&conn).await?;

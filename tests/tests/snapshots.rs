@@ -29,7 +29,10 @@ async fn put_many(client: &Client, prefix: &str, range: std::ops::Range<u32>) {
     for i in range {
         let key = format!("{prefix}{i:05}");
         client
-            .propose("kv", &kv_put(&key, &format!("value-{i}-{}", "x".repeat(100))))
+            .propose(
+                "kv",
+                &kv_put(&key, &format!("value-{i}-{}", "x".repeat(100))),
+            )
             .await
             .unwrap_or_else(|e| panic!("put {key}: {e}"));
     }
@@ -42,7 +45,12 @@ fn scan(answer: &[u8]) -> BTreeMap<String, String> {
         .as_array()
         .expect("entries")
         .iter()
-        .map(|e| (e[0].as_str().unwrap().to_owned(), e[1].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e[0].as_str().unwrap().to_owned(),
+                e[1].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -69,7 +77,11 @@ async fn converge_prefixes(
     ids: &[u64],
     prefixes: &[&str],
 ) -> BTreeMap<String, String> {
-    let commit = cluster.status(leader).await.expect("leader status").commit_index;
+    let commit = cluster
+        .status(leader)
+        .await
+        .expect("leader status")
+        .commit_index;
     cluster.wait_applied(ids, commit, CATCH_UP_TIMEOUT).await;
     let mut all = BTreeMap::new();
     for p in prefixes {
@@ -97,7 +109,9 @@ async fn state_of_prefix(cluster: &Cluster, id: u64, prefix: &str) -> BTreeMap<S
 /// Prefixes covering the `big{i:06}` keys of [`big_snapshot_cluster`] in
 /// scans of at most 100 keys.
 fn big_prefixes(keys: u64) -> Vec<String> {
-    (0..keys.div_ceil(100)).map(|h| format!("big{h:04}")).collect()
+    (0..keys.div_ceil(100))
+        .map(|h| format!("big{h:04}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,12 +218,16 @@ async fn a_guest_whose_snapshot_fails_is_retried_at_the_next_crossing() {
     for _ in 0..45 {
         client.propose("m", &ok).await.expect("ok");
     }
-    wait_for("a failed snapshot on the leader", CATCH_UP_TIMEOUT, async || {
-        cluster
-            .log(leader)
-            .contains("snapshot failed; it is retried")
-            .then_some(())
-    })
+    wait_for(
+        "a failed snapshot on the leader",
+        CATCH_UP_TIMEOUT,
+        async || {
+            cluster
+                .log(leader)
+                .contains("snapshot failed; it is retried")
+                .then_some(())
+        },
+    )
     .await;
     assert!(snapshots_of(&cluster, leader).await.is_empty());
     client
@@ -246,7 +264,8 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
     assert!(msg.contains("durable"), "{msg}");
     let snaps = snapshots_of(&cluster, leader).await;
     assert_eq!(snaps.len(), 1);
-    let report = wraft::cli::snapshot_inspect(std::path::Path::new(&snaps[0].path)).expect("inspect");
+    let report =
+        wraft::cli::snapshot_inspect(std::path::Path::new(&snaps[0].path)).expect("inspect");
     assert!(report.ok, "{}", report.render());
     assert_eq!(report.machines.len(), 1);
     assert_eq!(report.machines[0].name, "kv");
@@ -313,16 +332,22 @@ async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
     // ~24 MB at 3 MB/s: the follower acks a durable offset every 8 MiB.
     let (mut cluster, leader, follower, _client) = big_snapshot_cluster(24, 3 << 20).await;
     cluster.restart(follower);
-    wait_for("a durable offset on the follower", CATCH_UP_TIMEOUT, async || {
-        cluster
-            .log(follower)
-            .contains("incoming snapshot durable up to offset")
-            .then_some(())
-    })
+    wait_for(
+        "a durable offset on the follower",
+        CATCH_UP_TIMEOUT,
+        async || {
+            cluster
+                .log(follower)
+                .contains("incoming snapshot durable up to offset")
+                .then_some(())
+        },
+    )
     .await;
     cluster.kill(follower);
-    let durable: u64 = last_fields(&cluster.log(follower), "incoming snapshot durable up to offset")
-        ["durable_offset"]
+    let durable: u64 = last_fields(
+        &cluster.log(follower),
+        "incoming snapshot durable up to offset",
+    )["durable_offset"]
         .parse()
         .expect("offset");
     assert!(durable > 0);
@@ -334,7 +359,11 @@ async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
     let done = last_fields(&cluster.log(leader), "snapshot transfer finished");
     let resumed: u64 = done["resumed_from"].parse().unwrap();
     let sent: u64 = done["bytes_sent"].parse().unwrap();
-    let file_bytes = snapshots_of(&cluster, leader).await.last().unwrap().file_bytes;
+    let file_bytes = snapshots_of(&cluster, leader)
+        .await
+        .last()
+        .unwrap()
+        .file_bytes;
     assert!(
         resumed >= durable,
         "resumed from {resumed}, but the follower held {durable} durably"

@@ -350,7 +350,11 @@ impl Applier {
         match snap::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
                 self.swap_in(r, id);
-                let stale: Vec<u64> = self.waiting.range(..=self.applied).map(|(i, _)| *i).collect();
+                let stale: Vec<u64> = self
+                    .waiting
+                    .range(..=self.applied)
+                    .map(|(i, _)| *i)
+                    .collect();
                 for i in stale {
                     if let Some(r) = self.waiting.remove(&i) {
                         let _ = r.send(Err(RequestError::Timeout(format!(

@@ -42,10 +42,10 @@ use crate::proto::{
 use crate::snapshot::transfer::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
-use snap::SnapEvent;
 pub use apply::ApplyState;
 use apply::{Applier, ApplyMsg};
 pub use server::{KIND_REQUEST, KIND_RESPONSE};
+use snap::SnapEvent;
 
 /// Most requests and raft messages taken in one driver turn before the
 /// engine's actions are executed; they share one persist and one append.
@@ -271,8 +271,9 @@ impl Node {
         ecfg.log_retention_margin_entries = cfg.snapshot.log_retain_margin_entries;
         // The transfer has its own progress watchdog; the engine re-offers
         // only after a transfer failed or went quiet for twice as long.
-        ecfg.snapshot_transfer_timeout_ticks =
-            ((2 * cfg.snapshot.transfer_progress_timeout_ms) / tick).clamp(10, u32::MAX as u64) as u32;
+        ecfg.snapshot_transfer_timeout_ticks = ((2 * cfg.snapshot.transfer_progress_timeout_ms)
+            / tick)
+            .clamp(10, u32::MAX as u64) as u32;
         ecfg.lease_reads = r.lease_reads;
         if r.lease_reads {
             ecfg.lease_ticks = ecfg.election_timeout_min_ticks.saturating_sub(1) * 100
@@ -915,21 +916,25 @@ impl Driver {
                 }
                 Ok(stream) => {
                     let progress = tx.clone();
-                    let r = send_snapshot(stream, &storage.snapshots, id, term, &cfg, &limiter, |d| {
-                        let _ = progress.send(SnapEvent::Progress {
-                            from: to,
-                            index,
-                            durable_offset: d,
-                        });
-                    })
-                    .await;
+                    let r =
+                        send_snapshot(stream, &storage.snapshots, id, term, &cfg, &limiter, |d| {
+                            let _ = progress.send(SnapEvent::Progress {
+                                from: to,
+                                index,
+                                durable_offset: d,
+                            });
+                        })
+                        .await;
                     match r {
                         Ok(rep) => {
                             tracing::info!(target: "wraft::snapshot", node, peer = to, index,
                                 outcome = ?rep.outcome, resumed_from = rep.resumed_from,
                                 bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
                                 duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished");
-                            matches!(rep.outcome, SendOutcome::Completed | SendOutcome::AlreadyHave)
+                            matches!(
+                                rep.outcome,
+                                SendOutcome::Completed | SendOutcome::AlreadyHave
+                            )
                         }
                         Err(e) => {
                             tracing::warn!(target: "wraft::snapshot", node, peer = to, index, error = %e,
@@ -952,11 +957,7 @@ impl Driver {
         let mut target = up_to;
         if self.snap.retain_count >= 2 {
             let list = self.storage.snapshots.list();
-            let previous = list
-                .iter()
-                .rev()
-                .nth(1)
-                .map_or(0, |i| i.meta.id.last_index);
+            let previous = list.iter().rev().nth(1).map_or(0, |i| i.meta.id.last_index);
             target = target.min(previous);
         }
         if let Some(pinned) = self.snap.sending.values().min() {
@@ -1090,7 +1091,8 @@ impl Driver {
                             compact: Some((snap.index, snap.term)),
                             ..WriteBatch::default()
                         };
-                        if let Err(e) = tokio::task::block_in_place(|| self.storage.log.submit(wb)) {
+                        if let Err(e) = tokio::task::block_in_place(|| self.storage.log.submit(wb))
+                        {
                             tracing::error!(target: "wraft::node", node = self.id, error = %e,
                                 "cannot reset the log to an installed snapshot; the node stops here to stay safe");
                             std::process::abort();

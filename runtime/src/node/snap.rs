@@ -180,9 +180,8 @@ pub async fn build_instance(
         }
         None => {
             let handle = m.versions[0].module.start().map_err(|e| e.to_string())?;
-            let (from, ts) = base.map_or((1, 0), |b| {
-                (b.header.index + 1, b.header.last_timestamp_ms)
-            });
+            let (from, ts) =
+                base.map_or((1, 0), |b| (b.header.index + 1, b.header.last_timestamp_ms));
             (handle, 0, from, ts)
         }
     };
@@ -287,7 +286,10 @@ pub async fn replay_batch(
 }
 
 /// Open the base snapshot `id` (None if there is none).
-pub fn open_base(storage: &Storage, id: Option<SnapshotId>) -> Result<Option<NodeSnapshot>, String> {
+pub fn open_base(
+    storage: &Storage,
+    id: Option<SnapshotId>,
+) -> Result<Option<NodeSnapshot>, String> {
     id.map(|id| {
         NodeSnapshot::open(&storage.snapshots, id)
             .map_err(|e| format!("opening base snapshot {id}: {e}"))

@@ -131,7 +131,9 @@ pub enum FormatError {
     #[error(transparent)]
     Storage(#[from] wraft_storage::StorageError),
     /// The body does not follow the format.
-    #[error("node snapshot {file}: {what} at body offset {offset}: expected {expected}, found {found}")]
+    #[error(
+        "node snapshot {file}: {what} at body offset {offset}: expected {expected}, found {found}"
+    )]
     Invalid {
         /// File (or snapshot id) being read.
         file: String,
@@ -776,7 +778,10 @@ mod tests {
         let info = s.latest().unwrap();
         // A body cut before its End frame.
         let body = FileBody::open(&info.path, info.body_offset(), info.body_len - 12).unwrap();
-        let err = NodeSnapshot::parse(Arc::new(body)).err().unwrap().to_string();
+        let err = NodeSnapshot::parse(Arc::new(body))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("node snapshot"), "{err}");
     }
 }

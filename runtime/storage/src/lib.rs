@@ -78,8 +78,9 @@ pub use crate::log::{
     WriterEvent,
 };
 pub use crate::snapshot::{
-    IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, inspect_snapshot_file, SnapshotId, SnapshotInfo, SnapshotMeta,
+    IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo, SnapshotMeta,
     SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
+    inspect_snapshot_file,
 };
 pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile};
 
