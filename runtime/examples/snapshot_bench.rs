@@ -30,8 +30,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn put(key: &str, value: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"op": "put", "key": key, "value": value}))
-        .expect("json")
+    serde_json::to_vec(&serde_json::json!({"op": "put", "key": key, "value": value})).expect("json")
 }
 
 /// Closed-loop writers; latency recorded only while `measure` is set.
@@ -147,12 +146,21 @@ async fn main() -> Result<(), AnyError> {
         }
         i += 16;
     }
-    eprintln!("preloaded {state_mb} MB ({n} puts) in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "preloaded {state_mb} MB ({n} puts) in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     // 1. Write latency without and during snapshot creation.
     let stop = Arc::new(AtomicBool::new(false));
     let measure = Arc::new(AtomicBool::new(true));
-    let w = tokio::spawn(writers(client.clone(), workers, stop.clone(), measure.clone(), "base"));
+    let w = tokio::spawn(writers(
+        client.clone(),
+        workers,
+        stop.clone(),
+        measure.clone(),
+        "base",
+    ));
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let base = w.await?;
@@ -160,17 +168,30 @@ async fn main() -> Result<(), AnyError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let measure = Arc::new(AtomicBool::new(false));
-    let w = tokio::spawn(writers(client.clone(), workers, stop.clone(), measure.clone(), "snap"));
+    let w = tokio::spawn(writers(
+        client.clone(),
+        workers,
+        stop.clone(),
+        measure.clone(),
+        "snap",
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut creations = Vec::new();
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(secs) || creations.is_empty() {
         measure.store(true, Ordering::Relaxed);
         let c0 = Instant::now();
-        let msg = client.snapshot_trigger(Some(leader_addr)).await?;
+        let l = client
+            .snapshot_trigger_and_wait(Some(leader_addr), Duration::from_secs(600))
+            .await?;
         measure.store(false, Ordering::Relaxed);
         creations.push(c0.elapsed());
-        eprintln!("  {msg} ({:.0} ms)", c0.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "  snapshot at {} ({} bytes) in {:.0} ms",
+            l.index,
+            l.file_bytes,
+            c0.elapsed().as_secs_f64() * 1000.0
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -214,7 +235,9 @@ async fn main() -> Result<(), AnyError> {
     // 3. Restart-to-serving: snapshot + LOG_ENTRIES above it on a follower.
     let follower = (1..=3u64).find(|i| *i != leader).unwrap_or(2);
     let faddr = layout.nodes[(follower - 1) as usize].0.node.listen;
-    let _ = client.snapshot_trigger(Some(faddr)).await?;
+    client
+        .snapshot_trigger_and_wait(Some(faddr), Duration::from_secs(600))
+        .await?;
     let t = Instant::now();
     let mut i = 0;
     let small = "l".repeat(64);
@@ -231,7 +254,10 @@ async fn main() -> Result<(), AnyError> {
         }
         i += 64;
     }
-    eprintln!("appended {log_entries} entries in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "appended {log_entries} entries in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let target = client.status().await?.commit_index;
     while applied(&client, faddr).await < target {
         tokio::time::sleep(Duration::from_millis(20)).await;

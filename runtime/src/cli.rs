@@ -309,8 +309,8 @@ pub struct SnapshotReport {
     pub voters: Vec<u64>,
     /// Learners.
     pub learners: Vec<u64>,
-    /// Creation time, ms since the Unix epoch.
-    pub created_unix_ms: u64,
+    /// Entry clock at the snapshot's index (leader-assigned), ms since the Unix epoch.
+    pub last_timestamp_ms: u64,
     /// Client sessions held.
     pub sessions: usize,
     /// Replicated node addresses.
@@ -323,13 +323,13 @@ impl SnapshotReport {
     /// Human-readable rendering.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{}\n  index {} term {}  format {}  {} bytes  created {} ms\n  digest {} ({})\n  voters {:?} learners {:?}  sessions {}  addresses {:?}\n",
+            "{}\n  index {} term {}  format {}  {} bytes  entry clock {} ms\n  digest {} ({})\n  voters {:?} learners {:?}  sessions {}  addresses {:?}\n",
             self.file,
             self.index,
             self.term,
             self.format,
             self.file_bytes,
-            self.created_unix_ms,
+            self.last_timestamp_ms,
             self.digest,
             if self.digest_ok { "ok" } else { "MISMATCH" },
             self.voters,
@@ -381,7 +381,7 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
         digest_ok: false,
         voters: info.meta.membership.voters.clone(),
         learners: info.meta.membership.learners.clone(),
-        created_unix_ms: 0,
+        last_timestamp_ms: 0,
         sessions: 0,
         addresses: Vec::new(),
         machines: Vec::new(),
@@ -398,7 +398,7 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
             return Ok(r);
         }
     };
-    r.created_unix_ms = snap.header.created_unix_ms;
+    r.last_timestamp_ms = snap.header.last_timestamp_ms;
     r.sessions = snap.sessions.len();
     r.addresses = snap
         .header

@@ -230,7 +230,7 @@ enum SnapshotOp {
         #[arg(long)]
         json: bool,
     },
-    /// Take a snapshot on a node now and wait until it is durable.
+    /// Take a snapshot on a node now and wait (up to 10 min) until it is durable.
     Trigger {
         #[command(flatten)]
         conn: Conn,
@@ -477,7 +477,16 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             }
             SnapshotOp::Trigger { conn } => {
                 let c = client(&conn).await?;
-                println!("{}", c.snapshot_trigger(Some(conn.endpoints[0])).await?);
+                let l = c
+                    .snapshot_trigger_and_wait(
+                        Some(conn.endpoints[0]),
+                        std::time::Duration::from_secs(600),
+                    )
+                    .await?;
+                println!(
+                    "snapshot at index {} (term {}) is durable: {} bytes, {}",
+                    l.index, l.term, l.file_bytes, l.path
+                );
                 Ok(())
             }
         },

@@ -96,8 +96,9 @@ pub enum Request {
         /// The target voter.
         to: u64,
     },
-    /// Take a snapshot of this node's machines now (at its applied index);
-    /// answered once the file is durable. Joins a snapshot already in flight.
+    /// Take a snapshot of this node's machines now (at its applied index).
+    /// Answered at once with [`Reply::SnapshotStarted`] (joining a snapshot
+    /// already in flight); `Rejected` if there is nothing new to snapshot.
     SnapshotTrigger,
     /// List this node's complete snapshots.
     Snapshots,
@@ -173,6 +174,12 @@ pub enum Reply {
     },
     /// A node's complete snapshots, oldest first.
     Snapshots(Vec<SnapshotListing>),
+    /// A snapshot at `index` is being created (or already was in flight);
+    /// poll [`Request::Snapshots`] for it.
+    SnapshotStarted {
+        /// Index the snapshot covers.
+        index: u64,
+    },
 }
 
 /// One complete snapshot file on a node.

@@ -257,11 +257,10 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
     let client = cluster.client().await;
     client.deploy("kv", guest("kv")).await.expect("deploy");
     put_many(&client, "k", 0..30).await;
-    let msg = client
-        .snapshot_trigger(Some(cluster.addr(leader)))
+    let listed = client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
         .await
         .expect("trigger");
-    assert!(msg.contains("durable"), "{msg}");
     let snaps = snapshots_of(&cluster, leader).await;
     assert_eq!(snaps.len(), 1);
     let report =
@@ -271,6 +270,13 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
     assert_eq!(report.machines[0].name, "kv");
     assert!(report.machines[0].state_bytes > 0);
     assert_eq!(report.index, snaps[0].index);
+    assert_eq!(listed, snaps[0]);
+    // Nothing new applied since: a second trigger is refused with the reason.
+    let again = client.snapshot_trigger(Some(cluster.addr(leader))).await;
+    assert!(
+        matches!(&again, Err(e) if e.to_string().contains("nothing applied since")),
+        "{again:?}"
+    );
 }
 
 /// Deterministic incompressible text (the kv guest zstd-compresses its
@@ -306,11 +312,10 @@ async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64
             .await
             .expect("put");
     }
-    let msg = client
-        .snapshot_trigger(Some(cluster.addr(leader)))
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
         .await
         .expect("trigger");
-    assert!(msg.contains("durable"), "{msg}");
     (cluster, leader, follower, client)
 }
 
@@ -400,15 +405,71 @@ async fn a_chunk_corrupted_on_the_wire_is_rejected_and_re_sent() {
             .expect("put");
     }
     client
-        .snapshot_trigger(Some(cluster.addr(leader)))
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
         .await
         .expect("trigger");
     cluster.restart(follower);
-    let state = converge_prefixes(&cluster, leader, &[follower], &["big0000"]).await;
+    let prefixes = big_prefixes(96);
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    let state = converge_prefixes(&cluster, leader, &[follower], &prefixes).await;
     assert_eq!(state.len(), 96);
     let done = last_fields(&cluster.log(leader), "snapshot transfer finished");
     let resent: u64 = done["chunks_resent"].parse().unwrap();
     assert!(resent > 0, "no chunk was re-sent: {done:?}");
     assert!(cluster.log(leader).contains("TEST FAULT"));
     assert!(cluster.log(follower).contains("snapshot installed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_transfer_lets_the_new_leader_finish_from_the_durable_offset() {
+    let (mut cluster, leader, follower, _client) = big_snapshot_cluster(24, 3 << 20).await;
+    // The other live node snapshots the same index: node snapshots are a
+    // function of the replicated state, so its file is byte-identical.
+    let other = *cluster
+        .ids()
+        .iter()
+        .find(|i| **i != leader && **i != follower)
+        .unwrap();
+    let at = snapshots_of(&cluster, leader).await.last().unwrap().clone();
+    cluster
+        .wait_applied(&[other], at.index, CATCH_UP_TIMEOUT)
+        .await;
+    let applied = cluster.status(other).await.expect("status").applied_index;
+    assert_eq!(
+        applied, at.index,
+        "writes stopped; both nodes applied the same index"
+    );
+    cluster
+        .node_client(other)
+        .await
+        .snapshot_trigger_and_wait(Some(cluster.addr(other)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("trigger on the other node");
+    let theirs = snapshots_of(&cluster, other).await.last().unwrap().clone();
+    assert_eq!((theirs.index, &theirs.digest), (at.index, &at.digest));
+
+    cluster.restart(follower);
+    wait_for(
+        "a durable offset on the follower",
+        CATCH_UP_TIMEOUT,
+        async || {
+            cluster
+                .log(follower)
+                .contains("incoming snapshot durable up to offset")
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.kill(leader);
+    let new_leader = cluster
+        .wait_for_leader_among(&[other, follower], LEADER_TIMEOUT)
+        .await;
+    assert_eq!(new_leader, other);
+    let prefixes = big_prefixes(24 * 32);
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    let state = converge_prefixes(&cluster, other, &[follower], &prefixes).await;
+    assert_eq!(state.len(), 24 * 32);
+    let done = last_fields(&cluster.log(other), "snapshot transfer finished");
+    let resumed: u64 = done["resumed_from"].parse().unwrap();
+    assert!(resumed > 0, "the new leader started from byte 0: {done:?}");
 }

@@ -355,7 +355,6 @@ impl Node {
             snap: SnapState {
                 tx: snap_tx,
                 creating: None,
-                waiters: Vec::new(),
                 sending: HashMap::new(),
                 xfer_cfg,
                 limiter,
@@ -490,8 +489,6 @@ struct SnapState {
     tx: mpsc::UnboundedSender<SnapEvent>,
     /// Index of the local snapshot being created, if any (hints coalesce).
     creating: Option<u64>,
-    /// Manual triggers waiting for the snapshot in flight.
-    waiters: Vec<oneshot::Sender<Response>>,
     /// Outgoing transfers: peer -> snapshot index (pins the log above it).
     sending: HashMap<u64, u64>,
     xfer_cfg: TransferConfig,
@@ -755,13 +752,20 @@ impl Driver {
                 EntryKind::ConfChange(ConfChangeEntry::new(ConfChange::RemoveNode(id))),
                 PendingProposal::Membership(reply, format!("node {id} removed")),
             ),
-            Request::SnapshotTrigger => match self.start_snapshot(self.engine.applied_index()) {
-                Ok(()) => self.snap.waiters.push(reply),
-                Err(_) if self.snap.creating.is_some() => self.snap.waiters.push(reply),
-                Err(e) => {
-                    let _ = reply.send(Ok(Reply::Done { message: e }));
-                }
-            },
+            Request::SnapshotTrigger => {
+                // Answered at once (a large snapshot takes longer than a
+                // request deadline); callers poll `Snapshots` for the index.
+                let r = match self.start_snapshot(self.engine.applied_index()) {
+                    Ok(()) => Ok(Reply::SnapshotStarted {
+                        index: self.snap.creating.unwrap_or(0),
+                    }),
+                    Err(_) if self.snap.creating.is_some() => Ok(Reply::SnapshotStarted {
+                        index: self.snap.creating.unwrap_or(0),
+                    }),
+                    Err(e) => Err(RequestError::Rejected(e)),
+                };
+                let _ = reply.send(r);
+            }
             Request::Snapshots => {
                 let list = self
                     .storage
@@ -828,19 +832,7 @@ impl Driver {
                 let _ = self.apply_tx.send(ApplyMsg::BaseChanged {
                     id: snapshot_id(&meta),
                 });
-                let message = format!(
-                    "snapshot at index {} (term {}) is durable: {} bytes, {}",
-                    meta.index,
-                    meta.term,
-                    info.file_len,
-                    info.path.display()
-                );
                 self.step(Event::SnapshotCreated { meta });
-                for w in self.snap.waiters.drain(..) {
-                    let _ = w.send(Ok(Reply::Done {
-                        message: message.clone(),
-                    }));
-                }
             }
             SnapEvent::Failed { index, error } => {
                 self.snap.creating = None;
@@ -848,11 +840,6 @@ impl Driver {
                 tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
                     "snapshot failed; it is retried at the next threshold crossing");
                 self.step(Event::SnapshotFailed);
-                for w in self.snap.waiters.drain(..) {
-                    let _ = w.send(Err(RequestError::Internal(format!(
-                        "snapshot at index {index} failed: {error}"
-                    ))));
-                }
             }
             SnapEvent::Installed { meta } => {
                 self.metrics.snapshot_installed("ok");

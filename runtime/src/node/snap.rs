@@ -126,13 +126,6 @@ pub struct Cut {
     pub addresses: BTreeMap<u64, SocketAddr>,
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Build a fresh instance of `m` holding its state just before log index
 /// `before`: restored from `base` if this incarnation existed there,
 /// otherwise started fresh at its deploy; then the log is replayed
@@ -320,7 +313,6 @@ pub async fn create_snapshot(
         index,
         term: cut.meta.term,
         membership: cut.meta.membership.clone(),
-        created_unix_ms: now_unix_ms(),
         last_timestamp_ms: cut.last_timestamp_ms,
         addresses: cut.addresses.iter().map(|(k, v)| (*k, *v)).collect(),
         machines: cut

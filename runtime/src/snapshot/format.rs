@@ -21,6 +21,10 @@
 //! End           postcard u32 number of machines; its absence means a truncated body
 //! ```
 //!
+//! The file is a deterministic function of the replicated state at its
+//! index (no local clock, hostname or path inside), so two replicas that
+//! snapshot the same index produce the same bytes.
+//!
 //! Guest state is never held whole in memory on either side: the writer
 //! appends each chunk as the guest yields it, and [`MachineChunks`] hands
 //! them back one at a time to a restoring instance.
@@ -114,9 +118,13 @@ pub struct NodeSnapshotHeader {
     pub term: u64,
     /// Membership in effect at `index`.
     pub membership: Membership,
-    /// Wall-clock time of creation (informational), ms since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// The applier's monotonic entry clock at `index` (what guests saw last).
+    /// The applier's monotonic entry clock at `index` (the leader-assigned
+    /// timestamp guests saw last), ms since the Unix epoch. There is
+    /// deliberately no local wall-clock creation time: every field is a
+    /// function of the replicated state at `index`, so replicas that
+    /// snapshot at the same index write byte-identical files (same digest),
+    /// and a transfer interrupted by a leader change resumes from the new
+    /// leader's copy.
     pub last_timestamp_ms: u64,
     /// Replicated node addresses (`SetAddress` commands), sorted by id.
     pub addresses: Vec<(u64, SocketAddr)>,
@@ -670,7 +678,6 @@ mod tests {
             index,
             term: 2,
             membership: Membership::with_voters([1, 2, 3]),
-            created_unix_ms: 1,
             last_timestamp_ms: 77,
             addresses: vec![(4, "127.0.0.1:9".parse().unwrap())],
             machines: modules
