@@ -112,9 +112,9 @@ async fn main() -> Result<(), AnyError> {
     let start = Instant::now();
     let leader = loop {
         if let Ok(s) = client.status().await
-            && s.role == "leader"
+            && let Some(l) = s.leader
         {
-            break s.id;
+            break l;
         }
         if start.elapsed() > Duration::from_secs(20) {
             return Err("no leader".into());

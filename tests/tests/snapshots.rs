@@ -99,8 +99,12 @@ async fn converge_prefixes(
 
 async fn state_of_prefix(cluster: &Cluster, id: u64, prefix: &str) -> BTreeMap<String, String> {
     let req = to_json(json!({"op": "scan", "prefix": prefix, "limit": 100_000}));
+    // The node's own client (its full call deadline, not the harness's
+    // short status probe: a scan of large values takes a while when loaded).
     let answer = cluster
-        .stale_query(id, "kv", &req)
+        .node_client(id)
+        .await
+        .query("kv", &req, wraft::proto::Consistency::Stale)
         .await
         .unwrap_or_else(|e| panic!("scan on node {id}: {e}"));
     scan(&answer)
