@@ -275,6 +275,62 @@ impl Client {
         done(self.call(Request::RemoveMember { id }, true).await?)
     }
 
+    /// Ask the node at `addr` (or the first endpoint) to start a snapshot
+    /// now (or join the one in flight); returns the index it will cover.
+    /// The file is durable once [`Client::snapshots`] lists that index.
+    pub async fn snapshot_trigger(&self, addr: Option<SocketAddr>) -> Result<u64, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::SnapshotTrigger).await? {
+            Ok(Reply::SnapshotStarted { index }) => Ok(index),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// [`Client::snapshot_trigger`], then poll until the node lists a
+    /// snapshot at or above that index (at most `timeout`).
+    pub async fn snapshot_trigger_and_wait(
+        &self,
+        addr: Option<SocketAddr>,
+        timeout: std::time::Duration,
+    ) -> Result<crate::proto::SnapshotListing, ClientError> {
+        let index = self.snapshot_trigger(addr).await?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(l) = self
+                .snapshots(addr)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|l| l.index >= index)
+            {
+                return Ok(l);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClientError::Timeout(format!(
+                    "no snapshot at index {index} after {} ms (a failed snapshot is in the node's log)",
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The complete snapshots held by the node at `addr` (or the first endpoint).
+    pub async fn snapshots(
+        &self,
+        addr: Option<SocketAddr>,
+    ) -> Result<Vec<crate::proto::SnapshotListing>, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::Snapshots).await? {
+            Ok(Reply::Snapshots(v)) => Ok(v),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// Ask the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<String, ClientError> {
         done(self.call(Request::TransferLeader { to }, true).await?)

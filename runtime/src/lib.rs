@@ -25,4 +25,5 @@ pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod snapshot;
 pub mod templates;

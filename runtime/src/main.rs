@@ -185,6 +185,11 @@ enum Cmd {
         #[command(subcommand)]
         op: LeaderOp,
     },
+    /// Node snapshots: list, inspect a file, trigger one.
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
     /// Start a local 3-node cluster, deploy the kv example and walk through it.
     Demo {
         /// Run the walkthrough and exit instead of serving afterwards.
@@ -225,6 +230,41 @@ enum MembersOp {
     Remove {
         /// Node id.
         id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// List complete snapshots: from a data directory (offline, read-only) or from a running node.
+    List {
+        /// The node's data directory (reads `DIR/snap` without changing anything).
+        #[arg(long, conflicts_with = "endpoints")]
+        data_dir: Option<PathBuf>,
+        /// Ask this running node instead.
+        #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',')]
+        endpoints: Vec<SocketAddr>,
+        /// Directory written by `wraft cert`.
+        #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
+        certs: PathBuf,
+        /// Client certificate to present.
+        #[arg(long, env = "WRAFT_CLIENT", default_value = "admin")]
+        client: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a snapshot file: header, machines with sizes and formats, membership, digest check.
+    Inspect {
+        /// The `.snap` file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a snapshot on a node now and wait (up to 10 min) until it is durable.
+    Trigger {
         #[command(flatten)]
         conn: Conn,
     },
@@ -450,6 +490,64 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             }
             Err(format!("leadership did not move to node {id} within 10 s").into())
         }
+        Cmd::Snapshot { op } => match op {
+            SnapshotOp::List {
+                data_dir: Some(dir),
+                json,
+                ..
+            } => {
+                let list = wraft::cli::snapshot_list_dir(&dir)?;
+                println!("{}", wraft::cli::snapshot_listing(&list, json)?);
+                Ok(())
+            }
+            SnapshotOp::List {
+                data_dir: None,
+                endpoints,
+                certs,
+                client: name,
+                json,
+            } => {
+                if endpoints.is_empty() {
+                    return Err("give --data-dir DIR or --endpoints ADDR".into());
+                }
+                let c = client(&Conn {
+                    endpoints: endpoints.clone(),
+                    certs,
+                    client: name,
+                })
+                .await?;
+                let list = c.snapshots(Some(endpoints[0])).await?;
+                println!("{}", wraft::cli::snapshot_listing(&list, json)?);
+                Ok(())
+            }
+            SnapshotOp::Inspect { file, json } => {
+                let report = wraft::cli::snapshot_inspect(&file)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", report.render());
+                }
+                if report.ok {
+                    Ok(())
+                } else {
+                    Err("the snapshot failed verification".into())
+                }
+            }
+            SnapshotOp::Trigger { conn } => {
+                let c = client(&conn).await?;
+                let l = c
+                    .snapshot_trigger_and_wait(
+                        Some(conn.endpoints[0]),
+                        std::time::Duration::from_secs(600),
+                    )
+                    .await?;
+                println!(
+                    "snapshot at index {} (term {}) is durable: {} bytes, {}",
+                    l.index, l.term, l.file_bytes, l.path
+                );
+                Ok(())
+            }
+        },
         Cmd::Demo { once, module } => wraft::cli::demo(once, module).await,
         Cmd::Bench(args) => wraft::bench::run(args).await,
     }

@@ -17,6 +17,13 @@
 //! | `wraft_guest_traps_total` | counter | guest traps, by `machine` |
 //! | `wraft_deploys_total` | counter | deploys and upgrades applied, by `outcome` |
 //! | `wraft_transport_dropped_msgs_total` | gauge | raft messages dropped by full or down peer queues |
+//! | `wraft_snapshot_created_total` | counter | local snapshots, by `outcome` (ok / failed) |
+//! | `wraft_snapshot_create_seconds` | histogram | cut → durable file, local snapshots |
+//! | `wraft_snapshot_bytes` | gauge | size of the newest local snapshot file |
+//! | `wraft_snapshot_index` | gauge | index of the newest snapshot (created or installed) |
+//! | `wraft_snapshot_install_seconds` | histogram | follower: restore + swap of a received snapshot |
+//! | `wraft_snapshot_installs_total` | counter | follower installs, by `outcome` |
+//! | `wraft_snapshot_transfer_*` | various | InstallSnapshot streams (see `snapshot::transfer`) |
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -49,6 +56,8 @@ pub(crate) struct DriverMetrics {
     pub proposal_commit_seconds: metrics::Histogram,
     pub persist_batches: metrics::Counter,
     pub persist_entries: metrics::Counter,
+    pub snapshot_bytes: metrics::Gauge,
+    pub snapshot_index: metrics::Gauge,
     node: String,
 }
 
@@ -67,8 +76,20 @@ impl DriverMetrics {
             proposal_commit_seconds: metrics::histogram!("wraft_proposal_commit_seconds", "node" => n.clone()),
             persist_batches: metrics::counter!("wraft_persist_batches_total", "node" => n.clone()),
             persist_entries: metrics::counter!("wraft_persist_entries_total", "node" => n.clone()),
+            snapshot_bytes: metrics::gauge!("wraft_snapshot_bytes", "node" => n.clone()),
+            snapshot_index: metrics::gauge!("wraft_snapshot_index", "node" => n.clone()),
             node: n,
         }
+    }
+
+    pub fn snapshot_created(&self, outcome: &'static str) {
+        metrics::counter!("wraft_snapshot_created_total", "node" => self.node.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    pub fn snapshot_installed(&self, outcome: &'static str) {
+        metrics::counter!("wraft_snapshot_installs_total", "node" => self.node.clone(), "outcome" => outcome)
+            .increment(1);
     }
 
     pub fn role_change(&self, role: &'static str) {
@@ -80,6 +101,7 @@ impl DriverMetrics {
 /// Handles for the applier's metrics.
 pub(crate) struct ApplyMetrics {
     pub applied_index: metrics::Gauge,
+    pub install_seconds: metrics::Histogram,
     pub batch_seconds: metrics::Histogram,
     pub entries: metrics::Counter,
     node: String,
@@ -90,6 +112,7 @@ impl ApplyMetrics {
         let n = node.to_string();
         ApplyMetrics {
             applied_index: metrics::gauge!("wraft_apply_applied_index", "node" => n.clone()),
+            install_seconds: metrics::histogram!("wraft_snapshot_install_seconds", "node" => n.clone()),
             batch_seconds: metrics::histogram!("wraft_apply_batch_seconds", "node" => n.clone()),
             entries: metrics::counter!("wraft_apply_entries_total", "node" => n.clone()),
             node: n,

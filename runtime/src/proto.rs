@@ -96,6 +96,12 @@ pub enum Request {
         /// The target voter.
         to: u64,
     },
+    /// Take a snapshot of this node's machines now (at its applied index).
+    /// Answered at once with [`Reply::SnapshotStarted`] (joining a snapshot
+    /// already in flight); `Rejected` if there is nothing new to snapshot.
+    SnapshotTrigger,
+    /// List this node's complete snapshots.
+    Snapshots,
 }
 
 /// Why a request failed. Every variant says what the caller can do next.
@@ -166,6 +172,33 @@ pub enum Reply {
         /// A human-readable summary.
         message: String,
     },
+    /// A node's complete snapshots, oldest first.
+    Snapshots(Vec<SnapshotListing>),
+    /// A snapshot at `index` is being created (or already was in flight);
+    /// poll [`Request::Snapshots`] for it.
+    SnapshotStarted {
+        /// Index the snapshot covers.
+        index: u64,
+    },
+}
+
+/// One complete snapshot file on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotListing {
+    /// Last log index covered.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// File length, bytes.
+    pub file_bytes: u64,
+    /// Whole-file BLAKE3 digest, hex.
+    pub digest: String,
+    /// Path on the node.
+    pub path: String,
+    /// Voters in the snapshot's membership.
+    pub voters: Vec<u64>,
+    /// Learners in the snapshot's membership.
+    pub learners: Vec<u64>,
 }
 
 /// One deployed machine as reported by `wraft machines`.
@@ -217,8 +250,13 @@ pub struct Status {
     pub applied_index: u64,
     /// Last log index.
     pub last_index: u64,
-    /// Index of the newest snapshot (the log floor).
+    /// Index of the newest snapshot (created or installed).
     pub snapshot_index: u64,
+    /// First index still in the in-memory log (entries at or below the
+    /// engine's floor were compacted; storage may keep more for fallback).
+    pub log_first_index: u64,
+    /// Index of the snapshot being created right now, if any.
+    pub snapshot_creating: Option<u64>,
     /// Voters.
     pub voters: Vec<u64>,
     /// Learners.

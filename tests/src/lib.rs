@@ -185,6 +185,8 @@ struct NodeProc {
     log_path: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment for the node's process (next start on).
+    env: Vec<(String, String)>,
 }
 
 /// A cluster of `wraft node` processes on loopback. Dropping it kills them.
@@ -235,6 +237,7 @@ impl Cluster {
                 log_path,
                 child: None,
                 starts: 0,
+                env: Vec::new(),
             },
         );
         self.restart(id);
@@ -475,6 +478,7 @@ impl Cluster {
             .arg(&node.config_path)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
+            .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -521,6 +525,14 @@ impl Cluster {
         let addr = cfg.node.listen;
         self.insert_node(cfg, path);
         addr
+    }
+
+    /// Set an environment variable for node `id`'s process from its next
+    /// (re)start on (e.g. a test-only fault knob).
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.env.retain(|(k, _)| k != key);
+        node.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Node `id`'s log so far.

@@ -21,8 +21,15 @@ use wraft_engine::{ClientTag, Entry, EntryKind, SessionCheck, SessionTable};
 use wraft_storage::Storage;
 use wraft_transport::AddressBook;
 
+use std::net::SocketAddr;
+
+use wraft_engine::SnapshotMeta;
+use wraft_storage::SnapshotId;
+
+use super::snap::{self, SnapEvent, migrate};
 use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule};
 use crate::proto::{Command, MachineInfo, Reply, RequestError, Response};
+use crate::snapshot::format::NodeSnapshotHeader;
 
 /// Most client sessions remembered for deduplication.
 pub const SESSIONS_MAX: usize = 100_000;
@@ -56,6 +63,24 @@ pub enum ApplyMsg {
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
+    /// Take a snapshot at `meta.index`, which must be the applied index when
+    /// this message is reached (the driver sends it right after the `Apply`
+    /// that ends there). Reported as [`SnapEvent::Created`] / [`SnapEvent::Failed`].
+    Snapshot {
+        /// What the snapshot covers.
+        meta: SnapshotMeta,
+    },
+    /// Snapshot `id` is durable and is now the base for rebuilds.
+    BaseChanged {
+        /// The new base.
+        id: SnapshotId,
+    },
+    /// Replace every machine with the state of the received snapshot `meta`.
+    /// Reported as [`SnapEvent::Installed`] / [`SnapEvent::InstallFailed`].
+    Install {
+        /// The snapshot (already complete in the store).
+        meta: SnapshotMeta,
+    },
 }
 
 /// What the applier publishes for `status` and `machines`.
@@ -70,10 +95,15 @@ pub struct ApplyState {
 struct Version {
     deployed_at: u64,
     module: MachineModule,
+    /// The component's bytes: snapshots carry them, since the deploying
+    /// log entry is compacted away.
+    bytes: Bytes,
 }
 
 struct Machine {
     handle: Option<MachineHandle>,
+    /// Deploy index of this incarnation's first version.
+    created_at: u64,
     /// Every version deployed under this name, oldest first.
     versions: Vec<Version>,
     /// Indexes of this machine's entries that never reached the guest
@@ -91,6 +121,7 @@ impl Machine {
 
 /// The applier task's state.
 pub struct Applier {
+    node: u64,
     host: Arc<HostEngine>,
     storage: Arc<Storage>,
     addresses: AddressBook,
@@ -104,6 +135,14 @@ pub struct Applier {
     reads: VecDeque<(u64, String, Vec<u8>, oneshot::Sender<Response>)>,
     published: Arc<Mutex<ApplyState>>,
     metrics: crate::metrics::ApplyMetrics,
+    /// Addresses set through the log (`SetAddress`); part of snapshots.
+    replicated_addresses: BTreeMap<u64, SocketAddr>,
+    /// Newest durable node snapshot at or below `applied`: rebuilds start there.
+    base: Option<SnapshotId>,
+    /// Snapshot outcomes go to the driver.
+    events: mpsc::UnboundedSender<SnapEvent>,
+    /// Log index up to which startup replays; "recovery complete" once applied.
+    recovery_target: Option<(u64, std::time::Instant)>,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -116,8 +155,10 @@ impl Applier {
         storage: Arc<Storage>,
         addresses: AddressBook,
         published: Arc<Mutex<ApplyState>>,
+        events: mpsc::UnboundedSender<SnapEvent>,
     ) -> Self {
         Applier {
+            node,
             host,
             storage,
             addresses,
@@ -129,6 +170,209 @@ impl Applier {
             reads: VecDeque::new(),
             published,
             metrics: crate::metrics::ApplyMetrics::new(node),
+            replicated_addresses: BTreeMap::new(),
+            base: None,
+            events,
+            recovery_target: None,
+        }
+    }
+
+    /// Startup: restore every machine from snapshot `id` before the first
+    /// entry is applied. Returns the snapshot's header.
+    pub async fn recover(&mut self, id: SnapshotId) -> Result<NodeSnapshotHeader, String> {
+        let t = std::time::Instant::now();
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+            term = id.last_term, "loading snapshot");
+        let restored = snap::restore_all(&self.host, &self.storage, id).await?;
+        let header = restored.header.clone();
+        self.swap_in(restored, id);
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+            machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
+            "snapshot loaded");
+        Ok(header)
+    }
+
+    /// Log "recovery complete" once entries up to `commit` are applied.
+    pub fn expect_replay(&mut self, commit: u64) {
+        if commit > self.applied {
+            tracing::info!(target: "wraft::snapshot", node = self.node, from = self.applied + 1,
+                to = commit, entries = commit - self.applied, "replaying log entries above the snapshot");
+            self.recovery_target = Some((commit, std::time::Instant::now()));
+        } else {
+            tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
+                "recovery complete (nothing to replay)");
+        }
+    }
+
+    /// Replace the whole replicated state with `r` (snapshot `id`).
+    fn swap_in(&mut self, r: snap::Restored, id: SnapshotId) {
+        for (_, m) in std::mem::take(&mut self.machines) {
+            if let Some(h) = m.handle {
+                tokio::task::spawn_blocking(move || h.shutdown());
+            }
+        }
+        for (cut, handle) in r.machines {
+            self.machines.insert(
+                cut.name.clone(),
+                Machine {
+                    handle: Some(handle),
+                    created_at: cut.created_at,
+                    versions: cut
+                        .versions
+                        .into_iter()
+                        .map(|v| Version {
+                            deployed_at: v.deployed_at,
+                            module: v.module,
+                            bytes: v.bytes,
+                        })
+                        .collect(),
+                    skipped: BTreeSet::new(),
+                    healthy: true,
+                },
+            );
+        }
+        self.sessions = r.sessions;
+        self.last_timestamp_ms = r.header.last_timestamp_ms;
+        self.replicated_addresses = r.header.addresses.iter().copied().collect();
+        for (id, addr) in &r.header.addresses {
+            self.addresses.insert(*id, *addr);
+        }
+        self.applied = r.header.index;
+        self.base = Some(id);
+    }
+
+    fn cut(&self, meta: SnapshotMeta) -> snap::Cut {
+        snap::Cut {
+            meta,
+            machines: self
+                .machines
+                .iter()
+                .map(|(name, m)| snap::MachineCut {
+                    name: name.clone(),
+                    created_at: m.created_at,
+                    versions: m
+                        .versions
+                        .iter()
+                        .map(|v| snap::VersionCut {
+                            deployed_at: v.deployed_at,
+                            module: v.module.clone(),
+                            bytes: v.bytes.clone(),
+                        })
+                        .collect(),
+                    skipped: m.skipped.clone(),
+                })
+                .collect(),
+            sessions: self.sessions.clone(),
+            last_timestamp_ms: self.last_timestamp_ms,
+            addresses: self.replicated_addresses.clone(),
+        }
+    }
+
+    fn machine_cut(&self, name: &str) -> Option<snap::MachineCut> {
+        let m = self.machines.get(name)?;
+        Some(snap::MachineCut {
+            name: name.to_owned(),
+            created_at: m.created_at,
+            versions: m
+                .versions
+                .iter()
+                .map(|v| snap::VersionCut {
+                    deployed_at: v.deployed_at,
+                    module: v.module.clone(),
+                    bytes: v.bytes.clone(),
+                })
+                .collect(),
+            skipped: m.skipped.clone(),
+        })
+    }
+
+    /// Start creating a snapshot of the state as of now (`meta.index` must be
+    /// the applied index). The live machines keep applying: the export runs
+    /// from shadow instances on another task (see `snap`).
+    fn start_snapshot(&mut self, meta: SnapshotMeta) {
+        if meta.index != self.applied {
+            let _ = self.events.send(SnapEvent::Failed {
+                index: meta.index,
+                error: format!(
+                    "snapshot requested at {} but the machines are at {}",
+                    meta.index, self.applied
+                ),
+            });
+            return;
+        }
+        let cut = self.cut(meta.clone());
+        let storage = self.storage.clone();
+        let base = self.base;
+        let events = self.events.clone();
+        let node = self.node;
+        tokio::spawn(async move {
+            let index = meta.index;
+            let ev = match snap::create_snapshot(node, storage, base, cut).await {
+                Ok(info) => SnapEvent::Created { meta, info },
+                Err(error) => SnapEvent::Failed { index, error },
+            };
+            let _ = events.send(ev);
+        });
+    }
+
+    /// A newer durable snapshot exists: rebuilds start there now; bookkeeping
+    /// for entries at or below it is dropped.
+    fn base_changed(&mut self, id: SnapshotId) {
+        if id.last_index > self.applied || self.base.is_some_and(|b| b.last_index >= id.last_index)
+        {
+            return;
+        }
+        self.base = Some(id);
+        for m in self.machines.values_mut() {
+            m.skipped = m.skipped.split_off(&(id.last_index + 1));
+            // Keep the version running at the snapshot and every later one.
+            if let Some(v) = m
+                .versions
+                .iter()
+                .rposition(|v| v.deployed_at <= id.last_index)
+            {
+                m.versions.drain(..v);
+            }
+        }
+    }
+
+    /// Follower: restore the received snapshot into fresh instances, then
+    /// swap them in at once. The consensus loop is not involved; client
+    /// writes cannot arrive (the engine emits no applies while installing).
+    async fn install(&mut self, meta: SnapshotMeta) {
+        let id = SnapshotId {
+            last_index: meta.index,
+            last_term: meta.term,
+        };
+        let t = std::time::Instant::now();
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+            term = meta.term, "installing snapshot from the leader");
+        match snap::restore_all(&self.host, &self.storage, id).await {
+            Ok(r) => {
+                self.swap_in(r, id);
+                let stale: Vec<u64> = self
+                    .waiting
+                    .range(..=self.applied)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in stale {
+                    if let Some(r) = self.waiting.remove(&i) {
+                        let _ = r.send(Err(RequestError::Timeout(format!(
+                            "entry {i} was covered by an installed snapshot; outcome unknown, retrying with the same tag is safe"
+                        ))));
+                    }
+                }
+                let secs = t.elapsed().as_secs_f64();
+                self.metrics.install_seconds.record(secs);
+                tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                    duration_ms = (secs * 1000.0) as u64, "snapshot installed");
+                let _ = self.events.send(SnapEvent::Installed { meta });
+            }
+            Err(e) => {
+                tracing::error!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                    error = %e, "snapshot install failed; the old machines keep running");
+                let _ = self.events.send(SnapEvent::InstallFailed { meta });
+            }
         }
     }
 
@@ -145,7 +389,19 @@ impl Applier {
                         self.waiting.insert(index, reply);
                     }
                 }
-                ApplyMsg::Entries(entries) => self.apply_entries(entries).await,
+                ApplyMsg::Entries(entries) => {
+                    self.apply_entries(entries).await;
+                    if let Some((target, t)) = self.recovery_target
+                        && self.applied >= target
+                    {
+                        self.recovery_target = None;
+                        tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
+                            replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
+                    }
+                }
+                ApplyMsg::Snapshot { meta } => self.start_snapshot(meta),
+                ApplyMsg::BaseChanged { id } => self.base_changed(id),
+                ApplyMsg::Install { meta } => self.install(meta).await,
                 ApplyMsg::Read {
                     index,
                     machine,
@@ -530,7 +786,16 @@ impl Applier {
         if let Some(h) = m.handle.take() {
             tokio::task::spawn_blocking(move || h.shutdown());
         }
-        let result = replay_machine(&self.storage, machine, m, before).await;
+        let Some(cut) = self.machine_cut(machine) else {
+            return;
+        };
+        let result = match snap::open_base(&self.storage, self.base) {
+            Ok(base) => snap::build_instance(&self.storage, base.as_ref(), &cut, before).await,
+            Err(e) => Err(e),
+        };
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
         match result {
             Ok(handle) => {
                 m.handle = Some(handle);
@@ -551,6 +816,7 @@ impl Applier {
             )),
             Command::SetAddress { id, addr } => {
                 self.addresses.insert(id, addr);
+                self.replicated_addresses.insert(id, addr);
                 Ok(Reply::Done {
                     message: format!("node {id} is at {addr}"),
                 })
@@ -595,7 +861,9 @@ impl Applier {
         module: Vec<u8>,
     ) -> Response {
         let host = self.host.clone();
-        let loaded = tokio::task::spawn_blocking(move || host.load(&module))
+        let bytes = Bytes::from(module);
+        let b2 = bytes.clone();
+        let loaded = tokio::task::spawn_blocking(move || host.load(&b2))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?;
         let module = match loaded {
@@ -626,9 +894,11 @@ impl Applier {
                     name,
                     Machine {
                         handle: Some(new_handle),
+                        created_at: index,
                         versions: vec![Version {
                             deployed_at: index,
                             module,
+                            bytes,
                         }],
                         skipped: BTreeSet::new(),
                         healthy: true,
@@ -654,6 +924,7 @@ impl Applier {
                         m.versions.push(Version {
                             deployed_at: index,
                             module,
+                            bytes,
                         });
                         Ok(Reply::Done {
                             message: format!("upgraded {summary}; state carried across"),
@@ -673,104 +944,6 @@ impl Applier {
 
 fn new_handle_shutdown(h: MachineHandle) {
     tokio::task::spawn_blocking(move || h.shutdown());
-}
-
-/// Move state from `old` into `new` through `old`'s snapshot and `new`'s
-/// restore, streaming chunk by chunk between the two machine threads.
-async fn migrate(old: &MachineHandle, new: &MachineHandle, format: u32) -> Result<(), CallError> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-    let (snap, restore) = tokio::join!(old.snapshot(tx), new.restore(format, rx));
-    snap?;
-    restore
-}
-
-/// Replay `machine`'s history from the log up to (excluding) `before`.
-async fn replay_machine(
-    storage: &Storage,
-    name: &str,
-    m: &Machine,
-    before: u64,
-) -> Result<MachineHandle, String> {
-    let first = &m.versions[0];
-    let mut handle = first.module.start().map_err(|e| e.to_string())?;
-    let mut version = 0usize;
-    let mut next = first.deployed_at + 1;
-    const PAGE_BYTES: u64 = 8 << 20;
-    let mut batch: Vec<host::Entry> = Vec::new();
-    let mut last_ts = 0u64;
-    while next < before {
-        let page = storage
-            .log
-            .entries(next, before, PAGE_BYTES)
-            .map_err(|e| format!("reading the log for replay: {e}"))?;
-        if page.is_empty() {
-            break;
-        }
-        for le in page {
-            next = le.index + 1;
-            let kind: EntryKind = postcard::from_bytes(&le.payload)
-                .map_err(|e| format!("log entry {} does not decode: {e}", le.index))?;
-            let EntryKind::Command {
-                timestamp_ms, data, ..
-            } = kind
-            else {
-                continue;
-            };
-            last_ts = last_ts.max(timestamp_ms);
-            let Ok(cmd) = postcard::from_bytes::<Command>(&data) else {
-                continue;
-            };
-            match cmd {
-                Command::Apply { machine, command } if machine == name => {
-                    if m.skipped.contains(&le.index) {
-                        continue;
-                    }
-                    batch.push(host::Entry {
-                        index: le.index,
-                        term: le.term,
-                        timestamp_ms: last_ts,
-                        command,
-                    });
-                    if batch.len() >= APPLY_BATCH_ENTRIES_MAX {
-                        replay_batch(&handle, &mut batch).await?;
-                    }
-                }
-                Command::Deploy { name: n, .. } if n == name => {
-                    if let Some(v) = m
-                        .versions
-                        .get(version + 1)
-                        .filter(|v| v.deployed_at == le.index)
-                    {
-                        replay_batch(&handle, &mut batch).await?;
-                        let fresh = v.module.start().map_err(|e| e.to_string())?;
-                        let format = m.versions[version].module.info().snapshot_format;
-                        migrate(&handle, &fresh, format)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let old = std::mem::replace(&mut handle, fresh);
-                        tokio::task::spawn_blocking(move || old.shutdown());
-                        version += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    replay_batch(&handle, &mut batch).await?;
-    Ok(handle)
-}
-
-/// Re-apply a pending batch during a rebuild. Outputs were already recorded
-/// the first time; only the state matters here.
-async fn replay_batch(handle: &MachineHandle, batch: &mut Vec<host::Entry>) -> Result<(), String> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    handle
-        .apply_batch(std::mem::take(batch))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 fn app_response(index: u64, r: host::EntryResult) -> Response {

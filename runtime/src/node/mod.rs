@@ -15,6 +15,7 @@
 
 mod apply;
 mod server;
+mod snap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,18 +29,23 @@ use wraft_engine::{
     Action, ConfChange, ConfChangeEntry, Engine, Entry, EntryKind, Event, InitialState, Membership,
     Message, ProposalError, ReadError, Role, SnapshotMeta,
 };
-use wraft_storage::{LogEntry, Storage, StorageConfig, WriteBatch, WriterEvent};
+use wraft_storage::{LogEntry, SnapshotId, Storage, StorageConfig, WriteBatch, WriterEvent};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::{AddressBook, Transport, TransportConfig};
 
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::host::{HostConfig, HostEngine};
 use crate::proto::{
-    Command, Consistency, PeerStatus, Reply, Request, RequestError, Response, Status,
+    Command, Consistency, PeerStatus, Reply, Request, RequestError, Response, SnapshotListing,
+    Status,
+};
+use crate::snapshot::transfer::{
+    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
 pub use apply::ApplyState;
 use apply::{Applier, ApplyMsg};
 pub use server::{KIND_REQUEST, KIND_RESPONSE};
+use snap::SnapEvent;
 
 /// Most requests and raft messages taken in one driver turn before the
 /// engine's actions are executed; they share one persist and one append.
@@ -90,6 +96,9 @@ pub enum NodeError {
     /// The Raft engine refused its configuration or state.
     #[error("raft engine: {0}")]
     Engine(String),
+    /// The newest valid snapshot could not be restored.
+    #[error("restoring snapshot {0}")]
+    Snapshot(String),
 }
 
 /// A request from a client connection to the driver.
@@ -153,6 +162,57 @@ impl Node {
                 }
             })?;
         let storage = Arc::new(storage);
+        for q in &recovered.snapshots.quarantined {
+            tracing::warn!(target: "wraft::snapshot", node = id, file = %q.display(),
+                "newest snapshot failed verification and was quarantined; using the previous one");
+        }
+
+        // The wasm host.
+        let hcfg = HostConfig {
+            cache_dir: Some(data_dir.join("modules")),
+            module_bytes_max: cfg.guest.module_bytes_max as usize,
+            guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
+            fuel_per_call: cfg.guest.fuel_per_call,
+            ..HostConfig::default()
+        };
+        let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
+        let book = AddressBook::new(cfg.address_book());
+
+        // The applier, restored from the newest valid snapshot (if any)
+        // before the engine replays the log above it.
+        let published = Arc::new(Mutex::new(ApplyState::default()));
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let mut applier = Applier::new(
+            id,
+            host.clone(),
+            storage.clone(),
+            book.clone(),
+            published.clone(),
+            snap_tx.clone(),
+        );
+        let snapshot_meta = match recovered.snapshot() {
+            Some(info) => {
+                let header = applier
+                    .recover(info.id())
+                    .await
+                    .map_err(|e| NodeError::Snapshot(format!("{}: {e}", info.path.display())))?;
+                SnapshotMeta {
+                    index: header.index,
+                    term: header.term,
+                    membership: header.membership,
+                }
+            }
+            None => SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership: if cfg.cluster.members.contains_key(&id) {
+                    Membership::with_voters(cfg.cluster.members.keys().copied())
+                } else {
+                    Membership::default()
+                },
+            },
+        };
 
         // Recover the engine's view: hard state, membership, log.
         let hs = recovered.log.hard_state;
@@ -180,26 +240,19 @@ impl Node {
                 })?);
             }
         }
-        let bootstrap = if cfg.cluster.members.contains_key(&id) {
-            Membership::with_voters(cfg.cluster.members.keys().copied())
-        } else {
-            Membership::default()
-        };
+        applier.expect_replay(hs.commit.min(last));
+        let snapshot_index = snapshot_meta.index;
         let init = InitialState {
             hard_state: wraft_engine::HardState {
                 term: hs.term,
                 vote: hs.vote,
                 commit: hs.commit,
             },
-            snapshot: SnapshotMeta {
-                index: 0,
-                term: 0,
-                membership: bootstrap,
-            },
+            snapshot: snapshot_meta,
             entries,
         };
         tracing::info!(target: "wraft::node", node = id, dir = %data_dir.display(),
-            last_index = last, term = hs.term, "recovered storage");
+            snapshot_index, last_index = last, term = hs.term, "recovered storage");
 
         let mut ecfg = wraft_engine::Config::new(id, seed_from_time(id));
         let r = &cfg.raft;
@@ -213,10 +266,14 @@ impl Node {
         ecfg.max_pending_proposals = r.max_pending_proposals as usize;
         ecfg.max_command_bytes =
             (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
-        // Snapshots are created and shipped by the snapshot subsystem, which
-        // is not wired into the node yet: keep the engine from asking.
-        ecfg.snapshot_hint_threshold_entries = 0;
-        ecfg.max_log_entries = 0;
+        ecfg.snapshot_hint_threshold_entries = cfg.snapshot.hint_threshold_entries;
+        ecfg.max_log_entries = cfg.snapshot.max_log_entries;
+        ecfg.log_retention_margin_entries = cfg.snapshot.log_retain_margin_entries;
+        // The transfer has its own progress watchdog; the engine re-offers
+        // only after a transfer failed or went quiet for twice as long.
+        ecfg.snapshot_transfer_timeout_ticks = ((2 * cfg.snapshot.transfer_progress_timeout_ms)
+            / tick)
+            .clamp(10, u32::MAX as u64) as u32;
         ecfg.lease_reads = r.lease_reads;
         if r.lease_reads {
             ecfg.lease_ticks = ecfg.election_timeout_min_ticks.saturating_sub(1) * 100
@@ -225,20 +282,9 @@ impl Node {
         }
         let engine = Engine::new(ecfg, init).map_err(|e| NodeError::Engine(e.to_string()))?;
 
-        // The wasm host.
-        let hcfg = HostConfig {
-            cache_dir: Some(data_dir.join("modules")),
-            module_bytes_max: cfg.guest.module_bytes_max as usize,
-            guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
-            fuel_per_call: cfg.guest.fuel_per_call,
-            ..HostConfig::default()
-        };
-        let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
-
         // Transport.
         let certs = CertDir::new(&cfg.tls.dir);
         let tls = load_node_tls(&certs, id)?;
-        let book = AddressBook::new(cfg.address_book());
         let tmembers = wraft_transport::Membership::new(
             engine
                 .membership()
@@ -256,16 +302,28 @@ impl Node {
         })?;
         tracing::info!(target: "wraft::node", node = id, %addr, "listening");
 
-        let published = Arc::new(Mutex::new(ApplyState::default()));
-        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-        let applier = Applier::new(
-            id,
-            host.clone(),
-            storage.clone(),
-            book.clone(),
-            published.clone(),
-        );
         tokio::spawn(applier.run(apply_rx));
+
+        // Snapshot transfers: inbound bulk streams are snapshot offers.
+        let xfer_cfg = TransferConfig {
+            node_id: id,
+            chunk_bytes: cfg.snapshot.chunk_bytes.min(u32::MAX as u64) as u32,
+            progress_timeout_ms: cfg.snapshot.transfer_progress_timeout_ms,
+            max_incoming_transfers: cfg.snapshot.incoming_transfers_max as usize,
+            ..TransferConfig::default()
+        }
+        .with_test_faults_from_env();
+        let limiter = Arc::new(BandwidthLimiter::new(
+            Some(cfg.snapshot.transfer_bytes_per_sec_max).filter(|b| *b > 0),
+        ));
+        tokio::spawn(serve_bulk(
+            id,
+            inbound.bulk,
+            storage.clone(),
+            xfer_cfg.clone(),
+            Arc::new(IncomingSlots::new(xfer_cfg.max_incoming_transfers)),
+            snap_tx.clone(),
+        ));
 
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -294,11 +352,20 @@ impl Node {
             durable: 0,
             actions: Vec::new(),
             metrics: crate::metrics::DriverMetrics::new(id),
+            snap: SnapState {
+                tx: snap_tx,
+                creating: None,
+                sending: HashMap::new(),
+                xfer_cfg,
+                limiter,
+                retain_count: cfg.snapshot.retain_count,
+            },
         };
         let driver = tokio::spawn(driver.run(
             inbound.raft,
             req_rx,
             durable_rx,
+            snap_rx,
             shutdown_rx,
             Duration::from_millis(tick),
         ));
@@ -414,6 +481,78 @@ struct Driver {
     durable: u64,
     actions: Vec<Action>,
     metrics: crate::metrics::DriverMetrics,
+    snap: SnapState,
+}
+
+/// The driver's snapshot bookkeeping.
+struct SnapState {
+    tx: mpsc::UnboundedSender<SnapEvent>,
+    /// Index of the local snapshot being created, if any (hints coalesce).
+    creating: Option<u64>,
+    /// Outgoing transfers: peer -> snapshot index (pins the log above it).
+    sending: HashMap<u64, u64>,
+    xfer_cfg: TransferConfig,
+    limiter: Arc<BandwidthLimiter>,
+    retain_count: u64,
+}
+
+/// Accept inbound bulk streams (snapshot offers) and receive each on its own
+/// task; a published file becomes `SnapEvent::Received` for the driver.
+async fn serve_bulk(
+    node: u64,
+    mut streams: mpsc::Receiver<wraft_transport::BulkStream>,
+    storage: Arc<Storage>,
+    cfg: TransferConfig,
+    slots: Arc<IncomingSlots>,
+    events: mpsc::UnboundedSender<SnapEvent>,
+) {
+    while let Some(stream) = streams.recv().await {
+        let (storage, cfg, slots, events) =
+            (storage.clone(), cfg.clone(), slots.clone(), events.clone());
+        tokio::spawn(async move {
+            let peer = stream.peer;
+            let on_durable = |offset: u64| {
+                tracing::info!(target: "wraft::snapshot", node, peer, durable_offset = offset,
+                    "incoming snapshot durable up to offset");
+            };
+            match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, on_durable).await {
+                Ok(r) => {
+                    let meta = engine_meta(&r.info.meta);
+                    tracing::info!(target: "wraft::snapshot", node, from = r.from, index = meta.index,
+                        resumed_from = r.resumed_from, bytes = r.bytes_received, already_had = r.already_had,
+                        duration_ms = r.duration.as_millis() as u64, "snapshot received");
+                    let _ = events.send(SnapEvent::Received {
+                        from: r.from,
+                        term: r.leader_term,
+                        meta,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(target: "wraft::snapshot", node, peer, error = %e,
+                        "incoming snapshot transfer ended without a complete file; the next offer resumes")
+                }
+            }
+        });
+    }
+}
+
+/// Engine metadata of a stored snapshot.
+fn engine_meta(m: &wraft_storage::SnapshotMeta) -> SnapshotMeta {
+    SnapshotMeta {
+        index: m.id.last_index,
+        term: m.id.last_term,
+        membership: Membership {
+            voters: m.membership.voters.iter().copied().collect(),
+            learners: m.membership.learners.iter().copied().collect(),
+        },
+    }
+}
+
+fn snapshot_id(meta: &SnapshotMeta) -> SnapshotId {
+    SnapshotId {
+        last_index: meta.index,
+        last_term: meta.term,
+    }
 }
 
 impl Driver {
@@ -422,6 +561,7 @@ impl Driver {
         mut raft_rx: mpsc::Receiver<(u64, Bytes)>,
         mut req_rx: mpsc::Receiver<ClientCall>,
         mut durable_rx: mpsc::UnboundedReceiver<u64>,
+        mut snap_rx: mpsc::UnboundedReceiver<SnapEvent>,
         mut shutdown: watch::Receiver<bool>,
         tick: Duration,
     ) {
@@ -443,6 +583,7 @@ impl Driver {
                     self.on_durable(seq);
                     while let Ok(seq) = durable_rx.try_recv() { self.on_durable(seq); }
                 }
+                Some(ev) = snap_rx.recv() => self.on_snap_event(ev),
                 _ = ticker.tick() => {
                     self.catch_up_ticks(&mut next_tick, tick);
                     self.update_gauges();
@@ -631,6 +772,38 @@ impl Driver {
                 EntryKind::ConfChange(ConfChangeEntry::new(ConfChange::RemoveNode(id))),
                 PendingProposal::Membership(reply, format!("node {id} removed")),
             ),
+            Request::SnapshotTrigger => {
+                // Answered at once (a large snapshot takes longer than a
+                // request deadline); callers poll `Snapshots` for the index.
+                let r = match self.start_snapshot(self.engine.applied_index()) {
+                    Ok(()) => Ok(Reply::SnapshotStarted {
+                        index: self.snap.creating.unwrap_or(0),
+                    }),
+                    Err(_) if self.snap.creating.is_some() => Ok(Reply::SnapshotStarted {
+                        index: self.snap.creating.unwrap_or(0),
+                    }),
+                    Err(e) => Err(RequestError::Rejected(e)),
+                };
+                let _ = reply.send(r);
+            }
+            Request::Snapshots => {
+                let list = self
+                    .storage
+                    .snapshots
+                    .list()
+                    .into_iter()
+                    .map(|i| SnapshotListing {
+                        index: i.meta.id.last_index,
+                        term: i.meta.id.last_term,
+                        file_bytes: i.file_len,
+                        digest: crate::snapshot::format::hex(&i.digest),
+                        path: i.path.display().to_string(),
+                        voters: i.meta.membership.voters.clone(),
+                        learners: i.meta.membership.learners.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(Reply::Snapshots(list)));
+            }
             Request::TransferLeader { to } => {
                 if self.engine.role() != Role::Leader {
                     let _ = reply.send(Err(self.not_leader()));
@@ -641,6 +814,181 @@ impl Driver {
                     message: format!("leadership transfer to node {to} started"),
                 }));
             }
+        }
+    }
+
+    /// Start a local snapshot at `applied_index` (the engine's applied index
+    /// right now: every entry up to it is already queued for the applier,
+    /// and the snapshot request queues behind them).
+    fn start_snapshot(&mut self, applied_index: u64) -> Result<(), String> {
+        if let Some(i) = self.snap.creating {
+            return Err(format!("joined the snapshot being created at index {i}"));
+        }
+        if self.engine.is_installing_snapshot() {
+            return Err("a snapshot from the leader is being installed".into());
+        }
+        let latest = self.engine.snapshot().index;
+        if applied_index <= latest {
+            return Err(format!(
+                "nothing applied since the latest snapshot (index {latest})"
+            ));
+        }
+        let meta = self
+            .engine
+            .snapshot_meta_at(applied_index)
+            .ok_or_else(|| format!("index {applied_index} is not in the log"))?;
+        self.snap.creating = Some(applied_index);
+        let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta });
+        Ok(())
+    }
+
+    fn on_snap_event(&mut self, ev: SnapEvent) {
+        match ev {
+            SnapEvent::Created { meta, info } => {
+                self.snap.creating = None;
+                self.metrics.snapshot_created("ok");
+                self.metrics.snapshot_bytes.set(info.file_len as f64);
+                self.metrics.snapshot_index.set(meta.index as f64);
+                let _ = self.apply_tx.send(ApplyMsg::BaseChanged {
+                    id: snapshot_id(&meta),
+                });
+                self.step(Event::SnapshotCreated { meta });
+            }
+            SnapEvent::Failed { index, error } => {
+                self.snap.creating = None;
+                self.metrics.snapshot_created("failed");
+                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
+                    "snapshot failed; it is retried at the next threshold crossing");
+                self.step(Event::SnapshotFailed);
+            }
+            SnapEvent::Installed { meta } => {
+                self.metrics.snapshot_installed("ok");
+                self.metrics.snapshot_index.set(meta.index as f64);
+                self.step(Event::SnapshotInstalled { meta });
+            }
+            SnapEvent::InstallFailed { meta } => {
+                self.metrics.snapshot_installed("failed");
+                self.step(Event::SnapshotInstallFailed { meta });
+            }
+            SnapEvent::Received { from, term, meta } => {
+                self.step(Event::SnapshotReceived { from, term, meta });
+            }
+            SnapEvent::Progress {
+                from,
+                index,
+                durable_offset,
+            } => self.step(Event::SnapshotProgress {
+                from,
+                index,
+                durable_offset,
+            }),
+            SnapEvent::TransferDone { to, index, ok } => {
+                if self.snap.sending.get(&to) == Some(&index) {
+                    self.snap.sending.remove(&to);
+                }
+                if !ok {
+                    self.step(Event::SnapshotTransferFailed { to, index });
+                }
+            }
+        }
+    }
+
+    /// Leader: stream snapshot `meta` to `to` on a bulk stream of its own.
+    /// The offset the engine remembers is only a hint: the follower answers
+    /// the offer with what it durably holds.
+    fn send_snapshot(&mut self, to: u64, meta: SnapshotMeta, offset: u64) {
+        if self.snap.sending.contains_key(&to) {
+            return; // the running transfer reports; its watchdog bounds it
+        }
+        self.snap.sending.insert(to, meta.index);
+        let id = snapshot_id(&meta);
+        let (transport, storage, cfg, limiter, tx) = (
+            self.transport.clone(),
+            self.storage.clone(),
+            self.snap.xfer_cfg.clone(),
+            self.snap.limiter.clone(),
+            self.snap.tx.clone(),
+        );
+        let term = self.engine.term();
+        let node = self.id;
+        tracing::info!(target: "wraft::snapshot", node, peer = to, index = meta.index, offset,
+            "sending snapshot");
+        tokio::spawn(async move {
+            let index = id.last_index;
+            let ok = match transport.open_bulk(to).await {
+                Err(e) => {
+                    tracing::warn!(target: "wraft::snapshot", node, peer = to, error = %e,
+                        "cannot open a bulk stream for the snapshot");
+                    false
+                }
+                Ok(stream) => {
+                    let progress = tx.clone();
+                    let r =
+                        send_snapshot(stream, &storage.snapshots, id, term, &cfg, &limiter, |d| {
+                            let _ = progress.send(SnapEvent::Progress {
+                                from: to,
+                                index,
+                                durable_offset: d,
+                            });
+                        })
+                        .await;
+                    match r {
+                        Ok(rep) => {
+                            tracing::info!(target: "wraft::snapshot", node, peer = to, index,
+                                outcome = ?rep.outcome, resumed_from = rep.resumed_from,
+                                bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
+                                duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished");
+                            matches!(
+                                rep.outcome,
+                                SendOutcome::Completed | SendOutcome::AlreadyHave
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "wraft::snapshot", node, peer = to, index, error = %e,
+                                "snapshot transfer failed; it is re-offered and resumes");
+                            false
+                        }
+                    }
+                }
+            };
+            let _ = tx.send(SnapEvent::TransferDone { to, index, ok });
+        });
+    }
+
+    /// Compact storage behind a snapshot, keeping (a) what the engine still
+    /// needs (`up_to` already respects followers within the margin), (b) the
+    /// log back to the previous snapshot, so that falling back to it on a
+    /// damaged newest file still finds every entry above it, and (c) the log
+    /// above any snapshot a running transfer is sending.
+    fn compact_log(&mut self, up_to: u64) {
+        let mut target = up_to;
+        if self.snap.retain_count >= 2 {
+            let list = self.storage.snapshots.list();
+            let previous = list.iter().rev().nth(1).map_or(0, |i| i.meta.id.last_index);
+            target = target.min(previous);
+        }
+        if let Some(pinned) = self.snap.sending.values().min() {
+            target = target.min(*pinned);
+        }
+        if target <= self.storage.log.floor().0 {
+            return;
+        }
+        let Ok(term) = self.storage.log.term(target) else {
+            return;
+        };
+        let wb = WriteBatch {
+            compact: Some((target, term)),
+            ..WriteBatch::default()
+        };
+        let r = match self.storage.log.try_submit(wb.clone()) {
+            Ok(t) => Ok(t),
+            Err(_) => tokio::task::block_in_place(|| self.storage.log.submit(wb)),
+        };
+        match r {
+            Ok(_) => tracing::info!(target: "wraft::snapshot", node = self.id, up_to = target,
+                engine_up_to = up_to, "compacting the log"),
+            Err(e) => tracing::warn!(target: "wraft::snapshot", node = self.id, error = %e,
+                "log compaction failed; retried after the next snapshot"),
         }
     }
 
@@ -693,7 +1041,9 @@ impl Driver {
             commit_index: self.engine.commit_index(),
             applied_index: applied,
             last_index: self.engine.last_index(),
-            snapshot_index: self.engine.log_floor(),
+            snapshot_index: self.engine.snapshot().index,
+            log_first_index: self.engine.log_floor() + 1,
+            snapshot_creating: self.snap.creating,
             voters: m.voters.iter().copied().collect(),
             learners: m.learners.iter().copied().collect(),
             peers,
@@ -739,6 +1089,22 @@ impl Driver {
                 // durable, so every Send goes out at once.
                 Action::Send { msg } => self.send(msg),
                 Action::Persist(batch) => {
+                    if let Some(snap) = &batch.reset_to_snapshot {
+                        // The log restarts above an installed snapshot. A
+                        // batch of its own, so storage applies it before the
+                        // truncation and entries below (it applies a batch's
+                        // compaction last).
+                        let wb = WriteBatch {
+                            compact: Some((snap.index, snap.term)),
+                            ..WriteBatch::default()
+                        };
+                        if let Err(e) = tokio::task::block_in_place(|| self.storage.log.submit(wb))
+                        {
+                            tracing::error!(target: "wraft::node", node = self.id, error = %e,
+                                "cannot reset the log to an installed snapshot; the node stops here to stay safe");
+                            std::process::abort();
+                        }
+                    }
                     let mut wb = WriteBatch::default();
                     if let Some(hs) = batch.hard_state {
                         wb = wb.with_hard_state(wraft_storage::HardState {
@@ -802,19 +1168,23 @@ impl Driver {
                         let _ = r.reply.send(Err(e));
                     }
                 }
-                Action::SnapshotHint { .. } => self.step(Event::SnapshotFailed),
-                Action::SendSnapshot { to, meta, .. } => {
-                    tracing::warn!(target: "wraft::node", node = self.id, peer = to, index = meta.index,
-                        "a snapshot transfer was requested but this build cannot stream snapshots yet");
-                    self.step(Event::SnapshotTransferFailed {
-                        to,
-                        index: meta.index,
-                    });
+                Action::SnapshotHint {
+                    reason,
+                    applied_index,
+                } => {
+                    tracing::debug!(target: "wraft::snapshot", node = self.id, ?reason, applied_index, "snapshot hint");
+                    if let Err(e) = self.start_snapshot(applied_index) {
+                        tracing::debug!(target: "wraft::snapshot", node = self.id, "snapshot hint not taken: {e}");
+                        if self.snap.creating.is_none() {
+                            self.step(Event::SnapshotFailed);
+                        }
+                    }
                 }
+                Action::SendSnapshot { to, meta, offset } => self.send_snapshot(to, meta, offset),
                 Action::InstallSnapshot { meta } => {
-                    self.step(Event::SnapshotInstallFailed { meta })
+                    let _ = self.apply_tx.send(ApplyMsg::Install { meta });
                 }
-                Action::CompactLog { .. } => {}
+                Action::CompactLog { up_to } => self.compact_log(up_to),
                 Action::RoleChanged { role, term, leader } => {
                     self.metrics.role_change(match role {
                         Role::Leader => "leader",

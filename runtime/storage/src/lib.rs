@@ -80,6 +80,7 @@ pub use crate::log::{
 pub use crate::snapshot::{
     IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo, SnapshotMeta,
     SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
+    inspect_snapshot_file,
 };
 pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile};
 

@@ -295,6 +295,13 @@ fn verify_file(
     })
 }
 
+/// Read and check the snapshot file at `path` without opening a store (no retention, no
+/// quarantine, nothing written): the header, its CRC, the lengths and, with `full`, the whole-file
+/// BLAKE3 digest (one sequential read). For tools such as `wraft snapshot inspect`.
+pub fn inspect_snapshot_file(path: &Path, full: bool) -> Result<SnapshotInfo> {
+    verify_file(&crate::vfs::StdFs, path, &StorageConfig::default(), full)
+}
+
 impl SnapshotStore {
     /// Open (or create) the store in `dir`: find the newest snapshot whose digest verifies
     /// (quarantining newer corrupt ones with a warning naming file and digests), delete
@@ -898,6 +905,20 @@ impl IncomingSnapshot {
     /// Bytes `[0, written_offset)` have been received (not necessarily durable).
     pub fn written_offset(&self) -> u64 {
         self.written_end
+    }
+
+    /// The whole-file digest named in the received header, once its bytes (24..56) have been
+    /// written; `None` before. A resumed transfer compares it with the sender's digest: two
+    /// snapshots with the same id taken on different nodes need not be byte-identical, and only
+    /// a prefix of the *same* file may be resumed. Cost: one 32-byte `pread`.
+    pub fn received_digest(&self) -> Result<Option<[u8; 32]>> {
+        if self.written_end < 56 {
+            return Ok(None);
+        }
+        let mut digest = [0u8; 32];
+        read_exact_at(self.file.as_ref(), &mut digest, 24)
+            .map_err(io_err("read incoming snapshot header", &self.path))?;
+        Ok(Some(digest))
     }
 
     /// Store `data` at `offset` of the snapshot file. `offset` may repeat received bytes but must
