@@ -250,11 +250,16 @@ fn verify_file(
     }
     let body_len = u64_at(&hdr, 16);
     let body_off = SNAPSHOT_HEADER_BYTES + u64::from(meta_len);
-    if body_off + body_len != file_len {
+    // checked: `body_len` is read from the file and may be anything.
+    let expected_len = body_off.checked_add(body_len);
+    if expected_len != Some(file_len) {
         return Err(invalid(
             path,
             "file length (header + body)",
-            body_off + body_len,
+            expected_len.map_or_else(
+                || format!("{body_off} + {body_len} (overflows)"),
+                |l| l.to_string(),
+            ),
             file_len,
         ));
     }
