@@ -337,18 +337,83 @@ pub fn split_segments(data: &[u8]) -> Vec<(u64, &[u8])> {
     out
 }
 
+/// Recompute the checksums of a segment (header CRC, then each record's
+/// header and body CRC, walking the length fields), so that a mutated
+/// segment is *well-formed* and recovery has to judge its content. Stops at
+/// the first record whose length runs past the end.
+pub fn reseal_segment(seg: &mut [u8]) {
+    const SEG_HEADER: usize = 24;
+    const REC_HEADER: usize = 12;
+    if seg.len() < SEG_HEADER {
+        return;
+    }
+    let c = crc32c::crc32c(&seg[..20]);
+    seg[20..24].copy_from_slice(&c.to_le_bytes());
+    let mut off = SEG_HEADER;
+    while off + REC_HEADER <= seg.len() {
+        let len = u32::from_le_bytes([seg[off + 4], seg[off + 5], seg[off + 6], seg[off + 7]]);
+        let hcrc = crc32c::crc32c(&seg[off + 4..off + REC_HEADER]);
+        seg[off..off + 4].copy_from_slice(&hcrc.to_le_bytes());
+        let Some(end) = (off + REC_HEADER).checked_add(len as usize) else {
+            return;
+        };
+        if end + 4 > seg.len() {
+            return;
+        }
+        let bcrc = crc32c::crc32c_append(hcrc, &seg[off + REC_HEADER..end]);
+        seg[end..end + 4].copy_from_slice(&bcrc.to_le_bytes());
+        off = end + 4;
+    }
+}
+
+/// Recompute a snapshot file's header CRC and whole-file BLAKE3 digest from
+/// its own (possibly mutated) fields, so that mutations reach the metadata
+/// decoder and the id and length checks. Leaves files too short, or whose
+/// metadata length runs past the end, alone.
+pub fn reseal_snapshot(file: &mut [u8]) {
+    const HDR: usize = 60;
+    if file.len() < HDR {
+        return;
+    }
+    let meta_len = u32::from_le_bytes([file[12], file[13], file[14], file[15]]) as usize;
+    let Some(body_off) = HDR.checked_add(meta_len).filter(|&o| o <= file.len()) else {
+        return;
+    };
+    let mut body_len = [0u8; 8];
+    body_len.copy_from_slice(&file[16..24]);
+    let mut h = blake3::Hasher::new();
+    h.update(&file[..16]);
+    h.update(&file[HDR..body_off]);
+    h.update(&file[body_off..]);
+    h.update(&body_len);
+    let digest = h.finalize();
+    file[24..56].copy_from_slice(digest.as_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&file[..56]), &file[HDR..body_off]);
+    file[56..60].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Target `wal_recovery`: open a log directory whose segment files are the
-/// fuzz input ([`split_segments`]) on the in-memory [`FaultFs`]. Whatever the
+/// fuzz input ([`split_segments`]) on the in-memory [`FaultFs`]. Input:
+/// `[mode][segments…]`; an odd mode first recomputes every checksum
+/// ([`reseal_segment`]) so that mutations reach the replay logic instead of
+/// stopping at a CRC mismatch. Whatever the
 /// bytes, `Log::open` must return a typed error or a log in which every index
 /// from `first_index` to `last_index` reads back with the term `term()`
 /// reports, terms never decrease, and a second open of the recovered
 /// directory succeeds with the same state and no torn tail.
 pub fn wal_recovery(data: &[u8]) {
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
     let fs = Arc::new(FaultFs::new());
     let dir = Path::new(WAL_DIR);
     fs.create_dir_all(dir).expect("mkdir in the in-memory fs");
     for (seq, seg) in split_segments(data) {
-        create_durable(&fs, &dir.join(format!("{seq:020}.wal")), seg);
+        let mut seg = seg.to_vec();
+        if mode % 2 == 1 {
+            reseal_segment(&mut seg);
+        }
+        create_durable(&fs, &dir.join(format!("{seq:020}.wal")), &seg);
     }
     fs.sync_dir(dir).expect("sync dir");
     let cfg = storage_config();
@@ -426,7 +491,8 @@ fn read_back(store: &SnapshotStore, id: SnapshotId) {
 /// progress file being the last 48 input bytes). `SnapshotStore::open` must
 /// return a typed error or a store whose newest snapshot reads back and
 /// verifies; a snapshot it accepts must carry the id its file name says.
-/// Input: `[mode][file bytes…]`.
+/// Input: `[mode][file bytes…]`; mode bit 1 (value 2) first recomputes the
+/// header CRC and the digest ([`reseal_snapshot`]).
 pub fn snapshot_open(data: &[u8]) {
     let Some((&mode, bytes)) = data.split_first() else {
         return;
@@ -438,17 +504,24 @@ pub fn snapshot_open(data: &[u8]) {
         last_index: SNAP_ID.last_index + 50,
         last_term: SNAP_ID.last_term,
     };
-    if mode % 2 == 1 && bytes.len() >= PROGRESS_FILE_BYTES {
-        let (snap, progress) = bytes.split_at(bytes.len() - PROGRESS_FILE_BYTES);
-        create_durable(&fs, &snap_path(".snap"), snap);
-        create_durable(&fs, &dir.join(format!("{newer}.partial")), snap);
+    let (snap, progress) = if mode % 2 == 1 && bytes.len() >= PROGRESS_FILE_BYTES {
+        let (s, p) = bytes.split_at(bytes.len() - PROGRESS_FILE_BYTES);
+        (s, Some(p))
+    } else {
+        (bytes, None)
+    };
+    let mut snap = snap.to_vec();
+    if mode & 2 != 0 {
+        reseal_snapshot(&mut snap);
+    }
+    create_durable(&fs, &snap_path(".snap"), &snap);
+    if let Some(progress) = progress {
+        create_durable(&fs, &dir.join(format!("{newer}.partial")), &snap);
         create_durable(
             &fs,
             &dir.join(format!("{newer}.partial.progress")),
             progress,
         );
-    } else {
-        create_durable(&fs, &snap_path(".snap"), bytes);
     }
     fs.sync_dir(dir).expect("sync dir");
     let Ok((store, rec)) = SnapshotStore::open(fs.clone(), dir, &storage_config()) else {

@@ -348,8 +348,19 @@ fn wal(out: &mut Vec<Seed>) {
     );
     let mut torn = small.clone();
     torn.truncate(small.len() - 7);
-    push(out, "wal_recovery", "small", small);
-    push(out, "wal_recovery", "torn-tail", torn);
+    push(out, "wal_recovery", "small", [&[0u8][..], &small].concat());
+    push(
+        out,
+        "wal_recovery",
+        "small-resealed",
+        [&[1u8][..], &small].concat(),
+    );
+    push(
+        out,
+        "wal_recovery",
+        "torn-tail",
+        [&[0u8][..], &torn].concat(),
+    );
     // Segments of 4 KiB: ~40 entries of 200 bytes span several of them.
     let multi = real_log(
         vec![
@@ -360,7 +371,12 @@ fn wal(out: &mut Vec<Seed>) {
         ],
         None,
     );
-    push(out, "wal_recovery", "multi-segment", multi);
+    push(
+        out,
+        "wal_recovery",
+        "multi-segment",
+        [&[1u8][..], &multi].concat(),
+    );
     let truncated = real_log(
         vec![
             WriteBatch::default().with_entries(entries(1, 8, 1, 8)),
@@ -371,12 +387,22 @@ fn wal(out: &mut Vec<Seed>) {
         ],
         None,
     );
-    push(out, "wal_recovery", "truncate-and-overwrite", truncated);
+    push(
+        out,
+        "wal_recovery",
+        "truncate-and-overwrite",
+        [&[1u8][..], &truncated].concat(),
+    );
     let compacted = real_log(
         vec![WriteBatch::default().with_entries(entries(1, 30, 1, 100))],
         Some((25, 1)),
     );
-    push(out, "wal_recovery", "compacted", compacted);
+    push(
+        out,
+        "wal_recovery",
+        "compacted",
+        [&[0u8][..], &compacted].concat(),
+    );
 }
 
 /// A real snapshot file (header, metadata, body) for `SNAP_ID`.
@@ -433,6 +459,12 @@ fn snapshots(out: &mut Vec<Seed>) {
         "snapshot_open",
         "empty-body",
         [&[0u8][..], &empty].concat(),
+    );
+    push(
+        out,
+        "snapshot_open",
+        "snapshot-resealed",
+        [&[2u8][..], &file].concat(),
     );
     let progress = real_progress(&file, 1000);
     assert_eq!(progress.len(), crate::PROGRESS_FILE_BYTES);

@@ -75,12 +75,16 @@ fn valid_seeds_reach_recovery_success_paths() {
         match (target, name.as_str()) {
             (
                 "wal_recovery",
-                "small" | "multi-segment" | "compacted" | "truncate-and-overwrite",
+                "small"
+                | "small-resealed"
+                | "multi-segment"
+                | "compacted"
+                | "truncate-and-overwrite",
             ) => {
                 let fs = Arc::new(FaultFs::new());
                 let dir = Path::new(h::WAL_DIR);
                 fs.create_dir_all(dir).unwrap();
-                let segs = h::split_segments(&bytes);
+                let segs = h::split_segments(&bytes[1..]);
                 if name == "multi-segment" {
                     assert!(
                         segs.len() > 1,
