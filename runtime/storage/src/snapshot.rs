@@ -417,7 +417,16 @@ impl SnapshotStore {
         drop(st);
         if let Some(id) = keep {
             match read_progress(vfs, &inner.path(id, ".partial.progress")) {
-                Ok(d) => rec.resumable.push((id, d)),
+                Ok(d) => {
+                    // Report what `incoming` will do: a partial shorter than its recorded
+                    // durable offset restarts from 0 (found by fuzz target snapshot_open).
+                    let path = inner.path(id, ".partial");
+                    let len = vfs
+                        .open(&path, OpenMode::Read)
+                        .and_then(|f| f.len())
+                        .map_err(io_err("stat incoming snapshot", &path))?;
+                    rec.resumable.push((id, if len < d { 0 } else { d }));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "incoming snapshot progress unreadable; it will restart from 0")
                 }
