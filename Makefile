@@ -9,7 +9,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test deps check
+.PHONY: demo test deps check fuzz-smoke
 
 ## Install the toolchain pieces the build needs (idempotent, quiet when present).
 deps:
@@ -29,6 +29,14 @@ demo: deps
 test: deps
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(MAKE) fuzz-smoke
+
+## Fuzz targets: replay the committed corpus on stable, then build every
+## cargo-fuzz target and run each for FUZZ_SMOKE_SECS (default 10) seconds.
+## See fuzz/README.md for the long run.
+fuzz-smoke:
+	$(CARGO) test --manifest-path fuzz/Cargo.toml -p wraft-fuzz-harness
+	fuzz/smoke.sh
 
 ## Lints that must stay clean (not part of `make test`; run before committing).
 check:

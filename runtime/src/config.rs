@@ -342,6 +342,21 @@ impl NodeConfig {
         }
         let r = &self.raft;
         range("raft.tick_interval_ms", r.tick_interval_ms, 1, 1_000)?;
+        // Upper bounds keep `3 × heartbeat` from overflowing and the engine's
+        // u32 tick counts from truncating (regression input:
+        // fuzz/regressions/config_toml/heartbeat-times-3-overflows).
+        range(
+            "raft.heartbeat_interval_ms",
+            r.heartbeat_interval_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "raft.election_timeout_ms",
+            r.election_timeout_ms,
+            3,
+            600_000,
+        )?;
         if r.heartbeat_interval_ms < r.tick_interval_ms {
             return Err(invalid(
                 "raft.heartbeat_interval_ms",

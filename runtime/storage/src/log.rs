@@ -293,11 +293,19 @@ impl DiskIndex {
                         term.to_string(),
                     ));
                 }
+                // `index + 1` below must not overflow (found by fuzz target wal_recovery).
+                let Some(next) = index.checked_add(1) else {
+                    return Err((
+                        "entry index out of range".into(),
+                        format!("< {}", u64::MAX),
+                        index.to_string(),
+                    ));
+                };
                 if self.locs.is_empty() {
                     self.base = index;
                 }
                 self.locs.push_back(Loc { term, ..loc });
-                self.next = Some(index + 1);
+                self.next = Some(next);
             }
             Summary::Truncate(last_kept) => {
                 if last_kept < self.floor.0 {
