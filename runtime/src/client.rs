@@ -193,6 +193,31 @@ impl Client {
         }
     }
 
+    /// Deploy (or upgrade) machine `name` from component bytes, with the WASI profile `wasi`
+    /// (what the module may import besides `wraft:machine/host`; replicated with the deploy).
+    /// A module importing anything else is refused before it reaches the log, with a message
+    /// naming the import.
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        module: Vec<u8>,
+        wasi: crate::host::WasiProfile,
+    ) -> Result<String, ClientError> {
+        if wasi == crate::host::WasiProfile::None {
+            return self.deploy(name, module).await;
+        }
+        let name = name.to_owned();
+        done(
+            self.tagged(|tag| Request::DeployWith {
+                tag,
+                name: name.clone(),
+                module: module.clone(),
+                wasi,
+            })
+            .await?,
+        )
+    }
+
     /// Deploy (or upgrade) machine `name` from component bytes.
     pub async fn deploy(&self, name: &str, module: Vec<u8>) -> Result<String, ClientError> {
         let name = name.to_owned();

@@ -8,6 +8,7 @@
 //! - [`config`] — the node's TOML configuration.
 //! - [`proto`] — the client protocol and the replicated command format.
 //! - [`build`] — turning a guest crate into a checked component.
+//! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
 //! - [`local`] — laying out a local cluster (demo, tests).
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
 //! - [`bench`] — `wraft bench`, the load generator.
@@ -21,4 +22,5 @@ pub mod host;
 pub mod local;
 pub mod metrics;
 pub mod node;
+pub mod polyglot;
 pub mod proto;

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::host::WasiProfile;
+
 /// Version of the client protocol carried in every request.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
 
@@ -95,6 +97,17 @@ pub enum Request {
     TransferLeader {
         /// The target voter.
         to: u64,
+    },
+    /// [`Request::Deploy`] with a WASI profile: the machine may import what `wasi` provides.
+    DeployWith {
+        /// Deduplication tag.
+        tag: RequestTag,
+        /// Machine name.
+        name: String,
+        /// The `.wasm` component.
+        module: Vec<u8>,
+        /// The machine's WASI profile (replicated: every node links the same imports).
+        wasi: WasiProfile,
     },
 }
 
@@ -261,5 +274,17 @@ pub enum Command {
         id: u64,
         /// Its address.
         addr: std::net::SocketAddr,
+    },
+    /// [`Command::Deploy`] with a WASI profile (a separate variant so that
+    /// logs written before profiles existed still decode).
+    DeployWith {
+        /// Machine name.
+        name: String,
+        /// SHA-256 of `module`.
+        sha256: [u8; 32],
+        /// The component.
+        module: Vec<u8>,
+        /// Which WASI the machine may import; every replica links the same.
+        wasi: WasiProfile,
     },
 }

@@ -21,7 +21,7 @@ use wraft_engine::{ClientTag, Entry, EntryKind, SessionCheck, SessionTable};
 use wraft_storage::Storage;
 use wraft_transport::AddressBook;
 
-use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule};
+use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule, WasiProfile};
 use crate::proto::{Command, MachineInfo, Reply, RequestError, Response};
 
 /// Most client sessions remembered for deduplication.
@@ -570,7 +570,16 @@ impl Applier {
                 name,
                 sha256,
                 module,
-            } => self.deploy(index, name, sha256, module).await,
+            } => {
+                self.deploy(index, name, sha256, module, WasiProfile::None)
+                    .await
+            }
+            Command::DeployWith {
+                name,
+                sha256,
+                module,
+                wasi,
+            } => self.deploy(index, name, sha256, module, wasi).await,
         }
     }
 
@@ -580,8 +589,9 @@ impl Applier {
         name: String,
         sha256: [u8; 32],
         module: Vec<u8>,
+        wasi: WasiProfile,
     ) -> Response {
-        let r = self.deploy_inner(index, name, sha256, module).await;
+        let r = self.deploy_inner(index, name, sha256, module, wasi).await;
         self.metrics
             .deploy(if r.is_ok() { "ok" } else { "refused" });
         r
@@ -593,9 +603,10 @@ impl Applier {
         name: String,
         sha256: [u8; 32],
         module: Vec<u8>,
+        wasi: WasiProfile,
     ) -> Response {
         let host = self.host.clone();
-        let loaded = tokio::task::spawn_blocking(move || host.load(&module))
+        let loaded = tokio::task::spawn_blocking(move || host.load_with(&module, wasi))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?;
         let module = match loaded {
@@ -735,7 +746,9 @@ async fn replay_machine(
                         replay_batch(&handle, &mut batch).await?;
                     }
                 }
-                Command::Deploy { name: n, .. } if n == name => {
+                Command::Deploy { name: n, .. } | Command::DeployWith { name: n, .. }
+                    if n == name =>
+                {
                     if let Some(v) = m
                         .versions
                         .get(version + 1)

@@ -227,7 +227,12 @@ impl Node {
 
         // The wasm host.
         let hcfg = HostConfig {
-            cache_dir: Some(data_dir.join("modules")),
+            cache_dir: Some(
+                cfg.guest
+                    .module_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("modules")),
+            ),
             module_bytes_max: cfg.guest.module_bytes_max as usize,
             guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
             fuel_per_call: cfg.guest.fuel_per_call,
@@ -538,6 +543,24 @@ impl Driver {
                     name,
                     sha256,
                     module,
+                });
+                self.propose(
+                    command_kind(Some(tag), data),
+                    PendingProposal::Client(reply),
+                );
+            }
+            Request::DeployWith {
+                tag,
+                name,
+                module,
+                wasi,
+            } => {
+                let sha256 = sha256(&module);
+                let data = encode_command(&Command::DeployWith {
+                    name,
+                    sha256,
+                    module,
+                    wasi,
                 });
                 self.propose(
                     command_kind(Some(tag), data),
