@@ -44,6 +44,11 @@ pub const CONNECTION_IDLE_TIMEOUT_MS: u64 = 2_000;
 /// [`CONNECTION_IDLE_TIMEOUT_MS`], so a live but idle node is never dropped).
 pub const CONNECTION_KEEP_ALIVE_MS: u64 = 400;
 
+/// Largest request or response frame, bytes: a deploy carries the whole module, and a node
+/// accepts modules up to its `guest.module_bytes_max` (32 MiB by default; the host's own cap is
+/// 64 MiB), so the client must be able to send that much. A Python guest is ~18 MB.
+pub const FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -407,6 +412,7 @@ impl Client {
         let cfg = ClientConfig {
             keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
             idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
+            max_frame_bytes: FRAME_BYTES_MAX,
             ..ClientConfig::default()
         };
         let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)

@@ -252,6 +252,11 @@ impl Node {
         );
         let mut tcfg = TransportConfig::new(id, cfg.node.listen);
         tcfg.inbound_streams_max = cfg.client.connections_max as usize;
+        // A deploy entry carries a whole module (a Python guest is ~18 MB): peer frames must
+        // fit the largest module the node accepts, plus the message around it.
+        tcfg.max_frame_bytes = tcfg
+            .max_frame_bytes
+            .max((cfg.guest.module_bytes_max + (1 << 20)).min(u64::from(u32::MAX)) as u32);
         let (transport, inbound) = Transport::bind(tcfg, &tls, tmembers.clone(), book.clone())?;
         let addr = transport.local_addr().map_err(|e| {
             NodeError::Transport(wraft_transport::TransportError::Bind {
