@@ -56,6 +56,11 @@ pub const SUSPECT_NODE_MS: u64 = 3_000;
 /// [`CONNECTION_IDLE_TIMEOUT_MS`], so a live but idle node is never dropped).
 pub const CONNECTION_KEEP_ALIVE_MS: u64 = 400;
 
+/// Largest request or response frame, bytes: a deploy carries the whole module, and a node
+/// accepts modules up to its `guest.module_bytes_max` (32 MiB by default; the host's own cap is
+/// 64 MiB), so the client must be able to send that much. A Python guest is ~18 MB.
+pub const FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -206,6 +211,31 @@ impl Client {
             Reply::Answer { output, .. } => Ok(output),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Deploy (or upgrade) machine `name` from component bytes, with the WASI profile `wasi`
+    /// (what the module may import besides `wraft:machine/host`; replicated with the deploy).
+    /// A module importing anything else is refused before it reaches the log, with a message
+    /// naming the import.
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        module: Vec<u8>,
+        wasi: crate::host::WasiProfile,
+    ) -> Result<String, ClientError> {
+        if wasi == crate::host::WasiProfile::None {
+            return self.deploy(name, module).await;
+        }
+        let name = name.to_owned();
+        done(
+            self.tagged(|tag| Request::DeployWith {
+                tag,
+                name: name.clone(),
+                module: module.clone(),
+                wasi,
+            })
+            .await?,
+        )
     }
 
     /// Deploy (or upgrade) machine `name` from component bytes.
@@ -490,6 +520,7 @@ impl Client {
             keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
             idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            max_frame_bytes: FRAME_BYTES_MAX,
             ..ClientConfig::default()
         };
         let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)

@@ -236,6 +236,12 @@ pub struct GuestSection {
     pub memory_bytes_max: u64,
     /// Fuel (≈ wasm instructions) one call may burn before it traps.
     pub fuel_per_call: u64,
+    /// Directory of compiled modules (default `<data_dir>/modules`). Nodes on one machine may
+    /// share one: entries are named by content and engine hash, checksummed, and written
+    /// atomically, so a shared cache compiles each module once (a 12–18 MB JavaScript or
+    /// Python component takes tens of seconds of Cranelift).
+    #[serde(default)]
+    pub module_cache_dir: Option<PathBuf>,
 }
 
 impl Default for GuestSection {
@@ -244,6 +250,7 @@ impl Default for GuestSection {
             module_bytes_max: 32 << 20,
             memory_bytes_max: 1 << 30,
             fuel_per_call: 1_000_000_000,
+            module_cache_dir: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`templates`] — `wraft new`: machine projects from templates in the binary.
 //! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
+//! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
 //! - [`local`] — laying out a local cluster (demo, tests).
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
 //! - [`bench`] — `wraft bench`, the load generator.
@@ -24,6 +25,7 @@ pub mod host;
 pub mod local;
 pub mod metrics;
 pub mod node;
+pub mod polyglot;
 pub mod proto;
 pub mod snapshot;
 pub mod templates;

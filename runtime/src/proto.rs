@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::host::WasiProfile;
+
 /// Version of the client protocol carried in every request.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
 
@@ -102,6 +104,17 @@ pub enum Request {
     SnapshotTrigger,
     /// List this node's complete snapshots.
     Snapshots,
+    /// [`Request::Deploy`] with a WASI profile: the machine may import what `wasi` provides.
+    DeployWith {
+        /// Deduplication tag.
+        tag: RequestTag,
+        /// Machine name.
+        name: String,
+        /// The `.wasm` component.
+        module: Vec<u8>,
+        /// The machine's WASI profile (replicated: every node links the same imports).
+        wasi: WasiProfile,
+    },
 }
 
 /// Why a request failed. Every variant says what the caller can do next.
@@ -299,5 +312,17 @@ pub enum Command {
         id: u64,
         /// Its address.
         addr: std::net::SocketAddr,
+    },
+    /// [`Command::Deploy`] with a WASI profile (a separate variant so that
+    /// logs written before profiles existed still decode).
+    DeployWith {
+        /// Machine name.
+        name: String,
+        /// SHA-256 of `module`.
+        sha256: [u8; 32],
+        /// The component.
+        module: Vec<u8>,
+        /// Which WASI the machine may import; every replica links the same.
+        wasi: WasiProfile,
     },
 }

@@ -11,8 +11,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, OptLevel};
 
 use super::instance::{Instance, StoreState, add_host_imports};
-use super::validate::validate_component;
-use super::{CallError, EngineError, HostConfig, LoadError, bindings};
+use super::validate::validate_component_for;
+use super::wasi::add_deterministic_wasi;
+use super::{CallError, EngineError, HostConfig, LoadError, WasiProfile, bindings};
 
 /// One node's wasm host: a deterministic wasmtime engine, its watchdog, and its compile cache.
 ///
@@ -27,6 +28,8 @@ struct EngineInner {
     engine: Engine,
     config: Arc<HostConfig>,
     linker: Linker<StoreState>,
+    /// `linker` plus the deterministic WASI profile.
+    linker_wasi: Linker<StoreState>,
     compat_hash: String,
     stop: Arc<AtomicBool>,
 }
@@ -49,6 +52,7 @@ pub(crate) struct ModuleInner {
     pub(crate) sha256: [u8; 32],
     pub(crate) info: MachineInfo,
     pub(crate) from_cache: bool,
+    pub(crate) wasi: WasiProfile,
 }
 
 /// What a guest says about itself (`info` in the WIT).
@@ -100,6 +104,8 @@ impl HostEngine {
         let compat_hash = hex(&h.0.finalize()[..8]);
         let mut linker = Linker::new(&engine);
         add_host_imports(&mut linker).map_err(|e| EngineError(format!("{e:#}")))?;
+        let mut linker_wasi = linker.clone();
+        add_deterministic_wasi(&mut linker_wasi).map_err(|e| EngineError(format!("{e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
         let (ticker_engine, ticker_stop) = (engine.clone(), stop.clone());
@@ -117,6 +123,7 @@ impl HostEngine {
                 engine,
                 config: Arc::new(config),
                 linker,
+                linker_wasi,
                 compat_hash,
                 stop,
             }),
@@ -151,14 +158,22 @@ impl HostEngine {
         self.load(&bytes)
     }
 
-    /// Validate, compile (or fetch from the cache) and describe a component.
+    /// [`HostEngine::load_with`] under [`WasiProfile::None`] (no WASI).
+    pub fn load(&self, bytes: &[u8]) -> Result<MachineModule, LoadError> {
+        self.load_with(bytes, WasiProfile::None)
+    }
+
+    /// Validate, compile (or fetch from the cache) and describe a component that may import what
+    /// `wasi` provides (besides `wraft:machine/host`).
     ///
     /// Steps: size cap; SHA-256; on a cache hit (same module hash and engine compatibility hash,
     /// file checksum intact) deserialize the precompiled code — milliseconds; otherwise parse and
     /// validate fully, check imports (only `wraft:machine/host` and `types`) and exports, compile
     /// with Cranelift (seconds for a large guest) and write the cache atomically. Then check
     /// the exports' types against the world and call `info` once in a throwaway instance.
-    pub fn load(&self, bytes: &[u8]) -> Result<MachineModule, LoadError> {
+    /// An import the profile does not provide fails with [`LoadError::ForbiddenImport`] naming
+    /// it, before anything is compiled.
+    pub fn load_with(&self, bytes: &[u8], wasi: WasiProfile) -> Result<MachineModule, LoadError> {
         let cfg = &self.inner.config;
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let cache_path = cfg
@@ -171,7 +186,7 @@ impl HostEngine {
         };
         // The cache key is the content hash, so a hit was fully validated when it was written;
         // the cheap name checks run regardless.
-        validate_component(bytes, cfg.module_bytes_max, cached.is_none())?;
+        validate_component_for(bytes, cfg.module_bytes_max, cached.is_none(), wasi)?;
         let from_cache = cached.is_some();
         let component = match cached {
             Some(c) => c,
@@ -184,9 +199,11 @@ impl HostEngine {
                 c
             }
         };
-        let pre = self
-            .inner
-            .linker
+        let linker = match wasi {
+            WasiProfile::None => &self.inner.linker,
+            WasiProfile::Deterministic => &self.inner.linker_wasi,
+        };
+        let pre = linker
             .instantiate_pre(&component)
             .and_then(bindings::StateMachinePre::new)
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
@@ -200,6 +217,7 @@ impl HostEngine {
                 snapshot_format: 0,
             },
             from_cache,
+            wasi,
         };
         let info = Instance::new_raw(&module)
             .and_then(|mut i| i.info())
@@ -278,6 +296,11 @@ impl MachineModule {
     /// The guest's self-description.
     pub fn info(&self) -> &MachineInfo {
         &self.inner.info
+    }
+
+    /// The WASI profile the module was loaded with (part of its deployment).
+    pub fn wasi_profile(&self) -> WasiProfile {
+        self.inner.wasi
     }
 
     /// True if the compiled code came from the on-disk cache.

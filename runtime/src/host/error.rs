@@ -23,10 +23,15 @@ pub enum LoadError {
     #[error("not a valid wasm component: {0}")]
     Malformed(String),
     /// The component imports something the host does not provide.
-    #[error("component imports `{name}`, which a wraft guest may not import (allowed: {allowed})")]
+    #[error(
+        "component imports `{name}`, which the machine's WASI profile `{profile}` does not \
+         provide (allowed: {allowed})"
+    )]
     ForbiddenImport {
         /// The offending import.
         name: String,
+        /// The profile the module was checked against.
+        profile: super::WasiProfile,
         /// What is allowed.
         allowed: String,
     },

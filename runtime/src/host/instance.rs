@@ -10,7 +10,8 @@ use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap};
 use super::bindings::wraft::machine::host::LogLevel;
 use super::bindings::wraft::machine::types as wtypes;
 use super::engine::{MachineInfo, MachineModule, ModuleInner};
-use super::{CallError, GuestMessage, HostConfig, HostEngine, TrapKind, bindings};
+use super::wasi::{EntryEnv, WasiState};
+use super::{CallError, GuestMessage, HostConfig, HostEngine, TrapKind, WasiProfile, bindings};
 
 /// Application error code the host substitutes for an output over `output_bytes_max`.
 pub const CODE_OUTPUT_TOO_LARGE: u32 = 0xFFFF_FF01;
@@ -123,6 +124,10 @@ pub struct StoreState {
     log_tokens: f64,
     log_refilled: Instant,
     log_dropped: u64,
+    /// What a WASI guest's clocks and RNG read (set per entry); unused without WASI.
+    entry_env: Arc<EntryEnv>,
+    /// WASI context and handle table, created on first use (only a WASI guest uses it).
+    wasi: Option<Box<WasiState>>,
 }
 
 impl ResourceLimiter for StoreState {
@@ -150,6 +155,12 @@ impl ResourceLimiter for StoreState {
 }
 
 impl StoreState {
+    pub(crate) fn wasi_state(&mut self) -> &mut WasiState {
+        let (env, machine) = (&self.entry_env, &self.machine);
+        self.wasi
+            .get_or_insert_with(|| Box::new(WasiState::deterministic(env.clone(), machine)))
+    }
+
     fn log(&mut self, level: LogLevel, mut message: String) {
         if message.len() > self.config.log_line_bytes_max {
             let mut cut = self.config.log_line_bytes_max;
@@ -287,6 +298,10 @@ pub struct Instance {
     store: Store<StoreState>,
     exports: bindings::StateMachine,
     poisoned: Option<String>,
+    wasi: WasiProfile,
+    /// (index, timestamp) of the last entry applied: the "now" of queries and snapshots under a
+    /// WASI profile.
+    last_entry: (u64, u64),
 }
 
 fn new_store(engine: &HostEngine, machine: &str) -> Store<StoreState> {
@@ -304,6 +319,8 @@ fn new_store(engine: &HostEngine, machine: &str) -> Store<StoreState> {
             log_tokens: rate,
             log_refilled: Instant::now(),
             log_dropped: 0,
+            entry_env: Arc::default(),
+            wasi: None,
         },
     );
     store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -339,6 +356,8 @@ impl Instance {
             store,
             exports,
             poisoned: None,
+            wasi: module.wasi,
+            last_entry: (0, 0),
         })
     }
 
@@ -357,6 +376,7 @@ impl Instance {
     pub fn reset(&mut self) -> Result<(), CallError> {
         self.store = new_store(&self.engine, &self.info.name);
         self.poisoned = None;
+        self.last_entry = (0, 0);
         self.enter("instantiate", self.engine.config().fuel_per_call)?;
         self.exports = self
             .pre
@@ -375,6 +395,12 @@ impl Instance {
         }
         let ticks = self.engine.watchdog_ticks();
         let d = self.store.data_mut();
+        if self.wasi != WasiProfile::None {
+            // Calls other than `apply` see the last applied entry; randomness restarts from
+            // its seed, so they are pure functions of the state.
+            let (index, timestamp_ms) = self.last_entry;
+            d.entry_env.set(index, timestamp_ms);
+        }
         d.memory_limit_hit = false;
         d.last_panic = None;
         d.saved_fuel = None;
@@ -481,6 +507,9 @@ impl Instance {
     ///
     /// Fuel: the entry gets `fuel_per_entry`; the call around it `fuel_per_call`.
     pub fn apply(&mut self, entry: Entry) -> Result<EntryResult, CallError> {
+        if self.wasi != WasiProfile::None {
+            self.last_entry = (entry.index, entry.timestamp_ms);
+        }
         self.enter("apply", self.engine.config().fuel_per_call)?;
         let e = to_wit(entry);
         match self
@@ -497,7 +526,13 @@ impl Instance {
     /// same as `apply` on each (each entry gets its own `fuel_per_entry`), at a fraction of the
     /// per-call cost. A trap anywhere discards the whole batch's results: reset, restore, and
     /// replay the entries one by one to find the faulty one.
+    ///
+    /// A machine with a WASI profile is given one `apply` call per entry instead, so that its
+    /// clocks and randomness follow each entry whatever the batching.
     pub fn apply_batch(&mut self, entries: Vec<Entry>) -> Result<Vec<EntryResult>, CallError> {
+        if self.wasi != WasiProfile::None {
+            return entries.into_iter().map(|e| self.apply(e)).collect();
+        }
         self.enter("apply-batch", self.engine.config().fuel_per_call)?;
         let n = entries.len();
         let es: Vec<wtypes::Entry> = entries.into_iter().map(to_wit).collect();

@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod instance;
 mod validate;
+mod wasi;
 mod worker;
 
 /// Host-side bindings generated from `wit/machine.wit`.
@@ -33,5 +34,8 @@ pub use instance::{
     AppError, CODE_OUTPUT_TOO_LARGE, ChunkSink, ChunkSource, Entry, EntryResult, FnSink, Instance,
     SnapshotSummary,
 };
-pub use validate::{ALLOWED_IMPORTS, ComponentSummary, REQUIRED_EXPORT, validate_component};
+pub use validate::{
+    ALLOWED_IMPORTS, ComponentSummary, REQUIRED_EXPORT, validate_component, validate_component_for,
+};
+pub use wasi::{DETERMINISTIC_WASI_IMPORTS, WASI_RANDOM_BYTES_MAX, WasiProfile};
 pub use worker::MachineHandle;

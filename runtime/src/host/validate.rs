@@ -2,7 +2,7 @@
 
 use wasmparser::{Encoding, Parser, Payload, Validator, WasmFeatures};
 
-use super::LoadError;
+use super::{LoadError, WasiProfile};
 
 /// The instance names a guest may import: the host functions and the shared type definitions.
 pub const ALLOWED_IMPORTS: &[&str] = &["wraft:machine/host@0.1.0", "wraft:machine/types@0.1.0"];
@@ -18,15 +18,27 @@ pub struct ComponentSummary {
     pub exports: Vec<String>,
 }
 
-/// Check size, parse, validate (when `full`), and the top-level import and export names.
-///
-/// Cost: linear in the size; full validation runs at a few hundred MB/s. Fails with a
-/// [`LoadError`] that names the cause (the offending import, the missing export, the byte offset
-/// of a malformation).
+/// [`validate_component_for`] under [`WasiProfile::None`]: the guest may import only
+/// `wraft:machine/host` and `types`.
 pub fn validate_component(
     bytes: &[u8],
     module_bytes_max: usize,
     full: bool,
+) -> Result<ComponentSummary, LoadError> {
+    validate_component_for(bytes, module_bytes_max, full, WasiProfile::None)
+}
+
+/// Check size, parse, validate (when `full`), and the top-level import and export names: every
+/// import must be in [`ALLOWED_IMPORTS`] or provided by the machine's WASI profile `wasi`.
+///
+/// Cost: linear in the size; full validation runs at a few hundred MB/s. Fails with a
+/// [`LoadError`] that names the cause (the offending import and the profile, the missing export,
+/// the byte offset of a malformation).
+pub fn validate_component_for(
+    bytes: &[u8],
+    module_bytes_max: usize,
+    full: bool,
+    wasi: WasiProfile,
 ) -> Result<ComponentSummary, LoadError> {
     if bytes.len() > module_bytes_max {
         return Err(LoadError::TooLarge {
@@ -62,11 +74,8 @@ pub fn validate_component(
                 for import in section {
                     let import = import.map_err(|e| LoadError::Malformed(e.to_string()))?;
                     let name = import.name.name.to_string();
-                    if !ALLOWED_IMPORTS.contains(&name.as_str()) {
-                        return Err(LoadError::ForbiddenImport {
-                            name,
-                            allowed: ALLOWED_IMPORTS.join(", "),
-                        });
+                    if !ALLOWED_IMPORTS.contains(&name.as_str()) && !wasi.provides_wasi(&name) {
+                        return Err(forbidden(name, wasi));
                     }
                     summary.imports.push(name);
                 }
@@ -91,4 +100,24 @@ pub fn validate_component(
         });
     }
     Ok(summary)
+}
+
+fn forbidden(name: String, wasi: WasiProfile) -> LoadError {
+    let mut allowed = ALLOWED_IMPORTS.join(", ");
+    match wasi {
+        WasiProfile::None if WasiProfile::Deterministic.provides_wasi(&name) => allowed.push_str(
+            "; this WASI interface is available under the deterministic WASI profile: deploy \
+             with `--wasi deterministic`",
+        ),
+        WasiProfile::None => {}
+        WasiProfile::Deterministic => {
+            allowed.push_str(", and WASI 0.2.x: ");
+            allowed.push_str(&super::wasi::DETERMINISTIC_WASI_IMPORTS.join(", "));
+        }
+    }
+    LoadError::ForbiddenImport {
+        name,
+        profile: wasi,
+        allowed,
+    }
 }

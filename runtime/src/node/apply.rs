@@ -27,7 +27,7 @@ use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
 use super::snap::{self, SnapEvent, migrate};
-use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule};
+use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule, WasiProfile};
 use crate::proto::{Command, MachineInfo, Reply, RequestError, Response};
 use crate::snapshot::format::NodeSnapshotHeader;
 
@@ -836,7 +836,16 @@ impl Applier {
                 name,
                 sha256,
                 module,
-            } => self.deploy(index, name, sha256, module).await,
+            } => {
+                self.deploy(index, name, sha256, module, WasiProfile::None)
+                    .await
+            }
+            Command::DeployWith {
+                name,
+                sha256,
+                module,
+                wasi,
+            } => self.deploy(index, name, sha256, module, wasi).await,
         }
     }
 
@@ -846,8 +855,9 @@ impl Applier {
         name: String,
         sha256: [u8; 32],
         module: Vec<u8>,
+        wasi: WasiProfile,
     ) -> Response {
-        let r = self.deploy_inner(index, name, sha256, module).await;
+        let r = self.deploy_inner(index, name, sha256, module, wasi).await;
         self.metrics
             .deploy(if r.is_ok() { "ok" } else { "refused" });
         r
@@ -859,11 +869,12 @@ impl Applier {
         name: String,
         sha256: [u8; 32],
         module: Vec<u8>,
+        wasi: WasiProfile,
     ) -> Response {
         let host = self.host.clone();
         let bytes = Bytes::from(module);
         let b2 = bytes.clone();
-        let loaded = tokio::task::spawn_blocking(move || host.load(&b2))
+        let loaded = tokio::task::spawn_blocking(move || host.load_with(&b2, wasi))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?;
         let module = match loaded {

@@ -169,7 +169,12 @@ impl Node {
 
         // The wasm host.
         let hcfg = HostConfig {
-            cache_dir: Some(data_dir.join("modules")),
+            cache_dir: Some(
+                cfg.guest
+                    .module_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("modules")),
+            ),
             module_bytes_max: cfg.guest.module_bytes_max as usize,
             guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
             fuel_per_call: cfg.guest.fuel_per_call,
@@ -293,6 +298,11 @@ impl Node {
         );
         let mut tcfg = TransportConfig::new(id, cfg.node.listen);
         tcfg.inbound_streams_max = cfg.client.connections_max as usize;
+        // A deploy entry carries a whole module (a Python guest is ~18 MB): peer frames must
+        // fit the largest module the node accepts, plus the message around it.
+        tcfg.max_frame_bytes = tcfg
+            .max_frame_bytes
+            .max((cfg.guest.module_bytes_max + (1 << 20)).min(u64::from(u32::MAX)) as u32);
         let (transport, inbound) = Transport::bind(tcfg, &tls, tmembers.clone(), book.clone())?;
         let addr = transport.local_addr().map_err(|e| {
             NodeError::Transport(wraft_transport::TransportError::Bind {
@@ -699,6 +709,24 @@ impl Driver {
                     name,
                     sha256,
                     module,
+                });
+                self.propose(
+                    command_kind(Some(tag), data),
+                    PendingProposal::Client(reply),
+                );
+            }
+            Request::DeployWith {
+                tag,
+                name,
+                module,
+                wasi,
+            } => {
+                let sha256 = sha256(&module);
+                let data = encode_command(&Command::DeployWith {
+                    name,
+                    sha256,
+                    module,
+                    wasi,
                 });
                 self.propose(
                     command_kind(Some(tag), data),

@@ -130,7 +130,11 @@ async fn handle(
                 limits.command_bytes_max
             )));
         }
-        Request::Deploy { name, module, .. } => {
+        Request::Deploy { name, module, .. } | Request::DeployWith { name, module, .. } => {
+            let wasi = match &request {
+                Request::DeployWith { wasi, .. } => *wasi,
+                _ => crate::host::WasiProfile::None,
+            };
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -145,9 +149,10 @@ async fn handle(
             // module is refused to the client and never poisons the log.
             let host = host.clone();
             let bytes = module.clone();
-            let checked = tokio::task::spawn_blocking(move || host.load(&bytes).map(|_| ()))
-                .await
-                .map_err(|e| RequestError::Internal(e.to_string()))?;
+            let checked =
+                tokio::task::spawn_blocking(move || host.load_with(&bytes, wasi).map(|_| ()))
+                    .await
+                    .map_err(|e| RequestError::Internal(e.to_string()))?;
             if let Err(e) = checked {
                 return Err(RequestError::Rejected(format!("module refused: {e}")));
             }

@@ -224,7 +224,9 @@ pub async fn build_instance(
                         replay_batch(&handle, &mut batch).await?;
                     }
                 }
-                Command::Deploy { name: n, .. } if n == m.name => {
+                Command::Deploy { name: n, .. } | Command::DeployWith { name: n, .. }
+                    if n == m.name =>
+                {
                     if let Some(v) = m
                         .versions
                         .get(version + 1)
@@ -329,6 +331,7 @@ pub async fn create_snapshot(
                     module_bytes: v.bytes.len() as u64,
                     deployed_at: v.deployed_at,
                     created_at: m.created_at,
+                    wasi: v.module.wasi_profile(),
                 }
             })
             .collect(),
@@ -452,7 +455,8 @@ pub async fn restore_all(
         let bytes = snap.modules[i].clone();
         let h2 = host.clone();
         let b2 = bytes.clone();
-        let module = tokio::task::spawn_blocking(move || h2.load(&b2))
+        let wasi = rec.wasi;
+        let module = tokio::task::spawn_blocking(move || h2.load_with(&b2, wasi))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("loading module of {:?} from the snapshot: {e}", rec.name))?;

@@ -105,6 +105,9 @@ pub struct MachineRecord {
     /// Log index that deployed the first version of this incarnation of the
     /// machine (a removed and redeployed name is a new incarnation).
     pub created_at: u64,
+    /// The WASI profile the machine was deployed with: a restore must link
+    /// the same imports every replica linked when applying its log.
+    pub wasi: crate::host::WasiProfile,
 }
 
 /// The first frame: everything but the bulk data.
@@ -692,6 +695,7 @@ mod tests {
                     module_bytes: m.len() as u64,
                     deployed_at: 1,
                     created_at: 1,
+                    wasi: crate::host::WasiProfile::None,
                 })
                 .collect(),
         }
