@@ -1,7 +1,46 @@
-//! InstallSnapshot over QUIC: moving a snapshot file from a leader to a follower.
+//! InstallSnapshot over QUIC: moving a snapshot file from a leader to a follower, resumably.
 //!
-//! STATUS: public API committed first so the node can be wired against it; the
-//! bodies of [`send_snapshot`] and [`receive_snapshot`] are NOT DONE yet (`todo!()`).
+//! One transfer is one bidirectional stream on the bulk connection
+//! ([`wraft_transport::Transport::open_bulk`] / [`wraft_transport::Inbound::bulk`]), so a
+//! snapshot never shares flow control with the raft link.
+//!
+//! ```text
+//! leader                                             follower
+//!   Offer{magic,version,id,digest,file_len,chunk_bytes,leader_term} ->
+//!                              <- Accept{resume_from} | Busy | AlreadyHave | Reject{reason}
+//!   Chunk{offset,len,data_crc,header_crc}+data  ->   (CRC32C checked, queued to the disk thread)
+//!   ...                                          <- Durable{offset}   after each fdatasync
+//!                                                <- Nack{offset}      chunk failed its CRC32C:
+//!   Chunk at offset again, and everything after  ->   go back to it (nothing bad is written)
+//!                                                <- Verifying         heartbeats during BLAKE3
+//!                                                <- Received{digest}  verified + renamed
+//! ```
+//!
+//! * Control messages are postcard in `wraft_transport::frame` frames (magic, version, CRC32C).
+//!   Chunks use their own 24-byte header (magic `WC`, version, offset, length, CRC32C of the data,
+//!   CRC32C of the header): a corrupt chunk is rejected *by offset* and re-sent; a corrupt header
+//!   is fatal for the stream (the next offer resumes from the durable offset).
+//! * **Durability before acknowledgement.** The follower spools into
+//!   [`SnapshotStore::incoming`], syncs every `sync_every_bytes`, and only then sends
+//!   `Durable{offset}`. A crash loses at most the unsynced tail.
+//! * **Resume** needs the same id *and* the same file: snapshots of one id taken on different
+//!   nodes need not be byte-identical (guest export order, compression), so the follower compares
+//!   the digest in its partial file's header with the offer's and restarts from 0 on mismatch.
+//! * **Pacing**: QUIC flow control only (stream window, bounded disk queue on the follower,
+//!   one chunk read ahead on the leader); nothing buffers the whole snapshot. An optional
+//!   [`BandwidthLimiter`] (governor) caps the send rate and can be changed at runtime.
+//! * **Timeouts are progress-based**: either side aborts after `progress_timeout_ms` without a
+//!   chunk moving, an acknowledgement, or a verification heartbeat.
+//!
+//! Metrics (every series has `node`): `wraft_snapshot_transfers_in_flight{direction}` (gauge),
+//! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
+//! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
+//! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
+//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft::snapshot`.
+//!
+//! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
+//! the environment variable [`CORRUPT_CHUNK_EVERY_ENV`] via
+//! [`TransferConfig::with_test_faults_from_env`].
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,10 +87,11 @@ pub struct TransferConfig {
     /// Receiver: rejections (checksum failures) of the same chunk before the transfer is
     /// abandoned (default 8).
     pub chunk_retries_max: u32,
-    /// TESTING ONLY — wire fault injection on the sending side: flip one bit in the payload of
-    /// every N-th chunk sent (counting resends) *after* its CRC32C was computed, so the receiver
-    /// must detect, reject and get it re-sent. `None` (the default) in production. With `N = 1`
-    /// every chunk is corrupt and the transfer fails after `chunk_retries_max` rejections.
+    /// TESTING ONLY — wire fault injection on the sending side: flip one bit in the data of the
+    /// first transmission of every N-th chunk *after* its CRC32C was computed, so the receiver
+    /// must detect and reject it and the leader re-send it (resends go out intact, so the
+    /// transfer always completes; `N = 1` corrupts every chunk once). `None` (the default) in
+    /// production.
     pub corrupt_chunk_every: Option<NonZeroU32>,
 }
 
@@ -376,9 +416,9 @@ pub enum TransferError {
         /// The configured `progress_timeout_ms`.
         timeout_ms: u64,
     },
-    /// The same chunk failed its checksum too often.
+    /// The same chunk failed its checksum more than `chunk_retries_max` times in a row.
     #[error(
-        "snapshot {id} from node {peer}: chunk at offset {offset} failed its CRC32C {retries} times (chunk_retries_max = {retries})"
+        "snapshot {id} from node {peer}: chunk at offset {offset} failed its CRC32C {failures} times (chunk_retries_max = {retries_max})"
     )]
     ChunkRetriesExhausted {
         /// The leader.
@@ -387,8 +427,10 @@ pub enum TransferError {
         id: SnapshotId,
         /// Offset of the chunk.
         offset: u64,
-        /// Rejections.
-        retries: u32,
+        /// Consecutive checksum failures of this chunk.
+        failures: u32,
+        /// The configured `chunk_retries_max`.
+        retries_max: u32,
     },
     /// The received file's digest is not the one offered.
     #[error(
@@ -812,7 +854,7 @@ async fn send_inner(
     let writer = async {
         let mut off = resume_from;
         let mut high_water = resume_from;
-        let mut sent_chunks: u64 = 0;
+        let mut new_chunks: u64 = 0;
         let mut ahead: Option<(u64, tokio::task::JoinHandle<ReadResult>)> = None;
         loop {
             let r = rewind.swap(NO_REWIND, Ordering::AcqRel);
@@ -837,11 +879,14 @@ async fn send_inner(
             }
             limiter.acquire(len).await;
             let header = encode_chunk_header(off, &data);
-            sent_chunks += 1;
+            let first_transmission = off >= high_water;
+            if first_transmission {
+                new_chunks += 1;
+            }
             let data = match cfg.corrupt_chunk_every {
-                Some(n) if sent_chunks % u64::from(n.get()) == 0 => {
+                Some(n) if first_transmission && new_chunks.is_multiple_of(u64::from(n.get())) => {
                     let mut bad = data.to_vec();
-                    let bit = (sent_chunks as usize * 7919) % (bad.len() * 8);
+                    let bit = (new_chunks as usize * 7919) % (bad.len() * 8);
                     bad[bit / 8] ^= 1 << (bit % 8);
                     tracing::warn!(target: LOG, %id, peer, offset = off, "TEST FAULT: corrupting outgoing chunk after its CRC32C");
                     Bytes::from(bad)
@@ -890,7 +935,7 @@ async fn send_inner(
                 Some(Reply::Nack { offset })
                     if offset >= resume_from
                         && offset < file_len
-                        && (offset - resume_from) % chunk_bytes == 0 =>
+                        && (offset - resume_from).is_multiple_of(chunk_bytes) =>
                 {
                     tracing::warn!(target: LOG, %id, peer, offset, "follower rejected a chunk (CRC32C mismatch); re-sending from it");
                     rewind.store(offset, Ordering::Release);
@@ -1327,7 +1372,8 @@ async fn receive_inner(
                         peer,
                         id,
                         offset: h.offset,
-                        retries: retries - 1,
+                        failures: retries,
+                        retries_max: cfg.chunk_retries_max,
                     });
                 }
                 nack_pending = true;
@@ -1495,8 +1541,22 @@ fn open_spool(
 /// The disk side of a receive, on a blocking thread: write, sync every `sync_every` bytes and
 /// report the durable offset, then verify and publish. Holds the slot until the file is closed.
 fn disk_loop(
-    mut incoming: IncomingSnapshot,
+    incoming: IncomingSnapshot,
     permit: SlotPermit,
+    cmds: mpsc::Receiver<WriteCmd>,
+    events: mpsc::Sender<DiskEvent>,
+    sync_every: u64,
+    file_len: u64,
+    progress: Arc<Progress>,
+) {
+    // `disk_work` consumes (closes) the spool file before the slot is given back, so a
+    // re-offer that finds a free slot also finds the file free.
+    disk_work(incoming, cmds, events, sync_every, file_len, progress);
+    drop(permit);
+}
+
+fn disk_work(
+    mut incoming: IncomingSnapshot,
     mut cmds: mpsc::Receiver<WriteCmd>,
     events: mpsc::Sender<DiskEvent>,
     sync_every: u64,
@@ -1514,8 +1574,6 @@ fn disk_loop(
             if let Err(e) = incoming.sync() {
                 tracing::warn!(target: LOG, id = %incoming.id(), error = %e, "could not sync the partial snapshot of an abandoned transfer");
             }
-            drop(incoming);
-            drop(permit);
             return;
         };
         let len = cmd.data.len() as u64;
@@ -1547,5 +1605,8 @@ fn disk_loop(
         }
         Err(e) => fail(e),
     }
-    drop(permit);
 }
+
+#[cfg(test)]
+#[path = "transfer_tests.rs"]
+mod tests;
