@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::host::{
-    ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo,
-    validate_component,
+    ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo, WasiProfile,
+    validate_component, validate_component_for,
 };
 use crate::templates::Language;
 
@@ -208,6 +208,8 @@ pub struct BuiltProject {
     pub out: PathBuf,
     /// What the checks saw.
     pub checked: CheckedComponent,
+    /// The WASI profile the component needs at deploy (`deterministic` for Python guests).
+    pub wasi: WasiProfile,
 }
 
 /// A component that passed [`check_component`].
@@ -232,18 +234,28 @@ pub fn check_component(
     component: &[u8],
     host: &HostConfig,
 ) -> Result<CheckedComponent, BuildError> {
+    check_component_with(component, host, WasiProfile::None)
+}
+
+/// [`check_component`] for a machine deployed with the WASI profile `wasi` (the imports the
+/// profile provides are allowed, as at a `deploy --wasi`).
+pub fn check_component_with(
+    component: &[u8],
+    host: &HostConfig,
+    wasi: WasiProfile,
+) -> Result<CheckedComponent, BuildError> {
     let host = HostConfig {
         cache_dir: None,
         ..host.clone()
     };
     let limit = host.module_bytes_max;
     let engine = HostEngine::new(host)?;
-    let module = engine.load(component)?;
+    let module = engine.load_with(component, wasi)?;
     Ok(CheckedComponent {
         bytes: component.len(),
         sha256: module.sha256_hex(),
         info: module.info().clone(),
-        summary: validate_component(component, limit, false)?,
+        summary: validate_component_for(component, limit, false, wasi)?,
     })
 }
 
@@ -255,6 +267,7 @@ pub fn check_component(
 /// [`BuildError::NotAvailable`] until the polyglot toolchains are wired in.
 pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, BuildError> {
     let lang = Language::detect(dir).ok_or_else(|| BuildError::NotAProject(dir.to_owned()))?;
+    let mut wasi = WasiProfile::None;
     let (component, default_name) = match lang {
         Language::Rust => {
             preflight_rust(dir, WASM_TARGET, OsStr::new("clang"))?;
@@ -270,22 +283,50 @@ pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, Bu
             (componentize(&bytes)?, name)
         }
         Language::Js | Language::Python => {
-            return Err(BuildError::NotAvailable {
-                lang: lang.name(),
-                detail: "the componentize-js / componentize-py toolchains are wired in by the \
-                         polyglot guest support, which this binary does not include yet"
-                    .into(),
-            });
+            // The polyglot builders write (and check) the component themselves; build into a
+            // staging file, then run the same checks and atomic write as for Rust.
+            let staging_dir = opts
+                .target_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("target"))
+                .join("wraft");
+            std::fs::create_dir_all(&staging_dir).map_err(|source| BuildError::Io {
+                path: staging_dir.clone(),
+                source,
+            })?;
+            let staging = staging_dir.join(format!(".staging-{}.wasm", std::process::id()));
+            let built = match lang {
+                Language::Js => crate::polyglot::build_js(dir, &staging),
+                _ => crate::polyglot::build_python(dir, &staging),
+            }
+            .map_err(|e| BuildError::Toolchain(e.to_string()))?;
+            let bytes = std::fs::read(&staging);
+            let _ = std::fs::remove_file(&staging);
+            let bytes = bytes.map_err(|source| BuildError::Io {
+                path: staging.clone(),
+                source,
+            })?;
+            wasi = built.wasi;
+            let name = std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "machine".into());
+            (bytes, name)
         }
     };
-    let checked = check_component(&component, &opts.host.clone().unwrap_or_default())?;
+    let checked = check_component_with(&component, &opts.host.clone().unwrap_or_default(), wasi)?;
     let out = opts.out.clone().unwrap_or_else(|| {
         dir.join("target")
             .join("wraft")
             .join(format!("{default_name}.wasm"))
     });
     write_atomically(&out, &component)?;
-    Ok(BuiltProject { lang, out, checked })
+    Ok(BuiltProject {
+        lang,
+        out,
+        checked,
+        wasi,
+    })
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename, creating the directory.
@@ -415,14 +456,19 @@ mod tests {
     }
 
     #[test]
-    fn js_and_python_projects_are_recognised_and_refused_until_their_toolchains_are_wired() {
-        for (file, lang) in [("package.json", "js"), ("app.py", "python")] {
+    fn js_and_python_projects_go_to_their_toolchains_and_nothing_is_written_on_failure() {
+        for file in ["package.json", "app.py"] {
             let tmp = tempfile::tempdir().unwrap();
             std::fs::write(tmp.path().join(file), "").unwrap();
             match build_project(tmp.path(), &BuildOptions::default()) {
-                Err(BuildError::NotAvailable { lang: l, .. }) => assert_eq!(l, lang),
+                Err(BuildError::Toolchain(_)) => {}
                 other => panic!("{file}: {other:?}"),
             }
+            let out = tmp.path().join("target").join("wraft");
+            let left: Vec<_> = std::fs::read_dir(&out)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{file}: left behind {left:?}");
         }
     }
 

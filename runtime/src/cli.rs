@@ -207,24 +207,6 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// What `wraft build` and `wraft dev` print about a built component.
-pub fn describe_build(b: &crate::build::BuiltProject) -> String {
-    let c = &b.checked;
-    format!(
-        "{}\n  machine {} {} (snapshot format {}), {} bytes, sha256 {}\n  imports: {}\n  \
-         passed the deploy checks (size, imports, exports, world, info)",
-        b.out.display(),
-        c.info.name,
-        c.info.version,
-        c.info.snapshot_format,
-        c.bytes,
-        &c.sha256[..c.sha256.len().min(16)],
-        if c.summary.imports.is_empty() {
-            "none".to_owned()
-        } else {
-            c.summary.imports.join(", ")
-        }
-    )
 /// `wraft snapshot list --data-dir DIR`: the complete snapshots in `DIR/snap`,
 /// oldest first, read-only (headers checked; digests are checked by `inspect`).
 pub fn snapshot_list_dir(dir: &Path) -> Result<Vec<crate::proto::SnapshotListing>, AnyError> {
@@ -453,4 +435,24 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
     }
     r.ok = r.error.is_none() && r.digest_ok;
     Ok(r)
+}
+
+/// What `wraft build` and `wraft dev` print about a built component.
+pub fn describe_build(b: &crate::build::BuiltProject) -> String {
+    let c = &b.checked;
+    format!(
+        "{}\n  machine {} {} (snapshot format {}), {} bytes, sha256 {}\n  imports: {}\n  \
+         passed the deploy checks (size, imports, exports, world, info)",
+        b.out.display(),
+        c.info.name,
+        c.info.version,
+        c.info.snapshot_format,
+        c.bytes,
+        &c.sha256[..c.sha256.len().min(16)],
+        if c.summary.imports.is_empty() {
+            "none".to_owned()
+        } else {
+            c.summary.imports.join(", ")
+        }
+    )
 }

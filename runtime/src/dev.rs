@@ -351,7 +351,7 @@ async fn deploy(
         }
     };
     let first = deployed.is_none();
-    match c.deploy(&n, bytes).await {
+    match c.deploy_with(&n, bytes, b.wasi).await {
         Ok(msg) => {
             *deployed = Some(b.checked.sha256.clone());
             let verb = if first { "deployed" } else { "upgraded" };

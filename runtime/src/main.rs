@@ -122,6 +122,10 @@ enum Cmd {
         name: String,
         /// The component file.
         file: PathBuf,
+        /// WASI the machine may import: `none`, or `deterministic` (clocks from the log
+        /// entry, randomness seeded by its index, no files/env/sockets; Python guests).
+        #[arg(long, default_value = "none")]
+        wasi: wraft::host::WasiProfile,
         #[command(flatten)]
         conn: Conn,
     },
@@ -385,11 +389,16 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             })
             .await
         }
-        Cmd::Deploy { name, file, conn } => {
+        Cmd::Deploy {
+            name,
+            file,
+            wasi,
+            conn,
+        } => {
             let module =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let c = client(&conn).await?;
-            println!("{}", c.deploy(&name, module).await?);
+            println!("{}", c.deploy_with(&name, module, wasi).await?);
             Ok(())
         }
         Cmd::Undeploy { name, conn } => {

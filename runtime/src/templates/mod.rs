@@ -71,6 +71,51 @@ struct TemplateFile {
     text: &'static str,
 }
 
+/// The JavaScript starter (componentize-js; no WASI): `runtime/templates/js`.
+const JS: &[TemplateFile] = &[
+    TemplateFile {
+        path: "package.json",
+        text: include_str!("../../templates/js/package.json"),
+    },
+    TemplateFile {
+        path: "src/machine.js",
+        text: include_str!("../../templates/js/src/machine.js"),
+    },
+    TemplateFile {
+        path: "src/state.js",
+        text: include_str!("../../templates/js/src/state.js"),
+    },
+    TemplateFile {
+        path: "test/state.test.js",
+        text: include_str!("../../templates/js/test/state.test.js"),
+    },
+    TemplateFile {
+        path: "README.md",
+        text: include_str!("../../templates/js/README.md"),
+    },
+];
+
+/// The Python starter (componentize-py; deploy with `--wasi deterministic`):
+/// `runtime/templates/python`.
+const PYTHON: &[TemplateFile] = &[
+    TemplateFile {
+        path: "app.py",
+        text: include_str!("../../templates/python/app.py"),
+    },
+    TemplateFile {
+        path: "counter.py",
+        text: include_str!("../../templates/python/counter.py"),
+    },
+    TemplateFile {
+        path: "test_counter.py",
+        text: include_str!("../../templates/python/test_counter.py"),
+    },
+    TemplateFile {
+        path: "README.md",
+        text: include_str!("../../templates/python/README.md"),
+    },
+];
+
 const RUST: &[TemplateFile] = &[
     TemplateFile {
         path: "Cargo.toml",
@@ -232,15 +277,8 @@ pub fn new_project(name: &str, lang: Language, opts: &NewOptions) -> Result<NewP
     }
     let (files, sdk) = match lang {
         Language::Rust => (RUST, Some(find_sdk(opts.sdk_path.as_deref())?)),
-        Language::Js | Language::Python => {
-            return Err(NewError::NoTemplate {
-                lang: lang.name(),
-                detail: "the JavaScript and Python templates ship with the polyglot guest \
-                         support (componentize-js / componentize-py); until then start from \
-                         examples/js-kv or examples/py-counter in the wraft repository"
-                    .into(),
-            });
-        }
+        Language::Js => (JS, None),
+        Language::Python => (PYTHON, None),
     };
     let crate_name = name.replace('-', "_");
     let sdk_dependency = match &sdk {
@@ -352,6 +390,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, NewError::NotEmpty(_)), "{e}");
+    }
+
+    #[test]
+    fn js_and_python_projects_get_their_template_files_with_the_name_substituted() {
+        for (lang, manifest) in [(Language::Js, "package.json"), (Language::Python, "app.py")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("shop");
+            let opts = NewOptions {
+                dir: Some(dir.clone()),
+                ..NewOptions::default()
+            };
+            let p = new_project("shop", lang, &opts).unwrap();
+            assert_eq!(Language::detect(&p.dir), Some(lang));
+            let text = std::fs::read_to_string(dir.join(manifest)).unwrap();
+            assert!(
+                text.contains("shop") && !text.contains("{{"),
+                "{manifest}: {text}"
+            );
+        }
     }
 
     #[test]
