@@ -29,3 +29,4 @@ pub mod polyglot;
 pub mod proto;
 pub mod snapshot;
 pub mod templates;
+pub mod wasi_profile;

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::host::WasiProfile;
+pub use crate::wasi_profile::WasiProfile;
 
 /// Version of the client protocol carried in every request.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 1;

@@ -24,3 +24,5 @@
 pub mod config;
 #[path = "../../src/proto.rs"]
 pub mod proto;
+#[path = "../../src/wasi_profile.rs"]
+pub mod wasi_profile;
