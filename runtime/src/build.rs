@@ -295,9 +295,15 @@ pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, Bu
                 source,
             })?;
             let staging = staging_dir.join(format!(".staging-{}.wasm", std::process::id()));
+            // The toolchains run with the project as working directory: hand them absolute paths.
+            let abs = std::fs::canonicalize(dir).map_err(|source| BuildError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+            let staging = std::path::absolute(&staging).unwrap_or(staging);
             let built = match lang {
-                Language::Js => crate::polyglot::build_js(dir, &staging),
-                _ => crate::polyglot::build_python(dir, &staging),
+                Language::Js => crate::polyglot::build_js(&abs, &staging),
+                _ => crate::polyglot::build_python(&abs, &staging),
             }
             .map_err(|e| BuildError::Toolchain(e.to_string()))?;
             let bytes = std::fs::read(&staging);

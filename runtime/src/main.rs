@@ -581,8 +581,13 @@ fn new(
     if let Some(sdk) = &p.sdk {
         println!("  wraft-guest from {}", sdk.display());
     }
+    let test = match p.lang {
+        wraft::templates::Language::Rust => "cargo test      # native tests",
+        wraft::templates::Language::Js => "node --test     # the state logic, natively",
+        wraft::templates::Language::Python => "python3 -m unittest   # the state logic, natively",
+    };
     println!(
-        "next:\n  cd {}\n  cargo test      # native tests\n  wraft build     # the checked \
+        "next:\n  cd {}\n  {test}\n  wraft build     # the checked \
          component\n  wraft dev       # a local cluster that upgrades on every save",
         p.dir.display()
     );
