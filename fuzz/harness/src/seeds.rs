@@ -221,6 +221,8 @@ fn proto(out: &mut Vec<Seed>) {
             applied_index: 9,
             last_index: 9,
             snapshot_index: 0,
+            log_first_index: 1,
+            snapshot_creating: None,
             voters: vec![1, 2, 3],
             learners: vec![],
             peers: vec![],
