@@ -69,50 +69,64 @@ impl std::str::FromStr for Language {
 struct TemplateFile {
     path: &'static str,
     text: &'static str,
+    /// For files taken verbatim from an example machine: the example's quoted machine name,
+    /// replaced by the new project's (so the starter is the example the suite builds and runs
+    /// through a cluster, not a copy of it that could drift).
+    rename: Option<&'static str>,
 }
 
-/// The JavaScript starter (componentize-js; no WASI): `runtime/templates/js`.
+/// The JavaScript starter (componentize-js; no WASI): `examples/js-kv` itself, with the
+/// project's own `package.json` and README from `runtime/templates/js`.
 const JS: &[TemplateFile] = &[
     TemplateFile {
         path: "package.json",
         text: include_str!("../../templates/js/package.json"),
+        rename: None,
     },
     TemplateFile {
         path: "src/machine.js",
-        text: include_str!("../../templates/js/src/machine.js"),
+        text: include_str!("../../../examples/js-kv/src/machine.js"),
+        rename: Some("\"js-kv\""),
     },
     TemplateFile {
         path: "src/state.js",
-        text: include_str!("../../templates/js/src/state.js"),
+        text: include_str!("../../../examples/js-kv/src/state.js"),
+        rename: None,
     },
     TemplateFile {
         path: "test/state.test.js",
-        text: include_str!("../../templates/js/test/state.test.js"),
+        text: include_str!("../../../examples/js-kv/test/state.test.js"),
+        rename: None,
     },
     TemplateFile {
         path: "README.md",
         text: include_str!("../../templates/js/README.md"),
+        rename: None,
     },
 ];
 
 /// The Python starter (componentize-py; deploy with `--wasi deterministic`):
-/// `runtime/templates/python`.
+/// `examples/py-counter` itself, with the README from `runtime/templates/python`.
 const PYTHON: &[TemplateFile] = &[
     TemplateFile {
         path: "app.py",
-        text: include_str!("../../templates/python/app.py"),
+        text: include_str!("../../../examples/py-counter/app.py"),
+        rename: Some("\"py-counter\""),
     },
     TemplateFile {
         path: "counter.py",
-        text: include_str!("../../templates/python/counter.py"),
+        text: include_str!("../../../examples/py-counter/counter.py"),
+        rename: None,
     },
     TemplateFile {
         path: "test_counter.py",
-        text: include_str!("../../templates/python/test_counter.py"),
+        text: include_str!("../../../examples/py-counter/test_counter.py"),
+        rename: None,
     },
     TemplateFile {
         path: "README.md",
         text: include_str!("../../templates/python/README.md"),
+        rename: None,
     },
 ];
 
@@ -120,22 +134,27 @@ const RUST: &[TemplateFile] = &[
     TemplateFile {
         path: "Cargo.toml",
         text: include_str!("rust/Cargo.toml.tmpl"),
+        rename: None,
     },
     TemplateFile {
         path: "src/lib.rs",
         text: include_str!("rust/src/lib.rs.tmpl"),
+        rename: None,
     },
     TemplateFile {
         path: "tests/machine.rs",
         text: include_str!("rust/tests/machine.rs.tmpl"),
+        rename: None,
     },
     TemplateFile {
         path: "README.md",
         text: include_str!("rust/README.md.tmpl"),
+        rename: None,
     },
     TemplateFile {
         path: ".gitignore",
         text: include_str!("rust/gitignore.tmpl"),
+        rename: None,
     },
 ];
 
@@ -294,8 +313,12 @@ pub fn new_project(name: &str, lang: Language, opts: &NewOptions) -> Result<NewP
     };
     let mut written = Vec::new();
     for f in files {
-        let text = f
-            .text
+        let mut text = f.text.to_owned();
+        if let Some(from) = f.rename {
+            debug_assert!(text.contains(from), "{}: no {from} to rename", f.path);
+            text = text.replace(from, &format!("{name:?}"));
+        }
+        let text = text
             .replace("{{name}}", name)
             .replace("{{crate_name}}", &crate_name)
             .replace("{{sdk_dependency}}", &sdk_dependency);
@@ -407,6 +430,21 @@ mod tests {
             assert!(
                 text.contains("shop") && !text.contains("{{"),
                 "{manifest}: {text}"
+            );
+            // The machine's `info` names the project, not the example it was taken from.
+            let entry = if lang == Language::Js {
+                "src/machine.js"
+            } else {
+                "app.py"
+            };
+            let code = std::fs::read_to_string(dir.join(entry)).unwrap();
+            assert!(
+                code.contains("name: \"shop\"") || code.contains("name=\"shop\""),
+                "{entry}"
+            );
+            assert!(
+                !code.contains("js-kv") && !code.contains("py-counter"),
+                "{entry}"
             );
         }
     }
