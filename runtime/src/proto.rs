@@ -45,6 +45,7 @@ pub enum Request {
         /// Target machine name.
         machine: String,
         /// Command bytes (JSON for SDK guests).
+        #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
     /// Ask machine `machine` a read-only question.
@@ -52,6 +53,7 @@ pub enum Request {
         /// Target machine name.
         machine: String,
         /// Request bytes.
+        #[serde(with = "serde_bytes")]
         request: Vec<u8>,
         /// Freshness required.
         consistency: Consistency,
@@ -63,6 +65,7 @@ pub enum Request {
         /// Machine name.
         name: String,
         /// The `.wasm` component.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
     },
     /// Remove machine `name` and its state.
@@ -111,6 +114,7 @@ pub enum Request {
         /// Machine name.
         name: String,
         /// The `.wasm` component.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
         /// The machine's WASI profile (replicated: every node links the same imports).
         wasi: WasiProfile,
@@ -167,6 +171,7 @@ pub enum Reply {
         /// Log index of the command.
         index: u64,
         /// The machine's output.
+        #[serde(with = "serde_bytes")]
         output: Vec<u8>,
     },
     /// Answer of a query, with the applied index it reflects.
@@ -174,6 +179,7 @@ pub enum Reply {
         /// Applied index the answer reflects.
         index: u64,
         /// The machine's answer.
+        #[serde(with = "serde_bytes")]
         output: Vec<u8>,
     },
     /// Deployed machines.
@@ -288,6 +294,7 @@ pub enum Command {
         /// Machine name.
         machine: String,
         /// Command bytes.
+        #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
     /// Deploy or upgrade a machine. The module travels in the log so every
@@ -298,6 +305,7 @@ pub enum Command {
         /// SHA-256 of `module`.
         sha256: [u8; 32],
         /// The component.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
     },
     /// Remove a machine.
@@ -321,8 +329,49 @@ pub enum Command {
         /// SHA-256 of `module`.
         sha256: [u8; 32],
         /// The component.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
         /// Which WASI the machine may import; every replica links the same.
         wasi: WasiProfile,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte payloads are `serde_bytes` so that decoding them is one copy,
+    /// not a visitor call per byte (which cost seconds for a few MB in debug
+    /// builds, on the node's async workers). In postcard a byte string and a
+    /// sequence of `u8` are both "varint length, then the raw bytes", so logs
+    /// and frames written before the change decode unchanged: pinned here.
+    #[test]
+    fn byte_payloads_keep_the_sequence_encoding_of_earlier_logs() {
+        let cmd = Command::Apply {
+            machine: "m".into(),
+            command: vec![7; 200],
+        };
+        let bytes = postcard::to_stdvec(&cmd).unwrap();
+        let mut expected = vec![0, 1, b'm', 200, 1];
+        expected.extend([7; 200]);
+        assert_eq!(bytes, expected);
+
+        /// The shape the type had before: `Vec<u8>` as a sequence.
+        #[derive(Serialize)]
+        enum Before {
+            Apply { machine: String, command: Vec<u8> },
+        }
+        let before = postcard::to_stdvec(&Before::Apply {
+            machine: "m".into(),
+            command: vec![7; 200],
+        })
+        .unwrap();
+        assert_eq!(before, bytes);
+        match postcard::from_bytes::<Command>(&before).unwrap() {
+            Command::Apply { machine, command } => {
+                assert_eq!((machine.as_str(), command), ("m", vec![7; 200]));
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 }

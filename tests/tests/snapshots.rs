@@ -316,10 +316,20 @@ async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64
             .await
             .expect("put");
     }
+    let before = cluster.status(leader).await.expect("leader status");
     client
         .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
         .await
         .expect("trigger");
+    // Consensus never waits for a snapshot: exporting ~`mb` MB (restore,
+    // replay, compress, write) must not cost the leader its leadership. The
+    // tests below also need it: only this node holds the snapshot.
+    let after = cluster.status(leader).await.expect("leader status");
+    assert_eq!(
+        (after.role.as_str(), after.term),
+        ("leader", before.term),
+        "node {leader} lost leadership while creating its snapshot"
+    );
     (cluster, leader, follower, client)
 }
 
@@ -464,16 +474,23 @@ async fn killing_the_leader_mid_transfer_lets_the_new_leader_finish_from_the_dur
         },
     )
     .await;
-    cluster.kill(leader);
+    // Kill whichever node is sending: both hold the same file, so if
+    // leadership moved since, the roles just swap.
+    let sender: u64 = last_fields(&cluster.log(follower), "receiving snapshot")["peer"]
+        .parse()
+        .expect("peer");
+    assert!(sender == leader || sender == other, "sender {sender}");
+    let survivor = if sender == leader { other } else { leader };
+    cluster.kill(sender);
     let new_leader = cluster
-        .wait_for_leader_among(&[other, follower], LEADER_TIMEOUT)
+        .wait_for_leader_among(&[survivor, follower], LEADER_TIMEOUT)
         .await;
-    assert_eq!(new_leader, other);
+    assert_eq!(new_leader, survivor);
     let prefixes = big_prefixes(24 * 32);
     let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-    let state = converge_prefixes(&cluster, other, &[follower], &prefixes).await;
+    let state = converge_prefixes(&cluster, survivor, &[follower], &prefixes).await;
     assert_eq!(state.len(), 24 * 32);
-    let done = last_fields(&cluster.log(other), "snapshot transfer finished");
+    let done = last_fields(&cluster.log(survivor), "snapshot transfer finished");
     let resumed: u64 = done["resumed_from"].parse().unwrap();
     assert!(resumed > 0, "the new leader started from byte 0: {done:?}");
 }

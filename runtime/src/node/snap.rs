@@ -132,7 +132,7 @@ pub struct Cut {
 /// (skipping `m.skipped`, migrating across upgrades as they happened).
 /// Cost: one guest restore plus a replay of `(base, before)`.
 pub async fn build_instance(
-    storage: &Storage,
+    storage: &Arc<Storage>,
     base: Option<&NodeSnapshot>,
     m: &MachineCut,
     before: u64,
@@ -179,44 +179,32 @@ pub async fn build_instance(
         }
     };
     let mut next = from;
-    const PAGE_BYTES: u64 = 8 << 20;
     let mut batch: Vec<host::Entry> = Vec::new();
     while next < before {
-        let page = storage
-            .log
-            .entries(next, before, PAGE_BYTES)
-            .map_err(|e| format!("reading the log for replay: {e}"))?;
-        if page.is_empty() {
-            return Err(format!(
-                "log entries {next}..{before} are missing (compacted?) for replaying {:?}",
-                m.name
-            ));
-        }
-        for le in page {
-            next = le.index + 1;
-            let kind: EntryKind = postcard::from_bytes(&le.payload)
-                .map_err(|e| format!("log entry {} does not decode: {e}", le.index))?;
-            let EntryKind::Command {
-                timestamp_ms, data, ..
-            } = kind
-            else {
-                continue;
-            };
-            last_ts = last_ts.max(timestamp_ms);
-            if le.index <= m.created_at {
+        // Reading and decoding a page is disk and CPU work: keep it off the
+        // async workers, which also run the node's consensus driver.
+        let page = {
+            let storage = storage.clone();
+            let name = m.name.clone();
+            tokio::task::spawn_blocking(move || replay_page(&storage, &name, next, before))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        next = page.next;
+        for item in page.items {
+            last_ts = last_ts.max(item.timestamp_ms);
+            if item.index <= m.created_at {
                 continue;
             }
-            let Ok(cmd) = postcard::from_bytes::<Command>(&data) else {
-                continue;
-            };
-            match cmd {
-                Command::Apply { machine, command } if machine == m.name => {
-                    if m.skipped.contains(&le.index) {
+            match item.command {
+                None => {}
+                Some(ReplayCommand::Apply(command)) => {
+                    if m.skipped.contains(&item.index) {
                         continue;
                     }
                     batch.push(host::Entry {
-                        index: le.index,
-                        term: le.term,
+                        index: item.index,
+                        term: item.term,
                         timestamp_ms: last_ts,
                         command,
                     });
@@ -224,13 +212,11 @@ pub async fn build_instance(
                         replay_batch(&handle, &mut batch).await?;
                     }
                 }
-                Command::Deploy { name: n, .. } | Command::DeployWith { name: n, .. }
-                    if n == m.name =>
-                {
+                Some(ReplayCommand::Deploy) => {
                     if let Some(v) = m
                         .versions
                         .get(version + 1)
-                        .filter(|v| v.deployed_at == le.index)
+                        .filter(|v| v.deployed_at == item.index)
                     {
                         replay_batch(&handle, &mut batch).await?;
                         let fresh = v.module.start().map_err(|e| e.to_string())?;
@@ -243,12 +229,86 @@ pub async fn build_instance(
                         version += 1;
                     }
                 }
-                _ => {}
             }
         }
     }
     replay_batch(&handle, &mut batch).await?;
     Ok(handle)
+}
+
+/// What a replay needs from one log entry, for one machine.
+struct ReplayItem {
+    index: u64,
+    term: u64,
+    /// The entry's timestamp (0 for entries without one).
+    timestamp_ms: u64,
+    command: Option<ReplayCommand>,
+}
+
+enum ReplayCommand {
+    /// A command for the machine being rebuilt.
+    Apply(Vec<u8>),
+    /// A deploy of the machine being rebuilt (an upgrade, if a version of
+    /// the registry starts at this index).
+    Deploy,
+}
+
+/// One page of a replay.
+struct ReplayPage {
+    items: Vec<ReplayItem>,
+    /// The index after the page's last entry.
+    next: u64,
+}
+
+/// Read and decode log entries `[next, before)` (up to ~8 MiB) for
+/// rebuilding `machine`. Blocking: disk reads, checksums and decoding.
+fn replay_page(
+    storage: &Storage,
+    machine: &str,
+    next: u64,
+    before: u64,
+) -> Result<ReplayPage, String> {
+    const PAGE_BYTES: u64 = 8 << 20;
+    let page = storage
+        .log
+        .entries(next, before, PAGE_BYTES)
+        .map_err(|e| format!("reading the log for replay: {e}"))?;
+    let Some(last) = page.last() else {
+        return Err(format!(
+            "log entries {next}..{before} are missing (compacted?) for replaying {machine:?}"
+        ));
+    };
+    let next = last.index + 1;
+    let mut items = Vec::with_capacity(page.len());
+    for le in page {
+        let kind: EntryKind = postcard::from_bytes(&le.payload)
+            .map_err(|e| format!("log entry {} does not decode: {e}", le.index))?;
+        let EntryKind::Command {
+            timestamp_ms, data, ..
+        } = kind
+        else {
+            continue;
+        };
+        let command = match postcard::from_bytes::<Command>(&data) {
+            Ok(Command::Apply {
+                machine: m,
+                command,
+            }) if m == machine => Some(ReplayCommand::Apply(command)),
+            Ok(Command::Deploy { name, .. } | Command::DeployWith { name, .. })
+                if name == machine =>
+            {
+                Some(ReplayCommand::Deploy)
+            }
+            _ => None,
+        };
+        items.push(ReplayItem {
+            index: le.index,
+            term: le.term,
+            timestamp_ms,
+            command,
+        });
+    }
+    Ok(ReplayPage { items, next })
 }
 
 /// Move state from `old` into `new` through `old`'s snapshot and `new`'s
