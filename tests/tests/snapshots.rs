@@ -494,3 +494,166 @@ async fn killing_the_leader_mid_transfer_lets_the_new_leader_finish_from_the_dur
     let resumed: u64 = done["resumed_from"].parse().unwrap();
     assert!(resumed > 0, "the new leader started from byte 0: {done:?}");
 }
+
+/// The order of snapshot creation events in a node's log: `+` creating,
+/// `-` created or failed.
+fn creation_events(log: &str) -> String {
+    log.lines()
+        .filter_map(|l| {
+            if l.contains("creating snapshot") {
+                Some('+')
+            } else if l.contains("created snapshot") || l.contains("snapshot failed") {
+                Some('-')
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_files() {
+    const THRESHOLD: u64 = 100;
+    let cluster = Cluster::start_with(3, |c| {
+        c.snapshot.hint_threshold_entries = THRESHOLD;
+        c.snapshot.max_log_entries = 0;
+        c.snapshot.log_retain_margin_entries = 10;
+        c.snapshot.retain_count = 2;
+    });
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = std::sync::Arc::new(cluster.client().await);
+    client.deploy("kv", guest("kv")).await.expect("deploy");
+    // ~6 MB of incompressible state makes every creation (restore, replay,
+    // compress, write) take far longer than 100 small writes do.
+    for i in 0..192 {
+        client
+            .propose("kv", &kv_put(&format!("big{i:06}"), &noise(i, 32 << 10)))
+            .await
+            .expect("put");
+    }
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let client = client.clone();
+        writers.spawn(async move {
+            for i in 0..200 {
+                client
+                    .propose("kv", &kv_put(&format!("w{w}-{i:04}"), "v"))
+                    .await
+                    .expect("small put");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let commit = cluster
+        .status(leader)
+        .await
+        .expect("leader status")
+        .commit_index;
+    cluster
+        .wait_applied(&cluster.ids(), commit, CATCH_UP_TIMEOUT)
+        .await;
+    for id in cluster.ids() {
+        wait_for("no snapshot in flight", CATCH_UP_TIMEOUT, async || {
+            let s = cluster.status(id).await?;
+            s.snapshot_creating.is_none().then_some(())
+        })
+        .await;
+        let events = creation_events(&cluster.log(id));
+        let creations = events.matches('+').count() as u64;
+        // One creation at a time: every start is followed by its end.
+        assert_eq!(
+            events,
+            "+-".repeat(creations as usize),
+            "node {id}: overlapping creations"
+        );
+        // Without coalescing, every band of THRESHOLD applied entries
+        // would have started one.
+        let crossings = commit / THRESHOLD;
+        eprintln!("node {id}: {creations} creations for {crossings} threshold crossings");
+        assert!(
+            creations >= 2 && creations < crossings,
+            "node {id}: {creations} creations for {crossings} threshold crossings"
+        );
+        // Retention: the newest `retain_count` files, nothing else.
+        let listed = snapshots_of(&cluster, id).await;
+        assert_eq!(listed.len(), 2, "node {id}: {listed:?}");
+        assert!(listed[0].index < listed[1].index);
+        let dir = cluster.config(id).node.data_dir.join("snap");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        files.sort();
+        let expected: Vec<String> = listed
+            .iter()
+            .map(|s| format!("{:020}-{:020}.snap", s.index, s.term))
+            .collect();
+        assert_eq!(files, expected, "node {id}: files in {}", dir.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_the_snapshot_a_transfer_is_sending() {
+    // ~12 MB at 1 MB/s: the transfer outlives two more snapshots.
+    let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 1 << 20).await;
+    let sent = snapshots_of(&cluster, leader).await.last().unwrap().clone();
+    cluster.restart(follower);
+    wait_for("the transfer to start", CATCH_UP_TIMEOUT, async || {
+        cluster
+            .log(follower)
+            .contains("receiving snapshot")
+            .then_some(())
+    })
+    .await;
+    // Two newer snapshots push `sent` out of the newest `retain_count` (2).
+    for round in 0..2 {
+        client
+            .propose("kv", &kv_put(&format!("after{round}"), "v"))
+            .await
+            .expect("put");
+        client
+            .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+            .await
+            .expect("trigger");
+    }
+    let during = snapshots_of(&cluster, leader).await;
+    assert!(
+        !cluster.log(follower).contains("snapshot installed"),
+        "the transfer finished before the test could check its pin; slow it down"
+    );
+    assert_eq!(during.len(), 3, "{during:?}");
+    assert_eq!(during[0].digest, sent.digest, "{during:?}");
+    assert!(std::path::Path::new(&sent.path).exists());
+
+    let prefixes = big_prefixes(12 * 32);
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    converge_prefixes(&cluster, leader, &[follower], &prefixes).await;
+    assert!(cluster.log(follower).contains("snapshot installed"));
+    // Unpinned, it goes at the next retention pass: the newest two stay.
+    client
+        .propose("kv", &kv_put("after2", "v"))
+        .await
+        .expect("put");
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("trigger");
+    let after = snapshots_of(&cluster, leader).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after[0].index > sent.index, "{after:?}");
+    assert!(!std::path::Path::new(&sent.path).exists());
+    // The follower kept no partial file of the finished transfer.
+    let dir = cluster.config(follower).node.data_dir.join("snap");
+    for e in std::fs::read_dir(&dir).expect("follower snap dir") {
+        let name = e.expect("dir entry").file_name();
+        let name = name.to_string_lossy();
+        assert!(name.ends_with(".snap"), "left behind: {name}");
+    }
+}
