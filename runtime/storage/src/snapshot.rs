@@ -195,6 +195,20 @@ fn verify_file(
     cfg: &StorageConfig,
     full: bool,
 ) -> Result<SnapshotInfo> {
+    verify_file_prehashed(vfs, path, cfg, full, None)
+}
+
+/// [`verify_file`], where `prehashed` (if given) already holds the digest input for the whole
+/// file as it was written — `file[..16]` then `file[SNAPSHOT_HEADER_BYTES..]` — and `len` says
+/// how many file bytes it covers. It is used instead of re-reading the body only if `len` is the
+/// file's length; otherwise the body is read and hashed as usual.
+fn verify_file_prehashed(
+    vfs: &dyn Vfs,
+    path: &Path,
+    cfg: &StorageConfig,
+    full: bool,
+    prehashed: Option<(blake3::Hasher, u64)>,
+) -> Result<SnapshotInfo> {
     let file = vfs
         .open(path, OpenMode::Read)
         .map_err(io_err("open snapshot", path))?;
@@ -268,18 +282,24 @@ fn verify_file(
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&hdr[24..56]);
     if full {
-        let mut h = blake3::Hasher::new();
-        h.update(&hdr[..16]);
-        h.update(&meta_raw);
-        let mut buf = vec![0u8; cfg.snapshot_io_chunk_bytes];
-        let mut off = body_off;
-        while off < file_len {
-            let n = ((file_len - off) as usize).min(buf.len());
-            read_exact_at(file.as_ref(), &mut buf[..n], off)
-                .map_err(io_err("read snapshot body", path))?;
-            h.update(&buf[..n]);
-            off += n as u64;
-        }
+        let mut h = match prehashed.filter(|(_, len)| *len == file_len) {
+            Some((h, _)) => h,
+            None => {
+                let mut h = blake3::Hasher::new();
+                h.update(&hdr[..16]);
+                h.update(&meta_raw);
+                let mut buf = vec![0u8; cfg.snapshot_io_chunk_bytes];
+                let mut off = body_off;
+                while off < file_len {
+                    let n = ((file_len - off) as usize).min(buf.len());
+                    read_exact_at(file.as_ref(), &mut buf[..n], off)
+                        .map_err(io_err("read snapshot body", path))?;
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                h
+            }
+        };
         h.update(&body_len.to_le_bytes());
         let found = h.finalize();
         if found.as_bytes() != &digest {
@@ -645,6 +665,8 @@ impl SnapshotStore {
             unsynced_bytes: 0,
             progress_seq,
             finished: false,
+            hasher: Some(blake3::Hasher::new()),
+            hashed_end: 0,
         })
     }
 
@@ -893,6 +915,11 @@ pub struct IncomingSnapshot {
     unsynced_bytes: u64,
     progress_seq: u64,
     finished: bool,
+    /// The digest input of `[0, hashed_end)` (see [`verify_file_prehashed`]), fed as bytes are
+    /// written in order, so `finalize` need not read the file back. `None` once a write landed
+    /// below `hashed_end` (a repeat): `finalize` then re-reads the whole file.
+    hasher: Option<blake3::Hasher>,
+    hashed_end: u64,
 }
 
 impl fmt::Debug for IncomingSnapshot {
@@ -958,6 +985,7 @@ impl IncomingSnapshot {
         self.file
             .write_all_at(data, offset)
             .map_err(io_err("write incoming snapshot", &self.path))?;
+        self.hash_written(offset, data)?;
         if end > self.written_end {
             self.unsynced_bytes += end - self.written_end;
             self.written_end = end;
@@ -965,6 +993,32 @@ impl IncomingSnapshot {
         if self.unsynced_bytes >= self.store.inner.cfg.snapshot_sync_every_bytes {
             self.sync()?;
         }
+        Ok(())
+    }
+
+    /// Feed the digest with `data` just written at `offset`. A resumed transfer first hashes the
+    /// prefix it already holds (one read of it, as `finalize` would have done); a write below what
+    /// was hashed (a repeat, which could differ) drops the running digest for a full re-read.
+    fn hash_written(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let Some(h) = self.hasher.as_mut() else {
+            return Ok(());
+        };
+        if offset < self.hashed_end {
+            self.hasher = None;
+            return Ok(());
+        }
+        if offset > self.hashed_end {
+            let mut buf = vec![0u8; self.store.inner.cfg.snapshot_io_chunk_bytes.max(1)];
+            while self.hashed_end < offset {
+                let n = ((offset - self.hashed_end) as usize).min(buf.len());
+                read_exact_at(self.file.as_ref(), &mut buf[..n], self.hashed_end)
+                    .map_err(io_err("read incoming snapshot", &self.path))?;
+                feed_digest(h, self.hashed_end, &buf[..n]);
+                self.hashed_end += n as u64;
+            }
+        }
+        feed_digest(h, offset, data);
+        self.hashed_end = offset + data.len() as u64;
         Ok(())
     }
 
@@ -991,7 +1045,14 @@ impl IncomingSnapshot {
     pub fn finalize(mut self) -> Result<SnapshotInfo> {
         self.sync()?;
         let inner = self.store.inner.clone();
-        let info = match verify_file(inner.vfs.as_ref(), &self.path, &inner.cfg, true) {
+        let prehashed = self.hasher.take().map(|h| (h, self.hashed_end));
+        let info = match verify_file_prehashed(
+            inner.vfs.as_ref(),
+            &self.path,
+            &inner.cfg,
+            true,
+            prehashed,
+        ) {
             Ok(info) if info.meta.id == self.id => info,
             Ok(info) => {
                 let e = invalid(
@@ -1039,6 +1100,22 @@ impl Drop for IncomingSnapshot {
     fn drop(&mut self) {
         // Unfinished transfers keep their files so a restarted transfer can resume.
         self.store.inner.lock().incoming_open.remove(&self.id);
+    }
+}
+
+/// Feed `data`, found at file offset `offset`, into a whole-file digest: every byte but the
+/// header's `[16, SNAPSHOT_HEADER_BYTES)` (its lengths-and-digest tail, which the digest covers
+/// separately or not at all).
+fn feed_digest(h: &mut blake3::Hasher, offset: u64, data: &[u8]) {
+    let end = offset + data.len() as u64;
+    let skip = 16..SNAPSHOT_HEADER_BYTES;
+    if offset < skip.start {
+        let n = (skip.start.min(end) - offset) as usize;
+        h.update(&data[..n]);
+    }
+    if end > skip.end {
+        let from = skip.end.saturating_sub(offset) as usize;
+        h.update(&data[from..]);
     }
 }
 
