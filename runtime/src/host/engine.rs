@@ -312,7 +312,16 @@ impl MachineModule {
     ///
     /// Cost: one thread and one instantiation (tens of µs plus the guest's initial memory).
     pub fn start(&self) -> Result<super::MachineHandle, CallError> {
-        super::worker::MachineHandle::spawn(self.clone())
+        super::worker::MachineHandle::spawn(self.clone(), false)
+    }
+
+    /// [`start`](Self::start) for background work that must not compete with live machines and
+    /// the node's consensus threads for CPU (snapshot creation from a shadow instance): the
+    /// thread runs at nice [`BACKGROUND_NICE`](super::worker::BACKGROUND_NICE) on Linux, so it
+    /// gets spare cycles at full speed but about a tenth of a normal thread's share when the CPUs
+    /// are busy. Determinism is unaffected: only scheduling changes.
+    pub fn start_background(&self) -> Result<super::MachineHandle, CallError> {
+        super::worker::MachineHandle::spawn(self.clone(), true)
     }
 
     /// A synchronous instance owned by the caller's thread, for embedders that run their own

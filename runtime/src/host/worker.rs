@@ -33,8 +33,30 @@ pub struct MachineHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Nice value of background machine threads (see [`MachineModule::start_background`]): under
+/// CPU contention the kernel gives such a thread about a tenth of a normal thread's share.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lower the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: `setpriority` on the
+/// thread id renices one thread). Best effort: a failure is logged and the thread runs at normal
+/// priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(target: "wraft::host", error = %std::io::Error::last_os_error(),
+                "cannot lower a background machine thread's priority");
+        }
+    }
+}
+
 impl MachineHandle {
-    pub(crate) fn spawn(module: MachineModule) -> Result<Self, CallError> {
+    pub(crate) fn spawn(module: MachineModule, background: bool) -> Result<Self, CallError> {
         let (tx, mut rx) = mpsc::channel::<Job>(module.inner.engine.config().call_queue_len.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let info = module.info().clone();
@@ -42,6 +64,9 @@ impl MachineHandle {
         let thread = std::thread::Builder::new()
             .name(format!("wraft-machine-{}", info.name))
             .spawn(move || {
+                if background {
+                    lower_this_threads_priority();
+                }
                 let mut inst = match Instance::new(module) {
                     Ok(i) => {
                         let _ = ready_tx.send(Ok(()));

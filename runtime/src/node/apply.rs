@@ -790,7 +790,9 @@ impl Applier {
             return;
         };
         let result = match snap::open_base(&self.storage, self.base) {
-            Ok(base) => snap::build_instance(&self.storage, base.as_ref(), &cut, before).await,
+            Ok(base) => {
+                snap::build_instance(&self.storage, base.as_ref(), &cut, before, false).await
+            }
             Err(e) => Err(e),
         };
         let Some(m) = self.machines.get_mut(machine) else {

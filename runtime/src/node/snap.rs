@@ -136,7 +136,16 @@ pub async fn build_instance(
     base: Option<&NodeSnapshot>,
     m: &MachineCut,
     before: u64,
+    background: bool,
 ) -> Result<MachineHandle, String> {
+    let start = |module: &MachineModule| {
+        if background {
+            module.start_background()
+        } else {
+            module.start()
+        }
+        .map_err(|e| e.to_string())
+    };
     let from_base = base.filter(|b| m.created_at <= b.header.index);
     let (mut handle, mut version, from, mut last_ts) = match from_base {
         Some(b) => {
@@ -161,7 +170,7 @@ pub async fn build_instance(
                     m.versions[v].module.sha256_hex()
                 ));
             }
-            let handle = m.versions[v].module.start().map_err(|e| e.to_string())?;
+            let handle = start(&m.versions[v].module)?;
             let src = b
                 .machine_chunks(idx)
                 .ok_or_else(|| "snapshot section missing".to_string())?;
@@ -172,7 +181,7 @@ pub async fn build_instance(
             (handle, v, b.header.index + 1, b.header.last_timestamp_ms)
         }
         None => {
-            let handle = m.versions[0].module.start().map_err(|e| e.to_string())?;
+            let handle = start(&m.versions[0].module)?;
             let (from, ts) =
                 base.map_or((1, 0), |b| (b.header.index + 1, b.header.last_timestamp_ms));
             (handle, 0, from, ts)
@@ -219,7 +228,7 @@ pub async fn build_instance(
                         .filter(|v| v.deployed_at == item.index)
                     {
                         replay_batch(&handle, &mut batch).await?;
-                        let fresh = v.module.start().map_err(|e| e.to_string())?;
+                        let fresh = start(&v.module)?;
                         let format = m.versions[version].module.info().snapshot_format;
                         migrate(&handle, &fresh, format)
                             .await
@@ -420,7 +429,7 @@ pub async fn create_snapshot(
     let mut guest_bytes = 0u64;
     for (i, m) in cut.machines.iter().enumerate() {
         let t = Instant::now();
-        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1)
+        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true)
             .await
             .map_err(|e| format!("rebuilding {:?} at {index} for the snapshot: {e}", m.name))?;
         let rebuilt = t.elapsed();
