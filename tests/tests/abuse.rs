@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use wraft::client::ClientError;
 use wraft::node::KIND_REQUEST;
 use wraft::proto::{Consistency, Request, RequestTag, Response};
-use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value};
+use wraft_engine::{Message, MessageBody};
+use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame;
@@ -411,14 +412,13 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
     assert_still_commits(&cluster, "after-unread-responses").await;
 }
 
-/// Dial node `addr` on the raft ALPN presenting `tls`, send a hello claiming
-/// to be `claim` → `to`, and return how the node ended the connection.
-async fn raft_dial(
+/// Open a QUIC connection to node `to` at `addr` on the raft ALPN,
+/// presenting `tls_id`. The endpoint must outlive the connection.
+async fn raft_connect(
     addr: SocketAddr,
     to: u64,
-    claim: u64,
     tls_id: &TlsIdentity,
-) -> Result<String, String> {
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let rustls_cfg =
         tls::client_config(tls_id, Alpn::Raft, &AuthCounters::new()).map_err(|e| e.to_string())?;
     let quic =
@@ -434,6 +434,18 @@ async fn raft_dial(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    Ok((endpoint, conn))
+}
+
+/// Dial node `addr` on the raft ALPN presenting `tls`, send a hello claiming
+/// to be `claim` → `to`, and return how the node ended the connection.
+async fn raft_dial(
+    addr: SocketAddr,
+    to: u64,
+    claim: u64,
+    tls_id: &TlsIdentity,
+) -> Result<String, String> {
+    let (_endpoint, conn) = raft_connect(addr, to, tls_id).await?;
     if let Ok(mut s) = conn.open_uni().await {
         // Hello { from: claim, to } in postcard: two varints (< 128 here).
         let hello = frame::encode_frame(0x01, &[claim as u8, to as u8], 1024).expect("hello");
@@ -525,6 +537,89 @@ async fn peers_impersonating_members_are_refused_and_the_cluster_keeps_serving()
     assert_still_commits(&cluster, "after-impersonation").await;
 }
 
+/// A raft frame carrying a heartbeat `from` → `to` at `term`.
+fn heartbeat_frame(from: u64, to: u64, term: u64) -> Vec<u8> {
+    let msg = Message {
+        from,
+        to,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_ctx: 0,
+        },
+    };
+    frame::encode_frame(0x02, &frame::encode_payload(&msg).expect("encode"), 1 << 20)
+        .expect("frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_whose_sender_differs_from_their_link_are_dropped_and_logged() {
+    const DROPPED: &str = "dropping a raft message whose addresses do not match its link";
+    let (cluster, leader) = started(3, |_| {}).await;
+    let addr = cluster.addr(leader);
+    let mut others = cluster.ids().into_iter().filter(|i| *i != leader);
+    let (member, other) = (
+        others.next().expect("member"),
+        others.next().expect("third"),
+    );
+    let before = cluster.status(leader).await.expect("status");
+    // Far ahead of the cluster: a heartbeat at this term makes any node
+    // follow its sender, so one that reached the engine would show.
+    let forged_term = before.term + 1_000;
+
+    // A genuine member's certificate and a truthful hello: the link is accepted.
+    let genuine = CertDir::new(cluster.certs_dir())
+        .load_tls(&Identity::Node(member))
+        .expect("member tls");
+    let (_endpoint, conn) = raft_connect(addr, leader, &genuine)
+        .await
+        .expect("a member's link is accepted");
+    let mut s = conn.open_uni().await.expect("stream");
+    let hello = frame::encode_frame(0x01, &[member as u8, leader as u8], 1024).expect("hello");
+    s.write_all(&hello).await.expect("hello");
+    // Three heartbeats on that link claiming to come from the third member.
+    for _ in 0..3 {
+        s.write_all(&heartbeat_frame(other, leader, forged_term))
+            .await
+            .expect("forged heartbeat");
+    }
+    let claimed = format!("link_peer={member} claimed_from={other}");
+    wait_for("the leader to log three drops", SERVE_TIMEOUT, async || {
+        let log = cluster.log(leader);
+        let n = log
+            .lines()
+            .filter(|l| l.contains(DROPPED) && l.contains(&claimed))
+            .count();
+        (n >= 3).then_some(())
+    })
+    .await;
+    let after = cluster.status(leader).await.expect("status");
+    eprintln!(
+        "before: term {} leader {:?}; after: term {} leader {:?}",
+        before.term, before.leader, after.term, after.leader
+    );
+    assert_eq!(after.term, before.term, "a forged heartbeat moved the term");
+    assert_eq!(after.role, "leader", "{after:?}");
+    assert_eq!(after.leader, Some(leader), "{after:?}");
+    assert_still_commits(&cluster, "after-forged-sender").await;
+
+    // Control: the same heartbeat under the link's own id does reach the
+    // engine (the leader follows it into the forged term), so the assertions
+    // above could fail. The cluster then elects a leader again.
+    s.write_all(&heartbeat_frame(member, leader, forged_term))
+        .await
+        .expect("genuine heartbeat");
+    wait_for("the leader to adopt the term", SERVE_TIMEOUT, async || {
+        let s = cluster.status(leader).await?;
+        (s.term >= forged_term).then_some(())
+    })
+    .await;
+    drop(s);
+    conn.close(0u32.into(), b"done");
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_still_commits(&cluster, "after-control-heartbeat").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_burns_its_fuel_on_every_call_costs_bounded_time_per_call() {
     const CALLS: usize = 12;
@@ -562,6 +657,52 @@ async fn a_guest_that_burns_its_fuel_on_every_call_costs_bounded_time_per_call()
     // The burner machine itself still works.
     c.propose("mb", br#""Ok""#).await.expect("ok after burns");
     assert_still_commits(&cluster, "after-fuel-burn").await;
+}
+
+/// A zstd frame (RFC 8878) of `blocks` RLE blocks of 128 KiB zeros:
+/// `6 + 4 * blocks` bytes, no content size in the header.
+fn zstd_zero_bomb(blocks: usize) -> Vec<u8> {
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 17 << 3];
+    for i in 0..blocks {
+        let header = ((128u32 << 10) << 3) | (1 << 1) | u32::from(i + 1 == blocks);
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_bomb_handed_to_decompress_is_refused_alike_on_every_replica() {
+    let (cluster, _) = started(3, |_| {}).await;
+    let c = cluster.client().await;
+    c.deploy("mb", guest("misbehave")).await.expect("deploy");
+    // 1 GiB of zeros in 32 KiB; the guest asks the host for all of it.
+    let bomb = serde_json::json!({"Decompress": {
+        "data": zstd_zero_bomb(8192),
+        "max_output_bytes": u64::MAX,
+    }});
+    let err = c
+        .propose("mb", &serde_json::to_vec(&bomb).expect("json"))
+        .await
+        .expect_err("the host refuses to inflate past its cap");
+    assert!(
+        matches!(&err, ClientError::App { code: 1, message } if message.contains("exceeds 16777216 bytes")),
+        "{err}"
+    );
+    // Not a fault: the machine carries on, and every replica applied the
+    // bomb and the next command without a crash or a poisoned instance.
+    c.propose("mb", br#""Ok""#)
+        .await
+        .expect("ok after the bomb");
+    for id in cluster.ids() {
+        wait_for(
+            &format!("node {id} to apply past the bomb"),
+            SERVE_TIMEOUT,
+            async || (cluster.stale_query(id, "mb", b"null").await.ok()? == b"1").then_some(()),
+        )
+        .await;
+    }
+    assert_still_commits(&cluster, "after-zstd-bomb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
