@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wraft::client::ClientError;
-use wraft::node::KIND_REQUEST;
+use wraft::node::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST};
 use wraft::proto::{Consistency, Request, RequestTag, Response};
 use wraft_engine::{Message, MessageBody};
 use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for};
@@ -358,11 +358,43 @@ async fn slowloris_streams_are_ended_at_the_request_deadline() {
     assert_still_commits(&cluster, "after-slowloris").await;
 }
 
+/// Connect to node `id` as the admin client, granting the node only
+/// `window_bytes` of credit per stream: a larger response cannot leave the
+/// node until this client reads it. The endpoint must outlive the connection.
+async fn connect_stingy(
+    cluster: &Cluster,
+    id: u64,
+    window_bytes: u32,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let rustls_cfg =
+        tls::client_config(&admin_tls(cluster), Alpn::Client, &AuthCounters::new()).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(window_bytes.into());
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let conn = endpoint
+        .connect_with(cc, cluster.addr(id), &tls::server_name_for(id))
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, conn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() {
     const CONNS: usize = 4;
     const STREAMS_PER_CONN: usize = 60;
-    let (cluster, leader) = started(3, |_| {}).await;
+    /// Short so the test sees the node give up on the unread responses.
+    const WRITE_DEADLINE_MS: u64 = 3_000;
+    /// Bound on all the resets arriving (the hoarded queries of one machine
+    /// are answered one after another on a loaded debug build).
+    const RESETS_WITHIN: Duration = Duration::from_secs(120);
+    let (cluster, leader) = started(3, |c| {
+        c.client.response_write_timeout_ms = WRITE_DEADLINE_MS;
+    })
+    .await;
     let c = cluster.client().await;
     // The hoarded queries go to their own machine: queries and applies of
     // one machine share its thread, and this test is about unread responses,
@@ -374,26 +406,27 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
         .await
         .expect("put big");
     let rss_before = node_rss_kib(&cluster, leader).expect("rss");
-    // 240 queries for a 512 KiB value, whose responses are never read:
-    // ~120 MiB the node cannot deliver past the connections' flow control.
+    // 240 queries for a 512 KiB value on connections that let only 16 KiB
+    // per stream through before the client reads, and it never does:
+    // ~120 MiB the node cannot deliver past flow control.
     let query = request_frame(&Request::Query {
         machine: "hoard".into(),
         request: kv_get("big"),
         consistency: Consistency::Stale,
     });
+    let start = Instant::now();
     let mut conns = Vec::new();
     let mut hoarded = Vec::new();
     for _ in 0..CONNS {
-        let conn = connect(&cluster, leader).await;
+        let (endpoint, conn) = connect_stingy(&cluster, leader, 16 << 10).await;
         for _ in 0..STREAMS_PER_CONN {
-            let (mut send, recv) = conn.open_stream().await.expect("stream");
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
             send.write_all(&query).await.expect("write query");
             let _ = send.finish();
             hoarded.push(recv);
         }
-        conns.push(conn);
+        conns.push((endpoint, conn));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_still_commits(&cluster, "while-responses-unread").await;
     let rss_during = node_rss_kib(&cluster, leader).expect("rss");
     let grew_mib = rss_during.saturating_sub(rss_before) / 1024;
@@ -405,9 +438,69 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
         grew_mib < 1024,
         "unread responses grew the leader by {grew_mib} MiB"
     );
-    drop(hoarded);
-    for c in conns {
-        c.close().await;
+    // The node gives up on each unread response at the write deadline: it
+    // resets the stream with CODE_RESPONSE_WRITE_TIMEOUT, which drops the
+    // unsent bytes and frees the request's in-flight slot.
+    let mut resets = tokio::task::JoinSet::new();
+    for mut recv in hoarded {
+        resets.spawn(async move {
+            let r = tokio::time::timeout_at((start + RESETS_WITHIN).into(), recv.received_reset())
+                .await;
+            (r, start.elapsed())
+        });
+    }
+    let (mut first, mut last) = (Duration::MAX, Duration::ZERO);
+    while let Some(joined) = resets.join_next().await {
+        let (r, at) = joined.expect("join");
+        let code = r
+            .unwrap_or_else(|_| panic!("an unread response was still held after {RESETS_WITHIN:?}"))
+            .expect("reset, not a lost connection");
+        assert_eq!(
+            code.map(|c| c.into_inner()),
+            Some(u64::from(CODE_RESPONSE_WRITE_TIMEOUT)),
+            "the stream ends with the write-deadline reset"
+        );
+        first = first.min(at);
+        last = last.max(at);
+    }
+    eprintln!(
+        "{} unread responses reset between {first:?} and {last:?} (deadline {WRITE_DEADLINE_MS} ms)",
+        CONNS * STREAMS_PER_CONN
+    );
+    assert!(
+        first >= Duration::from_millis(WRITE_DEADLINE_MS),
+        "a response was abandoned before its deadline: {first:?}"
+    );
+    let log = cluster.log(leader);
+    let logged = log
+        .matches("response not taken within client.response_write_timeout_ms")
+        .count();
+    assert_eq!(logged, CONNS * STREAMS_PER_CONN, "one log line per reset");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = node_rss_kib(&cluster, leader).expect("rss");
+    eprintln!(
+        "leader RSS: {} MiB before, {} MiB while holding, {} MiB after the resets",
+        rss_before / 1024,
+        rss_during / 1024,
+        rss_after / 1024
+    );
+    // The connections stay open and the node serves them again.
+    let (_endpoint, conn) = &conns[0];
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&request_frame(&Request::Status))
+        .await
+        .expect("write status");
+    let _ = send.finish();
+    let answered = tokio::time::timeout(
+        SERVE_TIMEOUT,
+        frame::read_msg::<_, Response>(&mut recv, frame::DEFAULT_MAX_FRAME_BYTES),
+    )
+    .await
+    .expect("status in time")
+    .expect("status frame");
+    assert!(matches!(answered, Some((_, Ok(_)))), "{answered:?}");
+    for (_, conn) in conns {
+        conn.close(0u32.into(), b"done");
     }
     assert_still_commits(&cluster, "after-unread-responses").await;
 }
@@ -583,14 +676,20 @@ async fn raft_messages_whose_sender_differs_from_their_link_are_dropped_and_logg
             .await
             .expect("forged heartbeat");
     }
-    let claimed = format!("link_peer={member} claimed_from={other}");
-    wait_for("the leader to log three drops", SERVE_TIMEOUT, async || {
+    // And one under the link's own id but addressed to the third member.
+    s.write_all(&heartbeat_frame(member, other, forged_term))
+        .await
+        .expect("misaddressed heartbeat");
+    let claimed = format!("link_peer={member} claimed_from={other} to={leader}");
+    let misaddressed = format!("link_peer={member} claimed_from={member} to={other}");
+    wait_for("the leader to log four drops", SERVE_TIMEOUT, async || {
         let log = cluster.log(leader);
-        let n = log
-            .lines()
-            .filter(|l| l.contains(DROPPED) && l.contains(&claimed))
-            .count();
-        (n >= 3).then_some(())
+        let dropped = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(DROPPED) && l.contains(what))
+                .count()
+        };
+        (dropped(&claimed) == 3 && dropped(&misaddressed) == 1).then_some(())
     })
     .await;
     let after = cluster.status(leader).await.expect("status");
