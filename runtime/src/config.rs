@@ -265,6 +265,12 @@ pub struct ClientSection {
     pub connections_max: u64,
     /// A request not answered within this time gets `Timeout`.
     pub request_timeout_ms: u64,
+    /// Longest time, in milliseconds, a response may take to be handed to a client that reads
+    /// it slowly or not at all. When it runs out the node resets the stream (QUIC application
+    /// error code `wraft::node::CODE_RESPONSE_WRITE_TIMEOUT`), dropping the unsent bytes and
+    /// freeing the request's in-flight slot. Default 30 000 (a 16 MiB response needs a client
+    /// reading at ≥ 0.6 MiB/s); 10..=3 600 000.
+    pub response_write_timeout_ms: u64,
 }
 
 impl Default for ClientSection {
@@ -273,6 +279,7 @@ impl Default for ClientSection {
             command_bytes_max: 1 << 20,
             connections_max: 4096,
             request_timeout_ms: 10_000,
+            response_write_timeout_ms: 30_000,
         }
     }
 }
@@ -441,6 +448,12 @@ impl NodeConfig {
             10,
             3_600_000,
         )?;
+        range(
+            "client.response_write_timeout_ms",
+            c.response_write_timeout_ms,
+            10,
+            3_600_000,
+        )?;
         if self.storage.fsync == FsyncPolicy::Relaxed {
             tracing::warn!(
                 target: "wraft::config",
@@ -536,6 +549,15 @@ dir = "/tmp/certs"
         let text = format!("{MINIMAL}\n[snapshot]\nchunk_bytes = 1\n");
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("snapshot.chunk_bytes"), "{err}");
+    }
+
+    #[test]
+    fn response_write_timeout_defaults_to_30_s_and_is_range_checked() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.client.response_write_timeout_ms, 30_000);
+        let text = format!("{MINIMAL}\n[client]\nresponse_write_timeout_ms = 0\n");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("client.response_write_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -407,6 +407,123 @@ fn corrupting_restore_traps_and_poisons_only_that_instance() {
     );
 }
 
+/// A zstd frame (RFC 8878) of `blocks` RLE blocks, each 128 KiB of zeros: `6 + 4 * blocks`
+/// bytes. It declares the largest window the zstd decoder accepts by default (128 MiB) and no
+/// content size, so nothing in the header lets a decoder see the size coming.
+fn zstd_zero_bomb(blocks: usize) -> Vec<u8> {
+    const BLOCK_BYTES: u32 = 128 << 10;
+    // Magic, frame header descriptor (no content size, not single-segment, no checksum),
+    // window descriptor (exponent 17, mantissa 0: 2^27 bytes).
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 17 << 3];
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        // Block header: last-block bit, block type 1 (RLE), size = the repeat count.
+        let header = (BLOCK_BYTES << 3) | (1 << 1) | last;
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+    }
+    f
+}
+
+/// `wraft_example_misbehave::CODE_DECOMPRESS_REFUSED` (the crate is built as a guest, not linked).
+const MISBEHAVE_DECOMPRESS_REFUSED: u32 = 1;
+
+fn decompress_cmd(data: &[u8], max_output_bytes: u64) -> Value {
+    json!({"Decompress": {"data": data, "max_output_bytes": max_output_bytes}})
+}
+
+#[test]
+fn zstd_bomb_through_decompress_is_refused_in_bounded_memory() {
+    // 1 GiB of zeros in 32 KiB.
+    let bomb = zstd_zero_bomb(8192);
+    assert!(bomb.len() < 40 << 10, "{}", bomb.len());
+    // It is a real bomb: a plain zstd decoder inflates it to 1 GiB (streamed, not held).
+    let mut plain = zstd::stream::read::Decoder::new(&bomb[..]).unwrap();
+    assert_eq!(
+        std::io::copy(&mut plain, &mut std::io::sink()).unwrap(),
+        1 << 30
+    );
+
+    let h = misbehave(config());
+    // The import works: a frame of the same make within the cap inflates in full (1 MiB).
+    let one_mib = zstd_zero_bomb(8);
+    assert_eq!(
+        ok_json(
+            h.apply_blocking(entry(1, decompress_cmd(&one_mib, 1 << 20)))
+                .unwrap()
+        ),
+        json!("1048576")
+    );
+    // Bytes that are not zstd are an error, not a trap.
+    let e = h
+        .apply_blocking(entry(2, decompress_cmd(b"not zstd", 1 << 20)))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.message.starts_with("zstd: "), "{e:?}");
+
+    let (rss_before, _) = rss();
+    // Reset the peak so VmHWM measures the bombs alone (Linux >= 4.0; per process under nextest).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // The guest's cap is under the host's: the guest's applies.
+    let guest_capped = h
+        .apply_blocking(entry(3, decompress_cmd(&bomb, 1 << 20)))
+        .unwrap();
+    let e = guest_capped.clone().unwrap_err();
+    assert_eq!(e.code, MISBEHAVE_DECOMPRESS_REFUSED);
+    assert!(
+        e.message.contains("exceeds 1048576 bytes")
+            && e.message.contains("max-output-bytes = 1048576"),
+        "{}",
+        e.message
+    );
+    // The guest asks for everything: the host's decompress_output_bytes_max (16 MiB) applies.
+    let host_capped = h
+        .apply_blocking(entry(4, decompress_cmd(&bomb, u64::MAX)))
+        .unwrap();
+    let e = host_capped.clone().unwrap_err();
+    assert_eq!(e.code, MISBEHAVE_DECOMPRESS_REFUSED);
+    assert!(
+        e.message.contains("exceeds 16777216 bytes")
+            && e.message.contains("decompress_output_bytes_max = 16777216"),
+        "{}",
+        e.message
+    );
+    let (_, peak) = rss();
+    let extra = peak.saturating_sub(rss_before);
+    eprintln!(
+        "1 GiB zstd bomb ({} bytes) refused twice; RSS {} MiB, peak extra {} MiB",
+        bomb.len(),
+        rss_before >> 20,
+        extra >> 20
+    );
+    // The cap is 16 MiB: the output stops one byte past it and the decoder's window is only
+    // touched as far as it writes. 1 GiB would show as ≥ 1024 MiB.
+    assert!(
+        extra < 96 << 20,
+        "refusing a 1 GiB bomb cost {} MiB of host memory",
+        extra >> 20
+    );
+    // Not a fault: the instance carries on.
+    assert_eq!(
+        h.apply_blocking(entry(5, json!("Ok"))).unwrap().unwrap(),
+        b"\"1\""
+    );
+    // Deterministic: another replica's instance gets byte-identical results.
+    let replica = misbehave(config());
+    assert_eq!(
+        replica
+            .apply_blocking(entry(3, decompress_cmd(&bomb, 1 << 20)))
+            .unwrap(),
+        guest_capped
+    );
+    assert_eq!(
+        replica
+            .apply_blocking(entry(4, decompress_cmd(&bomb, u64::MAX)))
+            .unwrap(),
+        host_capped
+    );
+}
+
 fn bad_component(extra_wit: &str, world: &str) -> Vec<u8> {
     use wit_parser::{ManglingAndAbi, Resolve};
     let mut resolve = Resolve::default();

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wraft::client::ClientError;
-use wraft::node::KIND_REQUEST;
+use wraft::node::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST};
 use wraft::proto::{Consistency, Request, RequestTag, Response};
-use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value};
+use wraft_engine::{Message, MessageBody};
+use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame;
@@ -357,11 +358,43 @@ async fn slowloris_streams_are_ended_at_the_request_deadline() {
     assert_still_commits(&cluster, "after-slowloris").await;
 }
 
+/// Connect to node `id` as the admin client, granting the node only
+/// `window_bytes` of credit per stream: a larger response cannot leave the
+/// node until this client reads it. The endpoint must outlive the connection.
+async fn connect_stingy(
+    cluster: &Cluster,
+    id: u64,
+    window_bytes: u32,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let rustls_cfg =
+        tls::client_config(&admin_tls(cluster), Alpn::Client, &AuthCounters::new()).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(window_bytes.into());
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let conn = endpoint
+        .connect_with(cc, cluster.addr(id), &tls::server_name_for(id))
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, conn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() {
     const CONNS: usize = 4;
     const STREAMS_PER_CONN: usize = 60;
-    let (cluster, leader) = started(3, |_| {}).await;
+    /// Short so the test sees the node give up on the unread responses.
+    const WRITE_DEADLINE_MS: u64 = 3_000;
+    /// Bound on all the resets arriving (the hoarded queries of one machine
+    /// are answered one after another on a loaded debug build).
+    const RESETS_WITHIN: Duration = Duration::from_secs(120);
+    let (cluster, leader) = started(3, |c| {
+        c.client.response_write_timeout_ms = WRITE_DEADLINE_MS;
+    })
+    .await;
     let c = cluster.client().await;
     // The hoarded queries go to their own machine: queries and applies of
     // one machine share its thread, and this test is about unread responses,
@@ -373,26 +406,27 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
         .await
         .expect("put big");
     let rss_before = node_rss_kib(&cluster, leader).expect("rss");
-    // 240 queries for a 512 KiB value, whose responses are never read:
-    // ~120 MiB the node cannot deliver past the connections' flow control.
+    // 240 queries for a 512 KiB value on connections that let only 16 KiB
+    // per stream through before the client reads, and it never does:
+    // ~120 MiB the node cannot deliver past flow control.
     let query = request_frame(&Request::Query {
         machine: "hoard".into(),
         request: kv_get("big"),
         consistency: Consistency::Stale,
     });
+    let start = Instant::now();
     let mut conns = Vec::new();
     let mut hoarded = Vec::new();
     for _ in 0..CONNS {
-        let conn = connect(&cluster, leader).await;
+        let (endpoint, conn) = connect_stingy(&cluster, leader, 16 << 10).await;
         for _ in 0..STREAMS_PER_CONN {
-            let (mut send, recv) = conn.open_stream().await.expect("stream");
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
             send.write_all(&query).await.expect("write query");
             let _ = send.finish();
             hoarded.push(recv);
         }
-        conns.push(conn);
+        conns.push((endpoint, conn));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_still_commits(&cluster, "while-responses-unread").await;
     let rss_during = node_rss_kib(&cluster, leader).expect("rss");
     let grew_mib = rss_during.saturating_sub(rss_before) / 1024;
@@ -404,21 +438,80 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
         grew_mib < 1024,
         "unread responses grew the leader by {grew_mib} MiB"
     );
-    drop(hoarded);
-    for c in conns {
-        c.close().await;
+    // The node gives up on each unread response at the write deadline: it
+    // resets the stream with CODE_RESPONSE_WRITE_TIMEOUT, which drops the
+    // unsent bytes and frees the request's in-flight slot.
+    let mut resets = tokio::task::JoinSet::new();
+    for mut recv in hoarded {
+        resets.spawn(async move {
+            let r = tokio::time::timeout_at((start + RESETS_WITHIN).into(), recv.received_reset())
+                .await;
+            (r, start.elapsed())
+        });
+    }
+    let (mut first, mut last) = (Duration::MAX, Duration::ZERO);
+    while let Some(joined) = resets.join_next().await {
+        let (r, at) = joined.expect("join");
+        let code = r
+            .unwrap_or_else(|_| panic!("an unread response was still held after {RESETS_WITHIN:?}"))
+            .expect("reset, not a lost connection");
+        assert_eq!(
+            code.map(|c| c.into_inner()),
+            Some(u64::from(CODE_RESPONSE_WRITE_TIMEOUT)),
+            "the stream ends with the write-deadline reset"
+        );
+        first = first.min(at);
+        last = last.max(at);
+    }
+    eprintln!(
+        "{} unread responses reset between {first:?} and {last:?} (deadline {WRITE_DEADLINE_MS} ms)",
+        CONNS * STREAMS_PER_CONN
+    );
+    assert!(
+        first >= Duration::from_millis(WRITE_DEADLINE_MS),
+        "a response was abandoned before its deadline: {first:?}"
+    );
+    let log = cluster.log(leader);
+    let logged = log
+        .matches("response not taken within client.response_write_timeout_ms")
+        .count();
+    assert_eq!(logged, CONNS * STREAMS_PER_CONN, "one log line per reset");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = node_rss_kib(&cluster, leader).expect("rss");
+    eprintln!(
+        "leader RSS: {} MiB before, {} MiB while holding, {} MiB after the resets",
+        rss_before / 1024,
+        rss_during / 1024,
+        rss_after / 1024
+    );
+    // The connections stay open and the node serves them again.
+    let (_endpoint, conn) = &conns[0];
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&request_frame(&Request::Status))
+        .await
+        .expect("write status");
+    let _ = send.finish();
+    let answered = tokio::time::timeout(
+        SERVE_TIMEOUT,
+        frame::read_msg::<_, Response>(&mut recv, frame::DEFAULT_MAX_FRAME_BYTES),
+    )
+    .await
+    .expect("status in time")
+    .expect("status frame");
+    assert!(matches!(answered, Some((_, Ok(_)))), "{answered:?}");
+    for (_, conn) in conns {
+        conn.close(0u32.into(), b"done");
     }
     assert_still_commits(&cluster, "after-unread-responses").await;
 }
 
-/// Dial node `addr` on the raft ALPN presenting `tls`, send a hello claiming
-/// to be `claim` → `to`, and return how the node ended the connection.
-async fn raft_dial(
+/// Open a QUIC connection to node `to` at `addr` on the raft ALPN,
+/// presenting `tls_id`. The endpoint must outlive the connection.
+async fn raft_connect(
     addr: SocketAddr,
     to: u64,
-    claim: u64,
     tls_id: &TlsIdentity,
-) -> Result<String, String> {
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let rustls_cfg =
         tls::client_config(tls_id, Alpn::Raft, &AuthCounters::new()).map_err(|e| e.to_string())?;
     let quic =
@@ -434,6 +527,18 @@ async fn raft_dial(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    Ok((endpoint, conn))
+}
+
+/// Dial node `addr` on the raft ALPN presenting `tls`, send a hello claiming
+/// to be `claim` → `to`, and return how the node ended the connection.
+async fn raft_dial(
+    addr: SocketAddr,
+    to: u64,
+    claim: u64,
+    tls_id: &TlsIdentity,
+) -> Result<String, String> {
+    let (_endpoint, conn) = raft_connect(addr, to, tls_id).await?;
     if let Ok(mut s) = conn.open_uni().await {
         // Hello { from: claim, to } in postcard: two varints (< 128 here).
         let hello = frame::encode_frame(0x01, &[claim as u8, to as u8], 1024).expect("hello");
@@ -525,6 +630,95 @@ async fn peers_impersonating_members_are_refused_and_the_cluster_keeps_serving()
     assert_still_commits(&cluster, "after-impersonation").await;
 }
 
+/// A raft frame carrying a heartbeat `from` → `to` at `term`.
+fn heartbeat_frame(from: u64, to: u64, term: u64) -> Vec<u8> {
+    let msg = Message {
+        from,
+        to,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_ctx: 0,
+        },
+    };
+    frame::encode_frame(0x02, &frame::encode_payload(&msg).expect("encode"), 1 << 20)
+        .expect("frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_whose_sender_differs_from_their_link_are_dropped_and_logged() {
+    const DROPPED: &str = "dropping a raft message whose addresses do not match its link";
+    let (cluster, leader) = started(3, |_| {}).await;
+    let addr = cluster.addr(leader);
+    let mut others = cluster.ids().into_iter().filter(|i| *i != leader);
+    let (member, other) = (
+        others.next().expect("member"),
+        others.next().expect("third"),
+    );
+    let before = cluster.status(leader).await.expect("status");
+    // Far ahead of the cluster: a heartbeat at this term makes any node
+    // follow its sender, so one that reached the engine would show.
+    let forged_term = before.term + 1_000;
+
+    // A genuine member's certificate and a truthful hello: the link is accepted.
+    let genuine = CertDir::new(cluster.certs_dir())
+        .load_tls(&Identity::Node(member))
+        .expect("member tls");
+    let (_endpoint, conn) = raft_connect(addr, leader, &genuine)
+        .await
+        .expect("a member's link is accepted");
+    let mut s = conn.open_uni().await.expect("stream");
+    let hello = frame::encode_frame(0x01, &[member as u8, leader as u8], 1024).expect("hello");
+    s.write_all(&hello).await.expect("hello");
+    // Three heartbeats on that link claiming to come from the third member.
+    for _ in 0..3 {
+        s.write_all(&heartbeat_frame(other, leader, forged_term))
+            .await
+            .expect("forged heartbeat");
+    }
+    // And one under the link's own id but addressed to the third member.
+    s.write_all(&heartbeat_frame(member, other, forged_term))
+        .await
+        .expect("misaddressed heartbeat");
+    let claimed = format!("link_peer={member} claimed_from={other} to={leader}");
+    let misaddressed = format!("link_peer={member} claimed_from={member} to={other}");
+    wait_for("the leader to log four drops", SERVE_TIMEOUT, async || {
+        let log = cluster.log(leader);
+        let dropped = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(DROPPED) && l.contains(what))
+                .count()
+        };
+        (dropped(&claimed) == 3 && dropped(&misaddressed) == 1).then_some(())
+    })
+    .await;
+    let after = cluster.status(leader).await.expect("status");
+    eprintln!(
+        "before: term {} leader {:?}; after: term {} leader {:?}",
+        before.term, before.leader, after.term, after.leader
+    );
+    assert_eq!(after.term, before.term, "a forged heartbeat moved the term");
+    assert_eq!(after.role, "leader", "{after:?}");
+    assert_eq!(after.leader, Some(leader), "{after:?}");
+    assert_still_commits(&cluster, "after-forged-sender").await;
+
+    // Control: the same heartbeat under the link's own id does reach the
+    // engine (the leader follows it into the forged term), so the assertions
+    // above could fail. The cluster then elects a leader again.
+    s.write_all(&heartbeat_frame(member, leader, forged_term))
+        .await
+        .expect("genuine heartbeat");
+    wait_for("the leader to adopt the term", SERVE_TIMEOUT, async || {
+        let s = cluster.status(leader).await?;
+        (s.term >= forged_term).then_some(())
+    })
+    .await;
+    drop(s);
+    conn.close(0u32.into(), b"done");
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_still_commits(&cluster, "after-control-heartbeat").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_burns_its_fuel_on_every_call_costs_bounded_time_per_call() {
     const CALLS: usize = 12;
@@ -562,6 +756,52 @@ async fn a_guest_that_burns_its_fuel_on_every_call_costs_bounded_time_per_call()
     // The burner machine itself still works.
     c.propose("mb", br#""Ok""#).await.expect("ok after burns");
     assert_still_commits(&cluster, "after-fuel-burn").await;
+}
+
+/// A zstd frame (RFC 8878) of `blocks` RLE blocks of 128 KiB zeros:
+/// `6 + 4 * blocks` bytes, no content size in the header.
+fn zstd_zero_bomb(blocks: usize) -> Vec<u8> {
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 17 << 3];
+    for i in 0..blocks {
+        let header = ((128u32 << 10) << 3) | (1 << 1) | u32::from(i + 1 == blocks);
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_bomb_handed_to_decompress_is_refused_alike_on_every_replica() {
+    let (cluster, _) = started(3, |_| {}).await;
+    let c = cluster.client().await;
+    c.deploy("mb", guest("misbehave")).await.expect("deploy");
+    // 1 GiB of zeros in 32 KiB; the guest asks the host for all of it.
+    let bomb = serde_json::json!({"Decompress": {
+        "data": zstd_zero_bomb(8192),
+        "max_output_bytes": u64::MAX,
+    }});
+    let err = c
+        .propose("mb", &serde_json::to_vec(&bomb).expect("json"))
+        .await
+        .expect_err("the host refuses to inflate past its cap");
+    assert!(
+        matches!(&err, ClientError::App { code: 1, message } if message.contains("exceeds 16777216 bytes")),
+        "{err}"
+    );
+    // Not a fault: the machine carries on, and every replica applied the
+    // bomb and the next command without a crash or a poisoned instance.
+    c.propose("mb", br#""Ok""#)
+        .await
+        .expect("ok after the bomb");
+    for id in cluster.ids() {
+        wait_for(
+            &format!("node {id} to apply past the bomb"),
+            SERVE_TIMEOUT,
+            async || (cluster.stale_query(id, "mb", b"null").await.ok()? == b"1").then_some(()),
+        )
+        .await;
+    }
+    assert_still_commits(&cluster, "after-zstd-bomb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! A guest that misbehaves on command, for testing that the host contains it.
 //!
 //! Commands (JSON): `"Ok"`, `{"Panic":"why"}`, `"Loop"`, `{"Recurse":depth}`, `"GrowMemory"`,
-//! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`.
+//! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`,
+//! `{"Decompress":{"data":[..],"max_output_bytes":n}}`.
 //! It also shows a custom [`SnapshotFormat`] layered over [`DefaultSnapshot`].
 
 use std::hint::black_box;
@@ -39,6 +40,31 @@ pub enum Command {
     FailSnapshot(bool),
     /// Make a restore of a snapshot taken from now on panic in `finish` (or not).
     CorruptRestore(bool),
+    /// Hand `data` (e.g. a zstd bomb) to the host's `decompress` import with this cap.
+    /// Outputs the decompressed length; the host's refusal becomes an [`AppError`] with code
+    /// [`CODE_DECOMPRESS_REFUSED`] and the host's message.
+    Decompress {
+        /// Compressed bytes, passed through unchanged.
+        data: Vec<u8>,
+        /// The guest's cap on the output (`max-output-bytes`); the host applies its own too.
+        max_output_bytes: u64,
+    },
+}
+
+/// Application error code of a [`Command::Decompress`] the host refused.
+pub const CODE_DECOMPRESS_REFUSED: u32 = 1;
+
+/// Call the host's `decompress` import (only a wasm host provides it).
+fn host_decompress(data: &[u8], max_output_bytes: u64) -> Result<Vec<u8>, String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        wraft_guest::bindings::wraft::machine::host::decompress(data, max_output_bytes)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (data, max_output_bytes);
+        Err("decompress is a host import: run this guest in a wraft host".into())
+    }
 }
 
 #[inline(never)]
@@ -89,6 +115,13 @@ impl StateMachine for Misbehave {
                 self.corrupt_restore = on;
                 Ok(String::new())
             }
+            Command::Decompress {
+                data,
+                max_output_bytes,
+            } => match host_decompress(&data, max_output_bytes) {
+                Ok(out) => Ok(out.len().to_string()),
+                Err(e) => Err(AppError::new(CODE_DECOMPRESS_REFUSED, e)),
+            },
         }
     }
 
@@ -163,6 +196,15 @@ mod tests {
         let mut h = Harness::<Misbehave>::new();
         h.apply(br#"{"FailSnapshot":true}"#).unwrap();
         assert!(h.snapshot(1024).unwrap_err().contains("refused on purpose"));
+    }
+
+    #[test]
+    fn decompress_outside_a_wasm_host_is_an_app_error() {
+        let mut h = Harness::<Misbehave>::new();
+        let e = h
+            .apply(br#"{"Decompress":{"data":[1,2,3],"max_output_bytes":10}}"#)
+            .unwrap_err();
+        assert_eq!(e.code, CODE_DECOMPRESS_REFUSED, "{e:?}");
     }
 
     #[test]

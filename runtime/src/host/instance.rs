@@ -220,18 +220,31 @@ fn compress(cfg: &HostConfig, data: &[u8], level: i32) -> Result<Vec<u8>, String
     zstd::bulk::compress(data, level).map_err(|e| format!("zstd: {e}"))
 }
 
+/// The `decompress` import: inflate one zstd stream, refusing past
+/// `min(max_output_bytes, cfg.decompress_output_bytes_max)` bytes.
+///
+/// Costs at most `cap + 1` output bytes (the `Vec` may reserve up to twice that) plus the zstd
+/// window the frame declares (the decoder refuses windows over 128 MiB and only touches as much
+/// of it as it writes), whatever the frame claims to inflate to: a bomb is refused after reading
+/// one byte past the cap. The outcome depends only on the bytes and the two caps, so every
+/// replica gets the same answer (pinned by `host: zstd_bomb_through_decompress_is_refused_in_bounded_memory`).
 fn decompress(cfg: &HostConfig, data: &[u8], max_output_bytes: u64) -> Result<Vec<u8>, String> {
+    let host_max = cfg.decompress_output_bytes_max;
     let cap = usize::try_from(max_output_bytes)
         .unwrap_or(usize::MAX)
-        .min(cfg.decompress_output_bytes_max);
+        .min(host_max);
     let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| format!("zstd: {e}"))?;
     let mut out = Vec::new();
     decoder
-        .take(cap as u64 + 1)
+        .take((cap as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| format!("zstd: {e}"))?;
     if out.len() > cap {
-        return Err(format!("decompressed output exceeds {cap} bytes"));
+        return Err(format!(
+            "decompressed output exceeds {cap} bytes (the smaller of max-output-bytes = \
+             {max_output_bytes} and the host's decompress_output_bytes_max = {host_max}); \
+             stopped there"
+        ));
     }
     Ok(out)
 }

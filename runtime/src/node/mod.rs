@@ -44,7 +44,7 @@ use crate::snapshot::transfer::{
 };
 pub use apply::ApplyState;
 use apply::{Applier, ApplyMsg};
-pub use server::{KIND_REQUEST, KIND_RESPONSE};
+pub use server::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE};
 use snap::SnapEvent;
 
 /// Most requests and raft messages taken in one driver turn before the

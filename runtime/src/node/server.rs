@@ -1,5 +1,9 @@
 //! Serving client connections: one request per QUIC stream, answered on the
-//! same stream, with a deadline.
+//! same stream. Three deadlines bound what a stream can hold: the request
+//! must arrive whole and get its outcome within `client.request_timeout_ms`
+//! each, and the response must be taken by the client within
+//! `client.response_write_timeout_ms`, or the stream is reset with
+//! [`CODE_RESPONSE_WRITE_TIMEOUT`] and its bytes and in-flight slot freed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,10 @@ pub const KIND_REQUEST: u8 = 0x20;
 pub const KIND_RESPONSE: u8 = 0x21;
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
+/// QUIC application error code (RESET_STREAM) of a response stream the node
+/// gave up on: the client did not take the response within
+/// `client.response_write_timeout_ms`. Distinct from the transport's codes 0–3.
+pub const CODE_RESPONSE_WRITE_TIMEOUT: u32 = 0x21;
 
 /// Accept client streams until shutdown.
 pub(super) async fn serve_clients(
@@ -36,13 +44,13 @@ pub(super) async fn serve_clients(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Over the bound: refuse this one cheaply rather than queue it.
-            let mut send = stream.send;
+            let ClientStream { identity, send, .. } = stream;
             let resp: Response = Err(RequestError::Busy(format!(
                 "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
             )));
+            let deadline_ms = limits.response_write_timeout_ms;
             tokio::spawn(async move {
-                let _ = frame::write_msg(&mut send, KIND_RESPONSE, &resp, u32::MAX).await;
-                let _ = send.finish();
+                write_response(send, &resp, deadline_ms, &identity).await;
             });
             continue;
         };
@@ -64,7 +72,7 @@ async fn serve_one(
 ) {
     let ClientStream {
         identity,
-        mut send,
+        send,
         mut recv,
         ..
     } = stream;
@@ -104,8 +112,34 @@ async fn serve_one(
                 limits.request_timeout_ms
             )))
         });
-    let _ = frame::write_msg(&mut send, KIND_RESPONSE, &response, u32::MAX).await;
-    let _ = send.finish();
+    write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
+}
+
+/// Write `response` and finish the stream, or reset it with
+/// [`CODE_RESPONSE_WRITE_TIMEOUT`] if the client has not taken it within
+/// `deadline_ms`. Either way nothing of the response outlives this call but
+/// what QUIC flow control let the client accept (which its stack acknowledges
+/// whether or not the application reads it).
+async fn write_response(
+    mut send: wraft_transport::quinn::SendStream,
+    response: &Response,
+    deadline_ms: u64,
+    identity: &wraft_transport::Identity,
+) {
+    let write = frame::write_msg(&mut send, KIND_RESPONSE, response, u32::MAX);
+    match tokio::time::timeout(Duration::from_millis(deadline_ms), write).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: "wraft::client", %identity, error = %e, "response not delivered");
+        }
+        Err(_) => {
+            tracing::info!(target: "wraft::client", %identity, deadline_ms,
+                "resetting a client stream: response not taken within client.response_write_timeout_ms");
+            let _ = send.reset(CODE_RESPONSE_WRITE_TIMEOUT.into());
+        }
+    }
 }
 
 async fn handle(
