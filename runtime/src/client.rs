@@ -27,8 +27,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use wraft_transport::TransportError;
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
+use wraft_transport::frame::FrameError;
 
 use crate::node::KIND_REQUEST;
 use crate::proto::{
@@ -384,12 +386,14 @@ impl Client {
         };
         session.next_seq += 1;
         let result = self.call(make(tag), true).await;
-        // A session whose last request has an unknown outcome could see a
-        // later request deduplicated against it; retire it instead.
-        if !matches!(
-            result,
-            Err(ClientError::Timeout(_)) | Err(ClientError::NoLeader { .. })
-        ) && let Ok(mut s) = self.sessions.lock()
+        // Keep the session only if this request certainly reached the log
+        // (an answer, or the machine's own error). Otherwise retire it: an
+        // unknown outcome could see a later request deduplicated against it,
+        // and a request refused before the log leaves a gap the cluster
+        // cannot tell from an expired session (for a session's first
+        // request, it never saw the session at all).
+        if matches!(result, Ok(_) | Err(ClientError::App { .. }))
+            && let Ok(mut s) = self.sessions.lock()
         {
             s.push(session);
         }
@@ -411,7 +415,12 @@ impl Client {
                 _ => self.next_endpoint(&mut endpoint_idx),
             };
             let outcome = match self.connection_to(target).await {
-                Ok(conn) => exchange(&conn, &req).await,
+                Ok(conn) => match exchange(&conn, &req).await {
+                    Ok(r) => Ok(r),
+                    // Another node or another try would fail the same way.
+                    Err(Exchange::Permanent(e)) => return Err(e),
+                    Err(Exchange::Connection(e)) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match outcome {
@@ -530,11 +539,43 @@ impl Client {
     }
 }
 
-async fn exchange(conn: &ClientConnection, req: &Request) -> Result<Response, ClientError> {
-    conn.request::<Request, Response>(KIND_REQUEST, req)
-        .await
-        .map(|(_, r)| r)
-        .map_err(|e| ClientError::Internal(e.to_string()))
+impl From<Exchange> for ClientError {
+    fn from(e: Exchange) -> Self {
+        match e {
+            Exchange::Connection(e) | Exchange::Permanent(e) => e,
+        }
+    }
+}
+
+/// Why one request/response exchange failed.
+enum Exchange {
+    /// The connection or stream broke: try again, maybe elsewhere.
+    Connection(ClientError),
+    /// The request or its answer cannot cross the wire (too large for a
+    /// frame, does not encode or decode): retrying cannot help.
+    Permanent(ClientError),
+}
+
+async fn exchange(conn: &ClientConnection, req: &Request) -> Result<Response, Exchange> {
+    match conn.request::<Request, Response>(KIND_REQUEST, req).await {
+        Ok((_, r)) => Ok(r),
+        Err(TransportError::Frame(FrameError::TooLarge { len, max })) => {
+            Err(Exchange::Permanent(ClientError::Rejected(format!(
+                "a request or its answer of {len} bytes exceeds the client's frame limit of \
+                 {max} bytes"
+            ))))
+        }
+        Err(
+            e @ TransportError::Frame(
+                FrameError::Encode { .. }
+                | FrameError::Decode { .. }
+                | FrameError::UnsupportedVersion { .. }
+                | FrameError::BadMagic { .. }
+                | FrameError::UnexpectedKind { .. },
+            ),
+        ) => Err(Exchange::Permanent(ClientError::Internal(e.to_string()))),
+        Err(e) => Err(Exchange::Connection(ClientError::Internal(e.to_string()))),
+    }
 }
 
 fn done(r: Reply) -> Result<String, ClientError> {
