@@ -349,6 +349,23 @@ impl Client {
         }
     }
 
+    /// Set the outgoing snapshot bandwidth cap of the node at `addr` (or the
+    /// first endpoint) to `bytes_per_sec` (0: no cap), effective from the next
+    /// chunk of every running transfer. Node-local; a restart restores the
+    /// configured `snapshot.transfer_bytes_per_sec_max`.
+    pub async fn set_transfer_rate(
+        &self,
+        addr: Option<SocketAddr>,
+        bytes_per_sec: u64,
+    ) -> Result<String, ClientError> {
+        let target = addr.unwrap_or(self.opts.endpoints[0]);
+        let conn = self.connection_to(target).await?;
+        match exchange(&conn, &Request::SetTransferRate { bytes_per_sec }).await? {
+            Ok(r) => done(r),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// The complete snapshots held by the node at `addr` (or the first endpoint).
     pub async fn snapshots(
         &self,

@@ -203,7 +203,8 @@ pub struct SnapshotSection {
     pub log_retain_margin_entries: u64,
     /// Size of one chunk of an InstallSnapshot stream.
     pub chunk_bytes: u64,
-    /// Cap on outgoing snapshot bandwidth per transfer; 0 means unlimited.
+    /// Cap on this node's outgoing snapshot bandwidth, all transfers together, bytes per
+    /// second; 0 means unlimited. Changeable at runtime with `wraft snapshot rate`.
     pub transfer_bytes_per_sec_max: u64,
     /// A transfer making no progress for this long is aborted and re-offered.
     pub transfer_progress_timeout_ms: u64,

@@ -272,6 +272,14 @@ enum SnapshotOp {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change the cap on outgoing snapshot bandwidth of every node in --endpoints, now, running
+    /// transfers included (until the node restarts; then `snapshot.transfer_bytes_per_sec_max`).
+    Rate {
+        /// Bytes per second for all of a node's transfers together; 0 lifts the cap.
+        bytes_per_sec: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -554,6 +562,16 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     "snapshot at index {} (term {}) is durable: {} bytes, {}",
                     l.index, l.term, l.file_bytes, l.path
                 );
+                Ok(())
+            }
+            SnapshotOp::Rate {
+                bytes_per_sec,
+                conn,
+            } => {
+                let c = client(&conn).await?;
+                for addr in &conn.endpoints {
+                    println!("{}", c.set_transfer_rate(Some(*addr), bytes_per_sec).await?);
+                }
                 Ok(())
             }
         },

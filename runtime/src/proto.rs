@@ -119,6 +119,15 @@ pub enum Request {
         /// The machine's WASI profile (replicated: every node links the same imports).
         wasi: WasiProfile,
     },
+    /// Change this node's cap on outgoing snapshot bandwidth (all its
+    /// transfers together) from now on, including transfers already running
+    /// (from their next chunk). Node-local and not persisted: a restart goes
+    /// back to `snapshot.transfer_bytes_per_sec_max`. Answered with
+    /// [`Reply::Done`].
+    SetTransferRate {
+        /// Bytes per second; 0 lifts the cap.
+        bytes_per_sec: u64,
+    },
 }
 
 /// Why a request failed. Every variant says what the caller can do next.

@@ -657,3 +657,29 @@ async fn retention_never_deletes_the_snapshot_a_transfer_is_sending() {
         assert!(name.ends_with(".snap"), "left behind: {name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transfer_rate_cap_can_be_lifted_while_a_transfer_runs() {
+    // ~12 MB at 160 KiB/s would take 77 s, past the 60 s catch-up deadline
+    // below: the follower only catches up if lifting the cap reaches the
+    // running transfer. (A 1 MiB chunk still goes out every 6.4 s, inside
+    // the 10 s progress timeout.)
+    let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 160 << 10).await;
+    cluster.restart(follower);
+    wait_for("the transfer to start", CATCH_UP_TIMEOUT, async || {
+        cluster
+            .log(follower)
+            .contains("receiving snapshot")
+            .then_some(())
+    })
+    .await;
+    let msg = client
+        .set_transfer_rate(Some(cluster.addr(leader)), 0)
+        .await
+        .expect("lift the cap");
+    assert!(msg.contains("uncapped"), "{msg}");
+    let prefixes = big_prefixes(12 * 32);
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    converge_prefixes(&cluster, leader, &[follower], &prefixes).await;
+    assert!(cluster.log(leader).contains("transfer rate cap changed"));
+}

@@ -814,6 +814,19 @@ impl Driver {
                 };
                 let _ = reply.send(r);
             }
+            Request::SetTransferRate { bytes_per_sec } => {
+                let cap = (bytes_per_sec > 0).then_some(bytes_per_sec);
+                self.snap.limiter.set(cap);
+                let message = match self.snap.limiter.get() {
+                    Some(b) => {
+                        format!("node {}: snapshot transfers capped at {b} bytes/s", self.id)
+                    }
+                    None => format!("node {}: snapshot transfers uncapped", self.id),
+                };
+                tracing::info!(target: "wraft::snapshot", node = self.id,
+                    bytes_per_sec = self.snap.limiter.get().unwrap_or(0), "transfer rate cap changed");
+                let _ = reply.send(Ok(Reply::Done { message }));
+            }
             Request::Snapshots => {
                 let list = self
                     .storage
