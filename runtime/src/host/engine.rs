@@ -94,6 +94,11 @@ impl HostEngine {
             .epoch_interruption(true)
             .max_wasm_stack(config.wasm_stack_bytes_max)
             .cranelift_opt_level(OptLevel::Speed);
+        // Diagnostics only: with `WRAFT_WASM_PERFMAP` set, wasmtime writes `/tmp/perf-<pid>.map`
+        // so that `perf report` names guest functions (no effect on compiled code).
+        if std::env::var_os("WRAFT_WASM_PERFMAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c).map_err(|e| EngineError(format!("{e:#}")))?;
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)
