@@ -222,15 +222,11 @@ async fn a_guest_whose_snapshot_fails_is_retried_at_the_next_crossing() {
     for _ in 0..45 {
         client.propose("m", &ok).await.expect("ok");
     }
-    wait_for(
+    wait_for_log(
+        &cluster,
+        leader,
         "a failed snapshot on the leader",
-        CATCH_UP_TIMEOUT,
-        async || {
-            cluster
-                .log(leader)
-                .contains("snapshot failed; it is retried")
-                .then_some(())
-        },
+        "snapshot failed; it is retried",
     )
     .await;
     assert!(snapshots_of(&cluster, leader).await.is_empty());
@@ -333,6 +329,14 @@ async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64
     (cluster, leader, follower, client)
 }
 
+/// Wait until node `id`'s log has a line containing `needle`.
+async fn wait_for_log(cluster: &Cluster, id: u64, what: &str, needle: &str) {
+    wait_for(what, CATCH_UP_TIMEOUT, async || {
+        cluster.log(id).contains(needle).then_some(())
+    })
+    .await;
+}
+
 /// `key=value` fields of the last log line containing `what`.
 fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
     let line = log
@@ -351,15 +355,11 @@ async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
     // ~24 MB at 3 MB/s: the follower acks a durable offset every 8 MiB.
     let (mut cluster, leader, follower, _client) = big_snapshot_cluster(24, 3 << 20).await;
     cluster.restart(follower);
-    wait_for(
+    wait_for_log(
+        &cluster,
+        follower,
         "a durable offset on the follower",
-        CATCH_UP_TIMEOUT,
-        async || {
-            cluster
-                .log(follower)
-                .contains("incoming snapshot durable up to offset")
-                .then_some(())
-        },
+        "incoming snapshot durable up to offset",
     )
     .await;
     cluster.kill(follower);
@@ -463,15 +463,11 @@ async fn killing_the_leader_mid_transfer_lets_the_new_leader_finish_from_the_dur
     assert_eq!((theirs.index, &theirs.digest), (at.index, &at.digest));
 
     cluster.restart(follower);
-    wait_for(
+    wait_for_log(
+        &cluster,
+        follower,
         "a durable offset on the follower",
-        CATCH_UP_TIMEOUT,
-        async || {
-            cluster
-                .log(follower)
-                .contains("incoming snapshot durable up to offset")
-                .then_some(())
-        },
+        "incoming snapshot durable up to offset",
     )
     .await;
     // Kill whichever node is sending: both hold the same file, so if
@@ -605,12 +601,12 @@ async fn retention_never_deletes_the_snapshot_a_transfer_is_sending() {
     let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 1 << 20).await;
     let sent = snapshots_of(&cluster, leader).await.last().unwrap().clone();
     cluster.restart(follower);
-    wait_for("the transfer to start", CATCH_UP_TIMEOUT, async || {
-        cluster
-            .log(follower)
-            .contains("receiving snapshot")
-            .then_some(())
-    })
+    wait_for_log(
+        &cluster,
+        follower,
+        "the transfer to start",
+        "receiving snapshot",
+    )
     .await;
     // Two newer snapshots push `sent` out of the newest `retain_count` (2).
     for round in 0..2 {
@@ -666,12 +662,12 @@ async fn the_transfer_rate_cap_can_be_lifted_while_a_transfer_runs() {
     // the 10 s progress timeout.)
     let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 160 << 10).await;
     cluster.restart(follower);
-    wait_for("the transfer to start", CATCH_UP_TIMEOUT, async || {
-        cluster
-            .log(follower)
-            .contains("receiving snapshot")
-            .then_some(())
-    })
+    wait_for_log(
+        &cluster,
+        follower,
+        "the transfer to start",
+        "receiving snapshot",
+    )
     .await;
     let msg = client
         .set_transfer_rate(Some(cluster.addr(leader)), 0)

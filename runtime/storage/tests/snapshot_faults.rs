@@ -208,9 +208,9 @@ fn retention_keeps_the_newest_n_and_never_deletes_a_pinned_snapshot() {
     );
 }
 
-#[test]
-fn an_incoming_snapshot_resumes_from_its_durable_offset_after_power_loss() {
-    // The sender's snapshot file, shipped as raw file bytes.
+/// A leader's complete snapshot at index 42 with a `body_bytes` body, and its raw file bytes (what
+/// a transfer ships).
+fn sender_file(body_bytes: usize) -> (wraft_storage::SnapshotInfo, Vec<u8>) {
     let sender_fs = FaultFs::new();
     let sender = SnapshotStore::open(
         Arc::new(sender_fs.clone()),
@@ -219,8 +219,15 @@ fn an_incoming_snapshot_resumes_from_its_durable_offset_after_power_loss() {
     )
     .expect("open")
     .0;
-    let info = write(&sender, 42, 10_000).expect("sender snapshot");
+    let info = write(&sender, 42, body_bytes).expect("sender snapshot");
     let file = sender_fs.read_file(&info.path).expect("file");
+    (info, file)
+}
+
+#[test]
+fn an_incoming_snapshot_resumes_from_its_durable_offset_after_power_loss() {
+    // The sender's snapshot file, shipped as raw file bytes.
+    let (info, file) = sender_file(10_000);
     let id = info.meta.id;
     let mut cuts = 0;
     for cut in (0..file.len() as u64 + 200).step_by(97) {
@@ -267,16 +274,7 @@ fn an_incoming_snapshot_resumes_from_its_durable_offset_after_power_loss() {
 
 #[test]
 fn an_incoming_snapshot_with_a_damaged_byte_fails_finalize_with_a_digest_error() {
-    let sender_fs = FaultFs::new();
-    let sender = SnapshotStore::open(
-        Arc::new(sender_fs.clone()),
-        Path::new("/leader/snap"),
-        &cfg(),
-    )
-    .expect("open")
-    .0;
-    let info = write(&sender, 42, 5000).expect("sender snapshot");
-    let mut file = sender_fs.read_file(&info.path).expect("file");
+    let (info, mut file) = sender_file(5000);
     file[3000] ^= 0x10;
     let fs = FaultFs::new();
     let (store, _) = open(&fs).expect("open");
@@ -354,16 +352,7 @@ fn partials_superseded_by_a_complete_snapshot_and_temp_files_are_deleted_on_open
 
 #[test]
 fn an_incoming_snapshot_verifies_whether_written_in_order_resumed_or_with_repeats() {
-    let sender_fs = FaultFs::new();
-    let sender = SnapshotStore::open(
-        Arc::new(sender_fs.clone()),
-        Path::new("/leader/snap"),
-        &cfg(),
-    )
-    .expect("open")
-    .0;
-    let info = write(&sender, 42, 5000).expect("sender snapshot");
-    let file = sender_fs.read_file(&info.path).expect("file");
+    let (info, file) = sender_file(5000);
     // Split points inside the header's skipped tail, the metadata and the body.
     for (name, pieces) in [
         (
