@@ -597,8 +597,9 @@ async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_never_deletes_the_snapshot_a_transfer_is_sending() {
-    // ~12 MB at 1 MB/s: the transfer outlives two more snapshots.
-    let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 1 << 20).await;
+    // ~12 MB at 512 KiB/s (24 s): the transfer outlives two more snapshots,
+    // even when a loaded machine makes each take seconds.
+    let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 512 << 10).await;
     let sent = snapshots_of(&cluster, leader).await.last().unwrap().clone();
     cluster.restart(follower);
     wait_for_log(
