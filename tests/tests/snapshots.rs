@@ -25,6 +25,14 @@ fn small_snapshots(c: &mut NodeConfig) {
     c.snapshot.retain_count = 2;
 }
 
+/// Wait for a leader, then deploy the kv example through a fresh client.
+async fn deploy_kv(cluster: &Cluster) -> (u64, Client) {
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = cluster.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy");
+    (leader, client)
+}
+
 async fn put_many(client: &Client, prefix: &str, range: std::ops::Range<u32>) {
     for i in range {
         let key = format!("{prefix}{i:05}");
@@ -121,9 +129,7 @@ fn big_prefixes(keys: u64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_down_while_the_leader_compacts_past_it_catches_up_by_snapshot() {
     let mut cluster = Cluster::start_with(3, small_snapshots);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     put_many(&client, "a", 0..50).await;
     let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(follower);
@@ -155,9 +161,7 @@ async fn follower_down_while_the_leader_compacts_past_it_catches_up_by_snapshot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_snapshot_and_log_recovers_the_exact_state() {
     let mut cluster = Cluster::start_with(3, small_snapshots);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     put_many(&client, "k", 0..520).await;
     let node = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     let want = converge(&cluster, leader, &[node]).await;
@@ -174,9 +178,7 @@ async fn a_node_restarted_with_snapshot_and_log_recovers_the_exact_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_newest_snapshot_is_quarantined_and_the_previous_one_used() {
     let mut cluster = Cluster::start_with(3, small_snapshots);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     put_many(&client, "k", 0..450).await;
     let node = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     let want = converge(&cluster, leader, &[node]).await;
@@ -253,9 +255,7 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.max_log_entries = 0;
     });
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     put_many(&client, "k", 0..30).await;
     let listed = client
         .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
@@ -301,9 +301,7 @@ async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.transfer_bytes_per_sec_max = bytes_per_sec;
     });
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(follower);
     for i in 0..mb * 32 {
@@ -407,9 +405,7 @@ async fn a_chunk_corrupted_on_the_wire_is_rejected_and_re_sent() {
         cluster.set_env(id, "WRAFT_TEST_CORRUPT_CHUNK_EVERY", "3");
         cluster.restart(id);
     }
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
     let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(follower);
     for i in 0..96 {
@@ -516,9 +512,8 @@ async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_fi
         c.snapshot.log_retain_margin_entries = 10;
         c.snapshot.retain_count = 2;
     });
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = std::sync::Arc::new(cluster.client().await);
-    client.deploy("kv", guest("kv")).await.expect("deploy");
+    let (leader, client) = deploy_kv(&cluster).await;
+    let client = std::sync::Arc::new(client);
     // ~6 MB of incompressible state makes every creation (restore, replay,
     // compress, write) take far longer than 100 small writes do.
     for i in 0..192 {
