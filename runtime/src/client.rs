@@ -547,6 +547,7 @@ impl Client {
             idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
             max_frame_bytes: FRAME_BYTES_MAX,
+            ..ClientConfig::default()
         };
         let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)
             .await

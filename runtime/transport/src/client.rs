@@ -27,6 +27,9 @@ pub struct ClientConfig {
     pub keep_alive_interval_ms: u64,
     /// Idle timeout, ms. Default 10000.
     pub idle_timeout_ms: u64,
+    /// Kernel send/receive buffer asked for on the connection's UDP socket, bytes. Default 4 MiB
+    /// (capped by the kernel's `net.core.rmem_max`).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +39,7 @@ impl Default for ClientConfig {
             connect_timeout_ms: 3000,
             keep_alive_interval_ms: 1000,
             idle_timeout_ms: 10_000,
+            udp_buffer_bytes: crate::udp::DEFAULT_UDP_BUFFER_BYTES,
         }
     }
 }
@@ -84,8 +88,11 @@ impl ClientConnection {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint =
-            Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+        let bind_err = |source| TransportError::Bind { addr: bind, source };
+        let socket = crate::udp::bind(bind, config.udp_buffer_bytes).map_err(bind_err)?;
+        let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
+        let endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(bind_err)?;
         let name = match node {
             Some(id) => tls::server_name_for(id),
             None => tls::ANY_NODE_SERVER_NAME.to_owned(),

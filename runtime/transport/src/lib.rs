@@ -39,6 +39,7 @@ pub mod client;
 pub mod frame;
 pub mod tls;
 mod transport;
+mod udp;
 
 pub use certs::{Identity, NodeId};
 pub use tls::Membership;

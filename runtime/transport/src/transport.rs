@@ -112,6 +112,11 @@ pub struct TransportConfig {
     /// Upper bound for path-MTU discovery, bytes (1200..=65527). Default 1452
     /// (quinn's). Loopback or jumbo-frame deployments can raise it.
     pub mtu_upper_bound_bytes: u16,
+    /// Kernel send and receive buffer asked for on the UDP socket, bytes. Default 4 MiB. The
+    /// kernel caps it at `net.core.rmem_max` / `wmem_max`. Linux's 208 KiB default overflows
+    /// under a few thousand requests per second and every dropped datagram costs a QUIC
+    /// retransmission.
+    pub udp_buffer_bytes: usize,
 }
 
 impl TransportConfig {
@@ -135,6 +140,7 @@ impl TransportConfig {
             send_window_bytes: 32 << 20,
             max_concurrent_bidi_streams: 64,
             mtu_upper_bound_bytes: 1452,
+            udp_buffer_bytes: crate::udp::DEFAULT_UDP_BUFFER_BYTES,
         }
     }
 
@@ -578,7 +584,8 @@ impl Transport {
                 addr: config.listen_addr,
                 source,
             };
-            let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(bind_err)?;
+            let socket =
+                crate::udp::bind(config.listen_addr, config.udp_buffer_bytes).map_err(bind_err)?;
             let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
             Endpoint::new(endpoint_config(tls), Some(server), socket, runtime).map_err(bind_err)?
         };
