@@ -8,7 +8,7 @@
 //! leader-assigned entry timestamps, never a local clock) and goes into every
 //! snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -43,17 +43,55 @@ struct Session {
 
 /// Bounded, deterministic table of client sessions.
 ///
-/// Costs: `check`/`record` are O(log n) in the number of sessions; `record`
-/// may evict (O(n) scan, only when the table is full). Memory: one cached
-/// output per client (the latest), bounded by `max_clients`.
+/// Costs: `check` is O(log n) in the number of sessions; `record` is O(log n) plus O(log n) per
+/// session it expires or evicts (an index ordered by last activity finds them without a scan).
+/// Memory: one cached output per client (the latest), bounded by `max_clients`.
 ///
 /// Assumes each client keeps at most one request outstanding and numbers its
 /// requests from 1 without gaps.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "TableRepr", into = "TableRepr")]
 pub struct SessionTable {
     max_clients: usize,
     expiry_ms: u64,
     sessions: BTreeMap<u64, Session>,
+    /// `(last_active_ms, client_id)` of every session: the front is both the next to expire and
+    /// the least recently active. Derived from `sessions`; not part of the encoding.
+    by_activity: BTreeSet<(u64, u64)>,
+}
+
+/// The encoded form of a [`SessionTable`] (what snapshots hold); field order is the format.
+#[derive(Serialize, Deserialize)]
+struct TableRepr {
+    max_clients: usize,
+    expiry_ms: u64,
+    sessions: BTreeMap<u64, Session>,
+}
+
+impl From<TableRepr> for SessionTable {
+    fn from(r: TableRepr) -> Self {
+        let by_activity = r
+            .sessions
+            .iter()
+            .map(|(&id, s)| (s.last_active_ms, id))
+            .collect();
+        SessionTable {
+            max_clients: r.max_clients,
+            expiry_ms: r.expiry_ms,
+            sessions: r.sessions,
+            by_activity,
+        }
+    }
+}
+
+impl From<SessionTable> for TableRepr {
+    fn from(t: SessionTable) -> Self {
+        TableRepr {
+            max_clients: t.max_clients,
+            expiry_ms: t.expiry_ms,
+            sessions: t.sessions,
+        }
+    }
 }
 
 impl SessionTable {
@@ -64,6 +102,7 @@ impl SessionTable {
             max_clients: max_clients.max(1),
             expiry_ms,
             sessions: BTreeMap::new(),
+            by_activity: BTreeSet::new(),
         }
     }
 
@@ -96,29 +135,31 @@ impl SessionTable {
         self.expire(now_ms);
         if !self.sessions.contains_key(&tag.client_id) && self.sessions.len() >= self.max_clients {
             // Deterministic LRU: oldest activity, then smallest id.
-            if let Some((&victim, _)) = self
-                .sessions
-                .iter()
-                .min_by_key(|(id, s)| (s.last_active_ms, **id))
-            {
+            if let Some((_, victim)) = self.by_activity.pop_first() {
                 self.sessions.remove(&victim);
             }
         }
-        self.sessions.insert(
-            tag.client_id,
-            Session {
-                last_seq: tag.seq,
-                output,
-                last_active_ms: now_ms,
-            },
-        );
+        let new = Session {
+            last_seq: tag.seq,
+            output,
+            last_active_ms: now_ms,
+        };
+        if let Some(old) = self.sessions.insert(tag.client_id, new) {
+            self.by_activity
+                .remove(&(old.last_active_ms, tag.client_id));
+        }
+        self.by_activity.insert((now_ms, tag.client_id));
     }
 
     /// Drops sessions idle longer than `expiry_ms` as of `now_ms`.
     pub fn expire(&mut self, now_ms: u64) {
-        let expiry = self.expiry_ms;
-        self.sessions
-            .retain(|_, s| now_ms.saturating_sub(s.last_active_ms) <= expiry);
+        while let Some(&(last_active_ms, id)) = self.by_activity.first() {
+            if now_ms.saturating_sub(last_active_ms) <= self.expiry_ms {
+                break; // the oldest is live, so every other one is too
+            }
+            self.by_activity.pop_first();
+            self.sessions.remove(&id);
+        }
     }
 }
 
@@ -174,5 +215,99 @@ mod tests {
         let bytes = postcard::to_allocvec(&t).expect("encode");
         let back: SessionTable = postcard::from_bytes(&bytes).expect("decode");
         assert_eq!(back, t);
+    }
+
+    /// The table as it was before the activity index: a full scan to expire and to evict.
+    /// Same derive layout as the encoded form, so it also pins the snapshot encoding.
+    #[derive(Serialize)]
+    struct ScanTable {
+        max_clients: usize,
+        expiry_ms: u64,
+        sessions: BTreeMap<u64, Session>,
+    }
+
+    impl ScanTable {
+        fn record(&mut self, tag: ClientTag, output: Bytes, now_ms: u64) {
+            let expiry = self.expiry_ms;
+            self.sessions
+                .retain(|_, s| now_ms.saturating_sub(s.last_active_ms) <= expiry);
+            if !self.sessions.contains_key(&tag.client_id)
+                && self.sessions.len() >= self.max_clients
+            {
+                if let Some((&victim, _)) = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(id, s)| (s.last_active_ms, **id))
+                {
+                    self.sessions.remove(&victim);
+                }
+            }
+            let session = Session {
+                last_seq: tag.seq,
+                output,
+                last_active_ms: now_ms,
+            };
+            self.sessions.insert(tag.client_id, session);
+        }
+    }
+
+    #[test]
+    fn indexed_table_decides_and_encodes_exactly_like_a_full_scan() {
+        // Replicas running the old and the new code side by side must agree on every check,
+        // and a snapshot written by one must read back in the other.
+        for seed in 1..=50u64 {
+            let mut x = seed;
+            let mut next = move |n: u64| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) % n
+            };
+            let (max, expiry) = (1 + next(12) as usize, 1 + next(40));
+            let mut t = SessionTable::new(max, expiry);
+            let mut r = ScanTable {
+                max_clients: max,
+                expiry_ms: expiry,
+                sessions: BTreeMap::new(),
+            };
+            let mut now = 0u64;
+            let mut seqs = [0u64; 20];
+            for step in 0..400 {
+                now += next(4); // non-decreasing, with ties
+                let c = next(20);
+                seqs[c as usize] += 1;
+                let tg = tag(c, seqs[c as usize]);
+                let out = Bytes::from(vec![step as u8]);
+                t.record(tg, out.clone(), now);
+                r.record(tg, out, now);
+                assert_eq!(t.sessions, r.sessions, "seed {seed} step {step}");
+                for probe in 0..20 {
+                    let s = seqs[probe as usize];
+                    for q in [s.saturating_sub(1), s, s + 1] {
+                        let reference = match r.sessions.get(&probe) {
+                            None if q <= 1 => SessionCheck::Fresh,
+                            None => SessionCheck::SessionExpired,
+                            Some(x) if q == x.last_seq => SessionCheck::Duplicate(x.output.clone()),
+                            Some(x) if q < x.last_seq => SessionCheck::Stale {
+                                last_seq: x.last_seq,
+                            },
+                            Some(_) => SessionCheck::Fresh,
+                        };
+                        assert_eq!(t.check(tag(probe, q)), reference, "seed {seed} step {step}");
+                    }
+                }
+            }
+            let ours = postcard::to_allocvec(&t).expect("encode");
+            assert_eq!(
+                ours,
+                postcard::to_allocvec(&r).expect("encode"),
+                "seed {seed}"
+            );
+            let back: SessionTable = postcard::from_bytes(&ours).expect("decode");
+            assert_eq!(
+                back, t,
+                "seed {seed}: the activity index is rebuilt on decode"
+            );
+        }
     }
 }

@@ -379,6 +379,10 @@ impl Applier {
     /// Run until the driver drops its sender.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
         while let Some(msg) = rx.recv().await {
+            // A proposer registering changes nothing a reader or the status page can see (one
+            // arrives per proposal, so publishing after each would rebuild the machine list
+            // thousands of times a second).
+            let registration = matches!(msg, ApplyMsg::Await { .. });
             match msg {
                 ApplyMsg::Await { index, reply } => {
                     if index <= self.applied {
@@ -411,8 +415,10 @@ impl Applier {
                     self.reads.push_back((index, machine, request, reply));
                 }
             }
-            self.serve_reads().await;
-            self.publish();
+            if !registration {
+                self.serve_reads().await;
+                self.publish();
+            }
         }
         for (_, m) in std::mem::take(&mut self.machines) {
             if let Some(h) = m.handle {
