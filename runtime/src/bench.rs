@@ -451,7 +451,8 @@ async fn worker(
                 .map(|_| ())
         } else {
             let cmd = format!(
-                r#"{{"op":"put","key":"{}","value":"{}"}}"#,
+                // etcd's put returns no previous value unless asked (prev_kv); neither does this.
+                r#"{{"op":"put","key":"{}","value":"{}","prev_kv":false}}"#,
                 put_key(i, n),
                 value
             );

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! {"op":"put","key":"a","value":"1"}                       -> {"prev":null}
+//! {"op":"put","key":"a","value":"3","prev_kv":false}       -> null
 //! {"op":"cas","key":"a","expected":"1","new":"2"}           -> {"swapped":true,"current":"2"}
 //! {"op":"delete","key":"a"}                                 -> {"prev":"2"}
 //! query {"op":"get","key":"a"}                              -> {"value":null}
@@ -33,8 +34,14 @@ pub struct Kv {
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Set `key` to `value`.
-    Put { key: String, value: String },
+    /// Set `key` to `value`. The previous value comes back unless `prev_kv` is false (etcd's
+    /// `prev_kv` option: a writer that does not need it saves encoding and shipping it).
+    Put {
+        key: String,
+        value: String,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        prev_kv: bool,
+    },
     /// Remove `key`.
     Delete { key: String },
     /// Set `key` to `new` (or remove it if `new` is null) only if its current value equals
@@ -57,6 +64,16 @@ pub enum Output {
         swapped: bool,
         current: Option<String>,
     },
+    /// A put with `prev_kv: false`: nothing to report (`null`).
+    Written,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A read.
@@ -122,10 +139,16 @@ impl StateMachine for Kv {
 
     fn apply(&mut self, _ctx: &EntryCtx, cmd: Command) -> Result<Output, AppError> {
         match cmd {
-            Command::Put { key, value } => {
+            Command::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
                 check_key(&key)?;
-                Ok(Output::Prev {
-                    prev: self.map.insert(key, value),
+                let prev = self.map.insert(key, value);
+                Ok(match prev_kv {
+                    true => Output::Prev { prev },
+                    false => Output::Written,
                 })
             }
             Command::Delete { key } => Ok(Output::Prev {
@@ -243,6 +266,18 @@ mod tests {
             query(&h, json!({"op":"get","key":"a"})),
             json!({"value":null})
         );
+    }
+
+    #[test]
+    fn put_without_prev_kv_writes_and_answers_null() {
+        let mut h = Harness::<Kv>::new();
+        apply(&mut h, json!({"op":"put","key":"a","value":"1"})).unwrap();
+        let r = apply(&mut h, json!({"op":"put","key":"a","value":"2","prev_kv":false}));
+        assert_eq!(r.unwrap(), json!(null));
+        assert_eq!(query(&h, json!({"op":"get","key":"a"})), json!({"value":"2"}));
+        // Asking explicitly is the default.
+        let r = apply(&mut h, json!({"op":"put","key":"a","value":"3","prev_kv":true}));
+        assert_eq!(r.unwrap(), json!({"prev":"2"}));
     }
 
     #[test]
