@@ -5,10 +5,14 @@
 //! `client.response_write_timeout_ms`, or the stream is reset with
 //! [`CODE_RESPONSE_WRITE_TIMEOUT`] and its bytes and in-flight slot freed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
@@ -29,6 +33,13 @@ pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
 pub const CODE_RESPONSE_WRITE_TIMEOUT: u32 = 0x21;
 
 /// Accept client streams until shutdown.
+///
+/// Every stream is served inside this one task (a `FuturesUnordered`), not a task each. When a
+/// commit wakes many requests at once, their responses are all written in the same poll, before
+/// any connection's QUIC driver runs, so the responses sharing a connection leave in a few
+/// packets instead of one each (with a task per stream, Tokio runs the woken driver right after
+/// each write). The work per request here is small (decode, validate, encode); anything heavy
+/// (a module's compilation) runs on the blocking pool.
 pub(super) async fn serve_clients(
     mut streams: mpsc::Receiver<ClientStream>,
     driver: mpsc::Sender<ClientCall>,
@@ -36,31 +47,30 @@ pub(super) async fn serve_clients(
     limits: ClientSection,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(CLIENT_REQUESTS_IN_FLIGHT_MAX));
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+        FuturesUnordered::new();
     loop {
         let stream = tokio::select! {
             _ = shutdown.changed() => return,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             s = streams.recv() => match s { Some(s) => s, None => return },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        if in_flight.len() >= CLIENT_REQUESTS_IN_FLIGHT_MAX {
             // Over the bound: refuse this one cheaply rather than queue it.
             let ClientStream { identity, send, .. } = stream;
             let resp: Response = Err(RequestError::Busy(format!(
                 "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
             )));
             let deadline_ms = limits.response_write_timeout_ms;
-            tokio::spawn(async move {
+            in_flight.push(Box::pin(async move {
                 write_response(send, &resp, deadline_ms, &identity).await;
-            });
+            }));
             continue;
-        };
-        let driver = driver.clone();
-        let host = host.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
+        }
+        let (driver, host, limits) = (driver.clone(), host.clone(), limits.clone());
+        in_flight.push(Box::pin(async move {
             serve_one(stream, driver, host, &limits).await;
-            drop(permit);
-        });
+        }));
     }
 }
 
