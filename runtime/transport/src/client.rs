@@ -10,6 +10,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::certs::{Identity, NodeId, TlsIdentity};
 use crate::frame::{self, FrameError};
@@ -50,6 +51,48 @@ pub struct ClientConnection {
     endpoint: Endpoint,
     conn: Connection,
     max_frame_bytes: u32,
+    lane: mpsc::Sender<LaneItem>,
+}
+
+/// Largest request frame that goes through the connection's send lane, bytes. Bigger ones (a
+/// module deploy) are written by their caller, so they never hold up the small ones behind
+/// their flow-control waits.
+const LANE_FRAME_BYTES_MAX: usize = 64 << 10;
+/// Requests a send lane holds before callers wait for room.
+const LANE_QUEUE_MAX: usize = 4096;
+
+/// A request frame for the send lane, and where its stream's receiving half goes.
+type LaneItem = (Vec<u8>, oneshot::Sender<Result<RecvStream, TransportError>>);
+
+/// Opens a stream per request and writes its frame, for every request waiting, in one poll of
+/// one task: then quinn packs the frames of a burst of requests (callers woken by the same
+/// incoming packet) into a few packets instead of one each. Ends when every handle to the
+/// connection is gone.
+async fn send_lane(conn: Connection, mut rx: mpsc::Receiver<LaneItem>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // The caller that woke us usually has siblings that are runnable too (their responses
+        // arrived in the same packet): let them queue their requests before writing.
+        tokio::task::yield_now().await;
+        batch.push(first);
+        while batch.len() < LANE_QUEUE_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        for (frame, reply) in batch.drain(..) {
+            let opened = async {
+                let (mut send, recv) = conn.open_bi().await?;
+                send.write_all(&frame)
+                    .await
+                    .map_err(|e| FrameError::Io(e.into()))?;
+                let _ = send.finish();
+                Ok::<_, TransportError>(recv)
+            };
+            let _ = reply.send(opened.await);
+        }
+    }
 }
 
 impl ClientConnection {
@@ -110,10 +153,13 @@ impl ClientConnection {
             Ok(Err(e)) => return Err(err(e.to_string())),
             Ok(Ok(c)) => c,
         };
+        let (lane, lane_rx) = mpsc::channel(LANE_QUEUE_MAX);
+        tokio::spawn(send_lane(conn.clone(), lane_rx));
         Ok(ClientConnection {
             endpoint,
             conn,
             max_frame_bytes: config.max_frame_bytes,
+            lane,
         })
     }
 
@@ -141,9 +187,20 @@ impl ClientConnection {
         kind: u8,
         req: &Req,
     ) -> Result<(u8, Resp), TransportError> {
-        let (mut send, mut recv) = self.open_stream().await?;
-        frame::write_msg(&mut send, kind, req, self.max_frame_bytes).await?;
-        let _ = send.finish();
+        let payload = frame::encode_payload(req)?;
+        let mut recv = if payload.len() + frame::FRAME_HEADER_BYTES <= LANE_FRAME_BYTES_MAX {
+            let mut buf = Vec::with_capacity(frame::FRAME_HEADER_BYTES + payload.len());
+            frame::encode_frame_into(&mut buf, kind, &payload, self.max_frame_bytes)?;
+            let (tx, rx) = oneshot::channel();
+            let closed = || TransportError::Connection(quinn::ConnectionError::LocallyClosed);
+            self.lane.send((buf, tx)).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())??
+        } else {
+            let (mut send, recv) = self.open_stream().await?;
+            frame::write_frame(&mut send, kind, &payload, self.max_frame_bytes).await?;
+            let _ = send.finish();
+            recv
+        };
         match frame::read_msg(&mut recv, self.max_frame_bytes).await? {
             Some(r) => Ok(r),
             None => Err(FrameError::Truncated {
