@@ -19,6 +19,14 @@ deps:
 	  || { echo "installing clang (guests compile C zstd for wasm32)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang >/dev/null; }
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	  || { echo "installing node and npm (the JavaScript guest tests build with componentize-js)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	@python3 -c 'import venv, ensurepip' 2>/dev/null \
+	  || { echo "installing python3-venv (the Python guest tests build with componentize-py)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3 python3-venv >/dev/null; }
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
 ## The main job.

@@ -272,11 +272,20 @@ mod tests {
     fn put_without_prev_kv_writes_and_answers_null() {
         let mut h = Harness::<Kv>::new();
         apply(&mut h, json!({"op":"put","key":"a","value":"1"})).unwrap();
-        let r = apply(&mut h, json!({"op":"put","key":"a","value":"2","prev_kv":false}));
+        let r = apply(
+            &mut h,
+            json!({"op":"put","key":"a","value":"2","prev_kv":false}),
+        );
         assert_eq!(r.unwrap(), json!(null));
-        assert_eq!(query(&h, json!({"op":"get","key":"a"})), json!({"value":"2"}));
+        assert_eq!(
+            query(&h, json!({"op":"get","key":"a"})),
+            json!({"value":"2"})
+        );
         // Asking explicitly is the default.
-        let r = apply(&mut h, json!({"op":"put","key":"a","value":"3","prev_kv":true}));
+        let r = apply(
+            &mut h,
+            json!({"op":"put","key":"a","value":"3","prev_kv":true}),
+        );
         assert_eq!(r.unwrap(), json!({"prev":"2"}));
     }
 
