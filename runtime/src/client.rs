@@ -114,6 +114,9 @@ pub struct ClientOptions {
     pub tls: TlsIdentity,
     /// Give up on one call after this long, milliseconds.
     pub call_timeout_ms: u64,
+    /// The same for a deploy (its outcome includes compiling the module on the leader, and on a
+    /// first deploy of a big JS or Python component that takes a while). Default 300 000.
+    pub deploy_timeout_ms: u64,
     /// First retry delay after `Busy` or no leader, milliseconds (doubles, capped at 1 s).
     pub retry_backoff_min_ms: u64,
 }
@@ -132,6 +135,7 @@ impl ClientOptions {
             endpoints,
             tls,
             call_timeout_ms: 30_000,
+            deploy_timeout_ms: 300_000,
             retry_backoff_min_ms: 20,
         })
     }
@@ -421,7 +425,10 @@ impl Client {
     /// safe to retry, until `call_timeout_ms`.
     async fn call(&self, req: Request, follow_leader: bool) -> Result<Reply, ClientError> {
         let start = Instant::now();
-        let deadline = Duration::from_millis(self.opts.call_timeout_ms);
+        let deadline = Duration::from_millis(match req {
+            Request::Deploy { .. } | Request::DeployWith { .. } => self.opts.deploy_timeout_ms,
+            _ => self.opts.call_timeout_ms,
+        });
         let mut backoff = Duration::from_millis(self.opts.retry_backoff_min_ms.max(1));
         let mut endpoint_idx = 0usize;
         let mut last = String::from("no attempt");

@@ -266,6 +266,10 @@ pub struct ClientSection {
     pub connections_max: u64,
     /// A request not answered within this time gets `Timeout`.
     pub request_timeout_ms: u64,
+    /// The same for a deploy, whose outcome includes validating and compiling the module on
+    /// the leader before it is proposed (an interpreter-based JS or Python component takes
+    /// seconds to tens of seconds to compile). Default 300 000; 10..=3 600 000.
+    pub deploy_timeout_ms: u64,
     /// Longest time, in milliseconds, a response may take to be handed to a client that reads
     /// it slowly or not at all. When it runs out the node resets the stream (QUIC application
     /// error code `wraft::node::CODE_RESPONSE_WRITE_TIMEOUT`), dropping the unsent bytes and
@@ -280,6 +284,7 @@ impl Default for ClientSection {
             command_bytes_max: 1 << 20,
             connections_max: 4096,
             request_timeout_ms: 10_000,
+            deploy_timeout_ms: 300_000,
             response_write_timeout_ms: 30_000,
         }
     }
@@ -446,6 +451,12 @@ impl NodeConfig {
         range(
             "client.request_timeout_ms",
             c.request_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        range(
+            "client.deploy_timeout_ms",
+            c.deploy_timeout_ms,
             10,
             3_600_000,
         )?;

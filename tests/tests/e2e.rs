@@ -377,6 +377,7 @@ async fn foreign_client_certificates_and_garbage_datagrams_do_not_disturb_the_cl
         endpoints: cluster.endpoints(),
         tls,
         call_timeout_ms: 2_000,
+        deploy_timeout_ms: 2_000,
         retry_backoff_min_ms: 20,
     })
     .await
@@ -731,4 +732,24 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
         }) => assert_eq!(l, new_leader),
         other => panic!("proposal to a follower: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_has_its_own_deadline_covering_the_modules_first_compile() {
+    // Each node compiles into its own empty cache, which takes far longer than the 10 ms left
+    // for ordinary requests: the deploy must still succeed, under client.deploy_timeout_ms.
+    let kv = guest("kv");
+    let cluster = Cluster::start_with(3, |cfg| cfg.client.request_timeout_ms = 10);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let c = cluster.client().await;
+    let started = std::time::Instant::now();
+    c.deploy("kv", kv)
+        .await
+        .expect("deploy under its own deadline");
+    assert!(
+        started.elapsed() > Duration::from_millis(10),
+        "the compile was expected to outlast the ordinary request deadline"
+    );
+    let machines = c.machines().await.expect("machines");
+    assert_eq!(machines.len(), 1, "{machines:?}");
 }

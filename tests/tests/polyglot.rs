@@ -29,14 +29,14 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A 3-node cluster whose nodes share one compile cache under the target dir (each big
 /// component is compiled once, by the node that validates the deploy, and on later runs not at
-/// all), with a request timeout that covers that first compile, and an election timeout that
+/// all; the node's default `client.deploy_timeout_ms` covers that first compile), and an
+/// election timeout that
 /// survives a debug-build leader writing and shipping an 18 MB deploy entry on a loaded
 /// machine (at 500 ms the leader lost its term mid-append, again and again).
 fn cluster() -> Cluster {
     let cache = target_dir().join("polyglot-wasm-cache");
     Cluster::start_with(3, |c| {
         c.guest.module_cache_dir = Some(cache.clone());
-        c.client.request_timeout_ms = DEPLOY_TIMEOUT_MS;
         c.raft.election_timeout_ms = 5_000;
         c.raft.heartbeat_interval_ms = 200;
     })

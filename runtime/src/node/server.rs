@@ -1,7 +1,8 @@
 //! Serving client connections: one request per QUIC stream, answered on the
 //! same stream. Three deadlines bound what a stream can hold: the request
 //! must arrive whole and get its outcome within `client.request_timeout_ms`
-//! each, and the response must be taken by the client within
+//! each (a deploy's outcome, which includes compiling the module, within
+//! `client.deploy_timeout_ms`), and the response must be taken by the client within
 //! `client.response_write_timeout_ms`, or the stream is reset with
 //! [`CODE_RESPONSE_WRITE_TIMEOUT`] and its bytes and in-flight slot freed.
 
@@ -114,14 +115,20 @@ async fn serve_one(
             return;
         }
     };
-    let response = tokio::time::timeout(deadline, handle(request, &driver, &host, limits))
-        .await
-        .unwrap_or_else(|_| {
-            Err(RequestError::Timeout(format!(
-                "no outcome within {} ms; retrying with the same tag is safe",
-                limits.request_timeout_ms
-            )))
-        });
+    let outcome_ms = match request {
+        Request::Deploy { .. } | Request::DeployWith { .. } => limits.deploy_timeout_ms,
+        _ => limits.request_timeout_ms,
+    };
+    let response = tokio::time::timeout(
+        Duration::from_millis(outcome_ms),
+        handle(request, &driver, &host, limits),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(RequestError::Timeout(format!(
+            "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
+        )))
+    });
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
 }
 
