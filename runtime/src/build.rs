@@ -244,12 +244,10 @@ pub fn check_component_with(
     host: &HostConfig,
     wasi: WasiProfile,
 ) -> Result<CheckedComponent, BuildError> {
-    let host = HostConfig {
-        cache_dir: None,
-        ..host.clone()
-    };
     let limit = host.module_bytes_max;
-    let engine = HostEngine::new(host)?;
+    // With `host.cache_dir` set (`wraft dev` sets it to the directory its nodes compile into),
+    // this compile is the nodes' too: their loads of the same module become cache hits.
+    let engine = HostEngine::new(host.clone())?;
     let module = engine.load_with(component, wasi)?;
     Ok(CheckedComponent {
         bytes: component.len(),

@@ -264,11 +264,18 @@ async fn serve(
         println!("== cannot write {}: {e}", files.env.display());
     }
     let shown = name.clone().unwrap_or_else(|| "NAME".into());
+    // The starters' own commands: the Python one is a counter, the others key/value stores.
+    let (put, get) = match crate::templates::Language::detect(&opts.path) {
+        Some(crate::templates::Language::Python) => (r#"{"op":"add","n":5}"#, r#"{"op":"get"}"#),
+        _ => (
+            r#"{"op":"put","key":"a","value":"1"}"#,
+            r#"{"op":"get","key":"a"}"#,
+        ),
+    };
     println!(
         "== ready. Type `propose JSON`, `query JSON`, `status` or `quit`; or from another \
          terminal:\n   source {}    # export WRAFT_ENDPOINTS={} WRAFT_CERTS={}\n   wraft propose {shown} \
-         '{{\"op\":\"put\",\"key\":\"a\",\"value\":\"1\"}}'\n   wraft query {shown} \
-         '{{\"op\":\"get\",\"key\":\"a\"}}'\n   Watching {} for changes; Ctrl-C stops.",
+         '{put}'\n   wraft query {shown} '{get}'\n   Watching {} for changes; Ctrl-C stops.",
         files.env.display(),
         eps.join(","),
         layout.certs.display(),

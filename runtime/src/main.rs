@@ -88,6 +88,11 @@ enum Cmd {
         /// else the checkout this wraft was built from).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
+        /// JS and Python: do not install the componentization toolchain into the project
+        /// (`npm install`, or a `.venv` with componentize-py); `wraft build` then says what to
+        /// install.
+        #[arg(long)]
+        no_install: bool,
     },
     /// Build a machine project into a component and check it as the cluster will at deploy.
     Build {
@@ -376,7 +381,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             lang,
             dir,
             sdk_path,
-        } => new(&name, lang, dir, sdk_path),
+            no_install,
+        } => new(&name, lang, dir, sdk_path, !no_install),
         Cmd::Build {
             path,
             out,
@@ -585,6 +591,7 @@ fn new(
     lang: wraft::templates::Language,
     dir: Option<PathBuf>,
     sdk_path: Option<PathBuf>,
+    install: bool,
 ) -> Result<(), AnyError> {
     let opts = wraft::templates::NewOptions { dir, sdk_path };
     let p = wraft::templates::new_project(name, lang, &opts)?;
@@ -598,6 +605,32 @@ fn new(
     }
     if let Some(sdk) = &p.sdk {
         println!("  wraft-guest from {}", sdk.display());
+    }
+    let tools = match p.lang {
+        wraft::templates::Language::Rust => None,
+        wraft::templates::Language::Js => Some((
+            wraft::polyglot::GuestLang::Js,
+            "npm install (componentize-js)",
+            "npm install",
+        )),
+        wraft::templates::Language::Python => Some((
+            wraft::polyglot::GuestLang::Python,
+            "a .venv with componentize-py",
+            "python3 -m venv .venv && .venv/bin/pip install componentize-py",
+        )),
+    };
+    if let Some((lang, what, by_hand)) = tools.filter(|_| install) {
+        println!("installing the toolchain into the project: {what} …");
+        let started = std::time::Instant::now();
+        match wraft::polyglot::install_project_tools(&p.dir, lang) {
+            Ok(()) => println!("  done in {:.1} s", started.elapsed().as_secs_f64()),
+            // The project is there and usable; only the build tool is missing.
+            Err(e) => eprintln!(
+                "warning: the project was created but its toolchain was not installed: {e}\n  \
+                 run `{by_hand}` in {} before `wraft build`",
+                p.dir.display()
+            ),
+        }
     }
     let test = match p.lang {
         wraft::templates::Language::Rust => "cargo test      # native tests",

@@ -396,6 +396,33 @@ pub fn build_python_with(
     check_and_write(&bytes, out, WasiProfile::Deterministic)
 }
 
+/// Install a new JS or Python project's componentization toolchain inside the project, where
+/// `wraft build` looks first: `npm install` (the template's `package.json` pins componentize-js)
+/// or a `.venv` with componentize-py. Rust projects need nothing.
+///
+/// Cost: one `npm install` (~15 s) or venv + `pip install` (~30 s), network; nothing if already
+/// installed.
+pub fn install_project_tools(project: &Path, lang: GuestLang) -> Result<(), BuildError> {
+    match lang {
+        GuestLang::Js => {
+            let pkg = project.join("node_modules/@bytecodealliance/componentize-js/package.json");
+            if !pkg.is_file() {
+                run_tool(
+                    "npm",
+                    node_install_hint,
+                    project,
+                    Command::new("npm")
+                        .args(["install", "--no-audit", "--no-fund"])
+                        .current_dir(project),
+                )?;
+            }
+            Ok(())
+        }
+        GuestLang::Python => install_py_tools(&project.join(".venv")).map(|_| ()),
+        GuestLang::Rust => Ok(()),
+    }
+}
+
 /// Install componentize-js (pinned) under the npm prefix `dir` unless it is already there, and
 /// return `dir` (to pass as `$WRAFT_JS_TOOLS`). For tests and first-time setup.
 ///

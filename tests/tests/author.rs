@@ -122,6 +122,57 @@ fn new_project(dir: &Path, name: &str) -> PathBuf {
 }
 
 #[test]
+fn new_js_and_python_projects_arrive_with_their_toolchain_and_passing_native_tests() {
+    // From an empty folder, `wraft new` + `wraft dev` must be enough: the JS and Python
+    // starters install their componentizer into the project, where `wraft build` looks first.
+    // (Building those components is covered by tests/polyglot.rs with the same pinned tools.)
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (lang, name, tool, native_test) in [
+        (
+            "js",
+            "shop",
+            "node_modules/@bytecodealliance/componentize-js/package.json",
+            ["node", "--test"].as_slice(),
+        ),
+        (
+            "python",
+            "tally",
+            ".venv/bin/componentize-py",
+            ["python3", "-m", "unittest"].as_slice(),
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        let out = run_ok(
+            command(wraft_bin())
+                .args(["new", name, "--lang", lang, "--dir"])
+                .arg(&dir),
+            "wraft new",
+        );
+        assert!(out.contains("installing the toolchain"), "{out}");
+        assert!(
+            dir.join(tool).is_file(),
+            "{lang}: {tool} not installed:\n{out}"
+        );
+        assert!(dir.join(".gitignore").is_file(), "{lang}: no .gitignore");
+        run_ok(
+            command(native_test[0])
+                .args(&native_test[1..])
+                .current_dir(&dir),
+            &format!("{lang} starter's native tests"),
+        );
+    }
+    // Opting out leaves the project without the toolchain.
+    let bare = tmp.path().join("bare");
+    run_ok(
+        command(wraft_bin())
+            .args(["new", "bare", "--lang", "js", "--no-install", "--dir"])
+            .arg(&bare),
+        "wraft new --no-install",
+    );
+    assert!(!bare.join("node_modules").exists());
+}
+
+#[test]
 fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     let tmp = tempfile::tempdir().expect("tmp");
     let project = new_project(tmp.path(), "starter");

@@ -231,16 +231,15 @@ mod tests {
             let expiry = self.expiry_ms;
             self.sessions
                 .retain(|_, s| now_ms.saturating_sub(s.last_active_ms) <= expiry);
+            let full = self.sessions.len() >= self.max_clients;
             if !self.sessions.contains_key(&tag.client_id)
-                && self.sessions.len() >= self.max_clients
-            {
-                if let Some((&victim, _)) = self
+                && full
+                && let Some((&victim, _)) = self
                     .sessions
                     .iter()
                     .min_by_key(|(id, s)| (s.last_active_ms, **id))
-                {
-                    self.sessions.remove(&victim);
-                }
+            {
+                self.sessions.remove(&victim);
             }
             let session = Session {
                 last_seq: tag.seq,

@@ -79,6 +79,11 @@ struct TemplateFile {
 /// project's own `package.json` and README from `runtime/templates/js`.
 const JS: &[TemplateFile] = &[
     TemplateFile {
+        path: ".gitignore",
+        text: include_str!("../../templates/js/gitignore"),
+        rename: None,
+    },
+    TemplateFile {
         path: "package.json",
         text: include_str!("../../templates/js/package.json"),
         rename: None,
@@ -108,6 +113,11 @@ const JS: &[TemplateFile] = &[
 /// The Python starter (componentize-py; deploy with `--wasi deterministic`):
 /// `examples/py-counter` itself, with the README from `runtime/templates/python`.
 const PYTHON: &[TemplateFile] = &[
+    TemplateFile {
+        path: ".gitignore",
+        text: include_str!("../../templates/python/gitignore"),
+        rename: None,
+    },
     TemplateFile {
         path: "app.py",
         text: include_str!("../../../examples/py-counter/app.py"),
