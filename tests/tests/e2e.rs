@@ -753,3 +753,55 @@ async fn a_deploy_has_its_own_deadline_covering_the_modules_first_compile() {
     let machines = c.machines().await.expect("machines");
     assert_eq!(machines.len(), 1, "{machines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_traps_among_concurrent_reads_fails_alone_and_the_others_are_answered() {
+    // Reads that become ready together reach the machine's thread as one run; one of them traps
+    // and poisons the instance. Only that read may fail: the node rebuilds the instance and asks
+    // the reads queued behind it again.
+    let mb = guest("misbehave");
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let c = cluster.client().await;
+    c.deploy("mb", mb).await.expect("deploy");
+    for _ in 0..3 {
+        c.propose("mb", br#""Ok""#).await.expect("ok");
+    }
+    for round in 0..5 {
+        let asks: Vec<&[u8]> = (0..24)
+            .map(|i| {
+                if i == 7 {
+                    &br#""panic""#[..]
+                } else {
+                    &b"null"[..]
+                }
+            })
+            .collect();
+        let answers = futures_util::future::join_all(
+            asks.iter()
+                .map(|q| c.query("mb", q, Consistency::Linearizable)),
+        )
+        .await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            if i == 7 {
+                let err = answer.expect_err("the panicking query must fail");
+                assert!(
+                    matches!(&err, ClientError::MachineFault(m) if m.contains("asked to panic")),
+                    "round {round}: {err}"
+                );
+            } else {
+                let out = answer.unwrap_or_else(|e| panic!("round {round}, read {i}: {e}"));
+                assert_eq!(out, b"3", "round {round}, read {i}");
+            }
+        }
+    }
+    // The machine still applies and answers normally.
+    c.propose("mb", br#""Ok""#)
+        .await
+        .expect("ok after the traps");
+    let out = c
+        .query("mb", b"null", Consistency::Linearizable)
+        .await
+        .expect("query");
+    assert_eq!(out, b"4");
+}

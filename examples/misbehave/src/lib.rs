@@ -2,7 +2,8 @@
 //!
 //! Commands (JSON): `"Ok"`, `{"Panic":"why"}`, `"Loop"`, `{"Recurse":depth}`, `"GrowMemory"`,
 //! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`,
-//! `{"Decompress":{"data":[..],"max_output_bytes":n}}`.
+//! `{"Decompress":{"data":[..],"max_output_bytes":n}}`. Queries: anything answers the count of
+//! well-behaved commands, except the string `"panic"`, which traps.
 //! It also shows a custom [`SnapshotFormat`] layered over [`DefaultSnapshot`].
 
 use std::hint::black_box;
@@ -82,7 +83,7 @@ impl StateMachine for Misbehave {
     type Snapshot = Picky;
     type Command = Command;
     type Output = String;
-    type Query = serde::de::IgnoredAny;
+    type Query = serde_json::Value;
     type Reply = u64;
 
     fn apply(&mut self, _ctx: &EntryCtx, cmd: Command) -> Result<String, AppError> {
@@ -125,7 +126,8 @@ impl StateMachine for Misbehave {
         }
     }
 
-    fn query(&self, _q: serde::de::IgnoredAny) -> Result<u64, AppError> {
+    fn query(&self, q: serde_json::Value) -> Result<u64, AppError> {
+        assert!(q != "panic", "asked to panic in a query");
         Ok(self.ok_count)
     }
 }

@@ -37,6 +37,8 @@ pub const SESSIONS_MAX: usize = 100_000;
 pub const SESSION_EXPIRY_MS: u64 = 3_600_000;
 /// Most entries sent to a guest in one `apply-batch` call.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+/// Messages the applier takes from its queue before it serves ready reads and publishes.
+const APPLY_DRAIN_MSGS_MAX: usize = 1024;
 /// Times a call stopped by the node-local watchdog is retried before the
 /// machine is marked unhealthy on this node.
 pub const WATCHDOG_RETRIES_MAX: u32 = 3;
@@ -379,43 +381,15 @@ impl Applier {
     /// Run until the driver drops its sender.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
         while let Some(msg) = rx.recv().await {
-            // A proposer registering changes nothing a reader or the status page can see (one
-            // arrives per proposal, so publishing after each would rebuild the machine list
-            // thousands of times a second).
-            let registration = matches!(msg, ApplyMsg::Await { .. });
-            match msg {
-                ApplyMsg::Await { index, reply } => {
-                    if index <= self.applied {
-                        let _ = reply.send(Err(RequestError::Internal(format!(
-                            "entry {index} was applied before its proposer registered"
-                        ))));
-                    } else {
-                        self.waiting.insert(index, reply);
-                    }
-                }
-                ApplyMsg::Entries(entries) => {
-                    self.apply_entries(entries).await;
-                    if let Some((target, t)) = self.recovery_target
-                        && self.applied >= target
-                    {
-                        self.recovery_target = None;
-                        tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
-                            replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
-                    }
-                }
-                ApplyMsg::Snapshot { meta } => self.start_snapshot(meta),
-                ApplyMsg::BaseChanged { id } => self.base_changed(id),
-                ApplyMsg::Install { meta } => self.install(meta).await,
-                ApplyMsg::Read {
-                    index,
-                    machine,
-                    request,
-                    reply,
-                } => {
-                    self.reads.push_back((index, machine, request, reply));
-                }
+            // Take whatever else is already queued before serving reads: reads confirmed in the
+            // same round then reach the machine's thread as one run (`serve_reads`), and the
+            // machine list is published once for the lot.
+            let mut visible = self.handle(msg).await;
+            for _ in 0..APPLY_DRAIN_MSGS_MAX {
+                let Ok(msg) = rx.try_recv() else { break };
+                visible |= self.handle(msg).await;
             }
-            if !registration {
+            if visible {
                 self.serve_reads().await;
                 self.publish();
             }
@@ -425,6 +399,45 @@ impl Applier {
                 tokio::task::spawn_blocking(move || h.shutdown());
             }
         }
+    }
+
+    /// Handle one message; false if it changed nothing a reader or the status page can see (a
+    /// proposer registering: one arrives per proposal).
+    async fn handle(&mut self, msg: ApplyMsg) -> bool {
+        match msg {
+            ApplyMsg::Await { index, reply } => {
+                if index <= self.applied {
+                    let _ = reply.send(Err(RequestError::Internal(format!(
+                        "entry {index} was applied before its proposer registered"
+                    ))));
+                } else {
+                    self.waiting.insert(index, reply);
+                }
+                return false;
+            }
+            ApplyMsg::Entries(entries) => {
+                self.apply_entries(entries).await;
+                if let Some((target, t)) = self.recovery_target
+                    && self.applied >= target
+                {
+                    self.recovery_target = None;
+                    tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
+                        replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
+                }
+            }
+            ApplyMsg::Snapshot { meta } => self.start_snapshot(meta),
+            ApplyMsg::BaseChanged { id } => self.base_changed(id),
+            ApplyMsg::Install { meta } => self.install(meta).await,
+            ApplyMsg::Read {
+                index,
+                machine,
+                request,
+                reply,
+            } => {
+                self.reads.push_back((index, machine, request, reply));
+            }
+        }
+        true
     }
 
     fn publish(&self) {
@@ -453,16 +466,79 @@ impl Applier {
     async fn serve_reads(&mut self) {
         // Reads are served in arrival order once their index is applied;
         // a read waiting for a later index does not hold up the others.
-        let mut pending = VecDeque::new();
-        while let Some((index, machine, request, reply)) = self.reads.pop_front() {
-            if index > self.applied {
-                pending.push_back((index, machine, request, reply));
-                continue;
-            }
-            let answer = self.query(&machine, request).await;
-            let _ = reply.send(answer);
-        }
+        let (mut ready, pending): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(index, ..)| *index <= self.applied);
         self.reads = pending;
+        while let Some((_, machine, request, reply)) = ready.pop_front() {
+            // The run of ready reads for the same machine goes to its thread in one go.
+            let mut run = vec![(request, reply)];
+            while ready.front().is_some_and(|(_, m, ..)| *m == machine) {
+                let (_, _, request, reply) = ready.pop_front().expect("front");
+                run.push((request, reply));
+            }
+            let (requests, replies): (Vec<_>, Vec<_>) = run.into_iter().unzip();
+            let answers = self.query_many(&machine, requests).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Answer `requests` to `machine`, in order. All are queued to the machine's thread before
+    /// the first answer is awaited, so the thread runs them back to back (one wake-up for the
+    /// run, not one per read). If one traps, the instance is rebuilt and the reads queued
+    /// behind it, which found it poisoned, are asked again.
+    async fn query_many(&mut self, machine: &str, requests: Vec<Vec<u8>>) -> Vec<Response> {
+        if requests.len() == 1 {
+            let request = requests.into_iter().next().expect("one");
+            return vec![self.query(machine, request).await];
+        }
+        let applied = self.applied;
+        let results = {
+            let Some(m) = self.machines.get(machine) else {
+                let e = RequestError::NoSuchMachine(machine.to_owned());
+                return requests.iter().map(|_| Err(e.clone())).collect();
+            };
+            let Some(h) = m.handle.as_ref().filter(|_| m.healthy) else {
+                let e = RequestError::MachineFault(format!(
+                    "machine {machine:?} is unhealthy on this node; see its log"
+                ));
+                return requests.iter().map(|_| Err(e.clone())).collect();
+            };
+            futures_util::future::join_all(requests.iter().map(|r| h.query(r.clone()))).await
+        };
+        let mut answers = Vec::with_capacity(results.len());
+        let mut again = Vec::new();
+        let mut trapped = false;
+        for (k, result) in results.into_iter().enumerate() {
+            answers.push(match result {
+                Ok(Ok(output)) => Ok(Reply::Answer {
+                    index: applied,
+                    output,
+                }),
+                Ok(Err(e)) => Err(RequestError::App {
+                    code: e.code,
+                    message: e.message,
+                }),
+                Err(CallError::Poisoned { .. }) if trapped => {
+                    again.push(k);
+                    Err(RequestError::Internal("not asked yet".into()))
+                }
+                Err(e) => {
+                    trapped |= e.poisons();
+                    Err(RequestError::MachineFault(e.to_string()))
+                }
+            });
+        }
+        if trapped {
+            // A query is not replicated: a trap only poisons this node's instance.
+            self.rebuild(machine, self.applied + 1).await;
+            for k in again {
+                answers[k] = self.query(machine, requests[k].clone()).await;
+            }
+        }
+        answers
     }
 
     async fn query(&mut self, machine: &str, request: Vec<u8>) -> Response {
