@@ -490,37 +490,19 @@ impl Applier {
     /// run, not one per read). If one traps, the instance is rebuilt and the reads queued
     /// behind it, which found it poisoned, are asked again.
     async fn query_many(&mut self, machine: &str, requests: Vec<Vec<u8>>) -> Vec<Response> {
-        if requests.len() == 1 {
-            let request = requests.into_iter().next().expect("one");
-            return vec![self.query(machine, request).await];
-        }
         let applied = self.applied;
-        let results = {
-            let Some(m) = self.machines.get(machine) else {
-                let e = RequestError::NoSuchMachine(machine.to_owned());
-                return requests.iter().map(|_| Err(e.clone())).collect();
-            };
-            let Some(h) = m.handle.as_ref().filter(|_| m.healthy) else {
-                let e = RequestError::MachineFault(format!(
-                    "machine {machine:?} is unhealthy on this node; see its log"
-                ));
-                return requests.iter().map(|_| Err(e.clone())).collect();
-            };
-            futures_util::future::join_all(requests.iter().map(|r| h.query(r.clone()))).await
+        let results = match self.queryable(machine) {
+            Ok(h) => {
+                futures_util::future::join_all(requests.iter().map(|r| h.query(r.clone()))).await
+            }
+            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut answers = Vec::with_capacity(results.len());
         let mut again = Vec::new();
         let mut trapped = false;
         for (k, result) in results.into_iter().enumerate() {
             answers.push(match result {
-                Ok(Ok(output)) => Ok(Reply::Answer {
-                    index: applied,
-                    output,
-                }),
-                Ok(Err(e)) => Err(RequestError::App {
-                    code: e.code,
-                    message: e.message,
-                }),
+                Ok(r) => query_answer(applied, r),
                 Err(CallError::Poisoned { .. }) if trapped => {
                     again.push(k);
                     Err(RequestError::Internal("not asked yet".into()))
@@ -543,34 +525,34 @@ impl Applier {
 
     async fn query(&mut self, machine: &str, request: Vec<u8>) -> Response {
         let applied = self.applied;
-        let Some(m) = self.machines.get(machine) else {
-            return Err(RequestError::NoSuchMachine(machine.to_owned()));
+        let result = match self.queryable(machine) {
+            Ok(h) => h.query(request).await,
+            Err(e) => return Err(e),
         };
-        let Some(h) = m.handle.as_ref().filter(|_| m.healthy) else {
-            return Err(RequestError::MachineFault(format!(
-                "machine {machine:?} is unhealthy on this node; see its log"
-            )));
-        };
-        match h.query(request).await {
-            Ok(Ok(output)) => Ok(Reply::Answer {
-                index: applied,
-                output,
-            }),
-            Ok(Err(e)) => Err(RequestError::App {
-                code: e.code,
-                message: e.message,
-            }),
+        match result {
+            Ok(r) => query_answer(applied, r),
             Err(e) => {
                 // A query is not replicated: a trap here only poisons this
                 // node's instance, which is rebuilt before the next call.
-                let poisoned = e.poisons();
-                let msg = e.to_string();
-                if poisoned {
+                if e.poisons() {
                     self.rebuild(machine, self.applied + 1).await;
                 }
-                Err(RequestError::MachineFault(msg))
+                Err(RequestError::MachineFault(e.to_string()))
             }
         }
+    }
+
+    /// The handle of a machine that can answer queries, or why none can.
+    fn queryable(&self, machine: &str) -> Result<&MachineHandle, RequestError> {
+        let m = self
+            .machines
+            .get(machine)
+            .ok_or_else(|| RequestError::NoSuchMachine(machine.to_owned()))?;
+        m.handle.as_ref().filter(|_| m.healthy).ok_or_else(|| {
+            RequestError::MachineFault(format!(
+                "machine {machine:?} is unhealthy on this node; see its log"
+            ))
+        })
     }
 
     async fn apply_entries(&mut self, entries: Vec<Entry>) {
@@ -1039,6 +1021,20 @@ impl Applier {
 
 fn new_handle_shutdown(h: MachineHandle) {
     tokio::task::spawn_blocking(move || h.shutdown());
+}
+
+/// A query's answer as of `applied`.
+fn query_answer(applied: u64, r: host::EntryResult) -> Response {
+    match r {
+        Ok(output) => Ok(Reply::Answer {
+            index: applied,
+            output,
+        }),
+        Err(e) => Err(RequestError::App {
+            code: e.code,
+            message: e.message,
+        }),
+    }
 }
 
 fn app_response(index: u64, r: host::EntryResult) -> Response {
