@@ -115,7 +115,8 @@ pub struct ClientOptions {
     /// Give up on one call after this long, milliseconds.
     pub call_timeout_ms: u64,
     /// The same for a deploy (its outcome includes compiling the module on the leader, and on a
-    /// first deploy of a big JS or Python component that takes a while). Default 300 000.
+    /// first deploy of a big JS or Python component that takes a while); a deploy gets the
+    /// larger of this and `call_timeout_ms`. Default 300 000.
     pub deploy_timeout_ms: u64,
     /// First retry delay after `Busy` or no leader, milliseconds (doubles, capped at 1 s).
     pub retry_backoff_min_ms: u64,
@@ -426,7 +427,9 @@ impl Client {
     async fn call(&self, req: Request, follow_leader: bool) -> Result<Reply, ClientError> {
         let start = Instant::now();
         let deadline = Duration::from_millis(match req {
-            Request::Deploy { .. } | Request::DeployWith { .. } => self.opts.deploy_timeout_ms,
+            Request::Deploy { .. } | Request::DeployWith { .. } => {
+                self.opts.deploy_timeout_ms.max(self.opts.call_timeout_ms)
+            }
             _ => self.opts.call_timeout_ms,
         });
         let mut backoff = Duration::from_millis(self.opts.retry_backoff_min_ms.max(1));

@@ -126,6 +126,12 @@ fn new_js_and_python_projects_arrive_with_their_toolchain_and_passing_native_tes
     // From an empty folder, `wraft new` + `wraft dev` must be enough: the JS and Python
     // starters install their componentizer into the project, where `wraft build` looks first.
     // (Building those components is covered by tests/polyglot.rs with the same pinned tools.)
+    // Needs node/npm, python3 and the npm registry and PyPI, like tests/polyglot.rs, and obeys
+    // the same opt-out.
+    if std::env::var_os("WRAFT_SKIP_POLYGLOT").is_some() {
+        eprintln!("WRAFT_SKIP_POLYGLOT is set: not creating JS/Python projects");
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tmp");
     for (lang, name, tool, native_test) in [
         (

@@ -39,6 +39,8 @@ pub const SESSION_EXPIRY_MS: u64 = 3_600_000;
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 /// Messages the applier takes from its queue before it serves ready reads and publishes.
 const APPLY_DRAIN_MSGS_MAX: usize = 1024;
+/// Longest the applier keeps taking queued messages before it serves ready reads.
+const APPLY_DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 /// Times a call stopped by the node-local watchdog is retried before the
 /// machine is marked unhealthy on this node.
 pub const WATCHDOG_RETRIES_MAX: u32 = 3;
@@ -384,8 +386,13 @@ impl Applier {
             // Take whatever else is already queued before serving reads: reads confirmed in the
             // same round then reach the machine's thread as one run (`serve_reads`), and the
             // machine list is published once for the lot.
+            let started = std::time::Instant::now();
             let mut visible = self.handle(msg).await;
             for _ in 0..APPLY_DRAIN_MSGS_MAX {
+                // Ready reads wait for the drain: bound it in time as well as in messages.
+                if started.elapsed() >= APPLY_DRAIN_TIME_MAX {
+                    break;
+                }
                 let Ok(msg) = rx.try_recv() else { break };
                 visible |= self.handle(msg).await;
             }

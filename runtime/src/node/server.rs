@@ -11,8 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
@@ -48,31 +50,56 @@ pub(super) async fn serve_clients(
     limits: ClientSection,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+    // Each future says whether it was a request (counted against the bound) or a refusal.
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = bool> + Send>>> =
         FuturesUnordered::new();
+    let mut requests = 0usize;
     loop {
         let stream = tokio::select! {
             _ = shutdown.changed() => return,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            Some(was_request) = in_flight.next(), if !in_flight.is_empty() => {
+                requests -= usize::from(was_request);
+                continue;
+            }
             s = streams.recv() => match s { Some(s) => s, None => return },
         };
-        if in_flight.len() >= CLIENT_REQUESTS_IN_FLIGHT_MAX {
+        if requests >= CLIENT_REQUESTS_IN_FLIGHT_MAX {
             // Over the bound: refuse this one cheaply rather than queue it.
             let ClientStream { identity, send, .. } = stream;
             let resp: Response = Err(RequestError::Busy(format!(
                 "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
             )));
             let deadline_ms = limits.response_write_timeout_ms;
-            in_flight.push(Box::pin(async move {
+            in_flight.push(contained(false, async move {
                 write_response(send, &resp, deadline_ms, &identity).await;
             }));
             continue;
         }
         let (driver, host, limits) = (driver.clone(), host.clone(), limits.clone());
-        in_flight.push(Box::pin(async move {
+        requests += 1;
+        in_flight.push(contained(true, async move {
             serve_one(stream, driver, host, &limits).await;
         }));
     }
+}
+
+/// Box `serve` for the set of in-flight streams, so that a panic while serving one stream loses
+/// that stream only (as when each had its own task), not the task serving all of them.
+fn contained(
+    was_request: bool,
+    serve: impl Future<Output = ()> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+    Box::pin(async move {
+        if let Err(panic) = AssertUnwindSafe(serve).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(target: "wraft::client", panic = %what, "serving a client stream panicked; that stream is dropped");
+        }
+        was_request
+    })
 }
 
 async fn serve_one(

@@ -82,15 +82,27 @@ async fn send_lane(conn: Connection, mut rx: mpsc::Receiver<LaneItem>) {
             }
         }
         for (frame, reply) in batch.drain(..) {
+            // A caller that gave up (timed out, dropped its future) must not have its request
+            // sent after all: check before taking a stream and again before writing.
+            if reply.is_closed() {
+                continue;
+            }
             let opened = async {
                 let (mut send, recv) = conn.open_bi().await?;
+                if reply.is_closed() {
+                    let _ = send.reset(VarInt::from_u32(0));
+                    return Err(TransportError::Connection(
+                        quinn::ConnectionError::LocallyClosed,
+                    ));
+                }
                 send.write_all(&frame)
                     .await
                     .map_err(|e| FrameError::Io(e.into()))?;
                 let _ = send.finish();
                 Ok::<_, TransportError>(recv)
             };
-            let _ = reply.send(opened.await);
+            let opened = opened.await;
+            let _ = reply.send(opened);
         }
     }
 }

@@ -13,17 +13,24 @@ pub(crate) fn bind(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocke
     let socket = UdpSocket::bind(addr)?;
     if buffer_bytes > 0 {
         let sock = socket2::SockRef::from(&socket);
-        sock.set_recv_buffer_size(buffer_bytes)?;
-        sock.set_send_buffer_size(buffer_bytes)?;
-        // Linux reports twice what it reserves for payload (the other half is bookkeeping).
-        let granted = sock.recv_buffer_size()? / 2;
-        if granted < buffer_bytes {
-            tracing::debug!(
-                target: "wraft::transport",
-                asked = buffer_bytes,
-                granted,
-                "UDP receive buffer capped by the kernel (net.core.rmem_max)"
-            );
+        // Some kernels refuse a size over their cap instead of capping it (ENOBUFS on the BSDs):
+        // the socket still works with its default buffers, so that is logged, not fatal.
+        let sized = sock
+            .set_recv_buffer_size(buffer_bytes)
+            .and_then(|()| sock.set_send_buffer_size(buffer_bytes));
+        match (sized, sock.recv_buffer_size()) {
+            (Err(e), _) => tracing::warn!(
+                target: "wraft::transport", asked = buffer_bytes, error = %e,
+                "cannot size the UDP socket buffers; using the kernel's defaults"
+            ),
+            // Linux reports twice what it reserves for payload (the other half is bookkeeping).
+            (Ok(()), Ok(got)) if cfg!(target_os = "linux") && got / 2 < buffer_bytes => {
+                tracing::debug!(
+                    target: "wraft::transport", asked = buffer_bytes, granted = got / 2,
+                    "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            }
+            _ => {}
         }
     }
     Ok(socket)
