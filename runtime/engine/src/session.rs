@@ -272,7 +272,13 @@ mod tests {
             let mut now = 0u64;
             let mut seqs = [0u64; 20];
             for step in 0..400 {
-                now += next(4); // non-decreasing, with ties
+                // Mostly forward with ties; now and then backwards (the table must not depend
+                // on the applier keeping entry time monotonic).
+                now = if next(8) == 0 {
+                    now.saturating_sub(next(10))
+                } else {
+                    now + next(4)
+                };
                 let c = next(20);
                 seqs[c as usize] += 1;
                 let tg = tag(c, seqs[c as usize]);
