@@ -465,29 +465,26 @@ fn zstd_bomb_through_decompress_is_refused_in_bounded_memory() {
     // Reset the peak so VmHWM measures the bombs alone (Linux >= 4.0; per process under nextest).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     // The guest's cap is under the host's: the guest's applies.
+    // A refusal is the guest's app error, naming the cap that applied.
+    let refused = |result: &EntryResult, cap: &str, which: &str| {
+        let e = result.clone().unwrap_err();
+        assert_eq!(e.code, MISBEHAVE_DECOMPRESS_REFUSED);
+        assert!(
+            e.message.contains(&format!("exceeds {cap} bytes"))
+                && e.message.contains(&format!("{which} = {cap}")),
+            "{}",
+            e.message
+        );
+    };
     let guest_capped = h
         .apply_blocking(entry(3, decompress_cmd(&bomb, 1 << 20)))
         .unwrap();
-    let e = guest_capped.clone().unwrap_err();
-    assert_eq!(e.code, MISBEHAVE_DECOMPRESS_REFUSED);
-    assert!(
-        e.message.contains("exceeds 1048576 bytes")
-            && e.message.contains("max-output-bytes = 1048576"),
-        "{}",
-        e.message
-    );
+    refused(&guest_capped, "1048576", "max-output-bytes");
     // The guest asks for everything: the host's decompress_output_bytes_max (16 MiB) applies.
     let host_capped = h
         .apply_blocking(entry(4, decompress_cmd(&bomb, u64::MAX)))
         .unwrap();
-    let e = host_capped.clone().unwrap_err();
-    assert_eq!(e.code, MISBEHAVE_DECOMPRESS_REFUSED);
-    assert!(
-        e.message.contains("exceeds 16777216 bytes")
-            && e.message.contains("decompress_output_bytes_max = 16777216"),
-        "{}",
-        e.message
-    );
+    refused(&host_capped, "16777216", "decompress_output_bytes_max");
     let (_, peak) = rss();
     let extra = peak.saturating_sub(rss_before);
     eprintln!(

@@ -328,6 +328,17 @@ async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64
 }
 
 /// Wait until node `id`'s log has a line containing `needle`.
+/// Until node `id` logs that an incoming snapshot transfer began.
+async fn wait_for_transfer_start(cluster: &Cluster, id: u64) {
+    wait_for_log(cluster, id, "the transfer to start", "receiving snapshot").await;
+}
+
+/// Until node `id` logs a durable offset of an incoming snapshot (it acks one every 8 MiB).
+async fn wait_for_durable_offset(cluster: &Cluster, id: u64) {
+    let needle = "incoming snapshot durable up to offset";
+    wait_for_log(cluster, id, "a durable offset on the follower", needle).await;
+}
+
 async fn wait_for_log(cluster: &Cluster, id: u64, what: &str, needle: &str) {
     wait_for(what, CATCH_UP_TIMEOUT, async || {
         cluster.log(id).contains(needle).then_some(())
@@ -353,13 +364,7 @@ async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
     // ~24 MB at 3 MB/s: the follower acks a durable offset every 8 MiB.
     let (mut cluster, leader, follower, _client) = big_snapshot_cluster(24, 3 << 20).await;
     cluster.restart(follower);
-    wait_for_log(
-        &cluster,
-        follower,
-        "a durable offset on the follower",
-        "incoming snapshot durable up to offset",
-    )
-    .await;
+    wait_for_durable_offset(&cluster, follower).await;
     cluster.kill(follower);
     let durable: u64 = last_fields(
         &cluster.log(follower),
@@ -459,13 +464,7 @@ async fn killing_the_leader_mid_transfer_lets_the_new_leader_finish_from_the_dur
     assert_eq!((theirs.index, &theirs.digest), (at.index, &at.digest));
 
     cluster.restart(follower);
-    wait_for_log(
-        &cluster,
-        follower,
-        "a durable offset on the follower",
-        "incoming snapshot durable up to offset",
-    )
-    .await;
+    wait_for_durable_offset(&cluster, follower).await;
     // Kill whichever node is sending: both hold the same file, so if
     // leadership moved since, the roles just swap.
     let sender: u64 = last_fields(&cluster.log(follower), "receiving snapshot")["peer"]
@@ -597,13 +596,7 @@ async fn retention_never_deletes_the_snapshot_a_transfer_is_sending() {
     let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 512 << 10).await;
     let sent = snapshots_of(&cluster, leader).await.last().unwrap().clone();
     cluster.restart(follower);
-    wait_for_log(
-        &cluster,
-        follower,
-        "the transfer to start",
-        "receiving snapshot",
-    )
-    .await;
+    wait_for_transfer_start(&cluster, follower).await;
     // Two newer snapshots push `sent` out of the newest `retain_count` (2).
     for round in 0..2 {
         client
@@ -658,13 +651,7 @@ async fn the_transfer_rate_cap_can_be_lifted_while_a_transfer_runs() {
     // the 10 s progress timeout.)
     let (mut cluster, leader, follower, client) = big_snapshot_cluster(12, 160 << 10).await;
     cluster.restart(follower);
-    wait_for_log(
-        &cluster,
-        follower,
-        "the transfer to start",
-        "receiving snapshot",
-    )
-    .await;
+    wait_for_transfer_start(&cluster, follower).await;
     let msg = client
         .set_transfer_rate(Some(cluster.addr(leader)), 0)
         .await
