@@ -126,7 +126,10 @@ async fn serve_one(
     )
     .await
     {
-        Ok(Ok(Some((KIND_REQUEST, req)))) => req,
+        Ok(Ok(Some((KIND_REQUEST, req)))) => {
+            wraft_transport::client::take_stream_end(&mut recv);
+            req
+        }
         Ok(Ok(Some((kind, _)))) => {
             tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
             return;

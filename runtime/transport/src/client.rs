@@ -2,6 +2,7 @@
 //! certificate and run framed request/response exchanges on bidirectional
 //! streams. Request and response types are the caller's (postcard).
 
+use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,18 @@ async fn send_lane(conn: Connection, mut rx: mpsc::Receiver<LaneItem>) {
             let _ = reply.send(opened);
         }
     }
+}
+
+/// Consume the end of `recv` if it has already arrived, without waiting; true if it had.
+///
+/// Call it after reading the last frame of a one-request or one-response stream. A peer that
+/// finishes its send side right after writing puts the end (FIN) in the same packet as the
+/// frame, so it is normally there. quinn answers the drop of a receive stream whose end was not
+/// read with a STOP_SENDING frame even when every byte has arrived, and that frame goes out in
+/// a packet of its own, which wakes the peer's process once per request for nothing.
+pub fn take_stream_end(recv: &mut RecvStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(recv.read(&mut byte).now_or_never(), Some(Ok(None)))
 }
 
 impl ClientConnection {
@@ -214,7 +227,10 @@ impl ClientConnection {
             recv
         };
         match frame::read_msg(&mut recv, self.max_frame_bytes).await? {
-            Some(r) => Ok(r),
+            Some(r) => {
+                take_stream_end(&mut recv);
+                Ok(r)
+            }
             None => Err(FrameError::Truncated {
                 needed: frame::FRAME_HEADER_BYTES,
             }

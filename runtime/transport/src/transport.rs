@@ -220,7 +220,30 @@ impl TransportConfig {
         t.mtu_discovery_config(Some(mtu));
         Ok(t)
     }
+
+    /// Transport of the connection a raft link opens to send on. A link carries one direction
+    /// only (the peer answers on its own link), so the receiver's ACKs never ride on data and
+    /// each is a datagram of its own, which wakes the sender's process. By default a receiver
+    /// acknowledges every second packet; the link asks for an ACK after more than
+    /// [`RAFT_ACK_ELICITING_THRESHOLD`] packets or [`RAFT_MAX_ACK_DELAY`], whichever is first.
+    /// The delay bounds what a sender held by its congestion window waits for an ACK, and it is
+    /// below quinn's 25 ms default, so loss probes fire no later than before.
+    pub(crate) fn raft_link_transport(&self) -> Result<quinn::TransportConfig, TransportError> {
+        let mut t = self.quinn_transport()?;
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(RAFT_ACK_ELICITING_THRESHOLD))
+            .max_ack_delay(Some(RAFT_MAX_ACK_DELAY));
+        t.ack_frequency_config(Some(ack));
+        Ok(t)
+    }
 }
+
+/// Packets a raft link's receiver takes before it must acknowledge (it acknowledges the next).
+/// Four packets of 1,452 bytes stay under quinn's initial congestion window (14,720 bytes), so
+/// a sender does not stall on its window waiting for a delayed ACK in normal operation.
+const RAFT_ACK_ELICITING_THRESHOLD: u32 = 3;
+/// Longest a raft link's receiver holds an acknowledgement.
+const RAFT_MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// Transport failures surfaced to callers.
 #[derive(Debug, thiserror::Error)]
@@ -568,15 +591,17 @@ impl Transport {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         server.transport_config(transport.clone());
 
-        let client_cfg = |alpn: Alpn| -> Result<quinn::ClientConfig, TransportError> {
+        let client_cfg = |alpn: Alpn,
+                          transport: Arc<quinn::TransportConfig>|
+         -> Result<quinn::ClientConfig, TransportError> {
             let c = tls::client_config(tls, alpn, &auth)?;
             let q = QuicClientConfig::try_from(c).map_err(|e| TlsError::Verifier(e.to_string()))?;
             let mut cc = quinn::ClientConfig::new(Arc::new(q));
-            cc.transport_config(transport.clone());
+            cc.transport_config(transport);
             Ok(cc)
         };
-        let raft_client = client_cfg(Alpn::Raft)?;
-        let bulk_client = client_cfg(Alpn::Bulk)?;
+        let raft_client = client_cfg(Alpn::Raft, Arc::new(config.raft_link_transport()?))?;
+        let bulk_client = client_cfg(Alpn::Bulk, transport.clone())?;
 
         let endpoint = {
             let _guard = rt.enter();

@@ -327,6 +327,51 @@ async fn client_with_client_certificate_gets_framed_responses_with_its_identity(
     t1.shutdown().await;
 }
 
+/// A request and its response each end with the stream's FIN in the same packet, and both ends
+/// take it: no side answers a finished exchange with STOP_SENDING, which quinn would send in a
+/// packet of its own (a wake-up of the other process per request, for nothing).
+#[tokio::test]
+async fn request_response_exchanges_end_without_stop_sending() {
+    const REQUESTS: u32 = 40;
+    let f = Fixture::new([1]);
+    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
+    let server = tokio::spawn(async move {
+        for _ in 0..REQUESTS {
+            let mut s = in1.clients.recv().await.unwrap();
+            let (kind, req): (u8, u32) = frame::read_msg(&mut s.recv, 1 << 20)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(wraft_transport::client::take_stream_end(&mut s.recv));
+            frame::write_msg(&mut s.send, kind + 1, &(req + 1), 1 << 20)
+                .await
+                .unwrap();
+            s.send.finish().unwrap();
+        }
+        in1
+    });
+    let client = ClientConnection::connect(
+        t1.local_addr().unwrap(),
+        Some(1),
+        &f.client_tls("app"),
+        &ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..REQUESTS {
+        let (_, resp): (u8, u32) = client.request(0x40, &i).await.unwrap();
+        assert_eq!(resp, i + 1);
+    }
+    let _in1 = server.await.unwrap();
+    // Let anything queued after the last exchange go out before reading the counters.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = client.connection().stats();
+    assert_eq!(stats.frame_tx.stop_sending, 0, "client sent STOP_SENDING");
+    assert_eq!(stats.frame_rx.stop_sending, 0, "server sent STOP_SENDING");
+    client.close().await;
+    t1.shutdown().await;
+}
+
 /// A peer that crashes (no CONNECTION_CLOSE ever leaves it) and comes back on
 /// the same address must be noticed at the first packet, through a QUIC
 /// stateless reset the new process can issue for its predecessor's
