@@ -176,6 +176,10 @@ pub struct StorageSection {
     pub fsync: FsyncPolicy,
     /// Size at which a log segment is sealed and a new one started.
     pub segment_bytes: u64,
+    /// Zero-filled space kept written ahead of the log's end, so that a sync
+    /// flushes the new records alone and not the file system's journal too
+    /// (0 turns it off).
+    pub preallocate_bytes: u64,
 }
 
 impl Default for StorageSection {
@@ -183,6 +187,7 @@ impl Default for StorageSection {
         Self {
             fsync: FsyncPolicy::Durable,
             segment_bytes: 64 << 20,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
@@ -415,6 +420,12 @@ impl NodeConfig {
             self.storage.segment_bytes,
             1 << 20,
             4 << 30,
+        )?;
+        range(
+            "storage.preallocate_bytes",
+            self.storage.preallocate_bytes,
+            0,
+            1 << 30,
         )?;
         let s = &self.snapshot;
         range("snapshot.retain_count", s.retain_count, 1, 64)?;

@@ -62,6 +62,7 @@ pub const WAL_READBACK_MAX: u64 = 4096;
 pub fn storage_config() -> StorageConfig {
     StorageConfig {
         segment_bytes: 4096,
+        preallocate_bytes: 512,
         entry_bytes_max: 1 << 16,
         queue_bytes_max: 1 << 20,
         tail_cache_bytes: 1 << 20,

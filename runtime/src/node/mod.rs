@@ -148,6 +148,7 @@ impl Node {
             FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Relaxed,
         };
         scfg.segment_bytes = cfg.storage.segment_bytes;
+        scfg.preallocate_bytes = cfg.storage.preallocate_bytes;
         scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
         // A deploy carries the whole module in one entry.
         scfg.entry_bytes_max = scfg

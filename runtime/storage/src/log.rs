@@ -687,6 +687,7 @@ impl Log {
                         seq: new_seq,
                         file,
                         len,
+                        allocated: len,
                         buf: Vec::new(),
                     },
                 )
@@ -1126,7 +1127,10 @@ fn validate(st: &State, b: &WriteBatch) -> Result<Option<u64>> {
 struct Writer {
     seq: u64,
     file: Arc<dyn VfsFile>,
+    /// End of the records written so far.
     len: u64,
+    /// Length of the segment file: `len` plus the zero-filled space written ahead of it.
+    allocated: u64,
     buf: Vec<u8>,
 }
 
@@ -1208,6 +1212,18 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
         .write_all_at(&w.buf, w.len)
         .map_err(io_err("write log segment", &path))?;
     w.len += w.buf.len() as u64;
+    if w.len > w.allocated {
+        w.allocated = w.len;
+    }
+    if cfg.preallocate_bytes > 0 && w.allocated - w.len < cfg.preallocate_bytes / 2 {
+        // Zeros after the records, made durable by this batch's sync. A crash cutting this
+        // write leaves the records whole and a shorter zero tail, which recovery trims.
+        let zeros = vec![0u8; cfg.preallocate_bytes as usize];
+        w.file
+            .write_all_at(&zeros, w.allocated)
+            .map_err(io_err("preallocate log segment", &path))?;
+        w.allocated += cfg.preallocate_bytes;
+    }
     {
         let mut st = shared.lock();
         for (s, loc) in summaries {
@@ -1284,7 +1300,22 @@ fn create_segment(
 }
 
 /// Seal the current segment (it is fully synced: rolls happen between batches) and start the next.
+/// A sealed segment ends exactly after its last record: its preallocated tail is cut first,
+/// durably, so recovery can hold every segment but the newest to "no bytes after the records".
 fn roll(shared: &Shared, w: &mut Writer) -> Result<()> {
+    if w.allocated > w.len {
+        let path = shared.seg_path(w.seq);
+        w.file.set_len(w.len).map_err(io_err(
+            "cut the preallocated tail of a full log segment",
+            &path,
+        ))?;
+        if shared.cfg.fsync == FsyncPolicy::Durable {
+            w.file
+                .sync_data()
+                .map_err(io_err("fdatasync sealed log segment", &path))?;
+        }
+        w.allocated = w.len;
+    }
     let new_seq = w.seq + 1;
     // The disk index only changes on this thread, so floor and hard state cannot move under us.
     let (floor, hs) = {
@@ -1303,6 +1334,7 @@ fn roll(shared: &Shared, w: &mut Writer) -> Result<()> {
     w.seq = new_seq;
     w.file = file;
     w.len = len;
+    w.allocated = len;
     Ok(())
 }
 
@@ -1377,6 +1409,14 @@ fn warm_cache(shared: &Shared) -> Result<()> {
         l.cache.push_back(Cached { seq: 0, entry: e });
     }
     Ok(())
+}
+
+/// Whether every byte of `data` from `from` on is zero (true past the end). In the newest
+/// segment, zeros are the writer's preallocated space: a record cut by a crash can only be
+/// followed by them, never by another record.
+fn zeros_from(data: &[u8], from: usize) -> bool {
+    data.get(from..)
+        .is_none_or(|rest| rest.iter().all(|b| *b == 0))
 }
 
 struct Recovery {
@@ -1486,11 +1526,28 @@ fn recover(vfs: &dyn Vfs, dir: &Path, cfg: &StorageConfig) -> Result<Recovery> {
                     off = next;
                     continue;
                 }
-                Decoded::Incomplete if is_last => "record runs past the end of the file",
                 Decoded::BadHeader {
                     zero_tail: true, ..
-                } if is_last => "zero-filled tail",
-                Decoded::BadBody { end, .. } if is_last && end == data.len() => {
+                } if is_last => {
+                    // The writer's preallocated space (or a crash cut the write of it): no
+                    // record was ever there. Trimmed, so that once this segment is no longer
+                    // the newest it ends exactly after its records, like every sealed one.
+                    let dropped = (data.len() - off) as u64;
+                    tracing::debug!(file = %path.display(), offset = off, bytes = dropped,
+                        "trimming the zero-filled (preallocated) tail of the newest log segment");
+                    file.set_len(off as u64)
+                        .map_err(io_err("trim preallocated log tail", &path))?;
+                    file.sync_data()
+                        .map_err(io_err("fdatasync trimmed log segment", &path))?;
+                    break;
+                }
+                Decoded::Incomplete if is_last => "record runs past the end of the file",
+                Decoded::BadHeader { .. }
+                    if is_last && zeros_from(&data, off + record::REC_HEADER_LEN) =>
+                {
+                    "the last record's header was cut by a crash"
+                }
+                Decoded::BadBody { end, .. } if is_last && zeros_from(&data, end) => {
                     "last record fails its checksum"
                 }
                 Decoded::Incomplete => {

@@ -88,6 +88,82 @@ fn entries_and_hard_state_survive_reopen() {
     );
 }
 
+/// Lengths of the segment files in `dir`, oldest first, and whether each ends in 16 zero bytes.
+fn segment_files(fs: &FaultFs, dir: &Path) -> Vec<(String, u64, bool)> {
+    use wraft_storage::{OpenMode, Vfs};
+    let mut names = fs.list(dir).expect("list");
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let f = fs.open(&dir.join(&n), OpenMode::Read).expect("open");
+            let mut data = vec![0u8; f.len().expect("len") as usize];
+            let got = f.read_at(&mut data, 0).expect("read");
+            assert_eq!(got, data.len(), "short read of {n}");
+            let zero_end = data.len() >= 16 && data[data.len() - 16..].iter().all(|b| *b == 0);
+            (n, data.len() as u64, zero_end)
+        })
+        .collect()
+}
+
+/// The writer keeps zero-filled space ahead of the newest record, so that a batch overwrites
+/// blocks the file system has already allocated. A segment that fills up is cut back to its
+/// records before the next one starts; at a restart the newest segment is cut back quietly (it
+/// is not a torn tail), and every entry is still there.
+#[test]
+fn preallocated_space_stays_ahead_of_the_log_and_is_cut_from_sealed_and_recovered_segments() {
+    let fs = FaultFs::new();
+    let dir = Path::new("/n/wal");
+    let cfg = StorageConfig {
+        segment_bytes: 1024,
+        preallocate_bytes: 512,
+        ..small_config()
+    };
+    let (log, _) = open_log(&fs, dir, &cfg).expect("open");
+    for i in 1..=60 {
+        append(&log, i, i, 1);
+    }
+    let files = segment_files(&fs, dir);
+    assert!(
+        files.len() >= 3,
+        "60 entries fill several 1 KiB segments: {files:?}"
+    );
+    let (sealed, newest) = files.split_at(files.len() - 1);
+    for (name, len, zero_end) in sealed {
+        assert!(
+            !zero_end && *len < 1024 + 512,
+            "sealed {name} ({len} bytes) keeps zeros"
+        );
+    }
+    let (newest_name, newest_len, zero_end) = newest[0].clone();
+    assert!(
+        zero_end,
+        "newest segment {newest_name} has no zero-filled space ahead"
+    );
+    drop(log);
+    fs.crash(CrashMode::LoseUnsynced);
+    let (log, rec) = open_log(&fs, dir, &cfg).expect("reopen");
+    assert_eq!(rec.torn_tail, None, "preallocated space is not a torn tail");
+    assert_eq!(rec.last_index, 60);
+    assert_eq!(
+        log.entries(1, 61, u64::MAX).expect("read"),
+        entries(1, 60, 1)
+    );
+    let after = segment_files(&fs, dir);
+    let (_, len, zero_end) = after
+        .iter()
+        .find(|(n, _, _)| *n == newest_name)
+        .expect("segment kept")
+        .clone();
+    assert!(
+        !zero_end && len < newest_len,
+        "{newest_name} not cut back: {len} bytes"
+    );
+    // The newest segment now is a fresh one, with its own zeros ahead.
+    append(&log, 61, 61, 1);
+    assert!(segment_files(&fs, dir).last().expect("segments").2);
+}
+
 #[test]
 fn one_sync_covers_every_submission_queued_behind_an_in_flight_batch() {
     let fs = FaultFs::new();

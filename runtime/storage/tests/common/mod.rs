@@ -190,6 +190,8 @@ pub fn scenario(seed: u64, batches: usize) -> Scenario {
 pub fn small_config() -> StorageConfig {
     StorageConfig {
         segment_bytes: 300,
+        // Small enough that the crash tests cut inside the zero-filled space too.
+        preallocate_bytes: 96,
         tail_cache_bytes: 512,
         queue_bytes_max: 1 << 20,
         entry_bytes_max: 1 << 16,
