@@ -425,7 +425,7 @@ impl NodeConfig {
             "storage.preallocate_bytes",
             self.storage.preallocate_bytes,
             0,
-            1 << 30,
+            self.storage.segment_bytes.min(1 << 30),
         )?;
         let s = &self.snapshot;
         range("snapshot.retain_count", s.retain_count, 1, 64)?;

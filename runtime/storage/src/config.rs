@@ -21,13 +21,14 @@ pub struct StorageConfig {
     /// Sync policy (default [`FsyncPolicy::Durable`]).
     pub fsync: FsyncPolicy,
     /// A segment is sealed and a new one started once it reaches this size (default 64 MiB).
-    /// A segment can exceed it by one write batch (at most `queue_bytes_max`).
+    /// A segment can exceed it by one write batch (at most `queue_bytes_max`), and its file by
+    /// the preallocated space too until the segment is sealed.
     pub segment_bytes: u64,
     /// Zero-filled space written ahead of the log's end, in chunks of this size (default 1 MiB;
     /// 0 turns it off). Records are then written over blocks the file system has already
     /// allocated, so a batch's `fdatasync` flushes the data alone; an append that grows the file
     /// also commits the file system's journal (ext4 on the reference VM, three syncers:
-    /// 0.29 → 0.20 ms). One journal commit per chunk remains.
+    /// 0.29 → 0.20 ms). One journal commit per chunk remains. At most `segment_bytes`.
     pub preallocate_bytes: u64,
     /// Recent entries kept in memory for replication reads (default 64 MiB). Entries not yet
     /// written are always kept, so the cache can exceed this by what is queued.
@@ -78,8 +79,8 @@ impl StorageConfig {
         if self.segment_bytes < 128 {
             return bad("segment_bytes must be at least 128");
         }
-        if self.preallocate_bytes > 1 << 30 {
-            return bad("preallocate_bytes must be at most 1 GiB");
+        if self.preallocate_bytes == 1 || self.preallocate_bytes > self.segment_bytes {
+            return bad("preallocate_bytes must be 0 (off) or 2..=segment_bytes");
         }
         if self.queue_ops_max == 0 {
             return bad("queue_ops_max must be at least 1");

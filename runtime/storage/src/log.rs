@@ -1512,6 +1512,19 @@ fn recover(vfs: &dyn Vfs, dir: &Path, cfg: &StorageConfig) -> Result<Recovery> {
         }
         let mut off = record::SEG_HEADER_LEN;
         loop {
+            if is_last && off < data.len() && zeros_from(&data, off) {
+                // The writer's preallocated space (or a crash cut the write of it): no record
+                // was ever there. Trimmed, so that once this segment is no longer the newest it
+                // ends exactly after its records, like every sealed one.
+                let dropped = (data.len() - off) as u64;
+                tracing::debug!(file = %path.display(), offset = off, bytes = dropped,
+                    "trimming the zero-filled (preallocated) tail of the newest log segment");
+                file.set_len(off as u64)
+                    .map_err(io_err("trim preallocated log tail", &path))?;
+                file.sync_data()
+                    .map_err(io_err("fdatasync trimmed log segment", &path))?;
+                break;
+            }
             let torn_here = match record::decode(&data, off, body_max) {
                 Decoded::End => break,
                 Decoded::Ok(rec, next) => {
@@ -1525,21 +1538,6 @@ fn recover(vfs: &dyn Vfs, dir: &Path, cfg: &StorageConfig) -> Result<Recovery> {
                         .map_err(|(d, e, f)| corrupt(off, d, e, f))?;
                     off = next;
                     continue;
-                }
-                Decoded::BadHeader {
-                    zero_tail: true, ..
-                } if is_last => {
-                    // The writer's preallocated space (or a crash cut the write of it): no
-                    // record was ever there. Trimmed, so that once this segment is no longer
-                    // the newest it ends exactly after its records, like every sealed one.
-                    let dropped = (data.len() - off) as u64;
-                    tracing::debug!(file = %path.display(), offset = off, bytes = dropped,
-                        "trimming the zero-filled (preallocated) tail of the newest log segment");
-                    file.set_len(off as u64)
-                        .map_err(io_err("trim preallocated log tail", &path))?;
-                    file.sync_data()
-                        .map_err(io_err("fdatasync trimmed log segment", &path))?;
-                    break;
                 }
                 Decoded::Incomplete if is_last => "record runs past the end of the file",
                 Decoded::BadHeader { .. }

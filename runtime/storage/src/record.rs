@@ -178,12 +178,8 @@ pub(crate) enum Decoded {
     End,
     /// The record runs past the end of the data (a torn tail if this is the last segment).
     Incomplete,
-    /// The header checksum failed; `zero_tail` says whether every byte from here on is zero.
-    BadHeader {
-        expected: u32,
-        found: u32,
-        zero_tail: bool,
-    },
+    /// The header checksum failed.
+    BadHeader { expected: u32, found: u32 },
     /// The body checksum failed; `end` is the offset just past the record.
     BadBody {
         expected: u32,
@@ -205,11 +201,9 @@ pub(crate) fn decode(data: &[u8], off: usize, body_len_max: usize) -> Decoded {
     let stored_hcrc = u32_at(rest, 0);
     let hcrc = crc32c::crc32c(&rest[4..REC_HEADER_LEN]);
     if stored_hcrc != hcrc {
-        let zero_tail = rest.iter().all(|b| *b == 0);
         return Decoded::BadHeader {
             expected: hcrc,
             found: stored_hcrc,
-            zero_tail,
         };
     }
     let len = u32_at(rest, 4) as usize;

@@ -49,6 +49,7 @@ fn main() {
     let cfg = StorageConfig {
         queue_ops_max: 256,
         segment_bytes: 256 << 10,
+        preallocate_bytes: 64 << 10,
         ..StorageConfig::default()
     };
     let (storage, rec) = match Storage::open(&dir, &cfg, None) {
