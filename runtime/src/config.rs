@@ -427,6 +427,12 @@ impl NodeConfig {
             0,
             self.storage.segment_bytes.min(1 << 30),
         )?;
+        if self.storage.preallocate_bytes == 1 {
+            return Err(invalid(
+                "storage.preallocate_bytes",
+                "must be 0 (off) or at least 2",
+            ));
+        }
         let s = &self.snapshot;
         range("snapshot.retain_count", s.retain_count, 1, 64)?;
         range("snapshot.chunk_bytes", s.chunk_bytes, 4 << 10, 64 << 20)?;
@@ -581,6 +587,21 @@ dir = "/tmp/certs"
         let text = format!("{MINIMAL}\n[client]\nresponse_write_timeout_ms = 0\n");
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("client.response_write_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn preallocation_is_off_or_between_2_bytes_and_a_segment() {
+        for bad in [
+            "preallocate_bytes = 1",
+            "segment_bytes = 1048576\npreallocate_bytes = 1048577",
+        ] {
+            let text = format!("{MINIMAL}\n[storage]\n{bad}\n");
+            let err = NodeConfig::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("storage.preallocate_bytes"), "{bad}: {err}");
+        }
+        for good in ["preallocate_bytes = 0", "preallocate_bytes = 2"] {
+            NodeConfig::parse(&format!("{MINIMAL}\n[storage]\n{good}\n")).unwrap();
+        }
     }
 
     #[test]

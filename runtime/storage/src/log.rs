@@ -1212,9 +1212,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
         .write_all_at(&w.buf, w.len)
         .map_err(io_err("write log segment", &path))?;
     w.len += w.buf.len() as u64;
-    if w.len > w.allocated {
-        w.allocated = w.len;
-    }
+    w.allocated = w.allocated.max(w.len);
     if cfg.preallocate_bytes > 0 && w.allocated - w.len < cfg.preallocate_bytes / 2 {
         // Zeros after the records, made durable by this batch's sync. A crash cutting this
         // write leaves the records whole and a shorter zero tail, which recovery trims.
@@ -1304,16 +1302,8 @@ fn create_segment(
 /// durably, so recovery can hold every segment but the newest to "no bytes after the records".
 fn roll(shared: &Shared, w: &mut Writer) -> Result<()> {
     if w.allocated > w.len {
-        let path = shared.seg_path(w.seq);
-        w.file.set_len(w.len).map_err(io_err(
-            "cut the preallocated tail of a full log segment",
-            &path,
-        ))?;
-        if shared.cfg.fsync == FsyncPolicy::Durable {
-            w.file
-                .sync_data()
-                .map_err(io_err("fdatasync sealed log segment", &path))?;
-        }
+        let sync = shared.cfg.fsync == FsyncPolicy::Durable;
+        cut_segment(w.file.as_ref(), w.len, &shared.seg_path(w.seq), sync)?;
         w.allocated = w.len;
     }
     let new_seq = w.seq + 1;
@@ -1407,6 +1397,16 @@ fn warm_cache(shared: &Shared) -> Result<()> {
     for e in entries {
         l.cache_bytes += cache_cost(&e);
         l.cache.push_back(Cached { seq: 0, entry: e });
+    }
+    Ok(())
+}
+
+/// Cut segment file `file` (at `path`) to `len` bytes, durably if `sync`.
+fn cut_segment(file: &dyn VfsFile, len: u64, path: &Path, sync: bool) -> Result<()> {
+    file.set_len(len).map_err(io_err("cut log segment", path))?;
+    if sync {
+        file.sync_data()
+            .map_err(io_err("fdatasync cut log segment", path))?;
     }
     Ok(())
 }
@@ -1519,10 +1519,7 @@ fn recover(vfs: &dyn Vfs, dir: &Path, cfg: &StorageConfig) -> Result<Recovery> {
                 let dropped = (data.len() - off) as u64;
                 tracing::debug!(file = %path.display(), offset = off, bytes = dropped,
                     "trimming the zero-filled (preallocated) tail of the newest log segment");
-                file.set_len(off as u64)
-                    .map_err(io_err("trim preallocated log tail", &path))?;
-                file.sync_data()
-                    .map_err(io_err("fdatasync trimmed log segment", &path))?;
+                cut_segment(file.as_ref(), off as u64, &path, true)?;
                 break;
             }
             let torn_here = match record::decode(&data, off, body_max) {
@@ -1593,10 +1590,7 @@ fn recover(vfs: &dyn Vfs, dir: &Path, cfg: &StorageConfig) -> Result<Recovery> {
                 reason = torn_here,
                 "truncating torn tail of the newest log segment (crash mid-write); the dropped bytes were never acknowledged as durable"
             );
-            file.set_len(off as u64)
-                .map_err(io_err("truncate torn log tail", &path))?;
-            file.sync_data()
-                .map_err(io_err("fdatasync truncated log segment", &path))?;
+            cut_segment(file.as_ref(), off as u64, &path, true)?;
             torn = Some(TornTail {
                 file: path.clone(),
                 offset: off as u64,
