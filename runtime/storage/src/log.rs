@@ -254,6 +254,20 @@ impl DiskIndex {
     }
 
     fn apply(&mut self, s: Summary, loc: Loc) -> Result<(), ApplyErr> {
+        // Every index below is followed by `+ 1`; a record on disk naming u64::MAX is damage
+        // (found by fuzz target wal_recovery, for entries and then for floors).
+        let index = match s {
+            Summary::Entry { index, .. } | Summary::Floor(index, _) => Some(index),
+            Summary::Truncate(last_kept) => Some(last_kept),
+            Summary::Hs(_) => None,
+        };
+        if index == Some(u64::MAX) {
+            return Err((
+                "log index out of range".into(),
+                format!("< {}", u64::MAX),
+                u64::MAX.to_string(),
+            ));
+        }
         match s {
             Summary::Entry { index, term } => {
                 if index <= self.floor.0 {
@@ -293,19 +307,11 @@ impl DiskIndex {
                         term.to_string(),
                     ));
                 }
-                // `index + 1` below must not overflow (found by fuzz target wal_recovery).
-                let Some(next) = index.checked_add(1) else {
-                    return Err((
-                        "entry index out of range".into(),
-                        format!("< {}", u64::MAX),
-                        index.to_string(),
-                    ));
-                };
                 if self.locs.is_empty() {
                     self.base = index;
                 }
                 self.locs.push_back(Loc { term, ..loc });
-                self.next = Some(next);
+                self.next = Some(index + 1);
             }
             Summary::Truncate(last_kept) => {
                 if last_kept < self.floor.0 {
