@@ -53,6 +53,9 @@ pub enum ConfigError {
     },
 }
 
+/// Upper bound of `node.worker_threads`.
+pub const WORKER_THREADS_MAX: u64 = 1024;
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +96,14 @@ pub struct NodeSection {
     /// Address of the Prometheus `/metrics` endpoint; none disables it.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Threads of the node's async runtime, which runs QUIC, the Raft driver and client
+    /// serving; 0 (the default) means one per CPU. The log writer and each machine have a
+    /// thread of their own either way. When several nodes share a machine (a local test
+    /// cluster), give each about CPUs ÷ nodes: idle workers woken for every packet cost more
+    /// than they help (measured in BENCHMARKS.md, series h). Read by `wraft node`; a node
+    /// started in-process with `Node::start` runs on its caller's runtime.
+    #[serde(default)]
+    pub worker_threads: u64,
 }
 
 /// `[cluster]`
@@ -359,6 +370,12 @@ impl NodeConfig {
         if self.cluster.members.contains_key(&0) {
             return Err(invalid("cluster.members", "node ids start at 1"));
         }
+        range(
+            "node.worker_threads",
+            self.node.worker_threads,
+            0,
+            WORKER_THREADS_MAX,
+        )?;
         if self.cluster.members.is_empty() {
             return Err(invalid(
                 "cluster.members",
@@ -602,6 +619,16 @@ dir = "/tmp/certs"
         for good in ["preallocate_bytes = 0", "preallocate_bytes = 2"] {
             NodeConfig::parse(&format!("{MINIMAL}\n[storage]\n{good}\n")).unwrap();
         }
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_are_bounded() {
+        assert_eq!(NodeConfig::parse(MINIMAL).unwrap().node.worker_threads, 0);
+        let text = MINIMAL.replacen("[node]", "[node]\nworker_threads = 2", 1);
+        assert_eq!(NodeConfig::parse(&text).unwrap().node.worker_threads, 2);
+        let text = MINIMAL.replacen("[node]", "[node]\nworker_threads = 1025", 1);
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("node.worker_threads"), "{err}");
     }
 
     #[test]

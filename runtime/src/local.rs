@@ -66,6 +66,14 @@ pub fn issue_certs(
     Ok(())
 }
 
+/// Async worker threads for each of `n` nodes sharing this machine: about CPUs ÷ `n`, at
+/// least 1. With one per CPU in every node, each packet wakes idle workers of its own process
+/// that then compete with the other nodes for the same cores.
+pub fn local_worker_threads(n: u64) -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get() as u64);
+    (cpus / n.max(1)).max(1)
+}
+
 /// Write certificates and configs for an `n`-node cluster under `root`, on
 /// free loopback ports. `tweak` may adjust each config before it is written.
 pub fn layout(
@@ -89,6 +97,7 @@ pub fn layout(
                 data_dir: root.join(format!("node-{id}")),
                 listen: members[&id],
                 metrics_listen: None,
+                worker_threads: local_worker_threads(n),
             },
             cluster: ClusterSection {
                 members: members.clone(),

@@ -307,17 +307,37 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // A node's config sizes its runtime, so it is read before the runtime exists.
+    let mut node_config = None;
+    if let Cmd::Node { config, overrides } = &cli.command {
+        match wraft::config::NodeConfig::load_with_overrides(config, overrides) {
+            Ok(cfg) => node_config = Some(cfg),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = node_config.as_ref().map(|c| c.node.worker_threads)
+        && n > 0
     {
+        builder.worker_threads(n as usize);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let work = async move {
+        match node_config {
+            Some(cfg) => run_node(cfg).await,
+            None => run(cli.command).await,
+        }
+    };
+    match rt.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -327,6 +347,20 @@ fn main() -> ExitCode {
 }
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
+async fn run_node(cfg: wraft::config::NodeConfig) -> Result<(), AnyError> {
+    let node = wraft::node::Node::start(cfg).await?;
+    eprintln!(
+        "node {} serving on {} ({} async worker threads)",
+        node.id(),
+        node.local_addr(),
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
+    tokio::signal::ctrl_c().await?;
+    node.shutdown().await;
+    Ok(())
+}
 
 async fn client(conn: &Conn) -> Result<Client, AnyError> {
     let opts = ClientOptions::from_cert_dir(conn.endpoints.clone(), &conn.certs, &conn.client)?;
@@ -369,12 +403,10 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             days,
         } => wraft::cli::cert(&dir, &nodes, &clients, days),
         Cmd::Node { config, overrides } => {
-            let cfg = wraft::config::NodeConfig::load_with_overrides(&config, &overrides)?;
-            let node = wraft::node::Node::start(cfg).await?;
-            eprintln!("node {} serving on {}", node.id(), node.local_addr());
-            tokio::signal::ctrl_c().await?;
-            node.shutdown().await;
-            Ok(())
+            run_node(wraft::config::NodeConfig::load_with_overrides(
+                &config, &overrides,
+            )?)
+            .await
         }
         Cmd::New {
             name,

@@ -330,6 +330,31 @@ async fn a_new_node_joins_as_learner_catches_up_is_promoted_and_the_cluster_surv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_as_many_async_workers_as_its_config_asks() {
+    // A local layout gives each of n nodes about CPUs / n workers; an operator's number wins.
+    let cluster = Cluster::start_with(2, |cfg| {
+        if cfg.node.id == 2 {
+            cfg.node.worker_threads = 3;
+        }
+    });
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let expect = [(1, wraft::local::local_worker_threads(2)), (2, 3)];
+    for (id, workers) in expect {
+        assert_eq!(cluster.config(id).node.worker_threads, workers);
+        let line = format!(
+            "serving on {} ({workers} async worker threads)",
+            cluster.addr(id)
+        );
+        wait_for(
+            &format!("node {id} to log {line:?}"),
+            LEADER_TIMEOUT,
+            async || cluster.log(id).contains(&line).then_some(()),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_transfer_moves_the_leader_to_the_requested_node() {
     let (cluster, leader) = started(3).await;
     let c = cluster.client().await;
