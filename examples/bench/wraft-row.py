@@ -27,3 +27,8 @@ a,b=samples['a'],samples['b']
 busy=(b[0]-a[0])*10000; idle=(b[1]-a[1]); steal=b[2]-a[2]; tot=(b[0]-a[0])+idle+steal
 win=secs-0.6
 print(f"{label} ops/s {d['ops_per_s']:.0f} p50 {d['p50_ms']} p99 {d['p99_ms']} cpu_us/op {busy/(d['ops_per_s']*win):.1f} idle {100*idle/tot:.1f}% steal {100*steal/tot:.1f}% load {d.get('load1_before')}")
+print(f"{label} floors (p50 ms): fdatasync append {d['fsync_append_p50_ms']} overwrite {d['fsync_overwrite_p50_ms']}"
+      f" append x{d['fsync_concurrent_threads']} {d['fsync_concurrent_p50_ms']}"
+      f" overwrite x{d['fsync_concurrent_threads']} {d.get('fsync_concurrent_overwrite_p50_ms')}"
+      f" udp rtt {d['udp_rtt_p50_ms']} status rtt {d['request_rtt_p50_ms']}"
+      f" client workers {d.get('client_worker_threads')}")

@@ -4,7 +4,8 @@
 //! One run:
 //! 1. measures the disk (`fdatasync` after a small append, and after an
 //!    in-place overwrite of a preallocated file — what a group-commit log and
-//!    etcd's preallocated WAL pay per batch) and the loopback UDP round trip;
+//!    etcd's preallocated WAL pay per batch — each alone and from one thread
+//!    per node at once) and the loopback UDP round trip;
 //! 2. lays out an `n`-node cluster in a temp dir ([`crate::local::layout`]),
 //!    starts it either as `wraft node` child processes (`--processes`, the
 //!    headline setup: nodes and load generator do not share a tokio runtime)
@@ -93,6 +94,20 @@ pub struct BenchArgs {
     pub keep: bool,
 }
 
+impl BenchArgs {
+    /// Async worker threads for the load generator's own runtime, when the nodes run as
+    /// processes: one per client connection, at most one per CPU. Each connection is driven by
+    /// one task, so more workers cannot add throughput; with two workers for one connection,
+    /// every packet also wakes the idle worker, which measured 0.17–0.22 ms against 0.11 ms for
+    /// a bare quinn round trip on 2 cores (BENCHMARKS.md, series h). `None` (in-process nodes):
+    /// the nodes share the load generator's runtime, which keeps one worker per CPU.
+    pub fn client_worker_threads(&self) -> Option<usize> {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        self.processes
+            .then(|| self.conns.min(self.clients).clamp(1, cpus))
+    }
+}
+
 /// Latency summary of a series of samples, milliseconds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Percentiles {
@@ -175,15 +190,19 @@ pub fn fsync_probe(dir: &Path, samples: usize) -> std::io::Result<(Percentiles, 
     Ok((Percentiles::of(&append), Percentiles::of(&overwrite)))
 }
 
-/// `threads` threads each doing `samples` serial (append 4 KiB + fdatasync)
+/// `threads` threads each doing `samples` serial (write 4 KiB + fdatasync)
 /// on its own file under `dir`, at the same time — what `threads` nodes
-/// sharing one disk see. On this VM a lone serial fdatasync waits ~4 ms (a
-/// timer tick) while concurrent ones complete in ~0.2 ms, so both figures
-/// are needed to read a storage number. Returns all samples together.
+/// sharing one disk see. Appending (`overwrite` false) changes the file size
+/// with every write; overwriting a region written and synced beforehand is
+/// what the log does in its preallocated space. On some hosts a lone serial
+/// fdatasync waits for a timer tick while concurrent ones complete sooner, so
+/// both figures are needed to read a storage number. Returns all samples
+/// together.
 pub fn fsync_concurrent_probe(
     dir: &Path,
     threads: usize,
     samples: usize,
+    overwrite: bool,
 ) -> std::io::Result<Percentiles> {
     use std::os::unix::fs::FileExt as _;
     let mut handles = Vec::new();
@@ -192,6 +211,12 @@ pub fn fsync_concurrent_probe(
         handles.push(std::thread::spawn(
             move || -> std::io::Result<Histogram<u64>> {
                 let block = vec![0x5au8; 4096];
+                if overwrite {
+                    for i in 0..samples.max(1) {
+                        file.write_all_at(&block, (i * block.len()) as u64)?;
+                    }
+                    file.sync_all()?;
+                }
                 let mut h = histogram();
                 for i in 0..samples.max(1) {
                     let t = Instant::now();
@@ -498,7 +523,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
     let load_before = load_average();
 
     eprintln!(
-        "measuring the disk ({} serial fdatasyncs ×3 in {}) and loopback…",
+        "measuring the disk ({} serial fdatasyncs ×4 in {}) and loopback…",
         args.fsync_samples.max(200),
         root.display()
     );
@@ -513,7 +538,15 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
             args.fsync_samples.max(200),
             args.nodes as usize,
         );
-        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n)).await??
+        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n, false)).await??
+    };
+    let fsync_concurrent_overwrite = {
+        let (r, n, k) = (
+            root.clone(),
+            args.fsync_samples.max(200),
+            args.nodes as usize,
+        );
+        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n, true)).await??
     };
     let udp = tokio::task::spawn_blocking(|| udp_rtt_probe(2000)).await??;
 
@@ -549,6 +582,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         "durable": !args.relaxed_fsync,
         "nodes": args.nodes,
         "processes": args.processes,
+        "client_worker_threads": tokio::runtime::Handle::current().metrics().num_workers(),
         "clients": args.clients,
         "conns": conns,
         "value_bytes": args.value_bytes,
@@ -567,6 +601,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         "fsync_overwrite_p50_ms": fsync_overwrite.p50_ms,
         "fsync_overwrite_per_s": fsync_overwrite.serial_rate_per_s().round(),
         "fsync_concurrent_p50_ms": fsync_concurrent.p50_ms,
+        "fsync_concurrent_overwrite_p50_ms": fsync_concurrent_overwrite.p50_ms,
         "fsync_concurrent_threads": args.nodes,
         "udp_rtt_p50_ms": udp.p50_ms,
         "request_rtt_p50_ms": r.request_rtt.p50_ms,
@@ -627,6 +662,11 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         &format!("fdatasync, append, {} concurrent", args.nodes),
         fsync_concurrent.serial_rate_per_s() * args.nodes as f64,
         &fsync_concurrent,
+    );
+    row(
+        &format!("fdatasync, overwrite, {} concurrent", args.nodes),
+        fsync_concurrent_overwrite.serial_rate_per_s() * args.nodes as f64,
+        &fsync_concurrent_overwrite,
     );
     row("loopback UDP round trip", udp.serial_rate_per_s(), &udp);
     row(
@@ -760,6 +800,20 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// `wraft bench`'s flags as the binary parses them.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    impl BenchArgs {
+        fn parse_from<'a>(argv: impl IntoIterator<Item = &'a str>) -> BenchArgs {
+            Cli::parse_from(argv).args
+        }
+    }
 
     #[test]
     fn put_keys_follow_the_etcd_kit_pattern() {
@@ -790,5 +844,28 @@ mod tests {
         assert_eq!(append.count, 5);
         assert_eq!(overwrite.count, 5);
         assert!(append.p50_ms > 0.0 && overwrite.p50_ms > 0.0);
+    }
+
+    #[test]
+    fn concurrent_fsync_probe_counts_every_thread_in_both_patterns() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        for overwrite in [false, true] {
+            let p = fsync_concurrent_probe(dir.path(), 3, 4, overwrite)
+                .unwrap_or_else(|e| panic!("probe: {e}"));
+            assert_eq!(p.count, 12, "overwrite {overwrite}");
+            assert!(p.p50_ms > 0.0);
+        }
+    }
+
+    #[test]
+    fn the_load_generator_gets_a_worker_per_connection_only_beside_node_processes() {
+        let mut args = BenchArgs::parse_from(["bench", "--clients", "1", "--conns", "1"]);
+        assert_eq!(args.client_worker_threads(), None);
+        args.processes = true;
+        assert_eq!(args.client_worker_threads(), Some(1));
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        args.clients = 256;
+        args.conns = 16;
+        assert_eq!(args.client_worker_threads(), Some(cpus.min(16)));
     }
 }

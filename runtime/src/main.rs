@@ -324,6 +324,11 @@ fn main() -> ExitCode {
     {
         builder.worker_threads(n as usize);
     }
+    if let Cmd::Bench(args) = &cli.command
+        && let Some(n) = args.client_worker_threads()
+    {
+        builder.worker_threads(n);
+    }
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
