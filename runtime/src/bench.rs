@@ -96,10 +96,11 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// Async worker threads for the load generator's own runtime, when the nodes run as
-    /// processes: one per client connection, at most one per CPU. Each connection is driven by
-    /// one task, so more workers cannot add throughput; with two workers for one connection,
-    /// every packet also wakes the idle worker, which measured 0.17–0.22 ms against 0.11 ms for
-    /// a bare quinn round trip on 2 cores (BENCHMARKS.md, series h). `None` (in-process nodes):
+    /// processes: one per client connection, at most one per CPU. A connection's packets are
+    /// handled by one connection task (behind quinn's endpoint task), so for few connections
+    /// extra workers mostly sit idle and get woken by every packet: a bare quinn round trip
+    /// measured 0.17–0.22 ms with two workers against 0.11 ms with one, on 2 cores
+    /// (BENCHMARKS.md, series h). `None` (in-process nodes):
     /// the nodes share the load generator's runtime, which keeps one worker per CPU.
     pub fn client_worker_threads(&self) -> Option<usize> {
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -206,17 +207,28 @@ pub fn fsync_concurrent_probe(
 ) -> std::io::Result<Percentiles> {
     use std::os::unix::fs::FileExt as _;
     let mut handles = Vec::new();
-    for _ in 0..threads.max(1) {
-        let file = tempfile::tempfile_in(dir)?;
+    // Every thread prepares its file before any starts measuring (the files exist before any
+    // thread starts, so no thread can wait at the barrier for one that was never spawned).
+    let files = (0..threads.max(1))
+        .map(|_| tempfile::tempfile_in(dir))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ready = Arc::new(std::sync::Barrier::new(files.len()));
+    for file in files {
+        let ready = ready.clone();
         handles.push(std::thread::spawn(
             move || -> std::io::Result<Histogram<u64>> {
                 let block = vec![0x5au8; 4096];
-                if overwrite {
-                    for i in 0..samples.max(1) {
-                        file.write_all_at(&block, (i * block.len()) as u64)?;
+                let prepared = (|| {
+                    if overwrite {
+                        for i in 0..samples.max(1) {
+                            file.write_all_at(&block, (i * block.len()) as u64)?;
+                        }
+                        file.sync_all()?;
                     }
-                    file.sync_all()?;
-                }
+                    Ok::<_, std::io::Error>(())
+                })();
+                ready.wait();
+                prepared?;
                 let mut h = histogram();
                 for i in 0..samples.max(1) {
                     let t = Instant::now();

@@ -19,10 +19,10 @@
 //! ```
 //!
 //! Cost: one QUIC stream per request on a cached connection; the first call
-//! pays the TLS handshake. A connection is driven by one task, so a client
-//! with few connections is fastest on a runtime with as few workers: on 2
-//! cores a quinn round trip measured 0.11 ms with one worker and 0.17–0.22 ms
-//! with two, each packet waking the idle worker (`BENCHMARKS.md`, series h).
+//! pays the TLS handshake. A client with one connection and little
+//! concurrency is fastest on a runtime with one worker: on 2 cores a quinn
+//! round trip measured 0.11 ms with one worker and 0.17–0.22 ms with two, each
+//! packet also waking the idle worker (`BENCHMARKS.md`, series h).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

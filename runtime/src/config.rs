@@ -97,7 +97,7 @@ pub struct NodeSection {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     /// Threads of the node's async runtime, which runs QUIC, the Raft driver and client
-    /// serving; 0 (the default) means one per CPU. The log writer and each machine have a
+    /// serving; 0 (the default) leaves it to tokio: one per CPU, or `TOKIO_WORKER_THREADS`. The log writer and each machine have a
     /// thread of their own either way. When several nodes share a machine (a local test
     /// cluster), give each about CPUs ÷ nodes: idle workers woken for every packet cost more
     /// than they help (measured in BENCHMARKS.md, series h). Read by `wraft node`; a node

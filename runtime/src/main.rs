@@ -407,12 +407,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             clients,
             days,
         } => wraft::cli::cert(&dir, &nodes, &clients, days),
-        Cmd::Node { config, overrides } => {
-            run_node(wraft::config::NodeConfig::load_with_overrides(
-                &config, &overrides,
-            )?)
-            .await
-        }
+        // main() reads a node's config before the runtime exists and runs it with run_node.
+        Cmd::Node { .. } => unreachable!("wraft node is started by main"),
         Cmd::New {
             name,
             lang,

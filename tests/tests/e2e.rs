@@ -600,6 +600,12 @@ async fn an_upgrade_carries_state_across_and_a_failed_restore_keeps_the_old_vers
     }
     let first = c.machines().await.expect("machines");
     let first_at = first[0].deployed_at;
+    // The module is named by the SHA-256 of the deployed bytes (hashed once, at validation).
+    let sha: String = wraft::node::sha256(&kv)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(first[0].module_sha256, sha, "{first:?}");
 
     // Same name, new deploy: the state moves across through snapshot/restore.
     let msg = c.deploy("kv", kv).await.expect("upgrade");

@@ -860,11 +860,18 @@ impl Applier {
         let Some(cut) = self.machine_cut(machine) else {
             return;
         };
-        let result = match snap::open_base(&self.storage, self.base) {
-            Ok(base) => {
+        // Opening the base reads and checks the whole snapshot file (module hashes included):
+        // off the async workers, as everywhere else it is opened.
+        let opened = {
+            let (storage, base) = (self.storage.clone(), self.base);
+            tokio::task::spawn_blocking(move || snap::open_base(&storage, base)).await
+        };
+        let result = match opened {
+            Ok(Ok(base)) => {
                 snap::build_instance(&self.storage, base.as_ref(), &cut, before, false).await
             }
-            Err(e) => Err(e),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("opening the base snapshot: {e}")),
         };
         let Some(m) = self.machines.get_mut(machine) else {
             return;

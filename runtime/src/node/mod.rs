@@ -104,6 +104,9 @@ pub enum NodeError {
 /// A request from a client connection to the driver.
 pub(crate) struct ClientCall {
     pub request: Request,
+    /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
+    /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
+    pub module_sha256: Option<[u8; 32]>,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -401,9 +404,24 @@ impl Node {
 
     /// Send a request to this node directly (in-process), as a client would.
     pub async fn call(&self, request: Request) -> Response {
+        let module_sha256 = match &request {
+            Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
+                let module = module.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || sha256(&module))
+                        .await
+                        .map_err(|e| RequestError::Internal(e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send(ClientCall { request, reply: tx })
+            .send(ClientCall {
+                request,
+                module_sha256,
+                reply: tx,
+            })
             .await
             .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
         rx.await
@@ -691,7 +709,11 @@ impl Driver {
     }
 
     fn on_request(&mut self, call: ClientCall) {
-        let ClientCall { request, reply } = call;
+        let ClientCall {
+            request,
+            module_sha256,
+            reply,
+        } = call;
         match request {
             Request::Propose {
                 tag,
@@ -705,7 +727,7 @@ impl Driver {
                 );
             }
             Request::Deploy { tag, name, module } => {
-                let sha256 = sha256(&module);
+                let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
                 let data = encode_command(&Command::Deploy {
                     name,
                     sha256,
@@ -722,7 +744,7 @@ impl Driver {
                 module,
                 wasi,
             } => {
-                let sha256 = sha256(&module);
+                let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
                 let data = encode_command(&Command::DeployWith {
                     name,
                     sha256,

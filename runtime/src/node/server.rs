@@ -196,6 +196,7 @@ async fn handle(
     limits: &ClientSection,
 ) -> Response {
     // Bounds and validation happen here, off the driver.
+    let mut module_sha256 = None;
     match &request {
         Request::Propose { command, .. } if command.len() as u64 > limits.command_bytes_max => {
             return Err(RequestError::Rejected(format!(
@@ -230,19 +231,25 @@ async fn handle(
             // module is refused to the client and never poisons the log.
             let host = host.clone();
             let bytes = module.clone();
-            let checked =
-                tokio::task::spawn_blocking(move || host.load_with(&bytes, wasi).map(|_| ()))
-                    .await
-                    .map_err(|e| RequestError::Internal(e.to_string()))?;
-            if let Err(e) = checked {
-                return Err(RequestError::Rejected(format!("module refused: {e}")));
+            let checked = tokio::task::spawn_blocking(move || {
+                host.load_with(&bytes, wasi).map(|m| m.sha256())
+            })
+            .await
+            .map_err(|e| RequestError::Internal(e.to_string()))?;
+            match checked {
+                Ok(sha) => module_sha256 = Some(sha),
+                Err(e) => return Err(RequestError::Rejected(format!("module refused: {e}"))),
             }
         }
         _ => {}
     }
     let (tx, rx) = oneshot::channel();
     driver
-        .send(ClientCall { request, reply: tx })
+        .send(ClientCall {
+            request,
+            module_sha256,
+            reply: tx,
+        })
         .await
         .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
     rx.await
