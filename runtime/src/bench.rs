@@ -544,21 +544,20 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         let n = args.fsync_samples.max(200);
         tokio::task::spawn_blocking(move || fsync_probe(&r, n)).await??
     };
-    let fsync_concurrent = {
+    // One thread per node at once, appending and then overwriting preallocated space.
+    let (fsync_concurrent, fsync_concurrent_overwrite) = {
         let (r, n, k) = (
             root.clone(),
             args.fsync_samples.max(200),
             args.nodes as usize,
         );
-        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n, false)).await??
-    };
-    let fsync_concurrent_overwrite = {
-        let (r, n, k) = (
-            root.clone(),
-            args.fsync_samples.max(200),
-            args.nodes as usize,
-        );
-        tokio::task::spawn_blocking(move || fsync_concurrent_probe(&r, k, n, true)).await??
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>((
+                fsync_concurrent_probe(&r, k, n, false)?,
+                fsync_concurrent_probe(&r, k, n, true)?,
+            ))
+        })
+        .await??
     };
     let udp = tokio::task::spawn_blocking(|| udp_rtt_probe(2000)).await??;
 
