@@ -103,9 +103,8 @@ impl BenchArgs {
     /// (BENCHMARKS.md, series h). `None` (in-process nodes):
     /// the nodes share the load generator's runtime, which keeps one worker per CPU.
     pub fn client_worker_threads(&self) -> Option<usize> {
-        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         self.processes
-            .then(|| self.conns.min(self.clients).clamp(1, cpus))
+            .then(|| self.conns.min(self.clients).clamp(1, local::cpus()))
     }
 }
 
@@ -874,9 +873,8 @@ mod tests {
         assert_eq!(args.client_worker_threads(), None);
         args.processes = true;
         assert_eq!(args.client_worker_threads(), Some(1));
-        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         args.clients = 256;
         args.conns = 16;
-        assert_eq!(args.client_worker_threads(), Some(cpus.min(16)));
+        assert_eq!(args.client_worker_threads(), Some(local::cpus().min(16)));
     }
 }

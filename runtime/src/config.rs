@@ -97,11 +97,12 @@ pub struct NodeSection {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     /// Threads of the node's async runtime, which runs QUIC, the Raft driver and client
-    /// serving; 0 (the default) leaves it to tokio: one per CPU, or `TOKIO_WORKER_THREADS`. The log writer and each machine have a
-    /// thread of their own either way. When several nodes share a machine (a local test
-    /// cluster), give each about CPUs ÷ nodes: idle workers woken for every packet cost more
-    /// than they help (measured in BENCHMARKS.md, series h). Read by `wraft node`; a node
-    /// started in-process with `Node::start` runs on its caller's runtime.
+    /// serving; 0 (the default) leaves it to tokio: one per CPU, or `TOKIO_WORKER_THREADS`.
+    /// The log writer and each machine have a thread of their own either way. When several
+    /// nodes share a machine (a local test cluster), give each about CPUs ÷ nodes: idle
+    /// workers woken for every packet cost more than they help (BENCHMARKS.md, series h).
+    /// Read by `wraft node`; a node started in-process with `Node::start` runs on its
+    /// caller's runtime.
     #[serde(default)]
     pub worker_threads: u64,
 }

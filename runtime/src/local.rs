@@ -70,8 +70,12 @@ pub fn issue_certs(
 /// least 1. With one per CPU in every node, each packet wakes idle workers of its own process
 /// that then compete with the other nodes for the same cores.
 pub fn local_worker_threads(n: u64) -> u64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get() as u64);
-    (cpus / n.max(1)).max(1)
+    (cpus() as u64 / n.max(1)).max(1)
+}
+
+/// CPUs this process may use (1 when the OS cannot say).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
 }
 
 /// Write certificates and configs for an `n`-node cluster under `root`, on

@@ -106,6 +106,8 @@ pub(crate) struct ClientCall {
     pub request: Request,
     /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
     /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
+    /// Both senders (the client server and `Node::call`) set it for every deploy; the driver
+    /// hashes a deploy itself only if a future sender does not.
     pub module_sha256: Option<[u8; 32]>,
     pub reply: oneshot::Sender<Response>,
 }
