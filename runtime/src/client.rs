@@ -2,8 +2,14 @@
 //!
 //! A [`Client`] knows a few node addresses, finds the leader (following
 //! `NotLeader` redirects), and retries safely: every command carries a
-//! session tag (client id + sequence number) that the cluster uses to apply a
-//! retried command at most once and return the original result.
+//! session tag (session id + sequence number) that the cluster uses to apply a
+//! retried command at most once and return the original result. Sessions are
+//! opened through the log (one extra commit the first time a client writes)
+//! and reused. If the cluster forgot a session (it expired after an hour idle
+//! in entry time, or was evicted), a command sent once is sent again on a new
+//! session; a command sent more than once fails with
+//! [`ClientError::OutcomeUnknown`], because an earlier copy may have been
+//! applied.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wraft::client::ClientError> {
@@ -106,6 +112,11 @@ pub enum ClientError {
     /// An unexpected answer or a node-side internal error.
     #[error("internal: {0}")]
     Internal(String),
+    /// The command may or may not have been applied: it was sent more than once, and the
+    /// cluster forgot its session (expired or evicted) before a retry could learn the outcome.
+    /// Read the state to find out before deciding to send it again.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// Settings of a [`Client`].
@@ -393,41 +404,67 @@ impl Client {
         done(self.call(Request::TransferLeader { to }, true).await?)
     }
 
-    /// Run a tagged request with a session taken from the pool; the same tag
+    /// Run a tagged request with a session taken from the pool (or opened now); the same tag
     /// is reused on every retry, so the cluster applies it at most once.
     async fn tagged(&self, make: impl Fn(RequestTag) -> Request) -> Result<Reply, ClientError> {
-        let mut session = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop())
-            .unwrap_or_else(|| Session {
-                client_id: fastrand::u64(1..),
-                next_seq: 1,
-            });
-        let tag = RequestTag {
-            client_id: session.client_id,
-            seq: session.next_seq,
-        };
-        session.next_seq += 1;
-        let result = self.call(make(tag), true).await;
-        // Keep the session only if this request certainly reached the log
-        // (an answer, or the machine's own error). Otherwise retire it: an
-        // unknown outcome could see a later request deduplicated against it,
-        // and a request refused before the log leaves a gap the cluster
-        // cannot tell from an expired session (for a session's first
-        // request, it never saw the session at all).
-        if matches!(result, Ok(_) | Err(ClientError::App { .. }))
-            && let Ok(mut s) = self.sessions.lock()
-        {
-            s.push(session);
+        let mut resent = false;
+        loop {
+            let pooled = self.sessions.lock().ok().and_then(|mut s| s.pop());
+            let mut session = match pooled {
+                Some(s) => s,
+                None => self.open_session().await?,
+            };
+            let tag = RequestTag {
+                client_id: session.client_id,
+                seq: session.next_seq,
+            };
+            session.next_seq += 1;
+            let mut sent = 0;
+            let result = self.call_counting(make(tag), true, &mut sent).await;
+            match result {
+                // Refused at the only attempt that could have reached the log: certainly not
+                // applied. Send it once more, on a new session.
+                Err(ClientError::OutcomeUnknown(_)) if sent <= 1 && !resent => {
+                    resent = true;
+                }
+                // The session is forgotten; one that has seen a gap or an unknown outcome is
+                // still sound (a late copy of an older command is refused as stale).
+                Err(ClientError::OutcomeUnknown(_)) => return result,
+                _ => {
+                    if let Ok(mut s) = self.sessions.lock() {
+                        s.push(session);
+                    }
+                    return result;
+                }
+            }
         }
-        result
+    }
+
+    /// Open a session through the log.
+    async fn open_session(&self) -> Result<Session, ClientError> {
+        match self.call(Request::OpenSession, true).await? {
+            Reply::SessionOpened { client_id } => Ok(Session {
+                client_id,
+                next_seq: 1,
+            }),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Send `req` to the leader, following redirects and retrying what is
     /// safe to retry, until `call_timeout_ms`.
     async fn call(&self, req: Request, follow_leader: bool) -> Result<Reply, ClientError> {
+        self.call_counting(req, follow_leader, &mut 0).await
+    }
+
+    /// [`Client::call`], counting in `sent` the attempts that may have reached the log (every
+    /// one whose request was written, except those refused with `NotLeader` or `Busy`).
+    async fn call_counting(
+        &self,
+        req: Request,
+        follow_leader: bool,
+        sent: &mut u32,
+    ) -> Result<Reply, ClientError> {
         let start = Instant::now();
         let deadline = Duration::from_millis(match req {
             Request::Deploy { .. } | Request::DeployWith { .. } => {
@@ -445,12 +482,21 @@ impl Client {
                 _ => self.next_endpoint(&mut endpoint_idx),
             };
             let outcome = match self.connection_to(target).await {
-                Ok(conn) => match exchange(&conn, &req).await {
-                    Ok(r) => Ok(r),
-                    // Another node or another try would fail the same way.
-                    Err(Exchange::Permanent(e)) => return Err(e),
-                    Err(Exchange::Connection(e)) => Err(e),
-                },
+                Ok(conn) => {
+                    let r = exchange(&conn, &req).await;
+                    if !matches!(
+                        r,
+                        Ok(Err(RequestError::NotLeader { .. } | RequestError::Busy(_)))
+                    ) {
+                        *sent += 1;
+                    }
+                    match r {
+                        Ok(r) => Ok(r),
+                        // Another node or another try would fail the same way.
+                        Err(Exchange::Permanent(e)) => return Err(e),
+                        Err(Exchange::Connection(e)) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -633,5 +679,6 @@ fn map_err(e: RequestError) -> ClientError {
         RequestError::App { code, message } => ClientError::App { code, message },
         RequestError::MachineFault(m) => ClientError::MachineFault(m),
         RequestError::Internal(m) => ClientError::Internal(m),
+        e @ RequestError::SessionUnknown { .. } => ClientError::OutcomeUnknown(e.to_string()),
     }
 }

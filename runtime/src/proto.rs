@@ -26,10 +26,14 @@ pub enum Consistency {
     Stale,
 }
 
-/// Identifies a client session for at-most-once application of retries.
+/// Identifies a command within a client session, for exactly-once application of retries.
+///
+/// A session is opened with [`Request::OpenSession`]; its id is the log index of the
+/// registration. A command of a session the cluster does not know (never opened, expired or
+/// evicted) is refused with [`RequestError::SessionUnknown`], never applied as new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestTag {
-    /// Random per client process.
+    /// The session, as returned in [`Reply::SessionOpened`].
     pub client_id: u64,
     /// Increases by one per new command; a retry reuses it.
     pub seq: u64,
@@ -128,6 +132,9 @@ pub enum Request {
         /// Bytes per second; 0 lifts the cap.
         bytes_per_sec: u64,
     },
+    /// Open a client session through the log; answered with [`Reply::SessionOpened`]. A
+    /// retry opens another session (harmless: an unused session expires).
+    OpenSession,
 }
 
 /// Why a request failed. Every variant says what the caller can do next.
@@ -167,6 +174,17 @@ pub enum RequestError {
     /// Something went wrong on the node; details are in its log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The command's session is unknown to the cluster (never opened, expired or evicted), so
+    /// the command was not applied at this entry. If an earlier copy of it reached the log
+    /// while the session existed, that copy may have been applied: the outcome of a command
+    /// that was sent more than once is unknown. Open a new session for the next command.
+    #[error(
+        "session {client_id} is unknown (expired or evicted); the command was not applied this time"
+    )]
+    SessionUnknown {
+        /// The session the command named.
+        client_id: u64,
+    },
 }
 
 /// Answer to one [`Request`].
@@ -207,6 +225,12 @@ pub enum Reply {
     SnapshotStarted {
         /// Index the snapshot covers.
         index: u64,
+    },
+    /// A session was opened (see [`Request::OpenSession`]).
+    SessionOpened {
+        /// Its id: the log index of the registration. Tag commands with it, numbering them
+        /// from 1.
+        client_id: u64,
     },
 }
 
@@ -343,6 +367,8 @@ pub enum Command {
         /// Which WASI the machine may import; every replica links the same.
         wasi: WasiProfile,
     },
+    /// Open a client session whose id is this entry's index (Raft thesis §6.3).
+    OpenSession,
 }
 
 #[cfg(test)]

@@ -488,7 +488,11 @@ fn component_with_forbidden_import() -> Vec<u8> {
 async fn invalid_modules_are_refused_at_deploy_with_the_cause_and_never_reach_the_log() {
     let (cluster, _) = started(3).await;
     let c = cluster.client().await;
-    // One accepted write first, so the log has settled past the election.
+    // The client's first tagged request opens its session through the log (one entry): let
+    // that happen before measuring, with a refused deploy of its own.
+    c.deploy("bad", Vec::new())
+        .await
+        .expect_err("an empty module must be refused");
     let before = c.status().await.expect("status");
 
     let mut rng = fastrand::Rng::with_seed(6);
@@ -687,10 +691,11 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
     let c = cluster.client().await;
     c.deploy("counter", counter).await.expect("deploy");
 
-    let tag = RequestTag {
-        client_id: fastrand::u64(1..),
-        seq: 1,
+    let client_id = match raw(&cluster, leader, &Request::OpenSession).await {
+        Ok(Reply::SessionOpened { client_id }) => client_id,
+        other => panic!("open session: {other:?}"),
     };
+    let tag = RequestTag { client_id, seq: 1 };
     let add = Request::Propose {
         tag,
         machine: "counter".into(),
@@ -762,6 +767,95 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
             leader: Some((l, _)),
         }) => assert_eq!(l, new_leader),
         other => panic!("proposal to a follower: {other:?}"),
+    }
+}
+
+/// Issue #16 case 2: a command whose session the cluster does not know (never opened, or
+/// expired or evicted since) used to be applied as new when its sequence number was 1, so a
+/// retry after its session was forgotten was applied twice. It is refused, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_of_an_unknown_session_is_refused_never_applied_as_new() {
+    let counter = guest("counter");
+    let (cluster, leader) = started(3).await;
+    let c = cluster.client().await;
+    c.deploy("counter", counter).await.expect("deploy");
+    let opened = match raw(&cluster, leader, &Request::OpenSession).await {
+        Ok(Reply::SessionOpened { client_id }) => client_id,
+        other => panic!("open session: {other:?}"),
+    };
+    let unknown = opened + 1_000_000;
+    for seq in [1, 2] {
+        let add = Request::Propose {
+            tag: RequestTag {
+                client_id: unknown,
+                seq,
+            },
+            machine: "counter".into(),
+            command: br#"{"Add":5}"#.to_vec(),
+        };
+        match raw(&cluster, leader, &add).await {
+            Err(RequestError::SessionUnknown { client_id }) => assert_eq!(client_id, unknown),
+            other => panic!("seq {seq} of an unknown session: {other:?}"),
+        }
+    }
+    let v = c
+        .query("counter", b"null", Consistency::Linearizable)
+        .await
+        .expect("query");
+    assert_eq!(
+        v, b"0",
+        "a command of an unknown session reached the machine"
+    );
+    // The Rust client opens its sessions through the log and is not affected.
+    c.propose("counter", br#"{"Add":2}"#)
+        .await
+        .expect("propose");
+    let v = c
+        .query("counter", b"null", Consistency::Linearizable)
+        .await
+        .expect("query");
+    assert_eq!(v, b"2");
+}
+
+/// Issue #16 case 8: `wraft machines` right after `wraft undeploy` listed the removed machine
+/// once more (a follower, or the leader before it published, answered from a lagging view).
+/// Each node in turn is the only endpoint of a fresh client, as for one CLI invocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_next_admin_read_reflects_what_it_just_changed_through_any_node() {
+    let counter = guest("counter");
+    let (cluster, _) = started(3).await;
+    for id in cluster.ids() {
+        let c = cluster.client_for(vec![cluster.addr(id)]).await;
+        c.deploy("counter", counter.clone()).await.expect("deploy");
+        let listed = c.machines().await.expect("machines");
+        assert!(
+            listed.iter().any(|m| m.name == "counter"),
+            "through node {id}, right after the deploy: {listed:?}"
+        );
+        c.remove_machine("counter").await.expect("remove");
+        let listed = c.machines().await.expect("machines");
+        assert!(
+            listed.iter().all(|m| m.name != "counter"),
+            "through node {id}, right after the removal: {listed:?}"
+        );
+        // The next CLI invocation is a new client, which may start at any node.
+        for other in cluster.ids() {
+            let next = cluster.client_for(vec![cluster.addr(other)]).await;
+            let listed = next.machines().await.expect("machines");
+            assert!(
+                listed.iter().all(|m| m.name != "counter"),
+                "a new client through node {other}, right after the removal: {listed:?}"
+            );
+        }
+    }
+    // The mechanism: only the leader lists machines, after a ReadIndex round; a follower (whose
+    // view can lag any amount behind) redirects instead of answering from it.
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    for id in cluster.ids().into_iter().filter(|i| *i != leader) {
+        match raw(&cluster, id, &Request::Machines).await {
+            Err(RequestError::NotLeader { .. }) => {}
+            other => panic!("node {id}, a follower, answered a listing itself: {other:?}"),
+        }
     }
 }
 

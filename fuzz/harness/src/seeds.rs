@@ -198,6 +198,7 @@ fn proto(out: &mut Vec<Seed>) {
         },
         Request::AddLearner { id: 4, addr },
         Request::Status,
+        Request::OpenSession,
     ];
     let info = MachineInfo {
         name: "kv".into(),
@@ -207,7 +208,7 @@ fn proto(out: &mut Vec<Seed>) {
         deployed_at: 3,
         healthy: true,
     };
-    let responses: [Response; 5] = [
+    let responses: [Response; 7] = [
         Ok(Reply::Applied {
             index: 9,
             output: b"{}".to_vec(),
@@ -236,6 +237,8 @@ fn proto(out: &mut Vec<Seed>) {
             code: 3,
             message: "no such key".into(),
         }),
+        Ok(Reply::SessionOpened { client_id: 17 }),
+        Err(RequestError::SessionUnknown { client_id: 17 }),
     ];
     let commands = [
         Command::Apply {
@@ -248,6 +251,7 @@ fn proto(out: &mut Vec<Seed>) {
             module: b"\0asm".to_vec(),
         },
         Command::SetAddress { id: 4, addr },
+        Command::OpenSession,
     ];
     let enc = |sel: u8, bytes: Vec<u8>| [vec![sel], bytes].concat();
     for (i, r) in requests.iter().enumerate() {

@@ -298,7 +298,9 @@ impl Model for KvModel {
 /// an observation the write could explain: a `Get` returning its value, a
 /// successful `Cas` expecting its value, or a *failed* `Cas` (any value other
 /// than the expected one explains a failure) that could be linearized after
-/// the write's call. Writes with none of those are dropped, so the verdict is
+/// the write's call. A pending `Cas` kept that way makes its expected value
+/// observed in turn (it can only succeed after a write of it), so pruning runs
+/// to a fixpoint. Writes with none of those are dropped, so the verdict is
 /// unchanged. Requires written values to be unique per key. This keeps the
 /// search from branching over 2^k placements of k abandoned writes.
 pub fn prune_unobserved_pending(
@@ -330,24 +332,48 @@ pub fn prune_unobserved_pending(
             _ => {}
         }
     }
+    let explains = |o: &Operation<KvInput, KvOutput>,
+                    observed: &std::collections::HashSet<(u64, u64)>| {
+        match o.input {
+            KvInput::Get { .. } => false,
+            KvInput::Put { key, value }
+            | KvInput::Cas {
+                key, new: value, ..
+            } => {
+                observed.contains(&(key, value))
+                    || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
+            }
+        }
+    };
+    // A kept pending CAS that succeeds must find its expected value written: that value is
+    // observed too, which may keep another pending write. Repeat until nothing changes.
+    let mut keep: Vec<bool> = history.iter().map(|o| o.ret.is_some()).collect();
+    loop {
+        let mut changed = false;
+        for (i, o) in history.iter().enumerate() {
+            if keep[i] || !explains(o, &observed) {
+                continue;
+            }
+            keep[i] = true;
+            changed = true;
+            if let KvInput::Cas {
+                key,
+                expected: Some(e),
+                ..
+            } = o.input
+            {
+                observed.insert((key, e));
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
     history
         .iter()
-        .filter(|o| {
-            if o.ret.is_some() {
-                return true;
-            }
-            match o.input {
-                KvInput::Get { .. } => false,
-                KvInput::Put { key, value }
-                | KvInput::Cas {
-                    key, new: value, ..
-                } => {
-                    observed.contains(&(key, value))
-                        || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
-                }
-            }
-        })
-        .cloned()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(o, _)| o.clone())
         .collect()
 }
 
@@ -375,6 +401,34 @@ mod tests {
     }
     fn get() -> KvInput {
         KvInput::Get { key: 1 }
+    }
+
+    /// A pending write observed only through a *pending* CAS whose own effect was observed:
+    /// put(983) and cas(983 -> 999) both have unknown outcomes, and a final read sees 999.
+    /// Pruning must keep the put, or the CAS has nothing to succeed against.
+    #[test]
+    fn pruning_keeps_a_pending_write_that_a_kept_pending_cas_expects() {
+        let h = vec![
+            op(1, put(983), 0, None, None),
+            op(
+                2,
+                KvInput::Cas {
+                    key: 1,
+                    expected: Some(983),
+                    new: 999,
+                },
+                5,
+                None,
+                None,
+            ),
+            op(3, get(), 100, Some(101), Some(KvOutput::Get(Some(999)))),
+        ];
+        let pruned = prune_unobserved_pending(&h);
+        assert_eq!(pruned.len(), 3, "{pruned:?}");
+        assert_eq!(
+            check(&KvModel, &pruned, 1_000_000),
+            CheckResult::Linearizable
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ fn run_scenario(
                 t.conf_changes_applied += r.conf_changes_applied;
                 t.transfers += r.transfers;
                 t.duplicates_suppressed += r.duplicates_suppressed;
+                t.unknown_sessions += r.unknown_sessions;
+                t.sessions_opened += r.sessions_opened;
                 t.lease_reads += r.lease_reads;
             }
             Err(f) => panic!(
@@ -60,6 +62,13 @@ fn full_fault_schedule_keeps_raft_safe_live_and_linearizable() {
         assert!(t.conf_changes_applied > 0);
         assert!(t.transfers > 0);
         assert!(t.ops_completed > 0);
+        // Sessions under pressure: opened through the log, and some expired or evicted while
+        // their clients still used them (their commands refused, never applied again).
+        assert!(t.sessions_opened > 0, "{t:?}");
+        assert!(
+            t.unknown_sessions > 0,
+            "no command met an unknown session: {t:?}"
+        );
     }
 }
 

@@ -56,14 +56,12 @@ pub enum ApplyMsg {
     },
     /// Committed entries, contiguous and in order.
     Entries(Vec<Entry>),
-    /// Serve a query once the applied index reaches `index`.
+    /// Serve a read once the applied index reaches `index`.
     Read {
         /// Required applied index (0 for stale reads).
         index: u64,
-        /// Machine to ask.
-        machine: String,
-        /// Request bytes.
-        request: Vec<u8>,
+        /// What is read.
+        target: ReadTarget,
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
@@ -87,7 +85,20 @@ pub enum ApplyMsg {
     },
 }
 
-/// What the applier publishes for `status` and `machines`.
+/// What a read asks the applier for.
+pub enum ReadTarget {
+    /// A query to one machine.
+    Query {
+        /// Machine to ask.
+        machine: String,
+        /// Request bytes.
+        request: Vec<u8>,
+    },
+    /// The list of deployed machines (`wraft machines`).
+    Machines,
+}
+
+/// What the applier publishes for `status`.
 #[derive(Debug, Default)]
 pub struct ApplyState {
     /// Highest index applied.
@@ -136,7 +147,7 @@ pub struct Applier {
     /// goes backwards, even across leader changes.
     last_timestamp_ms: u64,
     waiting: BTreeMap<u64, oneshot::Sender<Response>>,
-    reads: VecDeque<(u64, String, Vec<u8>, oneshot::Sender<Response>)>,
+    reads: VecDeque<(u64, ReadTarget, oneshot::Sender<Response>)>,
     published: Arc<Mutex<ApplyState>>,
     metrics: crate::metrics::ApplyMetrics,
     /// Addresses set through the log (`SetAddress`); part of snapshots.
@@ -437,19 +448,27 @@ impl Applier {
             ApplyMsg::Install { meta } => self.install(meta).await,
             ApplyMsg::Read {
                 index,
-                machine,
-                request,
+                target,
                 reply,
             } => {
-                self.reads.push_back((index, machine, request, reply));
+                self.reads.push_back((index, target, reply));
             }
         }
         true
     }
 
     fn publish(&self) {
-        let machines = self
-            .machines
+        let machines = self.machine_infos();
+        self.metrics.applied_index.set(self.applied as f64);
+        if let Ok(mut p) = self.published.lock() {
+            p.applied_index = self.applied;
+            p.machines = machines;
+        }
+    }
+
+    /// The deployed machines as of the applied index.
+    fn machine_infos(&self) -> Vec<MachineInfo> {
+        self.machines
             .iter()
             .map(|(name, m)| {
                 let v = m.current();
@@ -462,12 +481,7 @@ impl Applier {
                     healthy: m.healthy,
                 }
             })
-            .collect();
-        self.metrics.applied_index.set(self.applied as f64);
-        if let Ok(mut p) = self.published.lock() {
-            p.applied_index = self.applied;
-            p.machines = machines;
-        }
+            .collect()
     }
 
     async fn serve_reads(&mut self) {
@@ -477,11 +491,22 @@ impl Applier {
             .into_iter()
             .partition(|(index, ..)| *index <= self.applied);
         self.reads = pending;
-        while let Some((_, machine, request, reply)) = ready.pop_front() {
+        while let Some((_, target, reply)) = ready.pop_front() {
+            let (machine, request) = match target {
+                ReadTarget::Machines => {
+                    let _ = reply.send(Ok(Reply::Machines(self.machine_infos())));
+                    continue;
+                }
+                ReadTarget::Query { machine, request } => (machine, request),
+            };
             // The run of ready reads for the same machine goes to its thread in one go.
             let mut run = vec![(request, reply)];
-            while ready.front().is_some_and(|(_, m, ..)| *m == machine) {
-                let (_, _, request, reply) = ready.pop_front().expect("front");
+            while let Some((_, ReadTarget::Query { machine: m, .. }, _)) = ready.front()
+                && *m == machine
+            {
+                let Some((_, ReadTarget::Query { request, .. }, reply)) = ready.pop_front() else {
+                    break;
+                };
                 run.push((request, reply));
             }
             let (requests, replies): (Vec<_>, Vec<_>) = run.into_iter().unzip();
@@ -567,12 +592,8 @@ impl Applier {
         // Consecutive commands for the same machine go to the guest in one batch.
         let mut batch: Vec<(u64, Option<ClientTag>, host::Entry)> = Vec::new();
         let mut batch_machine = String::new();
-        // Sessions are recorded as soon as an outcome is known, with its
-        // entry's timestamp, so that the next command of the same client in
-        // this same call is checked against it: what a replica decides must
-        // not depend on how committed entries were grouped into calls.
-        let mut recorded = 0usize;
-        let mut entry_ts: BTreeMap<u64, u64> = BTreeMap::new();
+        // Outcomes up to here have their outputs stored in the session table.
+        let mut completed = 0usize;
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -612,9 +633,12 @@ impl Applier {
                             continue;
                         }
                     };
-                    // Deduplicate before anything reaches a guest.
+                    // Deduplicate before anything reaches a guest. The decision is taken
+                    // here, at the entry, in log order (`SessionTable::admit`); only the
+                    // outputs wait for the batch, and a command of a client whose output
+                    // is still pending in it ends the batch first, so a duplicate is
+                    // answered with the real output.
                     if let Some(tag) = client {
-                        entry_ts.insert(index, ts);
                         if batch
                             .iter()
                             .any(|(_, t, _)| t.is_some_and(|t| t.client_id == tag.client_id))
@@ -622,32 +646,28 @@ impl Applier {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await;
                         }
-                        self.record_sessions(&outcomes[recorded..], &entry_ts);
-                        recorded = outcomes.len();
-                        match self.sessions.check(tag) {
-                            SessionCheck::Fresh => {}
-                            SessionCheck::Duplicate(out) => {
-                                self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                    .await;
-                                self.note_skipped(&cmd, index);
-                                let resp = decode_cached(&out);
-                                outcomes.push((index, None, resp));
-                                continue;
+                        self.complete_sessions(&outcomes[completed..]);
+                        completed = outcomes.len();
+                        let refused = match self.sessions.admit(tag, ts) {
+                            SessionCheck::Fresh => None,
+                            SessionCheck::Duplicate(out) => Some(decode_cached(&out)),
+                            SessionCheck::Stale { last_seq } => {
+                                Some(Err(RequestError::Rejected(format!(
+                                    "request {}/{} not applied: the session is already at {last_seq}",
+                                    tag.client_id, tag.seq
+                                ))))
                             }
-                            other => {
-                                self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                    .await;
-                                self.note_skipped(&cmd, index);
-                                outcomes.push((
-                                    index,
-                                    None,
-                                    Err(RequestError::Rejected(format!(
-                                        "request {}/{} not applied: {other:?}",
-                                        tag.client_id, tag.seq
-                                    ))),
-                                ));
-                                continue;
-                            }
+                            SessionCheck::Unknown => Some(Err(RequestError::SessionUnknown {
+                                client_id: tag.client_id,
+                            })),
+                        };
+                        if let Some(resp) = refused {
+                            // Outcomes stay in index order: the pending batch goes first.
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await;
+                            self.note_skipped(&cmd, index);
+                            outcomes.push((index, None, resp));
+                            continue;
                         }
                     }
                     match cmd {
@@ -671,7 +691,7 @@ impl Applier {
                         other => {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await;
-                            let resp = self.apply_admin(index, other).await;
+                            let resp = self.apply_admin(index, ts, other).await;
                             outcomes.push((index, client, resp));
                         }
                     }
@@ -680,7 +700,7 @@ impl Applier {
         }
         self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
             .await;
-        self.record_sessions(&outcomes[recorded..], &entry_ts);
+        self.complete_sessions(&outcomes[completed..]);
         for (index, _, resp) in outcomes {
             self.applied = index;
             if let Some(reply) = self.waiting.remove(&index) {
@@ -704,16 +724,12 @@ impl Applier {
         }
     }
 
-    /// Record the outcomes of tagged commands in the session table, each at
-    /// its own entry's timestamp.
-    fn record_sessions(&mut self, outcomes: &[Outcome], entry_ts: &BTreeMap<u64, u64>) {
-        for (index, tag, resp) in outcomes {
+    /// Store the outputs of admitted commands in the session table (the
+    /// decisions were taken at admission; this only fills in what a retry gets).
+    fn complete_sessions(&mut self, outcomes: &[Outcome]) {
+        for (_, tag, resp) in outcomes {
             if let Some(tag) = tag {
-                let now_ms = entry_ts
-                    .get(index)
-                    .copied()
-                    .unwrap_or(self.last_timestamp_ms);
-                self.sessions.record(*tag, encode_cached(resp), now_ms);
+                self.sessions.complete(*tag, encode_cached(resp));
             }
         }
     }
@@ -889,8 +905,12 @@ impl Applier {
         }
     }
 
-    async fn apply_admin(&mut self, index: u64, cmd: Command) -> Response {
+    async fn apply_admin(&mut self, index: u64, timestamp_ms: u64, cmd: Command) -> Response {
         match cmd {
+            Command::OpenSession => {
+                self.sessions.open(index, timestamp_ms);
+                Ok(Reply::SessionOpened { client_id: index })
+            }
             Command::Apply { .. } => Err(RequestError::Internal(
                 "apply command routed to the admin path".into(),
             )),

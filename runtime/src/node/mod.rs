@@ -43,7 +43,7 @@ use crate::snapshot::transfer::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
 pub use apply::ApplyState;
-use apply::{Applier, ApplyMsg};
+use apply::{Applier, ApplyMsg, ReadTarget};
 pub use server::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE};
 use snap::SnapEvent;
 
@@ -489,8 +489,7 @@ enum PendingProposal {
 }
 
 struct PendingRead {
-    machine: String,
-    request: Vec<u8>,
+    target: ReadTarget,
     reply: oneshot::Sender<Response>,
 }
 
@@ -703,6 +702,15 @@ impl Driver {
         }
     }
 
+    /// Serve `target` once this node, as leader, has confirmed its leadership and applied up to
+    /// the read index (ReadIndex, or its lease when configured).
+    fn linearizable_read(&mut self, target: ReadTarget, reply: oneshot::Sender<Response>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.reads.insert(id, PendingRead { target, reply });
+        self.step(Event::Read { id });
+    }
+
     fn propose(&mut self, kind: EntryKind, pending: PendingProposal) {
         let id = self.next_id;
         self.next_id += 1;
@@ -758,6 +766,10 @@ impl Driver {
                     PendingProposal::Client(reply),
                 );
             }
+            Request::OpenSession => {
+                let data = encode_command(&Command::OpenSession);
+                self.propose(command_kind(None, data), PendingProposal::Client(reply));
+            }
             Request::RemoveMachine { tag, name } => {
                 let data = encode_command(&Command::Remove { name });
                 self.propose(
@@ -773,33 +785,17 @@ impl Driver {
                 Consistency::Stale => {
                     let _ = self.apply_tx.send(ApplyMsg::Read {
                         index: 0,
-                        machine,
-                        request,
+                        target: ReadTarget::Query { machine, request },
                         reply,
                     });
                 }
                 Consistency::Linearizable | Consistency::Lease => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.reads.insert(
-                        id,
-                        PendingRead {
-                            machine,
-                            request,
-                            reply,
-                        },
-                    );
-                    self.step(Event::Read { id });
+                    self.linearizable_read(ReadTarget::Query { machine, request }, reply);
                 }
             },
-            Request::Machines => {
-                let machines = self
-                    .published
-                    .lock()
-                    .map(|p| p.machines.clone())
-                    .unwrap_or_default();
-                let _ = reply.send(Ok(Reply::Machines(machines)));
-            }
+            // Linearizable like a query: whatever a client just deployed or removed is in its
+            // next listing, whichever node it asks (a follower redirects to the leader).
+            Request::Machines => self.linearizable_read(ReadTarget::Machines, reply),
             Request::Status => {
                 let _ = reply.send(Ok(Reply::Status(Box::new(self.status()))));
             }
@@ -1219,8 +1215,7 @@ impl Driver {
                     if let Some(r) = self.reads.remove(&id) {
                         let _ = self.apply_tx.send(ApplyMsg::Read {
                             index,
-                            machine: r.machine,
-                            request: r.request,
+                            target: r.target,
                             reply: r.reply,
                         });
                     }

@@ -707,14 +707,13 @@ mod tests {
             w.module(i as u32, m).unwrap();
         }
         let mut st = SessionTable::new(10, 1000);
-        st.record(
-            wraft_engine::ClientTag {
-                client_id: 9,
-                seq: 1,
-            },
-            Bytes::from_static(b"out"),
-            5,
-        );
+        let tag = wraft_engine::ClientTag {
+            client_id: 9,
+            seq: 1,
+        };
+        st.open(tag.client_id, 5);
+        assert_eq!(st.admit(tag, 5), wraft_engine::SessionCheck::Fresh);
+        st.complete(tag, Bytes::from_static(b"out"));
         w.sessions(&st).unwrap();
         for i in 0..modules.len() {
             w.frame(FrameKind::MachineBegin, &encode(&(i as u32)).unwrap())

@@ -379,6 +379,7 @@ fn write_outcome(e: &ClientError) -> Outcome {
         ClientError::NoLeader { .. }
         | ClientError::Busy(_)
         | ClientError::Timeout(_)
+        | ClientError::OutcomeUnknown(_)
         | ClientError::Internal(_) => Outcome::Indeterminate,
     }
 }

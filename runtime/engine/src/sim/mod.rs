@@ -73,6 +73,20 @@ pub struct SimConfig {
     pub liveness_bound_ticks: u64,
     /// Search budget for the linearizability checker, steps per key.
     pub lincheck_max_steps: u64,
+    /// Most client sessions a replica's table keeps (LRU eviction past it).
+    pub session_cap: usize,
+    /// A session idle this long in entry time is expired (entry time is the
+    /// proposing leader's clock, in virtual ticks).
+    pub session_expiry_ms: u64,
+    /// Per mille of completed writes after which the client abandons its
+    /// session and opens a new one for its next write (short-lived clients).
+    pub session_churn_per_mille: u32,
+    /// Leaders' clocks jump forward and back (entry timestamps disagree
+    /// between leaders; a jump past the expiry expires every session).
+    pub clock_jumps: bool,
+    /// Replicas end apply batches at random points inside each `Apply`, so
+    /// no two replicas (nor one replica across restarts) cut them alike.
+    pub batch_cuts: bool,
 }
 
 impl SimConfig {
@@ -99,6 +113,11 @@ impl SimConfig {
             snapshot_chunk_bytes: 64,
             liveness_bound_ticks: 400,
             lincheck_max_steps: 20_000_000,
+            session_cap: 6,
+            session_expiry_ms: 60,
+            session_churn_per_mille: 150,
+            clock_jumps: true,
+            batch_cuts: true,
         }
     }
 }
@@ -128,6 +147,10 @@ pub struct SimReport {
     pub transfers: u64,
     /// Duplicate client commands suppressed by the session table.
     pub duplicates_suppressed: u64,
+    /// Commands refused because their session was unknown (expired or evicted).
+    pub unknown_sessions: u64,
+    /// Client sessions opened through the log.
+    pub sessions_opened: u64,
     /// Reads served from a lease.
     pub lease_reads: u64,
 }
@@ -150,7 +173,11 @@ impl std::fmt::Display for SimFailure {
 }
 
 /// The model state machine: a key-value map with put and compare-and-set,
-/// deduplicated by a [`SessionTable`].
+/// deduplicated by a [`SessionTable`] exactly as the node's applier uses it:
+/// sessions are opened by a replicated registration (the entry's index is the
+/// client id), each tagged command is admitted in log order at its entry's
+/// time, and outputs are completed later, at the end of a batch whose length
+/// differs between replicas (see [`Machine::flush`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Machine {
     /// Last applied index.
@@ -159,22 +186,51 @@ pub struct Machine {
     pub kv: BTreeMap<u64, u64>,
     /// Client sessions.
     pub sessions: SessionTable,
+    /// Entry clock: the largest entry timestamp seen (the applier keeps the
+    /// clock a guest sees monotonic across leaders whose clocks disagree).
+    pub clock_ms: u64,
+    /// Every tag whose command reached the key-value map: the checker's proof
+    /// that no tagged command is applied twice. Not hashed into the digest.
+    executed: BTreeSet<ClientTag>,
+    /// Admitted commands whose outputs the current batch has not completed.
+    pending: Vec<(ClientTag, Bytes)>,
+}
+
+/// What applying one entry meant for the client waiting on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Applied {
+    /// A tagged command's output (`dup`: answered from the session table).
+    Output {
+        tag: ClientTag,
+        out: Bytes,
+        dup: bool,
+    },
+    /// A registration: the new session's id.
+    Opened(u64),
+    /// A command of an unknown session: refused, not applied.
+    Unknown(ClientTag),
 }
 
 impl Machine {
-    fn new() -> Self {
+    fn new(session_cap: usize, session_expiry_ms: u64) -> Self {
         Machine {
             applied: 0,
             kv: BTreeMap::new(),
-            sessions: SessionTable::new(64, u64::MAX / 2),
+            sessions: SessionTable::new(session_cap, session_expiry_ms),
+            clock_ms: 0,
+            executed: BTreeSet::new(),
+            pending: Vec::new(),
         }
     }
 
-    /// Digest of everything that influences future outputs.
+    /// Digest of everything that influences future outputs. Only meaningful
+    /// between batches (the applier publishes its index only there).
     pub fn digest(&self) -> u64 {
+        debug_assert!(self.pending.is_empty(), "digest taken inside a batch");
         let mut h = DefaultHasher::new();
         self.kv.hash(&mut h);
         self.sessions.hash(&mut h);
+        self.clock_ms.hash(&mut h);
         h.finish()
     }
 
@@ -182,28 +238,66 @@ impl Machine {
         64 + 16 * self.kv.len() as u64 + 48 * self.sessions.len() as u64
     }
 
-    /// Applies one entry; returns the client tag, output and whether it was a duplicate.
-    fn apply(&mut self, e: &Entry) -> Option<(ClientTag, Bytes, bool)> {
+    /// Ends the current batch: completes the outputs of admitted commands.
+    fn flush(&mut self) {
+        for (tag, out) in self.pending.drain(..) {
+            self.sessions.complete(tag, out);
+        }
+    }
+
+    /// Applies one entry inside the current batch; `Err` if a tag is applied twice.
+    fn apply(&mut self, e: &Entry) -> Result<Option<Applied>, String> {
         self.applied = e.index;
         let EntryKind::Command {
-            client: Some(tag),
+            client,
             timestamp_ms,
             data,
         } = &e.kind
         else {
-            return None;
+            return Ok(None);
         };
-        match self.sessions.check(*tag) {
-            SessionCheck::Fresh => {
-                let out = self.exec(data);
-                self.sessions.record(*tag, out.clone(), *timestamp_ms);
-                Some((*tag, out, false))
+        self.clock_ms = self.clock_ms.max(*timestamp_ms);
+        let now = self.clock_ms;
+        let Some(tag) = client else {
+            if data.first() == Some(&OPEN_SESSION) {
+                self.sessions.open(e.index, now);
+                return Ok(Some(Applied::Opened(e.index)));
             }
-            SessionCheck::Duplicate(out) => Some((*tag, out, true)),
-            SessionCheck::Stale { .. } => None,
-            // Not applied; tell the client (an empty output) to open a new session.
-            SessionCheck::SessionExpired => Some((*tag, Bytes::new(), false)),
+            return Ok(None);
+        };
+        // The applier's rule: a command of a client with an output still pending in the batch
+        // ends the batch first, so a duplicate is answered with the real output.
+        if self
+            .pending
+            .iter()
+            .any(|(t, _)| t.client_id == tag.client_id)
+        {
+            self.flush();
         }
+        Ok(match self.sessions.admit(*tag, now) {
+            SessionCheck::Fresh => {
+                if !self.executed.insert(*tag) {
+                    return Err(format!(
+                        "command {}/{} applied twice (again at index {})",
+                        tag.client_id, tag.seq, e.index
+                    ));
+                }
+                let out = self.exec(data);
+                self.pending.push((*tag, out.clone()));
+                Some(Applied::Output {
+                    tag: *tag,
+                    out,
+                    dup: false,
+                })
+            }
+            SessionCheck::Duplicate(out) => Some(Applied::Output {
+                tag: *tag,
+                out,
+                dup: true,
+            }),
+            SessionCheck::Stale { .. } => None,
+            SessionCheck::Unknown => Some(Applied::Unknown(*tag)),
+        })
     }
 
     fn exec(&mut self, data: &[u8]) -> Bytes {
@@ -223,6 +317,9 @@ impl Machine {
         }
     }
 }
+
+/// First byte of an (untagged) command that opens a client session.
+const OPEN_SESSION: u8 = 3;
 
 fn encode_cmd(i: &KvInput) -> Bytes {
     let mut v = Vec::with_capacity(26);
@@ -389,6 +486,8 @@ struct Host {
     w_done: u64,
     w_scheduled: bool,
     machine: Machine,
+    /// This node's clock error, ticks: what it stamps on the entries it proposes as leader.
+    clock_offset: i64,
     waiting_apply: BTreeMap<LogIndex, ProposalId>,
     pending_reads: Vec<(ReadId, LogIndex)>,
     snap_capture: Option<(SnapshotMeta, Arc<Machine>)>,
@@ -403,12 +502,15 @@ struct ClientOp {
     hist: usize,
     input: KvInput,
     tag: Option<ClientTag>,
+    /// A write waiting for its client's session to be opened (proposes the registration).
+    opening: bool,
     deadline: u64,
     attempts: u32,
 }
 
 struct Client {
-    client_id: u64,
+    /// The open session's id (its registration's log index), if any.
+    session: Option<u64>,
     seq: u64,
     target: NodeId,
     op: Option<ClientOp>,
@@ -430,7 +532,6 @@ pub struct Sim {
     prop_owner: HashMap<ProposalId, (usize, usize)>,
     read_owner: HashMap<ReadId, (usize, usize, KvInput)>,
     next_id: u64,
-    next_client_id: u64,
     trace: bool,
     storage: Option<Box<dyn SimStorage>>,
     faults_on: bool,
@@ -484,12 +585,16 @@ impl Sim {
                     d_hs: HardState::default(),
                     d_log: BTreeMap::new(),
                     d_floor: 0,
-                    d_snap: (meta, Arc::new(Machine::new())),
+                    d_snap: (
+                        meta,
+                        Arc::new(Machine::new(cfg.session_cap, cfg.session_expiry_ms)),
+                    ),
                     writer: VecDeque::new(),
                     w_issued: 0,
                     w_done: 0,
                     w_scheduled: false,
-                    machine: Machine::new(),
+                    machine: Machine::new(cfg.session_cap, cfg.session_expiry_ms),
+                    clock_offset: 0,
                     waiting_apply: BTreeMap::new(),
                     pending_reads: Vec::new(),
                     snap_capture: None,
@@ -502,8 +607,8 @@ impl Sim {
             );
         }
         let clients = (0..cfg.clients)
-            .map(|i| Client {
-                client_id: 1000 + i as u64,
+            .map(|_| Client {
+                session: None,
                 seq: 0,
                 target: 1,
                 op: None,
@@ -522,7 +627,6 @@ impl Sim {
             prop_owner: HashMap::new(),
             read_owner: HashMap::new(),
             next_id: 1,
-            next_client_id: 10_000,
             trace: std::env::var_os("WRAFT_SIM_TRACE").is_some(),
             storage,
             faults_on: true,
@@ -834,7 +938,7 @@ impl Sim {
         }
         let reader = self.clients.len();
         self.clients.push(Client {
-            client_id: 999,
+            session: None,
             seq: 0,
             target: self.leader().unwrap_or(1),
             op: None,
@@ -854,6 +958,7 @@ impl Sim {
                 hist,
                 input,
                 tag: None,
+                opening: false,
                 deadline: self.now,
                 attempts: 0,
             });
@@ -934,8 +1039,8 @@ impl Sim {
         for c in &self.clients {
             if let Some(op) = &c.op {
                 s.push_str(&format!(
-                    "  client {}: target {} op {:?} tag {:?} attempts {} deadline {}\n",
-                    c.client_id, c.target, op.input, op.tag, op.attempts, op.deadline
+                    "  client session {:?}: target {} op {:?} tag {:?} attempts {} deadline {}\n",
+                    c.session, c.target, op.input, op.tag, op.attempts, op.deadline
                 ));
             }
         }
@@ -1157,7 +1262,11 @@ impl Sim {
             Action::Apply { entries } => {
                 for e in entries {
                     self.apply_entry(id, &e)?;
+                    if self.cfg.batch_cuts && self.rng.u32(0..4) == 0 {
+                        self.end_batch(id)?;
+                    }
                 }
+                self.end_batch(id)?;
                 self.serve_reads(id);
             }
             Action::ProposalResult { id: pid, result } => match result {
@@ -1344,7 +1453,10 @@ impl Sim {
                 e.index, self.hosts[&id].machine.applied
             )));
         }
-        let r = h.machine.apply(e);
+        let r = match h.machine.apply(e) {
+            Ok(r) => r,
+            Err(m) => return Err(self.fail(format!("node {id}: {m}"))),
+        };
         if self.trace {
             eprintln!(
                 "t={} node {id}: applied {} {:?} -> {:?} waiting {:?}",
@@ -1355,7 +1467,6 @@ impl Sim {
                 h.waiting_apply.get(&e.index)
             );
         }
-        let d = h.machine.digest();
         let pid = h.waiting_apply.remove(&e.index);
         // Drop stale waiters (their entries were superseded below this index).
         while let Some((&i, _)) = h.waiting_apply.first_key_value() {
@@ -1367,45 +1478,71 @@ impl Sim {
         if matches!(e.kind, EntryKind::ConfChange(_)) && id == 1 {
             self.report.conf_changes_applied += 1;
         }
-        self.check_digest(id, e.index, d)?;
-        if let Some((tag, out, dup)) = r {
-            if dup {
-                self.report.duplicates_suppressed += 1;
+        let Some(r) = r else { return Ok(()) };
+        match &r {
+            Applied::Output { dup: true, .. } => self.report.duplicates_suppressed += 1,
+            Applied::Opened(_) if id == 1 => self.report.sessions_opened += 1,
+            Applied::Unknown(_) if id == 1 => self.report.unknown_sessions += 1,
+            _ => {}
+        }
+        let Some((c, hist)) = pid.and_then(|pid| self.prop_owner.remove(&pid)) else {
+            return Ok(());
+        };
+        let Some(op) = self.clients[c].op.as_ref().filter(|o| o.hist == hist) else {
+            return Ok(());
+        };
+        let (input, tag, opening, attempts) = (op.input, op.tag, op.opening, op.attempts);
+        match r {
+            Applied::Opened(session) if opening => {
+                let cl = &mut self.clients[c];
+                cl.session = Some(session);
+                cl.seq = 1;
+                let op = cl.op.as_mut().expect("op");
+                op.tag = Some(ClientTag {
+                    client_id: session,
+                    seq: 1,
+                });
+                op.opening = false;
+                op.attempts = 0;
+                self.submit(c)?;
             }
-            if let Some(pid) = pid
-                && let Some((c, hist)) = self.prop_owner.remove(&pid)
-            {
-                let input = self.history[hist].input;
-                let matches = self.clients[c]
-                    .op
-                    .as_ref()
-                    .is_some_and(|o| o.hist == hist && o.tag == Some(tag));
-                if matches && out.is_empty() {
-                    // Session expired (the client gave up earlier requests
-                    // that never applied): reopen with a fresh client id.
-                    self.next_client_id += 1;
-                    let fresh = self.next_client_id;
-                    let cl = &mut self.clients[c];
-                    cl.client_id = fresh;
-                    cl.seq = 1;
-                    if let Some(op) = cl.op.as_mut() {
-                        op.tag = Some(ClientTag {
-                            client_id: fresh,
-                            seq: 1,
-                        });
-                    }
+            Applied::Unknown(t) if tag == Some(t) => {
+                let cl = &mut self.clients[c];
+                cl.session = None;
+                if attempts <= 1 {
+                    // Refused at its only proposal: certainly not applied. Reopen and resend.
+                    let op = cl.op.as_mut().expect("op");
+                    op.tag = None;
+                    op.opening = true;
+                    op.attempts = 0;
                     self.client_retry_soon(c, hist, Some(id));
-                } else if matches {
-                    let Some(output) = decode_output(&input, &out) else {
-                        return Err(self.fail(format!(
-                            "node {id}: undecodable output {out:?} for {input:?}"
-                        )));
-                    };
-                    self.complete(c, output);
+                } else {
+                    // An earlier proposal may have been applied: the outcome stays unknown.
+                    cl.op = None;
+                    let t = self.rng.u64(0..2 * TICK);
+                    self.schedule(t, Ev::Client(c));
                 }
             }
+            Applied::Output { tag: t, out, .. } if tag == Some(t) => {
+                let Some(output) = decode_output(&input, &out) else {
+                    return Err(self.fail(format!(
+                        "node {id}: undecodable output {out:?} for {input:?}"
+                    )));
+                };
+                self.complete(c, output);
+            }
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Ends node `id`'s apply batch: outputs are completed and the state, now
+    /// at a point the applier publishes, must match every other replica's.
+    fn end_batch(&mut self, id: NodeId) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        h.machine.flush();
+        let (index, d) = (h.machine.applied, h.machine.digest());
+        self.check_digest(id, index, d)
     }
 
     fn check_digest(&mut self, id: NodeId, index: LogIndex, d: u64) -> Res<()> {
@@ -1594,18 +1731,20 @@ impl Sim {
                 _ => KvInput::Get { key },
             };
             let cl = &mut self.clients[c];
-            let tag = if matches!(input, KvInput::Get { .. }) {
-                None
-            } else {
-                cl.seq += 1;
-                Some(ClientTag {
-                    client_id: cl.client_id,
-                    seq: cl.seq,
-                })
+            let write = !matches!(input, KvInput::Get { .. });
+            let tag = match cl.session {
+                Some(client_id) if write => {
+                    cl.seq += 1;
+                    Some(ClientTag {
+                        client_id,
+                        seq: cl.seq,
+                    })
+                }
+                _ => None,
             };
             let hist = self.history.len();
             self.history.push(Operation {
-                client: cl.client_id,
+                client: 1000 + c as u64,
                 input,
                 call: self.now,
                 ret: None,
@@ -1615,6 +1754,7 @@ impl Sim {
                 hist,
                 input,
                 tag,
+                opening: write && tag.is_none(),
                 deadline: 0,
                 attempts: 0,
             });
@@ -1642,7 +1782,7 @@ impl Sim {
         }
         let deadline = self.now + 12 * TICK;
         op.deadline = deadline;
-        let (hist, input, tag) = (op.hist, op.input, op.tag);
+        let (hist, input, tag, opening) = (op.hist, op.input, op.tag, op.opening);
         self.schedule_at(deadline, Ev::Client(c));
         let mut target = self.clients[c].target;
         if !self.alive(target) {
@@ -1653,7 +1793,19 @@ impl Sim {
             return Ok(());
         }
         let rid = self.fresh_id();
+        // The entry's time is the proposing node's clock (it is the leader, or refuses).
+        let timestamp_ms =
+            (self.now / TICK).saturating_add_signed(self.hosts[&target].clock_offset);
         match tag {
+            None if opening => {
+                self.prop_owner.insert(rid, (c, hist));
+                let kind = EntryKind::Command {
+                    client: None,
+                    timestamp_ms,
+                    data: Bytes::from_static(&[OPEN_SESSION]),
+                };
+                self.step_node(target, Event::Propose { id: rid, kind })
+            }
             None => {
                 self.read_owner.insert(rid, (c, hist, input));
                 self.step_node(target, Event::Read { id: rid })
@@ -1662,7 +1814,7 @@ impl Sim {
                 self.prop_owner.insert(rid, (c, hist));
                 let kind = EntryKind::Command {
                     client: Some(tag),
-                    timestamp_ms: self.now / TICK,
+                    timestamp_ms,
                     data: encode_cmd(&input),
                 };
                 self.step_node(target, Event::Propose { id: rid, kind })
@@ -1689,6 +1841,10 @@ impl Sim {
         let Some(op) = self.clients[c].op.take() else {
             return;
         };
+        if op.tag.is_some() && self.rng.u32(0..1000) < self.cfg.session_churn_per_mille {
+            // A short-lived client: its session is abandoned, to expire or be evicted.
+            self.clients[c].session = None;
+        }
         let h = &mut self.history[op.hist];
         h.ret = Some(self.now);
         h.output = Some(output);
@@ -1700,6 +1856,12 @@ impl Sim {
 
     fn inject_fault(&mut self) -> Res<()> {
         let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
+        if self.cfg.clock_jumps && self.rng.u32(0..8) == 0 {
+            // A node's clock jumps, often past the session expiry, forward or back.
+            let x = ids[self.rng.usize(0..ids.len())];
+            let reach = self.cfg.session_expiry_ms.min(1 << 20) as i64 * 3;
+            self.hosts.get_mut(&x).expect("host").clock_offset = self.rng.i64(-reach..=reach);
+        }
         let pick = |rng: &mut fastrand::Rng| ids[rng.usize(0..ids.len())];
         match self.rng.u32(0..100) {
             0..=11 if self.cfg.partitions => {
