@@ -125,7 +125,10 @@ pub struct PersistBatch {
     pub hard_state: Option<HardState>,
     /// Set after a snapshot install: the log now starts above this snapshot.
     pub reset_to_snapshot: Option<SnapshotMeta>,
-    /// Drop entries with index `>=` this before appending.
+    /// Drop entries with index `>=` this before appending. Always above
+    /// `reset_to_snapshot.index` and the compaction floor (a store may refuse
+    /// to truncate below its floor), however many events were stepped since
+    /// the previous poll.
     pub truncate_from: Option<LogIndex>,
     /// Entries to append (contiguous).
     pub entries: Vec<Entry>,
@@ -738,6 +741,12 @@ impl Engine {
     /// state (a host bug; the event is ignored). Messages never produce errors:
     /// malformed or stale messages are dropped.
     pub fn step(&mut self, event: Event) -> Result<(), EngineError> {
+        let r = self.step_event(event);
+        self.debug_check_persist_state();
+        r
+    }
+
+    fn step_event(&mut self, event: Event) -> Result<(), EngineError> {
         match event {
             Event::Tick => self.tick(),
             Event::Message(m) => self.step_message(m),
@@ -803,7 +812,30 @@ impl Engine {
 
     // ----- persistence -----------------------------------------------------
 
+    /// The bookkeeping that `take_persist_batch` relies on, whatever events
+    /// were stepped since the last poll: the unwritten range starts inside
+    /// the log (at most one past its end), and a pending truncation lies
+    /// above the floor (the store refuses to truncate below it).
+    fn debug_check_persist_state(&self) {
+        debug_assert!(
+            self.unstable_from > self.log.floor_index()
+                && self.unstable_from <= self.log.last_index() + 1,
+            "unwritten range starts at {} outside the log {}..={}",
+            self.unstable_from,
+            self.log.floor_index() + 1,
+            self.log.last_index() + 1
+        );
+        debug_assert!(
+            self.trunc_pending
+                .is_none_or(|t| t > self.log.floor_index()),
+            "pending truncation {:?} at or below the floor {}",
+            self.trunc_pending,
+            self.log.floor_index()
+        );
+    }
+
     fn take_persist_batch(&mut self) -> Option<PersistBatch> {
+        self.debug_check_persist_state();
         let last = self.log.last_index();
         let has_entries = self.unstable_from <= last;
         if !(has_entries
@@ -2211,17 +2243,32 @@ impl Engine {
             };
             self.tail.push(Action::ProposalResult { id, result });
         }
+        // The host's log restarts above the snapshot (`reset_to_snapshot`).
+        // Events stepped since the last poll may have appended, truncated or
+        // replaced entries without a batch being cut, so the unwritten range
+        // and a pending truncation are both restated relative to the new floor.
         if keep_suffix {
             self.compact_to(meta.index);
+            // Unwritten entries at or below the snapshot are covered by it;
+            // the ones above it are still to be written.
+            self.unstable_from = self.unstable_from.max(meta.index + 1);
+            // A truncation not yet handed to the host may reach below the
+            // snapshot (an append replaced entries the snapshot now covers):
+            // the reset drops those already, and the store refuses to
+            // truncate below its floor.
+            self.trunc_pending = self.trunc_pending.map(|t| t.max(meta.index + 1));
         } else {
             self.log.reset(meta.index, meta.term);
             self.conf_entries.clear();
             self.base_membership = meta.membership.clone();
             self.trunc_pending = Some(meta.index + 1);
             self.durable_index = meta.index;
+            // Everything above the snapshot is gone: whatever is appended from
+            // here on is unwritten, even if the discarded log was longer than
+            // what an append stepped before the next poll brings.
+            self.unstable_from = meta.index + 1;
         }
         self.durable_index = self.durable_index.max(meta.index);
-        self.unstable_from = self.unstable_from.max(meta.index + 1);
         let new_membership = self
             .conf_entries
             .last()
