@@ -126,9 +126,10 @@ pub struct PersistBatch {
     /// Set after a snapshot install: the log now starts above this snapshot.
     pub reset_to_snapshot: Option<SnapshotMeta>,
     /// Drop entries with index `>=` this before appending. Always above
-    /// `reset_to_snapshot.index` and the compaction floor (a store may refuse
-    /// to truncate below its floor), however many events were stepped since
-    /// the previous poll.
+    /// `reset_to_snapshot.index` and the compaction floor, and at most one
+    /// past the last entry the host holds (a store may refuse to truncate
+    /// outside its log), however many events were stepped since the
+    /// previous poll.
     pub truncate_from: Option<LogIndex>,
     /// Entries to append (contiguous).
     pub entries: Vec<Entry>,
@@ -460,6 +461,10 @@ pub struct Engine {
     applied: LogIndex,
 
     unstable_from: LogIndex,
+    /// Last index of the log as the host holds it once every batch cut so
+    /// far is executed (before `trunc_pending`): a truncation above it
+    /// concerns entries the host never received and needs no store write.
+    host_last: LogIndex,
     trunc_pending: Option<LogIndex>,
     reset_pending: Option<SnapshotMeta>,
     hs_dirty: bool,
@@ -509,6 +514,10 @@ impl Engine {
     pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
         cfg.validate()?;
         let snap = init.snapshot;
+        let host_last = init
+            .entries
+            .last()
+            .map_or(snap.index, |e| e.index.max(snap.index));
         let mut log = RaftLog::new(snap.index, snap.term);
         let mut conf_entries = Vec::new();
         let mut membership = snap.membership.clone();
@@ -593,6 +602,7 @@ impl Engine {
             pending_props: VecDeque::new(),
             applied: snap.index,
             unstable_from: last + 1,
+            host_last,
             trunc_pending,
             reset_pending,
             hs_dirty: term != hs.term,
@@ -815,7 +825,8 @@ impl Engine {
     /// The bookkeeping that `take_persist_batch` relies on, whatever events
     /// were stepped since the last poll: the unwritten range starts inside
     /// the log (at most one past its end), and a pending truncation lies
-    /// above the floor (the store refuses to truncate below it).
+    /// above the floor and at most one past what the host holds (the store
+    /// refuses to truncate outside its log).
     fn debug_check_persist_state(&self) {
         debug_assert!(
             self.unstable_from > self.log.floor_index()
@@ -827,10 +838,11 @@ impl Engine {
         );
         debug_assert!(
             self.trunc_pending
-                .is_none_or(|t| t > self.log.floor_index()),
-            "pending truncation {:?} at or below the floor {}",
+                .is_none_or(|t| t > self.log.floor_index() && t <= self.host_last + 1),
+            "pending truncation {:?} outside {}..={} (floor, host's last index + 1)",
             self.trunc_pending,
-            self.log.floor_index()
+            self.log.floor_index() + 1,
+            self.host_last + 1
         );
     }
 
@@ -869,6 +881,7 @@ impl Engine {
             reset: reset.as_ref().map(|m| m.index),
         });
         self.unstable_from = last + 1;
+        self.host_last = last;
         self.stats.persist_batches += 1;
         Some(PersistBatch {
             seq,
@@ -1528,7 +1541,12 @@ impl Engine {
 
     fn truncate_from(&mut self, index: LogIndex) {
         self.log.truncate_from(index);
-        self.trunc_pending = Some(self.trunc_pending.map_or(index, |t| t.min(index)));
+        // Entries appended since the last poll and replaced before the next
+        // one never reach the host: only what it holds needs truncating (a
+        // store refuses a truncation beyond its last entry).
+        if index <= self.host_last {
+            self.trunc_pending = Some(self.trunc_pending.map_or(index, |t| t.min(index)));
+        }
         self.unstable_from = self.unstable_from.min(index);
         self.durable_index = self.durable_index.min(index - 1);
         let before = self.conf_entries.len();
@@ -2268,6 +2286,10 @@ impl Engine {
             // what an append stepped before the next poll brings.
             self.unstable_from = meta.index + 1;
         }
+        // Only what the host holds above the snapshot needs truncating; once
+        // the reset runs, it holds the snapshot's index at least.
+        self.trunc_pending = self.trunc_pending.filter(|t| *t <= self.host_last);
+        self.host_last = self.host_last.max(meta.index);
         self.durable_index = self.durable_index.max(meta.index);
         let new_membership = self
             .conf_entries

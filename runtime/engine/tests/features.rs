@@ -1553,3 +1553,20 @@ fn truncation_stepped_before_a_matching_snapshot_install_stays_above_the_new_flo
     assert_eq!(f.disk.entries, BTreeMap::from([(5, 2), (6, 2)]));
     assert_eq!(f.acks.last(), Some(&4), "the install is acknowledged");
 }
+
+#[test]
+fn truncating_entries_never_handed_to_the_host_asks_the_store_for_no_truncation() {
+    let mut f = HandFollower::new(2, 3);
+    f.append(1, 1, (0, 0), cmds(1..=3, 1));
+    f.run().expect("first append");
+    // Two appends before one poll: the second (from a newer leader) replaces
+    // part of what the first brought, which the store has never seen.
+    f.append(1, 1, (3, 1), cmds(4..=6, 1));
+    f.append(3, 2, (4, 1), cmds(5..=6, 2));
+    f.run().expect("the store accepts every batch");
+    assert_eq!(
+        f.disk.entries,
+        BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2)])
+    );
+    assert_eq!(f.acks.last(), Some(&6));
+}
