@@ -2169,6 +2169,7 @@ impl Engine {
         self.snapshot = meta;
         self.hinted_band_applied = 0;
         self.hinted_band_log = 0;
+        self.retarget_unpolled_snapshot_sends();
         let s = self.snapshot.index;
         let margin_floor = s.saturating_sub(self.cfg.log_retention_margin_entries);
         let up_to = if self.role == Role::Leader {
@@ -2193,6 +2194,28 @@ impl Engine {
             self.tail.push(Action::CompactLog { up_to });
         }
         Ok(())
+    }
+
+    /// A `SendSnapshot` requested since the last poll names the snapshot
+    /// that was latest then; the host has just superseded it (and may delete
+    /// it). Point it, and the follower's progress, at the new one from byte 0,
+    /// so an action always names the host's latest snapshot when handed out.
+    fn retarget_unpolled_snapshot_sends(&mut self) {
+        let latest = &self.snapshot;
+        for a in &mut self.tail {
+            if let Action::SendSnapshot { to, meta, offset } = a
+                && meta.index < latest.index
+            {
+                *meta = latest.clone();
+                *offset = 0;
+                if let Some(pr) = self.progress.get_mut(to)
+                    && pr.state == PrState::Snapshot
+                {
+                    pr.snap_index = latest.index;
+                    pr.snap_offset = 0;
+                }
+            }
+        }
     }
 
     fn compact_to(&mut self, up_to: LogIndex) {

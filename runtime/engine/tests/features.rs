@@ -1570,3 +1570,51 @@ fn truncating_entries_never_handed_to_the_host_asks_the_store_for_no_truncation(
     );
     assert_eq!(f.acks.last(), Some(&6));
 }
+
+#[test]
+fn snapshot_send_requested_before_a_newer_snapshot_is_created_names_the_newer_one() {
+    let mut c = Cluster::new(3, 0, 23, |c| {
+        c.log_retention_margin_entries = 0;
+        c.snapshot_hint_threshold_entries = 0;
+    });
+    let l = c.elect();
+    let f = (1..=3).find(|i| *i != l).expect("follower");
+    c.isolate(f);
+    apply_all(&mut c, l, 20);
+    let old = c
+        .e(l)
+        .snapshot_meta_at(c.e(l).applied_index())
+        .expect("meta");
+    c.step(l, Event::SnapshotCreated { meta: old.clone() });
+    c.heal();
+    c.tick_all(6);
+    assert_eq!(c.hosts[&l].snap_sends.len(), 1, "f is being sent {old:?}");
+    c.isolate(f);
+    apply_all(&mut c, l, 10);
+    let new = c
+        .e(l)
+        .snapshot_meta_at(c.e(l).applied_index())
+        .expect("meta");
+    assert!(new.index > old.index);
+    // Several events before one poll: the transfer breaks, a tick re-requests
+    // it, and then the host reports a newer snapshot (it may delete the old one).
+    let e = c.engines.get_mut(&l).expect("leader");
+    e.step(Event::SnapshotTransferFailed {
+        to: f,
+        index: old.index,
+    })
+    .expect("ok");
+    e.step(Event::Tick).expect("ok");
+    e.step(Event::SnapshotCreated { meta: new.clone() })
+        .expect("ok");
+    let mut out = Vec::new();
+    e.poll_actions(&mut out);
+    let sends: Vec<&SnapshotMeta> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendSnapshot { meta, .. } => Some(meta),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, vec![&new], "only the latest snapshot is streamed");
+}
