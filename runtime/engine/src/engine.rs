@@ -514,10 +514,8 @@ impl Engine {
     pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
         cfg.validate()?;
         let snap = init.snapshot;
-        let host_last = init
-            .entries
-            .last()
-            .map_or(snap.index, |e| e.index.max(snap.index));
+        let recovered_last = init.entries.last().map(|e| e.index);
+        let host_last = recovered_last.map_or(snap.index, |l| l.max(snap.index));
         let mut log = RaftLog::new(snap.index, snap.term);
         let mut conf_entries = Vec::new();
         let mut membership = snap.membership.clone();
@@ -560,6 +558,14 @@ impl Engine {
             membership = snap.membership.clone();
             reset_pending = Some(snap.clone());
             trunc_pending = Some(snap.index + 1);
+        } else if snap.index > 0 && recovered_last.is_none_or(|l| l < snap.index) {
+            // The host's log must continue right above the snapshot. Recovered
+            // entries that stop below it mean the install's log reset was lost
+            // in a crash (the snapshot was durable first); with none recovered
+            // the store's floor may still lie below it. Restate the reset (a
+            // no-op for a store already compacted there), or the next append
+            // would leave a gap the store refuses.
+            reset_pending = Some(snap.clone());
         }
         let hs = init.hard_state;
         let commit = hs.commit.max(snap.index).min(log.last_index());

@@ -1427,9 +1427,14 @@ impl HandFollower {
             },
             ..Default::default()
         };
+        Self::recovered(id, init, DiskModel::default())
+    }
+
+    /// A follower restarted from `init`, which the host read from `disk`.
+    fn recovered(id: NodeId, init: InitialState, disk: DiskModel) -> HandFollower {
         HandFollower {
             e: Engine::new(cfg(id, 5), init).expect("valid engine"),
-            disk: DiskModel::default(),
+            disk,
             acks: Vec::new(),
             installs: Vec::new(),
         }
@@ -1617,4 +1622,34 @@ fn snapshot_send_requested_before_a_newer_snapshot_is_created_names_the_newer_on
         })
         .collect();
     assert_eq!(sends, vec![&new], "only the latest snapshot is streamed");
+}
+
+#[test]
+fn restart_after_an_install_whose_log_reset_was_lost_resets_the_log_before_appending() {
+    // The install made the snapshot at 5 durable, then the node crashed
+    // before the batch that resets the log (entries 1..=3, floor 0) was.
+    let membership = Membership::with_voters(1..=3);
+    let init = InitialState {
+        hard_state: HardState {
+            term: 2,
+            vote: None,
+            commit: 3,
+        },
+        snapshot: SnapshotMeta {
+            index: 5,
+            term: 2,
+            membership,
+        },
+        entries: cmds(1..=3, 1),
+    };
+    let disk = DiskModel {
+        floor: (0, 0),
+        entries: BTreeMap::from([(1, 1), (2, 1), (3, 1)]),
+    };
+    let mut f = HandFollower::recovered(2, init, disk);
+    f.append(3, 2, (5, 2), cmds(6..=7, 2));
+    f.run().expect("the store accepts every batch");
+    assert_eq!(f.disk.floor, (5, 2));
+    assert_eq!(f.disk.entries, BTreeMap::from([(6, 2), (7, 2)]));
+    assert_eq!(f.acks.last(), Some(&7));
 }
