@@ -296,7 +296,8 @@ impl Model for KvModel {
 /// completed operation, which is always a legal placement; it only loses
 /// placements where the write takes effect earlier. Those can matter only to
 /// an observation the write could explain: a `Get` returning its value, a
-/// successful `Cas` expecting its value, or a *failed* `Cas` (any value other
+/// successful `Cas` expecting its value (or a kept pending one, which may
+/// have succeeded), or a *failed* `Cas` (any value other
 /// than the expected one explains a failure) that could be linearized after
 /// the write's call. Writes with none of those are dropped, so the verdict is
 /// unchanged. Requires written values to be unique per key. This keeps the
@@ -330,23 +331,46 @@ pub fn prune_unobserved_pending(
             _ => {}
         }
     }
+    let keep = |o: &Operation<KvInput, KvOutput>,
+                observed: &std::collections::HashSet<(u64, u64)>| {
+        if o.ret.is_some() {
+            return true;
+        }
+        match o.input {
+            KvInput::Get { .. } => false,
+            KvInput::Put { key, value }
+            | KvInput::Cas {
+                key, new: value, ..
+            } => {
+                observed.contains(&(key, value))
+                    || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
+            }
+        }
+    };
+    // A pending CAS that is kept may have succeeded, which needs its expected
+    // value written first: that value counts as observed too (to a fixpoint,
+    // at most one round per pending CAS).
+    loop {
+        let before = observed.len();
+        for o in history {
+            if let KvInput::Cas {
+                key,
+                expected: Some(e),
+                ..
+            } = o.input
+                && o.ret.is_none()
+                && keep(o, &observed)
+            {
+                observed.insert((key, e));
+            }
+        }
+        if observed.len() == before {
+            break;
+        }
+    }
     history
         .iter()
-        .filter(|o| {
-            if o.ret.is_some() {
-                return true;
-            }
-            match o.input {
-                KvInput::Get { .. } => false,
-                KvInput::Put { key, value }
-                | KvInput::Cas {
-                    key, new: value, ..
-                } => {
-                    observed.contains(&(key, value))
-                        || failed_cas_ret.get(&key).is_some_and(|&r| r >= o.call)
-                }
-            }
-        })
+        .filter(|o| keep(o, &observed))
         .cloned()
         .collect()
 }
@@ -559,6 +583,33 @@ mod tests {
             ),
         ];
         assert_eq!(prune_unobserved_pending(&h).len(), 2);
+        assert_eq!(
+            check(&KvModel, &prune_unobserved_pending(&h), 1_000),
+            CheckResult::Linearizable
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_a_pending_write_whose_value_a_kept_pending_cas_expected() {
+        // Both writes were abandoned; only the read shows that the CAS took
+        // effect, which it could only do after the put.
+        let h = vec![
+            op(1, put(415), 0, None, None),
+            op(
+                2,
+                KvInput::Cas {
+                    key: 1,
+                    expected: Some(415),
+                    new: 647,
+                },
+                1,
+                None,
+                None,
+            ),
+            op(3, get(), 10, Some(11), Some(KvOutput::Get(Some(647)))),
+        ];
+        assert_eq!(check(&KvModel, &h, 1_000), CheckResult::Linearizable);
+        assert_eq!(prune_unobserved_pending(&h).len(), 3);
         assert_eq!(
             check(&KvModel, &prune_unobserved_pending(&h), 1_000),
             CheckResult::Linearizable
