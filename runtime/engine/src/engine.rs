@@ -125,7 +125,11 @@ pub struct PersistBatch {
     pub hard_state: Option<HardState>,
     /// Set after a snapshot install: the log now starts above this snapshot.
     pub reset_to_snapshot: Option<SnapshotMeta>,
-    /// Drop entries with index `>=` this before appending.
+    /// Drop entries with index `>=` this before appending. Always above
+    /// `reset_to_snapshot.index` and the compaction floor, and at most one
+    /// past the last entry the host holds (a store may refuse to truncate
+    /// outside its log), however many events were stepped since the
+    /// previous poll.
     pub truncate_from: Option<LogIndex>,
     /// Entries to append (contiguous).
     pub entries: Vec<Entry>,
@@ -457,6 +461,10 @@ pub struct Engine {
     applied: LogIndex,
 
     unstable_from: LogIndex,
+    /// Last index of the log as the host holds it once every batch cut so
+    /// far is executed (before `trunc_pending`): a truncation above it
+    /// concerns entries the host never received and needs no store write.
+    host_last: LogIndex,
     trunc_pending: Option<LogIndex>,
     reset_pending: Option<SnapshotMeta>,
     hs_dirty: bool,
@@ -506,6 +514,8 @@ impl Engine {
     pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
         cfg.validate()?;
         let snap = init.snapshot;
+        let recovered_last = init.entries.last().map(|e| e.index);
+        let host_last = recovered_last.map_or(snap.index, |l| l.max(snap.index));
         let mut log = RaftLog::new(snap.index, snap.term);
         let mut conf_entries = Vec::new();
         let mut membership = snap.membership.clone();
@@ -548,6 +558,14 @@ impl Engine {
             membership = snap.membership.clone();
             reset_pending = Some(snap.clone());
             trunc_pending = Some(snap.index + 1);
+        } else if snap.index > 0 && recovered_last.is_none_or(|l| l < snap.index) {
+            // The host's log must continue right above the snapshot. Recovered
+            // entries that stop below it mean the install's log reset was lost
+            // in a crash (the snapshot was durable first); with none recovered
+            // the store's floor may still lie below it. Restate the reset (a
+            // no-op for a store already compacted there), or the next append
+            // would leave a gap the store refuses.
+            reset_pending = Some(snap.clone());
         }
         let hs = init.hard_state;
         let commit = hs.commit.max(snap.index).min(log.last_index());
@@ -590,6 +608,7 @@ impl Engine {
             pending_props: VecDeque::new(),
             applied: snap.index,
             unstable_from: last + 1,
+            host_last,
             trunc_pending,
             reset_pending,
             hs_dirty: term != hs.term,
@@ -738,6 +757,12 @@ impl Engine {
     /// state (a host bug; the event is ignored). Messages never produce errors:
     /// malformed or stale messages are dropped.
     pub fn step(&mut self, event: Event) -> Result<(), EngineError> {
+        let r = self.step_event(event);
+        self.debug_check_persist_state();
+        r
+    }
+
+    fn step_event(&mut self, event: Event) -> Result<(), EngineError> {
         match event {
             Event::Tick => self.tick(),
             Event::Message(m) => self.step_message(m),
@@ -803,7 +828,32 @@ impl Engine {
 
     // ----- persistence -----------------------------------------------------
 
+    /// The bookkeeping that `take_persist_batch` relies on, whatever events
+    /// were stepped since the last poll: the unwritten range starts inside
+    /// the log (at most one past its end), and a pending truncation lies
+    /// above the floor and at most one past what the host holds (the store
+    /// refuses to truncate outside its log).
+    fn debug_check_persist_state(&self) {
+        debug_assert!(
+            self.unstable_from > self.log.floor_index()
+                && self.unstable_from <= self.log.last_index() + 1,
+            "unwritten range starts at {} outside the log {}..={}",
+            self.unstable_from,
+            self.log.floor_index() + 1,
+            self.log.last_index() + 1
+        );
+        debug_assert!(
+            self.trunc_pending
+                .is_none_or(|t| t > self.log.floor_index() && t <= self.host_last + 1),
+            "pending truncation {:?} outside {}..={} (floor, host's last index + 1)",
+            self.trunc_pending,
+            self.log.floor_index() + 1,
+            self.host_last + 1
+        );
+    }
+
     fn take_persist_batch(&mut self) -> Option<PersistBatch> {
+        self.debug_check_persist_state();
         let last = self.log.last_index();
         let has_entries = self.unstable_from <= last;
         if !(has_entries
@@ -837,6 +887,7 @@ impl Engine {
             reset: reset.as_ref().map(|m| m.index),
         });
         self.unstable_from = last + 1;
+        self.host_last = last;
         self.stats.persist_batches += 1;
         Some(PersistBatch {
             seq,
@@ -1496,7 +1547,12 @@ impl Engine {
 
     fn truncate_from(&mut self, index: LogIndex) {
         self.log.truncate_from(index);
-        self.trunc_pending = Some(self.trunc_pending.map_or(index, |t| t.min(index)));
+        // Entries appended since the last poll and replaced before the next
+        // one never reach the host: only what it holds needs truncating (a
+        // store refuses a truncation beyond its last entry).
+        if index <= self.host_last {
+            self.trunc_pending = Some(self.trunc_pending.map_or(index, |t| t.min(index)));
+        }
         self.unstable_from = self.unstable_from.min(index);
         self.durable_index = self.durable_index.min(index - 1);
         let before = self.conf_entries.len();
@@ -2119,6 +2175,7 @@ impl Engine {
         self.snapshot = meta;
         self.hinted_band_applied = 0;
         self.hinted_band_log = 0;
+        self.retarget_unpolled_snapshot_sends();
         let s = self.snapshot.index;
         let margin_floor = s.saturating_sub(self.cfg.log_retention_margin_entries);
         let up_to = if self.role == Role::Leader {
@@ -2143,6 +2200,28 @@ impl Engine {
             self.tail.push(Action::CompactLog { up_to });
         }
         Ok(())
+    }
+
+    /// A `SendSnapshot` requested since the last poll names the snapshot
+    /// that was latest then; the host has just superseded it (and may delete
+    /// it). Point it, and the follower's progress, at the new one from byte 0,
+    /// so an action always names the host's latest snapshot when handed out.
+    fn retarget_unpolled_snapshot_sends(&mut self) {
+        let latest = &self.snapshot;
+        for a in &mut self.tail {
+            if let Action::SendSnapshot { to, meta, offset } = a
+                && meta.index < latest.index
+            {
+                *meta = latest.clone();
+                *offset = 0;
+                if let Some(pr) = self.progress.get_mut(to)
+                    && pr.state == PrState::Snapshot
+                {
+                    pr.snap_index = latest.index;
+                    pr.snap_offset = 0;
+                }
+            }
+        }
     }
 
     fn compact_to(&mut self, up_to: LogIndex) {
@@ -2211,17 +2290,36 @@ impl Engine {
             };
             self.tail.push(Action::ProposalResult { id, result });
         }
+        // The host's log restarts above the snapshot (`reset_to_snapshot`).
+        // Events stepped since the last poll may have appended, truncated or
+        // replaced entries without a batch being cut, so the unwritten range
+        // and a pending truncation are both restated relative to the new floor.
         if keep_suffix {
             self.compact_to(meta.index);
+            // Unwritten entries at or below the snapshot are covered by it;
+            // the ones above it are still to be written.
+            self.unstable_from = self.unstable_from.max(meta.index + 1);
+            // A truncation not yet handed to the host may reach below the
+            // snapshot (an append replaced entries the snapshot now covers):
+            // the reset drops those already, and the store refuses to
+            // truncate below its floor.
+            self.trunc_pending = self.trunc_pending.map(|t| t.max(meta.index + 1));
         } else {
             self.log.reset(meta.index, meta.term);
             self.conf_entries.clear();
             self.base_membership = meta.membership.clone();
             self.trunc_pending = Some(meta.index + 1);
             self.durable_index = meta.index;
+            // Everything above the snapshot is gone: whatever is appended from
+            // here on is unwritten, even if the discarded log was longer than
+            // what an append stepped before the next poll brings.
+            self.unstable_from = meta.index + 1;
         }
+        // Only what the host holds above the snapshot needs truncating; once
+        // the reset runs, it holds the snapshot's index at least.
+        self.trunc_pending = self.trunc_pending.filter(|t| *t <= self.host_last);
+        self.host_last = self.host_last.max(meta.index);
         self.durable_index = self.durable_index.max(meta.index);
-        self.unstable_from = self.unstable_from.max(meta.index + 1);
         let new_membership = self
             .conf_entries
             .last()

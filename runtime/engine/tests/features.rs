@@ -1338,3 +1338,318 @@ fn lease_holder_is_never_overlapped_by_a_new_leader_that_commits() {
         "the scenario never produced both a lease read and a new leader"
     );
 }
+
+// ----- several events before one poll -----------------------------------------
+
+/// The node's log store as the driver uses it (`wraft-storage`): a reset
+/// compacts to the snapshot (keeping the suffix only if the store holds the
+/// snapshot's entry with its term), then `truncate_from` must lie in
+/// `floor + 1 ..= last + 1`, then the entries must start above the floor with
+/// no gap. A batch that breaks a rule is refused, as the real store refuses it
+/// (and the driver then stops the node).
+#[derive(Default)]
+struct DiskModel {
+    floor: (LogIndex, Term),
+    entries: BTreeMap<LogIndex, Term>,
+}
+
+impl DiskModel {
+    fn last(&self) -> LogIndex {
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.floor.0)
+    }
+
+    fn apply(&mut self, b: &PersistBatch) -> Result<(), String> {
+        if let Some(m) = &b.reset_to_snapshot
+            && m.index > self.floor.0
+        {
+            if self.entries.get(&m.index) == Some(&m.term) {
+                self.entries = self.entries.split_off(&(m.index + 1));
+            } else {
+                self.entries.clear();
+            }
+            self.floor = (m.index, m.term);
+        }
+        if let Some(t) = b.truncate_from {
+            if t <= self.floor.0 || t > self.last() + 1 {
+                return Err(format!(
+                    "batch {}: truncate_from {t} outside {}..={} (store floor {}, last {})",
+                    b.seq,
+                    self.floor.0 + 1,
+                    self.last() + 1,
+                    self.floor.0,
+                    self.last()
+                ));
+            }
+            self.entries.split_off(&t);
+        }
+        for e in &b.entries {
+            if e.index <= self.floor.0 || e.index > self.last() + 1 {
+                return Err(format!(
+                    "batch {}: entry {} outside {}..={}",
+                    b.seq,
+                    e.index,
+                    self.floor.0 + 1,
+                    self.last() + 1
+                ));
+            }
+            self.entries.split_off(&e.index);
+            self.entries.insert(e.index, e.term);
+        }
+        Ok(())
+    }
+
+    fn holds(&self, index: LogIndex) -> bool {
+        index <= self.floor.0 || self.entries.contains_key(&index)
+    }
+}
+
+/// One follower driven by hand: events are stepped one by one, and `run`
+/// plays the host (persist to the [`DiskModel`], report it durable, check
+/// every acknowledgement against what the store holds) until the engine is quiet.
+struct HandFollower {
+    e: Engine,
+    disk: DiskModel,
+    acks: Vec<LogIndex>,
+    installs: Vec<SnapshotMeta>,
+}
+
+impl HandFollower {
+    fn new(id: NodeId, voters: u64) -> HandFollower {
+        let init = InitialState {
+            snapshot: SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership: Membership::with_voters(1..=voters),
+            },
+            ..Default::default()
+        };
+        Self::recovered(id, init, DiskModel::default())
+    }
+
+    /// A follower restarted from `init`, which the host read from `disk`.
+    fn recovered(id: NodeId, init: InitialState, disk: DiskModel) -> HandFollower {
+        HandFollower {
+            e: Engine::new(cfg(id, 5), init).expect("valid engine"),
+            disk,
+            acks: Vec::new(),
+            installs: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, ev: Event) {
+        self.e.step(ev).expect("host event accepted");
+    }
+
+    fn append(&mut self, from: NodeId, term: Term, prev: (LogIndex, Term), entries: Vec<Entry>) {
+        let to = self.e.id();
+        self.step(Event::Message(Message {
+            from,
+            to,
+            term,
+            body: MessageBody::AppendEntries {
+                prev_log_index: prev.0,
+                prev_log_term: prev.1,
+                entries,
+                leader_commit: 0,
+            },
+        }));
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        for _ in 0..100 {
+            let mut out = Vec::new();
+            self.e.poll_actions(&mut out);
+            let mut durable = None;
+            for a in &out {
+                match a {
+                    Action::Persist(b) => {
+                        self.disk.apply(b)?;
+                        durable = Some(b.seq);
+                    }
+                    Action::Send { msg } => {
+                        if let MessageBody::AppendEntriesResponse {
+                            success: true,
+                            match_index,
+                            ..
+                        } = msg.body
+                        {
+                            if !self.disk.holds(match_index) {
+                                return Err(format!(
+                                    "acknowledged index {match_index} but the store holds {:?} above floor {:?}",
+                                    self.disk.entries, self.disk.floor
+                                ));
+                            }
+                            self.acks.push(match_index);
+                        }
+                    }
+                    Action::InstallSnapshot { meta } => self.installs.push(meta.clone()),
+                    _ => {}
+                }
+            }
+            match durable {
+                Some(seq) => self.step(Event::Persisted { seq }),
+                None if out.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+        Err("the engine never went quiet".into())
+    }
+}
+
+fn cmds(indexes: std::ops::RangeInclusive<LogIndex>, term: Term) -> Vec<Entry> {
+    indexes.map(|i| cmd(i, term)).collect()
+}
+
+#[test]
+fn append_stepped_after_a_conflicting_snapshot_install_is_written_before_it_is_acknowledged() {
+    let mut f = HandFollower::new(2, 3);
+    f.append(1, 1, (0, 0), cmds(1..=5, 1));
+    f.run().expect("first append");
+    // A new leader (3, term 2) streams a snapshot at 3 whose term conflicts with the log.
+    let meta = SnapshotMeta {
+        index: 3,
+        term: 2,
+        membership: Membership::with_voters(1..=3),
+    };
+    f.step(Event::SnapshotReceived {
+        from: 3,
+        term: 2,
+        meta: meta.clone(),
+    });
+    f.run().expect("install requested");
+    assert_eq!(f.installs, vec![meta.clone()]);
+    // Two events before one poll: the install completes, then the next append arrives.
+    f.step(Event::SnapshotInstalled { meta });
+    f.append(3, 2, (3, 2), cmds(4..=5, 2));
+    f.run().expect("every acknowledged entry is in the store");
+    assert_eq!(f.acks.last(), Some(&5));
+    assert_eq!(f.disk.entries, BTreeMap::from([(4, 2), (5, 2)]));
+}
+
+#[test]
+fn truncation_stepped_before_a_matching_snapshot_install_stays_above_the_new_floor() {
+    let mut f = HandFollower::new(2, 3);
+    f.append(1, 1, (0, 0), cmds(1..=5, 1));
+    f.run().expect("first append");
+    let meta = SnapshotMeta {
+        index: 4,
+        term: 2,
+        membership: Membership::with_voters(1..=3),
+    };
+    f.step(Event::SnapshotReceived {
+        from: 3,
+        term: 2,
+        meta: meta.clone(),
+    });
+    f.run().expect("install requested");
+    assert_eq!(f.installs, vec![meta.clone()]);
+    // While the install runs, the new leader's append replaces 3..=5 with
+    // its own term-2 entries (so the snapshot at 4 now matches the log);
+    // then the install completes, all before one poll.
+    f.append(3, 2, (2, 1), cmds(3..=6, 2));
+    f.step(Event::SnapshotInstalled { meta });
+    f.run().expect("the store accepts every batch");
+    assert_eq!(f.e.log_floor(), 4);
+    assert_eq!(f.disk.floor, (4, 2));
+    assert_eq!(f.disk.entries, BTreeMap::from([(5, 2), (6, 2)]));
+    assert_eq!(f.acks.last(), Some(&4), "the install is acknowledged");
+}
+
+#[test]
+fn truncating_entries_never_handed_to_the_host_asks_the_store_for_no_truncation() {
+    let mut f = HandFollower::new(2, 3);
+    f.append(1, 1, (0, 0), cmds(1..=3, 1));
+    f.run().expect("first append");
+    // Two appends before one poll: the second (from a newer leader) replaces
+    // part of what the first brought, which the store has never seen.
+    f.append(1, 1, (3, 1), cmds(4..=6, 1));
+    f.append(3, 2, (4, 1), cmds(5..=6, 2));
+    f.run().expect("the store accepts every batch");
+    assert_eq!(
+        f.disk.entries,
+        BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2)])
+    );
+    assert_eq!(f.acks.last(), Some(&6));
+}
+
+#[test]
+fn snapshot_send_requested_before_a_newer_snapshot_is_created_names_the_newer_one() {
+    let mut c = Cluster::new(3, 0, 23, |c| {
+        c.log_retention_margin_entries = 0;
+        c.snapshot_hint_threshold_entries = 0;
+    });
+    let l = c.elect();
+    let f = (1..=3).find(|i| *i != l).expect("follower");
+    c.isolate(f);
+    apply_all(&mut c, l, 20);
+    let old = c
+        .e(l)
+        .snapshot_meta_at(c.e(l).applied_index())
+        .expect("meta");
+    c.step(l, Event::SnapshotCreated { meta: old.clone() });
+    c.heal();
+    c.tick_all(6);
+    assert_eq!(c.hosts[&l].snap_sends.len(), 1, "f is being sent {old:?}");
+    c.isolate(f);
+    apply_all(&mut c, l, 10);
+    let new = c
+        .e(l)
+        .snapshot_meta_at(c.e(l).applied_index())
+        .expect("meta");
+    assert!(new.index > old.index);
+    // Several events before one poll: the transfer breaks, a tick re-requests
+    // it, and then the host reports a newer snapshot (it may delete the old one).
+    let e = c.engines.get_mut(&l).expect("leader");
+    e.step(Event::SnapshotTransferFailed {
+        to: f,
+        index: old.index,
+    })
+    .expect("ok");
+    e.step(Event::Tick).expect("ok");
+    e.step(Event::SnapshotCreated { meta: new.clone() })
+        .expect("ok");
+    let mut out = Vec::new();
+    e.poll_actions(&mut out);
+    let sends: Vec<&SnapshotMeta> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendSnapshot { meta, .. } => Some(meta),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, vec![&new], "only the latest snapshot is streamed");
+}
+
+#[test]
+fn restart_after_an_install_whose_log_reset_was_lost_resets_the_log_before_appending() {
+    // The install made the snapshot at 5 durable, then the node crashed
+    // before the batch that resets the log (entries 1..=3, floor 0) was.
+    let membership = Membership::with_voters(1..=3);
+    let init = InitialState {
+        hard_state: HardState {
+            term: 2,
+            vote: None,
+            commit: 3,
+        },
+        snapshot: SnapshotMeta {
+            index: 5,
+            term: 2,
+            membership,
+        },
+        entries: cmds(1..=3, 1),
+    };
+    let disk = DiskModel {
+        floor: (0, 0),
+        entries: BTreeMap::from([(1, 1), (2, 1), (3, 1)]),
+    };
+    let mut f = HandFollower::recovered(2, init, disk);
+    f.append(3, 2, (5, 2), cmds(6..=7, 2));
+    f.run().expect("the store accepts every batch");
+    assert_eq!(f.disk.floor, (5, 2));
+    assert_eq!(f.disk.entries, BTreeMap::from([(6, 2), (7, 2)]));
+    assert_eq!(f.acks.last(), Some(&7));
+}

@@ -17,7 +17,16 @@ fn run_scenario(
     let n = seeds.len();
     let mut t = SimReport::default();
     for seed in seeds {
-        match Sim::new(mk(seed)).run() {
+        // An engine assertion panics inside the run: name the seed to replay.
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(mk(seed)).run()));
+        let run = run.unwrap_or_else(|panic| {
+            eprintln!(
+                "simulation panicked\nreplay: WRAFT_SIM_SEED={seed} cargo test -p wraft-engine --test simulation {name}"
+            );
+            std::panic::resume_unwind(panic)
+        });
+        match run {
             Ok(r) => {
                 t.events += r.events;
                 t.ops_completed += r.ops_completed;
@@ -33,6 +42,7 @@ fn run_scenario(
                 t.unknown_sessions += r.unknown_sessions;
                 t.sessions_opened += r.sessions_opened;
                 t.lease_reads += r.lease_reads;
+                t.multi_event_polls += r.multi_event_polls;
             }
             Err(f) => panic!(
                 "simulation failed: {f}\nreplay: WRAFT_SIM_SEED={seed} cargo test -p wraft-engine --test simulation {name}"
@@ -68,6 +78,10 @@ fn full_fault_schedule_keeps_raft_safe_live_and_linearizable() {
         assert!(
             t.unknown_sessions > 0,
             "no command met an unknown session: {t:?}"
+        );
+        assert!(
+            t.multi_event_polls > 0,
+            "no host ever stepped several events before one poll: {t:?}"
         );
     }
 }

@@ -29,7 +29,9 @@ use wraft_engine::{
     Action, ConfChange, ConfChangeEntry, Engine, Entry, EntryKind, Event, InitialState, Membership,
     Message, ProposalError, ReadError, Role, SnapshotMeta,
 };
-use wraft_storage::{LogEntry, SnapshotId, Storage, StorageConfig, WriteBatch, WriterEvent};
+use wraft_storage::{
+    LogEntry, SnapshotId, SnapshotPin, Storage, StorageConfig, WriteBatch, WriterEvent,
+};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::{AddressBook, Transport, TransportConfig};
 
@@ -372,6 +374,7 @@ impl Node {
                 tx: snap_tx,
                 creating: None,
                 sending: HashMap::new(),
+                installing: None,
                 xfer_cfg,
                 limiter,
                 retain_count: cfg.snapshot.retain_count,
@@ -521,6 +524,10 @@ struct SnapState {
     creating: Option<u64>,
     /// Outgoing transfers: peer -> snapshot index (pins the log above it).
     sending: HashMap<u64, u64>,
+    /// The received snapshot being installed, pinned until the install ends: a received
+    /// snapshot is not the node's own (it does not count toward retention) until it is
+    /// installed and accepted, so a newer offer must not delete it meanwhile.
+    installing: Option<SnapshotPin>,
     xfer_cfg: TransferConfig,
     limiter: Arc<BandwidthLimiter>,
     retain_count: u64,
@@ -924,11 +931,15 @@ impl Driver {
                 self.step(Event::SnapshotFailed);
             }
             SnapEvent::Installed { meta } => {
+                // The installed snapshot is now the node's own: it counts toward retention
+                // (received snapshots the engine ignored never do).
+                self.end_install(Some(snapshot_id(&meta)));
                 self.metrics.snapshot_installed("ok");
                 self.metrics.snapshot_index.set(meta.index as f64);
                 self.step(Event::SnapshotInstalled { meta });
             }
             SnapEvent::InstallFailed { meta } => {
+                self.end_install(None);
                 self.metrics.snapshot_installed("failed");
                 self.step(Event::SnapshotInstallFailed { meta });
             }
@@ -953,6 +964,25 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Release the pin on the snapshot an install used, accepting it first as the node's own
+    /// if the install succeeded. Off the driver: both may run retention, which deletes files.
+    fn end_install(&mut self, accept: Option<SnapshotId>) {
+        let (snapshots, pin, node) = (
+            self.storage.snapshots.clone(),
+            self.snap.installing.take(),
+            self.id,
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Some(id) = accept
+                && let Err(e) = snapshots.accept(id)
+            {
+                tracing::warn!(target: "wraft::snapshot", node, %id, error = %e,
+                    "installed snapshot missing from the store; retention cannot count it");
+            }
+            drop(pin);
+        });
     }
 
     /// Leader: stream snapshot `meta` to `to` on a bulk stream of its own.
@@ -1243,6 +1273,9 @@ impl Driver {
                 }
                 Action::SendSnapshot { to, meta, offset } => self.send_snapshot(to, meta, offset),
                 Action::InstallSnapshot { meta } => {
+                    // If a newer offer already replaced it, the applier's install fails and the
+                    // leader sends again.
+                    self.snap.installing = self.storage.snapshots.pin(snapshot_id(&meta)).ok();
                     let _ = self.apply_tx.send(ApplyMsg::Install { meta });
                 }
                 Action::CompactLog { up_to } => self.compact_log(up_to),

@@ -117,6 +117,9 @@ pub struct SnapshotRecovery {
 #[derive(Debug, Default)]
 struct SnapState {
     complete: BTreeMap<SnapshotId, SnapshotInfo>,
+    /// Received from a leader and not (yet) accepted by the node: complete and readable, but
+    /// outside `snapshot_retain_count` (see [`SnapshotStore::accept`]).
+    received: HashSet<SnapshotId>,
     pins: HashMap<SnapshotId, usize>,
     incoming_open: HashSet<SnapshotId>,
 }
@@ -465,12 +468,12 @@ impl SnapshotStore {
         Ok(rec)
     }
 
-    /// Complete snapshots, oldest first.
+    /// Complete snapshots, oldest first, including received ones not yet accepted.
     pub fn list(&self) -> Vec<SnapshotInfo> {
         self.inner.lock().complete.values().cloned().collect()
     }
 
-    /// The newest complete snapshot.
+    /// The newest complete snapshot (possibly a received one not yet accepted).
     pub fn latest(&self) -> Option<SnapshotInfo> {
         self.inner.lock().complete.values().next_back().cloned()
     }
@@ -524,6 +527,26 @@ impl SnapshotStore {
             hasher,
             done: false,
         })
+    }
+
+    /// Make a received snapshot (published by [`IncomingSnapshot::finalize`]) one of the node's
+    /// own: from now on it counts toward `snapshot_retain_count` like a local one. Call it once
+    /// the node has installed it; a received snapshot never accepted does not push out the node's
+    /// own snapshots, and is deleted by retention once a newer one arrives or the node's own
+    /// snapshots reach its index. A no-op for a snapshot that is already the node's. Cheap: no
+    /// I/O but the retention pass it runs.
+    ///
+    /// # Errors
+    /// [`StorageError::SnapshotNotFound`] if `id` is not complete here (retention deleted it).
+    pub fn accept(&self, id: SnapshotId) -> Result<()> {
+        {
+            let mut st = self.inner.lock();
+            if !st.complete.contains_key(&id) {
+                return Err(StorageError::SnapshotNotFound(id));
+            }
+            st.received.remove(&id);
+        }
+        self.gc().map(|_| ())
     }
 
     /// Pin a snapshot so retention never deletes it while the pin lives (a running transfer).
@@ -670,24 +693,37 @@ impl SnapshotStore {
         })
     }
 
-    /// Delete complete snapshots beyond `snapshot_retain_count` (oldest first), skipping pinned
-    /// ones. Runs automatically after each new snapshot and when a pin is released.
+    /// Delete, skipping pinned ones: the node's own snapshots beyond the newest
+    /// `snapshot_retain_count`, and received snapshots not accepted yet ([`SnapshotStore::accept`])
+    /// except the newest one above all of the node's own. So received snapshots the node ignores
+    /// never push out the snapshot it works from, and at most one of them is kept. Runs
+    /// automatically after each new snapshot, acceptance, and release of a pin.
     pub fn gc(&self) -> Result<Vec<SnapshotId>> {
         let inner = &self.inner;
         let doomed: Vec<SnapshotInfo> = {
             let mut st = inner.lock();
-            let ids: Vec<SnapshotId> = st
+            let own: Vec<SnapshotId> = st
                 .complete
                 .keys()
                 .rev()
-                .skip(inner.cfg.snapshot_retain_count)
+                .filter(|id| !st.received.contains(id))
                 .copied()
+                .collect();
+            let newest_own = own.first().copied();
+            let mut received: Vec<SnapshotId> = st.received.iter().copied().collect();
+            received.sort_unstable_by(|a, b| b.cmp(a));
+            let keep_received = received.first().copied().filter(|r| newest_own < Some(*r));
+            let ids: Vec<SnapshotId> = own
+                .into_iter()
+                .skip(inner.cfg.snapshot_retain_count)
+                .chain(received.into_iter().filter(|r| Some(*r) != keep_received))
                 .collect();
             let mut out = Vec::new();
             for id in ids {
                 if st.pins.get(&id).copied().unwrap_or(0) == 0
                     && let Some(info) = st.complete.remove(&id)
                 {
+                    st.received.remove(&id);
                     out.push(info);
                 }
             }
@@ -705,8 +741,14 @@ impl SnapshotStore {
         Ok(doomed.iter().map(SnapshotInfo::id).collect())
     }
 
-    fn publish(&self, info: SnapshotInfo) -> Result<()> {
-        self.inner.lock().complete.insert(info.id(), info);
+    fn publish(&self, info: SnapshotInfo, received: bool) -> Result<()> {
+        {
+            let mut st = self.inner.lock();
+            if received {
+                st.received.insert(info.id());
+            }
+            st.complete.insert(info.id(), info);
+        }
         self.gc().map(|_| ())
     }
 }
@@ -784,7 +826,7 @@ impl SnapshotWriter {
             file_len: self.pos,
             path,
         };
-        self.store.publish(info.clone())?;
+        self.store.publish(info.clone(), false)?;
         Ok(info)
     }
 }
@@ -1040,8 +1082,11 @@ impl IncomingSnapshot {
     }
 
     /// Verify the received file (header, length, whole-file digest, id) and publish it as a
-    /// complete snapshot. On a verification failure the partial is deleted (the next attempt starts
-    /// from 0) and the error says what did not match.
+    /// complete *received* snapshot: readable and listed, but not counted toward
+    /// `snapshot_retain_count` until [`SnapshotStore::accept`] (the node may ignore it; see
+    /// [`SnapshotStore::gc`]). After a restart every complete file is the node's own. On a
+    /// verification failure the partial is deleted (the next attempt starts from 0) and the error
+    /// says what did not match.
     pub fn finalize(mut self) -> Result<SnapshotInfo> {
         self.sync()?;
         let inner = self.store.inner.clone();
@@ -1079,7 +1124,7 @@ impl IncomingSnapshot {
         inner.sync_dir()?;
         self.finished = true;
         let info = SnapshotInfo { path, ..info };
-        self.store.publish(info.clone())?;
+        self.store.publish(info.clone(), true)?;
         Ok(info)
     }
 

@@ -211,6 +211,11 @@ fn retention_keeps_the_newest_n_and_never_deletes_a_pinned_snapshot() {
 /// A leader's complete snapshot at index 42 with a `body_bytes` body, and its raw file bytes (what
 /// a transfer ships).
 fn sender_file(body_bytes: usize) -> (wraft_storage::SnapshotInfo, Vec<u8>) {
+    sender_file_at(42, body_bytes)
+}
+
+/// A leader's complete snapshot at `index`, and its raw file bytes.
+fn sender_file_at(index: u64, body_bytes: usize) -> (wraft_storage::SnapshotInfo, Vec<u8>) {
     let sender_fs = FaultFs::new();
     let sender = SnapshotStore::open(
         Arc::new(sender_fs.clone()),
@@ -219,7 +224,7 @@ fn sender_file(body_bytes: usize) -> (wraft_storage::SnapshotInfo, Vec<u8>) {
     )
     .expect("open")
     .0;
-    let info = write(&sender, 42, body_bytes).expect("sender snapshot");
+    let info = write(&sender, index, body_bytes).expect("sender snapshot");
     let file = sender_fs.read_file(&info.path).expect("file");
     (info, file)
 }
@@ -382,4 +387,75 @@ fn an_incoming_snapshot_verifies_whether_written_in_order_resumed_or_with_repeat
     assert_eq!(inc.durable_offset(), 2500);
     inc.write_at(2500, &file[2500..]).expect("write rest");
     assert_eq!(inc.finalize().expect("finalize").digest, info.digest);
+}
+
+/// Receive a leader's snapshot file completely (what a finished transfer does).
+fn receive(store: &SnapshotStore, index: u64) -> SnapshotId {
+    let (info, file) = sender_file_at(index, 500);
+    let mut inc = store.incoming(info.meta.id).expect("incoming");
+    inc.write_at(0, &file).expect("write");
+    inc.finalize().expect("finalize").meta.id
+}
+
+fn indexes(s: &SnapshotStore) -> Vec<u64> {
+    s.list().iter().map(|i| i.meta.id.last_index).collect()
+}
+
+#[test]
+fn received_snapshots_the_node_never_accepts_do_not_push_out_its_own() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs).expect("open");
+    write(&store, 5, 100).expect("own snapshot");
+    write(&store, 10, 100).expect("own snapshot: the engine's and applier's base");
+    // Two snapshots arrive from leaders and the engine ignores both (already
+    // committed here, or sent in a stale term): nobody accepts them.
+    receive(&store, 20);
+    receive(&store, 30);
+    assert_eq!(
+        indexes(&store),
+        vec![5, 10, 30],
+        "the node's own snapshots stay (snapshot_retain_count = 2); of the received ones only the newest is kept"
+    );
+}
+
+#[test]
+fn an_accepted_received_snapshot_counts_toward_retention_like_the_nodes_own() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs).expect("open");
+    write(&store, 10, 100).expect("own");
+    let below = receive(&store, 8);
+    assert_eq!(
+        indexes(&store),
+        vec![10],
+        "a received snapshot at or below the node's own is deleted at once"
+    );
+    assert!(matches!(
+        store.accept(below),
+        Err(StorageError::SnapshotNotFound(_))
+    ));
+    let installed = receive(&store, 30);
+    // Pinned while the node installs it: a newer offer does not delete it.
+    let pin = store.pin(installed).expect("pin");
+    receive(&store, 40);
+    assert_eq!(indexes(&store), vec![10, 30, 40]);
+    store.accept(installed).expect("accept");
+    drop(pin);
+    assert_eq!(
+        indexes(&store),
+        vec![10, 30, 40],
+        "own: 30 (accepted) and 10; received: 40, the newest, above them"
+    );
+    write(&store, 50, 100).expect("own");
+    assert_eq!(
+        indexes(&store),
+        vec![30, 50],
+        "retention counts the accepted 30 as the node's own; 40 is now below the node's newest"
+    );
+    // After a restart every complete file is the node's own (recovery may start from it).
+    receive(&store, 60);
+    drop(store);
+    let (store, rec) = open(&fs).expect("reopen");
+    assert_eq!(rec.latest.map(|i| i.meta.id.last_index), Some(60));
+    write(&store, 70, 100).expect("own");
+    assert_eq!(indexes(&store), vec![60, 70]);
 }

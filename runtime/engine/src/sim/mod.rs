@@ -8,7 +8,9 @@
 //! duplication, symmetric/asymmetric partitions, heal, crash (losing
 //! unflushed writes) and restart, client writes/CAS/reads with retries,
 //! snapshots with multi-chunk transfers (interrupted and resumed), membership
-//! changes and leadership transfers.
+//! changes and leadership transfers. Hosts sometimes step several events
+//! before one `poll_actions` (the engine's contract allows any interleaving),
+//! and the model store refuses batches the real log store would refuse.
 //!
 //! After every event it checks Election Safety, Log Matching, Leader
 //! Completeness, State Machine Safety (digest at every applied index,
@@ -69,6 +71,13 @@ pub struct SimConfig {
     pub retention_margin: u64,
     /// Snapshot stream chunk size, bytes.
     pub snapshot_chunk_bytes: u64,
+    /// Probability, per mille, that a host defers its poll after stepping an
+    /// event: everything that reaches the node until the poll runs (within
+    /// `multi_step_poll_delay_max`, virtual time units) is stepped before one
+    /// `poll_actions`. 0 polls after every event (and draws no randomness for it).
+    pub multi_step_per_mille: u32,
+    /// Longest deferral of a poll, virtual time units ([`TICK`] per tick).
+    pub multi_step_poll_delay_max: u64,
     /// After healing, a leader must emerge and all operations finish within this, ticks.
     pub liveness_bound_ticks: u64,
     /// Search budget for the linearizability checker, steps per key.
@@ -111,6 +120,8 @@ impl SimConfig {
             snapshot_threshold: 20,
             retention_margin: 5,
             snapshot_chunk_bytes: 64,
+            multi_step_per_mille: 200,
+            multi_step_poll_delay_max: TICK / 2,
             liveness_bound_ticks: 400,
             lincheck_max_steps: 20_000_000,
             session_cap: 6,
@@ -153,6 +164,8 @@ pub struct SimReport {
     pub sessions_opened: u64,
     /// Reads served from a lease.
     pub lease_reads: u64,
+    /// Polls that collected the actions of two or more stepped events.
+    pub multi_event_polls: u64,
 }
 
 /// A violated property, with the seed to replay it.
@@ -419,6 +432,8 @@ enum Ev {
     WriterDone(NodeId, u64, u64),
     SnapshotDone(NodeId, u64),
     InstallDone(NodeId, u64),
+    /// A deferred `poll_actions` (node, incarnation).
+    Poll(NodeId, u64),
     Client(usize),
     Fault,
 }
@@ -468,6 +483,9 @@ struct Staged {
     total: u64,
     durable: u64,
     data: Arc<Machine>,
+    /// `SnapshotReceived` was stepped; the engine's answer (an install or
+    /// nothing) comes with the next poll, so the staging is kept until then.
+    reported: bool,
 }
 
 struct Host {
@@ -481,6 +499,10 @@ struct Host {
     d_floor: LogIndex,
     d_snap: (SnapshotMeta, Arc<Machine>),
     // volatile
+    /// A deferred poll is scheduled: events are stepped without polling until it runs.
+    poll_deferred: bool,
+    /// Events stepped since the last poll.
+    events_since_poll: u32,
     writer: VecDeque<(u64, WOp)>,
     w_issued: u64,
     w_done: u64,
@@ -589,6 +611,8 @@ impl Sim {
                         meta,
                         Arc::new(Machine::new(cfg.session_cap, cfg.session_expiry_ms)),
                     ),
+                    poll_deferred: false,
+                    events_since_poll: 0,
                     writer: VecDeque::new(),
                     w_issued: 0,
                     w_done: 0,
@@ -809,6 +833,8 @@ impl Sim {
         self.report.crashes += 1;
         h.engine = None;
         h.incarnation += 1;
+        h.poll_deferred = false;
+        h.events_since_poll = 0;
         h.writer.clear();
         h.w_issued = 0;
         h.w_done = 0;
@@ -829,7 +855,9 @@ impl Sim {
         }
     }
 
-    /// Feeds an event to a live node and executes its actions.
+    /// Feeds an event to a live node and executes its actions, now or (with
+    /// probability `multi_step_per_mille`) at a deferred poll that also
+    /// collects the actions of every event stepped meanwhile.
     ///
     /// # Errors
     /// A violated property.
@@ -840,6 +868,29 @@ impl Sim {
         if let Err(err) = e.step(ev) {
             return Err(self.fail(format!("node {id}: engine rejected a host event: {err}")));
         }
+        let h = self.hosts.get_mut(&id).expect("host");
+        h.events_since_poll = h.events_since_poll.saturating_add(1);
+        if !h.poll_deferred {
+            let per_mille = self.cfg.multi_step_per_mille;
+            if per_mille > 0 && self.rng.u32(0..1000) < per_mille {
+                let d = self.rng.u64(1..self.cfg.multi_step_poll_delay_max.max(2));
+                let h = self.hosts.get_mut(&id).expect("host");
+                h.poll_deferred = true;
+                let inc = h.incarnation;
+                self.schedule(d, Ev::Poll(id, inc));
+            } else {
+                self.run_actions(id)?;
+            }
+        }
+        self.check_node(id)
+    }
+
+    fn deferred_poll(&mut self, id: NodeId, inc: u64) -> Res<()> {
+        let h = self.hosts.get_mut(&id).expect("host");
+        if h.incarnation != inc || h.engine.is_none() {
+            return Ok(());
+        }
+        h.poll_deferred = false;
         self.run_actions(id)?;
         self.check_node(id)
     }
@@ -1063,6 +1114,7 @@ impl Sim {
             Ev::WriterDone(id, inc, upto) => self.writer_done(id, inc, upto),
             Ev::SnapshotDone(id, inc) => self.snapshot_done(id, inc),
             Ev::InstallDone(id, inc) => self.install_done(id, inc),
+            Ev::Poll(id, inc) => self.deferred_poll(id, inc),
             Ev::Client(c) => self.client_event(c),
             Ev::Fault => {
                 if self.faults_on {
@@ -1199,6 +1251,12 @@ impl Sim {
     }
 
     fn run_actions(&mut self, id: NodeId) -> Res<()> {
+        if let Some(h) = self.hosts.get_mut(&id) {
+            if h.events_since_poll >= 2 {
+                self.report.multi_event_polls += 1;
+            }
+            h.events_since_poll = 0;
+        }
         let mut out = Vec::new();
         match self.hosts.get_mut(&id).and_then(|h| h.engine.as_mut()) {
             Some(e) => e.poll_actions(&mut out),
@@ -1206,6 +1264,12 @@ impl Sim {
         }
         for a in out {
             self.execute(id, a)?;
+        }
+        // The engine answered a received snapshot with this poll: if it did
+        // not ask for an install, drop the staging (a resend starts over).
+        let h = self.hosts.get_mut(&id).expect("host");
+        if h.installing.is_none() && h.staged.as_ref().is_some_and(|s| s.reported) {
+            h.staged = None;
         }
         Ok(())
     }
@@ -1404,17 +1468,56 @@ impl Sim {
             }
             match op {
                 WOp::Persist(b) => {
+                    // A real log store (wraft-storage) resets by compacting
+                    // to the snapshot, which keeps the suffix only if it
+                    // holds the snapshot's entry with its term.
+                    let mut store_last = h.d_log.keys().next_back().copied().unwrap_or(h.d_floor);
                     if let Some(m) = &b.reset_to_snapshot {
+                        if m.index > h.d_floor
+                            && h.d_log.get(&m.index).map(|e| e.term) != Some(m.term)
+                        {
+                            store_last = m.index;
+                        }
+                        store_last = store_last.max(m.index);
                         h.d_log.retain(|i, _| *i > m.index);
                         h.d_floor = h.d_floor.max(m.index);
                     }
                     if let Some(t) = b.truncate_from {
+                        if t <= h.d_floor || t > store_last + 1 {
+                            return Err(SimFailure {
+                                seed: self.cfg.seed,
+                                time: self.now,
+                                message: format!(
+                                    "node {id}: the log store refuses persist batch {}: truncate_from {t} outside {}..={} (floor {}, last {store_last})",
+                                    b.seq,
+                                    h.d_floor + 1,
+                                    store_last + 1,
+                                    h.d_floor
+                                ),
+                            });
+                        }
                         h.d_log.split_off(&t);
+                        store_last = store_last.min(t - 1);
+                    }
+                    if let Some(first) = b.entries.first()
+                        && (first.index <= h.d_floor || first.index > store_last + 1)
+                    {
+                        return Err(SimFailure {
+                            seed: self.cfg.seed,
+                            time: self.now,
+                            message: format!(
+                                "node {id}: the log store refuses persist batch {}: entries start at {} outside {}..={} (floor {}, last {store_last})",
+                                b.seq,
+                                first.index,
+                                h.d_floor + 1,
+                                store_last + 1,
+                                h.d_floor
+                            ),
+                        });
                     }
                     for e in b.entries {
-                        if e.index > h.d_floor {
-                            h.d_log.insert(e.index, e);
-                        }
+                        h.d_log.split_off(&e.index);
+                        h.d_log.insert(e.index, e);
                     }
                     if let Some(hs) = b.hard_state {
                         h.d_hs = hs;
@@ -1626,7 +1729,9 @@ impl Sim {
             .staged
             .as_ref()
             .is_some_and(|s| s.from == c.from && s.meta == c.meta && s.term == c.term);
-        if !same && c.offset == 0 && h.installing.is_none() {
+        // A staging reported to the engine waits for its answer (the next poll).
+        let reported = h.staged.as_ref().is_some_and(|s| s.reported);
+        if !same && c.offset == 0 && h.installing.is_none() && !reported {
             h.staged = Some(Staged {
                 from: c.from,
                 term: c.term,
@@ -1634,6 +1739,7 @@ impl Sim {
                 total: c.total,
                 durable: 0,
                 data: c.data.clone(),
+                reported: false,
             });
         }
         let mut complete = None;
@@ -1643,9 +1749,10 @@ impl Sim {
             .as_mut()
             .filter(|s| s.from == c.from && s.meta == c.meta && s.term == c.term)
         {
-            if c.offset == s.durable {
+            if c.offset == s.durable && !s.reported {
                 s.durable += c.len;
                 if s.durable >= s.total {
+                    s.reported = true;
                     complete = Some((s.from, s.term, s.meta.clone()));
                 }
             }
@@ -1658,12 +1765,8 @@ impl Sim {
             durable_offset: durable,
         });
         if let Some((from, term, meta)) = complete {
+            // The staging is dropped at the poll that carries the engine's answer.
             self.step_node(c.to, Event::SnapshotReceived { from, term, meta })?;
-            // If the engine did not ask for an install, drop the staging.
-            let h = self.hosts.get_mut(&c.to).expect("host");
-            if h.installing.is_none() && h.staged.as_ref().is_some_and(|s| s.durable >= s.total) {
-                h.staged = None;
-            }
         }
         Ok(())
     }
