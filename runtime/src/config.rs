@@ -250,10 +250,23 @@ impl Default for SnapshotSection {
 pub struct GuestSection {
     /// Largest module accepted by `deploy`.
     pub module_bytes_max: u64,
-    /// Largest linear memory one machine instance may grow to.
+    /// Largest linear memory one machine instance may grow to. Replicated: a deploy proposed
+    /// through this node carries it, and every replica runs the machine with that value.
     pub memory_bytes_max: u64,
-    /// Fuel (≈ wasm instructions) one call may burn before it traps.
+    /// Fuel (≈ wasm instructions) for the work of one call outside its entries, and for each
+    /// query. Replicated like `memory_bytes_max`.
     pub fuel_per_call: u64,
+    /// Fuel for one entry's command; running out is a deterministic trap. Replicated like
+    /// `memory_bytes_max`. Default 100 000 000.
+    pub fuel_per_entry: u64,
+    /// Largest output of one entry or query, bytes; a larger one becomes an application error.
+    /// Replicated like `memory_bytes_max`. Default 16 MiB.
+    pub output_bytes_max: u64,
+    /// Wall-clock watchdog for one guest call, milliseconds: a node-local safety net behind
+    /// fuel. A call it stops is never a result: the node retries on a rebuilt instance, then
+    /// halts applying until it can re-derive its state (see `wraft status`). Default 10 000;
+    /// 10..=3 600 000.
+    pub watchdog_ms: u64,
     /// Directory of compiled modules (default `<data_dir>/modules`). Nodes on one machine may
     /// share one: entries are named by content and engine hash, checksummed, and written
     /// atomically, so a shared cache compiles each module once (a 12–18 MB JavaScript or
@@ -262,12 +275,27 @@ pub struct GuestSection {
     pub module_cache_dir: Option<PathBuf>,
 }
 
+impl GuestSection {
+    /// The limits a deploy proposed through this node carries (and every replica applies).
+    pub fn machine_limits(&self) -> crate::proto::MachineLimits {
+        crate::proto::MachineLimits {
+            fuel_per_entry: self.fuel_per_entry,
+            fuel_per_call: self.fuel_per_call,
+            memory_bytes_max: self.memory_bytes_max,
+            output_bytes_max: self.output_bytes_max,
+        }
+    }
+}
+
 impl Default for GuestSection {
     fn default() -> Self {
         Self {
             module_bytes_max: 32 << 20,
             memory_bytes_max: 1 << 30,
             fuel_per_call: 1_000_000_000,
+            fuel_per_entry: 100_000_000,
+            output_bytes_max: 16 << 20,
+            watchdog_ms: 10_000,
             module_cache_dir: None,
         }
     }
@@ -480,6 +508,19 @@ impl NodeConfig {
             4 << 30,
         )?;
         range("guest.fuel_per_call", g.fuel_per_call, 1_000, u64::MAX / 2)?;
+        range(
+            "guest.fuel_per_entry",
+            g.fuel_per_entry,
+            1_000,
+            u64::MAX / 2,
+        )?;
+        range(
+            "guest.output_bytes_max",
+            g.output_bytes_max,
+            1 << 10,
+            1 << 30,
+        )?;
+        range("guest.watchdog_ms", g.watchdog_ms, 10, 3_600_000)?;
         let c = &self.client;
         range("client.command_bytes_max", c.command_bytes_max, 1, 64 << 20)?;
         range("client.connections_max", c.connections_max, 1, 1 << 20)?;

@@ -104,6 +104,8 @@ pub(crate) struct ApplyMetrics {
     pub install_seconds: metrics::Histogram,
     pub batch_seconds: metrics::Histogram,
     pub entries: metrics::Counter,
+    /// 1 while a node-local failure keeps this node from applying (see `node::apply`).
+    pub halted: metrics::Gauge,
     node: String,
 }
 
@@ -115,6 +117,7 @@ impl ApplyMetrics {
             install_seconds: metrics::histogram!("wraft_snapshot_install_seconds", "node" => n.clone()),
             batch_seconds: metrics::histogram!("wraft_apply_batch_seconds", "node" => n.clone()),
             entries: metrics::counter!("wraft_apply_entries_total", "node" => n.clone()),
+            halted: metrics::gauge!("wraft_apply_halted", "node" => n.clone()),
             node: n,
         }
     }

@@ -317,6 +317,29 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Deployed machines.
     pub machines: Vec<MachineInfo>,
+    /// Set while a node-local failure keeps this node from applying entries (a watchdog stop,
+    /// the memory limit, a module that cannot be compiled or started here): what failed. Such
+    /// a node serves no reads and takes no snapshots; it re-derives its state from its base
+    /// snapshot and the log by itself, and gives up leadership meanwhile.
+    pub apply_halted: Option<String>,
+}
+
+/// The limits of a machine that shape its results: fixed at its deploy by the deploying
+/// leader's `[guest]` configuration, carried in the deploy entry and the snapshots, and applied
+/// identically by every replica whatever its own configuration says. Changed only by a new
+/// deploy (an upgrade) through the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MachineLimits {
+    /// Fuel (≈ wasm instructions) for one entry's command; running out is a deterministic trap.
+    pub fuel_per_entry: u64,
+    /// Fuel for the work of one call outside its entries, and for each query.
+    pub fuel_per_call: u64,
+    /// Largest linear memory the machine may grow to, bytes. A memory-limit trap is decided on
+    /// a canonical instance (see `node::apply`), so it is a function of the log too.
+    pub memory_bytes_max: u64,
+    /// Largest output of one entry or query, bytes; a larger one becomes application error
+    /// `wraft::host::CODE_OUTPUT_TOO_LARGE`.
+    pub output_bytes_max: u64,
 }
 
 /// A replicated command: the payload of a log entry's `Command` kind.
@@ -369,6 +392,22 @@ pub enum Command {
     },
     /// Open a client session whose id is this entry's index (Raft thesis §6.3).
     OpenSession,
+    /// Deploy or upgrade a machine with the limits every replica applies to it. What deploys
+    /// propose since limits are replicated; [`Command::Deploy`] and [`Command::DeployWith`]
+    /// entries of older logs keep each node's configured limits, as they had when applied.
+    DeployLimited {
+        /// Machine name.
+        name: String,
+        /// SHA-256 of `module`.
+        sha256: [u8; 32],
+        /// The component.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+        /// Which WASI the machine may import; every replica links the same.
+        wasi: WasiProfile,
+        /// The limits every replica runs it with.
+        limits: MachineLimits,
+    },
 }
 
 #[cfg(test)]

@@ -527,6 +527,14 @@ impl Cluster {
         addr
     }
 
+    /// Change node `id`'s config file; it takes effect at the node's next (re)start.
+    pub fn reconfigure(&mut self, id: u64, tweak: impl FnOnce(&mut NodeConfig)) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        tweak(&mut node.config);
+        node.config.validate().expect("valid config");
+        std::fs::write(&node.config_path, node.config.to_toml()).expect("writing config");
+    }
+
     /// Set an environment variable for node `id`'s process from its next
     /// (re)start on (e.g. a test-only fault knob).
     pub fn set_env(&mut self, id: u64, key: &str, value: &str) {

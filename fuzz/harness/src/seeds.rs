@@ -14,7 +14,8 @@ use wraft_engine::{
     ClientTag, ConfChange, ConfChangeEntry, Entry, EntryKind, Message, MessageBody,
 };
 use wraft_proto::proto::{
-    Command, Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response, Status,
+    Command, Consistency, MachineInfo, MachineLimits, Reply, Request, RequestError, RequestTag,
+    Response, Status, WasiProfile,
 };
 use wraft_storage::fault::FaultFs;
 use wraft_storage::{
@@ -228,6 +229,7 @@ fn proto(out: &mut Vec<Seed>) {
             learners: vec![],
             peers: vec![],
             machines: vec![info.clone()],
+            apply_halted: None,
         }))),
         Ok(Reply::Machines(vec![info])),
         Err(RequestError::NotLeader {
@@ -252,6 +254,18 @@ fn proto(out: &mut Vec<Seed>) {
         },
         Command::SetAddress { id: 4, addr },
         Command::OpenSession,
+        Command::DeployLimited {
+            name: "kv".into(),
+            sha256: [5; 32],
+            module: b"\0asm".to_vec(),
+            wasi: WasiProfile::Deterministic,
+            limits: MachineLimits {
+                fuel_per_entry: 100_000_000,
+                fuel_per_call: 1_000_000_000,
+                memory_bytes_max: 1 << 30,
+                output_bytes_max: 16 << 20,
+            },
+        },
     ];
     let enc = |sel: u8, bytes: Vec<u8>| [vec![sel], bytes].concat();
     for (i, r) in requests.iter().enumerate() {

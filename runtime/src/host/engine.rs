@@ -14,6 +14,7 @@ use super::instance::{Instance, StoreState, add_host_imports};
 use super::validate::validate_component_for;
 use super::wasi::add_deterministic_wasi;
 use super::{CallError, EngineError, HostConfig, LoadError, WasiProfile, bindings};
+use crate::proto::MachineLimits;
 
 /// One node's wasm host: a deterministic wasmtime engine, its watchdog, and its compile cache.
 ///
@@ -53,6 +54,10 @@ pub(crate) struct ModuleInner {
     pub(crate) info: MachineInfo,
     pub(crate) from_cache: bool,
     pub(crate) wasi: WasiProfile,
+    /// The engine's config with the module's replicated limits, if it has any.
+    pub(crate) config: Arc<HostConfig>,
+    /// The replicated limits of the deploy that loaded it (`None`: this node's configuration).
+    pub(crate) limits: Option<MachineLimits>,
 }
 
 /// What a guest says about itself (`info` in the WIT).
@@ -140,10 +145,6 @@ impl HostEngine {
         &self.inner.config
     }
 
-    pub(crate) fn config_arc(&self) -> Arc<HostConfig> {
-        Arc::clone(&self.inner.config)
-    }
-
     pub(crate) fn wasmtime(&self) -> &Engine {
         &self.inner.engine
     }
@@ -179,6 +180,26 @@ impl HostEngine {
     /// An import the profile does not provide fails with [`LoadError::ForbiddenImport`] naming
     /// it, before anything is compiled.
     pub fn load_with(&self, bytes: &[u8], wasi: WasiProfile) -> Result<MachineModule, LoadError> {
+        self.load_capped(bytes, wasi, self.inner.config.module_bytes_max)
+    }
+
+    /// [`load_with`](Self::load_with) for a module that is already committed to the log: no
+    /// size cap (`module_bytes_max` is this node's configuration, checked when a deploy is
+    /// proposed; a replica configured differently must not refuse what the others accept).
+    pub fn load_committed(
+        &self,
+        bytes: &[u8],
+        wasi: WasiProfile,
+    ) -> Result<MachineModule, LoadError> {
+        self.load_capped(bytes, wasi, usize::MAX)
+    }
+
+    fn load_capped(
+        &self,
+        bytes: &[u8],
+        wasi: WasiProfile,
+        module_bytes_max: usize,
+    ) -> Result<MachineModule, LoadError> {
         let cfg = &self.inner.config;
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let cache_path = cfg
@@ -191,15 +212,20 @@ impl HostEngine {
         };
         // The cache key is the content hash, so a hit was fully validated when it was written;
         // the cheap name checks run regardless.
-        validate_component_for(bytes, cfg.module_bytes_max, cached.is_none(), wasi)?;
+        validate_component_for(bytes, module_bytes_max, cached.is_none(), wasi)?;
         let from_cache = cached.is_some();
         let component = match cached {
             Some(c) => c,
             None => {
                 let c = Component::new(&self.inner.engine, bytes)
                     .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                if let Some(p) = &cache_path {
-                    self.write_cache(p, &c)?;
+                // The cache only saves the next load's compile: failing to write it (a full
+                // disk) costs time, never the load.
+                if let Some(p) = &cache_path
+                    && let Err(e) = self.write_cache(p, &c)
+                {
+                    tracing::warn!(error = %e, "could not write the compile cache; the module \
+                        loaded anyway and the next load compiles it again");
                 }
                 c
             }
@@ -223,6 +249,8 @@ impl HostEngine {
             },
             from_cache,
             wasi,
+            config: Arc::clone(&self.inner.config),
+            limits: None,
         };
         let info = Instance::new_raw(&module)
             .and_then(|mut i| i.info())
@@ -306,6 +334,37 @@ impl MachineModule {
     /// The WASI profile the module was loaded with (part of its deployment).
     pub fn wasi_profile(&self) -> WasiProfile {
         self.inner.wasi
+    }
+
+    /// This module, to run with `limits` (the replicated limits of its deploy) instead of the
+    /// node's configured ones. Cheap: the compiled code is shared.
+    pub fn with_limits(&self, limits: MachineLimits) -> MachineModule {
+        let m = &self.inner;
+        let config = HostConfig {
+            fuel_per_entry: limits.fuel_per_entry,
+            fuel_per_call: limits.fuel_per_call,
+            guest_memory_bytes_max: usize::try_from(limits.memory_bytes_max).unwrap_or(usize::MAX),
+            output_bytes_max: usize::try_from(limits.output_bytes_max).unwrap_or(usize::MAX),
+            ..(*m.engine.inner.config).clone()
+        };
+        MachineModule {
+            inner: Arc::new(ModuleInner {
+                engine: m.engine.clone(),
+                pre: m.pre.clone(),
+                sha256: m.sha256,
+                info: m.info.clone(),
+                from_cache: m.from_cache,
+                wasi: m.wasi,
+                config: Arc::new(config),
+                limits: Some(limits),
+            }),
+        }
+    }
+
+    /// The replicated limits it runs with (`None`: this node's configured limits, as for a
+    /// machine deployed before limits were replicated).
+    pub fn limits(&self) -> Option<MachineLimits> {
+        self.inner.limits
     }
 
     /// True if the compiled code came from the on-disk cache.

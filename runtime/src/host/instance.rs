@@ -306,6 +306,8 @@ pub(crate) fn add_host_imports(linker: &mut Linker<StoreState>) -> wasmtime::Res
 /// [`Instance::reset`].
 pub struct Instance {
     engine: HostEngine,
+    /// The module's effective limits: the engine's, with the replicated ones of its deploy.
+    config: Arc<HostConfig>,
     pre: bindings::StateMachinePre<StoreState>,
     info: MachineInfo,
     store: Store<StoreState>,
@@ -317,8 +319,8 @@ pub struct Instance {
     last_entry: (u64, u64),
 }
 
-fn new_store(engine: &HostEngine, machine: &str) -> Store<StoreState> {
-    let config = engine.config_arc();
+fn new_store(engine: &HostEngine, config: &Arc<HostConfig>, machine: &str) -> Store<StoreState> {
+    let config = Arc::clone(config);
     let rate = f64::from(config.log_lines_per_sec);
     let mut store = Store::new(
         engine.wasmtime(),
@@ -347,16 +349,17 @@ impl Instance {
 
     pub(crate) fn new_raw(module: &ModuleInner) -> Result<Self, CallError> {
         let engine = module.engine.clone();
-        let mut store = new_store(&engine, &module.info.name);
+        let config = Arc::clone(&module.config);
+        let mut store = new_store(&engine, &config, &module.info.name);
         store
-            .set_fuel(engine.config().fuel_per_call)
+            .set_fuel(config.fuel_per_call)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         store.set_epoch_deadline(engine.watchdog_ticks());
         let exports = module.pre.instantiate(&mut store).map_err(|e| {
             if store.data().memory_limit_hit {
                 CallError::Instantiate(format!(
                     "initial memory exceeds guest_memory_bytes_max = {}",
-                    engine.config().guest_memory_bytes_max
+                    config.guest_memory_bytes_max
                 ))
             } else {
                 CallError::Instantiate(format!("{e:#}"))
@@ -364,6 +367,7 @@ impl Instance {
         })?;
         Ok(Self {
             engine,
+            config,
             pre: module.pre.clone(),
             info: module.info.clone(),
             store,
@@ -387,10 +391,10 @@ impl Instance {
     /// Discard the guest's state and start over from its default state (after a trap, before
     /// restoring a snapshot and replaying the log). Cost: one instantiation.
     pub fn reset(&mut self) -> Result<(), CallError> {
-        self.store = new_store(&self.engine, &self.info.name);
+        self.store = new_store(&self.engine, &self.config, &self.info.name);
         self.poisoned = None;
         self.last_entry = (0, 0);
-        self.enter("instantiate", self.engine.config().fuel_per_call)?;
+        self.enter("instantiate", self.config.fuel_per_call)?;
         self.exports = self
             .pre
             .instantiate(&mut self.store)
@@ -433,7 +437,7 @@ impl Instance {
             Some(Trap::Interrupt) => CallError::Watchdog {
                 machine,
                 call,
-                watchdog_ms: self.engine.config().watchdog_ms,
+                watchdog_ms: self.config.watchdog_ms,
             },
             Some(trap) => {
                 let kind = match trap {
@@ -447,13 +451,13 @@ impl Instance {
                 let detail = match kind {
                     TrapKind::MemoryLimit => format!(
                         "memory.grow past guest_memory_bytes_max = {} bytes",
-                        self.engine.config().guest_memory_bytes_max
+                        self.config.guest_memory_bytes_max
                     ),
                     TrapKind::FuelExhausted => {
                         let budget = if d.saved_fuel.is_some() {
-                            format!("fuel_per_entry = {}", self.engine.config().fuel_per_entry)
+                            format!("fuel_per_entry = {}", self.config.fuel_per_entry)
                         } else {
-                            format!("fuel_per_call = {}", self.engine.config().fuel_per_call)
+                            format!("fuel_per_call = {}", self.config.fuel_per_call)
                         };
                         format!("used its whole budget ({budget})")
                     }
@@ -481,7 +485,7 @@ impl Instance {
     }
 
     fn check_output(&self, r: Result<Vec<u8>, wtypes::AppError>) -> EntryResult {
-        let max = self.engine.config().output_bytes_max;
+        let max = self.config.output_bytes_max;
         match r {
             Ok(out) if out.len() > max => Err(AppError {
                 code: CODE_OUTPUT_TOO_LARGE,
@@ -500,7 +504,7 @@ impl Instance {
 
     /// Call `info` on the guest.
     pub fn info(&mut self) -> Result<MachineInfo, CallError> {
-        self.enter("info", self.engine.config().fuel_per_call)?;
+        self.enter("info", self.config.fuel_per_call)?;
         match self
             .exports
             .wraft_machine_machine()
@@ -523,7 +527,7 @@ impl Instance {
         if self.wasi != WasiProfile::None {
             self.last_entry = (entry.index, entry.timestamp_ms);
         }
-        self.enter("apply", self.engine.config().fuel_per_call)?;
+        self.enter("apply", self.config.fuel_per_call)?;
         let e = to_wit(entry);
         match self
             .exports
@@ -546,7 +550,7 @@ impl Instance {
         if self.wasi != WasiProfile::None {
             return entries.into_iter().map(|e| self.apply(e)).collect();
         }
-        self.enter("apply-batch", self.engine.config().fuel_per_call)?;
+        self.enter("apply-batch", self.config.fuel_per_call)?;
         let n = entries.len();
         let es: Vec<wtypes::Entry> = entries.into_iter().map(to_wit).collect();
         match self
@@ -568,7 +572,7 @@ impl Instance {
 
     /// Run a read-only query. Fuel: `fuel_per_call`.
     pub fn query(&mut self, request: &[u8]) -> Result<EntryResult, CallError> {
-        self.enter("query", self.engine.config().fuel_per_call)?;
+        self.enter("query", self.config.fuel_per_call)?;
         match self
             .exports
             .wraft_machine_machine()
@@ -583,8 +587,8 @@ impl Instance {
     /// `snapshot_chunk_bytes`), into `sink`. Host memory: one chunk at a time.
     /// Fuel: `fuel_per_snapshot_step` per chunk.
     pub fn snapshot(&mut self, sink: &mut dyn ChunkSink) -> Result<SnapshotSummary, CallError> {
-        let fuel = self.engine.config().fuel_per_snapshot_step;
-        let max = self.engine.config().snapshot_chunk_bytes;
+        let fuel = self.config.fuel_per_snapshot_step;
+        let max = self.config.snapshot_chunk_bytes;
         self.enter("begin-snapshot", fuel)?;
         let m = self.exports.wraft_machine_machine();
         let reader = match m.call_begin_snapshot(&mut self.store) {
@@ -645,7 +649,7 @@ impl Instance {
     /// poisons it). `format` is [`SnapshotSummary::format`] of the snapshot.
     /// Fuel: `fuel_per_snapshot_step` per chunk and for `finish`.
     pub fn restore(&mut self, format: u32, source: &mut dyn ChunkSource) -> Result<(), CallError> {
-        let fuel = self.engine.config().fuel_per_snapshot_step;
+        let fuel = self.config.fuel_per_snapshot_step;
         self.enter("begin-restore", fuel)?;
         let m = self.exports.wraft_machine_machine();
         let restorer = match m.call_begin_restore(&mut self.store, format) {
@@ -699,7 +703,7 @@ impl Instance {
     }
 
     fn drop_resource(&mut self, call: &'static str, r: ResourceAny) -> Result<(), CallError> {
-        self.enter(call, self.engine.config().fuel_per_call)?;
+        self.enter(call, self.config.fuel_per_call)?;
         r.resource_drop(&mut self.store)
             .map_err(|e| self.fault(call, e))
     }

@@ -11,6 +11,14 @@
 //! reach a guest (deduplication), the timestamp a guest sees, what a trap
 //! means — depends only on the log, so every replica produces the same outputs
 //! and states.
+//!
+//! Node-local failures (a watchdog stop, a memory-limit trap, a failed
+//! compile-cache write, a machine that cannot be started or rebuilt here) are
+//! never results: the applier *halts* at the entry, applies nothing more,
+//! serves no reads and takes no snapshots, says so in status, metrics and the
+//! log, and keeps trying to re-derive the whole state from its base snapshot
+//! plus the log (see [`Applier::rederive`]). What it answered before the halt
+//! stays valid; nothing computed after the failure point is kept.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,8 +35,10 @@ use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
 use super::snap::{self, SnapEvent, migrate};
-use crate::host::{self, CallError, HostEngine, MachineHandle, MachineModule, WasiProfile};
-use crate::proto::{Command, MachineInfo, Reply, RequestError, Response};
+use crate::host::{
+    self, CallError, HostEngine, LoadError, MachineHandle, MachineModule, TrapKind, WasiProfile,
+};
+use crate::proto::{Command, MachineInfo, MachineLimits, Reply, RequestError, Response};
 use crate::snapshot::format::NodeSnapshotHeader;
 
 /// Most client sessions remembered for deduplication.
@@ -41,9 +51,35 @@ pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 const APPLY_DRAIN_MSGS_MAX: usize = 1024;
 /// Longest the applier keeps taking queued messages before it serves ready reads.
 const APPLY_DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(2);
-/// Times a call stopped by the node-local watchdog is retried before the
-/// machine is marked unhealthy on this node.
+/// Times a call stopped by a node-local failure (the watchdog, a memory-limit
+/// trap) is retried on a rebuilt instance before the applier halts.
 pub const WATCHDOG_RETRIES_MAX: u32 = 3;
+/// First wait before a halted applier tries to re-derive its state, milliseconds
+/// (doubles after every failed try, up to [`REDERIVE_BACKOFF_MAX_MS`]).
+pub const REDERIVE_BACKOFF_MIN_MS: u64 = 500;
+/// Longest wait between two tries of a halted applier, milliseconds.
+pub const REDERIVE_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// A failure local to this node that stopped an entry from being applied: it
+/// is not the entry's result (another replica computes that), so the applier
+/// halts before it instead of recording anything.
+#[derive(Clone, Debug)]
+pub struct LocalFailure {
+    /// The machine involved.
+    pub machine: String,
+    /// The entry that could not be applied here.
+    pub index: u64,
+    /// What went wrong, for the operator.
+    pub error: String,
+}
+
+/// Why this node's applier is halted, and when it tries again.
+struct Halt {
+    failure: LocalFailure,
+    /// Tries to re-derive the state so far.
+    attempts: u32,
+    next_try: tokio::time::Instant,
+}
 
 /// Work for the applier, in the order the driver produced it.
 pub enum ApplyMsg {
@@ -105,6 +141,9 @@ pub struct ApplyState {
     pub applied_index: u64,
     /// Deployed machines.
     pub machines: Vec<MachineInfo>,
+    /// Set while a node-local failure keeps this node from applying: which machine, which
+    /// entry, what went wrong, and how many tries to re-derive the state have failed.
+    pub halted: Option<String>,
 }
 
 struct Version {
@@ -158,9 +197,23 @@ pub struct Applier {
     events: mpsc::UnboundedSender<SnapEvent>,
     /// Log index up to which startup replays; "recovery complete" once applied.
     recovery_target: Option<(u64, std::time::Instant)>,
+    /// Set while a node-local failure keeps this node from applying.
+    halted: Option<Halt>,
+    /// Committed entries not applied because of the halt, in log order, from the entry
+    /// that failed on: the re-derivation applies them.
+    held: Vec<Entry>,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
+
+impl Halt {
+    fn describe(&self) -> String {
+        format!(
+            "machine {:?} could not apply entry {} on this node: {} ({} re-derivations failed)",
+            self.failure.machine, self.failure.index, self.failure.error, self.attempts
+        )
+    }
+}
 
 impl Applier {
     /// A new applier that will publish its progress into `published`.
@@ -189,6 +242,8 @@ impl Applier {
             base: None,
             events,
             recovery_target: None,
+            halted: None,
+            held: Vec::new(),
         }
     }
 
@@ -305,6 +360,14 @@ impl Applier {
     /// the applied index). The live machines keep applying: the export runs
     /// from shadow instances on another task (see `snap`).
     fn start_snapshot(&mut self, meta: SnapshotMeta) {
+        if let Some(h) = &self.halted {
+            // The live state may hold work past the failure point: never cut it.
+            let _ = self.events.send(SnapEvent::Failed {
+                index: meta.index,
+                error: format!("applying is halted: {}", h.describe()),
+            });
+            return;
+        }
         if meta.index != self.applied {
             let _ = self.events.send(SnapEvent::Failed {
                 index: meta.index,
@@ -382,6 +445,13 @@ impl Applier {
                 tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
                     duration_ms = (secs * 1000.0) as u64, "snapshot installed");
                 let _ = self.events.send(SnapEvent::Installed { meta });
+                // The whole state now comes from the leader's snapshot: a halt is over, and
+                // held entries above the snapshot are applied on top of it.
+                if self.halted.take().is_some() {
+                    self.resumed("a snapshot from the leader was installed");
+                    let held = std::mem::take(&mut self.held);
+                    self.apply_or_halt(held, 0).await;
+                }
             }
             Err(e) => {
                 tracing::error!(target: "wraft::snapshot", node = self.node, index = meta.index,
@@ -391,9 +461,156 @@ impl Applier {
         }
     }
 
+    /// Apply `entries`, or halt before the first one this node cannot apply (`attempts`: how
+    /// many re-derivations have already failed).
+    async fn apply_or_halt(&mut self, entries: Vec<Entry>, attempts: u32) {
+        if let Err(failure) = self.apply_entries(&entries).await {
+            let applied = self.applied;
+            self.held = entries.into_iter().filter(|e| e.index > applied).collect();
+            self.halt(failure, attempts);
+        }
+    }
+
+    /// Stop applying: a node-local failure is not a result, so nothing at or past the failing
+    /// entry is recorded, answered or snapshotted until the state is re-derived.
+    fn halt(&mut self, failure: LocalFailure, attempts: u32) {
+        let backoff_ms = REDERIVE_BACKOFF_MIN_MS
+            .saturating_mul(1 << attempts.min(16))
+            .min(REDERIVE_BACKOFF_MAX_MS);
+        let halt = Halt {
+            failure,
+            attempts,
+            next_try: tokio::time::Instant::now() + std::time::Duration::from_millis(backoff_ms),
+        };
+        tracing::error!(target: "wraft::apply", node = self.node, machine = %halt.failure.machine,
+            index = halt.failure.index, applied = self.applied, attempts, retry_in_ms = backoff_ms,
+            error = %halt.failure.error,
+            "this node cannot apply entry {} (a node-local failure, not the entry's result): \
+             it stops applying, serves no reads and takes no snapshots until it has re-derived \
+             its state from its base snapshot and the log; the other replicas are unaffected",
+            halt.failure.index);
+        self.metrics.halted.set(1.0);
+        let _ = self.events.send(SnapEvent::ApplyHalted {
+            reason: halt.describe(),
+        });
+        self.halted = Some(halt);
+        self.publish();
+    }
+
+    fn resumed(&mut self, how: &str) {
+        tracing::info!(target: "wraft::apply", node = self.node, applied = self.applied,
+            "applying again: {how}");
+        self.metrics.halted.set(0.0);
+        let _ = self.events.send(SnapEvent::ApplyResumed);
+    }
+
+    /// A halted applier's try to go on: restore every machine and the session table from the
+    /// base snapshot (or from nothing), replay the log from there, then the held entries. A
+    /// node-local failure that is gone (a disk with room again, a watchdog raised in the
+    /// config after a restart) lets it through; one that persists halts again, later.
+    async fn rederive(&mut self) {
+        let Some(halt) = self.halted.take() else {
+            return;
+        };
+        let attempts = halt.attempts + 1;
+        let started = std::time::Instant::now();
+        tracing::info!(target: "wraft::apply", node = self.node, attempt = attempts,
+            base = self.base.map_or(0, |b| b.last_index), "re-deriving the state from the base snapshot and the log");
+        let replay = match self.reset_to_base().await {
+            Ok(()) => {
+                let upto = self.held.first().map_or(halt.failure.index, |e| e.index);
+                self.read_log(self.applied + 1, upto).await
+            }
+            Err(e) => Err(e),
+        };
+        let mut entries = match replay {
+            Ok(entries) => entries,
+            Err(error) => {
+                let failure = LocalFailure {
+                    error: format!("{}; re-deriving failed: {error}", halt.failure.error),
+                    ..halt.failure
+                };
+                self.halt(failure, attempts);
+                return;
+            }
+        };
+        entries.append(&mut self.held);
+        self.apply_or_halt(entries, attempts).await;
+        if self.halted.is_none() {
+            self.resumed(&format!(
+                "state re-derived up to index {} in {} ms",
+                self.applied,
+                started.elapsed().as_millis()
+            ));
+        }
+    }
+
+    /// Replace the whole replicated state with the base snapshot's (or the empty state).
+    async fn reset_to_base(&mut self) -> Result<(), String> {
+        match self.base {
+            Some(id) => {
+                let restored = snap::restore_all(&self.host, &self.storage, id).await?;
+                self.swap_in(restored, id);
+            }
+            None => {
+                for (_, m) in std::mem::take(&mut self.machines) {
+                    if let Some(h) = m.handle {
+                        tokio::task::spawn_blocking(move || h.shutdown());
+                    }
+                }
+                self.sessions = SessionTable::new(SESSIONS_MAX, SESSION_EXPIRY_MS);
+                self.last_timestamp_ms = 0;
+                self.replicated_addresses.clear();
+                self.applied = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed entries `[from, to)` from this node's log.
+    async fn read_log(&self, from: u64, to: u64) -> Result<Vec<Entry>, String> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut next = from;
+            while next < to {
+                let page = storage
+                    .log
+                    .entries(next, to, 64 << 20)
+                    .map_err(|e| format!("reading log entries {next}..{to}: {e}"))?;
+                let Some(last) = page.last() else {
+                    return Err(format!("log entries {next}..{to} are missing"));
+                };
+                next = last.index + 1;
+                for le in &page {
+                    out.push(
+                        super::decode_entry(le)
+                            .map_err(|e| format!("log entry {} does not decode: {e}", le.index))?,
+                    );
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Run until the driver drops its sender.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = match self.halted.as_ref().map(|h| h.next_try) {
+                None => rx.recv().await,
+                Some(at) => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = tokio::time::sleep_until(at) => {
+                        self.rederive().await;
+                        self.serve_reads().await;
+                        self.publish();
+                        continue;
+                    }
+                },
+            };
+            let Some(msg) = msg else { break };
             // Take whatever else is already queued before serving reads: reads confirmed in the
             // same round then reach the machine's thread as one run (`serve_reads`), and the
             // machine list is published once for the lot.
@@ -434,7 +651,11 @@ impl Applier {
                 return false;
             }
             ApplyMsg::Entries(entries) => {
-                self.apply_entries(entries).await;
+                if self.halted.is_some() {
+                    self.held.extend(entries);
+                    return false;
+                }
+                self.apply_or_halt(entries, 0).await;
                 if let Some((target, t)) = self.recovery_target
                     && self.applied >= target
                 {
@@ -463,6 +684,7 @@ impl Applier {
         if let Ok(mut p) = self.published.lock() {
             p.applied_index = self.applied;
             p.machines = machines;
+            p.halted = self.halted.as_ref().map(Halt::describe);
         }
     }
 
@@ -485,6 +707,18 @@ impl Applier {
     }
 
     async fn serve_reads(&mut self) {
+        if let Some(h) = &self.halted {
+            // The live instances may hold work past the failure point: serve nothing.
+            let why = format!(
+                "node {} is not applying ({}); ask another node",
+                self.node,
+                h.describe()
+            );
+            for (_, _, reply) in self.reads.drain(..) {
+                let _ = reply.send(Err(RequestError::Busy(why.clone())));
+            }
+            return;
+        }
         // Reads are served in arrival order once their index is applied;
         // a read waiting for a later index does not hold up the others.
         let (mut ready, pending): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.reads)
@@ -587,7 +821,11 @@ impl Applier {
         })
     }
 
-    async fn apply_entries(&mut self, entries: Vec<Entry>) {
+    /// Apply committed `entries` (in order; those at or below the applied index are skipped)
+    /// and answer their proposers. On a [`LocalFailure`] nothing of this call is kept: no
+    /// outcome is answered or recorded and the applied index does not move (the live
+    /// instances may have run part of it: the caller halts and re-derives).
+    async fn apply_entries(&mut self, entries: &[Entry]) -> Result<(), LocalFailure> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
         // Consecutive commands for the same machine go to the guest in one batch.
         let mut batch: Vec<(u64, Option<ClientTag>, host::Entry)> = Vec::new();
@@ -599,10 +837,10 @@ impl Applier {
                 continue; // replayed after a restart of the driver side; already applied
             }
             let index = entry.index;
-            match entry.kind {
+            match &entry.kind {
                 EntryKind::Noop | EntryKind::ConfChange(_) => {
                     self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                        .await;
+                        .await?;
                     outcomes.push((
                         index,
                         None,
@@ -616,13 +854,14 @@ impl Applier {
                     timestamp_ms,
                     data,
                 } => {
-                    self.last_timestamp_ms = self.last_timestamp_ms.max(timestamp_ms);
+                    let client = *client;
+                    self.last_timestamp_ms = self.last_timestamp_ms.max(*timestamp_ms);
                     let ts = self.last_timestamp_ms;
-                    let cmd: Command = match postcard::from_bytes(&data) {
+                    let cmd: Command = match postcard::from_bytes(data) {
                         Ok(c) => c,
                         Err(e) => {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                .await;
+                                .await?;
                             outcomes.push((
                                 index,
                                 client,
@@ -644,7 +883,7 @@ impl Applier {
                             .any(|(_, t, _)| t.is_some_and(|t| t.client_id == tag.client_id))
                         {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                .await;
+                                .await?;
                         }
                         self.complete_sessions(&outcomes[completed..]);
                         completed = outcomes.len();
@@ -664,7 +903,7 @@ impl Applier {
                         if let Some(resp) = refused {
                             // Outcomes stay in index order: the pending batch goes first.
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                .await;
+                                .await?;
                             self.note_skipped(&cmd, index);
                             outcomes.push((index, None, resp));
                             continue;
@@ -674,7 +913,7 @@ impl Applier {
                         Command::Apply { machine, command } => {
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                    .await;
+                                    .await?;
                                 batch_machine = machine;
                             }
                             batch.push((
@@ -690,8 +929,8 @@ impl Applier {
                         }
                         other => {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                .await;
-                            let resp = self.apply_admin(index, ts, other).await;
+                                .await?;
+                            let resp = self.apply_admin(index, ts, other).await?;
                             outcomes.push((index, client, resp));
                         }
                     }
@@ -699,7 +938,7 @@ impl Applier {
             }
         }
         self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-            .await;
+            .await?;
         self.complete_sessions(&outcomes[completed..]);
         for (index, _, resp) in outcomes {
             self.applied = index;
@@ -722,6 +961,7 @@ impl Applier {
                 ))));
             }
         }
+        Ok(())
     }
 
     /// Store the outputs of admitted commands in the session table (the
@@ -748,9 +988,9 @@ impl Applier {
         machine: &str,
         batch: &mut Vec<(u64, Option<ClientTag>, host::Entry)>,
         outcomes: &mut Vec<Outcome>,
-    ) {
+    ) -> Result<(), LocalFailure> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let items = std::mem::take(batch);
         let Some(m) = self.machines.get(machine) else {
@@ -761,19 +1001,16 @@ impl Applier {
                     Err(RequestError::NoSuchMachine(machine.to_owned())),
                 ));
             }
-            return;
+            return Ok(());
         };
         if !m.healthy || m.handle.is_none() {
-            for (index, tag, _) in items {
-                outcomes.push((
-                    index,
-                    tag,
-                    Err(RequestError::MachineFault(format!(
-                        "machine {machine:?} is unhealthy on this node"
-                    ))),
-                ));
-            }
-            return;
+            // Not a result: this node cannot run the machine (its rebuild failed, see the
+            // log), while the other replicas can.
+            return Err(LocalFailure {
+                machine: machine.to_owned(),
+                index: items[0].0,
+                error: format!("machine {machine:?} cannot run on this node"),
+            });
         }
         let mut rest: VecDeque<_> = items.into();
         while !rest.is_empty() {
@@ -804,20 +1041,27 @@ impl Applier {
                         "batch call failed; rebuilding the instance and applying one entry at a time");
                     self.rebuild(machine, first).await;
                     while let Some((index, tag, entry)) = rest.pop_front() {
-                        let r = self.apply_one(machine, entry).await;
+                        let r = self.apply_one(machine, entry).await?;
                         outcomes.push((index, tag, r));
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Apply one entry, handling traps: a deterministic trap is the entry's
-    /// recorded result and the instance is rebuilt without it; a watchdog stop
-    /// is node-local and retried.
-    async fn apply_one(&mut self, machine: &str, entry: host::Entry) -> Response {
+    /// recorded result and the instance is rebuilt without it; a node-local
+    /// failure (the watchdog, the memory limit) is retried on a rebuilt
+    /// instance, and if it persists it is a [`LocalFailure`], never a result.
+    async fn apply_one(
+        &mut self,
+        machine: &str,
+        entry: host::Entry,
+    ) -> Result<Response, LocalFailure> {
         let index = entry.index;
-        let mut watchdog_hits = 0;
+        let mut local_hits = 0;
+        let mut canonical = false;
         loop {
             let Some(handle) = self
                 .machines
@@ -825,13 +1069,31 @@ impl Applier {
                 .filter(|m| m.healthy)
                 .and_then(|m| m.handle.as_ref())
             else {
-                return Err(RequestError::MachineFault(format!(
-                    "machine {machine:?} is unhealthy on this node"
-                )));
+                return Err(LocalFailure {
+                    machine: machine.to_owned(),
+                    index,
+                    error: format!("machine {machine:?} cannot run on this node"),
+                });
             };
             match handle.apply(entry.clone()).await {
-                Ok(r) => return app_response(index, r),
-                Err(e @ CallError::Trap { .. }) => {
+                Ok(r) => return Ok(app_response(index, r)),
+                // How far a guest's memory grows depends on its allocator's history, which
+                // differs between replicas (a long-running instance, one restored from a
+                // snapshot, one rebuilt by replay, the batch it ran in). So a memory-limit trap
+                // is decided again on a canonical instance: the state just before the entry,
+                // moved through the guest's own snapshot into a fresh instance, which every
+                // replica builds alike. The entry alone runs there; that outcome is recorded.
+                Err(CallError::Trap {
+                    kind: TrapKind::MemoryLimit,
+                    ..
+                }) if !canonical => {
+                    canonical = true;
+                    tracing::info!(target: "wraft::apply", machine, index,
+                        "memory limit hit; deciding again on a canonical instance");
+                    self.rebuild(machine, index).await;
+                    self.canonicalize(machine).await;
+                }
+                Err(e) if is_deterministic(&e) || (canonical && is_memory_trap(&e)) => {
                     self.metrics.trap(machine);
                     tracing::warn!(target: "wraft::apply", machine, index, error = %e,
                         "guest trapped; recording the failure and rebuilding the instance");
@@ -839,25 +1101,60 @@ impl Applier {
                         m.skipped.insert(index);
                     }
                     self.rebuild(machine, index + 1).await;
-                    return Err(RequestError::MachineFault(e.to_string()));
+                    return Ok(Err(RequestError::MachineFault(e.to_string())));
                 }
-                // Anything else (watchdog, a stopped thread, an instance left
-                // poisoned by a query) is local to this node: never a
+                // Anything else (the watchdog, the memory limit, a stopped thread, an
+                // instance left poisoned by a query) is local to this node: never a
                 // replicated result. Rebuild and retry, a bounded number of times.
-                Err(e) if watchdog_hits < WATCHDOG_RETRIES_MAX => {
-                    watchdog_hits += 1;
-                    tracing::warn!(target: "wraft::apply", machine, index, attempt = watchdog_hits, error = %e,
+                Err(e) if local_hits < WATCHDOG_RETRIES_MAX => {
+                    local_hits += 1;
+                    tracing::warn!(target: "wraft::apply", machine, index, attempt = local_hits, error = %e,
                         "node-local failure (not a replicated result); rebuilding and retrying");
                     self.rebuild(machine, index).await;
                 }
                 Err(e) => {
-                    tracing::error!(target: "wraft::apply", machine, index, error = %e,
-                        "guest keeps failing on this node; marking the machine unhealthy here");
-                    if let Some(m) = self.machines.get_mut(machine) {
-                        m.healthy = false;
-                    }
-                    return Err(RequestError::MachineFault(e.to_string()));
+                    return Err(LocalFailure {
+                        machine: machine.to_owned(),
+                        index,
+                        error: format!("{e} ({local_hits} retries on a rebuilt instance)"),
+                    });
                 }
+            }
+        }
+    }
+
+    /// Move `machine`'s state into a fresh instance of its current version through the guest's
+    /// own snapshot and restore, so that its memory holds nothing of the instance's history.
+    /// On failure the machine cannot run here (the next entry for it halts the applier).
+    async fn canonicalize(&mut self, machine: &str) {
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        let Some(old) = m.handle.take().filter(|_| m.healthy) else {
+            m.healthy = false;
+            return;
+        };
+        let module = m.current().module.clone();
+        let result = match module.start() {
+            Ok(fresh) => match migrate(&old, &fresh, module.info().snapshot_format).await {
+                Ok(()) => Ok(fresh),
+                Err(e) => {
+                    new_handle_shutdown(fresh);
+                    Err(e.to_string())
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        new_handle_shutdown(old);
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        match result {
+            Ok(fresh) => m.handle = Some(fresh),
+            Err(e) => {
+                tracing::error!(target: "wraft::apply", machine, error = %e,
+                    "could not move the machine into a canonical instance; it cannot run on this node");
+                m.healthy = false;
             }
         }
     }
@@ -905,8 +1202,13 @@ impl Applier {
         }
     }
 
-    async fn apply_admin(&mut self, index: u64, timestamp_ms: u64, cmd: Command) -> Response {
-        match cmd {
+    async fn apply_admin(
+        &mut self,
+        index: u64,
+        timestamp_ms: u64,
+        cmd: Command,
+    ) -> Result<Response, LocalFailure> {
+        Ok(match cmd {
             Command::OpenSession => {
                 self.sessions.open(index, timestamp_ms);
                 Ok(Reply::SessionOpened { client_id: index })
@@ -937,16 +1239,26 @@ impl Applier {
                 sha256,
                 module,
             } => {
-                self.deploy(index, name, sha256, module, WasiProfile::None)
-                    .await
+                self.deploy(index, name, sha256, module, WasiProfile::None, None)
+                    .await?
             }
             Command::DeployWith {
                 name,
                 sha256,
                 module,
                 wasi,
-            } => self.deploy(index, name, sha256, module, wasi).await,
-        }
+            } => self.deploy(index, name, sha256, module, wasi, None).await?,
+            Command::DeployLimited {
+                name,
+                sha256,
+                module,
+                wasi,
+                limits,
+            } => {
+                self.deploy(index, name, sha256, module, wasi, Some(limits))
+                    .await?
+            }
+        })
     }
 
     async fn deploy(
@@ -956,10 +1268,16 @@ impl Applier {
         sha256: [u8; 32],
         module: Vec<u8>,
         wasi: WasiProfile,
-    ) -> Response {
-        let r = self.deploy_inner(index, name, sha256, module, wasi).await;
-        self.metrics
-            .deploy(if r.is_ok() { "ok" } else { "refused" });
+        limits: Option<MachineLimits>,
+    ) -> Result<Response, LocalFailure> {
+        let r = self
+            .deploy_inner(index, name, sha256, module, wasi, limits)
+            .await;
+        self.metrics.deploy(match &r {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "refused",
+            Err(_) => "local_failure",
+        });
         r
     }
 
@@ -970,86 +1288,135 @@ impl Applier {
         sha256: [u8; 32],
         module: Vec<u8>,
         wasi: WasiProfile,
-    ) -> Response {
+        limits: Option<MachineLimits>,
+    ) -> Result<Response, LocalFailure> {
+        let local = |error: String| LocalFailure {
+            machine: name.clone(),
+            index,
+            error,
+        };
         let host = self.host.clone();
         let bytes = Bytes::from(module);
         let b2 = bytes.clone();
-        let loaded = tokio::task::spawn_blocking(move || host.load_with(&b2, wasi))
+        // Committed: its size was checked against `guest.module_bytes_max` when it was proposed.
+        let loaded = tokio::task::spawn_blocking(move || host.load_committed(&b2, wasi))
             .await
-            .map_err(|e| RequestError::Internal(e.to_string()))?;
+            .map_err(|e| local(format!("loading the module: {e}")))?;
         let module = match loaded {
-            Ok(m) => m,
+            Ok(m) => match limits {
+                Some(l) => m.with_limits(l),
+                // A deploy from before limits were replicated: this node's own, as then.
+                None => m,
+            },
+            // Compiling, reading or caching can fail on this node alone.
+            Err(e @ (LoadError::Compile(_) | LoadError::Cache { .. } | LoadError::Read { .. })) => {
+                return Err(local(format!("loading the module: {e}")));
+            }
             Err(e) => {
-                return Err(RequestError::Rejected(format!(
+                return Ok(Err(RequestError::Rejected(format!(
                     "module for {name:?} failed validation: {e}"
-                )));
+                ))));
             }
         };
         if module.sha256() != sha256 {
-            return Err(RequestError::Rejected(format!(
+            return Ok(Err(RequestError::Rejected(format!(
                 "module for {name:?} does not match its declared SHA-256"
-            )));
+            ))));
         }
-        let new_handle = module
-            .start()
-            .map_err(|e| RequestError::Rejected(format!("cannot start {name:?}: {e}")))?;
+        let new_handle = match module.start() {
+            Ok(h) => h,
+            Err(e) if is_deterministic(&e) => {
+                return Ok(Err(RequestError::Rejected(format!(
+                    "cannot start {name:?}: {e}"
+                ))));
+            }
+            Err(e) => return Err(local(format!("starting the machine: {e}"))),
+        };
         let summary = format!(
             "{name:?} runs {} {} (sha256 {}) from index {index}",
             module.info().name,
             module.info().version,
             &module.sha256_hex()[..16]
         );
-        match self.machines.get_mut(&name) {
-            None => {
-                self.machines.insert(
-                    name,
-                    Machine {
-                        handle: Some(new_handle),
-                        created_at: index,
-                        versions: vec![Version {
-                            deployed_at: index,
-                            module,
-                            bytes,
-                        }],
-                        skipped: BTreeSet::new(),
-                        healthy: true,
-                    },
-                );
-                Ok(Reply::Done {
-                    message: format!("deployed {summary}"),
-                })
-            }
-            Some(m) => {
-                let Some(old) = m.handle.as_ref().filter(|_| m.healthy) else {
-                    new_handle_shutdown(new_handle);
-                    return Err(RequestError::MachineFault(format!(
-                        "cannot upgrade {name:?}: the running version is unhealthy on this node"
-                    )));
-                };
-                let format = m.current().module.info().snapshot_format;
-                match migrate(old, &new_handle, format).await {
-                    Ok(()) => {
-                        if let Some(h) = m.handle.replace(new_handle) {
-                            tokio::task::spawn_blocking(move || h.shutdown());
-                        }
-                        m.versions.push(Version {
-                            deployed_at: index,
-                            module,
-                            bytes,
-                        });
-                        Ok(Reply::Done {
-                            message: format!("upgraded {summary}; state carried across"),
-                        })
-                    }
-                    Err(e) => {
-                        new_handle_shutdown(new_handle);
-                        Err(RequestError::Rejected(format!(
-                            "upgrade of {name:?} failed, the old version keeps running: {e}"
-                        )))
-                    }
+        let Some(m) = self.machines.get_mut(&name) else {
+            self.machines.insert(
+                name,
+                Machine {
+                    handle: Some(new_handle),
+                    created_at: index,
+                    versions: vec![Version {
+                        deployed_at: index,
+                        module,
+                        bytes,
+                    }],
+                    skipped: BTreeSet::new(),
+                    healthy: true,
+                },
+            );
+            return Ok(Ok(Reply::Done {
+                message: format!("deployed {summary}"),
+            }));
+        };
+        let Some(old) = m.handle.as_ref().filter(|_| m.healthy) else {
+            new_handle_shutdown(new_handle);
+            return Err(local(format!(
+                "cannot upgrade {name:?}: the running version cannot run on this node"
+            )));
+        };
+        let format = m.current().module.info().snapshot_format;
+        match migrate(old, &new_handle, format).await {
+            Ok(()) => {
+                if let Some(h) = m.handle.replace(new_handle) {
+                    tokio::task::spawn_blocking(move || h.shutdown());
                 }
+                m.versions.push(Version {
+                    deployed_at: index,
+                    module,
+                    bytes,
+                });
+                Ok(Ok(Reply::Done {
+                    message: format!("upgraded {summary}; state carried across"),
+                }))
+            }
+            Err(e) if is_deterministic(&e) => {
+                new_handle_shutdown(new_handle);
+                Ok(Err(RequestError::Rejected(format!(
+                    "upgrade of {name:?} failed, the old version keeps running: {e}"
+                ))))
+            }
+            Err(e) => {
+                new_handle_shutdown(new_handle);
+                Err(local(format!(
+                    "migrating the state to the new version: {e}"
+                )))
             }
         }
+    }
+}
+
+/// Whether a failed guest call is the same on every replica, so that it can be a replicated
+/// result: a trap of the guest's own making (a panic, fuel, the stack, a bad memory access,
+/// a broken contract) or an error its snapshot or restore code reported. Not deterministic:
+/// the watchdog (wall-clock time), the memory limit (how far a guest's memory grows depends
+/// on its allocator's history; `apply_one` decides such a trap again on a canonical
+/// instance), and anything of the host's own.
+fn is_memory_trap(e: &CallError) -> bool {
+    matches!(
+        e,
+        CallError::Trap {
+            kind: TrapKind::MemoryLimit,
+            ..
+        }
+    )
+}
+
+fn is_deterministic(e: &CallError) -> bool {
+    match e {
+        CallError::Trap { kind, .. } => *kind != TrapKind::MemoryLimit,
+        CallError::Snapshot { .. }
+        | CallError::Restore { .. }
+        | CallError::ChunkTooLarge { .. } => true,
+        _ => false,
     }
 }
 

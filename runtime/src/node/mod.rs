@@ -38,8 +38,8 @@ use wraft_transport::{AddressBook, Transport, TransportConfig};
 use crate::config::{FsyncPolicy, NodeConfig};
 use crate::host::{HostConfig, HostEngine};
 use crate::proto::{
-    Command, Consistency, PeerStatus, Reply, Request, RequestError, Response, SnapshotListing,
-    Status,
+    Command, Consistency, MachineLimits, PeerStatus, Reply, Request, RequestError, Response,
+    SnapshotListing, Status, WasiProfile,
 };
 use crate::snapshot::transfer::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
@@ -186,6 +186,9 @@ impl Node {
             module_bytes_max: cfg.guest.module_bytes_max as usize,
             guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
             fuel_per_call: cfg.guest.fuel_per_call,
+            fuel_per_entry: cfg.guest.fuel_per_entry,
+            output_bytes_max: cfg.guest.output_bytes_max as usize,
+            watchdog_ms: cfg.guest.watchdog_ms,
             ..HostConfig::default()
         };
         let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
@@ -366,6 +369,8 @@ impl Node {
             next_id: 1,
             proposals: HashMap::new(),
             reads: HashMap::new(),
+            apply_halted: false,
+            deploy_limits: cfg.guest.machine_limits(),
             persists: VecDeque::new(),
             durable: 0,
             actions: Vec::new(),
@@ -509,6 +514,10 @@ struct Driver {
     next_id: u64,
     proposals: HashMap<u64, (Instant, PendingProposal)>,
     reads: HashMap<u64, PendingRead>,
+    /// The applier is halted by a node-local failure: this node must not lead.
+    apply_halted: bool,
+    /// What a deploy proposed here carries (`[guest]` of this node's config).
+    deploy_limits: MachineLimits,
     /// (storage seq, engine persist seq), in submission order.
     persists: VecDeque<(u64, u64)>,
     durable: u64,
@@ -718,6 +727,31 @@ impl Driver {
         self.step(Event::Read { id });
     }
 
+    /// Propose a deploy carrying this node's configured limits, which every replica then
+    /// applies to the machine (see `MachineLimits`).
+    fn propose_deploy(
+        &mut self,
+        tag: crate::proto::RequestTag,
+        name: String,
+        module: Vec<u8>,
+        wasi: WasiProfile,
+        module_sha256: Option<[u8; 32]>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
+        let data = encode_command(&Command::DeployLimited {
+            name,
+            sha256,
+            module,
+            wasi,
+            limits: self.deploy_limits,
+        });
+        self.propose(
+            command_kind(Some(tag), data),
+            PendingProposal::Client(reply),
+        );
+    }
+
     fn propose(&mut self, kind: EntryKind, pending: PendingProposal) {
         let id = self.next_id;
         self.next_id += 1;
@@ -744,35 +778,14 @@ impl Driver {
                 );
             }
             Request::Deploy { tag, name, module } => {
-                let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
-                let data = encode_command(&Command::Deploy {
-                    name,
-                    sha256,
-                    module,
-                });
-                self.propose(
-                    command_kind(Some(tag), data),
-                    PendingProposal::Client(reply),
-                );
+                self.propose_deploy(tag, name, module, WasiProfile::None, module_sha256, reply)
             }
             Request::DeployWith {
                 tag,
                 name,
                 module,
                 wasi,
-            } => {
-                let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
-                let data = encode_command(&Command::DeployWith {
-                    name,
-                    sha256,
-                    module,
-                    wasi,
-                });
-                self.propose(
-                    command_kind(Some(tag), data),
-                    PendingProposal::Client(reply),
-                );
-            }
+            } => self.propose_deploy(tag, name, module, wasi, module_sha256, reply),
             Request::OpenSession => {
                 let data = encode_command(&Command::OpenSession);
                 self.propose(command_kind(None, data), PendingProposal::Client(reply));
@@ -955,6 +968,12 @@ impl Driver {
                 index,
                 durable_offset,
             }),
+            SnapEvent::ApplyHalted { reason } => {
+                self.apply_halted = true;
+                tracing::warn!(target: "wraft::apply", node = self.id, %reason, "applier halted");
+                self.hand_off_leadership();
+            }
+            SnapEvent::ApplyResumed => self.apply_halted = false,
             SnapEvent::TransferDone { to, index, ok } => {
                 if self.snap.sending.get(&to) == Some(&index) {
                     self.snap.sending.remove(&to);
@@ -1093,12 +1112,33 @@ impl Driver {
         }
     }
 
+    /// A leader whose applier is halted cannot answer its clients: hand leadership to the
+    /// most caught-up voter (nothing happens on a follower or a single-voter cluster).
+    fn hand_off_leadership(&mut self) {
+        if self.engine.role() != Role::Leader {
+            return;
+        }
+        let best = self
+            .engine
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id)
+            .max_by_key(|v| self.engine.peer_match_index(*v).unwrap_or(0));
+        if let Some(to) = best {
+            tracing::warn!(target: "wraft::apply", node = self.id, to,
+                "handing leadership over: this node's applier is halted");
+            self.step(Event::TransferLeadership { to });
+        }
+    }
+
     fn status(&self) -> Status {
         let m = self.engine.membership();
-        let (applied, machines) = self
+        let (applied, machines, apply_halted) = self
             .published
             .lock()
-            .map(|p| (p.applied_index, p.machines.clone()))
+            .map(|p| (p.applied_index, p.machines.clone(), p.halted.clone()))
             .unwrap_or_default();
         let peers = if self.engine.role() == Role::Leader {
             m.members()
@@ -1140,6 +1180,7 @@ impl Driver {
             learners: m.learners.iter().copied().collect(),
             peers,
             machines,
+            apply_halted,
         }
     }
 
@@ -1291,6 +1332,9 @@ impl Driver {
                         .set(if role == Role::Leader { 1.0 } else { 0.0 });
                     self.metrics.term.set(term as f64);
                     tracing::info!(target: "wraft::raft", node = self.id, ?role, term, ?leader, "role changed");
+                    if role == Role::Leader && self.apply_halted {
+                        self.hand_off_leadership();
+                    }
                 }
                 Action::MembershipChanged { membership } => {
                     tracing::info!(target: "wraft::raft", node = self.id, voters = ?membership.voters,

@@ -57,6 +57,13 @@ pub enum SnapEvent {
         /// The snapshot that could not be installed.
         meta: SnapshotMeta,
     },
+    /// A node-local failure halted the applier (it re-derives its state by itself).
+    ApplyHalted {
+        /// What failed, for status.
+        reason: String,
+    },
+    /// The applier applies again after a halt.
+    ApplyResumed,
     /// Follower: a snapshot file was received and published.
     Received {
         /// Leader that sent it.
@@ -303,11 +310,11 @@ fn replay_page(
                 machine: m,
                 command,
             }) if m == machine => Some(ReplayCommand::Apply(command)),
-            Ok(Command::Deploy { name, .. } | Command::DeployWith { name, .. })
-                if name == machine =>
-            {
-                Some(ReplayCommand::Deploy)
-            }
+            Ok(
+                Command::Deploy { name, .. }
+                | Command::DeployWith { name, .. }
+                | Command::DeployLimited { name, .. },
+            ) if name == machine => Some(ReplayCommand::Deploy),
             _ => None,
         };
         items.push(ReplayItem {
@@ -414,12 +421,18 @@ pub async fn create_snapshot(
             .map(|m| m.versions[m.versions.len() - 1].bytes.clone())
             .collect();
         let sessions = cut.sessions.clone();
+        let limits: Vec<_> = cut
+            .machines
+            .iter()
+            .map(|m| m.versions[m.versions.len() - 1].module.limits())
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
             for (i, b) in modules.iter().enumerate() {
                 w.module(i as u32, b)?;
             }
             w.sessions(&sessions)?;
+            w.limits(&limits)?;
             Ok::<_, crate::snapshot::format::FormatError>(Arc::new(Mutex::new(Some(w))))
         })
         .await
@@ -525,10 +538,14 @@ pub async fn restore_all(
         let h2 = host.clone();
         let b2 = bytes.clone();
         let wasi = rec.wasi;
-        let module = tokio::task::spawn_blocking(move || h2.load_with(&b2, wasi))
+        let module = tokio::task::spawn_blocking(move || h2.load_committed(&b2, wasi))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("loading module of {:?} from the snapshot: {e}", rec.name))?;
+        let module = match snap.limits[i] {
+            Some(l) => module.with_limits(l),
+            None => module,
+        };
         let handle = module.start().map_err(|e| e.to_string())?;
         let src = snap
             .machine_chunks(i)

@@ -39,11 +39,14 @@ use wraft_engine::{Membership, SessionTable};
 use wraft_storage::{SnapshotId, SnapshotReader, SnapshotStore, SnapshotWriter};
 
 use crate::host::ChunkSource;
+use crate::proto::MachineLimits;
 
 /// `SnapshotMeta::format` of every node snapshot file written by this version.
 pub const NODE_SNAPSHOT_FORMAT: &str = "wraft-node/1";
-/// Version of [`NodeSnapshotHeader`] and the frame layout.
-pub const NODE_SNAPSHOT_VERSION: u32 = 1;
+/// Version of [`NodeSnapshotHeader`] and the frame layout written. Version 2 adds the
+/// [`FrameKind::Limits`] frame (each machine's replicated limits); version 1 files are still
+/// read, their machines running with the node's configured limits as they did.
+pub const NODE_SNAPSHOT_VERSION: u32 = 2;
 /// Bytes of a frame header (kind, length, CRC32C).
 pub const FRAME_HEADER_BYTES: u64 = 9;
 /// Largest frame payload accepted by the reader, bytes (a module or a guest
@@ -60,6 +63,8 @@ pub enum FrameKind {
     Module = 2,
     /// The client-session table.
     Sessions = 3,
+    /// Each machine's replicated limits (version 2 on).
+    Limits = 4,
     /// Start of a machine's guest snapshot.
     MachineBegin = 0x10,
     /// One chunk of guest snapshot.
@@ -76,6 +81,7 @@ impl FrameKind {
             1 => Self::Header,
             2 => Self::Module,
             3 => Self::Sessions,
+            4 => Self::Limits,
             0x10 => Self::MachineBegin,
             0x11 => Self::MachineChunk,
             0x12 => Self::MachineEnd,
@@ -309,6 +315,11 @@ impl NodeSnapshotWriter {
         self.frame(FrameKind::Sessions, &encode(t)?)
     }
 
+    /// Write each machine's replicated limits, in registry order (after the session table).
+    pub fn limits(&mut self, limits: &[Option<MachineLimits>]) -> Result<(), FormatError> {
+        self.frame(FrameKind::Limits, &encode(&limits)?)
+    }
+
     /// Body bytes written so far.
     pub fn body_bytes(&self) -> u64 {
         self.body_bytes
@@ -352,6 +363,9 @@ pub struct NodeSnapshot {
     pub modules: Vec<Bytes>,
     /// The client-session table.
     pub sessions: SessionTable,
+    /// Replicated limits per machine, in registry order (`None`: the node's configured limits,
+    /// for a machine deployed before limits were replicated, or a version 1 file).
+    pub limits: Vec<Option<MachineLimits>>,
     /// Guest snapshot location per machine, in registry order.
     pub sections: Vec<MachineSection>,
     src: Arc<dyn BodySource>,
@@ -499,7 +513,7 @@ impl NodeSnapshot {
         let f = frame_at(s, 0)?;
         expect_kind(s, &f, FrameKind::Header)?;
         let header: NodeSnapshotHeader = decode(s, &f, "header", &payload(s, &f)?)?;
-        if header.format_version != NODE_SNAPSHOT_VERSION {
+        if !(1..=NODE_SNAPSHOT_VERSION).contains(&header.format_version) {
             return Err(invalid(
                 s,
                 "format version",
@@ -535,6 +549,24 @@ impl NodeSnapshot {
         expect_kind(s, &f, FrameKind::Sessions)?;
         let sessions: SessionTable = decode(s, &f, "session table", &payload(s, &f)?)?;
         off = f.at + u64::from(f.len);
+        let limits: Vec<Option<MachineLimits>> = if header.format_version >= 2 {
+            let f = frame_at(s, off)?;
+            expect_kind(s, &f, FrameKind::Limits)?;
+            let l: Vec<Option<MachineLimits>> = decode(s, &f, "limits", &payload(s, &f)?)?;
+            if l.len() != header.machines.len() {
+                return Err(invalid(
+                    s,
+                    "limits count",
+                    off,
+                    header.machines.len(),
+                    l.len(),
+                ));
+            }
+            off = f.at + u64::from(f.len);
+            l
+        } else {
+            vec![None; header.machines.len()]
+        };
         let mut sections = Vec::with_capacity(header.machines.len());
         for i in 0..header.machines.len() {
             let f = frame_at(s, off)?;
@@ -586,6 +618,7 @@ impl NodeSnapshot {
             header,
             modules,
             sessions,
+            limits,
             sections,
             src,
         })
@@ -715,6 +748,10 @@ mod tests {
         assert_eq!(st.admit(tag, 5), wraft_engine::SessionCheck::Fresh);
         st.complete(tag, Bytes::from_static(b"out"));
         w.sessions(&st).unwrap();
+        if h.format_version >= 2 {
+            let limits: Vec<_> = (0..modules.len()).map(|i| limits(i as u64)).collect();
+            w.limits(&limits).unwrap();
+        }
         for i in 0..modules.len() {
             w.frame(FrameKind::MachineBegin, &encode(&(i as u32)).unwrap())
                 .unwrap();
@@ -730,6 +767,35 @@ mod tests {
             .unwrap();
         }
         w.finish(modules.len() as u32).unwrap();
+    }
+
+    /// Machine `i`'s limits in the test files: none for even `i` (deployed before limits were
+    /// replicated), distinct values for odd `i`.
+    fn limits(i: u64) -> Option<MachineLimits> {
+        (i % 2 == 1).then_some(MachineLimits {
+            fuel_per_entry: 1000 + i,
+            fuel_per_call: 2000 + i,
+            memory_bytes_max: 3000 + i,
+            output_bytes_max: 4000 + i,
+        })
+    }
+
+    #[test]
+    fn a_version_1_file_reads_with_every_machine_on_the_nodes_own_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let modules: [&[u8]; 2] = [b"module-zero", b"module-one!"];
+        let mut h = header(10, &modules);
+        h.format_version = 1;
+        write(&s, &h, &modules, &[vec![1u8; 10]]);
+        let id = SnapshotId {
+            last_index: 10,
+            last_term: 2,
+        };
+        let snap = NodeSnapshot::open(&s, id).unwrap();
+        assert_eq!(snap.header, h);
+        assert_eq!(snap.limits, vec![None, None]);
+        assert_eq!(snap.sessions.len(), 1);
     }
 
     #[test]
@@ -748,6 +814,7 @@ mod tests {
         assert_eq!(snap.header, h);
         assert_eq!(&snap.modules[1][..], modules[1]);
         assert_eq!(snap.sessions.len(), 1);
+        assert_eq!(snap.limits, vec![limits(0), limits(1)]);
         for i in 0..2 {
             let mut src = snap.machine_chunks(i).unwrap();
             let mut got = Vec::new();

@@ -1,0 +1,191 @@
+//! Replicas never diverge because of something only one node decided (issue #16): a node-local
+//! failure is never recorded as an entry's result, and a limit that shapes results is the same
+//! on every replica whatever each node's own configuration says. Real `wraft node` processes on
+//! loopback QUIC, as in `e2e.rs`.
+
+use std::time::Duration;
+
+use wraft::proto::{Consistency, Reply, Request, RequestError, RequestTag, Response};
+use wraft_tests::{Cluster, guest, wait_for};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn raw(cluster: &Cluster, id: u64, req: &Request) -> Response {
+    let tls = wraft_transport::certs::CertDir::new(cluster.certs_dir())
+        .load_tls(&wraft_transport::Identity::Client("admin".into()))
+        .expect("client tls");
+    let conn = wraft_transport::client::ClientConnection::connect(
+        cluster.addr(id),
+        None,
+        &tls,
+        &Default::default(),
+    )
+    .await
+    .expect("connect");
+    let (_, resp) = conn
+        .request::<Request, Response>(wraft::node::KIND_REQUEST, req)
+        .await
+        .expect("exchange");
+    resp
+}
+
+/// Open a session at `leader` through the log.
+async fn open_session(cluster: &Cluster, leader: u64) -> u64 {
+    match raw(cluster, leader, &Request::OpenSession).await {
+        Ok(Reply::SessionOpened { client_id }) => client_id,
+        other => panic!("open session: {other:?}"),
+    }
+}
+
+fn propose(client_id: u64, seq: u64, command: &[u8]) -> Request {
+    Request::Propose {
+        tag: RequestTag { client_id, seq },
+        machine: "mb".into(),
+        command: command.to_vec(),
+    }
+}
+
+/// The misbehave machine's count as node `id` has it (stale read of its own state).
+async fn count_on(cluster: &Cluster, id: u64) -> Result<Vec<u8>, String> {
+    cluster.stale_query(id, "mb", b"null").await
+}
+
+async fn wait_count(cluster: &Cluster, id: u64, want: &[u8]) {
+    let what = format!("node {id} to count {}", String::from_utf8_lossy(want));
+    wait_for(&what, CATCH_UP_TIMEOUT, async || {
+        (count_on(cluster, id).await.ok().as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+/// Issue #16 case 3. A follower whose watchdog is far tighter than the others' stops a slow
+/// (fuel-bounded) command that the others run to its deterministic end. Before, that follower
+/// retried, marked the machine unhealthy, and from then on recorded `MachineFault` for every
+/// entry of the machine in its session table — replicated state — so once it led, a retry got
+/// a fault the command never had. Now it halts: it records nothing, serves no reads, gives up
+/// leadership, keeps trying to re-derive its state, and once its watchdog is sane again it
+/// catches up to exactly the others' state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicated_result() {
+    let mb = guest("misbehave");
+    // Enough fuel per entry that "Loop" runs for about a second before it traps.
+    let mut cluster = Cluster::start_with(3, |c| c.guest.fuel_per_entry = 2_000_000_000);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let slow = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    cluster.reconfigure(slow, |c| c.guest.watchdog_ms = 100);
+    cluster.restart(slow);
+    let c = cluster.client().await;
+    c.deploy("mb", mb).await.expect("deploy");
+    assert_eq!(
+        c.propose("mb", br#""Ok""#).await.expect("ok").output,
+        b"\"1\""
+    );
+    wait_count(&cluster, slow, b"1").await;
+
+    // "Loop" runs until its fuel is gone: a deterministic trap everywhere, except that the
+    // slow node's 100 ms watchdog stops it first.
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let session = open_session(&cluster, leader).await;
+    match raw(&cluster, leader, &propose(session, 1, br#""Loop""#)).await {
+        Err(RequestError::MachineFault(m)) => assert!(m.contains("Fuel"), "{m}"),
+        other => panic!("Loop: {other:?}"),
+    }
+    let ok = propose(session, 2, br#""Ok""#);
+    let original = match raw(&cluster, leader, &ok).await {
+        Ok(Reply::Applied { index, output }) => (index, output),
+        other => panic!("Ok after Loop: {other:?}"),
+    };
+    assert_eq!(original.1, b"\"2\"");
+
+    // The slow node says, in status, that it halted, at which entry, and keeps trying.
+    let halted = wait_for(
+        "the slow node to report its halt",
+        CATCH_UP_TIMEOUT,
+        async || {
+            let st = cluster.status(slow).await?;
+            st.apply_halted
+                .filter(|h| h.contains("re-derivations failed") && !h.contains("(0 "))
+        },
+    )
+    .await;
+    assert!(halted.contains("\"mb\""), "{halted}");
+    assert!(halted.contains("watchdog"), "{halted}");
+    let read = Request::Query {
+        machine: "mb".into(),
+        request: b"null".to_vec(),
+        consistency: Consistency::Stale,
+    };
+    match raw(&cluster, slow, &read).await {
+        Err(RequestError::Busy(e)) => assert!(e.contains("not applying"), "{e}"),
+        other => panic!("a halted node answered a read: {other:?}"),
+    }
+
+    // Leadership handed to the halted node does not stay there, and the retry of an
+    // acknowledged command gets its original outcome wherever it lands.
+    let _ = c.transfer_leader(slow).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(now, slow, "the halted node kept the leadership");
+    match raw(&cluster, now, &ok).await {
+        Ok(Reply::Applied { index, output }) => assert_eq!((index, output), original),
+        other => panic!("retry of an applied command: {other:?}"),
+    }
+
+    // With a sane watchdog the node re-derives the same history, trap included.
+    cluster.reconfigure(slow, |c| c.guest.watchdog_ms = 10_000);
+    cluster.restart(slow);
+    wait_count(&cluster, slow, b"2").await;
+    let st = cluster.status(slow).await.expect("status");
+    assert_eq!(st.apply_halted, None);
+}
+
+/// Issue #16 case 4. Limits that shape results came from each node's own configuration: a
+/// node with a smaller `guest.fuel_per_entry` trapped where the others did not, and recorded
+/// it. Now a deploy carries the deploying leader's limits and every replica applies those, on
+/// the live path, after a restart (log replay) and from a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_configured_with_other_limits_computes_what_the_others_compute() {
+    let mb = guest("misbehave");
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let odd = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    // Far too little fuel for even one "Ok" (JSON in and out) on this node alone.
+    cluster.reconfigure(odd, |c| c.guest.fuel_per_entry = 1_000);
+    cluster.restart(odd);
+    let c = cluster.client().await;
+    c.deploy("mb", mb).await.expect("deploy");
+    for n in 1..=3u32 {
+        let out = c.propose("mb", br#""Ok""#).await.expect("ok").output;
+        assert_eq!(out, format!("\"{n}\"").into_bytes());
+    }
+    for id in cluster.ids() {
+        wait_count(&cluster, id, b"3").await;
+    }
+    // Replayed from its log after a restart, still with the deploy's limits.
+    cluster.restart(odd);
+    wait_count(&cluster, odd, b"3").await;
+    // And from a snapshot: the file carries the limits.
+    let listing = c
+        .snapshot_trigger_and_wait(Some(cluster.addr(odd)), Duration::from_secs(30))
+        .await
+        .expect("snapshot on the odd node");
+    assert!(listing.index > 0);
+    cluster.restart(odd);
+    wait_count(&cluster, odd, b"3").await;
+    assert_eq!(
+        c.propose("mb", br#""Ok""#).await.expect("ok").output,
+        b"\"4\""
+    );
+    wait_count(&cluster, odd, b"4").await;
+    let st = cluster.status(odd).await.expect("status");
+    assert_eq!(st.apply_halted, None);
+}
