@@ -239,7 +239,7 @@ impl Machine {
     /// Digest of everything that influences future outputs. Only meaningful
     /// between batches (the applier publishes its index only there).
     pub fn digest(&self) -> u64 {
-        debug_assert!(self.pending.is_empty(), "digest taken inside a batch");
+        assert!(self.pending.is_empty(), "digest taken inside a batch");
         let mut h = DefaultHasher::new();
         self.kv.hash(&mut h);
         self.sessions.hash(&mut h);
@@ -1607,7 +1607,10 @@ impl Sim {
                 });
                 op.opening = false;
                 op.attempts = 0;
-                self.submit(c)?;
+                // The client sends the command once it hears back, not from inside the
+                // apply (stepping a node there would let it act on a half-applied batch).
+                op.deadline = self.now + 1;
+                self.schedule(1, Ev::Client(c));
             }
             Applied::Unknown(t) if tag == Some(t) => {
                 let cl = &mut self.clients[c];
