@@ -152,6 +152,11 @@ pub struct RaftSection {
     pub max_pending_proposals: u64,
     /// Serve `lease` reads from the leader without a quorum round trip.
     pub lease_reads: bool,
+    /// As leader, propose a divergence checkpoint (its digest of every outcome so far) after
+    /// this many applied entries; every replica compares its own and stops applying on a
+    /// mismatch. 0 turns proposing off (replicas still check checkpoints others propose).
+    /// Default 1024.
+    pub divergence_check_entries: u64,
 }
 
 impl Default for RaftSection {
@@ -165,6 +170,7 @@ impl Default for RaftSection {
             max_append_bytes: 4 << 20,
             max_pending_proposals: 65_536,
             lease_reads: true,
+            divergence_check_entries: 1024,
         }
     }
 }
@@ -460,6 +466,12 @@ impl NodeConfig {
             r.max_pending_proposals,
             1,
             1 << 24,
+        )?;
+        range(
+            "raft.divergence_check_entries",
+            r.divergence_check_entries,
+            0,
+            1 << 30,
         )?;
         range(
             "storage.segment_bytes",

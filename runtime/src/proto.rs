@@ -408,6 +408,14 @@ pub enum Command {
         /// The limits every replica runs it with.
         limits: MachineLimits,
     },
+    /// The leader's digest of every outcome up to `index` (see `node::divergence`): each
+    /// replica compares its own and stops applying if they differ.
+    Checkpoint {
+        /// The applied index the digest covers.
+        index: u64,
+        /// The leader's digest after `index`.
+        digest: [u8; 32],
+    },
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use wraft::client::ClientError;
 use wraft::proto::{Consistency, Reply, Request, RequestError, RequestTag, Response};
 use wraft_tests::{Cluster, guest, wait_for};
 
@@ -188,4 +189,63 @@ async fn a_node_configured_with_other_limits_computes_what_the_others_compute() 
     wait_count(&cluster, odd, b"4").await;
     let st = cluster.status(odd).await.expect("status");
     assert_eq!(st.apply_halted, None);
+}
+
+/// Issue #16 case 10. A guest whose restore is not faithful, plus a trap: every node rebuilds
+/// the machine, the one that holds a snapshot from that snapshot (+1000 to the count), the
+/// others from the log alone. Nothing in Raft can see it; the outcome digests can. The leader
+/// proposes its digest every few entries, the diverged follower finds its own differs, stops
+/// applying and serving, and says so; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_computes_other_results_for_the_same_log_is_detected_and_stops() {
+    let mb = guest("misbehave");
+    let cluster = Cluster::start_with(3, |c| c.raft.divergence_check_entries = 4);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let odd = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    let c = cluster.client().await;
+    c.deploy("mb", mb).await.expect("deploy");
+    for _ in 0..2 {
+        c.propose("mb", br#""Ok""#).await.expect("ok");
+    }
+    c.propose("mb", br#"{"UnfaithfulRestore":true}"#)
+        .await
+        .expect("arm the unfaithful restore");
+    wait_count(&cluster, odd, b"2").await;
+    c.snapshot_trigger_and_wait(Some(cluster.addr(odd)), Duration::from_secs(30))
+        .await
+        .expect("snapshot on one follower");
+    let err = c
+        .propose("mb", br#"{"Panic":"rebuild everywhere"}"#)
+        .await
+        .expect_err("a panic is a fault");
+    assert!(matches!(err, ClientError::MachineFault(_)), "{err}");
+    for n in 3..=10u32 {
+        let out = c.propose("mb", br#""Ok""#).await.expect("ok").output;
+        assert_eq!(out, format!("\"{n}\"").into_bytes(), "the leader's count");
+    }
+    let halted = wait_for(
+        "the diverged follower to stop",
+        CATCH_UP_TIMEOUT,
+        async || cluster.status(odd).await?.apply_halted,
+    )
+    .await;
+    assert!(halted.contains("replicas diverged"), "{halted}");
+    let read = Request::Query {
+        machine: "mb".into(),
+        request: b"null".to_vec(),
+        consistency: Consistency::Stale,
+    };
+    match raw(&cluster, odd, &read).await {
+        Err(RequestError::Busy(e)) => assert!(e.contains("diverged"), "{e}"),
+        other => panic!("a diverged node answered a read: {other:?}"),
+    }
+    for id in cluster.ids().into_iter().filter(|i| *i != odd) {
+        wait_count(&cluster, id, b"10").await;
+        let st = cluster.status(id).await.expect("status");
+        assert_eq!(st.apply_halted, None, "node {id}");
+    }
 }

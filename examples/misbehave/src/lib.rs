@@ -1,7 +1,7 @@
 //! A guest that misbehaves on command, for testing that the host contains it.
 //!
 //! Commands (JSON): `"Ok"`, `{"Panic":"why"}`, `"Loop"`, `{"Recurse":depth}`, `"GrowMemory"`,
-//! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`,
+//! `{"HugeOutput":bytes}`, `{"FailSnapshot":true}`, `{"CorruptRestore":true}`, `{"UnfaithfulRestore":true}`,
 //! `{"Decompress":{"data":[..],"max_output_bytes":n}}`. Queries: anything answers the count of
 //! well-behaved commands, except the string `"panic"`, which traps.
 //! It also shows a custom [`SnapshotFormat`] layered over [`DefaultSnapshot`].
@@ -20,6 +20,8 @@ pub struct Misbehave {
     ok_count: u64,
     fail_snapshot: bool,
     corrupt_restore: bool,
+    #[serde(default)]
+    unfaithful_restore: bool,
 }
 
 /// What to do.
@@ -41,6 +43,9 @@ pub enum Command {
     FailSnapshot(bool),
     /// Make a restore of a snapshot taken from now on panic in `finish` (or not).
     CorruptRestore(bool),
+    /// Make a restore of a snapshot taken from now on silently add 1000 to the count (or not):
+    /// an unfaithful snapshot, which only divergence detection can notice.
+    UnfaithfulRestore(bool),
     /// Hand `data` (e.g. a zstd bomb) to the host's `decompress` import with this cap.
     /// Outputs the decompressed length; the host's refusal becomes an [`AppError`] with code
     /// [`CODE_DECOMPRESS_REFUSED`] and the host's message.
@@ -116,6 +121,10 @@ impl StateMachine for Misbehave {
                 self.corrupt_restore = on;
                 Ok(String::new())
             }
+            Command::UnfaithfulRestore(on) => {
+                self.unfaithful_restore = on;
+                Ok(String::new())
+            }
             Command::Decompress {
                 data,
                 max_output_bytes,
@@ -169,9 +178,12 @@ impl SnapshotFormat<Misbehave> for Picky {
         Inner::write_chunk(r, chunk)
     }
     fn finish(r: Self::Restorer) -> Result<Misbehave, String> {
-        let m = Inner::finish(r)?;
+        let mut m = Inner::finish(r)?;
         if m.corrupt_restore {
             panic!("misbehave: corrupting restore on purpose");
+        }
+        if m.unfaithful_restore {
+            m.ok_count += 1000;
         }
         Ok(m)
     }

@@ -254,6 +254,10 @@ fn proto(out: &mut Vec<Seed>) {
         },
         Command::SetAddress { id: 4, addr },
         Command::OpenSession,
+        Command::Checkpoint {
+            index: 1024,
+            digest: [7; 32],
+        },
         Command::DeployLimited {
             name: "kv".into(),
             sha256: [5; 32],

@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
+use super::divergence::{self, CheckOutcome, OutcomeChain};
 use super::snap::{self, SnapEvent, migrate};
 use crate::host::{
     self, CallError, HostEngine, LoadError, MachineHandle, MachineModule, TrapKind, WasiProfile,
@@ -71,6 +72,9 @@ pub struct LocalFailure {
     pub index: u64,
     /// What went wrong, for the operator.
     pub error: String,
+    /// This node computed something else than the leader for the same log (a divergence
+    /// checkpoint did not match): no retry, until an operator restarts or replaces the node.
+    pub diverged: bool,
 }
 
 /// Why this node's applier is halted, and when it tries again.
@@ -202,12 +206,20 @@ pub struct Applier {
     /// Committed entries not applied because of the halt, in log order, from the entry
     /// that failed on: the re-derivation applies them.
     held: Vec<Entry>,
+    /// Running digest of every outcome, compared at divergence checkpoints.
+    chain: OutcomeChain,
+    /// Report the digest after every this many applied entries (0: never); the driver of a
+    /// leader proposes it as a checkpoint.
+    check_interval: u64,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
 
 impl Halt {
     fn describe(&self) -> String {
+        if self.failure.diverged {
+            return format!("at entry {}: {}", self.failure.index, self.failure.error);
+        }
         format!(
             "machine {:?} could not apply entry {} on this node: {} ({} re-derivations failed)",
             self.failure.machine, self.failure.index, self.failure.error, self.attempts
@@ -244,7 +256,14 @@ impl Applier {
             recovery_target: None,
             halted: None,
             held: Vec::new(),
+            chain: OutcomeChain::genesis(),
+            check_interval: 0,
         }
+    }
+
+    /// Report the outcome digest after every `entries` applied entries (0: never).
+    pub fn set_check_interval(&mut self, entries: u64) {
+        self.check_interval = entries;
     }
 
     /// Startup: restore every machine from snapshot `id` before the first
@@ -309,6 +328,8 @@ impl Applier {
         }
         self.applied = r.header.index;
         self.base = Some(id);
+        // Snapshots do not carry the outcome digest: in step again from the next checkpoint.
+        self.chain = OutcomeChain::unknown();
     }
 
     fn cut(&self, meta: SnapshotMeta) -> snap::Cut {
@@ -466,7 +487,9 @@ impl Applier {
     async fn apply_or_halt(&mut self, entries: Vec<Entry>, attempts: u32) {
         if let Err(failure) = self.apply_entries(&entries).await {
             let applied = self.applied;
-            self.held = entries.into_iter().filter(|e| e.index > applied).collect();
+            if !failure.diverged {
+                self.held = entries.into_iter().filter(|e| e.index > applied).collect();
+            }
             self.halt(failure, attempts);
         }
     }
@@ -482,13 +505,19 @@ impl Applier {
             attempts,
             next_try: tokio::time::Instant::now() + std::time::Duration::from_millis(backoff_ms),
         };
-        tracing::error!(target: "wraft::apply", node = self.node, machine = %halt.failure.machine,
+        if halt.failure.diverged {
+            tracing::error!(target: "wraft::apply", node = self.node, index = halt.failure.index,
+                applied = self.applied, "{}", halt.failure.error);
+            self.held.clear();
+        } else {
+            tracing::error!(target: "wraft::apply", node = self.node, machine = %halt.failure.machine,
             index = halt.failure.index, applied = self.applied, attempts, retry_in_ms = backoff_ms,
             error = %halt.failure.error,
             "this node cannot apply entry {} (a node-local failure, not the entry's result): \
              it stops applying, serves no reads and takes no snapshots until it has re-derived \
              its state from its base snapshot and the log; the other replicas are unaffected",
             halt.failure.index);
+        }
         self.metrics.halted.set(1.0);
         let _ = self.events.send(SnapEvent::ApplyHalted {
             reason: halt.describe(),
@@ -562,6 +591,7 @@ impl Applier {
                 self.last_timestamp_ms = 0;
                 self.replicated_addresses.clear();
                 self.applied = 0;
+                self.chain = OutcomeChain::genesis();
             }
         }
         Ok(())
@@ -598,7 +628,12 @@ impl Applier {
     /// Run until the driver drops its sender.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
         loop {
-            let msg = match self.halted.as_ref().map(|h| h.next_try) {
+            let retry_at = self
+                .halted
+                .as_ref()
+                .filter(|h| !h.failure.diverged)
+                .map(|h| h.next_try);
+            let msg = match retry_at {
                 None => rx.recv().await,
                 Some(at) => tokio::select! {
                     m = rx.recv() => m,
@@ -651,9 +686,14 @@ impl Applier {
                 return false;
             }
             ApplyMsg::Entries(entries) => {
-                if self.halted.is_some() {
-                    self.held.extend(entries);
-                    return false;
+                match &self.halted {
+                    // A diverged node applies nothing more in this process: keep nothing.
+                    Some(h) if h.failure.diverged => return false,
+                    Some(_) => {
+                        self.held.extend(entries);
+                        return false;
+                    }
+                    None => {}
                 }
                 self.apply_or_halt(entries, 0).await;
                 if let Some((target, t)) = self.recovery_target
@@ -832,6 +872,8 @@ impl Applier {
         let mut batch_machine = String::new();
         // Outcomes up to here have their outputs stored in the session table.
         let mut completed = 0usize;
+        // Outcomes up to here are folded into the outcome digest.
+        let mut chained = 0usize;
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -930,6 +972,9 @@ impl Applier {
                         other => {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await?;
+                            // A checkpoint compares the digest up to the entries before it.
+                            self.fold_outcomes(&outcomes[chained..]);
+                            chained = outcomes.len();
                             let resp = self.apply_admin(index, ts, other).await?;
                             outcomes.push((index, client, resp));
                         }
@@ -940,6 +985,7 @@ impl Applier {
         self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
             .await?;
         self.complete_sessions(&outcomes[completed..]);
+        self.fold_outcomes(&outcomes[chained..]);
         for (index, _, resp) in outcomes {
             self.applied = index;
             if let Some(reply) = self.waiting.remove(&index) {
@@ -962,6 +1008,21 @@ impl Applier {
             }
         }
         Ok(())
+    }
+
+    /// Fold outcomes into the running digest, reporting it at every `check_interval`.
+    fn fold_outcomes(&mut self, outcomes: &[Outcome]) {
+        for (index, _, resp) in outcomes {
+            if let Some(digest) = self.chain.push(*index, resp)
+                && self.check_interval > 0
+                && index % self.check_interval == 0
+            {
+                let _ = self.events.send(SnapEvent::Checkpoint {
+                    index: *index,
+                    digest,
+                });
+            }
+        }
     }
 
     /// Store the outputs of admitted commands in the session table (the
@@ -1007,6 +1068,7 @@ impl Applier {
             // Not a result: this node cannot run the machine (its rebuild failed, see the
             // log), while the other replicas can.
             return Err(LocalFailure {
+                diverged: false,
                 machine: machine.to_owned(),
                 index: items[0].0,
                 error: format!("machine {machine:?} cannot run on this node"),
@@ -1070,6 +1132,7 @@ impl Applier {
                 .and_then(|m| m.handle.as_ref())
             else {
                 return Err(LocalFailure {
+                    diverged: false,
                     machine: machine.to_owned(),
                     index,
                     error: format!("machine {machine:?} cannot run on this node"),
@@ -1114,6 +1177,7 @@ impl Applier {
                 }
                 Err(e) => {
                     return Err(LocalFailure {
+                        diverged: false,
                         machine: machine.to_owned(),
                         index,
                         error: format!("{e} ({local_hits} retries on a rebuilt instance)"),
@@ -1213,6 +1277,35 @@ impl Applier {
                 self.sessions.open(index, timestamp_ms);
                 Ok(Reply::SessionOpened { client_id: index })
             }
+            Command::Checkpoint { index: at, digest } => {
+                let result = self.chain.check(index, at, digest);
+                let label = match &result {
+                    CheckOutcome::Match => "match",
+                    CheckOutcome::Mismatch { .. } => "mismatch",
+                    CheckOutcome::Unknown => "unknown",
+                };
+                metrics::counter!("wraft_divergence_checks_total", "node" => self.node.to_string(), "result" => label)
+                    .increment(1);
+                if let CheckOutcome::Mismatch { ours } = result {
+                    return Err(LocalFailure {
+                        machine: "(every machine)".into(),
+                        index,
+                        error: format!(
+                            "replicas diverged: after entry {at} this node's outcome digest is \
+                             {}, the leader's {}. This node computed other results for the same \
+                             log (a guest whose snapshot or restore is not faithful, or that is \
+                             not deterministic); it stops applying and serving. Replace its data \
+                             from a healthy replica (RELIABILITY.md, \"Divergence\")",
+                            divergence::short(&ours),
+                            divergence::short(&digest)
+                        ),
+                        diverged: true,
+                    });
+                }
+                Ok(Reply::Done {
+                    message: format!("checkpoint of entry {at}: {label}"),
+                })
+            }
             Command::Apply { .. } => Err(RequestError::Internal(
                 "apply command routed to the admin path".into(),
             )),
@@ -1291,6 +1384,7 @@ impl Applier {
         limits: Option<MachineLimits>,
     ) -> Result<Response, LocalFailure> {
         let local = |error: String| LocalFailure {
+            diverged: false,
             machine: name.clone(),
             index,
             error,

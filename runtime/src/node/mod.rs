@@ -14,6 +14,7 @@
 //! holds back messages that reveal state (votes, acks) until then.
 
 mod apply;
+mod divergence;
 mod server;
 mod snap;
 
@@ -207,6 +208,7 @@ impl Node {
             published.clone(),
             snap_tx.clone(),
         );
+        applier.set_check_interval(cfg.raft.divergence_check_entries);
         let snapshot_meta = match recovered.snapshot() {
             Some(info) => {
                 let header = applier
@@ -371,6 +373,7 @@ impl Node {
             reads: HashMap::new(),
             apply_halted: false,
             deploy_limits: cfg.guest.machine_limits(),
+            last_checkpoint: 0,
             persists: VecDeque::new(),
             durable: 0,
             actions: Vec::new(),
@@ -518,6 +521,8 @@ struct Driver {
     apply_halted: bool,
     /// What a deploy proposed here carries (`[guest]` of this node's config).
     deploy_limits: MachineLimits,
+    /// The newest index this node proposed a divergence checkpoint for.
+    last_checkpoint: u64,
     /// (storage seq, engine persist seq), in submission order.
     persists: VecDeque<(u64, u64)>,
     durable: u64,
@@ -974,6 +979,17 @@ impl Driver {
                 self.hand_off_leadership();
             }
             SnapEvent::ApplyResumed => self.apply_halted = false,
+            SnapEvent::Checkpoint { index, digest } => {
+                // Only a leader proposes, each index once; followers compare when it commits.
+                if self.engine.role() == Role::Leader
+                    && !self.apply_halted
+                    && index > self.last_checkpoint
+                {
+                    self.last_checkpoint = index;
+                    let data = encode_command(&Command::Checkpoint { index, digest });
+                    self.propose(command_kind(None, data), PendingProposal::Quiet);
+                }
+            }
             SnapEvent::TransferDone { to, index, ok } => {
                 if self.snap.sending.get(&to) == Some(&index) {
                     self.snap.sending.remove(&to);

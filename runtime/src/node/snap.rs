@@ -64,6 +64,14 @@ pub enum SnapEvent {
     },
     /// The applier applies again after a halt.
     ApplyResumed,
+    /// This node's outcome digest after applied entry `index` (a leader proposes it as a
+    /// divergence checkpoint).
+    Checkpoint {
+        /// The applied index.
+        index: u64,
+        /// The digest after it.
+        digest: [u8; 32],
+    },
     /// Follower: a snapshot file was received and published.
     Received {
         /// Leader that sent it.

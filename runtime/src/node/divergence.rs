@@ -1,0 +1,219 @@
+//! Divergence detection: replicas compare what they computed, not just what they were given.
+//!
+//! Raft makes every replica apply the same log; it cannot make a guest's snapshot faithful or
+//! its execution deterministic. So the applier folds every entry's outcome into a running
+//! BLAKE3 digest ([`OutcomeChain`]), and the leader now and then proposes a
+//! `Command::Checkpoint` carrying its digest as of an index it applied. Every replica that
+//! applies the checkpoint compares it with its own digest at that index. A mismatch means this
+//! replica computed something else for the same log: the applier halts for good (no reads, no
+//! snapshots, no leadership) and says so, rather than serve a diverged state.
+//!
+//! Applying a checkpoint also resets the chain to a value derived from the entry alone, so a
+//! replica that started from a snapshot (which does not carry the chain) is in step again from
+//! the first checkpoint after it.
+
+use std::collections::VecDeque;
+
+use crate::proto::{Reply, RequestError, Response};
+
+/// Digests of the most recent applied entries kept for comparison (about 160 KiB).
+pub const RECENT_DIGESTS_MAX: usize = 4096;
+
+/// A digest of outcomes, BLAKE3.
+pub type Digest = [u8; 32];
+
+/// What a checkpoint found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Same digest: this replica computed what the leader computed.
+    Match,
+    /// Different digest: this replica diverged (or the leader did).
+    Mismatch {
+        /// This replica's digest at the checkpoint's index.
+        ours: Digest,
+    },
+    /// This replica has no digest for that index (it started from a snapshot since, or the
+    /// index is older than [`RECENT_DIGESTS_MAX`] entries): nothing to compare.
+    Unknown,
+}
+
+/// The running digest of every applied entry's outcome, and the last few values.
+#[derive(Debug, Clone)]
+pub struct OutcomeChain {
+    /// `None` until the first checkpoint after starting from a snapshot.
+    digest: Option<Digest>,
+    /// `(index, digest after it)`, oldest first.
+    recent: VecDeque<(u64, Digest)>,
+}
+
+impl OutcomeChain {
+    /// The chain of a replica that applies the log from its first entry.
+    pub fn genesis() -> Self {
+        OutcomeChain {
+            digest: Some([0; 32]),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The chain of a replica that starts from a snapshot: unknown until the next checkpoint.
+    pub fn unknown() -> Self {
+        OutcomeChain {
+            digest: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Fold the outcome of entry `index` in; returns the new digest if the chain is known.
+    pub fn push(&mut self, index: u64, outcome: &Response) -> Option<Digest> {
+        let prev = self.digest?;
+        let mut h = blake3::Hasher::new();
+        h.update(&prev);
+        h.update(&index.to_le_bytes());
+        fold_outcome(&mut h, outcome);
+        let d = *h.finalize().as_bytes();
+        self.digest = Some(d);
+        if self.recent.len() >= RECENT_DIGESTS_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((index, d));
+        Some(d)
+    }
+
+    /// This replica's digest after entry `index`, if it still has it.
+    pub fn at(&self, index: u64) -> Option<Digest> {
+        let i = self.recent.partition_point(|(k, _)| *k < index);
+        self.recent
+            .get(i)
+            .filter(|(k, _)| *k == index)
+            .map(|(_, d)| *d)
+    }
+
+    /// Apply the checkpoint entry at `entry_index` that says the leader's digest after
+    /// `index` was `digest`: compare, then restart the chain from a value of the entry alone.
+    pub fn check(&mut self, entry_index: u64, index: u64, digest: Digest) -> CheckOutcome {
+        let outcome = match self.at(index) {
+            Some(ours) if ours == digest => CheckOutcome::Match,
+            Some(ours) => CheckOutcome::Mismatch { ours },
+            None => CheckOutcome::Unknown,
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"wraft checkpoint");
+        h.update(&entry_index.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        h.update(&digest);
+        self.digest = Some(*h.finalize().as_bytes());
+        outcome
+    }
+}
+
+/// What of an outcome enters the digest: what the guest decided (its output, or its
+/// application error), and only the kind of anything else, whose text is the node's.
+fn fold_outcome(h: &mut blake3::Hasher, outcome: &Response) {
+    match outcome {
+        Ok(Reply::Applied { output, .. }) => {
+            h.update(&[0]);
+            h.update(&(output.len() as u64).to_le_bytes());
+            h.update(output);
+        }
+        Err(RequestError::App { code, message }) => {
+            h.update(&[1]);
+            h.update(&code.to_le_bytes());
+            h.update(&(message.len() as u64).to_le_bytes());
+            h.update(message.as_bytes());
+        }
+        Ok(Reply::SessionOpened { client_id }) => {
+            h.update(&[2]);
+            h.update(&client_id.to_le_bytes());
+        }
+        Ok(_) => {
+            h.update(&[3]);
+        }
+        Err(RequestError::MachineFault(_)) => {
+            h.update(&[4]);
+        }
+        Err(RequestError::NoSuchMachine(_)) => {
+            h.update(&[5]);
+        }
+        Err(RequestError::Rejected(_)) => {
+            h.update(&[6]);
+        }
+        Err(RequestError::SessionUnknown { .. }) => {
+            h.update(&[7]);
+        }
+        Err(_) => {
+            h.update(&[8]);
+        }
+    }
+}
+
+/// Lowercase hex of the first 8 bytes of a digest, for messages.
+pub fn short(d: &Digest) -> String {
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(out: &[u8]) -> Response {
+        Ok(Reply::Applied {
+            index: 0,
+            output: out.to_vec(),
+        })
+    }
+
+    #[test]
+    fn equal_histories_agree_and_a_different_output_is_a_mismatch() {
+        let (mut a, mut b) = (OutcomeChain::genesis(), OutcomeChain::genesis());
+        for i in 1..=10 {
+            a.push(i, &applied(&[i as u8]));
+            let out = if i == 7 { 99 } else { i as u8 };
+            b.push(i, &applied(&[out]));
+        }
+        let leader = a.at(5).expect("kept");
+        assert_eq!(b.clone().check(11, 5, leader), CheckOutcome::Match);
+        let leader = a.at(10).expect("kept");
+        assert!(matches!(
+            b.check(11, 10, leader),
+            CheckOutcome::Mismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_replica_started_from_a_snapshot_is_in_step_after_the_next_checkpoint() {
+        let mut live = OutcomeChain::genesis();
+        let mut restored = OutcomeChain::unknown();
+        for i in 1..=5 {
+            live.push(i, &applied(b"x"));
+            assert_eq!(restored.push(i, &applied(b"x")), None);
+        }
+        let d = live.at(5).expect("kept");
+        assert_eq!(restored.check(6, 5, d), CheckOutcome::Unknown);
+        assert_eq!(live.check(6, 5, d), CheckOutcome::Match);
+        for i in 7..=9 {
+            assert_eq!(
+                live.push(i, &applied(b"y")),
+                restored.push(i, &applied(b"y"))
+            );
+        }
+        assert!(live.at(9).is_some());
+    }
+
+    #[test]
+    fn node_local_texts_do_not_enter_the_digest() {
+        let (mut a, mut b) = (OutcomeChain::genesis(), OutcomeChain::genesis());
+        a.push(1, &Err(RequestError::MachineFault("trap at 0x1234".into())));
+        b.push(1, &Err(RequestError::MachineFault("trap at 0x9999".into())));
+        assert_eq!(a.at(1), b.at(1));
+    }
+
+    #[test]
+    fn only_the_most_recent_digests_are_kept() {
+        let mut c = OutcomeChain::genesis();
+        for i in 1..=(RECENT_DIGESTS_MAX as u64 + 10) {
+            c.push(i, &applied(b""));
+        }
+        assert_eq!(c.at(10), None);
+        assert!(c.at(RECENT_DIGESTS_MAX as u64 + 10).is_some());
+    }
+}
