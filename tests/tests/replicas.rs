@@ -249,3 +249,42 @@ async fn a_replica_that_computes_other_results_for_the_same_log_is_detected_and_
         assert_eq!(st.apply_halted, None, "node {id}");
     }
 }
+
+/// Issue #16 case 10, the other half: every replica holds the same unfaithful snapshot, so
+/// they all agree with each other after a trap makes them rebuild from it, and a checkpoint
+/// cannot tell. But each one's replay gives other results than it answered the first time (an
+/// acknowledged "3" would now be "1003"): each notices, and the cluster stops applying rather
+/// than change acknowledged results retroactively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_whose_replay_changes_acknowledged_results_stops_the_replica() {
+    let mb = guest("misbehave");
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let c = cluster.client().await;
+    c.deploy("mb", mb).await.expect("deploy");
+    c.propose("mb", br#""Ok""#).await.expect("ok");
+    c.propose("mb", br#"{"UnfaithfulRestore":true}"#)
+        .await
+        .expect("arm the unfaithful restore");
+    for id in cluster.ids() {
+        wait_count(&cluster, id, b"1").await;
+        c.snapshot_trigger_and_wait(Some(cluster.addr(id)), Duration::from_secs(30))
+            .await
+            .expect("snapshot");
+    }
+    for n in 2..=3u32 {
+        let out = c.propose("mb", br#""Ok""#).await.expect("ok").output;
+        assert_eq!(out, format!("\"{n}\"").into_bytes());
+    }
+    // The trap is answered (the panic is the entry's result); the rebuild behind it replays
+    // the two "Ok"s from the unfaithful snapshot.
+    let _ = c.propose("mb", br#"{"Panic":"rebuild everywhere"}"#).await;
+    for id in cluster.ids() {
+        let halted = wait_for("every replica to stop", CATCH_UP_TIMEOUT, async || {
+            cluster.status(id).await?.apply_halted
+        })
+        .await;
+        assert!(halted.contains("replicas diverged"), "node {id}: {halted}");
+        assert!(halted.contains("another result"), "node {id}: {halted}");
+    }
+}

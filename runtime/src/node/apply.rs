@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
-use super::divergence::{self, CheckOutcome, OutcomeChain};
+use super::divergence::{self, CheckOutcome, Digest, OutcomeChain};
 use super::snap::{self, SnapEvent, migrate};
 use crate::host::{
     self, CallError, HostEngine, LoadError, MachineHandle, MachineModule, TrapKind, WasiProfile,
@@ -168,6 +168,8 @@ struct Machine {
     /// (duplicates) or trapped: a rebuild by replay skips them too.
     skipped: BTreeSet<u64>,
     healthy: bool,
+    /// A rebuild's replay gave other results than the first application: why.
+    diverged: Option<String>,
 }
 
 impl Machine {
@@ -208,6 +210,10 @@ pub struct Applier {
     held: Vec<Entry>,
     /// Running digest of every outcome, compared at divergence checkpoints.
     chain: OutcomeChain,
+    /// Digest of each recent entry's outcome (the last `RECENT_DIGESTS_MAX`), kept across
+    /// re-derivations: an entry applied again (a rebuild's replay, a re-derivation) must give
+    /// the same, or this replica diverged.
+    recorded: BTreeMap<u64, Digest>,
     /// Report the digest after every this many applied entries (0: never); the driver of a
     /// leader proposes it as a checkpoint.
     check_interval: u64,
@@ -257,6 +263,7 @@ impl Applier {
             halted: None,
             held: Vec::new(),
             chain: OutcomeChain::genesis(),
+            recorded: BTreeMap::new(),
             check_interval: 0,
         }
     }
@@ -317,6 +324,7 @@ impl Applier {
                         .collect(),
                     skipped: BTreeSet::new(),
                     healthy: true,
+                    diverged: None,
                 },
             );
         }
@@ -973,7 +981,7 @@ impl Applier {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await?;
                             // A checkpoint compares the digest up to the entries before it.
-                            self.fold_outcomes(&outcomes[chained..]);
+                            self.fold_outcomes(&outcomes[chained..])?;
                             chained = outcomes.len();
                             let resp = self.apply_admin(index, ts, other).await?;
                             outcomes.push((index, client, resp));
@@ -985,7 +993,7 @@ impl Applier {
         self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
             .await?;
         self.complete_sessions(&outcomes[completed..]);
-        self.fold_outcomes(&outcomes[chained..]);
+        self.fold_outcomes(&outcomes[chained..])?;
         for (index, _, resp) in outcomes {
             self.applied = index;
             if let Some(reply) = self.waiting.remove(&index) {
@@ -1010,9 +1018,33 @@ impl Applier {
         Ok(())
     }
 
-    /// Fold outcomes into the running digest, reporting it at every `check_interval`.
-    fn fold_outcomes(&mut self, outcomes: &[Outcome]) {
+    /// Fold outcomes into the running digest, reporting it at every `check_interval`, and
+    /// compare each with what the same entry gave if it was applied before.
+    fn fold_outcomes(&mut self, outcomes: &[Outcome]) -> Result<(), LocalFailure> {
         for (index, _, resp) in outcomes {
+            let d = divergence::outcome_digest(resp);
+            match self.recorded.insert(*index, d) {
+                Some(was) if was != d => {
+                    return Err(LocalFailure {
+                        machine: "(every machine)".into(),
+                        index: *index,
+                        error: format!(
+                            "replicas diverged: entry {index} gave another result when applied \
+                             again (digest {} now, {} before): a guest's snapshot or restore is \
+                             not faithful, or it is not deterministic. This node stops applying \
+                             and serving; replace its data from a healthy replica (RELIABILITY.md, \
+                             \"Divergence\")",
+                            divergence::short(&d),
+                            divergence::short(&was)
+                        ),
+                        diverged: true,
+                    });
+                }
+                _ => {}
+            }
+            while self.recorded.len() > divergence::RECENT_DIGESTS_MAX {
+                self.recorded.pop_first();
+            }
             if let Some(digest) = self.chain.push(*index, resp)
                 && self.check_interval > 0
                 && index % self.check_interval == 0
@@ -1023,6 +1055,7 @@ impl Applier {
                 });
             }
         }
+        Ok(())
     }
 
     /// Store the outputs of admitted commands in the session table (the
@@ -1065,14 +1098,7 @@ impl Applier {
             return Ok(());
         };
         if !m.healthy || m.handle.is_none() {
-            // Not a result: this node cannot run the machine (its rebuild failed, see the
-            // log), while the other replicas can.
-            return Err(LocalFailure {
-                diverged: false,
-                machine: machine.to_owned(),
-                index: items[0].0,
-                error: format!("machine {machine:?} cannot run on this node"),
-            });
+            return Err(self.cannot_run(machine, items[0].0));
         }
         let mut rest: VecDeque<_> = items.into();
         while !rest.is_empty() {
@@ -1131,12 +1157,7 @@ impl Applier {
                 .filter(|m| m.healthy)
                 .and_then(|m| m.handle.as_ref())
             else {
-                return Err(LocalFailure {
-                    diverged: false,
-                    machine: machine.to_owned(),
-                    index,
-                    error: format!("machine {machine:?} cannot run on this node"),
-                });
+                return Err(self.cannot_run(machine, index));
             };
             match handle.apply(entry.clone()).await {
                 Ok(r) => return Ok(app_response(index, r)),
@@ -1184,6 +1205,25 @@ impl Applier {
                     });
                 }
             }
+        }
+    }
+
+    /// Why `machine` cannot take entry `index` here: its replay showed this replica diverged,
+    /// or (not a result either) it could not be started or rebuilt on this node.
+    fn cannot_run(&self, machine: &str, index: u64) -> LocalFailure {
+        match self.machines.get(machine).and_then(|m| m.diverged.as_ref()) {
+            Some(e) => LocalFailure {
+                diverged: true,
+                machine: machine.to_owned(),
+                index,
+                error: format!("replicas diverged: {e}"),
+            },
+            None => LocalFailure {
+                diverged: false,
+                machine: machine.to_owned(),
+                index,
+                error: format!("machine {machine:?} cannot run on this node"),
+            },
         }
     }
 
@@ -1245,10 +1285,14 @@ impl Applier {
         };
         let result = match opened {
             Ok(Ok(base)) => {
-                snap::build_instance(&self.storage, base.as_ref(), &cut, before, false).await
+                let recorded = Some(&self.recorded);
+                snap::build_instance(&self.storage, base.as_ref(), &cut, before, false, recorded)
+                    .await
             }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("opening the base snapshot: {e}")),
+            Ok(Err(e)) => Err(snap::BuildError::Failed(e)),
+            Err(e) => Err(snap::BuildError::Failed(format!(
+                "opening the base snapshot: {e}"
+            ))),
         };
         let Some(m) = self.machines.get_mut(machine) else {
             return;
@@ -1257,6 +1301,11 @@ impl Applier {
             Ok(handle) => {
                 m.handle = Some(handle);
                 m.healthy = true;
+            }
+            Err(snap::BuildError::Diverged(e)) => {
+                tracing::error!(target: "wraft::apply", machine, error = %e, "replicas diverged");
+                m.healthy = false;
+                m.diverged = Some(e);
             }
             Err(e) => {
                 tracing::error!(target: "wraft::apply", machine, error = %e,
@@ -1445,6 +1494,7 @@ impl Applier {
                     }],
                     skipped: BTreeSet::new(),
                     healthy: true,
+                    diverged: None,
                 },
             );
             return Ok(Ok(Reply::Done {

@@ -146,6 +146,28 @@ fn fold_outcome(h: &mut blake3::Hasher, outcome: &Response) {
     }
 }
 
+/// The digest of one outcome alone (what [`OutcomeChain`] folds in).
+pub fn outcome_digest(outcome: &Response) -> Digest {
+    let mut h = blake3::Hasher::new();
+    fold_outcome(&mut h, outcome);
+    *h.finalize().as_bytes()
+}
+
+/// [`outcome_digest`] of a guest's result for an entry, as the applier records it.
+pub fn entry_result_digest(r: &crate::host::EntryResult) -> Digest {
+    let outcome: Response = match r {
+        Ok(output) => Ok(Reply::Applied {
+            index: 0,
+            output: output.clone(),
+        }),
+        Err(e) => Err(RequestError::App {
+            code: e.code,
+            message: e.message.clone(),
+        }),
+    };
+    outcome_digest(&outcome)
+}
+
 /// Lowercase hex of the first 8 bytes of a digest, for messages.
 pub fn short(d: &Digest) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()

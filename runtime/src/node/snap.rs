@@ -23,6 +23,7 @@ use wraft_engine::{EntryKind, SessionTable, SnapshotMeta};
 use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
 
 use super::apply::APPLY_BATCH_ENTRIES_MAX;
+use super::divergence::{self, Digest};
 use crate::host::{self, FnSink, HostEngine, MachineHandle, MachineModule};
 use crate::proto::Command;
 use crate::snapshot::format::{
@@ -152,7 +153,30 @@ pub async fn build_instance(
     m: &MachineCut,
     before: u64,
     background: bool,
-) -> Result<MachineHandle, String> {
+    recorded: Option<&BTreeMap<u64, Digest>>,
+) -> Result<MachineHandle, BuildError> {
+    // A replayed entry must give what it gave when it was applied: a different output means
+    // the base snapshot's restore was not faithful, or the guest is not deterministic.
+    let compare = |results: Vec<(u64, host::EntryResult)>| -> Result<(), BuildError> {
+        let Some(recorded) = recorded else {
+            return Ok(());
+        };
+        for (index, r) in results {
+            if let Some(was) = recorded.get(&index)
+                && *was != divergence::entry_result_digest(&r)
+            {
+                return Err(BuildError::Diverged(format!(
+                    "replaying entry {index} of {:?} gave another result than when it was \
+                     applied (digest {} now, {} then): the machine's snapshot or restore is \
+                     not faithful, or it is not deterministic",
+                    m.name,
+                    divergence::short(&divergence::entry_result_digest(&r)),
+                    divergence::short(was)
+                )));
+            }
+        }
+        Ok(())
+    };
     let start = |module: &MachineModule| {
         if background {
             module.start_background()
@@ -177,13 +201,13 @@ pub async fn build_instance(
                 .rposition(|v| v.deployed_at <= b.header.index)
                 .ok_or_else(|| format!("no version of {:?} at snapshot index", m.name))?;
             if m.versions[v].module.sha256() != rec.module_sha256 {
-                return Err(format!(
+                return Err(BuildError::Failed(format!(
                     "machine {:?}: snapshot {} holds module {}, the registry {}",
                     m.name,
                     b.header.index,
                     crate::snapshot::format::hex(&rec.module_sha256),
                     m.versions[v].module.sha256_hex()
-                ));
+                )));
             }
             let handle = start(&m.versions[v].module)?;
             let src = b
@@ -233,7 +257,7 @@ pub async fn build_instance(
                         command,
                     });
                     if batch.len() >= APPLY_BATCH_ENTRIES_MAX {
-                        replay_batch(&handle, &mut batch).await?;
+                        compare(replay_batch(&handle, &mut batch).await?)?;
                     }
                 }
                 Some(ReplayCommand::Deploy) => {
@@ -242,7 +266,7 @@ pub async fn build_instance(
                         .get(version + 1)
                         .filter(|v| v.deployed_at == item.index)
                     {
-                        replay_batch(&handle, &mut batch).await?;
+                        compare(replay_batch(&handle, &mut batch).await?)?;
                         let fresh = start(&v.module)?;
                         let format = m.versions[version].module.info().snapshot_format;
                         migrate(&handle, &fresh, format)
@@ -256,7 +280,7 @@ pub async fn build_instance(
             }
         }
     }
-    replay_batch(&handle, &mut batch).await?;
+    compare(replay_batch(&handle, &mut batch).await?)?;
     Ok(handle)
 }
 
@@ -348,20 +372,44 @@ pub async fn migrate(
     restore
 }
 
-/// Re-apply a pending batch during a rebuild. Outputs were already recorded
-/// the first time; only the state matters here.
+/// Re-apply a pending batch during a rebuild; returns each entry's result (for comparing with
+/// what it gave the first time).
 pub async fn replay_batch(
     handle: &MachineHandle,
     batch: &mut Vec<host::Entry>,
-) -> Result<(), String> {
+) -> Result<Vec<(u64, host::EntryResult)>, String> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let indexes: Vec<u64> = batch.iter().map(|e| e.index).collect();
     handle
         .apply_batch(std::mem::take(batch))
         .await
-        .map(|_| ())
+        .map(|results| indexes.into_iter().zip(results).collect())
         .map_err(|e| e.to_string())
+}
+
+/// Why [`build_instance`] failed.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The replay gave another result than the first application: the replica diverged.
+    Diverged(String),
+    /// Anything else (reading the log, starting, restoring, a trap in the replay).
+    Failed(String),
+}
+
+impl From<String> for BuildError {
+    fn from(e: String) -> Self {
+        BuildError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::Diverged(e) | BuildError::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 /// Open the base snapshot `id` (None if there is none).
@@ -450,7 +498,7 @@ pub async fn create_snapshot(
     let mut guest_bytes = 0u64;
     for (i, m) in cut.machines.iter().enumerate() {
         let t = Instant::now();
-        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true)
+        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true, None)
             .await
             .map_err(|e| format!("rebuilding {:?} at {index} for the snapshot: {e}", m.name))?;
         let rebuilt = t.elapsed();

@@ -9,12 +9,15 @@
 //!
 //! ```text
 //! frame   := kind u8 | payload_len u32 LE | crc32c(payload) u32 LE | payload
-//! body    := Header Module{n} Sessions (MachineBegin MachineChunk* MachineEnd){n} End
+//! body    := Header Module{n} Sessions Limits (MachineBegin MachineChunk* MachineEnd){n} End
+//!            (version 1 files have no Limits frame)
 //! Header        postcard NodeSnapshotHeader (format version, index, term, membership,
 //!               machine registry with module hashes, replicated address book, clock)
 //! Module        machine index u32 LE ‖ the component bytes (the log entry that
 //!               deployed it is compacted away; the module travels with the state)
 //! Sessions      postcard SessionTable (client deduplication)
+//! Limits        postcard Vec<Option<MachineLimits>>, one per machine: the replicated limits
+//!               of its deploy (None: deployed before limits were replicated)
 //! MachineBegin  postcard u32 machine index
 //! MachineChunk  one opaque chunk of the guest's snapshot, exactly as the guest produced it
 //! MachineEnd    postcard (chunks, bytes) — checked against what was read
