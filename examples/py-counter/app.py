@@ -2,8 +2,18 @@
 
 Built with componentize-py, which links a WASI build of CPython: deploy it with the
 deterministic WASI profile (`wraft deploy --wasi deterministic`).
+
+Two rules this file keeps for every replica to compute the same thing:
+- Only a deliberate `AppError` becomes an application error (componentize-py: `raise Err(..)`).
+  Any other exception leaves the export, which componentize-py turns into a trap, in `apply`
+  and `apply_batch` alike: the node discards the instance and the entry's half-done writes.
+- The `random` module's global generator is reseeded with the entry's log index before every
+  entry (with 0 before a query): it is not part of the snapshot, so without this a replica
+  restored from a snapshot would draw different numbers from one that applied the log live.
 """
 
+import random
+import traceback
 from typing import List, Optional
 
 import wit_world
@@ -20,12 +30,22 @@ SNAPSHOT_BYTES_MAX = 64 * 1024 * 1024
 _state = Counter()
 
 
+def _log_panic() -> None:
+    """Log the exception being handled as a `panic:` line: the host puts it into the trap's
+    message, which the client then receives."""
+    host.log(host.LogLevel.ERROR, "panic: " + traceback.format_exc().strip())
+
+
 def _apply_one(entry: types.Entry) -> Result[bytes, types.AppError]:
+    random.seed(entry.meta.index)
     host.begin_entry()
     try:
         return Ok(_state.apply(entry.command))
     except AppError as e:
         return Err(types.AppError(code=e.code, message=e.message))
+    except Exception:
+        _log_panic()
+        raise  # a bug: leaves the export, a trap
     finally:
         host.end_entry()
 
@@ -76,10 +96,14 @@ class Machine(wit_world.exports.Machine):
         return [_apply_one(e) for e in entries]
 
     def query(self, request: bytes) -> bytes:
+        random.seed(0)
         try:
             return _state.query(request)
         except AppError as e:
             raise Err(types.AppError(code=e.code, message=e.message))
+        except Exception:
+            _log_panic()
+            raise
 
     def begin_snapshot(self) -> machine.SnapshotReader:
         try:

@@ -5,8 +5,9 @@
 //! - **JavaScript**: [componentize-js] (SpiderMonkey/StarlingMonkey, pre-initialized with
 //!   Wizer) with *every* WASI feature disabled (`stdio`, `random`, `clocks`, `http`,
 //!   `fetch-event`), so the component imports only `wraft:machine/host` and deploys under
-//!   [`WasiProfile::None`]. `Math.random()` is then a fixed sequence and `Date.now()` is not
-//!   available; a JS guest has no clock but the entry's `timestamp-ms`.
+//!   [`WasiProfile::None`]. `Math.random()` is then one fixed sequence per instance (the
+//!   template's glue reseeds it at every entry, so a restored replica draws the same numbers)
+//!   and `Date.now()` reads no clock; a JS guest has no time but the entry's `timestamp-ms`.
 //! - **Python**: [componentize-py] (CPython built for WASI 0.2). The component imports WASI
 //!   (clocks, random, streams, filesystem, sockets…), so it deploys under
 //!   [`WasiProfile::Deterministic`]: see [`crate::host`]'s WASI profile for what each interface

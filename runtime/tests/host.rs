@@ -282,6 +282,33 @@ fn guest_panic_is_a_panic_trap_with_its_message() {
     assert!(err.to_string().contains("misbehave: boom"), "{err}");
 }
 
+/// The Rust SDK's half of issue #16 case 7 (JavaScript and Python: `tests/tests/polyglot.rs`):
+/// a panic after a write traps in `apply` and in `apply-batch` alike, never an application error.
+#[test]
+fn a_panic_after_a_write_traps_in_apply_and_in_apply_batch() {
+    let h = misbehave(config());
+    let buggy = json!({"CountThenPanic": "after a write"});
+    assert_eq!(
+        h.apply_blocking(entry(1, json!("Ok"))).unwrap().unwrap(),
+        b"\"1\""
+    );
+    let single = h.apply_blocking(entry(2, buggy.clone())).unwrap_err();
+    assert!(
+        matches!(&single, CallError::Trap { kind: TrapKind::Panic, detail, .. }
+            if detail.contains("after a write")),
+        "{single:?}"
+    );
+    h.reset_blocking().unwrap();
+    let batch = h
+        .apply_batch_blocking(vec![entry(1, json!("Ok")), entry(2, buggy)])
+        .unwrap_err();
+    assert!(
+        matches!(&batch, CallError::Trap { kind: TrapKind::Panic, detail, .. }
+            if detail.contains("after a write")),
+        "{batch:?}"
+    );
+}
+
 #[test]
 fn infinite_loop_exhausts_fuel() {
     let h = misbehave(HostConfig {

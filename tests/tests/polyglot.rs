@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wraft::client::{Client, ClientError, ClientOptions};
-use wraft::host::WasiProfile;
+use wraft::host::{CallError, Entry, HostConfig, HostEngine, MachineModule, WasiProfile};
 use wraft::polyglot;
 use wraft::proto::Consistency;
 use wraft_tests::{Cluster, json as to_json, parse, wait_for, workspace_root};
@@ -123,6 +123,97 @@ struct Built {
     wasi: WasiProfile,
 }
 
+/// A test-only edit of an example: insert `text` before the one occurrence of `anchor` in
+/// `file`.
+struct Patch {
+    file: &'static str,
+    anchor: &'static str,
+    text: &'static str,
+}
+
+/// What the tests add to `examples/js-kv/src/state.js`: a command with a bug after a write,
+/// and one that draws from `Math.random()`. The glue (`machine.js`) is the example's own.
+const JS_KV_TEST_OPS: &[Patch] = &[Patch {
+    file: "src/state.js",
+    anchor: "      case \"delete\": {",
+    text: r#"      case "put_then_crash": {
+        this.map.set(str(c, "key"), "half-applied");
+        null.crash(); // a bug: TypeError, after a write
+      }
+      case "draw": {
+        const key = str(c, "key");
+        const draw = String(Math.floor(Math.random() * 1e9));
+        this.map.set(key, draw);
+        return out({ draw });
+      }
+"#,
+}];
+
+/// What the tests add to `examples/py-counter/counter.py`: a command with a bug after a
+/// write, and one that draws from the `random` module's global generator.
+const PY_COUNTER_TEST_OPS: &[Patch] = &[
+    Patch {
+        file: "counter.py",
+        anchor: "import json\n",
+        text: "import random\n",
+    },
+    Patch {
+        file: "counter.py",
+        anchor: "        raise AppError(BAD_COMMAND, f'unknown op \"{op}\"')",
+        text: r#"        if op == "add_then_crash":
+            self.count += 1
+            raise RuntimeError("a bug, after a write")
+        if op == "draw":
+            draw = random.randrange(1_000_000_000)
+            self.count += draw
+            return _out({"count": self.count, "draw": draw})
+"#,
+    },
+];
+
+/// `examples/<name>` copied to `<target>/polyglot-fixtures/<name>` with `patches` applied
+/// (rewritten only when the result changes, so the build cache keys on it). A missing anchor
+/// fails loudly: the example changed under the test.
+fn fixture(name: &str, patches: &[Patch]) -> PathBuf {
+    let src = workspace_root().join("examples").join(name);
+    let dst = target_dir().join("polyglot-fixtures").join(name);
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+            let p = e.expect("dir entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if matches!(name, "node_modules" | "__pycache__" | ".venv") {
+                continue;
+            }
+            if p.is_dir() {
+                copy(&p, &to.join(name));
+            } else {
+                let text = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let out = to.join(name);
+                if std::fs::read(&out).ok().as_deref() != Some(&text[..]) {
+                    std::fs::write(&out, text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+                }
+            }
+        }
+    }
+    copy(&src, &dst);
+    for p in patches {
+        let original = std::fs::read_to_string(src.join(p.file)).expect("example file");
+        assert_eq!(
+            original.matches(p.anchor).count(),
+            1,
+            "examples/{name}/{}: the test patch's anchor {:?} must occur exactly once",
+            p.file,
+            p.anchor
+        );
+        let target = dst.join(p.file);
+        let current = std::fs::read_to_string(&target).expect("fixture file");
+        let patched = current.replacen(p.anchor, &format!("{}{}", p.text, p.anchor), 1);
+        std::fs::write(&target, patched).expect("writing the fixture");
+    }
+    dst
+}
+
 /// Build `examples/js-kv` with [`polyglot::build_js`] (installing componentize-js first), once
 /// per process. `None` only if `node` is missing and `WRAFT_SKIP_POLYGLOT` is set.
 fn js_kv() -> Option<&'static Built> {
@@ -144,7 +235,7 @@ fn js_kv() -> Option<&'static Built> {
                 py_venv: None,
             };
             Some(build_cached(
-                "js-kv",
+                &fixture("js-kv", JS_KV_TEST_OPS),
                 polyglot::COMPONENTIZE_JS_VERSION,
                 WasiProfile::None,
                 |dir, out| polyglot::build_js_with(dir, out, &tools),
@@ -175,7 +266,7 @@ fn py_counter() -> Option<&'static Built> {
                 py_venv: Some(venv),
             };
             Some(build_cached(
-                "py-counter",
+                &fixture("py-counter", PY_COUNTER_TEST_OPS),
                 polyglot::COMPONENTIZE_PY_VERSION,
                 WasiProfile::Deterministic,
                 |dir, out| polyglot::build_python_with(dir, out, &tools),
@@ -184,16 +275,19 @@ fn py_counter() -> Option<&'static Built> {
         .as_ref()
 }
 
-/// Build `examples/<name>` unless a component built from the same sources is cached; either
+/// Build the project in `dir` unless a component built from the same sources is cached; either
 /// way it must pass the deploy checks under `wasi`.
 fn build_cached(
-    name: &str,
+    dir: &Path,
     tool_version: &str,
     wasi: WasiProfile,
     build: impl FnOnce(&Path, &Path) -> Result<polyglot::BuiltComponent, polyglot::BuildError>,
 ) -> Built {
-    let dir = workspace_root().join("examples").join(name);
-    let hash = source_hash(&dir, tool_version);
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("project name");
+    let hash = source_hash(dir, tool_version);
     let out = target_dir()
         .join("polyglot-guests")
         .join(format!("{name}-{}.wasm", &hash[..16]));
@@ -203,7 +297,7 @@ fn build_cached(
         return Built { bytes, wasi };
     }
     let started = std::time::Instant::now();
-    let built = build(&dir, &out).unwrap_or_else(|e| panic!("building examples/{name}: {e}"));
+    let built = build(dir, &out).unwrap_or_else(|e| panic!("building {}: {e}", dir.display()));
     eprintln!(
         "built examples/{name} in {:.1} s: {} bytes, profile {}, imports {:?}",
         started.elapsed().as_secs_f64(),
@@ -464,4 +558,135 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A host (no cluster) running `built`, compiled through the suite's shared compile cache.
+fn host_module(built: &Built) -> MachineModule {
+    let engine = HostEngine::new(HostConfig {
+        cache_dir: Some(target_dir().join("polyglot-wasm-cache")),
+        ..HostConfig::default()
+    })
+    .expect("host engine");
+    engine
+        .load_with(&built.bytes, built.wasi)
+        .expect("loading the component")
+}
+
+fn entry(index: u64, command: serde_json::Value) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        timestamp_ms: 1_700_000_000_000 + index,
+        command: to_json(command),
+    }
+}
+
+/// `apply` and `apply-batch` of the same buggy entry must both trap, on the same instance
+/// state: an uncaught exception is a fault of the guest, never an application error (which
+/// would keep the entry's half-done writes on every replica).
+fn an_uncaught_exception_traps_in_apply_and_in_apply_batch(
+    built: &Built,
+    good: serde_json::Value,
+    buggy: serde_json::Value,
+    exception: &str,
+) {
+    let m = host_module(built);
+    let h = m.start().expect("instance");
+    h.apply_blocking(entry(1, good.clone()))
+        .expect("a good entry applies")
+        .expect("a good entry is not an application error");
+    let single = h.apply_blocking(entry(2, buggy.clone()));
+    match single {
+        Err(CallError::Trap { detail, .. }) => assert!(
+            detail.contains(exception),
+            "the trap does not name the exception {exception:?}: {detail}"
+        ),
+        other => panic!("apply of {buggy}: expected a trap, got {other:?}"),
+    }
+    h.reset_blocking().expect("reset");
+    let batch = h.apply_batch_blocking(vec![entry(1, good), entry(2, buggy.clone())]);
+    assert!(
+        matches!(batch, Err(CallError::Trap { .. })),
+        "apply-batch of [good, {buggy}]: expected a trap, got {batch:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_an_uncaught_exception_traps_in_apply_and_in_apply_batch() {
+    let Some(js) = js_kv() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        an_uncaught_exception_traps_in_apply_and_in_apply_batch(
+            js,
+            json!({"op": "put", "key": "a", "value": "1"}),
+            json!({"op": "put_then_crash", "key": "a"}),
+            "can't access property \"crash\" of null",
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_an_uncaught_exception_traps_in_apply_and_in_apply_batch() {
+    let Some(py) = py_counter() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        an_uncaught_exception_traps_in_apply_and_in_apply_batch(
+            py,
+            json!({"op": "add", "n": 1}),
+            json!({"op": "add_then_crash"}),
+            "RuntimeError: a bug, after a write",
+        )
+    });
+}
+
+/// The language's own generator (JS `Math.random`, Python's `random`) gives the same numbers
+/// at the same entry on an instance that applied the log live and on one restored from a
+/// snapshot taken part-way (a learner, a restarted node, a rebuild after a trap).
+fn the_language_generator_does_not_depend_on_a_restore(built: &Built, draw: serde_json::Value) {
+    let m = host_module(built);
+    let live = m.start().expect("live instance");
+    for i in 1..=3 {
+        live.apply_blocking(entry(i, draw.clone()))
+            .expect("draw")
+            .expect("draw is not an application error");
+    }
+    // A small state: its few chunks fit the channel, which is read once the snapshot is done.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let summary = live.snapshot_blocking(tx).expect("snapshot");
+    let chunks: Vec<Vec<u8>> = rx.try_iter().collect();
+    let restored = m.start().expect("fresh instance");
+    restored
+        .restore_blocking(summary.format, chunks.into_iter())
+        .expect("restore");
+    for i in 4..=6 {
+        let a = live
+            .apply_blocking(entry(i, draw.clone()))
+            .expect("live draw");
+        let b = restored
+            .apply_blocking(entry(i, draw.clone()))
+            .expect("restored draw");
+        assert_eq!(
+            a.as_deref().map(String::from_utf8_lossy),
+            b.as_deref().map(String::from_utf8_lossy),
+            "entry {i}: the live and the restored instance drew different numbers"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_math_random_does_not_depend_on_a_restore() {
+    let Some(js) = js_kv() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        the_language_generator_does_not_depend_on_a_restore(js, json!({"op": "draw", "key": "d"}))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_random_does_not_depend_on_a_restore() {
+    let Some(py) = py_counter() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        the_language_generator_does_not_depend_on_a_restore(py, json!({"op": "draw"}))
+    });
 }

@@ -31,6 +31,8 @@ pub enum Command {
     Ok,
     /// Panic with this message (a trap).
     Panic(String),
+    /// Count one, then panic with this message: a trap after a write, which must not be kept.
+    CountThenPanic(String),
     /// Spin forever (fuel exhaustion).
     Loop,
     /// Recurse this deep (stack overflow for large depths).
@@ -98,6 +100,10 @@ impl StateMachine for Misbehave {
                 Ok(self.ok_count.to_string())
             }
             Command::Panic(why) => panic!("misbehave: {why}"),
+            Command::CountThenPanic(why) => {
+                self.ok_count += 1;
+                panic!("misbehave: {why}")
+            }
             Command::Loop => {
                 let mut i = 0u64;
                 loop {
