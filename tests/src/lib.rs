@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use wraft::client::{Client, ClientError, ClientOptions};
 use wraft::config::NodeConfig;
 use wraft::local::{self, LocalLayout};
-use wraft::proto::{Consistency, Status};
+use wraft::proto::{Consistency, Request, Response, Status};
 
 /// Lines of each node's log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 120;
@@ -525,6 +525,27 @@ impl Cluster {
         let addr = cfg.node.listen;
         self.insert_node(cfg, path);
         addr
+    }
+
+    /// Send one request to node `id` as it is, with the admin certificate: no redirect, no
+    /// retry, no session handling (for tests of the protocol itself).
+    pub async fn raw(&self, id: u64, req: &Request) -> Response {
+        let tls = wraft_transport::certs::CertDir::new(self.certs_dir())
+            .load_tls(&wraft_transport::Identity::Client("admin".into()))
+            .expect("admin certificate");
+        let conn = wraft_transport::client::ClientConnection::connect(
+            self.addr(id),
+            None,
+            &tls,
+            &Default::default(),
+        )
+        .await
+        .expect("connect");
+        let (_, resp) = conn
+            .request::<Request, Response>(wraft::node::KIND_REQUEST, req)
+            .await
+            .expect("exchange");
+        resp
     }
 
     /// Change node `id`'s config file; it takes effect at the node's next (re)start.

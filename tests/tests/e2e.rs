@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wraft::client::{Client, ClientError};
-use wraft::proto::{Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response};
+use wraft::proto::{Consistency, MachineInfo, Reply, Request, RequestError, RequestTag};
 use wraft_tests::{
     Cluster, guest, is_transient, json as to_json, kv_get, kv_put, kv_value, parse, wait_for,
 };
@@ -664,26 +664,6 @@ async fn an_upgrade_carries_state_across_and_a_failed_restore_keeps_the_old_vers
     }
 }
 
-/// Send one raw request to the node at `addr` with the admin certificate.
-async fn raw(cluster: &Cluster, id: u64, req: &Request) -> Response {
-    let tls = wraft_transport::certs::CertDir::new(cluster.certs_dir())
-        .load_tls(&wraft_transport::Identity::Client("admin".into()))
-        .expect("admin certificate");
-    let conn = wraft_transport::client::ClientConnection::connect(
-        cluster.addr(id),
-        None,
-        &tls,
-        &Default::default(),
-    )
-    .await
-    .expect("connect");
-    let (_, resp) = conn
-        .request::<Request, Response>(wraft::node::KIND_REQUEST, req)
-        .await
-        .expect("exchange");
-    resp
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_once() {
     let counter = guest("counter");
@@ -691,7 +671,7 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
     let c = cluster.client().await;
     c.deploy("counter", counter).await.expect("deploy");
 
-    let client_id = match raw(&cluster, leader, &Request::OpenSession).await {
+    let client_id = match cluster.raw(leader, &Request::OpenSession).await {
         Ok(Reply::SessionOpened { client_id }) => client_id,
         other => panic!("open session: {other:?}"),
     };
@@ -701,14 +681,14 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
         machine: "counter".into(),
         command: br#"{"Add":5}"#.to_vec(),
     };
-    let first = raw(&cluster, leader, &add).await;
+    let first = cluster.raw(leader, &add).await;
     let Ok(Reply::Applied { index, output }) = first else {
         panic!("first attempt: {first:?}");
     };
     assert_eq!(output, b"5");
 
     // A retry to the same leader gets the original answer.
-    match raw(&cluster, leader, &add).await {
+    match cluster.raw(leader, &add).await {
         Ok(Reply::Applied {
             index: i,
             output: o,
@@ -728,7 +708,7 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
         (l != leader).then_some(l)
     })
     .await;
-    match raw(&cluster, new_leader, &add).await {
+    match cluster.raw(new_leader, &add).await {
         Ok(Reply::Applied {
             index: i,
             output: o,
@@ -747,7 +727,7 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
         machine: "counter".into(),
         command: br#"{"Add":1}"#.to_vec(),
     };
-    match raw(&cluster, new_leader, &next).await {
+    match cluster.raw(new_leader, &next).await {
         Ok(Reply::Applied { output, .. }) => assert_eq!(output, b"6"),
         other => panic!("next command: {other:?}"),
     }
@@ -762,7 +742,7 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
         .into_iter()
         .find(|i| *i != new_leader)
         .expect("a follower");
-    match raw(&cluster, follower, &next).await {
+    match cluster.raw(follower, &next).await {
         Err(RequestError::NotLeader {
             leader: Some((l, _)),
         }) => assert_eq!(l, new_leader),
@@ -779,7 +759,7 @@ async fn a_command_of_an_unknown_session_is_refused_never_applied_as_new() {
     let (cluster, leader) = started(3).await;
     let c = cluster.client().await;
     c.deploy("counter", counter).await.expect("deploy");
-    let opened = match raw(&cluster, leader, &Request::OpenSession).await {
+    let opened = match cluster.raw(leader, &Request::OpenSession).await {
         Ok(Reply::SessionOpened { client_id }) => client_id,
         other => panic!("open session: {other:?}"),
     };
@@ -793,7 +773,7 @@ async fn a_command_of_an_unknown_session_is_refused_never_applied_as_new() {
             machine: "counter".into(),
             command: br#"{"Add":5}"#.to_vec(),
         };
-        match raw(&cluster, leader, &add).await {
+        match cluster.raw(leader, &add).await {
             Err(RequestError::SessionUnknown { client_id }) => assert_eq!(client_id, unknown),
             other => panic!("seq {seq} of an unknown session: {other:?}"),
         }
@@ -852,7 +832,7 @@ async fn a_clients_next_admin_read_reflects_what_it_just_changed_through_any_nod
     // view can lag any amount behind) redirects instead of answering from it.
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     for id in cluster.ids().into_iter().filter(|i| *i != leader) {
-        match raw(&cluster, id, &Request::Machines).await {
+        match cluster.raw(id, &Request::Machines).await {
             Err(RequestError::NotLeader { .. }) => {}
             other => panic!("node {id}, a follower, answered a listing itself: {other:?}"),
         }

@@ -6,34 +6,39 @@
 use std::time::Duration;
 
 use wraft::client::ClientError;
-use wraft::proto::{Consistency, Reply, Request, RequestError, RequestTag, Response};
+use wraft::proto::{Consistency, Reply, Request, RequestError, RequestTag};
 use wraft_tests::{Cluster, guest, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn raw(cluster: &Cluster, id: u64, req: &Request) -> Response {
-    let tls = wraft_transport::certs::CertDir::new(cluster.certs_dir())
-        .load_tls(&wraft_transport::Identity::Client("admin".into()))
-        .expect("client tls");
-    let conn = wraft_transport::client::ClientConnection::connect(
-        cluster.addr(id),
-        None,
-        &tls,
-        &Default::default(),
-    )
-    .await
-    .expect("connect");
-    let (_, resp) = conn
-        .request::<Request, Response>(wraft::node::KIND_REQUEST, req)
-        .await
-        .expect("exchange");
-    resp
+/// The current leader and one of its followers.
+async fn leader_and_follower(cluster: &Cluster) -> (u64, u64) {
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    (leader, follower)
+}
+
+/// Node `id` answers even a stale read with `Busy` naming `cause`.
+async fn assert_refuses_reads(cluster: &Cluster, id: u64, cause: &str) {
+    let read = Request::Query {
+        machine: "mb".into(),
+        request: b"null".to_vec(),
+        consistency: Consistency::Stale,
+    };
+    match cluster.raw(id, &read).await {
+        Err(RequestError::Busy(e)) => assert!(e.contains(cause), "{e}"),
+        other => panic!("node {id} answered a read: {other:?}"),
+    }
 }
 
 /// Open a session at `leader` through the log.
 async fn open_session(cluster: &Cluster, leader: u64) -> u64 {
-    match raw(cluster, leader, &Request::OpenSession).await {
+    match cluster.raw(leader, &Request::OpenSession).await {
         Ok(Reply::SessionOpened { client_id }) => client_id,
         other => panic!("open session: {other:?}"),
     }
@@ -72,12 +77,7 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
     let mb = guest("misbehave");
     // Enough fuel per entry that "Loop" runs for about a second before it traps.
     let mut cluster = Cluster::start_with(3, |c| c.guest.fuel_per_entry = 2_000_000_000);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let slow = cluster
-        .ids()
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (_, slow) = leader_and_follower(&cluster).await;
     cluster.reconfigure(slow, |c| c.guest.watchdog_ms = 100);
     cluster.restart(slow);
     let c = cluster.client().await;
@@ -92,12 +92,15 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
     // slow node's 100 ms watchdog stops it first.
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let session = open_session(&cluster, leader).await;
-    match raw(&cluster, leader, &propose(session, 1, br#""Loop""#)).await {
+    match cluster
+        .raw(leader, &propose(session, 1, br#""Loop""#))
+        .await
+    {
         Err(RequestError::MachineFault(m)) => assert!(m.contains("Fuel"), "{m}"),
         other => panic!("Loop: {other:?}"),
     }
     let ok = propose(session, 2, br#""Ok""#);
-    let original = match raw(&cluster, leader, &ok).await {
+    let original = match cluster.raw(leader, &ok).await {
         Ok(Reply::Applied { index, output }) => (index, output),
         other => panic!("Ok after Loop: {other:?}"),
     };
@@ -116,15 +119,7 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
     .await;
     assert!(halted.contains("\"mb\""), "{halted}");
     assert!(halted.contains("watchdog"), "{halted}");
-    let read = Request::Query {
-        machine: "mb".into(),
-        request: b"null".to_vec(),
-        consistency: Consistency::Stale,
-    };
-    match raw(&cluster, slow, &read).await {
-        Err(RequestError::Busy(e)) => assert!(e.contains("not applying"), "{e}"),
-        other => panic!("a halted node answered a read: {other:?}"),
-    }
+    assert_refuses_reads(&cluster, slow, "not applying").await;
 
     // Leadership handed to the halted node does not stay there, and the retry of an
     // acknowledged command gets its original outcome wherever it lands.
@@ -132,7 +127,7 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
     tokio::time::sleep(Duration::from_secs(2)).await;
     let now = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     assert_ne!(now, slow, "the halted node kept the leadership");
-    match raw(&cluster, now, &ok).await {
+    match cluster.raw(now, &ok).await {
         Ok(Reply::Applied { index, output }) => assert_eq!((index, output), original),
         other => panic!("retry of an applied command: {other:?}"),
     }
@@ -153,12 +148,7 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
 async fn a_node_configured_with_other_limits_computes_what_the_others_compute() {
     let mb = guest("misbehave");
     let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let odd = cluster
-        .ids()
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (_, odd) = leader_and_follower(&cluster).await;
     // Far too little fuel for even one "Ok" (JSON in and out) on this node alone.
     cluster.reconfigure(odd, |c| c.guest.fuel_per_entry = 1_000);
     cluster.restart(odd);
@@ -200,12 +190,7 @@ async fn a_node_configured_with_other_limits_computes_what_the_others_compute() 
 async fn a_replica_that_computes_other_results_for_the_same_log_is_detected_and_stops() {
     let mb = guest("misbehave");
     let cluster = Cluster::start_with(3, |c| c.raft.divergence_check_entries = 4);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let odd = cluster
-        .ids()
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (_, odd) = leader_and_follower(&cluster).await;
     let c = cluster.client().await;
     c.deploy("mb", mb).await.expect("deploy");
     for _ in 0..2 {
@@ -234,15 +219,7 @@ async fn a_replica_that_computes_other_results_for_the_same_log_is_detected_and_
     )
     .await;
     assert!(halted.contains("replicas diverged"), "{halted}");
-    let read = Request::Query {
-        machine: "mb".into(),
-        request: b"null".to_vec(),
-        consistency: Consistency::Stale,
-    };
-    match raw(&cluster, odd, &read).await {
-        Err(RequestError::Busy(e)) => assert!(e.contains("diverged"), "{e}"),
-        other => panic!("a diverged node answered a read: {other:?}"),
-    }
+    assert_refuses_reads(&cluster, odd, "diverged").await;
     for id in cluster.ids().into_iter().filter(|i| *i != odd) {
         wait_count(&cluster, id, b"10").await;
         let st = cluster.status(id).await.expect("status");

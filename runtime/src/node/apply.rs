@@ -635,6 +635,9 @@ impl Applier {
 
     /// Run until the driver drops its sender.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
+        // What startup recovered (a snapshot, maybe nothing to replay above it) is visible at
+        // once, not at the first message.
+        self.publish();
         loop {
             let retry_at = self
                 .halted
