@@ -217,6 +217,7 @@ fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
             module_bytes_max: 4096,
             ..HostConfig::default()
         }),
+        ..BuildOptions::default()
     };
     match build_project(&project, &opts) {
         Err(BuildError::Invalid(LoadError::TooLarge { max: 4096, found })) => {
