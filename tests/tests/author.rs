@@ -182,7 +182,13 @@ fn new_js_and_python_projects_arrive_with_their_toolchain_and_passing_native_tes
 fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     let tmp = tempfile::tempdir().expect("tmp");
     let project = new_project(tmp.path(), "starter");
-    for f in ["Cargo.toml", "src/lib.rs", "tests/machine.rs", "Cargo.lock"] {
+    for f in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "tests/machine.rs",
+        "Cargo.lock",
+        "wraft-check.jsonl",
+    ] {
         assert!(project.join(f).is_file(), "{f} missing");
     }
 
@@ -192,6 +198,11 @@ fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     );
     assert!(out.contains("passed the deploy checks"), "{out}");
     assert!(out.contains("machine starter 0.1.0"), "{out}");
+    // The template's own sample log drives the snapshot fidelity check.
+    assert!(
+        out.contains("snapshot fidelity: 8 entries, 4 queries: ok"),
+        "{out}"
+    );
     let component = project.join("target/wraft/starter.wasm");
     let engine = HostEngine::new(HostConfig::default()).expect("engine");
     let module = engine
