@@ -482,12 +482,18 @@ fn the_author_guide_shell_blocks_run_in_order() {
     );
     // What the guide says happens, happened.
     let after = |marker: &str| out.split(marker).nth(1).unwrap_or("").to_owned();
-    assert!(after("### block 4").contains(r#"{"value":"hi"}"#), "{out}");
     assert!(
-        after("### block 6").contains(r#"{"value":"hi"}"#),
+        after("### block 4").contains("the fidelity check caught it")
+            && err.contains(r#"applied  Ok({"prev":"ada"})"#)
+            && err.contains(r#"restored Ok({"prev":"ADA"})"#),
+        "the unfaithful restore must fail the build, naming both outputs:\n{out}\n{err}"
+    );
+    assert!(after("### block 5").contains(r#"{"value":"hi"}"#), "{out}");
+    assert!(
+        after("### block 7").contains(r#"{"value":"hi"}"#),
         "state lost in the upgrade:\n{out}"
     );
-    let trap = after("### block 7");
+    let trap = after("### block 8");
     assert!(trap.contains("the command trapped"), "{out}\n{err}");
     assert!(
         err.contains("keys must not explode"),
