@@ -8,15 +8,18 @@
 //! [`build_project`] is `wraft build`: it finds the project's language, checks the toolchain
 //! first (and says exactly what to install), builds, then runs [`check_component`] — the very
 //! [`HostEngine::load`] a node runs on deploy (size, imports, exports, world types, a call to
-//! `info`) — and only then writes the output file.
+//! `info`) — then, if the project has a sample log (`wraft-check.jsonl`), the snapshot fidelity
+//! check of [`crate::fidelity`] on the same compiled module, and only then writes the output
+//! file.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::fidelity::{FidelityError, FidelityReport, SAMPLE_FILE, SampleLog, check_fidelity};
 use crate::host::{
-    ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo, WasiProfile,
-    validate_component, validate_component_for,
+    ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo, MachineModule,
+    WasiProfile, validate_component, validate_component_for,
 };
 use crate::templates::Language;
 
@@ -56,6 +59,15 @@ pub enum BuildError {
         lang: &'static str,
         /// What is missing.
         detail: String,
+    },
+    /// The snapshot fidelity check with the project's sample log failed: the machine's
+    /// restore is not faithful, the guest trapped, or the sample log is unusable.
+    #[error("snapshot fidelity check with {} failed: {source}", sample.display())]
+    Fidelity {
+        /// The sample log.
+        sample: PathBuf,
+        /// What differed, or what failed.
+        source: FidelityError,
     },
     /// The host engine used for the check could not start.
     #[error("cannot start the wasm engine to check the component: {0}")]
@@ -197,6 +209,10 @@ pub struct BuildOptions {
     /// The host settings to check against (size limit, fuel for `info`); default
     /// [`HostConfig::default`], which is also a node's default.
     pub host: Option<HostConfig>,
+    /// The sample log of the snapshot fidelity check; default `<project>/wraft-check.jsonl`
+    /// ([`SAMPLE_FILE`]). No such file: the check is skipped ([`BuiltProject::fidelity`] is
+    /// `None`).
+    pub sample_log: Option<PathBuf>,
 }
 
 /// What [`build_project`] produced.
@@ -210,6 +226,10 @@ pub struct BuiltProject {
     pub checked: CheckedComponent,
     /// The WASI profile the component needs at deploy (`deterministic` for Python guests).
     pub wasi: WasiProfile,
+    /// The snapshot fidelity check's result; `None` if the project has no sample log.
+    pub fidelity: Option<FidelityReport>,
+    /// The sample log looked for.
+    pub sample_log: PathBuf,
 }
 
 /// A component that passed [`check_component`].
@@ -244,25 +264,35 @@ pub fn check_component_with(
     host: &HostConfig,
     wasi: WasiProfile,
 ) -> Result<CheckedComponent, BuildError> {
+    load_checked(component, host, wasi).map(|(checked, _)| checked)
+}
+
+/// [`check_component_with`], also returning the compiled module (for the fidelity check).
+fn load_checked(
+    component: &[u8],
+    host: &HostConfig,
+    wasi: WasiProfile,
+) -> Result<(CheckedComponent, MachineModule), BuildError> {
     let limit = host.module_bytes_max;
     // With `host.cache_dir` set (`wraft dev` sets it to the directory its nodes compile into),
     // this compile is the nodes' too: their loads of the same module become cache hits.
     let engine = HostEngine::new(host.clone())?;
     let module = engine.load_with(component, wasi)?;
-    Ok(CheckedComponent {
+    let checked = CheckedComponent {
         bytes: component.len(),
         sha256: module.sha256_hex(),
         info: module.info().clone(),
         summary: validate_component_for(component, limit, false, wasi)?,
-    })
+    };
+    Ok((checked, module))
 }
 
 /// `wraft build`: build the machine project in `dir` into a checked component.
 ///
 /// Steps: detect the language ([`Language::detect`]); check the toolchain and fail with the
-/// command that installs what is missing; build; [`check_component`]; write the output
-/// atomically (nothing is written if a check fails). JavaScript and Python projects fail with
-/// [`BuildError::NotAvailable`] until the polyglot toolchains are wired in.
+/// command that installs what is missing; build; [`check_component`]; if the project has a
+/// sample log, [`check_fidelity`] on the same compiled module; write the output atomically
+/// (nothing is written if a check fails).
 pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, BuildError> {
     let lang = Language::detect(dir).ok_or_else(|| BuildError::NotAProject(dir.to_owned()))?;
     let mut wasi = WasiProfile::None;
@@ -318,7 +348,19 @@ pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, Bu
             (bytes, name)
         }
     };
-    let checked = check_component_with(&component, &opts.host.clone().unwrap_or_default(), wasi)?;
+    let (checked, module) = load_checked(&component, &opts.host.clone().unwrap_or_default(), wasi)?;
+    let sample_log = opts
+        .sample_log
+        .clone()
+        .unwrap_or_else(|| dir.join(SAMPLE_FILE));
+    let fidelity_err = |source| BuildError::Fidelity {
+        sample: sample_log.clone(),
+        source,
+    };
+    let fidelity = match SampleLog::read(&sample_log).map_err(fidelity_err)? {
+        Some(sample) => Some(check_fidelity(&module, &sample).map_err(fidelity_err)?),
+        None => None,
+    };
     let out = opts.out.clone().unwrap_or_else(|| {
         dir.join("target")
             .join("wraft")
@@ -330,6 +372,8 @@ pub fn build_project(dir: &Path, opts: &BuildOptions) -> Result<BuiltProject, Bu
         out,
         checked,
         wasi,
+        fidelity,
+        sample_log,
     })
 }
 

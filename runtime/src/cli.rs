@@ -440,9 +440,16 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
 /// What `wraft build` and `wraft dev` print about a built component.
 pub fn describe_build(b: &crate::build::BuiltProject) -> String {
     let c = &b.checked;
+    let fidelity = match &b.fidelity {
+        Some(report) => report.to_string(),
+        None => format!(
+            "snapshot fidelity: not checked (no sample log {}; see docs/guide.md)",
+            b.sample_log.display()
+        ),
+    };
     format!(
         "{}\n  machine {} {} (snapshot format {}), {} bytes, sha256 {}\n  imports: {}\n  \
-         passed the deploy checks (size, imports, exports, world, info)",
+         passed the deploy checks (size, imports, exports, world, info)\n  {fidelity}",
         b.out.display(),
         c.info.name,
         c.info.version,

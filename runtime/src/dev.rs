@@ -97,6 +97,7 @@ async fn build(opts: &DevOptions, out: &Path, cache: &Path) -> Result<BuiltProje
             cache_dir: Some(cache.to_owned()),
             ..HostConfig::default()
         }),
+        sample_log: None,
     };
     Ok(tokio::task::spawn_blocking(move || build_project(&dir, &bopts)).await??)
 }

@@ -8,6 +8,7 @@
 //! - [`config`] — the node's TOML configuration.
 //! - [`proto`] — the client protocol and the replicated command format.
 //! - [`build`] — turning a guest crate into a checked component.
+//! - [`fidelity`] — the snapshot fidelity check `wraft build` runs on a built component.
 //! - [`templates`] — `wraft new`: machine projects from templates in the binary.
 //! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
 //! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod fidelity;
 pub mod host;
 pub mod local;
 pub mod metrics;

@@ -683,6 +683,7 @@ fn build(path: &Path, out: Option<PathBuf>, target_dir: Option<PathBuf>) -> Resu
         out,
         target_dir,
         host: None,
+        sample_log: None,
     };
     let built = wraft::build::build_project(path, &opts)?;
     println!("{}", wraft::cli::describe_build(&built));

@@ -182,7 +182,13 @@ fn new_js_and_python_projects_arrive_with_their_toolchain_and_passing_native_tes
 fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     let tmp = tempfile::tempdir().expect("tmp");
     let project = new_project(tmp.path(), "starter");
-    for f in ["Cargo.toml", "src/lib.rs", "tests/machine.rs", "Cargo.lock"] {
+    for f in [
+        "Cargo.toml",
+        "src/lib.rs",
+        "tests/machine.rs",
+        "Cargo.lock",
+        "wraft-check.jsonl",
+    ] {
         assert!(project.join(f).is_file(), "{f} missing");
     }
 
@@ -192,6 +198,11 @@ fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
     );
     assert!(out.contains("passed the deploy checks"), "{out}");
     assert!(out.contains("machine starter 0.1.0"), "{out}");
+    // The template's own sample log drives the snapshot fidelity check.
+    assert!(
+        out.contains("snapshot fidelity: 8 entries, 4 queries: ok"),
+        "{out}"
+    );
     let component = project.join("target/wraft/starter.wasm");
     let engine = HostEngine::new(HostConfig::default()).expect("engine");
     let module = engine
@@ -217,6 +228,7 @@ fn a_new_project_builds_into_a_checked_component_and_its_own_tests_pass() {
             module_bytes_max: 4096,
             ..HostConfig::default()
         }),
+        ..BuildOptions::default()
     };
     match build_project(&project, &opts) {
         Err(BuildError::Invalid(LoadError::TooLarge { max: 4096, found })) => {
@@ -470,12 +482,18 @@ fn the_author_guide_shell_blocks_run_in_order() {
     );
     // What the guide says happens, happened.
     let after = |marker: &str| out.split(marker).nth(1).unwrap_or("").to_owned();
-    assert!(after("### block 4").contains(r#"{"value":"hi"}"#), "{out}");
     assert!(
-        after("### block 6").contains(r#"{"value":"hi"}"#),
+        after("### block 4").contains("the fidelity check caught it")
+            && err.contains(r#"applied  Ok({"prev":"ada"})"#)
+            && err.contains(r#"restored Ok({"prev":"ADA"})"#),
+        "the unfaithful restore must fail the build, naming both outputs:\n{out}\n{err}"
+    );
+    assert!(after("### block 5").contains(r#"{"value":"hi"}"#), "{out}");
+    assert!(
+        after("### block 7").contains(r#"{"value":"hi"}"#),
         "state lost in the upgrade:\n{out}"
     );
-    let trap = after("### block 7");
+    let trap = after("### block 8");
     assert!(trap.contains("the command trapped"), "{out}\n{err}");
     assert!(
         err.contains("keys must not explode"),

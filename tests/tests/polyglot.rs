@@ -81,7 +81,11 @@ fn source_hash(dir: &Path, tool_version: &str) -> String {
         entries.sort();
         for p in entries {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if matches!(name, "node_modules" | "__pycache__" | ".venv") {
+            // The sample log of the fidelity check is no input of the component.
+            if matches!(
+                name,
+                "node_modules" | "__pycache__" | ".venv" | wraft::fidelity::SAMPLE_FILE
+            ) {
                 continue;
             }
             if p.is_dir() {
@@ -688,5 +692,43 @@ async fn py_random_does_not_depend_on_a_restore() {
     let _serial = SERIAL.lock().await;
     tokio::task::block_in_place(|| {
         the_language_generator_does_not_depend_on_a_restore(py, json!({"op": "draw"}))
+    });
+}
+
+/// `wraft build`'s snapshot fidelity check on the example's built component with the example's
+/// own sample log (the one `wraft new` gives a project): half the log, snapshot, restore into
+/// a fresh instance, the rest on both, then every output, query answer and final snapshot
+/// byte compared.
+fn the_example_passes_the_snapshot_fidelity_check(built: &Built, example: &str) {
+    let log = workspace_root()
+        .join("examples")
+        .join(example)
+        .join(wraft::fidelity::SAMPLE_FILE);
+    let sample = wraft::fidelity::SampleLog::read(&log)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("examples/{example} has no {}", log.display()));
+    let started = std::time::Instant::now();
+    let report = wraft::fidelity::check_fidelity(&host_module(built), &sample)
+        .unwrap_or_else(|e| panic!("examples/{example}: {e}"));
+    eprintln!(
+        "examples/{example}: {report} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(report.entries >= 6 && report.queries >= 1, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_kv_restores_its_snapshot_faithfully() {
+    let Some(js) = js_kv() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| the_example_passes_the_snapshot_fidelity_check(js, "js-kv"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_counter_restores_its_snapshot_faithfully() {
+    let Some(py) = py_counter() else { return };
+    let _serial = SERIAL.lock().await;
+    tokio::task::block_in_place(|| {
+        the_example_passes_the_snapshot_fidelity_check(py, "py-counter")
     });
 }

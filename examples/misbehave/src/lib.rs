@@ -46,7 +46,8 @@ pub enum Command {
     /// Make a restore of a snapshot taken from now on panic in `finish` (or not).
     CorruptRestore(bool),
     /// Make a restore of a snapshot taken from now on silently add 1000 to the count (or not):
-    /// an unfaithful snapshot, which only divergence detection can notice.
+    /// an unfaithful snapshot, which only divergence detection (in a cluster) or the snapshot
+    /// fidelity check of `wraft build` (before deploying) can notice.
     UnfaithfulRestore(bool),
     /// Hand `data` (e.g. a zstd bomb) to the host's `decompress` import with this cap.
     /// Outputs the decompressed length; the host's refusal becomes an [`AppError`] with code

@@ -104,6 +104,11 @@ const JS: &[TemplateFile] = &[
         rename: None,
     },
     TemplateFile {
+        path: crate::fidelity::SAMPLE_FILE,
+        text: include_str!("../../../examples/js-kv/wraft-check.jsonl"),
+        rename: None,
+    },
+    TemplateFile {
         path: "README.md",
         text: include_str!("../../templates/js/README.md"),
         rename: None,
@@ -134,6 +139,11 @@ const PYTHON: &[TemplateFile] = &[
         rename: None,
     },
     TemplateFile {
+        path: crate::fidelity::SAMPLE_FILE,
+        text: include_str!("../../../examples/py-counter/wraft-check.jsonl"),
+        rename: None,
+    },
+    TemplateFile {
         path: "README.md",
         text: include_str!("../../templates/python/README.md"),
         rename: None,
@@ -154,6 +164,11 @@ const RUST: &[TemplateFile] = &[
     TemplateFile {
         path: "tests/machine.rs",
         text: include_str!("rust/tests/machine.rs.tmpl"),
+        rename: None,
+    },
+    TemplateFile {
+        path: crate::fidelity::SAMPLE_FILE,
+        text: include_str!("rust/wraft-check.jsonl.tmpl"),
         rename: None,
     },
     TemplateFile {
@@ -405,6 +420,7 @@ mod tests {
         .unwrap();
         assert_eq!(Language::detect(&dir), Some(Language::Rust));
         assert!(p.lockfile_copied);
+        assert!(dir.join(crate::fidelity::SAMPLE_FILE).is_file());
         for f in &p.files {
             let text = std::fs::read_to_string(dir.join(f)).unwrap();
             assert!(!text.contains("{{"), "{} keeps a placeholder", f.display());
@@ -436,6 +452,7 @@ mod tests {
             };
             let p = new_project("shop", lang, &opts).unwrap();
             assert_eq!(Language::detect(&p.dir), Some(lang));
+            assert!(dir.join(crate::fidelity::SAMPLE_FILE).is_file(), "{lang:?}");
             let text = std::fs::read_to_string(dir.join(manifest)).unwrap();
             assert!(
                 text.contains("shop") && !text.contains("{{"),
