@@ -1048,7 +1048,7 @@ impl Applier {
             while self.recorded.len() > divergence::RECENT_DIGESTS_MAX {
                 self.recorded.pop_first();
             }
-            if let Some(digest) = self.chain.push(*index, resp)
+            if let Some(digest) = self.chain.push(*index, &d)
                 && self.check_interval > 0
                 && index % self.check_interval == 0
             {

@@ -63,13 +63,14 @@ impl OutcomeChain {
         }
     }
 
-    /// Fold the outcome of entry `index` in; returns the new digest if the chain is known.
-    pub fn push(&mut self, index: u64, outcome: &Response) -> Option<Digest> {
+    /// Fold the outcome of entry `index` in (its [`outcome_digest`]); returns the new digest
+    /// if the chain is known.
+    pub fn push(&mut self, index: u64, outcome: &Digest) -> Option<Digest> {
         let prev = self.digest?;
         let mut h = blake3::Hasher::new();
         h.update(&prev);
         h.update(&index.to_le_bytes());
-        fold_outcome(&mut h, outcome);
+        h.update(outcome);
         let d = *h.finalize().as_bytes();
         self.digest = Some(d);
         if self.recent.len() >= RECENT_DIGESTS_MAX {
@@ -177,11 +178,11 @@ pub fn short(d: &Digest) -> String {
 mod tests {
     use super::*;
 
-    fn applied(out: &[u8]) -> Response {
-        Ok(Reply::Applied {
+    fn applied(out: &[u8]) -> Digest {
+        outcome_digest(&Ok(Reply::Applied {
             index: 0,
             output: out.to_vec(),
-        })
+        }))
     }
 
     #[test]
@@ -224,8 +225,14 @@ mod tests {
     #[test]
     fn node_local_texts_do_not_enter_the_digest() {
         let (mut a, mut b) = (OutcomeChain::genesis(), OutcomeChain::genesis());
-        a.push(1, &Err(RequestError::MachineFault("trap at 0x1234".into())));
-        b.push(1, &Err(RequestError::MachineFault("trap at 0x9999".into())));
+        a.push(
+            1,
+            &outcome_digest(&Err(RequestError::MachineFault("trap at 0x1234".into()))),
+        );
+        b.push(
+            1,
+            &outcome_digest(&Err(RequestError::MachineFault("trap at 0x9999".into()))),
+        );
         assert_eq!(a.at(1), b.at(1));
     }
 

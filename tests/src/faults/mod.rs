@@ -402,6 +402,10 @@ async fn bounded<T>(
     }
 }
 
+/// One operation in this many is a client's last: the next one uses a new client (and so
+/// opens a new session).
+const SHORT_LIVED_CLIENT_ONE_IN: u32 = 20;
+
 struct ClientCtx {
     id: u64,
     seed: u64,
@@ -430,6 +434,9 @@ async fn client_loop(ctx: ClientCtx) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // Now and then the client starts over, like one `wraft` CLI invocation after another:
+        // its next write opens a new session through the log, under whatever fault is on.
+        let short_lived = rng.u32(0..SHORT_LIVED_CLIENT_ONE_IN) == 0;
         n += 1;
         let value = (ctx.id + 1) * 1_000_000_000 + n;
         let key = rng.u64(0..ctx.keys);
@@ -516,6 +523,9 @@ async fn client_loop(ctx: ClientCtx) {
                     Err(e) => h.complete(op, write_outcome(&e), None, e.to_string()),
                 }
             }
+        }
+        if short_lived {
+            client = None;
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(0..=OP_PAUSE_MS_MAX))).await;
     }
