@@ -495,9 +495,7 @@ impl Applier {
     async fn apply_or_halt(&mut self, entries: Vec<Entry>, attempts: u32) {
         if let Err(failure) = self.apply_entries(&entries).await {
             let applied = self.applied;
-            if !failure.diverged {
-                self.held = entries.into_iter().filter(|e| e.index > applied).collect();
-            }
+            self.held = entries.into_iter().filter(|e| e.index > applied).collect();
             self.halt(failure, attempts);
         }
     }
@@ -516,7 +514,6 @@ impl Applier {
         if halt.failure.diverged {
             tracing::error!(target: "wraft::apply", node = self.node, index = halt.failure.index,
                 applied = self.applied, "{}", halt.failure.error);
-            self.held.clear();
         } else {
             tracing::error!(target: "wraft::apply", node = self.node, machine = %halt.failure.machine,
             index = halt.failure.index, applied = self.applied, attempts, retry_in_ms = backoff_ms,
@@ -697,14 +694,11 @@ impl Applier {
                 return false;
             }
             ApplyMsg::Entries(entries) => {
-                match &self.halted {
-                    // A diverged node applies nothing more in this process: keep nothing.
-                    Some(h) if h.failure.diverged => return false,
-                    Some(_) => {
-                        self.held.extend(entries);
-                        return false;
-                    }
-                    None => {}
+                // Held for the re-derivation, or (diverged) for a snapshot from the leader that
+                // replaces this node's state: entries above it are applied on top.
+                if self.halted.is_some() {
+                    self.held.extend(entries);
+                    return false;
                 }
                 self.apply_or_halt(entries, 0).await;
                 if let Some((target, t)) = self.recovery_target

@@ -5,8 +5,9 @@
 //! BLAKE3 digest ([`OutcomeChain`]), and the leader now and then proposes a
 //! `Command::Checkpoint` carrying its digest as of an index it applied. Every replica that
 //! applies the checkpoint compares it with its own digest at that index. A mismatch means this
-//! replica computed something else for the same log: the applier halts for good (no reads, no
-//! snapshots, no leadership) and says so, rather than serve a diverged state.
+//! replica computed something else for the same log: the applier halts without retrying (no
+//! reads, no snapshots, no leadership) and says so, rather than serve a diverged state, until
+//! its state is replaced from outside (a snapshot from the leader, or an operator).
 //!
 //! Applying a checkpoint also resets the chain to a value derived from the entry alone, so a
 //! replica that started from a snapshot (which does not carry the chain) is in step again from
