@@ -1047,19 +1047,7 @@ fn follower_behind_snapshot_floor_gets_install_snapshot_then_resumes_from_the_lo
 
 #[test]
 fn follower_installing_a_slow_snapshot_stays_live_and_fires_no_election() {
-    let mut c = Cluster::new(3, 0, 22, |c| {
-        c.log_retention_margin_entries = 0;
-        c.snapshot_hint_threshold_entries = 0;
-    });
-    let l = c.elect();
-    let f = (1..=3).find(|i| *i != l).expect("follower");
-    c.isolate(f);
-    apply_all(&mut c, l, 20);
-    let meta = c
-        .e(l)
-        .snapshot_meta_at(c.e(l).applied_index())
-        .expect("meta");
-    c.step(l, Event::SnapshotCreated { meta: meta.clone() });
+    let (mut c, l, f, meta) = snapshot_ahead_of_a_cut_off_follower(22);
     c.heal();
     c.tick_all(2);
     let term = c.e(l).term();
@@ -1418,6 +1406,24 @@ struct HandFollower {
 }
 
 impl HandFollower {
+    /// Leader 3 (term 2) streams a snapshot at (`index`, `term`); the follower asks its host to
+    /// install it.
+    fn receive_snapshot_from_leader_3(&mut self, index: LogIndex, term: Term) -> SnapshotMeta {
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: Membership::with_voters(1..=3),
+        };
+        self.step(Event::SnapshotReceived {
+            from: 3,
+            term: 2,
+            meta: meta.clone(),
+        });
+        self.run().expect("install requested");
+        assert_eq!(self.installs, vec![meta.clone()]);
+        meta
+    }
+
     fn new(id: NodeId, voters: u64) -> HandFollower {
         let init = InitialState {
             snapshot: SnapshotMeta {
@@ -1500,6 +1506,26 @@ impl HandFollower {
     }
 }
 
+/// A 3-voter cluster (seed `seed`) that may snapshot at any applied entry: its leader applies 20
+/// entries while follower `f` is cut off, then creates a snapshot at its applied index. Returns
+/// the cluster, the leader, `f` (still cut off) and the snapshot.
+fn snapshot_ahead_of_a_cut_off_follower(seed: u64) -> (Cluster, NodeId, NodeId, SnapshotMeta) {
+    let mut c = Cluster::new(3, 0, seed, |c| {
+        c.log_retention_margin_entries = 0;
+        c.snapshot_hint_threshold_entries = 0;
+    });
+    let l = c.elect();
+    let f = (1..=3).find(|i| *i != l).expect("follower");
+    c.isolate(f);
+    apply_all(&mut c, l, 20);
+    let meta = c
+        .e(l)
+        .snapshot_meta_at(c.e(l).applied_index())
+        .expect("meta");
+    c.step(l, Event::SnapshotCreated { meta: meta.clone() });
+    (c, l, f, meta)
+}
+
 fn cmds(indexes: std::ops::RangeInclusive<LogIndex>, term: Term) -> Vec<Entry> {
     indexes.map(|i| cmd(i, term)).collect()
 }
@@ -1510,18 +1536,7 @@ fn append_stepped_after_a_conflicting_snapshot_install_is_written_before_it_is_a
     f.append(1, 1, (0, 0), cmds(1..=5, 1));
     f.run().expect("first append");
     // A new leader (3, term 2) streams a snapshot at 3 whose term conflicts with the log.
-    let meta = SnapshotMeta {
-        index: 3,
-        term: 2,
-        membership: Membership::with_voters(1..=3),
-    };
-    f.step(Event::SnapshotReceived {
-        from: 3,
-        term: 2,
-        meta: meta.clone(),
-    });
-    f.run().expect("install requested");
-    assert_eq!(f.installs, vec![meta.clone()]);
+    let meta = f.receive_snapshot_from_leader_3(3, 2);
     // Two events before one poll: the install completes, then the next append arrives.
     f.step(Event::SnapshotInstalled { meta });
     f.append(3, 2, (3, 2), cmds(4..=5, 2));
@@ -1535,18 +1550,7 @@ fn truncation_stepped_before_a_matching_snapshot_install_stays_above_the_new_flo
     let mut f = HandFollower::new(2, 3);
     f.append(1, 1, (0, 0), cmds(1..=5, 1));
     f.run().expect("first append");
-    let meta = SnapshotMeta {
-        index: 4,
-        term: 2,
-        membership: Membership::with_voters(1..=3),
-    };
-    f.step(Event::SnapshotReceived {
-        from: 3,
-        term: 2,
-        meta: meta.clone(),
-    });
-    f.run().expect("install requested");
-    assert_eq!(f.installs, vec![meta.clone()]);
+    let meta = f.receive_snapshot_from_leader_3(4, 2);
     // While the install runs, the new leader's append replaces 3..=5 with
     // its own term-2 entries (so the snapshot at 4 now matches the log);
     // then the install completes, all before one poll.
@@ -1578,19 +1582,7 @@ fn truncating_entries_never_handed_to_the_host_asks_the_store_for_no_truncation(
 
 #[test]
 fn snapshot_send_requested_before_a_newer_snapshot_is_created_names_the_newer_one() {
-    let mut c = Cluster::new(3, 0, 23, |c| {
-        c.log_retention_margin_entries = 0;
-        c.snapshot_hint_threshold_entries = 0;
-    });
-    let l = c.elect();
-    let f = (1..=3).find(|i| *i != l).expect("follower");
-    c.isolate(f);
-    apply_all(&mut c, l, 20);
-    let old = c
-        .e(l)
-        .snapshot_meta_at(c.e(l).applied_index())
-        .expect("meta");
-    c.step(l, Event::SnapshotCreated { meta: old.clone() });
+    let (mut c, l, f, old) = snapshot_ahead_of_a_cut_off_follower(23);
     c.heal();
     c.tick_all(6);
     assert_eq!(c.hosts[&l].snap_sends.len(), 1, "f is being sent {old:?}");
