@@ -548,6 +548,14 @@ impl Cluster {
         resp
     }
 
+    /// Open a client session at node `id` (the leader) through the log; its id.
+    pub async fn open_session(&self, id: u64) -> u64 {
+        match self.raw(id, &Request::OpenSession).await {
+            Ok(wraft::proto::Reply::SessionOpened { client_id }) => client_id,
+            other => panic!("opening a session at node {id}: {other:?}"),
+        }
+    }
+
     /// Change node `id`'s config file; it takes effect at the node's next (re)start.
     pub fn reconfigure(&mut self, id: u64, tweak: impl FnOnce(&mut NodeConfig)) {
         let node = self.nodes.get_mut(&id).expect("known node");

@@ -671,10 +671,7 @@ async fn a_command_retried_with_the_same_tag_after_a_leader_change_is_applied_on
     let c = cluster.client().await;
     c.deploy("counter", counter).await.expect("deploy");
 
-    let client_id = match cluster.raw(leader, &Request::OpenSession).await {
-        Ok(Reply::SessionOpened { client_id }) => client_id,
-        other => panic!("open session: {other:?}"),
-    };
+    let client_id = cluster.open_session(leader).await;
     let tag = RequestTag { client_id, seq: 1 };
     let add = Request::Propose {
         tag,
@@ -759,10 +756,7 @@ async fn a_command_of_an_unknown_session_is_refused_never_applied_as_new() {
     let (cluster, leader) = started(3).await;
     let c = cluster.client().await;
     c.deploy("counter", counter).await.expect("deploy");
-    let opened = match cluster.raw(leader, &Request::OpenSession).await {
-        Ok(Reply::SessionOpened { client_id }) => client_id,
-        other => panic!("open session: {other:?}"),
-    };
+    let opened = cluster.open_session(leader).await;
     let unknown = opened + 1_000_000;
     for seq in [1, 2] {
         let add = Request::Propose {

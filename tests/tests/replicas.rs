@@ -36,14 +36,6 @@ async fn assert_refuses_reads(cluster: &Cluster, id: u64, cause: &str) {
     }
 }
 
-/// Open a session at `leader` through the log.
-async fn open_session(cluster: &Cluster, leader: u64) -> u64 {
-    match cluster.raw(leader, &Request::OpenSession).await {
-        Ok(Reply::SessionOpened { client_id }) => client_id,
-        other => panic!("open session: {other:?}"),
-    }
-}
-
 fn propose(client_id: u64, seq: u64, command: &[u8]) -> Request {
     Request::Propose {
         tag: RequestTag { client_id, seq },
@@ -91,7 +83,7 @@ async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicat
     // "Loop" runs until its fuel is gone: a deterministic trap everywhere, except that the
     // slow node's 100 ms watchdog stops it first.
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let session = open_session(&cluster, leader).await;
+    let session = cluster.open_session(leader).await;
     match cluster
         .raw(leader, &propose(session, 1, br#""Loop""#))
         .await

@@ -1071,20 +1071,8 @@ fn follower_installing_a_slow_snapshot_stays_live_and_fires_no_election() {
 
 #[test]
 fn interrupted_snapshot_transfer_is_resumed_from_the_durable_offset() {
-    let mut c = Cluster::new(3, 0, 23, |c| {
-        c.log_retention_margin_entries = 0;
-        c.snapshot_hint_threshold_entries = 0;
-        c.snapshot_transfer_timeout_ticks = 10;
-    });
-    let l = c.elect();
-    let f = (1..=3).find(|i| *i != l).expect("follower");
-    c.isolate(f);
-    apply_all(&mut c, l, 20);
-    let meta = c
-        .e(l)
-        .snapshot_meta_at(c.e(l).applied_index())
-        .expect("meta");
-    c.step(l, Event::SnapshotCreated { meta: meta.clone() });
+    let (mut c, l, f, meta) =
+        snapshot_ahead_of_a_cut_off_follower_with(23, |c| c.snapshot_transfer_timeout_ticks = 10);
     c.heal();
     c.tick_all(6); // lost appends are retransmitted as a probe, which finds the floor
     assert_eq!(c.hosts[&l].snap_sends.len(), 1);
@@ -1510,9 +1498,18 @@ impl HandFollower {
 /// entries while follower `f` is cut off, then creates a snapshot at its applied index. Returns
 /// the cluster, the leader, `f` (still cut off) and the snapshot.
 fn snapshot_ahead_of_a_cut_off_follower(seed: u64) -> (Cluster, NodeId, NodeId, SnapshotMeta) {
+    snapshot_ahead_of_a_cut_off_follower_with(seed, |_| {})
+}
+
+/// [`snapshot_ahead_of_a_cut_off_follower`] with `tweak` applied to every node's config.
+fn snapshot_ahead_of_a_cut_off_follower_with(
+    seed: u64,
+    tweak: impl Fn(&mut Config),
+) -> (Cluster, NodeId, NodeId, SnapshotMeta) {
     let mut c = Cluster::new(3, 0, seed, |c| {
         c.log_retention_margin_entries = 0;
         c.snapshot_hint_threshold_entries = 0;
+        tweak(c);
     });
     let l = c.elect();
     let f = (1..=3).find(|i| *i != l).expect("follower");
