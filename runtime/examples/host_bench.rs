@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wraft::host::{Entry, FnSink, HostConfig, HostEngine};
 use wraft_example_kv::Kv;
 use wraft_guest::testing::Harness;
+use wraft_host::{Entry, FnSink, HostConfig, HostEngine};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wraft::client::{Client, ClientOptions};
-use wraft::node::Node;
+use wraft_client::{Client, ClientOptions};
+use wraft_node::Node;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hdrhistogram::Histogram;
 
-use crate::client::{Client, ClientError, ClientOptions};
-use crate::config::FsyncPolicy;
 use crate::local::{self, LocalLayout};
-use crate::node::Node;
-use crate::proto::Consistency;
+use wraft_client::{Client, ClientError, ClientOptions};
+use wraft_config::FsyncPolicy;
+use wraft_node::Node;
+use wraft_proto::Consistency;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fidelity::{FidelityError, FidelityReport, SAMPLE_FILE, SampleLog, check_fidelity};
-use crate::host::{
+use crate::templates::Language;
+use wraft_host::{
     ComponentSummary, EngineError, HostConfig, HostEngine, LoadError, MachineInfo, MachineModule,
     WasiProfile, validate_component, validate_component_for,
 };
-use crate::templates::Language;
 
 /// The Rust target guests compile to.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";

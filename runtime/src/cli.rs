@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::client::{Client, ClientOptions};
 use crate::local;
-use crate::node::Node;
-use crate::proto::{Consistency, MachineInfo, Status};
+use wraft_client::{Client, ClientOptions};
+use wraft_node::Node;
+use wraft_proto::{Consistency, MachineInfo, Status};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -209,7 +209,7 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
 
 /// `wraft snapshot list --data-dir DIR`: the complete snapshots in `DIR/snap`,
 /// oldest first, read-only (headers checked; digests are checked by `inspect`).
-pub fn snapshot_list_dir(dir: &Path) -> Result<Vec<crate::proto::SnapshotListing>, AnyError> {
+pub fn snapshot_list_dir(dir: &Path) -> Result<Vec<wraft_proto::SnapshotListing>, AnyError> {
     let snap_dir = dir.join("snap");
     let rd = std::fs::read_dir(&snap_dir)
         .map_err(|e| format!("cannot read {}: {e}", snap_dir.display()))?;
@@ -220,11 +220,11 @@ pub fn snapshot_list_dir(dir: &Path) -> Result<Vec<crate::proto::SnapshotListing
             continue;
         }
         match wraft_storage::inspect_snapshot_file(&path, false) {
-            Ok(i) => out.push(crate::proto::SnapshotListing {
+            Ok(i) => out.push(wraft_proto::SnapshotListing {
                 index: i.meta.id.last_index,
                 term: i.meta.id.last_term,
                 file_bytes: i.file_len,
-                digest: crate::snapshot::format::hex(&i.digest),
+                digest: wraft_proto::digest::hex(&i.digest),
                 path: path.display().to_string(),
                 voters: i.meta.membership.voters.clone(),
                 learners: i.meta.membership.learners.clone(),
@@ -238,7 +238,7 @@ pub fn snapshot_list_dir(dir: &Path) -> Result<Vec<crate::proto::SnapshotListing
 
 /// Render a snapshot listing as a table or JSON.
 pub fn snapshot_listing(
-    list: &[crate::proto::SnapshotListing],
+    list: &[wraft_proto::SnapshotListing],
     json: bool,
 ) -> Result<String, AnyError> {
     if json {
@@ -365,8 +365,9 @@ impl SnapshotReport {
 /// `wraft snapshot inspect FILE`: check the storage header and whole-file
 /// digest, parse the node snapshot, and CRC-check every frame.
 pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
-    use crate::host::ChunkSource;
-    use crate::snapshot::format::{FileBody, NodeSnapshot, hex};
+    use wraft_host::ChunkSource;
+    use wraft_node::snapshot::format::{FileBody, NodeSnapshot};
+    use wraft_proto::digest::hex;
     let info = wraft_storage::inspect_snapshot_file(path, false)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = SnapshotReport {

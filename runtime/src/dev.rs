@@ -22,11 +22,11 @@ use tokio::sync::mpsc;
 
 use crate::build::{BuildOptions, BuiltProject, build_project};
 use crate::cli::{describe_build, machines_table};
-use crate::client::{Client, ClientOptions};
-use crate::host::HostConfig;
 use crate::local;
-use crate::node::Node;
-use crate::proto::Consistency;
+use wraft_client::{Client, ClientOptions};
+use wraft_host::HostConfig;
+use wraft_node::Node;
+use wraft_proto::Consistency;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -40,9 +40,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::host::{
+use wraft_host::{
     CallError, ChunkSink, Entry, EntryResult, FnSink, Instance, MachineModule, SnapshotSummary,
 };
+use wraft_proto::digest::hex;
 
 /// The sample log's file name in a machine project.
 pub const SAMPLE_FILE: &str = "wraft-check.jsonl";
@@ -388,10 +389,6 @@ fn snapshot_difference(a: &Snapshot, b: &Snapshot) -> Option<(String, String, St
         return Some((format!("chunk {i} at byte {at}"), window(x), window(y)));
     }
     (a.chunks.len() != b.chunks.len()).then(|| ("in its length".into(), total(a), total(b)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Bytes shown as UTF-8 when they are, else as hex; long values are cut (as

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use wraft_transport::certs::{CertDir, ClusterCa, Validity};
 
-use crate::config::{
+use wraft_config::{
     ClientSection, ClusterSection, GuestSection, NodeConfig, NodeSection, RaftSection,
     SnapshotSection, StorageSection, TlsSection,
 };

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wraft::client::{Client, ClientOptions};
-use wraft::proto::{Consistency, Status};
+use wraft_client::{Client, ClientOptions};
+use wraft_proto::{Consistency, Status};
 
 #[derive(Parser)]
 #[command(
@@ -130,7 +130,7 @@ enum Cmd {
         /// WASI the machine may import: `none`, or `deterministic` (clocks from the log
         /// entry, randomness seeded by its index, no files/env/sockets; Python guests).
         #[arg(long, default_value = "none")]
-        wasi: wraft::host::WasiProfile,
+        wasi: wraft_host::WasiProfile,
         #[command(flatten)]
         conn: Conn,
     },
@@ -310,7 +310,7 @@ fn main() -> ExitCode {
     // A node's config sizes its runtime, so it is read before the runtime exists.
     let mut node_config = None;
     if let Cmd::Node { config, overrides } = &cli.command {
-        match wraft::config::NodeConfig::load_with_overrides(config, overrides) {
+        match wraft_config::NodeConfig::load_with_overrides(config, overrides) {
             Ok(cfg) => node_config = Some(cfg),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -354,8 +354,8 @@ fn main() -> ExitCode {
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
-async fn run_node(cfg: wraft::config::NodeConfig) -> Result<(), AnyError> {
-    let node = wraft::node::Node::start(cfg).await?;
+async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
+    let node = wraft_node::Node::start(cfg).await?;
     eprintln!(
         "node {} serving on {} ({} async worker threads)",
         node.id(),

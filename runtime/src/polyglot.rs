@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::host::{HostConfig, LoadError, WasiProfile, validate_component_for};
+use wraft_host::{HostConfig, LoadError, WasiProfile, validate_component_for};
 
 /// The componentize-js version `wraft build` is tested with (pinned in templates).
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";

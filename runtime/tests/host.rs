@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::{Value, json};
-use wraft::host::{
+use wraft_host::{
     CODE_OUTPUT_TOO_LARGE, CallError, Entry, EntryResult, FnSink, HostConfig, HostEngine,
     LoadError, MachineModule, TrapKind,
 };
@@ -253,11 +253,11 @@ fn batch_fuel_is_charged_per_entry_not_pooled() {
     assert!(err.to_string().contains("fuel_per_entry = 200000"), "{err}");
 }
 
-fn misbehave(cfg: HostConfig) -> wraft::host::MachineHandle {
+fn misbehave(cfg: HostConfig) -> wraft_host::MachineHandle {
     load("misbehave", cfg).start().unwrap()
 }
 
-fn expect_trap(h: &wraft::host::MachineHandle, cmd: Value, kind: TrapKind) -> CallError {
+fn expect_trap(h: &wraft_host::MachineHandle, cmd: Value, kind: TrapKind) -> CallError {
     let err = h.apply_blocking(entry(1, cmd.clone())).unwrap_err();
     match &err {
         CallError::Trap { kind: k, .. } if *k == kind => {}
@@ -801,7 +801,7 @@ fn large_state_snapshots_and_restores_in_bounded_extra_memory() {
 
     // Restore from the file one chunk at a time into a fresh instance.
     struct FileSource(std::io::BufReader<std::fs::File>);
-    impl wraft::host::ChunkSource for FileSource {
+    impl wraft_host::ChunkSource for FileSource {
         fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
             use std::io::Read;
             let mut len = [0u8; 4];

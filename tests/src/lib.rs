@@ -43,10 +43,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wraft::client::{Client, ClientError, ClientOptions};
-use wraft::config::NodeConfig;
 use wraft::local::{self, LocalLayout};
-use wraft::proto::{Consistency, Request, Response, Status};
+use wraft_client::{Client, ClientError, ClientOptions};
+use wraft_config::NodeConfig;
+use wraft_proto::{Consistency, Request, Response, Status};
 
 /// Lines of each node's log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 120;
@@ -542,7 +542,7 @@ impl Cluster {
         .await
         .expect("connect");
         let (_, resp) = conn
-            .request::<Request, Response>(wraft::node::KIND_REQUEST, req)
+            .request::<Request, Response>(wraft_proto::KIND_REQUEST, req)
             .await
             .expect("exchange");
         resp
@@ -551,7 +551,7 @@ impl Cluster {
     /// Open a client session at node `id` (the leader) through the log; its id.
     pub async fn open_session(&self, id: u64) -> u64 {
         match self.raw(id, &Request::OpenSession).await {
-            Ok(wraft::proto::Reply::SessionOpened { client_id }) => client_id,
+            Ok(wraft_proto::Reply::SessionOpened { client_id }) => client_id,
             other => panic!("opening a session at node {id}: {other:?}"),
         }
     }

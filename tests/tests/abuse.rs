@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wraft::client::ClientError;
-use wraft::node::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST};
-use wraft::proto::{Consistency, Request, RequestTag, Response};
+use wraft_client::ClientError;
 use wraft_engine::{Message, MessageBody};
+use wraft_proto::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST};
+use wraft_proto::{Consistency, Request, RequestTag, Response};
 use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
@@ -28,7 +28,7 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one write or read used to prove the cluster still serves.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn started(n: u64, tweak: impl Fn(&mut wraft::config::NodeConfig)) -> (Cluster, u64) {
+async fn started(n: u64, tweak: impl Fn(&mut wraft_config::NodeConfig)) -> (Cluster, u64) {
     let cluster = Cluster::start_with(n, tweak);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     (cluster, leader)
@@ -173,7 +173,7 @@ async fn oversized_truncated_corrupt_and_undecodable_frames_close_only_their_str
         command: vec![b'x'; (1 << 20) + 1],
     };
     match exchange_raw(&conn, &request_frame(&big_command)).await {
-        Some(Err(wraft::proto::RequestError::Rejected(m))) => {
+        Some(Err(wraft_proto::RequestError::Rejected(m))) => {
             assert!(m.contains("client.command_bytes_max"), "{m}")
         }
         other => panic!("oversized command: {other:?}"),
@@ -187,7 +187,7 @@ async fn oversized_truncated_corrupt_and_undecodable_frames_close_only_their_str
         module: vec![0u8; (1 << 20) + 1000],
     };
     match exchange_raw(&conn, &request_frame(&big_module)).await {
-        Some(Err(wraft::proto::RequestError::Rejected(m))) => {
+        Some(Err(wraft_proto::RequestError::Rejected(m))) => {
             assert!(m.contains("module_bytes_max"), "{m}")
         }
         other => panic!("oversized module: {other:?}"),
@@ -204,9 +204,9 @@ async fn oversized_truncated_corrupt_and_undecodable_frames_close_only_their_str
     // against every node until the call deadline.
     // (Retried, it would end as `NoLeader` after `call_timeout_ms`.)
     let client = cluster.client().await;
-    let huge = vec![b'x'; wraft::client::FRAME_BYTES_MAX as usize + 1];
+    let huge = vec![b'x'; wraft_client::FRAME_BYTES_MAX as usize + 1];
     match client.propose("kv", &huge).await {
-        Err(wraft::client::ClientError::Rejected(m)) => {
+        Err(wraft_client::ClientError::Rejected(m)) => {
             assert!(m.contains("frame limit"), "{m}")
         }
         other => panic!("command over the frame limit: {other:?}"),

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wraft::build::{BuildError, BuildOptions, build_project};
-use wraft::host::{HostConfig, HostEngine, LoadError};
+use wraft_host::{HostConfig, HostEngine, LoadError};
 use wraft_tests::{guests, workspace_root, wraft_bin};
 
 /// Bound on one build-and-deploy step of `wraft dev` (cargo + compile checks + 3 node loads).

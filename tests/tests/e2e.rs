@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use wraft::client::{Client, ClientError};
-use wraft::proto::{Consistency, MachineInfo, Reply, Request, RequestError, RequestTag};
+use wraft_client::{Client, ClientError};
+use wraft_proto::{Consistency, MachineInfo, Reply, Request, RequestError, RequestTag};
 use wraft_tests::{
     Cluster, guest, is_transient, json as to_json, kv_get, kv_put, kv_value, parse, wait_for,
 };
@@ -398,7 +398,7 @@ async fn foreign_client_certificates_and_garbage_datagrams_do_not_disturb_the_cl
         &read(foreign_dir.key_path(&admin)),
     )
     .expect("foreign identity");
-    let intruder = Client::connect(wraft::client::ClientOptions {
+    let intruder = Client::connect(wraft_client::ClientOptions {
         endpoints: cluster.endpoints(),
         tls,
         call_timeout_ms: 2_000,
@@ -605,7 +605,7 @@ async fn an_upgrade_carries_state_across_and_a_failed_restore_keeps_the_old_vers
     let first = c.machines().await.expect("machines");
     let first_at = first[0].deployed_at;
     // The module is named by the SHA-256 of the deployed bytes (hashed once, at validation).
-    let sha: String = wraft::node::sha256(&kv)
+    let sha: String = wraft_proto::digest::sha256(&kv)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

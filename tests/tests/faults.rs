@@ -87,7 +87,7 @@ async fn isolating_the_leader_through_the_proxy_elects_another_and_healing_rejoi
 /// buffer next to the new leader's heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_paused_leader_serves_no_stale_lease_read() {
-    use wraft::proto::Consistency;
+    use wraft_proto::Consistency;
     let kv = wraft_tests::guest("kv");
     let cluster = Cluster::start_with(3, |cfg| {
         cfg.raft.heartbeat_interval_ms = 50;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use wraft::build::{BuildError, BuildOptions, build_project};
 use wraft::fidelity::{FidelityError, SAMPLE_FILE, SampleLog, check_fidelity};
-use wraft::host::{HostConfig, HostEngine, MachineModule};
+use wraft_host::{HostConfig, HostEngine, MachineModule};
 use wraft_tests::{guests, workspace_root};
 
 /// `examples/<name>`, built (cargo's no-op when fresh) and compiled through the guests' shared

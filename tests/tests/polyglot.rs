@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
-use wraft::client::{Client, ClientError, ClientOptions};
-use wraft::host::{CallError, Entry, HostConfig, HostEngine, MachineModule, WasiProfile};
 use wraft::polyglot;
-use wraft::proto::Consistency;
+use wraft_client::{Client, ClientError, ClientOptions};
+use wraft_host::{CallError, Entry, HostConfig, HostEngine, MachineModule, WasiProfile};
+use wraft_proto::Consistency;
 use wraft_tests::{Cluster, json as to_json, parse, wait_for, workspace_root};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -103,7 +103,7 @@ fn source_hash(dir: &Path, tool_version: &str) -> String {
         all.extend(f.strip_prefix(dir).unwrap_or(&f).to_string_lossy().bytes());
         all.extend(std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
     }
-    wraft::node::sha256(&all)
+    wraft_proto::digest::sha256(&all)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -296,7 +296,7 @@ fn build_cached(
         .join("polyglot-guests")
         .join(format!("{name}-{}.wasm", &hash[..16]));
     if let Ok(bytes) = std::fs::read(&out) {
-        wraft::host::validate_component_for(&bytes, usize::MAX, false, wasi)
+        wraft_host::validate_component_for(&bytes, usize::MAX, false, wasi)
             .unwrap_or_else(|e| panic!("cached {}: {e}", out.display()));
         return Built { bytes, wasi };
     }

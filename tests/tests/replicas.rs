@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use wraft::client::ClientError;
-use wraft::proto::{Consistency, Reply, Request, RequestError, RequestTag};
+use wraft_client::ClientError;
+use wraft_proto::{Consistency, Reply, Request, RequestError, RequestTag};
 use wraft_tests::{Cluster, guest, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);

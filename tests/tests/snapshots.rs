@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use wraft::client::Client;
-use wraft::config::NodeConfig;
-use wraft::proto::SnapshotListing;
+use wraft_client::Client;
+use wraft_config::NodeConfig;
+use wraft_proto::SnapshotListing;
 use wraft_tests::{Cluster, guest, json as to_json, kv_put, parse, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -112,7 +112,7 @@ async fn state_of_prefix(cluster: &Cluster, id: u64, prefix: &str) -> BTreeMap<S
     let answer = cluster
         .node_client(id)
         .await
-        .query("kv", &req, wraft::proto::Consistency::Stale)
+        .query("kv", &req, wraft_proto::Consistency::Stale)
         .await
         .unwrap_or_else(|e| panic!("scan on node {id}: {e}"));
     scan(&answer)

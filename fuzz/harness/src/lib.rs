@@ -241,7 +241,7 @@ where
 /// command, decoded by every replica's apply loop) or the engine's `EntryKind`
 /// (a log entry's payload, decoded on recovery).
 pub fn client_proto(data: &[u8]) {
-    use wraft_proto::proto::{Command, Request, Response};
+    use wraft_proto::{Command, Request, Response};
     let Some((&sel, bytes)) = data.split_first() else {
         return;
     };
@@ -278,11 +278,11 @@ pub fn raft_message(data: &[u8]) {
 
 // ---------------------------------------------------------------- config
 
-/// Target `config_toml`: [`wraft_proto::config::NodeConfig::parse`] over
+/// Target `config_toml`: [`wraft_config::NodeConfig::parse`] over
 /// arbitrary text. An accepted config must render to TOML that parses and
 /// validates again to the same rendering.
 pub fn config_toml(data: &[u8]) {
-    use wraft_proto::config::NodeConfig;
+    use wraft_config::NodeConfig;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

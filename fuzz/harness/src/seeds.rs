@@ -13,7 +13,7 @@ use bytes::Bytes;
 use wraft_engine::{
     ClientTag, ConfChange, ConfChangeEntry, Entry, EntryKind, Message, MessageBody,
 };
-use wraft_proto::proto::{
+use wraft_proto::{
     Command, Consistency, MachineInfo, MachineLimits, Reply, Request, RequestError, RequestTag,
     Response, Status, WasiProfile,
 };
@@ -305,7 +305,7 @@ dir = "/etc/wraft/certs"
 "#;
 
 fn config(out: &mut Vec<Seed>) {
-    use wraft_proto::config::NodeConfig;
+    use wraft_config::NodeConfig;
     push(
         out,
         "config_toml",

@@ -49,10 +49,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wraft::client::{Client, ClientError, ClientOptions};
-use wraft::config::NodeConfig;
-use wraft::proto::{Consistency, Status};
+use wraft_client::{Client, ClientError, ClientOptions};
+use wraft_config::NodeConfig;
 use wraft_engine::lincheck::{KvInput, KvOutput};
+use wraft_proto::{Consistency, Status};
 
 use crate::Cluster;
 use history::{History, OpKind, Outcome, Verdict};

@@ -283,8 +283,8 @@ pub struct GuestSection {
 
 impl GuestSection {
     /// The limits a deploy proposed through this node carries (and every replica applies).
-    pub fn machine_limits(&self) -> crate::proto::MachineLimits {
-        crate::proto::MachineLimits {
+    pub fn machine_limits(&self) -> wraft_proto::MachineLimits {
+        wraft_proto::MachineLimits {
             fuel_per_entry: self.fuel_per_entry,
             fuel_per_call: self.fuel_per_call,
             memory_bytes_max: self.memory_bytes_max,
@@ -323,7 +323,7 @@ pub struct ClientSection {
     pub deploy_timeout_ms: u64,
     /// Longest time, in milliseconds, a response may take to be handed to a client that reads
     /// it slowly or not at all. When it runs out the node resets the stream (QUIC application
-    /// error code `wraft::node::CODE_RESPONSE_WRITE_TIMEOUT`), dropping the unsent bytes and
+    /// error code `wraft_proto::CODE_RESPONSE_WRITE_TIMEOUT`), dropping the unsent bytes and
     /// freeing the request's in-flight slot. Default 30 000 (a 16 MiB response needs a client
     /// reading at ≥ 0.6 MiB/s); 10..=3 600 000.
     pub response_write_timeout_ms: u64,
@@ -556,7 +556,7 @@ impl NodeConfig {
         )?;
         if self.storage.fsync == FsyncPolicy::Relaxed {
             tracing::warn!(
-                target: "wraft::config",
+                target: "wraft_config",
                 "storage.fsync = \"relaxed\": writes are acknowledged before they reach the disk; \
                  a crash can lose acknowledged writes and, on a majority, break Raft's safety. \
                  Use only for benchmarks."

@@ -20,20 +20,14 @@ use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
 use super::ClientCall;
-use crate::config::ClientSection;
-use crate::host::HostEngine;
-use crate::proto::{Request, RequestError, Response};
+use wraft_config::ClientSection;
+use wraft_host::HostEngine;
+use wraft_proto::{
+    CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Request, RequestError, Response,
+};
 
-/// Frame kind of a client request.
-pub const KIND_REQUEST: u8 = 0x20;
-/// Frame kind of a response.
-pub const KIND_RESPONSE: u8 = 0x21;
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
-/// QUIC application error code (RESET_STREAM) of a response stream the node
-/// gave up on: the client did not take the response within
-/// `client.response_write_timeout_ms`. Distinct from the transport's codes 0–3.
-pub const CODE_RESPONSE_WRITE_TIMEOUT: u32 = 0x21;
 
 /// Accept client streams until shutdown.
 ///
@@ -96,7 +90,7 @@ fn contained(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(target: "wraft::client", panic = %what, "serving a client stream panicked; that stream is dropped");
+            tracing::error!(target: "wraft_client", panic = %what, "serving a client stream panicked; that stream is dropped");
         }
         was_request
     })
@@ -131,17 +125,17 @@ async fn serve_one(
             req
         }
         Ok(Ok(Some((kind, _)))) => {
-            tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
+            tracing::debug!(target: "wraft_client", %identity, kind, "unexpected frame kind");
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
+            tracing::info!(target: "wraft_client", %identity, error = %e, "closing a client stream: bad request frame");
             let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
             return;
         }
         Err(_) => {
-            tracing::info!(target: "wraft::client", %identity, "closing a client stream: no request within the deadline");
+            tracing::info!(target: "wraft_client", %identity, "closing a client stream: no request within the deadline");
             return;
         }
     };
@@ -179,10 +173,10 @@ async fn write_response(
             let _ = send.finish();
         }
         Ok(Err(e)) => {
-            tracing::debug!(target: "wraft::client", %identity, error = %e, "response not delivered");
+            tracing::debug!(target: "wraft_client", %identity, error = %e, "response not delivered");
         }
         Err(_) => {
-            tracing::info!(target: "wraft::client", %identity, deadline_ms,
+            tracing::info!(target: "wraft_client", %identity, deadline_ms,
                 "resetting a client stream: response not taken within client.response_write_timeout_ms");
             let _ = send.reset(CODE_RESPONSE_WRITE_TIMEOUT.into());
         }
@@ -215,7 +209,7 @@ async fn handle(
         Request::Deploy { name, module, .. } | Request::DeployWith { name, module, .. } => {
             let wasi = match &request {
                 Request::DeployWith { wasi, .. } => *wasi,
-                _ => crate::host::WasiProfile::None,
+                _ => wraft_host::WasiProfile::None,
             };
             if name.is_empty()
                 || name.len() > 64

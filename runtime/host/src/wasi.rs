@@ -34,59 +34,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 
 use super::instance::StoreState;
 
-pub use crate::wasi_profile::WasiProfile;
-
-impl WasiProfile {
-    /// True if `name` (a component's top-level import, e.g. `wasi:io/poll@0.2.0`) is provided
-    /// under this profile, beyond `wraft:machine/host` and `types`.
-    pub fn provides_wasi(self, name: &str) -> bool {
-        match self {
-            WasiProfile::None => false,
-            WasiProfile::Deterministic => {
-                let Some((iface, version)) = name.split_once('@') else {
-                    return false;
-                };
-                version.starts_with(WASI_VERSION_PREFIX)
-                    && DETERMINISTIC_WASI_IMPORTS.contains(&iface)
-            }
-        }
-    }
-}
-
-/// WASI versions the deterministic profile links (wasmtime-wasi 48 implements 0.2.12; the
-/// linker serves any 0.2.x import from it).
-const WASI_VERSION_PREFIX: &str = "0.2.";
-
-/// The interfaces (without `@version`) a [`WasiProfile::Deterministic`] machine may import.
-pub const DETERMINISTIC_WASI_IMPORTS: &[&str] = &[
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stderr",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stderr",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:filesystem/preopens",
-    "wasi:filesystem/types",
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    "wasi:random/random",
-    "wasi:sockets/instance-network",
-    "wasi:sockets/ip-name-lookup",
-    "wasi:sockets/network",
-    "wasi:sockets/tcp",
-    "wasi:sockets/tcp-create-socket",
-    "wasi:sockets/udp",
-    "wasi:sockets/udp-create-socket",
-];
+pub use wraft_proto::{DETERMINISTIC_WASI_IMPORTS, WasiProfile};
 
 /// Largest `get-random-bytes` request, bytes. A guest asking for more traps (deterministically).
 pub const WASI_RANDOM_BYTES_MAX: u64 = 1 << 20;

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use crate::proto::{Reply, RequestError, Response};
+use wraft_proto::{Reply, RequestError, Response};
 
 /// Digests of the most recent applied entries kept for comparison (about 160 KiB).
 pub const RECENT_DIGESTS_MAX: usize = 4096;
@@ -156,7 +156,7 @@ pub fn outcome_digest(outcome: &Response) -> Digest {
 }
 
 /// [`outcome_digest`] of a guest's result for an entry, as the applier records it.
-pub fn entry_result_digest(r: &crate::host::EntryResult) -> Digest {
+pub fn entry_result_digest(r: &wraft_host::EntryResult) -> Digest {
     let outcome: Response = match r {
         Ok(output) => Ok(Reply::Applied {
             index: 0,

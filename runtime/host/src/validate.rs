@@ -112,7 +112,7 @@ fn forbidden(name: String, wasi: WasiProfile) -> LoadError {
         WasiProfile::None => {}
         WasiProfile::Deterministic => {
             allowed.push_str(", and WASI 0.2.x: ");
-            allowed.push_str(&super::wasi::DETERMINISTIC_WASI_IMPORTS.join(", "));
+            allowed.push_str(&wraft_proto::DETERMINISTIC_WASI_IMPORTS.join(", "));
         }
     }
     LoadError::ForbiddenImport {

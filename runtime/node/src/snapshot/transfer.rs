@@ -36,7 +36,7 @@
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
 //! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
 //! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
-//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft::snapshot`.
+//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft_node::snapshot`.
 //!
 //! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
 //! the environment variable [`CORRUPT_CHUNK_EVERY_ENV`] via
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use wraft_proto::digest::hex;
 use wraft_storage::{
     IncomingSnapshot, SnapshotId, SnapshotInfo, SnapshotReader, SnapshotStore, StorageError,
 };
@@ -570,10 +571,6 @@ fn decode_chunk_header(h: &[u8; CHUNK_HEADER_BYTES]) -> Result<ChunkHeader, Stri
     })
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn truncate_reason(mut s: String) -> String {
     if s.len() > REASON_BYTES_MAX {
         let mut cut = REASON_BYTES_MAX;
@@ -589,7 +586,7 @@ fn truncate_reason(mut s: String) -> String {
 // Progress, metrics
 // ---------------------------------------------------------------------------------------------
 
-const LOG: &str = "wraft::snapshot";
+const LOG: &str = "wraft_node::snapshot";
 
 /// Last time anything moved, shared by the futures (and the receiver's disk thread) of one
 /// transfer. The watchdog fires `progress_timeout_ms` after the last touch.

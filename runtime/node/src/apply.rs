@@ -36,11 +36,11 @@ use wraft_storage::SnapshotId;
 
 use super::divergence::{self, CheckOutcome, Digest, OutcomeChain};
 use super::snap::{self, SnapEvent, migrate};
-use crate::host::{
+use crate::snapshot::format::NodeSnapshotHeader;
+use wraft_host::{
     self, CallError, HostEngine, LoadError, MachineHandle, MachineModule, TrapKind, WasiProfile,
 };
-use crate::proto::{Command, MachineInfo, MachineLimits, Reply, RequestError, Response};
-use crate::snapshot::format::NodeSnapshotHeader;
+use wraft_proto::{Command, MachineInfo, MachineLimits, Reply, RequestError, Response};
 
 /// Most client sessions remembered for deduplication.
 pub const SESSIONS_MAX: usize = 100_000;
@@ -277,12 +277,12 @@ impl Applier {
     /// entry is applied. Returns the snapshot's header.
     pub async fn recover(&mut self, id: SnapshotId) -> Result<NodeSnapshotHeader, String> {
         let t = std::time::Instant::now();
-        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = id.last_index,
             term = id.last_term, "loading snapshot");
         let restored = snap::restore_all(&self.host, &self.storage, id).await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
-        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = id.last_index,
             machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
             "snapshot loaded");
         Ok(header)
@@ -291,11 +291,11 @@ impl Applier {
     /// Log "recovery complete" once entries up to `commit` are applied.
     pub fn expect_replay(&mut self, commit: u64) {
         if commit > self.applied {
-            tracing::info!(target: "wraft::snapshot", node = self.node, from = self.applied + 1,
+            tracing::info!(target: "wraft_node::snapshot", node = self.node, from = self.applied + 1,
                 to = commit, entries = commit - self.applied, "replaying log entries above the snapshot");
             self.recovery_target = Some((commit, std::time::Instant::now()));
         } else {
-            tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
+            tracing::info!(target: "wraft_node::snapshot", node = self.node, applied = self.applied,
                 "recovery complete (nothing to replay)");
         }
     }
@@ -452,7 +452,7 @@ impl Applier {
             last_term: meta.term,
         };
         let t = std::time::Instant::now();
-        tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
             term = meta.term, "installing snapshot from the leader");
         match snap::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
@@ -471,7 +471,7 @@ impl Applier {
                 }
                 let secs = t.elapsed().as_secs_f64();
                 self.metrics.install_seconds.record(secs);
-                tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                tracing::info!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
                     duration_ms = (secs * 1000.0) as u64, "snapshot installed");
                 let _ = self.events.send(SnapEvent::Installed { meta });
                 // The whole state now comes from the leader's snapshot: a halt is over, and
@@ -483,7 +483,7 @@ impl Applier {
                 }
             }
             Err(e) => {
-                tracing::error!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                tracing::error!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
                     error = %e, "snapshot install failed; the old machines keep running");
                 let _ = self.events.send(SnapEvent::InstallFailed { meta });
             }
@@ -705,7 +705,7 @@ impl Applier {
                     && self.applied >= target
                 {
                     self.recovery_target = None;
-                    tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
+                    tracing::info!(target: "wraft_node::snapshot", node = self.node, applied = self.applied,
                         replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
                 }
             }
@@ -873,7 +873,7 @@ impl Applier {
     async fn apply_entries(&mut self, entries: &[Entry]) -> Result<(), LocalFailure> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
         // Consecutive commands for the same machine go to the guest in one batch.
-        let mut batch: Vec<(u64, Option<ClientTag>, host::Entry)> = Vec::new();
+        let mut batch: Vec<(u64, Option<ClientTag>, wraft_host::Entry)> = Vec::new();
         let mut batch_machine = String::new();
         // Outcomes up to here have their outputs stored in the session table.
         let mut completed = 0usize;
@@ -966,7 +966,7 @@ impl Applier {
                             batch.push((
                                 index,
                                 client,
-                                host::Entry {
+                                wraft_host::Entry {
                                     index,
                                     term: entry.term,
                                     timestamp_ms: ts,
@@ -1077,7 +1077,7 @@ impl Applier {
     async fn flush_batch(
         &mut self,
         machine: &str,
-        batch: &mut Vec<(u64, Option<ClientTag>, host::Entry)>,
+        batch: &mut Vec<(u64, Option<ClientTag>, wraft_host::Entry)>,
         outcomes: &mut Vec<Outcome>,
     ) -> Result<(), LocalFailure> {
         if batch.is_empty() {
@@ -1099,7 +1099,7 @@ impl Applier {
         }
         let mut rest: VecDeque<_> = items.into();
         while !rest.is_empty() {
-            let entries: Vec<host::Entry> = rest.iter().map(|(_, _, e)| e.clone()).collect();
+            let entries: Vec<wraft_host::Entry> = rest.iter().map(|(_, _, e)| e.clone()).collect();
             let handle = match self.machines.get(machine).and_then(|m| m.handle.as_ref()) {
                 Some(h) => h,
                 None => break,
@@ -1142,7 +1142,7 @@ impl Applier {
     async fn apply_one(
         &mut self,
         machine: &str,
-        entry: host::Entry,
+        entry: wraft_host::Entry,
     ) -> Result<Response, LocalFailure> {
         let index = entry.index;
         let mut local_hits = 0;
@@ -1566,7 +1566,7 @@ fn new_handle_shutdown(h: MachineHandle) {
 }
 
 /// A query's answer as of `applied`.
-fn query_answer(applied: u64, r: host::EntryResult) -> Response {
+fn query_answer(applied: u64, r: wraft_host::EntryResult) -> Response {
     match r {
         Ok(output) => Ok(Reply::Answer {
             index: applied,
@@ -1579,7 +1579,7 @@ fn query_answer(applied: u64, r: host::EntryResult) -> Response {
     }
 }
 
-fn app_response(index: u64, r: host::EntryResult) -> Response {
+fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
     match r {
         Ok(output) => Ok(Reply::Applied { index, output }),
         Err(e) => Err(RequestError::App {

@@ -9,12 +9,13 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, OptLevel};
+use wraft_proto::digest::hex;
 
 use super::instance::{Instance, StoreState, add_host_imports};
 use super::validate::validate_component_for;
 use super::wasi::add_deterministic_wasi;
 use super::{CallError, EngineError, HostConfig, LoadError, WasiProfile, bindings};
-use crate::proto::MachineLimits;
+use wraft_proto::MachineLimits;
 
 /// One node's wasm host: a deterministic wasmtime engine, its watchdog, and its compile cache.
 ///
@@ -201,7 +202,7 @@ impl HostEngine {
         module_bytes_max: usize,
     ) -> Result<MachineModule, LoadError> {
         let cfg = &self.inner.config;
-        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let sha256 = wraft_proto::digest::sha256(bytes);
         let cache_path = cfg
             .cache_dir
             .as_ref()
@@ -309,10 +310,6 @@ fn write_synced(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl MachineModule {

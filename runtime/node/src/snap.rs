@@ -24,12 +24,12 @@ use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
 
 use super::apply::APPLY_BATCH_ENTRIES_MAX;
 use super::divergence::{self, Digest};
-use crate::host::{self, FnSink, HostEngine, MachineHandle, MachineModule};
-use crate::proto::Command;
 use crate::snapshot::format::{
     FrameKind, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshot, NodeSnapshotHeader,
     NodeSnapshotWriter,
 };
+use wraft_host::{self, FnSink, HostEngine, MachineHandle, MachineModule};
+use wraft_proto::Command;
 
 /// What the snapshot machinery reports to the driver.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ pub async fn build_instance(
 ) -> Result<MachineHandle, BuildError> {
     // A replayed entry must give what it gave when it was applied: a different output means
     // the base snapshot's restore was not faithful, or the guest is not deterministic.
-    let compare = |results: Vec<(u64, host::EntryResult)>| -> Result<(), BuildError> {
+    let compare = |results: Vec<(u64, wraft_host::EntryResult)>| -> Result<(), BuildError> {
         let Some(recorded) = recorded else {
             return Ok(());
         };
@@ -205,7 +205,7 @@ pub async fn build_instance(
                     "machine {:?}: snapshot {} holds module {}, the registry {}",
                     m.name,
                     b.header.index,
-                    crate::snapshot::format::hex(&rec.module_sha256),
+                    wraft_proto::digest::hex(&rec.module_sha256),
                     m.versions[v].module.sha256_hex()
                 )));
             }
@@ -227,7 +227,7 @@ pub async fn build_instance(
         }
     };
     let mut next = from;
-    let mut batch: Vec<host::Entry> = Vec::new();
+    let mut batch: Vec<wraft_host::Entry> = Vec::new();
     while next < before {
         // Reading and decoding a page is disk and CPU work: keep it off the
         // async workers, which also run the node's consensus driver.
@@ -250,7 +250,7 @@ pub async fn build_instance(
                     if m.skipped.contains(&item.index) {
                         continue;
                     }
-                    batch.push(host::Entry {
+                    batch.push(wraft_host::Entry {
                         index: item.index,
                         term: item.term,
                         timestamp_ms: last_ts,
@@ -365,7 +365,7 @@ pub async fn migrate(
     old: &MachineHandle,
     new: &MachineHandle,
     format: u32,
-) -> Result<(), host::CallError> {
+) -> Result<(), wraft_host::CallError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (snap, restore) = tokio::join!(old.snapshot(tx), new.restore(format, rx));
     snap?;
@@ -376,8 +376,8 @@ pub async fn migrate(
 /// what it gave the first time).
 pub async fn replay_batch(
     handle: &MachineHandle,
-    batch: &mut Vec<host::Entry>,
-) -> Result<Vec<(u64, host::EntryResult)>, String> {
+    batch: &mut Vec<wraft_host::Entry>,
+) -> Result<Vec<(u64, wraft_host::EntryResult)>, String> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
@@ -434,7 +434,7 @@ pub async fn create_snapshot(
 ) -> Result<SnapshotInfo, String> {
     let started = Instant::now();
     let index = cut.meta.index;
-    tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
+    tracing::info!(target: "wraft_node::snapshot", node, index, term = cut.meta.term,
         machines = cut.machines.len(), base = ?base.map(|b| b.last_index), "creating snapshot");
     let base_snap = {
         let storage = storage.clone();
@@ -506,7 +506,7 @@ pub async fn create_snapshot(
         tokio::task::spawn_blocking(move || shadow.shutdown());
         let (chunks, bytes) = result.map_err(|e| format!("exporting {:?}: {e}", m.name))?;
         guest_bytes += bytes;
-        tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
+        tracing::debug!(target: "wraft_node::snapshot", node, index, machine = %m.name, chunks, bytes,
             rebuild_ms = rebuilt.as_millis() as u64, total_ms = t.elapsed().as_millis() as u64,
             "machine exported");
     }
@@ -523,7 +523,7 @@ pub async fn create_snapshot(
     .await
     .map_err(|e| e.to_string())??;
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(target: "wraft::snapshot", node, index, file_bytes = info.file_len,
+    tracing::info!(target: "wraft_node::snapshot", node, index, file_bytes = info.file_len,
         guest_bytes, ratio = format!("{:.2}", info.file_len as f64 / guest_bytes.max(1) as f64),
         duration_ms = (secs * 1000.0) as u64, file = %info.path.display(), "created snapshot");
     Ok(info)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wraft::snapshot::transfer::{
+use wraft_node::snapshot::transfer::{
     BandwidthLimiter, IncomingSlots, TransferConfig, receive_snapshot, send_snapshot,
 };
 use wraft_storage::{Membership, SnapshotId, SnapshotMeta, SnapshotStore, StdFs, StorageConfig};

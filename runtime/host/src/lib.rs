@@ -22,7 +22,7 @@ mod worker;
 /// Host-side bindings generated from `wit/machine.wit`.
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "state-machine",
     });
 }

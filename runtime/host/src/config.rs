@@ -31,7 +31,7 @@ pub struct HostConfig {
     /// so this is only a guard; the watchdog is the real bound. Default 100 000 000 000.
     pub fuel_per_snapshot_step: u64,
     /// Largest output of one entry or query, in bytes; a larger output becomes the
-    /// deterministic application error [`crate::host::CODE_OUTPUT_TOO_LARGE`]. Replicated.
+    /// deterministic application error [`crate::CODE_OUTPUT_TOO_LARGE`]. Replicated.
     /// Default 16 MiB.
     pub output_bytes_max: usize,
     /// Wall-clock watchdog per call, in milliseconds: a node-local safety net behind fuel; its

@@ -12,8 +12,8 @@
 //! applied.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), wraft::client::ClientError> {
-//! use wraft::client::{Client, ClientOptions};
+//! # async fn demo() -> Result<(), wraft_client::ClientError> {
+//! use wraft_client::{Client, ClientOptions};
 //! let client = Client::connect(ClientOptions::from_cert_dir(
 //!     vec!["127.0.0.1:7001".parse().unwrap()],
 //!     "certs".as_ref(),
@@ -41,8 +41,8 @@ use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame::FrameError;
 
-use crate::node::KIND_REQUEST;
-use crate::proto::{
+use wraft_proto::KIND_REQUEST;
+use wraft_proto::{
     Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response, Status,
 };
 
@@ -242,9 +242,9 @@ impl Client {
         &self,
         name: &str,
         module: Vec<u8>,
-        wasi: crate::host::WasiProfile,
+        wasi: wraft_proto::WasiProfile,
     ) -> Result<String, ClientError> {
-        if wasi == crate::host::WasiProfile::None {
+        if wasi == wraft_proto::WasiProfile::None {
             return self.deploy(name, module).await;
         }
         let name = name.to_owned();
@@ -345,7 +345,7 @@ impl Client {
         &self,
         addr: Option<SocketAddr>,
         timeout: std::time::Duration,
-    ) -> Result<crate::proto::SnapshotListing, ClientError> {
+    ) -> Result<wraft_proto::SnapshotListing, ClientError> {
         let index = self.snapshot_trigger(addr).await?;
         let start = std::time::Instant::now();
         loop {
@@ -389,7 +389,7 @@ impl Client {
     pub async fn snapshots(
         &self,
         addr: Option<SocketAddr>,
-    ) -> Result<Vec<crate::proto::SnapshotListing>, ClientError> {
+    ) -> Result<Vec<wraft_proto::SnapshotListing>, ClientError> {
         let target = addr.unwrap_or(self.opts.endpoints[0]);
         let conn = self.connection_to(target).await?;
         match exchange(&conn, &Request::Snapshots).await? {

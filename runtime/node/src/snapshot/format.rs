@@ -41,8 +41,9 @@ use serde::{Deserialize, Serialize};
 use wraft_engine::{Membership, SessionTable};
 use wraft_storage::{SnapshotId, SnapshotReader, SnapshotStore, SnapshotWriter};
 
-use crate::host::ChunkSource;
-use crate::proto::MachineLimits;
+use wraft_host::ChunkSource;
+use wraft_proto::MachineLimits;
+use wraft_proto::digest::hex;
 
 /// `SnapshotMeta::format` of every node snapshot file written by this version.
 pub const NODE_SNAPSHOT_FORMAT: &str = "wraft-node/1";
@@ -116,7 +117,7 @@ pub struct MachineRecord {
     pub created_at: u64,
     /// The WASI profile the machine was deployed with: a restore must link
     /// the same imports every replica linked when applying its log.
-    pub wasi: crate::host::WasiProfile,
+    pub wasi: wraft_host::WasiProfile,
 }
 
 /// The first frame: everything but the bulk data.
@@ -535,7 +536,7 @@ impl NodeSnapshot {
                 return Err(invalid(s, "module frame index", off, i, "another"));
             }
             let bytes = Bytes::from(p).slice(4..);
-            let sha = crate::node::sha256(&bytes);
+            let sha = wraft_proto::digest::sha256(&bytes);
             if sha != m.module_sha256 {
                 return Err(invalid(
                     s,
@@ -695,11 +696,6 @@ impl ChunkSource for MachineChunks {
     }
 }
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,11 +723,11 @@ mod tests {
                     kind: "kv".into(),
                     version: "1".into(),
                     snapshot_format: 1,
-                    module_sha256: crate::node::sha256(m),
+                    module_sha256: wraft_proto::digest::sha256(m),
                     module_bytes: m.len() as u64,
                     deployed_at: 1,
                     created_at: 1,
-                    wasi: crate::host::WasiProfile::None,
+                    wasi: wraft_host::WasiProfile::None,
                 })
                 .collect(),
         }

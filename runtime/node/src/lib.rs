@@ -15,8 +15,10 @@
 
 mod apply;
 mod divergence;
+pub mod metrics;
 mod server;
 mod snap;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,19 +38,19 @@ use wraft_storage::{
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::{AddressBook, Transport, TransportConfig};
 
-use crate::config::{FsyncPolicy, NodeConfig};
-use crate::host::{HostConfig, HostEngine};
-use crate::proto::{
-    Command, Consistency, MachineLimits, PeerStatus, Reply, Request, RequestError, Response,
-    SnapshotListing, Status, WasiProfile,
-};
 use crate::snapshot::transfer::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
 pub use apply::ApplyState;
 use apply::{Applier, ApplyMsg, ReadTarget};
-pub use server::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE};
 use snap::SnapEvent;
+use wraft_config::{FsyncPolicy, NodeConfig};
+use wraft_host::{HostConfig, HostEngine};
+use wraft_proto::digest::{hex, sha256};
+use wraft_proto::{
+    Command, Consistency, MachineLimits, PeerStatus, Reply, Request, RequestError, Response,
+    SnapshotListing, Status, WasiProfile,
+};
 
 /// Most requests and raft messages taken in one driver turn before the
 /// engine's actions are executed; they share one persist and one append.
@@ -172,7 +174,7 @@ impl Node {
             })?;
         let storage = Arc::new(storage);
         for q in &recovered.snapshots.quarantined {
-            tracing::warn!(target: "wraft::snapshot", node = id, file = %q.display(),
+            tracing::warn!(target: "wraft_node::snapshot", node = id, file = %q.display(),
                 "newest snapshot failed verification and was quarantined; using the previous one");
         }
 
@@ -269,7 +271,7 @@ impl Node {
             snapshot: snapshot_meta,
             entries,
         };
-        tracing::info!(target: "wraft::node", node = id, dir = %data_dir.display(),
+        tracing::info!(target: "wraft_node", node = id, dir = %data_dir.display(),
             snapshot_index, last_index = last, term = hs.term, "recovered storage");
 
         let mut ecfg = wraft_engine::Config::new(id, seed_from_time(id));
@@ -323,7 +325,7 @@ impl Node {
                 source: e,
             })
         })?;
-        tracing::info!(target: "wraft::node", node = id, %addr, "listening");
+        tracing::info!(target: "wraft_node", node = id, %addr, "listening");
 
         tokio::spawn(applier.run(apply_rx));
 
@@ -563,13 +565,13 @@ async fn serve_bulk(
         tokio::spawn(async move {
             let peer = stream.peer;
             let on_durable = |offset: u64| {
-                tracing::info!(target: "wraft::snapshot", node, peer, durable_offset = offset,
+                tracing::info!(target: "wraft_node::snapshot", node, peer, durable_offset = offset,
                     "incoming snapshot durable up to offset");
             };
             match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, on_durable).await {
                 Ok(r) => {
                     let meta = engine_meta(&r.info.meta);
-                    tracing::info!(target: "wraft::snapshot", node, from = r.from, index = meta.index,
+                    tracing::info!(target: "wraft_node::snapshot", node, from = r.from, index = meta.index,
                         resumed_from = r.resumed_from, bytes = r.bytes_received, already_had = r.already_had,
                         duration_ms = r.duration.as_millis() as u64, "snapshot received");
                     let _ = events.send(SnapEvent::Received {
@@ -579,7 +581,7 @@ async fn serve_bulk(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(target: "wraft::snapshot", node, peer, error = %e,
+                    tracing::warn!(target: "wraft_node::snapshot", node, peer, error = %e,
                         "incoming snapshot transfer ended without a complete file; the next offer resumes")
                 }
             }
@@ -656,7 +658,7 @@ impl Driver {
             }
             self.execute();
         }
-        tracing::info!(target: "wraft::node", node = self.id, "shutting down");
+        tracing::info!(target: "wraft_node", node = self.id, "shutting down");
         self.transport.shutdown().await;
     }
 
@@ -692,17 +694,17 @@ impl Driver {
 
     fn step(&mut self, ev: Event) {
         if let Err(e) = self.engine.step(ev) {
-            tracing::warn!(target: "wraft::node", node = self.id, error = %e, "engine refused an event");
+            tracing::warn!(target: "wraft_node", node = self.id, error = %e, "engine refused an event");
         }
     }
 
     fn on_raft(&mut self, from: u64, bytes: &[u8]) {
         match postcard::from_bytes::<Message>(bytes) {
             Ok(msg) if msg.from == from && msg.to == self.id => self.step(Event::Message(msg)),
-            Ok(msg) => tracing::warn!(target: "wraft::node", node = self.id, link_peer = from,
+            Ok(msg) => tracing::warn!(target: "wraft_node", node = self.id, link_peer = from,
                 claimed_from = msg.from, to = msg.to, "dropping a raft message whose addresses do not match its link"),
             Err(e) => {
-                tracing::warn!(target: "wraft::node", node = self.id, peer = from, error = %e,
+                tracing::warn!(target: "wraft_node", node = self.id, peer = from, error = %e,
                 "dropping an undecodable raft message")
             }
         }
@@ -736,7 +738,7 @@ impl Driver {
     /// applies to the machine (see `MachineLimits`).
     fn propose_deploy(
         &mut self,
-        tag: crate::proto::RequestTag,
+        tag: wraft_proto::RequestTag,
         name: String,
         module: Vec<u8>,
         wasi: WasiProfile,
@@ -869,7 +871,7 @@ impl Driver {
                     }
                     None => format!("node {}: snapshot transfers uncapped", self.id),
                 };
-                tracing::info!(target: "wraft::snapshot", node = self.id,
+                tracing::info!(target: "wraft_node::snapshot", node = self.id,
                     bytes_per_sec = self.snap.limiter.get().unwrap_or(0), "transfer rate cap changed");
                 let _ = reply.send(Ok(Reply::Done { message }));
             }
@@ -883,7 +885,7 @@ impl Driver {
                         index: i.meta.id.last_index,
                         term: i.meta.id.last_term,
                         file_bytes: i.file_len,
-                        digest: crate::snapshot::format::hex(&i.digest),
+                        digest: hex(&i.digest),
                         path: i.path.display().to_string(),
                         voters: i.meta.membership.voters.clone(),
                         learners: i.meta.membership.learners.clone(),
@@ -944,7 +946,7 @@ impl Driver {
             SnapEvent::Failed { index, error } => {
                 self.snap.creating = None;
                 self.metrics.snapshot_created("failed");
-                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
+                tracing::warn!(target: "wraft_node::snapshot", node = self.id, index, %error,
                     "snapshot failed; it is retried at the next threshold crossing");
                 self.step(Event::SnapshotFailed);
             }
@@ -1013,7 +1015,7 @@ impl Driver {
             if let Some(id) = accept
                 && let Err(e) = snapshots.accept(id)
             {
-                tracing::warn!(target: "wraft::snapshot", node, %id, error = %e,
+                tracing::warn!(target: "wraft_node::snapshot", node, %id, error = %e,
                     "installed snapshot missing from the store; retention cannot count it");
             }
             drop(pin);
@@ -1038,13 +1040,13 @@ impl Driver {
         );
         let term = self.engine.term();
         let node = self.id;
-        tracing::info!(target: "wraft::snapshot", node, peer = to, index = meta.index, offset,
+        tracing::info!(target: "wraft_node::snapshot", node, peer = to, index = meta.index, offset,
             "sending snapshot");
         tokio::spawn(async move {
             let index = id.last_index;
             let ok = match transport.open_bulk(to).await {
                 Err(e) => {
-                    tracing::warn!(target: "wraft::snapshot", node, peer = to, error = %e,
+                    tracing::warn!(target: "wraft_node::snapshot", node, peer = to, error = %e,
                         "cannot open a bulk stream for the snapshot");
                     false
                 }
@@ -1061,7 +1063,7 @@ impl Driver {
                         .await;
                     match r {
                         Ok(rep) => {
-                            tracing::info!(target: "wraft::snapshot", node, peer = to, index,
+                            tracing::info!(target: "wraft_node::snapshot", node, peer = to, index,
                                 outcome = ?rep.outcome, resumed_from = rep.resumed_from,
                                 bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
                                 duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished");
@@ -1071,7 +1073,7 @@ impl Driver {
                             )
                         }
                         Err(e) => {
-                            tracing::warn!(target: "wraft::snapshot", node, peer = to, index, error = %e,
+                            tracing::warn!(target: "wraft_node::snapshot", node, peer = to, index, error = %e,
                                 "snapshot transfer failed; it is re-offered and resumes");
                             false
                         }
@@ -1112,9 +1114,9 @@ impl Driver {
             Err(_) => tokio::task::block_in_place(|| self.storage.log.submit(wb)),
         };
         match r {
-            Ok(_) => tracing::info!(target: "wraft::snapshot", node = self.id, up_to = target,
+            Ok(_) => tracing::info!(target: "wraft_node::snapshot", node = self.id, up_to = target,
                 engine_up_to = up_to, "compacting the log"),
-            Err(e) => tracing::warn!(target: "wraft::snapshot", node = self.id, error = %e,
+            Err(e) => tracing::warn!(target: "wraft_node::snapshot", node = self.id, error = %e,
                 "log compaction failed; retried after the next snapshot"),
         }
     }
@@ -1205,11 +1207,11 @@ impl Driver {
         match postcard::to_stdvec(&msg) {
             Ok(buf) => {
                 if let Err(e) = self.transport.send(to, Bytes::from(buf)) {
-                    tracing::debug!(target: "wraft::node", node = self.id, peer = to, error = %e, "send failed");
+                    tracing::debug!(target: "wraft_node", node = self.id, peer = to, error = %e, "send failed");
                 }
             }
             Err(e) => {
-                tracing::error!(target: "wraft::node", error = %e, "cannot encode a raft message")
+                tracing::error!(target: "wraft_node", error = %e, "cannot encode a raft message")
             }
         }
     }
@@ -1249,7 +1251,7 @@ impl Driver {
                         };
                         if let Err(e) = tokio::task::block_in_place(|| self.storage.log.submit(wb))
                         {
-                            tracing::error!(target: "wraft::node", node = self.id, error = %e,
+                            tracing::error!(target: "wraft_node", node = self.id, error = %e,
                                 "cannot reset the log to an installed snapshot; the node stops here to stay safe");
                             std::process::abort();
                         }
@@ -1288,7 +1290,7 @@ impl Driver {
                         Err(e) => {
                             // Without durable storage this node must not go on
                             // acknowledging anything.
-                            tracing::error!(target: "wraft::node", node = self.id, error = %e,
+                            tracing::error!(target: "wraft_node", node = self.id, error = %e,
                                 "cannot persist to the log; the node stops here to stay safe");
                             std::process::abort();
                         }
@@ -1320,9 +1322,9 @@ impl Driver {
                     reason,
                     applied_index,
                 } => {
-                    tracing::debug!(target: "wraft::snapshot", node = self.id, ?reason, applied_index, "snapshot hint");
+                    tracing::debug!(target: "wraft_node::snapshot", node = self.id, ?reason, applied_index, "snapshot hint");
                     if let Err(e) = self.start_snapshot(applied_index) {
-                        tracing::debug!(target: "wraft::snapshot", node = self.id, "snapshot hint not taken: {e}");
+                        tracing::debug!(target: "wraft_node::snapshot", node = self.id, "snapshot hint not taken: {e}");
                         if self.snap.creating.is_none() {
                             self.step(Event::SnapshotFailed);
                         }
@@ -1410,7 +1412,7 @@ fn encode_command(c: &Command) -> Bytes {
     Bytes::from(postcard::to_stdvec(c).unwrap_or_default())
 }
 
-fn command_kind(tag: Option<crate::proto::RequestTag>, data: Bytes) -> EntryKind {
+fn command_kind(tag: Option<wraft_proto::RequestTag>, data: Bytes) -> EntryKind {
     EntryKind::Command {
         client: tag.map(|t| wraft_engine::ClientTag {
             client_id: t.client_id,
@@ -1419,10 +1421,4 @@ fn command_kind(tag: Option<crate::proto::RequestTag>, data: Bytes) -> EntryKind
         timestamp_ms: now_ms(),
         data,
     }
-}
-
-/// SHA-256 of a module, as used to identify it.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
 }
