@@ -556,7 +556,7 @@ impl NodeConfig {
         )?;
         if self.storage.fsync == FsyncPolicy::Relaxed {
             tracing::warn!(
-                target: "wraft_config",
+                target: "wraft::config",
                 "storage.fsync = \"relaxed\": writes are acknowledged before they reach the disk; \
                  a crash can lose acknowledged writes and, on a majority, break Raft's safety. \
                  Use only for benchmarks."

@@ -49,7 +49,7 @@ fn lower_this_threads_priority() {
             libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
         };
         if rc != 0 {
-            tracing::debug!(target: "wraft_host", error = %std::io::Error::last_os_error(),
+            tracing::debug!(target: "wraft::host", error = %std::io::Error::last_os_error(),
                 "cannot lower a background machine thread's priority");
         }
     }

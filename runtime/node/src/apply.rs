@@ -277,12 +277,12 @@ impl Applier {
     /// entry is applied. Returns the snapshot's header.
     pub async fn recover(&mut self, id: SnapshotId) -> Result<NodeSnapshotHeader, String> {
         let t = std::time::Instant::now();
-        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = id.last_index,
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             term = id.last_term, "loading snapshot");
         let restored = snap::restore_all(&self.host, &self.storage, id).await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
-        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = id.last_index,
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
             "snapshot loaded");
         Ok(header)
@@ -291,11 +291,11 @@ impl Applier {
     /// Log "recovery complete" once entries up to `commit` are applied.
     pub fn expect_replay(&mut self, commit: u64) {
         if commit > self.applied {
-            tracing::info!(target: "wraft_node::snapshot", node = self.node, from = self.applied + 1,
+            tracing::info!(target: "wraft::snapshot", node = self.node, from = self.applied + 1,
                 to = commit, entries = commit - self.applied, "replaying log entries above the snapshot");
             self.recovery_target = Some((commit, std::time::Instant::now()));
         } else {
-            tracing::info!(target: "wraft_node::snapshot", node = self.node, applied = self.applied,
+            tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
                 "recovery complete (nothing to replay)");
         }
     }
@@ -452,7 +452,7 @@ impl Applier {
             last_term: meta.term,
         };
         let t = std::time::Instant::now();
-        tracing::info!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
             term = meta.term, "installing snapshot from the leader");
         match snap::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
@@ -471,7 +471,7 @@ impl Applier {
                 }
                 let secs = t.elapsed().as_secs_f64();
                 self.metrics.install_seconds.record(secs);
-                tracing::info!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
+                tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
                     duration_ms = (secs * 1000.0) as u64, "snapshot installed");
                 let _ = self.events.send(SnapEvent::Installed { meta });
                 // The whole state now comes from the leader's snapshot: a halt is over, and
@@ -483,7 +483,7 @@ impl Applier {
                 }
             }
             Err(e) => {
-                tracing::error!(target: "wraft_node::snapshot", node = self.node, index = meta.index,
+                tracing::error!(target: "wraft::snapshot", node = self.node, index = meta.index,
                     error = %e, "snapshot install failed; the old machines keep running");
                 let _ = self.events.send(SnapEvent::InstallFailed { meta });
             }
@@ -618,10 +618,7 @@ impl Applier {
                 };
                 next = last.index + 1;
                 for le in &page {
-                    out.push(
-                        super::decode_entry(le)
-                            .map_err(|e| format!("log entry {} does not decode: {e}", le.index))?,
-                    );
+                    out.push(crate::codec::decode_entry(le).map_err(|e| e.to_string())?);
                 }
             }
             Ok(out)
@@ -705,7 +702,7 @@ impl Applier {
                     && self.applied >= target
                 {
                     self.recovery_target = None;
-                    tracing::info!(target: "wraft_node::snapshot", node = self.node, applied = self.applied,
+                    tracing::info!(target: "wraft::snapshot", node = self.node, applied = self.applied,
                         replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
                 }
             }
@@ -1591,8 +1588,21 @@ fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
 
 /// Session outputs are stored as postcard-encoded responses so a retry gets
 /// exactly the original answer, error included.
+///
+/// They are replicated state (the session table is in every snapshot), so a failure to encode
+/// must not become empty bytes that decode differently later: it becomes an `Internal` error
+/// naming the cause, the same on every replica. postcard cannot fail on these types today
+/// (strings, bytes and integers only).
 fn encode_cached(resp: &Response) -> Bytes {
-    Bytes::from(postcard::to_stdvec(resp).unwrap_or_default())
+    match postcard::to_stdvec(resp) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            let fallback: Response = Err(RequestError::Internal(format!(
+                "the machine's answer could not be encoded for the session table: {e}"
+            )));
+            Bytes::from(postcard::to_stdvec(&fallback).unwrap_or_default())
+        }
+    }
 }
 
 fn decode_cached(b: &Bytes) -> Response {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
-use super::ClientCall;
+use crate::node::ClientCall;
 use wraft_config::ClientSection;
 use wraft_host::HostEngine;
 use wraft_proto::{
@@ -90,7 +90,7 @@ fn contained(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(target: "wraft_client", panic = %what, "serving a client stream panicked; that stream is dropped");
+            tracing::error!(target: "wraft::client", panic = %what, "serving a client stream panicked; that stream is dropped");
         }
         was_request
     })
@@ -125,17 +125,17 @@ async fn serve_one(
             req
         }
         Ok(Ok(Some((kind, _)))) => {
-            tracing::debug!(target: "wraft_client", %identity, kind, "unexpected frame kind");
+            tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::info!(target: "wraft_client", %identity, error = %e, "closing a client stream: bad request frame");
+            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
             let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
             return;
         }
         Err(_) => {
-            tracing::info!(target: "wraft_client", %identity, "closing a client stream: no request within the deadline");
+            tracing::info!(target: "wraft::client", %identity, "closing a client stream: no request within the deadline");
             return;
         }
     };
@@ -173,10 +173,10 @@ async fn write_response(
             let _ = send.finish();
         }
         Ok(Err(e)) => {
-            tracing::debug!(target: "wraft_client", %identity, error = %e, "response not delivered");
+            tracing::debug!(target: "wraft::client", %identity, error = %e, "response not delivered");
         }
         Err(_) => {
-            tracing::info!(target: "wraft_client", %identity, deadline_ms,
+            tracing::info!(target: "wraft::client", %identity, deadline_ms,
                 "resetting a client stream: response not taken within client.response_write_timeout_ms");
             let _ = send.reset(CODE_RESPONSE_WRITE_TIMEOUT.into());
         }

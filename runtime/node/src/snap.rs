@@ -434,7 +434,7 @@ pub async fn create_snapshot(
 ) -> Result<SnapshotInfo, String> {
     let started = Instant::now();
     let index = cut.meta.index;
-    tracing::info!(target: "wraft_node::snapshot", node, index, term = cut.meta.term,
+    tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
         machines = cut.machines.len(), base = ?base.map(|b| b.last_index), "creating snapshot");
     let base_snap = {
         let storage = storage.clone();
@@ -506,7 +506,7 @@ pub async fn create_snapshot(
         tokio::task::spawn_blocking(move || shadow.shutdown());
         let (chunks, bytes) = result.map_err(|e| format!("exporting {:?}: {e}", m.name))?;
         guest_bytes += bytes;
-        tracing::debug!(target: "wraft_node::snapshot", node, index, machine = %m.name, chunks, bytes,
+        tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
             rebuild_ms = rebuilt.as_millis() as u64, total_ms = t.elapsed().as_millis() as u64,
             "machine exported");
     }
@@ -523,7 +523,7 @@ pub async fn create_snapshot(
     .await
     .map_err(|e| e.to_string())??;
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(target: "wraft_node::snapshot", node, index, file_bytes = info.file_len,
+    tracing::info!(target: "wraft::snapshot", node, index, file_bytes = info.file_len,
         guest_bytes, ratio = format!("{:.2}", info.file_len as f64 / guest_bytes.max(1) as f64),
         duration_ms = (secs * 1000.0) as u64, file = %info.path.display(), "created snapshot");
     Ok(info)

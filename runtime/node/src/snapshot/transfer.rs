@@ -36,7 +36,7 @@
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
 //! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
 //! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
-//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft_node::snapshot`.
+//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft::snapshot`.
 //!
 //! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
 //! the environment variable [`CORRUPT_CHUNK_EVERY_ENV`] via
@@ -586,7 +586,7 @@ fn truncate_reason(mut s: String) -> String {
 // Progress, metrics
 // ---------------------------------------------------------------------------------------------
 
-const LOG: &str = "wraft_node::snapshot";
+const LOG: &str = "wraft::snapshot";
 
 /// Last time anything moved, shared by the futures (and the receiver's disk thread) of one
 /// transfer. The watchdog fires `progress_timeout_ms` after the last touch.

@@ -34,7 +34,7 @@ fn tls(ca: &ClusterCa, id: NodeId) -> TlsIdentity {
 }
 
 fn net_with(stream_window_bytes: u32) -> Net {
-    // `RUST_LOG=wraft_node::snapshot=debug` shows the transfer's log lines in failing tests.
+    // `RUST_LOG=wraft::snapshot=debug` shows the transfer's log lines in failing tests.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()

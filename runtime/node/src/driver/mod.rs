@@ -1,0 +1,298 @@
+//! The driver: the one task that owns the Raft engine. It turns transport messages, client
+//! requests, durable notifications, snapshot events and ticks into engine events, and executes
+//! the engine's actions in order (`actions`). Client requests are in `requests`, snapshot
+//! creation, transfer and compaction in `snapshots`.
+
+mod actions;
+mod requests;
+pub(crate) mod snapshots;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use wraft_engine::{Action, Engine, Event, Message, Role};
+use wraft_storage::Storage;
+use wraft_transport::{AddressBook, Transport};
+
+use crate::apply::{ApplyMsg, ApplyState, ReadTarget};
+use crate::snap::SnapEvent;
+use wraft_proto::{MachineLimits, PeerStatus, RequestError, Response, Status};
+
+use crate::driver::snapshots::SnapState;
+use crate::node::ClientCall;
+
+/// Most requests and raft messages taken in one driver turn before the
+/// engine's actions are executed; they share one persist and one append.
+pub const DRIVER_BATCH_EVENTS_MAX: usize = 4096;
+/// Capacity of the queue from client connections to the driver, requests.
+pub const REQUEST_QUEUE_MAX: usize = 65_536;
+
+pub(crate) enum PendingProposal {
+    /// Answer with the machine's output once applied.
+    Client(oneshot::Sender<Response>),
+    /// Membership change: answer once committed.
+    Membership(oneshot::Sender<Response>, String),
+    /// Fire and forget (e.g. the address record before AddLearner).
+    Quiet,
+}
+
+impl PendingProposal {
+    /// Answer the waiting client, if any, with `e`.
+    pub(crate) fn fail(self, e: RequestError) {
+        match self {
+            PendingProposal::Client(reply) | PendingProposal::Membership(reply, _) => {
+                let _ = reply.send(Err(e));
+            }
+            PendingProposal::Quiet => {}
+        }
+    }
+}
+
+pub(crate) struct PendingRead {
+    pub(crate) target: ReadTarget,
+    pub(crate) reply: oneshot::Sender<Response>,
+}
+
+pub(crate) struct Driver {
+    pub(crate) id: u64,
+    pub(crate) engine: Engine,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) transport: Transport,
+    pub(crate) transport_members: wraft_transport::Membership,
+    pub(crate) addresses: AddressBook,
+    pub(crate) config_book: BTreeMap<u64, SocketAddr>,
+    pub(crate) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
+    pub(crate) published: Arc<Mutex<ApplyState>>,
+    pub(crate) next_id: u64,
+    pub(crate) proposals: HashMap<u64, (Instant, PendingProposal)>,
+    pub(crate) reads: HashMap<u64, PendingRead>,
+    /// The applier is halted by a node-local failure: this node must not lead.
+    pub(crate) apply_halted: bool,
+    /// What a deploy proposed here carries (`[guest]` of this node's config).
+    pub(crate) deploy_limits: MachineLimits,
+    /// The newest index this node proposed a divergence checkpoint for.
+    pub(crate) last_checkpoint: u64,
+    /// (storage seq, engine persist seq), in submission order.
+    pub(crate) persists: VecDeque<(u64, u64)>,
+    pub(crate) durable: u64,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) metrics: crate::metrics::DriverMetrics,
+    pub(crate) snap: SnapState,
+}
+
+impl Driver {
+    pub(crate) async fn run(
+        mut self,
+        mut raft_rx: mpsc::Receiver<(u64, Bytes)>,
+        mut req_rx: mpsc::Receiver<ClientCall>,
+        mut durable_rx: mpsc::UnboundedReceiver<u64>,
+        mut snap_rx: mpsc::UnboundedReceiver<SnapEvent>,
+        mut shutdown: watch::Receiver<bool>,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The engine's clock is its tick count, and leases are measured in
+        // it, so it must never fall behind the monotonic clock: a process
+        // stalled past the election timeout (SIGSTOP, a long GC-like pause,
+        // an overloaded host) would otherwise wake up believing its lease is
+        // still valid and serve a stale read while a newer leader is already
+        // committing. Every missed tick is stepped before the next event.
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(seq) = durable_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
+                    self.on_durable(seq);
+                    while let Ok(seq) = durable_rx.try_recv() { self.on_durable(seq); }
+                }
+                Some(ev) = snap_rx.recv() => self.on_snap_event(ev),
+                _ = ticker.tick() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
+                    self.update_gauges();
+                }
+                Some((from, bytes)) = raft_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
+                    self.on_raft(from, &bytes);
+                    for _ in 0..DRIVER_BATCH_EVENTS_MAX {
+                        match raft_rx.try_recv() { Ok((f, b)) => self.on_raft(f, &b), Err(_) => break }
+                    }
+                }
+                Some(call) = req_rx.recv() => {
+                    self.catch_up_ticks(&mut next_tick, tick);
+                    self.on_request(call);
+                    for _ in 0..DRIVER_BATCH_EVENTS_MAX {
+                        match req_rx.try_recv() { Ok(c) => self.on_request(c), Err(_) => break }
+                    }
+                }
+            }
+            self.execute();
+        }
+        tracing::info!(target: "wraft::node", node = self.id, "shutting down");
+        self.transport.shutdown().await;
+    }
+
+    pub(crate) fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.term.set(self.engine.term() as f64);
+        m.commit_index.set(self.engine.commit_index() as f64);
+        m.last_index.set(self.engine.last_index() as f64);
+        m.pending_proposals.set(self.proposals.len() as f64);
+        m.pending_reads.set(self.reads.len() as f64);
+        let applied = self.published.lock().map(|p| p.applied_index).unwrap_or(0);
+        m.apply_backlog
+            .set(self.engine.commit_index().saturating_sub(applied) as f64);
+        let dropped: u64 = self
+            .engine
+            .membership()
+            .members()
+            .filter_map(|p| self.transport.peer_stats(p))
+            .map(|s| s.dropped_overflow_msgs + s.dropped_link_down_msgs)
+            .sum();
+        m.transport_dropped.set(dropped as f64);
+    }
+
+    /// Step one `Tick` for every tick period that has fully elapsed on the
+    /// monotonic clock since the last one (several after a stall).
+    pub(crate) fn catch_up_ticks(&mut self, next_tick: &mut Instant, tick: Duration) {
+        let now = Instant::now();
+        while *next_tick <= now {
+            self.step(Event::Tick);
+            *next_tick += tick;
+        }
+    }
+
+    pub(crate) fn step(&mut self, ev: Event) {
+        if let Err(e) = self.engine.step(ev) {
+            tracing::warn!(target: "wraft::node", node = self.id, error = %e, "engine refused an event");
+        }
+    }
+
+    pub(crate) fn on_raft(&mut self, from: u64, bytes: &[u8]) {
+        match postcard::from_bytes::<Message>(bytes) {
+            Ok(msg) if msg.from == from && msg.to == self.id => self.step(Event::Message(msg)),
+            Ok(msg) => tracing::warn!(target: "wraft::node", node = self.id, link_peer = from,
+                claimed_from = msg.from, to = msg.to, "dropping a raft message whose addresses do not match its link"),
+            Err(e) => {
+                tracing::warn!(target: "wraft::node", node = self.id, peer = from, error = %e,
+                "dropping an undecodable raft message")
+            }
+        }
+    }
+
+    pub(crate) fn on_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+        let mut engine_seq = None;
+        while let Some(&(s, e)) = self.persists.front() {
+            if s > self.durable {
+                break;
+            }
+            engine_seq = Some(e);
+            self.persists.pop_front();
+        }
+        if let Some(e) = engine_seq {
+            self.step(Event::Persisted { seq: e });
+        }
+    }
+
+    pub(crate) fn not_leader(&self) -> RequestError {
+        RequestError::NotLeader {
+            leader: self
+                .engine
+                .leader()
+                .and_then(|l| self.addresses.get(l).map(|a| (l, a))),
+        }
+    }
+
+    /// A leader whose applier is halted cannot answer its clients: hand leadership to the
+    /// most caught-up voter (nothing happens on a follower or a single-voter cluster).
+    pub(crate) fn hand_off_leadership(&mut self) {
+        if self.engine.role() != Role::Leader {
+            return;
+        }
+        let best = self
+            .engine
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id)
+            .max_by_key(|v| self.engine.peer_match_index(*v).unwrap_or(0));
+        if let Some(to) = best {
+            tracing::warn!(target: "wraft::apply", node = self.id, to,
+                "handing leadership over: this node's applier is halted");
+            self.step(Event::TransferLeadership { to });
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let m = self.engine.membership();
+        let (applied, machines, apply_halted) = self
+            .published
+            .lock()
+            .map(|p| (p.applied_index, p.machines.clone(), p.halted.clone()))
+            .unwrap_or_default();
+        let peers = if self.engine.role() == Role::Leader {
+            m.members()
+                .filter(|p| *p != self.id)
+                .map(|p| PeerStatus {
+                    id: p,
+                    voter: m.voters.contains(&p),
+                    match_index: self.engine.peer_match_index(p).unwrap_or(0),
+                    next_index: self.engine.peer_match_index(p).unwrap_or(0) + 1,
+                    state: self
+                        .transport
+                        .peer_stats(p)
+                        .map(|s| format!("{:?}", s.state))
+                        .unwrap_or_else(|| "unknown".into()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let role = match self.engine.role() {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Follower if m.learners.contains(&self.id) => "learner",
+            Role::Follower => "follower",
+        };
+        Status {
+            id: self.id,
+            role: role.into(),
+            term: self.engine.term(),
+            leader: self.engine.leader(),
+            commit_index: self.engine.commit_index(),
+            applied_index: applied,
+            last_index: self.engine.last_index(),
+            snapshot_index: self.engine.snapshot().index,
+            log_first_index: self.engine.log_floor() + 1,
+            snapshot_creating: self.snap.creating,
+            voters: m.voters.iter().copied().collect(),
+            learners: m.learners.iter().copied().collect(),
+            peers,
+            machines,
+            apply_halted,
+        }
+    }
+
+    pub(crate) fn send(&mut self, msg: Message) {
+        let to = msg.to;
+        match postcard::to_stdvec(&msg) {
+            Ok(buf) => {
+                if let Err(e) = self.transport.send(to, Bytes::from(buf)) {
+                    tracing::debug!(target: "wraft::node", node = self.id, peer = to, error = %e, "send failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "wraft::node", error = %e, "cannot encode a raft message")
+            }
+        }
+    }
+}

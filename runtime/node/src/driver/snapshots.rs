@@ -1,0 +1,310 @@
+//! The driver's side of snapshots: starting creation, sending to and receiving from peers,
+//! installing, and compacting the log behind them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use wraft_engine::{Event, Membership, Role, SnapshotMeta};
+use wraft_storage::{SnapshotId, SnapshotPin, Storage, WriteBatch};
+
+use crate::apply::ApplyMsg;
+use crate::snap::SnapEvent;
+use crate::snapshot::transfer::{
+    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
+};
+use wraft_proto::Command;
+
+use crate::driver::{Driver, PendingProposal};
+
+/// The driver's snapshot bookkeeping.
+pub(crate) struct SnapState {
+    pub(crate) tx: mpsc::UnboundedSender<SnapEvent>,
+    /// Index of the local snapshot being created, if any (hints coalesce).
+    pub(crate) creating: Option<u64>,
+    /// Outgoing transfers: peer -> snapshot index (pins the log above it).
+    pub(crate) sending: HashMap<u64, u64>,
+    /// The received snapshot being installed, pinned until the install ends: a received
+    /// snapshot is not the node's own (it does not count toward retention) until it is
+    /// installed and accepted, so a newer offer must not delete it meanwhile.
+    pub(crate) installing: Option<SnapshotPin>,
+    pub(crate) xfer_cfg: TransferConfig,
+    pub(crate) limiter: Arc<BandwidthLimiter>,
+    pub(crate) retain_count: u64,
+}
+
+/// Accept inbound bulk streams (snapshot offers) and receive each on its own
+/// task; a published file becomes `SnapEvent::Received` for the driver.
+pub(crate) async fn serve_bulk(
+    node: u64,
+    mut streams: mpsc::Receiver<wraft_transport::BulkStream>,
+    storage: Arc<Storage>,
+    cfg: TransferConfig,
+    slots: Arc<IncomingSlots>,
+    events: mpsc::UnboundedSender<SnapEvent>,
+) {
+    while let Some(stream) = streams.recv().await {
+        let (storage, cfg, slots, events) =
+            (storage.clone(), cfg.clone(), slots.clone(), events.clone());
+        tokio::spawn(async move {
+            let peer = stream.peer;
+            let on_durable = |offset: u64| {
+                tracing::info!(target: "wraft::snapshot", node, peer, durable_offset = offset,
+                    "incoming snapshot durable up to offset");
+            };
+            match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, on_durable).await {
+                Ok(r) => {
+                    let meta = engine_meta(&r.info.meta);
+                    tracing::info!(target: "wraft::snapshot", node, from = r.from, index = meta.index,
+                        resumed_from = r.resumed_from, bytes = r.bytes_received, already_had = r.already_had,
+                        duration_ms = r.duration.as_millis() as u64, "snapshot received");
+                    let _ = events.send(SnapEvent::Received {
+                        from: r.from,
+                        term: r.leader_term,
+                        meta,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(target: "wraft::snapshot", node, peer, error = %e,
+                        "incoming snapshot transfer ended without a complete file; the next offer resumes")
+                }
+            }
+        });
+    }
+}
+
+/// Engine metadata of a stored snapshot.
+pub(crate) fn engine_meta(m: &wraft_storage::SnapshotMeta) -> SnapshotMeta {
+    SnapshotMeta {
+        index: m.id.last_index,
+        term: m.id.last_term,
+        membership: Membership {
+            voters: m.membership.voters.iter().copied().collect(),
+            learners: m.membership.learners.iter().copied().collect(),
+        },
+    }
+}
+
+pub(crate) fn snapshot_id(meta: &SnapshotMeta) -> SnapshotId {
+    SnapshotId {
+        last_index: meta.index,
+        last_term: meta.term,
+    }
+}
+
+impl Driver {
+    /// Start a local snapshot at `applied_index` (the engine's applied index
+    /// right now: every entry up to it is already queued for the applier,
+    /// and the snapshot request queues behind them).
+    pub(crate) fn start_snapshot(&mut self, applied_index: u64) -> Result<(), String> {
+        if let Some(i) = self.snap.creating {
+            return Err(format!("joined the snapshot being created at index {i}"));
+        }
+        if self.engine.is_installing_snapshot() {
+            return Err("a snapshot from the leader is being installed".into());
+        }
+        let latest = self.engine.snapshot().index;
+        if applied_index <= latest {
+            return Err(format!(
+                "nothing applied since the latest snapshot (index {latest})"
+            ));
+        }
+        let meta = self
+            .engine
+            .snapshot_meta_at(applied_index)
+            .ok_or_else(|| format!("index {applied_index} is not in the log"))?;
+        self.snap.creating = Some(applied_index);
+        let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta });
+        Ok(())
+    }
+
+    pub(crate) fn on_snap_event(&mut self, ev: SnapEvent) {
+        match ev {
+            SnapEvent::Created { meta, info } => {
+                self.snap.creating = None;
+                self.metrics.snapshot_created("ok");
+                self.metrics.snapshot_bytes.set(info.file_len as f64);
+                self.metrics.snapshot_index.set(meta.index as f64);
+                let _ = self.apply_tx.send(ApplyMsg::BaseChanged {
+                    id: snapshot_id(&meta),
+                });
+                self.step(Event::SnapshotCreated { meta });
+            }
+            SnapEvent::Failed { index, error } => {
+                self.snap.creating = None;
+                self.metrics.snapshot_created("failed");
+                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
+                    "snapshot failed; it is retried at the next threshold crossing");
+                self.step(Event::SnapshotFailed);
+            }
+            SnapEvent::Installed { meta } => {
+                // The installed snapshot is now the node's own: it counts toward retention
+                // (received snapshots the engine ignored never do).
+                self.end_install(Some(snapshot_id(&meta)));
+                self.metrics.snapshot_installed("ok");
+                self.metrics.snapshot_index.set(meta.index as f64);
+                self.step(Event::SnapshotInstalled { meta });
+            }
+            SnapEvent::InstallFailed { meta } => {
+                self.end_install(None);
+                self.metrics.snapshot_installed("failed");
+                self.step(Event::SnapshotInstallFailed { meta });
+            }
+            SnapEvent::Received { from, term, meta } => {
+                self.step(Event::SnapshotReceived { from, term, meta });
+            }
+            SnapEvent::Progress {
+                from,
+                index,
+                durable_offset,
+            } => self.step(Event::SnapshotProgress {
+                from,
+                index,
+                durable_offset,
+            }),
+            SnapEvent::ApplyHalted { reason } => {
+                self.apply_halted = true;
+                tracing::warn!(target: "wraft::apply", node = self.id, %reason, "applier halted");
+                self.hand_off_leadership();
+            }
+            SnapEvent::ApplyResumed => self.apply_halted = false,
+            SnapEvent::Checkpoint { index, digest } => {
+                // Only a leader proposes, each index once; followers compare when it commits.
+                if self.engine.role() == Role::Leader
+                    && !self.apply_halted
+                    && index > self.last_checkpoint
+                {
+                    self.last_checkpoint = index;
+                    let checkpoint = Command::Checkpoint { index, digest };
+                    self.propose_command(None, &checkpoint, PendingProposal::Quiet);
+                }
+            }
+            SnapEvent::TransferDone { to, index, ok } => {
+                if self.snap.sending.get(&to) == Some(&index) {
+                    self.snap.sending.remove(&to);
+                }
+                if !ok {
+                    self.step(Event::SnapshotTransferFailed { to, index });
+                }
+            }
+        }
+    }
+
+    /// Release the pin on the snapshot an install used, accepting it first as the node's own
+    /// if the install succeeded. Off the driver: both may run retention, which deletes files.
+    pub(crate) fn end_install(&mut self, accept: Option<SnapshotId>) {
+        let (snapshots, pin, node) = (
+            self.storage.snapshots.clone(),
+            self.snap.installing.take(),
+            self.id,
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Some(id) = accept
+                && let Err(e) = snapshots.accept(id)
+            {
+                tracing::warn!(target: "wraft::snapshot", node, %id, error = %e,
+                    "installed snapshot missing from the store; retention cannot count it");
+            }
+            drop(pin);
+        });
+    }
+
+    /// Leader: stream snapshot `meta` to `to` on a bulk stream of its own.
+    /// The offset the engine remembers is only a hint: the follower answers
+    /// the offer with what it durably holds.
+    pub(crate) fn send_snapshot(&mut self, to: u64, meta: SnapshotMeta, offset: u64) {
+        if self.snap.sending.contains_key(&to) {
+            return; // the running transfer reports; its watchdog bounds it
+        }
+        self.snap.sending.insert(to, meta.index);
+        let id = snapshot_id(&meta);
+        let (transport, storage, cfg, limiter, tx) = (
+            self.transport.clone(),
+            self.storage.clone(),
+            self.snap.xfer_cfg.clone(),
+            self.snap.limiter.clone(),
+            self.snap.tx.clone(),
+        );
+        let term = self.engine.term();
+        let node = self.id;
+        tracing::info!(target: "wraft::snapshot", node, peer = to, index = meta.index, offset,
+            "sending snapshot");
+        tokio::spawn(async move {
+            let index = id.last_index;
+            let ok = match transport.open_bulk(to).await {
+                Err(e) => {
+                    tracing::warn!(target: "wraft::snapshot", node, peer = to, error = %e,
+                        "cannot open a bulk stream for the snapshot");
+                    false
+                }
+                Ok(stream) => {
+                    let progress = tx.clone();
+                    let r =
+                        send_snapshot(stream, &storage.snapshots, id, term, &cfg, &limiter, |d| {
+                            let _ = progress.send(SnapEvent::Progress {
+                                from: to,
+                                index,
+                                durable_offset: d,
+                            });
+                        })
+                        .await;
+                    match r {
+                        Ok(rep) => {
+                            tracing::info!(target: "wraft::snapshot", node, peer = to, index,
+                                outcome = ?rep.outcome, resumed_from = rep.resumed_from,
+                                bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
+                                duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished");
+                            matches!(
+                                rep.outcome,
+                                SendOutcome::Completed | SendOutcome::AlreadyHave
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "wraft::snapshot", node, peer = to, index, error = %e,
+                                "snapshot transfer failed; it is re-offered and resumes");
+                            false
+                        }
+                    }
+                }
+            };
+            let _ = tx.send(SnapEvent::TransferDone { to, index, ok });
+        });
+    }
+
+    /// Compact storage behind a snapshot, keeping (a) what the engine still
+    /// needs (`up_to` already respects followers within the margin), (b) the
+    /// log back to the previous snapshot, so that falling back to it on a
+    /// damaged newest file still finds every entry above it, and (c) the log
+    /// above any snapshot a running transfer is sending.
+    pub(crate) fn compact_log(&mut self, up_to: u64) {
+        let mut target = up_to;
+        if self.snap.retain_count >= 2 {
+            let list = self.storage.snapshots.list();
+            let previous = list.iter().rev().nth(1).map_or(0, |i| i.meta.id.last_index);
+            target = target.min(previous);
+        }
+        if let Some(pinned) = self.snap.sending.values().min() {
+            target = target.min(*pinned);
+        }
+        if target <= self.storage.log.floor().0 {
+            return;
+        }
+        let Ok(term) = self.storage.log.term(target) else {
+            return;
+        };
+        let wb = WriteBatch {
+            compact: Some((target, term)),
+            ..WriteBatch::default()
+        };
+        let r = match self.storage.log.try_submit(wb.clone()) {
+            Ok(t) => Ok(t),
+            Err(_) => tokio::task::block_in_place(|| self.storage.log.submit(wb)),
+        };
+        match r {
+            Ok(_) => tracing::info!(target: "wraft::snapshot", node = self.id, up_to = target,
+                engine_up_to = up_to, "compacting the log"),
+            Err(e) => tracing::warn!(target: "wraft::snapshot", node = self.id, error = %e,
+                "log compaction failed; retried after the next snapshot"),
+        }
+    }
+}

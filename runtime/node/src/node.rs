@@ -1,0 +1,435 @@
+//! [`Node`]: starting a node (storage, transport, host, applier and driver wired together),
+//! calling it in-process and stopping it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use wraft_engine::{Engine, InitialState, Membership, SnapshotMeta};
+use wraft_storage::{Storage, StorageConfig, WriterEvent};
+use wraft_transport::certs::{CertDir, TlsIdentity};
+use wraft_transport::{AddressBook, Transport, TransportConfig};
+
+use crate::apply::{Applier, ApplyState};
+use crate::snapshot::transfer::{BandwidthLimiter, IncomingSlots, TransferConfig};
+use wraft_config::{FsyncPolicy, NodeConfig};
+use wraft_host::{HostConfig, HostEngine};
+use wraft_proto::digest::sha256;
+use wraft_proto::{Request, RequestError, Response};
+
+use crate::codec::decode_entry;
+use crate::driver::snapshots::SnapState;
+use crate::driver::snapshots::serve_bulk;
+use crate::driver::{Driver, REQUEST_QUEUE_MAX};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage could not be opened or recovered.
+    #[error("storage in {dir}: {source}")]
+    Storage {
+        /// Data directory.
+        dir: PathBuf,
+        /// The storage error (with the operator's recovery path if corrupt).
+        source: Box<wraft_storage::StorageError>,
+    },
+    /// A log entry on disk passed its checksum but does not decode.
+    #[error(
+        "log entry {index} in {dir} does not decode ({detail}); the data directory was written by an incompatible version or is damaged"
+    )]
+    BadEntry {
+        /// Data directory.
+        dir: PathBuf,
+        /// Entry index.
+        index: u64,
+        /// Decoder message.
+        detail: String,
+    },
+    /// Certificates could not be loaded.
+    #[error("certificates in {dir}: {detail}")]
+    Certs {
+        /// Certificate directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Transport(#[from] wraft_transport::TransportError),
+    /// The wasm host could not start.
+    #[error("wasm host: {0}")]
+    Host(String),
+    /// The metrics endpoint could not start.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The Raft engine refused its configuration or state.
+    #[error("raft engine: {0}")]
+    Engine(String),
+    /// The newest valid snapshot could not be restored.
+    #[error("restoring snapshot {0}")]
+    Snapshot(String),
+}
+
+/// A request from a client connection to the driver.
+pub(crate) struct ClientCall {
+    pub request: Request,
+    /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
+    /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
+    /// Both senders (the client server and `Node::call`) set it for every deploy; the driver
+    /// hashes a deploy itself only if a future sender does not.
+    pub module_sha256: Option<[u8; 32]>,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// A running node. Dropping it does not stop the node; call [`Node::shutdown`].
+pub struct Node {
+    id: u64,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    driver: tokio::task::JoinHandle<()>,
+    requests: mpsc::Sender<ClientCall>,
+}
+
+impl Node {
+    /// Open storage, recover, bind the endpoint and start serving.
+    ///
+    /// Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let id = cfg.node.id;
+        let data_dir = cfg.node.data_dir.clone();
+        if let Some(addr) = cfg.node.metrics_listen {
+            crate::metrics::serve(addr).map_err(NodeError::Metrics)?;
+        }
+        std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::Storage {
+            dir: data_dir.clone(),
+            source: Box::new(wraft_storage::StorageError::Io {
+                path: data_dir.clone(),
+                op: "create data directory",
+                source: e,
+            }),
+        })?;
+
+        // Storage, with durable-point notifications turned into driver events.
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel::<u64>();
+        let on_event: wraft_storage::EventCallback = Arc::new(move |ev: &WriterEvent| {
+            if let WriterEvent::Durable(p) = ev {
+                let _ = durable_tx.send(p.seq);
+            }
+        });
+        let mut scfg = StorageConfig::default();
+        scfg.fsync = match cfg.storage.fsync {
+            FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Durable,
+            FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Relaxed,
+        };
+        scfg.segment_bytes = cfg.storage.segment_bytes;
+        scfg.preallocate_bytes = cfg.storage.preallocate_bytes;
+        scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
+        // A deploy carries the whole module in one entry.
+        scfg.entry_bytes_max = scfg
+            .entry_bytes_max
+            .max(cfg.guest.module_bytes_max + (64 << 10))
+            .max(cfg.client.command_bytes_max + (64 << 10));
+        let (storage, recovered) =
+            Storage::open(&data_dir, &scfg, Some(on_event)).map_err(|source| {
+                NodeError::Storage {
+                    dir: data_dir.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+        let storage = Arc::new(storage);
+        for q in &recovered.snapshots.quarantined {
+            tracing::warn!(target: "wraft::snapshot", node = id, file = %q.display(),
+                "newest snapshot failed verification and was quarantined; using the previous one");
+        }
+
+        // The wasm host.
+        let hcfg = HostConfig {
+            cache_dir: Some(
+                cfg.guest
+                    .module_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("modules")),
+            ),
+            module_bytes_max: cfg.guest.module_bytes_max as usize,
+            guest_memory_bytes_max: cfg.guest.memory_bytes_max as usize,
+            fuel_per_call: cfg.guest.fuel_per_call,
+            fuel_per_entry: cfg.guest.fuel_per_entry,
+            output_bytes_max: cfg.guest.output_bytes_max as usize,
+            watchdog_ms: cfg.guest.watchdog_ms,
+            ..HostConfig::default()
+        };
+        let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
+        let book = AddressBook::new(cfg.address_book());
+
+        // The applier, restored from the newest valid snapshot (if any)
+        // before the engine replays the log above it.
+        let published = Arc::new(Mutex::new(ApplyState::default()));
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let mut applier = Applier::new(
+            id,
+            host.clone(),
+            storage.clone(),
+            book.clone(),
+            published.clone(),
+            snap_tx.clone(),
+        );
+        applier.set_check_interval(cfg.raft.divergence_check_entries);
+        let snapshot_meta = match recovered.snapshot() {
+            Some(info) => {
+                let header = applier
+                    .recover(info.id())
+                    .await
+                    .map_err(|e| NodeError::Snapshot(format!("{}: {e}", info.path.display())))?;
+                SnapshotMeta {
+                    index: header.index,
+                    term: header.term,
+                    membership: header.membership,
+                }
+            }
+            None => SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership: if cfg.cluster.members.contains_key(&id) {
+                    Membership::with_voters(cfg.cluster.members.keys().copied())
+                } else {
+                    Membership::default()
+                },
+            },
+        };
+
+        // Recover the engine's view: hard state, membership, log.
+        let hs = recovered.log.hard_state;
+        let mut entries = Vec::new();
+        let first = recovered.replay_from().max(1);
+        let last = recovered.log.last_index;
+        let mut next = first;
+        while next <= last {
+            let page = storage
+                .log
+                .entries(next, last + 1, 64 << 20)
+                .map_err(|source| NodeError::Storage {
+                    dir: data_dir.clone(),
+                    source: Box::new(source),
+                })?;
+            if page.is_empty() {
+                break;
+            }
+            for le in page {
+                next = le.index + 1;
+                entries.push(decode_entry(&le).map_err(|e| NodeError::BadEntry {
+                    dir: data_dir.clone(),
+                    index: e.index,
+                    detail: e.source.to_string(),
+                })?);
+            }
+        }
+        applier.expect_replay(hs.commit.min(last));
+        let snapshot_index = snapshot_meta.index;
+        let init = InitialState {
+            hard_state: wraft_engine::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            },
+            snapshot: snapshot_meta,
+            entries,
+        };
+        tracing::info!(target: "wraft::node", node = id, dir = %data_dir.display(),
+            snapshot_index, last_index = last, term = hs.term, "recovered storage");
+
+        let mut ecfg = wraft_engine::Config::new(id, seed_from_time(id));
+        let r = &cfg.raft;
+        let tick = r.tick_interval_ms.max(1);
+        ecfg.heartbeat_interval_ticks = (r.heartbeat_interval_ms / tick).max(1) as u32;
+        ecfg.election_timeout_min_ticks = (r.election_timeout_ms / tick).max(3) as u32;
+        ecfg.election_timeout_max_ticks = 2 * ecfg.election_timeout_min_ticks;
+        ecfg.max_inflight_append_msgs = r.max_inflight_append_msgs as usize;
+        ecfg.max_append_entries = r.max_append_entries as usize;
+        ecfg.max_append_bytes = r.max_append_bytes as usize;
+        ecfg.max_pending_proposals = r.max_pending_proposals as usize;
+        ecfg.max_command_bytes =
+            (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
+        ecfg.snapshot_hint_threshold_entries = cfg.snapshot.hint_threshold_entries;
+        ecfg.max_log_entries = cfg.snapshot.max_log_entries;
+        ecfg.log_retention_margin_entries = cfg.snapshot.log_retain_margin_entries;
+        // The transfer has its own progress watchdog; the engine re-offers
+        // only after a transfer failed or went quiet for twice as long.
+        ecfg.snapshot_transfer_timeout_ticks = ((2 * cfg.snapshot.transfer_progress_timeout_ms)
+            / tick)
+            .clamp(10, u32::MAX as u64) as u32;
+        ecfg.lease_reads = r.lease_reads;
+        if r.lease_reads {
+            ecfg.lease_ticks = ecfg.election_timeout_min_ticks.saturating_sub(1) * 100
+                / (100 + ecfg.clock_drift_bound_percent)
+                - 1;
+        }
+        let engine = Engine::new(ecfg, init).map_err(|e| NodeError::Engine(e.to_string()))?;
+
+        // Transport.
+        let certs = CertDir::new(&cfg.tls.dir);
+        let tls = load_node_tls(&certs, id)?;
+        let tmembers = wraft_transport::Membership::new(
+            engine
+                .membership()
+                .members()
+                .chain(cfg.address_book().keys().copied()),
+        );
+        let mut tcfg = TransportConfig::new(id, cfg.node.listen);
+        tcfg.inbound_streams_max = cfg.client.connections_max as usize;
+        // A deploy entry carries a whole module (a Python guest is ~18 MB): peer frames must
+        // fit the largest module the node accepts, plus the message around it.
+        tcfg.max_frame_bytes = tcfg
+            .max_frame_bytes
+            .max((cfg.guest.module_bytes_max + (1 << 20)).min(u64::from(u32::MAX)) as u32);
+        let (transport, inbound) = Transport::bind(tcfg, &tls, tmembers.clone(), book.clone())?;
+        let addr = transport.local_addr().map_err(|e| {
+            NodeError::Transport(wraft_transport::TransportError::Bind {
+                addr: cfg.node.listen,
+                source: e,
+            })
+        })?;
+        tracing::info!(target: "wraft::node", node = id, %addr, "listening");
+
+        tokio::spawn(applier.run(apply_rx));
+
+        // Snapshot transfers: inbound bulk streams are snapshot offers.
+        let xfer_cfg = TransferConfig {
+            node_id: id,
+            chunk_bytes: cfg.snapshot.chunk_bytes.min(u32::MAX as u64) as u32,
+            progress_timeout_ms: cfg.snapshot.transfer_progress_timeout_ms,
+            max_incoming_transfers: cfg.snapshot.incoming_transfers_max as usize,
+            ..TransferConfig::default()
+        }
+        .with_test_faults_from_env();
+        let limiter = Arc::new(BandwidthLimiter::new(
+            Some(cfg.snapshot.transfer_bytes_per_sec_max).filter(|b| *b > 0),
+        ));
+        tokio::spawn(serve_bulk(
+            id,
+            inbound.bulk,
+            storage.clone(),
+            xfer_cfg.clone(),
+            Arc::new(IncomingSlots::new(xfer_cfg.max_incoming_transfers)),
+            snap_tx.clone(),
+        ));
+
+        let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(crate::server::serve_clients(
+            inbound.clients,
+            req_tx.clone(),
+            host.clone(),
+            cfg.client.clone(),
+            shutdown_rx.clone(),
+        ));
+
+        let driver = Driver {
+            id,
+            engine,
+            storage,
+            transport,
+            transport_members: tmembers,
+            addresses: book,
+            config_book: cfg.address_book(),
+            apply_tx,
+            published,
+            next_id: 1,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            apply_halted: false,
+            deploy_limits: cfg.guest.machine_limits(),
+            last_checkpoint: 0,
+            persists: VecDeque::new(),
+            durable: 0,
+            actions: Vec::new(),
+            metrics: crate::metrics::DriverMetrics::new(id),
+            snap: SnapState {
+                tx: snap_tx,
+                creating: None,
+                sending: HashMap::new(),
+                installing: None,
+                xfer_cfg,
+                limiter,
+                retain_count: cfg.snapshot.retain_count,
+            },
+        };
+        let driver = tokio::spawn(driver.run(
+            inbound.raft,
+            req_rx,
+            durable_rx,
+            snap_rx,
+            shutdown_rx,
+            Duration::from_millis(tick),
+        ));
+        Ok(Node {
+            id,
+            addr,
+            shutdown,
+            driver,
+            requests: req_tx,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Send a request to this node directly (in-process), as a client would.
+    pub async fn call(&self, request: Request) -> Response {
+        let module_sha256 = match &request {
+            Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
+                let module = module.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || sha256(&module))
+                        .await
+                        .map_err(|e| RequestError::Internal(e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(ClientCall {
+                request,
+                module_sha256,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+    }
+
+    /// Stop serving, flush, and wait for the driver to exit.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+    }
+}
+
+pub(crate) fn load_node_tls(certs: &CertDir, id: u64) -> Result<TlsIdentity, NodeError> {
+    certs
+        .load_tls(&wraft_transport::Identity::Node(id))
+        .map_err(|e| NodeError::Certs {
+            dir: certs.root().to_owned(),
+            detail: format!("{e} (create certificates with `wraft cert`)"),
+        })
+}
+
+pub(crate) fn seed_from_time(id: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
