@@ -110,38 +110,43 @@ fn cargo() -> Command {
 /// test process. Panics with cargo's status if the build fails.
 pub fn wraft_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("WRAFT_BIN") {
-            return PathBuf::from(p);
-        }
-        let (target, profile) = build_location();
-        let mut cmd = cargo();
-        cmd.args(["build", "--quiet", "-p", "wraft", "--bin", "wraft"])
-            .arg("--manifest-path")
-            .arg(workspace_root().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo to build the wraft binary");
-        assert!(
-            status.success(),
-            "`cargo build -p wraft --bin wraft` failed: {status}"
-        );
-        let bin = target.join(&profile).join("wraft");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
+    BIN.get_or_init(|| match std::env::var_os("WRAFT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_bin("wraft", "wraft"),
     })
     .clone()
+}
+
+/// Binary `bin` of workspace package `package`, built with cargo into the
+/// target directory and profile of the running test (a no-op when it is up
+/// to date). Panics with cargo's status if the build fails.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let (target, profile) = build_location();
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--manifest-path")
+        .arg(workspace_root().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build {bin}: {e}"));
+    assert!(
+        status.success(),
+        "`cargo build -p {package} --bin {bin}` failed: {status}"
+    );
+    let path = target.join(&profile).join(bin);
+    assert!(path.exists(), "{} missing after the build", path.display());
+    path
 }
 
 /// The component bytes of the example guest `examples/<name>`, built once

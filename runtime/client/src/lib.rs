@@ -42,9 +42,9 @@ use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame::FrameError;
 
 use wraft_proto::KIND_REQUEST;
-use wraft_proto::{
-    Consistency, MachineInfo, Reply, Request, RequestError, RequestTag, Response, Status,
-};
+/// The protocol types a client's answers are made of, so an application needs only this crate.
+pub use wraft_proto::{self as proto, Consistency, MachineInfo, Status};
+use wraft_proto::{Reply, Request, RequestError, RequestTag, Response};
 
 /// A connection that hears nothing from its node for this long is declared
 /// dead and the call moves to the next node, milliseconds. QUIC learns of a
