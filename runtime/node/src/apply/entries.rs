@@ -1,0 +1,525 @@
+//! Applying committed entries: session admission in log order, batching consecutive commands
+//! of one machine, outcomes and their digests, traps and rebuilds.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use wraft_engine::{ClientTag, Entry, EntryKind, SessionCheck};
+
+use crate::divergence::{self};
+use crate::snap::{self, SnapEvent, migrate};
+use wraft_host::{CallError, TrapKind};
+use wraft_proto::{Command, Reply, RequestError, Response};
+
+use super::*;
+
+impl Applier {
+    /// Apply committed `entries` (in order; those at or below the applied index are skipped)
+    /// and answer their proposers. On a [`LocalFailure`] nothing of this call is kept: no
+    /// outcome is answered or recorded and the applied index does not move (the live
+    /// instances may have run part of it: the caller halts and re-derives).
+    pub(super) async fn apply_entries(&mut self, entries: &[Entry]) -> Result<(), LocalFailure> {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
+        // Consecutive commands for the same machine go to the guest in one batch.
+        let mut batch: Vec<(u64, Option<ClientTag>, wraft_host::Entry)> = Vec::new();
+        let mut batch_machine = String::new();
+        // Outcomes up to here have their outputs stored in the session table.
+        let mut completed = 0usize;
+        // Outcomes up to here are folded into the outcome digest.
+        let mut chained = 0usize;
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue; // replayed after a restart of the driver side; already applied
+            }
+            let index = entry.index;
+            match &entry.kind {
+                EntryKind::Noop | EntryKind::ConfChange(_) => {
+                    self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                        .await?;
+                    outcomes.push((
+                        index,
+                        None,
+                        Ok(Reply::Done {
+                            message: format!("committed at index {index}"),
+                        }),
+                    ));
+                }
+                EntryKind::Command {
+                    client,
+                    timestamp_ms,
+                    data,
+                } => {
+                    let client = *client;
+                    self.last_timestamp_ms = self.last_timestamp_ms.max(*timestamp_ms);
+                    let ts = self.last_timestamp_ms;
+                    let cmd: Command = match postcard::from_bytes(data) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await?;
+                            outcomes.push((
+                                index,
+                                client,
+                                Err(RequestError::Rejected(format!(
+                                    "entry {index} is not a wraft command: {e}"
+                                ))),
+                            ));
+                            continue;
+                        }
+                    };
+                    // Deduplicate before anything reaches a guest. The decision is taken
+                    // here, at the entry, in log order (`SessionTable::admit`); only the
+                    // outputs wait for the batch, and a command of a client whose output
+                    // is still pending in it ends the batch first, so a duplicate is
+                    // answered with the real output.
+                    if let Some(tag) = client {
+                        if batch
+                            .iter()
+                            .any(|(_, t, _)| t.is_some_and(|t| t.client_id == tag.client_id))
+                        {
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await?;
+                        }
+                        self.complete_sessions(&outcomes[completed..]);
+                        completed = outcomes.len();
+                        let refused = match self.sessions.admit(tag, ts) {
+                            SessionCheck::Fresh => None,
+                            SessionCheck::Duplicate(out) => Some(decode_cached(&out)),
+                            SessionCheck::Stale { last_seq } => {
+                                Some(Err(RequestError::Rejected(format!(
+                                    "request {}/{} not applied: the session is already at {last_seq}",
+                                    tag.client_id, tag.seq
+                                ))))
+                            }
+                            SessionCheck::Unknown => Some(Err(RequestError::SessionUnknown {
+                                client_id: tag.client_id,
+                            })),
+                        };
+                        if let Some(resp) = refused {
+                            // Outcomes stay in index order: the pending batch goes first.
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await?;
+                            self.note_skipped(&cmd, index);
+                            outcomes.push((index, None, resp));
+                            continue;
+                        }
+                    }
+                    match cmd {
+                        Command::Apply { machine, command } => {
+                            if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
+                                self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                    .await?;
+                                batch_machine = machine;
+                            }
+                            batch.push((
+                                index,
+                                client,
+                                wraft_host::Entry {
+                                    index,
+                                    term: entry.term,
+                                    timestamp_ms: ts,
+                                    command,
+                                },
+                            ));
+                        }
+                        other => {
+                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+                                .await?;
+                            // A checkpoint compares the digest up to the entries before it.
+                            self.fold_outcomes(&outcomes[chained..])?;
+                            chained = outcomes.len();
+                            let resp = self.apply_admin(index, ts, other).await?;
+                            outcomes.push((index, client, resp));
+                        }
+                    }
+                }
+            }
+        }
+        self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
+            .await?;
+        self.complete_sessions(&outcomes[completed..]);
+        self.fold_outcomes(&outcomes[chained..])?;
+        for (index, _, resp) in outcomes {
+            self.applied = index;
+            if let Some(reply) = self.waiting.remove(&index) {
+                let _ = reply.send(resp);
+            }
+        }
+        // Anyone still waiting at or below the applied index lost their
+        // entry to another leader's (the engine reports that separately);
+        // do not leave them hanging.
+        let stale: Vec<u64> = self
+            .waiting
+            .range(..=self.applied)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in stale {
+            if let Some(r) = self.waiting.remove(&i) {
+                let _ = r.send(Err(RequestError::Internal(format!(
+                    "entry {i} applied without an outcome"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fold outcomes into the running digest, reporting it at every `check_interval`, and
+    /// compare each with what the same entry gave if it was applied before.
+    pub(super) fn fold_outcomes(&mut self, outcomes: &[Outcome]) -> Result<(), LocalFailure> {
+        for (index, _, resp) in outcomes {
+            let d = divergence::outcome_digest(resp);
+            match self.recorded.insert(*index, d) {
+                Some(was) if was != d => {
+                    return Err(LocalFailure {
+                        machine: "(every machine)".into(),
+                        index: *index,
+                        error: format!(
+                            "replicas diverged: entry {index} gave another result when applied \
+                             again (digest {} now, {} before): a guest's snapshot or restore is \
+                             not faithful, or it is not deterministic. This node stops applying \
+                             and serving; replace its data from a healthy replica (RELIABILITY.md, \
+                             \"Divergence\")",
+                            divergence::short(&d),
+                            divergence::short(&was)
+                        ),
+                        diverged: true,
+                    });
+                }
+                _ => {}
+            }
+            while self.recorded.len() > divergence::RECENT_DIGESTS_MAX {
+                self.recorded.pop_first();
+            }
+            if let Some(digest) = self.chain.push(*index, &d)
+                && self.check_interval > 0
+                && index % self.check_interval == 0
+            {
+                let _ = self.events.send(SnapEvent::Checkpoint {
+                    index: *index,
+                    digest,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Store the outputs of admitted commands in the session table (the
+    /// decisions were taken at admission; this only fills in what a retry gets).
+    pub(super) fn complete_sessions(&mut self, outcomes: &[Outcome]) {
+        for (_, tag, resp) in outcomes {
+            if let Some(tag) = tag {
+                self.sessions.complete(*tag, encode_cached(resp));
+            }
+        }
+    }
+
+    pub(super) fn note_skipped(&mut self, cmd: &Command, index: u64) {
+        if let Command::Apply { machine, .. } = cmd
+            && let Some(m) = self.machines.get_mut(machine)
+        {
+            m.skipped.insert(index);
+        }
+    }
+
+    /// Send the pending batch to its machine and turn the results into outcomes.
+    pub(super) async fn flush_batch(
+        &mut self,
+        machine: &str,
+        batch: &mut Vec<(u64, Option<ClientTag>, wraft_host::Entry)>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), LocalFailure> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(batch);
+        let Some(m) = self.machines.get(machine) else {
+            for (index, tag, _) in items {
+                outcomes.push((
+                    index,
+                    tag,
+                    Err(RequestError::NoSuchMachine(machine.to_owned())),
+                ));
+            }
+            return Ok(());
+        };
+        if !m.healthy || m.handle.is_none() {
+            return Err(self.cannot_run(machine, items[0].0));
+        }
+        let mut rest: VecDeque<_> = items.into();
+        while !rest.is_empty() {
+            let entries: Vec<wraft_host::Entry> = rest.iter().map(|(_, _, e)| e.clone()).collect();
+            let handle = match self.machines.get(machine).and_then(|m| m.handle.as_ref()) {
+                Some(h) => h,
+                None => break,
+            };
+            let started = std::time::Instant::now();
+            let n = entries.len() as u64;
+            let result = handle.apply_batch(entries).await;
+            self.metrics
+                .batch_seconds
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(results) => {
+                    self.metrics.entries.increment(n);
+                    for ((index, tag, _), r) in rest.drain(..).zip(results) {
+                        outcomes.push((index, tag, app_response(index, r)));
+                    }
+                }
+                Err(e) => {
+                    // Find which entry trapped by replaying one at a time
+                    // on a rebuilt instance: entries before it were applied
+                    // by the batch call that trapped, so rebuild first.
+                    let first = rest.front().map(|(i, _, _)| *i).unwrap_or(0);
+                    tracing::warn!(target: "wraft::apply", machine, first_index = first, error = %e,
+                        "batch call failed; rebuilding the instance and applying one entry at a time");
+                    self.rebuild(machine, first).await;
+                    while let Some((index, tag, entry)) = rest.pop_front() {
+                        let r = self.apply_one(machine, entry).await?;
+                        outcomes.push((index, tag, r));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one entry, handling traps: a deterministic trap is the entry's
+    /// recorded result and the instance is rebuilt without it; a node-local
+    /// failure (the watchdog, the memory limit) is retried on a rebuilt
+    /// instance, and if it persists it is a [`LocalFailure`], never a result.
+    pub(super) async fn apply_one(
+        &mut self,
+        machine: &str,
+        entry: wraft_host::Entry,
+    ) -> Result<Response, LocalFailure> {
+        let index = entry.index;
+        let mut local_hits = 0;
+        let mut canonical = false;
+        loop {
+            let Some(handle) = self
+                .machines
+                .get(machine)
+                .filter(|m| m.healthy)
+                .and_then(|m| m.handle.as_ref())
+            else {
+                return Err(self.cannot_run(machine, index));
+            };
+            match handle.apply(entry.clone()).await {
+                Ok(r) => return Ok(app_response(index, r)),
+                // How far a guest's memory grows depends on its allocator's history, which
+                // differs between replicas (a long-running instance, one restored from a
+                // snapshot, one rebuilt by replay, the batch it ran in). So a memory-limit trap
+                // is decided again on a canonical instance: the state just before the entry,
+                // moved through the guest's own snapshot into a fresh instance, which every
+                // replica builds alike. The entry alone runs there; that outcome is recorded.
+                Err(CallError::Trap {
+                    kind: TrapKind::MemoryLimit,
+                    ..
+                }) if !canonical => {
+                    canonical = true;
+                    tracing::info!(target: "wraft::apply", machine, index,
+                        "memory limit hit; deciding again on a canonical instance");
+                    self.rebuild(machine, index).await;
+                    self.canonicalize(machine).await;
+                }
+                Err(e) if is_deterministic(&e) || (canonical && is_memory_trap(&e)) => {
+                    self.metrics.trap(machine);
+                    tracing::warn!(target: "wraft::apply", machine, index, error = %e,
+                        "guest trapped; recording the failure and rebuilding the instance");
+                    if let Some(m) = self.machines.get_mut(machine) {
+                        m.skipped.insert(index);
+                    }
+                    self.rebuild(machine, index + 1).await;
+                    return Ok(Err(RequestError::MachineFault(e.to_string())));
+                }
+                // Anything else (the watchdog, the memory limit, a stopped thread, an
+                // instance left poisoned by a query) is local to this node: never a
+                // replicated result. Rebuild and retry, a bounded number of times.
+                Err(e) if local_hits < WATCHDOG_RETRIES_MAX => {
+                    local_hits += 1;
+                    tracing::warn!(target: "wraft::apply", machine, index, attempt = local_hits, error = %e,
+                        "node-local failure (not a replicated result); rebuilding and retrying");
+                    self.rebuild(machine, index).await;
+                }
+                Err(e) => {
+                    return Err(LocalFailure {
+                        diverged: false,
+                        machine: machine.to_owned(),
+                        index,
+                        error: format!("{e} ({local_hits} retries on a rebuilt instance)"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Why `machine` cannot take entry `index` here: its replay showed this replica diverged,
+    /// or (not a result either) it could not be started or rebuilt on this node.
+    pub(super) fn cannot_run(&self, machine: &str, index: u64) -> LocalFailure {
+        match self.machines.get(machine).and_then(|m| m.diverged.as_ref()) {
+            Some(e) => LocalFailure {
+                diverged: true,
+                machine: machine.to_owned(),
+                index,
+                error: format!("replicas diverged: {e}"),
+            },
+            None => LocalFailure {
+                diverged: false,
+                machine: machine.to_owned(),
+                index,
+                error: format!("machine {machine:?} cannot run on this node"),
+            },
+        }
+    }
+
+    /// Move `machine`'s state into a fresh instance of its current version through the guest's
+    /// own snapshot and restore, so that its memory holds nothing of the instance's history.
+    /// On failure the machine cannot run here (the next entry for it halts the applier).
+    pub(super) async fn canonicalize(&mut self, machine: &str) {
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        let Some(old) = m.handle.take().filter(|_| m.healthy) else {
+            m.healthy = false;
+            return;
+        };
+        let module = m.current().module.clone();
+        let result = match module.start() {
+            Ok(fresh) => match migrate(&old, &fresh, module.info().snapshot_format).await {
+                Ok(()) => Ok(fresh),
+                Err(e) => {
+                    new_handle_shutdown(fresh);
+                    Err(e.to_string())
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        new_handle_shutdown(old);
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        match result {
+            Ok(fresh) => m.handle = Some(fresh),
+            Err(e) => {
+                tracing::error!(target: "wraft::apply", machine, error = %e,
+                    "could not move the machine into a canonical instance; it cannot run on this node");
+                m.healthy = false;
+            }
+        }
+    }
+
+    /// Rebuild `machine` from scratch to its state just before `before`:
+    /// a fresh instance of its first version, then a replay of its committed
+    /// history from the log (skipping entries that never reached it, and
+    /// migrating across upgrades exactly as they happened).
+    pub(super) async fn rebuild(&mut self, machine: &str, before: u64) {
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        if let Some(h) = m.handle.take() {
+            tokio::task::spawn_blocking(move || h.shutdown());
+        }
+        let Some(cut) = self.machine_cut(machine) else {
+            return;
+        };
+        // Opening the base reads and checks the whole snapshot file (module hashes included):
+        // off the async workers, as everywhere else it is opened.
+        let opened = {
+            let (storage, base) = (self.storage.clone(), self.base);
+            tokio::task::spawn_blocking(move || snap::open_base(&storage, base)).await
+        };
+        let result = match opened {
+            Ok(Ok(base)) => {
+                let recorded = Some(&self.recorded);
+                snap::build_instance(&self.storage, base.as_ref(), &cut, before, false, recorded)
+                    .await
+            }
+            Ok(Err(e)) => Err(snap::BuildError::Failed(e)),
+            Err(e) => Err(snap::BuildError::Failed(format!(
+                "opening the base snapshot: {e}"
+            ))),
+        };
+        let Some(m) = self.machines.get_mut(machine) else {
+            return;
+        };
+        match result {
+            Ok(handle) => {
+                m.handle = Some(handle);
+                m.healthy = true;
+            }
+            Err(snap::BuildError::Diverged(e)) => {
+                tracing::error!(target: "wraft::apply", machine, error = %e, "replicas diverged");
+                m.healthy = false;
+                m.diverged = Some(e);
+            }
+            Err(e) => {
+                tracing::error!(target: "wraft::apply", machine, error = %e,
+                    "could not rebuild the machine; it is unhealthy on this node");
+                m.healthy = false;
+            }
+        }
+    }
+}
+
+/// Whether a failed guest call is the same on every replica, so that it can be a replicated
+/// result: a trap of the guest's own making (a panic, fuel, the stack, a bad memory access,
+/// a broken contract) or an error its snapshot or restore code reported. Not deterministic:
+/// the watchdog (wall-clock time), the memory limit (how far a guest's memory grows depends
+/// on its allocator's history; `apply_one` decides such a trap again on a canonical
+/// instance), and anything of the host's own.
+pub(super) fn is_memory_trap(e: &CallError) -> bool {
+    matches!(
+        e,
+        CallError::Trap {
+            kind: TrapKind::MemoryLimit,
+            ..
+        }
+    )
+}
+
+pub(super) fn is_deterministic(e: &CallError) -> bool {
+    match e {
+        CallError::Trap { kind, .. } => *kind != TrapKind::MemoryLimit,
+        CallError::Snapshot { .. }
+        | CallError::Restore { .. }
+        | CallError::ChunkTooLarge { .. } => true,
+        _ => false,
+    }
+}
+
+pub(super) fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
+    match r {
+        Ok(output) => Ok(Reply::Applied { index, output }),
+        Err(e) => Err(RequestError::App {
+            code: e.code,
+            message: e.message,
+        }),
+    }
+}
+
+/// Session outputs are stored as postcard-encoded responses so a retry gets
+/// exactly the original answer, error included.
+///
+/// They are replicated state (the session table is in every snapshot), so a failure to encode
+/// must not become empty bytes that decode differently later: it becomes an `Internal` error
+/// naming the cause, the same on every replica. postcard cannot fail on these types today
+/// (strings, bytes and integers only).
+pub(super) fn encode_cached(resp: &Response) -> Bytes {
+    match postcard::to_stdvec(resp) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            let fallback: Response = Err(RequestError::Internal(format!(
+                "the machine's answer could not be encoded for the session table: {e}"
+            )));
+            Bytes::from(postcard::to_stdvec(&fallback).unwrap_or_default())
+        }
+    }
+}
+
+pub(super) fn decode_cached(b: &Bytes) -> Response {
+    postcard::from_bytes(b).unwrap_or_else(|e| {
+        Err(RequestError::Internal(format!(
+            "cached response does not decode: {e}"
+        )))
+    })
+}

@@ -1,0 +1,222 @@
+//! The applier's snapshots: recovering from one at start, cutting one for creation, and
+//! installing a received one.
+
+use std::collections::BTreeSet;
+
+use wraft_engine::SnapshotMeta;
+use wraft_storage::SnapshotId;
+
+use crate::divergence::OutcomeChain;
+use crate::snap::{self, SnapEvent};
+use crate::snapshot::format::NodeSnapshotHeader;
+
+use wraft_proto::RequestError;
+
+use super::*;
+
+impl Applier {
+    /// Startup: restore every machine from snapshot `id` before the first
+    /// entry is applied. Returns the snapshot's header.
+    pub async fn recover(&mut self, id: SnapshotId) -> Result<NodeSnapshotHeader, String> {
+        let t = std::time::Instant::now();
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+            term = id.last_term, "loading snapshot");
+        let restored = snap::restore_all(&self.host, &self.storage, id).await?;
+        let header = restored.header.clone();
+        self.swap_in(restored, id);
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
+            machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
+            "snapshot loaded");
+        Ok(header)
+    }
+
+    /// Replace the whole replicated state with `r` (snapshot `id`).
+    pub(super) fn swap_in(&mut self, r: snap::Restored, id: SnapshotId) {
+        for (_, m) in std::mem::take(&mut self.machines) {
+            if let Some(h) = m.handle {
+                tokio::task::spawn_blocking(move || h.shutdown());
+            }
+        }
+        for (cut, handle) in r.machines {
+            self.machines.insert(
+                cut.name.clone(),
+                Machine {
+                    handle: Some(handle),
+                    created_at: cut.created_at,
+                    versions: cut
+                        .versions
+                        .into_iter()
+                        .map(|v| Version {
+                            deployed_at: v.deployed_at,
+                            module: v.module,
+                            bytes: v.bytes,
+                        })
+                        .collect(),
+                    skipped: BTreeSet::new(),
+                    healthy: true,
+                    diverged: None,
+                },
+            );
+        }
+        self.sessions = r.sessions;
+        self.last_timestamp_ms = r.header.last_timestamp_ms;
+        self.replicated_addresses = r.header.addresses.iter().copied().collect();
+        for (id, addr) in &r.header.addresses {
+            self.addresses.insert(*id, *addr);
+        }
+        self.applied = r.header.index;
+        self.base = Some(id);
+        // Snapshots do not carry the outcome digest: in step again from the next checkpoint.
+        self.chain = OutcomeChain::unknown();
+    }
+
+    pub(super) fn cut(&self, meta: SnapshotMeta) -> snap::Cut {
+        snap::Cut {
+            meta,
+            machines: self
+                .machines
+                .iter()
+                .map(|(name, m)| snap::MachineCut {
+                    name: name.clone(),
+                    created_at: m.created_at,
+                    versions: m
+                        .versions
+                        .iter()
+                        .map(|v| snap::VersionCut {
+                            deployed_at: v.deployed_at,
+                            module: v.module.clone(),
+                            bytes: v.bytes.clone(),
+                        })
+                        .collect(),
+                    skipped: m.skipped.clone(),
+                })
+                .collect(),
+            sessions: self.sessions.clone(),
+            last_timestamp_ms: self.last_timestamp_ms,
+            addresses: self.replicated_addresses.clone(),
+        }
+    }
+
+    pub(super) fn machine_cut(&self, name: &str) -> Option<snap::MachineCut> {
+        let m = self.machines.get(name)?;
+        Some(snap::MachineCut {
+            name: name.to_owned(),
+            created_at: m.created_at,
+            versions: m
+                .versions
+                .iter()
+                .map(|v| snap::VersionCut {
+                    deployed_at: v.deployed_at,
+                    module: v.module.clone(),
+                    bytes: v.bytes.clone(),
+                })
+                .collect(),
+            skipped: m.skipped.clone(),
+        })
+    }
+
+    /// Start creating a snapshot of the state as of now (`meta.index` must be
+    /// the applied index). The live machines keep applying: the export runs
+    /// from shadow instances on another task (see `snap`).
+    pub(super) fn start_snapshot(&mut self, meta: SnapshotMeta) {
+        if let Some(h) = &self.halted {
+            // The live state may hold work past the failure point: never cut it.
+            let _ = self.events.send(SnapEvent::Failed {
+                index: meta.index,
+                error: format!("applying is halted: {}", h.describe()),
+            });
+            return;
+        }
+        if meta.index != self.applied {
+            let _ = self.events.send(SnapEvent::Failed {
+                index: meta.index,
+                error: format!(
+                    "snapshot requested at {} but the machines are at {}",
+                    meta.index, self.applied
+                ),
+            });
+            return;
+        }
+        let cut = self.cut(meta.clone());
+        let storage = self.storage.clone();
+        let base = self.base;
+        let events = self.events.clone();
+        let node = self.node;
+        tokio::spawn(async move {
+            let index = meta.index;
+            let ev = match snap::create_snapshot(node, storage, base, cut).await {
+                Ok(info) => SnapEvent::Created { meta, info },
+                Err(error) => SnapEvent::Failed { index, error },
+            };
+            let _ = events.send(ev);
+        });
+    }
+
+    /// A newer durable snapshot exists: rebuilds start there now; bookkeeping
+    /// for entries at or below it is dropped.
+    pub(super) fn base_changed(&mut self, id: SnapshotId) {
+        if id.last_index > self.applied || self.base.is_some_and(|b| b.last_index >= id.last_index)
+        {
+            return;
+        }
+        self.base = Some(id);
+        for m in self.machines.values_mut() {
+            m.skipped = m.skipped.split_off(&(id.last_index + 1));
+            // Keep the version running at the snapshot and every later one.
+            if let Some(v) = m
+                .versions
+                .iter()
+                .rposition(|v| v.deployed_at <= id.last_index)
+            {
+                m.versions.drain(..v);
+            }
+        }
+    }
+
+    /// Follower: restore the received snapshot into fresh instances, then
+    /// swap them in at once. The consensus loop is not involved; client
+    /// writes cannot arrive (the engine emits no applies while installing).
+    pub(super) async fn install(&mut self, meta: SnapshotMeta) {
+        let id = SnapshotId {
+            last_index: meta.index,
+            last_term: meta.term,
+        };
+        let t = std::time::Instant::now();
+        tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+            term = meta.term, "installing snapshot from the leader");
+        match snap::restore_all(&self.host, &self.storage, id).await {
+            Ok(r) => {
+                self.swap_in(r, id);
+                let stale: Vec<u64> = self
+                    .waiting
+                    .range(..=self.applied)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in stale {
+                    if let Some(r) = self.waiting.remove(&i) {
+                        let _ = r.send(Err(RequestError::Timeout(format!(
+                            "entry {i} was covered by an installed snapshot; outcome unknown, retrying with the same tag is safe"
+                        ))));
+                    }
+                }
+                let secs = t.elapsed().as_secs_f64();
+                self.metrics.install_seconds.record(secs);
+                tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                    duration_ms = (secs * 1000.0) as u64, "snapshot installed");
+                let _ = self.events.send(SnapEvent::Installed { meta });
+                // The whole state now comes from the leader's snapshot: a halt is over, and
+                // held entries above the snapshot are applied on top of it.
+                if self.halted.take().is_some() {
+                    self.resumed("a snapshot from the leader was installed");
+                    let held = std::mem::take(&mut self.held);
+                    self.apply_or_halt(held, 0).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "wraft::snapshot", node = self.node, index = meta.index,
+                    error = %e, "snapshot install failed; the old machines keep running");
+                let _ = self.events.send(SnapEvent::InstallFailed { meta });
+            }
+        }
+    }
+}
