@@ -12,6 +12,23 @@
 //! The driver never awaits storage, a guest or a peer: a persist is submitted
 //! and its completion comes back as an `Event::Persisted`; the engine itself
 //! holds back messages that reveal state (votes, acks) until then.
+//!
+//! Where things are:
+//! - `node` — [`Node`]: start (storage recovery, transport, host, applier, driver), call
+//!   in-process, shut down.
+//! - `driver` — the task that owns the engine: its loop (`mod`), the action interpreter
+//!   (`actions`), client requests (`requests`), snapshot orchestration (`snapshots`).
+//! - `apply` — the applier: committed entries into machine calls, sessions, reads, halting and
+//!   re-deriving on node-local failures, the applier's snapshots.
+//! - `divergence` — outcome digests and checkpoints that catch replicas that disagree.
+//! - `server` — client streams: one task per connection, bounded in-flight requests.
+//! - `snap` and [`snapshot`] — node snapshots: creation from shadow instances, restore, the
+//!   file format and InstallSnapshot over QUIC.
+//! - `codec` — engine entries and commands as log bytes.
+//! - [`metrics`] — the Prometheus endpoint and the metric names.
+//!
+//! Library code here logs through `tracing` and prints nothing; the `wraft` binary owns the
+//! terminal.
 
 mod apply;
 mod codec;
