@@ -3,12 +3,11 @@
 use std::collections::BTreeSet;
 
 use wraft_engine::{Action, Event, ReadError, Role};
-use wraft_storage::WriteBatch;
 
 use crate::apply::ApplyMsg;
 use wraft_proto::RequestError;
 
-use crate::codec::encode_entry;
+use super::persist::storage_writes;
 use crate::driver::Driver;
 use crate::driver::snapshots::snapshot_id;
 
@@ -37,46 +36,25 @@ impl Driver {
                 // durable, so every Send goes out at once.
                 Action::Send { msg } => self.send(msg),
                 Action::Persist(batch) => {
-                    if let Some(snap) = &batch.reset_to_snapshot {
-                        // The log restarts above an installed snapshot. A
-                        // batch of its own, so storage applies it before the
-                        // truncation and entries below (it applies a batch's
-                        // compaction last).
-                        let wb = WriteBatch {
-                            compact: Some((snap.index, snap.term)),
-                            ..WriteBatch::default()
-                        };
-                        if let Err(e) = tokio::task::block_in_place(|| self.storage.log.submit(wb))
-                        {
+                    let writes = match storage_writes(&batch) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            // An entry the engine holds but this node cannot write: acking it
+                            // would be a lie, and writing a substitute would diverge.
                             tracing::error!(target: "wraft::node", node = self.id, error = %e,
-                                "cannot reset the log to an installed snapshot; the node stops here to stay safe");
+                                "cannot persist to the log; the node stops here to stay safe");
                             std::process::abort();
                         }
+                    };
+                    if let Some(reset) = writes.reset
+                        && let Err(e) =
+                            tokio::task::block_in_place(|| self.storage.log.submit(reset))
+                    {
+                        tracing::error!(target: "wraft::node", node = self.id, error = %e,
+                            "cannot reset the log to an installed snapshot; the node stops here to stay safe");
+                        std::process::abort();
                     }
-                    let mut wb = WriteBatch::default();
-                    if let Some(hs) = batch.hard_state {
-                        wb = wb.with_hard_state(wraft_storage::HardState {
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        });
-                    }
-                    if let Some(from) = batch.truncate_from {
-                        wb = wb.with_truncate_after(from.saturating_sub(1));
-                    }
-                    if !batch.entries.is_empty() {
-                        let entries = batch.entries.iter().map(encode_entry).collect();
-                        match entries {
-                            Ok(entries) => wb = wb.with_entries(entries),
-                            Err(e) => {
-                                // An entry the engine holds but this node cannot write: acking it
-                                // would be a lie, and writing a substitute would diverge.
-                                tracing::error!(target: "wraft::node", node = self.id, error = %e,
-                                    "cannot persist to the log; the node stops here to stay safe");
-                                std::process::abort();
-                            }
-                        }
-                    }
+                    let wb = writes.main;
                     let submitted = match self.storage.log.try_submit(wb.clone()) {
                         Ok(t) => Ok(t),
                         // The writer's queue is full: wait for room (this is

@@ -4,6 +4,7 @@
 //! creation, transfer and compaction in `snapshots`.
 
 mod actions;
+mod persist;
 mod requests;
 pub(crate) mod snapshots;
 
