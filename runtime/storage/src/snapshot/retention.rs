@@ -1,0 +1,145 @@
+//! Listing, pinning, accepting received snapshots, and retention (deleting old ones).
+
+use crate::error::{Result, StorageError, io_err};
+
+use super::{SnapshotId, SnapshotInfo, SnapshotStore};
+
+impl SnapshotStore {
+    /// Complete snapshots, oldest first, including received ones not yet accepted.
+    pub fn list(&self) -> Vec<SnapshotInfo> {
+        self.inner.lock().complete.values().cloned().collect()
+    }
+
+    /// The newest complete snapshot (possibly a received one not yet accepted).
+    pub fn latest(&self) -> Option<SnapshotInfo> {
+        self.inner.lock().complete.values().next_back().cloned()
+    }
+
+    /// Make a received snapshot (published by
+    /// [`IncomingSnapshot::finalize`](super::IncomingSnapshot::finalize)) one of the node's
+    /// own: from now on it counts toward `snapshot_retain_count` like a local one. Call it once
+    /// the node has installed it; a received snapshot never accepted does not push out the node's
+    /// own snapshots, and is deleted by retention once a newer one arrives or the node's own
+    /// snapshots reach its index. A no-op for a snapshot that is already the node's. Cheap: no
+    /// I/O but the retention pass it runs.
+    ///
+    /// # Errors
+    /// [`StorageError::SnapshotNotFound`] if `id` is not complete here (retention deleted it).
+    pub fn accept(&self, id: SnapshotId) -> Result<()> {
+        {
+            let mut st = self.inner.lock();
+            if !st.complete.contains_key(&id) {
+                return Err(StorageError::SnapshotNotFound(id));
+            }
+            st.received.remove(&id);
+        }
+        self.gc().map(|_| ())
+    }
+
+    /// Pin a snapshot so retention never deletes it while the pin lives (a running transfer).
+    pub fn pin(&self, id: SnapshotId) -> Result<SnapshotPin> {
+        let mut st = self.inner.lock();
+        if !st.complete.contains_key(&id) {
+            return Err(StorageError::SnapshotNotFound(id));
+        }
+        *st.pins.entry(id).or_insert(0) += 1;
+        Ok(SnapshotPin {
+            store: self.clone(),
+            id,
+        })
+    }
+
+    /// Delete, skipping pinned ones: the node's own snapshots beyond the newest
+    /// `snapshot_retain_count`, and received snapshots not accepted yet ([`SnapshotStore::accept`])
+    /// except the newest one above all of the node's own. So received snapshots the node ignores
+    /// never push out the snapshot it works from, and at most one of them is kept. Runs
+    /// automatically after each new snapshot, acceptance, and release of a pin.
+    pub fn gc(&self) -> Result<Vec<SnapshotId>> {
+        let inner = &self.inner;
+        let doomed: Vec<SnapshotInfo> = {
+            let mut st = inner.lock();
+            let own: Vec<SnapshotId> = st
+                .complete
+                .keys()
+                .rev()
+                .filter(|id| !st.received.contains(id))
+                .copied()
+                .collect();
+            let newest_own = own.first().copied();
+            let mut received: Vec<SnapshotId> = st.received.iter().copied().collect();
+            received.sort_unstable_by(|a, b| b.cmp(a));
+            let keep_received = received.first().copied().filter(|r| newest_own < Some(*r));
+            let ids: Vec<SnapshotId> = own
+                .into_iter()
+                .skip(inner.cfg.snapshot_retain_count)
+                .chain(received.into_iter().filter(|r| Some(*r) != keep_received))
+                .collect();
+            let mut out = Vec::new();
+            for id in ids {
+                if st.pins.get(&id).copied().unwrap_or(0) == 0
+                    && let Some(info) = st.complete.remove(&id)
+                {
+                    st.received.remove(&id);
+                    out.push(info);
+                }
+            }
+            out
+        };
+        for info in &doomed {
+            inner
+                .vfs
+                .remove_file(&info.path)
+                .map_err(io_err("remove old snapshot", &info.path))?;
+        }
+        if !doomed.is_empty() {
+            inner.sync_dir()?;
+        }
+        Ok(doomed.iter().map(SnapshotInfo::id).collect())
+    }
+
+    pub(super) fn publish(&self, info: SnapshotInfo, received: bool) -> Result<()> {
+        {
+            let mut st = self.inner.lock();
+            if received {
+                st.received.insert(info.id());
+            }
+            st.complete.insert(info.id(), info);
+        }
+        self.gc().map(|_| ())
+    }
+}
+
+/// Keeps a snapshot from being deleted by retention while alive.
+#[derive(Debug)]
+pub struct SnapshotPin {
+    store: SnapshotStore,
+    id: SnapshotId,
+}
+
+impl SnapshotPin {
+    /// The pinned snapshot.
+    pub fn id(&self) -> SnapshotId {
+        self.id
+    }
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        let release = {
+            let mut st = self.store.inner.lock();
+            match st.pins.get_mut(&self.id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    st.pins.remove(&self.id);
+                    true
+                }
+            }
+        };
+        if release && let Err(e) = self.store.gc() {
+            tracing::warn!(error = %e, "snapshot retention after releasing a pin failed");
+        }
+    }
+}
