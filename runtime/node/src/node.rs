@@ -1,7 +1,7 @@
 //! [`Node`]: starting a node (storage, transport, host, applier and driver wired together),
 //! calling it in-process and stopping it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -116,7 +116,7 @@ impl Node {
         let (durable_tx, durable_rx) = mpsc::unbounded_channel::<u64>();
         let on_event: wraft_storage::EventCallback = Arc::new(move |ev: &WriterEvent| {
             if let WriterEvent::Durable(p) = ev {
-                let _ = durable_tx.send(p.seq);
+                let _ = durable_tx.send(p.tag);
             }
         });
         let mut scfg = StorageConfig::default();
@@ -343,7 +343,6 @@ impl Node {
             apply_halted: false,
             deploy_limits: cfg.guest.machine_limits(),
             last_checkpoint: 0,
-            persists: VecDeque::new(),
             durable: 0,
             actions: Vec::new(),
             metrics: crate::metrics::DriverMetrics::new(id),

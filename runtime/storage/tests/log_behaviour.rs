@@ -211,6 +211,57 @@ fn one_sync_covers_every_submission_queued_behind_an_in_flight_batch() {
 }
 
 #[test]
+fn a_durable_point_reports_the_callers_highest_durable_tag_and_tags_may_not_decrease() {
+    let fs = FaultFs::new();
+    let (cb, gate) = gated();
+    let (log, _) = Log::open(
+        Arc::new(fs.clone()),
+        Path::new("/n/wal"),
+        &small_config(),
+        Some(cb),
+    )
+    .expect("open");
+    log.try_submit(
+        WriteBatch::default()
+            .with_entries(entries(1, 1, 1))
+            .with_tag(7),
+    )
+    .expect("submit");
+    match gate.entered.recv().expect("event") {
+        WriterEvent::Durable(p) => assert_eq!(p.tag, 7),
+        WriterEvent::Failed(e) => panic!("writer failed: {e}"),
+    }
+    // Behind the parked writer: a tagged batch, then an untagged one (a compaction, say).
+    log.try_submit(
+        WriteBatch::default()
+            .with_entries(entries(2, 3, 1))
+            .with_tag(9),
+    )
+    .expect("submit");
+    log.try_submit(WriteBatch::default().with_entries(entries(4, 4, 1)))
+        .expect("submit");
+    let refused = log.try_submit(
+        WriteBatch::default()
+            .with_entries(entries(5, 5, 1))
+            .with_tag(8),
+    );
+    assert!(
+        matches!(&refused, Err(StorageError::Invalid(m)) if m.contains("tag 8")),
+        "{refused:?}"
+    );
+    gate.release.send(()).expect("release");
+    match gate.entered.recv().expect("event") {
+        WriterEvent::Durable(p) => {
+            assert_eq!(p.last_index, 4, "the refused batch wrote nothing");
+            assert_eq!(p.tag, 9, "an untagged batch leaves the tag alone");
+        }
+        WriterEvent::Failed(e) => panic!("writer failed: {e}"),
+    }
+    assert_eq!(log.durable().tag, 9);
+    gate.release.send(()).expect("release");
+}
+
+#[test]
 fn try_submit_on_a_full_queue_fails_fast_and_queues_nothing() {
     let fs = FaultFs::new();
     let (cb, gate) = gated();

@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 
 use wraft_client::Client;
 use wraft_config::NodeConfig;
-use wraft_proto::Consistency;
 use wraft_engine::lincheck::{KvInput, KvOutput};
+use wraft_proto::Consistency;
 
 use crate::Cluster;
 use check::{converge, unique_keys};

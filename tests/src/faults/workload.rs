@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wraft_client::{Client, ClientError, ClientOptions};
-use wraft_proto::Consistency;
 use wraft_engine::lincheck::{KvInput, KvOutput};
+use wraft_proto::Consistency;
 
 use super::history::{History, OpKind, Outcome};
 use super::{OP_CALL_TIMEOUT_MS, OP_DEADLINE_MS, OP_PAUSE_MS_MAX};

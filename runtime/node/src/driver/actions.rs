@@ -62,15 +62,11 @@ impl Driver {
                         Err(_) => tokio::task::block_in_place(|| self.storage.log.submit(wb)),
                     };
                     match submitted {
-                        Ok(ticket) => {
+                        Ok(_) => {
                             self.metrics.persist_batches.increment(1);
                             self.metrics
                                 .persist_entries
                                 .increment(batch.entries.len() as u64);
-                            self.persists.push_back((ticket.seq(), batch.seq));
-                            if ticket.seq() <= self.durable {
-                                self.on_durable(self.durable);
-                            }
                         }
                         Err(e) => {
                             // Without durable storage this node must not go on

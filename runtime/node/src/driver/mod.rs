@@ -8,7 +8,7 @@ mod persist;
 mod requests;
 pub(crate) mod snapshots;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ pub(crate) struct Driver {
     /// The newest index this node proposed a divergence checkpoint for.
     pub(crate) last_checkpoint: u64,
     /// (storage seq, engine persist seq), in submission order.
-    pub(crate) persists: VecDeque<(u64, u64)>,
+    /// The engine's newest persist `seq` storage has reported durable.
     pub(crate) durable: u64,
     pub(crate) actions: Vec<Action>,
     pub(crate) metrics: crate::metrics::DriverMetrics,
@@ -187,18 +187,12 @@ impl Driver {
         }
     }
 
-    pub(crate) fn on_durable(&mut self, seq: u64) {
-        self.durable = self.durable.max(seq);
-        let mut engine_seq = None;
-        while let Some(&(s, e)) = self.persists.front() {
-            if s > self.durable {
-                break;
-            }
-            engine_seq = Some(e);
-            self.persists.pop_front();
-        }
-        if let Some(e) = engine_seq {
-            self.step(Event::Persisted { seq: e });
+    /// Storage made every batch tagged up to `tag` durable: tags are the engine's own persist
+    /// sequence numbers (`driver::persist`), so this is the engine's `Persisted` as it is.
+    pub(crate) fn on_durable(&mut self, tag: u64) {
+        if tag > self.durable {
+            self.durable = tag;
+            self.step(Event::Persisted { seq: tag });
         }
     }
 

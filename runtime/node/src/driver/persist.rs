@@ -17,7 +17,9 @@ use crate::codec::{EncodeError, encode_entry};
 pub(crate) struct StorageWrites {
     /// The log restarts above an installed snapshot: compact through it first.
     pub reset: Option<WriteBatch>,
-    /// Truncation, new entries and hard state, in one batch (one `fdatasync`).
+    /// Truncation, new entries and hard state, in one batch (one `fdatasync`), tagged with the
+    /// engine's `seq`: storage reports it back once durable, and the driver steps
+    /// `Event::Persisted` with it as it is.
     pub main: WriteBatch,
 }
 
@@ -27,7 +29,7 @@ pub(crate) fn storage_writes(batch: &PersistBatch) -> Result<StorageWrites, Enco
         compact: Some((snap.index, snap.term)),
         ..WriteBatch::default()
     });
-    let mut main = WriteBatch::default();
+    let mut main = WriteBatch::default().with_tag(batch.seq);
     if let Some(hs) = batch.hard_state {
         main = main.with_hard_state(HardState {
             term: hs.term,
@@ -85,6 +87,11 @@ mod tests {
         let w = storage_writes(&batch()).unwrap();
         assert!(w.reset.is_none());
         assert!(w.main.is_empty());
+        assert_eq!(
+            w.main.tag,
+            Some(1),
+            "even an empty persist is reported back"
+        );
     }
 
     #[test]
@@ -136,6 +143,10 @@ mod tests {
         let w = storage_writes(&b).unwrap();
         let reset = w.reset.expect("a reset batch");
         assert_eq!(reset.compact, Some((40, 6)));
+        assert_eq!(
+            reset.tag, None,
+            "only the last batch of a persist may report it durable"
+        );
         assert!(reset.entries.is_empty() && reset.truncate_after.is_none());
         assert_eq!(
             w.main.compact, None,

@@ -54,6 +54,11 @@ pub struct WriteBatch {
     pub hard_state: Option<HardState>,
     /// Compact the prefix through `(index, term)` (see [`Log::compact`]).
     pub compact: Option<(u64, u64)>,
+    /// The caller's own number for this batch (the Raft engine's persist `seq`), reported back
+    /// in [`DurablePoint::tag`] once the batch is durable, so a caller needs no map from storage
+    /// sequence numbers to its own. Tags must not decrease from one tagged batch to the next
+    /// (checked); untagged batches leave the reported tag alone.
+    pub tag: Option<u64>,
 }
 
 impl WriteBatch {
@@ -70,6 +75,11 @@ impl WriteBatch {
     /// Set an explicit truncation point.
     pub fn with_truncate_after(mut self, index: u64) -> Self {
         self.truncate_after = Some(index);
+        self
+    }
+    /// Set the caller's tag (see [`WriteBatch::tag`]).
+    pub fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = Some(tag);
         self
     }
     /// True if the batch does nothing.
@@ -94,6 +104,8 @@ impl WriteBatch {
 pub struct DurablePoint {
     /// Highest durable submission sequence number (see [`WriteTicket::seq`]).
     pub seq: u64,
+    /// Highest [`WriteBatch::tag`] among durable batches (0 before the first tagged one).
+    pub tag: u64,
     /// Last durable log index (it can go down after a truncation).
     pub last_index: u64,
     /// Term of `last_index` (the floor's term if the log is empty).

@@ -58,6 +58,7 @@ impl Log {
 
         let durable = DurablePoint {
             seq: 0,
+            tag: 0,
             last_index: disk.last(),
             last_term: disk.last_term(),
             hard_state: disk.hs,
@@ -84,6 +85,7 @@ impl Log {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 next_seq: 1,
+                last_tag: 0,
                 written_seq: 0,
                 durable,
                 poisoned: None,

@@ -70,6 +70,7 @@ impl Logical {
 
 pub(super) struct Pending {
     pub(super) seq: u64,
+    pub(super) tag: Option<u64>,
     pub(super) truncate: Option<u64>,
     pub(super) entries: Vec<LogEntry>,
     pub(super) hs: Option<HardState>,
@@ -80,6 +81,8 @@ pub(super) struct State {
     pub(super) queue: VecDeque<Pending>,
     pub(super) queued_bytes: u64,
     pub(super) next_seq: u64,
+    /// Highest tag submitted so far (tags must not decrease).
+    pub(super) last_tag: u64,
     pub(super) written_seq: u64,
     pub(super) durable: DurablePoint,
     pub(super) poisoned: Option<Arc<StorageError>>,

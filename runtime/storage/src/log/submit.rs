@@ -86,6 +86,9 @@ impl Log {
         let truncate = validate(&st, &batch)?;
         let seq = st.next_seq;
         st.next_seq += 1;
+        if let Some(tag) = batch.tag {
+            st.last_tag = tag;
+        }
         let l = &mut st.logical;
         if let Some(t) = truncate {
             l.truncate(t);
@@ -134,6 +137,7 @@ impl Log {
         st.queued_bytes += bytes;
         st.queue.push_back(Pending {
             seq,
+            tag: batch.tag,
             truncate,
             entries: batch.entries,
             hs: batch.hard_state,
@@ -161,6 +165,14 @@ impl Log {
 /// Check a batch against the logical log; returns the effective truncation point.
 fn validate(st: &State, b: &WriteBatch) -> Result<Option<u64>> {
     let l = &st.logical;
+    if let Some(tag) = b.tag
+        && tag < st.last_tag
+    {
+        return Err(StorageError::Invalid(format!(
+            "write batch tag {tag} is below the previous tag {}: tags must not decrease",
+            st.last_tag
+        )));
+    }
     let mut truncate = None;
     let mut last = l.last_index;
     if let Some(t) = b.truncate_after {

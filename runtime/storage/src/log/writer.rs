@@ -61,6 +61,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
     let Some(seq_hi) = batch.last().map(|p| p.seq) else {
         return Ok(());
     };
+    let tag_hi = batch.iter().filter_map(|p| p.tag).max();
     w.buf.clear();
     let mut summaries: Vec<(Summary, Loc)> = Vec::new();
     let mut compacted = false;
@@ -137,6 +138,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
         }
         st.durable = DurablePoint {
             seq: seq_hi,
+            tag: tag_hi.unwrap_or(st.durable.tag).max(st.durable.tag),
             last_index: st.disk.last(),
             last_term: st.disk.last_term(),
             hard_state: st.disk.hs,

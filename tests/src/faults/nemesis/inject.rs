@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wraft_client::Client;
-use wraft_proto::Consistency;
 use wraft_engine::lincheck::{KvInput, KvOutput};
+use wraft_proto::Consistency;
 
 use super::Nemesis;
 use crate::faults::FaultKind;
