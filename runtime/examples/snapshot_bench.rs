@@ -129,7 +129,7 @@ async fn main() -> Result<(), AnyError> {
     let dir = tempfile::tempdir()?;
     let layout = wraft::local::layout(dir.path(), 3, |c| {
         c.snapshot.hint_threshold_entries = 0;
-        c.snapshot.max_log_entries = 0;
+        c.snapshot.log_entries_max = 0;
         c.snapshot.log_retain_margin_entries = 1000;
     })?;
     let mut nodes = Vec::new();

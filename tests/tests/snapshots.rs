@@ -20,7 +20,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn small_snapshots(c: &mut NodeConfig) {
     c.snapshot.hint_threshold_entries = 200;
-    c.snapshot.max_log_entries = 0;
+    c.snapshot.log_entries_max = 0;
     c.snapshot.log_retain_margin_entries = 10;
     c.snapshot.retain_count = 2;
 }
@@ -208,7 +208,7 @@ async fn a_damaged_newest_snapshot_is_quarantined_and_the_previous_one_used() {
 async fn a_guest_whose_snapshot_fails_is_retried_at_the_next_crossing() {
     let cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = 40;
-        c.snapshot.max_log_entries = 0;
+        c.snapshot.log_entries_max = 0;
     });
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let client = cluster.client().await;
@@ -253,7 +253,7 @@ async fn a_guest_whose_snapshot_fails_is_retried_at_the_next_crossing() {
 async fn manual_trigger_writes_a_file_that_inspect_verifies() {
     let cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = 0;
-        c.snapshot.max_log_entries = 0;
+        c.snapshot.log_entries_max = 0;
     });
     let (leader, client) = deploy_kv(&cluster).await;
     put_many(&client, "k", 0..30).await;
@@ -507,7 +507,7 @@ async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_fi
     const THRESHOLD: u64 = 100;
     let cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = THRESHOLD;
-        c.snapshot.max_log_entries = 0;
+        c.snapshot.log_entries_max = 0;
         c.snapshot.log_retain_margin_entries = 10;
         c.snapshot.retain_count = 2;
     });

@@ -143,13 +143,17 @@ pub struct RaftSection {
     /// twice this.
     pub election_timeout_ms: u64,
     /// Most AppendEntries messages in flight to one follower.
-    pub max_inflight_append_msgs: u64,
+    #[serde(alias = "max_inflight_append_msgs")]
+    pub inflight_append_msgs_max: u64,
     /// Most entries in one AppendEntries message.
-    pub max_append_entries: u64,
+    #[serde(alias = "max_append_entries")]
+    pub append_entries_max: u64,
     /// Most payload bytes in one AppendEntries message.
-    pub max_append_bytes: u64,
+    #[serde(alias = "max_append_bytes")]
+    pub append_bytes_max: u64,
     /// Most proposals waiting to be appended; beyond it clients get `Busy`.
-    pub max_pending_proposals: u64,
+    #[serde(alias = "max_pending_proposals")]
+    pub pending_proposals_max: u64,
     /// Serve `lease` reads from the leader without a quorum round trip.
     pub lease_reads: bool,
     /// As leader, propose a divergence checkpoint (its digest of every outcome so far) after
@@ -165,10 +169,10 @@ impl Default for RaftSection {
             tick_interval_ms: 10,
             heartbeat_interval_ms: 50,
             election_timeout_ms: 500,
-            max_inflight_append_msgs: 64,
-            max_append_entries: 4096,
-            max_append_bytes: 4 << 20,
-            max_pending_proposals: 65_536,
+            inflight_append_msgs_max: 64,
+            append_entries_max: 4096,
+            append_bytes_max: 4 << 20,
+            pending_proposals_max: 65_536,
             lease_reads: true,
             divergence_check_entries: 1024,
         }
@@ -219,7 +223,8 @@ pub struct SnapshotSection {
     pub hint_threshold_entries: u64,
     /// Snapshot when the live log above the snapshot holds more entries than
     /// this; 0 disables the guardrail.
-    pub max_log_entries: u64,
+    #[serde(alias = "max_log_entries")]
+    pub log_entries_max: u64,
     /// Snapshots kept on disk (the newest N).
     pub retain_count: u64,
     /// Entries kept behind a snapshot for followers that are slightly behind.
@@ -239,7 +244,7 @@ impl Default for SnapshotSection {
     fn default() -> Self {
         Self {
             hint_threshold_entries: 100_000,
-            max_log_entries: 1_000_000,
+            log_entries_max: 1_000_000,
             retain_count: 2,
             log_retain_margin_entries: 10_000,
             chunk_bytes: 1 << 20,
@@ -454,16 +459,16 @@ impl NodeConfig {
             ));
         }
         range(
-            "raft.max_inflight_append_msgs",
-            r.max_inflight_append_msgs,
+            "raft.inflight_append_msgs_max",
+            r.inflight_append_msgs_max,
             1,
             4096,
         )?;
-        range("raft.max_append_entries", r.max_append_entries, 1, 1 << 20)?;
-        range("raft.max_append_bytes", r.max_append_bytes, 1024, 256 << 20)?;
+        range("raft.append_entries_max", r.append_entries_max, 1, 1 << 20)?;
+        range("raft.append_bytes_max", r.append_bytes_max, 1024, 256 << 20)?;
         range(
-            "raft.max_pending_proposals",
-            r.max_pending_proposals,
+            "raft.pending_proposals_max",
+            r.pending_proposals_max,
             1,
             1 << 24,
         )?;
@@ -642,6 +647,27 @@ dir = "/tmp/certs"
         let text = format!("{MINIMAL}\n[raft]\nheartbeat_ms = 5\n");
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_named_max_last_and_the_old_max_first_names_still_parse() {
+        let new = format!(
+            "{MINIMAL}\n[raft]\ninflight_append_msgs_max = 8\nappend_entries_max = 100\n\
+             append_bytes_max = 65536\npending_proposals_max = 500\n\
+             [snapshot]\nlog_entries_max = 7000\n"
+        );
+        let old = format!(
+            "{MINIMAL}\n[raft]\nmax_inflight_append_msgs = 8\nmax_append_entries = 100\n\
+             max_append_bytes = 65536\nmax_pending_proposals = 500\n\
+             [snapshot]\nmax_log_entries = 7000\n"
+        );
+        for text in [new, old] {
+            let cfg = NodeConfig::parse(&text).unwrap();
+            let r = &cfg.raft;
+            assert_eq!((r.inflight_append_msgs_max, r.append_entries_max), (8, 100));
+            assert_eq!((r.append_bytes_max, r.pending_proposals_max), (65536, 500));
+            assert_eq!(cfg.snapshot.log_entries_max, 7000);
+        }
     }
 
     #[test]

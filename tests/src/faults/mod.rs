@@ -98,7 +98,7 @@ fn config_tweak(proxy: &FaultProxy, snapshot_entries: u64, cfg: &mut NodeConfig)
     cfg.client.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
     if snapshot_entries > 0 {
         cfg.snapshot.hint_threshold_entries = snapshot_entries;
-        cfg.snapshot.max_log_entries = 4 * snapshot_entries;
+        cfg.snapshot.log_entries_max = 4 * snapshot_entries;
         cfg.snapshot.log_retain_margin_entries = (snapshot_entries / 4).max(1);
         cfg.snapshot.chunk_bytes = 16 << 10;
     }

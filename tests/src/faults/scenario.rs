@@ -19,7 +19,7 @@ pub struct FaultOptions {
     /// Register keys (`k0`…).
     pub keys: u64,
     /// `snapshot.hint_threshold_entries` given to the nodes (0 keeps the
-    /// node's default); `snapshot.max_log_entries` gets 4×, the retained
+    /// node's default); `snapshot.log_entries_max` gets 4×, the retained
     /// log margin ¼ of it.
     pub snapshot_entries: u64,
     /// After a fault heals, a write must succeed within this long.
