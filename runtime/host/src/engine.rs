@@ -1,21 +1,23 @@
-//! The per-node wasmtime engine, the watchdog ticker, and loading (validate, compile, cache).
+//! The per-node wasmtime engine: its deterministic configuration, the two linkers (the host
+//! imports alone, and with the deterministic WASI profile), the compatibility hash that names
+//! compile-cache files, and the watchdog thread that ticks the epoch. Loading modules is in
+//! `load.rs`.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, OptLevel};
+use wraft_proto::WasiProfile;
 use wraft_proto::digest::hex;
 
-use super::instance::{Instance, StoreState, add_host_imports};
-use super::validate::validate_component_for;
-use super::wasi::add_deterministic_wasi;
-use super::{CallError, EngineError, HostConfig, LoadError, WasiProfile, bindings};
-use wraft_proto::MachineLimits;
+use crate::config::HostConfig;
+use crate::error::EngineError;
+use crate::store::{StoreState, add_host_imports};
+use crate::wasi::add_deterministic_wasi;
 
 /// One node's wasm host: a deterministic wasmtime engine, its watchdog, and its compile cache.
 ///
@@ -40,36 +42,6 @@ impl Drop for EngineInner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// A validated, compiled component, ready to start instances. Cheap to clone.
-#[derive(Clone)]
-pub struct MachineModule {
-    pub(crate) inner: Arc<ModuleInner>,
-}
-
-pub(crate) struct ModuleInner {
-    pub(crate) engine: HostEngine,
-    pub(crate) pre: bindings::StateMachinePre<StoreState>,
-    pub(crate) sha256: [u8; 32],
-    pub(crate) info: MachineInfo,
-    pub(crate) from_cache: bool,
-    pub(crate) wasi: WasiProfile,
-    /// The engine's config with the module's replicated limits, if it has any.
-    pub(crate) config: Arc<HostConfig>,
-    /// The replicated limits of the deploy that loaded it (`None`: this node's configuration).
-    pub(crate) limits: Option<MachineLimits>,
-}
-
-/// What a guest says about itself (`info` in the WIT).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MachineInfo {
-    /// Machine kind, e.g. `"kv"`.
-    pub name: String,
-    /// Version of the guest code.
-    pub version: String,
-    /// Snapshot format the guest writes.
-    pub snapshot_format: u32,
 }
 
 /// Feeds `Hash` output into SHA-256, so the engine's compatibility hash is stable across
@@ -146,6 +118,7 @@ impl HostEngine {
         &self.inner.config
     }
 
+    /// The wasmtime engine underneath: for stores and compiling.
     pub(crate) fn wasmtime(&self) -> &Engine {
         &self.inner.engine
     }
@@ -156,238 +129,23 @@ impl HostEngine {
         c.watchdog_ms.div_ceil(c.epoch_tick_ms.max(1)).max(1)
     }
 
-    /// Load a component file; see [`HostEngine::load`].
-    pub fn load_file(&self, path: &Path) -> Result<MachineModule, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.load(&bytes)
+    /// The engine's config, shared with the modules loaded under it.
+    pub(crate) fn config_arc(&self) -> &Arc<HostConfig> {
+        &self.inner.config
     }
 
-    /// [`HostEngine::load_with`] under [`WasiProfile::None`] (no WASI).
-    pub fn load(&self, bytes: &[u8]) -> Result<MachineModule, LoadError> {
-        self.load_with(bytes, WasiProfile::None)
-    }
-
-    /// Validate, compile (or fetch from the cache) and describe a component that may import what
-    /// `wasi` provides (besides `wraft:machine/host`).
-    ///
-    /// Steps: size cap; SHA-256; on a cache hit (same module hash and engine compatibility hash,
-    /// file checksum intact) deserialize the precompiled code — milliseconds; otherwise parse and
-    /// validate fully, check imports (only `wraft:machine/host` and `types`) and exports, compile
-    /// with Cranelift (seconds for a large guest) and write the cache atomically. Then check
-    /// the exports' types against the world and call `info` once in a throwaway instance.
-    /// An import the profile does not provide fails with [`LoadError::ForbiddenImport`] naming
-    /// it, before anything is compiled.
-    pub fn load_with(&self, bytes: &[u8], wasi: WasiProfile) -> Result<MachineModule, LoadError> {
-        self.load_capped(bytes, wasi, self.inner.config.module_bytes_max)
-    }
-
-    /// [`load_with`](Self::load_with) for a module that is already committed to the log: no
-    /// size cap (`module_bytes_max` is this node's configuration, checked when a deploy is
-    /// proposed; a replica configured differently must not refuse what the others accept).
-    pub fn load_committed(
-        &self,
-        bytes: &[u8],
-        wasi: WasiProfile,
-    ) -> Result<MachineModule, LoadError> {
-        self.load_capped(bytes, wasi, usize::MAX)
-    }
-
-    fn load_capped(
-        &self,
-        bytes: &[u8],
-        wasi: WasiProfile,
-        module_bytes_max: usize,
-    ) -> Result<MachineModule, LoadError> {
-        let cfg = &self.inner.config;
-        let sha256 = wraft_proto::digest::sha256(bytes);
-        let cache_path = cfg
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}-{}.cwasm", hex(&sha256), self.inner.compat_hash)));
-        let cached = match &cache_path {
-            Some(p) => self.read_cache(p),
-            None => None,
-        };
-        // The cache key is the content hash, so a hit was fully validated when it was written;
-        // the cheap name checks run regardless.
-        validate_component_for(bytes, module_bytes_max, cached.is_none(), wasi)?;
-        let from_cache = cached.is_some();
-        let component = match cached {
-            Some(c) => c,
-            None => {
-                let c = Component::new(&self.inner.engine, bytes)
-                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                // The cache only saves the next load's compile: failing to write it (a full
-                // disk) costs time, never the load.
-                if let Some(p) = &cache_path
-                    && let Err(e) = self.write_cache(p, &c)
-                {
-                    tracing::warn!(error = %e, "could not write the compile cache; the module \
-                        loaded anyway and the next load compiles it again");
-                }
-                c
-            }
-        };
-        let linker = match wasi {
+    /// The linker for a module loaded under `wasi`: `wraft:machine/host` (and `types`), plus the
+    /// WASI 0.2 interfaces for [`WasiProfile::Deterministic`].
+    pub(crate) fn linker(&self, wasi: WasiProfile) -> &Linker<StoreState> {
+        match wasi {
             WasiProfile::None => &self.inner.linker,
             WasiProfile::Deterministic => &self.inner.linker_wasi,
-        };
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(bindings::StateMachinePre::new)
-            .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
-        let mut module = ModuleInner {
-            engine: self.clone(),
-            pre,
-            sha256,
-            info: MachineInfo {
-                name: "?".into(),
-                version: String::new(),
-                snapshot_format: 0,
-            },
-            from_cache,
-            wasi,
-            config: Arc::clone(&self.inner.config),
-            limits: None,
-        };
-        let info = Instance::new_raw(&module)
-            .and_then(|mut i| i.info())
-            .map_err(|e: CallError| LoadError::Info(e.to_string()))?;
-        module.info = info;
-        Ok(MachineModule {
-            inner: Arc::new(module),
-        })
-    }
-
-    fn read_cache(&self, path: &Path) -> Option<Component> {
-        let bytes = std::fs::read(path).ok()?;
-        let body_len = bytes.len().checked_sub(CACHE_TRAILER_BYTES)?;
-        let (body, trailer) = bytes.split_at(body_len);
-        let ok = trailer[32..] == *CACHE_MAGIC && trailer[..32] == *blake3::hash(body).as_bytes();
-        if !ok {
-            tracing::warn!(path = %path.display(), "compile cache entry is corrupt; recompiling");
-            return None;
-        }
-        // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output. They are: this
-        // node's cache directory is written only by `write_cache`, and the BLAKE3 trailer
-        // guarantees the file is exactly what it wrote. wasmtime checks version and engine
-        // settings itself.
-        match unsafe { Component::deserialize(&self.inner.engine, body) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "compile cache entry unusable; recompiling");
-                None
-            }
         }
     }
 
-    fn write_cache(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
-        let cache_err = |source| LoadError::Cache {
-            path: path.to_owned(),
-            source,
-        };
-        let mut body = component
-            .serialize()
-            .map_err(|e| cache_err(std::io::Error::other(format!("{e:#}"))))?;
-        let sum = blake3::hash(&body);
-        body.extend_from_slice(sum.as_bytes());
-        body.extend_from_slice(CACHE_MAGIC);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        write_synced(&tmp, &body).map_err(cache_err)?;
-        std::fs::rename(&tmp, path).map_err(cache_err)?;
-        Ok(())
-    }
-}
-
-const CACHE_MAGIC: &[u8; 8] = b"WRFTCWM1";
-const CACHE_TRAILER_BYTES: usize = 32 + 8;
-
-fn write_synced(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-impl MachineModule {
-    /// SHA-256 of the component bytes: the module's identity in logs, caches and Raft config.
-    pub fn sha256(&self) -> [u8; 32] {
-        self.inner.sha256
-    }
-
-    /// [`MachineModule::sha256`] as lowercase hex.
-    pub fn sha256_hex(&self) -> String {
-        hex(&self.inner.sha256)
-    }
-
-    /// The guest's self-description.
-    pub fn info(&self) -> &MachineInfo {
-        &self.inner.info
-    }
-
-    /// The WASI profile the module was loaded with (part of its deployment).
-    pub fn wasi_profile(&self) -> WasiProfile {
-        self.inner.wasi
-    }
-
-    /// This module, to run with `limits` (the replicated limits of its deploy) instead of the
-    /// node's configured ones. Cheap: the compiled code is shared.
-    pub fn with_limits(&self, limits: MachineLimits) -> MachineModule {
-        let m = &self.inner;
-        let config = HostConfig {
-            fuel_per_entry: limits.fuel_per_entry,
-            fuel_per_call: limits.fuel_per_call,
-            guest_memory_bytes_max: usize::try_from(limits.memory_bytes_max).unwrap_or(usize::MAX),
-            output_bytes_max: usize::try_from(limits.output_bytes_max).unwrap_or(usize::MAX),
-            ..(*m.engine.inner.config).clone()
-        };
-        MachineModule {
-            inner: Arc::new(ModuleInner {
-                engine: m.engine.clone(),
-                pre: m.pre.clone(),
-                sha256: m.sha256,
-                info: m.info.clone(),
-                from_cache: m.from_cache,
-                wasi: m.wasi,
-                config: Arc::new(config),
-                limits: Some(limits),
-            }),
-        }
-    }
-
-    /// The replicated limits it runs with (`None`: this node's configured limits, as for a
-    /// machine deployed before limits were replicated).
-    pub fn limits(&self) -> Option<MachineLimits> {
-        self.inner.limits
-    }
-
-    /// True if the compiled code came from the on-disk cache.
-    pub fn from_cache(&self) -> bool {
-        self.inner.from_cache
-    }
-
-    /// Start an instance with the machine's default (empty) state on its own OS thread.
-    ///
-    /// Cost: one thread and one instantiation (tens of µs plus the guest's initial memory).
-    pub fn start(&self) -> Result<super::MachineHandle, CallError> {
-        super::worker::MachineHandle::spawn(self.clone(), false)
-    }
-
-    /// [`start`](Self::start) for background work that must not compete with live machines and
-    /// the node's consensus threads for CPU (snapshot creation from a shadow instance): the
-    /// thread runs at nice [`BACKGROUND_NICE`](super::worker::BACKGROUND_NICE) on Linux, so it
-    /// gets spare cycles at full speed but about a tenth of a normal thread's share when the CPUs
-    /// are busy. Determinism is unaffected: only scheduling changes.
-    pub fn start_background(&self) -> Result<super::MachineHandle, CallError> {
-        super::worker::MachineHandle::spawn(self.clone(), true)
-    }
-
-    /// A synchronous instance owned by the caller's thread, for embedders that run their own
-    /// thread (and for benchmarks). Calls block; never use it from async code.
-    pub fn instantiate(&self) -> Result<Instance, CallError> {
-        Instance::new(self.clone())
+    /// Short hex digest of wasmtime's precompile compatibility hash: part of every compile-cache
+    /// file name, so code compiled by a differently configured engine is never loaded.
+    pub(crate) fn compat_hash(&self) -> &str {
+        &self.inner.compat_hash
     }
 }

@@ -31,7 +31,7 @@ pub enum LoadError {
         /// The offending import.
         name: String,
         /// The profile the module was checked against.
-        profile: super::WasiProfile,
+        profile: wraft_proto::WasiProfile,
         /// What is allowed.
         allowed: String,
     },

@@ -1,17 +1,19 @@
 //! One machine instance: a wasmtime store, the guest's exports, fuel and fault accounting.
 
-use std::io::Read;
 use std::sync::Arc;
-use std::time::Instant;
 
-use wasmtime::component::{Linker, ResourceAny};
-use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap};
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, Trap};
+use wraft_proto::WasiProfile;
 
-use super::bindings::wraft::machine::host::LogLevel;
-use super::bindings::wraft::machine::types as wtypes;
-use super::engine::{MachineInfo, MachineModule, ModuleInner};
-use super::wasi::{EntryEnv, WasiState};
-use super::{CallError, GuestMessage, HostConfig, HostEngine, TrapKind, WasiProfile, bindings};
+use crate::bindings;
+use crate::bindings::wraft::machine::types as wtypes;
+use crate::chunks::{ChunkSink, ChunkSource};
+use crate::config::HostConfig;
+use crate::engine::HostEngine;
+use crate::error::{CallError, GuestMessage, TrapKind};
+use crate::module::{MachineInfo, MachineModule, ModuleInner};
+use crate::store::{StoreState, new_store};
 
 /// Application error code the host substitutes for an output over `output_bytes_max`.
 pub const CODE_OUTPUT_TOO_LARGE: u32 = 0xFFFF_FF01;
@@ -42,66 +44,6 @@ pub struct AppError {
 /// The replicated result of one entry or query: the output bytes or an application error.
 pub type EntryResult = Result<Vec<u8>, AppError>;
 
-/// Where snapshot chunks go, in order. Runs on the machine's thread.
-pub trait ChunkSink: Send {
-    /// Take one chunk. An error aborts the snapshot.
-    fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), String>;
-}
-
-/// Where restore chunks come from, in order. Runs on the machine's thread.
-pub trait ChunkSource: Send {
-    /// The next chunk, or `None` at the end. An error aborts the restore.
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String>;
-}
-
-impl ChunkSink for Vec<Vec<u8>> {
-    fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), String> {
-        self.push(chunk);
-        Ok(())
-    }
-}
-
-impl ChunkSink for std::sync::mpsc::SyncSender<Vec<u8>> {
-    fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), String> {
-        self.send(chunk).map_err(|_| "receiver dropped".to_string())
-    }
-}
-
-impl ChunkSink for tokio::sync::mpsc::Sender<Vec<u8>> {
-    /// Blocks the machine thread (never an async task) while the channel is full.
-    fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), String> {
-        self.blocking_send(chunk)
-            .map_err(|_| "receiver dropped".to_string())
-    }
-}
-
-impl ChunkSource for std::vec::IntoIter<Vec<u8>> {
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.next())
-    }
-}
-
-impl ChunkSource for std::sync::mpsc::Receiver<Vec<u8>> {
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.recv().ok())
-    }
-}
-
-impl ChunkSource for tokio::sync::mpsc::Receiver<Vec<u8>> {
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.blocking_recv())
-    }
-}
-
-/// Adapts a closure into a [`ChunkSink`].
-pub struct FnSink<F>(pub F);
-
-impl<F: FnMut(Vec<u8>) -> Result<(), String> + Send> ChunkSink for FnSink<F> {
-    fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), String> {
-        (self.0)(chunk)
-    }
-}
-
 /// What a finished snapshot read-out produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotSummary {
@@ -113,195 +55,9 @@ pub struct SnapshotSummary {
     pub bytes: u64,
 }
 
-/// Per-store data: limits, fault flags, the fuel bracket, the log bucket.
-pub struct StoreState {
-    config: Arc<HostConfig>,
-    machine: String,
-    memory_limit_hit: bool,
-    last_panic: Option<String>,
-    saved_fuel: Option<u64>,
-    entries_bracketed: u64,
-    log_tokens: f64,
-    log_refilled: Instant,
-    log_dropped: u64,
-    /// What a WASI guest's clocks and RNG read (set per entry); unused without WASI.
-    entry_env: Arc<EntryEnv>,
-    /// WASI context and handle table, created on first use (only a WASI guest uses it).
-    wasi: Option<Box<WasiState>>,
-}
-
-impl ResourceLimiter for StoreState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.config.guest_memory_bytes_max {
-            self.memory_limit_hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.config.guest_table_elements_max)
-    }
-}
-
-impl StoreState {
-    pub(crate) fn wasi_state(&mut self) -> &mut WasiState {
-        let (env, machine) = (&self.entry_env, &self.machine);
-        self.wasi
-            .get_or_insert_with(|| Box::new(WasiState::deterministic(env.clone(), machine)))
-    }
-
-    fn log(&mut self, level: LogLevel, mut message: String) {
-        if message.len() > self.config.log_line_bytes_max {
-            let mut cut = self.config.log_line_bytes_max;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
-        if matches!(level, LogLevel::Error) && message.starts_with("panic: ") {
-            self.last_panic = Some(message.clone());
-        }
-        let rate = f64::from(self.config.log_lines_per_sec.max(1));
-        let now = Instant::now();
-        self.log_tokens = (self.log_tokens
-            + now.duration_since(self.log_refilled).as_secs_f64() * rate)
-            .min(rate);
-        self.log_refilled = now;
-        if self.log_tokens < 1.0 {
-            self.log_dropped += 1;
-            return;
-        }
-        self.log_tokens -= 1.0;
-        let dropped = std::mem::take(&mut self.log_dropped);
-        let m = self.machine.as_str();
-        match level {
-            LogLevel::Trace => {
-                tracing::trace!(target: "wraft::guest", machine = m, dropped, "{message}")
-            }
-            LogLevel::Debug => {
-                tracing::debug!(target: "wraft::guest", machine = m, dropped, "{message}")
-            }
-            LogLevel::Info => {
-                tracing::info!(target: "wraft::guest", machine = m, dropped, "{message}")
-            }
-            LogLevel::Warn => {
-                tracing::warn!(target: "wraft::guest", machine = m, dropped, "{message}")
-            }
-            LogLevel::Error => {
-                tracing::error!(target: "wraft::guest", machine = m, dropped, "{message}")
-            }
-        }
-    }
-}
-
-fn compress(cfg: &HostConfig, data: &[u8], level: i32) -> Result<Vec<u8>, String> {
-    if data.len() > cfg.compress_input_bytes_max {
-        return Err(format!(
-            "compress input is {} bytes, over compress_input_bytes_max = {}",
-            data.len(),
-            cfg.compress_input_bytes_max
-        ));
-    }
-    if !(1..=19).contains(&level) {
-        return Err(format!("compression level {level} is outside 1..=19"));
-    }
-    zstd::bulk::compress(data, level).map_err(|e| format!("zstd: {e}"))
-}
-
-/// The `decompress` import: inflate one zstd stream, refusing past
-/// `min(max_output_bytes, cfg.decompress_output_bytes_max)` bytes.
-///
-/// Costs at most `cap + 1` output bytes (the `Vec` may reserve up to twice that) plus the zstd
-/// window the frame declares (the decoder refuses windows over 128 MiB and only touches as much
-/// of it as it writes), whatever the frame claims to inflate to: a bomb is refused after reading
-/// one byte past the cap. The outcome depends only on the bytes and the two caps, so every
-/// replica gets the same answer (pinned by `host: zstd_bomb_through_decompress_is_refused_in_bounded_memory`).
-fn decompress(cfg: &HostConfig, data: &[u8], max_output_bytes: u64) -> Result<Vec<u8>, String> {
-    let host_max = cfg.decompress_output_bytes_max;
-    let cap = usize::try_from(max_output_bytes)
-        .unwrap_or(usize::MAX)
-        .min(host_max);
-    let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| format!("zstd: {e}"))?;
-    let mut out = Vec::new();
-    decoder
-        .take((cap as u64).saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| format!("zstd: {e}"))?;
-    if out.len() > cap {
-        return Err(format!(
-            "decompressed output exceeds {cap} bytes (the smaller of max-output-bytes = \
-             {max_output_bytes} and the host's decompress_output_bytes_max = {host_max}); \
-             stopped there"
-        ));
-    }
-    Ok(out)
-}
-
-/// Define the `wraft:machine/host` imports (and the type-only `types` instance) in `linker`.
-pub(crate) fn add_host_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    linker.instance("wraft:machine/types@0.1.0")?;
-    let mut host = linker.instance("wraft:machine/host@0.1.0")?;
-    host.func_wrap(
-        "log",
-        |mut s: StoreContextMut<'_, StoreState>, (level, msg): (LogLevel, String)| {
-            s.data_mut().log(level, msg);
-            Ok(())
-        },
-    )?;
-    host.func_wrap(
-        "compress",
-        |s: StoreContextMut<'_, StoreState>, (data, level): (Vec<u8>, i32)| {
-            Ok((compress(&s.data().config, &data, level),))
-        },
-    )?;
-    host.func_wrap(
-        "decompress",
-        |s: StoreContextMut<'_, StoreState>, (data, max): (Vec<u8>, u64)| {
-            Ok((decompress(&s.data().config, &data, max),))
-        },
-    )?;
-    host.func_wrap(
-        "begin-entry",
-        |mut s: StoreContextMut<'_, StoreState>, (): ()| {
-            if s.data().saved_fuel.is_some() {
-                wasmtime::bail!("begin-entry called twice without end-entry");
-            }
-            let remaining = s.get_fuel()?;
-            let per_entry = s.data().config.fuel_per_entry;
-            s.data_mut().saved_fuel = Some(remaining);
-            s.data_mut().entries_bracketed += 1;
-            s.set_fuel(per_entry)?;
-            Ok(())
-        },
-    )?;
-    host.func_wrap(
-        "end-entry",
-        |mut s: StoreContextMut<'_, StoreState>, (): ()| {
-            let Some(saved) = s.data_mut().saved_fuel.take() else {
-                wasmtime::bail!("end-entry called without begin-entry");
-            };
-            s.set_fuel(saved)?;
-            Ok(())
-        },
-    )?;
-    Ok(())
-}
-
 /// A running machine, owned by one thread. Calls block that thread.
 ///
-/// Usually wrapped by [`MachineHandle`](super::MachineHandle), which gives it a thread of its own.
+/// Usually wrapped by [`MachineHandle`](crate::MachineHandle), which gives it a thread of its own.
 /// After a trap or watchdog stop every call fails with [`CallError::Poisoned`] until
 /// [`Instance::reset`].
 pub struct Instance {
@@ -319,29 +75,6 @@ pub struct Instance {
     last_entry: (u64, u64),
 }
 
-fn new_store(engine: &HostEngine, config: &Arc<HostConfig>, machine: &str) -> Store<StoreState> {
-    let config = Arc::clone(config);
-    let rate = f64::from(config.log_lines_per_sec);
-    let mut store = Store::new(
-        engine.wasmtime(),
-        StoreState {
-            config,
-            machine: machine.to_string(),
-            memory_limit_hit: false,
-            last_panic: None,
-            saved_fuel: None,
-            entries_bracketed: 0,
-            log_tokens: rate,
-            log_refilled: Instant::now(),
-            log_dropped: 0,
-            entry_env: Arc::default(),
-            wasi: None,
-        },
-    );
-    store.limiter(|s| s as &mut dyn ResourceLimiter);
-    store
-}
-
 impl Instance {
     pub(crate) fn new(module: MachineModule) -> Result<Self, CallError> {
         Self::new_raw(&module.inner)
@@ -350,13 +83,13 @@ impl Instance {
     pub(crate) fn new_raw(module: &ModuleInner) -> Result<Self, CallError> {
         let engine = module.engine.clone();
         let config = Arc::clone(&module.config);
-        let mut store = new_store(&engine, &config, &module.info.name);
+        let mut store = new_store(engine.wasmtime(), &config, &module.info.name);
         store
             .set_fuel(config.fuel_per_call)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         store.set_epoch_deadline(engine.watchdog_ticks());
         let exports = module.pre.instantiate(&mut store).map_err(|e| {
-            if store.data().memory_limit_hit {
+            if store.data().memory_limit_hit() {
                 CallError::Instantiate(format!(
                     "initial memory exceeds guest_memory_bytes_max = {}",
                     config.guest_memory_bytes_max
@@ -391,7 +124,7 @@ impl Instance {
     /// Discard the guest's state and start over from its default state (after a trap, before
     /// restoring a snapshot and replaying the log). Cost: one instantiation.
     pub fn reset(&mut self) -> Result<(), CallError> {
-        self.store = new_store(&self.engine, &self.config, &self.info.name);
+        self.store = new_store(self.engine.wasmtime(), &self.config, &self.info.name);
         self.poisoned = None;
         self.last_entry = (0, 0);
         self.enter("instantiate", self.config.fuel_per_call)?;
@@ -416,12 +149,9 @@ impl Instance {
             // Calls other than `apply` see the last applied entry; randomness restarts from
             // its seed, so they are pure functions of the state.
             let (index, timestamp_ms) = self.last_entry;
-            d.entry_env.set(index, timestamp_ms);
+            d.set_entry(index, timestamp_ms);
         }
-        d.memory_limit_hit = false;
-        d.last_panic = None;
-        d.saved_fuel = None;
-        d.entries_bracketed = 0;
+        d.begin_call();
         self.store.set_epoch_deadline(ticks);
         self.store
             .set_fuel(fuel)
@@ -441,7 +171,7 @@ impl Instance {
             },
             Some(trap) => {
                 let kind = match trap {
-                    _ if d.memory_limit_hit => TrapKind::MemoryLimit,
+                    _ if d.memory_limit_hit() => TrapKind::MemoryLimit,
                     Trap::OutOfFuel => TrapKind::FuelExhausted,
                     Trap::StackOverflow => TrapKind::StackOverflow,
                     Trap::UnreachableCodeReached => TrapKind::Panic,
@@ -454,14 +184,14 @@ impl Instance {
                         self.config.guest_memory_bytes_max
                     ),
                     TrapKind::FuelExhausted => {
-                        let budget = if d.saved_fuel.is_some() {
+                        let budget = if d.in_entry() {
                             format!("fuel_per_entry = {}", self.config.fuel_per_entry)
                         } else {
                             format!("fuel_per_call = {}", self.config.fuel_per_call)
                         };
                         format!("used its whole budget ({budget})")
                     }
-                    _ => match &d.last_panic {
+                    _ => match d.last_panic() {
                         Some(p) => format!("{p} ({trap})"),
                         None => format!("{err:?}"),
                     },
@@ -717,5 +447,13 @@ fn to_wit(e: Entry) -> wtypes::Entry {
             timestamp_ms: e.timestamp_ms,
         },
         command: e.command,
+    }
+}
+
+impl MachineModule {
+    /// A synchronous instance owned by the caller's thread, for embedders that run their own
+    /// thread (and for benchmarks). Calls block; never use it from async code.
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        Instance::new(self.clone())
     }
 }

@@ -1,8 +1,9 @@
 //! Static checks on a component, before anything is compiled. Shared by `load` and `wraft build`.
 
 use wasmparser::{Encoding, Parser, Payload, Validator, WasmFeatures};
+use wraft_proto::WasiProfile;
 
-use super::{LoadError, WasiProfile};
+use crate::error::LoadError;
 
 /// The instance names a guest may import: the host functions and the shared type definitions.
 pub const ALLOWED_IMPORTS: &[&str] = &["wraft:machine/host@0.1.0", "wraft:machine/types@0.1.0"];

@@ -32,8 +32,6 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::StoreState;
-
 pub use wraft_proto::{DETERMINISTIC_WASI_IMPORTS, WasiProfile};
 
 /// Largest `get-random-bytes` request, bytes. A guest asking for more traps (deterministically).
@@ -274,20 +272,19 @@ impl WasiState {
             table: ResourceTable::new(),
         }
     }
-}
 
-impl WasiView for StoreState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        let w = self.wasi_state();
+    /// What a store's [`WasiView`] hands to `wasmtime-wasi`: the context and the table.
+    pub(crate) fn view(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut w.ctx,
-            table: &mut w.table,
+            ctx: &mut self.ctx,
+            table: &mut self.table,
         }
     }
 }
 
-/// Add the deterministic profile's WASI interfaces to `linker` (synchronous bindings).
-pub(crate) fn add_deterministic_wasi(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+/// Add the deterministic profile's WASI interfaces to `linker` (synchronous bindings). `T` is the
+/// store's data (for the host, `StoreState`, whose [`WasiView`] hands out its [`WasiState`]).
+pub(crate) fn add_deterministic_wasi<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)
 }
 

@@ -4,9 +4,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::CallError;
-use super::engine::{MachineInfo, MachineModule};
-use super::instance::{ChunkSink, ChunkSource, Entry, EntryResult, Instance, SnapshotSummary};
+use crate::chunks::{ChunkSink, ChunkSource};
+use crate::error::CallError;
+use crate::instance::{Entry, EntryResult, Instance, SnapshotSummary};
+use crate::module::{MachineInfo, MachineModule};
 
 type Reply<T> = oneshot::Sender<Result<T, CallError>>;
 
@@ -55,8 +56,26 @@ fn lower_this_threads_priority() {
     }
 }
 
+impl MachineModule {
+    /// Start an instance with the machine's default (empty) state on its own OS thread.
+    ///
+    /// Cost: one thread and one instantiation (tens of µs plus the guest's initial memory).
+    pub fn start(&self) -> Result<MachineHandle, CallError> {
+        MachineHandle::spawn(self.clone(), false)
+    }
+
+    /// [`start`](Self::start) for background work that must not compete with live machines and
+    /// the node's consensus threads for CPU (snapshot creation from a shadow instance): the
+    /// thread runs at nice [`BACKGROUND_NICE`] on Linux, so it gets spare cycles at full speed
+    /// but about a tenth of a normal thread's share when the CPUs are busy. Determinism is
+    /// unaffected: only scheduling changes.
+    pub fn start_background(&self) -> Result<MachineHandle, CallError> {
+        MachineHandle::spawn(self.clone(), true)
+    }
+}
+
 impl MachineHandle {
-    pub(crate) fn spawn(module: MachineModule, background: bool) -> Result<Self, CallError> {
+    fn spawn(module: MachineModule, background: bool) -> Result<Self, CallError> {
         let (tx, mut rx) = mpsc::channel::<Job>(module.inner.engine.config().call_queue_len.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let info = module.info().clone();
