@@ -164,17 +164,22 @@ fn preallocated_space_stays_ahead_of_the_log_and_is_cut_from_sealed_and_recovere
     assert!(segment_files(&fs, dir).last().expect("segments").2);
 }
 
-#[test]
-fn one_sync_covers_every_submission_queued_behind_an_in_flight_batch() {
-    let fs = FaultFs::new();
+/// A fresh log whose writer parks after each sync until the test releases it.
+fn open_gated() -> (Log, Gate) {
     let (cb, gate) = gated();
     let (log, _) = Log::open(
-        Arc::new(fs.clone()),
+        Arc::new(FaultFs::new()),
         Path::new("/n/wal"),
         &small_config(),
         Some(cb),
     )
     .expect("open");
+    (log, gate)
+}
+
+#[test]
+fn one_sync_covers_every_submission_queued_behind_an_in_flight_batch() {
+    let (log, gate) = open_gated();
     let first = log
         .try_submit(WriteBatch::default().with_entries(entries(1, 1, 1)))
         .expect("submit");
@@ -212,15 +217,7 @@ fn one_sync_covers_every_submission_queued_behind_an_in_flight_batch() {
 
 #[test]
 fn a_durable_point_reports_the_callers_highest_durable_tag_and_tags_may_not_decrease() {
-    let fs = FaultFs::new();
-    let (cb, gate) = gated();
-    let (log, _) = Log::open(
-        Arc::new(fs.clone()),
-        Path::new("/n/wal"),
-        &small_config(),
-        Some(cb),
-    )
-    .expect("open");
+    let (log, gate) = open_gated();
     log.try_submit(
         WriteBatch::default()
             .with_entries(entries(1, 1, 1))
