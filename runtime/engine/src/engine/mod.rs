@@ -1,0 +1,510 @@
+//! The Raft state machine: [`Engine::step`] takes events, [`Engine::poll_actions`]
+//! hands out actions. No I/O, no clock, no threads.
+//!
+//! One struct, [`Engine`], whose behaviour is written in one file per concern,
+//! each an `impl Engine` block (a reader who wants "how does commit work?"
+//! opens `replication.rs`):
+//!
+//! | file | concern |
+//! |---|---|
+//! | `event.rs`, `action.rs`, `error.rs` | what the host and the engine exchange |
+//! | `mod.rs` | the struct, construction from recovered state, queries, `step`, `poll_actions`, time |
+//! | `messages.rs` | the term rules every incoming message passes, then dispatch |
+//! | `election.rs` | election timer, pre-vote, votes, stickiness, check-quorum, leadership transfer |
+//! | `replication.rs` | appends and their acknowledgements (both ends), commit |
+//! | `progress.rs` | what the leader knows of one follower (Probe / Replicate / Snapshot) |
+//! | `reads.rs` | heartbeat rounds, ReadIndex and leases |
+//! | `membership.rs` | membership changes as log entries |
+//! | `proposals.rs` | proposals from admission to outcome, handing out committed entries |
+//! | `snapshot.rs` | snapshot hints, creation, streaming to followers, installs |
+//! | `persist.rs` | what the host must write next and what it has made durable |
+//! | `outbox.rs` | outgoing messages, held until the writes they reveal are durable |
+
+mod action;
+mod election;
+mod error;
+mod event;
+mod membership;
+mod messages;
+mod outbox;
+mod persist;
+mod progress;
+mod proposals;
+mod reads;
+mod replication;
+mod snapshot;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::log::RaftLog;
+use crate::types::*;
+
+pub use action::{Action, PersistBatch, SnapshotReason};
+use election::Transfer;
+pub use error::{EngineError, ProposalError, ReadError};
+pub use event::{Event, InitialState};
+use persist::InflightPersist;
+use progress::{PrState, Progress};
+use reads::PendingRead;
+
+/// A node's role in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one). Learners and non-members are always followers.
+    Follower,
+    /// Collecting pre-votes; the term has not been incremented.
+    PreCandidate,
+    /// Collecting votes for `term`.
+    Candidate,
+    /// Leader of `term`.
+    Leader,
+}
+
+/// Counters for tests and metrics. Cheap to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Elections started (real, not pre-vote).
+    pub elections_started: u64,
+    /// Pre-vote rounds started.
+    pub pre_votes_started: u64,
+    /// Appends sent.
+    pub appends_sent: u64,
+    /// Entries sent in appends.
+    pub entries_sent: u64,
+    /// Persist batches handed out.
+    pub persist_batches: u64,
+    /// Snapshot sends requested.
+    pub snapshot_sends: u64,
+    /// Snapshot hints emitted.
+    pub snapshot_hints: u64,
+    /// Reads answered from the lease.
+    pub lease_reads: u64,
+    /// Times the leader stepped down by check-quorum.
+    pub check_quorum_step_downs: u64,
+    /// Vote/pre-vote requests refused because a leader was heard recently.
+    pub votes_refused_sticky: u64,
+}
+
+/// The sans-IO Raft engine for one node.
+///
+/// Costs: `step` is O(1) amortized for most events, O(members) for ticks and
+/// acknowledgements; the engine keeps every log entry above the compaction floor
+/// in memory (entries share payloads via [`bytes::Bytes`]).
+pub struct Engine {
+    cfg: Config,
+    id: NodeId,
+    rng: fastrand::Rng,
+
+    term: Term,
+    vote: Option<NodeId>,
+    commit: LogIndex,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+
+    base_membership: Membership,
+    conf_entries: Vec<(LogIndex, Membership)>,
+    membership: Membership,
+    snapshot: SnapshotMeta,
+
+    now_ticks: u64,
+    election_elapsed: u32,
+    randomized_timeout: u32,
+    ticks_since_leader_contact: u32,
+    heartbeat_elapsed: u32,
+    check_quorum_elapsed: u32,
+    votes: BTreeMap<NodeId, bool>,
+
+    progress: BTreeMap<NodeId, Progress>,
+    term_start_index: LogIndex,
+    transfer: Option<Transfer>,
+    lease_revoked: bool,
+    lease_until: u64,
+    read_ctx: u64,
+    quorum_ctx: u64,
+    hb_rounds: VecDeque<(u64, u64)>,
+    pending_reads: VecDeque<PendingRead>,
+    read_broadcast_needed: bool,
+    pending_props: VecDeque<(LogIndex, Term, ProposalId)>,
+    applied: LogIndex,
+
+    unstable_from: LogIndex,
+    /// Last index of the log as the host holds it once every batch cut so
+    /// far is executed (before `trunc_pending`): a truncation above it
+    /// concerns entries the host never received and needs no store write.
+    host_last: LogIndex,
+    trunc_pending: Option<LogIndex>,
+    reset_pending: Option<SnapshotMeta>,
+    hs_dirty: bool,
+    hs_seq: u64,
+    persisted_commit: LogIndex,
+    persist_seq: u64,
+    durable_seq: u64,
+    inflight_persists: VecDeque<InflightPersist>,
+    durable_index: LogIndex,
+
+    installing: Option<SnapshotMeta>,
+    snapshot_in_flight: bool,
+    hinted_band_applied: u64,
+    hinted_band_log: u64,
+
+    imm: Vec<Action>,
+    held: VecDeque<(u64, Message)>,
+    tail: Vec<Action>,
+    scratch: Vec<u64>,
+    last_role_report: (Role, Term, Option<NodeId>),
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("term", &self.term)
+            .field("leader", &self.leader)
+            .field("commit", &self.commit)
+            .field("last_index", &self.log.last_index())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds an engine from its configuration and the state recovered from storage.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for an invalid config; [`EngineError::NonContiguousLog`]
+    /// / [`EngineError::TermRegression`] for a damaged recovered log.
+    pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
+        cfg.validate()?;
+        let snap = init.snapshot;
+        let recovered_last = init.entries.last().map(|e| e.index);
+        let host_last = recovered_last.map_or(snap.index, |l| l.max(snap.index));
+        let mut log = RaftLog::new(snap.index, snap.term);
+        let mut conf_entries = Vec::new();
+        let mut membership = snap.membership.clone();
+        let mut discard_all = false;
+        for e in init.entries {
+            if e.index < snap.index {
+                continue;
+            }
+            if e.index == snap.index {
+                if e.term != snap.term {
+                    discard_all = true;
+                    break;
+                }
+                continue;
+            }
+            if e.index != log.last_index() + 1 {
+                return Err(EngineError::NonContiguousLog {
+                    expected: log.last_index() + 1,
+                    found: e.index,
+                });
+            }
+            if e.term < log.last_term() {
+                return Err(EngineError::TermRegression {
+                    index: e.index,
+                    term: e.term,
+                    prev_term: log.last_term(),
+                });
+            }
+            if let EntryKind::ConfChange(cc) = &e.kind {
+                membership = cc.membership.clone();
+                conf_entries.push((e.index, membership.clone()));
+            }
+            log.append(e);
+        }
+        let mut reset_pending = None;
+        let mut trunc_pending = None;
+        if discard_all {
+            log.reset(snap.index, snap.term);
+            conf_entries.clear();
+            membership = snap.membership.clone();
+            reset_pending = Some(snap.clone());
+            trunc_pending = Some(snap.index + 1);
+        } else if snap.index > 0 && recovered_last.is_none_or(|l| l < snap.index) {
+            // The host's log must continue right above the snapshot. Recovered
+            // entries that stop below it mean the install's log reset was lost
+            // in a crash (the snapshot was durable first); with none recovered
+            // the store's floor may still lie below it. Restate the reset (a
+            // no-op for a store already compacted there), or the next append
+            // would leave a gap the store refuses.
+            reset_pending = Some(snap.clone());
+        }
+        let hs = init.hard_state;
+        let commit = hs.commit.max(snap.index).min(log.last_index());
+        let id = cfg.id;
+        let mut rng = fastrand::Rng::with_seed(cfg.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let randomized_timeout =
+            rng.u32(cfg.election_timeout_min_ticks..cfg.election_timeout_max_ticks);
+        let term = hs.term.max(snap.term);
+        let last = log.last_index();
+        Ok(Engine {
+            id,
+            rng,
+            term,
+            vote: if term == hs.term { hs.vote } else { None },
+            commit,
+            role: Role::Follower,
+            leader: None,
+            log,
+            base_membership: snap.membership.clone(),
+            conf_entries,
+            membership,
+            snapshot: snap.clone(),
+            now_ticks: 0,
+            election_elapsed: 0,
+            randomized_timeout,
+            ticks_since_leader_contact: 0,
+            heartbeat_elapsed: 0,
+            check_quorum_elapsed: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: 0,
+            transfer: None,
+            lease_revoked: false,
+            lease_until: 0,
+            read_ctx: 0,
+            quorum_ctx: 0,
+            hb_rounds: VecDeque::new(),
+            pending_reads: VecDeque::new(),
+            read_broadcast_needed: false,
+            pending_props: VecDeque::new(),
+            applied: snap.index,
+            unstable_from: last + 1,
+            host_last,
+            trunc_pending,
+            reset_pending,
+            hs_dirty: term != hs.term,
+            hs_seq: 0,
+            persisted_commit: hs.commit,
+            persist_seq: 0,
+            durable_seq: 0,
+            inflight_persists: VecDeque::new(),
+            durable_index: last,
+            installing: None,
+            snapshot_in_flight: false,
+            hinted_band_applied: 0,
+            hinted_band_log: 0,
+            imm: Vec::new(),
+            held: VecDeque::new(),
+            tail: Vec::new(),
+            scratch: Vec::new(),
+            last_role_report: (Role::Follower, term, None),
+            stats: EngineStats::default(),
+            cfg,
+        })
+    }
+
+    // ----- queries ---------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Known leader of the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Current hard state (possibly not yet durable).
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    /// Highest committed index known.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+
+    /// Highest index handed out in [`Action::Apply`] (or restored by snapshot).
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// Entries at or below this index are compacted away.
+    pub fn log_floor(&self) -> LogIndex {
+        self.log.floor_index()
+    }
+
+    /// Term of the entry at `index` if retained (or at the floor).
+    pub fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The retained entry at `index`.
+    pub fn log_entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    /// Effective membership (latest appended configuration).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Latest snapshot known to the engine (created or installed).
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// Highest index of this node's own log that is durable.
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable_index
+    }
+
+    /// Number of uncommitted membership changes in the log (≤ 1 on a correct leader).
+    pub fn uncommitted_conf_changes(&self) -> usize {
+        self.conf_entries
+            .iter()
+            .filter(|(i, _)| *i > self.commit)
+            .count()
+    }
+
+    /// Proposals accepted and not yet resolved.
+    pub fn pending_proposals(&self) -> usize {
+        self.pending_props.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// True if a follower snapshot install is in progress.
+    pub fn is_installing_snapshot(&self) -> bool {
+        self.installing.is_some()
+    }
+
+    /// Leader only: match index of `peer`, if tracked.
+    pub fn peer_match_index(&self, peer: NodeId) -> Option<LogIndex> {
+        self.progress.get(&peer).map(|p| p.match_index)
+    }
+
+    /// The [`SnapshotMeta`] for a snapshot of the machines at `index`
+    /// (term and membership at that index), or `None` if `index` is not
+    /// committed or no longer in the log.
+    pub fn snapshot_meta_at(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        if index > self.commit {
+            return None;
+        }
+        let term = self.log.term(index)?;
+        Some(SnapshotMeta {
+            index,
+            term,
+            membership: self.membership_at(index),
+        })
+    }
+
+    // ----- driving ---------------------------------------------------------
+
+    /// Feeds one event. State changes immediately; resulting actions are
+    /// collected until [`Engine::poll_actions`]. Feeding many proposals before
+    /// polling batches them into one persist and one append per follower.
+    ///
+    /// # Errors
+    /// [`EngineError::Snapshot`] when a snapshot event contradicts the engine's
+    /// state (a host bug; the event is ignored). Messages never produce errors:
+    /// malformed or stale messages are dropped.
+    pub fn step(&mut self, event: Event) -> Result<(), EngineError> {
+        let r = self.step_event(event);
+        self.debug_check_persist_state();
+        r
+    }
+
+    fn step_event(&mut self, event: Event) -> Result<(), EngineError> {
+        match event {
+            Event::Tick => self.tick(),
+            Event::Message(m) => self.step_message(m),
+            Event::Propose { id, kind } => self.propose(id, kind),
+            Event::Read { id } => self.read(id),
+            Event::Persisted { seq } => self.on_persisted(seq),
+            Event::TransferLeadership { to } => self.transfer_leadership(to),
+            Event::SnapshotCreated { meta } => return self.on_snapshot_created(meta),
+            Event::SnapshotFailed => self.snapshot_in_flight = false,
+            Event::SnapshotProgress {
+                from,
+                index,
+                durable_offset,
+            } => self.on_snapshot_progress(from, index, durable_offset),
+            Event::SnapshotTransferFailed { to, index } => {
+                self.on_snapshot_transfer_failed(to, index)
+            }
+            Event::SnapshotReceived { from, term, meta } => {
+                self.on_snapshot_received(from, term, meta)
+            }
+            Event::SnapshotInstalled { meta } => return self.on_snapshot_installed(meta),
+            Event::SnapshotInstallFailed { meta } => self.on_snapshot_install_failed(&meta),
+        }
+        Ok(())
+    }
+
+    /// Moves all pending actions into `out` (appending), in execution order:
+    /// immediate sends, one [`Action::Persist`] (if anything changed), sends that
+    /// depend on it, then applies, results and snapshot/compaction actions.
+    pub fn poll_actions(&mut self, out: &mut Vec<Action>) {
+        if self.role == Role::Leader {
+            if self.read_broadcast_needed {
+                self.broadcast_heartbeat();
+            }
+            self.broadcast_append();
+        }
+        self.report_role();
+        out.append(&mut self.imm);
+        if let Some(b) = self.take_persist_batch() {
+            out.push(Action::Persist(b));
+        }
+        self.emit_apply();
+        self.maybe_hint();
+        out.append(&mut self.tail);
+    }
+
+    // ----- time ------------------------------------------------------------
+
+    fn tick(&mut self) {
+        self.now_ticks += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+            return;
+        }
+        self.tick_election_timer();
+    }
+
+    /// A leader's tick: heartbeat, check-quorum (which may end the
+    /// leadership), transfer timeout, then the per-follower timers.
+    fn tick_leader(&mut self) {
+        self.tick_heartbeat();
+        if !self.tick_check_quorum() {
+            return;
+        }
+        self.tick_transfer();
+        self.tick_progress();
+    }
+}
