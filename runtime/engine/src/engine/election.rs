@@ -37,14 +37,10 @@ impl Engine {
         }
         self.check_quorum_elapsed = 0;
         if self.cfg.check_quorum {
-            let q = self.membership.quorum();
-            let mut active = usize::from(self.membership.voters.contains(&self.id));
-            for (id, pr) in &self.progress {
-                if self.membership.voters.contains(id) && pr.recent_active {
-                    active += 1;
-                }
-            }
-            if active < q {
+            let active = quorum::has_quorum(&self.membership.voters, |id| {
+                id == self.id || self.progress.get(&id).is_some_and(|p| p.recent_active)
+            });
+            if !active {
                 self.stats.check_quorum_step_downs += 1;
                 self.become_follower(self.term, None);
                 return false;
@@ -106,7 +102,7 @@ impl Engine {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timer();
-        if self.votes_won() {
+        if self.vote_result() == VoteResult::Won {
             self.campaign(false);
             return;
         }
@@ -125,7 +121,7 @@ impl Engine {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timer();
-        if self.votes_won() {
+        if self.vote_result() == VoteResult::Won {
             self.become_leader();
             return;
         }
@@ -159,22 +155,8 @@ impl Engine {
         }
     }
 
-    fn votes_won(&self) -> bool {
-        let granted = self
-            .votes
-            .iter()
-            .filter(|(id, g)| **g && self.membership.voters.contains(id))
-            .count();
-        granted >= self.membership.quorum()
-    }
-
-    fn votes_lost(&self) -> bool {
-        let rejected = self
-            .votes
-            .iter()
-            .filter(|(id, g)| !**g && self.membership.voters.contains(id))
-            .count();
-        rejected >= self.membership.quorum()
+    fn vote_result(&self) -> VoteResult {
+        quorum::vote_result(&self.membership.voters, &self.votes)
     }
 
     fn become_leader(&mut self) {
@@ -271,24 +253,26 @@ impl Engine {
         match self.role {
             Role::PreCandidate if pre_vote && term == self.term + 1 => {
                 self.votes.insert(from, granted);
-                if self.votes_won() {
-                    self.campaign(false);
-                } else if self.votes_lost() {
-                    self.become_follower(self.term, None);
+                match self.vote_result() {
+                    VoteResult::Won => self.campaign(false),
+                    VoteResult::Lost => self.become_follower(self.term, None),
+                    VoteResult::Pending => {}
                 }
             }
+            // A refusal stamped with our current term rather than the
+            // prospective one: it counts toward losing, never toward winning.
             Role::PreCandidate if pre_vote && !granted && term == self.term => {
                 self.votes.insert(from, false);
-                if self.votes_lost() {
+                if self.vote_result() == VoteResult::Lost {
                     self.become_follower(self.term, None);
                 }
             }
             Role::Candidate if !pre_vote && term == self.term => {
                 self.votes.insert(from, granted);
-                if self.votes_won() {
-                    self.become_leader();
-                } else if self.votes_lost() {
-                    self.become_follower(self.term, None);
+                match self.vote_result() {
+                    VoteResult::Won => self.become_leader(),
+                    VoteResult::Lost => self.become_follower(self.term, None),
+                    VoteResult::Pending => {}
                 }
             }
             _ => {}

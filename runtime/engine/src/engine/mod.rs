@@ -30,6 +30,7 @@ mod outbox;
 mod persist;
 mod progress;
 mod proposals;
+pub(crate) mod quorum;
 mod reads;
 mod replication;
 mod snapshot;
@@ -48,6 +49,7 @@ pub use error::{EngineError, ProposalError, ReadError};
 pub use event::{Event, InitialState};
 use persist::InflightPersist;
 use progress::{PrState, Progress};
+use quorum::VoteResult;
 use reads::PendingRead;
 
 /// A node's role in its current term.

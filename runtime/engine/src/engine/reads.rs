@@ -100,21 +100,21 @@ impl Engine {
     }
 
     fn check_read_quorum(&mut self) {
-        self.scratch.clear();
-        if self.membership.voters.contains(&self.id) {
-            self.scratch.push(self.read_ctx);
-        }
-        for (id, pr) in &self.progress {
-            if self.membership.voters.contains(id) {
-                self.scratch.push(pr.acked_ctx);
-            }
-        }
-        let q = self.membership.quorum();
-        if self.scratch.len() < q {
+        // The newest heartbeat round a majority has answered (the leader
+        // has "answered" every round it sent).
+        let Some(acked) = quorum::committed_index(
+            &self.membership.voters,
+            |id| {
+                if id == self.id {
+                    Some(self.read_ctx)
+                } else {
+                    self.progress.get(&id).map(|p| p.acked_ctx)
+                }
+            },
+            &mut self.scratch,
+        ) else {
             return;
-        }
-        self.scratch.sort_unstable_by(|a, b| b.cmp(a));
-        let acked = self.scratch[q - 1];
+        };
         if acked <= self.quorum_ctx {
             return;
         }

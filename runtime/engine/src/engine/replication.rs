@@ -310,33 +310,24 @@ impl Engine {
         }
     }
 
-    fn self_match(&self) -> Option<LogIndex> {
-        if self.membership.voters.contains(&self.id) {
-            Some(self.durable_index)
-        } else {
-            None
-        }
-    }
-
     pub(super) fn maybe_commit(&mut self) {
         if self.role != Role::Leader {
             return;
         }
-        self.scratch.clear();
-        if let Some(m) = self.self_match() {
-            self.scratch.push(m);
-        }
-        for (id, pr) in &self.progress {
-            if self.membership.voters.contains(id) {
-                self.scratch.push(pr.match_index);
-            }
-        }
-        let q = self.membership.quorum();
-        if self.scratch.len() < q {
+        // The leader counts itself only up to what it has made durable.
+        let Some(candidate) = quorum::committed_index(
+            &self.membership.voters,
+            |id| {
+                if id == self.id {
+                    Some(self.durable_index)
+                } else {
+                    self.progress.get(&id).map(|p| p.match_index)
+                }
+            },
+            &mut self.scratch,
+        ) else {
             return;
-        }
-        self.scratch.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = self.scratch[q - 1];
+        };
         if candidate > self.commit && self.log.term(candidate) == Some(self.term) {
             self.commit = candidate;
             self.on_leader_commit_advanced();
