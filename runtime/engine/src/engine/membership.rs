@@ -1,8 +1,12 @@
-//! Membership changes: configurations are log entries and take effect on append.
+//! Membership changes. A configuration is a log entry carrying the whole
+//! resulting [`Membership`]; it takes effect on append, on every node, and
+//! is undone if the entry is truncated. A leader admits one uncommitted
+//! change at a time, and only once its term's no-op is committed.
 
 use super::*;
 
 impl Engine {
+    /// The membership in force at `index` (at or above the floor).
     pub(super) fn membership_at(&self, index: LogIndex) -> Membership {
         self.conf_entries
             .iter()
@@ -12,12 +16,57 @@ impl Engine {
             .unwrap_or_else(|| self.base_membership.clone())
     }
 
+    /// The membership the log says is in force: its last configuration
+    /// entry, else the one at the floor.
+    pub(super) fn effective_membership(&self) -> Membership {
+        self.conf_entries
+            .last()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| self.base_membership.clone())
+    }
+
+    /// A configuration entry resulting in `membership` was appended at `index`.
+    pub(super) fn record_conf_entry(&mut self, index: LogIndex, membership: Membership) {
+        self.membership = membership.clone();
+        self.conf_entries.push((index, membership));
+    }
+
+    /// The log was truncated from `index` on: configurations there are
+    /// undone.
+    pub(super) fn truncate_conf_entries(&mut self, index: LogIndex) {
+        let before = self.conf_entries.len();
+        self.conf_entries.retain(|(i, _)| *i < index);
+        if self.conf_entries.len() != before {
+            self.membership = self.effective_membership();
+            self.on_membership_changed();
+        }
+    }
+
+    /// The log was compacted up to `up_to`: configurations there fold into
+    /// the membership at the floor.
+    pub(super) fn compact_conf_entries(&mut self, up_to: LogIndex) {
+        let mut base = self.base_membership.clone();
+        self.conf_entries.retain(|(i, m)| {
+            if *i <= up_to {
+                base = m.clone();
+                false
+            } else {
+                true
+            }
+        });
+        self.base_membership = base;
+    }
+
     /// Leader: the membership a proposed change leads to, or why it is
     /// refused now. At most one change is uncommitted at a time, and only
     /// once this term's no-op is committed; a learner is promoted only once
     /// it is within `learner_promote_lag_entries` of the commit index.
-    pub(super) fn admit_conf_change(&self, cc: ConfChange) -> Result<Membership, ProposalError> {
-        if self.commit < self.term_start_index {
+    pub(super) fn admit_conf_change(
+        &self,
+        lead: &LeaderState,
+        cc: ConfChange,
+    ) -> Result<Membership, ProposalError> {
+        if self.commit < lead.term_start_index {
             return Err(ProposalError::ConfChange(ConfChangeError::LeaderNotReady));
         }
         if let Some((i, _)) = self.conf_entries.last()
@@ -28,7 +77,7 @@ impl Engine {
             )));
         }
         if let ConfChange::PromoteLearner(l) = cc
-            && let Some(pr) = self.progress.get(&l)
+            && let Some(pr) = lead.progress.get(&l)
         {
             let needed = self
                 .commit
@@ -51,26 +100,26 @@ impl Engine {
     /// transfer to a node that is no longer a voter; a candidate that is no
     /// longer a voter gives up.
     pub(super) fn on_membership_changed(&mut self) {
-        self.tail.push(Action::MembershipChanged {
+        self.outbox.actions.push(Action::MembershipChanged {
             membership: self.membership.clone(),
         });
-        if self.role == Role::Leader {
+        if let Some(lead) = &mut self.leader {
             let next = self.log.last_index() + 1;
             let members: Vec<NodeId> = self
                 .membership
                 .members()
                 .filter(|m| *m != self.id)
                 .collect();
-            self.progress.retain(|id, _| members.contains(id));
+            lead.progress.retain(|id, _| members.contains(id));
             for m in members {
-                self.progress
+                lead.progress
                     .entry(m)
                     .or_insert_with(|| Progress::new(next));
             }
-            if let Some(t) = &self.transfer
+            if let Some(t) = &lead.transfer
                 && !self.membership.voters.contains(&t.to)
             {
-                self.transfer = None;
+                lead.transfer = None;
             }
             self.maybe_commit();
         } else if !self.membership.voters.contains(&self.id)

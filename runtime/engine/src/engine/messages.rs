@@ -4,6 +4,12 @@
 use super::*;
 
 impl Engine {
+    /// An incoming message. A newer term makes us a follower of it (a
+    /// pre-vote, a granted pre-vote answer, or a vote request refused by a
+    /// sticky node excepted: they must not raise our term); an older term
+    /// gets a reply naming ours if it came from a stale leader or
+    /// pre-candidate, and is otherwise dropped. A message of our term goes
+    /// to its handler.
     pub(super) fn step_message(&mut self, m: Message) {
         if m.to != self.id || m.from == self.id {
             return;
@@ -41,11 +47,11 @@ impl Engine {
                         hint_index: 0,
                         hint_term: None,
                     };
-                    let ap = !self.hs_durable();
+                    let ap = !self.persist.hs_durable();
                     self.send(m.from, body, ap);
                 }
                 MessageBody::RequestVote { pre_vote: true, .. } => {
-                    let ap = !self.hs_durable();
+                    let ap = !self.persist.hs_durable();
                     self.send(
                         m.from,
                         MessageBody::RequestVoteResponse {

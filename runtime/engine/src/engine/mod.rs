@@ -12,6 +12,7 @@
 //! | `messages.rs` | the term rules every incoming message passes, then dispatch |
 //! | `election.rs` | election timer, pre-vote, votes, stickiness, check-quorum, leadership transfer |
 //! | `replication.rs` | appends and their acknowledgements (both ends), commit |
+//! | `leader.rs` | the state only a leader holds |
 //! | `progress.rs` | what the leader knows of one follower (Probe / Replicate / Snapshot) |
 //! | `reads.rs` | heartbeat rounds, ReadIndex and leases |
 //! | `membership.rs` | membership changes as log entries |
@@ -24,6 +25,7 @@ mod action;
 mod election;
 mod error;
 mod event;
+mod leader;
 mod membership;
 mod messages;
 mod outbox;
@@ -44,10 +46,12 @@ use crate::log::RaftLog;
 use crate::types::*;
 
 pub use action::{Action, PersistBatch, SnapshotReason};
-use election::Transfer;
+use election::{CandidateState, Transfer};
 pub use error::{EngineError, ProposalError, ReadError};
 pub use event::{Event, InitialState};
-use persist::InflightPersist;
+use leader::LeaderState;
+use outbox::Outbox;
+use persist::PersistTracker;
 use progress::{PrState, Progress};
 use quorum::VoteResult;
 use reads::PendingRead;
@@ -95,69 +99,107 @@ pub struct EngineStats {
 /// Costs: `step` is O(1) amortized for most events, O(members) for ticks and
 /// acknowledgements; the engine keeps every log entry above the compaction floor
 /// in memory (entries share payloads via [`bytes::Bytes`]).
+///
+/// The invariants stated on the fields are checked by
+/// [`Engine::check_invariants`].
 pub struct Engine {
+    /// The configuration, validated at construction; never changes.
     cfg: Config,
+    /// This node's id (`cfg.id`).
     id: NodeId,
+    /// The engine's only source of randomness (election timeouts), seeded
+    /// from `cfg.seed` and `id`.
     rng: fastrand::Rng,
 
+    // ----- Raft state
+    /// Current term. Never decreases; at least the snapshot's term, and at
+    /// least the term of every entry in the log.
     term: Term,
+    /// The candidate this node voted for in `term` (cleared when the term grows).
     vote: Option<NodeId>,
+    /// Highest index known to be committed. Never decreases;
+    /// `applied <= commit <= log.last_index()`.
     commit: LogIndex,
+    /// Role in `term`.
     role: Role,
-    leader: Option<NodeId>,
+    /// The leader of `term`, if known (this node while it leads; `None`
+    /// while campaigning).
+    leader_id: Option<NodeId>,
+    /// The log above the compaction floor, plus the floor's index and term:
+    /// contiguous, terms non-decreasing; `floor <= snapshot.index`.
     log: RaftLog,
-
-    base_membership: Membership,
-    conf_entries: Vec<(LogIndex, Membership)>,
-    membership: Membership,
-    snapshot: SnapshotMeta,
-
-    now_ticks: u64,
-    election_elapsed: u32,
-    randomized_timeout: u32,
-    ticks_since_leader_contact: u32,
-    heartbeat_elapsed: u32,
-    check_quorum_elapsed: u32,
-    votes: BTreeMap<NodeId, bool>,
-
-    progress: BTreeMap<NodeId, Progress>,
-    term_start_index: LogIndex,
-    transfer: Option<Transfer>,
-    lease_revoked: bool,
-    lease_until: u64,
-    read_ctx: u64,
-    quorum_ctx: u64,
-    hb_rounds: VecDeque<(u64, u64)>,
-    pending_reads: VecDeque<PendingRead>,
-    read_broadcast_needed: bool,
-    pending_props: VecDeque<(LogIndex, Term, ProposalId)>,
+    /// Highest index handed out in [`Action::Apply`] (or restored by a
+    /// snapshot): `snapshot.index <= applied <= commit`.
     applied: LogIndex,
+    /// Proposals this node accepted as leader and has not resolved, as
+    /// `(index, term, id)`: indexes increasing and above `applied`, at most
+    /// `max_pending_proposals`. They survive losing the leadership: each is
+    /// decided when its index is applied (or a snapshot covers it).
+    pending_props: VecDeque<(LogIndex, Term, ProposalId)>,
 
-    unstable_from: LogIndex,
-    /// Last index of the log as the host holds it once every batch cut so
-    /// far is executed (before `trunc_pending`): a truncation above it
-    /// concerns entries the host never received and needs no store write.
-    host_last: LogIndex,
-    trunc_pending: Option<LogIndex>,
-    reset_pending: Option<SnapshotMeta>,
-    hs_dirty: bool,
-    hs_seq: u64,
-    persisted_commit: LogIndex,
-    persist_seq: u64,
-    durable_seq: u64,
-    inflight_persists: VecDeque<InflightPersist>,
-    durable_index: LogIndex,
+    // ----- membership
+    /// The membership in force at the log floor (the snapshot's, or the
+    /// last configuration entry compacted away).
+    base_membership: Membership,
+    /// Every configuration entry in the log above the floor, as `(index,
+    /// resulting membership)`, indexes increasing.
+    conf_entries: Vec<(LogIndex, Membership)>,
+    /// The effective membership: the last of `conf_entries`, else
+    /// `base_membership` (a configuration takes effect on append).
+    membership: Membership,
 
+    // ----- snapshots
+    /// The latest snapshot the host holds (created here or installed). Its
+    /// index never decreases and is at most `applied`.
+    snapshot: SnapshotMeta,
+    /// The snapshot the host is installing ([`Action::InstallSnapshot`]
+    /// handed out, not yet answered). Nothing is applied meanwhile.
     installing: Option<SnapshotMeta>,
+    /// A [`Action::SnapshotHint`] is out and unanswered: further hints are
+    /// coalesced into it.
     snapshot_in_flight: bool,
+    /// The applied-threshold band last hinted for (`(applied -
+    /// snapshot.index) / snapshot_hint_threshold_entries`); 0 after a new snapshot.
     hinted_band_applied: u64,
+    /// The log-guardrail band last hinted for (`(last - snapshot.index) /
+    /// max_log_entries`); 0 after a new snapshot.
     hinted_band_log: u64,
 
-    imm: Vec<Action>,
-    held: VecDeque<(u64, Message)>,
-    tail: Vec<Action>,
-    scratch: Vec<u64>,
+    // ----- time
+    /// Ticks stepped since construction: the clock leases are measured on.
+    now_ticks: u64,
+    /// Ticks since the election timer was reset. Below `randomized_timeout`
+    /// when not leading (a leader does not run the timer).
+    election_elapsed: u32,
+    /// The current election timeout, drawn from `election_timeout_min_ticks
+    /// .. election_timeout_max_ticks` at each reset.
+    randomized_timeout: u32,
+    /// Ticks since a leader was last heard from (0 when this node became
+    /// leader). Below `election_timeout_min_ticks` the node is sticky: it
+    /// refuses (pre-)votes that are not for a leadership transfer.
+    ticks_since_leader_contact: u32,
+
+    // ----- role-specific state
+    /// Present exactly while the role is [`Role::PreCandidate`] or
+    /// [`Role::Candidate`]: the answers collected.
+    candidate: Option<CandidateState>,
+    /// Present exactly while the role is [`Role::Leader`]: everything that
+    /// only means something while leading. Stepping down drops it.
+    leader: Option<LeaderState>,
+    /// Heartbeat round counter (the ReadIndex context). Grows across terms,
+    /// so this node never reuses a context.
+    read_ctx: u64,
+
+    // ----- host interface
+    /// What has been handed to the host to write and what is durable.
+    persist: PersistTracker,
+    /// Actions for the next poll, including messages held until durable.
+    outbox: Outbox,
+    /// The `(role, term, leader)` last reported in [`Action::RoleChanged`].
     last_role_report: (Role, Term, Option<NodeId>),
+    /// Working space for quorum arithmetic (kept to avoid an allocation per ack).
+    scratch: Vec<u64>,
+    /// Counters.
     stats: EngineStats,
 }
 
@@ -167,29 +209,34 @@ impl std::fmt::Debug for Engine {
             .field("id", &self.id)
             .field("role", &self.role)
             .field("term", &self.term)
-            .field("leader", &self.leader)
+            .field("leader", &self.leader_id)
             .field("commit", &self.commit)
             .field("last_index", &self.log.last_index())
             .finish_non_exhaustive()
     }
 }
 
-impl Engine {
-    /// Builds an engine from its configuration and the state recovered from storage.
-    ///
-    /// # Errors
-    /// [`EngineError::Config`] for an invalid config; [`EngineError::NonContiguousLog`]
-    /// / [`EngineError::TermRegression`] for a damaged recovered log.
-    pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
-        cfg.validate()?;
-        let snap = init.snapshot;
-        let recovered_last = init.entries.last().map(|e| e.index);
-        let host_last = recovered_last.map_or(snap.index, |l| l.max(snap.index));
+/// The log as `Engine::new` rebuilds it from the recovered snapshot and
+/// entries, with what the first persist batch must restate.
+struct RecoveredLog {
+    log: RaftLog,
+    conf_entries: Vec<(LogIndex, Membership)>,
+    membership: Membership,
+    reset_pending: Option<SnapshotMeta>,
+    trunc_pending: Option<LogIndex>,
+}
+
+impl RecoveredLog {
+    /// Entries at or below the snapshot are dropped (a retention margin);
+    /// if the snapshot's own entry has another term the whole log is stale
+    /// and discarded. The rest must be contiguous with non-decreasing terms.
+    fn rebuild(snap: &SnapshotMeta, entries: Vec<Entry>) -> Result<RecoveredLog, EngineError> {
+        let recovered_last = entries.last().map(|e| e.index);
         let mut log = RaftLog::new(snap.index, snap.term);
         let mut conf_entries = Vec::new();
         let mut membership = snap.membership.clone();
         let mut discard_all = false;
-        for e in init.entries {
+        for e in entries {
             if e.index < snap.index {
                 continue;
             }
@@ -236,6 +283,34 @@ impl Engine {
             // would leave a gap the store refuses.
             reset_pending = Some(snap.clone());
         }
+        Ok(RecoveredLog {
+            log,
+            conf_entries,
+            membership,
+            reset_pending,
+            trunc_pending,
+        })
+    }
+}
+
+impl Engine {
+    /// Builds an engine from its configuration and the state recovered from storage.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for an invalid config; [`EngineError::NonContiguousLog`]
+    /// / [`EngineError::TermRegression`] for a damaged recovered log.
+    pub fn new(cfg: Config, init: InitialState) -> Result<Engine, EngineError> {
+        cfg.validate()?;
+        let snap = init.snapshot;
+        let recovered_last = init.entries.last().map(|e| e.index);
+        let host_last = recovered_last.map_or(snap.index, |l| l.max(snap.index));
+        let RecoveredLog {
+            log,
+            conf_entries,
+            membership,
+            reset_pending,
+            trunc_pending,
+        } = RecoveredLog::rebuild(&snap, init.entries)?;
         let hs = init.hard_state;
         let commit = hs.commit.max(snap.index).min(log.last_index());
         let id = cfg.id;
@@ -251,51 +326,41 @@ impl Engine {
             vote: if term == hs.term { hs.vote } else { None },
             commit,
             role: Role::Follower,
-            leader: None,
+            leader_id: None,
             log,
+            applied: snap.index,
+            pending_props: VecDeque::new(),
             base_membership: snap.membership.clone(),
             conf_entries,
             membership,
             snapshot: snap.clone(),
-            now_ticks: 0,
-            election_elapsed: 0,
-            randomized_timeout,
-            ticks_since_leader_contact: 0,
-            heartbeat_elapsed: 0,
-            check_quorum_elapsed: 0,
-            votes: BTreeMap::new(),
-            progress: BTreeMap::new(),
-            term_start_index: 0,
-            transfer: None,
-            lease_revoked: false,
-            lease_until: 0,
-            read_ctx: 0,
-            quorum_ctx: 0,
-            hb_rounds: VecDeque::new(),
-            pending_reads: VecDeque::new(),
-            read_broadcast_needed: false,
-            pending_props: VecDeque::new(),
-            applied: snap.index,
-            unstable_from: last + 1,
-            host_last,
-            trunc_pending,
-            reset_pending,
-            hs_dirty: term != hs.term,
-            hs_seq: 0,
-            persisted_commit: hs.commit,
-            persist_seq: 0,
-            durable_seq: 0,
-            inflight_persists: VecDeque::new(),
-            durable_index: last,
             installing: None,
             snapshot_in_flight: false,
             hinted_band_applied: 0,
             hinted_band_log: 0,
-            imm: Vec::new(),
-            held: VecDeque::new(),
-            tail: Vec::new(),
-            scratch: Vec::new(),
+            now_ticks: 0,
+            election_elapsed: 0,
+            randomized_timeout,
+            ticks_since_leader_contact: 0,
+            candidate: None,
+            leader: None,
+            read_ctx: 0,
+            persist: PersistTracker {
+                unstable_from: last + 1,
+                host_last,
+                trunc_pending,
+                reset_pending,
+                hs_dirty: term != hs.term,
+                hs_seq: 0,
+                persisted_commit: hs.commit,
+                persist_seq: 0,
+                durable_seq: 0,
+                inflight: VecDeque::new(),
+                durable_index: last,
+            },
+            outbox: Outbox::default(),
             last_role_report: (Role::Follower, term, None),
+            scratch: Vec::new(),
             stats: EngineStats::default(),
             cfg,
         })
@@ -325,7 +390,7 @@ impl Engine {
 
     /// Known leader of the current term.
     pub fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.leader_id
     }
 
     /// Current hard state (possibly not yet durable).
@@ -379,7 +444,7 @@ impl Engine {
 
     /// Highest index of this node's own log that is durable.
     pub fn durable_index(&self) -> LogIndex {
-        self.durable_index
+        self.persist.durable_index
     }
 
     /// Number of uncommitted membership changes in the log (≤ 1 on a correct leader).
@@ -407,7 +472,11 @@ impl Engine {
 
     /// Leader only: match index of `peer`, if tracked.
     pub fn peer_match_index(&self, peer: NodeId) -> Option<LogIndex> {
-        self.progress.get(&peer).map(|p| p.match_index)
+        self.leader
+            .as_ref()?
+            .progress
+            .get(&peer)
+            .map(|p| p.match_index)
     }
 
     /// The [`SnapshotMeta`] for a snapshot of the machines at `index`
@@ -472,20 +541,20 @@ impl Engine {
     /// immediate sends, one [`Action::Persist`] (if anything changed), sends that
     /// depend on it, then applies, results and snapshot/compaction actions.
     pub fn poll_actions(&mut self, out: &mut Vec<Action>) {
-        if self.role == Role::Leader {
-            if self.read_broadcast_needed {
+        if let Some(lead) = &self.leader {
+            if lead.read_broadcast_needed {
                 self.broadcast_heartbeat();
             }
             self.broadcast_append();
         }
         self.report_role();
-        out.append(&mut self.imm);
+        out.append(&mut self.outbox.sends);
         if let Some(b) = self.take_persist_batch() {
             out.push(Action::Persist(b));
         }
         self.emit_apply();
         self.maybe_hint();
-        out.append(&mut self.tail);
+        out.append(&mut self.outbox.actions);
     }
 
     // ----- time ------------------------------------------------------------

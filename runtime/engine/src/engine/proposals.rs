@@ -4,21 +4,26 @@
 use super::*;
 
 impl Engine {
+    // ----- admission -------------------------------------------------------
+
+    /// A proposal: appended to the leader's log, or refused at once with an
+    /// [`Action::ProposalResult`].
     pub(super) fn propose(&mut self, id: ProposalId, kind: EntryKind) {
         let r = self.try_propose(id, kind);
         if let Err(e) = r {
-            self.tail
+            self.outbox
+                .actions
                 .push(Action::ProposalResult { id, result: Err(e) });
         }
     }
 
     fn try_propose(&mut self, id: ProposalId, mut kind: EntryKind) -> Result<(), ProposalError> {
-        if self.role != Role::Leader {
+        let Some(lead) = &self.leader else {
             return Err(ProposalError::NotLeader {
-                leader_hint: self.leader,
+                leader_hint: self.leader_id,
             });
-        }
-        if self.transfer.is_some() {
+        };
+        if lead.transfer.is_some() {
             return Err(ProposalError::TransferInProgress);
         }
         if self.pending_props.len() >= self.cfg.max_pending_proposals {
@@ -36,7 +41,7 @@ impl Engine {
                 });
             }
             EntryKind::ConfChange(ce) => {
-                let m = self.admit_conf_change(ce.change)?;
+                let m = self.admit_conf_change(lead, ce.change)?;
                 ce.membership = m.clone();
                 new_membership = Some(m);
             }
@@ -50,13 +55,19 @@ impl Engine {
         });
         self.pending_props.push_back((index, self.term, id));
         if let Some(m) = new_membership {
-            self.membership = m.clone();
-            self.conf_entries.push((index, m));
+            self.record_conf_entry(index, m);
             self.on_membership_changed();
         }
         Ok(())
     }
 
+    // ----- outcome and apply -----------------------------------------------
+
+    /// Hands out committed entries (at most `max_apply_entries` per
+    /// [`Action::Apply`]), each proposal's outcome just before the batch
+    /// holding its index: `Ok` if the entry committed there is the one
+    /// proposed (same term), else `Superseded`. Nothing while a snapshot is
+    /// being installed.
     pub(super) fn emit_apply(&mut self) {
         if self.installing.is_some() {
             return;
@@ -75,7 +86,9 @@ impl Engine {
                 } else {
                     Err(ProposalError::Superseded { index: idx })
                 };
-                self.tail.push(Action::ProposalResult { id, result });
+                self.outbox
+                    .actions
+                    .push(Action::ProposalResult { id, result });
             }
             let entries: Vec<Entry> = self.log.range(self.applied + 1, hi).cloned().collect();
             debug_assert_eq!(
@@ -87,7 +100,31 @@ impl Engine {
                 return;
             }
             self.applied = hi;
-            self.tail.push(Action::Apply { entries });
+            self.outbox.actions.push(Action::Apply { entries });
+        }
+    }
+
+    /// A snapshot installed at `index` decides the proposals it covers:
+    /// with the log's suffix kept, by the term of the entry at each index;
+    /// otherwise the outcome is unknown (the entries are gone).
+    pub(super) fn resolve_proposals_covered_by(&mut self, index: LogIndex, keep_suffix: bool) {
+        while let Some(&(idx, t, id)) = self.pending_props.front() {
+            if idx > index {
+                break;
+            }
+            self.pending_props.pop_front();
+            let result = if keep_suffix {
+                if self.log.term(idx) == Some(t) {
+                    Ok(idx)
+                } else {
+                    Err(ProposalError::Superseded { index: idx })
+                }
+            } else {
+                Err(ProposalError::OutcomeUnknown { index: idx })
+            };
+            self.outbox
+                .actions
+                .push(Action::ProposalResult { id, result });
         }
     }
 }

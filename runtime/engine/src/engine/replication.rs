@@ -4,14 +4,20 @@
 use super::*;
 
 impl Engine {
+    // ----- follower side ---------------------------------------------------
+
+    /// A message from the leader of our term: follow it, and restart the
+    /// election timer and the stickiness window.
     pub(super) fn heard_from_leader(&mut self, from: NodeId) {
-        if self.role != Role::Follower || self.leader != Some(from) {
+        if self.role != Role::Follower || self.leader_id != Some(from) {
             self.become_follower(self.term, Some(from));
         }
         self.election_elapsed = 0;
         self.ticks_since_leader_contact = 0;
     }
 
+    /// Refuse an append whose `prev` we do not hold, with a hint where to
+    /// retry: one past our last entry, or the start of our conflicting term.
     fn reject_append(&mut self, from: NodeId, prev: LogIndex) {
         let (hint_index, hint_term) = if prev > self.log.last_index() {
             (self.log.last_index() + 1, None)
@@ -25,10 +31,14 @@ impl Engine {
             hint_index,
             hint_term,
         };
-        let ap = !self.hs_durable();
+        let ap = !self.persist.hs_durable();
         self.send(from, body, ap);
     }
 
+    /// An append from the leader: check that our log matches at `prev`,
+    /// drop a conflicting suffix, append what is new, learn the commit
+    /// index, and acknowledge once the entries are durable (the outbox holds
+    /// the ack).
     pub(super) fn on_append(
         &mut self,
         from: NodeId,
@@ -92,8 +102,7 @@ impl Engine {
         let mut conf_changed = false;
         for e in entries.drain(first_new..) {
             if let EntryKind::ConfChange(cc) = &e.kind {
-                self.membership = cc.membership.clone();
-                self.conf_entries.push((e.index, cc.membership.clone()));
+                self.record_conf_entry(e.index, cc.membership.clone());
                 conf_changed = true;
             }
             self.log.append(e);
@@ -115,28 +124,16 @@ impl Engine {
         self.send(from, body, true);
     }
 
+    /// Drops our entries from `index` on (a conflict with the leader's
+    /// log), keeping the persist bookkeeping and the membership in step.
     fn truncate_from(&mut self, index: LogIndex) {
         self.log.truncate_from(index);
-        // Entries appended since the last poll and replaced before the next
-        // one never reach the host: only what it holds needs truncating (a
-        // store refuses a truncation beyond its last entry).
-        if index <= self.host_last {
-            self.trunc_pending = Some(self.trunc_pending.map_or(index, |t| t.min(index)));
-        }
-        self.unstable_from = self.unstable_from.min(index);
-        self.durable_index = self.durable_index.min(index - 1);
-        let before = self.conf_entries.len();
-        self.conf_entries.retain(|(i, _)| *i < index);
-        if self.conf_entries.len() != before {
-            self.membership = self
-                .conf_entries
-                .last()
-                .map(|(_, m)| m.clone())
-                .unwrap_or_else(|| self.base_membership.clone());
-            self.on_membership_changed();
-        }
+        self.persist.truncated_from(index);
+        self.truncate_conf_entries(index);
     }
 
+    /// A heartbeat: learn the commit index (as far as our log goes) and
+    /// answer with its read context.
     pub(super) fn on_heartbeat(&mut self, from: NodeId, commit: LogIndex, read_ctx: u64) {
         if self.role == Role::Leader {
             return;
@@ -146,10 +143,15 @@ impl Engine {
         if c > self.commit {
             self.commit = c;
         }
-        let ap = !self.hs_durable();
+        let ap = !self.persist.hs_durable();
         self.send(from, MessageBody::HeartbeatResponse { read_ctx }, ap);
     }
 
+    // ----- leader side -----------------------------------------------------
+
+    /// Leader: `from` answered an append. Success moves its progress on
+    /// (and may commit); a rejection that is news backs it off to probing
+    /// from its hint, or to a snapshot if that is below our floor.
     pub(super) fn on_append_response(
         &mut self,
         from: NodeId,
@@ -158,12 +160,9 @@ impl Engine {
         hint_index: LogIndex,
         hint_term: Option<Term>,
     ) {
-        if self.role != Role::Leader {
-            return;
-        }
         let last = self.log.last_index();
         let floor = self.log.floor_index();
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&from)) else {
             return;
         };
         pr.recent_active = true;
@@ -171,30 +170,7 @@ impl Engine {
             if match_index > last {
                 return; // not from our log; ignore
             }
-            if match_index > pr.match_index {
-                pr.match_index = match_index;
-                pr.ticks_since_progress = 0;
-            }
-            if pr.next_index <= match_index {
-                pr.next_index = match_index + 1;
-            }
-            while pr.inflight.front().is_some_and(|&i| i <= match_index) {
-                pr.inflight.pop_front();
-            }
-            match pr.state {
-                PrState::Probe => {
-                    pr.state = PrState::Replicate;
-                    pr.inflight.clear();
-                    pr.next_index = pr.match_index + 1;
-                    pr.probe_sent = false;
-                }
-                PrState::Snapshot if pr.match_index >= pr.snap_index => {
-                    pr.state = PrState::Replicate;
-                    pr.inflight.clear();
-                    pr.next_index = pr.match_index + 1;
-                }
-                _ => {}
-            }
+            pr.on_ack(match_index);
             let caught_up = pr.match_index == last;
             self.maybe_commit();
             if caught_up {
@@ -207,52 +183,49 @@ impl Engine {
             return; // a higher-term notice handled earlier, or garbage
         }
         let rejected_prev = match_index;
-        match pr.state {
-            PrState::Replicate if rejected_prev <= pr.match_index => return,
-            PrState::Probe if rejected_prev + 1 != pr.next_index => return,
-            PrState::Snapshot => return,
-            _ => {}
+        if pr.is_stale_rejection(rejected_prev) {
+            return;
         }
-        let mut next = match hint_term {
+        // Skip the follower's whole conflicting term if we hold that term
+        // too, else go to where its log ends (or its term run starts).
+        let next = match hint_term {
             Some(t) => match self.log.last_index_with_term_at_most(t) {
                 Some(i) if self.log.term(i) == Some(t) => i + 1,
                 _ => hint_index,
             },
             None => hint_index,
         };
-        next = next.min(rejected_prev).max(pr.match_index + 1);
-        pr.next_index = next;
-        pr.become_probe();
-        pr.next_index = next.max(pr.match_index + 1);
+        pr.back_off(next, rejected_prev);
         if pr.next_index <= floor {
             self.send_snapshot(from);
         }
     }
 
+    /// Leader: send every follower what it is missing, as far as its
+    /// progress state allows (called at every poll).
     pub(super) fn broadcast_append(&mut self) {
-        let ids: Vec<NodeId> = self.progress.keys().copied().collect();
+        let Some(lead) = &self.leader else {
+            return;
+        };
+        let ids: Vec<NodeId> = lead.progress.keys().copied().collect();
         for id in ids {
             self.send_appends_to(id);
         }
     }
 
+    /// Leader: appends to `id`, each within `max_append_entries` and
+    /// `max_append_bytes` (but at least one entry): one while probing, as
+    /// many as the in-flight window allows while replicating; a snapshot if
+    /// what it needs is below our floor.
     fn send_appends_to(&mut self, id: NodeId) {
         let last = self.log.last_index();
         let floor = self.log.floor_index();
         loop {
-            let Some(pr) = self.progress.get_mut(&id) else {
+            let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&id)) else {
                 return;
             };
-            match pr.state {
-                PrState::Snapshot => return,
-                PrState::Probe if pr.probe_sent => return,
-                PrState::Replicate
-                    if pr.inflight.len() >= self.cfg.max_inflight_append_msgs
-                        || pr.next_index > last =>
-                {
-                    return;
-                }
-                _ => {}
+            if pr.is_paused(self.cfg.max_inflight_append_msgs, last) {
+                return;
             }
             if pr.next_index <= floor {
                 self.send_snapshot(id);
@@ -278,22 +251,7 @@ impl Engine {
                 entries.push(e.clone());
             }
             let n = entries.len() as u64;
-            let pr = self.progress.get_mut(&id).expect("present");
-            match pr.state {
-                PrState::Probe => {
-                    pr.probe_sent = true;
-                    pr.ticks_since_progress = 0;
-                }
-                _ => {
-                    if n > 0 {
-                        if pr.inflight.is_empty() {
-                            pr.ticks_since_progress = 0;
-                        }
-                        pr.inflight.push_back(prev + n);
-                        pr.next_index = prev + n + 1;
-                    }
-                }
-            }
+            pr.sent_append(prev, n);
             let is_probe = pr.state == PrState::Probe;
             self.stats.appends_sent += 1;
             self.stats.entries_sent += n;
@@ -310,18 +268,21 @@ impl Engine {
         }
     }
 
+    /// Leader: commit the highest index a majority of voters holds, if it
+    /// is of the current term (§5.4.2: earlier terms' entries commit only
+    /// under one of ours). The leader counts itself only up to what it has
+    /// made durable.
     pub(super) fn maybe_commit(&mut self) {
-        if self.role != Role::Leader {
+        let Some(lead) = &self.leader else {
             return;
-        }
-        // The leader counts itself only up to what it has made durable.
+        };
         let Some(candidate) = quorum::committed_index(
             &self.membership.voters,
             |id| {
                 if id == self.id {
-                    Some(self.durable_index)
+                    Some(self.persist.durable_index)
                 } else {
-                    self.progress.get(&id).map(|p| p.match_index)
+                    lead.progress.get(&id).map(|p| p.match_index)
                 }
             },
             &mut self.scratch,
@@ -334,6 +295,8 @@ impl Engine {
         }
     }
 
+    /// Leader: the commit index moved; serve reads that waited for it, and
+    /// step down once our own removal is committed.
     fn on_leader_commit_advanced(&mut self) {
         self.release_reads();
         // Removal of the leader itself takes effect once committed.
@@ -345,38 +308,18 @@ impl Engine {
         }
     }
 
-    /// Leader: per-follower timers. Unacknowledged pipelined appends fall
-    /// back to probing after `append_retransmit_ticks`, an unanswered probe
-    /// may be resent, and a stalled snapshot transfer is requested again.
+    /// Leader: per-follower timers (see [`Progress::tick`]); stalled
+    /// snapshot streams are requested again.
     pub(super) fn tick_progress(&mut self) {
+        let Some(lead) = &mut self.leader else {
+            return;
+        };
         let retransmit = self.cfg.append_retransmit_ticks;
         let snap_timeout = self.cfg.snapshot_transfer_timeout_ticks;
         let mut resend = Vec::new();
-        for (id, pr) in self.progress.iter_mut() {
-            match pr.state {
-                PrState::Replicate if !pr.inflight.is_empty() => {
-                    pr.ticks_since_progress += 1;
-                    if pr.ticks_since_progress >= retransmit {
-                        pr.next_index = pr.match_index + 1;
-                        pr.become_probe();
-                    }
-                }
-                PrState::Probe if pr.probe_sent => {
-                    pr.ticks_since_progress += 1;
-                    if pr.ticks_since_progress >= retransmit {
-                        pr.probe_sent = false;
-                        pr.ticks_since_progress = 0;
-                    }
-                }
-                PrState::Snapshot => {
-                    pr.ticks_since_progress += 1;
-                    if pr.snap_retry || pr.ticks_since_progress >= snap_timeout {
-                        pr.snap_retry = false;
-                        pr.ticks_since_progress = 0;
-                        resend.push(*id);
-                    }
-                }
-                _ => {}
+        for (id, pr) in lead.progress.iter_mut() {
+            if pr.tick(retransmit, snap_timeout) {
+                resend.push(*id);
             }
         }
         for id in resend {

@@ -4,30 +4,11 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn send_snapshot(&mut self, id: NodeId) {
-        let meta = self.snapshot.clone();
-        let Some(pr) = self.progress.get_mut(&id) else {
-            return;
-        };
-        let offset = if pr.state == PrState::Snapshot && pr.snap_index == meta.index {
-            pr.snap_offset
-        } else {
-            0
-        };
-        pr.state = PrState::Snapshot;
-        pr.inflight.clear();
-        pr.snap_index = meta.index;
-        pr.snap_offset = offset;
-        pr.ticks_since_progress = 0;
-        pr.snap_retry = false;
-        self.stats.snapshot_sends += 1;
-        self.tail.push(Action::SendSnapshot {
-            to: id,
-            meta,
-            offset,
-        });
-    }
+    // ----- hints, created snapshots, compaction ----------------------------
 
+    /// At each poll: hint a snapshot when applied entries past the latest
+    /// snapshot cross another `snapshot_hint_threshold_entries` band, or the
+    /// log another `max_log_entries` band (once per band).
     pub(super) fn maybe_hint(&mut self) {
         if self.installing.is_some() {
             return;
@@ -59,12 +40,14 @@ impl Engine {
         }
         self.snapshot_in_flight = true;
         self.stats.snapshot_hints += 1;
-        self.tail.push(Action::SnapshotHint {
+        self.outbox.actions.push(Action::SnapshotHint {
             reason,
             applied_index: self.applied,
         });
     }
 
+    /// The host made a durable snapshot: it becomes the latest, and the
+    /// log is compacted below it.
     pub(super) fn on_snapshot_created(&mut self, meta: SnapshotMeta) -> Result<(), EngineError> {
         self.snapshot_in_flight = false;
         if meta.index <= self.snapshot.index {
@@ -90,26 +73,23 @@ impl Engine {
         self.retarget_unpolled_snapshot_sends();
         let s = self.snapshot.index;
         let margin_floor = s.saturating_sub(self.cfg.log_retention_margin_entries);
-        let up_to = if self.role == Role::Leader {
-            let needed = self
-                .progress
-                .values()
-                .map(|p| {
-                    if p.state == PrState::Snapshot {
-                        p.snap_index
-                    } else {
-                        p.match_index
-                    }
-                })
-                .min()
-                .unwrap_or(s);
-            margin_floor.max(needed.min(s))
-        } else {
-            margin_floor
+        // Keep the retention margin below the snapshot, and (leader) what a
+        // follower still needs from the log unless it is behind the snapshot.
+        let up_to = match &self.leader {
+            Some(lead) => {
+                let needed = lead
+                    .progress
+                    .values()
+                    .map(Progress::needed_index)
+                    .min()
+                    .unwrap_or(s);
+                margin_floor.max(needed.min(s))
+            }
+            None => margin_floor,
         };
         if up_to > self.log.floor_index() {
             self.compact_to(up_to);
-            self.tail.push(Action::CompactLog { up_to });
+            self.outbox.actions.push(Action::CompactLog { up_to });
         }
         Ok(())
     }
@@ -120,13 +100,13 @@ impl Engine {
     /// so an action always names the host's latest snapshot when handed out.
     fn retarget_unpolled_snapshot_sends(&mut self) {
         let latest = &self.snapshot;
-        for a in &mut self.tail {
+        for a in &mut self.outbox.actions {
             if let Action::SendSnapshot { to, meta, offset } = a
                 && meta.index < latest.index
             {
                 *meta = latest.clone();
                 *offset = 0;
-                if let Some(pr) = self.progress.get_mut(to)
+                if let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(to))
                     && pr.state == PrState::Snapshot
                 {
                     pr.snap_index = latest.index;
@@ -136,18 +116,28 @@ impl Engine {
         }
     }
 
+    /// Drops the log up to `up_to` (at most the latest snapshot's index).
     fn compact_to(&mut self, up_to: LogIndex) {
         self.log.compact_to(up_to);
-        let mut base = self.base_membership.clone();
-        self.conf_entries.retain(|(i, m)| {
-            if *i <= up_to {
-                base = m.clone();
-                false
-            } else {
-                true
-            }
+        self.compact_conf_entries(up_to);
+    }
+
+    // ----- leader: streaming to a follower -----------------------------------
+
+    /// Leader: stream our latest snapshot to `id` (resuming where it got
+    /// to, if it is the same snapshot).
+    pub(super) fn send_snapshot(&mut self, id: NodeId) {
+        let meta = self.snapshot.clone();
+        let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&id)) else {
+            return;
+        };
+        let offset = pr.become_snapshot(meta.index);
+        self.stats.snapshot_sends += 1;
+        self.outbox.actions.push(Action::SendSnapshot {
+            to: id,
+            meta,
+            offset,
         });
-        self.base_membership = base;
     }
 
     /// Leader: the follower `from` holds `durable_offset` bytes of the
@@ -158,25 +148,23 @@ impl Engine {
         index: LogIndex,
         durable_offset: u64,
     ) {
-        if let Some(pr) = self.progress.get_mut(&from)
-            && pr.state == PrState::Snapshot
-            && pr.snap_index == index
-        {
-            pr.snap_offset = durable_offset;
-            pr.ticks_since_progress = 0;
+        if let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&from)) {
+            pr.on_snapshot_progress(index, durable_offset);
         }
     }
 
     /// Leader: streaming to `to` broke; it is requested again at the next tick.
     pub(super) fn on_snapshot_transfer_failed(&mut self, to: NodeId, index: LogIndex) {
-        if let Some(pr) = self.progress.get_mut(&to)
-            && pr.state == PrState::Snapshot
-            && pr.snap_index == index
-        {
-            pr.snap_retry = true;
+        if let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&to)) {
+            pr.on_snapshot_transfer_failed(index);
         }
     }
 
+    // ----- follower: installing ----------------------------------------------
+
+    /// Follower: a complete snapshot from `from` (sent in `term`) is staged.
+    /// Install it unless we already hold what it covers (then acknowledge)
+    /// or are installing another.
     pub(super) fn on_snapshot_received(&mut self, from: NodeId, term: Term, meta: SnapshotMeta) {
         if term < self.term || self.role == Role::Leader && term == self.term {
             return;
@@ -199,9 +187,12 @@ impl Engine {
             return;
         }
         self.installing = Some(meta.clone());
-        self.tail.push(Action::InstallSnapshot { meta });
+        self.outbox.actions.push(Action::InstallSnapshot { meta });
     }
 
+    /// Follower: the host swapped its machines to the snapshot. The log
+    /// keeps its suffix if it holds the snapshot's entry, else restarts at
+    /// the snapshot; proposals it covers are decided, and the leader is told.
     pub(super) fn on_snapshot_installed(&mut self, meta: SnapshotMeta) -> Result<(), EngineError> {
         if self.installing.as_ref() != Some(&meta) {
             return Err(EngineError::Snapshot(format!(
@@ -212,58 +203,17 @@ impl Engine {
         }
         self.installing = None;
         let keep_suffix = self.log.term(meta.index) == Some(meta.term);
-        // Resolve proposals the snapshot covers.
-        while let Some(&(idx, t, id)) = self.pending_props.front() {
-            if idx > meta.index {
-                break;
-            }
-            self.pending_props.pop_front();
-            let result = if keep_suffix {
-                if self.log.term(idx) == Some(t) {
-                    Ok(idx)
-                } else {
-                    Err(ProposalError::Superseded { index: idx })
-                }
-            } else {
-                Err(ProposalError::OutcomeUnknown { index: idx })
-            };
-            self.tail.push(Action::ProposalResult { id, result });
-        }
+        self.resolve_proposals_covered_by(meta.index, keep_suffix);
         // The host's log restarts above the snapshot (`reset_to_snapshot`).
-        // Events stepped since the last poll may have appended, truncated or
-        // replaced entries without a batch being cut, so the unwritten range
-        // and a pending truncation are both restated relative to the new floor.
         if keep_suffix {
             self.compact_to(meta.index);
-            // Unwritten entries at or below the snapshot are covered by it;
-            // the ones above it are still to be written.
-            self.unstable_from = self.unstable_from.max(meta.index + 1);
-            // A truncation not yet handed to the host may reach below the
-            // snapshot (an append replaced entries the snapshot now covers):
-            // the reset drops those already, and the store refuses to
-            // truncate below its floor.
-            self.trunc_pending = self.trunc_pending.map(|t| t.max(meta.index + 1));
         } else {
             self.log.reset(meta.index, meta.term);
             self.conf_entries.clear();
             self.base_membership = meta.membership.clone();
-            self.trunc_pending = Some(meta.index + 1);
-            self.durable_index = meta.index;
-            // Everything above the snapshot is gone: whatever is appended from
-            // here on is unwritten, even if the discarded log was longer than
-            // what an append stepped before the next poll brings.
-            self.unstable_from = meta.index + 1;
         }
-        // Only what the host holds above the snapshot needs truncating; once
-        // the reset runs, it holds the snapshot's index at least.
-        self.trunc_pending = self.trunc_pending.filter(|t| *t <= self.host_last);
-        self.host_last = self.host_last.max(meta.index);
-        self.durable_index = self.durable_index.max(meta.index);
-        let new_membership = self
-            .conf_entries
-            .last()
-            .map(|(_, m)| m.clone())
-            .unwrap_or_else(|| self.base_membership.clone());
+        self.persist.restate_for_snapshot(meta.index, keep_suffix);
+        let new_membership = self.effective_membership();
         if new_membership != self.membership {
             self.membership = new_membership;
             self.on_membership_changed();
@@ -273,9 +223,9 @@ impl Engine {
         self.snapshot = meta.clone();
         self.hinted_band_applied = 0;
         self.hinted_band_log = 0;
-        self.reset_pending = Some(meta.clone());
-        self.hs_dirty = true;
-        if let Some(l) = self.leader {
+        self.persist.reset_pending = Some(meta.clone());
+        self.persist.hs_dirty = true;
+        if let Some(l) = self.leader_id {
             let body = MessageBody::AppendEntriesResponse {
                 success: true,
                 match_index: meta.index,
