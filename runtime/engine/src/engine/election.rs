@@ -40,7 +40,7 @@ impl Engine {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
-            if self.membership.voters.contains(&self.id) {
+            if self.membership().voters.contains(&self.id) {
                 if self.cfg.pre_vote {
                     self.become_pre_candidate();
                 } else {
@@ -141,7 +141,7 @@ impl Engine {
         let index = self.log.last_index() + 1;
         self.leader = Some(LeaderState::new(
             self.id,
-            &self.membership,
+            self.membership(),
             index,
             self.read_ctx,
         ));
@@ -159,7 +159,7 @@ impl Engine {
     fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let (lli, llt) = (self.log.last_index(), self.log.last_term());
         let voters: Vec<NodeId> = self
-            .membership
+            .membership()
             .voters
             .iter()
             .copied()
@@ -182,7 +182,7 @@ impl Engine {
 
     fn vote_result(&self) -> VoteResult {
         match &self.candidate {
-            Some(c) => quorum::vote_result(&self.membership.voters, &c.votes),
+            Some(c) => quorum::vote_result(&self.membership().voters, &c.votes),
             None => VoteResult::Pending,
         }
     }
@@ -297,7 +297,8 @@ impl Engine {
         }
         lead.check_quorum_elapsed = 0;
         if self.cfg.check_quorum {
-            let active = quorum::has_quorum(&self.membership.voters, |id| {
+            let voters = &membership::effective(&self.conf_entries, &self.base_membership).voters;
+            let active = quorum::has_quorum(voters, |id| {
                 id == self.id || lead.progress.get(&id).is_some_and(|p| p.recent_active)
             });
             if !active {
@@ -320,7 +321,8 @@ impl Engine {
         let Some(lead) = &mut self.leader else {
             return;
         };
-        if to == self.id || !self.membership.voters.contains(&to) {
+        let voters = &membership::effective(&self.conf_entries, &self.base_membership).voters;
+        if to == self.id || !voters.contains(&to) {
             return;
         }
         if lead.transfer.as_ref().is_some_and(|t| t.to == to) {

@@ -5,6 +5,16 @@
 
 use super::*;
 
+/// The effective membership: the last configuration entry's, else the one
+/// at the floor. Over the two fields rather than `&Engine`, so that a caller
+/// may hold other fields mutably meanwhile.
+pub(super) fn effective<'a>(
+    conf_entries: &'a [(LogIndex, Membership)],
+    base: &'a Membership,
+) -> &'a Membership {
+    conf_entries.last().map_or(base, |(_, m)| m)
+}
+
 impl Engine {
     /// The membership in force at `index` (at or above the floor).
     pub(super) fn membership_at(&self, index: LogIndex) -> Membership {
@@ -16,18 +26,8 @@ impl Engine {
             .unwrap_or_else(|| self.base_membership.clone())
     }
 
-    /// The membership the log says is in force: its last configuration
-    /// entry, else the one at the floor.
-    pub(super) fn effective_membership(&self) -> Membership {
-        self.conf_entries
-            .last()
-            .map(|(_, m)| m.clone())
-            .unwrap_or_else(|| self.base_membership.clone())
-    }
-
     /// A configuration entry resulting in `membership` was appended at `index`.
     pub(super) fn record_conf_entry(&mut self, index: LogIndex, membership: Membership) {
-        self.membership = membership.clone();
         self.conf_entries.push((index, membership));
     }
 
@@ -37,7 +37,6 @@ impl Engine {
         let before = self.conf_entries.len();
         self.conf_entries.retain(|(i, _)| *i < index);
         if self.conf_entries.len() != before {
-            self.membership = self.effective_membership();
             self.on_membership_changed();
         }
     }
@@ -92,7 +91,9 @@ impl Engine {
                 ));
             }
         }
-        self.membership.apply(cc).map_err(ProposalError::ConfChange)
+        self.membership()
+            .apply(cc)
+            .map_err(ProposalError::ConfChange)
     }
 
     /// The membership changed (on append, truncation or snapshot install):
@@ -100,16 +101,14 @@ impl Engine {
     /// transfer to a node that is no longer a voter; a candidate that is no
     /// longer a voter gives up.
     pub(super) fn on_membership_changed(&mut self) {
-        self.outbox.actions.push(Action::MembershipChanged {
-            membership: self.membership.clone(),
-        });
+        let membership = self.membership().clone();
+        self.outbox
+            .actions
+            .push(Action::MembershipChanged { membership });
         if let Some(lead) = &mut self.leader {
             let next = self.log.last_index() + 1;
-            let members: Vec<NodeId> = self
-                .membership
-                .members()
-                .filter(|m| *m != self.id)
-                .collect();
+            let current = effective(&self.conf_entries, &self.base_membership);
+            let members: Vec<NodeId> = current.members().filter(|m| *m != self.id).collect();
             lead.progress.retain(|id, _| members.contains(id));
             for m in members {
                 lead.progress
@@ -117,12 +116,12 @@ impl Engine {
                     .or_insert_with(|| Progress::new(next));
             }
             if let Some(t) = &lead.transfer
-                && !self.membership.voters.contains(&t.to)
+                && !current.voters.contains(&t.to)
             {
                 lead.transfer = None;
             }
             self.maybe_commit();
-        } else if !self.membership.voters.contains(&self.id)
+        } else if !self.membership().voters.contains(&self.id)
             && matches!(self.role, Role::Candidate | Role::PreCandidate)
         {
             self.become_follower(self.term, None);

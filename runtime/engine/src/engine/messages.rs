@@ -103,7 +103,7 @@ impl Engine {
                 self.on_heartbeat_response(from, read_ctx)
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader && self.membership.voters.contains(&self.id) {
+                if self.role != Role::Leader && self.membership().voters.contains(&self.id) {
                     self.campaign(true);
                 }
             }

@@ -18,6 +18,7 @@
 //! | `membership.rs` | membership changes as log entries |
 //! | `proposals.rs` | proposals from admission to outcome, handing out committed entries |
 //! | `snapshot.rs` | snapshot hints, creation, streaming to followers, installs |
+//! | `invariants.rs` | `check_invariants`: the invariants stated on the fields, checked |
 //! | `persist.rs` | what the host must write next and what it has made durable |
 //! | `outbox.rs` | outgoing messages, held until the writes they reveal are durable |
 
@@ -25,6 +26,7 @@ mod action;
 mod election;
 mod error;
 mod event;
+mod invariants;
 mod leader;
 mod membership;
 mod messages;
@@ -132,9 +134,13 @@ pub struct Engine {
     /// snapshot): `snapshot.index <= applied <= commit`.
     applied: LogIndex,
     /// Proposals this node accepted as leader and has not resolved, as
-    /// `(index, term, id)`: indexes increasing and above `applied`, at most
+    /// `(index, term, id)` in the order accepted, at most
     /// `max_pending_proposals`. They survive losing the leadership: each is
-    /// decided when its index is applied (or a snapshot covers it).
+    /// decided when its index is applied (or a snapshot covers it), from the
+    /// front. Terms never decrease and indexes increase within a term, but
+    /// not across terms: a later leadership may start below proposals of an
+    /// earlier one whose entries were truncated, and those then wait behind
+    /// them. The front is always above `applied`.
     pending_props: VecDeque<(LogIndex, Term, ProposalId)>,
 
     // ----- membership
@@ -142,11 +148,10 @@ pub struct Engine {
     /// last configuration entry compacted away).
     base_membership: Membership,
     /// Every configuration entry in the log above the floor, as `(index,
-    /// resulting membership)`, indexes increasing.
+    /// resulting membership)`, indexes increasing. The effective membership
+    /// is the last of these, else `base_membership` (a configuration takes
+    /// effect on append); it is not stored separately, so it cannot disagree.
     conf_entries: Vec<(LogIndex, Membership)>,
-    /// The effective membership: the last of `conf_entries`, else
-    /// `base_membership` (a configuration takes effect on append).
-    membership: Membership,
 
     // ----- snapshots
     /// The latest snapshot the host holds (created here or installed). Its
@@ -221,7 +226,6 @@ impl std::fmt::Debug for Engine {
 struct RecoveredLog {
     log: RaftLog,
     conf_entries: Vec<(LogIndex, Membership)>,
-    membership: Membership,
     reset_pending: Option<SnapshotMeta>,
     trunc_pending: Option<LogIndex>,
 }
@@ -234,7 +238,6 @@ impl RecoveredLog {
         let recovered_last = entries.last().map(|e| e.index);
         let mut log = RaftLog::new(snap.index, snap.term);
         let mut conf_entries = Vec::new();
-        let mut membership = snap.membership.clone();
         let mut discard_all = false;
         for e in entries {
             if e.index < snap.index {
@@ -261,8 +264,7 @@ impl RecoveredLog {
                 });
             }
             if let EntryKind::ConfChange(cc) = &e.kind {
-                membership = cc.membership.clone();
-                conf_entries.push((e.index, membership.clone()));
+                conf_entries.push((e.index, cc.membership.clone()));
             }
             log.append(e);
         }
@@ -271,7 +273,6 @@ impl RecoveredLog {
         if discard_all {
             log.reset(snap.index, snap.term);
             conf_entries.clear();
-            membership = snap.membership.clone();
             reset_pending = Some(snap.clone());
             trunc_pending = Some(snap.index + 1);
         } else if snap.index > 0 && recovered_last.is_none_or(|l| l < snap.index) {
@@ -286,7 +287,6 @@ impl RecoveredLog {
         Ok(RecoveredLog {
             log,
             conf_entries,
-            membership,
             reset_pending,
             trunc_pending,
         })
@@ -307,7 +307,6 @@ impl Engine {
         let RecoveredLog {
             log,
             conf_entries,
-            membership,
             reset_pending,
             trunc_pending,
         } = RecoveredLog::rebuild(&snap, init.entries)?;
@@ -332,7 +331,6 @@ impl Engine {
             pending_props: VecDeque::new(),
             base_membership: snap.membership.clone(),
             conf_entries,
-            membership,
             snapshot: snap.clone(),
             installing: None,
             snapshot_in_flight: false,
@@ -434,7 +432,7 @@ impl Engine {
 
     /// Effective membership (latest appended configuration).
     pub fn membership(&self) -> &Membership {
-        &self.membership
+        membership::effective(&self.conf_entries, &self.base_membership)
     }
 
     /// Latest snapshot known to the engine (created or installed).

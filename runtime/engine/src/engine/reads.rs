@@ -14,7 +14,7 @@ use super::*;
 
 /// Heartbeat rounds a leader tracks while waiting for a majority to answer
 /// (beyond this the oldest is forgotten; it only costs a lease extension).
-const HB_ROUNDS_MAX: usize = 256;
+pub(super) const HB_ROUNDS_MAX: usize = 256;
 
 /// A read waiting for its heartbeat round.
 pub(super) struct PendingRead {
@@ -139,7 +139,7 @@ impl Engine {
         // The newest round a majority has answered (the leader has
         // "answered" every round it sent).
         let Some(acked) = quorum::committed_index(
-            &self.membership.voters,
+            &membership::effective(&self.conf_entries, &self.base_membership).voters,
             |id| {
                 if id == self.id {
                     Some(self.read_ctx)

@@ -277,7 +277,7 @@ impl Engine {
             return;
         };
         let Some(candidate) = quorum::committed_index(
-            &self.membership.voters,
+            &membership::effective(&self.conf_entries, &self.base_membership).voters,
             |id| {
                 if id == self.id {
                     Some(self.persist.durable_index)
@@ -300,7 +300,7 @@ impl Engine {
     fn on_leader_commit_advanced(&mut self) {
         self.release_reads();
         // Removal of the leader itself takes effect once committed.
-        if !self.membership.voters.contains(&self.id) {
+        if !self.membership().voters.contains(&self.id) {
             let last_conf = self.conf_entries.last().map_or(0, |(i, _)| *i);
             if self.commit >= last_conf {
                 self.become_follower(self.term, None);

@@ -204,6 +204,7 @@ impl Engine {
         self.installing = None;
         let keep_suffix = self.log.term(meta.index) == Some(meta.term);
         self.resolve_proposals_covered_by(meta.index, keep_suffix);
+        let membership_before = self.membership().clone();
         // The host's log restarts above the snapshot (`reset_to_snapshot`).
         if keep_suffix {
             self.compact_to(meta.index);
@@ -213,9 +214,7 @@ impl Engine {
             self.base_membership = meta.membership.clone();
         }
         self.persist.restate_for_snapshot(meta.index, keep_suffix);
-        let new_membership = self.effective_membership();
-        if new_membership != self.membership {
-            self.membership = new_membership;
+        if *self.membership() != membership_before {
             self.on_membership_changed();
         }
         self.commit = self.commit.max(meta.index);

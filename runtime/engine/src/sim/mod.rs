@@ -15,9 +15,12 @@
 //! After every event it checks Election Safety, Log Matching, Leader
 //! Completeness, State Machine Safety (digest at every applied index,
 //! including state that arrived by snapshot), persist-before-send and at most
-//! one uncommitted membership change. At the end it heals everything and checks
-//! liveness (a leader within a bound, every client operation finished, final
-//! reads of every key) and linearizability of the whole client history.
+//! one uncommitted membership change; after every poll (and every step whose
+//! poll is deferred), the engine's own invariants
+//! ([`Engine::check_invariants`]). At the end it heals
+//! everything and checks liveness (a leader within a bound, every client
+//! operation finished, final reads of every key) and linearizability of the
+//! whole client history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -727,6 +730,12 @@ impl Sim {
         let h = self.hosts.get_mut(&id).expect("host");
         match Engine::new(cfg, init) {
             Ok(e) => {
+                if let Err(v) = e.check_invariants() {
+                    self.failure.get_or_insert(format!(
+                        "node {id}: engine invariant violated after restart: {v}"
+                    ));
+                    return;
+                }
                 h.machine = (*h.d_snap.1).clone();
                 h.checked_commit = e.log_floor();
                 h.engine = Some(e);
@@ -870,16 +879,23 @@ impl Sim {
         }
         let h = self.hosts.get_mut(&id).expect("host");
         h.events_since_poll = h.events_since_poll.saturating_add(1);
-        if !h.poll_deferred {
+        let poll_now = !h.poll_deferred && {
             let per_mille = self.cfg.multi_step_per_mille;
-            if per_mille > 0 && self.rng.u32(0..1000) < per_mille {
+            per_mille == 0 || self.rng.u32(0..1000) >= per_mille
+        };
+        if poll_now {
+            // The state between this step and its poll is seen by nothing
+            // else; the poll's outcome is checked in `run_actions`.
+            self.run_actions(id)?;
+        } else {
+            // The engine waits in this state for other events: check it.
+            self.check_engine_invariants(id)?;
+            if !self.hosts[&id].poll_deferred {
                 let d = self.rng.u64(1..self.cfg.multi_step_poll_delay_max.max(2));
                 let h = self.hosts.get_mut(&id).expect("host");
                 h.poll_deferred = true;
                 let inc = h.incarnation;
                 self.schedule(d, Ev::Poll(id, inc));
-            } else {
-                self.run_actions(id)?;
             }
         }
         self.check_node(id)
@@ -1262,6 +1278,7 @@ impl Sim {
             Some(e) => e.poll_actions(&mut out),
             None => return Ok(()),
         }
+        self.check_engine_invariants(id)?;
         for a in out {
             self.execute(id, a)?;
         }
@@ -2136,6 +2153,19 @@ impl Sim {
                     "leader completeness: node {id} leader of term {term} lacks committed entry {i} (term {t})"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// The engine's own invariants ([`Engine::check_invariants`]) on node
+    /// `id`: after every poll, and after every step whose poll is deferred
+    /// (a step polled at once is checked after that poll; nothing can see
+    /// the state in between).
+    fn check_engine_invariants(&self, id: NodeId) -> Res<()> {
+        if let Some(e) = self.hosts.get(&id).and_then(|h| h.engine.as_ref())
+            && let Err(v) = e.check_invariants()
+        {
+            return Err(self.fail(format!("node {id}: engine invariant violated: {v}")));
         }
         Ok(())
     }
