@@ -8,7 +8,7 @@ use crate::types::*;
 /// Everything the host must make durable, in this order: drop log entries at
 /// or below `reset_to_snapshot.index` (the snapshot itself is already durable),
 /// drop entries `>= truncate_from`, append `entries`, write `hard_state`.
-/// Then report [`Event::Persisted`] with `seq`.
+/// Then report [`Event::Persisted`](super::Event::Persisted) with `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersistBatch {
     /// Monotone sequence number (starts at 1 per engine instance).
@@ -36,20 +36,21 @@ pub enum SnapshotReason {
     LogGuardrail,
 }
 
-/// Output of [`Engine::poll_actions`]. The host executes actions in order.
+/// Output of [`Engine::poll_actions`](super::Engine::poll_actions). The host executes actions in
+/// order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send a message now. Messages that reveal state (a vote, an
-    /// acknowledgement, a term) are held *inside the engine* until the
-    /// [`Action::Persist`] they depend on is reported durable with
-    /// [`Event::Persisted`], and are dropped if the term moved on meanwhile;
-    /// so the host never delays a `Send`. Leader appends go out before the
-    /// leader's own persist (Raft thesis §10.2.1).
+    /// Send a message now. Messages that reveal state (a vote, an acknowledgement, a term) are held
+    /// *inside the engine* until the [`Action::Persist`] they depend on is reported durable with
+    /// [`Event::Persisted`](super::Event::Persisted), and are dropped if the term moved on
+    /// meanwhile; so the host never delays a `Send`. Leader appends go out before the leader's own
+    /// persist (Raft thesis §10.2.1).
     Send {
         /// The message.
         msg: Message,
     },
-    /// Make this batch durable (group commit is fine), then report [`Event::Persisted`].
+    /// Make this batch durable (group commit is fine), then report
+    /// [`Event::Persisted`](super::Event::Persisted).
     Persist(PersistBatch),
     /// Committed entries to apply to the machines, in order, off the consensus path.
     /// Does not wait for any persist (committed entries are durable on a quorum).
@@ -57,8 +58,8 @@ pub enum Action {
         /// Contiguous committed entries.
         entries: Vec<Entry>,
     },
-    /// Outcome of a [`Event::Propose`]. `Ok(index)` is emitted just before the
-    /// [`Action::Apply`] containing that index; the machine output for it is the answer.
+    /// Outcome of a [`Event::Propose`](super::Event::Propose). `Ok(index)` is emitted just before
+    /// the [`Action::Apply`] containing that index; the machine output for it is the answer.
     ProposalResult {
         /// The proposal.
         id: ProposalId,
@@ -88,14 +89,15 @@ pub enum Action {
         /// Resume offset, bytes.
         offset: u64,
     },
-    /// Follower side: swap the machines to the staged snapshot, keep it as the
-    /// latest durable snapshot, then report [`Event::SnapshotInstalled`].
+    /// Follower side: swap the machines to the staged snapshot, keep it as the latest durable
+    /// snapshot, then report [`Event::SnapshotInstalled`](super::Event::SnapshotInstalled).
     InstallSnapshot {
         /// The staged snapshot.
         meta: SnapshotMeta,
     },
-    /// Consider taking a snapshot of the machines (at their applied index);
-    /// answer with [`Event::SnapshotCreated`] or [`Event::SnapshotFailed`].
+    /// Consider taking a snapshot of the machines (at their applied index); answer with
+    /// [`Event::SnapshotCreated`](super::Event::SnapshotCreated) or
+    /// [`Event::SnapshotFailed`](super::Event::SnapshotFailed).
     SnapshotHint {
         /// Why.
         reason: SnapshotReason,

@@ -18,29 +18,31 @@ pub struct InitialState {
     pub entries: Vec<Entry>,
 }
 
-/// Input to [`Engine::step`].
+/// Input to [`Engine::step`](super::Engine::step).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// One unit of time passed on this node's clock.
     Tick,
     /// A message from a peer arrived.
     Message(Message),
-    /// Propose an entry. Answered by exactly one [`Action::ProposalResult`]
-    /// (immediately when refused, otherwise once the index is decided).
+    /// Propose an entry. Answered by exactly one
+    /// [`Action::ProposalResult`](super::Action::ProposalResult) (immediately when refused,
+    /// otherwise once the index is decided).
     Propose {
         /// Echoed in the result.
         id: ProposalId,
         /// Payload (commands carry the leader host's timestamp).
         kind: EntryKind,
     },
-    /// Linearizable read request. Answered by [`Action::ReadReady`] or [`Action::ReadFailed`].
+    /// Linearizable read request. Answered by [`Action::ReadReady`](super::Action::ReadReady) or
+    /// [`Action::ReadFailed`](super::Action::ReadFailed).
     Read {
         /// Echoed in the answer.
         id: ReadId,
     },
-    /// The [`PersistBatch`] with this `seq` and all earlier ones are durable.
+    /// The [`PersistBatch`](super::PersistBatch) with this `seq` and all earlier ones are durable.
     Persisted {
-        /// Sequence number from [`PersistBatch::seq`].
+        /// Sequence number from [`PersistBatch::seq`](super::PersistBatch::seq).
         seq: u64,
     },
     /// Ask the leader to hand leadership to `to` (a voter).
@@ -48,8 +50,9 @@ pub enum Event {
         /// Target voter.
         to: NodeId,
     },
-    /// The host made a durable snapshot (after an [`Action::SnapshotHint`], or on its own).
-    /// `meta` should come from [`Engine::snapshot_meta_at`].
+    /// The host made a durable snapshot (after an
+    /// [`Action::SnapshotHint`](super::Action::SnapshotHint), or on its own). `meta` should come
+    /// from [`Engine::snapshot_meta_at`](super::Engine::snapshot_meta_at).
     SnapshotCreated {
         /// What the snapshot covers.
         meta: SnapshotMeta,
@@ -73,8 +76,9 @@ pub enum Event {
         /// Snapshot that was being streamed.
         index: LogIndex,
     },
-    /// Follower side: a complete snapshot from leader `from` (sent in `term`)
-    /// is durably staged. The engine answers with [`Action::InstallSnapshot`] or ignores it.
+    /// Follower side: a complete snapshot from leader `from` (sent in `term`) is durably staged.
+    /// The engine answers with [`Action::InstallSnapshot`](super::Action::InstallSnapshot) or
+    /// ignores it.
     SnapshotReceived {
         /// Sending leader.
         from: NodeId,
@@ -86,7 +90,8 @@ pub enum Event {
     /// Follower side: the host swapped its machines to the snapshot and keeps
     /// it as its latest durable snapshot.
     SnapshotInstalled {
-        /// Must equal the meta of the pending [`Action::InstallSnapshot`].
+        /// Must equal the meta of the pending
+        /// [`Action::InstallSnapshot`](super::Action::InstallSnapshot).
         meta: SnapshotMeta,
     },
     /// Follower side: installing failed; the leader will resend later.
