@@ -42,14 +42,16 @@
 //! ```
 //!
 //! Modules: [`session`] (client deduplication for the apply layer),
-//! [`lincheck`] (linearizability checker), `sim` (deterministic simulator,
-//! behind the `sim` feature). See `NOTES.md` for the architecture and invariants.
+//! `lincheck` (linearizability checker, behind the `lincheck` feature), `sim`
+//! (deterministic simulator, behind the `sim` feature, which includes
+//! `lincheck`). See `NOTES.md` for the architecture and invariants.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;
 mod engine;
+#[cfg(feature = "lincheck")]
 pub mod lincheck;
 mod log;
 pub mod session;

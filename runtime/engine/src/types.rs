@@ -151,7 +151,7 @@ impl Membership {
 
     /// Size of a majority of voters (0 voters → 1, so nothing ever commits).
     pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+        crate::engine::quorum::majority(self.voters.len())
     }
 
     /// All members (voters then learners), sorted within each group.
