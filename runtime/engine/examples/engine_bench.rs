@@ -26,9 +26,9 @@ impl Cluster {
         let engines = (1..=3)
             .map(|id| {
                 let mut c = Config::new(id, 7);
-                c.max_pending_proposals = 1 << 20;
+                c.pending_proposals_max = 1 << 20;
                 c.snapshot_hint_threshold_entries = 100_000;
-                c.max_log_entries = 0;
+                c.log_entries_max = 0;
                 c.log_retention_margin_entries = 1024;
                 let init = InitialState {
                     snapshot: SnapshotMeta {

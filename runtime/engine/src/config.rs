@@ -38,19 +38,19 @@ pub struct Config {
     /// Largest relative tick-rate difference between any two nodes, percent. Default 10.
     pub clock_drift_bound_percent: u32,
     /// Maximum AppendEntries messages in flight to one follower (pipelining window), messages. Default 64.
-    pub max_inflight_append_msgs: usize,
+    pub inflight_append_msgs_max: usize,
     /// Maximum entries per AppendEntries message, entries. Default 4096.
-    pub max_append_entries: usize,
+    pub append_entries_max: usize,
     /// Soft cap on entry payload per AppendEntries, bytes (at least one entry is always sent). Default 1 MiB.
-    pub max_append_bytes: usize,
+    pub append_bytes_max: usize,
     /// Maximum proposals accepted but not yet committed; beyond it proposals get `Busy`. Default 65536.
-    pub max_pending_proposals: usize,
+    pub pending_proposals_max: usize,
     /// Maximum reads waiting for a ReadIndex round; beyond it reads get `Busy`. Default 65536.
-    pub max_pending_reads: usize,
+    pub pending_reads_max: usize,
     /// Largest command payload accepted by `Propose`, bytes. Default 8 MiB.
-    pub max_command_bytes: usize,
+    pub command_bytes_max: usize,
     /// Maximum entries handed out in one `Apply` action, entries. Default 4096.
-    pub max_apply_entries: usize,
+    pub apply_entries_max: usize,
     /// A follower in pipelined mode with unacknowledged appends and no progress
     /// for this long is reset to probing (lost messages), ticks. Default 5.
     pub append_retransmit_ticks: u32,
@@ -64,7 +64,7 @@ pub struct Config {
     pub snapshot_hint_threshold_entries: u64,
     /// Live-log guardrail: hint a snapshot when more than this many entries sit
     /// above the latest snapshot, entries (0 disables). Default 100000.
-    pub max_log_entries: u64,
+    pub log_entries_max: u64,
     /// Entries kept below a new snapshot for followers that are catching up
     /// from the log, entries. Default 1024.
     pub log_retention_margin_entries: u64,
@@ -87,18 +87,18 @@ impl Config {
             lease_reads: false,
             lease_ticks: 7,
             clock_drift_bound_percent: 10,
-            max_inflight_append_msgs: 64,
-            max_append_entries: 4096,
-            max_append_bytes: 1 << 20,
-            max_pending_proposals: 65536,
-            max_pending_reads: 65536,
-            max_command_bytes: 8 << 20,
-            max_apply_entries: 4096,
+            inflight_append_msgs_max: 64,
+            append_entries_max: 4096,
+            append_bytes_max: 1 << 20,
+            pending_proposals_max: 65536,
+            pending_reads_max: 65536,
+            command_bytes_max: 8 << 20,
+            apply_entries_max: 4096,
             append_retransmit_ticks: 5,
             snapshot_transfer_timeout_ticks: 50,
             transfer_timeout_ticks: 20,
             snapshot_hint_threshold_entries: 10_000,
-            max_log_entries: 100_000,
+            log_entries_max: 100_000,
             log_retention_margin_entries: 1024,
             learner_promote_lag_entries: 0,
         }
@@ -170,15 +170,15 @@ impl Config {
         }
         let nonzero: [(&'static str, u64); 9] = [
             (
-                "max_inflight_append_msgs",
-                self.max_inflight_append_msgs as u64,
+                "inflight_append_msgs_max",
+                self.inflight_append_msgs_max as u64,
             ),
-            ("max_append_entries", self.max_append_entries as u64),
-            ("max_append_bytes", self.max_append_bytes as u64),
-            ("max_pending_proposals", self.max_pending_proposals as u64),
-            ("max_pending_reads", self.max_pending_reads as u64),
-            ("max_command_bytes", self.max_command_bytes as u64),
-            ("max_apply_entries", self.max_apply_entries as u64),
+            ("append_entries_max", self.append_entries_max as u64),
+            ("append_bytes_max", self.append_bytes_max as u64),
+            ("pending_proposals_max", self.pending_proposals_max as u64),
+            ("pending_reads_max", self.pending_reads_max as u64),
+            ("command_bytes_max", self.command_bytes_max as u64),
+            ("apply_entries_max", self.apply_entries_max as u64),
             (
                 "append_retransmit_ticks",
                 self.append_retransmit_ticks.into(),

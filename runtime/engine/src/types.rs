@@ -280,7 +280,7 @@ pub enum MessageBody {
         prev_log_index: LogIndex,
         /// Term of that entry.
         prev_log_term: Term,
-        /// Entries to append; bounded by `max_append_entries` / `max_append_bytes`.
+        /// Entries to append; bounded by `append_entries_max` / `append_bytes_max`.
         entries: Vec<Entry>,
         /// Leader's commit index.
         leader_commit: LogIndex,

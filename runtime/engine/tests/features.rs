@@ -352,7 +352,7 @@ fn proposals_fed_before_one_poll_share_one_persist_and_one_append_per_follower()
 
 #[test]
 fn pipelining_keeps_several_appends_in_flight_up_to_the_window() {
-    let mut c = Cluster::new(3, 0, 5, |c| c.max_inflight_append_msgs = 4);
+    let mut c = Cluster::new(3, 0, 5, |c| c.inflight_append_msgs_max = 4);
     let l = c.elect();
     let f = (1..=3).find(|i| *i != l).expect("follower");
     let before = c.sent.len();
@@ -379,8 +379,8 @@ fn pipelining_keeps_several_appends_in_flight_up_to_the_window() {
 #[test]
 fn append_entries_respect_entry_and_byte_caps() {
     let mut c = Cluster::new(3, 0, 6, |c| {
-        c.max_append_entries = 3;
-        c.max_append_bytes = 200;
+        c.append_entries_max = 3;
+        c.append_bytes_max = 200;
     });
     let l = c.elect();
     let before = c.sent.len();
@@ -649,7 +649,7 @@ fn old_term_entry_on_a_majority_is_not_committed_until_a_current_term_entry_is()
                 },
             );
         }
-        let mut c = Cluster::from_states(inits, seed, |c| c.max_append_entries = 1);
+        let mut c = Cluster::from_states(inits, seed, |c| c.append_entries_max = 1);
         // Index 2 may only ever commit together with the leader's own-term no-op at 3.
         c.invariant = Some(|c: &Cluster| {
             let e = c.e(1);
@@ -684,7 +684,7 @@ fn old_term_entry_on_a_majority_is_not_committed_until_a_current_term_entry_is()
 
 #[test]
 fn follower_answers_not_leader_with_hint_and_full_queue_answers_busy() {
-    let mut c = Cluster::new(3, 0, 10, |c| c.max_pending_proposals = 2);
+    let mut c = Cluster::new(3, 0, 10, |c| c.pending_proposals_max = 2);
     let l = c.elect();
     let f = (1..=3).find(|i| *i != l).expect("follower");
     c.propose(f, 1, b"x");
@@ -936,10 +936,10 @@ fn config_rejects_a_lease_longer_than_the_election_timeout_allows() {
         "{err}"
     );
     let mut cfg = Config::new(1, 0);
-    cfg.max_inflight_append_msgs = 0;
+    cfg.inflight_append_msgs_max = 0;
     assert_eq!(
         cfg.validate().expect_err("zero window").field,
-        "max_inflight_append_msgs"
+        "inflight_append_msgs_max"
     );
 }
 
@@ -956,7 +956,7 @@ fn apply_all(c: &mut Cluster, l: NodeId, n: u64) {
 fn snapshot_hints_once_per_band_coalesce_in_flight_and_rehint_after_failure() {
     let mut c = Cluster::new(1, 0, 19, |c| {
         c.snapshot_hint_threshold_entries = 10;
-        c.max_log_entries = 0;
+        c.log_entries_max = 0;
     });
     c.tick_all(25);
     apply_all(&mut c, 1, 9); // applied = 10 (no-op + 9)
@@ -982,7 +982,7 @@ fn snapshot_hints_once_per_band_coalesce_in_flight_and_rehint_after_failure() {
 fn live_log_guardrail_hints_when_entries_above_the_floor_exceed_max_log_entries() {
     let mut c = Cluster::new(3, 0, 20, |c| {
         c.snapshot_hint_threshold_entries = 0;
-        c.max_log_entries = 10;
+        c.log_entries_max = 10;
     });
     let l = c.elect();
     apply_all(&mut c, l, 12);
@@ -1140,7 +1140,7 @@ fn retention_margin_keeps_entries_a_slightly_lagging_follower_still_needs() {
 
 #[test]
 fn a_follower_down_for_a_long_time_does_not_stall_the_leader() {
-    let mut c = Cluster::new(3, 0, 25, |c| c.max_inflight_append_msgs = 8);
+    let mut c = Cluster::new(3, 0, 25, |c| c.inflight_append_msgs_max = 8);
     let l = c.elect();
     let f = (1..=3).find(|i| *i != l).expect("follower");
     c.isolate(f);

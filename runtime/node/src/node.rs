@@ -247,14 +247,14 @@ impl Node {
         ecfg.heartbeat_interval_ticks = (r.heartbeat_interval_ms / tick).max(1) as u32;
         ecfg.election_timeout_min_ticks = (r.election_timeout_ms / tick).max(3) as u32;
         ecfg.election_timeout_max_ticks = 2 * ecfg.election_timeout_min_ticks;
-        ecfg.max_inflight_append_msgs = r.inflight_append_msgs_max as usize;
-        ecfg.max_append_entries = r.append_entries_max as usize;
-        ecfg.max_append_bytes = r.append_bytes_max as usize;
-        ecfg.max_pending_proposals = r.pending_proposals_max as usize;
-        ecfg.max_command_bytes =
+        ecfg.inflight_append_msgs_max = r.inflight_append_msgs_max as usize;
+        ecfg.append_entries_max = r.append_entries_max as usize;
+        ecfg.append_bytes_max = r.append_bytes_max as usize;
+        ecfg.pending_proposals_max = r.pending_proposals_max as usize;
+        ecfg.command_bytes_max =
             (cfg.client.command_bytes_max as usize).max(cfg.guest.module_bytes_max as usize + 4096);
         ecfg.snapshot_hint_threshold_entries = cfg.snapshot.hint_threshold_entries;
-        ecfg.max_log_entries = cfg.snapshot.log_entries_max;
+        ecfg.log_entries_max = cfg.snapshot.log_entries_max;
         ecfg.log_retention_margin_entries = cfg.snapshot.log_retain_margin_entries;
         // The transfer has its own progress watchdog; the engine re-offers
         // only after a transfer failed or went quiet for twice as long.

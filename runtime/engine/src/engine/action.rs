@@ -32,7 +32,7 @@ pub struct PersistBatch {
 pub enum SnapshotReason {
     /// `snapshot_hint_threshold_entries` applied entries past the latest snapshot.
     AppliedThreshold,
-    /// More than `max_log_entries` entries above the latest snapshot.
+    /// More than `log_entries_max` entries above the latest snapshot.
     LogGuardrail,
 }
 

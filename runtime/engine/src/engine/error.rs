@@ -14,16 +14,16 @@ pub enum ProposalError {
         /// Best guess of the current leader.
         leader_hint: Option<NodeId>,
     },
-    /// `max_pending_proposals` reached; retry later.
-    #[error("busy: {pending} proposals pending, max_pending_proposals = {max}")]
+    /// `pending_proposals_max` reached; retry later.
+    #[error("busy: {pending} proposals pending, pending_proposals_max = {max}")]
     Busy {
         /// Proposals pending.
         pending: usize,
         /// Configured bound.
         max: usize,
     },
-    /// Command larger than `max_command_bytes`.
-    #[error("command is {bytes} bytes, max_command_bytes = {max}")]
+    /// Command larger than `command_bytes_max`.
+    #[error("command is {bytes} bytes, command_bytes_max = {max}")]
     TooLarge {
         /// Size of the refused command.
         bytes: usize,
@@ -61,8 +61,8 @@ pub enum ReadError {
         /// Best guess of the current leader.
         leader_hint: Option<NodeId>,
     },
-    /// `max_pending_reads` reached.
-    #[error("busy: max_pending_reads = {max} reached")]
+    /// `pending_reads_max` reached.
+    #[error("busy: pending_reads_max = {max} reached")]
     Busy {
         /// Configured bound.
         max: usize,

@@ -267,10 +267,10 @@ impl Engine {
     }
 
     fn check_proposals(&self) -> Result<(), String> {
-        let max = self.cfg.max_pending_proposals;
+        let max = self.cfg.pending_proposals_max;
         ensure!(
             self.pending_props.len() <= max,
-            "{} proposals pending, max_pending_proposals = {max}",
+            "{} proposals pending, pending_proposals_max = {max}",
             self.pending_props.len()
         );
         // Ordered by term, and by index within a term; not by index across
@@ -323,7 +323,7 @@ impl Engine {
             lead.progress.keys().collect::<Vec<_>>(),
             m.members().filter(|k| *k != self.id).collect::<Vec<_>>()
         );
-        let max_inflight = self.cfg.max_inflight_append_msgs;
+        let max_inflight = self.cfg.inflight_append_msgs_max;
         for (id, pr) in &lead.progress {
             ensure!(
                 pr.match_index < pr.next_index
@@ -341,7 +341,7 @@ impl Engine {
             );
             ensure!(
                 pr.inflight.len() <= max_inflight,
-                "follower {id}: {} appends in flight, max_inflight_append_msgs = {max_inflight}",
+                "follower {id}: {} appends in flight, inflight_append_msgs_max = {max_inflight}",
                 pr.inflight.len()
             );
             let mut prev = pr.match_index;
@@ -407,10 +407,10 @@ impl Engine {
             );
             prev = ctx;
         }
-        let max = self.cfg.max_pending_reads;
+        let max = self.cfg.pending_reads_max;
         ensure!(
             lead.pending_reads.len() <= max,
-            "{} reads pending, max_pending_reads = {max}",
+            "{} reads pending, pending_reads_max = {max}",
             lead.pending_reads.len()
         );
         let mut prev = 0;

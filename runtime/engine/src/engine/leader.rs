@@ -31,7 +31,7 @@ pub(super) struct LeaderState {
     /// the round a majority answers starts a lease.
     pub(super) hb_rounds: VecDeque<(u64, u64)>,
     /// ReadIndex reads waiting for their heartbeat round (and this term's
-    /// no-op) to be acknowledged, in arrival order; at most `max_pending_reads`.
+    /// no-op) to be acknowledged, in arrival order; at most `pending_reads_max`.
     pub(super) pending_reads: VecDeque<PendingRead>,
     /// A read arrived since the last heartbeat round: the next poll starts one.
     pub(super) read_broadcast_needed: bool,

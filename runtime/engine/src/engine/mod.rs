@@ -135,7 +135,7 @@ pub struct Engine {
     applied: LogIndex,
     /// Proposals this node accepted as leader and has not resolved, as
     /// `(index, term, id)` in the order accepted, at most
-    /// `max_pending_proposals`. They survive losing the leadership: each is
+    /// `pending_proposals_max`. They survive losing the leadership: each is
     /// decided when its index is applied (or a snapshot covers it), from the
     /// front. Terms never decrease and indexes increase within a term, but
     /// not across terms: a later leadership may start below proposals of an
@@ -167,7 +167,7 @@ pub struct Engine {
     /// snapshot.index) / snapshot_hint_threshold_entries`); 0 after a new snapshot.
     hinted_band_applied: u64,
     /// The log-guardrail band last hinted for (`(last - snapshot.index) /
-    /// max_log_entries`); 0 after a new snapshot.
+    /// log_entries_max`); 0 after a new snapshot.
     hinted_band_log: u64,
 
     // ----- time

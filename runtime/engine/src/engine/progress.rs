@@ -5,7 +5,7 @@
 //! - **Probe**: the match point is unknown; one append at a time, walking
 //!   `next_index` back on each rejection (by term, using the follower's hint).
 //! - **Replicate**: the follower is in sync; appends are pipelined, at most
-//!   `max_inflight_append_msgs` unacknowledged.
+//!   `inflight_append_msgs_max` unacknowledged.
 //! - **Snapshot**: what the follower needs is below the leader's log floor;
 //!   the host streams a snapshot, and the follower returns to Replicate once
 //!   it acknowledges the snapshot's index.
@@ -28,7 +28,7 @@ pub(super) enum PrState {
 /// What the leader knows of one follower. Invariants (checked by
 /// `Engine::check_invariants`): `match_index < next_index`; `inflight` is
 /// empty unless in Replicate, increasing, above `match_index` and below
-/// `next_index`, at most `max_inflight_append_msgs` long.
+/// `next_index`, at most `inflight_append_msgs_max` long.
 #[derive(Clone, Debug)]
 pub(super) struct Progress {
     /// Highest index known to match the leader's log (0: nothing known).

@@ -26,18 +26,18 @@ impl Engine {
         if lead.transfer.is_some() {
             return Err(ProposalError::TransferInProgress);
         }
-        if self.pending_props.len() >= self.cfg.max_pending_proposals {
+        if self.pending_props.len() >= self.cfg.pending_proposals_max {
             return Err(ProposalError::Busy {
                 pending: self.pending_props.len(),
-                max: self.cfg.max_pending_proposals,
+                max: self.cfg.pending_proposals_max,
             });
         }
         let mut new_membership = None;
         match &mut kind {
-            EntryKind::Command { data, .. } if data.len() > self.cfg.max_command_bytes => {
+            EntryKind::Command { data, .. } if data.len() > self.cfg.command_bytes_max => {
                 return Err(ProposalError::TooLarge {
                     bytes: data.len(),
-                    max: self.cfg.max_command_bytes,
+                    max: self.cfg.command_bytes_max,
                 });
             }
             EntryKind::ConfChange(ce) => {
@@ -63,7 +63,7 @@ impl Engine {
 
     // ----- outcome and apply -----------------------------------------------
 
-    /// Hands out committed entries (at most `max_apply_entries` per
+    /// Hands out committed entries (at most `apply_entries_max` per
     /// [`Action::Apply`]), each proposal's outcome just before the batch
     /// holding its index: `Ok` if the entry committed there is the one
     /// proposed (same term), else `Superseded`. Nothing while a snapshot is
@@ -75,7 +75,7 @@ impl Engine {
         while self.applied < self.commit {
             let hi = self
                 .commit
-                .min(self.applied + self.cfg.max_apply_entries as u64);
+                .min(self.applied + self.cfg.apply_entries_max as u64);
             while let Some(&(idx, t, id)) = self.pending_props.front() {
                 if idx > hi {
                     break;

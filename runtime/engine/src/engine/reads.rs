@@ -103,11 +103,11 @@ impl Engine {
             });
             return;
         };
-        if lead.pending_reads.len() >= self.cfg.max_pending_reads {
+        if lead.pending_reads.len() >= self.cfg.pending_reads_max {
             self.outbox.actions.push(Action::ReadFailed {
                 id,
                 error: ReadError::Busy {
-                    max: self.cfg.max_pending_reads,
+                    max: self.cfg.pending_reads_max,
                 },
             });
             return;

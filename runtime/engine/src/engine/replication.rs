@@ -213,8 +213,8 @@ impl Engine {
         }
     }
 
-    /// Leader: appends to `id`, each within `max_append_entries` and
-    /// `max_append_bytes` (but at least one entry): one while probing, as
+    /// Leader: appends to `id`, each within `append_entries_max` and
+    /// `append_bytes_max` (but at least one entry): one while probing, as
     /// many as the in-flight window allows while replicating; a snapshot if
     /// what it needs is below our floor.
     fn send_appends_to(&mut self, id: NodeId) {
@@ -224,7 +224,7 @@ impl Engine {
             let Some(pr) = self.leader.as_mut().and_then(|l| l.progress.get_mut(&id)) else {
                 return;
             };
-            if pr.is_paused(self.cfg.max_inflight_append_msgs, last) {
+            if pr.is_paused(self.cfg.inflight_append_msgs_max, last) {
                 return;
             }
             if pr.next_index <= floor {
@@ -242,8 +242,8 @@ impl Engine {
             for e in self.log.range(next, last) {
                 let b = e.kind.approx_bytes();
                 if !entries.is_empty()
-                    && (entries.len() >= self.cfg.max_append_entries
-                        || bytes + b > self.cfg.max_append_bytes)
+                    && (entries.len() >= self.cfg.append_entries_max
+                        || bytes + b > self.cfg.append_bytes_max)
                 {
                     break;
                 }

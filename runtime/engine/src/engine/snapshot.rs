@@ -8,7 +8,7 @@ impl Engine {
 
     /// At each poll: hint a snapshot when applied entries past the latest
     /// snapshot cross another `snapshot_hint_threshold_entries` band, or the
-    /// log another `max_log_entries` band (once per band).
+    /// log another `log_entries_max` band (once per band).
     pub(super) fn maybe_hint(&mut self) {
         if self.installing.is_some() {
             return;
@@ -21,7 +21,7 @@ impl Engine {
             self.hinted_band_applied = band;
             self.hint(SnapshotReason::AppliedThreshold);
         }
-        let max = self.cfg.max_log_entries;
+        let max = self.cfg.log_entries_max;
         if max > 0 {
             let above = self.log.last_index().saturating_sub(snap);
             if above > max {

@@ -243,12 +243,12 @@ impl Sim {
         c.pre_vote = self.cfg.pre_vote;
         c.lease_reads = self.cfg.lease_reads;
         c.snapshot_hint_threshold_entries = self.cfg.snapshot_threshold;
-        c.max_log_entries = self.cfg.snapshot_threshold * 4;
+        c.log_entries_max = self.cfg.snapshot_threshold * 4;
         c.log_retention_margin_entries = self.cfg.retention_margin;
-        c.max_append_entries = 8;
-        c.max_append_bytes = 256;
-        c.max_inflight_append_msgs = 4;
-        c.max_pending_proposals = 32;
+        c.append_entries_max = 8;
+        c.append_bytes_max = 256;
+        c.inflight_append_msgs_max = 4;
+        c.pending_proposals_max = 32;
         c.snapshot_transfer_timeout_ticks = 15;
         c
     }
