@@ -36,11 +36,11 @@ use wraft_storage::SnapshotId;
 
 use super::divergence::{self, CheckOutcome, Digest, OutcomeChain};
 use super::snap::{self, SnapEvent, migrate};
-use crate::snapshot::format::NodeSnapshotHeader;
 use wraft_host::{
     self, CallError, HostEngine, LoadError, MachineHandle, MachineModule, TrapKind, WasiProfile,
 };
 use wraft_proto::{Command, MachineInfo, MachineLimits, Reply, RequestError, Response};
+use wraft_snapshot::format::NodeSnapshotHeader;
 
 /// Most client sessions remembered for deduplication.
 pub const SESSIONS_MAX: usize = 100_000;

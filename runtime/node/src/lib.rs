@@ -18,7 +18,6 @@ mod divergence;
 pub mod metrics;
 mod server;
 mod snap;
-pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,9 +37,6 @@ use wraft_storage::{
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::{AddressBook, Transport, TransportConfig};
 
-use crate::snapshot::transfer::{
-    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
-};
 pub use apply::ApplyState;
 use apply::{Applier, ApplyMsg, ReadTarget};
 use snap::SnapEvent;
@@ -50,6 +46,9 @@ use wraft_proto::digest::{hex, sha256};
 use wraft_proto::{
     Command, Consistency, MachineLimits, PeerStatus, Reply, Request, RequestError, Response,
     SnapshotListing, Status, WasiProfile,
+};
+use wraft_snapshot::transfer::{
+    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
 
 /// Most requests and raft messages taken in one driver turn before the

@@ -24,12 +24,31 @@ use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
 
 use super::apply::APPLY_BATCH_ENTRIES_MAX;
 use super::divergence::{self, Digest};
-use crate::snapshot::format::{
-    FrameKind, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshot, NodeSnapshotHeader,
-    NodeSnapshotWriter,
-};
-use wraft_host::{self, FnSink, HostEngine, MachineHandle, MachineModule};
+use wraft_host::{self, ChunkSource, FnSink, HostEngine, MachineHandle, MachineModule};
 use wraft_proto::Command;
+use wraft_snapshot::format::{
+    FormatError, FrameKind, MachineChunks, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshot,
+    NodeSnapshotHeader, NodeSnapshotWriter,
+};
+
+/// A machine section of a node snapshot as the host's restore source.
+///
+/// The format crate knows nothing of the host, so it gives [`MachineChunks::next_chunk`];
+/// the host's [`ChunkSource`] is implemented here, where both are known.
+struct SectionSource(MachineChunks);
+
+impl ChunkSource for SectionSource {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.0.next_chunk()
+    }
+}
+
+/// Machine `idx`'s guest snapshot in `snap`, for `MachineHandle::restore`.
+fn section_source(snap: &NodeSnapshot, idx: usize) -> Result<SectionSource, String> {
+    snap.machine_chunks(idx)
+        .map(SectionSource)
+        .ok_or_else(|| "snapshot section missing".to_string())
+}
 
 /// What the snapshot machinery reports to the driver.
 #[derive(Debug)]
@@ -210,9 +229,7 @@ pub async fn build_instance(
                 )));
             }
             let handle = start(&m.versions[v].module)?;
-            let src = b
-                .machine_chunks(idx)
-                .ok_or_else(|| "snapshot section missing".to_string())?;
+            let src = section_source(b, idx)?;
             handle
                 .restore(rec.snapshot_format, src)
                 .await
@@ -489,7 +506,7 @@ pub async fn create_snapshot(
             }
             w.sessions(&sessions)?;
             w.limits(&limits)?;
-            Ok::<_, crate::snapshot::format::FormatError>(Arc::new(Mutex::new(Some(w))))
+            Ok::<_, FormatError>(Arc::new(Mutex::new(Some(w))))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -603,9 +620,7 @@ pub async fn restore_all(
             None => module,
         };
         let handle = module.start().map_err(|e| e.to_string())?;
-        let src = snap
-            .machine_chunks(i)
-            .ok_or_else(|| "snapshot section missing".to_string())?;
+        let src = section_source(&snap, i)?;
         if let Err(e) = handle.restore(rec.snapshot_format, src).await {
             tokio::task::spawn_blocking(move || handle.shutdown());
             for (_, h) in machines.drain(..) {

@@ -30,7 +30,8 @@
 //!
 //! Guest state is never held whole in memory on either side: the writer
 //! appends each chunk as the guest yields it, and [`MachineChunks`] hands
-//! them back one at a time to a restoring instance.
+//! them back one at a time to a restoring instance. Nothing here knows the wasm
+//! host: `wraft-node` adapts [`MachineChunks::next_chunk`] to the host's `ChunkSource`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,9 +42,8 @@ use serde::{Deserialize, Serialize};
 use wraft_engine::{Membership, SessionTable};
 use wraft_storage::{SnapshotId, SnapshotReader, SnapshotStore, SnapshotWriter};
 
-use wraft_host::ChunkSource;
-use wraft_proto::MachineLimits;
 use wraft_proto::digest::hex;
+use wraft_proto::{MachineLimits, WasiProfile};
 
 /// `SnapshotMeta::format` of every node snapshot file written by this version.
 pub const NODE_SNAPSHOT_FORMAT: &str = "wraft-node/1";
@@ -117,7 +117,7 @@ pub struct MachineRecord {
     pub created_at: u64,
     /// The WASI profile the machine was deployed with: a restore must link
     /// the same imports every replica linked when applying its log.
-    pub wasi: wraft_host::WasiProfile,
+    pub wasi: WasiProfile,
 }
 
 /// The first frame: everything but the bulk data.
@@ -658,8 +658,11 @@ pub struct MachineChunks {
     done: bool,
 }
 
-impl ChunkSource for MachineChunks {
-    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
+impl MachineChunks {
+    /// The next chunk of guest snapshot (its frame's CRC32C checked), or `None` after the
+    /// section's end frame, whose chunk and byte counts must match what was read. An error
+    /// names the file and what is wrong; the section cannot be read further.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
         if self.done {
             return Ok(None);
         }
@@ -727,7 +730,7 @@ mod tests {
                     module_bytes: m.len() as u64,
                     deployed_at: 1,
                     created_at: 1,
-                    wasi: wraft_host::WasiProfile::None,
+                    wasi: WasiProfile::None,
                 })
                 .collect(),
         }
