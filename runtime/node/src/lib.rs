@@ -47,7 +47,7 @@ use wraft_proto::{
     Command, Consistency, MachineLimits, PeerStatus, Reply, Request, RequestError, Response,
     SnapshotListing, Status, WasiProfile,
 };
-use wraft_snapshot::transfer::{
+use wraft_snapshot::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wraft_snapshot::transfer::{
+use wraft_snapshot::{
     BandwidthLimiter, IncomingSlots, TransferConfig, receive_snapshot, send_snapshot,
 };
 use wraft_storage::{Membership, SnapshotId, SnapshotMeta, SnapshotStore, StdFs, StorageConfig};
