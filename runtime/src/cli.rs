@@ -365,9 +365,8 @@ impl SnapshotReport {
 /// `wraft snapshot inspect FILE`: check the storage header and whole-file
 /// digest, parse the node snapshot, and CRC-check every frame.
 pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
-    use wraft_host::ChunkSource;
-    use wraft_node::snapshot::format::{FileBody, NodeSnapshot};
     use wraft_proto::digest::hex;
+    use wraft_snapshot::format::{FileBody, NodeSnapshot};
     let info = wraft_storage::inspect_snapshot_file(path, false)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = SnapshotReport {

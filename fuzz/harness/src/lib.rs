@@ -8,8 +8,9 @@
 //! reports as a crash with the input saved.
 //!
 //! The crate deliberately does not depend on `wraft` (wasmtime): the client
-//! protocol and the config come from `wraft-proto`, which compiles the same
-//! source files without the host.
+//! protocol comes from `wraft-proto`, the config from `wraft-config`, the node
+//! snapshot format and the transfer protocol from `wraft-snapshot`, none of
+//! which pulls the host.
 //!
 //! | target | decoder | oracle |
 //! |---|---|---|
@@ -21,6 +22,10 @@
 //! | [`snapshot_incoming`] | `IncomingSnapshot::write_at`/`finalize` driven by fuzzed chunks | a finalized snapshot re-verifies |
 //! | [`client_proto`] | postcard `Request`, `Response`, `Command`, `EntryKind` | decode/encode is stable |
 //! | [`config_toml`] | `NodeConfig::parse` (TOML + validate) | an accepted config renders to TOML that parses to the same config |
+//! | [`node_snapshot_parse`] | `NodeSnapshot::parse` over an in-memory body, then every machine section | an accepted body re-encodes with the format's writer to the same snapshot, stably |
+//! | [`transfer_offer`] | `wire::decode_offer`, then the follower's offer rules | decode/encode is stable; accepted offers are within bounds; only the same file resumes |
+//! | [`transfer_reply`] | `wire::decode_reply`, then the leader's judgement of the answer and the acks | decode/encode is stable; acked offsets never go back; resends only at chunk boundaries |
+//! | [`transfer_chunk`] | `wire::decode_chunk_header` through the follower's `ChunkStream` | headers re-encode; chunks are written only contiguously, within the file; Nacks bounded |
 //!
 //! Every function costs one decode of at most the input (plus, for the storage
 //! targets, one in-memory file system and a writer thread per call) and panics
@@ -38,7 +43,15 @@ use wraft_storage::fault::FaultFs;
 use wraft_storage::{Log, OpenMode, SnapshotId, SnapshotStore, StorageConfig, Vfs};
 use wraft_transport::frame::{self, Decoded, FrameError};
 
+mod node_snapshot;
 pub mod seeds;
+mod transfer;
+
+pub use node_snapshot::{NODE_SNAPSHOT_READBACK_BYTES_MAX, node_snapshot_parse, reseal_frames};
+pub use transfer::{
+    TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_BYTES_MAX, TRANSFER_DIGEST, TRANSFER_FILE_BYTES,
+    TRANSFER_ID, transfer_chunk, transfer_offer, transfer_reply,
+};
 
 /// The `max_frame_bytes` values the frame targets choose between (first input byte).
 pub const FRAME_MAX_CHOICES: [u32; 4] = [16, 1024, 1 << 16, frame::DEFAULT_MAX_FRAME_BYTES];

@@ -37,6 +37,10 @@ pub fn all() -> Vec<Seed> {
     config(&mut out);
     wal(&mut out);
     snapshots(&mut out);
+    node_snapshots(&mut out);
+    transfer_offers(&mut out);
+    transfer_replies(&mut out);
+    transfer_chunks(&mut out);
     out
 }
 
@@ -521,4 +525,262 @@ fn snapshots(out: &mut Vec<Seed>) {
     write(&mut simple, 0, &empty);
     simple.push(3);
     push(out, "snapshot_incoming", "one-chunk", simple);
+}
+
+/// A node snapshot body written by the format's own writer: `modules.len()` machines, each
+/// with the guest `chunks`, a session table with one session, limits for odd machines.
+pub fn node_snapshot_body(version: u32, modules: &[&[u8]], chunks: &[&[u8]]) -> Vec<u8> {
+    use wraft_snapshot::format::{BodyWriter, MachineRecord, NodeSnapshotHeader};
+    let header = NodeSnapshotHeader {
+        format_version: version,
+        index: SNAP_ID.last_index,
+        term: SNAP_ID.last_term,
+        membership: wraft_engine::Membership::with_voters([1, 2, 3]),
+        last_timestamp_ms: 1_700_000_000_000,
+        addresses: vec![(4, "127.0.0.1:7004".parse().expect("addr"))],
+        machines: modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MachineRecord {
+                name: format!("m{i}"),
+                kind: "kv".into(),
+                version: "0.1.0".into(),
+                snapshot_format: 1,
+                module_sha256: wraft_proto::digest::sha256(m),
+                module_bytes: m.len() as u64,
+                deployed_at: 3,
+                created_at: 2,
+                wasi: if i % 2 == 0 {
+                    WasiProfile::None
+                } else {
+                    WasiProfile::Deterministic
+                },
+            })
+            .collect(),
+    };
+    let mut w = BodyWriter::in_memory(&header).expect("header");
+    for (i, m) in modules.iter().enumerate() {
+        w.module(i as u32, m).expect("module");
+    }
+    let mut sessions = wraft_engine::SessionTable::new(10, 1000);
+    let tag = ClientTag {
+        client_id: 9,
+        seq: 1,
+    };
+    sessions.open(tag.client_id, 5);
+    assert_eq!(sessions.admit(tag, 5), wraft_engine::SessionCheck::Fresh);
+    sessions.complete(tag, Bytes::from_static(b"out"));
+    w.sessions(&sessions).expect("sessions");
+    if version >= 2 {
+        let limits: Vec<Option<MachineLimits>> = (0..modules.len())
+            .map(|i| {
+                (i % 2 == 1).then_some(MachineLimits {
+                    fuel_per_entry: 1000,
+                    fuel_per_call: 2000,
+                    memory_bytes_max: 1 << 20,
+                    output_bytes_max: 4096,
+                })
+            })
+            .collect();
+        w.limits(&limits).expect("limits");
+    }
+    for i in 0..modules.len() {
+        w.machine_begin(i as u32).expect("begin");
+        for c in chunks {
+            w.machine_chunk(c).expect("chunk");
+        }
+        let bytes = chunks.iter().map(|c| c.len() as u64).sum();
+        w.machine_end(chunks.len() as u64, bytes).expect("end");
+    }
+    w.into_body(modules.len() as u32).expect("end frame")
+}
+
+fn node_snapshots(out: &mut Vec<Seed>) {
+    let t = "node_snapshot_parse";
+    let modules: [&[u8]; 2] = [b"\0asm module zero", b"\0asm module one"];
+    let chunks: [&[u8]; 2] = [b"{\"a\":1,\"b\":2}", &[7u8; 300]];
+    let two = node_snapshot_body(2, &modules, &chunks);
+    push(out, t, "two-machines", [&[0u8][..], &two].concat());
+    push(out, t, "two-machines-resealed", [&[1u8][..], &two].concat());
+    let v1 = node_snapshot_body(1, &modules[..1], &chunks[..1]);
+    push(out, t, "version-1", [&[0u8][..], &v1].concat());
+    let none = node_snapshot_body(2, &[], &[]);
+    push(out, t, "no-machines", [&[0u8][..], &none].concat());
+    let mut cut = two.clone();
+    cut.truncate(two.len() - 3);
+    push(out, t, "truncated", [&[1u8][..], &cut].concat());
+}
+
+fn offer(version: u16, file_len: u64, chunk_bytes: u32) -> wraft_snapshot::wire::Offer {
+    wraft_snapshot::wire::Offer {
+        magic: wraft_snapshot::wire::OFFER_MAGIC,
+        version,
+        id: SNAP_ID,
+        digest: [0xd1; 32],
+        file_len,
+        chunk_bytes,
+        leader_term: 3,
+    }
+}
+
+fn transfer_offers(out: &mut Vec<Seed>) {
+    use wraft_snapshot::wire::{KIND_OFFER, KIND_REPLY, encode_offer};
+    let t = "transfer_offer";
+    let v = wraft_snapshot::TRANSFER_PROTOCOL_VERSION;
+    let frame = |kind: u8, o| [vec![kind], encode_offer(&o).expect("offer")].concat();
+    push(
+        out,
+        t,
+        "offer",
+        frame(KIND_OFFER, offer(v, 24 << 20, 1 << 20)),
+    );
+    push(
+        out,
+        t,
+        "future-version",
+        frame(KIND_OFFER, offer(v + 1, 24 << 20, 1 << 20)),
+    );
+    push(
+        out,
+        t,
+        "chunk-zero",
+        frame(KIND_OFFER, offer(v, 24 << 20, 0)),
+    );
+    push(
+        out,
+        t,
+        "chunk-too-big",
+        frame(KIND_OFFER, offer(v, 24 << 20, 32 << 20)),
+    );
+    push(
+        out,
+        t,
+        "file-too-short",
+        frame(KIND_OFFER, offer(v, 10, 1 << 20)),
+    );
+    push(
+        out,
+        t,
+        "wrong-kind",
+        frame(KIND_REPLY, offer(v, 24 << 20, 1 << 20)),
+    );
+    push(out, t, "junk", [&[KIND_OFFER][..], &[0xff; 7]].concat());
+}
+
+fn transfer_replies(out: &mut Vec<Seed>) {
+    use crate::{TRANSFER_CHUNK_BYTES, TRANSFER_DIGEST, TRANSFER_FILE_BYTES};
+    use wraft_snapshot::wire::{KIND_REPLY, Reply, encode_reply};
+    let t = "transfer_reply";
+    let chunk = u64::from(TRANSFER_CHUNK_BYTES);
+    let seq = |replies: &[Reply]| -> Vec<u8> {
+        let mut v = Vec::new();
+        for r in replies {
+            let p = encode_reply(r).expect("reply");
+            v.push(KIND_REPLY);
+            v.push(u8::try_from(p.len()).expect("short reply"));
+            v.extend(p);
+        }
+        v
+    };
+    let all = [
+        Reply::Accept { resume_from: 0 },
+        Reply::Durable { offset: 2 * chunk },
+        Reply::Nack { offset: 3 * chunk },
+        Reply::Durable {
+            offset: TRANSFER_FILE_BYTES,
+        },
+        Reply::Verifying,
+        Reply::Received {
+            digest: TRANSFER_DIGEST,
+        },
+    ];
+    push(out, t, "accept-acks-nack-received", seq(&all));
+    let resumed = [
+        Reply::Accept {
+            resume_from: 2 * chunk,
+        },
+        Reply::Nack { offset: 5 * chunk },
+        Reply::Verifying,
+        Reply::Received { digest: [0; 32] },
+    ];
+    push(out, t, "resumed-then-digest-mismatch", seq(&resumed));
+    push(
+        out,
+        t,
+        "busy",
+        seq(&[Reply::Busy {
+            in_flight: 2,
+            limit: 2,
+        }]),
+    );
+    push(out, t, "already-have", seq(&[Reply::AlreadyHave]));
+    let reject = Reply::Reject {
+        reason: "chunk size 0 bytes is outside 1..=16777216 (chunk_bytes_max)".into(),
+    };
+    push(out, t, "reject", seq(&[reject]));
+    let failed = [
+        Reply::Accept { resume_from: 0 },
+        Reply::Failed {
+            reason: "disk full".into(),
+        },
+    ];
+    push(out, t, "accept-then-failed", seq(&failed));
+}
+
+fn transfer_chunks(out: &mut Vec<Seed>) {
+    use crate::TRANSFER_CHUNK_BYTES;
+    use wraft_snapshot::wire::{ChunkHeader, encode_chunk_header};
+    let t = "transfer_chunk";
+    let chunk = u64::from(TRANSFER_CHUNK_BYTES);
+    let data = |i: u64| -> Vec<u8> {
+        (0..TRANSFER_CHUNK_BYTES)
+            .map(|b| (b as u64 * 31 + i) as u8)
+            .collect()
+    };
+    let good = |i: u64| [encode_chunk_header(i * chunk, &data(i)).to_vec(), data(i)].concat();
+    let damaged = |i: u64| {
+        let mut d = data(i);
+        d[17] ^= 0x08;
+        [encode_chunk_header(i * chunk, &data(i)).to_vec(), d].concat()
+    };
+    // Resumed two chunks before the end, both arrive: the file is complete.
+    push(
+        out,
+        t,
+        "resume-near-end-complete",
+        [vec![0, 8, 14], good(14), good(15)].concat(),
+    );
+    // Chunk 0 arrives damaged and is Nacked; chunk 1 was already in flight (stale); then both.
+    let nack = [vec![0, 8, 0], damaged(0), good(1), good(0), good(1)].concat();
+    push(out, t, "nack-stale-resend", nack);
+    // The same chunk damaged three times with chunk_retries_max 2.
+    let exhausted = [vec![0, 2, 0], damaged(0), damaged(0), damaged(0)].concat();
+    push(out, t, "retries-exhausted", exhausted);
+    let mut bad_header = good(0);
+    bad_header[6] ^= 0x10;
+    push(
+        out,
+        t,
+        "damaged-header",
+        [vec![0, 8, 0], bad_header].concat(),
+    );
+    // A header with the reserved flags set (its CRC covers them): accepted.
+    let mut flags = ChunkHeader::for_data(0, &data(0)).encode();
+    flags[3] = 1;
+    let c = crc32c::crc32c(&flags[..20]);
+    flags[20..24].copy_from_slice(&c.to_le_bytes());
+    push(
+        out,
+        t,
+        "flags-set",
+        [vec![0, 8, 0], flags.to_vec(), data(0)].concat(),
+    );
+    // Header fields written by hand, both CRCs left to the resealing mode.
+    let mut raw = vec![3, 8, 0];
+    raw.extend(b"WC\x01\x00");
+    raw.extend(0u64.to_le_bytes());
+    raw.extend(100u32.to_le_bytes());
+    raw.extend([0u8; 8]);
+    raw.extend([0x5au8; 100]);
+    push(out, t, "resealed-by-mode", raw);
 }

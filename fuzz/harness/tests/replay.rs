@@ -9,7 +9,7 @@ use wraft_fuzz_harness as h;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 8] = [
+const TARGETS: [(&str, Target); 12] = [
     ("frame_decode", h::frame_decode),
     ("frame_stream", h::frame_stream),
     ("raft_message", h::raft_message),
@@ -18,6 +18,10 @@ const TARGETS: [(&str, Target); 8] = [
     ("snapshot_incoming", h::snapshot_incoming),
     ("client_proto", h::client_proto),
     ("config_toml", h::config_toml),
+    ("node_snapshot_parse", h::node_snapshot_parse),
+    ("transfer_offer", h::transfer_offer),
+    ("transfer_reply", h::transfer_reply),
+    ("transfer_chunk", h::transfer_chunk),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -130,4 +134,111 @@ fn valid_seeds_reach_recovery_success_paths() {
             _ => {}
         }
     }
+}
+
+/// The same for the node snapshot and transfer seeds: valid bodies parse and read back, a
+/// valid offer is accepted, the reply sequence reaches `Received`, and the chunk streams are
+/// written to their end (so the fuzzer starts past the checksums and the first checks).
+#[test]
+fn valid_node_snapshot_and_transfer_seeds_reach_the_deep_paths() {
+    use wraft_snapshot::format::{MemoryBody, NodeSnapshot};
+    use wraft_snapshot::receive::decide::{ChunkStream, ChunkVerdict, check_offer};
+    use wraft_snapshot::send::{AckStep, Acks, OfferAnswer, judge_answer};
+    use wraft_snapshot::wire::{self, CHUNK_HEADER_BYTES};
+    let mut reached = 0;
+    for (target, name, bytes) in h::seeds::all() {
+        match (target, name.as_str()) {
+            (
+                "node_snapshot_parse",
+                "two-machines" | "two-machines-resealed" | "version-1" | "no-machines",
+            ) => {
+                let snap = NodeSnapshot::parse(Arc::new(MemoryBody::new(
+                    bytes[1..].to_vec(),
+                    name.clone(),
+                )))
+                .unwrap_or_else(|e| panic!("seed {name} does not parse: {e}"));
+                for i in 0..snap.sections.len() {
+                    let mut src = snap.machine_chunks(i).unwrap();
+                    let mut n = 0;
+                    while src.next_chunk().unwrap().is_some() {
+                        n += 1;
+                    }
+                    assert_eq!(n, snap.sections[i].chunks, "seed {name}");
+                }
+                reached += 1;
+            }
+            ("transfer_offer", "offer") => {
+                let offer = wire::decode_offer(bytes[0], &bytes[1..]).unwrap();
+                check_offer(&offer, h::TRANSFER_CHUNK_BYTES_MAX).unwrap();
+                reached += 1;
+            }
+            ("transfer_reply", "accept-acks-nack-received") => {
+                let mut rest = &bytes[..];
+                let mut replies = Vec::new();
+                while let [kind, len, tail @ ..] = rest {
+                    let (p, tail) = tail.split_at(usize::from(*len));
+                    replies.push(wire::decode_reply(*kind, p).unwrap());
+                    rest = tail;
+                }
+                let mut replies = replies.into_iter();
+                let Ok(OfferAnswer::Accept { resume_from }) =
+                    judge_answer(replies.next(), h::TRANSFER_FILE_BYTES, 2, h::TRANSFER_ID)
+                else {
+                    panic!("seed {name}: the first reply is not an accept");
+                };
+                let mut acks = Acks::new(
+                    2,
+                    h::TRANSFER_ID,
+                    resume_from,
+                    h::TRANSFER_FILE_BYTES,
+                    u64::from(h::TRANSFER_CHUNK_BYTES),
+                    h::TRANSFER_DIGEST,
+                );
+                let last = replies.map(|r| acks.on_reply(Some(r)).unwrap()).last();
+                assert_eq!(last, Some(AckStep::Received), "seed {name}");
+                reached += 1;
+            }
+            (
+                "transfer_chunk",
+                "resume-near-end-complete" | "nack-stale-resend" | "resealed-by-mode" | "flags-set",
+            ) => {
+                let (mode, resume) = (bytes[0], u64::from(bytes[2]));
+                let limit = h::TRANSFER_CHUNK_BYTES;
+                let from = resume * u64::from(limit);
+                let mut s =
+                    ChunkStream::new(from, h::TRANSFER_FILE_BYTES, limit, u32::from(bytes[1]));
+                let mut rest = &bytes[3..];
+                let mut written = 0;
+                while let Some((hdr, tail)) = rest.split_first_chunk::<CHUNK_HEADER_BYTES>() {
+                    let mut hdr = *hdr;
+                    let len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]) as usize;
+                    let (data, tail) = tail.split_at(len);
+                    rest = tail;
+                    if mode & 2 != 0 {
+                        hdr[16..20].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+                    }
+                    if mode & 1 != 0 {
+                        let c = crc32c::crc32c(&hdr[..20]);
+                        hdr[20..24].copy_from_slice(&c.to_le_bytes());
+                    }
+                    let hd = s
+                        .on_header(&hdr)
+                        .unwrap_or_else(|e| panic!("seed {name}: {e}"));
+                    if s.on_data(&hd, data) == ChunkVerdict::Write {
+                        written += 1;
+                    }
+                }
+                assert!(written >= 1, "seed {name} writes nothing");
+                if name == "resume-near-end-complete" {
+                    assert!(s.is_complete(), "seed {name}");
+                }
+                if name == "nack-stale-resend" {
+                    assert_eq!(s.expected(), 2 * u64::from(limit), "seed {name}");
+                }
+                reached += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reached, 4 + 1 + 1 + 4, "a named seed is missing");
 }

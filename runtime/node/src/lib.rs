@@ -22,8 +22,10 @@
 //!   re-deriving on node-local failures, the applier's snapshots.
 //! - `divergence` — outcome digests and checkpoints that catch replicas that disagree.
 //! - `server` — client streams: one task per connection, bounded in-flight requests.
-//! - `snap` and [`snapshot`] — node snapshots: creation from shadow instances, restore, the
-//!   file format and InstallSnapshot over QUIC.
+//! - `snapshot` — node snapshots with the machines: creation from shadow instances
+//!   (`create`), restore and rebuilds (`restore`). The file format and InstallSnapshot over
+//!   QUIC are `wraft-snapshot`, which needs no wasm host.
+//! - `limits` — bounds shared by the applier and snapshot creation.
 //! - `codec` — engine entries and commands as log bytes.
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
 //!
@@ -34,11 +36,11 @@ mod apply;
 mod codec;
 mod divergence;
 mod driver;
+mod limits;
 pub mod metrics;
 mod node;
 mod server;
-mod snap;
-pub mod snapshot;
+mod snapshot;
 
 pub use apply::ApplyState;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};

@@ -23,7 +23,7 @@
 //! | `wraft_snapshot_index` | gauge | index of the newest snapshot (created or installed) |
 //! | `wraft_snapshot_install_seconds` | histogram | follower: restore + swap of a received snapshot |
 //! | `wraft_snapshot_installs_total` | counter | follower installs, by `outcome` |
-//! | `wraft_snapshot_transfer_*` | various | InstallSnapshot streams (see `snapshot::transfer`) |
+//! | `wraft_snapshot_transfer_*` | various | InstallSnapshot streams (see the `wraft-snapshot` crate docs) |
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -14,11 +14,11 @@ use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::{AddressBook, Transport, TransportConfig};
 
 use crate::apply::{Applier, ApplyState};
-use crate::snapshot::transfer::{BandwidthLimiter, IncomingSlots, TransferConfig};
 use wraft_config::{FsyncPolicy, NodeConfig};
 use wraft_host::{HostConfig, HostEngine};
 use wraft_proto::digest::sha256;
 use wraft_proto::{Request, RequestError, Response};
+use wraft_snapshot::{BandwidthLimiter, IncomingSlots, TransferConfig};
 
 use crate::codec::decode_entry;
 use crate::driver::snapshots::SnapState;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::divergence::{self, CheckOutcome};
-use crate::snap::migrate;
+use crate::snapshot::migrate;
 use wraft_host::{LoadError, MachineHandle, WasiProfile};
 use wraft_proto::{Command, MachineLimits, Reply, RequestError, Response};
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use wraft_engine::{ClientTag, Entry, EntryKind, SessionCheck};
 
 use crate::divergence::{self};
-use crate::snap::{self, SnapEvent, migrate};
+use crate::snapshot::{self, SnapEvent, migrate};
 use wraft_host::{CallError, TrapKind};
 use wraft_proto::{Command, Reply, RequestError, Response};
 
@@ -426,16 +426,23 @@ impl Applier {
         // off the async workers, as everywhere else it is opened.
         let opened = {
             let (storage, base) = (self.storage.clone(), self.base);
-            tokio::task::spawn_blocking(move || snap::open_base(&storage, base)).await
+            tokio::task::spawn_blocking(move || snapshot::open_base(&storage, base)).await
         };
         let result = match opened {
             Ok(Ok(base)) => {
                 let recorded = Some(&self.recorded);
-                snap::build_instance(&self.storage, base.as_ref(), &cut, before, false, recorded)
-                    .await
+                snapshot::build_instance(
+                    &self.storage,
+                    base.as_ref(),
+                    &cut,
+                    before,
+                    false,
+                    recorded,
+                )
+                .await
             }
-            Ok(Err(e)) => Err(snap::BuildError::Failed(e)),
-            Err(e) => Err(snap::BuildError::Failed(format!(
+            Ok(Err(e)) => Err(snapshot::BuildError::Failed(e)),
+            Err(e) => Err(snapshot::BuildError::Failed(format!(
                 "opening the base snapshot: {e}"
             ))),
         };
@@ -447,7 +454,7 @@ impl Applier {
                 m.handle = Some(handle);
                 m.healthy = true;
             }
-            Err(snap::BuildError::Diverged(e)) => {
+            Err(snapshot::BuildError::Diverged(e)) => {
                 tracing::error!(target: "wraft::apply", machine, error = %e, "replicas diverged");
                 m.healthy = false;
                 m.diverged = Some(e);

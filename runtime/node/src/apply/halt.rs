@@ -3,7 +3,7 @@
 use wraft_engine::{Entry, SessionTable};
 
 use crate::divergence::OutcomeChain;
-use crate::snap::{self, SnapEvent};
+use crate::snapshot::{self, SnapEvent};
 
 use super::*;
 
@@ -113,7 +113,7 @@ impl Applier {
     pub(super) async fn reset_to_base(&mut self) -> Result<(), String> {
         match self.base {
             Some(id) => {
-                let restored = snap::restore_all(&self.host, &self.storage, id).await?;
+                let restored = snapshot::restore_all(&self.host, &self.storage, id).await?;
                 self.swap_in(restored, id);
             }
             None => {

@@ -35,7 +35,8 @@ use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
 use crate::divergence::{Digest, OutcomeChain};
-use crate::snap::SnapEvent;
+use crate::limits::APPLY_BATCH_ENTRIES_MAX;
+use crate::snapshot::SnapEvent;
 use wraft_host::{HostEngine, MachineHandle, MachineModule};
 use wraft_proto::{MachineInfo, RequestError, Response};
 
@@ -52,8 +53,6 @@ use entries::is_deterministic;
 pub const SESSIONS_MAX: usize = 100_000;
 /// A session idle this long (in entry time) is forgotten, milliseconds.
 pub const SESSION_EXPIRY_MS: u64 = 3_600_000;
-/// Most entries sent to a guest in one `apply-batch` call.
-pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 /// Messages the applier takes from its queue before it serves ready reads and publishes.
 const APPLY_DRAIN_MSGS_MAX: usize = 1024;
 /// Longest the applier keeps taking queued messages before it serves ready reads.

@@ -7,8 +7,8 @@ use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
 use crate::divergence::OutcomeChain;
-use crate::snap::{self, SnapEvent};
-use crate::snapshot::format::NodeSnapshotHeader;
+use crate::snapshot::{self, SnapEvent};
+use wraft_snapshot::format::NodeSnapshotHeader;
 
 use wraft_proto::RequestError;
 
@@ -21,7 +21,7 @@ impl Applier {
         let t = std::time::Instant::now();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             term = id.last_term, "loading snapshot");
-        let restored = snap::restore_all(&self.host, &self.storage, id).await?;
+        let restored = snapshot::restore_all(&self.host, &self.storage, id).await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
@@ -31,7 +31,7 @@ impl Applier {
     }
 
     /// Replace the whole replicated state with `r` (snapshot `id`).
-    pub(super) fn swap_in(&mut self, r: snap::Restored, id: SnapshotId) {
+    pub(super) fn swap_in(&mut self, r: snapshot::Restored, id: SnapshotId) {
         for (_, m) in std::mem::take(&mut self.machines) {
             if let Some(h) = m.handle {
                 tokio::task::spawn_blocking(move || h.shutdown());
@@ -70,19 +70,19 @@ impl Applier {
         self.chain = OutcomeChain::unknown();
     }
 
-    pub(super) fn cut(&self, meta: SnapshotMeta) -> snap::Cut {
-        snap::Cut {
+    pub(super) fn cut(&self, meta: SnapshotMeta) -> snapshot::Cut {
+        snapshot::Cut {
             meta,
             machines: self
                 .machines
                 .iter()
-                .map(|(name, m)| snap::MachineCut {
+                .map(|(name, m)| snapshot::MachineCut {
                     name: name.clone(),
                     created_at: m.created_at,
                     versions: m
                         .versions
                         .iter()
-                        .map(|v| snap::VersionCut {
+                        .map(|v| snapshot::VersionCut {
                             deployed_at: v.deployed_at,
                             module: v.module.clone(),
                             bytes: v.bytes.clone(),
@@ -97,15 +97,15 @@ impl Applier {
         }
     }
 
-    pub(super) fn machine_cut(&self, name: &str) -> Option<snap::MachineCut> {
+    pub(super) fn machine_cut(&self, name: &str) -> Option<snapshot::MachineCut> {
         let m = self.machines.get(name)?;
-        Some(snap::MachineCut {
+        Some(snapshot::MachineCut {
             name: name.to_owned(),
             created_at: m.created_at,
             versions: m
                 .versions
                 .iter()
-                .map(|v| snap::VersionCut {
+                .map(|v| snapshot::VersionCut {
                     deployed_at: v.deployed_at,
                     module: v.module.clone(),
                     bytes: v.bytes.clone(),
@@ -144,7 +144,7 @@ impl Applier {
         let node = self.node;
         tokio::spawn(async move {
             let index = meta.index;
-            let ev = match snap::create_snapshot(node, storage, base, cut).await {
+            let ev = match snapshot::create_snapshot(node, storage, base, cut).await {
                 Ok(info) => SnapEvent::Created { meta, info },
                 Err(error) => SnapEvent::Failed { index, error },
             };
@@ -184,7 +184,7 @@ impl Applier {
         let t = std::time::Instant::now();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
             term = meta.term, "installing snapshot from the leader");
-        match snap::restore_all(&self.host, &self.storage, id).await {
+        match snapshot::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
                 self.swap_in(r, id);
                 let stale: Vec<u64> = self

@@ -20,7 +20,7 @@ use wraft_storage::Storage;
 use wraft_transport::{AddressBook, Transport};
 
 use crate::apply::{ApplyMsg, ApplyState, ReadTarget};
-use crate::snap::SnapEvent;
+use crate::snapshot::SnapEvent;
 use wraft_proto::{MachineLimits, PeerStatus, RequestError, Response, Status};
 
 use crate::driver::snapshots::SnapState;

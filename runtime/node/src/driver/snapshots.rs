@@ -9,11 +9,11 @@ use wraft_engine::{Event, Membership, Role, SnapshotMeta};
 use wraft_storage::{SnapshotId, SnapshotPin, Storage, WriteBatch};
 
 use crate::apply::ApplyMsg;
-use crate::snap::SnapEvent;
-use crate::snapshot::transfer::{
+use crate::snapshot::SnapEvent;
+use wraft_proto::Command;
+use wraft_snapshot::{
     BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
 };
-use wraft_proto::Command;
 
 use crate::driver::{Driver, PendingProposal};
 

@@ -1,7 +1,7 @@
 //! Snapshot transfer throughput over loopback QUIC, next to the raw single-stream quinn rate
 //! measured on the same bulk connection in the same run.
 //!
-//! Run: `cargo run --release -p wraft --example transfer_bench`
+//! Run: `cargo run --release -p wraft-snapshot --example transfer_bench`
 //!
 //! For each size (default 64 MiB and 1 GiB) it writes a snapshot of random bytes into a leader
 //! store, then, on two in-process transports (node 1 and node 2, mTLS, 127.0.0.1):
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wraft_node::snapshot::transfer::{
+use wraft_snapshot::{
     BandwidthLimiter, IncomingSlots, TransferConfig, receive_snapshot, send_snapshot,
 };
 use wraft_storage::{Membership, SnapshotId, SnapshotMeta, SnapshotStore, StdFs, StorageConfig};

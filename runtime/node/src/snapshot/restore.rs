@@ -1,105 +1,40 @@
-//! Snapshot creation, restore and machine rebuilds, off the consensus path.
+//! Instances from a node snapshot: restoring every machine of one (recovery, installs) and
+//! rebuilding one machine at any index above it by replaying the log (trap rebuilds,
+//! re-derivation after a halt, and the shadow instances a creation exports).
 //!
-//! **Creation never pauses the live machines for the export.** At the cut
-//! index the applier only clones its registry (module handles and bytes are
-//! reference counted), the session table and the entry clock — a few
-//! milliseconds — and goes on applying. A separate task then builds a
-//! *shadow* instance of every machine on its own thread: restored from the
-//! previous node snapshot (or fresh from the deploy entry) and replayed from
-//! the log up to the cut index, exactly as a trap rebuild would. The shadow's
-//! guest snapshot is streamed chunk by chunk straight into the snapshot file
-//! and the shadow is dropped. The price is CPU (restore + replay + export on a
-//! spare core) and, while a machine is exported, a second copy of its state in
-//! memory; the log must reach back to the previous snapshot, which compaction
-//! guarantees anyway (it keeps the fallback snapshot replayable).
+//! Nothing running is touched here: every function builds fresh instances and the caller
+//! swaps them in.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use wraft_engine::{EntryKind, SessionTable, SnapshotMeta};
-use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
-
-use super::apply::APPLY_BATCH_ENTRIES_MAX;
-use super::divergence::{self, Digest};
-use crate::snapshot::format::{
-    FrameKind, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshot, NodeSnapshotHeader,
-    NodeSnapshotWriter,
-};
-use wraft_host::{self, FnSink, HostEngine, MachineHandle, MachineModule};
+use wraft_engine::{EntryKind, SessionTable};
+use wraft_host::{self, ChunkSource, HostEngine, MachineHandle, MachineModule};
 use wraft_proto::Command;
+use wraft_snapshot::format::{MachineChunks, NodeSnapshot, NodeSnapshotHeader};
+use wraft_storage::{SnapshotId, Storage};
 
-/// What the snapshot machinery reports to the driver.
-#[derive(Debug)]
-pub enum SnapEvent {
-    /// A local snapshot is durable.
-    Created {
-        /// Engine metadata of the snapshot.
-        meta: SnapshotMeta,
-        /// The file.
-        info: SnapshotInfo,
-    },
-    /// A local snapshot attempt failed (logged); the engine re-hints later.
-    Failed {
-        /// The index that was attempted.
-        index: u64,
-        /// Why.
-        error: String,
-    },
-    /// Follower: the machines now run from the snapshot.
-    Installed {
-        /// The installed snapshot.
-        meta: SnapshotMeta,
-    },
-    /// Follower: the install failed; the old machines keep running.
-    InstallFailed {
-        /// The snapshot that could not be installed.
-        meta: SnapshotMeta,
-    },
-    /// A node-local failure halted the applier (it re-derives its state by itself).
-    ApplyHalted {
-        /// What failed, for status.
-        reason: String,
-    },
-    /// The applier applies again after a halt.
-    ApplyResumed,
-    /// This node's outcome digest after applied entry `index` (a leader proposes it as a
-    /// divergence checkpoint).
-    Checkpoint {
-        /// The applied index.
-        index: u64,
-        /// The digest after it.
-        digest: [u8; 32],
-    },
-    /// Follower: a snapshot file was received and published.
-    Received {
-        /// Leader that sent it.
-        from: u64,
-        /// Leader's term.
-        term: u64,
-        /// What it covers.
-        meta: SnapshotMeta,
-    },
-    /// Leader: the follower holds `durable_offset` bytes of snapshot `index`.
-    Progress {
-        /// Follower.
-        from: u64,
-        /// Snapshot index.
-        index: u64,
-        /// Bytes durably held by the follower.
-        durable_offset: u64,
-    },
-    /// Leader: a transfer ended (finished or failed).
-    TransferDone {
-        /// Follower.
-        to: u64,
-        /// Snapshot index.
-        index: u64,
-        /// `Ok` if the follower holds the whole file.
-        ok: bool,
-    },
+use crate::divergence::{self, Digest};
+use crate::limits::APPLY_BATCH_ENTRIES_MAX;
+
+/// A machine section of a node snapshot as the host's restore source.
+///
+/// The format crate knows nothing of the host, so it gives [`MachineChunks::next_chunk`];
+/// the host's [`ChunkSource`] is implemented here, where both are known.
+struct SectionSource(MachineChunks);
+
+impl ChunkSource for SectionSource {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.0.next_chunk()
+    }
+}
+
+/// Machine `idx`'s guest snapshot in `snap`, for `MachineHandle::restore`.
+fn section_source(snap: &NodeSnapshot, idx: usize) -> Result<SectionSource, String> {
+    snap.machine_chunks(idx)
+        .map(SectionSource)
+        .ok_or_else(|| "snapshot section missing".to_string())
 }
 
 /// One deployed version of a machine.
@@ -126,20 +61,6 @@ pub struct MachineCut {
     /// Entries of this machine that never reached the guest (duplicates,
     /// traps): a replay skips them too.
     pub skipped: BTreeSet<u64>,
-}
-
-/// Everything a snapshot at `meta.index` holds besides guest state.
-pub struct Cut {
-    /// Index, term, membership.
-    pub meta: SnapshotMeta,
-    /// Registry.
-    pub machines: Vec<MachineCut>,
-    /// Client sessions.
-    pub sessions: SessionTable,
-    /// Entry clock.
-    pub last_timestamp_ms: u64,
-    /// Replicated addresses.
-    pub addresses: BTreeMap<u64, SocketAddr>,
 }
 
 /// Build a fresh instance of `m` holding its state just before log index
@@ -210,9 +131,7 @@ pub async fn build_instance(
                 )));
             }
             let handle = start(&m.versions[v].module)?;
-            let src = b
-                .machine_chunks(idx)
-                .ok_or_else(|| "snapshot section missing".to_string())?;
+            let src = section_source(b, idx)?;
             handle
                 .restore(rec.snapshot_format, src)
                 .await
@@ -424,145 +343,6 @@ pub fn open_base(
     .transpose()
 }
 
-/// Write a node snapshot of `cut` from shadow instances (see the module
-/// docs). Runs on its own task; never touches the live machines.
-pub async fn create_snapshot(
-    node: u64,
-    storage: Arc<Storage>,
-    base: Option<SnapshotId>,
-    cut: Cut,
-) -> Result<SnapshotInfo, String> {
-    let started = Instant::now();
-    let index = cut.meta.index;
-    tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
-        machines = cut.machines.len(), base = ?base.map(|b| b.last_index), "creating snapshot");
-    let base_snap = {
-        let storage = storage.clone();
-        tokio::task::spawn_blocking(move || open_base(&storage, base))
-            .await
-            .map_err(|e| e.to_string())??
-    };
-    let header = NodeSnapshotHeader {
-        format_version: NODE_SNAPSHOT_VERSION,
-        index,
-        term: cut.meta.term,
-        membership: cut.meta.membership.clone(),
-        last_timestamp_ms: cut.last_timestamp_ms,
-        addresses: cut.addresses.iter().map(|(k, v)| (*k, *v)).collect(),
-        machines: cut
-            .machines
-            .iter()
-            .map(|m| {
-                let v = &m.versions[m.versions.len() - 1];
-                MachineRecord {
-                    name: m.name.clone(),
-                    kind: v.module.info().name.clone(),
-                    version: v.module.info().version.clone(),
-                    snapshot_format: v.module.info().snapshot_format,
-                    module_sha256: v.module.sha256(),
-                    module_bytes: v.bytes.len() as u64,
-                    deployed_at: v.deployed_at,
-                    created_at: m.created_at,
-                    wasi: v.module.wasi_profile(),
-                }
-            })
-            .collect(),
-    };
-    let writer: SharedWriter = {
-        let storage = storage.clone();
-        let header = header.clone();
-        let modules: Vec<Bytes> = cut
-            .machines
-            .iter()
-            .map(|m| m.versions[m.versions.len() - 1].bytes.clone())
-            .collect();
-        let sessions = cut.sessions.clone();
-        let limits: Vec<_> = cut
-            .machines
-            .iter()
-            .map(|m| m.versions[m.versions.len() - 1].module.limits())
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
-            for (i, b) in modules.iter().enumerate() {
-                w.module(i as u32, b)?;
-            }
-            w.sessions(&sessions)?;
-            w.limits(&limits)?;
-            Ok::<_, crate::snapshot::format::FormatError>(Arc::new(Mutex::new(Some(w))))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writing snapshot {index}: {e}"))?
-    };
-    let mut guest_bytes = 0u64;
-    for (i, m) in cut.machines.iter().enumerate() {
-        let t = Instant::now();
-        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true, None)
-            .await
-            .map_err(|e| format!("rebuilding {:?} at {index} for the snapshot: {e}", m.name))?;
-        let rebuilt = t.elapsed();
-        let result = export(&writer, i as u32, &shadow).await;
-        tokio::task::spawn_blocking(move || shadow.shutdown());
-        let (chunks, bytes) = result.map_err(|e| format!("exporting {:?}: {e}", m.name))?;
-        guest_bytes += bytes;
-        tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
-            rebuild_ms = rebuilt.as_millis() as u64, total_ms = t.elapsed().as_millis() as u64,
-            "machine exported");
-    }
-    drop(base_snap);
-    let n = cut.machines.len() as u32;
-    let info = tokio::task::spawn_blocking(move || {
-        // A machine thread may still hold its sink (an `Arc` clone) for a
-        // moment after answering; take the writer out instead of unwrapping.
-        let w = lock(&writer)?
-            .take()
-            .ok_or_else(|| "snapshot writer already finished".to_string())?;
-        w.finish(n).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(target: "wraft::snapshot", node, index, file_bytes = info.file_len,
-        guest_bytes, ratio = format!("{:.2}", info.file_len as f64 / guest_bytes.max(1) as f64),
-        duration_ms = (secs * 1000.0) as u64, file = %info.path.display(), "created snapshot");
-    Ok(info)
-}
-
-/// Stream `handle`'s guest snapshot into `writer` as machine section `idx`.
-async fn export(
-    writer: &SharedWriter,
-    idx: u32,
-    handle: &MachineHandle,
-) -> Result<(u64, u64), String> {
-    let begin = postcard::to_stdvec(&idx).map_err(|e| e.to_string())?;
-    frame(writer, FrameKind::MachineBegin, &begin)?;
-    let w = writer.clone();
-    // The sink runs on the machine's thread: each chunk goes to the file as
-    // the guest yields it.
-    let sink = FnSink(move |chunk: Vec<u8>| frame(&w, FrameKind::MachineChunk, &chunk));
-    let summary = handle.snapshot(sink).await.map_err(|e| e.to_string())?;
-    let end = postcard::to_stdvec(&(summary.chunks, summary.bytes)).map_err(|e| e.to_string())?;
-    frame(writer, FrameKind::MachineEnd, &end)?;
-    Ok((summary.chunks, summary.bytes))
-}
-
-/// The file being written, shared with machine threads (`None` once sealed).
-type SharedWriter = Arc<Mutex<Option<NodeSnapshotWriter>>>;
-
-/// Lock the writer; fails if it was poisoned or already sealed.
-fn lock(w: &SharedWriter) -> Result<std::sync::MutexGuard<'_, Option<NodeSnapshotWriter>>, String> {
-    w.lock().map_err(|_| "snapshot writer poisoned".to_string())
-}
-
-fn frame(w: &SharedWriter, kind: FrameKind, payload: &[u8]) -> Result<(), String> {
-    lock(w)?
-        .as_mut()
-        .ok_or_else(|| "snapshot writer already sealed".to_string())?
-        .frame(kind, payload)
-        .map_err(|e| e.to_string())
-}
-
 /// A registry restored from a snapshot: fresh instances holding its state.
 pub struct Restored {
     /// Header of the snapshot.
@@ -603,9 +383,7 @@ pub async fn restore_all(
             None => module,
         };
         let handle = module.start().map_err(|e| e.to_string())?;
-        let src = snap
-            .machine_chunks(i)
-            .ok_or_else(|| "snapshot section missing".to_string())?;
+        let src = section_source(&snap, i)?;
         if let Err(e) = handle.restore(rec.snapshot_format, src).await {
             tokio::task::spawn_blocking(move || handle.shutdown());
             for (_, h) in machines.drain(..) {

@@ -1,0 +1,184 @@
+//! Taking a node snapshot of the running machines, off the consensus path.
+//!
+//! **Creation never pauses the live machines for the export.** At the cut
+//! index the applier only clones its registry (module handles and bytes are
+//! reference counted), the session table and the entry clock — a few
+//! milliseconds — and goes on applying. A separate task then builds a
+//! *shadow* instance of every machine on its own thread: restored from the
+//! previous node snapshot (or fresh from the deploy entry) and replayed from
+//! the log up to the cut index, exactly as a trap rebuild would. The shadow's
+//! guest snapshot is streamed chunk by chunk straight into the snapshot file
+//! and the shadow is dropped. The price is CPU (restore + replay + export on a
+//! spare core) and, while a machine is exported, a second copy of its state in
+//! memory; the log must reach back to the previous snapshot, which compaction
+//! guarantees anyway (it keeps the fallback snapshot replayable).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use wraft_engine::{SessionTable, SnapshotMeta};
+use wraft_host::{FnSink, MachineHandle};
+use wraft_snapshot::format::{
+    FormatError, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshotHeader, NodeSnapshotWriter,
+};
+use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
+
+use super::restore::{MachineCut, build_instance, open_base};
+
+/// Everything a snapshot at `meta.index` holds besides guest state.
+pub struct Cut {
+    /// Index, term, membership.
+    pub meta: SnapshotMeta,
+    /// Registry.
+    pub machines: Vec<MachineCut>,
+    /// Client sessions.
+    pub sessions: SessionTable,
+    /// Entry clock.
+    pub last_timestamp_ms: u64,
+    /// Replicated addresses.
+    pub addresses: BTreeMap<u64, SocketAddr>,
+}
+
+/// Write a node snapshot of `cut` from shadow instances (see the module
+/// docs). Runs on its own task; never touches the live machines.
+pub async fn create_snapshot(
+    node: u64,
+    storage: Arc<Storage>,
+    base: Option<SnapshotId>,
+    cut: Cut,
+) -> Result<SnapshotInfo, String> {
+    let started = Instant::now();
+    let index = cut.meta.index;
+    tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
+        machines = cut.machines.len(), base = ?base.map(|b| b.last_index), "creating snapshot");
+    let base_snap = {
+        let storage = storage.clone();
+        tokio::task::spawn_blocking(move || open_base(&storage, base))
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let header = NodeSnapshotHeader {
+        format_version: NODE_SNAPSHOT_VERSION,
+        index,
+        term: cut.meta.term,
+        membership: cut.meta.membership.clone(),
+        last_timestamp_ms: cut.last_timestamp_ms,
+        addresses: cut.addresses.iter().map(|(k, v)| (*k, *v)).collect(),
+        machines: cut
+            .machines
+            .iter()
+            .map(|m| {
+                let v = &m.versions[m.versions.len() - 1];
+                MachineRecord {
+                    name: m.name.clone(),
+                    kind: v.module.info().name.clone(),
+                    version: v.module.info().version.clone(),
+                    snapshot_format: v.module.info().snapshot_format,
+                    module_sha256: v.module.sha256(),
+                    module_bytes: v.bytes.len() as u64,
+                    deployed_at: v.deployed_at,
+                    created_at: m.created_at,
+                    wasi: v.module.wasi_profile(),
+                }
+            })
+            .collect(),
+    };
+    let writer: SharedWriter = {
+        let storage = storage.clone();
+        let header = header.clone();
+        let modules: Vec<Bytes> = cut
+            .machines
+            .iter()
+            .map(|m| m.versions[m.versions.len() - 1].bytes.clone())
+            .collect();
+        let sessions = cut.sessions.clone();
+        let limits: Vec<_> = cut
+            .machines
+            .iter()
+            .map(|m| m.versions[m.versions.len() - 1].module.limits())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
+            for (i, b) in modules.iter().enumerate() {
+                w.module(i as u32, b)?;
+            }
+            w.sessions(&sessions)?;
+            w.limits(&limits)?;
+            Ok::<_, FormatError>(Arc::new(Mutex::new(Some(w))))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing snapshot {index}: {e}"))?
+    };
+    let mut guest_bytes = 0u64;
+    for (i, m) in cut.machines.iter().enumerate() {
+        let t = Instant::now();
+        let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true, None)
+            .await
+            .map_err(|e| format!("rebuilding {:?} at {index} for the snapshot: {e}", m.name))?;
+        let rebuilt = t.elapsed();
+        let result = export(&writer, i as u32, &shadow).await;
+        tokio::task::spawn_blocking(move || shadow.shutdown());
+        let (chunks, bytes) = result.map_err(|e| format!("exporting {:?}: {e}", m.name))?;
+        guest_bytes += bytes;
+        tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
+            rebuild_ms = rebuilt.as_millis() as u64, total_ms = t.elapsed().as_millis() as u64,
+            "machine exported");
+    }
+    drop(base_snap);
+    let n = cut.machines.len() as u32;
+    let info = tokio::task::spawn_blocking(move || {
+        // A machine thread may still hold its sink (an `Arc` clone) for a
+        // moment after answering; take the writer out instead of unwrapping.
+        let w = lock(&writer)?
+            .take()
+            .ok_or_else(|| "snapshot writer already finished".to_string())?;
+        w.finish(n).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(target: "wraft::snapshot", node, index, file_bytes = info.file_len,
+        guest_bytes, ratio = format!("{:.2}", info.file_len as f64 / guest_bytes.max(1) as f64),
+        duration_ms = (secs * 1000.0) as u64, file = %info.path.display(), "created snapshot");
+    Ok(info)
+}
+
+/// Stream `handle`'s guest snapshot into `writer` as machine section `idx`.
+async fn export(
+    writer: &SharedWriter,
+    idx: u32,
+    handle: &MachineHandle,
+) -> Result<(u64, u64), String> {
+    with_writer(writer, |w| w.machine_begin(idx))?;
+    let w = writer.clone();
+    // The sink runs on the machine's thread: each chunk goes to the file as
+    // the guest yields it.
+    let sink = FnSink(move |chunk: Vec<u8>| with_writer(&w, |w| w.machine_chunk(&chunk)));
+    let summary = handle.snapshot(sink).await.map_err(|e| e.to_string())?;
+    with_writer(writer, |w| w.machine_end(summary.chunks, summary.bytes))?;
+    Ok((summary.chunks, summary.bytes))
+}
+
+/// The file being written, shared with machine threads (`None` once sealed).
+type SharedWriter = Arc<Mutex<Option<NodeSnapshotWriter>>>;
+
+/// Lock the writer; fails if it was poisoned or already sealed.
+fn lock(w: &SharedWriter) -> Result<std::sync::MutexGuard<'_, Option<NodeSnapshotWriter>>, String> {
+    w.lock().map_err(|_| "snapshot writer poisoned".to_string())
+}
+
+/// Write to the shared writer (one frame, under its lock).
+fn with_writer(
+    w: &SharedWriter,
+    write: impl FnOnce(&mut NodeSnapshotWriter) -> Result<(), FormatError>,
+) -> Result<(), String> {
+    let mut guard = lock(w)?;
+    let writer = guard
+        .as_mut()
+        .ok_or_else(|| "snapshot writer already sealed".to_string())?;
+    write(writer).map_err(|e| e.to_string())
+}

@@ -1,0 +1,145 @@
+//! Why a transfer failed ([`TransferError`]).
+
+use wraft_storage::{SnapshotId, StorageError};
+use wraft_transport::NodeId;
+use wraft_transport::frame::FrameError;
+
+/// Why a transfer failed. Every variant names what was expected, what was found and where.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// A configuration bound is invalid.
+    #[error("snapshot transfer config: {key}: {msg}")]
+    Config {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// Local storage failed (opening, reading, writing, syncing or verifying the file).
+    #[error("snapshot {id}: storage: {source}")]
+    Storage {
+        /// The snapshot being transferred.
+        id: SnapshotId,
+        /// The storage error (names the file).
+        #[source]
+        source: StorageError,
+    },
+    /// Reading or writing a control frame failed (stream reset, connection lost, bad frame).
+    #[error("snapshot transfer with node {peer}: {during}: {source}")]
+    Frame {
+        /// The other node.
+        peer: NodeId,
+        /// What this side was doing.
+        during: &'static str,
+        /// The frame or stream error.
+        #[source]
+        source: FrameError,
+    },
+    /// The stream failed while moving chunk data.
+    #[error("snapshot transfer with node {peer}: {during} at offset {offset}: {detail}")]
+    Stream {
+        /// The other node.
+        peer: NodeId,
+        /// What this side was doing.
+        during: &'static str,
+        /// File offset reached.
+        offset: u64,
+        /// The stream error.
+        detail: String,
+    },
+    /// The other side broke the protocol (unexpected or malformed message).
+    #[error("snapshot transfer with node {peer}: protocol violation: {detail}")]
+    Protocol {
+        /// The other node.
+        peer: NodeId,
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// The other side closed the stream before the transfer finished.
+    #[error("snapshot transfer with node {peer}: peer closed the stream at offset {offset}")]
+    PeerClosed {
+        /// The other node.
+        peer: NodeId,
+        /// File offset reached.
+        offset: u64,
+    },
+    /// The follower refused the offer (unsupported version, chunk size over its limit, ...).
+    #[error("snapshot {id}: node {peer} rejected the offer: {reason}")]
+    Rejected {
+        /// The follower.
+        peer: NodeId,
+        /// The snapshot offered.
+        id: SnapshotId,
+        /// The follower's reason.
+        reason: String,
+    },
+    /// The follower reported a failure (disk error, digest mismatch at the end).
+    #[error("snapshot {id}: node {peer} failed to receive it: {reason}")]
+    PeerFailed {
+        /// The follower.
+        peer: NodeId,
+        /// The snapshot.
+        id: SnapshotId,
+        /// The follower's reason.
+        reason: String,
+    },
+    /// Receiver: every slot is taken (or this snapshot is already arriving on another stream);
+    /// the leader was told `Busy`.
+    #[error(
+        "snapshot {id} offered by node {peer}: busy ({in_flight} incoming transfers, max_incoming_transfers = {limit})"
+    )]
+    Busy {
+        /// The leader.
+        peer: NodeId,
+        /// The snapshot offered.
+        id: SnapshotId,
+        /// Transfers in flight.
+        in_flight: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing moved for `progress_timeout_ms`.
+    #[error(
+        "snapshot transfer with node {peer}: no progress for {timeout_ms} ms while {during} (offset {offset})"
+    )]
+    ProgressTimeout {
+        /// The other node.
+        peer: NodeId,
+        /// What this side was waiting for.
+        during: &'static str,
+        /// File offset reached.
+        offset: u64,
+        /// The configured `progress_timeout_ms`.
+        timeout_ms: u64,
+    },
+    /// The same chunk failed its checksum more than `chunk_retries_max` times in a row.
+    #[error(
+        "snapshot {id} from node {peer}: chunk at offset {offset} failed its CRC32C {failures} times (chunk_retries_max = {retries_max})"
+    )]
+    ChunkRetriesExhausted {
+        /// The leader.
+        peer: NodeId,
+        /// The snapshot.
+        id: SnapshotId,
+        /// Offset of the chunk.
+        offset: u64,
+        /// Consecutive checksum failures of this chunk.
+        failures: u32,
+        /// The configured `chunk_retries_max`.
+        retries_max: u32,
+    },
+    /// The received file's digest is not the one offered.
+    #[error(
+        "snapshot {id} from node {peer}: digest mismatch: offered {expected}, received {found}"
+    )]
+    DigestMismatch {
+        /// The other node.
+        peer: NodeId,
+        /// The snapshot.
+        id: SnapshotId,
+        /// Digest in the offer (hex).
+        expected: String,
+        /// Digest of the received file (hex).
+        found: String,
+    },
+}

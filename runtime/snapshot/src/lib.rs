@@ -1,0 +1,83 @@
+//! wraft's node snapshots, without the wasm host: the snapshot **file format** and
+//! **InstallSnapshot over QUIC** (moving a snapshot file from a leader to a follower,
+//! resumably).
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`format`](mod@format) | the node snapshot file's body: frames, header, [`format::NodeSnapshot::parse`], the writer |
+//! | [`wire`] | the transfer protocol's messages: [`wire::Offer`], [`wire::Reply`], the chunk header, their limits |
+//! | [`send`] | the leader's side: [`send_snapshot`] |
+//! | [`receive`] | the follower's side: [`receive_snapshot`], and its decisions without I/O ([`receive::decide`]) |
+//! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
+//!
+//! **Architecture invariant:** nothing here depends on wasmtime (`wraft-host`): the
+//! fuzz harness decodes these formats, and `wraft snapshot inspect` reads files, without a
+//! wasm engine. Taking a snapshot of running machines and restoring one into instances is
+//! `wraft-node`'s (`runtime/node/src/snapshot/`). `tests/no_host_dependency.rs` enforces it.
+//!
+//! # The transfer
+//!
+//! One transfer is one bidirectional stream on the bulk connection
+//! ([`wraft_transport::Transport::open_bulk`] / [`wraft_transport::Inbound::bulk`]), so a
+//! snapshot never shares flow control with the raft link.
+//!
+//! ```text
+//! leader                                             follower
+//!   Offer{magic,version,id,digest,file_len,chunk_bytes,leader_term} ->
+//!                              <- Accept{resume_from} | Busy | AlreadyHave | Reject{reason}
+//!   Chunk{offset,len,data_crc,header_crc}+data  ->   (CRC32C checked, queued to the disk thread)
+//!   ...                                          <- Durable{offset}   after each fdatasync
+//!                                                <- Nack{offset}      chunk failed its CRC32C:
+//!   Chunk at offset again, and everything after  ->   go back to it (nothing bad is written)
+//!                                                <- Verifying         heartbeats during BLAKE3
+//!                                                <- Received{digest}  verified + renamed
+//! ```
+//!
+//! * Control messages are postcard in `wraft_transport::frame` frames (magic, version, CRC32C).
+//!   Chunks use their own 24-byte header (magic `WC`, version, offset, length, CRC32C of the data,
+//!   CRC32C of the header): a corrupt chunk is rejected *by offset* and re-sent; a corrupt header
+//!   is fatal for the stream (the next offer resumes from the durable offset).
+//! * **Durability before acknowledgement.** The follower spools into
+//!   [`wraft_storage::SnapshotStore::incoming`], syncs every `sync_every_bytes`, and only then sends
+//!   `Durable{offset}`. A crash loses at most the unsynced tail.
+//! * **Resume** needs the same id *and* the same file: snapshots of one id taken on different
+//!   nodes need not be byte-identical (guest export order, compression), so the follower compares
+//!   the digest in its partial file's header with the offer's and restarts from 0 on mismatch.
+//! * **Pacing**: QUIC flow control only (stream window, bounded disk queue on the follower,
+//!   one chunk read ahead on the leader); nothing buffers the whole snapshot. An optional
+//!   [`BandwidthLimiter`] (governor) caps the send rate and can be changed at runtime.
+//! * **Timeouts are progress-based**: either side aborts after `progress_timeout_ms` without a
+//!   chunk moving, an acknowledgement, or a verification heartbeat.
+//!
+//! Metrics (every series has `node`): `wraft_snapshot_transfers_in_flight{direction}` (gauge),
+//! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
+//! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
+//! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
+//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft::snapshot`
+//! (the name from before the transfer left `wraft-node`, kept for operators' filters).
+//!
+//! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
+//! the environment variable [`CORRUPT_CHUNK_EVERY_ENV`] via
+//! [`TransferConfig::with_test_faults_from_env`].
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+pub mod format;
+pub mod limiter;
+mod metrics;
+mod progress;
+pub mod receive;
+pub mod send;
+pub mod wire;
+
+pub use config::{CORRUPT_CHUNK_EVERY_ENV, TransferConfig};
+pub use error::TransferError;
+pub use limiter::{BandwidthLimiter, IncomingSlots};
+pub use receive::{Received, receive_snapshot};
+pub use send::{SendOutcome, SendReport, send_snapshot};
+pub use wire::TRANSFER_PROTOCOL_VERSION;
+
+#[cfg(test)]
+mod transfer_tests;

@@ -1,0 +1,762 @@
+//! The leader's side of a transfer.
+//!
+//! [`send_snapshot`] runs these steps on the caller's task:
+//!
+//! 1. **open** the file (`open_reader`, pinned against retention while the reader lives);
+//! 2. **offer** it and read the answer (`offer`), judged by [`judge_answer`] (pure):
+//!    `Busy` and `AlreadyHave` end here, `Accept{resume_from}` goes on;
+//! 3. **stream** from `resume_from`: three futures in one `select!` — the chunk writer
+//!    (`write_chunks`: one chunk read ahead on a blocking thread, the bandwidth limiter,
+//!    header + data), the acknowledgement reader (`read_acks`, each reply judged by
+//!    [`Acks::on_reply`], pure), and the progress watchdog;
+//! 4. **finish**: a report, or the stream reset with the reason logged (`finish`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wraft_proto::digest::hex;
+use wraft_storage::{SnapshotId, SnapshotReader, SnapshotStore, StorageError};
+use wraft_transport::frame::{self, FrameError};
+use wraft_transport::quinn;
+use wraft_transport::{BulkStream, NodeId};
+
+use crate::limiter::BandwidthLimiter;
+use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
+use crate::progress::Progress;
+use crate::wire::{
+    self, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, OFFER_MAGIC, Offer, Reply,
+    TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
+};
+use crate::{TransferConfig, TransferError};
+
+/// How an offer ended, seen from the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The follower has the whole file durably, verified and published.
+    Completed,
+    /// The follower is at its limit of concurrent incoming transfers (or is already receiving
+    /// this snapshot on another stream); re-offer later with backoff.
+    Busy,
+    /// The follower already holds this snapshot complete; nothing was sent.
+    AlreadyHave,
+}
+
+/// What [`send_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// How the offer ended.
+    pub outcome: SendOutcome,
+    /// Offset the follower already held durably (0: from scratch).
+    pub resumed_from: u64,
+    /// Chunk payload bytes written to the stream, resends included.
+    pub bytes_sent: u64,
+    /// Chunks sent again after the follower rejected one (go-back to the rejected offset).
+    pub chunks_resent: u64,
+    /// Wall time from offer to the follower's *received* acknowledgement.
+    pub duration: Duration,
+}
+
+/// Leader side: offer snapshot `id` from `store` on `stream`, learn the follower's durable
+/// offset, stream the file from there in CRC32C-checked chunks (re-sending any chunk the
+/// follower rejects), report each durable acknowledgement through `on_durable(offset)`, and
+/// return once the follower acknowledges the verified, published file.
+///
+/// The snapshot is pinned (kept by retention) for the duration. Memory: about two chunks
+/// (the one being written and one read ahead). Paced by QUIC flow control and `limiter`.
+/// Fails on no progress for `cfg.progress_timeout_ms`, a stream error, or a protocol
+/// violation; the follower keeps its durable prefix, so the next offer resumes.
+/// `Busy` and `AlreadyHave` answers are `Ok` with the matching [`SendOutcome`].
+pub async fn send_snapshot(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    id: SnapshotId,
+    leader_term: u64,
+    cfg: &TransferConfig,
+    limiter: &BandwidthLimiter,
+    mut on_durable: impl FnMut(u64) + Send,
+) -> Result<SendReport, TransferError> {
+    cfg.validate()?;
+    let m = XferMetrics::new(cfg.node_id, "send");
+    let _in_flight = InFlight::new(m.in_flight());
+    let start = Instant::now();
+    let result = send_inner(
+        stream,
+        store,
+        id,
+        leader_term,
+        cfg,
+        limiter,
+        &mut on_durable,
+        &m,
+    )
+    .await;
+    let duration = start.elapsed();
+    m.finished(outcome_label(&result), duration);
+    result.map(|mut r| {
+        r.duration = duration;
+        r
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_inner(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    id: SnapshotId,
+    leader_term: u64,
+    cfg: &TransferConfig,
+    limiter: &BandwidthLimiter,
+    on_durable: &mut (impl FnMut(u64) + Send),
+    m: &XferMetrics,
+) -> Result<SendReport, TransferError> {
+    let BulkStream {
+        peer,
+        mut send,
+        mut recv,
+    } = stream;
+    let timeout_ms = cfg.progress_timeout_ms;
+
+    // 1. The file.
+    let reader = open_reader(store, id).await?;
+    let info = reader.info().clone();
+    let file_len = info.file_len;
+
+    // 2. The offer.
+    let o = Offer {
+        magic: OFFER_MAGIC,
+        version: TRANSFER_PROTOCOL_VERSION,
+        id,
+        digest: info.digest,
+        file_len,
+        chunk_bytes: cfg.chunk_bytes,
+        leader_term,
+    };
+    let answer = offer(&mut send, &mut recv, &o, peer, timeout_ms).await?;
+    let declined = |outcome, resumed_from| SendReport {
+        outcome,
+        resumed_from,
+        bytes_sent: 0,
+        chunks_resent: 0,
+        duration: Duration::ZERO,
+    };
+    let resume_from = match judge_answer(answer, file_len, peer, id)? {
+        OfferAnswer::Accept { resume_from } => resume_from,
+        OfferAnswer::Busy { in_flight, limit } => {
+            tracing::info!(target: LOG, %id, peer, in_flight, limit, "follower is busy; snapshot offer declined");
+            let _ = send.finish();
+            return Ok(declined(SendOutcome::Busy, 0));
+        }
+        OfferAnswer::AlreadyHave => {
+            tracing::info!(target: LOG, %id, peer, "follower already has the snapshot");
+            let _ = send.finish();
+            return Ok(declined(SendOutcome::AlreadyHave, file_len));
+        }
+    };
+    if resume_from > 0 {
+        m.resume();
+    }
+    tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes = cfg.chunk_bytes, "sending snapshot");
+
+    // 3. The stream.
+    let s = Sending {
+        peer,
+        id,
+        reader: &reader,
+        file_len,
+        chunk_bytes: u64::from(cfg.chunk_bytes),
+        cfg,
+        limiter,
+        m,
+        progress: Progress::new(resume_from),
+        rewind: Rewind::new(),
+        bytes_sent: AtomicU64::new(0),
+        chunks_resent: AtomicU64::new(0),
+    };
+    s.progress.touch();
+    let acks = Acks::new(peer, id, resume_from, file_len, s.chunk_bytes, info.digest);
+    let outcome: Result<(), TransferError> = tokio::select! {
+        r = read_acks(&s, &mut recv, acks, on_durable) => r,
+        r = write_chunks(&s, &mut send, resume_from) => r,
+        () = s.progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
+            peer, during: "streaming chunks", offset: s.progress.offset(), timeout_ms,
+        }),
+    };
+
+    // 4. The end.
+    finish(&s, &mut send, outcome, resume_from)
+}
+
+/// What the stream's futures share.
+struct Sending<'a> {
+    peer: NodeId,
+    id: SnapshotId,
+    reader: &'a Arc<SnapshotReader>,
+    file_len: u64,
+    chunk_bytes: u64,
+    cfg: &'a TransferConfig,
+    limiter: &'a BandwidthLimiter,
+    m: &'a XferMetrics,
+    progress: Progress,
+    /// Go-back requests from the acknowledgement reader to the chunk writer.
+    rewind: Rewind,
+    bytes_sent: AtomicU64,
+    chunks_resent: AtomicU64,
+}
+
+impl Sending<'_> {
+    fn storage(&self, source: StorageError) -> TransferError {
+        TransferError::Storage {
+            id: self.id,
+            source,
+        }
+    }
+}
+
+/// A go-back request: the offset the writer must resend from, and a wake-up for a writer that
+/// sent everything and waits.
+struct Rewind {
+    /// The offset, or [`NO_REWIND`].
+    to: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+/// No go-back pending (never a chunk offset).
+const NO_REWIND: u64 = u64::MAX;
+
+impl Rewind {
+    fn new() -> Self {
+        Rewind {
+            to: AtomicU64::new(NO_REWIND),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+    fn request(&self, offset: u64) {
+        self.to.store(offset, Ordering::Release);
+        self.wake.notify_one();
+    }
+    fn take(&self) -> Option<u64> {
+        Some(self.to.swap(NO_REWIND, Ordering::AcqRel)).filter(|r| *r != NO_REWIND)
+    }
+}
+
+/// Step 1: open snapshot `id` for reading, off the async workers.
+async fn open_reader(
+    store: &SnapshotStore,
+    id: SnapshotId,
+) -> Result<Arc<SnapshotReader>, TransferError> {
+    let storage = |source| TransferError::Storage { id, source };
+    let s = store.clone();
+    let reader = tokio::task::spawn_blocking(move || s.open_reader(id))
+        .await
+        .map_err(|e| storage(StorageError::Invalid(format!("reader task: {e}"))))?
+        .map_err(storage)?;
+    Ok(Arc::new(reader))
+}
+
+/// Step 2: send the offer and read the answer (`None`: the follower closed the stream), each
+/// within `timeout_ms`.
+async fn offer(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    offer: &Offer,
+    peer: NodeId,
+    timeout_ms: u64,
+) -> Result<Option<Reply>, TransferError> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let timed_out = |during| TransferError::ProgressTimeout {
+        peer,
+        during,
+        offset: 0,
+        timeout_ms,
+    };
+    let frame_err = |during| {
+        move |source| TransferError::Frame {
+            peer,
+            during,
+            source,
+        }
+    };
+    tokio::time::timeout(
+        timeout,
+        frame::write_msg(send, KIND_OFFER, offer, CONTROL_FRAME_BYTES_MAX),
+    )
+    .await
+    .map_err(|_| timed_out("sending the offer"))?
+    .map_err(frame_err("sending the offer"))?;
+    tokio::time::timeout(timeout, read_reply(recv))
+        .await
+        .map_err(|_| timed_out("waiting for the answer to the offer"))?
+        .map_err(frame_err("reading the answer to the offer"))
+}
+
+/// The follower's answer to an offer, when it is one the leader acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferAnswer {
+    /// Stream the file from `resume_from`.
+    Accept {
+        /// Bytes the follower already holds durably.
+        resume_from: u64,
+    },
+    /// The follower is at its limit; offer again later.
+    Busy {
+        /// Its transfers in flight.
+        in_flight: u32,
+        /// Its limit.
+        limit: u32,
+    },
+    /// The follower has the file already.
+    AlreadyHave,
+}
+
+/// Judge the answer to an offer of `file_len` bytes of snapshot `id` to `peer` (pure; `None`:
+/// the follower closed the stream). A `Reject`, a resume offset past the end or any other
+/// message is an error naming what was expected and found.
+pub fn judge_answer(
+    reply: Option<Reply>,
+    file_len: u64,
+    peer: NodeId,
+    id: SnapshotId,
+) -> Result<OfferAnswer, TransferError> {
+    match reply {
+        None => Err(TransferError::PeerClosed { peer, offset: 0 }),
+        Some(Reply::Accept { resume_from }) if resume_from <= file_len => {
+            Ok(OfferAnswer::Accept { resume_from })
+        }
+        Some(Reply::Busy { in_flight, limit }) => Ok(OfferAnswer::Busy { in_flight, limit }),
+        Some(Reply::AlreadyHave) => Ok(OfferAnswer::AlreadyHave),
+        Some(Reply::Reject { reason }) => Err(TransferError::Rejected { peer, id, reason }),
+        Some(other) => Err(TransferError::Protocol {
+            peer,
+            detail: format!(
+                "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, Busy, AlreadyHave or Reject, found {other:?}"
+            ),
+        }),
+    }
+}
+
+/// Step 3a: write chunks from `resume_from` to the end, going back whenever the
+/// acknowledgement reader asks; then wait for more go-backs. Returns only on an error.
+async fn write_chunks(
+    s: &Sending<'_>,
+    send: &mut quinn::SendStream,
+    resume_from: u64,
+) -> Result<(), TransferError> {
+    let (file_len, chunk_bytes) = (s.file_len, s.chunk_bytes);
+    let mut off = resume_from;
+    let mut high_water = resume_from;
+    let mut new_chunks: u64 = 0;
+    let mut ahead: Option<(u64, tokio::task::JoinHandle<ReadResult>)> = None;
+    loop {
+        if let Some(r) = s.rewind.take() {
+            off = r;
+        }
+        if off >= file_len {
+            s.rewind.wake.notified().await;
+            continue;
+        }
+        let len = chunk_bytes.min(file_len - off);
+        let data = match ahead.take() {
+            Some((o, h)) if o == off => h.await,
+            _ => read_ahead(s.reader, off, len).await,
+        }
+        .map_err(|e| s.storage(StorageError::Invalid(format!("reader task: {e}"))))?
+        .map_err(|e| s.storage(e))?;
+        let next = off + len;
+        if next < file_len {
+            let l = chunk_bytes.min(file_len - next);
+            ahead = Some((next, read_ahead_spawn(s.reader, next, l)));
+        }
+        s.limiter.acquire(len).await;
+        let header = encode_chunk_header(off, &data);
+        let first_transmission = off >= high_water;
+        if first_transmission {
+            new_chunks += 1;
+        }
+        let data = match s.cfg.corrupt_chunk_every {
+            Some(n) if first_transmission && new_chunks.is_multiple_of(u64::from(n.get())) => {
+                tracing::warn!(target: LOG, id = %s.id, peer = s.peer, offset = off, "TEST FAULT: corrupting outgoing chunk after its CRC32C");
+                corrupt_for_test(&data, new_chunks)
+            }
+            _ => data,
+        };
+        let stream_err = |e: quinn::WriteError| TransferError::Stream {
+            peer: s.peer,
+            during: "writing a chunk",
+            offset: off,
+            detail: e.to_string(),
+        };
+        send.write_all(&header).await.map_err(stream_err)?;
+        send.write_chunk(data).await.map_err(stream_err)?;
+        s.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        s.m.bytes().increment(len);
+        if off < high_water {
+            s.chunks_resent.fetch_add(1, Ordering::Relaxed);
+            s.m.chunks_resent(1);
+        }
+        high_water = high_water.max(next);
+        off = next;
+        s.progress.advance(off);
+    }
+}
+
+/// `data` with one bit flipped (which one depends on `nth`): the test fault of
+/// [`TransferConfig::corrupt_chunk_every`]. `data` is never empty (a chunk has 1.. bytes).
+fn corrupt_for_test(data: &[u8], nth: u64) -> Bytes {
+    let mut bad = data.to_vec();
+    let bit = (nth as usize * 7919) % (bad.len() * 8);
+    bad[bit / 8] ^= 1 << (bit % 8);
+    Bytes::from(bad)
+}
+
+type ReadResult = Result<Bytes, StorageError>;
+
+fn read_ahead_spawn(
+    reader: &Arc<SnapshotReader>,
+    off: u64,
+    len: u64,
+) -> tokio::task::JoinHandle<ReadResult> {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        let n = reader.read_file_at(off, &mut buf)?;
+        if n != buf.len() {
+            return Err(StorageError::Invalid(format!(
+                "snapshot {}: read {n} bytes at offset {off}, expected {len} (file shorter than its header says)",
+                reader.info().id()
+            )));
+        }
+        Ok(Bytes::from(buf))
+    })
+}
+
+async fn read_ahead(
+    reader: &Arc<SnapshotReader>,
+    off: u64,
+    len: u64,
+) -> Result<ReadResult, tokio::task::JoinError> {
+    read_ahead_spawn(reader, off, len).await
+}
+
+/// Step 3b: read the follower's acknowledgements until it reports the file received
+/// (`Ok`) or something goes wrong.
+async fn read_acks(
+    s: &Sending<'_>,
+    recv: &mut quinn::RecvStream,
+    mut acks: Acks,
+    on_durable: &mut (impl FnMut(u64) + Send),
+) -> Result<(), TransferError> {
+    loop {
+        let reply = read_reply(recv)
+            .await
+            .map_err(|source| TransferError::Frame {
+                peer: s.peer,
+                during: "reading acknowledgements",
+                source,
+            })?;
+        match acks.on_reply(reply)? {
+            AckStep::Durable(offset) => {
+                tracing::debug!(target: LOG, id = %s.id, peer = s.peer, offset, "follower made snapshot bytes durable");
+                on_durable(offset);
+                s.progress.touch();
+            }
+            AckStep::Resend(offset) => {
+                tracing::warn!(target: LOG, id = %s.id, peer = s.peer, offset, "follower rejected a chunk (CRC32C mismatch); re-sending from it");
+                s.rewind.request(offset);
+            }
+            AckStep::Verifying => s.progress.touch(),
+            AckStep::Received => {
+                on_durable(s.file_len);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What the leader knows of the follower during the stream, and the rules its replies must
+/// follow (pure).
+#[derive(Debug, Clone)]
+pub struct Acks {
+    peer: NodeId,
+    id: SnapshotId,
+    acked: u64,
+    resume_from: u64,
+    file_len: u64,
+    chunk_bytes: u64,
+    digest: [u8; 32],
+}
+
+/// What one reply during the stream means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStep {
+    /// Bytes `[0, offset)` are durable on the follower (never less than before).
+    Durable(u64),
+    /// The chunk at this offset (a chunk boundary) failed its CRC32C: resend from it.
+    Resend(u64),
+    /// The follower is verifying the whole file (a heartbeat).
+    Verifying,
+    /// The follower verified and published the file with the offered digest.
+    Received,
+}
+
+impl Acks {
+    /// The stream of snapshot `id` (`file_len` bytes, `digest`) to `peer`, resumed from
+    /// `resume_from`, in chunks of `chunk_bytes` (at least 1).
+    pub fn new(
+        peer: NodeId,
+        id: SnapshotId,
+        resume_from: u64,
+        file_len: u64,
+        chunk_bytes: u64,
+        digest: [u8; 32],
+    ) -> Self {
+        debug_assert!(chunk_bytes > 0 && resume_from <= file_len);
+        Acks {
+            peer,
+            id,
+            acked: resume_from,
+            resume_from,
+            file_len,
+            chunk_bytes,
+            digest,
+        }
+    }
+
+    /// Bytes the follower acknowledged as durable so far.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Judge one reply (`None`: the follower closed the stream). An error ends the transfer:
+    /// the follower failed, closed, sent back another digest, or broke the protocol (a durable
+    /// offset going back or past the end, a Nack off a chunk boundary, any other message).
+    pub fn on_reply(&mut self, reply: Option<Reply>) -> Result<AckStep, TransferError> {
+        let (peer, id) = (self.peer, self.id);
+        let (acked, file_len, chunk_bytes, resume_from) = (
+            self.acked,
+            self.file_len,
+            self.chunk_bytes,
+            self.resume_from,
+        );
+        match reply {
+            None => Err(TransferError::PeerClosed {
+                peer,
+                offset: acked,
+            }),
+            Some(Reply::Durable { offset }) if offset >= acked && offset <= file_len => {
+                self.acked = offset;
+                Ok(AckStep::Durable(offset))
+            }
+            Some(Reply::Nack { offset })
+                if offset >= resume_from
+                    && offset < file_len
+                    && (offset - resume_from).is_multiple_of(chunk_bytes) =>
+            {
+                Ok(AckStep::Resend(offset))
+            }
+            Some(Reply::Verifying) => Ok(AckStep::Verifying),
+            Some(Reply::Received { digest }) if digest == self.digest => Ok(AckStep::Received),
+            Some(Reply::Received { digest }) => Err(TransferError::DigestMismatch {
+                peer,
+                id,
+                expected: hex(&self.digest),
+                found: hex(&digest),
+            }),
+            Some(Reply::Failed { reason }) => Err(TransferError::PeerFailed { peer, id, reason }),
+            Some(other) => Err(TransferError::Protocol {
+                peer,
+                detail: format!(
+                    "during the transfer (acked {acked} of {file_len} bytes, chunk_bytes {chunk_bytes}, resumed from {resume_from}): expected Durable{{offset in {acked}..={file_len}}}, Nack at a chunk boundary, Verifying, Received or Failed, found {other:?}"
+                ),
+            }),
+        }
+    }
+}
+
+/// Step 4: the report, or the stream reset and the failure logged.
+fn finish(
+    s: &Sending<'_>,
+    send: &mut quinn::SendStream,
+    outcome: Result<(), TransferError>,
+    resume_from: u64,
+) -> Result<SendReport, TransferError> {
+    let (peer, id, file_len) = (s.peer, s.id, s.file_len);
+    let bytes_sent = s.bytes_sent.load(Ordering::Relaxed);
+    let chunks_resent = s.chunks_resent.load(Ordering::Relaxed);
+    match outcome {
+        Ok(()) => {
+            let _ = send.finish();
+            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_sent, chunks_resent, "snapshot sent and acknowledged");
+            Ok(SendReport {
+                outcome: SendOutcome::Completed,
+                resumed_from: resume_from,
+                bytes_sent,
+                chunks_resent,
+                duration: Duration::ZERO,
+            })
+        }
+        Err(e) => {
+            let _ = send.reset(quinn::VarInt::from_u32(CODE_TRANSFER_ABORTED));
+            tracing::warn!(target: LOG, %id, peer, error = %e, bytes_sent, "snapshot send failed; the next offer resumes from the follower's durable offset");
+            Err(e)
+        }
+    }
+}
+
+/// Read one follower -> leader control frame (`None`: the stream ended cleanly).
+pub(crate) async fn read_reply(recv: &mut quinn::RecvStream) -> Result<Option<Reply>, FrameError> {
+    match frame::read_frame(recv, CONTROL_FRAME_BYTES_MAX).await? {
+        None => Ok(None),
+        Some(f) => wire::decode_reply(f.kind, &f.payload).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: SnapshotId = SnapshotId {
+        last_index: 9,
+        last_term: 2,
+    };
+
+    fn acks() -> Acks {
+        // Resumed at 100 of 1000 bytes, chunks of 300: boundaries 100, 400, 700.
+        Acks::new(3, ID, 100, 1000, 300, [1; 32])
+    }
+
+    #[test]
+    fn an_accept_within_the_file_a_busy_or_already_have_answer_is_acted_on() {
+        let j = |r| judge_answer(Some(r), 1000, 3, ID);
+        assert_eq!(
+            j(Reply::Accept { resume_from: 1000 }).unwrap(),
+            OfferAnswer::Accept { resume_from: 1000 }
+        );
+        assert_eq!(
+            j(Reply::Busy {
+                in_flight: 2,
+                limit: 2
+            })
+            .unwrap(),
+            OfferAnswer::Busy {
+                in_flight: 2,
+                limit: 2
+            }
+        );
+        assert_eq!(j(Reply::AlreadyHave).unwrap(), OfferAnswer::AlreadyHave);
+    }
+
+    #[test]
+    fn a_reject_a_resume_past_the_end_or_a_closed_stream_ends_the_offer() {
+        let j = |r| judge_answer(r, 1000, 3, ID).unwrap_err();
+        assert!(matches!(
+            j(Some(Reply::Reject { reason: "no".into() })),
+            TransferError::Rejected { peer: 3, reason, .. } if reason == "no"
+        ));
+        let e = j(Some(Reply::Accept { resume_from: 1001 }));
+        assert!(
+            e.to_string()
+                .contains("expected Accept{resume_from <= 1000}, Busy, AlreadyHave or Reject, found Accept { resume_from: 1001 }"),
+            "{e}"
+        );
+        assert!(matches!(
+            j(Some(Reply::Verifying)),
+            TransferError::Protocol { .. }
+        ));
+        assert!(matches!(
+            j(None),
+            TransferError::PeerClosed { offset: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn durable_offsets_only_grow_and_stay_within_the_file() {
+        let mut a = acks();
+        assert_eq!(
+            a.on_reply(Some(Reply::Durable { offset: 100 })).unwrap(),
+            AckStep::Durable(100)
+        );
+        assert_eq!(
+            a.on_reply(Some(Reply::Durable { offset: 700 })).unwrap(),
+            AckStep::Durable(700)
+        );
+        assert_eq!(a.acked(), 700);
+        let e = a
+            .on_reply(Some(Reply::Durable { offset: 400 }))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected Durable{offset in 700..=1000}"),
+            "{e}"
+        );
+        let mut a = acks();
+        assert!(a.on_reply(Some(Reply::Durable { offset: 1001 })).is_err());
+    }
+
+    #[test]
+    fn a_nack_is_honoured_only_at_a_chunk_boundary_of_this_stream() {
+        let mut a = acks();
+        assert_eq!(
+            a.on_reply(Some(Reply::Nack { offset: 400 })).unwrap(),
+            AckStep::Resend(400)
+        );
+        assert_eq!(
+            a.on_reply(Some(Reply::Nack { offset: 100 })).unwrap(),
+            AckStep::Resend(100)
+        );
+        for bad in [0, 99, 401, 1000] {
+            assert!(
+                acks().on_reply(Some(Reply::Nack { offset: bad })).is_err(),
+                "nack at {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_stream_ends_on_received_with_the_offered_digest_and_fails_otherwise() {
+        let mut a = acks();
+        assert_eq!(
+            a.on_reply(Some(Reply::Verifying)).unwrap(),
+            AckStep::Verifying
+        );
+        assert_eq!(
+            a.on_reply(Some(Reply::Received { digest: [1; 32] }))
+                .unwrap(),
+            AckStep::Received
+        );
+        let e = acks()
+            .on_reply(Some(Reply::Received { digest: [2; 32] }))
+            .unwrap_err();
+        assert!(matches!(e, TransferError::DigestMismatch { .. }), "{e}");
+        let e = acks()
+            .on_reply(Some(Reply::Failed {
+                reason: "disk full".into(),
+            }))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("failed to receive it: disk full"),
+            "{e}"
+        );
+        let mut a = acks();
+        a.on_reply(Some(Reply::Durable { offset: 400 })).unwrap();
+        assert!(matches!(
+            a.on_reply(None).unwrap_err(),
+            TransferError::PeerClosed { offset: 400, .. }
+        ));
+        assert!(matches!(
+            acks().on_reply(Some(Reply::AlreadyHave)).unwrap_err(),
+            TransferError::Protocol { .. }
+        ));
+    }
+
+    #[test]
+    fn the_test_fault_flips_exactly_one_bit() {
+        let data = vec![0u8; 100];
+        for nth in [1, 2, 3, 1000] {
+            let bad = corrupt_for_test(&data, nth);
+            let flipped: u32 = bad.iter().map(|b| b.count_ones()).sum();
+            assert_eq!(flipped, 1);
+        }
+    }
+}
