@@ -23,7 +23,7 @@ use wraft_snapshot::{BandwidthLimiter, IncomingSlots, TransferConfig};
 use crate::codec::decode_entry;
 use crate::driver::snapshots::SnapState;
 use crate::driver::snapshots::serve_bulk;
-use crate::driver::{Driver, REQUEST_QUEUE_MAX};
+use crate::driver::{ClientCall, Driver, REQUEST_QUEUE_MAX};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +71,6 @@ pub enum NodeError {
     /// The newest valid snapshot could not be restored.
     #[error("restoring snapshot {0}")]
     Snapshot(String),
-}
-
-/// A request from a client connection to the driver.
-pub(crate) struct ClientCall {
-    pub request: Request,
-    /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
-    /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
-    /// Both senders (the client server and `Node::call`) set it for every deploy; the driver
-    /// hashes a deploy itself only if a future sender does not.
-    pub module_sha256: Option<[u8; 32]>,
-    pub reply: oneshot::Sender<Response>,
 }
 
 /// A running node. Dropping it does not stop the node; call [`Node::shutdown`].

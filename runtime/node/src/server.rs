@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
-use crate::node::ClientCall;
+use crate::driver::ClientCall;
 use wraft_config::ClientSection;
 use wraft_host::HostEngine;
 use wraft_proto::{

@@ -21,16 +21,26 @@ use wraft_transport::{AddressBook, Transport};
 
 use crate::apply::{ApplyMsg, ApplyState, ReadTarget};
 use crate::snapshot::SnapEvent;
-use wraft_proto::{MachineLimits, PeerStatus, RequestError, Response, Status};
+use wraft_proto::{MachineLimits, PeerStatus, Request, RequestError, Response, Status};
 
 use crate::driver::snapshots::SnapState;
-use crate::node::ClientCall;
 
 /// Most requests and raft messages taken in one driver turn before the
 /// engine's actions are executed; they share one persist and one append.
 pub const DRIVER_BATCH_EVENTS_MAX: usize = 4096;
 /// Capacity of the queue from client connections to the driver, requests.
 pub const REQUEST_QUEUE_MAX: usize = 65_536;
+
+/// A request from a client connection to the driver.
+pub(crate) struct ClientCall {
+    pub request: Request,
+    /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
+    /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
+    /// Both senders (the client server and `Node::call`) set it for every deploy; the driver
+    /// hashes a deploy itself only if a future sender does not.
+    pub module_sha256: Option<[u8; 32]>,
+    pub reply: oneshot::Sender<Response>,
+}
 
 pub(crate) enum PendingProposal {
     /// Answer with the machine's output once applied.

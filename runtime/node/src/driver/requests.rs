@@ -13,8 +13,8 @@ use wraft_proto::{
 };
 
 use crate::codec::{command_kind, encode_command};
+use crate::driver::ClientCall;
 use crate::driver::{Driver, PendingProposal, PendingRead};
-use crate::node::ClientCall;
 
 impl Driver {
     /// Serve `target` once this node, as leader, has confirmed its leadership and applied up to
