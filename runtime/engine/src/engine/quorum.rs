@@ -24,13 +24,18 @@ pub(crate) fn majority(voters: usize) -> usize {
 /// `acked` returns `None` has reached nothing; `None` when fewer than a
 /// majority have a value. `scratch` is working space (kept to avoid an
 /// allocation per call).
+#[inline]
 pub(crate) fn committed_index(
     voters: &BTreeSet<NodeId>,
     mut acked: impl FnMut(NodeId) -> Option<u64>,
     scratch: &mut Vec<u64>,
 ) -> Option<u64> {
     scratch.clear();
-    scratch.extend(voters.iter().filter_map(|&id| acked(id)));
+    for &id in voters {
+        if let Some(v) = acked(id) {
+            scratch.push(v);
+        }
+    }
     let q = majority(voters.len());
     if scratch.len() < q {
         return None;
