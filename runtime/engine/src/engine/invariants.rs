@@ -273,25 +273,23 @@ impl Engine {
             "{} proposals pending, pending_proposals_max = {max}",
             self.pending_props.len()
         );
-        // Ordered by term, and by index within a term; not by index across
-        // terms (see the field's doc).
+        // Ordered by index (and by term among proposals of one index), so each is decided
+        // when its own index is handed out; every one still pending is above `applied`.
         let mut prev = (0, 0);
         for &(index, term, id) in &self.pending_props {
             ensure!(
-                term <= self.term && (term, index) > prev,
+                term <= self.term && (index, term) > prev,
                 "proposal {id} at index {index} (term {term}) out of order (previous: index {} term {}; current term {})",
-                prev.1,
                 prev.0,
+                prev.1,
                 self.term
             );
-            prev = (term, index);
-        }
-        if let Some(&(index, term, id)) = self.pending_props.front() {
             ensure!(
                 index > self.applied,
-                "proposal {id} at index {index} (term {term}) is still pending at the front but index {} was applied",
+                "proposal {id} at index {index} (term {term}) is still pending but index {} was applied: its result would come after its Apply",
                 self.applied
             );
+            prev = (index, term);
         }
         Ok(())
     }

@@ -134,13 +134,12 @@ pub struct Engine {
     /// snapshot): `snapshot.index <= applied <= commit`.
     applied: LogIndex,
     /// Proposals this node accepted as leader and has not resolved, as
-    /// `(index, term, id)` in the order accepted, at most
+    /// `(index, term, id)`, at most
     /// `pending_proposals_max`. They survive losing the leadership: each is
     /// decided when its index is applied (or a snapshot covers it), from the
-    /// front. Terms never decrease and indexes increase within a term, but
-    /// not across terms: a later leadership may start below proposals of an
-    /// earlier one whose entries were truncated, and those then wait behind
-    /// them. The front is always above `applied`.
+    /// front. Kept in index order (then term): a later leadership may start
+    /// below proposals of an earlier one whose entries were truncated, and its
+    /// own are decided first all the same. Every one is above `applied`.
     pending_props: VecDeque<(LogIndex, Term, ProposalId)>,
 
     // ----- membership

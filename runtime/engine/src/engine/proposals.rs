@@ -53,7 +53,14 @@ impl Engine {
             term: self.term,
             kind,
         });
-        self.pending_props.push_back((index, self.term, id));
+        // In index order, whatever an earlier leadership left pending: a leadership that starts
+        // below proposals of an earlier one (whose entries were truncated) must not queue its
+        // own behind them, or their results would come after their `Apply`. Almost always
+        // this is the back.
+        let at = self
+            .pending_props
+            .partition_point(|&(i, t, _)| (i, t) <= (index, self.term));
+        self.pending_props.insert(at, (index, self.term, id));
         if let Some(m) = new_membership {
             self.record_conf_entry(index, m);
             self.on_membership_changed();
