@@ -76,20 +76,7 @@ impl Applier {
             machines: self
                 .machines
                 .iter()
-                .map(|(name, m)| snapshot::MachineCut {
-                    name: name.clone(),
-                    created_at: m.created_at,
-                    versions: m
-                        .versions
-                        .iter()
-                        .map(|v| snapshot::VersionCut {
-                            deployed_at: v.deployed_at,
-                            module: v.module.clone(),
-                            bytes: v.bytes.clone(),
-                        })
-                        .collect(),
-                    skipped: m.skipped.clone(),
-                })
+                .map(|(name, m)| machine_cut(name, m))
                 .collect(),
             sessions: self.sessions.clone(),
             last_timestamp_ms: self.last_timestamp_ms,
@@ -98,26 +85,12 @@ impl Applier {
     }
 
     pub(super) fn machine_cut(&self, name: &str) -> Option<snapshot::MachineCut> {
-        let m = self.machines.get(name)?;
-        Some(snapshot::MachineCut {
-            name: name.to_owned(),
-            created_at: m.created_at,
-            versions: m
-                .versions
-                .iter()
-                .map(|v| snapshot::VersionCut {
-                    deployed_at: v.deployed_at,
-                    module: v.module.clone(),
-                    bytes: v.bytes.clone(),
-                })
-                .collect(),
-            skipped: m.skipped.clone(),
-        })
+        self.machines.get(name).map(|m| machine_cut(name, m))
     }
 
     /// Start creating a snapshot of the state as of now (`meta.index` must be
     /// the applied index). The live machines keep applying: the export runs
-    /// from shadow instances on another task (see `snap`).
+    /// from shadow instances on another task (see `crate::snapshot`).
     pub(super) fn start_snapshot(&mut self, meta: SnapshotMeta) {
         if let Some(h) = &self.halted {
             // The live state may hold work past the failure point: never cut it.
@@ -218,5 +191,24 @@ impl Applier {
                 let _ = self.events.send(SnapEvent::InstallFailed { meta });
             }
         }
+    }
+}
+
+/// What a snapshot (or a rebuild) needs of one machine: its versions' modules and the entries
+/// it skipped, all reference-counted.
+fn machine_cut(name: &str, m: &Machine) -> snapshot::MachineCut {
+    snapshot::MachineCut {
+        name: name.to_owned(),
+        created_at: m.created_at,
+        versions: m
+            .versions
+            .iter()
+            .map(|v| snapshot::VersionCut {
+                deployed_at: v.deployed_at,
+                module: v.module.clone(),
+                bytes: v.bytes.clone(),
+            })
+            .collect(),
+        skipped: m.skipped.clone(),
     }
 }
