@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use wraft_engine::{Engine, InitialState, Membership, SnapshotMeta};
 use wraft_storage::{Storage, StorageConfig, WriterEvent};
 use wraft_transport::certs::{CertDir, TlsIdentity};
@@ -385,17 +385,7 @@ impl Node {
             }
             _ => None,
         };
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(ClientCall {
-                request,
-                module_sha256,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+        ClientCall::call(&self.requests, request, module_sha256).await
     }
 
     /// Stop serving, flush, and wait for the driver to exit.

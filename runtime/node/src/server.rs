@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
@@ -237,15 +237,5 @@ async fn handle(
         }
         _ => {}
     }
-    let (tx, rx) = oneshot::channel();
-    driver
-        .send(ClientCall {
-            request,
-            module_sha256,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
-    rx.await
-        .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+    ClientCall::call(driver, request, module_sha256).await
 }

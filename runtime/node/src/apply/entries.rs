@@ -148,18 +148,9 @@ impl Applier {
         // Anyone still waiting at or below the applied index lost their
         // entry to another leader's (the engine reports that separately);
         // do not leave them hanging.
-        let stale: Vec<u64> = self
-            .waiting
-            .range(..=self.applied)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in stale {
-            if let Some(r) = self.waiting.remove(&i) {
-                let _ = r.send(Err(RequestError::Internal(format!(
-                    "entry {i} applied without an outcome"
-                ))));
-            }
-        }
+        self.fail_waiting_through_applied(|i| {
+            RequestError::Internal(format!("entry {i} applied without an outcome"))
+        });
         Ok(())
     }
 

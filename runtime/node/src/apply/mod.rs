@@ -227,6 +227,16 @@ pub struct Applier {
 type Outcome = (u64, Option<ClientTag>, Response);
 
 impl Applier {
+    /// Answer every client still waiting on an index at or below `applied` with `error(index)`:
+    /// its entry was applied without an outcome for it (lost to another leader's, or covered
+    /// by an installed snapshot), and it must not hang.
+    fn fail_waiting_through_applied(&mut self, error: impl Fn(u64) -> RequestError) {
+        let rest = self.waiting.split_off(&(self.applied + 1));
+        for (i, reply) in std::mem::replace(&mut self.waiting, rest) {
+            let _ = reply.send(Err(error(i)));
+        }
+    }
+
     /// A new applier that will publish its progress into `published`.
     pub fn new(
         node: u64,

@@ -160,18 +160,11 @@ impl Applier {
         match snapshot::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
                 self.swap_in(r, id);
-                let stale: Vec<u64> = self
-                    .waiting
-                    .range(..=self.applied)
-                    .map(|(i, _)| *i)
-                    .collect();
-                for i in stale {
-                    if let Some(r) = self.waiting.remove(&i) {
-                        let _ = r.send(Err(RequestError::Timeout(format!(
-                            "entry {i} was covered by an installed snapshot; outcome unknown, retrying with the same tag is safe"
-                        ))));
-                    }
-                }
+                self.fail_waiting_through_applied(|i| {
+                    RequestError::Timeout(format!(
+                        "entry {i} was covered by an installed snapshot; outcome unknown, retrying with the same tag is safe"
+                    ))
+                });
                 let secs = t.elapsed().as_secs_f64();
                 self.metrics.install_seconds.record(secs);
                 tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,

@@ -42,6 +42,28 @@ pub(crate) struct ClientCall {
     pub reply: oneshot::Sender<Response>,
 }
 
+impl ClientCall {
+    /// Hand `request` to the driver and wait for its answer (both callers, the client server
+    /// and `Node::call`, go through here).
+    pub(crate) async fn call(
+        driver: &mpsc::Sender<ClientCall>,
+        request: Request,
+        module_sha256: Option<[u8; 32]>,
+    ) -> Response {
+        let (tx, rx) = oneshot::channel();
+        driver
+            .send(ClientCall {
+                request,
+                module_sha256,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+    }
+}
+
 pub(crate) enum PendingProposal {
     /// Answer with the machine's output once applied.
     Client(oneshot::Sender<Response>),
