@@ -5,6 +5,7 @@
 //! (the Rust client), `wraft-config` (the node's configuration), `wraft-host` (the wasm host),
 //! `wraft-node` (the node). This crate is the top floor: it owns the terminal.
 //!
+//! - [`backup`] — `snapshot save`, `restore`, `recover`: backup, restore and quorum-loss recovery.
 //! - [`cli`] — the cluster commands (`status`, `deploy`, `propose`, `query`, `snapshot`, `cert`).
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`fidelity`] — the snapshot fidelity check `wraft build` runs on a built component.
@@ -14,6 +15,7 @@
 //! - [`local`] — laying out a local cluster (demo, tests).
 //! - [`bench`] — `wraft bench`, the load generator.
 
+pub mod backup;
 pub mod bench;
 pub mod build;
 pub mod cli;

@@ -199,6 +199,38 @@ enum Cmd {
         #[command(subcommand)]
         op: SnapshotOp,
     },
+    /// Seed a new node's data directory from a saved snapshot, offline, before its first start
+    /// (run on every member of the new cluster with the same FILE and --members).
+    Restore {
+        /// The snapshot file (`wraft snapshot save`, or a node's own `.snap`).
+        file: PathBuf,
+        /// The new node's data directory: must be absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's id (one of --members).
+        #[arg(long)]
+        node_id: u64,
+        /// Every voter of the new cluster: ID=HOST:PORT, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true, value_parser = wraft::backup::parse_member)]
+        members: Vec<(u64, SocketAddr)>,
+    },
+    /// After losing a quorum for good: show a stopped node's data, or force it to be the only
+    /// voter of a new cluster from its own log (`--force-new-cluster`).
+    Recover {
+        /// The node's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key (as for `wraft node`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Make this node the only voter of a new cluster, keeping and committing its whole
+        /// log; writes it does not hold are lost. Needs the confirmation flag.
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// Confirm --force-new-cluster.
+        #[arg(long = "yes-i-know-writes-missing-here-are-lost")]
+        confirmed: bool,
+    },
     /// Start a local 3-node cluster, deploy the kv example and walk through it.
     Demo {
         /// Run the walkthrough and exit instead of serving afterwards.
@@ -271,6 +303,15 @@ enum SnapshotOp {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Back up the cluster: a node takes a snapshot now (or reuses its newest), streams it here
+    /// into FILE (through FILE.partial) and the file is verified as `inspect` does. Admin client
+    /// only.
+    Save {
+        /// Where to write the snapshot.
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Take a snapshot on a node now and wait (up to 10 min) until it is durable.
     Trigger {
@@ -589,6 +630,31 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     Err("the snapshot failed verification".into())
                 }
             }
+            SnapshotOp::Save { file, conn } => {
+                let c = client(&conn).await?;
+                let saved = wraft::backup::save(&c, &conn.endpoints, &file, |l, done| {
+                    eprintln!(
+                        "snapshot {} (term {}): {done} of {} bytes ({}%)",
+                        l.index,
+                        l.term,
+                        l.file_bytes,
+                        (done * 100).checked_div(l.file_bytes).unwrap_or(100)
+                    )
+                })
+                .await?;
+                println!(
+                    "saved snapshot at index {} (term {}) from {} to {}: {} bytes, digest {} \
+                     verified, {:.1} s",
+                    saved.listing.index,
+                    saved.listing.term,
+                    saved.from,
+                    saved.file.display(),
+                    saved.listing.file_bytes,
+                    saved.listing.digest,
+                    saved.elapsed.as_secs_f64()
+                );
+                Ok(())
+            }
             SnapshotOp::Trigger { conn } => {
                 let c = client(&conn).await?;
                 let l = c
@@ -614,6 +680,41 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 Ok(())
             }
         },
+        Cmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            members,
+        } => {
+            let r = wraft::backup::restore(&wraft::backup::RestoreOptions {
+                file,
+                data_dir: data_dir.clone(),
+                node_id,
+                members,
+            })?;
+            println!(
+                "restored node {node_id} in {} at index {} (term {}), machines {:?}: {}",
+                data_dir.display(),
+                r.index,
+                r.term,
+                r.machines,
+                r.path.display()
+            );
+            Ok(())
+        }
+        Cmd::Recover {
+            config,
+            overrides,
+            force_new_cluster,
+            confirmed,
+        } => {
+            let cfg = wraft_config::NodeConfig::load_with_overrides(&config, &overrides)?;
+            println!(
+                "{}",
+                wraft::backup::recover(&cfg, force_new_cluster, confirmed)?
+            );
+            Ok(())
+        }
         Cmd::Demo { once, module } => wraft::cli::demo(once, module).await,
         Cmd::Bench(args) => wraft::bench::run(args).await,
     }

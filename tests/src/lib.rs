@@ -210,6 +210,16 @@ impl Cluster {
 
     /// Lay out and start an `n`-node cluster; `tweak` adjusts each config.
     pub fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+        Self::start_prepared(n, tweak, |_| {})
+    }
+
+    /// [`Cluster::start_with`], calling `prepare` with each node's config after it is written
+    /// and before the node starts (e.g. to seed its data directory with `wraft restore`).
+    pub fn start_prepared(
+        n: u64,
+        tweak: impl Fn(&mut NodeConfig),
+        mut prepare: impl FnMut(&NodeConfig),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("wraft-e2e-")
             .tempdir()
@@ -222,6 +232,7 @@ impl Cluster {
             clients: Mutex::new(HashMap::new()),
         };
         for (cfg, path) in c.layout.nodes.clone() {
+            prepare(&cfg);
             c.insert_node(cfg, path);
         }
         c

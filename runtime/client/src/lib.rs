@@ -399,6 +399,32 @@ impl Client {
         }
     }
 
+    /// Read up to `bytes_max` bytes (at most [`wraft_proto::SNAPSHOT_READ_BYTES_MAX`]) of the
+    /// file of snapshot `index`/`term` on the node at `addr`, from `offset`: the file's length
+    /// and the bytes (empty at the end). Admin clients only. `wraft snapshot save` reads a
+    /// whole file this way, one bounded chunk at a time.
+    pub async fn snapshot_read(
+        &self,
+        addr: SocketAddr,
+        index: u64,
+        term: u64,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
+        let conn = self.connection_to(addr).await?;
+        let req = Request::SnapshotRead {
+            index,
+            term,
+            offset,
+            bytes_max,
+        };
+        match exchange(&conn, &req).await? {
+            Ok(Reply::SnapshotChunk { file_bytes, data }) => Ok((file_bytes, data)),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// Ask the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<String, ClientError> {
         done(self.call(Request::TransferLeader { to }, true).await?)

@@ -332,6 +332,10 @@ pub struct ClientSection {
     /// freeing the request's in-flight slot. Default 30 000 (a 16 MiB response needs a client
     /// reading at ≥ 0.6 MiB/s); 10..=3 600 000.
     pub response_write_timeout_ms: u64,
+    /// Client certificate names (`wraft cert --clients NAME`, the URI SAN `wraft:client:NAME`)
+    /// allowed what only an administrator may do: read the cluster's data whole
+    /// (`wraft snapshot save`). Default `["admin"]`.
+    pub admin_clients: Vec<String>,
 }
 
 impl Default for ClientSection {
@@ -342,6 +346,7 @@ impl Default for ClientSection {
             request_timeout_ms: 10_000,
             deploy_timeout_ms: 300_000,
             response_write_timeout_ms: 30_000,
+            admin_clients: vec!["admin".to_owned()],
         }
     }
 }

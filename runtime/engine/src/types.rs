@@ -45,6 +45,12 @@ pub enum ConfChange {
     PromoteLearner(NodeId),
     /// Remove a voter or learner (may be the leader itself).
     RemoveNode(NodeId),
+    /// Make this node the only voter, dropping every other member: written offline by
+    /// `wraft recover --force-new-cluster` on a surviving node after a quorum was lost for good
+    /// (never proposed: a leader has a quorum and changes members one at a time). Its entry
+    /// carries the next term, so it takes effect like any configuration on append and the node
+    /// commits its whole log alone.
+    ForceNewCluster(NodeId),
 }
 
 /// What a log entry carries.
@@ -177,6 +183,12 @@ impl Membership {
                     return Err(ConfChangeError::NotALearner(id));
                 }
                 next.voters.insert(id);
+            }
+            ConfChange::ForceNewCluster(id) => {
+                if id == 0 {
+                    return Err(ConfChangeError::InvalidNodeId);
+                }
+                next = Membership::with_voters([id]);
             }
             ConfChange::RemoveNode(id) => {
                 if next.voters.remove(&id) {

@@ -25,6 +25,7 @@
 //! - `snapshot` — node snapshots with the machines: creation from shadow instances
 //!   (`create`), restore and rebuilds (`restore`). The file format and InstallSnapshot over
 //!   QUIC are `wraft-snapshot`, which needs no wasm host.
+//! - [`recover`] — quorum-loss recovery, offline: a surviving node forced to be the only voter.
 //! - `limits` — bounds shared by the applier and snapshot creation.
 //! - `codec` — engine entries and commands as log bytes.
 //! - [`metrics`] — the Prometheus endpoint and the metric names.
@@ -39,6 +40,7 @@ mod driver;
 mod limits;
 pub mod metrics;
 mod node;
+pub mod recover;
 mod server;
 mod snapshot;
 

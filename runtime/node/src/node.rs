@@ -108,19 +108,7 @@ impl Node {
                 let _ = durable_tx.send(p.tag);
             }
         });
-        let mut scfg = StorageConfig::default();
-        scfg.fsync = match cfg.storage.fsync {
-            FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Durable,
-            FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Relaxed,
-        };
-        scfg.segment_bytes = cfg.storage.segment_bytes;
-        scfg.preallocate_bytes = cfg.storage.preallocate_bytes;
-        scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
-        // A deploy carries the whole module in one entry.
-        scfg.entry_bytes_max = scfg
-            .entry_bytes_max
-            .max(cfg.guest.module_bytes_max + (64 << 10))
-            .max(cfg.client.command_bytes_max + (64 << 10));
+        let scfg = storage_config(&cfg);
         let (storage, recovered) =
             Storage::open(&data_dir, &scfg, Some(on_event)).map_err(|source| {
                 NodeError::Storage {
@@ -312,6 +300,7 @@ impl Node {
             inbound.clients,
             req_tx.clone(),
             host.clone(),
+            storage.snapshots.clone(),
             cfg.client.clone(),
             shutdown_rx.clone(),
         ));
@@ -393,6 +382,25 @@ impl Node {
         let _ = self.shutdown.send(true);
         let _ = self.driver.await;
     }
+}
+
+/// The storage configuration of a node with config `cfg` (also what offline tools open its
+/// data directory with).
+pub(crate) fn storage_config(cfg: &NodeConfig) -> StorageConfig {
+    let mut scfg = StorageConfig::default();
+    scfg.fsync = match cfg.storage.fsync {
+        FsyncPolicy::Durable => wraft_storage::FsyncPolicy::Durable,
+        FsyncPolicy::Relaxed => wraft_storage::FsyncPolicy::Relaxed,
+    };
+    scfg.segment_bytes = cfg.storage.segment_bytes;
+    scfg.preallocate_bytes = cfg.storage.preallocate_bytes;
+    scfg.snapshot_retain_count = cfg.snapshot.retain_count as usize;
+    // A deploy carries the whole module in one entry.
+    scfg.entry_bytes_max = scfg
+        .entry_bytes_max
+        .max(cfg.guest.module_bytes_max + (64 << 10))
+        .max(cfg.client.command_bytes_max + (64 << 10));
+    scfg
 }
 
 pub(crate) fn load_node_tls(certs: &CertDir, id: u64) -> Result<TlsIdentity, NodeError> {

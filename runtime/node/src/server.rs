@@ -23,8 +23,11 @@ use crate::driver::ClientCall;
 use wraft_config::ClientSection;
 use wraft_host::HostEngine;
 use wraft_proto::{
-    CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Request, RequestError, Response,
+    CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Reply, Request, RequestError,
+    Response, SNAPSHOT_READ_BYTES_MAX,
 };
+use wraft_storage::{SnapshotId, SnapshotStore};
+use wraft_transport::Identity;
 
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
@@ -41,6 +44,7 @@ pub(super) async fn serve_clients(
     mut streams: mpsc::Receiver<ClientStream>,
     driver: mpsc::Sender<ClientCall>,
     host: Arc<HostEngine>,
+    snapshots: SnapshotStore,
     limits: ClientSection,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -70,9 +74,10 @@ pub(super) async fn serve_clients(
             continue;
         }
         let (driver, host, limits) = (driver.clone(), host.clone(), limits.clone());
+        let snapshots = snapshots.clone();
         requests += 1;
         in_flight.push(contained(true, async move {
-            serve_one(stream, driver, host, &limits).await;
+            serve_one(stream, driver, host, snapshots, &limits).await;
         }));
     }
 }
@@ -100,6 +105,7 @@ async fn serve_one(
     stream: ClientStream,
     driver: mpsc::Sender<ClientCall>,
     host: Arc<HostEngine>,
+    snapshots: SnapshotStore,
     limits: &ClientSection,
 ) {
     let ClientStream {
@@ -143,17 +149,74 @@ async fn serve_one(
         Request::Deploy { .. } | Request::DeployWith { .. } => limits.deploy_timeout_ms,
         _ => limits.request_timeout_ms,
     };
-    let response = tokio::time::timeout(
-        Duration::from_millis(outcome_ms),
-        handle(request, &driver, &host, limits),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(RequestError::Timeout(format!(
-            "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
-        )))
-    });
+    let serve = async {
+        match request {
+            Request::SnapshotRead {
+                index,
+                term,
+                offset,
+                bytes_max,
+            } => {
+                if !is_admin(&identity, limits) {
+                    tracing::warn!(target: "wraft::client", %identity,
+                        "refused a snapshot read: not an admin client");
+                    return Err(RequestError::Rejected(format!(
+                        "reading a snapshot needs an admin client certificate; {identity} is \
+                         not in client.admin_clients {:?}",
+                        limits.admin_clients
+                    )));
+                }
+                read_snapshot(snapshots, index, term, offset, bytes_max).await
+            }
+            request => handle(request, &driver, &host, limits).await,
+        }
+    };
+    let response = tokio::time::timeout(Duration::from_millis(outcome_ms), serve)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RequestError::Timeout(format!(
+                "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
+            )))
+        });
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
+}
+
+/// Whether `identity` may do what only an administrator may (`client.admin_clients`).
+fn is_admin(identity: &Identity, limits: &ClientSection) -> bool {
+    matches!(identity, Identity::Client(name) if limits.admin_clients.iter().any(|a| a == name))
+}
+
+/// One [`Request::SnapshotRead`]: up to [`SNAPSHOT_READ_BYTES_MAX`] bytes of a complete
+/// snapshot's file, read on the blocking pool with the snapshot pinned meanwhile.
+async fn read_snapshot(
+    snapshots: SnapshotStore,
+    index: u64,
+    term: u64,
+    offset: u64,
+    bytes_max: u64,
+) -> Response {
+    let id = SnapshotId {
+        last_index: index,
+        last_term: term,
+    };
+    let want = bytes_max.min(SNAPSHOT_READ_BYTES_MAX) as usize;
+    tokio::task::spawn_blocking(move || {
+        let reader = snapshots.open_reader(id).map_err(|e| {
+            RequestError::Rejected(format!(
+                "snapshot {index} (term {term}) cannot be read here: {e}; it may have been \
+                 retired by a newer one: start the download again"
+            ))
+        })?;
+        let file_bytes = reader.info().file_len;
+        let mut data = vec![0u8; want.min(file_bytes.saturating_sub(offset) as usize)];
+        let n = reader
+            .read_file_at(offset, &mut data)
+            .map_err(|e| RequestError::Internal(e.to_string()))?;
+        data.truncate(n);
+        Ok(Reply::SnapshotChunk { file_bytes, data })
+    })
+    .await
+    .map_err(|e| RequestError::Internal(e.to_string()))?
 }
 
 /// Write `response` and finish the stream, or reset it with

@@ -160,7 +160,28 @@ pub enum Request {
     /// Open a client session through the log; answered with [`Reply::SessionOpened`]. A
     /// retry opens another session (harmless: an unused session expires).
     OpenSession,
+    // --- backup (`wraft snapshot save`) ---
+    /// Read up to `bytes_max` bytes (at most [`SNAPSHOT_READ_BYTES_MAX`]) of the raw file of
+    /// this node's complete snapshot `index`/`term` (as listed by [`Request::Snapshots`]),
+    /// from byte `offset`. Answered with [`Reply::SnapshotChunk`]; an empty chunk means
+    /// `offset` is the end of the file. Admin clients only (`client.admin_clients`). Served
+    /// off the driver; the snapshot is pinned only while one chunk is read, so a snapshot
+    /// retired between two reads answers `Rejected` (start the download again).
+    SnapshotRead {
+        /// Last log index the snapshot covers.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// File offset of the first byte wanted.
+        offset: u64,
+        /// Most bytes wanted.
+        bytes_max: u64,
+    },
 }
+
+/// Largest chunk a [`Request::SnapshotRead`] answers with, bytes: what one read holds in the
+/// node's memory and in one response frame.
+pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1 << 20;
 
 /// Why a request failed. Every variant says what the caller can do next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -256,6 +277,15 @@ pub enum Reply {
         /// Its id: the log index of the registration. Tag commands with it, numbering them
         /// from 1.
         client_id: u64,
+    },
+    // --- backup (`wraft snapshot save`) ---
+    /// Bytes of a snapshot file (see [`Request::SnapshotRead`]).
+    SnapshotChunk {
+        /// Length of the whole file, bytes.
+        file_bytes: u64,
+        /// The file's bytes from the requested offset (empty at the end).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -440,6 +470,23 @@ pub enum Command {
         index: u64,
         /// The leader's digest after `index`.
         digest: [u8; 32],
+    },
+    // --- disaster recovery (`wraft recover --force-new-cluster`) ---
+    /// The record of a forced membership: written by `wraft recover --force-new-cluster` on
+    /// node `by` (offline, right after the configuration entry that makes `by` the only voter),
+    /// so every member that applies the log later sees that the cluster was re-formed from
+    /// that node's data, and from which membership. Changes no machine.
+    MembershipForced {
+        /// The surviving node that became the only voter.
+        by: u64,
+        /// Voters before.
+        previous_voters: Vec<u64>,
+        /// Learners before.
+        previous_learners: Vec<u64>,
+        /// The node's last log index before the forced entries.
+        last_index: u64,
+        /// Its term then.
+        term: u64,
     },
 }
 

@@ -53,6 +53,24 @@ impl Applier {
                     message: format!("checkpoint of entry {at}: {label}"),
                 })
             }
+            Command::MembershipForced {
+                by,
+                previous_voters,
+                previous_learners,
+                last_index,
+                term,
+            } => {
+                tracing::warn!(target: "wraft::node", node = self.node, index, by,
+                    ?previous_voters, ?previous_learners, last_index, term,
+                    "membership was forced: node {by} became the only voter \
+                     (wraft recover --force-new-cluster); previous voters {previous_voters:?}");
+                Ok(Reply::Done {
+                    message: format!(
+                        "membership forced by node {by} at index {index}, from voters \
+                         {previous_voters:?} learners {previous_learners:?}"
+                    ),
+                })
+            }
             Command::Apply { .. } => Err(RequestError::Internal(
                 "apply command routed to the admin path".into(),
             )),

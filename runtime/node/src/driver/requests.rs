@@ -184,6 +184,13 @@ impl Driver {
                     bytes_per_sec = self.snap.limiter.get().unwrap_or(0), "transfer rate cap changed");
                 let _ = reply.send(Ok(Reply::Done { message }));
             }
+            Request::SnapshotRead { .. } => {
+                // Served by the client server from the snapshot store, never by the driver
+                // (file reads stay off the consensus path).
+                let _ = reply.send(Err(RequestError::Rejected(
+                    "snapshot reads are served on client streams only".into(),
+                )));
+            }
             Request::Snapshots => {
                 let list = self
                     .storage

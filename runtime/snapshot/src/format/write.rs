@@ -44,6 +44,69 @@ impl NodeSnapshotWriter {
     pub fn finish(mut self, machines: u32) -> Result<wraft_storage::SnapshotInfo, FormatError> {
         Ok(self.end(machines)?.finish()?)
     }
+
+    /// Write a copy of the node snapshot body `src` into `store` under a new `header`: its
+    /// header frame is replaced and every other frame (modules, sessions, limits, machine
+    /// state, End) is copied byte for byte with its CRC, `io_chunk_bytes` at a time. What
+    /// `wraft restore` uses to give a saved snapshot a new membership and address book; the
+    /// caller checks that `header` keeps the source's index, term and machines. Nothing is
+    /// visible in `store` unless the whole copy succeeds (the storage writer publishes by
+    /// rename after fdatasync). Cost: one sequential read of `src`, one write.
+    pub fn copy_with_header(
+        store: &SnapshotStore,
+        header: &NodeSnapshotHeader,
+        src: &dyn super::BodySource,
+        io_chunk_bytes: usize,
+    ) -> Result<wraft_storage::SnapshotInfo, FormatError> {
+        let mut w = Self::begin(store, header)?;
+        let mut head = [0u8; FRAME_HEADER_BYTES as usize];
+        let n = src
+            .read_at(0, &mut head)
+            .map_err(|detail| FormatError::Io {
+                file: src.name(),
+                detail,
+            })?;
+        if n != head.len() || head[0] != FrameKind::Header as u8 {
+            return Err(FormatError::Invalid {
+                file: src.name(),
+                what: "header frame",
+                offset: 0,
+                expected: format!("a frame of kind {}", FrameKind::Header as u8),
+                found: format!("{n} bytes, kind {}", head.first().copied().unwrap_or(0)),
+            });
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let mut at = FRAME_HEADER_BYTES + u64::from(len);
+        let end = src.body_len();
+        let mut buf = vec![0u8; io_chunk_bytes.max(4096)];
+        while at < end {
+            let want = buf.len().min((end - at) as usize);
+            let n = src
+                .read_at(at, &mut buf[..want])
+                .map_err(|detail| FormatError::Io {
+                    file: src.name(),
+                    detail,
+                })?;
+            if n == 0 {
+                return Err(FormatError::Io {
+                    file: src.name(),
+                    detail: format!("body ends at {at}, {end} expected"),
+                });
+            }
+            let sink = w.inner.as_mut().ok_or_else(|| FormatError::Io {
+                file: "snapshot being written".into(),
+                detail: "writer already finished".into(),
+            })?;
+            sink.append(&buf[..n])?;
+            w.body_bytes += n as u64;
+            at += n as u64;
+        }
+        let sink = w.inner.take().ok_or_else(|| FormatError::Io {
+            file: "snapshot being written".into(),
+            detail: "writer already finished".into(),
+        })?;
+        Ok(sink.finish()?)
+    }
 }
 
 impl BodyWriter<Vec<u8>> {

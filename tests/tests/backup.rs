@@ -1,0 +1,400 @@
+//! Backup, restore and quorum-loss recovery against real `wraft node` processes, driven through
+//! the `wraft` command as an operator would: `wraft snapshot save`, `wraft snapshot inspect`,
+//! `wraft restore`, `wraft recover`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::json;
+use wraft_client::Client;
+use wraft_proto::Consistency;
+use wraft_tests::{Cluster, guest, json as to_json, kv_get, kv_put, kv_value, wait_for, wraft_bin};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run `wraft ARGS` against `cluster` (its endpoints and certificates in the environment).
+fn cli(cluster: &Cluster, args: &[&str]) -> Output {
+    let endpoints: Vec<String> = cluster.endpoints().iter().map(|a| a.to_string()).collect();
+    Command::new(wraft_bin())
+        .args(args)
+        .env("WRAFT_ENDPOINTS", endpoints.join(","))
+        .env("WRAFT_CERTS", cluster.certs_dir())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running wraft")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "wraft failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The queries a restored cluster must answer as the original did: every key of the kv
+/// machine (and one never written), and the counter.
+async fn answers(client: &Client, keys: &[String]) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for k in keys.iter().map(String::as_str).chain(["never-written"]) {
+        let a = client
+            .query("kv", &kv_get(k), Consistency::Linearizable)
+            .await
+            .expect("kv query");
+        out.insert(format!("kv {k}"), a);
+    }
+    let a = client
+        .query("ctr", b"{}", Consistency::Linearizable)
+        .await
+        .expect("counter query");
+    out.insert("counter".into(), a);
+    out
+}
+
+/// `--members` for a cluster: `1=ADDR,2=ADDR,...`.
+fn members_arg(cluster: &Cluster) -> String {
+    cluster
+        .ids()
+        .iter()
+        .map(|id| format!("{id}={}", cluster.addr(*id)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_snapshot_restored_into_a_new_cluster_answers_as_the_original_and_takes_writes() {
+    let backups = tempfile::tempdir().expect("temp dir");
+    let file = backups.path().join("cluster.snap");
+    let (before, keys, machines_before) = {
+        let mut old = Cluster::start(3);
+        old.wait_for_leader(LEADER_TIMEOUT).await;
+        let client = old.client().await;
+        client.deploy("kv", guest("kv")).await.expect("deploy kv");
+        client
+            .deploy("ctr", guest("counter"))
+            .await
+            .expect("deploy counter");
+        let mut keys = Vec::new();
+        for i in 0..40 {
+            let key = format!("key-{i:03}");
+            client
+                .propose("kv", &kv_put(&key, &format!("v{i}")))
+                .await
+                .expect("put");
+            keys.push(key);
+        }
+        // Overwrites and counter steps, so the state is not just the first values.
+        for i in (0..40).step_by(7) {
+            client
+                .propose("kv", &kv_put(&keys[i], &format!("second-{i}")))
+                .await
+                .expect("overwrite");
+            client
+                .propose("ctr", &to_json(json!({"Add": i as i64 + 1})))
+                .await
+                .expect("add");
+        }
+        let before = answers(&client, &keys).await;
+        let machines = client.machines().await.expect("machines");
+
+        let out = cli(&old, &["snapshot", "save", file.to_str().unwrap()]);
+        let stdout = ok(out.clone());
+        assert!(stdout.contains("verified"), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("bytes (100%)"),
+            "progress on stderr: {stderr}"
+        );
+        assert!(!backups.path().join("cluster.snap.partial").exists());
+        let inspect = ok(cli(
+            &old,
+            &["snapshot", "inspect", "--json", file.to_str().unwrap()],
+        ));
+        let report: serde_json::Value = serde_json::from_str(&inspect).expect("inspect JSON");
+        assert_eq!(report["ok"], true, "{inspect}");
+        assert_eq!(report["machines"].as_array().map(Vec::len), Some(2));
+
+        // Destroy the whole cluster: processes and data.
+        for id in old.ids() {
+            old.kill(id);
+            let dir = old.config(id).node.data_dir.clone();
+            std::fs::remove_dir_all(&dir).expect("deleting a data dir");
+        }
+        (before, keys, machines)
+    };
+
+    // A new cluster (new ports, new certificates), each member seeded from the same file.
+    let mut members = String::new();
+    let mut restored_dirs = Vec::new();
+    let new = Cluster::start_prepared(
+        3,
+        |_| {},
+        |cfg| {
+            if members.is_empty() {
+                members = cfg
+                    .cluster
+                    .members
+                    .iter()
+                    .map(|(id, a)| format!("{id}={a}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+            }
+            let out = Command::new(wraft_bin())
+                .args(["restore", file.to_str().unwrap(), "--data-dir"])
+                .arg(&cfg.node.data_dir)
+                .args(["--node-id", &cfg.node.id.to_string(), "--members", &members])
+                .output()
+                .expect("running wraft restore");
+            assert!(out.status.success(), "restore: {}", text(&out));
+            restored_dirs.push(cfg.node.data_dir.clone());
+        },
+    );
+    assert_eq!(restored_dirs.len(), 3);
+    assert_eq!(members, members_arg(&new));
+    new.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = new.client().await;
+    let after = wait_for(
+        "the restored cluster to answer",
+        CATCH_UP_TIMEOUT,
+        async || {
+            let ms = client.machines().await.ok()?;
+            (ms.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let () = after;
+    assert_eq!(answers(&client, &keys).await, before);
+    let machines_after = client.machines().await.expect("machines");
+    let strip = |ms: &[wraft_proto::MachineInfo]| {
+        ms.iter()
+            .map(|m| (m.name.clone(), m.module_sha256.clone(), m.deployed_at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&machines_after), strip(&machines_before));
+    let status = client.status().await.expect("status");
+    assert_eq!(status.voters, vec![1, 2, 3]);
+
+    // New writes work, and every member applies them.
+    let put = client
+        .propose("kv", &kv_put("after-restore", "yes"))
+        .await
+        .expect("a write to the restored cluster");
+    new.wait_applied(&new.ids(), put.index, CATCH_UP_TIMEOUT)
+        .await;
+    for id in new.ids() {
+        let a = new
+            .stale_query(id, "kv", &kv_get("after-restore"))
+            .await
+            .expect("stale read");
+        assert_eq!(kv_value(&a).as_deref(), Some("yes"), "node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_two_of_three_nodes_a_forced_survivor_keeps_every_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = c.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy kv");
+    let mut last = 0;
+    for i in 0..30 {
+        last = client
+            .propose("kv", &kv_put(&format!("k{i}"), &format!("v{i}")))
+            .await
+            .expect("put")
+            .index;
+    }
+    // Every acknowledged write reached node 1 (the survivor chosen below).
+    c.wait_applied(&[1], last, CATCH_UP_TIMEOUT).await;
+    drop(client);
+    for id in [2, 3] {
+        c.kill(id);
+        std::fs::remove_dir_all(&c.config(id).node.data_dir).expect("losing a node for good");
+    }
+    c.kill(1);
+    let config = c.dir().join("node-1.toml");
+    let config = config.to_str().unwrap();
+
+    // Without --force-new-cluster: a report only.
+    let report = ok(cli(&c, &["recover", "--config", config]));
+    assert!(report.contains("voters {1, 2, 3}"), "{report}");
+    // Forced without confirmation: refused, saying what it does and what may be lost.
+    let refused = cli(&c, &["recover", "--config", config, "--force-new-cluster"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("refused") && why.contains("lost"), "{why}");
+    assert!(
+        why.contains("--yes-i-know-writes-missing-here-are-lost"),
+        "{why}"
+    );
+    let still = ok(cli(&c, &["recover", "--config", config]));
+    assert!(
+        still.contains("voters {1, 2, 3}"),
+        "a refusal writes nothing: {still}"
+    );
+    // Confirmed.
+    let forced = ok(cli(
+        &c,
+        &[
+            "recover",
+            "--config",
+            config,
+            "--force-new-cluster",
+            "--yes-i-know-writes-missing-here-are-lost",
+        ],
+    ));
+    assert!(forced.contains("only voter"), "{forced}");
+
+    // The old members leave the config; the survivor starts as a cluster of one.
+    c.reconfigure(1, |cfg| cfg.cluster.members.retain(|id, _| *id == 1));
+    c.restart(1);
+    c.wait_for_leader_among(&[1], LEADER_TIMEOUT).await;
+    let client = c.client_for(vec![c.addr(1)]).await;
+    for i in 0..30 {
+        let a = client
+            .query("kv", &kv_get(&format!("k{i}")), Consistency::Linearizable)
+            .await
+            .expect("read on the survivor");
+        assert_eq!(kv_value(&a), Some(format!("v{i}")), "k{i}");
+    }
+    let after = client
+        .propose("kv", &kv_put("after-recovery", "yes"))
+        .await
+        .expect("a write to the recovered cluster");
+
+    // Members come back as fresh nodes with new ids, through the ordinary commands.
+    for id in [4, 5] {
+        let addr = c.add_node(id);
+        ok(cli(
+            &c,
+            &[
+                "members",
+                "add-learner",
+                &id.to_string(),
+                &addr.to_string(),
+                "--endpoints",
+                &c.addr(1).to_string(),
+            ],
+        ));
+        c.wait_applied(&[id], after.index, CATCH_UP_TIMEOUT).await;
+        wait_for(
+            &format!("node {id} promoted"),
+            CATCH_UP_TIMEOUT,
+            async || {
+                let out = cli(
+                    &c,
+                    &[
+                        "members",
+                        "promote",
+                        &id.to_string(),
+                        "--endpoints",
+                        &c.addr(1).to_string(),
+                    ],
+                );
+                out.status.success().then_some(())
+            },
+        )
+        .await;
+    }
+    let status = client.status().await.expect("status");
+    assert_eq!(status.voters, vec![1, 4, 5]);
+    // The forced change is in the replicated log: a re-added member applied its record.
+    assert!(
+        c.log(4).contains("membership was forced"),
+        "node 4's log names the forced change"
+    );
+
+    // The survivor is no longer needed: the re-added members hold every acknowledged write.
+    c.kill(1);
+    c.wait_for_leader_among(&[4, 5], LEADER_TIMEOUT).await;
+    let client = c.client_for(vec![c.addr(4), c.addr(5)]).await;
+    for (k, v) in (0..30)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .chain([("after-recovery".to_owned(), "yes".to_owned())])
+    {
+        let a = client
+            .query("kv", &kv_get(&k), Consistency::Linearizable)
+            .await
+            .expect("read on the re-added members");
+        assert_eq!(kv_value(&a), Some(v), "{k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_needs_an_admin_client_and_damaged_files_are_refused_by_restore_and_inspect() {
+    let c = Cluster::start(1);
+    c.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = c.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy kv");
+    client.propose("kv", &kv_put("a", "1")).await.expect("put");
+    wraft::local::issue_certs(c.certs_dir(), &[], &["app".to_owned()], 30).expect("client cert");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("b.snap");
+    let f = file.to_str().unwrap();
+
+    let refused = cli(&c, &["snapshot", "save", f, "--client", "app"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("admin"), "{why}");
+    assert!(!file.exists() && !dir.path().join("b.snap.partial").exists());
+
+    ok(cli(&c, &["snapshot", "save", f]));
+    let bytes = std::fs::read(&file).expect("saved file");
+    let restore = |snap: &Path, data: &Path| {
+        Command::new(wraft_bin())
+            .arg("restore")
+            .arg(snap)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--node-id", "1", "--members", "1=127.0.0.1:1"])
+            .output()
+            .expect("running wraft restore")
+    };
+
+    // Truncated (a download cut short), then one flipped byte in the body.
+    let truncated = dir.path().join("truncated.snap");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - bytes.len() / 3;
+    flipped[at] ^= 0x40;
+    let corrupt = dir.path().join("corrupt.snap");
+    std::fs::write(&corrupt, &flipped).unwrap();
+    for (bad, expect) in [(&truncated, "file length"), (&corrupt, "digest")] {
+        let data = dir.path().join("restored");
+        let out = restore(bad, &data);
+        assert!(!out.status.success(), "{}", text(&out));
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains(expect), "restore of {}: {why}", bad.display());
+        assert!(!data.exists(), "a refused restore leaves nothing");
+        let out = cli(&c, &["snapshot", "inspect", bad.to_str().unwrap()]);
+        assert!(!out.status.success(), "{}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains(expect),
+            "inspect of {}: {said}",
+            bad.display()
+        );
+    }
+
+    // The good file restores; a second restore into the same directory is refused.
+    let data = dir.path().join("restored");
+    let out = restore(&file, &data);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = restore(&file, &data);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        text(&again)
+    );
+}
