@@ -309,10 +309,13 @@ async fn after_losing_two_of_three_nodes_a_forced_survivor_keeps_every_acknowled
     let status = client.status().await.expect("status");
     assert_eq!(status.voters, vec![1, 4, 5]);
     // The forced change is in the replicated log: a re-added member applied its record.
-    assert!(
-        c.log(4).contains("membership was forced"),
-        "node 4's log names the forced change"
-    );
+    // The forced change is in the replicated log: a re-added member applies its record.
+    wait_for(
+        "node 4 to apply the record of the forced change",
+        CATCH_UP_TIMEOUT,
+        async || c.log(4).contains("membership was forced").then_some(()),
+    )
+    .await;
 
     // The survivor is no longer needed: the re-added members hold every acknowledged write.
     c.kill(1);
