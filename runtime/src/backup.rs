@@ -64,14 +64,44 @@ pub async fn save(
 ) -> Result<Saved, AnyError> {
     let started = Instant::now();
     let ep = node_with_commit(client, endpoints).await?;
-    let listing = snapshot_to_save(client, ep).await?;
-    download(client, ep, &listing, file, &mut progress).await?;
-    Ok(Saved {
-        from: ep,
-        listing,
-        file: file.to_owned(),
-        elapsed: started.elapsed(),
-    })
+    let mut attempt = 1;
+    loop {
+        let listing = snapshot_to_save(client, ep).await?;
+        match download(client, ep, &listing, file, &mut progress).await {
+            Ok(()) => {
+                return Ok(Saved {
+                    from: ep,
+                    listing,
+                    file: file.to_owned(),
+                    elapsed: started.elapsed(),
+                });
+            }
+            // Retired by newer snapshots during the download: take the newest again.
+            Err(Failed::Retired(e)) if attempt < SAVE_ATTEMPTS_MAX => {
+                eprintln!("{e}; starting again with the node's newest snapshot");
+                attempt += 1;
+            }
+            Err(Failed::Retired(e) | Failed::Other(e)) => return Err(e),
+        }
+    }
+}
+
+/// Downloads [`save`] starts before giving up when the node retires each snapshot (it took
+/// newer ones) before it was read whole.
+pub const SAVE_ATTEMPTS_MAX: u32 = 3;
+
+/// Why a download failed.
+enum Failed {
+    /// The node no longer has the snapshot (retention removed it meanwhile).
+    Retired(AnyError),
+    /// Anything else.
+    Other(AnyError),
+}
+
+impl<E: Into<AnyError>> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Failed::Other(e.into())
+    }
 }
 
 /// The address of a node in `endpoints` that has applied the cluster's commit index as of now
@@ -168,15 +198,15 @@ async fn download(
     listing: &SnapshotListing,
     file: &Path,
     progress: &mut impl FnMut(&SnapshotListing, u64),
-) -> Result<(), AnyError> {
+) -> Result<(), Failed> {
     let partial = partial_path(file);
     let mut out = std::fs::File::create(&partial)
         .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let mut offset = 0u64;
     let mut last_report = Instant::now();
-    let result: Result<(), AnyError> = async {
+    let result: Result<(), Failed> = async {
         while offset < listing.file_bytes {
-            let (file_bytes, data) = client
+            let (file_bytes, data) = match client
                 .snapshot_read(
                     ep,
                     listing.index,
@@ -184,7 +214,14 @@ async fn download(
                     offset,
                     SNAPSHOT_READ_BYTES_MAX,
                 )
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                Err(ClientError::Rejected(why)) if why.contains("retired") => {
+                    return Err(Failed::Retired(why.into()));
+                }
+                Err(e) => return Err(e.into()),
+            };
             if file_bytes != listing.file_bytes || data.is_empty() {
                 return Err(format!(
                     "node {ep}: snapshot {} is {file_bytes} bytes long, listed as {}, and gave \
