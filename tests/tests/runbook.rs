@@ -304,10 +304,10 @@ async fn quorum_loss_forced_recovery_and_members_added_back() {
     let last = put_keys(&client, KEYS).await;
     c.wait_applied(&c.ids(), last, CATCH_UP_TIMEOUT).await;
     drop(client);
-    for id in [2, 3] {
-        c.kill(id);
-        std::fs::remove_dir_all(&c.config(id).node.data_dir).expect("losing a node");
-    }
+    // Node 2 is gone for good; node 3 too, but its disk survives (it comes back below).
+    c.kill(2);
+    std::fs::remove_dir_all(&c.config(2).node.data_dir).expect("losing node 2");
+    c.kill(3);
     c.kill(1);
     let config = [("CONFIG", c.dir().join("node-1.toml").display().to_string())];
     let out = run_block(bin.path(), "quorum-loss-inspect", &config);
@@ -346,6 +346,28 @@ async fn quorum_loss_forced_recovery_and_members_added_back() {
         async || c.log(4).contains("membership was forced").then_some(()),
     )
     .await;
+    // An old member started again with its old data and config, against the runbook's advice:
+    // the survivor's transport refuses it (not a member, not in its config), and it cannot
+    // disturb the new cluster.
+    let before = client.status().await.expect("status");
+    c.restart(3);
+    wait_for(
+        "node 1 to refuse old node 3",
+        CATCH_UP_TIMEOUT,
+        async || {
+            c.log(1)
+                .contains("names node 3, which is not a member")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = client.status().await.expect("status");
+    assert_eq!(
+        (after.leader, after.term, after.voters),
+        (Some(1), before.term, vec![1, 4, 5])
+    );
+    c.kill(3);
     // No acknowledged write was lost: the re-added members alone hold them all.
     c.kill(1);
     c.wait_for_leader_among(&[4, 5], LEADER_TIMEOUT).await;

@@ -1642,3 +1642,51 @@ fn restart_after_an_install_whose_log_reset_was_lost_resets_the_log_before_appen
     assert_eq!(f.disk.entries, BTreeMap::from([(6, 2), (7, 2)]));
     assert_eq!(f.acks.last(), Some(&7));
 }
+
+/// `wraft recover --force-new-cluster`: a survivor of {1, 2, 3} whose log ends in an
+/// uncommitted tail gets, at the next term, a configuration making it the only voter. It elects
+/// itself alone and commits its whole log, tail included, with nothing truncated.
+#[test]
+fn a_forced_single_voter_configuration_lets_a_survivor_commit_its_whole_log_alone() {
+    let forced = Entry {
+        index: 4,
+        term: 2,
+        kind: EntryKind::ConfChange(ConfChangeEntry {
+            change: ConfChange::ForceNewCluster(1),
+            membership: Membership::with_voters([1]),
+        }),
+    };
+    let init = InitialState {
+        hard_state: HardState {
+            term: 2,
+            vote: Some(1),
+            commit: 1,
+        },
+        snapshot: SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: Membership::with_voters([1, 2, 3]),
+        },
+        entries: vec![cmd(1, 1), cmd(2, 1), cmd(3, 1), forced],
+    };
+    let mut c = Cluster::from_states(BTreeMap::from([(1, init)]), 7, |_| {});
+    assert_eq!(c.e(1).membership(), &Membership::with_voters([1]));
+    assert_eq!(c.elect(), 1);
+    let e = c.e(1);
+    assert!(e.term() > 2, "a new term: {}", e.term());
+    assert_eq!(
+        e.last_index(),
+        5,
+        "its log and its no-op, nothing truncated"
+    );
+    assert_eq!(e.commit_index(), 5, "the uncommitted tail is committed");
+    assert_eq!(
+        Membership::with_voters([1, 2, 3]).apply(ConfChange::ForceNewCluster(1)),
+        Ok(Membership::with_voters([1]))
+    );
+    assert!(
+        Membership::default()
+            .apply(ConfChange::ForceNewCluster(0))
+            .is_err()
+    );
+}
