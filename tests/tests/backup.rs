@@ -435,3 +435,44 @@ async fn save_needs_an_admin_client_and_damaged_files_are_refused_by_restore_and
         text(&again)
     );
 }
+
+/// Not a check, a figure: how long `wraft snapshot save` takes for a snapshot of some tens of
+/// MB on this machine (printed). Run with `--run-ignored only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn save_throughput_figure() {
+    let c = Cluster::start(3);
+    c.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = c.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy kv");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let values = 320;
+    for i in 0..values {
+        // 128 KiB of hex from random bytes: about what zstd leaves of it is half.
+        let v: String = (0..64 << 10)
+            .map(|_| format!("{:02x}", rng.u8(..)))
+            .collect();
+        client
+            .propose("kv", &kv_put(&format!("big-{i}"), &v))
+            .await
+            .expect("put");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("big.snap");
+    let started = std::time::Instant::now();
+    let out = ok(cli(&c, &["snapshot", "save", file.to_str().unwrap()]));
+    let total = started.elapsed();
+    let bytes = std::fs::metadata(&file).expect("saved").len();
+    eprintln!(
+        "FIGURE snapshot save: {bytes} bytes in {:.2} s end to end (trigger + download + \
+         verify) = {:.1} MiB/s\n{out}",
+        total.as_secs_f64(),
+        bytes as f64 / (1 << 20) as f64 / total.as_secs_f64()
+    );
+    let started = std::time::Instant::now();
+    let again = ok(cli(&c, &["snapshot", "save", file.to_str().unwrap()]));
+    eprintln!(
+        "FIGURE second save (nothing new applied: the snapshot is reused): {:.2} s\n{again}",
+        started.elapsed().as_secs_f64()
+    );
+}
