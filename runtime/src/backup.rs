@@ -63,10 +63,19 @@ pub async fn save(
     mut progress: impl FnMut(&SnapshotListing, u64),
 ) -> Result<Saved, AnyError> {
     let started = Instant::now();
-    let ep = node_with_commit(client, endpoints).await?;
+    let (ep, commit) = node_with_commit(client, endpoints).await?;
     let mut attempt = 1;
     loop {
         let listing = snapshot_to_save(client, ep).await?;
+        if listing.index < commit {
+            return Err(format!(
+                "node {ep} could not take a new snapshot and its newest is at index {}, below \
+                 the commit index {commit} this save started from: it would miss acknowledged \
+                 writes. Check the node's log (wraft::snapshot) or save from another node",
+                listing.index
+            )
+            .into());
+        }
         match download(client, ep, &listing, file, &mut progress).await {
             Ok(()) => {
                 return Ok(Saved {
@@ -106,11 +115,11 @@ impl<E: Into<AnyError>> From<E> for Failed {
 
 /// The address of a node in `endpoints` that has applied the cluster's commit index as of now
 /// (the leader's, when the leader is among `endpoints`; else the highest any of them knows): the
-/// leader if it has, else the first node to get there.
+/// leader if it has, else the first node to get there; and that commit index.
 async fn node_with_commit(
     client: &Client,
     endpoints: &[SocketAddr],
-) -> Result<SocketAddr, AnyError> {
+) -> Result<(SocketAddr, u64), AnyError> {
     let statuses = statuses(client, endpoints).await;
     let known: Vec<&Status> = statuses
         .iter()
@@ -137,7 +146,7 @@ async fn node_with_commit(
             .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader" && ready(s)));
         let any = statuses.iter().find(|(_, s)| s.as_ref().is_ok_and(ready));
         if let Some((ep, _)) = leader.or(any) {
-            return Ok(*ep);
+            return Ok((*ep, commit));
         }
         if Instant::now() >= deadline {
             return Err(format!(
