@@ -214,3 +214,50 @@ fn a_memory_body_reads_short_at_its_end_and_empty_past_it() {
     let err = NodeSnapshot::parse(Arc::new(b)).err().unwrap().to_string();
     assert!(err.contains("node snapshot m: body length"), "{err}");
 }
+
+#[test]
+fn a_copy_under_a_new_header_keeps_every_other_section_and_a_corrupt_source_is_refused() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = store(src_dir.path());
+    let modules: [&[u8]; 2] = [b"module-zero", b"module-one!"];
+    let chunks = vec![vec![1u8; 1000], vec![3u8; 5000]];
+    let h = header(10, &modules);
+    write(&src, &h, &modules, &chunks);
+    let id = SnapshotId {
+        last_index: 10,
+        last_term: 2,
+    };
+    let reader = src.open_reader(id).unwrap();
+    let mut new_header = h.clone();
+    new_header.membership = Membership::with_voters([7, 8]);
+    new_header.addresses = vec![(7, "127.0.0.1:7".parse().unwrap())];
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = store(dst_dir.path());
+    // A small I/O chunk, so the copy takes several reads.
+    let info = NodeSnapshotWriter::copy_with_header(&dst, &new_header, &reader, 100).unwrap();
+    assert_eq!(info.meta.membership.voters, vec![7, 8]);
+    let copy = NodeSnapshot::open(&dst, id).unwrap();
+    assert_eq!(copy.header, new_header);
+    assert_eq!(&copy.modules[0][..], modules[0]);
+    assert_eq!(copy.sessions.len(), 1);
+    assert_eq!(copy.limits, vec![limits(0), limits(1)]);
+    for i in 0..2 {
+        let mut src = copy.machine_chunks(i).unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = src.next_chunk().unwrap() {
+            got.push(c);
+        }
+        assert_eq!(got, chunks);
+    }
+
+    // A body that does not start with a header frame is refused; nothing is published.
+    let junk = MemoryBody::new(vec![0x7fu8; 64], "junk");
+    let empty = tempfile::tempdir().unwrap();
+    let none = store(empty.path());
+    let err = NodeSnapshotWriter::copy_with_header(&none, &new_header, &junk, 100)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("header frame"), "{err}");
+    assert!(none.list().is_empty());
+}
