@@ -255,9 +255,8 @@ fn a_copy_under_a_new_header_keeps_every_other_section_and_a_corrupt_source_is_r
     let junk = MemoryBody::new(vec![0x7fu8; 64], "junk");
     let empty = tempfile::tempdir().unwrap();
     let none = store(empty.path());
-    let err = NodeSnapshotWriter::copy_with_header(&none, &new_header, &junk, 100)
-        .err()
-        .expect("refused");
+    let err =
+        NodeSnapshotWriter::copy_with_header(&none, &new_header, &junk, 100).expect_err("refused");
     assert!(err.to_string().contains("header frame"), "{err}");
     assert!(none.list().is_empty());
 }
