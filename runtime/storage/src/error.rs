@@ -167,6 +167,18 @@ pub enum StorageError {
         /// Offset requested.
         found: u64,
     },
+
+    /// Another process (or another `Storage` in this one) holds the data directory's lock.
+    #[error(
+        "data directory {} is in use: another process holds its lock file {} \
+         (a second wraft node or `wraft recover` on the same directory); stop it first",
+        dir.display(),
+        dir.join(crate::LOCK_FILE).display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
 }
 
 /// Shorthand for results in this crate.

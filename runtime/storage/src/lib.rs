@@ -69,6 +69,8 @@ mod vfs;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::io_err;
+
 pub use bytes::Bytes;
 
 pub use crate::config::{FsyncPolicy, StorageConfig};
@@ -114,6 +116,38 @@ pub struct Storage {
     pub log: Log,
     /// Snapshot files.
     pub snapshots: SnapshotStore,
+    /// The data directory's exclusive lock (real file system only), released on drop.
+    _lock: Option<DirLock>,
+}
+
+/// Name of the lock file [`Storage::open`] holds in a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive advisory lock (`flock`) on `DIR/LOCK`: two writers on one log would interleave
+/// records and lose acknowledged entries, so a second [`Storage::open`] of a directory in use is
+/// refused with [`StorageError::Locked`] instead. The kernel drops the lock when the process dies,
+/// so a crash never leaves a stale lock behind.
+#[derive(Debug)]
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(io_err("create_dir_all", dir))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+                dir: dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err("flock", &path)(e)),
+        }
+    }
 }
 
 /// Everything [`Storage::open`] recovered.
@@ -139,13 +173,18 @@ impl Recovered {
 }
 
 impl Storage {
-    /// Open `dir` on the real file system. See [`Storage::open_with_vfs`].
+    /// Open `dir` on the real file system, holding its lock file (see [`LOCK_FILE`]) for as long
+    /// as the returned `Storage` lives; fails with [`StorageError::Locked`] if another process or
+    /// another `Storage` holds it. See [`Storage::open_with_vfs`].
     pub fn open(
         dir: &Path,
         cfg: &StorageConfig,
         on_event: Option<EventCallback>,
     ) -> Result<(Storage, Recovered)> {
-        Self::open_with_vfs(Arc::new(StdFs), dir, cfg, on_event)
+        let lock = DirLock::acquire(dir)?;
+        let (mut storage, recovered) = Self::open_with_vfs(Arc::new(StdFs), dir, cfg, on_event)?;
+        storage._lock = Some(lock);
+        Ok((storage, recovered))
     }
 
     /// Open (or create) a node's storage under `dir` through `vfs` and recover it.
@@ -188,7 +227,11 @@ impl Storage {
             }
         }
         Ok((
-            Storage { log, snapshots },
+            Storage {
+                log,
+                snapshots,
+                _lock: None,
+            },
             Recovered {
                 log: log_rec,
                 snapshots: snap_rec,

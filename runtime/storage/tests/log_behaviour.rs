@@ -585,3 +585,18 @@ fn relaxed_mode_issues_no_fsync() {
     assert_eq!(fs.syncs(), before, "relaxed mode must not sync");
     assert_eq!(log.stats().syncs, 0);
 }
+
+#[test]
+fn a_data_directory_in_use_is_refused_until_its_storage_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Storage::open(dir.path(), &StorageConfig::default(), None).unwrap();
+    let err = Storage::open(dir.path(), &StorageConfig::default(), None).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Locked { dir: d } if d == dir.path()),
+        "a second open of a directory in use must be refused, got: {err}"
+    );
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    Storage::open(dir.path(), &StorageConfig::default(), None)
+        .expect("the lock is released when the first Storage is dropped");
+}
