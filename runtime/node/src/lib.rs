@@ -27,7 +27,10 @@
 //!   QUIC are `wraft-snapshot`, which needs no wasm host.
 //! - `limits` — bounds shared by the applier and snapshot creation.
 //! - `codec` — engine entries and commands as log bytes.
-//! - [`metrics`] — the Prometheus endpoint and the metric names.
+//! - [`metrics`] — the process-wide Prometheus registry, its histogram buckets and the metric
+//!   names.
+//! - `health` — the node's HTTP listener on `node.metrics_listen`: `/metrics`, `/livez`,
+//!   `/readyz` (readiness published by the driver on every tick), and the disk-space gauges.
 //!
 //! Library code here logs through `tracing` and prints nothing; the `wraft` binary owns the
 //! terminal.
@@ -36,6 +39,7 @@ mod apply;
 mod codec;
 mod divergence;
 mod driver;
+mod health;
 mod limits;
 pub mod metrics;
 mod node;
