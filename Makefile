@@ -27,6 +27,10 @@ deps:
 	  || { echo "installing python3-venv (the Python guest tests build with componentize-py)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3 python3-venv >/dev/null; }
+	@command -v promtool >/dev/null \
+	  || { echo "installing prometheus (promtool checks and unit-tests deploy/prometheus/wraft-alerts.yml)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
 ## The main job.

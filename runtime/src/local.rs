@@ -102,6 +102,9 @@ pub fn layout(
                 listen: members[&id],
                 metrics_listen: None,
                 worker_threads: local_worker_threads(n),
+                log_format: Default::default(),
+                readyz_lag_entries_max: wraft_config::READYZ_LAG_ENTRIES_MAX_DEFAULT,
+                readyz_leader_contact_ms_max: wraft_config::READYZ_LEADER_CONTACT_MS_MAX_DEFAULT,
             },
             cluster: ClusterSection {
                 members: members.clone(),

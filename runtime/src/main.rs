@@ -38,6 +38,15 @@ struct Conn {
     client: String,
 }
 
+/// `wraft node --log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines; ANSI colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`.
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ConsistencyArg {
     /// Quorum-confirmed (ReadIndex): sees every write acknowledged before it.
@@ -73,6 +82,10 @@ enum Cmd {
         /// Override a config key, e.g. `--set raft.heartbeat_interval_ms=30` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Log format on stderr: `text` (coloured only on a terminal) or `json` (one object per
+        /// line, for log shippers). Overrides `node.log_format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Create a machine project (a key/value starter with tests) from a built-in template.
     New {
@@ -339,20 +352,58 @@ enum LeaderOp {
     },
 }
 
+/// Install the log subscriber: stderr, `RUST_LOG` (default `info,quinn=warn`), JSON lines or
+/// text, and ANSI colour only when stderr is a terminal (and `NO_COLOR` is unset).
+fn init_logging(format: wraft_config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        wraft_config::LogFormat::Json => builder
+            .json()
+            .flatten_event(false)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        wraft_config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A node's config chooses the log format (`--log-format` wins). It is read once before
+    // logging starts, for that alone (what loading logs then goes nowhere), and again below.
+    let log_format = match &cli.command {
+        Cmd::Node {
+            log_format: Some(f),
+            ..
+        } => match f {
+            LogFormatArg::Text => wraft_config::LogFormat::Text,
+            LogFormatArg::Json => wraft_config::LogFormat::Json,
+        },
+        Cmd::Node {
+            config, overrides, ..
+        } => wraft_config::NodeConfig::load_with_overrides(config, overrides)
+            .map_or(wraft_config::LogFormat::Text, |c| c.node.log_format),
+        _ => wraft_config::LogFormat::Text,
+    };
+    init_logging(log_format);
     // A node's config sizes its runtime, so it is read before the runtime exists.
     let mut node_config = None;
-    if let Cmd::Node { config, overrides } = &cli.command {
+    if let Cmd::Node {
+        config, overrides, ..
+    } = &cli.command
+    {
         match wraft_config::NodeConfig::load_with_overrides(config, overrides) {
-            Ok(cfg) => node_config = Some(cfg),
+            Ok(mut cfg) => {
+                cfg.node.log_format = log_format;
+                node_config = Some(cfg)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

@@ -593,6 +593,27 @@ impl Cluster {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
+    /// The address node `id`'s current process serves `/metrics`, `/livez` and `/readyz` on
+    /// (configure `node.metrics_listen = "127.0.0.1:0"`; the node logs the port it bound).
+    pub async fn metrics_addr(&self, id: u64) -> SocketAddr {
+        const KEY: &str = "metrics_addr=";
+        wait_for(
+            &format!("node {id} to log its metrics address"),
+            Duration::from_secs(30),
+            async || {
+                let log = self.log(id);
+                let current = log.rsplit("==== harness: start #").next()?;
+                let at = current.find(KEY)? + KEY.len();
+                current[at..]
+                    .split(|c: char| c.is_whitespace())
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        )
+        .await
+    }
+
     /// Wait until every node in `ids` has applied at least `index`.
     pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
         for id in ids {
@@ -639,6 +660,27 @@ impl Drop for Cluster {
             eprintln!("kept cluster directory {}", kept.display());
         }
     }
+}
+
+/// `GET path` from `addr` over plain HTTP/1.1: the status code and the body; `None` if the
+/// connection fails or the answer is not HTTP. Bounded by [`PROBE_TIMEOUT_MS`] per step.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// JSON bytes of a value (for kv commands and queries).

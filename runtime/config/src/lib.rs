@@ -105,6 +105,46 @@ pub struct NodeSection {
     /// caller's runtime.
     #[serde(default)]
     pub worker_threads: u64,
+
+    // ---- health endpoints and logs (`/readyz`, `/livez`, `--log-format`) ----
+    /// How `wraft node` writes its log to stderr: `text` (the default; coloured only when stderr
+    /// is a terminal) or `json` (one object per line with `timestamp`, `level`, `target` and
+    /// `fields`, for log shippers). `wraft node --log-format` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `/readyz` answers 503 while this node's applied index is more than this many entries
+    /// behind the leader's commit index as this node last heard it. Default 1000; 0..=2^40.
+    #[serde(default = "default_readyz_lag_entries_max")]
+    pub readyz_lag_entries_max: u64,
+    /// `/readyz` answers 503 when a follower has not heard from its leader for longer than this
+    /// (or when the driver has not published its state for as long). Default 3000; must be at
+    /// least `raft.heartbeat_interval_ms`; ..=3 600 000.
+    #[serde(default = "default_readyz_leader_contact_ms_max")]
+    pub readyz_leader_contact_ms_max: u64,
+}
+
+/// Log output format of `wraft node` (`node.log_format`, `--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colour only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Default of `node.readyz_lag_entries_max`.
+pub const READYZ_LAG_ENTRIES_MAX_DEFAULT: u64 = 1_000;
+/// Default of `node.readyz_leader_contact_ms_max`.
+pub const READYZ_LEADER_CONTACT_MS_MAX_DEFAULT: u64 = 3_000;
+
+fn default_readyz_lag_entries_max() -> u64 {
+    READYZ_LAG_ENTRIES_MAX_DEFAULT
+}
+
+fn default_readyz_leader_contact_ms_max() -> u64 {
+    READYZ_LEADER_CONTACT_MS_MAX_DEFAULT
 }
 
 /// `[cluster]`
@@ -421,6 +461,18 @@ impl NodeConfig {
             0,
             WORKER_THREADS_MAX,
         )?;
+        range(
+            "node.readyz_lag_entries_max",
+            self.node.readyz_lag_entries_max,
+            0,
+            1 << 40,
+        )?;
+        range(
+            "node.readyz_leader_contact_ms_max",
+            self.node.readyz_leader_contact_ms_max,
+            self.raft.heartbeat_interval_ms,
+            3_600_000,
+        )?;
         if self.cluster.members.is_empty() {
             return Err(invalid(
                 "cluster.members",
@@ -714,6 +766,27 @@ dir = "/tmp/certs"
         let text = MINIMAL.replacen("[node]", "[node]\nworker_threads = 1025", 1);
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("node.worker_threads"), "{err}");
+    }
+
+    #[test]
+    fn log_format_and_readiness_bounds_have_defaults_and_are_checked() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.node.log_format, LogFormat::Text);
+        assert_eq!(
+            cfg.node.readyz_lag_entries_max,
+            READYZ_LAG_ENTRIES_MAX_DEFAULT
+        );
+        let text = MINIMAL.replacen("[node]", "[node]\nlog_format = \"json\"", 1);
+        assert_eq!(
+            NodeConfig::parse(&text).unwrap().node.log_format,
+            LogFormat::Json
+        );
+        let text = MINIMAL.replacen("[node]", "[node]\nlog_format = \"xml\"", 1);
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("log_format") || err.contains("xml"), "{err}");
+        let text = MINIMAL.replacen("[node]", "[node]\nreadyz_leader_contact_ms_max = 1", 1);
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("node.readyz_leader_contact_ms_max"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,10 @@
 //! - [`recover`] — quorum-loss recovery, offline: a surviving node forced to be the only voter.
 //! - `limits` — bounds shared by the applier and snapshot creation.
 //! - `codec` — engine entries and commands as log bytes.
-//! - [`metrics`] — the Prometheus endpoint and the metric names.
+//! - [`metrics`] — the process-wide Prometheus registry, its histogram buckets and the metric
+//!   names.
+//! - `health` — the node's HTTP listener on `node.metrics_listen`: `/metrics`, `/livez`,
+//!   `/readyz` (readiness published by the driver on every tick), and the disk-space gauges.
 //!
 //! Library code here logs through `tracing` and prints nothing; the `wraft` binary owns the
 //! terminal.
@@ -37,6 +40,7 @@ mod apply;
 mod codec;
 mod divergence;
 mod driver;
+mod health;
 mod limits;
 pub mod metrics;
 mod node;

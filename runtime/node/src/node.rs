@@ -23,7 +23,8 @@ use wraft_snapshot::{BandwidthLimiter, IncomingSlots, TransferConfig};
 use crate::codec::decode_entry;
 use crate::driver::snapshots::SnapState;
 use crate::driver::snapshots::serve_bulk;
-use crate::driver::{ClientCall, Driver, REQUEST_QUEUE_MAX};
+use crate::driver::{ClientCall, Driver, HealthState, REQUEST_QUEUE_MAX};
+use crate::health::{Alive, HealthSource, Readiness, ReadyBounds};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,7 @@ pub enum NodeError {
     /// The wasm host could not start.
     #[error("wasm host: {0}")]
     Host(String),
-    /// The metrics endpoint could not start.
+    /// The metrics and health endpoint (`node.metrics_listen`) could not start.
     #[error("metrics: {0}")]
     Metrics(String),
     /// The Raft engine refused its configuration or state.
@@ -77,6 +78,7 @@ pub enum NodeError {
 pub struct Node {
     id: u64,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     driver: tokio::task::JoinHandle<()>,
     requests: mpsc::Sender<ClientCall>,
@@ -89,9 +91,21 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let id = cfg.node.id;
         let data_dir = cfg.node.data_dir.clone();
-        if let Some(addr) = cfg.node.metrics_listen {
-            crate::metrics::serve(addr).map_err(NodeError::Metrics)?;
-        }
+        // The recorder first (metrics registered before it go nowhere), and the listener bound
+        // now, so a taken port fails the start; it serves once the node runs.
+        let health_listener = match cfg.node.metrics_listen {
+            Some(addr) => {
+                let handle = crate::metrics::install().map_err(NodeError::Metrics)?;
+                let bound = crate::health::bind(addr).and_then(|l| Ok((l.local_addr()?, l)));
+                let (bound, listener) = bound.map_err(|e| {
+                    NodeError::Metrics(format!(
+                        "cannot listen on {addr} (node.metrics_listen) for /metrics, /livez and /readyz: {e}"
+                    ))
+                })?;
+                Some((handle, listener, bound))
+            }
+            None => None,
+        };
         std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::Storage {
             dir: data_dir.clone(),
             source: Box::new(wraft_storage::StorageError::Io {
@@ -102,10 +116,16 @@ impl Node {
         })?;
 
         // Storage, with durable-point notifications turned into driver events.
+        wraft_snapshot::register_metrics(id);
         let (durable_tx, durable_rx) = mpsc::unbounded_channel::<u64>();
+        let fsync_seconds =
+            metrics::histogram!("wraft_storage_fsync_seconds", "node" => id.to_string());
         let on_event: wraft_storage::EventCallback = Arc::new(move |ev: &WriterEvent| {
             if let WriterEvent::Durable(p) = ev {
                 let _ = durable_tx.send(p.tag);
+                if let Some(d) = p.sync_duration {
+                    fsync_seconds.record(d);
+                }
             }
         });
         let scfg = storage_config(&cfg);
@@ -271,7 +291,12 @@ impl Node {
         })?;
         tracing::info!(target: "wraft::node", node = id, %addr, "listening");
 
-        tokio::spawn(applier.run(apply_rx));
+        let applier_alive = Alive::new();
+        let guard = applier_alive.guard();
+        tokio::spawn(async move {
+            let _alive = guard;
+            applier.run(apply_rx).await
+        });
 
         // Snapshot transfers: inbound bulk streams are snapshot offers.
         let xfer_cfg = TransferConfig {
@@ -302,8 +327,33 @@ impl Node {
             host.clone(),
             storage.snapshots.clone(),
             cfg.client.clone(),
+            crate::metrics::ClientMetrics::new(id),
             shutdown_rx.clone(),
         ));
+        let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
+        let driver_alive = Alive::new();
+        let metrics_addr = health_listener.as_ref().map(|(_, _, a)| *a);
+        if let Some((handle, listener, bound)) = health_listener {
+            tracing::info!(target: "wraft::node", node = id, metrics_addr = %bound,
+                "serving /metrics, /livez and /readyz");
+            let source = HealthSource {
+                node: id,
+                metrics: handle,
+                readiness: readiness_rx,
+                bounds: ReadyBounds {
+                    lag_entries_max: cfg.node.readyz_lag_entries_max,
+                    leader_contact_ms_max: cfg.node.readyz_leader_contact_ms_max,
+                },
+                driver: driver_alive.clone(),
+                applier: applier_alive.clone(),
+            };
+            tokio::spawn(crate::health::serve(listener, source, shutdown_rx.clone()));
+            tokio::spawn(crate::health::disk_stats(
+                id,
+                data_dir.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
 
         let driver = Driver {
             id,
@@ -333,18 +383,26 @@ impl Node {
                 limiter,
                 retain_count: cfg.snapshot.retain_count,
             },
+            health: HealthState::new(readiness_tx),
         };
-        let driver = tokio::spawn(driver.run(
-            inbound.raft,
-            req_rx,
-            durable_rx,
-            snap_rx,
-            shutdown_rx,
-            Duration::from_millis(tick),
-        ));
+        let guard = driver_alive.guard();
+        let driver = tokio::spawn(async move {
+            let _alive = guard;
+            driver
+                .run(
+                    inbound.raft,
+                    req_rx,
+                    durable_rx,
+                    snap_rx,
+                    shutdown_rx,
+                    Duration::from_millis(tick),
+                )
+                .await
+        });
         Ok(Node {
             id,
             addr,
+            metrics_addr,
             shutdown,
             driver,
             requests: req_tx,
@@ -359,6 +417,12 @@ impl Node {
     /// The bound QUIC address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of `/metrics`, `/livez` and `/readyz` (`node.metrics_listen`), if
+    /// configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Send a request to this node directly (in-process), as a client would.

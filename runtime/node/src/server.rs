@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
 
@@ -20,6 +20,7 @@ use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
 use crate::driver::ClientCall;
+use crate::metrics::ClientMetrics;
 use wraft_config::ClientSection;
 use wraft_host::HostEngine;
 use wraft_proto::{
@@ -46,6 +47,7 @@ pub(super) async fn serve_clients(
     host: Arc<HostEngine>,
     snapshots: SnapshotStore,
     limits: ClientSection,
+    metrics: ClientMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Each future says whether it was a request (counted against the bound) or a refusal.
@@ -68,16 +70,22 @@ pub(super) async fn serve_clients(
                 "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
             )));
             let deadline_ms = limits.response_write_timeout_ms;
+            metrics.answered("unread", outcome_kind(&resp), Duration::ZERO);
             in_flight.push(contained(false, async move {
                 write_response(send, &resp, deadline_ms, &identity).await;
             }));
             continue;
         }
-        let (driver, host, limits) = (driver.clone(), host.clone(), limits.clone());
+        let (driver, host, limits, metrics) = (
+            driver.clone(),
+            host.clone(),
+            limits.clone(),
+            metrics.clone(),
+        );
         let snapshots = snapshots.clone();
         requests += 1;
         in_flight.push(contained(true, async move {
-            serve_one(stream, driver, host, snapshots, &limits).await;
+            serve_one(stream, driver, host, snapshots, &limits, &metrics).await;
         }));
     }
 }
@@ -107,6 +115,7 @@ async fn serve_one(
     host: Arc<HostEngine>,
     snapshots: SnapshotStore,
     limits: &ClientSection,
+    metrics: &ClientMetrics,
 ) {
     let ClientStream {
         identity,
@@ -145,6 +154,8 @@ async fn serve_one(
             return;
         }
     };
+    let started = Instant::now();
+    let kind = request_kind(&request);
     let outcome_ms = match request {
         Request::Deploy { .. } | Request::DeployWith { .. } => limits.deploy_timeout_ms,
         _ => limits.request_timeout_ms,
@@ -178,6 +189,7 @@ async fn serve_one(
                 "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
             )))
         });
+    metrics.answered(kind, outcome_kind(&response), started.elapsed());
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
 }
 
@@ -217,6 +229,42 @@ async fn read_snapshot(
     })
     .await
     .map_err(|e| RequestError::Internal(e.to_string()))?
+
+/// The `request` label of `wraft_client_requests_total`.
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Propose { .. } => "propose",
+        Request::Query { .. } => "query",
+        Request::Deploy { .. } | Request::DeployWith { .. } => "deploy",
+        Request::RemoveMachine { .. } => "remove_machine",
+        Request::Machines => "machines",
+        Request::Status => "status",
+        Request::AddLearner { .. } => "add_learner",
+        Request::Promote { .. } => "promote",
+        Request::RemoveMember { .. } => "remove_member",
+        Request::TransferLeader { .. } => "transfer_leader",
+        Request::SnapshotTrigger => "snapshot_trigger",
+        Request::Snapshots => "snapshots",
+        Request::SetTransferRate { .. } => "set_transfer_rate",
+        Request::OpenSession => "open_session",
+        Request::SnapshotRead { .. } => "snapshot_read",
+    }
+}
+
+/// The `outcome` label of `wraft_client_requests_total`: `ok`, or the kind of error.
+fn outcome_kind(response: &Response) -> &'static str {
+    match response {
+        Ok(_) => "ok",
+        Err(RequestError::NotLeader { .. }) => "not_leader",
+        Err(RequestError::Busy(_)) => "busy",
+        Err(RequestError::Timeout(_)) => "timeout",
+        Err(RequestError::Rejected(_)) => "rejected",
+        Err(RequestError::NoSuchMachine(_)) => "no_such_machine",
+        Err(RequestError::App { .. }) => "app_error",
+        Err(RequestError::MachineFault(_)) => "machine_fault",
+        Err(RequestError::Internal(_)) => "internal",
+        Err(RequestError::SessionUnknown { .. }) => "session_unknown",
+    }
 }
 
 /// Write `response` and finish the stream, or reset it with

@@ -53,7 +53,10 @@
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
 //! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
 //! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
-//! outcome}` (histogram; outcome `ok|busy|timeout|error`). Logs use target `wraft::snapshot`
+//! outcome}` (histogram; outcome `ok|busy|timeout|error`), `wraft_snapshot_transfers_total{direction,
+//! outcome}` (counter, the same outcomes), `wraft_snapshot_transfer_size_bytes{direction,peer}` and
+//! `wraft_snapshot_transfer_done_bytes{direction,peer}` (gauges: the progress of the newest
+//! transfer with each peer). Logs use target `wraft::snapshot`
 //! (the name from before the transfer left `wraft-node`, kept for operators' filters).
 //!
 //! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
@@ -75,6 +78,7 @@ pub mod wire;
 pub use config::{CORRUPT_CHUNK_EVERY_ENV, TransferConfig};
 pub use error::TransferError;
 pub use limiter::{BandwidthLimiter, IncomingSlots};
+pub use metrics::register_metrics;
 pub use receive::{Received, receive_snapshot};
 pub use send::{SendOutcome, SendReport, send_snapshot};
 pub use wire::TRANSFER_PROTOCOL_VERSION;

@@ -11,6 +11,26 @@ use crate::TransferError;
 /// `wraft-node`, so operators' log filters (`RUST_LOG=wraft::snapshot=debug`) still work.
 pub(crate) const LOG: &str = "wraft::snapshot";
 
+/// Register node `node`'s transfer counters at zero, for every direction and outcome, so that
+/// the first failure is an increase Prometheus sees (`increase()` misses a series that is born
+/// at 1). Call once at start.
+pub fn register_metrics(node: NodeId) {
+    for direction in ["send", "receive"] {
+        for outcome in ["ok", "busy", "timeout", "error"] {
+            metrics::counter!("wraft_snapshot_transfers_total", "node" => node.to_string(), "direction" => direction, "outcome" => outcome).increment(0);
+        }
+        metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => node.to_string(), "direction" => direction).increment(0.0);
+        metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => node.to_string(), "direction" => direction).increment(0);
+    }
+    metrics::counter!("wraft_snapshot_checksum_failures_total", "node" => node.to_string())
+        .increment(0);
+    metrics::counter!("wraft_snapshot_chunks_resent_total", "node" => node.to_string())
+        .increment(0);
+    metrics::counter!("wraft_snapshot_sent_bytes_total", "node" => node.to_string()).increment(0);
+    metrics::counter!("wraft_snapshot_received_bytes_total", "node" => node.to_string())
+        .increment(0);
+}
+
 /// Metric names (all carry `node`; see the crate docs).
 pub(crate) struct XferMetrics {
     node: String,
@@ -47,6 +67,14 @@ impl XferMetrics {
     }
     pub(crate) fn finished(&self, outcome: &'static str, d: Duration) {
         metrics::histogram!("wraft_snapshot_transfer_seconds", "node" => self.node.clone(), "direction" => self.direction, "outcome" => outcome).record(d.as_secs_f64());
+        metrics::counter!("wraft_snapshot_transfers_total", "node" => self.node.clone(), "direction" => self.direction, "outcome" => outcome).increment(1);
+    }
+    /// The transfer with `peer` moves `file_len` bytes and has `done` of them (durable on the
+    /// follower's side for a receive, written to the stream for a send).
+    pub(crate) fn progress(&self, peer: NodeId, done: u64, file_len: u64) {
+        let peer = peer.to_string();
+        metrics::gauge!("wraft_snapshot_transfer_size_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer.clone()).set(file_len as f64);
+        metrics::gauge!("wraft_snapshot_transfer_done_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer).set(done as f64);
     }
 }
 

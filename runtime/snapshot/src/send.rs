@@ -158,6 +158,7 @@ async fn send_inner(
         m.resume();
     }
     tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes = cfg.chunk_bytes, "sending snapshot");
+    m.progress(peer, resume_from, file_len);
 
     // 3. The stream.
     let s = Sending {
@@ -398,6 +399,7 @@ async fn write_chunks(
         high_water = high_water.max(next);
         off = next;
         s.progress.advance(off);
+        s.m.progress(s.peer, high_water, file_len);
     }
 }
 

@@ -384,6 +384,7 @@ impl Applier {
     fn publish(&self) {
         let machines = self.machine_infos();
         self.metrics.applied_index.set(self.applied as f64);
+        self.metrics.machines(&machines);
         if let Ok(mut p) = self.published.lock() {
             p.applied_index = self.applied;
             p.machines = machines;

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use wraft_engine::{Action, Engine, Event, Message, Role};
+use wraft_engine::{Action, Engine, Event, Message, MessageBody, Role};
 use wraft_storage::Storage;
 use wraft_transport::{AddressBook, Transport};
 
 use crate::apply::{ApplyMsg, ApplyState, ReadTarget};
+use crate::health::Readiness;
 use crate::snapshot::SnapEvent;
 use wraft_proto::{MachineLimits, PeerStatus, Request, RequestError, Response, Status};
 
@@ -115,6 +116,31 @@ pub(crate) struct Driver {
     pub(crate) actions: Vec<Action>,
     pub(crate) metrics: crate::metrics::DriverMetrics,
     pub(crate) snap: SnapState,
+    /// What `/readyz` is answered from, and what the driver observes for it.
+    pub(crate) health: HealthState,
+}
+
+/// The driver's side of readiness (`health`): what it learns from its leader's messages, and
+/// the channel it publishes a [`Readiness`] into on every tick.
+pub(crate) struct HealthState {
+    pub(crate) tx: watch::Sender<Readiness>,
+    /// The newest time a message came from the leader this node knows, in its term.
+    pub(crate) leader_contact: Option<Instant>,
+    /// The highest commit index a leader's AppendEntries or heartbeat announced.
+    pub(crate) leader_commit: u64,
+    /// The newest leader seen (for `wraft_raft_leader_changes_total`).
+    pub(crate) last_leader: Option<u64>,
+}
+
+impl HealthState {
+    pub(crate) fn new(tx: watch::Sender<Readiness>) -> Self {
+        HealthState {
+            tx,
+            leader_contact: None,
+            leader_commit: 0,
+            last_leader: None,
+        }
+    }
 }
 
 impl Driver {
@@ -171,14 +197,29 @@ impl Driver {
         self.transport.shutdown().await;
     }
 
-    pub(crate) fn update_gauges(&self) {
-        let m = &self.metrics;
+    /// On every tick: the gauges, and the readiness `/readyz` answers from.
+    pub(crate) fn update_gauges(&mut self) {
+        let (applied, apply_halted, unhealthy_machines) = self
+            .published
+            .lock()
+            .map(|p| {
+                let unhealthy: Vec<String> = p
+                    .machines
+                    .iter()
+                    .filter(|m| !m.healthy)
+                    .map(|m| m.name.clone())
+                    .collect();
+                (p.applied_index, p.halted.clone(), unhealthy)
+            })
+            .unwrap_or_default();
+        let leader = self.engine.leader();
+        let role = self.role_name();
+        let m = &mut self.metrics;
         m.term.set(self.engine.term() as f64);
         m.commit_index.set(self.engine.commit_index() as f64);
         m.last_index.set(self.engine.last_index() as f64);
         m.pending_proposals.set(self.proposals.len() as f64);
         m.pending_reads.set(self.reads.len() as f64);
-        let applied = self.published.lock().map(|p| p.applied_index).unwrap_or(0);
         m.apply_backlog
             .set(self.engine.commit_index().saturating_sub(applied) as f64);
         let dropped: u64 = self
@@ -188,7 +229,56 @@ impl Driver {
             .filter_map(|p| self.transport.peer_stats(p))
             .map(|s| s.dropped_overflow_msgs + s.dropped_link_down_msgs)
             .sum();
-        m.transport_dropped.set(dropped as f64);
+        m.transport_dropped.absolute(dropped);
+        m.has_leader.set(if leader.is_some() { 1.0 } else { 0.0 });
+        if leader.is_some() && leader != self.health.last_leader {
+            m.leader_changes.increment(1);
+            self.health.last_leader = leader;
+        }
+        let is_leader = self.engine.role() == Role::Leader;
+        let last = self.engine.last_index();
+        let engine = &self.engine;
+        let id = self.id;
+        m.peer_lag(
+            engine
+                .membership()
+                .members()
+                .filter(|p| is_leader && *p != id)
+                .map(|p| {
+                    (
+                        p,
+                        last.saturating_sub(engine.peer_match_index(p).unwrap_or(0)),
+                    )
+                }),
+        );
+
+        let now = Instant::now();
+        if is_leader {
+            self.health.leader_contact = Some(now);
+        }
+        let member = self.engine.membership().members().any(|p| p == self.id);
+        self.health.tx.send_replace(Readiness {
+            published: now,
+            role: if member { role } else { "none" },
+            term: self.engine.term(),
+            leader,
+            leader_contact: self.health.leader_contact,
+            commit_index: self.engine.commit_index().max(self.health.leader_commit),
+            applied_index: applied,
+            apply_halted,
+            unhealthy_machines,
+        });
+    }
+
+    /// This node's role as `status` and `/readyz` name it.
+    pub(crate) fn role_name(&self) -> &'static str {
+        match self.engine.role() {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Follower if self.engine.membership().learners.contains(&self.id) => "learner",
+            Role::Follower => "follower",
+        }
     }
 
     /// Step one `Tick` for every tick period that has fully elapsed on the
@@ -209,7 +299,24 @@ impl Driver {
 
     pub(crate) fn on_raft(&mut self, from: u64, bytes: &[u8]) {
         match postcard::from_bytes::<Message>(bytes) {
-            Ok(msg) if msg.from == from && msg.to == self.id => self.step(Event::Message(msg)),
+            Ok(msg) if msg.from == from && msg.to == self.id => {
+                // What readiness needs from the leader: the commit index it announces, and
+                // that it is still heard from.
+                match &msg.body {
+                    MessageBody::AppendEntries { leader_commit, .. } => {
+                        self.health.leader_commit = self.health.leader_commit.max(*leader_commit);
+                    }
+                    MessageBody::Heartbeat { commit, .. } => {
+                        self.health.leader_commit = self.health.leader_commit.max(*commit);
+                    }
+                    _ => {}
+                }
+                let term = msg.term;
+                self.step(Event::Message(msg));
+                if self.engine.leader() == Some(from) && self.engine.term() == term {
+                    self.health.leader_contact = Some(Instant::now());
+                }
+            }
             Ok(msg) => tracing::warn!(target: "wraft::node", node = self.id, link_peer = from,
                 claimed_from = msg.from, to = msg.to, "dropping a raft message whose addresses do not match its link"),
             Err(e) => {
@@ -283,13 +390,7 @@ impl Driver {
         } else {
             Vec::new()
         };
-        let role = match self.engine.role() {
-            Role::Leader => "leader",
-            Role::Candidate => "candidate",
-            Role::PreCandidate => "pre-candidate",
-            Role::Follower if m.learners.contains(&self.id) => "learner",
-            Role::Follower => "follower",
-        };
+        let role = self.role_name();
         Status {
             id: self.id,
             role: role.into(),

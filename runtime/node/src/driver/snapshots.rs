@@ -114,6 +114,7 @@ impl Driver {
             .snapshot_meta_at(applied_index)
             .ok_or_else(|| format!("index {applied_index} is not in the log"))?;
         self.snap.creating = Some(applied_index);
+        self.metrics.snapshot_create_started = Some(std::time::Instant::now());
         let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta });
         Ok(())
     }
@@ -123,6 +124,9 @@ impl Driver {
             SnapEvent::Created { meta, info } => {
                 self.snap.creating = None;
                 self.metrics.snapshot_created("ok");
+                if let Some(t) = self.metrics.snapshot_create_started.take() {
+                    self.metrics.snapshot_create_seconds.record(t.elapsed());
+                }
                 self.metrics.snapshot_bytes.set(info.file_len as f64);
                 self.metrics.snapshot_index.set(meta.index as f64);
                 let _ = self.apply_tx.send(ApplyMsg::BaseChanged {
@@ -133,6 +137,7 @@ impl Driver {
             SnapEvent::Failed { index, error } => {
                 self.snap.creating = None;
                 self.metrics.snapshot_created("failed");
+                self.metrics.snapshot_create_started = None;
                 tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
                     "snapshot failed; it is retried at the next threshold crossing");
                 self.step(Event::SnapshotFailed);

@@ -129,6 +129,7 @@ async fn receive_inner(
         cfg.progress_timeout_ms,
     )
     .await?;
+    m.progress(peer, resume_from, offer.file_len);
     if resume_from > 0 {
         m.resume();
     }
@@ -420,6 +421,7 @@ async fn read_chunks(
         r.bytes_received.fetch_add(len, Ordering::Relaxed);
         r.m.bytes().increment(len);
         r.progress.advance(chunks.expected());
+        r.m.progress(peer, chunks.expected(), r.offer.file_len);
         if cmd_tx
             .send(WriteCmd {
                 offset: h.offset,

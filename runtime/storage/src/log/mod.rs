@@ -112,6 +112,10 @@ pub struct DurablePoint {
     pub last_term: u64,
     /// Durable hard state.
     pub hard_state: HardState,
+    /// How long the `fdatasync` that made this point durable took (`None` when the writer did
+    /// not sync: `FsyncPolicy::Relaxed`, or the point recovery starts from). For monitoring:
+    /// the node exports it as the fsync latency histogram.
+    pub sync_duration: Option<std::time::Duration>,
 }
 
 /// Notification from the writer thread, delivered to the callback given to [`Log::open`].

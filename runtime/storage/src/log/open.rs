@@ -62,6 +62,7 @@ impl Log {
             last_index: disk.last(),
             last_term: disk.last_term(),
             hard_state: disk.hs,
+            sync_duration: None,
         };
         let logical = Logical {
             floor: disk.floor,

@@ -125,10 +125,13 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
         let written = st.written_seq;
         st.logical.evict(written, cfg.tail_cache_bytes);
     }
+    let mut sync_duration = None;
     if cfg.fsync == FsyncPolicy::Durable {
+        let started = std::time::Instant::now();
         w.file
             .sync_data()
             .map_err(io_err("fdatasync log segment", &path))?;
+        sync_duration = Some(started.elapsed());
     }
     let point = {
         let mut st = shared.lock();
@@ -142,6 +145,7 @@ fn write_batch(shared: &Shared, w: &mut Writer, batch: Vec<Pending>) -> Result<(
             last_index: st.disk.last(),
             last_term: st.disk.last_term(),
             hard_state: st.disk.hs,
+            sync_duration,
         };
         st.durable.clone()
     };
