@@ -104,7 +104,7 @@ pub fn layout(
                 worker_threads: local_worker_threads(n),
             },
             cluster: ClusterSection {
-                members: members.clone(),
+                members: members.iter().map(|(k, v)| (*k, (*v).into())).collect(),
                 peers: BTreeMap::new(),
             },
             tls: TlsSection { dir: certs.clone() },

@@ -1,7 +1,6 @@
 //! The `wraft` command line: run nodes, manage certificates, deploy and talk
 //! to machines.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,9 +26,10 @@ struct Cli {
 /// How to reach a cluster (for every command that talks to one).
 #[derive(Args, Clone)]
 struct Conn {
-    /// Node addresses (any member redirects to the leader), comma-separated.
+    /// Node addresses (any member redirects to the leader), comma-separated: `IP:PORT` or
+    /// `DNS-NAME:PORT`.
     #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',', required = true)]
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<wraft_client::PeerAddr>,
     /// Directory written by `wraft cert` (holds ca.crt and client-<name>.crt/.key).
     #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
     certs: PathBuf,
@@ -223,8 +223,9 @@ enum MembersOp {
     AddLearner {
         /// Node id.
         id: u64,
-        /// Its QUIC address.
-        addr: SocketAddr,
+        /// Its QUIC address as the cluster should dial it: `IP:PORT` or `DNS-NAME:PORT` (a
+        /// name is resolved again on every reconnect).
+        addr: wraft_client::PeerAddr,
         #[command(flatten)]
         conn: Conn,
     },
@@ -253,7 +254,7 @@ enum SnapshotOp {
         data_dir: Option<PathBuf>,
         /// Ask this running node instead.
         #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',')]
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<wraft_client::PeerAddr>,
         /// Directory written by `wraft cert`.
         #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
         certs: PathBuf,
@@ -494,7 +495,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             let statuses: Vec<Status> = if all {
                 let mut v = Vec::new();
                 for ep in &conn.endpoints {
-                    match c.status_of(Some(*ep)).await {
+                    match c.status_of(Some(ep.clone())).await {
                         Ok(s) => v.push(s),
                         Err(e) => eprintln!("{ep}: {e}"),
                     }
@@ -572,7 +573,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     client: name,
                 })
                 .await?;
-                let list = c.snapshots(Some(endpoints[0])).await?;
+                let list = c.snapshots(Some(endpoints[0].clone())).await?;
                 println!("{}", wraft::cli::snapshot_listing(&list, json)?);
                 Ok(())
             }
@@ -593,7 +594,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 let c = client(&conn).await?;
                 let l = c
                     .snapshot_trigger_and_wait(
-                        Some(conn.endpoints[0]),
+                        Some(conn.endpoints[0].clone()),
                         std::time::Duration::from_secs(600),
                     )
                     .await?;
@@ -609,7 +610,11 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             } => {
                 let c = client(&conn).await?;
                 for addr in &conn.endpoints {
-                    println!("{}", c.set_transfer_rate(Some(*addr), bytes_per_sec).await?);
+                    println!(
+                        "{}",
+                        c.set_transfer_rate(Some(addr.clone()), bytes_per_sec)
+                            .await?
+                    );
                 }
                 Ok(())
             }

@@ -12,7 +12,7 @@
 //! listen = "127.0.0.1:7001"
 //!
 //! [cluster]
-//! members = { 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002", 3 = "127.0.0.1:7003" }
+//! members = { 1 = "127.0.0.1:7001", 2 = "node-2.wraft.svc:7002", 3 = "127.0.0.1:7003" }
 //!
 //! [tls]
 //! dir = "/etc/wraft/certs"
@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+pub use wraft_proto::PeerAddr;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,9 @@ pub struct NodeSection {
     pub id: u64,
     /// Directory holding the log, hard state, snapshots and module cache.
     pub data_dir: PathBuf,
-    /// UDP address of the QUIC endpoint (Raft, bulk and client traffic).
+    /// UDP address the QUIC endpoint binds (Raft, bulk and client traffic): an IP address,
+    /// `0.0.0.0:7000` for every interface. Peers reach the node at its address in
+    /// `cluster.members`, which may be a DNS name.
     pub listen: SocketAddr,
     /// Address of the Prometheus `/metrics` endpoint; none disables it.
     #[serde(default)]
@@ -111,14 +114,15 @@ pub struct NodeSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Initial voting members (id → QUIC address). Used to bootstrap a new
-    /// cluster when the data directory is empty and this node is listed; a
-    /// node not listed here starts empty and waits to be added as a learner.
-    pub members: BTreeMap<u64, SocketAddr>,
+    /// Initial voting members (id → QUIC address, `ip:port` or `dns-name:port`; a name is
+    /// resolved again on every reconnect). Used to bootstrap a new cluster when the data
+    /// directory is empty and this node is listed; a node not listed here starts empty and
+    /// waits to be added as a learner.
+    pub members: BTreeMap<u64, PeerAddr>,
     /// Addresses of other nodes known to this one, e.g. a learner joining
     /// later (id → address). Merged with `members` into the address book.
     #[serde(default)]
-    pub peers: BTreeMap<u64, SocketAddr>,
+    pub peers: BTreeMap<u64, PeerAddr>,
 }
 
 /// `[tls]`
@@ -419,7 +423,7 @@ impl NodeConfig {
         if self.cluster.members.is_empty() {
             return Err(invalid(
                 "cluster.members",
-                "list the initial voting members (id = \"ip:port\")",
+                "list the initial voting members (id = \"host:port\")",
             ));
         }
         let r = &self.raft;
@@ -571,9 +575,9 @@ impl NodeConfig {
     }
 
     /// The address book: every known node id with its address.
-    pub fn address_book(&self) -> BTreeMap<u64, SocketAddr> {
+    pub fn address_book(&self) -> BTreeMap<u64, PeerAddr> {
         let mut book = self.cluster.peers.clone();
-        book.extend(self.cluster.members.iter().map(|(k, v)| (*k, *v)));
+        book.extend(self.cluster.members.iter().map(|(k, v)| (*k, v.clone())));
         book
     }
 }

@@ -109,25 +109,29 @@ fn endpoint_config(tls: &TlsIdentity) -> quinn::EndpointConfig {
     config
 }
 
-/// Dial node `to` at its address-book address with `cfg` (which carries the ALPN), waiting
+/// Dial node `to` at its address-book address (resolved now if it is a name) with `cfg` (which carries the ALPN), waiting
 /// at most `connect_timeout_ms` for the handshake.
 pub(super) async fn dial(
     shared: &Shared,
     to: NodeId,
     cfg: &quinn::ClientConfig,
 ) -> Result<Connection, TransportError> {
-    let addr = shared
+    let sock = shared
         .addresses
-        .get(to)
-        .ok_or(TransportError::UnknownPeer(to))?;
+        .resolve(
+            to,
+            shared.endpoint.local_addr().ok(),
+            Duration::from_millis(shared.config.resolve_timeout_ms),
+        )
+        .await?;
     let err = |detail: String| TransportError::Connect {
         peer: to,
-        addr,
+        addr: shared.addresses.get(to).unwrap_or(sock.into()),
         detail,
     };
     let connecting = shared
         .endpoint
-        .connect_with(cfg.clone(), addr, &tls::server_name_for(to))
+        .connect_with(cfg.clone(), sock, &tls::server_name_for(to))
         .map_err(|e| err(e.to_string()))?;
     match tokio::time::timeout(
         Duration::from_millis(shared.config.connect_timeout_ms),

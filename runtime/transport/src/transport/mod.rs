@@ -51,7 +51,7 @@ use tracing::info;
 use crate::certs::{Identity, NodeId, TlsIdentity};
 use crate::tls::{AuthCounters, Membership};
 
-pub use address_book::AddressBook;
+pub use address_book::{AddressBook, DnsResolver, Resolve, ResolveFuture};
 pub use config::TransportConfig;
 pub use error::TransportError;
 pub use inbound::{BulkStream, ClientStream, Inbound};
