@@ -21,4 +21,5 @@ pub mod dev;
 pub mod fidelity;
 pub mod local;
 pub mod polyglot;
+pub mod reload;
 pub mod templates;

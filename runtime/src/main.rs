@@ -50,17 +50,42 @@ enum ConsistencyArg {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a cluster CA and node/client certificates for a test cluster.
+    /// Create a cluster CA and node/client certificates (and rotate the CA).
+    ///
+    /// CA rotation with overlapping trust (nodes reload on file change or SIGHUP):
+    ///
+    /// 1. `wraft cert --dir ca2 --nodes --clients` creates a new CA in ca2/.
+    ///
+    /// 2. `wraft cert --dir certs --trust certs/ca.crt,ca2/ca.crt` makes nodes trust both
+    ///    (copy the bundle to each node).
+    ///
+    /// 3. `wraft cert --dir certs --ca-dir ca2 --nodes 1 --clients` re-issues node 1 from the
+    ///    new CA; node by node, then the clients.
+    ///
+    /// 4. `wraft cert --dir certs --trust ca2/ca.crt` drops the old CA; from then on issue
+    ///    with `--ca-dir ca2` (or copy ca2/ca.key over certs/ca.key).
     Cert {
         /// Output directory.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Node ids to issue certificates for, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
-        nodes: Vec<u64>,
-        /// Client names to issue certificates for, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "admin")]
-        clients: Vec<String>,
+        /// Node ids to issue certificates for, comma-separated; default 1,2,3 (none with
+        /// --trust); `--nodes` alone: none.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        nodes: Option<Vec<u64>>,
+        /// Client names to issue certificates for, comma-separated; default admin (none with
+        /// --trust); `--clients` alone: none.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        clients: Option<Vec<String>>,
+        /// Issue from the CA in this directory (ca.crt + ca.key; generated there if absent)
+        /// instead of the one in --dir. --dir/ca.crt, the trust bundle nodes load, is left
+        /// as it is (created from this CA if missing). The re-issuing step of a CA rotation.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// Replace --dir/ca.crt with the bundle of these CA certificate files
+        /// (comma-separated PEM files), before issuing anything: nodes and clients trust
+        /// every CA in ca.crt. With no --nodes/--clients given, only the bundle is written.
+        #[arg(long, value_delimiter = ',', value_name = "FILES")]
+        trust: Vec<PathBuf>,
         /// Validity of issued certificates, days.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -357,6 +382,7 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 /// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
 async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
     let node = wraft_node::Node::start(cfg).await?;
+    let _sighup = wraft::reload::reload_tls_on_sighup(node.tls_reloader())?;
     eprintln!(
         "node {} serving on {} ({} async worker threads)",
         node.id(),
@@ -407,7 +433,21 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             nodes,
             clients,
             days,
-        } => wraft::cli::cert(&dir, &nodes, &clients, days),
+            ca_dir,
+            trust,
+        } => {
+            // With --trust alone, only the bundle is written.
+            let only_trust = !trust.is_empty() && ca_dir.is_none();
+            let nodes = nodes.unwrap_or_else(|| if only_trust { vec![] } else { vec![1, 2, 3] });
+            let clients = clients.unwrap_or_else(|| {
+                if only_trust {
+                    vec![]
+                } else {
+                    vec!["admin".to_owned()]
+                }
+            });
+            wraft::cli::cert_with(&dir, ca_dir.as_deref(), &trust, &nodes, &clients, days)
+        }
         // main() reads a node's config before the runtime exists and runs it with run_node.
         Cmd::Node { .. } => unreachable!("wraft node is started by main"),
         Cmd::New {

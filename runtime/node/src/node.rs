@@ -80,6 +80,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     driver: tokio::task::JoinHandle<()>,
     requests: mpsc::Sender<ClientCall>,
+    tls: crate::tls_reload::TlsReloader,
 }
 
 impl Node {
@@ -316,6 +317,9 @@ impl Node {
             shutdown_rx.clone(),
         ));
 
+        let tls = crate::tls_reload::TlsReloader::new(id, certs, transport.clone(), &tls);
+        tls.clone().spawn_watch(shutdown_rx.clone());
+
         let driver = Driver {
             id,
             engine,
@@ -359,6 +363,7 @@ impl Node {
             shutdown,
             driver,
             requests: req_tx,
+            tls,
         })
     }
 
@@ -370,6 +375,20 @@ impl Node {
     /// The bound QUIC address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Read the CA bundle, certificate and key from the certificate directory again and use
+    /// them for new handshakes (open connections keep theirs); says what changed. Unusable
+    /// files are refused and the configuration in force stays. The node also does this by
+    /// itself when the files change; `wraft node` does it on SIGHUP.
+    pub fn reload_tls(&self) -> Result<crate::TlsReload, crate::TlsReloadError> {
+        self.tls.reload()
+    }
+
+    /// A handle that reloads this node's TLS material (for a signal handler that outlives
+    /// borrows of the node); see [`Node::reload_tls`].
+    pub fn tls_reloader(&self) -> crate::TlsReloader {
+        self.tls.clone()
     }
 
     /// Send a request to this node directly (in-process), as a client would.
