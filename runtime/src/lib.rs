@@ -6,6 +6,8 @@
 //! `wraft-node` (the node). This crate is the top floor: it owns the terminal.
 //!
 //! - [`cli`] — the cluster commands (`status`, `deploy`, `propose`, `query`, `snapshot`, `cert`).
+//! - [`config_check`] — `wraft config check`: a node's configuration validated offline.
+//! - [`reload`] — `wraft node`'s SIGHUP handler (TLS reload).
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`fidelity`] — the snapshot fidelity check `wraft build` runs on a built component.
 //! - [`templates`] — `wraft new`: machine projects from templates in the binary.
@@ -17,6 +19,7 @@
 pub mod bench;
 pub mod build;
 pub mod cli;
+pub mod config_check;
 pub mod dev;
 pub mod fidelity;
 pub mod local;

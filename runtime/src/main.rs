@@ -90,6 +90,11 @@ enum Cmd {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Work with node configuration files.
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
+    },
     /// Run a node.
     Node {
         /// The node's TOML config file.
@@ -235,6 +240,21 @@ enum Cmd {
     },
     /// Benchmark a local cluster: closed-loop kv puts or linearizable gets, next to the disk's fdatasync rate.
     Bench(wraft::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigOp {
+    /// Validate a node's config without starting it: syntax and unknown keys, every limit,
+    /// addresses, the certificate files (exist, parse, name this node, key fits, not
+    /// expired, accepted by ca.crt) and the data directory (writable or creatable). Prints a
+    /// summary and every problem found; exits non-zero if there is any.
+    Check {
+        /// The node's TOML config file.
+        file: PathBuf,
+        /// Override a config key as `wraft node --set` does (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +467,22 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 }
             });
             wraft::cli::cert_with(&dir, ca_dir.as_deref(), &trust, &nodes, &clients, days)
+        }
+        Cmd::Config {
+            op: ConfigOp::Check { file, overrides },
+        } => {
+            let report = wraft::config_check::check(&file, &overrides).await;
+            print!("{}", report.render(&file));
+            if report.ok() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {} problem(s), listed above",
+                    file.display(),
+                    report.problems.len()
+                )
+                .into())
+            }
         }
         // main() reads a node's config before the runtime exists and runs it with run_node.
         Cmd::Node { .. } => unreachable!("wraft node is started by main"),

@@ -413,6 +413,23 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertError> {
     }
 }
 
+/// A certificate's validity window, `(not_before, not_after)`, as the certificate states it.
+/// Pure parsing, like [`identity_of`]; for reports such as `wraft config check`.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), CertError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| CertError::X509(e.to_string()))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            SystemTime::UNIX_EPOCH
+        }
+    };
+    let v = x509.validity();
+    Ok((at(v.not_before), at(v.not_after)))
+}
+
 /// Everything one party needs to speak TLS in the cluster: the CA to trust,
 /// its own certificate chain and key, and the identity that chain names.
 #[derive(Debug)]

@@ -58,9 +58,9 @@ pub enum TransportError {
         detail: String,
     },
     /// The peer's DNS name could not be resolved (the dial is retried with the link's backoff).
-    #[error("resolve node {peer}'s address {addr}: {detail}")]
+    #[error("resolve {}{addr}: {detail}", if *peer == 0 { String::new() } else { format!("node {peer}'s address ") })]
     Resolve {
-        /// Target node.
+        /// Target node (0 when a client resolves an endpoint).
         peer: NodeId,
         /// The name.
         addr: PeerAddr,
