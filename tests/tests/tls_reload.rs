@@ -199,3 +199,28 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     cluster.restart(1);
     write_through_new_client(&cluster, "after-restart").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_changed_on_disk_are_reloaded_without_a_signal() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster
+        .client()
+        .await
+        .deploy("kv", guest("kv"))
+        .await
+        .expect("deploy");
+    let certs = cluster.certs_dir().to_owned();
+    let work = tempfile::tempdir().expect("temp dir");
+    let ca2 = work.path().join("ca2");
+    wraft_cert(&["--dir", s(&ca2), "--nodes", "--clients"]);
+    let before = count(&cluster, 1, "TLS reloaded: new CA bundle");
+    let bundle = format!("{},{}", s(&certs.join("ca.crt")), s(&ca2.join("ca.crt")));
+    wraft_cert(&["--dir", s(&certs), "--trust", &bundle]);
+    logged(&cluster, 1, "TLS reloaded: new CA bundle", before).await;
+    assert!(
+        !cluster.log(1).contains("SIGHUP"),
+        "reloaded by the file watcher, not a signal"
+    );
+    write_through_new_client(&cluster, "k").await;
+}
