@@ -71,20 +71,29 @@ pub struct TlsReloadError {
     pub detail: String,
 }
 
-/// The DER bytes of what is in force, to tell what a reload changes.
+/// BLAKE3 digests of the DER of what is in force, to tell what a reload changes (digests, so
+/// no second copy of the private key is kept).
 #[derive(Clone, Default, PartialEq, Eq)]
 struct InForce {
-    cas: Vec<Vec<u8>>,
-    chain: Vec<Vec<u8>>,
-    key: Vec<u8>,
+    cas: [u8; 32],
+    chain: [u8; 32],
+    key: [u8; 32],
 }
 
 impl InForce {
     fn of(tls: &TlsIdentity) -> InForce {
+        let digest = |parts: &mut dyn Iterator<Item = &[u8]>| {
+            let mut h = blake3::Hasher::new();
+            for p in parts {
+                h.update(&(p.len() as u64).to_le_bytes());
+                h.update(p);
+            }
+            *h.finalize().as_bytes()
+        };
         InForce {
-            cas: tls.cas.iter().map(|c| c.to_vec()).collect(),
-            chain: tls.cert_chain.iter().map(|c| c.to_vec()).collect(),
-            key: tls.key.secret_der().to_vec(),
+            cas: digest(&mut tls.cas.iter().map(|c| c.as_ref())),
+            chain: digest(&mut tls.cert_chain.iter().map(|c| c.as_ref())),
+            key: digest(&mut std::iter::once(tls.key.secret_der())),
         }
     }
 }
