@@ -93,6 +93,31 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
         .expect("deploy");
     write_through_new_client(&cluster, "before").await;
 
+    // A writer that keeps proposing on the connection it opened with a CA1 client certificate
+    // (open connections keep running across reloads): the cluster commits throughout.
+    let writer_client = cluster.client().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                if writer_client
+                    .propose("kv", &kv_put(&format!("bg/{i}"), "v"))
+                    .await
+                    .is_ok()
+                {
+                    acknowledged.push(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acknowledged
+        }
+    });
+    let started = std::time::Instant::now();
+
     let certs = cluster.certs_dir().to_owned();
     let work = tempfile::tempdir().expect("temp dir");
     let ca2 = work.path().join("ca2");
@@ -174,6 +199,25 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
         logged(&cluster, *id, "TLS reloaded: new CA bundle", before[i]).await;
     }
     write_through_new_client(&cluster, "ca2-only").await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.expect("writer");
+    let mut last = started;
+    let mut longest = Duration::ZERO;
+    for t in &acknowledged {
+        longest = longest.max(t.duration_since(last));
+        last = *t;
+    }
+    assert!(
+        acknowledged.len() >= 10 && longest < Duration::from_secs(3),
+        "background writes during the rotation: {} acknowledged, longest gap {longest:?}",
+        acknowledged.len()
+    );
+    eprintln!(
+        "background writes during the rotation: {} acknowledged in {:?}, longest gap {longest:?}",
+        acknowledged.len(),
+        started.elapsed()
+    );
 
     // A client still holding a CA1 certificate is refused by the nodes (it trusts CA2, so
     // the refusal is theirs, not its own).
