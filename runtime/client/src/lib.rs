@@ -12,10 +12,12 @@
 //! applied.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), wraft_client::ClientError> {
-//! use wraft_client::{Client, ClientOptions};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use wraft_client::{Client, ClientOptions, PeerAddr};
+//! // IP addresses or DNS names, resolved again for every new connection.
+//! let endpoints: Vec<PeerAddr> = vec!["127.0.0.1:7001".parse()?, "node-2.wraft.svc:7001".parse()?];
 //! let client = Client::connect(ClientOptions::from_cert_dir(
-//!     vec!["127.0.0.1:7001".parse().unwrap()],
+//!     endpoints,
 //!     "certs".as_ref(),
 //!     "admin",
 //! )?).await?;
