@@ -241,7 +241,7 @@ async fn main() -> Result<(), AnyError> {
     cfg.cluster.peers = layout
         .nodes
         .iter()
-        .map(|(c, _)| (c.node.id, c.node.listen))
+        .map(|(c, _)| (c.node.id, c.node.listen.into()))
         .collect();
     let new_addr = cfg.node.listen;
     let t = Instant::now();

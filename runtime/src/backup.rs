@@ -16,10 +16,10 @@
 //!   single-member cluster of `wraft_node::recover`.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wraft_proto::PeerAddr;
 
 use wraft_client::{Client, ClientError};
 use wraft_proto::SNAPSHOT_READ_BYTES_MAX;
@@ -42,7 +42,7 @@ pub const RESTORE_IO_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Saved {
     /// The node it was read from.
-    pub from: SocketAddr,
+    pub from: PeerAddr,
     /// The snapshot as the node listed it.
     pub listing: SnapshotListing,
     /// Where it is now.
@@ -58,7 +58,7 @@ pub struct Saved {
 /// called with (bytes so far) at most every [`SAVE_PROGRESS_INTERVAL_MS`] and once at the end.
 pub async fn save(
     client: &Client,
-    endpoints: &[SocketAddr],
+    endpoints: &[PeerAddr],
     file: &Path,
     mut progress: impl FnMut(&SnapshotListing, u64),
 ) -> Result<Saved, AnyError> {
@@ -66,7 +66,7 @@ pub async fn save(
     let (ep, commit) = node_with_commit(client, endpoints).await?;
     let mut attempt = 1;
     loop {
-        let listing = snapshot_to_save(client, ep).await?;
+        let listing = snapshot_to_save(client, &ep).await?;
         if listing.index < commit {
             return Err(format!(
                 "node {ep} could not take a new snapshot and its newest is at index {}, below \
@@ -76,7 +76,7 @@ pub async fn save(
             )
             .into());
         }
-        match download(client, ep, &listing, file, &mut progress).await {
+        match download(client, &ep, &listing, file, &mut progress).await {
             Ok(()) => {
                 return Ok(Saved {
                     from: ep,
@@ -118,8 +118,8 @@ impl<E: Into<AnyError>> From<E> for Failed {
 /// leader if it has, else the first node to get there; and that commit index.
 async fn node_with_commit(
     client: &Client,
-    endpoints: &[SocketAddr],
-) -> Result<(SocketAddr, u64), AnyError> {
+    endpoints: &[PeerAddr],
+) -> Result<(PeerAddr, u64), AnyError> {
     let statuses = statuses(client, endpoints).await;
     let known: Vec<&Status> = statuses
         .iter()
@@ -146,7 +146,7 @@ async fn node_with_commit(
             .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader" && ready(s)));
         let any = statuses.iter().find(|(_, s)| s.as_ref().is_ok_and(ready));
         if let Some((ep, _)) = leader.or(any) {
-            return Ok((*ep, commit));
+            return Ok((ep.clone(), commit));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -161,12 +161,12 @@ async fn node_with_commit(
     }
 }
 
-type NodeStatus = (SocketAddr, Result<Status, ClientError>);
+type NodeStatus = (PeerAddr, Result<Status, ClientError>);
 
-async fn statuses(client: &Client, endpoints: &[SocketAddr]) -> Vec<NodeStatus> {
+async fn statuses(client: &Client, endpoints: &[PeerAddr]) -> Vec<NodeStatus> {
     let mut v = Vec::new();
-    for &ep in endpoints {
-        v.push((ep, client.status_of(Some(ep)).await));
+    for ep in endpoints {
+        v.push((ep.clone(), client.status_of(Some(ep.clone())).await));
     }
     v
 }
@@ -187,13 +187,16 @@ fn describe_statuses(statuses: &[NodeStatus]) -> String {
 
 /// A snapshot of the node at `ep` at a committed index: a new one if the node applied anything
 /// since its newest, else its newest.
-async fn snapshot_to_save(client: &Client, ep: SocketAddr) -> Result<SnapshotListing, ClientError> {
+async fn snapshot_to_save(client: &Client, ep: &PeerAddr) -> Result<SnapshotListing, ClientError> {
     let wait = Duration::from_millis(SAVE_SNAPSHOT_WAIT_MS);
-    match client.snapshot_trigger_and_wait(Some(ep), wait).await {
+    match client
+        .snapshot_trigger_and_wait(Some(ep.clone()), wait)
+        .await
+    {
         Ok(l) => Ok(l),
         // Nothing new to snapshot (or this node cannot snapshot now): its newest will do.
         Err(ClientError::Rejected(why)) => client
-            .snapshots(Some(ep))
+            .snapshots(Some(ep.clone()))
             .await?
             .pop()
             .ok_or_else(|| ClientError::Rejected(format!("node {ep} has no snapshot ({why})"))),
@@ -203,7 +206,7 @@ async fn snapshot_to_save(client: &Client, ep: SocketAddr) -> Result<SnapshotLis
 
 async fn download(
     client: &Client,
-    ep: SocketAddr,
+    ep: &PeerAddr,
     listing: &SnapshotListing,
     file: &Path,
     progress: &mut impl FnMut(&SnapshotListing, u64),
@@ -217,7 +220,7 @@ async fn download(
         while offset < listing.file_bytes {
             let (file_bytes, data) = match client
                 .snapshot_read(
-                    ep,
+                    ep.clone(),
                     listing.index,
                     listing.term,
                     offset,
@@ -303,7 +306,7 @@ fn sync_parent(path: &Path) -> Result<(), AnyError> {
 }
 
 /// Parse one `ID=HOST:PORT` of `--members`.
-pub fn parse_member(s: &str) -> Result<(u64, SocketAddr), String> {
+pub fn parse_member(s: &str) -> Result<(u64, PeerAddr), String> {
     let (id, addr) = s
         .split_once('=')
         .ok_or_else(|| format!("expected ID=HOST:PORT (e.g. 1=10.0.0.1:7001), found {s:?}"))?;
@@ -331,7 +334,7 @@ pub struct RestoreOptions {
     /// The new node's id (one of `members`).
     pub node_id: u64,
     /// Every voter of the new cluster with its address.
-    pub members: Vec<(u64, SocketAddr)>,
+    pub members: Vec<(u64, PeerAddr)>,
 }
 
 /// What [`restore`] wrote.
@@ -349,7 +352,7 @@ pub struct Restored {
 
 /// The replicated address book of a restored cluster: the `--members` as given. (One place
 /// for whatever an address becomes: a DNS name would be carried here.)
-fn restored_addresses(members: &[(u64, SocketAddr)]) -> Vec<(u64, SocketAddr)> {
+fn restored_addresses(members: &[(u64, PeerAddr)]) -> Vec<(u64, PeerAddr)> {
     let mut v = members.to_vec();
     v.sort_unstable_by_key(|(id, _)| *id);
     v

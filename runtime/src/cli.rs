@@ -13,12 +13,46 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `wraft cert`: create (or reuse) a CA in `dir` and issue certificates.
 pub fn cert(dir: &Path, nodes: &[u64], clients: &[String], days: u32) -> Result<(), AnyError> {
-    local::issue_certs(dir, nodes, clients, days)?;
+    cert_with(dir, None, &[], nodes, clients, days)
+}
+
+/// `wraft cert` with its CA-rotation options: first write `dir/ca.crt` as the bundle of the
+/// `trust` files (if any), then issue `nodes` and `clients` from the CA in `ca_dir` (or `dir`).
+pub fn cert_with(
+    dir: &Path,
+    ca_dir: Option<&Path>,
+    trust: &[PathBuf],
+    nodes: &[u64],
+    clients: &[String],
+    days: u32,
+) -> Result<(), AnyError> {
+    if !trust.is_empty() {
+        let mut bundle = String::new();
+        for f in trust {
+            let pem =
+                std::fs::read_to_string(f).map_err(|e| format!("--trust {}: {e}", f.display()))?;
+            bundle += pem.trim_end();
+            bundle += "\n";
+        }
+        wraft_transport::certs::CertDir::new(dir)
+            .write_trust_bundle(&bundle)
+            .map_err(|e| format!("--trust: {e}"))?;
+        println!(
+            "{}: trust bundle of {} CA file(s)",
+            dir.join("ca.crt").display(),
+            trust.len()
+        );
+    }
+    if ca_dir.is_none() && !trust.is_empty() && nodes.is_empty() && clients.is_empty() {
+        return Ok(());
+    }
+    local::issue_certs_from(dir, ca_dir, nodes, clients, days)?;
     println!(
-        "certificates in {}: ca.crt, {} node and {} client certificate(s), valid {days} days",
+        "certificates in {}: {} node and {} client certificate(s), valid {days} days, issued by the CA in {}",
         dir.display(),
         nodes.len(),
-        clients.len()
+        clients.len(),
+        ca_dir.unwrap_or(dir).display()
     );
     Ok(())
 }

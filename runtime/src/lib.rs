@@ -7,6 +7,8 @@
 //!
 //! - [`backup`] — `snapshot save`, `restore`, `recover`: backup, restore and quorum-loss recovery.
 //! - [`cli`] — the cluster commands (`status`, `deploy`, `propose`, `query`, `snapshot`, `cert`).
+//! - [`config_check`] — `wraft config check`: a node's configuration validated offline.
+//! - [`reload`] — `wraft node`'s SIGHUP handler (TLS reload).
 //! - [`build`] — turning a guest crate into a checked component.
 //! - [`fidelity`] — the snapshot fidelity check `wraft build` runs on a built component.
 //! - [`templates`] — `wraft new`: machine projects from templates in the binary.
@@ -19,8 +21,10 @@ pub mod backup;
 pub mod bench;
 pub mod build;
 pub mod cli;
+pub mod config_check;
 pub mod dev;
 pub mod fidelity;
 pub mod local;
 pub mod polyglot;
+pub mod reload;
 pub mod templates;

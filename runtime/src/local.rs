@@ -48,15 +48,33 @@ pub fn issue_certs(
     clients: &[String],
     days: u32,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let cd = CertDir::new(dir);
-    let ca = if cd.ca_cert_path().exists() {
-        cd.load_ca()?
+    issue_certs_from(dir, None, nodes, clients, days)
+}
+
+/// [`issue_certs`], issuing from the CA in `ca_dir` when given (generated there if it holds
+/// none) rather than the one in `dir`. `dir`'s `ca.crt` (the trust bundle nodes load) is then
+/// left as it is, or created as a copy of that CA's certificate if missing. This is the
+/// re-issuing step of a CA rotation.
+pub fn issue_certs_from(
+    dir: &Path,
+    ca_dir: Option<&Path>,
+    nodes: &[u64],
+    clients: &[String],
+    days: u32,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let out = CertDir::new(dir);
+    let issuing = CertDir::new(ca_dir.unwrap_or(dir));
+    let ca = if issuing.ca_cert_path().exists() {
+        issuing.load_ca()?
     } else {
         let ca = ClusterCa::generate("wraft", Validity::days_from_now(days.max(1) * 10))?;
-        cd.write_ca(&ca)?;
+        issuing.write_ca(&ca)?;
         ca
     };
-    let cd = cd.overwrite(true);
+    if !out.ca_cert_path().exists() {
+        out.write_trust_bundle(ca.cert_pem())?;
+    }
+    let cd = out.overwrite(true);
     for id in nodes {
         cd.write_issued(&ca.issue_node(*id, &[], Validity::days_from_now(days))?)?;
     }
@@ -107,7 +125,7 @@ pub fn layout(
                 readyz_leader_contact_ms_max: wraft_config::READYZ_LEADER_CONTACT_MS_MAX_DEFAULT,
             },
             cluster: ClusterSection {
-                members: members.clone(),
+                members: members.iter().map(|(k, v)| (*k, (*v).into())).collect(),
                 peers: BTreeMap::new(),
             },
             tls: TlsSection { dir: certs.clone() },

@@ -1,7 +1,6 @@
 //! The `wraft` command line: run nodes, manage certificates, deploy and talk
 //! to machines.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,9 +26,10 @@ struct Cli {
 /// How to reach a cluster (for every command that talks to one).
 #[derive(Args, Clone)]
 struct Conn {
-    /// Node addresses (any member redirects to the leader), comma-separated.
+    /// Node addresses (any member redirects to the leader), comma-separated: `IP:PORT` or
+    /// `DNS-NAME:PORT`.
     #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',', required = true)]
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<wraft_client::PeerAddr>,
     /// Directory written by `wraft cert` (holds ca.crt and client-<name>.crt/.key).
     #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
     certs: PathBuf,
@@ -59,20 +59,50 @@ enum ConsistencyArg {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a cluster CA and node/client certificates for a test cluster.
+    /// Create a cluster CA and node/client certificates (and rotate the CA).
+    ///
+    /// CA rotation with overlapping trust (nodes reload on file change or SIGHUP):
+    ///
+    /// 1. `wraft cert --dir ca2 --nodes --clients` creates a new CA in ca2/.
+    ///
+    /// 2. `wraft cert --dir certs --trust certs/ca.crt,ca2/ca.crt` makes nodes trust both
+    ///    (copy the bundle to each node).
+    ///
+    /// 3. `wraft cert --dir certs --ca-dir ca2 --nodes 1 --clients` re-issues node 1 from the
+    ///    new CA; node by node, then the clients.
+    ///
+    /// 4. `wraft cert --dir certs --trust ca2/ca.crt` drops the old CA; from then on issue
+    ///    with `--ca-dir ca2` (or copy ca2/ca.key over certs/ca.key).
     Cert {
         /// Output directory.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Node ids to issue certificates for, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
-        nodes: Vec<u64>,
-        /// Client names to issue certificates for, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "admin")]
-        clients: Vec<String>,
+        /// Node ids to issue certificates for, comma-separated; default 1,2,3 (none with
+        /// --trust); `--nodes` alone: none.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        nodes: Option<Vec<u64>>,
+        /// Client names to issue certificates for, comma-separated; default admin (none with
+        /// --trust); `--clients` alone: none.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        clients: Option<Vec<String>>,
+        /// Issue from the CA in this directory (ca.crt + ca.key; generated there if absent)
+        /// instead of the one in --dir. --dir/ca.crt, the trust bundle nodes load, is left
+        /// as it is (created from this CA if missing). The re-issuing step of a CA rotation.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// Replace --dir/ca.crt with the bundle of these CA certificate files
+        /// (comma-separated PEM files), before issuing anything: nodes and clients trust
+        /// every CA in ca.crt. With no --nodes/--clients given, only the bundle is written.
+        #[arg(long, value_delimiter = ',', value_name = "FILES")]
+        trust: Vec<PathBuf>,
         /// Validity of issued certificates, days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+    /// Work with node configuration files.
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
     },
     /// Run a node.
     Node {
@@ -225,7 +255,7 @@ enum Cmd {
         node_id: u64,
         /// Every voter of the new cluster: ID=HOST:PORT, comma-separated.
         #[arg(long, value_delimiter = ',', required = true, value_parser = wraft::backup::parse_member)]
-        members: Vec<(u64, SocketAddr)>,
+        members: Vec<(u64, wraft_proto::PeerAddr)>,
     },
     /// After losing a quorum for good: show a stopped node's data, or force it to be the only
     /// voter of a new cluster from its own log (`--force-new-cluster`).
@@ -258,6 +288,21 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum ConfigOp {
+    /// Validate a node's config without starting it: syntax and unknown keys, every limit,
+    /// addresses, the certificate files (exist, parse, name this node, key fits, not
+    /// expired, accepted by ca.crt) and the data directory (writable or creatable). Prints a
+    /// summary and every problem found; exits non-zero if there is any.
+    Check {
+        /// The node's TOML config file.
+        file: PathBuf,
+        /// Override a config key as `wraft node --set` does (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum MembersOp {
     /// List voters and learners.
     List {
@@ -268,8 +313,9 @@ enum MembersOp {
     AddLearner {
         /// Node id.
         id: u64,
-        /// Its QUIC address.
-        addr: SocketAddr,
+        /// Its QUIC address as the cluster should dial it: `IP:PORT` or `DNS-NAME:PORT` (a
+        /// name is resolved again on every reconnect).
+        addr: wraft_client::PeerAddr,
         #[command(flatten)]
         conn: Conn,
     },
@@ -298,7 +344,7 @@ enum SnapshotOp {
         data_dir: Option<PathBuf>,
         /// Ask this running node instead.
         #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',')]
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<wraft_client::PeerAddr>,
         /// Directory written by `wraft cert`.
         #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
         certs: PathBuf,
@@ -448,6 +494,7 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 /// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
 async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
     let node = wraft_node::Node::start(cfg).await?;
+    let _sighup = wraft::reload::reload_tls_on_sighup(node.tls_reloader())?;
     eprintln!(
         "node {} serving on {} ({} async worker threads)",
         node.id(),
@@ -498,7 +545,37 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             nodes,
             clients,
             days,
-        } => wraft::cli::cert(&dir, &nodes, &clients, days),
+            ca_dir,
+            trust,
+        } => {
+            // With --trust alone, only the bundle is written.
+            let only_trust = !trust.is_empty() && ca_dir.is_none();
+            let nodes = nodes.unwrap_or_else(|| if only_trust { vec![] } else { vec![1, 2, 3] });
+            let clients = clients.unwrap_or_else(|| {
+                if only_trust {
+                    vec![]
+                } else {
+                    vec!["admin".to_owned()]
+                }
+            });
+            wraft::cli::cert_with(&dir, ca_dir.as_deref(), &trust, &nodes, &clients, days)
+        }
+        Cmd::Config {
+            op: ConfigOp::Check { file, overrides },
+        } => {
+            let report = wraft::config_check::check(&file, &overrides).await;
+            print!("{}", report.render(&file));
+            if report.ok() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {} problem(s), listed above",
+                    file.display(),
+                    report.problems.len()
+                )
+                .into())
+            }
+        }
         // main() reads a node's config before the runtime exists and runs it with run_node.
         Cmd::Node { .. } => unreachable!("wraft node is started by main"),
         Cmd::New {
@@ -586,7 +663,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             let statuses: Vec<Status> = if all {
                 let mut v = Vec::new();
                 for ep in &conn.endpoints {
-                    match c.status_of(Some(*ep)).await {
+                    match c.status_of(Some(ep.clone())).await {
                         Ok(s) => v.push(s),
                         Err(e) => eprintln!("{ep}: {e}"),
                     }
@@ -664,7 +741,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     client: name,
                 })
                 .await?;
-                let list = c.snapshots(Some(endpoints[0])).await?;
+                let list = c.snapshots(Some(endpoints[0].clone())).await?;
                 println!("{}", wraft::cli::snapshot_listing(&list, json)?);
                 Ok(())
             }
@@ -710,7 +787,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 let c = client(&conn).await?;
                 let l = c
                     .snapshot_trigger_and_wait(
-                        Some(conn.endpoints[0]),
+                        Some(conn.endpoints[0].clone()),
                         std::time::Duration::from_secs(600),
                     )
                     .await?;
@@ -726,7 +803,11 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             } => {
                 let c = client(&conn).await?;
                 for addr in &conn.endpoints {
-                    println!("{}", c.set_transfer_rate(Some(*addr), bytes_per_sec).await?);
+                    println!(
+                        "{}",
+                        c.set_transfer_rate(Some(addr.clone()), bytes_per_sec)
+                            .await?
+                    );
                 }
                 Ok(())
             }

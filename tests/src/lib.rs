@@ -531,7 +531,7 @@ impl Cluster {
         cfg.cluster.peers = self
             .nodes
             .iter()
-            .map(|(i, n)| (*i, n.config.node.listen))
+            .map(|(i, n)| (*i, n.config.node.listen.into()))
             .collect();
         assert!(!cfg.cluster.members.contains_key(&id));
         tweak(&mut cfg);

@@ -399,7 +399,7 @@ async fn foreign_client_certificates_and_garbage_datagrams_do_not_disturb_the_cl
     )
     .expect("foreign identity");
     let intruder = Client::connect(wraft_client::ClientOptions {
-        endpoints: cluster.endpoints(),
+        endpoints: cluster.endpoints().into_iter().map(Into::into).collect(),
         tls,
         call_timeout_ms: 2_000,
         deploy_timeout_ms: 2_000,

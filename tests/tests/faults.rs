@@ -46,7 +46,10 @@ async fn isolating_the_leader_through_the_proxy_elects_another_and_healing_rejoi
             .cluster
             .members
             .iter()
-            .map(|(id, real)| (*id, p.front(*id, *real)))
+            .map(|(id, real)| {
+                let real = real.socket_addr().expect("local members are IP addresses");
+                (*id, p.front(*id, real).into())
+            })
             .collect();
     });
     let timeout = Duration::from_secs(20);

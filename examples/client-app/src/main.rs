@@ -6,17 +6,16 @@
 //!     [--machine kv] put KEY VALUE | get KEY
 //! ```
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use wraft_client::{Client, ClientOptions};
+use wraft_client::{Client, ClientOptions, PeerAddr};
 
 const USAGE: &str = "usage: kv-client --endpoints ADDR[,ADDR...] --certs DIR --identity NAME \
                      [--machine NAME] (put KEY VALUE | get KEY)";
 
 struct Args {
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<PeerAddr>,
     certs: PathBuf,
     identity: String,
     machine: String,
@@ -32,7 +31,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         match a.as_str() {
             "--endpoints" => {
                 let list = value("--endpoints")?;
-                let parsed: Result<Vec<SocketAddr>, _> = list.split(',').map(str::parse).collect();
+                let parsed: Result<Vec<PeerAddr>, _> = list.split(',').map(str::parse).collect();
                 endpoints = Some(parsed.map_err(|e| format!("--endpoints {list:?}: {e}"))?);
             }
             "--certs" => certs = Some(PathBuf::from(value("--certs")?)),

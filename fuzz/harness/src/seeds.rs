@@ -201,7 +201,10 @@ fn proto(out: &mut Vec<Seed>) {
             name: "kv".into(),
             module: b"\0asm\x0d\0\x01\0".to_vec(),
         },
-        Request::AddLearner { id: 4, addr },
+        Request::AddLearner {
+            id: 4,
+            addr: addr.into(),
+        },
         Request::Status,
         Request::OpenSession,
     ];
@@ -237,7 +240,7 @@ fn proto(out: &mut Vec<Seed>) {
         }))),
         Ok(Reply::Machines(vec![info])),
         Err(RequestError::NotLeader {
-            leader: Some((2, addr)),
+            leader: Some((2, addr.into())),
         }),
         Err(RequestError::App {
             code: 3,
@@ -256,7 +259,10 @@ fn proto(out: &mut Vec<Seed>) {
             sha256: [5; 32],
             module: b"\0asm".to_vec(),
         },
-        Command::SetAddress { id: 4, addr },
+        Command::SetAddress {
+            id: 4,
+            addr: addr.into(),
+        },
         Command::OpenSession,
         Command::Checkpoint {
             index: 1024,

@@ -12,10 +12,12 @@
 //! applied.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), wraft_client::ClientError> {
-//! use wraft_client::{Client, ClientOptions};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use wraft_client::{Client, ClientOptions, PeerAddr};
+//! // IP addresses or DNS names, resolved again for every new connection.
+//! let endpoints: Vec<PeerAddr> = vec!["127.0.0.1:7001".parse()?, "node-2.wraft.svc:7001".parse()?];
 //! let client = Client::connect(ClientOptions::from_cert_dir(
-//!     vec!["127.0.0.1:7001".parse().unwrap()],
+//!     endpoints,
 //!     "certs".as_ref(),
 //!     "admin",
 //! )?).await?;
@@ -31,7 +33,6 @@
 //! packet also waking the idle worker (`BENCHMARKS.md`, series h).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ use wraft_transport::frame::FrameError;
 
 use wraft_proto::KIND_REQUEST;
 /// The protocol types a client's answers are made of, so an application needs only this crate.
-pub use wraft_proto::{self as proto, Consistency, MachineInfo, Status};
+pub use wraft_proto::{self as proto, Consistency, MachineInfo, PeerAddr, Status};
 use wraft_proto::{Reply, Request, RequestError, RequestTag, Response};
 
 /// A connection that hears nothing from its node for this long is declared
@@ -122,8 +123,9 @@ pub enum ClientError {
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Nodes to try first (any member will redirect to the leader).
-    pub endpoints: Vec<SocketAddr>,
+    /// Nodes to try first (any member will redirect to the leader): IP addresses or DNS
+    /// names, resolved again for every new connection.
+    pub endpoints: Vec<PeerAddr>,
     /// The client's certificate, key and the cluster CA.
     pub tls: TlsIdentity,
     /// Give up on one call after this long, milliseconds.
@@ -139,10 +141,11 @@ pub struct ClientOptions {
 impl ClientOptions {
     /// Options using the certificate `client-<name>` from a `wraft cert` directory.
     pub fn from_cert_dir(
-        endpoints: Vec<SocketAddr>,
+        endpoints: impl IntoIterator<Item = impl Into<PeerAddr>>,
         dir: &Path,
         name: &str,
     ) -> Result<ClientOptions, ClientError> {
+        let endpoints = endpoints.into_iter().map(Into::into).collect();
         let tls = CertDir::new(dir)
             .load_tls(&wraft_transport::Identity::Client(name.to_owned()))
             .map_err(|e| ClientError::Certs(e.to_string()))?;
@@ -175,11 +178,11 @@ struct Session {
 /// A handle to a cluster. Cheap to share by reference across tasks.
 pub struct Client {
     opts: ClientOptions,
-    conn: tokio::sync::Mutex<Option<(SocketAddr, ClientConnection)>>,
+    conn: tokio::sync::Mutex<Option<(PeerAddr, ClientConnection)>>,
     sessions: Mutex<Vec<Session>>,
-    leader_hint: Mutex<Option<SocketAddr>>,
+    leader_hint: Mutex<Option<PeerAddr>>,
     /// Nodes whose connection failed, and when (see [`SUSPECT_NODE_MS`]).
-    suspects: Mutex<HashMap<SocketAddr, Instant>>,
+    suspects: Mutex<HashMap<PeerAddr, Instant>>,
 }
 
 impl Client {
@@ -293,9 +296,12 @@ impl Client {
     }
 
     /// Status of the node at `addr` (or of the first reachable endpoint).
-    pub async fn status_of(&self, addr: Option<SocketAddr>) -> Result<Status, ClientError> {
-        let target = addr.unwrap_or(self.opts.endpoints[0]);
-        let conn = self.connection_to(target).await?;
+    pub async fn status_of(
+        &self,
+        addr: Option<impl Into<PeerAddr>>,
+    ) -> Result<Status, ClientError> {
+        let target = self.target(addr);
+        let conn = self.connection_to(&target).await?;
         match exchange(&conn, &Request::Status).await? {
             Ok(Reply::Status(s)) => Ok(*s),
             Ok(other) => Err(unexpected(other)),
@@ -312,7 +318,12 @@ impl Client {
     }
 
     /// Add node `id` at `addr` as a learner.
-    pub async fn add_learner(&self, id: u64, addr: SocketAddr) -> Result<String, ClientError> {
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        addr: impl Into<PeerAddr>,
+    ) -> Result<String, ClientError> {
+        let addr = addr.into();
         done(self.call(Request::AddLearner { id, addr }, true).await?)
     }
 
@@ -329,9 +340,12 @@ impl Client {
     /// Ask the node at `addr` (or the first endpoint) to start a snapshot
     /// now (or join the one in flight); returns the index it will cover.
     /// The file is durable once [`Client::snapshots`] lists that index.
-    pub async fn snapshot_trigger(&self, addr: Option<SocketAddr>) -> Result<u64, ClientError> {
-        let target = addr.unwrap_or(self.opts.endpoints[0]);
-        let conn = self.connection_to(target).await?;
+    pub async fn snapshot_trigger(
+        &self,
+        addr: Option<impl Into<PeerAddr>>,
+    ) -> Result<u64, ClientError> {
+        let target = self.target(addr);
+        let conn = self.connection_to(&target).await?;
         match exchange(&conn, &Request::SnapshotTrigger).await? {
             Ok(Reply::SnapshotStarted { index }) => Ok(index),
             Ok(other) => Err(unexpected(other)),
@@ -343,14 +357,15 @@ impl Client {
     /// snapshot at or above that index (at most `timeout`).
     pub async fn snapshot_trigger_and_wait(
         &self,
-        addr: Option<SocketAddr>,
+        addr: Option<impl Into<PeerAddr>>,
         timeout: std::time::Duration,
     ) -> Result<wraft_proto::SnapshotListing, ClientError> {
-        let index = self.snapshot_trigger(addr).await?;
+        let target = self.target(addr);
+        let index = self.snapshot_trigger(Some(target.clone())).await?;
         let start = std::time::Instant::now();
         loop {
             if let Some(l) = self
-                .snapshots(addr)
+                .snapshots(Some(target.clone()))
                 .await?
                 .into_iter()
                 .rev()
@@ -374,11 +389,11 @@ impl Client {
     /// configured `snapshot.transfer_bytes_per_sec_max`.
     pub async fn set_transfer_rate(
         &self,
-        addr: Option<SocketAddr>,
+        addr: Option<impl Into<PeerAddr>>,
         bytes_per_sec: u64,
     ) -> Result<String, ClientError> {
-        let target = addr.unwrap_or(self.opts.endpoints[0]);
-        let conn = self.connection_to(target).await?;
+        let target = self.target(addr);
+        let conn = self.connection_to(&target).await?;
         match exchange(&conn, &Request::SetTransferRate { bytes_per_sec }).await? {
             Ok(r) => done(r),
             Err(e) => Err(map_err(e)),
@@ -388,10 +403,10 @@ impl Client {
     /// The complete snapshots held by the node at `addr` (or the first endpoint).
     pub async fn snapshots(
         &self,
-        addr: Option<SocketAddr>,
+        addr: Option<impl Into<PeerAddr>>,
     ) -> Result<Vec<wraft_proto::SnapshotListing>, ClientError> {
-        let target = addr.unwrap_or(self.opts.endpoints[0]);
-        let conn = self.connection_to(target).await?;
+        let target = self.target(addr);
+        let conn = self.connection_to(&target).await?;
         match exchange(&conn, &Request::Snapshots).await? {
             Ok(Reply::Snapshots(v)) => Ok(v),
             Ok(other) => Err(unexpected(other)),
@@ -405,13 +420,13 @@ impl Client {
     /// whole file this way, one bounded chunk at a time.
     pub async fn snapshot_read(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<PeerAddr>,
         index: u64,
         term: u64,
         offset: u64,
         bytes_max: u64,
     ) -> Result<(u64, Vec<u8>), ClientError> {
-        let conn = self.connection_to(addr).await?;
+        let conn = self.connection_to(&addr.into()).await?;
         let req = Request::SnapshotRead {
             index,
             term,
@@ -502,12 +517,12 @@ impl Client {
         let mut endpoint_idx = 0usize;
         let mut last = String::from("no attempt");
         while start.elapsed() < deadline {
-            let hint = self.leader_hint.lock().ok().and_then(|h| *h);
+            let hint = self.leader_hint.lock().ok().and_then(|h| h.clone());
             let target = match hint {
-                Some(h) if !self.is_suspect(h) => h,
+                Some(h) if !self.is_suspect(&h) => h,
                 _ => self.next_endpoint(&mut endpoint_idx),
             };
-            let outcome = match self.connection_to(target).await {
+            let outcome = match self.connection_to(&target).await {
                 Ok(conn) => {
                     let r = exchange(&conn, &req).await;
                     if !matches!(
@@ -527,7 +542,7 @@ impl Client {
             };
             match outcome {
                 Ok(Ok(reply)) => {
-                    self.set_suspect(target, false);
+                    self.set_suspect(&target, false);
                     // Start the next call where this one succeeded, rather
                     // than at the first endpoint (which may be a dead node).
                     if follow_leader {
@@ -541,9 +556,10 @@ impl Client {
                     // (followers name the old leader until they elect anew).
                     let hint = leader
                         .map(|(_, a)| a)
-                        .filter(|a| *a != target && !self.is_suspect(*a));
+                        .filter(|a| *a != target && !self.is_suspect(a));
+                    let no_hint = hint.is_none();
                     self.set_hint(hint);
-                    if hint.is_none() {
+                    if no_hint {
                         endpoint_idx += 1;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -562,7 +578,7 @@ impl Client {
                 Err(e) => {
                     // Connection trouble: forget this node, try the next one.
                     last = e.to_string();
-                    self.set_suspect(target, true);
+                    self.set_suspect(&target, true);
                     self.set_hint(None);
                     *self.conn.lock().await = None;
                     // Continue after the node that failed, which may have
@@ -582,47 +598,53 @@ impl Client {
         })
     }
 
+    /// `addr`, or the first endpoint.
+    fn target(&self, addr: Option<impl Into<PeerAddr>>) -> PeerAddr {
+        addr.map(Into::into)
+            .unwrap_or_else(|| self.opts.endpoints[0].clone())
+    }
+
     /// The first endpoint from `*idx` on that is not suspect (or, if all
     /// are, the one at `*idx`); leaves `*idx` pointing at it.
-    fn next_endpoint(&self, idx: &mut usize) -> SocketAddr {
+    fn next_endpoint(&self, idx: &mut usize) -> PeerAddr {
         let eps = &self.opts.endpoints;
         for step in 0..eps.len() {
             let i = (*idx + step) % eps.len();
-            if !self.is_suspect(eps[i]) {
+            if !self.is_suspect(&eps[i]) {
                 *idx = i;
-                return eps[i];
+                return eps[i].clone();
             }
         }
-        eps[*idx % eps.len()]
+        eps[*idx % eps.len()].clone()
     }
 
-    fn is_suspect(&self, addr: SocketAddr) -> bool {
+    fn is_suspect(&self, addr: &PeerAddr) -> bool {
         self.suspects.lock().is_ok_and(|s| {
-            s.get(&addr)
+            s.get(addr)
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(SUSPECT_NODE_MS))
         })
     }
 
-    fn set_suspect(&self, addr: SocketAddr, failed: bool) {
+    fn set_suspect(&self, addr: &PeerAddr, failed: bool) {
         if let Ok(mut s) = self.suspects.lock() {
             if failed {
-                s.insert(addr, Instant::now());
+                s.insert(addr.clone(), Instant::now());
             } else {
-                s.remove(&addr);
+                s.remove(addr);
             }
         }
     }
 
-    fn set_hint(&self, hint: Option<SocketAddr>) {
+    fn set_hint(&self, hint: Option<PeerAddr>) {
         if let Ok(mut h) = self.leader_hint.lock() {
             *h = hint;
         }
     }
 
-    async fn connection_to(&self, addr: SocketAddr) -> Result<ClientConnection, ClientError> {
+    async fn connection_to(&self, addr: &PeerAddr) -> Result<ClientConnection, ClientError> {
         let mut guard = self.conn.lock().await;
         if let Some((a, c)) = guard.as_ref()
-            && *a == addr
+            && a == addr
             && c.connection().close_reason().is_none()
         {
             return Ok(c.clone());
@@ -634,10 +656,28 @@ impl Client {
             max_frame_bytes: FRAME_BYTES_MAX,
             ..ClientConfig::default()
         };
-        let conn = ClientConnection::connect(addr, None, &self.opts.tls, &cfg)
+        let socks = wraft_transport::client::resolve(addr, CONNECT_TIMEOUT_MS)
             .await
             .map_err(|e| ClientError::Internal(format!("connecting to {addr}: {e}")))?;
-        *guard = Some((addr, conn.clone()));
+        // A name may have several addresses (IPv4 and IPv6): the first that answers wins.
+        let mut failure = String::new();
+        let mut connected = None;
+        for sock in socks {
+            match ClientConnection::connect(sock, None, &self.opts.tls, &cfg).await {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(e) => failure = format!("{failure}{sock}: {e}; "),
+            }
+        }
+        let conn = connected.ok_or_else(|| {
+            ClientError::Internal(format!(
+                "connecting to {addr}: {}",
+                failure.trim_end_matches("; ")
+            ))
+        })?;
+        *guard = Some((addr.clone(), conn.clone()));
         Ok(conn)
     }
 }

@@ -12,7 +12,7 @@
 //! listen = "127.0.0.1:7001"
 //!
 //! [cluster]
-//! members = { 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002", 3 = "127.0.0.1:7003" }
+//! members = { 1 = "127.0.0.1:7001", 2 = "node-2.wraft.svc:7002", 3 = "127.0.0.1:7003" }
 //!
 //! [tls]
 //! dir = "/etc/wraft/certs"
@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+pub use wraft_proto::PeerAddr;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,9 @@ pub struct NodeSection {
     pub id: u64,
     /// Directory holding the log, hard state, snapshots and module cache.
     pub data_dir: PathBuf,
-    /// UDP address of the QUIC endpoint (Raft, bulk and client traffic).
+    /// UDP address the QUIC endpoint binds (Raft, bulk and client traffic): an IP address,
+    /// `0.0.0.0:7000` for every interface. Peers reach the node at its address in
+    /// `cluster.members`, which may be a DNS name.
     pub listen: SocketAddr,
     /// Address of the Prometheus `/metrics` endpoint; none disables it.
     #[serde(default)]
@@ -151,14 +154,15 @@ fn default_readyz_leader_contact_ms_max() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Initial voting members (id → QUIC address). Used to bootstrap a new
-    /// cluster when the data directory is empty and this node is listed; a
-    /// node not listed here starts empty and waits to be added as a learner.
-    pub members: BTreeMap<u64, SocketAddr>,
+    /// Initial voting members (id → QUIC address, `ip:port` or `dns-name:port`; a name is
+    /// resolved again on every reconnect). Used to bootstrap a new cluster when the data
+    /// directory is empty and this node is listed; a node not listed here starts empty and
+    /// waits to be added as a learner.
+    pub members: BTreeMap<u64, PeerAddr>,
     /// Addresses of other nodes known to this one, e.g. a learner joining
     /// later (id → address). Merged with `members` into the address book.
     #[serde(default)]
-    pub peers: BTreeMap<u64, SocketAddr>,
+    pub peers: BTreeMap<u64, PeerAddr>,
 }
 
 /// `[tls]`
@@ -402,6 +406,15 @@ impl NodeConfig {
     /// `raft.heartbeat_interval_ms=30`, `node.data_dir=/tmp/n1`), then parse
     /// and validate the result exactly as a file.
     pub fn load_with_overrides(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let cfg = Self::read_with_overrides(path, overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`NodeConfig::load_with_overrides`] without [`NodeConfig::validate`]: the file must
+    /// parse (TOML, known keys, well-formed addresses), but ranges are left to the caller,
+    /// e.g. to list every [`NodeConfig::problems`] at once.
+    pub fn read_with_overrides(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -410,14 +423,10 @@ impl NodeConfig {
             path: path.to_owned(),
             message,
         })?;
-        let cfg = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })?;
-        Ok(cfg)
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Parse and validate TOML text.
@@ -435,187 +444,12 @@ impl NodeConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Check ranges and cross-field rules; the error names the key.
+    /// Check ranges and cross-field rules; the error names the key (the first problem of
+    /// [`NodeConfig::problems`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                message: message.into(),
-            }
+        if let Some(first) = self.problems().into_iter().next() {
+            return Err(first);
         }
-        fn range(key: &'static str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
-            if v < lo || v > hi {
-                return Err(invalid(key, format!("{v} is outside {lo}..={hi}")));
-            }
-            Ok(())
-        }
-        if self.node.id == 0 {
-            return Err(invalid("node.id", "node ids start at 1"));
-        }
-        if self.cluster.members.contains_key(&0) {
-            return Err(invalid("cluster.members", "node ids start at 1"));
-        }
-        range(
-            "node.worker_threads",
-            self.node.worker_threads,
-            0,
-            WORKER_THREADS_MAX,
-        )?;
-        range(
-            "node.readyz_lag_entries_max",
-            self.node.readyz_lag_entries_max,
-            0,
-            1 << 40,
-        )?;
-        range(
-            "node.readyz_leader_contact_ms_max",
-            self.node.readyz_leader_contact_ms_max,
-            self.raft.heartbeat_interval_ms,
-            3_600_000,
-        )?;
-        if self.cluster.members.is_empty() {
-            return Err(invalid(
-                "cluster.members",
-                "list the initial voting members (id = \"ip:port\")",
-            ));
-        }
-        let r = &self.raft;
-        range("raft.tick_interval_ms", r.tick_interval_ms, 1, 1_000)?;
-        // Upper bounds keep `3 × heartbeat` from overflowing and the engine's
-        // u32 tick counts from truncating (regression input:
-        // fuzz/regressions/config_toml/heartbeat-times-3-overflows).
-        range(
-            "raft.heartbeat_interval_ms",
-            r.heartbeat_interval_ms,
-            1,
-            60_000,
-        )?;
-        range(
-            "raft.election_timeout_ms",
-            r.election_timeout_ms,
-            3,
-            600_000,
-        )?;
-        if r.heartbeat_interval_ms < r.tick_interval_ms {
-            return Err(invalid(
-                "raft.heartbeat_interval_ms",
-                format!(
-                    "{} is shorter than one tick ({} ms)",
-                    r.heartbeat_interval_ms, r.tick_interval_ms
-                ),
-            ));
-        }
-        if r.election_timeout_ms < 3 * r.heartbeat_interval_ms {
-            return Err(invalid(
-                "raft.election_timeout_ms",
-                format!(
-                    "{} must be at least 3 × raft.heartbeat_interval_ms ({})",
-                    r.election_timeout_ms,
-                    3 * r.heartbeat_interval_ms
-                ),
-            ));
-        }
-        range(
-            "raft.inflight_append_msgs_max",
-            r.inflight_append_msgs_max,
-            1,
-            4096,
-        )?;
-        range("raft.append_entries_max", r.append_entries_max, 1, 1 << 20)?;
-        range("raft.append_bytes_max", r.append_bytes_max, 1024, 256 << 20)?;
-        range(
-            "raft.pending_proposals_max",
-            r.pending_proposals_max,
-            1,
-            1 << 24,
-        )?;
-        range(
-            "raft.divergence_check_entries",
-            r.divergence_check_entries,
-            0,
-            1 << 30,
-        )?;
-        range(
-            "storage.segment_bytes",
-            self.storage.segment_bytes,
-            1 << 20,
-            4 << 30,
-        )?;
-        range(
-            "storage.preallocate_bytes",
-            self.storage.preallocate_bytes,
-            0,
-            self.storage.segment_bytes.min(1 << 30),
-        )?;
-        if self.storage.preallocate_bytes == 1 {
-            return Err(invalid(
-                "storage.preallocate_bytes",
-                "must be 0 (off) or at least 2",
-            ));
-        }
-        let s = &self.snapshot;
-        range("snapshot.retain_count", s.retain_count, 1, 64)?;
-        range("snapshot.chunk_bytes", s.chunk_bytes, 4 << 10, 64 << 20)?;
-        range(
-            "snapshot.transfer_progress_timeout_ms",
-            s.transfer_progress_timeout_ms,
-            100,
-            3_600_000,
-        )?;
-        range(
-            "snapshot.incoming_transfers_max",
-            s.incoming_transfers_max,
-            1,
-            64,
-        )?;
-        let g = &self.guest;
-        range(
-            "guest.module_bytes_max",
-            g.module_bytes_max,
-            1 << 10,
-            1 << 30,
-        )?;
-        range(
-            "guest.memory_bytes_max",
-            g.memory_bytes_max,
-            1 << 20,
-            4 << 30,
-        )?;
-        range("guest.fuel_per_call", g.fuel_per_call, 1_000, u64::MAX / 2)?;
-        range(
-            "guest.fuel_per_entry",
-            g.fuel_per_entry,
-            1_000,
-            u64::MAX / 2,
-        )?;
-        range(
-            "guest.output_bytes_max",
-            g.output_bytes_max,
-            1 << 10,
-            1 << 30,
-        )?;
-        range("guest.watchdog_ms", g.watchdog_ms, 10, 3_600_000)?;
-        let c = &self.client;
-        range("client.command_bytes_max", c.command_bytes_max, 1, 64 << 20)?;
-        range("client.connections_max", c.connections_max, 1, 1 << 20)?;
-        range(
-            "client.request_timeout_ms",
-            c.request_timeout_ms,
-            10,
-            3_600_000,
-        )?;
-        range(
-            "client.deploy_timeout_ms",
-            c.deploy_timeout_ms,
-            10,
-            3_600_000,
-        )?;
-        range(
-            "client.response_write_timeout_ms",
-            c.response_write_timeout_ms,
-            10,
-            3_600_000,
-        )?;
         if self.storage.fsync == FsyncPolicy::Relaxed {
             tracing::warn!(
                 target: "wraft::config",
@@ -627,10 +461,228 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Every range and cross-field problem of this configuration, each naming its key, in
+    /// the order of the file's sections (`wraft config check` lists them all; empty when the
+    /// configuration is valid).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        let range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Some(invalid(key, format!("{v} is outside {lo}..={hi}")))
+            } else {
+                None
+            }
+        };
+        let mut out: Vec<Option<ConfigError>> = Vec::new();
+        if self.node.id == 0 {
+            out.push(Some(invalid("node.id", "node ids start at 1")));
+        }
+        if self.cluster.members.contains_key(&0) {
+            out.push(Some(invalid("cluster.members", "node ids start at 1")));
+        }
+        out.push(range(
+            "node.worker_threads",
+            self.node.worker_threads,
+            0,
+            WORKER_THREADS_MAX,
+        ));
+        out.push(range(
+            "node.readyz_lag_entries_max",
+            self.node.readyz_lag_entries_max,
+            0,
+            1 << 40,
+        ));
+        out.push(range(
+            "node.readyz_leader_contact_ms_max",
+            self.node.readyz_leader_contact_ms_max,
+            self.raft.heartbeat_interval_ms,
+            3_600_000,
+        ));
+        if self.cluster.members.is_empty() {
+            out.push(Some(invalid(
+                "cluster.members",
+                "list the initial voting members (id = \"host:port\")",
+            )));
+        }
+        let r = &self.raft;
+        out.push(range("raft.tick_interval_ms", r.tick_interval_ms, 1, 1_000));
+        // Upper bounds keep `3 × heartbeat` from overflowing and the engine's
+        // u32 tick counts from truncating (regression input:
+        // fuzz/regressions/config_toml/heartbeat-times-3-overflows).
+        out.push(range(
+            "raft.heartbeat_interval_ms",
+            r.heartbeat_interval_ms,
+            1,
+            60_000,
+        ));
+        out.push(range(
+            "raft.election_timeout_ms",
+            r.election_timeout_ms,
+            3,
+            600_000,
+        ));
+        if r.heartbeat_interval_ms < r.tick_interval_ms {
+            out.push(Some(invalid(
+                "raft.heartbeat_interval_ms",
+                format!(
+                    "{} is shorter than one tick ({} ms)",
+                    r.heartbeat_interval_ms, r.tick_interval_ms
+                ),
+            )));
+        }
+        if r.election_timeout_ms < r.heartbeat_interval_ms.saturating_mul(3) {
+            out.push(Some(invalid(
+                "raft.election_timeout_ms",
+                format!(
+                    "{} must be at least 3 × raft.heartbeat_interval_ms ({})",
+                    r.election_timeout_ms,
+                    r.heartbeat_interval_ms.saturating_mul(3)
+                ),
+            )));
+        }
+        out.push(range(
+            "raft.inflight_append_msgs_max",
+            r.inflight_append_msgs_max,
+            1,
+            4096,
+        ));
+        out.push(range(
+            "raft.append_entries_max",
+            r.append_entries_max,
+            1,
+            1 << 20,
+        ));
+        out.push(range(
+            "raft.append_bytes_max",
+            r.append_bytes_max,
+            1024,
+            256 << 20,
+        ));
+        out.push(range(
+            "raft.pending_proposals_max",
+            r.pending_proposals_max,
+            1,
+            1 << 24,
+        ));
+        out.push(range(
+            "raft.divergence_check_entries",
+            r.divergence_check_entries,
+            0,
+            1 << 30,
+        ));
+        out.push(range(
+            "storage.segment_bytes",
+            self.storage.segment_bytes,
+            1 << 20,
+            4 << 30,
+        ));
+        out.push(range(
+            "storage.preallocate_bytes",
+            self.storage.preallocate_bytes,
+            0,
+            self.storage.segment_bytes.min(1 << 30),
+        ));
+        if self.storage.preallocate_bytes == 1 {
+            out.push(Some(invalid(
+                "storage.preallocate_bytes",
+                "must be 0 (off) or at least 2",
+            )));
+        }
+        let s = &self.snapshot;
+        out.push(range("snapshot.retain_count", s.retain_count, 1, 64));
+        out.push(range(
+            "snapshot.chunk_bytes",
+            s.chunk_bytes,
+            4 << 10,
+            64 << 20,
+        ));
+        out.push(range(
+            "snapshot.transfer_progress_timeout_ms",
+            s.transfer_progress_timeout_ms,
+            100,
+            3_600_000,
+        ));
+        out.push(range(
+            "snapshot.incoming_transfers_max",
+            s.incoming_transfers_max,
+            1,
+            64,
+        ));
+        let g = &self.guest;
+        out.push(range(
+            "guest.module_bytes_max",
+            g.module_bytes_max,
+            1 << 10,
+            1 << 30,
+        ));
+        out.push(range(
+            "guest.memory_bytes_max",
+            g.memory_bytes_max,
+            1 << 20,
+            4 << 30,
+        ));
+        out.push(range(
+            "guest.fuel_per_call",
+            g.fuel_per_call,
+            1_000,
+            u64::MAX / 2,
+        ));
+        out.push(range(
+            "guest.fuel_per_entry",
+            g.fuel_per_entry,
+            1_000,
+            u64::MAX / 2,
+        ));
+        out.push(range(
+            "guest.output_bytes_max",
+            g.output_bytes_max,
+            1 << 10,
+            1 << 30,
+        ));
+        out.push(range("guest.watchdog_ms", g.watchdog_ms, 10, 3_600_000));
+        let c = &self.client;
+        out.push(range(
+            "client.command_bytes_max",
+            c.command_bytes_max,
+            1,
+            64 << 20,
+        ));
+        out.push(range(
+            "client.connections_max",
+            c.connections_max,
+            1,
+            1 << 20,
+        ));
+        out.push(range(
+            "client.request_timeout_ms",
+            c.request_timeout_ms,
+            10,
+            3_600_000,
+        ));
+        out.push(range(
+            "client.deploy_timeout_ms",
+            c.deploy_timeout_ms,
+            10,
+            3_600_000,
+        ));
+        out.push(range(
+            "client.response_write_timeout_ms",
+            c.response_write_timeout_ms,
+            10,
+            3_600_000,
+        ));
+        out.into_iter().flatten().collect()
+    }
+
     /// The address book: every known node id with its address.
-    pub fn address_book(&self) -> BTreeMap<u64, SocketAddr> {
+    pub fn address_book(&self) -> BTreeMap<u64, PeerAddr> {
         let mut book = self.cluster.peers.clone();
-        book.extend(self.cluster.members.iter().map(|(k, v)| (*k, *v)));
+        book.extend(self.cluster.members.iter().map(|(k, v)| (*k, v.clone())));
         book
     }
 }
@@ -725,6 +777,56 @@ dir = "/tmp/certs"
             assert_eq!((r.append_bytes_max, r.pending_proposals_max), (65536, 500));
             assert_eq!(cfg.snapshot.log_entries_max, 7000);
         }
+    }
+
+    #[test]
+    fn every_problem_is_listed_not_only_the_first() {
+        let text = format!(
+            "{MINIMAL}\n[raft]\nheartbeat_interval_ms = 0\n[snapshot]\nchunk_bytes = 1\n\
+             [client]\nconnections_max = 0\n"
+        );
+        let cfg: NodeConfig = toml::from_str(&text).unwrap();
+        let keys: Vec<String> = cfg
+            .problems()
+            .iter()
+            .map(|p| match p {
+                ConfigError::Invalid { key, .. } => (*key).to_owned(),
+                other => other.to_string(),
+            })
+            .collect();
+        for want in [
+            "raft.heartbeat_interval_ms",
+            "snapshot.chunk_bytes",
+            "client.connections_max",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == want),
+                "{want} missing from {keys:?}"
+            );
+        }
+        // validate() reports the first of them, as before.
+        let first = cfg.validate().unwrap_err().to_string();
+        assert!(first.contains("raft.heartbeat_interval_ms"), "{first}");
+    }
+
+    #[test]
+    fn members_may_be_dns_names_and_a_malformed_address_names_the_key() {
+        let text = MINIMAL.replace("2 = \"127.0.0.1:7002\"", "2 = \"node-2.wraft.svc:7002\"");
+        let cfg = NodeConfig::parse(&text).unwrap();
+        assert_eq!(cfg.cluster.members[&2].to_string(), "node-2.wraft.svc:7002");
+        assert!(cfg.cluster.members[&2].is_name());
+        let round = NodeConfig::parse(&cfg.to_toml()).unwrap();
+        assert_eq!(round.cluster.members, cfg.cluster.members);
+        let bad = MINIMAL.replace("2 = \"127.0.0.1:7002\"", "2 = \"node 2:7002\"");
+        let err = NodeConfig::parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("node 2:7002") && err.contains("HOST:PORT"),
+            "{err}"
+        );
+        let listen_name =
+            MINIMAL.replace("listen = \"127.0.0.1:7001\"", "listen = \"node-1:7001\"");
+        let err = NodeConfig::parse(&listen_name).unwrap_err().to_string();
+        assert!(err.contains("listen"), "a node binds an IP address: {err}");
     }
 
     #[test]

@@ -47,7 +47,9 @@ mod node;
 pub mod recover;
 mod server;
 mod snapshot;
+mod tls_reload;
 
 pub use apply::ApplyState;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
 pub use node::{Node, NodeError};
+pub use tls_reload::{TLS_WATCH_DEBOUNCE_MS, TlsReload, TlsReloadError, TlsReloader};

@@ -82,6 +82,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     driver: tokio::task::JoinHandle<()>,
     requests: mpsc::Sender<ClientCall>,
+    tls: crate::tls_reload::TlsReloader,
 }
 
 impl Node {
@@ -355,6 +356,9 @@ impl Node {
             ));
         }
 
+        let tls = crate::tls_reload::TlsReloader::new(id, certs, transport.clone(), &tls);
+        tls.clone().spawn_watch(shutdown_rx.clone());
+
         let driver = Driver {
             id,
             engine,
@@ -406,6 +410,7 @@ impl Node {
             shutdown,
             driver,
             requests: req_tx,
+            tls,
         })
     }
 
@@ -423,6 +428,20 @@ impl Node {
     /// configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Read the CA bundle, certificate and key from the certificate directory again and use
+    /// them for new handshakes (open connections keep theirs); says what changed. Unusable
+    /// files are refused and the configuration in force stays. The node also does this by
+    /// itself when the files change; `wraft node` does it on SIGHUP.
+    pub fn reload_tls(&self) -> Result<crate::TlsReload, crate::TlsReloadError> {
+        self.tls.reload()
+    }
+
+    /// A handle that reloads this node's TLS material (for a signal handler that outlives
+    /// borrows of the node); see [`Node::reload_tls`].
+    pub fn tls_reloader(&self) -> crate::TlsReloader {
+        self.tls.clone()
     }
 
     /// Send a request to this node directly (in-process), as a client would.

@@ -229,6 +229,7 @@ async fn read_snapshot(
     })
     .await
     .map_err(|e| RequestError::Internal(e.to_string()))?
+}
 
 /// The `request` label of `wraft_client_requests_total`.
 fn request_kind(request: &Request) -> &'static str {

@@ -19,8 +19,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod addr;
 pub mod digest;
 mod wasi_profile;
+
+pub use addr::{HOST_NAME_BYTES_MAX, PeerAddr, PeerAddrError};
 
 pub use wasi_profile::{DETERMINISTIC_WASI_IMPORTS, WasiProfile};
 
@@ -112,8 +115,8 @@ pub enum Request {
     AddLearner {
         /// New node's id.
         id: u64,
-        /// Its QUIC address.
-        addr: std::net::SocketAddr,
+        /// Its QUIC address (an IP address or a DNS name, resolved on every connect).
+        addr: PeerAddr,
     },
     /// Make a caught-up learner a voter.
     Promote {
@@ -190,7 +193,7 @@ pub enum RequestError {
     #[error("not the leader (leader: {leader:?})")]
     NotLeader {
         /// Leader id and address, if this node knows them.
-        leader: Option<(u64, std::net::SocketAddr)>,
+        leader: Option<(u64, PeerAddr)>,
     },
     /// Queues are full; back off and retry.
     #[error("busy: {0}")]
@@ -429,8 +432,9 @@ pub enum Command {
     SetAddress {
         /// The node.
         id: u64,
-        /// Its address.
-        addr: std::net::SocketAddr,
+        /// Its address. Encoded as a `SocketAddr` was for IP addresses, so entries written
+        /// before names were allowed decode unchanged (see [`PeerAddr`]).
+        addr: PeerAddr,
     },
     /// [`Command::Deploy`] with a WASI profile (a separate variant so that
     /// logs written before profiles existed still decode).

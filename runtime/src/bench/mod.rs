@@ -393,8 +393,9 @@ async fn drive(
     let (leader, leader_addr) =
         wait_for_leader(&admin, layout, cluster, Duration::from_secs(20)).await?;
     // Workers start at the leader (they would be redirected there anyway).
-    opts.endpoints.retain(|a| *a != leader_addr);
-    opts.endpoints.insert(0, leader_addr);
+    let leader_peer = wraft_client::PeerAddr::from(leader_addr);
+    opts.endpoints.retain(|a| *a != leader_peer);
+    opts.endpoints.insert(0, leader_peer);
     let term_before = admin.status_of(Some(leader_addr)).await?.term;
     eprintln!("node {leader} ({leader_addr}) leads term {term_before}; deploying kv…");
     admin.deploy("kv", module).await?;

@@ -16,7 +16,9 @@
 //!
 //! # Directory layout (what `wraft cert` writes)
 //! ```text
-//! <dir>/ca.crt              cluster CA certificate (PEM); every node and client needs it
+//! <dir>/ca.crt              cluster CA certificate(s) (PEM); every node and client needs it.
+//!                           May hold several CAs (a trust bundle): every one is trusted,
+//!                           which is how a CA is rotated with overlapping trust
 //! <dir>/ca.key              cluster CA private key (PEM, mode 0600); keep it off the nodes
 //! <dir>/node-<id>.crt       node certificate (PEM)
 //! <dir>/node-<id>.key       node private key (PKCS#8 PEM, mode 0600)
@@ -265,6 +267,26 @@ impl ClusterCa {
             what: "CA private key".into(),
             detail: e.to_string(),
         })?;
+        // A key from another CA (ca.key left behind after ca.crt was replaced during a
+        // rotation) would sign certificates that name this CA as issuer but verify nowhere.
+        let first =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| CertError::Pem {
+                what: "CA certificate".into(),
+                detail: e.to_string(),
+            })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&first)
+            .map_err(|e| CertError::X509(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref()
+            != rcgen::PublicKeyData::der_bytes(&key)
+        {
+            return Err(CertError::Pem {
+                what: "CA private key".into(),
+                detail: "it is not the key of the (first) CA certificate; after a CA rotation, \
+                         issue with --ca-dir pointing at the new CA's directory, or copy its \
+                         ca.key next to its ca.crt"
+                    .into(),
+            });
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CertError::Pem {
             what: "CA certificate".into(),
             detail: e.to_string(),
@@ -391,14 +413,32 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, CertError> {
     }
 }
 
+/// A certificate's validity window, `(not_before, not_after)`, as the certificate states it.
+/// Pure parsing, like [`identity_of`]; for reports such as `wraft config check`.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), CertError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| CertError::X509(e.to_string()))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            SystemTime::UNIX_EPOCH
+        }
+    };
+    let v = x509.validity();
+    Ok((at(v.not_before), at(v.not_after)))
+}
+
 /// Everything one party needs to speak TLS in the cluster: the CA to trust,
 /// its own certificate chain and key, and the identity that chain names.
 #[derive(Debug)]
 pub struct TlsIdentity {
     /// Who this party is (parsed from `cert_chain[0]`).
     pub identity: Identity,
-    /// The cluster CA certificate, the only trust anchor.
-    pub ca: CertificateDer<'static>,
+    /// The cluster CA certificates, the only trust anchors: usually one, two while a CA
+    /// rotation overlaps the old and the new (every certificate in `ca.crt`).
+    pub cas: Vec<CertificateDer<'static>>,
     /// This party's certificate chain, leaf first.
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// This party's private key.
@@ -409,7 +449,7 @@ impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
         TlsIdentity {
             identity: self.identity.clone(),
-            ca: self.ca.clone(),
+            cas: self.cas.clone(),
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
         }
@@ -417,8 +457,8 @@ impl Clone for TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// Build from PEM strings (CA certificate, leaf certificate or chain, private key).
-    /// Fails if any PEM is unparsable or the leaf carries no wraft identity.
+    /// Build from PEM strings (CA certificate or bundle, leaf certificate or chain, private
+    /// key). Fails if any PEM is unparsable or the leaf carries no wraft identity.
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<TlsIdentity, CertError> {
         let pem_err = |what: &str| {
             let what = what.to_owned();
@@ -427,8 +467,15 @@ impl TlsIdentity {
                 detail: e.to_string(),
             }
         };
-        let ca =
-            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(pem_err("CA certificate"))?;
+        let cas = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_err("CA certificate"))?;
+        if cas.is_empty() {
+            return Err(CertError::Pem {
+                what: "CA certificate".into(),
+                detail: "no CERTIFICATE block found".into(),
+            });
+        }
         let cert_chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(pem_err("certificate"))?;
@@ -441,7 +488,7 @@ impl TlsIdentity {
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_err("private key"))?;
         Ok(TlsIdentity {
             identity,
-            ca,
+            cas,
             cert_chain,
             key,
         })
@@ -515,6 +562,26 @@ impl CertDir {
             false,
             self.overwrite,
         )
+    }
+
+    /// Replace `ca.crt` with `bundle_pem` (one or more CA certificates, PEM), atomically:
+    /// nodes and clients trust every CA in it, which is how a CA rotation overlaps the old
+    /// and the new. Refuses a bundle without a certificate or with an unparsable one.
+    pub fn write_trust_bundle(&self, bundle_pem: &str) -> Result<(), CertError> {
+        let certs = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CertError::Pem {
+                what: "CA bundle".into(),
+                detail: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(CertError::Pem {
+                what: "CA bundle".into(),
+                detail: "no CERTIFICATE block found".into(),
+            });
+        }
+        self.ensure_root()?;
+        write_atomic(&self.ca_cert_path(), bundle_pem.as_bytes(), false, true)
     }
 
     /// Load the CA (certificate and key) to issue more certificates.

@@ -133,7 +133,7 @@ impl ClientConnection {
     ) -> Result<ClientConnection, TransportError> {
         let err = |detail: String| TransportError::Connect {
             peer: node.unwrap_or(0),
-            addr,
+            addr: addr.into(),
             detail,
         };
         let rustls_cfg = tls::client_config(tls, Alpn::Client, &AuthCounters::new())?;
@@ -249,4 +249,33 @@ impl ClientConnection {
             .close(VarInt::from_u32(CODE_SHUTDOWN), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// Resolve `addr` (an IP address, or a DNS name through the system resolver) to the socket
+/// addresses to try, in the resolver's order, waiting at most `timeout_ms`. Clients call it
+/// before every new connection, so a node whose name moved is found at its new address.
+pub async fn resolve(
+    addr: &wraft_proto::PeerAddr,
+    timeout_ms: u64,
+) -> Result<Vec<SocketAddr>, TransportError> {
+    use crate::transport::Resolve;
+    if let Some(a) = addr.socket_addr() {
+        return Ok(vec![a]);
+    }
+    let err = |detail: String| TransportError::Resolve {
+        peer: 0,
+        addr: addr.clone(),
+        detail,
+    };
+    let found = tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        crate::transport::DnsResolver.resolve(addr),
+    )
+    .await
+    .map_err(|_| err(format!("no answer within {timeout_ms} ms")))?
+    .map_err(|e| err(e.to_string()))?;
+    if found.is_empty() {
+        return Err(err("the name has no addresses".into()));
+    }
+    Ok(found)
 }

@@ -45,9 +45,10 @@ pub use certs::{Identity, NodeId};
 pub use tls::Membership;
 pub use transport::{
     AddressBook, BulkStream, CODE_BAD_FRAME, CODE_LINK_CLOSED, CODE_REFUSED, CODE_SHUTDOWN,
-    ClientStream, Inbound, LinkState, PeerStats, SendOutcome, Transport, TransportConfig,
-    TransportError, TransportStats,
+    ClientStream, DnsResolver, Inbound, LinkState, PeerStats, Resolve, ResolveFuture, SendOutcome,
+    Transport, TransportConfig, TransportError, TransportStats,
 };
+pub use wraft_proto::PeerAddr;
 
 /// Re-exported so callers can use quinn's stream types without pinning a second copy.
 pub use quinn;

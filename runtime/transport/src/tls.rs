@@ -279,6 +279,9 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("client verifier: {0}")]
     Verifier(String),
+    /// Certificate, key and CA bundle do not make a usable identity (see [`check_usable`]).
+    #[error("{0}")]
+    Unusable(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -287,10 +290,43 @@ fn provider() -> Arc<CryptoProvider> {
 
 fn roots(tls: &TlsIdentity) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(tls.ca.clone())
-        .map_err(|e| TlsError::BadCa(e.to_string()))?;
+    for ca in &tls.cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::BadCa(e.to_string()))?;
+    }
     Ok(Arc::new(roots))
+}
+
+/// Check that `tls` can be used as it is now: its key matches its certificate, and the
+/// certificate chains to one of its own trust anchors and is inside its validity window (so
+/// peers trusting the same CAs accept it). Run before a reload swaps new material in.
+pub fn check_usable(tls: &TlsIdentity) -> Result<(), TlsError> {
+    let provider = provider();
+    rustls::sign::CertifiedKey::from_der(tls.cert_chain.clone(), tls.key.clone_key(), &provider)
+        .map_err(|e| {
+            TlsError::Unusable(format!("the private key does not fit the certificate: {e}"))
+        })?;
+    let leaf = tls
+        .cert_chain
+        .first()
+        .ok_or_else(|| TlsError::Unusable("no certificate".into()))?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf)
+        .map_err(|e| TlsError::Unusable(format!("unparsable certificate: {e}")))?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &*roots(tls)?,
+        &tls.cert_chain[1..],
+        UnixTime::now(),
+        provider.signature_verification_algorithms.all,
+    )
+    .map_err(|e| {
+        TlsError::Unusable(format!(
+            "the certificate is not accepted by the CA bundle: {}",
+            refusal_from_rustls(&e)
+        ))
+    })?;
+    Ok(())
 }
 
 /// Count and log a refusal (`context` says which side of which handshake),

@@ -21,14 +21,14 @@ fn foreign_ca_node_tls(f: &Fixture, id: u64) -> TlsIdentity {
         .issue_node(id, &[], Validity::days_from_now(1))
         .unwrap();
     let mut tls = TlsIdentity::from_issued(other.cert_pem(), &issued).unwrap();
-    tls.ca = TlsIdentity::from_issued(
+    tls.cas = TlsIdentity::from_issued(
         f.ca.cert_pem(),
         &f.ca
             .issue_node(99, &[], Validity::days_from_now(1))
             .unwrap(),
     )
     .unwrap()
-    .ca;
+    .cas;
     tls
 }
 

@@ -93,7 +93,10 @@ fn config_tweak(proxy: &FaultProxy, snapshot_entries: u64, cfg: &mut NodeConfig)
         .cluster
         .members
         .iter()
-        .map(|(id, real)| (*id, proxy.front(*id, *real)))
+        .map(|(id, real)| {
+            let real = real.socket_addr().expect("local members are IP addresses");
+            (*id, proxy.front(*id, real).into())
+        })
         .collect();
     cfg.client.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
     if snapshot_entries > 0 {

@@ -75,8 +75,8 @@ impl Applier {
                 "apply command routed to the admin path".into(),
             )),
             Command::SetAddress { id, addr } => {
-                self.addresses.insert(id, addr);
-                self.replicated_addresses.insert(id, addr);
+                self.addresses.insert(id, addr.clone());
+                self.replicated_addresses.insert(id, addr.clone());
                 Ok(Reply::Done {
                     message: format!("node {id} is at {addr}"),
                 })

@@ -29,8 +29,6 @@ use wraft_engine::{ClientTag, Entry, SessionTable};
 use wraft_storage::Storage;
 use wraft_transport::AddressBook;
 
-use std::net::SocketAddr;
-
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
@@ -201,7 +199,7 @@ pub struct Applier {
     published: Arc<Mutex<ApplyState>>,
     metrics: crate::metrics::ApplyMetrics,
     /// Addresses set through the log (`SetAddress`); part of snapshots.
-    replicated_addresses: BTreeMap<u64, SocketAddr>,
+    replicated_addresses: BTreeMap<u64, wraft_proto::PeerAddr>,
     /// Newest durable node snapshot at or below `applied`: rebuilds start there.
     base: Option<SnapshotId>,
     /// Snapshot outcomes go to the driver.

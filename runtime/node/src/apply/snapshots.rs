@@ -60,9 +60,9 @@ impl Applier {
         }
         self.sessions = r.sessions;
         self.last_timestamp_ms = r.header.last_timestamp_ms;
-        self.replicated_addresses = r.header.addresses.iter().copied().collect();
+        self.replicated_addresses = r.header.addresses.iter().cloned().collect();
         for (id, addr) in &r.header.addresses {
-            self.addresses.insert(*id, *addr);
+            self.addresses.insert(*id, addr.clone());
         }
         self.applied = r.header.index;
         self.base = Some(id);

@@ -9,7 +9,6 @@ mod requests;
 pub(crate) mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,7 +97,7 @@ pub(crate) struct Driver {
     pub(crate) transport: Transport,
     pub(crate) transport_members: wraft_transport::Membership,
     pub(crate) addresses: AddressBook,
-    pub(crate) config_book: BTreeMap<u64, SocketAddr>,
+    pub(crate) config_book: BTreeMap<u64, wraft_proto::PeerAddr>,
     pub(crate) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
     pub(crate) published: Arc<Mutex<ApplyState>>,
     pub(crate) next_id: u64,

@@ -14,7 +14,6 @@
 //! guarantees anyway (it keeps the fallback snapshot replayable).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,7 +38,7 @@ pub struct Cut {
     /// Entry clock.
     pub last_timestamp_ms: u64,
     /// Replicated addresses.
-    pub addresses: BTreeMap<u64, SocketAddr>,
+    pub addresses: BTreeMap<u64, wraft_proto::PeerAddr>,
 }
 
 /// Write a node snapshot of `cut` from shadow instances (see the module
@@ -66,7 +65,7 @@ pub async fn create_snapshot(
         term: cut.meta.term,
         membership: cut.meta.membership.clone(),
         last_timestamp_ms: cut.last_timestamp_ms,
-        addresses: cut.addresses.iter().map(|(k, v)| (*k, *v)).collect(),
+        addresses: cut.addresses.clone().into_iter().collect(),
         machines: cut
             .machines
             .iter()

@@ -51,8 +51,6 @@ mod body;
 mod read;
 mod write;
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
 use wraft_engine::Membership;
 use wraft_proto::WasiProfile;
@@ -155,8 +153,12 @@ pub struct NodeSnapshotHeader {
     /// and a transfer interrupted by a leader change resumes from the new
     /// leader's copy.
     pub last_timestamp_ms: u64,
-    /// Replicated node addresses (`SetAddress` commands), sorted by id.
-    pub addresses: Vec<(u64, SocketAddr)>,
+    /// Replicated node addresses (`SetAddress` commands), sorted by id. [`PeerAddr`] encodes
+    /// an IP address exactly as `SocketAddr` did, so headers written before names were
+    /// allowed decode unchanged and the format version stays (pinned in the tests).
+    ///
+    /// [`PeerAddr`]: wraft_proto::PeerAddr
+    pub addresses: Vec<(u64, wraft_proto::PeerAddr)>,
     /// The machine registry, in section order.
     pub machines: Vec<MachineRecord>,
 }

@@ -112,6 +112,55 @@ fn a_version_1_file_reads_with_every_machine_on_the_nodes_own_limits() {
     assert_eq!(snap.sessions.len(), 1);
 }
 
+/// Headers written when addresses were `SocketAddr` decode unchanged into the header with
+/// `PeerAddr` addresses, so the format version did not need a bump; names round-trip.
+#[test]
+fn a_header_written_with_socket_addresses_reads_as_peer_addresses() {
+    #[derive(Serialize)]
+    struct HeaderBeforeNames {
+        format_version: u32,
+        index: u64,
+        term: u64,
+        membership: Membership,
+        last_timestamp_ms: u64,
+        addresses: Vec<(u64, std::net::SocketAddr)>,
+        machines: Vec<MachineRecord>,
+    }
+    let h = header(10, &[b"module-zero"]);
+    let old = HeaderBeforeNames {
+        format_version: h.format_version,
+        index: h.index,
+        term: h.term,
+        membership: h.membership.clone(),
+        last_timestamp_ms: h.last_timestamp_ms,
+        addresses: vec![
+            (4, "127.0.0.1:9".parse().unwrap()),
+            (5, "[::1]:7".parse().unwrap()),
+        ],
+        machines: h.machines.clone(),
+    };
+    let bytes = postcard::to_stdvec(&old).unwrap();
+    let read: NodeSnapshotHeader = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(read.addresses[0], (4, "127.0.0.1:9".parse().unwrap()));
+    assert_eq!(read.addresses[1], (5, "[::1]:7".parse().unwrap()));
+    assert_eq!(
+        postcard::to_stdvec(&read).unwrap(),
+        bytes,
+        "IP addresses are written as before"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let mut named = header(12, &[b"module-zero"]);
+    named.addresses = vec![(4, "node-4.wraft.svc:7000".parse().unwrap())];
+    write(&s, &named, &[b"module-zero"], &[vec![1u8; 10]]);
+    let id = SnapshotId {
+        last_index: 12,
+        last_term: 2,
+    };
+    assert_eq!(NodeSnapshot::open(&s, id).unwrap().header, named);
+}
+
 #[test]
 fn node_snapshot_round_trips_every_section() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,7 +43,7 @@ impl Transport {
         {
             return Ok(c.clone());
         }
-        let conn = dial(&self.inner.shared, to, &self.inner.shared.bulk_client).await?;
+        let conn = dial(&self.inner.shared, to, crate::tls::Alpn::Bulk).await?;
         info!(target: LOG, peer = to, "bulk connection established");
         *slot = Some(conn.clone());
         Ok(conn)

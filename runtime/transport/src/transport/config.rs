@@ -34,6 +34,9 @@ pub struct TransportConfig {
     pub reconnect_backoff_max_ms: u64,
     /// Handshake deadline for a dial, ms. Default 3000.
     pub connect_timeout_ms: u64,
+    /// Deadline for resolving a peer's DNS name before each dial, ms. Default 2000. A name
+    /// that does not resolve in time fails the dial, which is retried with the link's backoff.
+    pub resolve_timeout_ms: u64,
     /// QUIC keep-alive (PING) interval on idle connections, ms. Default 1000.
     pub keep_alive_interval_ms: u64,
     /// Connection closed after this long without hearing from the peer, ms. Default 5000.
@@ -71,6 +74,7 @@ impl TransportConfig {
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 2000,
             connect_timeout_ms: 3000,
+            resolve_timeout_ms: 2000,
             keep_alive_interval_ms: 1000,
             idle_timeout_ms: 5000,
             stream_receive_window_bytes: 8 << 20,
@@ -125,6 +129,9 @@ impl TransportConfig {
                     self.idle_timeout_ms, self.keep_alive_interval_ms
                 ),
             );
+        }
+        if self.resolve_timeout_ms == 0 {
+            return bad("resolve_timeout_ms", "must be > 0".into());
         }
         if !(1200..=65527).contains(&self.mtu_upper_bound_bytes) {
             return bad(

@@ -11,24 +11,49 @@ use super::{Shared, TransportConfig, TransportError};
 use crate::certs::{NodeId, TlsIdentity};
 use crate::tls::{self, Alpn, AuthCounters, Membership, TlsError};
 
+/// The QUIC transport parameters, built once from the [`TransportConfig`] and reused when the
+/// TLS configurations are rebuilt.
+pub(super) struct QuicTransports {
+    /// Every connection but raft links.
+    common: Arc<quinn::TransportConfig>,
+    /// Raft links (their acknowledgement frequency).
+    raft_link: Arc<quinn::TransportConfig>,
+}
+
+impl QuicTransports {
+    pub(super) fn new(config: &TransportConfig) -> Result<QuicTransports, TransportError> {
+        Ok(QuicTransports {
+            common: Arc::new(config.quinn_transport()?),
+            raft_link: Arc::new(config.raft_link_transport()?),
+        })
+    }
+}
+
+/// What a node dials with, one configuration per node-to-node ALPN.
+#[derive(Clone)]
+pub(super) struct DialConfigs {
+    /// Dialing raft links (`wraft-raft/1`), with the link's acknowledgement frequency.
+    pub(super) raft: quinn::ClientConfig,
+    /// Dialing bulk connections (`wraft-bulk/1`), with the common transport.
+    pub(super) bulk: quinn::ClientConfig,
+}
+
 /// The QUIC configurations of one node: what it accepts with, and what it dials with.
 pub(super) struct QuicConfigs {
     /// Accepting every ALPN, with the common transport.
     pub(super) server: quinn::ServerConfig,
-    /// Dialing raft links (`wraft-raft/1`), with the link's acknowledgement frequency.
-    pub(super) raft_client: quinn::ClientConfig,
-    /// Dialing bulk connections (`wraft-bulk/1`), with the common transport.
-    pub(super) bulk_client: quinn::ClientConfig,
+    /// Dialing.
+    pub(super) dialing: DialConfigs,
 }
 
 impl QuicConfigs {
     pub(super) fn new(
-        config: &TransportConfig,
+        transports: &QuicTransports,
         tls: &TlsIdentity,
         membership: &Membership,
         auth: &AuthCounters,
     ) -> Result<QuicConfigs, TransportError> {
-        let transport = Arc::new(config.quinn_transport()?);
+        let transport = transports.common.clone();
 
         let server_tls = tls::server_config(tls, membership.clone(), auth)?;
         let quic_server = QuicServerConfig::try_from(server_tls)
@@ -45,12 +70,11 @@ impl QuicConfigs {
             cc.transport_config(transport);
             Ok(cc)
         };
-        let raft_client = client_cfg(Alpn::Raft, Arc::new(config.raft_link_transport()?))?;
-        let bulk_client = client_cfg(Alpn::Bulk, transport)?;
+        let raft = client_cfg(Alpn::Raft, transports.raft_link.clone())?;
+        let bulk = client_cfg(Alpn::Bulk, transport)?;
         Ok(QuicConfigs {
             server,
-            raft_client,
-            bulk_client,
+            dialing: DialConfigs { raft, bulk },
         })
     }
 }
@@ -109,25 +133,37 @@ fn endpoint_config(tls: &TlsIdentity) -> quinn::EndpointConfig {
     config
 }
 
-/// Dial node `to` at its address-book address with `cfg` (which carries the ALPN), waiting
-/// at most `connect_timeout_ms` for the handshake.
+/// Dial node `to` at its address-book address (resolved now if it is a name) on `alpn` (raft
+/// or bulk) with the current dial configuration, waiting at most `connect_timeout_ms` for the
+/// handshake.
 pub(super) async fn dial(
     shared: &Shared,
     to: NodeId,
-    cfg: &quinn::ClientConfig,
+    alpn: Alpn,
 ) -> Result<Connection, TransportError> {
-    let addr = shared
+    let cfg = {
+        let dialing = shared.dialing.read().unwrap_or_else(|p| p.into_inner());
+        match alpn {
+            Alpn::Bulk => dialing.bulk.clone(),
+            _ => dialing.raft.clone(),
+        }
+    };
+    let sock = shared
         .addresses
-        .get(to)
-        .ok_or(TransportError::UnknownPeer(to))?;
+        .resolve(
+            to,
+            shared.endpoint.local_addr().ok(),
+            Duration::from_millis(shared.config.resolve_timeout_ms),
+        )
+        .await?;
     let err = |detail: String| TransportError::Connect {
         peer: to,
-        addr,
+        addr: shared.addresses.get(to).unwrap_or(sock.into()),
         detail,
     };
     let connecting = shared
         .endpoint
-        .connect_with(cfg.clone(), addr, &tls::server_name_for(to))
+        .connect_with(cfg, sock, &tls::server_name_for(to))
         .map_err(|e| err(e.to_string()))?;
     match tokio::time::timeout(
         Duration::from_millis(shared.config.connect_timeout_ms),

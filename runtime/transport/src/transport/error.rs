@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use wraft_proto::PeerAddr;
+
 use crate::certs::{Identity, NodeId};
 use crate::frame::FrameError;
 use crate::tls::TlsError;
@@ -51,7 +53,17 @@ pub enum TransportError {
         /// Target node.
         peer: NodeId,
         /// Target address.
-        addr: SocketAddr,
+        addr: PeerAddr,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The peer's DNS name could not be resolved (the dial is retried with the link's backoff).
+    #[error("resolve {}{addr}: {detail}", if *peer == 0 { String::new() } else { format!("node {peer}'s address ") })]
+    Resolve {
+        /// Target node (0 when a client resolves an endpoint).
+        peer: NodeId,
+        /// The name.
+        addr: PeerAddr,
         /// What went wrong.
         detail: String,
     },

@@ -244,7 +244,7 @@ async fn connect_link(
     shared: &Shared,
     to: NodeId,
 ) -> Result<(Connection, SendStream), TransportError> {
-    let conn = dial(shared, to, &shared.raft_client).await?;
+    let conn = dial(shared, to, crate::tls::Alpn::Raft).await?;
     let mut stream = conn.open_uni().await?;
     let hello = frame::encode_payload(&Hello {
         from: shared.config.node_id,

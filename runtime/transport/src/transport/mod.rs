@@ -51,7 +51,7 @@ use tracing::info;
 use crate::certs::{Identity, NodeId, TlsIdentity};
 use crate::tls::{AuthCounters, Membership};
 
-pub use address_book::AddressBook;
+pub use address_book::{AddressBook, DnsResolver, Resolve, ResolveFuture};
 pub use config::TransportConfig;
 pub use error::TransportError;
 pub use inbound::{BulkStream, ClientStream, Inbound};
@@ -59,7 +59,7 @@ pub use link::LinkState;
 pub use send::SendOutcome;
 pub use stats::{PeerStats, TransportStats};
 
-use endpoint::QuicConfigs;
+use endpoint::{DialConfigs, QuicConfigs, QuicTransports};
 use link::PeerLink;
 use stats::Counters;
 
@@ -80,8 +80,10 @@ const LOG: &str = "wraft_transport";
 struct Shared {
     config: Arc<TransportConfig>,
     endpoint: Endpoint,
-    raft_client: quinn::ClientConfig,
-    bulk_client: quinn::ClientConfig,
+    /// What new dials use; replaced whole by [`Transport::reload_tls`].
+    dialing: Arc<std::sync::RwLock<DialConfigs>>,
+    /// The QUIC transport parameters every config is built with (kept for reloads).
+    quic_transport: Arc<QuicTransports>,
     addresses: AddressBook,
     membership: Membership,
     auth: AuthCounters,
@@ -156,7 +158,8 @@ impl Transport {
         }
         let rt = tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
         let auth = AuthCounters::new();
-        let quic = QuicConfigs::new(&config, tls, &membership, &auth)?;
+        let transports = Arc::new(QuicTransports::new(&config)?);
+        let quic = QuicConfigs::new(&transports, tls, &membership, &auth)?;
         let endpoint = {
             let _guard = rt.enter();
             endpoint::bind_endpoint(&config, tls, quic.server)?
@@ -165,8 +168,8 @@ impl Transport {
         let shared = Shared {
             config: Arc::new(config),
             endpoint,
-            raft_client: quic.raft_client,
-            bulk_client: quic.bulk_client,
+            dialing: Arc::new(std::sync::RwLock::new(quic.dialing)),
+            quic_transport: transports,
             addresses,
             membership,
             auth,
@@ -194,6 +197,37 @@ impl Transport {
     /// The bound UDP address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.shared.endpoint.local_addr()
+    }
+
+    /// Swap in new TLS material (a renewed certificate and key, a new CA bundle) without
+    /// dropping anything: handshakes accepted from now on use the new server configuration
+    /// ([`quinn::Endpoint::set_server_config`]) and dials from now on the new client
+    /// configurations; connections already open keep running on what they were established
+    /// with. Refused, with nothing changed, if `tls` names another identity than this node
+    /// or [`crate::tls::check_usable`] refuses it (key does not fit, expired, not signed by
+    /// a CA of its own bundle).
+    ///
+    /// The QUIC stateless-reset key stays derived from the key the endpoint was bound with
+    /// until the next restart (it only has to be stable across restarts, not secret-bound).
+    pub fn reload_tls(&self, tls: &TlsIdentity) -> Result<(), TransportError> {
+        let shared = &self.inner.shared;
+        if tls.identity != Identity::Node(shared.config.node_id) {
+            return Err(TransportError::WrongCertificate {
+                expected: shared.config.node_id,
+                found: tls.identity.clone(),
+            });
+        }
+        crate::tls::check_usable(tls)?;
+        let quic = QuicConfigs::new(
+            &shared.quic_transport,
+            tls,
+            &shared.membership,
+            &shared.auth,
+        )?;
+        shared.endpoint.set_server_config(Some(quic.server));
+        *shared.dialing.write().unwrap_or_else(|p| p.into_inner()) = quic.dialing;
+        info!(target: LOG, node = shared.config.node_id, "TLS configuration reloaded; new handshakes use it");
+        Ok(())
     }
 
     /// The shared address book this transport dials from.

@@ -49,7 +49,7 @@ impl Nemesis {
             let front = proxy.front(cfg.node.id, cfg.node.listen);
             let mut peers = proxy.fronts();
             peers.insert(cfg.node.id, front);
-            cfg.cluster.peers = peers;
+            cfg.cluster.peers = peers.into_iter().map(|(k, v)| (k, v.into())).collect();
         });
         let front = self.proxy.front(id, addr);
         self.note(format!(
