@@ -12,6 +12,7 @@
 //! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
 //! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
 //! - [`local`] — laying out a local cluster (demo, tests).
+//! - [`service`] — `wraft node` as a service: SIGTERM/SIGINT and the graceful stop.
 //! - [`bench`] — `wraft bench`, the load generator.
 
 pub mod bench;
@@ -21,4 +22,5 @@ pub mod dev;
 pub mod fidelity;
 pub mod local;
 pub mod polyglot;
+pub mod service;
 pub mod templates;

@@ -102,6 +102,7 @@ pub fn layout(
                 listen: members[&id],
                 metrics_listen: None,
                 worker_threads: local_worker_threads(n),
+                shutdown_timeout_ms: wraft_config::SHUTDOWN_TIMEOUT_MS_DEFAULT,
             },
             cluster: ClusterSection {
                 members: members.clone(),

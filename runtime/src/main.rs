@@ -353,8 +353,11 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
+/// `wraft node`: serve until SIGTERM or SIGINT, then stop like a service (a leader hands
+/// leadership over first; bounded by `node.shutdown_timeout_ms`). A second signal exits at once.
 async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
+    let timeout = std::time::Duration::from_millis(cfg.node.shutdown_timeout_ms);
+    let signals = wraft::service::StopSignals::new()?;
     let node = wraft_node::Node::start(cfg).await?;
     eprintln!(
         "node {} serving on {} ({} async worker threads)",
@@ -362,8 +365,7 @@ async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
         node.local_addr(),
         tokio::runtime::Handle::current().metrics().num_workers()
     );
-    tokio::signal::ctrl_c().await?;
-    node.shutdown().await;
+    wraft::service::serve_until_stopped(node, signals, timeout).await;
     Ok(())
 }
 

@@ -43,5 +43,6 @@ mod server;
 mod snapshot;
 
 pub use apply::ApplyState;
+pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
-pub use node::{Node, NodeError};
+pub use node::{Node, NodeError, STOP_GRACE_MS};

@@ -82,6 +82,10 @@ impl Driver {
             module_sha256,
             reply,
         } = call;
+        if let Some(e) = self.refuse_while_stopping(&request) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         match request {
             Request::Propose {
                 tag,
