@@ -12,6 +12,7 @@
 //! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
 //! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
 //! - [`local`] — laying out a local cluster (demo, tests).
+//! - [`ops`] — operator commands over several nodes: `status` with versions, `snapshot trigger`.
 //! - [`service`] — `wraft node` as a service: SIGTERM/SIGINT and the graceful stop.
 //! - [`bench`] — `wraft bench`, the load generator.
 
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod dev;
 pub mod fidelity;
 pub mod local;
+pub mod ops;
 pub mod polyglot;
 pub mod service;
 pub mod templates;

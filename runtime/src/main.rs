@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wraft_client::{Client, ClientOptions};
-use wraft_proto::{Consistency, Status};
+use wraft_proto::Consistency;
 
 #[derive(Parser)]
 #[command(
@@ -178,7 +178,7 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Ask every endpoint, not only the leader.
+        /// Ask every endpoint, not only the first that answers; fail if any does not answer.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -272,8 +272,18 @@ enum SnapshotOp {
         #[arg(long)]
         json: bool,
     },
-    /// Take a snapshot on a node now and wait (up to 10 min) until it is durable.
+    /// Take a snapshot now on a node (the first of --endpoints unless chosen) or on all, and
+    /// wait (up to 10 min each) until it is durable. Fails naming every node that failed.
     Trigger {
+        /// The node with this id (found through the statuses of --endpoints).
+        #[arg(long, conflicts_with_all = ["endpoint", "all"])]
+        node: Option<u64>,
+        /// The node at this address.
+        #[arg(long, conflicts_with = "all")]
+        endpoint: Option<SocketAddr>,
+        /// Every node in --endpoints.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -493,24 +503,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
         }
         Cmd::Status { json, all, conn } => {
             let c = client(&conn).await?;
-            let statuses: Vec<Status> = if all {
-                let mut v = Vec::new();
-                for ep in &conn.endpoints {
-                    match c.status_of(Some(*ep)).await {
-                        Ok(s) => v.push(s),
-                        Err(e) => eprintln!("{ep}: {e}"),
-                    }
-                }
-                v
-            } else {
-                vec![c.status().await?]
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
-            } else {
-                println!("{}", wraft::cli::status_table(&statuses));
-            }
-            Ok(())
+            wraft::ops::status_command(&c, &conn.endpoints, all, json).await
         }
         Cmd::Members { op } => match op {
             MembersOp::List { conn } => {
@@ -591,19 +584,21 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     Err("the snapshot failed verification".into())
                 }
             }
-            SnapshotOp::Trigger { conn } => {
+            SnapshotOp::Trigger {
+                node,
+                endpoint,
+                all,
+                conn,
+            } => {
+                let target = match (node, endpoint, all) {
+                    (Some(id), _, _) => wraft::ops::TriggerTarget::Node(id),
+                    (_, Some(addr), _) => wraft::ops::TriggerTarget::Endpoint(addr),
+                    (_, _, true) => wraft::ops::TriggerTarget::All,
+                    _ => wraft::ops::TriggerTarget::First,
+                };
                 let c = client(&conn).await?;
-                let l = c
-                    .snapshot_trigger_and_wait(
-                        Some(conn.endpoints[0]),
-                        std::time::Duration::from_secs(600),
-                    )
-                    .await?;
-                println!(
-                    "snapshot at index {} (term {}) is durable: {} bytes, {}",
-                    l.index, l.term, l.file_bytes, l.path
-                );
-                Ok(())
+                let wait = std::time::Duration::from_secs(600);
+                wraft::ops::snapshot_trigger(&c, &conn.endpoints, target, wait).await
             }
             SnapshotOp::Rate {
                 bytes_per_sec,

@@ -133,6 +133,9 @@ impl Driver {
             Request::Status => {
                 let _ = reply.send(Ok(Reply::Status(Box::new(self.status()))));
             }
+            Request::NodeInfo => {
+                let _ = reply.send(Ok(Reply::NodeInfo(crate::node_info(self.id))));
+            }
             Request::AddLearner { id, addr } => {
                 if self.engine.role() != Role::Leader {
                     let _ = reply.send(Err(self.not_leader()));

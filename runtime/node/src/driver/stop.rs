@@ -196,7 +196,7 @@ impl Driver {
         self.stopping.as_ref()?;
         match request {
             // Information, so an operator can watch the stop.
-            Request::Status | Request::Snapshots => None,
+            Request::Status | Request::Snapshots | Request::NodeInfo => None,
             _ => Some(self.stopping_error()),
         }
     }
