@@ -30,7 +30,7 @@ use wraft_proto::{
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
 
 /// How long a stopping node keeps writing the answers to calls in flight, milliseconds.
-pub const CLIENT_DRAIN_MS_MAX: u64 = 1_000;
+pub const CLIENT_DRAIN_MS_MAX: u64 = 250;
 
 /// Accept client streams until shutdown, then finish the ones in flight (bounded).
 ///

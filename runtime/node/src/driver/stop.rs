@@ -121,7 +121,11 @@ impl Driver {
         let applied = self.published.lock().map(|p| p.applied_index).unwrap_or(0);
         // A single voter has nobody to hand over to: it finishes what it has and goes.
         let alone = leading && most_caught_up_voter(&self.engine).is_none();
+        // A leader that handed over waits until it hears from its successor, so that what it
+        // answers meanwhile (`NotLeader`) names the new leader and its report says who it is.
+        let successor_known = self.engine.leader().is_some_and(|l| l != self.id);
         let settled = (!leading || alone)
+            && (!s.was_leader || alone || successor_known)
             && self.proposals.is_empty()
             && self.reads.is_empty()
             && applied >= s.drain_to;
@@ -136,6 +140,8 @@ impl Driver {
                      their election timeout",
                     s.successor.map(|(t, _)| t)
                 ));
+            } else if s.was_leader && !alone && !successor_known {
+                cut_short.push("no new leader was heard from yet".into());
             }
             if !self.proposals.is_empty() {
                 cut_short.push(format!(
