@@ -227,3 +227,31 @@ async fn a_stop_is_bounded_by_its_timeout_and_a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "exit status {status}");
     assert!(sent.elapsed() < Duration::from_secs(1));
 }
+
+/// `wraft bench --rolling-restart` (the BENCHMARKS.md figure) runs end to end: every node is
+/// restarted with SIGTERM, each exits 0, and the report has the gap figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_bench_restarts_every_node_gracefully_and_reports_the_write_gap() {
+    let module = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(module.path(), guest("kv")).expect("writing the module");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(wraft_tests::wraft_bin())
+        .args(["bench", "--rolling-restart", "--warmup-secs", "1"])
+        .arg("--module")
+        .arg(module.path())
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("running wraft bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wraft bench failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3, "{r}");
+    assert!(steps.iter().all(|s| s["exit_code"] == 0), "{r}");
+    assert_eq!(steps[2]["was_leader"], true, "the leader goes last: {r}");
+    assert!(r["puts"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["longest_gap_ms"].as_f64().is_some(), "{r}");
+}
