@@ -59,9 +59,15 @@ impl ClientCall {
                 reply: tx,
             })
             .await
-            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+            .map_err(|_| {
+                RequestError::Busy("this node is shutting down; retry at another".into())
+            })?;
+        // Both refusals are retryable: the node is going away, the cluster is not.
+        rx.await.map_err(|_| {
+            RequestError::Timeout(
+                "this node stopped before answering; retrying with the same tag is safe".into(),
+            )
+        })?
     }
 }
 
