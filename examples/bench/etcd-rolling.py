@@ -112,8 +112,10 @@ def main():
         order = [i for i in range(3) if i != leader] + [leader]
         t0 = time.monotonic()
         exits = []
+        starts = []
         for i in order:
             t = time.monotonic()
+            starts.append(t)
             procs[i].send_signal(signal.SIGTERM)
             rc = procs[i].wait(timeout=30)
             exits.append({"member": i + 1, "exit": rc, "stop_ms": round((time.monotonic() - t) * 1000)})
@@ -129,7 +131,11 @@ def main():
         w.stop = True
         w.join(10)
         done = [t for t in w.done if t0 <= t <= t1]
-        gaps = [(b - a) * 1000 for a, b in zip([t0] + done, done + [t1])]
+        marks = [t0] + done + [t1]
+        gaps = [(b - a) * 1000 for a, b in zip(marks, marks[1:])]
+        for k, e in enumerate(exits):
+            lo, hi = starts[k], (starts[k + 1] if k + 1 < len(starts) else t1)
+            e["longest_gap_ms"] = round(max([(b - a) * 1000 for a, b in zip(marks, marks[1:]) if lo < b <= hi] or [0]), 1)
         print(json.dumps({
             "system": "etcd", "version": subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
             "window_ms": round((t1 - t0) * 1000), "puts": len(done),

@@ -123,11 +123,13 @@ pub(super) async fn run(
     order.sort_by_key(|i| Some(layout.nodes[*i].0.node.id) == leader);
     let t0 = Instant::now();
     let mut steps = Vec::new();
+    let mut step_starts = Vec::new();
     for i in order {
         let (cfg, _) = &layout.nodes[i];
         let (id, addr) = (cfg.node.id, cfg.node.listen);
         let was_leader = admin.status_of(Some(addr)).await?.role == "leader";
         let sent = Instant::now();
+        step_starts.push(sent);
         signal_term(children.0[i].id())?;
         let bound = Duration::from_millis(cfg.node.shutdown_timeout_ms + 10_000);
         let status = loop {
@@ -194,6 +196,18 @@ pub(super) async fn run(
         .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
         .collect();
     let longest = gaps.iter().copied().fold(0.0, f64::max);
+    // Each step's own longest gap (gaps ending within it), to tell a follower's restart from
+    // the leader's.
+    for (k, step) in steps.iter_mut().enumerate() {
+        let from = step_starts[k];
+        let to = step_starts.get(k + 1).copied().unwrap_or(t1);
+        let g = marks
+            .windows(2)
+            .filter(|w| w[1] > from && w[1] <= to)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .fold(0.0, f64::max);
+        step["longest_gap_ms"] = ((g * 10.0).round() / 10.0).into();
+    }
     let stalled: f64 = gaps.iter().filter(|g| **g > STALL_MS).sum();
     let window_ms = (t1 - t0).as_secs_f64() * 1e3;
     eprintln!(
