@@ -45,7 +45,7 @@ mod snapshot;
 pub use apply::ApplyState;
 pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
-pub use node::{Node, NodeError, STOP_GRACE_MS};
+pub use node::{Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
 
 /// What this build says about itself in [`wraft_proto::Request::NodeInfo`]: the workspace's
 /// package version (`wraft-node` and the `wraft` binary share it) and the git commit, if the

@@ -89,6 +89,11 @@ pub struct Node {
     stop: mpsc::Sender<StopRequest>,
 }
 
+/// How long a leader that handed over keeps answering after its stop is done, milliseconds:
+/// a client retrying here then learns the new leader (`NotLeader`) instead of finding the
+/// connection closed and trying the members in turn. Within the stop's timeout.
+pub const STOP_LINGER_MS: u64 = 200;
+
 /// The most a stopping node waits for its driver past the stop's own deadline (the driver
 /// reports at its deadline; this bounds a driver that is itself stuck, e.g. on a full disk).
 pub const STOP_GRACE_MS: u64 = 2_000;
@@ -457,6 +462,10 @@ impl Node {
                 ..StopReport::default()
             },
         };
+        if report.handed_to.is_some() {
+            let left = timeout.saturating_sub(started.elapsed());
+            tokio::time::sleep(left.min(Duration::from_millis(STOP_LINGER_MS))).await;
+        }
         self.shutdown().await;
         StopReport {
             elapsed: started.elapsed(),
