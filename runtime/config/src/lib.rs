@@ -733,6 +733,12 @@ dir = "/tmp/certs"
         let text = MINIMAL.replacen("[node]", "[node]\nshutdown_timeout_ms = 0", 1);
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("node.shutdown_timeout_ms"), "{err}");
+        // Written out with the others (the fuzz corpus's full-defaults seed is this text).
+        let full = NodeConfig::parse(MINIMAL).unwrap().to_toml();
+        assert!(
+            full.contains("worker_threads = 0\nshutdown_timeout_ms = 5000\n"),
+            "{full}"
+        );
     }
 
     #[test]
