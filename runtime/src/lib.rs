@@ -15,6 +15,8 @@
 //! - [`dev`] — `wraft dev`: the author's build–deploy–upgrade loop on a local cluster.
 //! - [`polyglot`] — building JavaScript and Python guests (componentize-js, componentize-py).
 //! - [`local`] — laying out a local cluster (demo, tests).
+//! - [`ops`] — operator commands over several nodes: `status` with versions, `snapshot trigger`.
+//! - [`service`] — `wraft node` as a service: SIGTERM/SIGINT and the graceful stop.
 //! - [`bench`] — `wraft bench`, the load generator.
 
 pub mod backup;
@@ -25,6 +27,8 @@ pub mod config_check;
 pub mod dev;
 pub mod fidelity;
 pub mod local;
+pub mod ops;
 pub mod polyglot;
 pub mod reload;
+pub mod service;
 pub mod templates;

@@ -123,6 +123,7 @@ pub fn layout(
                 log_format: Default::default(),
                 readyz_lag_entries_max: wraft_config::READYZ_LAG_ENTRIES_MAX_DEFAULT,
                 readyz_leader_contact_ms_max: wraft_config::READYZ_LEADER_CONTACT_MS_MAX_DEFAULT,
+                shutdown_timeout_ms: wraft_config::SHUTDOWN_TIMEOUT_MS_DEFAULT,
             },
             cluster: ClusterSection {
                 members: members.iter().map(|(k, v)| (*k, (*v).into())).collect(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wraft_client::{Client, ClientOptions};
-use wraft_proto::{Consistency, Status};
+use wraft_proto::Consistency;
 
 #[derive(Parser)]
 #[command(
@@ -221,7 +221,7 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Ask every endpoint, not only the leader.
+        /// Ask every endpoint, not only the first that answers; fail if any does not answer.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -372,8 +372,18 @@ enum SnapshotOp {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Take a snapshot on a node now and wait (up to 10 min) until it is durable.
+    /// Take a snapshot now on a node (the first of --endpoints unless chosen) or on all, and
+    /// wait (up to 10 min each) until it is durable. Fails naming every node that failed.
     Trigger {
+        /// The node with this id (found through the statuses of --endpoints).
+        #[arg(long, conflicts_with_all = ["endpoint", "all"])]
+        node: Option<u64>,
+        /// The node at this address.
+        #[arg(long, conflicts_with = "all")]
+        endpoint: Option<wraft_proto::PeerAddr>,
+        /// Every node in --endpoints.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -491,18 +501,22 @@ fn main() -> ExitCode {
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `wraft node`: serve until interrupted (Ctrl-C), then shut down cleanly.
+/// `wraft node`: serve until SIGTERM or SIGINT, then stop like a service (a leader hands
+/// leadership over first; bounded by `node.shutdown_timeout_ms`). A second signal exits at once.
 async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
+    let timeout = std::time::Duration::from_millis(cfg.node.shutdown_timeout_ms);
+    let signals = wraft::service::StopSignals::new()?;
     let node = wraft_node::Node::start(cfg).await?;
     let _sighup = wraft::reload::reload_tls_on_sighup(node.tls_reloader())?;
-    eprintln!(
+    // Through the log, so that `--log-format json` leaves no plain-text line on stderr.
+    tracing::info!(
+        target: "wraft::node",
         "node {} serving on {} ({} async worker threads)",
         node.id(),
         node.local_addr(),
         tokio::runtime::Handle::current().metrics().num_workers()
     );
-    tokio::signal::ctrl_c().await?;
-    node.shutdown().await;
+    wraft::service::serve_until_stopped(node, signals, timeout).await;
     Ok(())
 }
 
@@ -660,24 +674,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
         }
         Cmd::Status { json, all, conn } => {
             let c = client(&conn).await?;
-            let statuses: Vec<Status> = if all {
-                let mut v = Vec::new();
-                for ep in &conn.endpoints {
-                    match c.status_of(Some(ep.clone())).await {
-                        Ok(s) => v.push(s),
-                        Err(e) => eprintln!("{ep}: {e}"),
-                    }
-                }
-                v
-            } else {
-                vec![c.status().await?]
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
-            } else {
-                println!("{}", wraft::cli::status_table(&statuses));
-            }
-            Ok(())
+            wraft::ops::status_command(&c, &conn.endpoints, all, json).await
         }
         Cmd::Members { op } => match op {
             MembersOp::List { conn } => {
@@ -783,19 +780,21 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 );
                 Ok(())
             }
-            SnapshotOp::Trigger { conn } => {
+            SnapshotOp::Trigger {
+                node,
+                endpoint,
+                all,
+                conn,
+            } => {
+                let target = match (node, endpoint, all) {
+                    (Some(id), _, _) => wraft::ops::TriggerTarget::Node(id),
+                    (_, Some(addr), _) => wraft::ops::TriggerTarget::Endpoint(addr),
+                    (_, _, true) => wraft::ops::TriggerTarget::All,
+                    _ => wraft::ops::TriggerTarget::First,
+                };
                 let c = client(&conn).await?;
-                let l = c
-                    .snapshot_trigger_and_wait(
-                        Some(conn.endpoints[0].clone()),
-                        std::time::Duration::from_secs(600),
-                    )
-                    .await?;
-                println!(
-                    "snapshot at index {} (term {}) is durable: {} bytes, {}",
-                    l.index, l.term, l.file_bytes, l.path
-                );
-                Ok(())
+                let wait = std::time::Duration::from_secs(600);
+                wraft::ops::snapshot_trigger(&c, &conn.endpoints, target, wait).await
             }
             SnapshotOp::Rate {
                 bytes_per_sec,

@@ -439,6 +439,34 @@ impl Cluster {
         self.forget_client(id);
     }
 
+    /// Send `signal` (e.g. `libc::SIGTERM`) to node `id`'s process; panics if it is not running.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let pid = self.pid(id).expect("node is running") as i32;
+        // SAFETY: kill(2) on a child process this harness started and has not reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Wait (bounded) until node `id`'s process exits by itself and reap it; its exit status.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let child = node.child.as_mut().expect("node was started");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                self.forget_client(id);
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "node {id} did not exit within {} ms",
+                timeout.as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The process id of node `id`, if it is running (for `SIGSTOP`/`SIGCONT`).
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes.get(&id)?.child.as_ref().map(Child::id)

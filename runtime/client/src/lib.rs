@@ -44,7 +44,7 @@ use wraft_transport::frame::FrameError;
 
 use wraft_proto::KIND_REQUEST;
 /// The protocol types a client's answers are made of, so an application needs only this crate.
-pub use wraft_proto::{self as proto, Consistency, MachineInfo, PeerAddr, Status};
+pub use wraft_proto::{self as proto, Consistency, MachineInfo, NodeInfo, PeerAddr, Status};
 use wraft_proto::{Reply, Request, RequestError, RequestTag, Response};
 
 /// A connection that hears nothing from its node for this long is declared
@@ -304,6 +304,18 @@ impl Client {
         let conn = self.connection_to(&target).await?;
         match exchange(&conn, &Request::Status).await? {
             Ok(Reply::Status(s)) => Ok(*s),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// The software version of the node at `addr` (no redirect). A node older than
+    /// [`Request::NodeInfo`] cannot decode it and closes the stream: that is an `Internal`
+    /// error here.
+    pub async fn node_info_of(&self, addr: impl Into<PeerAddr>) -> Result<NodeInfo, ClientError> {
+        let conn = self.connection_to(&addr.into()).await?;
+        match exchange(&conn, &Request::NodeInfo).await? {
+            Ok(Reply::NodeInfo(i)) => Ok(i),
             Ok(other) => Err(unexpected(other)),
             Err(e) => Err(map_err(e)),
         }

@@ -124,6 +124,11 @@ pub struct NodeSection {
     /// least `raft.heartbeat_interval_ms`; ..=3 600 000.
     #[serde(default = "default_readyz_leader_contact_ms_max")]
     pub readyz_leader_contact_ms_max: u64,
+    /// How long a stop (SIGTERM, SIGINT) may take, milliseconds: a leader hands leadership to
+    /// the most caught-up voter and the client calls in flight are answered within it; after
+    /// it the node exits anyway (its log is durable either way) and logs what was cut short.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 /// Log output format of `wraft node` (`node.log_format`, `--log-format`).
@@ -148,6 +153,15 @@ fn default_readyz_lag_entries_max() -> u64 {
 
 fn default_readyz_leader_contact_ms_max() -> u64 {
     READYZ_LEADER_CONTACT_MS_MAX_DEFAULT
+}
+
+/// Default of `node.shutdown_timeout_ms`.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Upper bound of `node.shutdown_timeout_ms` (systemd's default `TimeoutStopSec` is 90 s).
+pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 600_000;
+
+fn default_shutdown_timeout_ms() -> u64 {
+    SHUTDOWN_TIMEOUT_MS_DEFAULT
 }
 
 /// `[cluster]`
@@ -490,6 +504,12 @@ impl NodeConfig {
             self.node.worker_threads,
             0,
             WORKER_THREADS_MAX,
+        ));
+        out.push(range(
+            "node.shutdown_timeout_ms",
+            self.node.shutdown_timeout_ms,
+            1,
+            SHUTDOWN_TIMEOUT_MS_MAX,
         ));
         out.push(range(
             "node.readyz_lag_entries_max",
@@ -858,6 +878,26 @@ dir = "/tmp/certs"
         for good in ["preallocate_bytes = 0", "preallocate_bytes = 2"] {
             NodeConfig::parse(&format!("{MINIMAL}\n[storage]\n{good}\n")).unwrap();
         }
+    }
+
+    #[test]
+    fn shutdown_timeout_has_a_default_and_is_bounded() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.node.shutdown_timeout_ms, SHUTDOWN_TIMEOUT_MS_DEFAULT);
+        let text = MINIMAL.replacen("[node]", "[node]\nshutdown_timeout_ms = 250", 1);
+        assert_eq!(
+            NodeConfig::parse(&text).unwrap().node.shutdown_timeout_ms,
+            250
+        );
+        let text = MINIMAL.replacen("[node]", "[node]\nshutdown_timeout_ms = 0", 1);
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("node.shutdown_timeout_ms"), "{err}");
+        // Written out with the others (the fuzz corpus's full-defaults seed is this text).
+        let full = NodeConfig::parse(MINIMAL).unwrap().to_toml();
+        assert!(
+            full.contains("worker_threads = 0\nshutdown_timeout_ms = 5000\n"),
+            "{full}"
+        );
     }
 
     #[test]

@@ -50,6 +50,18 @@ mod snapshot;
 mod tls_reload;
 
 pub use apply::ApplyState;
+pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
-pub use node::{Node, NodeError};
+pub use node::{Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
 pub use tls_reload::{TLS_WATCH_DEBOUNCE_MS, TlsReload, TlsReloadError, TlsReloader};
+
+/// What this build says about itself in [`wraft_proto::Request::NodeInfo`]: the workspace's
+/// package version (`wraft-node` and the `wraft` binary share it) and the git commit, if the
+/// build set `WRAFT_GIT_COMMIT` (no build script: a release build passes it when it wants it).
+pub fn node_info(id: u64) -> wraft_proto::NodeInfo {
+    wraft_proto::NodeInfo {
+        id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: option_env!("WRAFT_GIT_COMMIT").map(str::to_owned),
+    }
+}

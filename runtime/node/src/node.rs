@@ -23,6 +23,7 @@ use wraft_snapshot::{BandwidthLimiter, IncomingSlots, TransferConfig};
 use crate::codec::decode_entry;
 use crate::driver::snapshots::SnapState;
 use crate::driver::snapshots::serve_bulk;
+use crate::driver::stop::{StopReport, StopRequest};
 use crate::driver::{ClientCall, Driver, HealthState, REQUEST_QUEUE_MAX};
 use crate::health::{Alive, HealthSource, Readiness, ReadyBounds};
 
@@ -74,16 +75,31 @@ pub enum NodeError {
     Snapshot(String),
 }
 
-/// A running node. Dropping it does not stop the node; call [`Node::shutdown`].
+/// A running node. Dropping it does not stop the node; call [`Node::stop_gracefully`] (a
+/// service's stop: hand leadership over, answer the calls in flight) or [`Node::shutdown`].
 pub struct Node {
     id: u64,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// Stops the driver.
     shutdown: watch::Sender<bool>,
+    /// Stops the client server (before the driver, so answers in flight are written).
+    server_shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
     requests: mpsc::Sender<ClientCall>,
     tls: crate::tls_reload::TlsReloader,
+    stop: mpsc::Sender<StopRequest>,
 }
+
+/// How long a leader that handed over keeps answering after its stop is done, milliseconds:
+/// a client retrying here then learns the new leader (`NotLeader`) instead of finding the
+/// connection closed and trying the members in turn. Within the stop's timeout.
+pub const STOP_LINGER_MS: u64 = 200;
+
+/// The most a stopping node waits for its driver past the stop's own deadline (the driver
+/// reports at its deadline; this bounds a driver that is itself stuck, e.g. on a full disk).
+pub const STOP_GRACE_MS: u64 = 2_000;
 
 impl Node {
     /// Open storage, recover, bind the endpoint and start serving.
@@ -322,15 +338,17 @@ impl Node {
 
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(crate::server::serve_clients(
+        let (server_shutdown, server_shutdown_rx) = watch::channel(false);
+        let server = tokio::spawn(crate::server::serve_clients(
             inbound.clients,
             req_tx.clone(),
             host.clone(),
             storage.snapshots.clone(),
             cfg.client.clone(),
             crate::metrics::ClientMetrics::new(id),
-            shutdown_rx.clone(),
+            server_shutdown_rx,
         ));
+        let (stop, stop_rx) = mpsc::channel(4);
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
         let driver_alive = Alive::new();
         let metrics_addr = health_listener.as_ref().map(|(_, _, a)| *a);
@@ -388,6 +406,7 @@ impl Node {
                 retain_count: cfg.snapshot.retain_count,
             },
             health: HealthState::new(readiness_tx),
+            stopping: None,
         };
         let guard = driver_alive.guard();
         let driver = tokio::spawn(async move {
@@ -398,6 +417,7 @@ impl Node {
                     req_rx,
                     durable_rx,
                     snap_rx,
+                    stop_rx,
                     shutdown_rx,
                     Duration::from_millis(tick),
                 )
@@ -408,9 +428,12 @@ impl Node {
             addr,
             metrics_addr,
             shutdown,
+            server_shutdown,
+            server,
             driver,
             requests: req_tx,
             tls,
+            stop,
         })
     }
 
@@ -460,10 +483,66 @@ impl Node {
         ClientCall::call(&self.requests, request, module_sha256).await
     }
 
-    /// Stop serving, flush, and wait for the driver to exit.
+    /// Stop serving at once, flush, and wait for the driver to exit. Calls in flight fail;
+    /// a leader leaves its followers to elect a new one after their election timeout. A
+    /// service's stop is [`Node::stop_gracefully`].
     pub async fn shutdown(self) {
+        let _ = self.server_shutdown.send(true);
         let _ = self.shutdown.send(true);
+        let _ = self.server.await;
         let _ = self.driver.await;
+    }
+
+    /// Stop like a service (SIGTERM): a leader hands leadership to the most caught-up voter
+    /// and waits until it has moved (with `TimeoutNow`, so the others need not wait for an
+    /// election timeout); the client calls in flight are answered, or failed with an error the
+    /// client retries (`NotLeader` naming the new leader, `Busy`, or a timeout that is safe to
+    /// retry with the same tag); new calls meanwhile get `Busy` or `NotLeader`. Then it stops
+    /// as [`Node::shutdown`] does.
+    ///
+    /// Bounded by `timeout` (plus [`STOP_GRACE_MS`] for a driver that does not answer); what
+    /// did not finish in time is listed in the report's `cut_short`. The log is durable
+    /// throughout: only availability depends on the handoff. A follower or learner has
+    /// nothing to hand over and stops at once.
+    pub async fn stop_gracefully(self, timeout: Duration) -> StopReport {
+        let started = std::time::Instant::now();
+        let (done, report) = tokio::sync::oneshot::channel();
+        let request = StopRequest {
+            deadline: started + timeout,
+            done,
+        };
+        let report = match self.stop.send(request).await {
+            Ok(()) => {
+                let grace = timeout + Duration::from_millis(STOP_GRACE_MS);
+                match tokio::time::timeout(grace, report).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => StopReport {
+                        cut_short: vec!["the driver ended before reporting".into()],
+                        ..StopReport::default()
+                    },
+                    Err(_) => StopReport {
+                        cut_short: vec![format!(
+                            "the driver did not report within {} ms",
+                            grace.as_millis()
+                        )],
+                        ..StopReport::default()
+                    },
+                }
+            }
+            Err(_) => StopReport {
+                cut_short: vec!["the driver had already ended".into()],
+                ..StopReport::default()
+            },
+        };
+        if report.handed_to.is_some() {
+            let left = timeout.saturating_sub(started.elapsed());
+            tokio::time::sleep(left.min(Duration::from_millis(STOP_LINGER_MS))).await;
+        }
+        self.shutdown().await;
+        StopReport {
+            elapsed: started.elapsed(),
+            ..report
+        }
     }
 }
 

@@ -33,7 +33,10 @@ use wraft_transport::Identity;
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
 
-/// Accept client streams until shutdown.
+/// How long a stopping node keeps writing the answers to calls in flight, milliseconds.
+pub const CLIENT_DRAIN_MS_MAX: u64 = 250;
+
+/// Accept client streams until shutdown, then finish the ones in flight (bounded).
 ///
 /// Every stream is served inside this one task (a `FuturesUnordered`), not a task each. When a
 /// commit wakes many requests at once, their responses are all written in the same poll, before
@@ -56,7 +59,13 @@ pub(super) async fn serve_clients(
     let mut requests = 0usize;
     loop {
         let stream = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Write the answers already decided (a stopping node answers its calls in
+                // flight before it goes), for a bounded time.
+                let drain = async { while in_flight.next().await.is_some() {} };
+                let _ = tokio::time::timeout(Duration::from_millis(CLIENT_DRAIN_MS_MAX), drain).await;
+                return;
+            }
             Some(was_request) = in_flight.next(), if !in_flight.is_empty() => {
                 requests -= usize::from(was_request);
                 continue;
@@ -249,6 +258,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::SetTransferRate { .. } => "set_transfer_rate",
         Request::OpenSession => "open_session",
         Request::SnapshotRead { .. } => "snapshot_read",
+        Request::NodeInfo => "node_info",
     }
 }
 

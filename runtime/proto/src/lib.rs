@@ -180,6 +180,13 @@ pub enum Request {
         /// Most bytes wanted.
         bytes_max: u64,
     },
+    // ---- Node information (`wraft status` shows each node's version) ----
+    // A new request rather than a field of `Status`: a postcard struct cannot grow a field
+    // without breaking decoding between versions, and during a rolling upgrade old and new
+    // nodes and clients meet. A node older than this variant cannot decode it and closes the
+    // stream; the client reports that node's version as unknown.
+    /// This node's software version; answered with [`Reply::NodeInfo`].
+    NodeInfo,
 }
 
 /// Largest chunk a [`Request::SnapshotRead`] answers with, bytes: what one read holds in the
@@ -290,6 +297,22 @@ pub enum Reply {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    // ---- Node information ----
+    /// Answer to [`Request::NodeInfo`].
+    NodeInfo(NodeInfo),
+}
+
+/// What a node says about its software (answer to [`Request::NodeInfo`]). Postcard: a field
+/// added here would break decoding between versions; add a new request instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: u64,
+    /// The `wraft` package version the node runs (e.g. `0.1.0`).
+    pub version: String,
+    /// The git commit it was built from, when the build recorded one (`WRAFT_GIT_COMMIT` set
+    /// at build time).
+    pub commit: Option<String>,
 }
 
 /// One complete snapshot file on a node.

@@ -192,7 +192,15 @@ async fn main() {
             let slots = IncomingSlots::new(2);
             let limiter = BandwidthLimiter::new(None);
             let out = t1.open_bulk(2).await.unwrap();
-            let send = send_snapshot(out, &lstore, id, 1, &cfg, &limiter, |_| {});
+            let send = send_snapshot(
+                out,
+                &lstore,
+                lstore.pin(id).unwrap(),
+                1,
+                &cfg,
+                &limiter,
+                |_| {},
+            );
             let recv = async {
                 let inb = in2.bulk.recv().await.unwrap();
                 receive_snapshot(inb, &fstore, &cfg, &slots, |_| {}).await

@@ -2,7 +2,7 @@
 //!
 //! [`send_snapshot`] runs these steps on the caller's task:
 //!
-//! 1. **open** the file (`open_reader`, pinned against retention while the reader lives);
+//! 1. **open** the file (`open_reader`; the caller pinned it against retention at the offer);
 //! 2. **offer** it and read the answer (`offer`), judged by [`judge_answer`] (pure):
 //!    `Busy` and `AlreadyHave` end here, `Accept{resume_from}` goes on;
 //! 3. **stream** from `resume_from`: three futures in one `select!` — the chunk writer
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wraft_proto::digest::hex;
-use wraft_storage::{SnapshotId, SnapshotReader, SnapshotStore, StorageError};
+use wraft_storage::{SnapshotId, SnapshotPin, SnapshotReader, SnapshotStore, StorageError};
 use wraft_transport::frame::{self, FrameError};
 use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
@@ -58,12 +58,15 @@ pub struct SendReport {
     pub duration: Duration,
 }
 
-/// Leader side: offer snapshot `id` from `store` on `stream`, learn the follower's durable
+/// Leader side: offer the snapshot `offered` pins, from `store`, on `stream`, learn the follower's durable
 /// offset, stream the file from there in CRC32C-checked chunks (re-sending any chunk the
 /// follower rejects), report each durable acknowledgement through `on_durable(offset)`, and
 /// return once the follower acknowledges the verified, published file.
 ///
-/// The snapshot is pinned (kept by retention) for the duration. Memory: about two chunks
+/// The caller pins the snapshot when it decides to offer it ([`SnapshotStore::pin`]), before
+/// anything is awaited (opening the stream takes a round trip, or a connect timeout): a newer
+/// snapshot published meanwhile would otherwise let retention delete the offered one first.
+/// The pin is released when this returns, on every path. Memory: about two chunks
 /// (the one being written and one read ahead). Paced by QUIC flow control and `limiter`.
 /// Fails on no progress for `cfg.progress_timeout_ms`, a stream error, or a protocol
 /// violation; the follower keeps its durable prefix, so the next offer resumes.
@@ -71,12 +74,13 @@ pub struct SendReport {
 pub async fn send_snapshot(
     stream: BulkStream,
     store: &SnapshotStore,
-    id: SnapshotId,
+    offered: SnapshotPin,
     leader_term: u64,
     cfg: &TransferConfig,
     limiter: &BandwidthLimiter,
     mut on_durable: impl FnMut(u64) + Send,
 ) -> Result<SendReport, TransferError> {
+    let id = offered.id();
     cfg.validate()?;
     let m = XferMetrics::new(cfg.node_id, "send");
     let _in_flight = InFlight::new(m.in_flight());
@@ -94,6 +98,8 @@ pub async fn send_snapshot(
     .await;
     let duration = start.elapsed();
     m.finished(outcome_label(&result), duration);
+    // Releasing the last pin runs retention, which may delete files: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(offered)).await;
     result.map(|mut r| {
         r.duration = duration;
         r

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use wraft_storage::fault::{CrashMode, FaultFs};
 use wraft_storage::{
-    Membership, SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore, StdFs, StorageConfig, Vfs,
+    Membership, SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotPin, SnapshotStore, StdFs,
+    StorageConfig, Vfs,
 };
 use wraft_transport::certs::{ClusterCa, TlsIdentity, Validity};
 use wraft_transport::{AddressBook, BulkStream, Inbound, Transport, TransportConfig};
@@ -181,11 +182,23 @@ fn spawn_send(
     cfg: TransferConfig,
     limiter: BandwidthLimiter,
 ) -> (SendTask, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let offered = store.pin(id).expect("the snapshot to send exists");
+    spawn_send_pinned(stream, store, offered, cfg, limiter)
+}
+
+/// [`spawn_send`] of a snapshot the caller pinned earlier (at its offer).
+fn spawn_send_pinned(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    offered: SnapshotPin,
+    cfg: TransferConfig,
+    limiter: BandwidthLimiter,
+) -> (SendTask, Arc<std::sync::Mutex<Vec<u64>>>) {
     let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let a = acks.clone();
     let store = store.clone();
     let h = tokio::spawn(async move {
-        send_snapshot(stream, &store, id, 7, &cfg, &limiter, move |o| {
+        send_snapshot(stream, &store, offered, 7, &cfg, &limiter, move |o| {
             a.lock().unwrap().push(o)
         })
         .await
@@ -301,6 +314,58 @@ async fn full_transfer_is_byte_identical_verified_and_then_already_have() {
     assert!(again.already_had);
     assert_eq!(again.bytes_received, 0);
     n.shutdown().await;
+}
+
+/// The race behind `snapshot transfer failed … not found`: the leader decides to offer its
+/// snapshot, and before the stream to the follower is open (a connection to set up, a slow
+/// peer) two newer snapshots are published and retention retires the offered one. The offer
+/// pins the snapshot, so it is still sent whole; once the transfer ends retention removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_retired_by_retention_between_offer_and_stream_is_still_sent() {
+    let mut n = net();
+    let leader = leader_with(11, 1 << 20);
+    let fdir = tempfile::tempdir().unwrap();
+    let follower = open_store(Arc::new(StdFs), fdir.path());
+
+    // The offer (what the node's driver does when the engine says "send snapshot ID").
+    let offered = leader.store.pin(ID).unwrap();
+    let offered_bytes = file_bytes(&leader.info.path);
+    // Before the stream opens: two newer snapshots; retention keeps 2 of the node's own.
+    for (i, index) in [2000u64, 3000].into_iter().enumerate() {
+        let id = SnapshotId {
+            last_index: index,
+            last_term: 3,
+        };
+        make_snapshot(&leader.store, id, &body(20 + i as u64, 4096));
+    }
+
+    let out = n.open().await;
+    let (send, _) = spawn_send_pinned(
+        out,
+        &leader.store,
+        offered,
+        cfg(LEADER),
+        BandwidthLimiter::new(None),
+    );
+    let recv = tokio::spawn(async move {
+        let inb = n.accept().await;
+        let got = spawn_receive(inb, &follower, cfg(FOLLOWER), &IncomingSlots::new(2), None)
+            .await
+            .unwrap();
+        (n, got)
+    });
+    let report = send.await.unwrap().expect("the offered snapshot is sent");
+    assert_eq!(report.outcome, SendOutcome::Completed);
+    let (n, got) = recv.await.unwrap();
+    let got = got.unwrap();
+    n.shutdown().await;
+    assert_eq!(got.info.id(), ID);
+    assert_eq!(file_bytes(&got.info.path), offered_bytes);
+    // The pin is gone with the transfer: retention has now retired the offered snapshot.
+    wait_until("retention retires the sent snapshot", || {
+        !leader.store.list().iter().any(|i| i.id() == ID)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,7 @@ use crate::local::{self, LocalLayout};
 
 mod cluster;
 mod floors;
+mod rolling;
 
 use cluster::*;
 pub use floors::*;
@@ -99,6 +100,12 @@ pub struct BenchArgs {
     /// Keep the cluster's directory (logs, data) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Instead of a throughput run: one client putting in a closed loop while every node is
+    /// restarted in turn with SIGTERM (followers first, the leader last, each caught up before
+    /// the next); reports the longest write gap, the time writes stalled and the client's
+    /// errors. Runs the nodes as processes; `--warmup-secs` of writes come first.
+    #[arg(long)]
+    pub rolling_restart: bool,
 }
 
 impl BenchArgs {
@@ -110,7 +117,7 @@ impl BenchArgs {
     /// (BENCHMARKS.md, series h). `None` (in-process nodes):
     /// the nodes share the load generator's runtime, which keeps one worker per CPU.
     pub fn client_worker_threads(&self) -> Option<usize> {
-        self.processes
+        (self.processes || self.rolling_restart)
             .then(|| self.conns.min(self.clients).clamp(1, local::cpus()))
     }
 }
@@ -206,6 +213,20 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
     };
     let root = tmp.path().to_owned();
     let load_before = load_average();
+    if args.rolling_restart {
+        let relaxed = args.relaxed_fsync;
+        let layout = local::layout(&root, args.nodes, |cfg| {
+            if relaxed {
+                cfg.storage.fsync = FsyncPolicy::Relaxed;
+            }
+        })?;
+        let report = rolling::run(&args, &layout, module).await;
+        if args.keep {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+        println!("{}", report?);
+        return Ok(());
+    }
 
     eprintln!(
         "measuring the disk ({} serial fdatasyncs ×4 in {}) and loopback…",

@@ -7,6 +7,7 @@ mod actions;
 mod persist;
 mod requests;
 pub(crate) mod snapshots;
+pub(crate) mod stop;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -58,9 +59,15 @@ impl ClientCall {
                 reply: tx,
             })
             .await
-            .map_err(|_| RequestError::Internal("node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| RequestError::Internal("node dropped the request".into()))?
+            .map_err(|_| {
+                RequestError::Busy("this node is shutting down; retry at another".into())
+            })?;
+        // Both refusals are retryable: the node is going away, the cluster is not.
+        rx.await.map_err(|_| {
+            RequestError::Timeout(
+                "this node stopped before answering; retrying with the same tag is safe".into(),
+            )
+        })?
     }
 }
 
@@ -115,6 +122,8 @@ pub(crate) struct Driver {
     pub(crate) actions: Vec<Action>,
     pub(crate) metrics: crate::metrics::DriverMetrics,
     pub(crate) snap: SnapState,
+    /// Set while stopping gracefully (`stop`).
+    pub(crate) stopping: Option<stop::Stopping>,
     /// What `/readyz` is answered from, and what the driver observes for it.
     pub(crate) health: HealthState,
 }
@@ -143,12 +152,15 @@ impl HealthState {
 }
 
 impl Driver {
+    // One receiver per input: the select below borrows each separately from `self`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         mut self,
         mut raft_rx: mpsc::Receiver<(u64, Bytes)>,
         mut req_rx: mpsc::Receiver<ClientCall>,
         mut durable_rx: mpsc::UnboundedReceiver<u64>,
         mut snap_rx: mpsc::UnboundedReceiver<SnapEvent>,
+        mut stop_rx: mpsc::Receiver<stop::StopRequest>,
         mut shutdown: watch::Receiver<bool>,
         tick: Duration,
     ) {
@@ -165,6 +177,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                Some(req) = stop_rx.recv() => self.begin_stop(req),
                 Some(seq) = durable_rx.recv() => {
                     self.catch_up_ticks(&mut next_tick, tick);
                     self.on_durable(seq);
@@ -191,6 +204,10 @@ impl Driver {
                 }
             }
             self.execute();
+            if self.stopping.is_some() {
+                self.advance_stop();
+                self.execute();
+            }
         }
         tracing::info!(target: "wraft::node", node = self.id, "shutting down");
         self.transport.shutdown().await;
@@ -349,15 +366,7 @@ impl Driver {
         if self.engine.role() != Role::Leader {
             return;
         }
-        let best = self
-            .engine
-            .membership()
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != self.id)
-            .max_by_key(|v| self.engine.peer_match_index(*v).unwrap_or(0));
-        if let Some(to) = best {
+        if let Some(to) = stop::most_caught_up_voter(&self.engine) {
             tracing::warn!(target: "wraft::apply", node = self.id, to,
                 "handing leadership over: this node's applier is halted");
             self.step(Event::TransferLeadership { to });

@@ -82,6 +82,10 @@ impl Driver {
             module_sha256,
             reply,
         } = call;
+        if let Some(e) = self.refuse_while_stopping(&request) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         match request {
             Request::Propose {
                 tag,
@@ -128,6 +132,9 @@ impl Driver {
             Request::Machines => self.linearizable_read(ReadTarget::Machines, reply),
             Request::Status => {
                 let _ = reply.send(Ok(Reply::Status(Box::new(self.status()))));
+            }
+            Request::NodeInfo => {
+                let _ = reply.send(Ok(Reply::NodeInfo(crate::node_info(self.id))));
             }
             Request::AddLearner { id, addr } => {
                 if self.engine.role() != Role::Leader {

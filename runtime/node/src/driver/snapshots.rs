@@ -217,12 +217,30 @@ impl Driver {
     /// Leader: stream snapshot `meta` to `to` on a bulk stream of its own.
     /// The offset the engine remembers is only a hint: the follower answers
     /// the offer with what it durably holds.
+    ///
+    /// The snapshot is pinned here, at the offer, before anything is awaited: opening the
+    /// stream takes a round trip (or a connect timeout to a peer that is down), and a snapshot
+    /// created meanwhile would otherwise let retention delete the offered file first. The pin
+    /// lives in the transfer's task and is released when the transfer ends, however it ends.
     pub(crate) fn send_snapshot(&mut self, to: u64, meta: SnapshotMeta, offset: u64) {
         if self.snap.sending.contains_key(&to) {
             return; // the running transfer reports; its watchdog bounds it
         }
-        self.snap.sending.insert(to, meta.index);
         let id = snapshot_id(&meta);
+        let offered = match self.storage.snapshots.pin(id) {
+            Ok(pin) => pin,
+            Err(e) => {
+                tracing::warn!(target: "wraft::snapshot", node = self.id, peer = to,
+                    index = meta.index, error = %e,
+                    "the snapshot to send is not in the store; the engine offers again");
+                self.step(Event::SnapshotTransferFailed {
+                    to,
+                    index: meta.index,
+                });
+                return;
+            }
+        };
+        self.snap.sending.insert(to, meta.index);
         let (transport, storage, cfg, limiter, tx) = (
             self.transport.clone(),
             self.storage.clone(),
@@ -240,19 +258,28 @@ impl Driver {
                 Err(e) => {
                     tracing::warn!(target: "wraft::snapshot", node, peer = to, error = %e,
                         "cannot open a bulk stream for the snapshot");
+                    // Releasing the pin may run retention (file deletes): off the workers.
+                    let _ = tokio::task::spawn_blocking(move || drop(offered)).await;
                     false
                 }
                 Ok(stream) => {
                     let progress = tx.clone();
-                    let r =
-                        send_snapshot(stream, &storage.snapshots, id, term, &cfg, &limiter, |d| {
+                    let r = send_snapshot(
+                        stream,
+                        &storage.snapshots,
+                        offered,
+                        term,
+                        &cfg,
+                        &limiter,
+                        |d| {
                             let _ = progress.send(SnapEvent::Progress {
                                 from: to,
                                 index,
                                 durable_offset: d,
                             });
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                     match r {
                         Ok(rep) => {
                             tracing::info!(target: "wraft::snapshot", node, peer = to, index,
