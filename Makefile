@@ -31,6 +31,14 @@ deps:
 	  || { echo "installing prometheus (promtool checks and unit-tests deploy/prometheus/wraft-alerts.yml)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v jq >/dev/null \
+	  || { echo "installing jq (the runbook's tested blocks use it)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq jq >/dev/null; }
+	@command -v systemd-analyze >/dev/null \
+	  || { echo "installing systemd (systemd-analyze verifies deploy/systemd/wraft.service)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
 ## The main job.

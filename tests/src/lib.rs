@@ -34,6 +34,7 @@
 
 pub mod faults;
 pub mod guests;
+pub mod runbook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use wraft_client::Client;
 use wraft_proto::Consistency;
-use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for, workspace_root, wraft_bin};
+use wraft_tests::runbook::{bin_dir, run_block, runbook_blocks};
+use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for, wraft_bin};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,87 +51,23 @@ const BLOCKS: &[(&str, &str)] = &[
         "add-member",
         "quorum_loss_forced_recovery_and_members_added_back",
     ),
+    (
+        "rotate-trust-both",
+        "tls_reload::ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_refusing_the_old_ca",
+    ),
+    (
+        "rotate-node-cert",
+        "tls_reload::ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_refusing_the_old_ca",
+    ),
+    (
+        "rotate-client-certs",
+        "tls_reload::ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_refusing_the_old_ca",
+    ),
+    (
+        "rotate-drop-old-ca",
+        "tls_reload::ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_refusing_the_old_ca",
+    ),
 ];
-
-/// The tested blocks of `docs/runbook.md`, by name. A marker must start its line (an indented
-/// one, as in the convention's description, is not a marker) and be followed by a ```sh fence.
-fn runbook_blocks() -> BTreeMap<String, String> {
-    let path = workspace_root().join("docs/runbook.md");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let mut blocks = BTreeMap::new();
-    let mut lines = text.lines().enumerate();
-    while let Some((n, line)) = lines.next() {
-        let Some(name) = line
-            .strip_prefix("<!-- runbook-test:")
-            .and_then(|r| r.strip_suffix("-->"))
-            .map(str::trim)
-        else {
-            continue;
-        };
-        let fence = lines.next().map(|(_, l)| l);
-        assert_eq!(
-            fence,
-            Some("```sh"),
-            "runbook.md line {}: the marker of block {name:?} must be followed by a ```sh fence",
-            n + 1
-        );
-        let mut body = String::new();
-        loop {
-            match lines.next() {
-                Some((_, "```")) => break,
-                Some((_, l)) => {
-                    body += l;
-                    body.push('\n');
-                }
-                None => panic!("runbook.md: block {name:?} (line {}) is not closed", n + 1),
-            }
-        }
-        assert!(
-            blocks.insert(name.to_owned(), body).is_none(),
-            "runbook.md: two blocks are named {name:?}"
-        );
-    }
-    blocks
-}
-
-/// A directory holding `wraft` (the binary under test), to put first on PATH.
-fn bin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::os::unix::fs::symlink(wraft_bin(), dir.path().join("wraft")).expect("linking wraft");
-    dir
-}
-
-/// Run runbook block `name` with bash (`-euo pipefail`) and `env`; its stdout. Panics with the
-/// script and its output if it fails.
-fn run_block(bin: &Path, name: &str, env: &[(&str, String)]) -> String {
-    let blocks = runbook_blocks();
-    let script = blocks
-        .get(name)
-        .unwrap_or_else(|| panic!("docs/runbook.md has no block named {name:?}"));
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .env("PATH", path)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .current_dir(bin)
-        .output()
-        .expect("running bash");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "runbook block {name:?} failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// `WRAFT_ENDPOINTS` and `WRAFT_CERTS` for `endpoints` of `cluster`.
 fn conn_env(cluster: &Cluster, endpoints: &[SocketAddr]) -> Vec<(&'static str, String)> {

@@ -1,5 +1,5 @@
 //! Certificates reloaded without a restart, against real `wraft node` processes: a CA rotation
-//! with overlapping trust, done with the `wraft cert` commands the runbook gives, while the
+//! with overlapping trust, done by running the runbook's own blocks, while the
 //! cluster keeps committing writes; and a broken file refused with the old configuration kept.
 
 use std::path::Path;
@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use wraft_client::{Client, ClientOptions};
+use wraft_tests::runbook::{bin_dir, run_block};
 use wraft_tests::{Cluster, guest, kv_put, wait_for, wraft_bin};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -147,14 +148,23 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     std::fs::write(&key1, good_key).unwrap();
     write_through_new_client(&cluster, "after-refusal").await;
 
-    // 1. A second CA. 2. Every node trusts both.
-    wraft_cert(&["--dir", s(&ca2), "--nodes", "--clients"]);
-    let ca1_and_2 = format!("{},{}", s(&certs.join("ca.crt")), s(&ca2.join("ca.crt")));
+    // The runbook's blocks (docs/runbook.md, "Certificate rotation with overlapping trust").
+    let bin = bin_dir();
+    let env = |more: &[(&'static str, String)]| {
+        let mut v = vec![
+            ("WRAFT_CERTS", s(&certs).to_owned()),
+            ("NEW_CA_DIR", s(&ca2).to_owned()),
+        ];
+        v.extend(more.iter().cloned());
+        v
+    };
+
+    // 1. A second CA; every node trusts both.
     let before: Vec<usize> = ids
         .iter()
         .map(|i| count(&cluster, *i, "TLS reloaded: new CA bundle"))
         .collect();
-    wraft_cert(&["--dir", s(&certs), "--trust", &ca1_and_2]);
+    run_block(bin.path(), "rotate-trust-both", &env(&[]));
     for (i, id) in ids.iter().enumerate() {
         sighup(&cluster, *id);
         logged(&cluster, *id, "TLS reloaded: new CA bundle", before[i]).await;
@@ -164,28 +174,16 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     // 3. Node certificates from CA2, node by node; then the client's.
     for id in &ids {
         let n = count(&cluster, *id, "TLS reloaded: new certificate, key");
-        wraft_cert(&[
-            "--dir",
-            s(&certs),
-            "--ca-dir",
-            s(&ca2),
-            "--nodes",
-            &id.to_string(),
-            "--clients",
-        ]);
+        run_block(
+            bin.path(),
+            "rotate-node-cert",
+            &env(&[("NODE_ID", id.to_string())]),
+        );
         sighup(&cluster, *id);
         logged(&cluster, *id, "TLS reloaded: new certificate, key", n).await;
         write_through_new_client(&cluster, &format!("node-{id}-on-ca2")).await;
     }
-    wraft_cert(&[
-        "--dir",
-        s(&certs),
-        "--ca-dir",
-        s(&ca2),
-        "--nodes",
-        "--clients",
-        "admin",
-    ]);
+    run_block(bin.path(), "rotate-client-certs", &env(&[]));
     write_through_new_client(&cluster, "client-on-ca2").await;
 
     // 4. CA1 is no longer trusted.
@@ -193,7 +191,7 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
         .iter()
         .map(|i| count(&cluster, *i, "TLS reloaded: new CA bundle"))
         .collect();
-    wraft_cert(&["--dir", s(&certs), "--trust", s(&ca2.join("ca.crt"))]);
+    run_block(bin.path(), "rotate-drop-old-ca", &env(&[]));
     for (i, id) in ids.iter().enumerate() {
         sighup(&cluster, *id);
         logged(&cluster, *id, "TLS reloaded: new CA bundle", before[i]).await;
