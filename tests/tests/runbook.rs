@@ -2,9 +2,9 @@
 //! `<!-- runbook-test: NAME -->` is extracted and run with bash, at its step of a scenario
 //! against real `wraft node` processes (the convention is described at the top of the runbook).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
