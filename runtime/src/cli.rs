@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::local;
 use wraft_client::{Client, ClientOptions};
 use wraft_node::Node;
-use wraft_proto::{Consistency, MachineInfo, Status};
+use wraft_proto::{Consistency, MachineInfo};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,32 +72,6 @@ pub fn machines_table(ms: &[MachineInfo]) -> String {
             &m.module_sha256[..m.module_sha256.len().min(16)],
             m.deployed_at,
             m.healthy
-        );
-    }
-    out.trim_end().to_owned()
-}
-
-/// Render node statuses as a table.
-pub fn status_table(ss: &[Status]) -> String {
-    let mut out = format!(
-        "{:<5} {:<10} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8}  MEMBERS\n",
-        "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "SNAP"
-    );
-    for s in ss {
-        out += &format!(
-            "{:<5} {:<10} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8}  voters {:?} learners {:?}\n",
-            s.id,
-            s.role,
-            s.term,
-            s.leader
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "-".into()),
-            s.commit_index,
-            s.applied_index,
-            s.last_index,
-            s.snapshot_index,
-            s.voters,
-            s.learners
         );
     }
     out.trim_end().to_owned()
@@ -211,9 +185,13 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
     println!("\n== status");
     let mut ss = Vec::new();
     for n in &nodes {
-        ss.push(c.status_of(Some(n.local_addr())).await?);
+        ss.push(crate::ops::NodeReport {
+            addr: n.local_addr().into(),
+            status: c.status_of(Some(n.local_addr())).await?,
+            info: Some(wraft_node::node_info(n.id())),
+        });
     }
-    println!("{}", status_table(&ss));
+    println!("{}", crate::ops::status_table(&ss));
     println!("\n{}", machines_table(&c.machines().await?));
 
     if once {

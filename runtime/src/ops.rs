@@ -35,37 +35,39 @@ pub async fn gather_status(c: &Client, endpoints: &[PeerAddr], all: bool) -> Sta
     let mut report = StatusReport::default();
     if all {
         for ep in endpoints {
-            match c.status_of(Some(ep.clone())).await {
-                Ok(status) => {
-                    let info = c.node_info_of(ep.clone()).await.ok();
-                    report.nodes.push(NodeReport {
-                        addr: ep.clone(),
-                        status,
-                        info,
-                    });
-                }
-                Err(e) => report.missing.push(format!("{ep}: {e}")),
+            match ask(c, ep).await {
+                Ok(node) => report.nodes.push(node),
+                Err(e) => report.missing.push(e),
             }
         }
     } else {
         let mut errors = Vec::new();
         for ep in endpoints {
-            match c.status_of(Some(ep.clone())).await {
-                Ok(status) => {
-                    let info = c.node_info_of(ep.clone()).await.ok();
-                    report.nodes.push(NodeReport {
-                        addr: ep.clone(),
-                        status,
-                        info,
-                    });
+            match ask(c, ep).await {
+                Ok(node) => {
+                    report.nodes.push(node);
                     return report;
                 }
-                Err(e) => errors.push(format!("{ep}: {e}")),
+                Err(e) => errors.push(e),
             }
         }
         report.missing = errors;
     }
     report
+}
+
+/// The status and version of the node at `ep`, or why it did not answer (naming it).
+async fn ask(c: &Client, ep: &PeerAddr) -> Result<NodeReport, String> {
+    let status = c
+        .status_of(Some(ep.clone()))
+        .await
+        .map_err(|e| format!("{ep}: {e}"))?;
+    let info = c.node_info_of(ep.clone()).await.ok();
+    Ok(NodeReport {
+        addr: ep.clone(),
+        status,
+        info,
+    })
 }
 
 /// `wraft status`: print what answered (a table, or JSON: each `Status` with `version` and

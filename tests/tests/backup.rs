@@ -342,7 +342,6 @@ async fn after_losing_two_of_three_nodes_a_forced_survivor_keeps_every_acknowled
     }
     let status = client.status().await.expect("status");
     assert_eq!(status.voters, vec![1, 4, 5]);
-    // The forced change is in the replicated log: a re-added member applied its record.
     // The forced change is in the replicated log: a re-added member applies its record.
     wait_for(
         "node 4 to apply the record of the forced change",

@@ -47,6 +47,17 @@ async fn logged(cluster: &Cluster, id: u64, needle: &str, before: usize) -> usiz
     .await
 }
 
+/// Run `change`, then SIGHUP every node and wait until each logs `needle` once more.
+async fn reload_every_node_after(cluster: &Cluster, needle: &str, change: impl FnOnce()) {
+    let ids = cluster.ids();
+    let before: Vec<usize> = ids.iter().map(|i| count(cluster, *i, needle)).collect();
+    change();
+    for (id, before) in ids.iter().zip(before) {
+        sighup(cluster, *id);
+        logged(cluster, *id, needle, before).await;
+    }
+}
+
 fn count(cluster: &Cluster, id: u64, needle: &str) -> usize {
     cluster.log(id).matches(needle).count()
 }
@@ -160,15 +171,10 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     };
 
     // 1. A second CA; every node trusts both.
-    let before: Vec<usize> = ids
-        .iter()
-        .map(|i| count(&cluster, *i, "TLS reloaded: new CA bundle"))
-        .collect();
-    run_block(bin.path(), "rotate-trust-both", &env(&[]));
-    for (i, id) in ids.iter().enumerate() {
-        sighup(&cluster, *id);
-        logged(&cluster, *id, "TLS reloaded: new CA bundle", before[i]).await;
-    }
+    reload_every_node_after(&cluster, "TLS reloaded: new CA bundle", || {
+        run_block(bin.path(), "rotate-trust-both", &env(&[]));
+    })
+    .await;
     write_through_new_client(&cluster, "overlap").await;
 
     // 3. Node certificates from CA2, node by node; then the client's.
@@ -187,15 +193,10 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     write_through_new_client(&cluster, "client-on-ca2").await;
 
     // 4. CA1 is no longer trusted.
-    let before: Vec<usize> = ids
-        .iter()
-        .map(|i| count(&cluster, *i, "TLS reloaded: new CA bundle"))
-        .collect();
-    run_block(bin.path(), "rotate-drop-old-ca", &env(&[]));
-    for (i, id) in ids.iter().enumerate() {
-        sighup(&cluster, *id);
-        logged(&cluster, *id, "TLS reloaded: new CA bundle", before[i]).await;
-    }
+    reload_every_node_after(&cluster, "TLS reloaded: new CA bundle", || {
+        run_block(bin.path(), "rotate-drop-old-ca", &env(&[]));
+    })
+    .await;
     write_through_new_client(&cluster, "ca2-only").await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
