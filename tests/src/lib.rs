@@ -749,3 +749,26 @@ pub fn is_transient(e: &ClientError) -> bool {
             | ClientError::Internal(_)
     )
 }
+
+/// Run `wraft bench ARGS --module <the kv guest> --dir <a temp dir>`, insist it succeeds, and
+/// return the JSON report it prints as its last line, and its stderr.
+pub fn run_bench(args: &[&str]) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = dir.path().join("kv.wasm");
+    std::fs::write(&module, guest("kv")).expect("write kv module");
+    let out = std::process::Command::new(wraft_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--module")
+        .arg(&module)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("running wraft bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "wraft bench failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("a JSON line");
+    let report = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    (report, stderr)
+}

@@ -909,23 +909,20 @@ async fn a_query_that_traps_among_concurrent_reads_fails_alone_and_the_others_ar
 fn the_benchmark_reports_puts_next_to_the_disk_and_network_floors_it_ran_on() {
     // A one-second `wraft bench` over node processes: every put acknowledged, the floors measured
     // in the same run, and a one-connection load generator on one async worker.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let module = dir.path().join("kv.wasm");
-    std::fs::write(&module, guest("kv")).expect("write kv module");
-    let out = std::process::Command::new(wraft_tests::wraft_bin())
-        .args(["bench", "--processes", "--clients", "1", "--conns", "1"])
-        .args(["--secs", "1", "--warmup-secs", "0", "--fsync-samples", "20"])
-        .arg("--module")
-        .arg(&module)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("running wraft bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "wraft bench failed:\n{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().expect("a JSON line");
-    let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let (v, stderr) = wraft_tests::run_bench(&[
+        "--processes",
+        "--clients",
+        "1",
+        "--conns",
+        "1",
+        "--secs",
+        "1",
+        "--warmup-secs",
+        "0",
+        "--fsync-samples",
+        "20",
+    ]);
+    let line = v.to_string();
     assert_eq!(v["errors"], 0, "{line}");
     assert!(v["ops"].as_u64().expect("ops") > 0, "{line}");
     assert_eq!(v["client_worker_threads"], 1, "{line}");

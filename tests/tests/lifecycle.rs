@@ -232,22 +232,7 @@ async fn a_stop_is_bounded_by_its_timeout_and_a_second_signal_exits_at_once() {
 /// restarted with SIGTERM, each exits 0, and the report has the gap figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_bench_restarts_every_node_gracefully_and_reports_the_write_gap() {
-    let module = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(module.path(), guest("kv")).expect("writing the module");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = std::process::Command::new(wraft_tests::wraft_bin())
-        .args(["bench", "--rolling-restart", "--warmup-secs", "1"])
-        .arg("--module")
-        .arg(module.path())
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("running wraft bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "wraft bench failed:\n{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON");
+    let (r, _) = wraft_tests::run_bench(&["--rolling-restart", "--warmup-secs", "1"]);
     let steps = r["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 3, "{r}");
     assert!(steps.iter().all(|s| s["exit_code"] == 0), "{r}");
