@@ -139,7 +139,7 @@ impl Applier {
         r
     }
 
-    pub(super) async fn deploy_inner(
+    async fn deploy_inner(
         &mut self,
         index: u64,
         name: String,
