@@ -228,6 +228,60 @@ async fn a_stop_is_bounded_by_its_timeout_and_a_second_signal_exits_at_once() {
     assert!(sent.elapsed() < Duration::from_secs(1));
 }
 
+/// Closing the endpoint is part of the stop's bound, however slow the network: QUIC keeps a
+/// closed connection draining for three probe timeouts (about a second at 300 ms round trips),
+/// which a process that is exiting has no reason to wait out once its close frames are sent.
+/// (A CI run once saw 1.5 s of draining after a stop that had reported at its deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_a_slow_network_does_not_wait_out_quic_draining() {
+    const ONE_WAY_MS: u64 = 150;
+    const TIMEOUT_MS: u64 = 300;
+    let proxy = Arc::new(wraft_tests::faults::proxy::FaultProxy::new(1));
+    let p = proxy.clone();
+    let mut cluster = Cluster::start_with(3, move |c| {
+        c.cluster.members = c
+            .cluster
+            .members
+            .iter()
+            .map(|(id, real)| {
+                let real = real.socket_addr().expect("local members are IP addresses");
+                (*id, p.front(*id, real).into())
+            })
+            .collect();
+        c.raft.heartbeat_interval_ms = 500;
+        c.raft.election_timeout_ms = 5_000;
+        c.node.shutdown_timeout_ms = TIMEOUT_MS;
+    });
+    let slow = wraft_tests::faults::proxy::LinkFault {
+        delay_ms: ONE_WAY_MS,
+        ..Default::default()
+    };
+    for from in cluster.ids() {
+        for to in cluster.ids().into_iter().filter(|to| *to != from) {
+            proxy.set(from, to, slow);
+        }
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
+    // Round trips measured on every link before the stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    let sent = Instant::now();
+    cluster.signal(follower, libc::SIGTERM);
+    let status = cluster.wait_exit(follower, Duration::from_secs(10)).await;
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS + 400),
+        "a follower stopped after {} ms; its stop timeout is {TIMEOUT_MS} ms\n{}",
+        took.as_millis(),
+        cluster.log(follower)
+    );
+}
+
 /// `wraft bench --rolling-restart` (the BENCHMARKS.md figure) runs end to end: every node is
 /// restarted with SIGTERM, each exits 0, and the report has the gap figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

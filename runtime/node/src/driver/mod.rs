@@ -210,7 +210,14 @@ impl Driver {
             }
         }
         tracing::info!(target: "wraft::node", node = self.id, "shutting down");
-        self.transport.shutdown().await;
+        if self.stopping.is_some() {
+            // A graceful stop is bounded by its deadline: send the close frames, do not wait
+            // out the connections' draining (see `Transport::shutdown_within`).
+            let wait = Duration::from_millis(stop::STOP_CLOSE_WAIT_MS);
+            self.transport.shutdown_within(wait).await;
+        } else {
+            self.transport.shutdown().await;
+        }
     }
 
     /// On every tick: the gauges, and the readiness `/readyz` answers from.

@@ -21,6 +21,11 @@ use crate::driver::Driver;
 /// is replaced by the next most caught-up voter).
 const HANDOFF_RETRY_MS: u64 = 300;
 
+/// How long a stopped node waits for its transport to close: enough for the close frames to
+/// leave (peers then see the node gone at once instead of after their idle timeout), not for
+/// QUIC's draining, which lasts three probe timeouts and does not matter to an exiting process.
+pub(crate) const STOP_CLOSE_WAIT_MS: u64 = 100;
+
 /// A request to stop, from [`crate::Node::stop_gracefully`].
 pub(crate) struct StopRequest {
     /// Report (and stop waiting) by then at the latest.

@@ -239,6 +239,16 @@ impl Transport {
     /// wait (bounded by `idle_timeout_ms`) until the socket is released, so
     /// the same port can be bound again.
     pub async fn shutdown(self) {
+        let limit = Duration::from_millis(self.inner.shared.config.idle_timeout_ms);
+        self.shutdown_within(limit).await;
+    }
+
+    /// [`Transport::shutdown`], waiting at most `wait` for the link tasks to end and the
+    /// closed connections to drain. QUIC keeps a closed connection draining for three probe
+    /// timeouts (a second or more on a slow or loaded network); a process about to exit only
+    /// needs its close frames sent, which takes one turn of the endpoint's driver, and may
+    /// give a short `wait`. The port may stay bound for the rest of the draining.
+    pub async fn shutdown_within(self, wait: Duration) {
         let inner = &self.inner;
         let _ = inner.shutdown_tx.send(true);
         for link in inner
@@ -265,8 +275,7 @@ impl Transport {
         endpoint.close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");
         let tasks: Vec<_> =
             std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        let limit = Duration::from_millis(inner.shared.config.idle_timeout_ms);
-        let _ = tokio::time::timeout(limit, async {
+        let _ = tokio::time::timeout(wait, async {
             for t in tasks {
                 let _ = t.await;
             }
