@@ -96,6 +96,12 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Bearer tokens for the HTTP API and the web console (for callers without a client
+    /// certificate: browsers, scripts).
+    Token {
+        #[command(subcommand)]
+        op: TokenOp,
+    },
     /// Work with node configuration files.
     Config {
         #[command(subcommand)]
@@ -329,6 +335,28 @@ pub(crate) enum MembersOp {
         id: u64,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenOp {
+    /// Mint a token: prints it on stdout (a secret: give it to its holder only) and its id and
+    /// expiry on stderr. Signed with DIR/token.key, created if missing; every node needs the
+    /// same key file in its certificate directory (`http.token_key_file`). Revoke one token
+    /// by listing its id in the nodes' `http.revoked_tokens`; revoke all by replacing the key.
+    Create {
+        /// Directory written by `wraft cert` (holds token.key).
+        #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
+        certs: PathBuf,
+        /// Whose token it is (`[A-Za-z0-9_-]`, shown in the nodes' logs).
+        #[arg(long)]
+        name: String,
+        /// read (queries, status, watch), write (also commands) or admin (everything).
+        #[arg(long, default_value = "read")]
+        role: String,
+        /// Validity, days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
     },
 }
 

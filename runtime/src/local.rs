@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use wraft_transport::certs::{CertDir, ClusterCa, Validity};
 
 use wraft_config::{
-    ClientSection, ClusterSection, GuestSection, NodeConfig, NodeSection, RaftSection,
+    ClientSection, ClusterSection, GuestSection, HttpSection, NodeConfig, NodeSection, RaftSection,
     SnapshotSection, StorageSection, TlsSection,
 };
 
@@ -107,6 +107,8 @@ pub fn layout(
     let certs = root.join("certs");
     let ids: Vec<u64> = (1..=n).collect();
     issue_certs(&certs, &ids, &["admin".to_owned()], LOCAL_CERT_DAYS)?;
+    // The key bearer tokens are signed with (`wraft token create --certs DIR`).
+    wraft_node::tokens::TokenKey::load_or_create(&certs.join("token.key"))?;
     let mut members = BTreeMap::new();
     for id in &ids {
         members.insert(*id, free_udp_port()?);
@@ -135,6 +137,11 @@ pub fn layout(
             snapshot: SnapshotSection::default(),
             guest: GuestSection::default(),
             client: ClientSection::default(),
+            // The HTTP API on a port of the node's choosing (it logs `http_addr=`).
+            http: HttpSection {
+                listen: Some((std::net::Ipv4Addr::LOCALHOST, 0).into()),
+                ..HttpSection::default()
+            },
         };
         tweak(&mut cfg);
         cfg.validate()?;

@@ -178,6 +178,38 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             });
             wraft::cli::cert_with(&dir, ca_dir.as_deref(), &trust, &nodes, &clients, days)
         }
+        Cmd::Token {
+            op:
+                TokenOp::Create {
+                    certs,
+                    name,
+                    role,
+                    days,
+                },
+        } => {
+            let role: wraft_node::auth::Role = role.parse().map_err(|e| format!("--role: {e}"))?;
+            let path = certs.join("token.key");
+            let (key, created) =
+                wraft_node::tokens::TokenKey::load_or_create(&path).map_err(|e| e.to_string())?;
+            if created {
+                eprintln!(
+                    "created {}: copy it to every node's certificate directory (next to ca.crt)",
+                    path.display()
+                );
+            }
+            let expires = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                + u64::from(days) * 86_400;
+            let minted = key.mint(&name, role, expires).map_err(|e| e.to_string())?;
+            eprintln!(
+                "token id {} for {:?}, role {}, expires at Unix time {} ({} days)",
+                minted.claims.id, minted.claims.name, minted.claims.role, expires, days
+            );
+            println!("{}", minted.token);
+            Ok(())
+        }
         Cmd::Config {
             op: ConfigOp::Check { file, overrides },
         } => {

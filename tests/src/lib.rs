@@ -625,14 +625,25 @@ impl Cluster {
     /// The address node `id`'s current process serves `/metrics`, `/livez` and `/readyz` on
     /// (configure `node.metrics_listen = "127.0.0.1:0"`; the node logs the port it bound).
     pub async fn metrics_addr(&self, id: u64) -> SocketAddr {
-        const KEY: &str = "metrics_addr=";
+        self.logged_addr(id, "metrics_addr=").await
+    }
+
+    /// The address node `id`'s current process serves the HTTPS API on (the harness's
+    /// configs set `http.listen = "127.0.0.1:0"`; the node logs the port it bound).
+    pub async fn http_addr(&self, id: u64) -> SocketAddr {
+        self.logged_addr(id, "http_addr=").await
+    }
+
+    /// An address node `id`'s current process logged as `key<addr>`.
+    async fn logged_addr(&self, id: u64, key: &str) -> SocketAddr {
+        let what = key.trim_end_matches('=').replace('_', " ");
         wait_for(
-            &format!("node {id} to log its metrics address"),
+            &format!("node {id} to log its {what}"),
             Duration::from_secs(30),
             async || {
                 let log = self.log(id);
                 let current = log.rsplit("==== harness: start #").next()?;
-                let at = current.find(KEY)? + KEY.len();
+                let at = current.find(key)? + key.len();
                 current[at..]
                     .split(|c: char| c.is_whitespace())
                     .next()?

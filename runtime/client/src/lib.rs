@@ -110,6 +110,9 @@ pub enum ClientError {
     /// Certificates could not be loaded.
     #[error("client certificates: {0}")]
     Certs(String),
+    /// This client's role does not allow the request (retrying will not help).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// An unexpected answer or a node-side internal error.
     #[error("internal: {0}")]
     Internal(String),
@@ -758,5 +761,6 @@ fn map_err(e: RequestError) -> ClientError {
         RequestError::MachineFault(m) => ClientError::MachineFault(m),
         RequestError::Internal(m) => ClientError::Internal(m),
         e @ RequestError::SessionUnknown { .. } => ClientError::OutcomeUnknown(e.to_string()),
+        RequestError::Forbidden(m) => ClientError::Forbidden(m),
     }
 }

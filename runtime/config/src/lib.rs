@@ -82,6 +82,9 @@ pub struct NodeConfig {
     /// Client-facing limits.
     #[serde(default)]
     pub client: ClientSection,
+    /// The HTTP/JSON API and web console.
+    #[serde(default)]
+    pub http: HttpSection,
 }
 
 /// `[node]`
@@ -391,9 +394,14 @@ pub struct ClientSection {
     /// reading at ≥ 0.6 MiB/s); 10..=3 600 000.
     pub response_write_timeout_ms: u64,
     /// Client certificate names (`wraft cert --clients NAME`, the URI SAN `wraft:client:NAME`)
-    /// allowed what only an administrator may do: read the cluster's data whole
-    /// (`wraft snapshot save`). Default `["admin"]`.
+    /// with the `admin` role: besides reading and writing, deploy and remove machines, change
+    /// the membership, move leadership, take and read snapshots (`wraft snapshot save`).
+    /// Default `["admin"]`.
     pub admin_clients: Vec<String>,
+    /// Client certificate names with the `read` role only: queries, status, machine and
+    /// snapshot lists, watch. A certificate in neither list has the `write` role (read, propose
+    /// commands, open sessions). Default empty.
+    pub read_only_clients: Vec<String>,
 }
 
 impl Default for ClientSection {
@@ -405,6 +413,47 @@ impl Default for ClientSection {
             deploy_timeout_ms: 300_000,
             response_write_timeout_ms: 30_000,
             admin_clients: vec!["admin".to_owned()],
+            read_only_clients: Vec::new(),
+        }
+    }
+}
+
+/// `[http]`: the HTTP/JSON API and the web console, over HTTPS with the node's certificate.
+/// Every request is authenticated: a client certificate of the cluster CA (the same
+/// identities and roles as QUIC clients) or a bearer token minted by `wraft token create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// TCP address of the HTTPS listener; none (the default) serves no HTTP API.
+    pub listen: Option<SocketAddr>,
+    /// Most HTTP connections open at once; a connection over the bound is closed at once
+    /// (clients see a reset and retry elsewhere). Default 4096; 1..=1 000 000.
+    pub connections_max: u64,
+    /// Time a client has to send the headers of a request (including the first one after an
+    /// idle keep-alive period), milliseconds; the connection is closed after it. Default
+    /// 30 000; 100..=3 600 000.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body, milliseconds (a slow sender gets 408).
+    /// Default 30 000; 100..=3 600 000.
+    pub body_read_timeout_ms: u64,
+    /// The key bearer tokens are signed with (32 bytes, hex, written by `wraft token create`
+    /// or `wraft cert`); a relative path is taken in `tls.dir`. Without the file, tokens are
+    /// refused and only client certificates work. Default `token.key`.
+    pub token_key_file: PathBuf,
+    /// Ids of tokens refused although signed and unexpired (the `id` `wraft token create`
+    /// printed). Default empty.
+    pub revoked_tokens: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            connections_max: 4096,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
+            token_key_file: PathBuf::from("token.key"),
+            revoked_tokens: Vec::new(),
         }
     }
 }
@@ -696,6 +745,45 @@ impl NodeConfig {
             10,
             3_600_000,
         ));
+        if let Some(both) = c
+            .read_only_clients
+            .iter()
+            .find(|n| c.admin_clients.contains(n))
+        {
+            out.push(Some(invalid(
+                "client.read_only_clients",
+                format!("{both:?} is also in client.admin_clients; a client has one role"),
+            )));
+        }
+        let h = &self.http;
+        out.push(range(
+            "http.connections_max",
+            h.connections_max,
+            1,
+            1_000_000,
+        ));
+        out.push(range(
+            "http.header_read_timeout_ms",
+            h.header_read_timeout_ms,
+            100,
+            3_600_000,
+        ));
+        out.push(range(
+            "http.body_read_timeout_ms",
+            h.body_read_timeout_ms,
+            100,
+            3_600_000,
+        ));
+        if let Some(l) = h.listen
+            && l == self.node.metrics_listen.unwrap_or(l)
+            && self.node.metrics_listen.is_some()
+            && l.port() != 0
+        {
+            out.push(Some(invalid(
+                "http.listen",
+                format!("{l} is also node.metrics_listen; give the API its own address"),
+            )));
+        }
         out.into_iter().flatten().collect()
     }
 

@@ -37,10 +37,12 @@
 //! terminal.
 
 mod apply;
+pub mod auth;
 mod codec;
 mod divergence;
 mod driver;
 mod health;
+mod http;
 mod limits;
 pub mod metrics;
 mod node;
@@ -48,6 +50,7 @@ pub mod recover;
 mod server;
 mod snapshot;
 mod tls_reload;
+pub mod tokens;
 
 pub use apply::ApplyState;
 pub use driver::stop::StopReport;

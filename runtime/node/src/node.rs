@@ -67,6 +67,9 @@ pub enum NodeError {
     /// The metrics and health endpoint (`node.metrics_listen`) could not start.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The HTTP API (`http.listen`) could not start.
+    #[error("HTTP API: {0}")]
+    Http(#[from] crate::http::HttpError),
     /// The Raft engine refused its configuration or state.
     #[error("raft engine: {0}")]
     Engine(String),
@@ -81,6 +84,7 @@ pub struct Node {
     id: u64,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     /// Stops the driver.
     shutdown: watch::Sender<bool>,
     /// Stops the client server (before the driver, so answers in flight are written).
@@ -120,6 +124,16 @@ impl Node {
                     ))
                 })?;
                 Some((handle, listener, bound))
+            }
+            None => None,
+        };
+        let http_listener = match cfg.http.listen {
+            Some(addr) => {
+                let l = crate::http::bind(addr)?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| crate::http::HttpError::Bind { addr, source })?;
+                Some((l, bound))
             }
             None => None,
         };
@@ -299,6 +313,7 @@ impl Node {
         tcfg.max_frame_bytes = tcfg
             .max_frame_bytes
             .max((cfg.guest.module_bytes_max + (1 << 20)).min(u64::from(u32::MAX)) as u32);
+        let resolve_timeout_ms = tcfg.resolve_timeout_ms;
         let (transport, inbound) = Transport::bind(tcfg, &tls, tmembers.clone(), book.clone())?;
         let addr = transport.local_addr().map_err(|e| {
             NodeError::Transport(wraft_transport::TransportError::Bind {
@@ -339,13 +354,16 @@ impl Node {
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (server_shutdown, server_shutdown_rx) = watch::channel(false);
+        let api = crate::server::Api {
+            driver: req_tx.clone(),
+            host: host.clone(),
+            snapshots: storage.snapshots.clone(),
+            limits: Arc::new(cfg.client.clone()),
+            metrics: crate::metrics::ClientMetrics::new(id),
+        };
         let server = tokio::spawn(crate::server::serve_clients(
             inbound.clients,
-            req_tx.clone(),
-            host.clone(),
-            storage.snapshots.clone(),
-            cfg.client.clone(),
-            crate::metrics::ClientMetrics::new(id),
+            api.clone(),
             server_shutdown_rx,
         ));
         let (stop, stop_rx) = mpsc::channel(4);
@@ -371,6 +389,32 @@ impl Node {
                 id,
                 data_dir.clone(),
                 shutdown_rx.clone(),
+            ));
+        }
+
+        let http_addr = http_listener.as_ref().map(|(_, a)| *a);
+        if let Some((listener, bound)) = http_listener {
+            let token_path = cfg.tls.dir.join(&cfg.http.token_key_file);
+            let token_key = crate::tokens::TokenKey::load(&token_path).map_err(|e| {
+                NodeError::Http(crate::http::HttpError::Tls(format!("bearer tokens: {e}")))
+            })?;
+            tracing::info!(target: "wraft::node", node = id, http_addr = %bound,
+                tokens = token_key.is_some(), "serving the HTTP API and the console");
+            let state = crate::http::HttpState {
+                node: id,
+                api: api.clone(),
+                forward: crate::http::Forwarder::new(tls.clone(), book.clone(), resolve_timeout_ms),
+                sessions: Default::default(),
+                token_key,
+                http: cfg.http.clone(),
+                limits: api.limits.clone(),
+                module_bytes_max: cfg.guest.module_bytes_max,
+            };
+            tokio::spawn(crate::http::serve(
+                listener,
+                crate::http::tls_config(&tls)?,
+                Arc::new(state),
+                server_shutdown.subscribe(),
             ));
         }
 
@@ -427,6 +471,7 @@ impl Node {
             id,
             addr,
             metrics_addr,
+            http_addr,
             shutdown,
             server_shutdown,
             server,
@@ -451,6 +496,11 @@ impl Node {
     /// configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address the HTTPS API (`http.listen`) is bound to, if it is served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Read the CA bundle, certificate and key from the certificate directory again and use

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use wraft_transport::ClientStream;
 use wraft_transport::frame;
 
+use crate::auth::Caller;
 use crate::driver::ClientCall;
 use crate::metrics::ClientMetrics;
 use wraft_config::ClientSection;
@@ -28,7 +29,6 @@ use wraft_proto::{
     Response, SNAPSHOT_READ_BYTES_MAX,
 };
 use wraft_storage::{SnapshotId, SnapshotStore};
-use wraft_transport::Identity;
 
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
@@ -46,11 +46,7 @@ pub const CLIENT_DRAIN_MS_MAX: u64 = 250;
 /// (a module's compilation) runs on the blocking pool.
 pub(super) async fn serve_clients(
     mut streams: mpsc::Receiver<ClientStream>,
-    driver: mpsc::Sender<ClientCall>,
-    host: Arc<HostEngine>,
-    snapshots: SnapshotStore,
-    limits: ClientSection,
-    metrics: ClientMetrics,
+    api: Api,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Each future says whether it was a request (counted against the bound) or a refusal.
@@ -78,23 +74,18 @@ pub(super) async fn serve_clients(
             let resp: Response = Err(RequestError::Busy(format!(
                 "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
             )));
-            let deadline_ms = limits.response_write_timeout_ms;
-            metrics.answered("unread", outcome_kind(&resp), Duration::ZERO);
+            let deadline_ms = api.limits.response_write_timeout_ms;
+            api.metrics
+                .answered("unread", outcome_kind(&resp), Duration::ZERO);
             in_flight.push(contained(false, async move {
                 write_response(send, &resp, deadline_ms, &identity).await;
             }));
             continue;
         }
-        let (driver, host, limits, metrics) = (
-            driver.clone(),
-            host.clone(),
-            limits.clone(),
-            metrics.clone(),
-        );
-        let snapshots = snapshots.clone();
+        let api = api.clone();
         requests += 1;
         in_flight.push(contained(true, async move {
-            serve_one(stream, driver, host, snapshots, &limits, &metrics).await;
+            serve_one(stream, &api).await;
         }));
     }
 }
@@ -118,23 +109,17 @@ fn contained(
     })
 }
 
-async fn serve_one(
-    stream: ClientStream,
-    driver: mpsc::Sender<ClientCall>,
-    host: Arc<HostEngine>,
-    snapshots: SnapshotStore,
-    limits: &ClientSection,
-    metrics: &ClientMetrics,
-) {
+async fn serve_one(stream: ClientStream, api: &Api) {
     let ClientStream {
         identity,
         send,
         mut recv,
         ..
     } = stream;
+    let limits = &api.limits;
     let frame_max = (limits
         .command_bytes_max
-        .max(host.config().module_bytes_max as u64)
+        .max(api.host.config().module_bytes_max as u64)
         + 4096)
         .min(u32::MAX as u64) as u32;
     let deadline = Duration::from_millis(limits.request_timeout_ms);
@@ -163,48 +148,61 @@ async fn serve_one(
             return;
         }
     };
-    let started = Instant::now();
-    let kind = request_kind(&request);
-    let outcome_ms = match request {
-        Request::Deploy { .. } | Request::DeployWith { .. } => limits.deploy_timeout_ms,
-        _ => limits.request_timeout_ms,
-    };
-    let serve = async {
-        match request {
-            Request::SnapshotRead {
-                index,
-                term,
-                offset,
-                bytes_max,
-            } => {
-                if !is_admin(&identity, limits) {
-                    tracing::warn!(target: "wraft::client", %identity,
-                        "refused a snapshot read: not an admin client");
-                    return Err(RequestError::Rejected(format!(
-                        "reading a snapshot needs an admin client certificate; {identity} is \
-                         not in client.admin_clients {:?}",
-                        limits.admin_clients
-                    )));
-                }
-                read_snapshot(snapshots, index, term, offset, bytes_max).await
-            }
-            request => handle(request, &driver, &host, limits).await,
-        }
-    };
-    let response = tokio::time::timeout(Duration::from_millis(outcome_ms), serve)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RequestError::Timeout(format!(
-                "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
-            )))
-        });
-    metrics.answered(kind, outcome_kind(&response), started.elapsed());
+    let caller = Caller::of_identity(&identity, limits);
+    let response = api.serve(&caller, request).await;
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
 }
 
-/// Whether `identity` may do what only an administrator may (`client.admin_clients`).
-fn is_admin(identity: &Identity, limits: &ClientSection) -> bool {
-    matches!(identity, Identity::Client(name) if limits.admin_clients.iter().any(|a| a == name))
+/// Serving one request, the same for a QUIC stream and an HTTP request: authorisation, the
+/// bounds checked off the driver, the outcome deadline and the request metrics. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) driver: mpsc::Sender<ClientCall>,
+    pub(crate) host: Arc<HostEngine>,
+    pub(crate) snapshots: SnapshotStore,
+    pub(crate) limits: Arc<ClientSection>,
+    pub(crate) metrics: ClientMetrics,
+}
+
+impl Api {
+    /// Answer `request` from `caller`: refused with `Forbidden` if its role does not allow it,
+    /// `Timeout` if it has no outcome within `client.request_timeout_ms` (a deploy:
+    /// `client.deploy_timeout_ms`).
+    pub(crate) async fn serve(&self, caller: &Caller, request: Request) -> Response {
+        let started = Instant::now();
+        let kind = request_kind(&request);
+        let limits = &*self.limits;
+        let outcome_ms = match request {
+            Request::Deploy { .. } | Request::DeployWith { .. } => limits.deploy_timeout_ms,
+            _ => limits.request_timeout_ms,
+        };
+        let serve = async {
+            if let Err(refused) = caller.authorize(&request) {
+                tracing::info!(target: "wraft::client", who = %caller.who, role = %caller.role,
+                    request = kind, "refused: role does not allow it");
+                return Err(refused);
+            }
+            match request {
+                Request::SnapshotRead {
+                    index,
+                    term,
+                    offset,
+                    bytes_max,
+                } => read_snapshot(self.snapshots.clone(), index, term, offset, bytes_max).await,
+                request => handle(request, &self.driver, &self.host, limits).await,
+            }
+        };
+        let response = tokio::time::timeout(Duration::from_millis(outcome_ms), serve)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::Timeout(format!(
+                    "no outcome within {outcome_ms} ms; retrying with the same tag is safe"
+                )))
+            });
+        self.metrics
+            .answered(kind, outcome_kind(&response), started.elapsed());
+        response
+    }
 }
 
 /// One [`Request::SnapshotRead`]: up to [`SNAPSHOT_READ_BYTES_MAX`] bytes of a complete
@@ -241,7 +239,7 @@ async fn read_snapshot(
 }
 
 /// The `request` label of `wraft_client_requests_total`.
-fn request_kind(request: &Request) -> &'static str {
+pub(crate) fn request_kind(request: &Request) -> &'static str {
     match request {
         Request::Propose { .. } => "propose",
         Request::Query { .. } => "query",
@@ -275,6 +273,7 @@ fn outcome_kind(response: &Response) -> &'static str {
         Err(RequestError::MachineFault(_)) => "machine_fault",
         Err(RequestError::Internal(_)) => "internal",
         Err(RequestError::SessionUnknown { .. }) => "session_unknown",
+        Err(RequestError::Forbidden(_)) => "forbidden",
     }
 }
 

@@ -241,6 +241,10 @@ pub enum RequestError {
         /// The session the command named.
         client_id: u64,
     },
+    /// The caller's role does not allow this request (see the node's `client.admin_clients`
+    /// and `client.read_only_clients`, or the token's role). Retrying will not help.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// Answer to one [`Request`].

@@ -1,0 +1,106 @@
+//! Forwarding what only the leader answers: a follower's HTTP API sends the request to the
+//! leader over the cluster's QUIC client protocol, presenting this node's certificate (a
+//! member's certificate has the `admin` role there: the request was authorised here, for the
+//! HTTP caller, before it was forwarded). One cached connection per leader.
+
+use std::collections::HashMap;
+
+use tokio::sync::Mutex;
+use wraft_proto::{KIND_REQUEST, PeerAddr, Request, RequestError, Response};
+use wraft_transport::AddressBook;
+use wraft_transport::certs::TlsIdentity;
+use wraft_transport::client::{ClientConfig, ClientConnection};
+
+/// Handshake deadline for a connection to the leader, milliseconds.
+const FORWARD_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Largest forwarded frame: a deploy carries the module.
+const FORWARD_FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
+
+pub(crate) struct Forwarder {
+    tls: TlsIdentity,
+    /// Where every member is (the transport's book, kept current from the log).
+    book: AddressBook,
+    resolve_timeout_ms: u64,
+    conns: Mutex<HashMap<u64, ClientConnection>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(tls: TlsIdentity, book: AddressBook, resolve_timeout_ms: u64) -> Forwarder {
+        Forwarder {
+            tls,
+            book,
+            resolve_timeout_ms,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Node `id`'s address, if known.
+    pub(crate) fn address_of(&self, id: u64) -> Option<PeerAddr> {
+        self.book.get(id)
+    }
+
+    /// Send `request` to node `leader` at `addr` and return its answer. A connection that
+    /// fails before an answer makes a command's outcome unknown (`Timeout`, safe to retry
+    /// with the same tag) and anything else retryable (`Busy`).
+    pub(crate) async fn send(&self, leader: u64, addr: &PeerAddr, request: &Request) -> Response {
+        let conn = self.connection(leader, addr).await?;
+        match conn
+            .request::<Request, Response>(KIND_REQUEST, request)
+            .await
+        {
+            Ok((_, response)) => response,
+            Err(e) => {
+                self.conns.lock().await.remove(&leader);
+                let what =
+                    format!("forwarding to the leader, node {leader} at {addr}, failed: {e}");
+                Err(match request {
+                    Request::Propose { .. }
+                    | Request::Deploy { .. }
+                    | Request::DeployWith { .. }
+                    | Request::RemoveMachine { .. } => {
+                        RequestError::Timeout(format!("{what}; the outcome is unknown"))
+                    }
+                    _ => RequestError::Busy(what),
+                })
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        leader: u64,
+        addr: &PeerAddr,
+    ) -> Result<ClientConnection, RequestError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&leader) {
+            if c.connection().close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            conns.remove(&leader);
+        }
+        let unreachable = |detail: String| {
+            RequestError::Busy(format!(
+                "cannot reach the leader, node {leader} at {addr}, to forward: {detail}"
+            ))
+        };
+        let targets = wraft_transport::client::resolve(addr, self.resolve_timeout_ms)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let config = ClientConfig {
+            max_frame_bytes: FORWARD_FRAME_BYTES_MAX,
+            connect_timeout_ms: FORWARD_CONNECT_TIMEOUT_MS,
+            ..ClientConfig::default()
+        };
+        let mut last = String::from("no address");
+        for target in targets {
+            match ClientConnection::connect(target, Some(leader), &self.tls, &config).await {
+                Ok(c) => {
+                    conns.insert(leader, c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(unreachable(last))
+    }
+}
