@@ -44,6 +44,7 @@ pub(super) fn write_outcome(e: &ClientError) -> Outcome {
         ClientError::Rejected(_)
         | ClientError::NoSuchMachine(_)
         | ClientError::Certs(_)
+        | ClientError::Forbidden(_)
         | ClientError::App { .. }
         | ClientError::MachineFault(_) => Outcome::Failed,
         ClientError::NoLeader { .. }

