@@ -67,7 +67,8 @@ impl Browser {
     }
 
     /// Run Chromium headless on `url` with `extra` flags; its stdout. Panics (after killing
-    /// it) if it runs longer than `BROWSER_RUN_TIMEOUT_MS`.
+    /// it) if it runs longer than `BROWSER_RUN_TIMEOUT_MS`, or if the page threw an uncaught
+    /// error (Chromium logs the page's console to stderr).
     fn run(&self, url: &str, extra: &[String]) -> String {
         let out_path = self.dir.path().join("stdout");
         let err_path = self.dir.path().join("stderr");
@@ -80,6 +81,8 @@ impl Browser {
                 "--no-first-run",
                 "--disable-extensions",
                 "--disable-background-networking",
+                "--enable-logging=stderr",
+                "--v=0",
             ])
             .arg(format!(
                 "--user-data-dir={}",
@@ -114,6 +117,16 @@ impl Browser {
             status.success(),
             "chromium exited with {status} on {url}; stderr:\n{}",
             std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let uncaught: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(":CONSOLE") && l.contains("Uncaught"))
+            .collect();
+        assert!(
+            uncaught.is_empty(),
+            "the console threw on {url}:\n{}",
+            uncaught.join("\n")
         );
         std::fs::read_to_string(&out_path).expect("chromium's output")
     }
@@ -229,27 +242,30 @@ fn token(certs: &Path, name: &str, role: &str) -> String {
         .to_owned()
 }
 
-/// Propose `command` to `machine` with `curl` and a bearer token; the answer's log index.
-fn propose(certs: &Path, addr: SocketAddr, token: &str, machine: &str, command: &Value) -> u64 {
+/// `POST` `body` to `path` with `curl` and a bearer token; the JSON answer (panics on an error).
+fn post(certs: &Path, addr: SocketAddr, token: &str, path: &str, body: &Value) -> Value {
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "--max-time", "30", "--cacert"])
         .arg(certs.join("ca.crt"))
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["-H", "Content-Type: application/json", "--data-binary"])
-        .arg(command.to_string())
-        .arg(format!(
-            "https://127.0.0.1:{}/v1/machines/{machine}/propose",
-            addr.port()
-        ))
+        .arg(body.to_string())
+        .arg(format!("https://127.0.0.1:{}{path}", addr.port()))
         .output()
         .expect("curl runs (make deps installs it)");
-    let body = String::from_utf8_lossy(&out.stdout);
+    let answer = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "propose failed: {body} {}",
+        "POST {path} failed: {answer} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_str(&body).expect("JSON answer");
+    serde_json::from_str(&answer).expect("JSON answer")
+}
+
+/// Propose `command` to kv through node `addr`; the answer's log index.
+fn put(certs: &Path, addr: SocketAddr, token: &str, key: &str, value: &str) -> u64 {
+    let command = json!({"op": "put", "key": key, "value": value});
+    let v = post(certs, addr, token, "/v1/machines/kv/propose", &command);
     v["index"]
         .as_u64()
         .unwrap_or_else(|| panic!("no index in {v}"))
@@ -301,17 +317,29 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
 
     // A write through the API, then the console on the leader.
     let leader_addr = cluster.http_addr(leader).await;
-    let index = propose(
-        &certs,
-        leader_addr,
-        &admin,
-        "kv",
-        &json!({"op": "put", "key": "hello", "value": "console"}),
+    let index = put(&certs, leader_addr, &admin, "hello", "console");
+    let snapshot = post(&certs, leader_addr, &admin, "/v1/snapshots", &json!({}))["index"]
+        .as_u64()
+        .expect("snapshot index");
+    // The fragment also runs a query through the page's form once it is up.
+    let url = format!(
+        "{}&machine=kv&consistency=linearizable&query=%7B%22op%22%3A%22get%22%2C%22key%22%3A%22hello%22%7D",
+        console_url(leader_addr, &admin)
     );
-    let url = console_url(leader_addr, &admin);
     let dom = show(&browser, &url, "the write's commit index", |d| {
-        d.ready() && d.number("commit-index").is_some_and(|c| c >= index)
+        d.ready()
+            && d.number("commit-index").is_some_and(|c| c >= index)
+            && d.attr_of("data-testid", "cmd-result", "data-state")
+                .as_deref()
+                == Some("ok")
+            && d.tag("data-snapshot-index", &snapshot.to_string())
+                .is_some()
     });
+    let answer = dom.text("cmd-result").expect("the query's answer");
+    assert!(
+        answer.contains("console"),
+        "the query read the write: {answer}"
+    );
     assert_eq!(dom.number("leader"), Some(leader), "leader shown");
     assert_eq!(dom.number("node-id"), Some(leader), "the node serving it");
     assert_eq!(dom.rows(), 3, "one row per member");
@@ -328,6 +356,11 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
         Some("ok")
     );
     assert!(dom.tag("data-machine", "kv").is_some(), "kv is listed");
+    let last = dom.text("last-snapshot").expect("last snapshot line");
+    assert!(
+        last.contains(&format!("at index {snapshot}")),
+        "the machines panel names the latest snapshot: {last}"
+    );
     let term_before = dom.number("term").expect("term shown");
     browser.screenshot(&url, &shots.join("1-after-write.png"));
 
@@ -359,13 +392,7 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
         .find(|&&i| i != new_leader)
         .expect("a surviving follower");
     let follower_addr = cluster.http_addr(follower).await;
-    let index2 = propose(
-        &certs,
-        follower_addr,
-        &admin,
-        "kv",
-        &json!({"op": "put", "key": "after", "value": "failover"}),
-    );
+    let index2 = put(&certs, follower_addr, &admin, "after", "failover");
 
     // The console on the surviving follower shows the leader's view: the new leader, and
     // the old one unreachable and lagging.
