@@ -185,17 +185,16 @@ impl Dom {
         self.text(id)?.parse().ok()
     }
 
-    /// Attribute `attr` of the cluster row of node `id`.
-    fn node_attr(&self, id: u64, attr: &str) -> Option<String> {
-        let tag = self.tag("data-node-id", &id.to_string())?;
-        let at = tag.find(&format!(" {attr}=\""))? + attr.len() + 3;
-        Some(tag[at..at + tag[at..].find('"')?].to_owned())
-    }
-
+    /// Attribute `attr` of the first element with `id_attr="id_value"`.
     fn attr_of(&self, id_attr: &str, id_value: &str, attr: &str) -> Option<String> {
         let tag = self.tag(id_attr, id_value)?;
         let at = tag.find(&format!(" {attr}=\""))? + attr.len() + 3;
         Some(tag[at..at + tag[at..].find('"')?].to_owned())
+    }
+
+    /// Attribute `attr` of the cluster row of node `id`.
+    fn node_attr(&self, id: u64, attr: &str) -> Option<String> {
+        self.attr_of("data-node-id", &id.to_string(), attr)
     }
 
     fn ready(&self) -> bool {
