@@ -39,6 +39,10 @@ deps:
 	  || { echo "installing systemd (systemd-analyze verifies deploy/systemd/wraft.service)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@command -v chromium >/dev/null \
+	  || { echo "installing chromium (the web console is tested in a headless browser)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
 ## The main job.
@@ -47,7 +51,7 @@ demo: deps
 
 ## The whole test suite: unit, integration, end-to-end and doc tests.
 test: deps
-	$(CARGO) nextest run --workspace --no-fail-fast
+	WRAFT_REQUIRE_BROWSER=1 $(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
 	$(MAKE) fuzz-smoke
 

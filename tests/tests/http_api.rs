@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wraft_tests::{Cluster, guest, wait_for, wraft_bin};
+use wraft_tests::{Cluster, guest, wraft_bin};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
