@@ -260,6 +260,15 @@ impl ClientConnection {
         &self.conn
     }
 
+    /// Close the connection now with `CODE_ABANDONED` (a client keeping another node's
+    /// connection), without waiting for the peer to be told.
+    pub fn abandon(&self) {
+        self.conn.close(
+            VarInt::from_u32(CODE_ABANDONED),
+            b"another node answered first",
+        );
+    }
+
     /// Close the connection and wait (briefly) for the peer to be told.
     pub async fn close(self) {
         self.conn
