@@ -999,13 +999,23 @@ async fn exchange(conn: &ClientConnection, req: &Request) -> Result<Response, Ex
             let remote = conn.connection().remote_address();
             // A node that refuses this client (its certificate is not from the cluster's CA,
             // it expired…) closes the connection saying why: no other node will differ.
-            if let Some(wraft_transport::quinn::ConnectionError::ApplicationClosed(c)) =
-                conn.connection().close_reason()
-                && c.error_code == wraft_transport::quinn::VarInt::from_u32(CODE_REFUSED)
-            {
+            use wraft_transport::quinn::{ConnectionError as C, VarInt};
+            let refusal = match conn.connection().close_reason() {
+                Some(C::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CODE_REFUSED) => {
+                    Some(String::from_utf8_lossy(&c.reason).into_owned())
+                }
+                // A TLS alert (QUIC crypto error codes 0x100–0x1ff) just after the handshake
+                // completed on our side: TLS 1.3 lets the node judge our certificate last.
+                Some(C::ConnectionClosed(c))
+                    if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+                {
+                    Some(c.to_string())
+                }
+                _ => None,
+            };
+            if let Some(why) = refusal {
                 return Err(Exchange::Permanent(ClientError::Rejected(format!(
-                    "the node at {remote} refused this client: {}",
-                    String::from_utf8_lossy(&c.reason)
+                    "the node at {remote} refused this client: {why}"
                 ))));
             }
             Err(Exchange::Connection(format!(
