@@ -314,7 +314,8 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
             hex,
             conn,
         } => {
-            let out = ctx.client(&conn)
+            let out = ctx
+                .client(&conn)
                 .await?
                 .propose(&name, &bytes_arg(&command, hex)?)
                 .await?;
@@ -333,7 +334,8 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
                 ConsistencyArg::Lease => Consistency::Lease,
                 ConsistencyArg::Stale => Consistency::Stale,
             };
-            let out = ctx.client(&conn)
+            let out = ctx
+                .client(&conn)
                 .await?
                 .query(&name, &bytes_arg(&request, hex)?, consistency)
                 .await?;
@@ -400,12 +402,13 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
                 if endpoints.is_empty() {
                     return Err("give --data-dir DIR or --endpoints ADDR".into());
                 }
-                let c = ctx.client(&Conn {
-                    endpoints: endpoints.clone(),
-                    certs,
-                    client: name,
-                })
-                .await?;
+                let c = ctx
+                    .client(&Conn {
+                        endpoints: endpoints.clone(),
+                        certs,
+                        client: name,
+                    })
+                    .await?;
                 let list = c.snapshots(Some(endpoints[0].clone())).await?;
                 println!("{}", wraft::cli::snapshot_listing(&list, json)?);
                 Ok(())
