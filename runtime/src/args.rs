@@ -13,11 +13,51 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "Raft over QUIC running WebAssembly state machines.\n\n\
         Try `wraft demo` for a local 3-node cluster running the example kv machine.\n\
         Operators: `wraft cert` then `wraft node --config FILE` on each node.\n\
-        Everyone else: `wraft deploy`, `wraft propose`, `wraft query`, `wraft status`."
+        Everyone else: `wraft deploy`, `wraft propose`, `wraft query`, `wraft status`.",
+    after_help = EXIT_CODES
 )]
 pub(crate) struct Cli {
+    /// How long a command that talks to the cluster keeps trying (finding the leader, retrying
+    /// what is safe to retry), deploys included: `500ms`, `2s`, `1m`, or plain milliseconds.
+    /// Default 30s (deploys 300s).
+    #[arg(long, global = true, env = "WRAFT_TIMEOUT", value_name = "DURATION", value_parser = duration_ms)]
+    pub(crate) timeout: Option<u64>,
     #[command(subcommand)]
     pub(crate) command: Cmd,
+}
+
+/// The exit codes, as `wraft --help` shows them (`main.rs` maps errors to them).
+pub(crate) const EXIT_CODES: &str = "Exit codes:\n  \
+    0  success\n  \
+    1  usage or local error (bad arguments, unreadable file, certificates), or another failure\n  \
+    2  refused: the cluster answered no (rejected request, no such machine, application \
+       error, guest trap, this client not allowed); sending it again will not help\n  \
+    3  outcome unknown: the request was sent but no outcome came within --timeout; it may have \
+       been applied (read the state before sending it again)\n  \
+    4  unavailable: no node reachable, or none knew a leader, within --timeout; nothing was \
+       applied";
+
+/// `--timeout`: `500ms`, `2s`, `1.5s`, `1m` or plain milliseconds, to milliseconds (at least 1).
+pub(crate) fn duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 500ms, 2s, 1m or 500)"))?;
+    let scale = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s or m)")),
+    };
+    let ms = n * scale;
+    if !(1.0..=86_400_000.0).contains(&ms) {
+        return Err(format!("{s:?} is out of range (1ms to 24h)"));
+    }
+    Ok(ms as u64)
 }
 
 /// How to reach a cluster (for every command that talks to one).

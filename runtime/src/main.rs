@@ -35,7 +35,23 @@ fn init_logging(format: wraft_config::LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version go to stdout and succeed; a usage error is exit code 1 (2 is
+            // "refused", see EXIT_CODES).
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let ctx = Ctx {
+        timeout_ms: cli.timeout,
+        clients: Default::default(),
+    };
     // A node's config chooses the log format (`--log-format` wins). It is read once before
     // logging starts, for that alone (what loading logs then goes nowhere), and again below.
     let log_format = match &cli.command {
@@ -88,18 +104,71 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let work = async move {
+    let work = async {
         match node_config {
             Some(cfg) => run_node(cfg).await,
-            None => run(cli.command).await,
+            None => run(cli.command, &ctx).await,
         }
     };
     match rt.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            let code = exit_code(&e);
+            match ctx.answered_by().filter(|_| code == EXIT_REFUSED) {
+                Some(node) => eprintln!("error: {node}: {e}"),
+                None => eprintln!("error: {e}"),
+            }
+            ExitCode::from(code)
         }
+    }
+}
+
+/// Exit code: the cluster refused the request (see [`EXIT_CODES`]).
+const EXIT_REFUSED: u8 = 2;
+/// Exit code: sent, no outcome within the timeout.
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+/// Exit code: no node or no leader reachable within the timeout.
+const EXIT_UNAVAILABLE: u8 = 4;
+
+/// The exit code for a command that failed with `e` (see [`EXIT_CODES`]).
+fn exit_code(e: &AnyError) -> u8 {
+    use wraft_client::ClientError as E;
+    match e.downcast_ref::<E>() {
+        Some(E::Rejected(_) | E::NoSuchMachine(_) | E::App { .. } | E::MachineFault(_)) => {
+            EXIT_REFUSED
+        }
+        Some(E::Timeout(_) | E::OutcomeUnknown(_)) => EXIT_OUTCOME_UNKNOWN,
+        Some(E::NoLeader { .. } | E::Unreachable { .. } | E::Busy(_)) => EXIT_UNAVAILABLE,
+        Some(E::Certs(_) | E::Internal(_)) | None => 1,
+    }
+}
+
+/// What the commands that talk to a cluster share: `--timeout`, and the clients they made, so
+/// that an error can name the node that gave the answer.
+struct Ctx {
+    timeout_ms: Option<u64>,
+    clients: std::sync::Mutex<Vec<std::sync::Arc<Client>>>,
+}
+
+impl Ctx {
+    async fn client(&self, conn: &Conn) -> Result<std::sync::Arc<Client>, AnyError> {
+        let mut opts =
+            ClientOptions::from_cert_dir(conn.endpoints.clone(), &conn.certs, &conn.client)?;
+        if let Some(ms) = self.timeout_ms {
+            opts.call_timeout_ms = ms;
+            opts.deploy_timeout_ms = ms;
+        }
+        let c = std::sync::Arc::new(Client::connect(opts).await?);
+        if let Ok(mut cs) = self.clients.lock() {
+            cs.push(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The node whose answer ended the last call.
+    fn answered_by(&self) -> Option<wraft_client::NodeRef> {
+        let cs = self.clients.lock().ok()?;
+        cs.iter().rev().find_map(|c| c.last_answer_from())
     }
 }
 
@@ -122,11 +191,6 @@ async fn run_node(cfg: wraft_config::NodeConfig) -> Result<(), AnyError> {
     );
     wraft::service::serve_until_stopped(node, signals, timeout).await;
     Ok(())
-}
-
-async fn client(conn: &Conn) -> Result<Client, AnyError> {
-    let opts = ClientOptions::from_cert_dir(conn.endpoints.clone(), &conn.certs, &conn.client)?;
-    Ok(Client::connect(opts).await?)
 }
 
 fn bytes_arg(s: &str, hex: bool) -> Result<Vec<u8>, AnyError> {
@@ -156,7 +220,7 @@ fn print_output(bytes: &[u8]) {
     }
 }
 
-async fn run(cmd: Cmd) -> Result<(), AnyError> {
+async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
     match cmd {
         Cmd::Cert {
             dir,
@@ -263,16 +327,16 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
         } => {
             let module =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let c = client(&conn).await?;
+            let c = ctx.client(&conn).await?;
             println!("{}", c.deploy_with(&name, module, wasi).await?);
             Ok(())
         }
         Cmd::Undeploy { name, conn } => {
-            println!("{}", client(&conn).await?.remove_machine(&name).await?);
+            println!("{}", ctx.client(&conn).await?.remove_machine(&name).await?);
             Ok(())
         }
         Cmd::Machines { conn } => {
-            let ms = client(&conn).await?.machines().await?;
+            let ms = ctx.client(&conn).await?.machines().await?;
             println!("{}", wraft::cli::machines_table(&ms));
             Ok(())
         }
@@ -282,7 +346,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             hex,
             conn,
         } => {
-            let out = client(&conn)
+            let out = ctx
+                .client(&conn)
                 .await?
                 .propose(&name, &bytes_arg(&command, hex)?)
                 .await?;
@@ -301,7 +366,8 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 ConsistencyArg::Lease => Consistency::Lease,
                 ConsistencyArg::Stale => Consistency::Stale,
             };
-            let out = client(&conn)
+            let out = ctx
+                .client(&conn)
                 .await?
                 .query(&name, &bytes_arg(&request, hex)?, consistency)
                 .await?;
@@ -309,32 +375,32 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
             Ok(())
         }
         Cmd::Status { json, all, conn } => {
-            let c = client(&conn).await?;
+            let c = ctx.client(&conn).await?;
             wraft::ops::status_command(&c, &conn.endpoints, all, json).await
         }
         Cmd::Members { op } => match op {
             MembersOp::List { conn } => {
-                let s = client(&conn).await?.status().await?;
+                let s = ctx.client(&conn).await?.status().await?;
                 println!("voters:   {:?}\nlearners: {:?}", s.voters, s.learners);
                 Ok(())
             }
             MembersOp::AddLearner { id, addr, conn } => {
-                println!("{}", client(&conn).await?.add_learner(id, addr).await?);
+                println!("{}", ctx.client(&conn).await?.add_learner(id, addr).await?);
                 Ok(())
             }
             MembersOp::Promote { id, conn } => {
-                println!("{}", client(&conn).await?.promote(id).await?);
+                println!("{}", ctx.client(&conn).await?.promote(id).await?);
                 Ok(())
             }
             MembersOp::Remove { id, conn } => {
-                println!("{}", client(&conn).await?.remove_member(id).await?);
+                println!("{}", ctx.client(&conn).await?.remove_member(id).await?);
                 Ok(())
             }
         },
         Cmd::Leader {
             op: LeaderOp::Transfer { id, conn },
         } => {
-            let c = client(&conn).await?;
+            let c = ctx.client(&conn).await?;
             println!("{}", c.transfer_leader(id).await?);
             let start = std::time::Instant::now();
             while start.elapsed() < std::time::Duration::from_secs(10) {
@@ -368,12 +434,13 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 if endpoints.is_empty() {
                     return Err("give --data-dir DIR or --endpoints ADDR".into());
                 }
-                let c = client(&Conn {
-                    endpoints: endpoints.clone(),
-                    certs,
-                    client: name,
-                })
-                .await?;
+                let c = ctx
+                    .client(&Conn {
+                        endpoints: endpoints.clone(),
+                        certs,
+                        client: name,
+                    })
+                    .await?;
                 let list = c.snapshots(Some(endpoints[0].clone())).await?;
                 println!("{}", wraft::cli::snapshot_listing(&list, json)?);
                 Ok(())
@@ -392,7 +459,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 }
             }
             SnapshotOp::Save { file, conn } => {
-                let c = client(&conn).await?;
+                let c = ctx.client(&conn).await?;
                 let saved = wraft::backup::save(&c, &conn.endpoints, &file, |l, done| {
                     eprintln!(
                         "snapshot {} (term {}): {done} of {} bytes ({}%)",
@@ -428,7 +495,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                     (_, _, true) => wraft::ops::TriggerTarget::All,
                     _ => wraft::ops::TriggerTarget::First,
                 };
-                let c = client(&conn).await?;
+                let c = ctx.client(&conn).await?;
                 let wait = std::time::Duration::from_secs(600);
                 wraft::ops::snapshot_trigger(&c, &conn.endpoints, target, wait).await
             }
@@ -436,7 +503,7 @@ async fn run(cmd: Cmd) -> Result<(), AnyError> {
                 bytes_per_sec,
                 conn,
             } => {
-                let c = client(&conn).await?;
+                let c = ctx.client(&conn).await?;
                 for addr in &conn.endpoints {
                     println!(
                         "{}",

@@ -755,6 +755,7 @@ pub fn is_transient(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::NoLeader { .. }
+            | ClientError::Unreachable { .. }
             | ClientError::Timeout(_)
             | ClientError::Busy(_)
             | ClientError::Internal(_)

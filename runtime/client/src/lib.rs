@@ -26,6 +26,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Endpoints are raced, not tried in turn: with no working connection the client dials the
+//! first endpoint, then the next every [`ClientOptions::connect_stagger_ms`] (or at once when
+//! a dial fails) and keeps the first handshake that completes, closing the others. It then
+//! remembers the node that answered and the leader, so a dead node listed first costs a fresh
+//! client (one CLI call) one stagger, and a long-lived client nothing.
+//!
 //! Cost: one QUIC stream per request on a cached connection; the first call
 //! pays the TLS handshake. A client with one connection and little
 //! concurrency is fastest on a runtime with one worker: on 2 cores a quinn
@@ -33,14 +39,15 @@
 //! packet also waking the idle worker (`BENCHMARKS.md`, series h).
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wraft_transport::TransportError;
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame::FrameError;
+use wraft_transport::{CODE_REFUSED, TransportError};
 
 use wraft_proto::KIND_REQUEST;
 /// The protocol types a client's answers are made of, so an application needs only this crate.
@@ -64,6 +71,11 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// the dead node, which followers still name as leader until they elect
 /// another, paying [`CONNECT_TIMEOUT_MS`] each time.
 pub const SUSPECT_NODE_MS: u64 = 3_000;
+/// Default of [`ClientOptions::connect_stagger_ms`]: how long a dial has before the next
+/// endpoint is dialed too, milliseconds. A loopback or LAN handshake takes a few milliseconds
+/// (10–20 in a debug build), so a live first endpoint usually wins alone, and a dead one delays
+/// a fresh client by this much instead of [`CONNECT_TIMEOUT_MS`].
+pub const CONNECT_STAGGER_MS: u64 = 25;
 /// Keep-alive interval on client connections, milliseconds (well under
 /// [`CONNECTION_IDLE_TIMEOUT_MS`], so a live but idle node is never dropped).
 pub const CONNECTION_KEEP_ALIVE_MS: u64 = 400;
@@ -76,13 +88,24 @@ pub const FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No reachable node knows a leader (election in progress, or a majority is down).
-    #[error("no leader reachable within {waited_ms} ms (last answer: {last})")]
+    /// Nodes answered, but none knew a leader (election in progress, or a majority is down);
+    /// the request was not sent to one, so it was not applied.
+    #[error("no leader reachable within {waited_ms} ms (last: {last})")]
     NoLeader {
         /// How long the client tried.
         waited_ms: u64,
-        /// The last error seen.
+        /// The last answer or failure seen.
         last: String,
+    },
+    /// No endpoint could be reached at all (every handshake failed or timed out), so nothing
+    /// was sent. Each address with why, e.g. `cannot reach 127.0.0.1:7001: handshake timed out
+    /// after 1000 ms`.
+    #[error("no node reachable within {waited_ms} ms: {tried}")]
+    Unreachable {
+        /// How long the client tried.
+        waited_ms: u64,
+        /// Every address tried in the last round, with why it failed.
+        tried: String,
     },
     /// The cluster is overloaded and stayed so for the whole retry budget.
     #[error("cluster busy: {0}")]
@@ -139,6 +162,9 @@ pub struct ClientOptions {
     pub deploy_timeout_ms: u64,
     /// First retry delay after `Busy` or no leader, milliseconds (doubles, capped at 1 s).
     pub retry_backoff_min_ms: u64,
+    /// With no working connection, endpoints are dialed this far apart, milliseconds, and the
+    /// first handshake to complete is kept (0: all at once). Default [`CONNECT_STAGGER_MS`].
+    pub connect_stagger_ms: u64,
 }
 
 impl ClientOptions {
@@ -158,6 +184,7 @@ impl ClientOptions {
             call_timeout_ms: 30_000,
             deploy_timeout_ms: 300_000,
             retry_backoff_min_ms: 20,
+            connect_stagger_ms: CONNECT_STAGGER_MS,
         })
     }
 }
@@ -178,14 +205,35 @@ struct Session {
     next_seq: u64,
 }
 
+/// A node that answered: its id (from its certificate) and the address dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    /// The node's id, if its certificate names one.
+    pub id: Option<u64>,
+    /// The address the client dialed.
+    pub addr: PeerAddr,
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "node {id} ({})", self.addr),
+            None => write!(f, "the node at {}", self.addr),
+        }
+    }
+}
+
 /// A handle to a cluster. Cheap to share by reference across tasks.
 pub struct Client {
     opts: ClientOptions,
+    tls: Arc<TlsIdentity>,
     conn: tokio::sync::Mutex<Option<(PeerAddr, ClientConnection)>>,
     sessions: Mutex<Vec<Session>>,
     leader_hint: Mutex<Option<PeerAddr>>,
     /// Nodes whose connection failed, and when (see [`SUSPECT_NODE_MS`]).
     suspects: Mutex<HashMap<PeerAddr, Instant>>,
+    /// The node that gave the last answer (see [`Client::last_answer_from`]).
+    answered_by: Mutex<Option<NodeRef>>,
 }
 
 impl Client {
@@ -195,12 +243,21 @@ impl Client {
             return Err(ClientError::Rejected("no endpoints given".into()));
         }
         Ok(Client {
+            tls: Arc::new(opts.tls.clone()),
             opts,
             conn: tokio::sync::Mutex::new(None),
             sessions: Mutex::new(Vec::new()),
             leader_hint: Mutex::new(None),
             suspects: Mutex::new(HashMap::new()),
+            answered_by: Mutex::new(None),
         })
+    }
+
+    /// The node whose answer (a reply or an error such as `NoSuchMachine`) ended the last
+    /// redirected call ([`Client::propose`], [`Client::query`], …), to name it in messages: a
+    /// stale read on a lagging follower says which follower.
+    pub fn last_answer_from(&self) -> Option<NodeRef> {
+        self.answered_by.lock().ok().and_then(|a| a.clone())
     }
 
     /// Apply `command` to machine `machine`; returns its output.
@@ -529,35 +586,72 @@ impl Client {
             _ => self.opts.call_timeout_ms,
         });
         let mut backoff = Duration::from_millis(self.opts.retry_backoff_min_ms.max(1));
-        let mut endpoint_idx = 0usize;
+        // Where the next race starts, and a node to leave out of it (one that just said it
+        // knows no leader), so that retries rotate over the endpoints.
+        let mut rotate = 0usize;
+        let mut skip: Option<PeerAddr> = None;
+        let mut connected = false;
         let mut last = String::from("no attempt");
-        while start.elapsed() < deadline {
+        while let Some(left) = deadline
+            .checked_sub(start.elapsed())
+            .filter(|l| !l.is_zero())
+        {
             let hint = self.leader_hint.lock().ok().and_then(|h| h.clone());
-            let target = match hint {
-                Some(h) if !self.is_suspect(&h) => h,
-                _ => self.next_endpoint(&mut endpoint_idx),
-            };
-            let outcome = match self.connection_to(&target).await {
-                Ok(conn) => {
-                    let r = exchange(&conn, &req).await;
-                    if !matches!(
-                        r,
-                        Ok(Err(RequestError::NotLeader { .. } | RequestError::Busy(_)))
-                    ) {
-                        *sent += 1;
-                    }
-                    match r {
-                        Ok(r) => Ok(r),
-                        // Another node or another try would fail the same way.
-                        Err(Exchange::Permanent(e)) => return Err(e),
-                        Err(Exchange::Connection(e)) => Err(e),
-                    }
+            let attempt = match hint {
+                // After a redirect or a success: straight to the leader.
+                Some(h) if !self.is_suspect(&h) => self
+                    .connection_to_within(&h, left)
+                    .await
+                    .map(|c| (h.clone(), c))
+                    .map_err(|e| vec![(h, e)]),
+                _ => {
+                    self.any_connection(rotate, skip.as_ref(), start + deadline)
+                        .await
                 }
-                Err(e) => Err(e),
+            };
+            let (target, conn) = match attempt {
+                Ok(found) => found,
+                Err(failures) => {
+                    // Connection trouble: forget these nodes for a while, race again.
+                    for (addr, _) in &failures {
+                        self.set_suspect(addr, true);
+                    }
+                    self.set_hint(None);
+                    last = failures
+                        .into_iter()
+                        .map(|(_, e)| e)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    sleep_within(backoff, start + deadline).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            connected = true;
+            let left = deadline.saturating_sub(start.elapsed());
+            let r = match tokio::time::timeout(left, exchange(&conn, &req)).await {
+                Ok(r) => r,
+                Err(_) => Err(Exchange::Connection(format!(
+                    "no answer from {target} within {} ms",
+                    left.as_millis()
+                ))),
+            };
+            if !matches!(
+                r,
+                Ok(Err(RequestError::NotLeader { .. } | RequestError::Busy(_)))
+            ) {
+                *sent += 1;
+            }
+            let outcome = match r {
+                Ok(r) => Ok(r),
+                // Another node or another try would fail the same way.
+                Err(Exchange::Permanent(e)) => return Err(e),
+                Err(Exchange::Connection(e)) => Err(e),
             };
             match outcome {
                 Ok(Ok(reply)) => {
                     self.set_suspect(&target, false);
+                    self.set_answered_by(&target, &conn);
                     // Start the next call where this one succeeded, rather
                     // than at the first endpoint (which may be a dead node).
                     if follow_leader {
@@ -566,7 +660,10 @@ impl Client {
                     return Ok(reply);
                 }
                 Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
-                    last = format!("node at {target} is not the leader");
+                    last = format!(
+                        "{} is not the leader and knows none",
+                        self.name(&target, &conn)
+                    );
                     // A hint naming a node we just failed to reach is stale
                     // (followers name the old leader until they elect anew).
                     let hint = leader
@@ -575,62 +672,145 @@ impl Client {
                     let no_hint = hint.is_none();
                     self.set_hint(hint);
                     if no_hint {
-                        endpoint_idx += 1;
-                        tokio::time::sleep(backoff).await;
+                        rotate = self.position_after(&target, rotate);
+                        skip = Some(target);
+                        sleep_within(backoff, start + deadline).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
+                    } else {
+                        skip = None;
                     }
                 }
                 Ok(Err(RequestError::Busy(m))) => {
-                    last = m;
-                    tokio::time::sleep(backoff).await;
+                    last = format!("{}: busy: {m}", self.name(&target, &conn));
+                    sleep_within(backoff, start + deadline).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Ok(Err(RequestError::Timeout(m))) => {
                     // Outcome unknown; retrying with the same tag is safe.
-                    last = m;
+                    last = format!("{}: timed out: {m}", self.name(&target, &conn));
                 }
-                Ok(Err(e)) => return Err(map_err(e)),
+                Ok(Err(e)) => {
+                    self.set_answered_by(&target, &conn);
+                    return Err(map_err(e));
+                }
                 Err(e) => {
-                    // Connection trouble: forget this node, try the next one.
-                    last = e.to_string();
+                    // The connection broke: forget this node, try the others.
+                    last = e;
                     self.set_suspect(&target, true);
                     self.set_hint(None);
                     *self.conn.lock().await = None;
-                    // Continue after the node that failed, which may have
-                    // been reached through the hint, not `endpoint_idx`.
-                    endpoint_idx = match self.opts.endpoints.iter().position(|a| *a == target) {
-                        Some(p) => p + 1,
-                        None => endpoint_idx + 1,
-                    };
-                    tokio::time::sleep(backoff).await;
+                    rotate = self.position_after(&target, rotate);
+                    skip = None;
+                    sleep_within(backoff, start + deadline).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
         }
-        Err(ClientError::NoLeader {
-            waited_ms: start.elapsed().as_millis() as u64,
-            last,
-        })
+        let waited_ms = start.elapsed().as_millis() as u64;
+        if *sent > 0 {
+            // Sent at least once and no outcome: it may have been applied.
+            return Err(ClientError::Timeout(format!(
+                "no outcome within {waited_ms} ms; the request may have been applied (last: {last})"
+            )));
+        }
+        if !connected {
+            return Err(ClientError::Unreachable {
+                waited_ms,
+                tried: last,
+            });
+        }
+        Err(ClientError::NoLeader { waited_ms, last })
+    }
+
+    /// `node 2 (127.0.0.1:7002)`: the node behind `conn`, dialed at `addr`.
+    fn name(&self, addr: &PeerAddr, conn: &ClientConnection) -> NodeRef {
+        let id = match conn.server() {
+            Some(wraft_transport::Identity::Node(id)) => Some(id),
+            _ => None,
+        };
+        NodeRef {
+            id,
+            addr: addr.clone(),
+        }
+    }
+
+    fn set_answered_by(&self, addr: &PeerAddr, conn: &ClientConnection) {
+        let who = self.name(addr, conn);
+        if let Ok(mut a) = self.answered_by.lock() {
+            *a = Some(who);
+        }
+    }
+
+    /// The index after `addr` among the endpoints (`fallback + 1` if it is not one: a leader
+    /// reached through a redirect).
+    fn position_after(&self, addr: &PeerAddr, fallback: usize) -> usize {
+        match self.opts.endpoints.iter().position(|a| a == addr) {
+            Some(p) => p + 1,
+            None => fallback + 1,
+        }
+    }
+
+    /// The cached connection if it is alive and not to `skip`; otherwise race the endpoints
+    /// (see the crate docs) from index `rotate` on, `skip` left out (unless it is the only
+    /// one), suspects last, and cache the winner. Every dial ends by `deadline`. On failure,
+    /// every address dialed with why.
+    async fn any_connection(
+        &self,
+        rotate: usize,
+        skip: Option<&PeerAddr>,
+        deadline: Instant,
+    ) -> Result<(PeerAddr, ClientConnection), Vec<(PeerAddr, String)>> {
+        let mut guard = self.conn.lock().await;
+        if let Some((a, c)) = guard.as_ref()
+            && Some(a) != skip
+            && c.connection().close_reason().is_none()
+        {
+            return Ok((a.clone(), c.clone()));
+        }
+        let eps = &self.opts.endpoints;
+        let rotated: Vec<&PeerAddr> = (0..eps.len())
+            .map(|i| &eps[(rotate + i) % eps.len()])
+            .collect();
+        let mut candidates: Vec<&PeerAddr> = rotated
+            .iter()
+            .copied()
+            .filter(|a| Some(*a) != skip)
+            .collect();
+        if candidates.is_empty() {
+            candidates = rotated;
+        }
+        // Stable: the given order within each group.
+        candidates.sort_by_key(|a| self.is_suspect(a));
+        let mut order: VecDeque<PeerAddr> = VecDeque::new();
+        for a in candidates {
+            if !order.contains(a) {
+                order.push_back(a.clone());
+            }
+        }
+        let (winner, failures) = race(
+            order,
+            Duration::from_millis(self.opts.connect_stagger_ms),
+            deadline,
+            &self.tls,
+        )
+        .await;
+        for (addr, _) in &failures {
+            self.set_suspect(addr, true);
+        }
+        match winner {
+            Some((addr, conn)) => {
+                self.set_suspect(&addr, false);
+                *guard = Some((addr.clone(), conn.clone()));
+                Ok((addr, conn))
+            }
+            None => Err(failures),
+        }
     }
 
     /// `addr`, or the first endpoint.
     fn target(&self, addr: Option<impl Into<PeerAddr>>) -> PeerAddr {
         addr.map(Into::into)
             .unwrap_or_else(|| self.opts.endpoints[0].clone())
-    }
-
-    /// The first endpoint from `*idx` on that is not suspect (or, if all
-    /// are, the one at `*idx`); leaves `*idx` pointing at it.
-    fn next_endpoint(&self, idx: &mut usize) -> PeerAddr {
-        let eps = &self.opts.endpoints;
-        for step in 0..eps.len() {
-            let i = (*idx + step) % eps.len();
-            if !self.is_suspect(&eps[i]) {
-                *idx = i;
-                return eps[i].clone();
-            }
-        }
-        eps[*idx % eps.len()].clone()
     }
 
     fn is_suspect(&self, addr: &PeerAddr) -> bool {
@@ -656,7 +836,23 @@ impl Client {
         }
     }
 
+    /// The cached connection to `addr`, or a new one (replacing the cached one).
     async fn connection_to(&self, addr: &PeerAddr) -> Result<ClientConnection, ClientError> {
+        let started = Instant::now();
+        self.connection_to_within(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .await
+            .map_err(|tried| ClientError::Unreachable {
+                waited_ms: started.elapsed().as_millis() as u64,
+                tried,
+            })
+    }
+
+    /// [`Client::connection_to`], the handshake bounded by `left` too.
+    async fn connection_to_within(
+        &self,
+        addr: &PeerAddr,
+        left: Duration,
+    ) -> Result<ClientConnection, String> {
         let mut guard = self.conn.lock().await;
         if let Some((a, c)) = guard.as_ref()
             && a == addr
@@ -664,51 +860,121 @@ impl Client {
         {
             return Ok(c.clone());
         }
-        let cfg = ClientConfig {
-            keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
-            idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
-            connect_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_frame_bytes: FRAME_BYTES_MAX,
-            ..ClientConfig::default()
-        };
-        let socks = wraft_transport::client::resolve(addr, CONNECT_TIMEOUT_MS)
-            .await
-            .map_err(|e| ClientError::Internal(format!("connecting to {addr}: {e}")))?;
-        // A name may have several addresses (IPv4 and IPv6): the first that answers wins.
-        let mut failure = String::new();
-        let mut connected = None;
-        for sock in socks {
-            match ClientConnection::connect(sock, None, &self.opts.tls, &cfg).await {
-                Ok(c) => {
-                    connected = Some(c);
-                    break;
-                }
-                Err(e) => failure = format!("{failure}{sock}: {e}; "),
-            }
-        }
-        let conn = connected.ok_or_else(|| {
-            ClientError::Internal(format!(
-                "connecting to {addr}: {}",
-                failure.trim_end_matches("; ")
-            ))
-        })?;
+        let conn = dial(addr.clone(), self.tls.clone(), connect_timeout_ms(left)).await?;
         *guard = Some((addr.clone(), conn.clone()));
         Ok(conn)
     }
 }
 
+/// The handshake deadline of a dial with `left` of the call's budget remaining, milliseconds.
+fn connect_timeout_ms(left: Duration) -> u64 {
+    (left.as_millis() as u64).clamp(1, CONNECT_TIMEOUT_MS)
+}
+
+/// Sleep `d`, or until `deadline` if that comes first.
+async fn sleep_within(d: Duration, deadline: Instant) {
+    let d = d.min(deadline.saturating_duration_since(Instant::now()));
+    tokio::time::sleep(d).await;
+}
+
+/// Connect to `addr` (every address its name resolves to, in turn: the first that answers
+/// wins), each handshake bounded by `timeout_ms`. The error names the address and why:
+/// `cannot reach 127.0.0.1:7001: handshake timed out after 1000 ms`.
+async fn dial(
+    addr: PeerAddr,
+    tls: Arc<TlsIdentity>,
+    timeout_ms: u64,
+) -> Result<ClientConnection, String> {
+    let cfg = ClientConfig {
+        keep_alive_interval_ms: CONNECTION_KEEP_ALIVE_MS,
+        idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
+        connect_timeout_ms: timeout_ms,
+        max_frame_bytes: FRAME_BYTES_MAX,
+        ..ClientConfig::default()
+    };
+    let socks = wraft_transport::client::resolve(&addr, timeout_ms)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failures = Vec::new();
+    for sock in socks {
+        match ClientConnection::connect(sock, None, &tls, &cfg).await {
+            Ok(c) => return Ok(c),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Dial `order` happy-eyeballs style: the first at once, each next one `stagger` later (or as
+/// soon as every dial started so far has failed); the first handshake to complete wins and the
+/// others are dropped, which closes them (the node logs that at debug). Every dial ends by
+/// `deadline`. Returns the winner, and the dials that failed with why.
+async fn race(
+    mut order: VecDeque<PeerAddr>,
+    stagger: Duration,
+    deadline: Instant,
+    tls: &Arc<TlsIdentity>,
+) -> (
+    Option<(PeerAddr, ClientConnection)>,
+    Vec<(PeerAddr, String)>,
+) {
+    let mut dials = tokio::task::JoinSet::new();
+    let mut failures = Vec::new();
+    let start_next = |dials: &mut tokio::task::JoinSet<_>, order: &mut VecDeque<PeerAddr>| {
+        if let Some(addr) = order.pop_front() {
+            let tls = tls.clone();
+            let left = deadline.saturating_duration_since(Instant::now());
+            dials.spawn(async move {
+                let r = dial(addr.clone(), tls, connect_timeout_ms(left)).await;
+                (addr, r)
+            });
+        }
+    };
+    start_next(&mut dials, &mut order);
+    let winner = loop {
+        if dials.is_empty() {
+            if order.is_empty() {
+                break None;
+            }
+            start_next(&mut dials, &mut order);
+        }
+        tokio::select! {
+            done = dials.join_next() => match done {
+                Some(Ok((addr, Ok(conn)))) => break Some((addr, conn)),
+                Some(Ok((addr, Err(e)))) => failures.push((addr, e)),
+                // A dial task panicked or was cancelled: nothing to learn from it.
+                Some(Err(_)) | None => {}
+            },
+            _ = tokio::time::sleep(stagger), if !order.is_empty() => {
+                start_next(&mut dials, &mut order);
+            }
+        }
+    };
+    // The losers: a dial still in its handshake is cancelled (its endpoint closes with
+    // CODE_ABANDONED); one that completed meanwhile is closed the same way.
+    dials.abort_all();
+    while let Some(done) = dials.join_next().await {
+        if let Ok((_, Ok(conn))) = done {
+            conn.abandon();
+        }
+    }
+    (winner, failures)
+}
+
 impl From<Exchange> for ClientError {
     fn from(e: Exchange) -> Self {
         match e {
-            Exchange::Connection(e) | Exchange::Permanent(e) => e,
+            Exchange::Connection(e) => ClientError::Internal(e),
+            Exchange::Permanent(e) => e,
         }
     }
 }
 
 /// Why one request/response exchange failed.
 enum Exchange {
-    /// The connection or stream broke: try again, maybe elsewhere.
-    Connection(ClientError),
+    /// The connection or stream broke: try again, maybe elsewhere. What happened, naming the
+    /// connection.
+    Connection(String),
     /// The request or its answer cannot cross the wire (too large for a
     /// frame, does not encode or decode): retrying cannot help.
     Permanent(ClientError),
@@ -732,7 +998,33 @@ async fn exchange(conn: &ClientConnection, req: &Request) -> Result<Response, Ex
                 | FrameError::UnexpectedKind { .. },
             ),
         ) => Err(Exchange::Permanent(ClientError::Internal(e.to_string()))),
-        Err(e) => Err(Exchange::Connection(ClientError::Internal(e.to_string()))),
+        Err(e) => {
+            let remote = conn.connection().remote_address();
+            // A node that refuses this client (its certificate is not from the cluster's CA,
+            // it expired…) closes the connection saying why: no other node will differ.
+            use wraft_transport::quinn::{ConnectionError as C, VarInt};
+            let refusal = match conn.connection().close_reason() {
+                Some(C::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CODE_REFUSED) => {
+                    Some(String::from_utf8_lossy(&c.reason).into_owned())
+                }
+                // A TLS alert (QUIC crypto error codes 0x100–0x1ff) just after the handshake
+                // completed on our side: TLS 1.3 lets the node judge our certificate last.
+                Some(C::ConnectionClosed(c))
+                    if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+                {
+                    Some(c.to_string())
+                }
+                _ => None,
+            };
+            if let Some(why) = refusal {
+                return Err(Exchange::Permanent(ClientError::Rejected(format!(
+                    "the node at {remote} refused this client: {why}"
+                ))));
+            }
+            Err(Exchange::Connection(format!(
+                "connection to {remote} broke: {e}"
+            )))
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::certs::{Identity, NodeId, TlsIdentity};
 use crate::frame::{self, FrameError};
 use crate::tls::{self, Alpn, AuthCounters, TlsError};
-use crate::transport::{CODE_SHUTDOWN, TransportError};
+use crate::transport::{CODE_ABANDONED, CODE_SHUTDOWN, TransportError};
 
 /// Bounds for a client connection.
 #[derive(Clone, Debug)]
@@ -131,10 +131,17 @@ impl ClientConnection {
         tls: &TlsIdentity,
         config: &ClientConfig,
     ) -> Result<ClientConnection, TransportError> {
-        let err = |detail: String| TransportError::Connect {
-            peer: node.unwrap_or(0),
-            addr: addr.into(),
-            detail,
+        // A client dials whichever node listens at `addr`: name the address, not a node id.
+        let err = |detail: String| match node {
+            Some(peer) => TransportError::Connect {
+                peer,
+                addr: addr.into(),
+                detail,
+            },
+            None => TransportError::Unreachable {
+                addr: addr.into(),
+                detail,
+            },
         };
         let rustls_cfg = tls::client_config(tls, Alpn::Client, &AuthCounters::new())?;
         let quic = QuicClientConfig::try_from(rustls_cfg)
@@ -168,16 +175,26 @@ impl ClientConnection {
         let connecting = endpoint
             .connect_with(cc, addr, &name)
             .map_err(|e| err(e.to_string()))?;
+        // If the handshake times out, fails, or this future is dropped (a client racing several
+        // nodes keeps the first to answer), tell the node at once: it then ends its half of the
+        // handshake quietly instead of waiting it out.
+        let mut abandon = AbandonOnDrop(Some(endpoint.clone()));
         let conn = match tokio::time::timeout(
             Duration::from_millis(config.connect_timeout_ms),
             connecting,
         )
         .await
         {
-            Err(_) => return Err(err("handshake timed out".into())),
+            Err(_) => {
+                return Err(err(format!(
+                    "handshake timed out after {} ms",
+                    config.connect_timeout_ms
+                )));
+            }
             Ok(Err(e)) => return Err(err(e.to_string())),
             Ok(Ok(c)) => c,
         };
+        abandon.0 = None;
         let (lane, lane_rx) = mpsc::channel(LANE_QUEUE_MAX);
         tokio::spawn(send_lane(conn.clone(), lane_rx));
         Ok(ClientConnection {
@@ -243,11 +260,34 @@ impl ClientConnection {
         &self.conn
     }
 
+    /// Close the connection now with `CODE_ABANDONED` (a client keeping another node's
+    /// connection), without waiting for the peer to be told.
+    pub fn abandon(&self) {
+        self.conn.close(
+            VarInt::from_u32(CODE_ABANDONED),
+            b"another node answered first",
+        );
+    }
+
     /// Close the connection and wait (briefly) for the peer to be told.
     pub async fn close(self) {
         self.conn
             .close(VarInt::from_u32(CODE_SHUTDOWN), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Closes a client endpoint whose handshake was not completed, with [`CODE_ABANDONED`], when
+/// dropped armed. quinn would otherwise close it implicitly (code 0) only once the endpoint
+/// driver notices, or not at all if the process exits first; the node then waits out its
+/// handshake timeout.
+struct AbandonOnDrop(Option<Endpoint>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.0.take() {
+            endpoint.close(VarInt::from_u32(CODE_ABANDONED), b"handshake abandoned");
+        }
     }
 }
 

@@ -44,9 +44,9 @@ mod udp;
 pub use certs::{Identity, NodeId};
 pub use tls::Membership;
 pub use transport::{
-    AddressBook, BulkStream, CODE_BAD_FRAME, CODE_LINK_CLOSED, CODE_REFUSED, CODE_SHUTDOWN,
-    ClientStream, DnsResolver, Inbound, LinkState, PeerStats, Resolve, ResolveFuture, SendOutcome,
-    Transport, TransportConfig, TransportError, TransportStats,
+    AddressBook, BulkStream, CODE_ABANDONED, CODE_BAD_FRAME, CODE_LINK_CLOSED, CODE_REFUSED,
+    CODE_SHUTDOWN, ClientStream, DnsResolver, Inbound, LinkState, PeerStats, Resolve,
+    ResolveFuture, SendOutcome, Transport, TransportConfig, TransportError, TransportStats,
 };
 pub use wraft_proto::PeerAddr;
 

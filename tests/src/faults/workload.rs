@@ -48,6 +48,7 @@ pub(super) fn write_outcome(e: &ClientError) -> Outcome {
         | ClientError::App { .. }
         | ClientError::MachineFault(_) => Outcome::Failed,
         ClientError::NoLeader { .. }
+        | ClientError::Unreachable { .. }
         | ClientError::Busy(_)
         | ClientError::Timeout(_)
         | ClientError::OutcomeUnknown(_)

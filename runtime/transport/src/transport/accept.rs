@@ -47,12 +47,34 @@ pub(super) async fn accept_loop(shared: Shared, sinks: Sinks) {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(shared, sinks, conn).await,
+                Err(e) if handshake_abandoned(&e) => {
+                    shared
+                        .counters
+                        .handshakes_abandoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(target: LOG, %remote, error = %e, "incoming handshake abandoned by the peer");
+                }
                 // The verifier already logged the certificate reason, if that was it.
                 Err(e) => {
                     warn!(target: tls::AUTH_LOG_TARGET, %remote, error = %e, "incoming handshake failed")
                 }
             }
         });
+    }
+}
+
+/// Whether a failed incoming handshake is one the peer simply gave up on, with no certificate
+/// problem: it closed without a TLS alert (a client that raced several nodes and kept another,
+/// or whose deadline passed), reset, or went silent (a dial left over from before a restart).
+/// Nothing there for an operator to act on. A close carrying a TLS alert (QUIC crypto error
+/// codes 0x100–0x1ff: the peer refused our certificate) and every local failure (our verifier
+/// refused theirs) are refusals.
+pub(crate) fn handshake_abandoned(e: &quinn::ConnectionError) -> bool {
+    use quinn::ConnectionError as E;
+    match e {
+        E::ConnectionClosed(close) => !(0x100..0x200).contains(&u64::from(close.error_code)),
+        E::ApplicationClosed(_) | E::Reset | E::TimedOut | E::LocallyClosed => true,
+        E::VersionMismatch | E::TransportError(_) | E::CidsExhausted => false,
     }
 }
 

@@ -57,6 +57,15 @@ pub enum TransportError {
         /// What went wrong.
         detail: String,
     },
+    /// A client (which dials any node of the cluster, not a particular one) could not complete
+    /// a handshake with `addr`.
+    #[error("cannot reach {addr}: {detail}")]
+    Unreachable {
+        /// The address dialed.
+        addr: PeerAddr,
+        /// What went wrong (`handshake timed out after 1000 ms`, a TLS refusal…).
+        detail: String,
+    },
     /// The peer's DNS name could not be resolved (the dial is retried with the link's backoff).
     #[error("resolve {}{addr}: {detail}", if *peer == 0 { String::new() } else { format!("node {peer}'s address ") })]
     Resolve {

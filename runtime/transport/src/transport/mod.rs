@@ -72,6 +72,10 @@ pub const CODE_BAD_FRAME: u32 = 2;
 /// QUIC application error code: link replaced or torn down by this side.
 pub const CODE_LINK_CLOSED: u32 = 3;
 
+/// QUIC application error code: a client gave up on a handshake it started (it raced several
+/// nodes and another answered first, or its connect deadline passed). Not a refusal.
+pub const CODE_ABANDONED: u32 = 4;
+
 const LOG: &str = "wraft_transport";
 
 /// State shared by the transport handle and its tasks (no back-pointer to

@@ -37,6 +37,10 @@ pub struct TransportStats {
     pub raft_msgs_received: u64,
     /// Streams closed because of a malformed, oversized or corrupt frame.
     pub bad_frames: u64,
+    /// Incoming handshakes the peer gave up on, or that went silent, before they completed
+    /// (a client that raced several nodes and kept another, a dial from before a restart):
+    /// logged at debug, not refusals.
+    pub handshakes_abandoned: u64,
 }
 
 /// The transport-wide counters the accepting side bumps; [`Transport::stats`] reads them.
@@ -44,6 +48,7 @@ pub struct TransportStats {
 pub(super) struct Counters {
     pub(super) raft_msgs_received: AtomicU64,
     pub(super) bad_frames: AtomicU64,
+    pub(super) handshakes_abandoned: AtomicU64,
 }
 
 impl Transport {
@@ -67,6 +72,7 @@ impl Transport {
             refusals: self.inner.shared.auth.snapshot(),
             raft_msgs_received: c.raft_msgs_received.load(Ordering::Relaxed),
             bad_frames: c.bad_frames.load(Ordering::Relaxed),
+            handshakes_abandoned: c.handshakes_abandoned.load(Ordering::Relaxed),
         }
     }
 }
