@@ -134,7 +134,13 @@ const EXIT_UNAVAILABLE: u8 = 4;
 fn exit_code(e: &AnyError) -> u8 {
     use wraft_client::ClientError as E;
     match e.downcast_ref::<E>() {
-        Some(E::Rejected(_) | E::NoSuchMachine(_) | E::App { .. } | E::MachineFault(_)) => {
+        Some(
+            E::Rejected(_)
+            | E::Forbidden(_)
+            | E::NoSuchMachine(_)
+            | E::App { .. }
+            | E::MachineFault(_),
+        ) => {
             EXIT_REFUSED
         }
         Some(E::Timeout(_) | E::OutcomeUnknown(_)) => EXIT_OUTCOME_UNKNOWN,

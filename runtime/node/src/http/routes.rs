@@ -53,7 +53,8 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
 pub(crate) const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 /// The error codes answered by the HTTP layer itself (the node's refusals are
-/// [`error_status`]).
+/// [`error_status`]); the document's list is checked against it.
+#[cfg(test)]
 pub(crate) const HTTP_ERROR_CODES: &[&str] = &[
     "unauthenticated",
     "not_found",
