@@ -140,9 +140,7 @@ fn exit_code(e: &AnyError) -> u8 {
             | E::NoSuchMachine(_)
             | E::App { .. }
             | E::MachineFault(_),
-        ) => {
-            EXIT_REFUSED
-        }
+        ) => EXIT_REFUSED,
         Some(E::Timeout(_) | E::OutcomeUnknown(_)) => EXIT_OUTCOME_UNKNOWN,
         Some(E::NoLeader { .. } | E::Unreachable { .. } | E::Busy(_)) => EXIT_UNAVAILABLE,
         Some(E::Certs(_) | E::Internal(_)) | None => 1,

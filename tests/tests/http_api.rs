@@ -277,3 +277,154 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         "{v}"
     );
 }
+
+/// What a careless or hostile HTTP client meets: a body that is not JSON, a body over the
+/// limit, a body that never finishes, a thousand idle connections — each a clear answer or a
+/// bounded cost, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_node_serves_on() {
+    let cluster = Cluster::start_with(3, |c| {
+        c.http.body_read_timeout_ms = 500;
+        c.http.header_read_timeout_ms = 5_000;
+        c.http.connections_max = 1_100;
+        c.client.command_bytes_max = 64 << 10;
+    });
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster
+        .client()
+        .await
+        .deploy("kv", guest("kv"))
+        .await
+        .expect("deploy kv");
+    let certs = cluster.certs_dir().to_owned();
+    let at = cluster.http_addr(leader).await;
+    let admin = Auth::Cert("admin");
+    let propose = |body: &[u8], ct: &str| {
+        curl(
+            &certs,
+            at,
+            &admin,
+            "POST",
+            "/v1/machines/kv/propose",
+            Some((ct, body)),
+            &[],
+        )
+    };
+    let (code, v) = propose(b"{\"op\": \"put\", ", "application/json");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not JSON"),
+        "{v}"
+    );
+    let (code, v) = propose(b"x", "text/plain");
+    assert_eq!(code, 415, "{v}");
+    let big = put("big", &"x".repeat(80 << 10));
+    let (code, v) = propose(&big, "application/json");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{v}"
+    );
+
+    // A body that stops halfway: 408 after http.body_read_timeout_ms, not a stuck slot.
+    let slow = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(at).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        // Plain TCP to a TLS port: the handshake deadline closes it (bounded cost), and a
+        // TLS client that sends half a body gets 408 (below, through curl).
+        s.write_all(b"\x16\x03\x01").ok();
+        let mut buf = [0u8; 16];
+        let started = Instant::now();
+        let _ = s.read(&mut buf);
+        started.elapsed()
+    });
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .arg("--cert")
+        .arg(certs.join("client-admin.crt"))
+        .arg("--key")
+        .arg(certs.join("client-admin.key"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Content-Length: 1000",
+        ])
+        .args(["--data-binary", "{\"op\":"])
+        .arg(format!(
+            "https://127.0.0.1:{}/v1/machines/kv/propose",
+            at.port()
+        ))
+        .output()
+        .expect("curl");
+    let (code, v) = parse_curl(out);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (408, Some("body_timeout")),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let half_handshake = slow.await.expect("slow client");
+    assert!(
+        half_handshake < Duration::from_secs(10),
+        "a stalled TLS handshake was held for {half_handshake:?} (http.header_read_timeout_ms is 5 s)"
+    );
+
+    // A thousand idle connections: held at a bounded cost, and one over the bound is closed
+    // at once; the node keeps answering.
+    let idle: Vec<std::net::TcpStream> = (0..1_000)
+        .map(|_| std::net::TcpStream::connect(at).expect("idle connection"))
+        .collect();
+    let (code, v) = propose(&put("after-idle", "1"), "application/json");
+    assert_eq!(code, 200, "with 1000 idle connections: {v}");
+    let more: Vec<std::net::TcpStream> = (0..150)
+        .filter_map(|_| std::net::TcpStream::connect(at).ok())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed = more
+        .iter()
+        .filter(|s| {
+            use std::io::Read;
+            s.set_read_timeout(Some(Duration::from_millis(50))).ok();
+            let mut b = [0u8; 1];
+            match (&**s).read(&mut b) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    eprintln!("{closed} of 150 connections over the first 1000 were closed at once");
+    assert!(
+        closed >= 40,
+        "connections over http.connections_max were not closed ({closed})"
+    );
+    drop(idle);
+    drop(more);
+    let (code, v) = propose(&put("after", "2"), "application/json");
+    assert_eq!(code, 200, "{v}");
+    let log = cluster.log(leader);
+    assert!(
+        log.contains("http.connections_max"),
+        "the refusal over the bound is not logged: {}",
+        log.lines()
+            .filter(|l| l.contains("HTTP") || l.contains("http"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
