@@ -126,6 +126,8 @@ pub fn layout(
                 readyz_lag_entries_max: wraft_config::READYZ_LAG_ENTRIES_MAX_DEFAULT,
                 readyz_leader_contact_ms_max: wraft_config::READYZ_LEADER_CONTACT_MS_MAX_DEFAULT,
                 shutdown_timeout_ms: wraft_config::SHUTDOWN_TIMEOUT_MS_DEFAULT,
+                watch_history_entries_max: wraft_config::WATCH_HISTORY_ENTRIES_MAX_DEFAULT,
+                watch_history_bytes_max: wraft_config::WATCH_HISTORY_BYTES_MAX_DEFAULT,
             },
             cluster: ClusterSection {
                 members: members.iter().map(|(k, v)| (*k, (*v).into())).collect(),

@@ -132,6 +132,18 @@ pub struct NodeSection {
     /// it the node exits anyway (its log is durable either way) and logs what was cut short.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+
+    // ---- watch history (node-local; subscribers resume from it) ----
+    /// Most applied results (one per applied command, deploy or removal) this node keeps in
+    /// memory for watch subscribers to resume from; older ones fall out and a subscriber asking
+    /// for them is told to resynchronise (read, then watch from the applied index). Never
+    /// replicated, not in snapshots. Default 100 000; 1..=100 000 000.
+    #[serde(default = "default_watch_history_entries_max")]
+    pub watch_history_entries_max: u64,
+    /// Most bytes the watch history holds (commands, outputs and messages, plus 64 per
+    /// result), bytes. Default 67 108 864 (64 MiB); 65 536..=2^36.
+    #[serde(default = "default_watch_history_bytes_max")]
+    pub watch_history_bytes_max: u64,
 }
 
 /// Log output format of `wraft node` (`node.log_format`, `--log-format`).
@@ -165,6 +177,25 @@ pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 600_000;
 
 fn default_shutdown_timeout_ms() -> u64 {
     SHUTDOWN_TIMEOUT_MS_DEFAULT
+}
+
+/// Default of `node.watch_history_entries_max`.
+pub const WATCH_HISTORY_ENTRIES_MAX_DEFAULT: u64 = 100_000;
+/// Upper bound of `node.watch_history_entries_max`.
+pub const WATCH_HISTORY_ENTRIES_MAX_MAX: u64 = 100_000_000;
+/// Default of `node.watch_history_bytes_max`: 64 MiB.
+pub const WATCH_HISTORY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Lower bound of `node.watch_history_bytes_max`: 64 KiB.
+pub const WATCH_HISTORY_BYTES_MAX_MIN: u64 = 64 << 10;
+/// Upper bound of `node.watch_history_bytes_max`: 64 GiB.
+pub const WATCH_HISTORY_BYTES_MAX_MAX: u64 = 1 << 36;
+
+fn default_watch_history_entries_max() -> u64 {
+    WATCH_HISTORY_ENTRIES_MAX_DEFAULT
+}
+
+fn default_watch_history_bytes_max() -> u64 {
+    WATCH_HISTORY_BYTES_MAX_DEFAULT
 }
 
 /// `[cluster]`
@@ -559,6 +590,18 @@ impl NodeConfig {
             self.node.shutdown_timeout_ms,
             1,
             SHUTDOWN_TIMEOUT_MS_MAX,
+        ));
+        out.push(range(
+            "node.watch_history_entries_max",
+            self.node.watch_history_entries_max,
+            1,
+            WATCH_HISTORY_ENTRIES_MAX_MAX,
+        ));
+        out.push(range(
+            "node.watch_history_bytes_max",
+            self.node.watch_history_bytes_max,
+            WATCH_HISTORY_BYTES_MAX_MIN,
+            WATCH_HISTORY_BYTES_MAX_MAX,
         ));
         out.push(range(
             "node.readyz_lag_entries_max",

@@ -148,6 +148,47 @@ fn shutdown_timeout_has_a_default_and_is_bounded() {
 }
 
 #[test]
+fn watch_history_bounds_have_defaults_and_are_range_checked_by_key() {
+    let cfg = NodeConfig::parse(MINIMAL).unwrap();
+    assert_eq!(
+        cfg.node.watch_history_entries_max,
+        WATCH_HISTORY_ENTRIES_MAX_DEFAULT
+    );
+    assert_eq!(cfg.node.watch_history_bytes_max, 64 << 20);
+    let text = MINIMAL.replacen(
+        "[node]",
+        "[node]\nwatch_history_entries_max = 4\nwatch_history_bytes_max = 65536",
+        1,
+    );
+    let cfg = NodeConfig::parse(&text).unwrap();
+    assert_eq!(
+        (
+            cfg.node.watch_history_entries_max,
+            cfg.node.watch_history_bytes_max
+        ),
+        (4, 65536)
+    );
+    for (bad, key) in [
+        (
+            "watch_history_entries_max = 0",
+            "node.watch_history_entries_max",
+        ),
+        (
+            "watch_history_bytes_max = 1024",
+            "node.watch_history_bytes_max",
+        ),
+        (
+            "watch_history_bytes_max = 99999999999999",
+            "node.watch_history_bytes_max",
+        ),
+    ] {
+        let text = MINIMAL.replacen("[node]", &format!("[node]\n{bad}"), 1);
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn worker_threads_default_to_one_per_cpu_and_are_bounded() {
     assert_eq!(NodeConfig::parse(MINIMAL).unwrap().node.worker_threads, 0);
     let text = MINIMAL.replacen("[node]", "[node]\nworker_threads = 2", 1);

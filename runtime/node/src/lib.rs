@@ -30,6 +30,8 @@
 //! - `codec` — engine entries and commands as log bytes.
 //! - [`metrics`] — the process-wide Prometheus registry, its histogram buckets and the metric
 //!   names.
+//! - [`watch`] — [`WatchHub`]: a bounded history of applied results (node-local, never
+//!   replicated) and subscriptions to one machine's results from an index on.
 //! - `health` — the node's HTTP listener on `node.metrics_listen`: `/metrics`, `/livez`,
 //!   `/readyz` (readiness published by the driver on every tick), and the disk-space gauges.
 //!
@@ -51,12 +53,14 @@ mod server;
 mod snapshot;
 mod tls_reload;
 pub mod tokens;
+pub mod watch;
 
 pub use apply::ApplyState;
 pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
 pub use node::{Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
 pub use tls_reload::{TLS_WATCH_DEBOUNCE_MS, TlsReload, TlsReloadError, TlsReloader};
+pub use watch::{Subscription, WatchBounds, WatchError, WatchEvent, WatchHub, WatchOutcome};
 
 /// What this build says about itself in [`wraft_proto::Request::NodeInfo`]: the workspace's
 /// package version (`wraft-node` and the `wraft` binary share it) and the git commit, if the

@@ -27,6 +27,10 @@
 //! | `wraft_storage_disk_free_bytes` / `wraft_storage_disk_size_bytes` | gauge | space available to the node / size of the file system holding `node.data_dir` |
 //! | `wraft_client_requests_total` | counter | client requests answered, by `request` kind and `outcome` (`ok` or the error kind) |
 //! | `wraft_client_request_seconds` | histogram | a client request's time in the node, by `request` kind |
+//! | `wraft_watch_history_entries` / `wraft_watch_history_bytes` | gauge | results held for watch subscribers (`node.watch_history_*_max`) |
+//! | `wraft_watch_history_evicted_total` | counter | results that fell out of the watch history |
+//! | `wraft_watch_subscriptions` | gauge | live watch subscriptions |
+//! | `wraft_watch_compacted_total` | counter | watches answered "compacted" (asked for, or fell behind, results no longer held) |
 //! | `wraft_guest_traps_total` | counter | guest traps, by `machine` |
 //! | `wraft_deploys_total` | counter | deploys and upgrades applied, by `outcome` |
 //! | `wraft_transport_dropped_msgs_total` | counter | raft messages dropped by full or down peer queues |
@@ -302,5 +306,27 @@ impl ClientMetrics {
         .increment(1);
         metrics::histogram!("wraft_client_request_seconds", "node" => self.node.clone(), "request" => request)
             .record(elapsed);
+    }
+}
+
+/// Handles for the watch history's metrics, created once per node.
+pub(crate) struct WatchMetrics {
+    pub entries: metrics::Gauge,
+    pub bytes: metrics::Gauge,
+    pub dropped: metrics::Counter,
+    pub subscriptions: metrics::Gauge,
+    pub compacted: metrics::Counter,
+}
+
+impl WatchMetrics {
+    pub fn new(node: u64) -> Self {
+        let n = node.to_string();
+        WatchMetrics {
+            entries: metrics::gauge!("wraft_watch_history_entries", "node" => n.clone()),
+            bytes: metrics::gauge!("wraft_watch_history_bytes", "node" => n.clone()),
+            dropped: metrics::counter!("wraft_watch_history_evicted_total", "node" => n.clone()),
+            subscriptions: metrics::gauge!("wraft_watch_subscriptions", "node" => n.clone()),
+            compacted: metrics::counter!("wraft_watch_compacted_total", "node" => n),
+        }
     }
 }

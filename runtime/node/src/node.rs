@@ -26,6 +26,7 @@ use crate::driver::snapshots::serve_bulk;
 use crate::driver::stop::{StopReport, StopRequest};
 use crate::driver::{ClientCall, Driver, HealthState, REQUEST_QUEUE_MAX};
 use crate::health::{Alive, HealthSource, Readiness, ReadyBounds};
+use crate::watch::{WatchBounds, WatchHub};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,7 @@ pub struct Node {
     requests: mpsc::Sender<ClientCall>,
     tls: crate::tls_reload::TlsReloader,
     stop: mpsc::Sender<StopRequest>,
+    watch: WatchHub,
 }
 
 /// How long a leader that handed over keeps answering after its stop is done, milliseconds:
@@ -197,6 +199,9 @@ impl Node {
         let published = Arc::new(Mutex::new(ApplyState::default()));
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        // The watch history: the applier publishes into it (starting above the snapshot it
+        // recovers from); the client-facing servers subscribe.
+        let watch_hub = WatchHub::new(id, WatchBounds::from_config(&cfg.node));
         let mut applier = Applier::new(
             id,
             host.clone(),
@@ -204,6 +209,7 @@ impl Node {
             book.clone(),
             published.clone(),
             snap_tx.clone(),
+            watch_hub.clone(),
         );
         applier.set_check_interval(cfg.raft.divergence_check_entries);
         let snapshot_meta = match recovered.snapshot() {
@@ -479,6 +485,7 @@ impl Node {
             requests: req_tx,
             tls,
             stop,
+            watch: watch_hub,
         })
     }
 
@@ -515,6 +522,13 @@ impl Node {
     /// borrows of the node); see [`Node::reload_tls`].
     pub fn tls_reloader(&self) -> crate::TlsReloader {
         self.tls.clone()
+    }
+
+    /// This node's watch history of applied results, to subscribe to one machine's results
+    /// from an index on (see [`WatchHub::subscribe`]). Node-local: another node's history
+    /// holds the same results at the same indexes, but may reach back less far.
+    pub fn watch_hub(&self) -> WatchHub {
+        self.watch.clone()
     }
 
     /// Send a request to this node directly (in-process), as a client would.

@@ -8,6 +8,7 @@ use wraft_engine::{ClientTag, Entry, EntryKind, SessionCheck};
 
 use crate::divergence::{self};
 use crate::snapshot::{self, SnapEvent, migrate};
+use crate::watch::{WatchEvent, WatchOutcome};
 use wraft_host::{CallError, TrapKind};
 use wraft_proto::{Command, Reply, RequestError, Response};
 
@@ -27,6 +28,9 @@ impl Applier {
         let mut completed = 0usize;
         // Outcomes up to here are folded into the outcome digest.
         let mut chained = 0usize;
+        // What watch subscribers get of this run, in index order: matched with the outcomes
+        // once the whole run is kept (a local failure discards it with them).
+        let mut watched: Vec<(u64, String, Watched)> = Vec::new();
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -106,6 +110,11 @@ impl Applier {
                     }
                     match cmd {
                         Command::Apply { machine, command } => {
+                            watched.push((
+                                index,
+                                machine.clone(),
+                                Watched::Apply(Bytes::copy_from_slice(&command)),
+                            ));
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                     .await?;
@@ -128,6 +137,9 @@ impl Applier {
                             // A checkpoint compares the digest up to the entries before it.
                             self.fold_outcomes(&outcomes[chained..])?;
                             chained = outcomes.len();
+                            if let Some(w) = Watched::admin(&other) {
+                                watched.push((index, w.0, w.1));
+                            }
                             let resp = self.apply_admin(index, ts, other).await?;
                             outcomes.push((index, client, resp));
                         }
@@ -139,12 +151,25 @@ impl Applier {
             .await?;
         self.complete_sessions(&outcomes[completed..]);
         self.fold_outcomes(&outcomes[chained..])?;
+        let mut watched = watched.into_iter().peekable();
+        let mut events = Vec::new();
         for (index, _, resp) in outcomes {
             self.applied = index;
+            if let Some((_, machine, what)) = watched.next_if(|(i, _, _)| *i == index)
+                && let Some(outcome) = what.outcome(&resp)
+            {
+                events.push(WatchEvent {
+                    index,
+                    machine,
+                    command: what.command(),
+                    outcome,
+                });
+            }
             if let Some(reply) = self.waiting.remove(&index) {
                 let _ = reply.send(resp);
             }
         }
+        self.watch.publish(events, self.applied);
         // Anyone still waiting at or below the applied index lost their
         // entry to another leader's (the engine reports that separately);
         // do not leave them hanging.
@@ -455,6 +480,58 @@ impl Applier {
                     "could not rebuild the machine; it is unhealthy on this node");
                 m.healthy = false;
             }
+        }
+    }
+}
+
+/// An entry watch subscribers see, until its outcome is known.
+pub(super) enum Watched {
+    /// A command for a machine, with its bytes.
+    Apply(Bytes),
+    Deploy,
+    Remove,
+}
+
+impl Watched {
+    /// The watched kind of an admin command, and the machine it concerns.
+    fn admin(cmd: &Command) -> Option<(String, Watched)> {
+        match cmd {
+            Command::Deploy { name, .. }
+            | Command::DeployWith { name, .. }
+            | Command::DeployLimited { name, .. } => Some((name.clone(), Watched::Deploy)),
+            Command::Remove { name } => Some((name.clone(), Watched::Remove)),
+            _ => None,
+        }
+    }
+
+    fn command(&self) -> Bytes {
+        match self {
+            Watched::Apply(c) => c.clone(),
+            Watched::Deploy | Watched::Remove => Bytes::new(),
+        }
+    }
+
+    /// What subscribers are told of `resp`; none if the entry changed no machine (a refused
+    /// deploy, a command for a machine that does not exist).
+    fn outcome(&self, resp: &Response) -> Option<WatchOutcome> {
+        match (self, resp) {
+            (Watched::Apply(_), Ok(Reply::Applied { output, .. })) => {
+                Some(WatchOutcome::Output(Bytes::copy_from_slice(output)))
+            }
+            (Watched::Apply(_), Err(RequestError::App { code, message })) => {
+                Some(WatchOutcome::AppError {
+                    code: *code,
+                    message: message.clone(),
+                })
+            }
+            (Watched::Apply(_), Err(RequestError::MachineFault(m))) => {
+                Some(WatchOutcome::MachineFault(m.clone()))
+            }
+            (Watched::Deploy, Ok(Reply::Done { message })) => Some(WatchOutcome::Deployed {
+                summary: message.clone(),
+            }),
+            (Watched::Remove, Ok(_)) => Some(WatchOutcome::Removed),
+            _ => None,
         }
     }
 }

@@ -220,6 +220,9 @@ pub struct Applier {
     /// Report the digest after every this many applied entries (0: never); the driver of a
     /// leader proposes it as a checkpoint.
     check_interval: u64,
+    /// Node-local history of applied results for watch subscribers; published to after every
+    /// applied run of entries, never waited on.
+    watch: crate::watch::WatchHub,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -243,6 +246,7 @@ impl Applier {
         addresses: AddressBook,
         published: Arc<Mutex<ApplyState>>,
         events: mpsc::UnboundedSender<SnapEvent>,
+        watch: crate::watch::WatchHub,
     ) -> Self {
         Applier {
             node,
@@ -266,6 +270,7 @@ impl Applier {
             chain: OutcomeChain::genesis(),
             recorded: BTreeMap::new(),
             check_interval: 0,
+            watch,
         }
     }
 
@@ -328,6 +333,7 @@ impl Applier {
                 self.publish();
             }
         }
+        self.watch.close();
         for (_, m) in std::mem::take(&mut self.machines) {
             if let Some(h) = m.handle {
                 tokio::task::spawn_blocking(move || h.shutdown());

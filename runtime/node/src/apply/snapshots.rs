@@ -24,6 +24,8 @@ impl Applier {
         let restored = snapshot::restore_all(&self.host, &self.storage, id).await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
+        // Watch history starts above the snapshot: replayed entries are published as applied.
+        self.watch.reset(self.applied);
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
             "snapshot loaded");
@@ -160,6 +162,9 @@ impl Applier {
         match snapshot::restore_all(&self.host, &self.storage, id).await {
             Ok(r) => {
                 self.swap_in(r, id);
+                // The state jumped: the watch history is discontinuous, subscribers behind the
+                // snapshot must resynchronise.
+                self.watch.reset(self.applied);
                 self.fail_waiting_through_applied(|i| {
                     RequestError::Timeout(format!(
                         "entry {i} was covered by an installed snapshot; outcome unknown, retrying with the same tag is safe"
