@@ -415,6 +415,7 @@ impl Node {
                 http: cfg.http.clone(),
                 limits: api.limits.clone(),
                 module_bytes_max: cfg.guest.module_bytes_max,
+                watch: watch_hub.clone(),
             };
             tokio::spawn(crate::http::serve(
                 listener,

@@ -21,6 +21,7 @@
 mod forward;
 pub(crate) mod routes;
 mod sessions;
+mod watch_route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub(crate) struct HttpState {
     pub(crate) limits: Arc<ClientSection>,
     /// Largest deploy body, bytes (`guest.module_bytes_max`).
     pub(crate) module_bytes_max: u64,
+    /// Applied results, for `watch`.
+    pub(crate) watch: crate::watch::WatchHub,
 }
 
 /// Why the HTTPS listener could not start.

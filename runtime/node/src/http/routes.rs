@@ -39,6 +39,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/machines/{name}"),
     ("POST", "/v1/machines/{name}/propose"),
     ("POST", "/v1/machines/{name}/query"),
+    ("GET", "/v1/machines/{name}/watch"),
     ("POST", "/v1/sessions"),
     ("GET", "/v1/snapshots"),
     ("POST", "/v1/snapshots"),
@@ -96,14 +97,18 @@ impl Peer {
 
 /// An error answer: a status, a stable code, a message a person can act on.
 pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    extra: Option<Value>,
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) extra: Option<Value>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -346,6 +351,9 @@ async fn route(
                 Ok(Reply::Answer { index, output }) => Ok(mode.render(index, output)),
                 other => Err(unexpected(other, false)),
             }
+        }
+        (&Method::GET, ["machines", name, "watch"]) => {
+            super::watch_route::watch(state, &caller, name, &query, &headers)
         }
         (&Method::POST, ["sessions"]) => {
             let id = open_session(state, &caller).await?;
