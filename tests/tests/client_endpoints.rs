@@ -11,11 +11,13 @@ use wraft_tests::{Cluster, guest, kv_put, wraft_bin};
 
 /// Sequential calls per client in the latency tests.
 const CALLS: usize = 8;
-/// Bounds on one call with the dead node first, milliseconds: far under the 1000 ms connect
-/// timeout the old client paid on every call, with room for a loaded 2-core machine (a CLI call
-/// is a debug-build process start, a race and one or two handshakes).
-const MEDIAN_MS_MAX: u128 = 300;
-const CALL_MS_MAX: u128 = 800;
+/// Bounds on one call with the dead node first, milliseconds. The old client paid the 1000 ms
+/// connect timeout on every call, so its median was never under 1000 ms; the median bound
+/// alone tells them apart. Under the whole suite on a 2-core machine the new calls (a
+/// debug-build process start, a race and one or two handshakes) took 240–600 ms, so the bounds
+/// leave room for a loaded CI machine.
+const MEDIAN_MS_MAX: u128 = 800;
+const CALL_MS_MAX: u128 = 1_500;
 
 /// Run `wraft ARGS --endpoints ENDPOINTS --certs CERTS`.
 fn wraft(endpoints: &[SocketAddr], certs: &std::path::Path, args: &[&str]) -> Output {
@@ -126,7 +128,9 @@ async fn cli_timeout_bounds_a_call_to_a_dead_cluster_and_exits_unavailable_namin
     let took = started.elapsed();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(4), "{err}");
-    assert!(took < Duration::from_millis(1_500), "took {took:?}: {err}");
+    // Without --timeout the CLI would retry for 30 s; the process start and exit of a debug
+    // build on a loaded machine take the rest.
+    assert!(took < Duration::from_millis(4_000), "took {took:?}: {err}");
     for ep in &endpoints {
         assert!(
             err.contains(&format!("cannot reach {ep}: handshake timed out")),
