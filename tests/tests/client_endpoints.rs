@@ -13,11 +13,11 @@ use wraft_tests::{Cluster, guest, kv_put, wraft_bin};
 const CALLS: usize = 8;
 /// Bounds on one call with the dead node first, milliseconds. The old client paid the 1000 ms
 /// connect timeout on every call, so its median was never under 1000 ms; the median bound
-/// alone tells them apart. Under the whole suite on a 2-core machine the new calls (a
+/// alone tells them apart (kept under 1000). Under the whole suite on a 2-core machine the new calls (a
 /// debug-build process start, a race and one or two handshakes) took 240–600 ms, so the bounds
 /// leave room for a loaded CI machine.
-const MEDIAN_MS_MAX: u128 = 800;
-const CALL_MS_MAX: u128 = 1_500;
+const MEDIAN_MS_MAX: u128 = 950;
+const CALL_MS_MAX: u128 = 2_500;
 
 /// Run `wraft ARGS --endpoints ENDPOINTS --certs CERTS`.
 fn wraft(endpoints: &[SocketAddr], certs: &std::path::Path, args: &[&str]) -> Output {
