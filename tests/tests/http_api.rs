@@ -150,6 +150,11 @@ async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() 
     assert_eq!(code, 200, "{v}");
     let index = v["index"].as_u64().expect("index");
     assert!(index > 0, "{v}");
+    // The follower answers a stale read from its own machine: let it apply the write (on a
+    // loaded machine its first instantiation of the guest takes seconds).
+    cluster
+        .wait_applied(&[follower], index, Duration::from_secs(60))
+        .await;
     for consistency in ["linearizable", "lease", "stale"] {
         let path = format!("/v1/machines/kv/query?consistency={consistency}");
         let (code, v) = wait_for_ok(|| {
