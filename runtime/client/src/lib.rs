@@ -46,13 +46,12 @@ pub use error::ClientError;
 use error::{done, map_err, unexpected};
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wraft_transport::certs::{CertDir, TlsIdentity};
-use wraft_transport::client::{ClientConfig, ClientConnection};
+use wraft_transport::client::ClientConnection;
 
 /// The protocol types a client's answers are made of, so an application needs only this crate.
 pub use wraft_proto::{self as proto, Consistency, MachineInfo, NodeInfo, PeerAddr, Status};
