@@ -18,7 +18,11 @@
 //! exceed `client.command_bytes_max` (a deploy: `guest.module_bytes_max`), else 413. The TLS
 //! handshake shares the header deadline. HTTP/1.1 with keep-alive.
 
+mod body;
 mod forward;
+#[cfg(test)]
+mod openapi_tests;
+mod reply;
 pub(crate) mod routes;
 mod sessions;
 mod watch_route;

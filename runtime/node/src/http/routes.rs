@@ -1,32 +1,23 @@
 //! The routes of the HTTP API: each turns an HTTP request into a [`Request`], sends it
 //! through the node's [`crate::server::Api`] (forwarding to the leader when this node is not
-//! it) and renders the answer as JSON, or as raw bytes for `application/octet-stream`.
-//!
-//! Errors are always `{"error": {"code", "message", "node", …}}` with a stable `code` and a
-//! matching status (see [`error_status`]).
+//! it) and renders the answer as JSON, or as raw bytes for `application/octet-stream`
+//! ([`super::body`]). Errors are [`super::reply::ApiError`]s.
 
-use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use wraft_config::ClientSection;
 use wraft_proto::{Consistency, PeerAddr, Reply, Request, RequestError, RequestTag, Response};
 
 use super::HttpState;
+use super::body::{BodyMode, caller_tag, param, parse_json, read_body};
+use super::reply::{ApiError, HttpResponse, done, expect_status, full, ok, unexpected};
 use super::sessions::SessionPool;
 use crate::auth::Caller;
-
-/// A response body: whole, or a stream (watch).
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
-type HttpResponse = hyper::Response<Body>;
 
 /// Every route, as `docs/openapi.json` names it (method, path template). A test checks the
 /// document against this list, and [`handle`] against both.
@@ -53,26 +44,6 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
 /// The OpenAPI document, as kept in the repository.
 pub(crate) const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
-/// The error codes answered by the HTTP layer itself (the node's refusals are
-/// [`error_status`]); the document's list is checked against it.
-#[cfg(test)]
-pub(crate) const HTTP_ERROR_CODES: &[&str] = &[
-    "unauthenticated",
-    "not_found",
-    "method_not_allowed",
-    "body_timeout",
-    "payload_too_large",
-    "unsupported_media_type",
-    "bad_request",
-    "compacted",
-];
-
-/// Header carrying the log index of an answer given as raw bytes.
-const INDEX_HEADER: &str = "wraft-index";
-/// Headers of an exactly-once command: a session from `POST /v1/sessions` and its number.
-const SESSION_HEADER: &str = "wraft-session";
-const SEQ_HEADER: &str = "wraft-seq";
-
 /// What the TLS handshake established about the caller.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
@@ -93,118 +64,6 @@ impl Peer {
             });
         Peer { cert }
     }
-}
-
-/// An error answer: a status, a stable code, a message a person can act on.
-pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-    pub(crate) extra: Option<Value>,
-}
-
-impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            extra: None,
-        }
-    }
-
-    fn render(self, node: u64) -> HttpResponse {
-        let mut error = json!({ "code": self.code, "message": self.message, "node": node });
-        if let (Some(Value::Object(extra)), Some(obj)) = (self.extra, error.as_object_mut()) {
-            obj.extend(extra);
-        }
-        let mut r = json_response(self.status, &json!({ "error": error }));
-        match self.status {
-            StatusCode::UNAUTHORIZED => {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"wraft\""),
-                );
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        r
-    }
-}
-
-/// The status and code of a node's refusal. `command`: the request would change state, so a
-/// timeout means its outcome is unknown.
-pub(crate) fn error_status(e: &RequestError, command: bool) -> (StatusCode, &'static str) {
-    match e {
-        RequestError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-        RequestError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-        RequestError::Timeout(_) if command => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
-        RequestError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        RequestError::Rejected(_) => (StatusCode::BAD_REQUEST, "rejected"),
-        RequestError::NoSuchMachine(_) => (StatusCode::NOT_FOUND, "no_such_machine"),
-        RequestError::App { .. } => (StatusCode::CONFLICT, "app_error"),
-        RequestError::MachineFault(_) => (StatusCode::UNPROCESSABLE_ENTITY, "machine_fault"),
-        RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        RequestError::SessionUnknown { .. } => (StatusCode::CONFLICT, "session_unknown"),
-        RequestError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-    }
-}
-
-impl ApiError {
-    fn from_request_error(e: RequestError, command: bool) -> ApiError {
-        let (status, code) = error_status(&e, command);
-        let extra = match &e {
-            RequestError::App { code, .. } => Some(json!({ "app_code": code })),
-            RequestError::NotLeader {
-                leader: Some((id, _)),
-            } => Some(json!({ "leader": id })),
-            RequestError::SessionUnknown { client_id } => Some(json!({ "session": client_id })),
-            _ => None,
-        };
-        let message = match &e {
-            RequestError::NotLeader { leader: None } => {
-                "no leader is known (an election is in progress, or a majority of the nodes is \
-                 down); retry shortly"
-                    .to_owned()
-            }
-            RequestError::App { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
-        ApiError {
-            status,
-            code,
-            message,
-            extra,
-        }
-    }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut r = hyper::Response::new(full(bytes));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
-}
-
-fn ok(body: Value) -> Result<HttpResponse, ApiError> {
-    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// Answer one HTTP request.
@@ -536,36 +395,6 @@ async fn tagged(
     response.map_err(|e| ApiError::from_request_error(e, true))
 }
 
-fn caller_tag(headers: &HeaderMap) -> Result<Option<RequestTag>, ApiError> {
-    let num = |name: &str| -> Result<Option<u64>, ApiError> {
-        headers
-            .get(name)
-            .map(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            format!("header {name} must be a decimal number"),
-                        )
-                    })
-            })
-            .transpose()
-    };
-    match (num(SESSION_HEADER)?, num(SEQ_HEADER)?) {
-        (Some(client_id), Some(seq)) if seq >= 1 => Ok(Some(RequestTag { client_id, seq })),
-        (None, None) => Ok(None),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "Wraft-Session and Wraft-Seq go together (a session from POST /v1/sessions, and a \
-             number from 1, one higher for each new command; a retry repeats it)",
-        )),
-    }
-}
-
 /// The leader's status (this node's if it leads, else forwarded): every member's progress.
 async fn cluster(state: &HttpState, caller: &Caller) -> Result<HttpResponse, ApiError> {
     let local = expect_status(dispatch(state, caller, Request::Status).await)?;
@@ -589,31 +418,6 @@ async fn cluster(state: &HttpState, caller: &Caller) -> Result<HttpResponse, Api
     }))
 }
 
-fn expect_status(r: Response) -> Result<wraft_proto::Status, ApiError> {
-    match r {
-        Ok(Reply::Status(s)) => Ok(*s),
-        other => Err(unexpected(other, false)),
-    }
-}
-
-fn done(reply: Reply) -> Result<HttpResponse, ApiError> {
-    match reply {
-        Reply::Done { message } => ok(json!({ "message": message })),
-        other => Err(unexpected(Ok(other), true)),
-    }
-}
-
-fn unexpected(r: Response, command: bool) -> ApiError {
-    match r {
-        Err(e) => ApiError::from_request_error(e, command),
-        Ok(other) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected answer from the node: {other:?}"),
-        ),
-    }
-}
-
 fn member_id(s: &str) -> Result<u64, ApiError> {
     s.parse().map_err(|_| {
         ApiError::new(
@@ -622,130 +426,6 @@ fn member_id(s: &str) -> Result<u64, ApiError> {
             format!("member id {s:?} is not a number"),
         )
     })
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("body is not the JSON this route takes: {e}"),
-        )
-    })
-}
-
-/// The value of query parameter `name` (values here are plain words and numbers).
-pub(crate) fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// Read a whole body of at most `max` bytes within `http.body_read_timeout_ms`.
-async fn read_body(state: &HttpState, body: Incoming, max: u64) -> Result<Bytes, ApiError> {
-    let limited = Limited::new(body, max.min(usize::MAX as u64) as usize);
-    let timeout = Duration::from_millis(state.http.body_read_timeout_ms);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {} ms (http.body_read_timeout_ms)",
-                timeout.as_millis()
-            ),
-        )),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body exceeds this route's limit of {max} bytes"),
-            ))
-        }
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("reading the body failed: {e}"),
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
-}
-
-/// How a command and its answer travel: JSON (the default) or raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyMode {
-    Json,
-    Bytes,
-}
-
-impl BodyMode {
-    fn of(headers: &HeaderMap) -> Result<BodyMode, ApiError> {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json");
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        match essence {
-            "application/json" => Ok(BodyMode::Json),
-            "application/octet-stream" => Ok(BodyMode::Bytes),
-            other => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!(
-                    "Content-Type {other:?}: send application/json (for machines whose commands \
-                     are JSON) or application/octet-stream"
-                ),
-            )),
-        }
-    }
-
-    fn check(self, body: &[u8]) -> Result<(), ApiError> {
-        if self == BodyMode::Json
-            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "the body is not JSON ({e}); send raw commands as application/octet-stream"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn render(self, index: u64, output: Vec<u8>) -> HttpResponse {
-        match self {
-            BodyMode::Json => {
-                let mut body = json!({ "index": index });
-                body["output"] = output_json(&output);
-                if body["output"].is_null() && !output.is_empty() {
-                    body["output_base64"] =
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(&output));
-                }
-                json_response(StatusCode::OK, &body)
-            }
-            BodyMode::Bytes => {
-                let mut r = hyper::Response::new(full(output));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                r.headers_mut()
-                    .insert(INDEX_HEADER, HeaderValue::from(index));
-                r
-            }
-        }
-    }
-}
-
-/// A machine's output as JSON: parsed if it is JSON, else null (the caller adds base64).
-pub(crate) fn output_json(output: &[u8]) -> Value {
-    serde_json::from_slice(output).unwrap_or(Value::Null)
 }
 
 /// The web console's static files.
@@ -770,143 +450,3 @@ fn console(rest: &[&str]) -> Result<HttpResponse, ApiError> {
 
 /// The console: one self-contained page (`runtime/node/console/index.html`).
 const CONSOLE_HTML: &str = include_str!("../../console/index.html");
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    fn openapi() -> Value {
-        serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")
-    }
-
-    /// The document lists exactly the routes [`handle`] serves.
-    #[test]
-    fn openapi_paths_are_exactly_the_served_routes() {
-        let doc = openapi();
-        let mut documented = BTreeSet::new();
-        for (path, item) in doc["paths"].as_object().expect("paths") {
-            for method in ["get", "put", "post", "delete", "patch"] {
-                if item.get(method).is_some() {
-                    documented.insert((method.to_uppercase(), path.clone()));
-                }
-            }
-        }
-        let served: BTreeSet<(String, String)> = ROUTES
-            .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
-            .collect();
-        assert_eq!(documented, served, "docs/openapi.json and ROUTES differ");
-    }
-
-    /// Every error code the API can answer is in the document's enum, and nothing else.
-    #[test]
-    fn openapi_error_codes_are_the_ones_answered() {
-        let doc = openapi();
-        let documented: BTreeSet<String> = doc["components"]["schemas"]["Error"]["properties"]
-            ["error"]["properties"]["code"]["enum"]
-            .as_array()
-            .expect("enum")
-            .iter()
-            .map(|v| v.as_str().expect("code").to_owned())
-            .collect();
-        let mut answered: BTreeSet<String> =
-            HTTP_ERROR_CODES.iter().map(|c| c.to_string()).collect();
-        let samples = [
-            RequestError::NotLeader { leader: None },
-            RequestError::Busy(String::new()),
-            RequestError::Timeout(String::new()),
-            RequestError::Rejected(String::new()),
-            RequestError::NoSuchMachine(String::new()),
-            RequestError::App {
-                code: 1,
-                message: String::new(),
-            },
-            RequestError::MachineFault(String::new()),
-            RequestError::Internal(String::new()),
-            RequestError::SessionUnknown { client_id: 1 },
-            RequestError::Forbidden(String::new()),
-        ];
-        for e in &samples {
-            for command in [false, true] {
-                answered.insert(error_status(e, command).1.to_owned());
-            }
-        }
-        assert_eq!(documented, answered);
-    }
-
-    /// The JSON the routes render (serde of the protocol types) has the fields the document's
-    /// schemas name.
-    #[test]
-    fn openapi_schemas_match_the_rendered_types() {
-        let doc = openapi();
-        let schema_fields = |name: &str| -> BTreeSet<String> {
-            doc["components"]["schemas"][name]["properties"]
-                .as_object()
-                .unwrap_or_else(|| panic!("schema {name}"))
-                .keys()
-                .cloned()
-                .collect()
-        };
-        let fields = |v: Value| -> BTreeSet<String> {
-            v.as_object().expect("object").keys().cloned().collect()
-        };
-        let machine = wraft_proto::MachineInfo {
-            name: "kv".into(),
-            kind: "kv".into(),
-            version: "1".into(),
-            module_sha256: String::new(),
-            deployed_at: 1,
-            healthy: true,
-        };
-        let status = wraft_proto::Status {
-            id: 1,
-            role: "leader".into(),
-            term: 1,
-            leader: Some(1),
-            commit_index: 1,
-            applied_index: 1,
-            last_index: 1,
-            snapshot_index: 0,
-            log_first_index: 1,
-            snapshot_creating: None,
-            voters: vec![1],
-            learners: vec![],
-            peers: vec![wraft_proto::PeerStatus {
-                id: 2,
-                voter: true,
-                match_index: 1,
-                next_index: 2,
-                state: "replicate".into(),
-            }],
-            machines: vec![machine.clone()],
-            apply_halted: None,
-        };
-        let snapshot = wraft_proto::SnapshotListing {
-            index: 1,
-            term: 1,
-            file_bytes: 1,
-            digest: String::new(),
-            path: String::new(),
-            voters: vec![],
-            learners: vec![],
-        };
-        let to = |v: &dyn erased::Ser| v.value();
-        assert_eq!(fields(to(&status)), schema_fields("Status"));
-        assert_eq!(fields(to(&machine)), schema_fields("Machine"));
-        assert_eq!(fields(to(&status.peers[0])), schema_fields("Peer"));
-        assert_eq!(fields(to(&snapshot)), schema_fields("Snapshot"));
-    }
-
-    mod erased {
-        pub(super) trait Ser {
-            fn value(&self) -> serde_json::Value;
-        }
-        impl<T: serde::Serialize> Ser for T {
-            fn value(&self) -> serde_json::Value {
-                serde_json::to_value(self).expect("serializes")
-            }
-        }
-    }
-}

@@ -25,7 +25,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::HttpState;
-use super::routes::{ApiError, param};
+use super::body::param;
+use super::reply::ApiError;
 use crate::auth::{Caller, Role};
 use crate::watch::{Subscription, WatchError, WatchEvent, WatchOutcome};
 
@@ -44,7 +45,7 @@ pub(super) fn watch(
     machine: &str,
     query: &str,
     headers: &HeaderMap,
-) -> Result<hyper::Response<super::routes::Body>, ApiError> {
+) -> Result<hyper::Response<super::reply::Body>, ApiError> {
     debug_assert!(caller.role >= Role::Read);
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
     let format = match param(query, "format").unwrap_or("sse") {
