@@ -13,7 +13,7 @@ fn openapi() -> Value {
     serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")
 }
 
-/// The document lists exactly the routes [`handle`] serves.
+/// The document lists exactly the routes `routes::handle` serves.
 #[test]
 fn openapi_paths_are_exactly_the_served_routes() {
     let doc = openapi();
