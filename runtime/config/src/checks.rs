@@ -285,9 +285,8 @@ impl NodeConfig {
             100,
             3_600_000,
         ));
-        if let Some(l) = h.listen
-            && l == self.node.metrics_listen.unwrap_or(l)
-            && self.node.metrics_listen.is_some()
+        if let (Some(l), Some(m)) = (h.listen, self.node.metrics_listen)
+            && l == m
             && l.port() != 0
         {
             out.push(Some(invalid(

@@ -260,3 +260,30 @@ fn config_round_trips_through_toml() {
     let again = NodeConfig::parse(&cfg.to_toml()).unwrap();
     assert_eq!(again.address_book(), cfg.address_book());
 }
+
+#[test]
+fn the_http_api_is_off_by_default_and_its_keys_are_checked_by_name() {
+    let cfg = NodeConfig::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.http.listen, None);
+    assert_eq!(cfg.http.token_key_file, PathBuf::from("token.key"));
+    assert!(cfg.client.read_only_clients.is_empty());
+    let clash = format!("{MINIMAL}\n[http]\nlisten = \"127.0.0.1:9000\"\n");
+    let mut c = NodeConfig::parse(&clash).unwrap();
+    c.node.metrics_listen = Some("127.0.0.1:9000".parse().unwrap());
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("http.listen") && err.contains("metrics_listen"),
+        "{err}"
+    );
+    // Port 0 on both: each binds its own.
+    c.http.listen = Some("127.0.0.1:0".parse().unwrap());
+    c.node.metrics_listen = c.http.listen;
+    c.validate().unwrap();
+    let both =
+        format!("{MINIMAL}\n[client]\nadmin_clients = [\"ops\"]\nread_only_clients = [\"ops\"]\n");
+    let err = NodeConfig::parse(&both).unwrap_err().to_string();
+    assert!(err.contains("client.read_only_clients"), "{err}");
+    let zero = format!("{MINIMAL}\n[http]\nconnections_max = 0\n");
+    let err = NodeConfig::parse(&zero).unwrap_err().to_string();
+    assert!(err.contains("http.connections_max"), "{err}");
+}

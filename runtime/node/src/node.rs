@@ -401,9 +401,8 @@ impl Node {
         let http_addr = http_listener.as_ref().map(|(_, a)| *a);
         if let Some((listener, bound)) = http_listener {
             let token_path = cfg.tls.dir.join(&cfg.http.token_key_file);
-            let token_key = crate::tokens::TokenKey::load(&token_path).map_err(|e| {
-                NodeError::Http(crate::http::HttpError::Tls(format!("bearer tokens: {e}")))
-            })?;
+            let token_key =
+                crate::tokens::TokenKey::load(&token_path).map_err(crate::http::HttpError::from)?;
             tracing::info!(target: "wraft::node", node = id, http_addr = %bound,
                 tokens = token_key.is_some(), "serving the HTTP API and the console");
             let state = crate::http::HttpState {

@@ -74,6 +74,9 @@ pub enum TokenError {
         /// Token name.
         name: String,
     },
+    /// The system's random generator failed (a new key or a token id needs it).
+    #[error("the system random generator failed")]
+    Random,
     /// The name is not `[A-Za-z0-9_-]{1,64}`.
     #[error("token name {0:?} must be 1–64 characters of [A-Za-z0-9_-]")]
     BadName(String),
@@ -175,10 +178,7 @@ impl TokenKey {
         let mut bytes = [0u8; TOKEN_KEY_BYTES];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| TokenError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::other("the system random generator failed"),
-            })?;
+            .map_err(|_| TokenError::Random)?;
         let io = |source| TokenError::Io {
             path: path.to_owned(),
             source,

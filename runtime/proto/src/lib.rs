@@ -189,6 +189,19 @@ pub enum Request {
     NodeInfo,
 }
 
+impl Request {
+    /// The deduplication tag of a request that carries one (commands, deploys, removals).
+    pub fn tag_mut(&mut self) -> Option<&mut RequestTag> {
+        match self {
+            Request::Propose { tag, .. }
+            | Request::Deploy { tag, .. }
+            | Request::DeployWith { tag, .. }
+            | Request::RemoveMachine { tag, .. } => Some(tag),
+            _ => None,
+        }
+    }
+}
+
 /// Largest chunk a [`Request::SnapshotRead`] answers with, bytes: what one read holds in the
 /// node's memory and in one response frame.
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1 << 20;

@@ -70,6 +70,9 @@ pub enum HttpError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The bearer-token key (`http.token_key_file`) exists but cannot be used.
+    #[error("bearer tokens: {0}")]
+    TokenKey(#[from] crate::tokens::TokenError),
     /// The node's certificate or the CA bundle cannot serve TLS.
     #[error("HTTPS with the node's certificate: {0}")]
     Tls(String),

@@ -114,9 +114,9 @@ async fn route(
             format!("no route {path}; the API is described at /v1/openapi.json"),
         ));
     }
-    let caller = authenticate(state, peer, req.headers())?;
-    let headers = req.headers().clone();
-    let body = req.into_body();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let caller = authenticate(state, peer, &headers)?;
     match (&method, &segs[1..]) {
         (&Method::GET, ["whoami"]) => ok(json!({
             "who": caller.who,
@@ -139,45 +139,43 @@ async fn route(
             })?;
             let module = read_body(state, body, state.module_bytes_max).await?;
             let name = (*name).to_owned();
-            let reply = tagged(state, &caller, &headers, |tag| {
-                if wasi == wraft_proto::WasiProfile::None {
-                    Request::Deploy {
-                        tag,
-                        name: name.clone(),
-                        module: module.to_vec(),
-                    }
-                } else {
-                    Request::DeployWith {
-                        tag,
-                        name: name.clone(),
-                        module: module.to_vec(),
-                        wasi,
-                    }
+            let module = module.to_vec();
+            let request = if wasi == wraft_proto::WasiProfile::None {
+                Request::Deploy {
+                    tag: UNTAGGED,
+                    name,
+                    module,
                 }
-            })
-            .await?;
+            } else {
+                Request::DeployWith {
+                    tag: UNTAGGED,
+                    name,
+                    module,
+                    wasi,
+                }
+            };
+            let reply = tagged(state, &caller, &headers, request).await?;
             done(reply)
         }
         (&Method::DELETE, ["machines", name]) => {
             let name = (*name).to_owned();
-            let reply = tagged(state, &caller, &headers, |tag| Request::RemoveMachine {
-                tag,
-                name: name.clone(),
-            })
-            .await?;
+            let request = Request::RemoveMachine {
+                tag: UNTAGGED,
+                name,
+            };
+            let reply = tagged(state, &caller, &headers, request).await?;
             done(reply)
         }
         (&Method::POST, ["machines", name, "propose"]) => {
             let mode = BodyMode::of(&headers)?;
             let command = read_body(state, body, state.limits.command_bytes_max).await?;
             mode.check(&command)?;
-            let machine = (*name).to_owned();
-            let reply = tagged(state, &caller, &headers, |tag| Request::Propose {
-                tag,
-                machine: machine.clone(),
+            let request = Request::Propose {
+                tag: UNTAGGED,
+                machine: (*name).to_owned(),
                 command: command.to_vec(),
-            })
-            .await?;
+            };
+            let reply = tagged(state, &caller, &headers, request).await?;
             match reply {
                 Reply::Applied { index, output } => Ok(mode.render(index, output)),
                 other => Err(unexpected(Ok(other), true)),
@@ -211,8 +209,9 @@ async fn route(
                 other => Err(unexpected(other, false)),
             }
         }
+        // Every authenticated caller may watch (the read role is the least there is).
         (&Method::GET, ["machines", name, "watch"]) => {
-            super::watch_route::watch(state, &caller, name, &query, &headers)
+            super::watch_route::watch(state, name, &query, &headers)
         }
         (&Method::POST, ["sessions"]) => {
             let id = open_session(state, &caller).await?;
@@ -364,35 +363,41 @@ async fn open_session(state: &HttpState, caller: &Caller) -> Result<u64, ApiErro
     }
 }
 
+/// The tag a command is built with before [`tagged`] gives it its own (never sent).
+const UNTAGGED: RequestTag = RequestTag {
+    client_id: 0,
+    seq: 0,
+};
+
 /// Send a tagged command: with the caller's `Wraft-Session`/`Wraft-Seq` if given (exactly
 /// once across the caller's retries), else with a tag from the node's own sessions.
 async fn tagged(
     state: &HttpState,
     caller: &Caller,
     headers: &HeaderMap,
-    make: impl Fn(RequestTag) -> Request,
+    mut request: Request,
 ) -> Result<Reply, ApiError> {
-    if let Some(tag) = caller_tag(headers)? {
-        return dispatch(state, caller, make(tag))
-            .await
-            .map_err(|e| ApiError::from_request_error(e, true));
-    }
+    let refused = |e| ApiError::from_request_error(e, true);
     // Check the role before opening a session on the caller's behalf.
-    caller
-        .authorize(&make(RequestTag {
-            client_id: 0,
-            seq: 0,
-        }))
-        .map_err(|e| ApiError::from_request_error(e, true))?;
-    let tag = match state.sessions.take() {
-        Some(t) => t,
-        None => SessionPool::first_tag(open_session(state, caller).await?),
+    caller.authorize(&request).map_err(refused)?;
+    let (tag, pooled) = match caller_tag(headers)? {
+        Some(tag) => (tag, false),
+        None => match state.sessions.take() {
+            Some(tag) => (tag, true),
+            None => (
+                SessionPool::first_tag(open_session(state, caller).await?),
+                true,
+            ),
+        },
     };
-    let response = dispatch(state, caller, make(tag)).await;
-    if !matches!(response, Err(RequestError::SessionUnknown { .. })) {
+    if let Some(t) = request.tag_mut() {
+        *t = tag;
+    }
+    let response = dispatch(state, caller, request).await;
+    if pooled && !matches!(response, Err(RequestError::SessionUnknown { .. })) {
         state.sessions.give_back(tag);
     }
-    response.map_err(|e| ApiError::from_request_error(e, true))
+    response.map_err(refused)
 }
 
 /// The leader's status (this node's if it leads, else forwarded): every member's progress.
