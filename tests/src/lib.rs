@@ -410,6 +410,17 @@ impl Cluster {
         self.wait_for_leader_among(&self.running(), timeout).await
     }
 
+    /// Wait for a leader (up to 30 s) and deploy the kv example through it; the leader's id.
+    pub async fn deploy_kv(&self) -> u64 {
+        let leader = self.wait_for_leader(Duration::from_secs(30)).await;
+        self.client()
+            .await
+            .deploy("kv", guest("kv"))
+            .await
+            .expect("deploy kv");
+        leader
+    }
+
     /// [`Cluster::wait_for_leader`] restricted to the nodes `among`.
     pub async fn wait_for_leader_among(&self, among: &[u64], timeout: Duration) -> u64 {
         wait_for("a leader", timeout, async || {
@@ -721,6 +732,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
+}
+
+/// A bearer token for the HTTP API from `wraft token create` (signed with `certs/token.key`).
+pub fn mint_token(certs: &Path, name: &str, role: &str) -> String {
+    let out = Command::new(wraft_bin())
+        .args(["token", "create", "--name", name, "--role", role, "--certs"])
+        .arg(certs)
+        .output()
+        .expect("wraft token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 /// JSON bytes of a value (for kv commands and queries).

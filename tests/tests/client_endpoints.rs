@@ -7,7 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use wraft_tests::{Cluster, guest, kv_put, wraft_bin};
+use wraft_tests::{Cluster, kv_put, wraft_bin};
 
 /// Sequential calls per client in the latency tests.
 const CALLS: usize = 8;
@@ -45,13 +45,7 @@ fn median(ms: &mut [u128]) -> u128 {
 /// A three-node cluster with kv deployed, node 1 killed; the endpoints, dead node first.
 async fn cluster_with_node_1_dead() -> (Cluster, Vec<SocketAddr>) {
     let mut cluster = Cluster::start(3);
-    cluster.wait_for_leader(Duration::from_secs(20)).await;
-    cluster
-        .client()
-        .await
-        .deploy("kv", guest("kv"))
-        .await
-        .expect("deploy");
+    cluster.deploy_kv().await;
     cluster.kill(1);
     cluster
         .wait_for_leader_among(&[2, 3], Duration::from_secs(20))

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wraft_tests::{Cluster, guest, wraft_bin};
+use wraft_tests::{Cluster, mint_token};
 
 /// How long an election may take.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -224,23 +224,6 @@ fn show(browser: &Browser, url: &str, what: &str, check: impl Fn(&Dom) -> bool) 
     }
 }
 
-fn token(certs: &Path, name: &str, role: &str) -> String {
-    let out = Command::new(wraft_bin())
-        .args(["token", "create", "--name", name, "--role", role, "--certs"])
-        .arg(certs)
-        .output()
-        .expect("wraft token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 /// `POST` `body` to `path` with `curl` and a bearer token; the JSON answer (panics on an error).
 fn post(certs: &Path, addr: SocketAddr, token: &str, path: &str, body: &Value) -> Value {
     let out = Command::new("curl")
@@ -303,15 +286,9 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
     };
     let browser = Browser::new(bin);
     let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    cluster
-        .client()
-        .await
-        .deploy("kv", guest("kv"))
-        .await
-        .expect("deploy kv");
+    let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
-    let admin = token(&certs, "console", "admin");
+    let admin = mint_token(&certs, "console", "admin");
     let shots = screenshot_dir();
 
     // A write through the API, then the console on the leader.

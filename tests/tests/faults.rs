@@ -42,15 +42,7 @@ async fn isolating_the_leader_through_the_proxy_elects_another_and_healing_rejoi
     let proxy = std::sync::Arc::new(FaultProxy::new(1));
     let p = proxy.clone();
     let cluster = Cluster::start_with(3, move |cfg| {
-        cfg.cluster.members = cfg
-            .cluster
-            .members
-            .iter()
-            .map(|(id, real)| {
-                let real = real.socket_addr().expect("local members are IP addresses");
-                (*id, p.front(*id, real).into())
-            })
-            .collect();
+        p.front_members(cfg);
     });
     let timeout = Duration::from_secs(20);
     let old = cluster.wait_for_leader(timeout).await;

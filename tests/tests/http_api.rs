@@ -9,10 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use wraft_tests::{Cluster, guest, wraft_bin};
-
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+use serde_json::Value;
+use wraft_tests::{Cluster, kv_get, kv_put, mint_token};
 
 /// Who `curl` is.
 #[derive(Clone)]
@@ -88,48 +86,12 @@ fn parse_curl(out: std::process::Output) -> (u16, Value) {
     (code, value)
 }
 
-fn token(certs: &Path, name: &str, role: &str) -> String {
-    let out = Command::new(wraft_bin())
-        .args(["token", "create", "--name", name, "--role", role, "--certs"])
-        .arg(certs)
-        .output()
-        .expect("wraft token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-async fn kv_cluster() -> (Cluster, u64) {
-    let cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    cluster
-        .client()
-        .await
-        .deploy("kv", guest("kv"))
-        .await
-        .expect("deploy kv");
-    (cluster, leader)
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"op": "put", "key": key, "value": value})).expect("json")
-}
-
-fn get(key: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"op": "get", "key": key})).expect("json")
-}
-
 /// curl with the admin certificate proposes through a follower (forwarded to the leader),
 /// queries at every consistency, lists machines and reads status; the answers are JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() {
-    let (cluster, leader) = kv_cluster().await;
+    let cluster = Cluster::start(3);
+    let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
     let follower = cluster
         .ids()
@@ -144,7 +106,7 @@ async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() 
         &admin,
         "POST",
         "/v1/machines/kv/propose",
-        Some(("application/json", &put("a", "1"))),
+        Some(("application/json", &kv_put("a", "1"))),
         &[],
     );
     assert_eq!(code, 200, "{v}");
@@ -164,7 +126,7 @@ async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() 
                 &admin,
                 "POST",
                 &path,
-                Some(("application/json", &get("a"))),
+                Some(("application/json", &kv_get("a"))),
                 &[],
             )
         })
@@ -187,7 +149,7 @@ async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() 
         &admin,
         "POST",
         "/v1/machines/kv/propose",
-        Some(("application/octet-stream", &put("b", "2"))),
+        Some(("application/octet-stream", &kv_put("b", "2"))),
         &["-D", "/dev/stderr"],
     );
     assert_eq!(code, 200, "{v}");
@@ -209,7 +171,8 @@ async fn wait_for_ok(mut f: impl FnMut() -> (u16, Value)) -> (u16, Value) {
 /// an altered token is refused; the errors are JSON with stable codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_tokens_decide_what_a_caller_may_do() {
-    let (cluster, leader) = kv_cluster().await;
+    let cluster = Cluster::start(3);
+    let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
     let at = cluster.http_addr(leader).await;
     let (code, v) = curl(&certs, at, &Auth::Nothing, "GET", "/v1/status", None, &[]);
@@ -218,7 +181,7 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         (401, Some("unauthenticated")),
         "{v}"
     );
-    let reader = Auth::Token(token(&certs, "dashboard", "read"));
+    let reader = Auth::Token(mint_token(&certs, "dashboard", "read"));
     let (code, v) = curl(&certs, at, &reader, "GET", "/v1/status", None, &[]);
     assert_eq!(code, 200, "{v}");
     let (code, v) = curl(
@@ -227,7 +190,7 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         &reader,
         "POST",
         "/v1/machines/kv/propose",
-        Some(("application/json", &put("x", "1"))),
+        Some(("application/json", &kv_put("x", "1"))),
         &[],
     );
     assert_eq!(
@@ -242,14 +205,14 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
             .contains("write role"),
         "{v}"
     );
-    let writer = Auth::Token(token(&certs, "app", "write"));
+    let writer = Auth::Token(mint_token(&certs, "app", "write"));
     let (code, v) = curl(
         &certs,
         at,
         &writer,
         "POST",
         "/v1/machines/kv/propose",
-        Some(("application/json", &put("x", "1"))),
+        Some(("application/json", &kv_put("x", "1"))),
         &[],
     );
     assert_eq!(code, 200, "{v}");
@@ -277,7 +240,7 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         &writer,
         "POST",
         "/v1/machines/none/propose",
-        Some(("application/json", &put("x", "1"))),
+        Some(("application/json", &kv_put("x", "1"))),
         &[],
     );
     assert_eq!(
@@ -298,13 +261,7 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
         c.http.connections_max = 1_100;
         c.client.command_bytes_max = 64 << 10;
     });
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    cluster
-        .client()
-        .await
-        .deploy("kv", guest("kv"))
-        .await
-        .expect("deploy kv");
+    let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
     let at = cluster.http_addr(leader).await;
     let admin = Auth::Cert("admin");
@@ -334,7 +291,7 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
     );
     let (code, v) = propose(b"x", "text/plain");
     assert_eq!(code, 415, "{v}");
-    let big = put("big", &"x".repeat(80 << 10));
+    let big = kv_put("big", &"x".repeat(80 << 10));
     let (code, v) = propose(&big, "application/json");
     assert_eq!(
         (code, v["error"]["code"].as_str()),
@@ -399,7 +356,7 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
     let idle: Vec<std::net::TcpStream> = (0..1_000)
         .map(|_| std::net::TcpStream::connect(at).expect("idle connection"))
         .collect();
-    let (code, v) = propose(&put("after-idle", "1"), "application/json");
+    let (code, v) = propose(&kv_put("after-idle", "1"), "application/json");
     assert_eq!(code, 200, "with 1000 idle connections: {v}");
     let more: Vec<std::net::TcpStream> = (0..150)
         .filter_map(|_| std::net::TcpStream::connect(at).ok())
@@ -425,7 +382,7 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
     );
     drop(idle);
     drop(more);
-    let (code, v) = propose(&put("after", "2"), "application/json");
+    let (code, v) = propose(&kv_put("after", "2"), "application/json");
     assert_eq!(code, 200, "{v}");
     let log = cluster.log(leader);
     assert!(
@@ -453,7 +410,8 @@ fn python(certs: &Path, ports: &str, args: &[&str]) -> Command {
 /// once, in log order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_writes_and_watches_through_a_failover_missing_and_repeating_nothing() {
-    let (mut cluster, leader) = kv_cluster().await;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
     let mut ports = Vec::new();
     for id in cluster.ids() {
@@ -479,7 +437,7 @@ async fn python_writes_and_watches_through_a_failover_missing_and_repeating_noth
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 watcher");
-    let put = |i: usize, ports: &str| {
+    let put_key = |i: usize, ports: &str| {
         let key = format!("k{i:02}");
         let out = python(&certs, ports, &["put", &key, "v"])
             .output()
@@ -491,7 +449,7 @@ async fn python_writes_and_watches_through_a_failover_missing_and_repeating_noth
         );
     };
     for i in 0..10 {
-        put(i, &all);
+        put_key(i, &all);
     }
     cluster.kill(leader);
     let survivors: Vec<String> = ports
@@ -500,7 +458,7 @@ async fn python_writes_and_watches_through_a_failover_missing_and_repeating_noth
         .cloned()
         .collect();
     for i in 10..20 {
-        put(i, &survivors.join(","));
+        put_key(i, &survivors.join(","));
     }
     let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
         .await
@@ -535,16 +493,15 @@ async fn python_writes_and_watches_through_a_failover_missing_and_repeating_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_watch_resumes_exactly_and_an_old_index_answers_compacted() {
     let cluster = Cluster::start_with(3, |c| c.node.watch_history_entries_max = 8);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let leader = cluster.deploy_kv().await;
     let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy kv");
     let certs = cluster.certs_dir().to_owned();
     let at = cluster.http_addr(leader).await;
     let admin = Auth::Cert("admin");
     let mut indexes = Vec::new();
     for i in 0..6 {
         let out = client
-            .propose("kv", &put(&format!("w{i}"), "1"))
+            .propose("kv", &kv_put(&format!("w{i}"), "1"))
             .await
             .expect("put");
         indexes.push(out.index);
@@ -577,7 +534,7 @@ async fn curl_watch_resumes_exactly_and_an_old_index_answers_compacted() {
     assert_eq!(resumed, indexes[4..].to_vec(), "after resuming");
     for i in 6..20 {
         client
-            .propose("kv", &put(&format!("w{i}"), "1"))
+            .propose("kv", &kv_put(&format!("w{i}"), "1"))
             .await
             .expect("put");
     }

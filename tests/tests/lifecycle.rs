@@ -239,15 +239,7 @@ async fn a_stop_on_a_slow_network_does_not_wait_out_quic_draining() {
     let proxy = Arc::new(wraft_tests::faults::proxy::FaultProxy::new(1));
     let p = proxy.clone();
     let mut cluster = Cluster::start_with(3, move |c| {
-        c.cluster.members = c
-            .cluster
-            .members
-            .iter()
-            .map(|(id, real)| {
-                let real = real.socket_addr().expect("local members are IP addresses");
-                (*id, p.front(*id, real).into())
-            })
-            .collect();
+        p.front_members(c);
         c.raft.heartbeat_interval_ms = 500;
         c.raft.election_timeout_ms = 5_000;
         c.node.shutdown_timeout_ms = TIMEOUT_MS;

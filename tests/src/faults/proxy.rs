@@ -132,6 +132,21 @@ impl FaultProxy {
         front_addr
     }
 
+    /// Make the cluster's traffic go through the proxy: every member of `cfg` is named by its
+    /// front (registered with its real address, an IP address, the first time). For
+    /// `Cluster::start_with`.
+    pub fn front_members(&self, cfg: &mut wraft_config::NodeConfig) {
+        cfg.cluster.members = cfg
+            .cluster
+            .members
+            .iter()
+            .map(|(id, real)| {
+                let real = real.socket_addr().expect("local members are IP addresses");
+                (*id, self.front(*id, real).into())
+            })
+            .collect();
+    }
+
     /// The front address of every registered node.
     pub fn fronts(&self) -> BTreeMap<u64, SocketAddr> {
         lock(&self.shared.nodes)
