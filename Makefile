@@ -39,6 +39,10 @@ deps:
 	  || { echo "installing systemd (systemd-analyze verifies deploy/systemd/wraft.service)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@command -v curl >/dev/null \
+	  || { echo "installing curl (the HTTP API is tested with it)"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl >/dev/null; }
 	@command -v chromium >/dev/null \
 	  || { echo "installing chromium (the web console is tested in a headless browser)"; \
 	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
