@@ -202,6 +202,31 @@ pub async fn demo(once: bool, module: Option<PathBuf>) -> Result<(), AnyError> {
         return Ok(());
     }
     let eps: Vec<String> = nodes.iter().map(|n| n.local_addr().to_string()).collect();
+    // The web console and the HTTP API, on a node that is up, with a token for the demo.
+    let http = nodes
+        .iter()
+        .filter(|n| n.id() != leader)
+        .find_map(|n| n.http_addr());
+    if let (Some(http), Some(key)) = (
+        http,
+        wraft_node::tokens::TokenKey::load(&layout.certs.join("token.key"))?,
+    ) {
+        let in_a_day = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 86_400;
+        let token = key
+            .mint("demo", wraft_node::auth::Role::Admin, in_a_day)?
+            .token;
+        println!(
+            "\n== the web console and the HTTP API (an admin token for this demo, valid a day)\n\
+             console: https://{http}/console/#token={token}\n\
+             (the node's certificate is from the demo's own CA: the browser will ask to trust it)\n\
+             curl --cacert {certs}/ca.crt -H 'Authorization: Bearer {token}' https://{http}/v1/status",
+            certs = layout.certs.display()
+        );
+    }
     println!(
         "\n== the cluster keeps running (node {leader} is down). In another terminal:\n\
          export WRAFT_ENDPOINTS={} WRAFT_CERTS={}\n\
