@@ -9,11 +9,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use serde_json::{Value, json};
 use wraft_proto::RequestTag;
 
 use super::HttpState;
-use super::reply::{ApiError, HttpResponse, full, json_response};
+use super::reply::{ApiError, HttpResponse, full};
 
 /// Header carrying the log index of an answer given as raw bytes.
 pub(crate) const INDEX_HEADER: &str = "wraft-index";
@@ -154,13 +153,30 @@ impl BodyMode {
     pub(crate) fn render(self, index: u64, output: Vec<u8>) -> HttpResponse {
         match self {
             BodyMode::Json => {
-                let mut body = json!({ "index": index });
-                body["output"] = output_json(&output);
-                if body["output"].is_null() && !output.is_empty() {
-                    body["output_base64"] =
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(&output));
+                // The output goes in verbatim when it is JSON (no parse into a tree and back).
+                let mut body = Vec::with_capacity(output.len() + 48);
+                body.extend_from_slice(format!("{{\"index\":{index},").as_bytes());
+                if output.is_empty() {
+                    body.extend_from_slice(b"\"output\":null");
+                } else if serde_json::from_slice::<serde::de::IgnoredAny>(&output).is_ok() {
+                    body.extend_from_slice(b"\"output\":");
+                    body.extend_from_slice(&output);
+                } else {
+                    body.extend_from_slice(b"\"output\":null,\"output_base64\":\"");
+                    body.extend_from_slice(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(&output)
+                            .as_bytes(),
+                    );
+                    body.push(b'"');
                 }
-                json_response(StatusCode::OK, &body)
+                body.extend_from_slice(b"}\n");
+                let mut r = hyper::Response::new(full(body));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
             }
             BodyMode::Bytes => {
                 let mut r = hyper::Response::new(full(output));
@@ -176,7 +192,32 @@ impl BodyMode {
     }
 }
 
-/// A machine's output as JSON: parsed if it is JSON, else null (the caller adds base64).
-pub(crate) fn output_json(output: &[u8]) -> Value {
-    serde_json::from_slice(output).unwrap_or(Value::Null)
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn rendered(output: &[u8]) -> serde_json::Value {
+        let r = BodyMode::Json.render(7, output.to_vec());
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).expect("the answer is JSON")
+    }
+
+    #[tokio::test]
+    async fn a_json_output_goes_in_as_json_and_anything_else_as_base64() {
+        let v = rendered(br#" {"value": "1", "n": [1, 2]}"#).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"index": 7, "output": {"value": "1", "n": [1, 2]}})
+        );
+        let v = rendered(b"\xff\x00not json").await;
+        assert_eq!(v["output"], serde_json::Value::Null);
+        assert_eq!(v["output_base64"], "/wBub3QganNvbg==");
+        let v = rendered(b"").await;
+        assert_eq!(v, serde_json::json!({"index": 7, "output": null}));
+        // Valid JSON followed by more is not JSON: it must not break the answer.
+        let v = rendered(br#"{"a":1} {"b":2}"#).await;
+        assert!(v["output_base64"].is_string(), "{v}");
+    }
 }

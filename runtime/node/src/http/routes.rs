@@ -3,6 +3,7 @@
 //! it) and renders the answer as JSON, or as raw bytes for `application/octet-stream`
 //! ([`super::body`]). Errors are [`super::reply::ApiError`]s.
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
@@ -44,11 +45,27 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
 /// The OpenAPI document, as kept in the repository.
 pub(crate) const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
-/// What the TLS handshake established about the caller.
+/// What one connection established about its caller: the client certificate from the TLS
+/// handshake, and the bearer token last verified on it (a keep-alive client sends the same
+/// token with every request; it is verified once, its expiry checked every time). Cheap to
+/// clone (one per request).
 #[derive(Clone, Debug)]
-pub(crate) struct Peer {
+pub(crate) struct Peer(Arc<PeerState>);
+
+#[derive(Debug)]
+struct PeerState {
     /// The caller behind a verified client certificate of the cluster CA, if one was given.
-    cert: Option<Caller>,
+    cert: Option<Arc<Caller>>,
+    /// The last token verified on this connection.
+    token: Mutex<Option<VerifiedToken>>,
+}
+
+#[derive(Debug)]
+struct VerifiedToken {
+    token: String,
+    caller: Arc<Caller>,
+    /// Unix seconds.
+    expires: u64,
 }
 
 impl Peer {
@@ -60,9 +77,12 @@ impl Peer {
             .and_then(|identity| match identity {
                 // Node certificates are for node-to-node traffic, not this API.
                 wraft_transport::Identity::Node(_) => None,
-                client => Some(Caller::of_identity(&client, limits)),
+                client => Some(Arc::new(Caller::of_identity(&client, limits))),
             });
-        Peer { cert }
+        Peer(Arc::new(PeerState {
+            cert,
+            token: Mutex::new(None),
+        }))
     }
 }
 
@@ -307,13 +327,18 @@ fn allowed_methods(segs: &[&str]) -> Vec<&'static str> {
 
 /// The caller: a bearer token if one is presented (a bad one is refused, not ignored), else
 /// the client certificate, else 401.
-fn authenticate(state: &HttpState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+fn authenticate(
+    state: &HttpState,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Arc<Caller>, ApiError> {
     let unauthenticated = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
             .ok_or_else(|| unauthenticated("Authorization must be `Bearer <token>`".into()))?;
         let key = state.token_key.as_ref().ok_or_else(|| {
             unauthenticated(format!(
@@ -326,15 +351,28 @@ fn authenticate(state: &HttpState, peer: &Peer, headers: &HeaderMap) -> Result<C
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut last = peer.0.token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = last.as_ref()
+            && v.token == token
+            && now < v.expires
+        {
+            return Ok(v.caller.clone());
+        }
         let claims = key
-            .verify(token.trim(), now, &state.http.revoked_tokens)
+            .verify(token, now, &state.http.revoked_tokens)
             .map_err(|e| unauthenticated(e.to_string()))?;
-        return Ok(Caller {
+        let caller = Arc::new(Caller {
             who: format!("token {:?} (id {})", claims.name, claims.id),
             role: claims.role,
         });
+        *last = Some(VerifiedToken {
+            token: token.to_owned(),
+            caller: caller.clone(),
+            expires: claims.expires,
+        });
+        return Ok(caller);
     }
-    peer.cert.clone().ok_or_else(|| {
+    peer.0.cert.clone().ok_or_else(|| {
         unauthenticated(
             "authenticate with a client certificate of the cluster CA or with \
              `Authorization: Bearer <token>` (`wraft token create`)"
