@@ -92,10 +92,17 @@ async fn a_dead_first_endpoint_costs_a_rust_client_milliseconds_from_its_first_c
         }
     }
     eprintln!("Rust client, dead node first: first calls {first_ms:?} ms, later {later_ms:?} ms");
+    // The old client paid the connect timeout on every fresh client's first call; a loaded CI
+    // machine once made one first call (of three) take 2.6 s while the others took 40 ms, so
+    // the first calls are judged by their median, and no call may approach the 30 s budget.
     let worst = *first_ms.iter().chain(&later_ms).max().expect("calls");
     assert!(
-        worst < CALL_MS_MAX,
+        worst < 5_000,
         "a call took {worst} ms: first calls {first_ms:?}, later {later_ms:?}"
+    );
+    assert!(
+        median(&mut first_ms.clone()) < MEDIAN_MS_MAX,
+        "first calls {first_ms:?}"
     );
     assert!(median(&mut later_ms) < MEDIAN_MS_MAX, "{later_ms:?}");
 }
