@@ -155,6 +155,16 @@ async fn curl_with_a_client_certificate_proposes_and_queries_through_any_node() 
     assert_eq!(code, 200, "{v}");
 }
 
+/// Assert that an answer is the error `code` with HTTP status `status`.
+fn assert_error(answer: &(u16, Value), status: u16, code: &str) {
+    let (got, v) = answer;
+    assert_eq!(
+        (*got, v["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{v}"
+    );
+}
+
 /// A stale read may need a moment on a follower.
 async fn wait_for_ok(mut f: impl FnMut() -> (u16, Value)) -> (u16, Value) {
     let start = Instant::now();
@@ -175,16 +185,12 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
     let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
     let at = cluster.http_addr(leader).await;
-    let (code, v) = curl(&certs, at, &Auth::Nothing, "GET", "/v1/status", None, &[]);
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (401, Some("unauthenticated")),
-        "{v}"
-    );
+    let answer = curl(&certs, at, &Auth::Nothing, "GET", "/v1/status", None, &[]);
+    assert_error(&answer, 401, "unauthenticated");
     let reader = Auth::Token(mint_token(&certs, "dashboard", "read"));
     let (code, v) = curl(&certs, at, &reader, "GET", "/v1/status", None, &[]);
     assert_eq!(code, 200, "{v}");
-    let (code, v) = curl(
+    let answer = curl(
         &certs,
         at,
         &reader,
@@ -193,11 +199,8 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         Some(("application/json", &kv_put("x", "1"))),
         &[],
     );
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{v}"
-    );
+    assert_error(&answer, 403, "forbidden");
+    let (_, v) = answer;
     assert!(
         v["error"]["message"]
             .as_str()
@@ -216,25 +219,17 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         &[],
     );
     assert_eq!(code, 200, "{v}");
-    let (code, v) = curl(&certs, at, &writer, "DELETE", "/v1/machines/kv", None, &[]);
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{v}"
-    );
+    let answer = curl(&certs, at, &writer, "DELETE", "/v1/machines/kv", None, &[]);
+    assert_error(&answer, 403, "forbidden");
     let Auth::Token(t) = &writer else {
         unreachable!()
     };
     let forged = Auth::Token(t.replace(".write.", ".admin."));
     let (code, v) = curl(&certs, at, &forged, "DELETE", "/v1/machines/kv", None, &[]);
     assert_eq!(code, 401, "{v}");
-    let (code, v) = curl(&certs, at, &writer, "GET", "/v1/nope", None, &[]);
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (404, Some("not_found")),
-        "{v}"
-    );
-    let (code, v) = curl(
+    let answer = curl(&certs, at, &writer, "GET", "/v1/nope", None, &[]);
+    assert_error(&answer, 404, "not_found");
+    let answer = curl(
         &certs,
         at,
         &writer,
@@ -243,11 +238,7 @@ async fn roles_and_tokens_decide_what_a_caller_may_do() {
         Some(("application/json", &kv_put("x", "1"))),
         &[],
     );
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (404, Some("no_such_machine")),
-        "{v}"
-    );
+    assert_error(&answer, 404, "no_such_machine");
 }
 
 /// What a careless or hostile HTTP client meets: a body that is not JSON, a body over the
@@ -276,12 +267,9 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
             &[],
         )
     };
-    let (code, v) = propose(b"{\"op\": \"put\", ", "application/json");
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{v}"
-    );
+    let answer = propose(b"{\"op\": \"put\", ", "application/json");
+    assert_error(&answer, 400, "bad_request");
+    let (_, v) = answer;
     assert!(
         v["error"]["message"]
             .as_str()
@@ -292,12 +280,8 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
     let (code, v) = propose(b"x", "text/plain");
     assert_eq!(code, 415, "{v}");
     let big = kv_put("big", &"x".repeat(80 << 10));
-    let (code, v) = propose(&big, "application/json");
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{v}"
-    );
+    let answer = propose(&big, "application/json");
+    assert_error(&answer, 413, "payload_too_large");
 
     // A body that stops halfway: 408 after http.body_read_timeout_ms, not a stuck slot.
     let slow = tokio::task::spawn_blocking(move || {
@@ -334,12 +318,8 @@ async fn malformed_oversized_slow_and_idle_clients_get_clear_answers_and_the_nod
         ))
         .output()
         .expect("curl");
-    let (code, v) = parse_curl(out);
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (408, Some("body_timeout")),
-        "{v}"
-    );
+    let answer = parse_curl(out);
+    assert_error(&answer, 408, "body_timeout");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -539,11 +519,8 @@ async fn curl_watch_resumes_exactly_and_an_old_index_answers_compacted() {
             .expect("put");
     }
     let path = format!("/v1/machines/kv/watch?from={}", indexes[0]);
-    let (code, v) = curl(&certs, at, &admin, "GET", &path, None, &[]);
-    assert_eq!(
-        (code, v["error"]["code"].as_str()),
-        (410, Some("compacted")),
-        "{v}"
-    );
+    let answer = curl(&certs, at, &admin, "GET", &path, None, &[]);
+    assert_error(&answer, 410, "compacted");
+    let (_, v) = answer;
     assert!(v["error"]["applied_index"].as_u64().is_some(), "{v}");
 }

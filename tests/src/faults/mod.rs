@@ -89,15 +89,7 @@ pub const CONVERGE_TIMEOUT_MS: u64 = 60_000;
 pub const SCAN_PAGE_ENTRIES: usize = 5_000;
 
 fn config_tweak(proxy: &FaultProxy, snapshot_entries: u64, cfg: &mut NodeConfig) {
-    cfg.cluster.members = cfg
-        .cluster
-        .members
-        .iter()
-        .map(|(id, real)| {
-            let real = real.socket_addr().expect("local members are IP addresses");
-            (*id, proxy.front(*id, real).into())
-        })
-        .collect();
+    proxy.front_members(cfg);
     cfg.client.request_timeout_ms = NODE_REQUEST_TIMEOUT_MS;
     if snapshot_entries > 0 {
         cfg.snapshot.hint_threshold_entries = snapshot_entries;
