@@ -400,3 +400,102 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
     );
     browser.screenshot(&url, &shots.join("2-after-failover.png"));
 }
+
+/// Deterministic incompressible text: the kv guest zstd-compresses its snapshot, and these
+/// values keep the file about as large as the state.
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// Snapshot data written, MiB, and the leader's send cap, bytes/s: the transfer takes about 12 s,
+/// long enough for the console to be loaded (and reloaded) while it runs on a loaded machine.
+const XFER_MIB: u64 = 6;
+const XFER_CAP: u64 = 384 << 10;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_shows_a_live_snapshot_transfer_with_its_progress_and_rate() {
+    let Some(bin) = chromium() else {
+        if std::env::var_os("WRAFT_REQUIRE_BROWSER").is_some() {
+            panic!(
+                "WRAFT_REQUIRE_BROWSER is set but no chromium is on PATH (make deps installs it)"
+            );
+        }
+        eprintln!("SKIPPED: no chromium on PATH");
+        return;
+    };
+    let browser = Browser::new(bin);
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 10;
+        c.snapshot.transfer_bytes_per_sec_max = XFER_CAP;
+    });
+    let leader = cluster.deploy_kv().await;
+    let follower = *cluster
+        .ids()
+        .iter()
+        .find(|&&i| i != leader)
+        .expect("a follower");
+    // The follower misses the writes and the snapshot compacts them away: it can only catch
+    // up by InstallSnapshot, capped at XFER_CAP.
+    cluster.kill(follower);
+    let client = cluster.client().await;
+    for i in 0..XFER_MIB * 32 {
+        client
+            .propose(
+                "kv",
+                &wraft_tests::kv_put(&format!("big{i:05}"), &noise(i, 32 << 10)),
+            )
+            .await
+            .expect("put");
+    }
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), Duration::from_secs(60))
+        .await
+        .expect("snapshot");
+    cluster.restart(follower);
+
+    let certs = cluster.certs_dir().to_owned();
+    let reader = mint_token(&certs, "watcher", "read");
+    let url = console_url(cluster.http_addr(leader).await, &reader);
+    let attr = |d: &Dom, a: &str| -> Option<u64> {
+        d.attr_of("data-testid", "live-transfer", a)?.parse().ok()
+    };
+    let dom = show(&browser, &url, "the transfer part-way", |d| {
+        d.ready()
+            && attr(d, "data-to") == Some(follower)
+            && attr(d, "data-done")
+                .zip(attr(d, "data-file-bytes"))
+                .is_some_and(|(done, len)| done > 0 && done < len)
+            && attr(d, "data-rate").is_some_and(|r| r > 0)
+    });
+    assert_eq!(attr(&dom, "data-from"), Some(leader));
+    let file_bytes = attr(&dom, "data-file-bytes").expect("size");
+    // Letters carry 4.7 bits each: the compressed file is about 60 % of what was written.
+    assert!(
+        file_bytes > (XFER_MIB << 20) / 2,
+        "the snapshot holds the {XFER_MIB} MiB written: {file_bytes} bytes"
+    );
+    // The rate shown is the capped one (the limiter lets a burst through at the start).
+    let rate = attr(&dom, "data-rate").expect("rate");
+    assert!(rate < 4 * XFER_CAP, "rate {rate} B/s, cap {XFER_CAP} B/s");
+    let figures = dom.text("transfer-figures").expect("figures");
+    assert!(figures.contains("/s"), "a rate is shown: {figures}");
+    browser.screenshot(&url, &screenshot_dir().join("3-live-transfer.png"));
+
+    // When it is over the transfer leaves the page.
+    show(
+        &browser,
+        &url,
+        "no transfer once the follower has caught up",
+        |d| d.ready() && d.tag("data-testid", "no-transfer").is_some(),
+    );
+}

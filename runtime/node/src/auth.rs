@@ -113,7 +113,8 @@ pub fn required_role(request: &Request) -> Role {
         | Request::Machines
         | Request::Status
         | Request::Snapshots
-        | Request::NodeInfo => Role::Read,
+        | Request::NodeInfo
+        | Request::Transfers => Role::Read,
         Request::Propose { .. } | Request::OpenSession => Role::Write,
         Request::Deploy { .. }
         | Request::DeployWith { .. }
@@ -136,6 +137,7 @@ fn request_what(request: &Request) -> &'static str {
         Request::Status => "reading status",
         Request::Snapshots => "listing snapshots",
         Request::NodeInfo => "reading node information",
+        Request::Transfers => "reading snapshot transfers",
         Request::Propose { .. } => "proposing a command",
         Request::OpenSession => "opening a session",
         Request::Deploy { .. } | Request::DeployWith { .. } => "deploying a machine",

@@ -257,6 +257,7 @@ pub(crate) fn request_kind(request: &Request) -> &'static str {
         Request::OpenSession => "open_session",
         Request::SnapshotRead { .. } => "snapshot_read",
         Request::NodeInfo => "node_info",
+        Request::Transfers => "transfers",
     }
 }
 

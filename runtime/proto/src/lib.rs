@@ -187,6 +187,10 @@ pub enum Request {
     // stream; the client reports that node's version as unknown.
     /// This node's software version; answered with [`Reply::NodeInfo`].
     NodeInfo,
+    // ---- Snapshot transfers in flight (the console's progress bars) ----
+    /// The InstallSnapshot transfers this node is sending or receiving right now; answered
+    /// with [`Reply::Transfers`]. A node older than this variant closes the stream.
+    Transfers,
 }
 
 impl Request {
@@ -317,6 +321,29 @@ pub enum Reply {
     // ---- Node information ----
     /// Answer to [`Request::NodeInfo`].
     NodeInfo(NodeInfo),
+    /// Answer to [`Request::Transfers`]: sends first, each direction by peer.
+    Transfers(Vec<TransferStatus>),
+}
+
+/// One InstallSnapshot transfer in flight on a node (answer to [`Request::Transfers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// `true`: this node sends the snapshot (it leads); `false`: it receives it.
+    pub sending: bool,
+    /// The other node.
+    pub peer: u64,
+    /// Last log index the snapshot covers.
+    pub index: u64,
+    /// Size of the snapshot file, bytes.
+    pub file_bytes: u64,
+    /// Bytes done: written to the stream (sending) or received and checked (receiving).
+    pub done_bytes: u64,
+    /// Where this transfer started: the follower's durable offset when it accepted the offer.
+    pub resumed_from: u64,
+    /// Milliseconds since the follower accepted the offer.
+    pub elapsed_ms: u64,
+    /// Bytes per second since then (the resumed prefix does not count); 0 at first.
+    pub bytes_per_sec: u64,
 }
 
 /// What a node says about its software (answer to [`Request::NodeInfo`]). Postcard: a field

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use wraft_transport::NodeId;
 
 use crate::TransferError;
+use crate::board::TransferBoard;
 
 /// Environment variable read by [`TransferConfig::with_test_faults_from_env`]: corrupt every
 /// N-th outgoing chunk on the wire (testing only; see [`TransferConfig::corrupt_chunk_every`]).
@@ -44,6 +45,9 @@ pub struct TransferConfig {
     /// transfer always completes; `N = 1` corrupts every chunk once). `None` (the default) in
     /// production.
     pub corrupt_chunk_every: Option<NonZeroU32>,
+    /// Where this node's transfers show their progress while they run (status pages, the
+    /// console). Not a bound: clones of one configuration share the board.
+    pub board: TransferBoard,
 }
 
 impl Default for TransferConfig {
@@ -58,6 +62,7 @@ impl Default for TransferConfig {
             receive_queue_chunks: 4,
             chunk_retries_max: 8,
             corrupt_chunk_every: None,
+            board: TransferBoard::default(),
         }
     }
 }

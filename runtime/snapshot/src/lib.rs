@@ -9,6 +9,7 @@
 //! | [`send`] | the leader's side: [`send_snapshot`] |
 //! | [`receive`] | the follower's side: [`receive_snapshot`], and its decisions without I/O ([`receive::decide`]) |
 //! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
+//! | [`board`] | the node's transfers in flight and how far each has got: [`TransferBoard`] |
 //!
 //! **Architecture invariant:** nothing here depends on wasmtime (`wraft-host`): the
 //! fuzz harness decodes these formats, and `wraft snapshot inspect` reads files, without a
@@ -65,6 +66,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod board;
 mod config;
 mod error;
 pub mod format;
@@ -75,6 +77,7 @@ pub mod receive;
 pub mod send;
 pub mod wire;
 
+pub use board::{Direction, LiveTransfer, TransferBoard};
 pub use config::{CORRUPT_CHUNK_EVERY_ENV, TransferConfig};
 pub use error::TransferError;
 pub use limiter::{BandwidthLimiter, IncomingSlots};

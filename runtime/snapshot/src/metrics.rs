@@ -1,11 +1,13 @@
 //! The transfer metrics (every series carries `node`; the crate docs list them) and the log
 //! target.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use wraft_transport::NodeId;
 
 use crate::TransferError;
+use crate::board::{Direction, Entry, TransferBoard};
 
 /// Log target of every transfer line. It keeps the name it had when the transfer lived in
 /// `wraft-node`, so operators' log filters (`RUST_LOG=wraft::snapshot=debug`) still work.
@@ -31,10 +33,12 @@ pub fn register_metrics(node: NodeId) {
         .increment(0);
 }
 
-/// Metric names (all carry `node`; see the crate docs).
+/// Metric names (all carry `node`; see the crate docs), and the transfer's place on the
+/// node's [`TransferBoard`] once it has begun.
 pub(crate) struct XferMetrics {
     node: String,
     direction: &'static str,
+    entry: OnceLock<Entry>,
 }
 
 impl XferMetrics {
@@ -42,7 +46,28 @@ impl XferMetrics {
         XferMetrics {
             node: node.to_string(),
             direction,
+            entry: OnceLock::new(),
         }
+    }
+    /// The follower accepted the offer of snapshot `index` (`file_len` bytes) from
+    /// `resumed_from`: the transfer goes on `board` until it ends.
+    pub(crate) fn begin(
+        &self,
+        board: &TransferBoard,
+        peer: NodeId,
+        index: u64,
+        file_len: u64,
+        resumed_from: u64,
+    ) {
+        let direction = if self.direction == "send" {
+            Direction::Send
+        } else {
+            Direction::Receive
+        };
+        let _ = self
+            .entry
+            .set(board.begin(direction, peer, index, file_len, resumed_from));
+        self.progress(peer, resumed_from, file_len);
     }
     pub(crate) fn in_flight(&self) -> metrics::Gauge {
         metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => self.node.clone(), "direction" => self.direction)
@@ -75,6 +100,9 @@ impl XferMetrics {
         let peer = peer.to_string();
         metrics::gauge!("wraft_snapshot_transfer_size_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer.clone()).set(file_len as f64);
         metrics::gauge!("wraft_snapshot_transfer_done_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer).set(done as f64);
+        if let Some(e) = self.entry.get() {
+            e.done(done);
+        }
     }
 }
 

@@ -164,7 +164,7 @@ async fn send_inner(
         m.resume();
     }
     tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes = cfg.chunk_bytes, "sending snapshot");
-    m.progress(peer, resume_from, file_len);
+    m.begin(&cfg.board, peer, id.last_index, file_len, resume_from);
 
     // 3. The stream.
     let s = Sending {

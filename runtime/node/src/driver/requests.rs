@@ -136,6 +136,12 @@ impl Driver {
             Request::NodeInfo => {
                 let _ = reply.send(Ok(Reply::NodeInfo(crate::node_info(self.id))));
             }
+            Request::Transfers => {
+                let live = self.snap.xfer_cfg.board.live();
+                let _ = reply.send(Ok(Reply::Transfers(
+                    live.iter().map(transfer_status).collect(),
+                )));
+            }
             Request::AddLearner { id, addr } => {
                 if self.engine.role() != Role::Leader {
                     let _ = reply.send(Err(self.not_leader()));
@@ -267,5 +273,19 @@ impl Driver {
             // Either way a retry with the same tag is applied at most once.
             other => RequestError::Timeout(format!("{other}; retrying with the same tag is safe")),
         }
+    }
+}
+
+/// A transfer on the board, as [`Request::Transfers`] answers it.
+fn transfer_status(t: &wraft_snapshot::LiveTransfer) -> wraft_proto::TransferStatus {
+    wraft_proto::TransferStatus {
+        sending: t.direction == wraft_snapshot::Direction::Send,
+        peer: t.peer,
+        index: t.index,
+        file_bytes: t.file_len,
+        done_bytes: t.done,
+        resumed_from: t.resumed_from,
+        elapsed_ms: u64::try_from(t.elapsed.as_millis()).unwrap_or(u64::MAX),
+        bytes_per_sec: t.bytes_per_sec().unwrap_or(0),
     }
 }

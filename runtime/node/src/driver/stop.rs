@@ -207,7 +207,7 @@ impl Driver {
         self.stopping.as_ref()?;
         match request {
             // Information, so an operator can watch the stop.
-            Request::Status | Request::Snapshots | Request::NodeInfo => None,
+            Request::Status | Request::Snapshots | Request::NodeInfo | Request::Transfers => None,
             _ => Some(self.stopping_error()),
         }
     }

@@ -122,11 +122,25 @@ fn openapi_schemas_match_the_rendered_types() {
         voters: vec![],
         learners: vec![],
     };
+    let transfer = wraft_proto::TransferStatus {
+        sending: true,
+        peer: 2,
+        index: 1,
+        file_bytes: 1,
+        done_bytes: 1,
+        resumed_from: 0,
+        elapsed_ms: 1,
+        bytes_per_sec: 1,
+    };
     let to = |v: &dyn erased::Ser| v.value();
     assert_eq!(fields(to(&status)), schema_fields("Status"));
     assert_eq!(fields(to(&machine)), schema_fields("Machine"));
     assert_eq!(fields(to(&status.peers[0])), schema_fields("Peer"));
     assert_eq!(fields(to(&snapshot)), schema_fields("Snapshot"));
+    assert_eq!(
+        fields(super::routes::transfer_json(1, &transfer)),
+        schema_fields("Transfer")
+    );
 }
 
 mod erased {

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use wraft_config::ClientSection;
 use wraft_proto::{Consistency, PeerAddr, Reply, Request, RequestError, RequestTag, Response};
 
@@ -438,15 +438,28 @@ async fn tagged(
     response.map_err(refused)
 }
 
-/// The leader's status (this node's if it leads, else forwarded): every member's progress.
+/// The leader's status (this node's if it leads, else forwarded): every member's progress;
+/// and the snapshot transfers in flight on this node and on the leader.
 async fn cluster(state: &HttpState, caller: &Caller) -> Result<HttpResponse, ApiError> {
     let local = expect_status(dispatch(state, caller, Request::Status).await)?;
+    let mut transfers = Vec::new();
+    if let Ok(Reply::Transfers(ts)) = dispatch(state, caller, Request::Transfers).await {
+        transfers.extend(ts.iter().map(|t| transfer_json(state.node, t)));
+    }
     let leader_status = match local.leader {
         Some(l) if l != state.node => match state.forward.address_of(l) {
-            Some(addr) => match state.forward.send(l, &addr, &Request::Status).await {
-                Ok(Reply::Status(s)) => Some(*s),
-                _ => None,
-            },
+            Some(addr) => {
+                // An older leader cannot answer `Transfers`; its status still shows.
+                if let Ok(Reply::Transfers(ts)) =
+                    state.forward.send(l, &addr, &Request::Transfers).await
+                {
+                    transfers.extend(ts.iter().map(|t| transfer_json(l, t)));
+                }
+                match state.forward.send(l, &addr, &Request::Status).await {
+                    Ok(Reply::Status(s)) => Some(*s),
+                    _ => None,
+                }
+            }
             None => None,
         },
         Some(_) => Some(local.clone()),
@@ -458,7 +471,17 @@ async fn cluster(state: &HttpState, caller: &Caller) -> Result<HttpResponse, Api
         "term": local.term,
         "this_node": local,
         "leader_status": leader_status,
+        "transfers": transfers,
     }))
+}
+
+/// A transfer as `/v1/cluster` lists it: the protocol's fields and the node reporting it.
+pub(crate) fn transfer_json(node: u64, t: &wraft_proto::TransferStatus) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("node".into(), json!(node));
+    }
+    v
 }
 
 fn member_id(s: &str) -> Result<u64, ApiError> {

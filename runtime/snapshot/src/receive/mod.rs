@@ -129,7 +129,7 @@ async fn receive_inner(
         cfg.progress_timeout_ms,
     )
     .await?;
-    m.progress(peer, resume_from, offer.file_len);
+    m.begin(&cfg.board, peer, id.last_index, offer.file_len, resume_from);
     if resume_from > 0 {
         m.resume();
     }

@@ -240,6 +240,61 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_boards_show_a_running_transfer_and_let_it_go_when_it_ends() {
+    let mut n = net();
+    let leader = leader_with(4, 3 << 20);
+    let fdir = tempfile::tempdir().unwrap();
+    let follower = open_store(Arc::new(StdFs), fdir.path());
+    let slots = IncomingSlots::new(2);
+    let (lcfg, fcfg) = (cfg(LEADER), cfg(FOLLOWER));
+    let (leader_board, follower_board) = (lcfg.board.clone(), fcfg.board.clone());
+
+    // 4 MiB/s: the 3 MiB file takes most of a second, long enough to watch.
+    let limiter = BandwidthLimiter::new(Some(4 << 20));
+    let out = n.open().await;
+    let (send, _) = spawn_send(out, &leader.store, ID, lcfg, limiter);
+    let inb = n.accept().await;
+    let recv = spawn_receive(inb, &follower, fcfg, &slots, None);
+
+    let file_len = leader.info.file_len;
+    let mid = |b: &crate::TransferBoard| {
+        b.live()
+            .first()
+            .is_some_and(|t| t.done > 0 && t.done < file_len)
+    };
+    wait_until("both sides show the transfer part-way", || {
+        mid(&leader_board) && mid(&follower_board)
+    })
+    .await;
+    let sent = leader_board.live();
+    let got = follower_board.live();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (
+            sent[0].direction,
+            sent[0].peer,
+            sent[0].index,
+            sent[0].file_len
+        ),
+        (crate::Direction::Send, FOLLOWER, ID.last_index, file_len)
+    );
+    assert_eq!(
+        (got[0].direction, got[0].peer, got[0].index, got[0].file_len),
+        (crate::Direction::Receive, LEADER, ID.last_index, file_len)
+    );
+
+    assert_eq!(send.await.unwrap().unwrap().outcome, SendOutcome::Completed);
+    recv.await.unwrap().unwrap();
+    assert!(leader_board.live().is_empty(), "{:?}", leader_board.live());
+    assert!(
+        follower_board.live().is_empty(),
+        "{:?}",
+        follower_board.live()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_transfer_is_byte_identical_verified_and_then_already_have() {
     let mut n = net();
     let leader = leader_with(1, 5 << 20 | 12345);
