@@ -3,10 +3,10 @@
 # closed loop, at 1, 16 and 256 concurrent connections, one row per system and concurrency:
 #   wraft-http  wrk (Debian's /usr/bin/wrk) with http-put.lua against the leader's HTTPS API,
 #               keep-alive connections, a bearer token (role write), on a fresh 3-node cluster
-#               of `wraft node` processes laid out as `wraft bench` lays them out;
+#               per row of `wraft node` processes laid out as `wraft bench` lays them out;
 #   native      `wraft bench --processes --clients N --conns M` (M = min(N, 16)), the QUIC client;
 #   etcd        the same wrk script against etcd's JSON gateway (POST /v3/kv/put, base64), on a
-#               fresh 3-member cluster (Debian's etcd-server), at the leader's client port.
+#               fresh 3-member cluster per row (Debian's etcd-server), at the leader's client port.
 # Each row: ops/s, p50/p99 ms, answers not 2xx, and the whole machine's busy CPU per put over
 # the measured window (clients included). wrk gets a WARM-second warm-up at the same concurrency.
 # Usage: http-row.sh [wraft|native|etcd]...   (default: wraft native etcd; repeat to alternate)
@@ -55,7 +55,7 @@ run_wrk() {
   done
 }
 
-wraft_http() {
+wraft_http_cluster() {
   local d=$ROOT/wraft; rm -rf "$d"; mkdir -p "$d"
   "$W" cert --dir "$d/certs" --nodes 1,2,3 --clients admin >/dev/null 2>&1 || { echo "wraft cert failed" >&2; return 1; }
   local token; token=$("$W" token create --certs "$d/certs" --name bench --role write 2>/dev/null)
@@ -114,7 +114,7 @@ print(f\"#   fdatasync p50 ms: append {d['fsync_append_p50_ms']} overwrite {d['f
   done
 }
 
-etcd_gw() {
+etcd_gw_cluster() {
   local d=$ROOT/etcd; rm -rf "$d"; mkdir -p "$d"
   local cluster="e1=http://127.0.0.1:$((PORT + 181)),e2=http://127.0.0.1:$((PORT + 182)),e3=http://127.0.0.1:$((PORT + 183))"
   for i in 1 2 3; do
@@ -138,6 +138,11 @@ etcd_gw() {
   run_wrk etcd "http://127.0.0.1:$leader" etcd
   stop_all
 }
+
+# A fresh cluster per row, as `wraft bench` gives the native client: a row must not inherit
+# the entries, snapshots and compactions of the rows before it.
+wraft_http() { local all=$CONCS c; for c in $all; do CONCS=$c wraft_http_cluster; done; CONCS=$all; }
+etcd_gw() { local all=$CONCS c; for c in $all; do CONCS=$c etcd_gw_cluster; done; CONCS=$all; }
 
 mkdir -p "$ROOT"
 [ $# -eq 0 ] && set -- wraft native etcd
