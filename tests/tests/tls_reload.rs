@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wraft_client::{Client, ClientOptions};
 use wraft_tests::runbook::{bin_dir, run_block};
-use wraft_tests::{Cluster, guest, kv_put, wait_for, wraft_bin};
+use wraft_tests::{Cluster, guest, kv_put, mint_token, wait_for, wraft_bin};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +86,41 @@ impl DescribeNow for Cluster {
             .map(|id| format!("--- node {id}\n{}", self.log(*id)))
             .collect()
     }
+}
+
+/// `curl` `path` on the HTTPS API at `addr`, trusting only `certs/ca.crt`, with `args`, and
+/// `data` as a POST body if given: the HTTP status (0 when no answer came: a refused
+/// handshake, a certificate the CA bundle does not verify) and the body or curl's complaint.
+fn curl(
+    certs: &Path,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+    path: &str,
+    data: Option<&str>,
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(certs.join("ca.crt"))
+    .args(args);
+    if let Some(d) = data {
+        cmd.args(["--data-binary", d]);
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{}{path}", addr.port()))
+        .output()
+        .expect("curl runs (make deps installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let code = code.trim().parse().unwrap_or(0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (code, format!("{body}{stderr}"))
 }
 
 fn s(p: &Path) -> &str {
@@ -198,6 +233,41 @@ async fn ca_rotation_with_overlapping_trust_keeps_the_cluster_writing_and_ends_r
     })
     .await;
     write_through_new_client(&cluster, "ca2-only").await;
+
+    // The HTTPS API follows too: every node serves its CA2 certificate to a client that trusts
+    // only CA2, a follower forwards a write to the leader under its CA2 identity, and a CA1
+    // client certificate is refused.
+    let token = mint_token(&certs, "rotation", "write");
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    for id in &ids {
+        let addr = cluster.http_addr(*id).await;
+        let (code, body) = curl(&certs, addr, &[], "/v1/openapi.json", None);
+        assert_eq!(code, 200, "node {id}'s HTTPS certificate under CA2: {body}");
+    }
+    let follower = *ids.iter().find(|&&i| i != leader).expect("a follower");
+    let put = r#"{"op":"put","key":"https-after-rotation","value":"v"}"#;
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, body) = curl(
+        &certs,
+        cluster.http_addr(follower).await,
+        &["-H", &auth, "-H", "Content-Type: application/json"],
+        "/v1/machines/kv/propose",
+        Some(put),
+    );
+    assert_eq!(
+        code, 200,
+        "a write through follower {follower}'s HTTPS API: {body}"
+    );
+    let old_cert = old_client.join("client-admin.crt");
+    let old_key = old_client.join("client-admin.key");
+    let (code, body) = curl(
+        &certs,
+        cluster.http_addr(leader).await,
+        &["--cert", s(&old_cert), "--key", s(&old_key)],
+        "/v1/whoami",
+        None,
+    );
+    assert_ne!(code, 200, "a CA1 client certificate over HTTPS: {body}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = writer.await.expect("writer");

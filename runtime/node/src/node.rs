@@ -399,7 +399,10 @@ impl Node {
         }
 
         let http_addr = http_listener.as_ref().map(|(_, a)| *a);
+        let mut http_tls = None;
         if let Some((listener, bound)) = http_listener {
+            let https = crate::http::HttpTls::new(&tls)?;
+            http_tls = Some(https.clone());
             let token_path = cfg.tls.dir.join(&cfg.http.token_key_file);
             let token_key =
                 crate::tokens::TokenKey::load(&token_path).map_err(crate::http::HttpError::from)?;
@@ -408,7 +411,11 @@ impl Node {
             let state = crate::http::HttpState {
                 node: id,
                 api: api.clone(),
-                forward: crate::http::Forwarder::new(tls.clone(), book.clone(), resolve_timeout_ms),
+                forward: crate::http::Forwarder::new(
+                    https.clone(),
+                    book.clone(),
+                    resolve_timeout_ms,
+                ),
                 sessions: Default::default(),
                 token_key,
                 http: cfg.http.clone(),
@@ -418,13 +425,13 @@ impl Node {
             };
             tokio::spawn(crate::http::serve(
                 listener,
-                crate::http::tls_config(&tls)?,
+                https,
                 Arc::new(state),
                 server_shutdown.subscribe(),
             ));
         }
 
-        let tls = crate::tls_reload::TlsReloader::new(id, certs, transport.clone(), &tls);
+        let tls = crate::tls_reload::TlsReloader::new(id, certs, transport.clone(), &tls, http_tls);
         tls.clone().spawn_watch(shutdown_rx.clone());
 
         let driver = Driver {

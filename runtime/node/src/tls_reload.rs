@@ -104,6 +104,8 @@ pub struct TlsReloader {
     id: u64,
     certs: CertDir,
     transport: Transport,
+    /// The HTTPS listener and its forwarder, when the node serves the HTTP API.
+    http: Option<Arc<crate::http::HttpTls>>,
     in_force: Arc<Mutex<InForce>>,
 }
 
@@ -117,11 +119,18 @@ impl std::fmt::Debug for TlsReloader {
 }
 
 impl TlsReloader {
-    pub(crate) fn new(id: u64, certs: CertDir, transport: Transport, tls: &TlsIdentity) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        certs: CertDir,
+        transport: Transport,
+        tls: &TlsIdentity,
+        http: Option<Arc<crate::http::HttpTls>>,
+    ) -> Self {
         TlsReloader {
             id,
             certs,
             transport,
+            http,
             in_force: Arc::new(Mutex::new(InForce::of(tls))),
         }
     }
@@ -178,14 +187,34 @@ impl TlsReloader {
         if !change.changed() {
             return Ok(change);
         }
+        // The file a TLS library's complaint is about.
+        let file_of = |msg: &str| {
+            if msg.contains("private key") {
+                &key_path
+            } else if msg.contains("CA") {
+                &ca_path
+            } else {
+                &cert_path
+            }
+        };
+        // Built first, so that material HTTPS cannot use changes nothing anywhere.
+        let http_server = match &self.http {
+            Some(_) => Some(crate::http::tls_config(&tls).map_err(|e| {
+                let msg = e.to_string();
+                refused(file_of(&msg), msg)
+            })?),
+            None => None,
+        };
         self.transport.reload_tls(&tls).map_err(|e| {
             let file = match &e {
-                TransportError::Tls(t) if t.to_string().contains("private key") => &key_path,
-                TransportError::Tls(t) if t.to_string().contains("CA") => &ca_path,
+                TransportError::Tls(t) => file_of(&t.to_string()),
                 _ => &cert_path,
             };
             refused(file, e.to_string())
         })?;
+        if let (Some(http), Some(server)) = (&self.http, http_server) {
+            http.install(server, &tls);
+        }
         *in_force = new;
         Ok(change)
     }

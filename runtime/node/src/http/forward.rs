@@ -4,11 +4,11 @@
 //! HTTP caller, before it was forwarded). One cached connection per leader.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use wraft_proto::{KIND_REQUEST, PeerAddr, Request, RequestError, Response};
 use wraft_transport::AddressBook;
-use wraft_transport::certs::TlsIdentity;
 use wraft_transport::client::{ClientConfig, ClientConnection};
 
 /// Handshake deadline for a connection to the leader, milliseconds.
@@ -17,20 +17,26 @@ const FORWARD_CONNECT_TIMEOUT_MS: u64 = 1_000;
 const FORWARD_FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
 
 pub(crate) struct Forwarder {
-    tls: TlsIdentity,
+    /// The node's identity, swapped by TLS reloads.
+    tls: Arc<super::HttpTls>,
     /// Where every member is (the transport's book, kept current from the log).
     book: AddressBook,
     resolve_timeout_ms: u64,
-    conns: Mutex<HashMap<u64, ClientConnection>>,
+    /// Open connections per leader, opened under the identity of the generation kept with them.
+    conns: Mutex<(u64, HashMap<u64, ClientConnection>)>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(tls: TlsIdentity, book: AddressBook, resolve_timeout_ms: u64) -> Forwarder {
+    pub(crate) fn new(
+        tls: Arc<super::HttpTls>,
+        book: AddressBook,
+        resolve_timeout_ms: u64,
+    ) -> Forwarder {
         Forwarder {
             tls,
             book,
             resolve_timeout_ms,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new((0, HashMap::new())),
         }
     }
 
@@ -50,7 +56,7 @@ impl Forwarder {
         {
             Ok((_, response)) => response,
             Err(e) => {
-                self.conns.lock().await.remove(&leader);
+                self.conns.lock().await.1.remove(&leader);
                 let what =
                     format!("forwarding to the leader, node {leader} at {addr}, failed: {e}");
                 Err(match request {
@@ -71,7 +77,13 @@ impl Forwarder {
         leader: u64,
         addr: &PeerAddr,
     ) -> Result<ClientConnection, RequestError> {
-        let mut conns = self.conns.lock().await;
+        let (generation, identity) = self.tls.identity();
+        let mut cached = self.conns.lock().await;
+        if cached.0 != generation {
+            // A TLS reload since these were opened: new connections present the new identity.
+            *cached = (generation, HashMap::new());
+        }
+        let conns = &mut cached.1;
         if let Some(c) = conns.get(&leader) {
             if c.connection().close_reason().is_none() {
                 return Ok(c.clone());
@@ -93,7 +105,7 @@ impl Forwarder {
         };
         let mut last = String::from("no address");
         for target in targets {
-            match ClientConnection::connect(target, Some(leader), &self.tls, &config).await {
+            match ClientConnection::connect(target, Some(leader), &identity, &config).await {
                 Ok(c) => {
                     conns.insert(leader, c.clone());
                     return Ok(c);

@@ -17,6 +17,10 @@
 //! keep-alive connections), its body within `http.body_read_timeout_ms`, and the body may not
 //! exceed `client.command_bytes_max` (a deploy: `guest.module_bytes_max`), else 413. The TLS
 //! handshake shares the header deadline. HTTP/1.1 with keep-alive.
+//!
+//! TLS reloads ([`crate::TlsReloader`]) reach the API too ([`HttpTls`]): new HTTPS handshakes
+//! use the new certificate and CA bundle, and the forwarder's new connections to the leader
+//! present the new certificate; open connections keep theirs, as on the QUIC side.
 
 mod body;
 mod forward;
@@ -28,8 +32,8 @@ mod sessions;
 mod watch_route;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -86,6 +90,47 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HttpError>
     Ok(l)
 }
 
+/// What a TLS reload swaps on the HTTP side: the listener's server configuration and the
+/// identity the forwarder presents to the leader, with a generation that tells the forwarder
+/// to drop the connections it opened under the old one.
+pub(crate) struct HttpTls {
+    server: RwLock<Arc<rustls::ServerConfig>>,
+    identity: RwLock<(u64, TlsIdentity)>,
+}
+
+impl HttpTls {
+    pub(crate) fn new(tls: &TlsIdentity) -> Result<Arc<HttpTls>, HttpError> {
+        Ok(Arc::new(HttpTls {
+            server: RwLock::new(tls_config(tls)?),
+            identity: RwLock::new((0, tls.clone())),
+        }))
+    }
+
+    /// The server configuration new handshakes use.
+    pub(crate) fn server(&self) -> Arc<rustls::ServerConfig> {
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The identity new forwarding connections present, and its generation.
+    pub(crate) fn identity(&self) -> (u64, TlsIdentity) {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swap in `server` (from [`tls_config`] of `tls`, built before anything else was swapped)
+    /// and `tls`.
+    pub(crate) fn install(&self, server: Arc<rustls::ServerConfig>, tls: &TlsIdentity) {
+        *self.server.write().unwrap_or_else(|p| p.into_inner()) = server;
+        let mut identity = self.identity.write().unwrap_or_else(|p| p.into_inner());
+        *identity = (identity.0 + 1, tls.clone());
+    }
+}
+
 /// The TLS server configuration: the node's certificate; a client certificate of the cluster
 /// CA is asked for but optional (a browser presents none and uses a token).
 pub(crate) fn tls_config(tls: &TlsIdentity) -> Result<Arc<rustls::ServerConfig>, HttpError> {
@@ -117,7 +162,7 @@ pub(crate) fn tls_config(tls: &TlsIdentity) -> Result<Arc<rustls::ServerConfig>,
 /// close (a response being written finishes, a watch stream ends).
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<HttpTls>,
     state: Arc<HttpState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -129,7 +174,6 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let acceptor = TlsAcceptor::from(tls);
     let open = Arc::new(AtomicUsize::new(0));
     let max = state.http.connections_max as usize;
     let header_timeout = Duration::from_millis(state.http.header_read_timeout_ms);
@@ -159,7 +203,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         open.fetch_add(1, Ordering::Relaxed);
         let guard = OpenGuard(open.clone());
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.server());
         let state = state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
