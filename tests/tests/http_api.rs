@@ -523,4 +523,27 @@ async fn curl_watch_resumes_exactly_and_an_old_index_answers_compacted() {
     assert_error(&answer, 410, "compacted");
     let (_, v) = answer;
     assert!(v["error"]["applied_index"].as_u64().is_some(), "{v}");
+
+    // A name that is not deployed is refused, naming what is, through a follower too.
+    let follower = *cluster
+        .ids()
+        .iter()
+        .find(|&&i| i != leader)
+        .expect("a follower");
+    let at_follower = cluster.http_addr(follower).await;
+    let answer = curl(
+        &certs,
+        at_follower,
+        &admin,
+        "GET",
+        "/v1/machines/kb/watch",
+        None,
+        &["--max-time", "5"],
+    );
+    assert_error(&answer, 404, "no_such_machine");
+    let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"kb\"") && message.contains("kv"),
+        "{message}"
+    );
 }

@@ -231,6 +231,28 @@ async fn route(
         }
         // Every authenticated caller may watch (the read role is the least there is).
         (&Method::GET, ["machines", name, "watch"]) => {
+            // A name that is not deployed (a typo, most often) is refused rather than
+            // watched in silence. Asked of the leader: a machine deployed a moment ago that
+            // this node has not applied yet is watched, and its results come when it has.
+            match dispatch(state, &caller, Request::Machines).await {
+                Ok(Reply::Machines(ms)) if ms.iter().any(|m| m.name == *name) => {}
+                Ok(Reply::Machines(ms)) => {
+                    let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "no_such_machine",
+                        format!(
+                            "no machine named {name:?} to watch; deployed: {}",
+                            if names.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                other => return Err(unexpected(other, false)),
+            }
             super::watch_route::watch(state, name, &query, &headers)
         }
         (&Method::POST, ["sessions"]) => {
