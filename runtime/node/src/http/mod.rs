@@ -82,12 +82,23 @@ pub enum HttpError {
     Tls(String),
 }
 
+/// Connections the kernel queues for the HTTPS listener before it accepts them (the kernel caps
+/// it at `net.core.somaxconn`). The standard library's `bind` asks for 128: a burst of new
+/// clients beyond that had its SYNs dropped and retried a second later.
+pub const HTTP_LISTEN_BACKLOG: i32 = 1024;
+
 /// Bind `addr` now (so a port conflict fails the start and port 0 is known at once).
 pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HttpError> {
-    let l = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| HttpError::Bind { addr, source })?;
-    Ok(l)
+    use socket2::{Domain, Socket, Type};
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(HTTP_LISTEN_BACKLOG)?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    };
+    bind().map_err(|source| HttpError::Bind { addr, source })
 }
 
 /// What a TLS reload swaps on the HTTP side: the listener's server configuration and the
