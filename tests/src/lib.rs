@@ -763,6 +763,20 @@ pub fn parse(bytes: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
+/// `len` letters of deterministic noise from `seed`: values that zstd cannot shrink much
+/// (a letter carries 4.7 bits), so a kv snapshot stays about as large as the state written.
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
 /// A kv `put`.
 pub fn kv_put(key: &str, value: &str) -> Vec<u8> {
     json(serde_json::json!({"op": "put", "key": key, "value": value}))

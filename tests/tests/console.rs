@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wraft_tests::{Cluster, mint_token};
+use wraft_tests::{Cluster, kv_put, mint_token, noise};
 
 /// How long an election may take.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -267,12 +267,9 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-fn console_url(addr: SocketAddr, token: &str) -> String {
-    format!("https://127.0.0.1:{}/console/#token={token}", addr.port())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
+/// A browser, or `None` (the test is skipped, with a message) when Chromium is not installed;
+/// panics instead when `WRAFT_REQUIRE_BROWSER` is set.
+fn browser_or_skip() -> Option<Browser> {
     let Some(bin) = chromium() else {
         if std::env::var_os("WRAFT_REQUIRE_BROWSER").is_some() {
             panic!(
@@ -282,9 +279,20 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
         eprintln!(
             "SKIPPED: no chromium on PATH (make deps installs it; set WRAFT_REQUIRE_BROWSER to fail instead)"
         );
+        return None;
+    };
+    Some(Browser::new(bin))
+}
+
+fn console_url(addr: SocketAddr, token: &str) -> String {
+    format!("https://127.0.0.1:{}/console/#token={token}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
+    let Some(browser) = browser_or_skip() else {
         return;
     };
-    let browser = Browser::new(bin);
     let mut cluster = Cluster::start(3);
     let leader = cluster.deploy_kv().await;
     let certs = cluster.certs_dir().to_owned();
@@ -401,42 +409,23 @@ async fn console_shows_cluster_after_a_write_and_after_a_leader_failover() {
     browser.screenshot(&url, &shots.join("2-after-failover.png"));
 }
 
-/// Deterministic incompressible text: the kv guest zstd-compresses its snapshot, and these
-/// values keep the file about as large as the state.
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
-}
-
-/// Snapshot data written, MiB, and the leader's send cap, bytes/s: the transfer takes about 12 s,
+/// Snapshot data written, MiB, and the leader's send cap, bytes/s: the file (~4.4 MiB after
+/// compression) takes about 17 s, in 64 KiB chunks so that progress shows from the start:
 /// long enough for the console to be loaded (and reloaded) while it runs on a loaded machine.
 const XFER_MIB: u64 = 6;
-const XFER_CAP: u64 = 384 << 10;
+const XFER_CAP: u64 = 256 << 10;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn console_shows_a_live_snapshot_transfer_with_its_progress_and_rate() {
-    let Some(bin) = chromium() else {
-        if std::env::var_os("WRAFT_REQUIRE_BROWSER").is_some() {
-            panic!(
-                "WRAFT_REQUIRE_BROWSER is set but no chromium is on PATH (make deps installs it)"
-            );
-        }
-        eprintln!("SKIPPED: no chromium on PATH");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
-    let browser = Browser::new(bin);
     let mut cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.log_entries_max = 0;
         c.snapshot.log_retain_margin_entries = 10;
         c.snapshot.transfer_bytes_per_sec_max = XFER_CAP;
+        c.snapshot.chunk_bytes = 64 << 10;
     });
     let leader = cluster.deploy_kv().await;
     let follower = *cluster
@@ -450,10 +439,7 @@ async fn console_shows_a_live_snapshot_transfer_with_its_progress_and_rate() {
     let client = cluster.client().await;
     for i in 0..XFER_MIB * 32 {
         client
-            .propose(
-                "kv",
-                &wraft_tests::kv_put(&format!("big{i:05}"), &noise(i, 32 << 10)),
-            )
+            .propose("kv", &kv_put(&format!("big{i:05}"), &noise(i, 32 << 10)))
             .await
             .expect("put");
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 use wraft_client::Client;
 use wraft_config::NodeConfig;
 use wraft_proto::SnapshotListing;
-use wraft_tests::{Cluster, guest, json as to_json, kv_put, parse, wait_for};
+use wraft_tests::{Cluster, guest, json as to_json, kv_put, noise, parse, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -277,20 +277,6 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
         matches!(&again, Err(e) if e.to_string().contains("nothing applied since")),
         "{again:?}"
     );
-}
-
-/// Deterministic incompressible text (the kv guest zstd-compresses its
-/// snapshot; these values keep the file about as large as the state).
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
 }
 
 /// A cluster whose leader holds a ~`mb` MB snapshot that a follower (killed

@@ -3,9 +3,9 @@
 //!
 //! Metrics carry the same progress as gauges ([`crate::metrics`]); the board adds what a
 //! person watching one transfer wants and a gauge cannot say: the snapshot's index, where the
-//! transfer resumed from and when it started, so that a rate can be shown. Entries live
-//! exactly as long as their transfer: [`Entry`] removes its own on drop, however the transfer
-//! ends.
+//! transfer resumed from and when it started, so that a rate can be shown. One entry per
+//! direction and peer: [`Entry`] removes its own on drop, however the transfer ends, and a
+//! newer transfer with the same peer takes the place of an older one still winding down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -77,8 +77,10 @@ impl Forwarder {
         leader: u64,
         addr: &PeerAddr,
     ) -> Result<ClientConnection, RequestError> {
-        let (generation, identity) = self.tls.identity();
         let mut cached = self.conns.lock().await;
+        // Read under the lock: a task that read an older identity before a reload must not
+        // replace connections made under the newer one.
+        let (generation, identity) = self.tls.identity();
         if cached.0 != generation {
             // A TLS reload since these were opened: new connections present the new identity.
             *cached = (generation, HashMap::new());

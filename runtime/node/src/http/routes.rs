@@ -231,27 +231,30 @@ async fn route(
         }
         // Every authenticated caller may watch (the read role is the least there is).
         (&Method::GET, ["machines", name, "watch"]) => {
-            // A name that is not deployed (a typo, most often) is refused rather than
-            // watched in silence. Asked of the leader: a machine deployed a moment ago that
-            // this node has not applied yet is watched, and its results come when it has.
-            match dispatch(state, &caller, Request::Machines).await {
-                Ok(Reply::Machines(ms)) if ms.iter().any(|m| m.name == *name) => {}
-                Ok(Reply::Machines(ms)) => {
-                    let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "no_such_machine",
-                        format!(
-                            "no machine named {name:?} to watch; deployed: {}",
-                            if names.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                names.join(", ")
-                            }
-                        ),
-                    ));
-                }
-                other => return Err(unexpected(other, false)),
+            // A new watch of a name that is not deployed (a typo, most often) is refused
+            // rather than watched in silence. A resumed one (`from`, `Last-Event-ID`) is not
+            // checked: it may be waiting for a deploy, or for the `removed` event it missed.
+            // Asked of the leader, so a machine deployed a moment ago that this node has not
+            // applied yet is watched; with no leader to ask, the watch goes ahead unchecked.
+            let resumed = param(&query, "from").is_some() || headers.contains_key("last-event-id");
+            if !resumed
+                && let Ok(Reply::Machines(ms)) = dispatch(state, &caller, Request::Machines).await
+                && !ms.iter().any(|m| m.name == *name)
+            {
+                let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_such_machine",
+                    format!(
+                        "no machine named {name:?} to watch; deployed: {}. To wait for its \
+                         deploy, watch with from=<the next log index>",
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
             }
             super::watch_route::watch(state, name, &query, &headers)
         }
@@ -470,18 +473,18 @@ async fn cluster(state: &HttpState, caller: &Caller) -> Result<HttpResponse, Api
     }
     let leader_status = match local.leader {
         Some(l) if l != state.node => match state.forward.address_of(l) {
-            Some(addr) => {
-                // An older leader cannot answer `Transfers`; its status still shows.
-                if let Ok(Reply::Transfers(ts)) =
-                    state.forward.send(l, &addr, &Request::Transfers).await
-                {
-                    transfers.extend(ts.iter().map(|t| transfer_json(l, t)));
+            Some(addr) => match state.forward.send(l, &addr, &Request::Status).await {
+                Ok(Reply::Status(s)) => {
+                    // A leader older than `Transfers` closes that stream; its status shows.
+                    if let Ok(Reply::Transfers(ts)) =
+                        state.forward.send(l, &addr, &Request::Transfers).await
+                    {
+                        transfers.extend(ts.iter().map(|t| transfer_json(l, t)));
+                    }
+                    Some(*s)
                 }
-                match state.forward.send(l, &addr, &Request::Status).await {
-                    Ok(Reply::Status(s)) => Some(*s),
-                    _ => None,
-                }
-            }
+                _ => None,
+            },
             None => None,
         },
         Some(_) => Some(local.clone()),

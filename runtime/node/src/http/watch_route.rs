@@ -9,8 +9,10 @@
 //! snapshot installed from the leader), the answer is `410 compacted` before the stream starts,
 //! or a final `compacted` event during it: read the state, then watch from the
 //! `applied_index + 1` it names. Without `from`, the stream starts at the next applied entry.
-//! A name no deployed machine has is answered `404 no_such_machine` (the route asks the
-//! leader first, so a machine deployed a moment ago is watched before this node applies it).
+//! A new watch (no `from`, no `Last-Event-ID`) of a name no deployed machine has is answered
+//! `404 no_such_machine` (the route asks the leader, so a machine deployed a moment ago is
+//! watched before this node applies it); a resumed one is not checked, so a client waiting for
+//! a deploy, or for a `removed` event it missed, gets its stream.
 //! A comment line with the position goes out every [`KEEP_ALIVE_SECS`] seconds so proxies and
 //! clients can tell a quiet machine from a dead connection.
 
