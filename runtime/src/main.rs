@@ -34,6 +34,17 @@ fn init_logging(format: wraft_config::LogFormat) {
     }
 }
 
+/// A command whose reader has gone (`wraft members list | grep -q …`, `| head`) ends as `cat`
+/// and `ls` do, by SIGPIPE, instead of panicking in `println!` with a backtrace (Rust ignores
+/// SIGPIPE by default). Not for `wraft node`: a server outlives a log reader that went away.
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any thread
+    // exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -48,6 +59,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if !matches!(cli.command, Cmd::Node { .. }) {
+        die_quietly_on_a_closed_pipe();
+    }
     let ctx = Ctx {
         timeout_ms: cli.timeout,
         clients: Default::default(),

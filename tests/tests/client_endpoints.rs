@@ -190,3 +190,31 @@ async fn a_refused_request_exits_2_naming_the_node_that_answered() {
     let o = wraft(&endpoints, cluster.certs_dir(), &["propose"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
+
+/// `wraft … | grep -q …`: when the reader has gone, the CLI ends by SIGPIPE as `cat` does, not
+/// with a Rust panic and a backtrace on stderr (seen in CI: the runbook's
+/// `wraft members list | grep -q` block failed with exit status 101, "failed printing to
+/// stdout: Broken pipe").
+#[test]
+fn a_cli_whose_reader_has_gone_ends_by_sigpipe_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(wraft_bin())
+        .args(["cert", "--dir"])
+        .arg(dir.path().join("certs"))
+        .args(["--nodes", "1"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running wraft");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}; stderr: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
