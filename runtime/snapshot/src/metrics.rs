@@ -37,12 +37,12 @@ pub fn register_metrics(node: NodeId) {
 /// node's [`TransferBoard`] once it has begun.
 pub(crate) struct XferMetrics {
     node: String,
-    direction: &'static str,
+    direction: Direction,
     entry: OnceLock<Entry>,
 }
 
 impl XferMetrics {
-    pub(crate) fn new(node: NodeId, direction: &'static str) -> Self {
+    pub(crate) fn new(node: NodeId, direction: Direction) -> Self {
         XferMetrics {
             node: node.to_string(),
             direction,
@@ -59,28 +59,23 @@ impl XferMetrics {
         file_len: u64,
         resumed_from: u64,
     ) {
-        let direction = if self.direction == "send" {
-            Direction::Send
-        } else {
-            Direction::Receive
-        };
         let _ = self
             .entry
-            .set(board.begin(direction, peer, index, file_len, resumed_from));
+            .set(board.begin(self.direction, peer, index, file_len, resumed_from));
         self.progress(peer, resumed_from, file_len);
     }
     pub(crate) fn in_flight(&self) -> metrics::Gauge {
-        metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => self.node.clone(), "direction" => self.direction)
+        metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => self.node.clone(), "direction" => self.direction.as_str())
     }
     pub(crate) fn bytes(&self) -> metrics::Counter {
-        if self.direction == "send" {
+        if self.direction == Direction::Send {
             metrics::counter!("wraft_snapshot_sent_bytes_total", "node" => self.node.clone())
         } else {
             metrics::counter!("wraft_snapshot_received_bytes_total", "node" => self.node.clone())
         }
     }
     pub(crate) fn resume(&self) {
-        metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => self.node.clone(), "direction" => self.direction).increment(1);
+        metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => self.node.clone(), "direction" => self.direction.as_str()).increment(1);
     }
     pub(crate) fn checksum_failure(&self) {
         metrics::counter!("wraft_snapshot_checksum_failures_total", "node" => self.node.clone())
@@ -91,15 +86,15 @@ impl XferMetrics {
             .increment(n);
     }
     pub(crate) fn finished(&self, outcome: &'static str, d: Duration) {
-        metrics::histogram!("wraft_snapshot_transfer_seconds", "node" => self.node.clone(), "direction" => self.direction, "outcome" => outcome).record(d.as_secs_f64());
-        metrics::counter!("wraft_snapshot_transfers_total", "node" => self.node.clone(), "direction" => self.direction, "outcome" => outcome).increment(1);
+        metrics::histogram!("wraft_snapshot_transfer_seconds", "node" => self.node.clone(), "direction" => self.direction.as_str(), "outcome" => outcome).record(d.as_secs_f64());
+        metrics::counter!("wraft_snapshot_transfers_total", "node" => self.node.clone(), "direction" => self.direction.as_str(), "outcome" => outcome).increment(1);
     }
     /// The transfer with `peer` moves `file_len` bytes and has `done` of them (durable on the
     /// follower's side for a receive, written to the stream for a send).
     pub(crate) fn progress(&self, peer: NodeId, done: u64, file_len: u64) {
         let peer = peer.to_string();
-        metrics::gauge!("wraft_snapshot_transfer_size_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer.clone()).set(file_len as f64);
-        metrics::gauge!("wraft_snapshot_transfer_done_bytes", "node" => self.node.clone(), "direction" => self.direction, "peer" => peer).set(done as f64);
+        metrics::gauge!("wraft_snapshot_transfer_size_bytes", "node" => self.node.clone(), "direction" => self.direction.as_str(), "peer" => peer.clone()).set(file_len as f64);
+        metrics::gauge!("wraft_snapshot_transfer_done_bytes", "node" => self.node.clone(), "direction" => self.direction.as_str(), "peer" => peer).set(done as f64);
         if let Some(e) = self.entry.get() {
             e.done(done);
         }

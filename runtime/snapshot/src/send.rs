@@ -82,7 +82,7 @@ pub async fn send_snapshot(
 ) -> Result<SendReport, TransferError> {
     let id = offered.id();
     cfg.validate()?;
-    let m = XferMetrics::new(cfg.node_id, "send");
+    let m = XferMetrics::new(cfg.node_id, crate::Direction::Send);
     let _in_flight = InFlight::new(m.in_flight());
     let start = Instant::now();
     let result = send_inner(

@@ -79,7 +79,7 @@ pub async fn receive_snapshot(
     mut on_durable: impl FnMut(u64) + Send,
 ) -> Result<Received, TransferError> {
     cfg.validate()?;
-    let m = XferMetrics::new(cfg.node_id, "receive");
+    let m = XferMetrics::new(cfg.node_id, crate::Direction::Receive);
     let _in_flight = InFlight::new(m.in_flight());
     let start = Instant::now();
     let result = receive_inner(stream, store, cfg, slots, &mut on_durable, &m).await;
