@@ -89,8 +89,10 @@
 //! # Costs
 //! Each entry costs one command decode, your `apply`, one output encode, and two host calls that
 //! bracket the entry for fuel accounting (see `begin-entry` in `wit/machine.wit`). Snapshots stream:
-//! the default format keeps at most one chunk, one record and the zstd window in memory beyond the
-//! state itself; restore keeps the old state and the state being rebuilt until `finish` swaps them.
+//! the default format keeps at most one piece of serialized records (256 KiB) and its compressed
+//! frame in memory beyond the state itself, and cuts pieces where the content says, so that what
+//! did not change between two snapshots gives the same chunks; restore keeps the old state and
+//! the state being rebuilt until `finish` swaps them.
 
 mod codec;
 #[cfg(any(target_arch = "wasm32", test))]
@@ -101,7 +103,10 @@ mod snapshot;
 pub mod testing;
 
 pub use codec::{Codec, Json, Postcard};
-pub use snapshot::{DefaultSnapshot, Records, SnapshotFormat, decode_record};
+pub use snapshot::{
+    CDC_AVG_BYTES, CDC_MAX_BYTES, CDC_MIN_BYTES, DefaultSnapshot, FRAME_HEADER_BYTES, Records,
+    SnapshotFormat, decode_record,
+};
 
 #[doc(hidden)]
 pub use rt as __rt;

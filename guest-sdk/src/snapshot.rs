@@ -2,26 +2,47 @@
 //!
 //! # The default format, byte by byte
 //!
+//! The machine's records are serialized into one logical stream, the stream is cut at
+//! **content-defined** boundaries (FastCDC over the serialized bytes: about 64 KiB apart, never
+//! under 16 KiB or over 256 KiB), and each piece is compressed as an **independent zstd frame**.
+//! A region of the state that did not change between two snapshots therefore produces
+//! byte-identical chunks in both, wherever it sits in the stream: the host can recognise them by
+//! their hash and keep or send them once (incremental snapshots).
+//!
 //! Each chunk handed to the host is one self-checking frame (all integers little-endian):
 //!
 //! | bytes   | field                                                        |
 //! |---------|--------------------------------------------------------------|
-//! | 0..4    | magic `WGS1`                                                 |
-//! | 4..8    | chunk sequence number, from 0                                |
-//! | 8       | flags: bit 0 = final chunk                                   |
-//! | 9..13   | payload length                                               |
-//! | 13..17  | CRC-32C of bytes 0..13 followed by the payload               |
-//! | 17..    | payload: the next slice of one zstd stream                   |
+//! | 0..4    | magic `WGS2`                                                 |
+//! | 4       | flags: bit 0 = final chunk, bit 1 = the zstd frame continues in the next chunk |
+//! | 5..9    | payload length                                               |
+//! | 9..13   | CRC-32C of bytes 0..9 followed by the payload                |
+//! | 13..    | payload: one whole zstd frame, or a piece of one (bit 1)     |
 //!
-//! The zstd stream decompresses to: magic `WRAFTSNP`, stream version (u32, currently 1),
-//! the machine's snapshot format (u32), the machine name (u16 length + UTF-8), then records, each a
-//! u32 length and a `postcard` encoding of one [`Records::Record`], then `0xFFFF_FFFF` and the
-//! record count (u64). A restore checks every frame's checksum and sequence, the header, each
-//! record, the count and the end of the zstd frame before `finish` may commit.
+//! A frame is split across chunks only when the host asks for chunks smaller than the frame
+//! (it asks for 1 MiB by default; a frame is at most about 256 KiB), and the split depends only
+//! on the frame and that size. There is no sequence number in a chunk, so that a chunk's bytes
+//! do not depend on its position: order is the host's (each chunk sits in its own checksummed
+//! frame of the node snapshot, in order), and the trailer checks the record count and the
+//! stream's length.
+//!
+//! The frames decompress, concatenated, to: magic `WRAFTSNP`, stream version (u32, 2), the
+//! machine's snapshot format (u32), the machine name (u16 length + UTF-8), then records, each a
+//! u32 length and a `postcard` encoding of one [`Records::Record`], then `0xFFFF_FFFF`, the record
+//! count (u64) and the number of stream bytes before the trailer (u64). A restore checks every
+//! chunk's checksum, that every chunk not marked as continued ends a zstd frame, the header, each
+//! record, the count, the length and the end of the last frame before `finish` may commit.
+//!
+//! # Version 1, still restored
+//!
+//! Snapshots written by SDKs before content-defined chunking (magic `WGS1`) restore unchanged:
+//! a 17-byte chunk header (magic, sequence number u32, flags, length, CRC-32C) in front of
+//! consecutive slices of **one** zstd frame, stream version 1, and a trailer of the record count
+//! only. The first chunk's magic decides which version a restore reads.
 
-use std::io::Write;
 use std::rc::Rc;
 
+use fastcdc::v2020::FastCDC;
 use serde::{Serialize, de::DeserializeOwned};
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
@@ -113,22 +134,30 @@ pub fn decode_record<T: DeserializeOwned>(record: &[u8]) -> Result<T, String> {
     postcard::from_bytes(record).map_err(|e| format!("cannot decode record: {e}"))
 }
 
-/// The default format: records → postcard → zstd → checksummed frames (see the module docs).
+/// The default format: records → postcard → content-defined pieces → one zstd frame each →
+/// checksummed chunks (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultSnapshot;
 
-/// Bytes of frame header in front of each chunk's payload.
-pub const FRAME_HEADER_BYTES: usize = 17;
+/// Bytes of chunk header in front of each chunk's payload (version 2).
+pub const FRAME_HEADER_BYTES: usize = 13;
 /// Largest single record the default format accepts on restore.
 pub const RECORD_BYTES_MAX: usize = 256 << 20;
+/// Content-defined cut points of the serialized stream: no piece is shorter (except the last)…
+pub const CDC_MIN_BYTES: usize = 16 << 10;
+/// …the average distance between cut points…
+pub const CDC_AVG_BYTES: usize = 64 << 10;
+/// …and no piece is longer. Each piece becomes one zstd frame.
+pub const CDC_MAX_BYTES: usize = 256 << 10;
 
-const FRAME_MAGIC: &[u8; 4] = b"WGS1";
+const MAGIC_V1: &[u8; 4] = b"WGS1";
+const MAGIC_V2: &[u8; 4] = b"WGS2";
+const HEADER_BYTES_V1: usize = 17;
 const STREAM_MAGIC: &[u8; 8] = b"WRAFTSNP";
-const STREAM_VERSION: u32 = 1;
+const STREAM_VERSION: u32 = 2;
 const TRAILER_MARK: u32 = u32::MAX;
 const FLAG_FINAL: u8 = 1;
-/// Serialized records are batched to about this size before entering the compressor.
-const BATCH_BYTES: usize = 256 << 10;
+const FLAG_CONTINUES: u8 = 2;
 /// Decompression proceeds in steps of at most this many output bytes.
 const DECOMPRESS_STEP_BYTES: usize = 128 << 10;
 
@@ -137,11 +166,17 @@ pub struct DefaultReader<M: Records + 'static> {
     // Field order matters: `records` borrows from `*state` and is dropped first.
     records: Option<Box<dyn Iterator<Item = M::Record<'static>>>>,
     state: Option<Rc<M>>,
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    batch: Vec<u8>,
-    seq: u32,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The serialized stream not yet cut into a frame: `raw[raw_pos..]`.
+    raw: Vec<u8>,
+    raw_pos: usize,
+    /// The current compressed frame; `frame[sent..]` is not handed out yet.
+    frame: Vec<u8>,
+    sent: usize,
     count: u64,
-    finished: bool,
+    /// Stream bytes serialized so far (header and records; the trailer states it).
+    stream_bytes: u64,
+    exhausted: bool,
     done: bool,
 }
 
@@ -151,11 +186,17 @@ pub struct DefaultRestorer<M> {
     format: u32,
     decoder: Decoder<'static>,
     buf: Vec<u8>,
+    /// Chunk format, from the first chunk's magic (1 or 2).
+    version: Option<u8>,
     header_seen: bool,
+    /// Chunks taken.
     seq: u32,
     final_seen: bool,
+    /// The decoder has just finished a zstd frame.
     frame_done: bool,
     count: u64,
+    /// Stream bytes parsed before the unparsed `buf`.
+    parsed_bytes: u64,
     trailer_seen: bool,
 }
 
@@ -171,26 +212,28 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
         // `'static` borrow never leaves this struct.
         let frozen: &'static M = unsafe { &*Rc::as_ptr(&state) };
         let records: Box<dyn Iterator<Item = M::Record<'static>>> = Box::new(frozen.records());
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), M::ZSTD_LEVEL)
-            .map_err(|e| format!("zstd encoder: {e}"))?;
-        let mut head = Vec::with_capacity(32);
-        head.extend_from_slice(STREAM_MAGIC);
-        head.extend_from_slice(&STREAM_VERSION.to_le_bytes());
-        head.extend_from_slice(&M::SNAPSHOT_FORMAT.to_le_bytes());
+        let compressor = zstd::bulk::Compressor::new(M::ZSTD_LEVEL)
+            .map_err(|e| format!("zstd compressor: {e}"))?;
+        let mut raw = Vec::with_capacity(CDC_MAX_BYTES * 2);
+        raw.extend_from_slice(STREAM_MAGIC);
+        raw.extend_from_slice(&STREAM_VERSION.to_le_bytes());
+        raw.extend_from_slice(&M::SNAPSHOT_FORMAT.to_le_bytes());
         let name = M::NAME.as_bytes();
         let name_len =
             u16::try_from(name.len()).map_err(|_| "machine name too long".to_string())?;
-        head.extend_from_slice(&name_len.to_le_bytes());
-        head.extend_from_slice(name);
-        encoder.write_all(&head).map_err(|e| format!("zstd: {e}"))?;
+        raw.extend_from_slice(&name_len.to_le_bytes());
+        raw.extend_from_slice(name);
         Ok(DefaultReader {
             records: Some(records),
             state: Some(state),
-            encoder,
-            batch: Vec::with_capacity(BATCH_BYTES * 2),
-            seq: 0,
+            compressor,
+            stream_bytes: raw.len() as u64,
+            raw,
+            raw_pos: 0,
+            frame: Vec::new(),
+            sent: 0,
             count: 0,
-            finished: false,
+            exhausted: false,
             done: false,
         })
     }
@@ -201,27 +244,27 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
         }
         if max_bytes <= FRAME_HEADER_BYTES {
             return Err(format!(
-                "max chunk size {max_bytes} bytes is too small: the frame header alone takes \
+                "max chunk size {max_bytes} bytes is too small: the chunk header alone takes \
                  {FRAME_HEADER_BYTES}"
             ));
         }
-        let cap = (max_bytes - FRAME_HEADER_BYTES).min(u32::MAX as usize);
-        while r.encoder.get_ref().len() < cap && !r.finished {
-            r.fill_batch()?;
+        if r.sent == r.frame.len() {
+            r.next_frame()?;
         }
-        let pending = r.encoder.get_mut();
-        let n = cap.min(pending.len());
-        let last = r.finished && n == pending.len();
+        let cap = (max_bytes - FRAME_HEADER_BYTES).min(u32::MAX as usize);
+        let n = cap.min(r.frame.len() - r.sent);
+        let piece = &r.frame[r.sent..r.sent + n];
+        r.sent += n;
+        let continues = r.sent < r.frame.len();
+        let last = !continues && r.exhausted && r.raw_pos == r.raw.len();
+        let flags = if last { FLAG_FINAL } else { 0 } | if continues { FLAG_CONTINUES } else { 0 };
         let mut chunk = Vec::with_capacity(FRAME_HEADER_BYTES + n);
-        chunk.extend_from_slice(FRAME_MAGIC);
-        chunk.extend_from_slice(&r.seq.to_le_bytes());
-        chunk.push(if last { FLAG_FINAL } else { 0 });
+        chunk.extend_from_slice(MAGIC_V2);
+        chunk.push(flags);
         chunk.extend_from_slice(&(n as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&chunk), &pending[..n]);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&chunk), piece);
         chunk.extend_from_slice(&crc.to_le_bytes());
-        chunk.extend_from_slice(&pending[..n]);
-        pending.drain(..n);
-        r.seq = r.seq.checked_add(1).ok_or("more than 2^32 chunks")?;
+        chunk.extend_from_slice(piece);
         r.done = last;
         Ok(Some(chunk))
     }
@@ -241,11 +284,13 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
             format,
             decoder: Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?,
             buf: Vec::with_capacity(DECOMPRESS_STEP_BYTES),
+            version: None,
             header_seen: false,
             seq: 0,
             final_seen: false,
             frame_done: false,
             count: 0,
+            parsed_bytes: 0,
             trailer_seen: false,
         })
     }
@@ -255,36 +300,57 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
         if r.final_seen {
             return Err(format!("chunk {seq} arrived after the final chunk"));
         }
-        if chunk.len() < FRAME_HEADER_BYTES {
+        let magic = chunk.get(..4).unwrap_or(chunk);
+        let version = match (r.version, magic) {
+            (None | Some(1), m) if m == MAGIC_V1 => 1,
+            (None | Some(2), m) if m == MAGIC_V2 => 2,
+            (Some(v), m) if m == MAGIC_V1 || m == MAGIC_V2 => {
+                return Err(format!(
+                    "chunk {seq}: magic {m:02x?} in a snapshot whose first chunk was version {v}"
+                ));
+            }
+            (_, m) => {
+                return Err(format!(
+                    "chunk {seq}: bad magic {m:02x?}, expected {MAGIC_V2:02x?} or {MAGIC_V1:02x?} \
+                     (not a wraft-guest snapshot?)"
+                ));
+            }
+        };
+        r.version = Some(version);
+        let header_bytes = if version == 1 {
+            HEADER_BYTES_V1
+        } else {
+            FRAME_HEADER_BYTES
+        };
+        if chunk.len() < header_bytes {
             return Err(format!(
-                "chunk {seq}: {} bytes, shorter than the {FRAME_HEADER_BYTES}-byte frame header",
+                "chunk {seq}: {} bytes, shorter than the {header_bytes}-byte chunk header",
                 chunk.len()
             ));
         }
-        let (head, payload) = chunk.split_at(FRAME_HEADER_BYTES);
-        if &head[0..4] != FRAME_MAGIC {
-            return Err(format!(
-                "chunk {seq}: bad magic {:02x?}, expected {:02x?} (not a wraft-guest snapshot?)",
-                &head[0..4],
-                FRAME_MAGIC
-            ));
-        }
-        let got_seq = le_u32(&head[4..8]);
-        if got_seq != seq {
-            return Err(format!(
-                "chunk out of order: expected sequence {seq}, found {got_seq}"
-            ));
-        }
-        let flags = head[8];
-        let len = le_u32(&head[9..13]) as usize;
+        let (head, payload) = chunk.split_at(header_bytes);
+        // Version 1 has a sequence number at 4..8; the rest is the same, shifted.
+        let at = if version == 1 {
+            let got_seq = le_u32(&head[4..8]);
+            if got_seq != seq {
+                return Err(format!(
+                    "chunk out of order: expected sequence {seq}, found {got_seq}"
+                ));
+            }
+            8
+        } else {
+            4
+        };
+        let flags = head[at];
+        let len = le_u32(&head[at + 1..at + 5]) as usize;
         if len != payload.len() {
             return Err(format!(
                 "chunk {seq}: header says {len} payload bytes, chunk carries {}",
                 payload.len()
             ));
         }
-        let want = le_u32(&head[13..17]);
-        let found = crc32c::crc32c_append(crc32c::crc32c(&head[..13]), payload);
+        let want = le_u32(&head[at + 5..at + 9]);
+        let found = crc32c::crc32c_append(crc32c::crc32c(&head[..at + 5]), payload);
         if want != found {
             return Err(format!(
                 "chunk {seq}: checksum mismatch (expected {want:08x}, computed {found:08x})"
@@ -292,7 +358,13 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
         }
         r.seq += 1;
         r.final_seen = flags & FLAG_FINAL != 0;
-        r.decompress(payload)
+        r.decompress(payload)?;
+        if version == 2 && flags & FLAG_CONTINUES == 0 && !r.frame_done {
+            return Err(format!(
+                "chunk {seq}: ends inside a zstd frame but is not marked as continued"
+            ));
+        }
+        Ok(())
     }
 
     fn finish(r: Self::Restorer) -> Result<M, String> {
@@ -310,25 +382,60 @@ impl<M: StateMachine + Records> SnapshotFormat<M> for DefaultSnapshot {
 }
 
 impl<M: StateMachine + Records> DefaultReader<M> {
-    /// Serialize about `BATCH_BYTES` of records into the compressor; at the end, write the
-    /// trailer, close the zstd frame and release the state.
-    fn fill_batch(&mut self) -> Result<(), String> {
-        self.batch.clear();
+    /// Cut the next content-defined piece off the stream and compress it into `frame`.
+    fn next_frame(&mut self) -> Result<(), String> {
+        // A cut point depends on at most CDC_MAX_BYTES ahead: with that much buffered (or the
+        // whole rest of the stream) the cut is the one a scan of the whole stream would make.
+        while self.raw.len() - self.raw_pos < CDC_MAX_BYTES && !self.exhausted {
+            self.fill()?;
+        }
+        let rest = &self.raw[self.raw_pos..];
+        let end = if rest.len() <= CDC_MIN_BYTES {
+            rest.len()
+        } else {
+            FastCDC::new(rest, CDC_MIN_BYTES, CDC_AVG_BYTES, CDC_MAX_BYTES)
+                .cut(0, rest.len())
+                .1
+        };
+        self.frame.clear();
+        self.frame
+            .reserve(zstd::zstd_safe::compress_bound(end).saturating_sub(self.frame.capacity()));
+        self.compressor
+            .compress_to_buffer(&rest[..end], &mut self.frame)
+            .map_err(|e| format!("zstd: {e}"))?;
+        self.sent = 0;
+        self.raw_pos += end;
+        // Drop what was cut once it is at least half the buffer: linear overall, even for a
+        // record far larger than a piece.
+        if self.raw_pos * 2 >= self.raw.len() {
+            self.raw.drain(..self.raw_pos);
+            self.raw_pos = 0;
+        }
+        Ok(())
+    }
+
+    /// Serialize records until a whole piece is buffered; at the end, write the trailer and
+    /// release the state.
+    fn fill(&mut self) -> Result<(), String> {
         let Some(records) = self.records.as_mut() else {
             return Err("snapshot reader used after it finished".into());
         };
-        let mut exhausted = false;
-        while self.batch.len() < BATCH_BYTES {
+        while self.raw.len() - self.raw_pos < CDC_MAX_BYTES {
             let Some(record) = records.next() else {
-                exhausted = true;
-                break;
+                self.raw.extend_from_slice(&TRAILER_MARK.to_le_bytes());
+                self.raw.extend_from_slice(&self.count.to_le_bytes());
+                self.raw.extend_from_slice(&self.stream_bytes.to_le_bytes());
+                self.exhausted = true;
+                self.records = None;
+                self.state = None;
+                return Ok(());
             };
-            let at = self.batch.len();
-            self.batch.extend_from_slice(&[0; 4]);
-            let batch = std::mem::take(&mut self.batch);
-            self.batch = postcard::to_extend(&record, batch)
+            let at = self.raw.len();
+            self.raw.extend_from_slice(&[0; 4]);
+            let raw = std::mem::take(&mut self.raw);
+            self.raw = postcard::to_extend(&record, raw)
                 .map_err(|e| format!("record {}: postcard: {e}", self.count))?;
-            let len = self.batch.len() - at - 4;
+            let len = self.raw.len() - at - 4;
             let len = u32::try_from(len)
                 .ok()
                 .filter(|&l| l != TRAILER_MARK && (l as usize) <= RECORD_BYTES_MAX)
@@ -338,21 +445,9 @@ impl<M: StateMachine + Records> DefaultReader<M> {
                         self.count
                     )
                 })?;
-            self.batch[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            self.raw[at..at + 4].copy_from_slice(&len.to_le_bytes());
             self.count += 1;
-        }
-        if exhausted {
-            self.batch.extend_from_slice(&TRAILER_MARK.to_le_bytes());
-            self.batch.extend_from_slice(&self.count.to_le_bytes());
-        }
-        self.encoder
-            .write_all(&self.batch)
-            .map_err(|e| format!("zstd: {e}"))?;
-        if exhausted {
-            self.encoder.do_finish().map_err(|e| format!("zstd: {e}"))?;
-            self.finished = true;
-            self.records = None;
-            self.state = None;
+            self.stream_bytes += 4 + u64::from(len);
         }
         Ok(())
     }
@@ -365,10 +460,17 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
                 if input.is_empty() {
                     return Ok(());
                 }
-                return Err(format!(
-                    "{} bytes of trailing data after the zstd frame",
-                    input.len()
-                ));
+                if self.version != Some(2) || self.trailer_seen {
+                    return Err(format!(
+                        "{} bytes of trailing data after the last zstd frame",
+                        input.len()
+                    ));
+                }
+                // Version 2: one independent frame per piece; the next one starts here.
+                self.decoder
+                    .reinit()
+                    .map_err(|e| format!("zstd decoder: {e}"))?;
+                self.frame_done = false;
             }
             // Decompress straight into the spare capacity behind the unparsed bytes: no
             // intermediate step buffer, no copy.
@@ -411,9 +513,11 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
                 return Err("not a wraft-guest snapshot stream (bad stream magic)".into());
             }
             let version = le_u32(&buf[8..12]);
-            if version != STREAM_VERSION {
+            let chunks = u32::from(self.version.unwrap_or(0));
+            if version != chunks {
                 return Err(format!(
-                    "snapshot stream version {version}, this SDK reads {STREAM_VERSION}"
+                    "snapshot stream version {version} in chunks of version {chunks} (this SDK \
+                     reads 1 and {STREAM_VERSION}, each in its own chunks)"
                 ));
             }
             let format = le_u32(&buf[12..16]);
@@ -446,18 +550,28 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
             }
             let len = le_u32(&rest[..4]);
             if len == TRAILER_MARK {
-                if rest.len() < 12 {
+                // Version 1: mark, count. Version 2: mark, count, stream bytes before it.
+                let trailer_bytes = if self.version == Some(1) { 12 } else { 20 };
+                if rest.len() < trailer_bytes {
                     break;
                 }
-                let count = u64::from_le_bytes(rest[4..12].try_into().unwrap_or([0; 8]));
+                let count = le_u64(&rest[4..12]);
                 if count != self.count {
                     return Err(format!(
                         "snapshot trailer says {count} records, stream carried {}",
                         self.count
                     ));
                 }
+                if trailer_bytes == 20 {
+                    let (said, seen) = (le_u64(&rest[12..20]), self.parsed_bytes + pos as u64);
+                    if said != seen {
+                        return Err(format!(
+                            "snapshot trailer says {said} stream bytes, stream carried {seen}"
+                        ));
+                    }
+                }
                 self.trailer_seen = true;
-                pos += 12;
+                pos += trailer_bytes;
                 continue;
             }
             let len = len as usize;
@@ -482,9 +596,16 @@ impl<M: StateMachine + Records> DefaultRestorer<M> {
             self.count += 1;
             pos += 4 + len;
         }
+        self.parsed_bytes += pos as u64;
         self.buf.drain(..pos);
         Ok(())
     }
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
 }
 
 fn le_u32(b: &[u8]) -> u32 {

@@ -837,8 +837,9 @@ fn large_state_snapshots_and_restores_in_bounded_extra_memory() {
 #[test]
 fn guest_snapshot_bytes_are_identical_to_native_sdk_output() {
     // The same SDK and zstd code compiled natively and to wasm (C zstd built by clang for
-    // wasm32) must produce byte-identical snapshots from the same state.
-    let cmds: Vec<Value> = (0..3000)
+    // wasm32) must produce byte-identical snapshots from the same state: the content-defined
+    // cut points too, so the state spans several pieces.
+    let cmds: Vec<Value> = (0..20_000)
         .map(|i| json!({"op":"put","key":format!("k{i:05}"),"value":format!("{}", i * 7919 % 10007).repeat(i % 13)}))
         .collect();
     let h = kv().start().unwrap();
@@ -859,6 +860,6 @@ fn guest_snapshot_bytes_are_identical_to_native_sdk_output() {
     let native = native
         .snapshot(HostConfig::default().snapshot_chunk_bytes as usize)
         .unwrap();
-    assert!(!wasm.is_empty());
+    assert!(wasm.len() >= 3, "{} chunks", wasm.len());
     assert_eq!(wasm, native);
 }
