@@ -71,6 +71,7 @@ mod config;
 mod error;
 pub mod format;
 pub mod limiter;
+pub mod manifest;
 mod metrics;
 mod progress;
 pub mod receive;
