@@ -187,7 +187,7 @@ impl Fill {
 /// order and cover the range exactly.
 pub fn plan(segments: &[Segment], resume_from: u64, local: &LocalSegments) -> Vec<Fill> {
     let mut fills: Vec<Fill> = Vec::new();
-    let mut fetch = |fills: &mut Vec<Fill>, at: u64, len: u64| match fills.last_mut() {
+    let fetch = |fills: &mut Vec<Fill>, at: u64, len: u64| match fills.last_mut() {
         Some(Fill::Fetch { at: a, len: l }) if *a + *l == at => *l += len,
         _ => fills.push(Fill::Fetch { at, len }),
     };
