@@ -398,8 +398,8 @@ impl<M: StateMachine + Records> DefaultReader<M> {
                 .1
         };
         self.frame.clear();
-        self.frame
-            .reserve(zstd::zstd_safe::compress_bound(end).saturating_sub(self.frame.capacity()));
+        // Room for the worst case (`reserve` counts from the length, now 0).
+        self.frame.reserve(zstd::zstd_safe::compress_bound(end));
         self.compressor
             .compress_to_buffer(&rest[..end], &mut self.frame)
             .map_err(|e| format!("zstd: {e}"))?;

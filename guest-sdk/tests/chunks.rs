@@ -190,3 +190,21 @@ fn a_missing_repeated_or_mislabelled_chunk_fails_the_restore_naming_it() {
     let e = restore_err(&flipped);
     assert!(e.contains("chunk 1: checksum mismatch"), "{e}");
 }
+
+#[test]
+fn a_state_that_does_not_compress_snapshots_and_restores() {
+    // Pieces of varying length whose frames are larger than their input: the compressor's
+    // output buffer must fit each one, whatever the one before it needed.
+    let mut h = Harness::<Map>::new();
+    let mut rng = fastrand::Rng::with_seed(3);
+    for i in 0..300 {
+        let len = rng.usize(100..40_000);
+        let noise: String = (0..len).map(|_| rng.alphanumeric()).collect();
+        let cmd = serde_json::to_vec(&(format!("k{i:04}"), noise)).unwrap();
+        h.apply(&cmd).unwrap();
+    }
+    let chunks = h.snapshot(HOST_CHUNK_BYTES).unwrap();
+    assert!(chunks.len() >= 10, "{} chunks", chunks.len());
+    let r = Harness::<Map>::restore(chunks.iter().map(Vec::as_slice)).unwrap();
+    assert_eq!(r.snapshot(HOST_CHUNK_BYTES).unwrap(), chunks);
+}
