@@ -60,6 +60,23 @@ pub(crate) fn duration_ms(s: &str) -> Result<u64, String> {
     Ok(ms as u64)
 }
 
+/// The addresses in `WRAFT_ENDPOINTS` (comma-separated, as `--endpoints` takes them); none if
+/// it is unset or empty. For a flag that must not read the variable through clap (see
+/// `SnapshotOp::List`).
+pub(crate) fn endpoints_from_env() -> Result<Vec<wraft_client::PeerAddr>, String> {
+    let Some(v) = std::env::var_os("WRAFT_ENDPOINTS") else {
+        return Ok(Vec::new());
+    };
+    let v = v
+        .into_string()
+        .map_err(|v| format!("WRAFT_ENDPOINTS={v:?} is not UTF-8"))?;
+    v.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| a.parse().map_err(|e| format!("WRAFT_ENDPOINTS: {e}")))
+        .collect()
+}
+
 /// How to reach a cluster (for every command that talks to one).
 #[derive(Args, Clone)]
 pub(crate) struct Conn {
@@ -404,11 +421,16 @@ pub(crate) enum TokenOp {
 pub(crate) enum SnapshotOp {
     /// List complete snapshots: from a data directory (offline, read-only) or from a running node.
     List {
-        /// The node's data directory (reads `DIR/snap` without changing anything).
+        /// The node's data directory (reads `DIR/snap` without changing anything; the
+        /// environment's WRAFT_ENDPOINTS is then not used).
         #[arg(long, conflicts_with = "endpoints")]
         data_dir: Option<PathBuf>,
-        /// Ask this running node instead.
-        #[arg(long, env = "WRAFT_ENDPOINTS", value_delimiter = ',')]
+        /// Ask this running node instead (the first one given). Without --data-dir and without
+        /// this flag: the first of WRAFT_ENDPOINTS.
+        // Not `env = "WRAFT_ENDPOINTS"`: clap counts a value from the environment as given, so
+        // `conflicts_with` would refuse --data-dir whenever the variable is set (see
+        // `endpoints_from_env`).
+        #[arg(long, value_delimiter = ',')]
         endpoints: Vec<wraft_client::PeerAddr>,
         /// Directory written by `wraft cert`.
         #[arg(long, env = "WRAFT_CERTS", default_value = "certs")]
@@ -454,6 +476,8 @@ pub(crate) enum SnapshotOp {
     },
     /// Change the cap on outgoing snapshot bandwidth of every node in --endpoints, now, running
     /// transfers included (until the node restarts; then `snapshot.transfer_bytes_per_sec_max`).
+    /// Prints a line per node; a node that cannot be reached does not stop the others, and the
+    /// command then fails naming every endpoint not changed. Admin client only.
     Rate {
         /// Bytes per second for all of a node's transfers together; 0 lifts the cap.
         bytes_per_sec: u64,

@@ -449,8 +449,14 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
                 client: name,
                 json,
             } => {
+                let endpoints = match endpoints {
+                    e if e.is_empty() => args::endpoints_from_env()?,
+                    e => e,
+                };
                 if endpoints.is_empty() {
-                    return Err("give --data-dir DIR or --endpoints ADDR".into());
+                    return Err("give --data-dir DIR, or --endpoints ADDR (or set \
+                                WRAFT_ENDPOINTS) to ask a running node"
+                        .into());
                 }
                 let c = ctx
                     .client(&Conn {
@@ -522,14 +528,7 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
                 conn,
             } => {
                 let c = ctx.client(&conn).await?;
-                for addr in &conn.endpoints {
-                    println!(
-                        "{}",
-                        c.set_transfer_rate(Some(addr.clone()), bytes_per_sec)
-                            .await?
-                    );
-                }
-                Ok(())
+                wraft::ops::snapshot_rate(&c, &conn.endpoints, bytes_per_sec).await
             }
         },
         Cmd::Restore {

@@ -1,6 +1,8 @@
 //! Operator commands that address several nodes: `wraft status` (each node's state and
-//! version; a node that does not answer makes the command fail) and `wraft snapshot trigger`
-//! on a chosen node or on every member.
+//! version; a node that does not answer makes the command fail), `wraft snapshot trigger`
+//! on a chosen node or on every member, and `wraft snapshot rate` on every endpoint. Each asks
+//! every node it was told to even when one fails, prints a line per node, and fails at the end
+//! naming the nodes that failed.
 
 use std::time::Duration;
 use wraft_proto::PeerAddr;
@@ -229,4 +231,48 @@ pub async fn snapshot_trigger(
     } else {
         Err(format!("snapshot failed on {}", failures.join(", ")).into())
     }
+}
+
+/// `wraft snapshot rate`: set the outgoing snapshot bandwidth cap of the node at every address in
+/// `endpoints` to `bytes_per_sec` (0 lifts it). Prints `node ID (ADDR): <the cap in force>` for
+/// each node that answered and `ADDR: rate not changed: <why>` on stderr for each that did not;
+/// fails after trying them all, naming those.
+pub async fn snapshot_rate(
+    c: &Client,
+    endpoints: &[PeerAddr],
+    bytes_per_sec: u64,
+) -> Result<(), AnyError> {
+    let mut failures = Vec::new();
+    for addr in endpoints {
+        match c.set_transfer_rate(Some(addr.clone()), bytes_per_sec).await {
+            Ok(answer) => {
+                // Named by the certificate of the node that answered, at the address dialed.
+                let who = c
+                    .last_answer_from()
+                    .filter(|n| n.addr == *addr)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| addr.to_string());
+                println!("{who}: {answer}");
+            }
+            Err(e) => {
+                eprintln!("{addr}: rate not changed: {e}");
+                failures.push(addr.to_string());
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let changed = endpoints.len() - failures.len();
+    Err(format!(
+        "snapshot transfer rate not changed on {} ({} of {} endpoints){}",
+        failures.join(", "),
+        failures.len(),
+        endpoints.len(),
+        match changed {
+            0 => String::new(),
+            n => format!("; the other {n} have the new rate until they restart"),
+        }
+    )
+    .into())
 }

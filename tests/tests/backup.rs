@@ -435,6 +435,56 @@ async fn save_needs_an_admin_client_and_damaged_files_are_refused_by_restore_and
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_list_of_a_data_dir_works_offline_whatever_wraft_endpoints_holds() {
+    let c = Cluster::start(1);
+    c.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = c.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy kv");
+    client.propose("kv", &kv_put("a", "1")).await.expect("put");
+    let listed = client
+        .snapshot_trigger_and_wait(Some(c.addr(1)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("trigger");
+    let data_dir = c.config(1).node.data_dir.clone();
+    let data_dir = data_dir.to_str().unwrap();
+
+    // `cli` sets WRAFT_ENDPOINTS (and WRAFT_CERTS), as an operator's shell would: without
+    // --data-dir they name the node to ask, with it they are not used.
+    let online = ok(cli(&c, &["snapshot", "list", "--json"]));
+    let online: Vec<wraft_proto::SnapshotListing> =
+        serde_json::from_str(&online).expect("a JSON listing");
+    assert_eq!(online, [listed]);
+    let offline = ok(cli(
+        &c,
+        &["snapshot", "list", "--data-dir", data_dir, "--json"],
+    ));
+    let offline: Vec<wraft_proto::SnapshotListing> =
+        serde_json::from_str(&offline).expect("a JSON listing");
+    assert_eq!(offline, online);
+
+    // Both on the command line: refused, naming the two.
+    let addr = c.addr(1).to_string();
+    let both = cli(
+        &c,
+        &[
+            "snapshot",
+            "list",
+            "--data-dir",
+            data_dir,
+            "--endpoints",
+            &addr,
+        ],
+    );
+    assert!(!both.status.success(), "{}", text(&both));
+    let why = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        why.contains("--data-dir") && why.contains("--endpoints"),
+        "{}",
+        text(&both)
+    );
+}
+
 /// Not a check, a figure: how long `wraft snapshot save` takes for a snapshot of some tens of
 /// MB on this machine (printed). Run with `--run-ignored only`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Operator commands over several nodes, run as the `wraft` binary against real processes:
-//! `wraft status` (versions; a node that does not answer fails the command) and
-//! `wraft snapshot trigger` on a chosen node or on all of them.
+//! `wraft status` (versions; a node that does not answer fails the command),
+//! `wraft snapshot trigger` on a chosen node or on all of them, and `wraft snapshot rate` on
+//! every endpoint (a node that is down does not stop the others).
 
 use std::process::Output;
 use std::time::Duration;
@@ -144,4 +145,65 @@ async fn snapshot_trigger_acts_on_the_chosen_node_or_on_every_node() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("node 9 is not among"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rate_sets_every_reachable_node_and_fails_naming_the_one_that_is_down() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    // The middle endpoint: the nodes before and after it must both be set.
+    let gone = 2;
+    cluster.kill(gone);
+    let gone_addr = cluster.addr(gone).to_string();
+
+    let o = wraft(&cluster, &["snapshot", "rate", "20480"]);
+    let (out, err) = text(&o);
+    assert!(
+        !o.status.success(),
+        "node {gone} is down, yet exit 0:\n{out}\n{err}"
+    );
+    for id in [1, 3] {
+        let who = format!("node {id} ({})", cluster.addr(id));
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&who) && l.contains("capped at 20480 bytes/s")),
+            "no line for {who}:\n{out}\n{err}"
+        );
+        assert!(
+            cluster.log(id).contains("bytes_per_sec=20480"),
+            "node {id} did not change its cap:\n{out}\n{err}"
+        );
+    }
+    // The one that failed: its address and why, on its own line, then in the final error.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{gone_addr}: ")) && l.contains("cannot reach")),
+        "no line naming {gone_addr} and why:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(&gone_addr),
+        "the final error does not name {gone_addr}:\n{err}"
+    );
+    for id in [1, 3] {
+        assert!(
+            !last.contains(&cluster.addr(id).to_string()),
+            "the final error names node {id}, which was set:\n{err}"
+        );
+    }
+    assert!(
+        !out.contains("node 0") && !err.contains("node 0"),
+        "{out}\n{err}"
+    );
+
+    // A rate that is not whole KiB: each answer says the cap in force, and why it differs.
+    let o = wraft(&cluster, &["snapshot", "rate", "20000"]);
+    let (out, err) = text(&o);
+    let who = format!("node 1 ({})", cluster.addr(1));
+    assert!(
+        out.contains(&format!(
+            "{who}: snapshot transfers capped at 19456 bytes/s (20000 asked"
+        )),
+        "{out}\n{err}"
+    );
 }

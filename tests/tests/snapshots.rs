@@ -279,6 +279,49 @@ async fn manual_trigger_writes_a_file_that_inspect_verifies() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_created_snapshot_line_gives_file_and_guest_bytes_and_no_ratio() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+    });
+    let (leader, client) = deploy_kv(&cluster).await;
+    client
+        .deploy("ctr", guest("counter"))
+        .await
+        .expect("deploy counter");
+    put_many(&client, "k", 0..30).await;
+    client
+        .propose("ctr", &to_json(json!({"Add": 5})))
+        .await
+        .expect("add");
+    let listed = client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("trigger");
+    let report = wraft::cli::snapshot_inspect(std::path::Path::new(&listed.path)).expect("inspect");
+    assert!(report.ok, "{}", report.render());
+    assert_eq!(report.machines.len(), 2, "{}", report.render());
+
+    let line = last_fields(&cluster.log(leader), "created snapshot");
+    // The sizes are the file's and the guests' (summed over the machines), as `inspect`
+    // reports them; their quotient compares a file holding modules and sessions with guest
+    // bytes the guests may already have compressed, so it is no compression ratio and is not
+    // printed as one.
+    assert!(
+        !line.contains_key("ratio"),
+        "a ratio in the created snapshot line: {line:?}"
+    );
+    assert_eq!(
+        line["file_bytes"],
+        listed.file_bytes.to_string(),
+        "{line:?}"
+    );
+    let guest_bytes: u64 = report.machines.iter().map(|m| m.state_bytes).sum();
+    assert_eq!(line["guest_bytes"], guest_bytes.to_string(), "{line:?}");
+    assert_eq!(line["machines"], "2", "{line:?}");
+}
+
 /// A cluster whose leader holds a ~`mb` MB snapshot that a follower (killed
 /// before the writes) must fetch, with the sender capped at `bytes_per_sec`.
 async fn big_snapshot_cluster(mb: u64, bytes_per_sec: u64) -> (Cluster, u64, u64, Client) {

@@ -196,8 +196,9 @@ impl Client {
     }
 
     /// The node whose answer (a reply or an error such as `NoSuchMachine`) ended the last
-    /// redirected call ([`Client::propose`], [`Client::query`], …), to name it in messages: a
-    /// stale read on a lagging follower says which follower.
+    /// redirected call ([`Client::propose`], [`Client::query`], …) or the last
+    /// [`Client::set_transfer_rate`], to name it in messages: a stale read on a lagging
+    /// follower says which follower.
     pub fn last_answer_from(&self) -> Option<NodeRef> {
         self.answered_by.lock().ok().and_then(|a| a.clone())
     }
@@ -400,7 +401,9 @@ impl Client {
     /// Set the outgoing snapshot bandwidth cap of the node at `addr` (or the
     /// first endpoint) to `bytes_per_sec` (0: no cap), effective from the next
     /// chunk of every running transfer. Node-local; a restart restores the
-    /// configured `snapshot.transfer_bytes_per_sec_max`.
+    /// configured `snapshot.transfer_bytes_per_sec_max`. Returns the node's
+    /// answer, the cap now in force (`snapshot transfers capped at 20480
+    /// bytes/s`); [`Client::last_answer_from`] then names the node that gave it.
     pub async fn set_transfer_rate(
         &self,
         addr: Option<impl Into<PeerAddr>>,
@@ -408,7 +411,9 @@ impl Client {
     ) -> Result<String, ClientError> {
         let target = self.target(addr);
         let conn = self.connection_to(&target).await?;
-        match exchange(&conn, &Request::SetTransferRate { bytes_per_sec }).await? {
+        let answer = exchange(&conn, &Request::SetTransferRate { bytes_per_sec }).await?;
+        self.set_answered_by(&target, &conn);
+        match answer {
             Ok(r) => done(r),
             Err(e) => Err(map_err(e)),
         }

@@ -187,11 +187,15 @@ impl Driver {
             Request::SetTransferRate { bytes_per_sec } => {
                 let cap = (bytes_per_sec > 0).then_some(bytes_per_sec);
                 self.snap.limiter.set(cap);
+                // The caller names the node (it knows the address it dialed and the id in the
+                // node's certificate); the answer says what is now in force.
                 let message = match self.snap.limiter.get() {
-                    Some(b) => {
-                        format!("node {}: snapshot transfers capped at {b} bytes/s", self.id)
-                    }
-                    None => format!("node {}: snapshot transfers uncapped", self.id),
+                    Some(b) if b != bytes_per_sec => format!(
+                        "snapshot transfers capped at {b} bytes/s ({bytes_per_sec} asked; the \
+                         cap counts whole KiB, at least 1 KiB/s)"
+                    ),
+                    Some(b) => format!("snapshot transfers capped at {b} bytes/s"),
+                    None => "snapshot transfers uncapped".to_owned(),
                 };
                 tracing::info!(target: "wraft::snapshot", node = self.id,
                     bytes_per_sec = self.snap.limiter.get().unwrap_or(0), "transfer rate cap changed");

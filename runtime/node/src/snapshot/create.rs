@@ -140,9 +140,12 @@ pub async fn create_snapshot(
     .await
     .map_err(|e| e.to_string())??;
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(target: "wraft::snapshot", node, index, file_bytes = info.file_len,
-        guest_bytes, ratio = format!("{:.2}", info.file_len as f64 / guest_bytes.max(1) as f64),
-        duration_ms = (secs * 1000.0) as u64, file = %info.path.display(), "created snapshot");
+    // Sizes only, no quotient: `guest_bytes` is what the guests' exports yielded, already
+    // compressed by a guest that compresses (the host never sees the raw state), and the file
+    // adds the modules and sessions, so file / guest is no compression ratio.
+    tracing::info!(target: "wraft::snapshot", node, index, machines = n, file_bytes = info.file_len,
+        guest_bytes, duration_ms = (secs * 1000.0) as u64, file = %info.path.display(),
+        "created snapshot");
     Ok(info)
 }
 
