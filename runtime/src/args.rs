@@ -442,7 +442,9 @@ pub(crate) enum SnapshotOp {
         #[arg(long)]
         json: bool,
     },
-    /// Show a snapshot file: header, machines with sizes and formats, membership, digest check.
+    /// Show a snapshot file: header, machines with sizes and formats, membership, digest check,
+    /// and how much it shares with the previous snapshot in the same directory (the bytes a node
+    /// holding that one would fetch).
     Inspect {
         /// The `.snap` file.
         file: PathBuf,

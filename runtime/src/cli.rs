@@ -354,6 +354,26 @@ pub struct SnapshotReport {
     pub addresses: Vec<(u64, String)>,
     /// Machines.
     pub machines: Vec<MachineReport>,
+    /// Content-addressed segments the file is cut into for incremental transfer.
+    pub segments: usize,
+    /// What the file shares with its predecessor: the snapshot file in the same directory with
+    /// the highest index below this one's (`None` if there is none, or it cannot be read).
+    pub shared_with_previous: Option<SharedReport>,
+}
+
+/// How much of a snapshot file a holder of another one already has (by segment content).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SharedReport {
+    /// The other file.
+    pub file: String,
+    /// Its index.
+    pub index: u64,
+    /// Segments of this file whose bytes the other file holds too.
+    pub segments_shared: usize,
+    /// Their bytes.
+    pub bytes_shared: u64,
+    /// The bytes a node holding the other file would fetch to get this one.
+    pub bytes_new: u64,
 }
 
 impl SnapshotReport {
@@ -392,6 +412,22 @@ impl SnapshotReport {
                 &m.module_sha256[..16]
             );
         }
+        out += &format!("  segments {}", self.segments);
+        match &self.shared_with_previous {
+            Some(p) => {
+                out += &format!(
+                    "; shares {} segments, {} bytes ({:.1} %), with {} (index {}): a node holding \
+                     that one fetches {} bytes\n",
+                    p.segments_shared,
+                    p.bytes_shared,
+                    100.0 * p.bytes_shared as f64 / self.file_bytes.max(1) as f64,
+                    p.file,
+                    p.index,
+                    p.bytes_new
+                )
+            }
+            None => out += "; no earlier snapshot next to it to compare with\n",
+        }
         if let Some(e) = &self.error {
             out += &format!("  ERROR: {e}\n");
         }
@@ -399,8 +435,39 @@ impl SnapshotReport {
     }
 }
 
+/// The content-addressed segments of the snapshot file at `path` (`file_len` bytes).
+fn file_segments(
+    path: &Path,
+    file_len: u64,
+) -> Result<Vec<wraft_snapshot::manifest::Segment>, AnyError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut read_at = |at: u64, buf: &mut [u8]| f.read_exact_at(buf, at);
+    wraft_snapshot::manifest::segments_of(file_len, &mut read_at)
+        .map_err(|e| format!("{}: reading its segments: {e}", path.display()).into())
+}
+
+/// The `.snap` file next to `path` with the highest index below `index`, if any.
+fn previous_snapshot(path: &Path, index: u64) -> Option<PathBuf> {
+    let dir = match path.parent()? {
+        d if d.as_os_str().is_empty() => Path::new("."),
+        d => d,
+    };
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snap") && p != path)
+        .filter_map(|p| {
+            let i = wraft_storage::inspect_snapshot_file(&p, false).ok()?;
+            (i.meta.id.last_index < index).then_some((i.meta.id.last_index, p))
+        })
+        .max_by_key(|(i, _)| *i)
+        .map(|(_, p)| p)
+}
+
 /// `wraft snapshot inspect FILE`: check the storage header and whole-file
-/// digest, parse the node snapshot, and CRC-check every frame.
+/// digest, parse the node snapshot, CRC-check every frame, cut the file into its
+/// content-addressed segments and compare them with the previous snapshot next to it.
 pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
     use wraft_proto::digest::hex;
     use wraft_snapshot::format::{FileBody, NodeSnapshot};
@@ -422,7 +489,31 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
         sessions: 0,
         addresses: Vec::new(),
         machines: Vec::new(),
+        segments: 0,
+        shared_with_previous: None,
     };
+    let segments = file_segments(path, info.file_len)?;
+    r.segments = segments.len();
+    r.shared_with_previous = previous_snapshot(path, info.meta.id.last_index).and_then(|prev| {
+        let prev_info = wraft_storage::inspect_snapshot_file(&prev, false).ok()?;
+        let theirs: std::collections::HashSet<[u8; 32]> = file_segments(&prev, prev_info.file_len)
+            .ok()?
+            .into_iter()
+            .map(|s| s.hash)
+            .collect();
+        let shared: Vec<_> = segments
+            .iter()
+            .filter(|s| theirs.contains(&s.hash))
+            .collect();
+        let bytes_shared: u64 = shared.iter().map(|s| u64::from(s.len)).sum();
+        Some(SharedReport {
+            file: prev.display().to_string(),
+            index: prev_info.meta.id.last_index,
+            segments_shared: shared.len(),
+            bytes_shared,
+            bytes_new: info.file_len - bytes_shared,
+        })
+    });
     match wraft_storage::inspect_snapshot_file(path, true) {
         Ok(_) => r.digest_ok = true,
         Err(e) => r.error = Some(e.to_string()),
