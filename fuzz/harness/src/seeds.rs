@@ -690,6 +690,8 @@ fn transfer_replies(out: &mut Vec<Seed>) {
     };
     let all = [
         Reply::Accept { resume_from: 0 },
+        // A follower that sends heartbeats repeats its resume offset first.
+        Reply::Durable { offset: 0 },
         Reply::Durable { offset: 2 * chunk },
         Reply::Nack { offset: 3 * chunk },
         Reply::Durable {
@@ -717,6 +719,16 @@ fn transfer_replies(out: &mut Vec<Seed>) {
         seq(&[Reply::Busy {
             in_flight: 2,
             limit: 2,
+        }]),
+    );
+    push(
+        out,
+        t,
+        "already-arriving",
+        seq(&[Reply::AlreadyArriving {
+            from: 3,
+            leader_term: 7,
+            idle_ms: 40,
         }]),
     );
     push(out, t, "already-have", seq(&[Reply::AlreadyHave]));

@@ -341,7 +341,7 @@ impl Node {
             node_id: id,
             chunk_bytes: cfg.snapshot.chunk_bytes.min(u32::MAX as u64) as u32,
             progress_timeout_ms: cfg.snapshot.transfer_progress_timeout_ms,
-            max_incoming_transfers: cfg.snapshot.incoming_transfers_max as usize,
+            incoming_transfers_max: cfg.snapshot.incoming_transfers_max as usize,
             ..TransferConfig::default()
         }
         .with_test_faults_from_env();
@@ -353,7 +353,7 @@ impl Node {
             inbound.bulk,
             storage.clone(),
             xfer_cfg.clone(),
-            Arc::new(IncomingSlots::new(xfer_cfg.max_incoming_transfers)),
+            Arc::new(IncomingSlots::new(xfer_cfg.incoming_transfers_max)),
             snap_tx.clone(),
         ));
 
@@ -460,6 +460,7 @@ impl Node {
                 installing: None,
                 xfer_cfg,
                 limiter,
+                reoffer: Default::default(),
                 retain_count: cfg.snapshot.retain_count,
             },
             health: HealthState::new(readiness_tx),

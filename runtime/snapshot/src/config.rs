@@ -22,16 +22,39 @@ pub struct TransferConfig {
     /// Receiver: largest chunk it accepts in an offer (default 16 MiB); bounds its memory per chunk.
     pub chunk_bytes_max: u32,
     /// Receiver: `fdatasync` the spool file and acknowledge the durable offset every this many
-    /// received bytes (default 8 MiB). The store's own `snapshot_sync_every_bytes` also applies;
-    /// the smaller interval wins. A crash loses at most this much received data.
+    /// received bytes (default 8 MiB), or after [`TransferConfig::sync_interval_ms`], whichever
+    /// comes first. The store's own `snapshot_sync_every_bytes` also applies; the smaller
+    /// interval wins. A crash loses at most this much received data.
     pub sync_every_bytes: u64,
+    /// Receiver: sync and acknowledge bytes received at most this long ago (default 100 ms), so
+    /// that a slow (rate-capped) transfer makes small steps durable often: a crash then loses,
+    /// and the leader's window ([`crate::send`]) lets it send ahead, only about two intervals'
+    /// worth of the rate instead of `sync_every_bytes`. Uncapped transfers reach
+    /// `sync_every_bytes` first and are unaffected.
+    pub sync_interval_ms: u64,
     /// Either side aborts when nothing moves for this long (default 10 000 ms): no chunk written
     /// to or read from the stream, no acknowledgement, no verification heartbeat. There is no
     /// per-chunk or per-snapshot deadline.
     pub progress_timeout_ms: u64,
+    /// Receiver: send a heartbeat (the last durable offset again, or `Verifying`) when nothing
+    /// else was sent to the leader for this long (default 250 ms), so that the leader can tell a
+    /// live follower from a dead one within [`TransferConfig::silence_timeout_ms`].
+    pub heartbeat_ms: u64,
+    /// Sender: a follower that sends heartbeats and has sent nothing for this long is presumed
+    /// gone (killed, partitioned) and the transfer is abandoned (default 1000 ms): a dead peer
+    /// is otherwise noticed only at the QUIC idle timeout or the progress timeout, and the
+    /// window of unacknowledged bytes is what it lost. Followers before heartbeats are watched
+    /// by the progress timeout alone.
+    pub silence_timeout_ms: u64,
     /// Receiver: concurrent incoming transfers; an offer beyond this is answered `Busy`
-    /// (default 2).
-    pub max_incoming_transfers: usize,
+    /// (default 2; the node's `snapshot.incoming_transfers_max`).
+    pub incoming_transfers_max: usize,
+    /// Receiver: an offer of a snapshot that is already arriving from another node in the same
+    /// or a newer leader term takes that stream over once it has made no progress for this long
+    /// (default 1000 ms); before that it is answered `AlreadyArriving`. An offer from a newer
+    /// term, or from the node that sends the stream, takes it over at once: a leader runs one
+    /// transfer per follower, and a deposed leader's transfer is of no use.
+    pub takeover_idle_ms: u64,
     /// Receiver: verified chunks queued between the network and the disk writer (default 4).
     /// Bounds the receiver's memory to about `(receive_queue_chunks + 1) * chunk_bytes`; when
     /// full, the receiver stops reading and QUIC flow control slows the sender.
@@ -57,8 +80,12 @@ impl Default for TransferConfig {
             chunk_bytes: 1 << 20,
             chunk_bytes_max: 16 << 20,
             sync_every_bytes: 8 << 20,
+            sync_interval_ms: 100,
             progress_timeout_ms: 10_000,
-            max_incoming_transfers: 2,
+            heartbeat_ms: 250,
+            silence_timeout_ms: 1000,
+            incoming_transfers_max: 2,
+            takeover_idle_ms: 1000,
             receive_queue_chunks: 4,
             chunk_retries_max: 8,
             corrupt_chunk_every: None,
@@ -83,11 +110,24 @@ impl TransferConfig {
         if self.sync_every_bytes == 0 {
             return bad("sync_every_bytes", "must be > 0".into());
         }
+        if self.sync_interval_ms == 0 {
+            return bad("sync_interval_ms", "must be > 0".into());
+        }
         if self.progress_timeout_ms == 0 {
             return bad("progress_timeout_ms", "must be > 0".into());
         }
-        if self.max_incoming_transfers == 0 {
-            return bad("max_incoming_transfers", "must be > 0".into());
+        if self.heartbeat_ms == 0 || self.heartbeat_ms.saturating_mul(2) > self.silence_timeout_ms {
+            return bad(
+                "heartbeat_ms",
+                format!(
+                    "must be in 1..=silence_timeout_ms / 2 ({}), found {}",
+                    self.silence_timeout_ms / 2,
+                    self.heartbeat_ms
+                ),
+            );
+        }
+        if self.incoming_transfers_max == 0 {
+            return bad("incoming_transfers_max", "must be > 0".into());
         }
         if self.receive_queue_chunks == 0 {
             return bad("receive_queue_chunks", "must be > 0".into());
@@ -137,5 +177,15 @@ mod tests {
                 ..
             })
         ));
+        let c = TransferConfig {
+            heartbeat_ms: 600,
+            silence_timeout_ms: 1000,
+            ..TransferConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("heartbeat_ms: must be in 1..=silence_timeout_ms / 2 (500), found 600"),
+            "{e}"
+        );
     }
 }

@@ -4,6 +4,8 @@ use wraft_storage::{SnapshotId, StorageError};
 use wraft_transport::NodeId;
 use wraft_transport::frame::FrameError;
 
+use crate::wire::BusyReason;
+
 /// Why a transfer failed. Every variant names what was expected, what was found and where.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -83,20 +85,48 @@ pub enum TransferError {
         /// The follower's reason.
         reason: String,
     },
-    /// Receiver: every slot is taken (or this snapshot is already arriving on another stream);
-    /// the leader was told `Busy`.
-    #[error(
-        "snapshot {id} offered by node {peer}: busy ({in_flight} incoming transfers, max_incoming_transfers = {limit})"
-    )]
+    /// Receiver: the offer was declined for now — every slot is taken by other snapshots, or
+    /// this one is already arriving on a stream the offer may not take over; the leader was
+    /// told why and offers again later.
+    #[error("snapshot {id} offered by node {peer}: declined for now: {reason}")]
     Busy {
         /// The leader.
         peer: NodeId,
         /// The snapshot offered.
         id: SnapshotId,
-        /// Transfers in flight.
-        in_flight: usize,
-        /// The limit.
-        limit: usize,
+        /// Why (what the leader was told).
+        reason: BusyReason,
+    },
+    /// Receiver: an offer of the same snapshot took this stream over (a newer leader term, the
+    /// same node offering again, or this stream idle for `takeover_idle_ms`); the received
+    /// prefix is synced and left to the new stream.
+    #[error(
+        "snapshot {id} from node {peer}: taken over by an offer from node {by} (leader term {leader_term}); the received prefix is kept for it"
+    )]
+    TakenOver {
+        /// The node this stream came from.
+        peer: NodeId,
+        /// The snapshot.
+        id: SnapshotId,
+        /// The node whose offer took over.
+        by: NodeId,
+        /// The leader term of that offer.
+        leader_term: u64,
+    },
+    /// Sender: a follower that sends heartbeats sent nothing for `silence_timeout_ms`: it is
+    /// presumed gone (killed, partitioned).
+    #[error(
+        "snapshot transfer with node {peer}: no reply for {silent_ms} ms (silence_timeout_ms) from a follower that sends heartbeats; presumed gone (killed or cut off) with {acked} bytes acknowledged durable of {written} written"
+    )]
+    PeerSilent {
+        /// The follower.
+        peer: NodeId,
+        /// The configured `silence_timeout_ms`.
+        silent_ms: u64,
+        /// Bytes the follower acknowledged as durable.
+        acked: u64,
+        /// Bytes the leader had written to the stream.
+        written: u64,
     },
     /// Nothing moved for `progress_timeout_ms`.
     #[error(

@@ -9,6 +9,7 @@
 //! | [`send`] | the leader's side: [`send_snapshot`] |
 //! | [`receive`] | the follower's side: [`receive_snapshot`], and its decisions without I/O ([`receive::decide`]) |
 //! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
+//! | [`pacing`] | how far and how often the leader runs ahead: the unacknowledged window, chunks under a cap, the re-offer backoff |
 //! | [`board`] | the node's transfers in flight and how far each has got: [`TransferBoard`] |
 //!
 //! **Architecture invariant:** nothing here depends on wasmtime (`wraft-host`): the
@@ -25,9 +26,11 @@
 //! ```text
 //! leader                                             follower
 //!   Offer{magic,version,id,digest,file_len,chunk_bytes,leader_term} ->
-//!                              <- Accept{resume_from} | Busy | AlreadyHave | Reject{reason}
+//!           <- Accept{resume_from} | Busy | AlreadyArriving | AlreadyHave | Reject{reason}
+//!                                                <- Durable{resume_from}   "I send heartbeats"
 //!   Chunk{offset,len,data_crc,header_crc}+data  ->   (CRC32C checked, queued to the disk thread)
 //!   ...                                          <- Durable{offset}   after each fdatasync
+//!                                                <- Durable{same}     heartbeat when quiet
 //!                                                <- Nack{offset}      chunk failed its CRC32C:
 //!   Chunk at offset again, and everything after  ->   go back to it (nothing bad is written)
 //!                                                <- Verifying         heartbeats during BLAKE3
@@ -39,16 +42,32 @@
 //!   CRC32C of the header): a corrupt chunk is rejected *by offset* and re-sent; a corrupt header
 //!   is fatal for the stream (the next offer resumes from the durable offset).
 //! * **Durability before acknowledgement.** The follower spools into
-//!   [`wraft_storage::SnapshotStore::incoming`], syncs every `sync_every_bytes`, and only then sends
-//!   `Durable{offset}`. A crash loses at most the unsynced tail.
+//!   [`wraft_storage::SnapshotStore::incoming`], syncs every `sync_every_bytes` or every
+//!   `sync_interval_ms` (whichever comes first), and only then sends `Durable{offset}`. A crash
+//!   loses at most the unsynced tail.
 //! * **Resume** needs the same id *and* the same file: snapshots of one id taken on different
 //!   nodes need not be byte-identical (guest export order, compression), so the follower compares
 //!   the digest in its partial file's header with the offer's and restarts from 0 on mismatch.
-//! * **Pacing**: QUIC flow control only (stream window, bounded disk queue on the follower,
-//!   one chunk read ahead on the leader); nothing buffers the whole snapshot. An optional
-//!   [`BandwidthLimiter`] (governor) caps the send rate and can be changed at runtime.
+//! * **One stream per snapshot.** A snapshot arrives on one stream at a time and only that
+//!   stream writes its partial file. An offer of a snapshot already arriving *takes the stream
+//!   over* — the old stream is cancelled, syncs and closes the file, and the new one resumes its
+//!   durable prefix — when it comes from a newer leader term, from the same node, or after the
+//!   stream made no progress for `takeover_idle_ms`; otherwise it is declined
+//!   `AlreadyArriving{from, leader_term, idle_ms}`. An offer beyond `incoming_transfers_max`
+//!   other snapshots is declined `Busy`. A declined leader backs off
+//!   ([`pacing::ReofferBackoff`]: 50 ms doubling to 2 s).
+//! * **Pacing**: the leader keeps at most a window of bytes written beyond the follower's
+//!   durable offset ([`pacing::window_bytes`]: twice the follower's sync step without a cap, a
+//!   step and 50 ms of the rate under one), so a follower that dies loses — and the next
+//!   attempt re-sends — about one window; below that, QUIC flow control (stream window, bounded
+//!   disk queue on the follower, one chunk read ahead on the leader); nothing buffers the whole
+//!   snapshot. An optional [`BandwidthLimiter`] (governor) caps the send rate and can be changed
+//!   at runtime; under a cap chunks are about 25 ms of the rate.
 //! * **Timeouts are progress-based**: either side aborts after `progress_timeout_ms` without a
-//!   chunk moving, an acknowledgement, or a verification heartbeat.
+//!   chunk moving, an acknowledgement, or a verification heartbeat. A follower that sends
+//!   heartbeats (every `heartbeat_ms` when quiet) and falls silent for `silence_timeout_ms` is
+//!   presumed gone at once: a killed follower is noticed in about a second, not at the QUIC
+//!   idle timeout.
 //!
 //! Metrics (every series has `node`): `wraft_snapshot_transfers_in_flight{direction}` (gauge),
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
@@ -57,7 +76,8 @@
 //! outcome}` (histogram; outcome `ok|busy|timeout|error`), `wraft_snapshot_transfers_total{direction,
 //! outcome}` (counter, the same outcomes), `wraft_snapshot_transfer_size_bytes{direction,peer}` and
 //! `wraft_snapshot_transfer_done_bytes{direction,peer}` (gauges: the progress of the newest
-//! transfer with each peer). Logs use target `wraft::snapshot`
+//! transfer with each peer). A silent follower ends as outcome `timeout`; a declined offer as
+//! `busy`. Logs use target `wraft::snapshot`
 //! (the name from before the transfer left `wraft-node`, kept for operators' filters).
 //!
 //! Fault injection for end-to-end tests: [`TransferConfig::corrupt_chunk_every`], settable from
@@ -73,6 +93,7 @@ pub mod format;
 pub mod limiter;
 pub mod manifest;
 mod metrics;
+pub mod pacing;
 mod progress;
 pub mod receive;
 pub mod send;

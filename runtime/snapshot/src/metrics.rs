@@ -121,7 +121,7 @@ pub(crate) fn outcome_label<T>(r: &Result<T, TransferError>) -> &'static str {
     match r {
         Ok(_) => "ok",
         Err(TransferError::Busy { .. }) => "busy",
-        Err(TransferError::ProgressTimeout { .. }) => "timeout",
+        Err(TransferError::ProgressTimeout { .. } | TransferError::PeerSilent { .. }) => "timeout",
         Err(_) => "error",
     }
 }

@@ -34,6 +34,11 @@ impl Progress {
     pub(crate) fn offset(&self) -> u64 {
         self.offset.load(Ordering::Relaxed)
     }
+    /// Milliseconds since anything was last touched.
+    pub(crate) fn idle_ms(&self) -> u64 {
+        self.now_ms()
+            .saturating_sub(self.last_ms.load(Ordering::Relaxed))
+    }
     /// Resolves once nothing was touched for `timeout_ms`.
     pub(crate) async fn stalled(&self, timeout_ms: u64) {
         loop {

@@ -4,11 +4,14 @@
 //!
 //! 1. **open** the file (`open_reader`; the caller pinned it against retention at the offer);
 //! 2. **offer** it and read the answer (`offer`), judged by [`judge_answer`] (pure):
-//!    `Busy` and `AlreadyHave` end here, `Accept{resume_from}` goes on;
+//!    `Busy`, `AlreadyArriving` and `AlreadyHave` end here, `Accept{resume_from}` goes on;
+//!    under a bandwidth cap the chunks are smaller ([`chunk_bytes_under_cap`]);
 //! 3. **stream** from `resume_from`: three futures in one `select!` — the chunk writer
-//!    (`write_chunks`: one chunk read ahead on a blocking thread, the bandwidth limiter,
-//!    header + data), the acknowledgement reader (`read_acks`, each reply judged by
-//!    [`Acks::on_reply`], pure), and the progress watchdog;
+//!    (`write_chunks`: one chunk read ahead on a blocking thread, at most a [`Window`] of
+//!    bytes beyond the follower's durable offset, the bandwidth limiter, header + data), the
+//!    acknowledgement reader (`read_acks`, each reply judged by [`Acks::on_reply`], pure; a
+//!    follower that sends heartbeats and falls silent for `silence_timeout_ms` is presumed
+//!    gone), and the progress watchdog;
 //! 4. **finish**: a report, or the stream reset with the reason logged (`finish`).
 
 use std::sync::Arc;
@@ -24,10 +27,11 @@ use wraft_transport::{BulkStream, NodeId};
 
 use crate::limiter::BandwidthLimiter;
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
+use crate::pacing::{Window, chunk_bytes_under_cap, may_write, window_bytes};
 use crate::progress::Progress;
 use crate::wire::{
-    self, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, OFFER_MAGIC, Offer, Reply,
-    TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
+    self, BusyReason, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, OFFER_MAGIC,
+    Offer, Reply, TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
 };
 use crate::{TransferConfig, TransferError};
 
@@ -36,9 +40,10 @@ use crate::{TransferConfig, TransferError};
 pub enum SendOutcome {
     /// The follower has the whole file durably, verified and published.
     Completed,
-    /// The follower is at its limit of concurrent incoming transfers (or is already receiving
-    /// this snapshot on another stream); re-offer later with backoff.
-    Busy,
+    /// The follower declined for now: every incoming slot is taken, or this snapshot is
+    /// already arriving there on a stream this offer may not take over. Offer again later,
+    /// backing off ([`crate::pacing::ReofferBackoff`]).
+    Busy(BusyReason),
     /// The follower already holds this snapshot complete; nothing was sent.
     AlreadyHave,
 }
@@ -97,7 +102,11 @@ pub async fn send_snapshot(
     )
     .await;
     let duration = start.elapsed();
-    m.finished(outcome_label(&result), duration);
+    let outcome = match &result {
+        Ok(r) if matches!(r.outcome, SendOutcome::Busy(_)) => "busy",
+        r => outcome_label(r),
+    };
+    m.finished(outcome, duration);
     // Releasing the last pin runs retention, which may delete files: off the async workers.
     let _ = tokio::task::spawn_blocking(move || drop(offered)).await;
     result.map(|mut r| {
@@ -130,13 +139,14 @@ async fn send_inner(
     let file_len = info.file_len;
 
     // 2. The offer.
+    let chunk_bytes = chunk_bytes_under_cap(cfg.chunk_bytes, limiter.get());
     let o = Offer {
         magic: OFFER_MAGIC,
         version: TRANSFER_PROTOCOL_VERSION,
         id,
         digest: info.digest,
         file_len,
-        chunk_bytes: cfg.chunk_bytes,
+        chunk_bytes,
         leader_term,
     };
     let answer = offer(&mut send, &mut recv, &o, peer, timeout_ms).await?;
@@ -149,10 +159,11 @@ async fn send_inner(
     };
     let resume_from = match judge_answer(answer, file_len, peer, id)? {
         OfferAnswer::Accept { resume_from } => resume_from,
-        OfferAnswer::Busy { in_flight, limit } => {
-            tracing::info!(target: LOG, %id, peer, in_flight, limit, "follower is busy; snapshot offer declined");
+        OfferAnswer::Busy(reason) => {
+            // The caller logs it with the wait before the next offer (once per backoff step).
+            tracing::debug!(target: LOG, %id, peer, %reason, "follower declined the snapshot offer for now");
             let _ = send.finish();
-            return Ok(declined(SendOutcome::Busy, 0));
+            return Ok(declined(SendOutcome::Busy(reason), 0));
         }
         OfferAnswer::AlreadyHave => {
             tracing::info!(target: LOG, %id, peer, "follower already has the snapshot");
@@ -163,7 +174,7 @@ async fn send_inner(
     if resume_from > 0 {
         m.resume();
     }
-    tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes = cfg.chunk_bytes, "sending snapshot");
+    tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes, "sending snapshot");
     m.begin(&cfg.board, peer, id.last_index, file_len, resume_from);
 
     // 3. The stream.
@@ -172,19 +183,25 @@ async fn send_inner(
         id,
         reader: &reader,
         file_len,
-        chunk_bytes: u64::from(cfg.chunk_bytes),
+        chunk_bytes: u64::from(chunk_bytes),
         cfg,
         limiter,
         m,
         progress: Progress::new(resume_from),
         rewind: Rewind::new(),
+        acked: AtomicU64::new(resume_from),
+        written: AtomicU64::new(resume_from),
+        step_bytes: AtomicU64::new(0),
+        acked_wake: tokio::sync::Notify::new(),
         bytes_sent: AtomicU64::new(0),
         chunks_resent: AtomicU64::new(0),
     };
     s.progress.touch();
     let acks = Acks::new(peer, id, resume_from, file_len, s.chunk_bytes, info.digest);
+    let window = Window::new(s.chunk_bytes, cfg.sync_every_bytes);
+    s.step_bytes.store(window.step_bytes(), Ordering::Relaxed);
     let outcome: Result<(), TransferError> = tokio::select! {
-        r = read_acks(&s, &mut recv, acks, on_durable) => r,
+        r = read_acks(&s, &mut recv, acks, window, on_durable) => r,
         r = write_chunks(&s, &mut send, resume_from) => r,
         () = s.progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
             peer, during: "streaming chunks", offset: s.progress.offset(), timeout_ms,
@@ -208,6 +225,14 @@ struct Sending<'a> {
     progress: Progress,
     /// Go-back requests from the acknowledgement reader to the chunk writer.
     rewind: Rewind,
+    /// Bytes the follower acknowledged durable; the writer waits on `acked_wake` for it to
+    /// grow when the window is full.
+    acked: AtomicU64,
+    /// The furthest byte written to the stream (resends do not move it).
+    written: AtomicU64,
+    /// [`Window::step_bytes`] (the acknowledgement reader keeps the window's steps).
+    step_bytes: AtomicU64,
+    acked_wake: tokio::sync::Notify,
     bytes_sent: AtomicU64,
     chunks_resent: AtomicU64,
 }
@@ -306,13 +331,8 @@ pub enum OfferAnswer {
         /// Bytes the follower already holds durably.
         resume_from: u64,
     },
-    /// The follower is at its limit; offer again later.
-    Busy {
-        /// Its transfers in flight.
-        in_flight: u32,
-        /// Its limit.
-        limit: u32,
-    },
+    /// The follower declined for now (`Busy` or `AlreadyArriving`); offer again later.
+    Busy(BusyReason),
     /// The follower has the file already.
     AlreadyHave,
 }
@@ -331,13 +351,25 @@ pub fn judge_answer(
         Some(Reply::Accept { resume_from }) if resume_from <= file_len => {
             Ok(OfferAnswer::Accept { resume_from })
         }
-        Some(Reply::Busy { in_flight, limit }) => Ok(OfferAnswer::Busy { in_flight, limit }),
+        Some(Reply::Busy { in_flight, limit }) => Ok(OfferAnswer::Busy(BusyReason::SlotsFull {
+            in_flight,
+            limit,
+        })),
+        Some(Reply::AlreadyArriving {
+            from,
+            leader_term,
+            idle_ms,
+        }) => Ok(OfferAnswer::Busy(BusyReason::AlreadyArriving {
+            from,
+            leader_term,
+            idle_ms,
+        })),
         Some(Reply::AlreadyHave) => Ok(OfferAnswer::AlreadyHave),
         Some(Reply::Reject { reason }) => Err(TransferError::Rejected { peer, id, reason }),
         Some(other) => Err(TransferError::Protocol {
             peer,
             detail: format!(
-                "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, Busy, AlreadyHave or Reject, found {other:?}"
+                "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, Busy, AlreadyArriving, AlreadyHave or Reject, found {other:?}"
             ),
         }),
     }
@@ -364,6 +396,18 @@ async fn write_chunks(
             continue;
         }
         let len = chunk_bytes.min(file_len - off);
+        let acked = s.acked.load(Ordering::Acquire);
+        let step = s.step_bytes.load(Ordering::Relaxed);
+        // The cap of the moment: lifting it widens the window at once.
+        let window = window_bytes(step, chunk_bytes, s.limiter.get());
+        if !may_write(off + len, high_water, acked, window) {
+            // Wait for an acknowledgement (or a go-back), then decide again.
+            tokio::select! {
+                () = s.acked_wake.notified() => {}
+                () = s.rewind.wake.notified() => {}
+            }
+            continue;
+        }
         let data = match ahead.take() {
             Some((o, h)) if o == off => h.await,
             _ => read_ahead(s.reader, off, len).await,
@@ -403,6 +447,7 @@ async fn write_chunks(
             s.m.chunks_resent(1);
         }
         high_water = high_water.max(next);
+        s.written.store(high_water, Ordering::Relaxed);
         off = next;
         s.progress.advance(off);
         s.m.progress(s.peer, high_water, file_len);
@@ -448,27 +493,52 @@ async fn read_ahead(
 }
 
 /// Step 3b: read the follower's acknowledgements until it reports the file received
-/// (`Ok`) or something goes wrong.
+/// (`Ok`) or something goes wrong. Each step of the durable offset widens or narrows the
+/// writer's [`Window`]; a follower that sends heartbeats is presumed gone after
+/// `silence_timeout_ms` without a reply.
 async fn read_acks(
     s: &Sending<'_>,
     recv: &mut quinn::RecvStream,
     mut acks: Acks,
+    mut window: Window,
     on_durable: &mut (impl FnMut(u64) + Send),
 ) -> Result<(), TransferError> {
+    let silence_ms = s.cfg.silence_timeout_ms;
     loop {
-        let reply = read_reply(recv)
-            .await
-            .map_err(|source| TransferError::Frame {
-                peer: s.peer,
-                during: "reading acknowledgements",
-                source,
-            })?;
+        let read = read_reply(recv);
+        let reply = if acks.sends_heartbeats() {
+            match tokio::time::timeout(Duration::from_millis(silence_ms), read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(TransferError::PeerSilent {
+                        peer: s.peer,
+                        silent_ms: silence_ms,
+                        acked: acks.acked(),
+                        written: s.written.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        } else {
+            read.await
+        }
+        .map_err(|source| TransferError::Frame {
+            peer: s.peer,
+            during: "reading acknowledgements",
+            source,
+        })?;
+        let before = acks.acked();
         match acks.on_reply(reply)? {
-            AckStep::Durable(offset) => {
+            AckStep::Durable(offset) if offset > before => {
                 tracing::debug!(target: LOG, id = %s.id, peer = s.peer, offset, "follower made snapshot bytes durable");
+                window.on_durable(offset - before);
+                s.step_bytes.store(window.step_bytes(), Ordering::Relaxed);
+                s.acked.store(offset, Ordering::Release);
+                s.acked_wake.notify_one();
                 on_durable(offset);
                 s.progress.touch();
             }
+            // A heartbeat: the follower is alive, nothing moved.
+            AckStep::Durable(_) => {}
             AckStep::Resend(offset) => {
                 tracing::warn!(target: LOG, id = %s.id, peer = s.peer, offset, "follower rejected a chunk (CRC32C mismatch); re-sending from it");
                 s.rewind.request(offset);
@@ -488,6 +558,10 @@ async fn read_acks(
 pub struct Acks {
     peer: NodeId,
     id: SnapshotId,
+    /// A reply was judged already.
+    replied: bool,
+    /// The first reply repeated `resume_from`: the follower sends heartbeats.
+    heartbeats: bool,
     acked: u64,
     resume_from: u64,
     file_len: u64,
@@ -523,6 +597,8 @@ impl Acks {
         Acks {
             peer,
             id,
+            replied: false,
+            heartbeats: false,
             acked: resume_from,
             resume_from,
             file_len,
@@ -536,10 +612,26 @@ impl Acks {
         self.acked
     }
 
+    /// The follower's first reply was `Durable{resume_from}`: it sends a reply at least every
+    /// `heartbeat_ms`, so silence means it is gone (see [`crate::wire`]). A follower from
+    /// before heartbeats never repeats an offset.
+    pub fn sends_heartbeats(&self) -> bool {
+        self.heartbeats
+    }
+
     /// Judge one reply (`None`: the follower closed the stream). An error ends the transfer:
     /// the follower failed, closed, sent back another digest, or broke the protocol (a durable
     /// offset going back or past the end, a Nack off a chunk boundary, any other message).
     pub fn on_reply(&mut self, reply: Option<Reply>) -> Result<AckStep, TransferError> {
+        let first = !std::mem::replace(&mut self.replied, true);
+        if first
+            && reply
+                == Some(Reply::Durable {
+                    offset: self.resume_from,
+                })
+        {
+            self.heartbeats = true;
+        }
         let (peer, id) = (self.peer, self.id);
         let (acked, file_len, chunk_bytes, resume_from) = (
             self.acked,
@@ -647,10 +739,23 @@ mod tests {
                 limit: 2
             })
             .unwrap(),
-            OfferAnswer::Busy {
+            OfferAnswer::Busy(BusyReason::SlotsFull {
                 in_flight: 2,
                 limit: 2
-            }
+            })
+        );
+        assert_eq!(
+            j(Reply::AlreadyArriving {
+                from: 3,
+                leader_term: 7,
+                idle_ms: 20
+            })
+            .unwrap(),
+            OfferAnswer::Busy(BusyReason::AlreadyArriving {
+                from: 3,
+                leader_term: 7,
+                idle_ms: 20
+            })
         );
         assert_eq!(j(Reply::AlreadyHave).unwrap(), OfferAnswer::AlreadyHave);
     }
@@ -665,7 +770,7 @@ mod tests {
         let e = j(Some(Reply::Accept { resume_from: 1001 }));
         assert!(
             e.to_string()
-                .contains("expected Accept{resume_from <= 1000}, Busy, AlreadyHave or Reject, found Accept { resume_from: 1001 }"),
+                .contains("expected Accept{resume_from <= 1000}, Busy, AlreadyArriving, AlreadyHave or Reject, found Accept { resume_from: 1001 }"),
             "{e}"
         );
         assert!(matches!(
@@ -700,6 +805,31 @@ mod tests {
         );
         let mut a = acks();
         assert!(a.on_reply(Some(Reply::Durable { offset: 1001 })).is_err());
+    }
+
+    #[test]
+    fn a_follower_that_repeats_its_resume_offset_first_sends_heartbeats() {
+        let mut a = acks();
+        assert!(!a.sends_heartbeats());
+        assert_eq!(
+            a.on_reply(Some(Reply::Durable { offset: 100 })).unwrap(),
+            AckStep::Durable(100)
+        );
+        assert!(a.sends_heartbeats());
+        // Heartbeats repeat the last durable offset; they are no step back.
+        a.on_reply(Some(Reply::Durable { offset: 400 })).unwrap();
+        assert_eq!(
+            a.on_reply(Some(Reply::Durable { offset: 400 })).unwrap(),
+            AckStep::Durable(400)
+        );
+        // A follower from before heartbeats only acknowledges progress.
+        let mut old = acks();
+        old.on_reply(Some(Reply::Durable { offset: 400 })).unwrap();
+        old.on_reply(Some(Reply::Durable { offset: 400 })).unwrap();
+        assert!(!old.sends_heartbeats(), "only the first reply counts");
+        let mut verifying_first = acks();
+        verifying_first.on_reply(Some(Reply::Verifying)).unwrap();
+        assert!(!verifying_first.sends_heartbeats());
     }
 
     #[test]

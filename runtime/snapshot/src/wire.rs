@@ -10,7 +10,16 @@
 //! Control frames are `wraft_transport::frame` frames (magic `WF`, version, kind, length,
 //! CRC32C) of at most [`CONTROL_FRAME_BYTES_MAX`] bytes. The postcard layout of [`Offer`] and
 //! [`Reply`] is the wire format: field order and variant order must never change
-//! (a change is a new [`TRANSFER_PROTOCOL_VERSION`]).
+//! (a change is a new [`TRANSFER_PROTOCOL_VERSION`]); a new reply goes at the end of [`Reply`]
+//! (an older leader fails to decode it and offers again, as after any failed transfer).
+//!
+//! **Heartbeats** need no message of their own: a follower repeats its last durable offset
+//! (`Durable{offset}`, which every leader accepts, the offset never going back). A follower of
+//! this version repeats the offer's `resume_from` right after `Accept` — a follower before it
+//! only sent `Durable` when the offset advanced — and then sends `Durable` (or `Verifying`) at
+//! least every `heartbeat_ms`. A leader that saw the repeat presumes the follower gone after
+//! `silence_timeout_ms` without a reply; an older follower is watched by the progress timeout
+//! alone (see [`crate::TransferConfig`]).
 //!
 //! Chunk header layout (little-endian):
 //!
@@ -90,11 +99,12 @@ pub enum Reply {
         /// Bytes `[0, resume_from)` are durable on the follower.
         resume_from: u64,
     },
-    /// At the limit of concurrent incoming transfers.
+    /// Every incoming slot is taken by transfers of other snapshots
+    /// ([`BusyReason::SlotsFull`]).
     Busy {
         /// Transfers running on the follower.
         in_flight: u32,
-        /// Its `max_incoming_transfers`.
+        /// Its `incoming_transfers_max`.
         limit: u32,
     },
     /// The snapshot is already complete here.
@@ -126,6 +136,77 @@ pub enum Reply {
         /// Why (at most [`REASON_BYTES_MAX`] bytes).
         reason: String,
     },
+    /// This snapshot is already arriving on another stream, which the offer may not take over
+    /// ([`BusyReason::AlreadyArriving`]). Added after the first release: last, so that the
+    /// variants before it keep their postcard tags.
+    AlreadyArriving {
+        /// The node sending it there.
+        from: u64,
+        /// The leader term of that node's offer.
+        leader_term: u64,
+        /// Milliseconds since that stream last made progress.
+        idle_ms: u64,
+    },
+}
+
+/// Why a follower declined an offer for now (`Busy` or `AlreadyArriving` on the wire): the
+/// leader offers again later, backing off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReason {
+    /// Every incoming slot is held by transfers of other snapshots.
+    SlotsFull {
+        /// Transfers holding a slot.
+        in_flight: u32,
+        /// The follower's `snapshot.incoming_transfers_max`.
+        limit: u32,
+    },
+    /// The snapshot is already arriving from node `from` on another stream that is neither
+    /// from an older leader term nor idle for long enough to be taken over.
+    AlreadyArriving {
+        /// The node sending it.
+        from: u64,
+        /// The leader term of that node's offer.
+        leader_term: u64,
+        /// Milliseconds since that stream last made progress.
+        idle_ms: u64,
+    },
+}
+
+impl BusyReason {
+    /// The reply that carries this reason to the leader.
+    pub fn reply(self) -> Reply {
+        match self {
+            BusyReason::SlotsFull { in_flight, limit } => Reply::Busy { in_flight, limit },
+            BusyReason::AlreadyArriving {
+                from,
+                leader_term,
+                idle_ms,
+            } => Reply::AlreadyArriving {
+                from,
+                leader_term,
+                idle_ms,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BusyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusyReason::SlotsFull { in_flight, limit } => write!(
+                f,
+                "all {limit} incoming transfer slots are taken by other snapshots ({in_flight} arriving; snapshot.incoming_transfers_max = {limit})"
+            ),
+            BusyReason::AlreadyArriving {
+                from,
+                leader_term,
+                idle_ms,
+            } => write!(
+                f,
+                "this snapshot is already arriving from node {from} (leader term {leader_term}) on another stream (last progress {idle_ms} ms ago)"
+            ),
+        }
+    }
 }
 
 /// The offer's postcard payload (what goes in its control frame).
@@ -313,6 +394,24 @@ mod tests {
         );
         assert_eq!(encode_reply(&Reply::Verifying).unwrap(), [6]);
         assert_eq!(encode_reply(&Reply::Nack { offset: 1 }).unwrap(), [5, 1]);
+        assert_eq!(
+            encode_reply(&Reply::Busy {
+                in_flight: 2,
+                limit: 2
+            })
+            .unwrap(),
+            [1, 2, 2]
+        );
+        // Appended after the first release: tag 9, after `Failed` (8).
+        assert_eq!(
+            encode_reply(&Reply::AlreadyArriving {
+                from: 3,
+                leader_term: 7,
+                idle_ms: 300
+            })
+            .unwrap(),
+            [9, 3, 7, 0xac, 0x02]
+        );
         let h = encode_chunk_header(0x0102, b"ab");
         assert_eq!(&h[..16], b"WC\x01\x00\x02\x01\0\0\0\0\0\0\x02\0\0\0");
         assert_eq!(h[16..20], crc32c::crc32c(b"ab").to_le_bytes());

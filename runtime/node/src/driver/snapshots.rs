@@ -2,7 +2,9 @@
 //! installing, and compacting the log behind them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use wraft_engine::{Event, Membership, Role, SnapshotMeta};
@@ -11,8 +13,10 @@ use wraft_storage::{SnapshotId, SnapshotPin, Storage, WriteBatch};
 use crate::apply::ApplyMsg;
 use crate::snapshot::SnapEvent;
 use wraft_proto::Command;
+use wraft_snapshot::pacing::ReofferBackoff;
 use wraft_snapshot::{
-    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, receive_snapshot, send_snapshot,
+    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, TransferError, receive_snapshot,
+    send_snapshot,
 };
 
 use crate::driver::{Driver, PendingProposal};
@@ -30,7 +34,28 @@ pub(crate) struct SnapState {
     pub(crate) installing: Option<SnapshotPin>,
     pub(crate) xfer_cfg: TransferConfig,
     pub(crate) limiter: Arc<BandwidthLimiter>,
+    /// Per follower, how long to wait before the next offer after offers that got nowhere.
+    /// Kept by the transfer tasks, which wait before they report the attempt done (the engine
+    /// offers again on the next tick after that, and `sending` keeps other offers out
+    /// meanwhile). One entry per follower ever sent to: bounded by the membership.
+    pub(crate) reoffer: Arc<Mutex<HashMap<u64, ReofferBackoff>>>,
     pub(crate) retain_count: u64,
+}
+
+/// After an attempt to send to a follower: `None` if the next offer may go out at once (the
+/// attempt `completed` — the follower has the snapshot — or `moved` the follower's durable
+/// offset), otherwise the wait before it, one backoff step longer than the last.
+pub(crate) fn wait_before_reoffer(
+    backoff: &mut ReofferBackoff,
+    completed: bool,
+    moved: bool,
+) -> Option<Duration> {
+    if completed || moved {
+        backoff.reset();
+        None
+    } else {
+        Some(backoff.missed())
+    }
 }
 
 /// Accept inbound bulk streams (snapshot offers) and receive each on its own
@@ -63,6 +88,12 @@ pub(crate) async fn serve_bulk(
                         term: r.leader_term,
                         meta,
                     });
+                }
+                // Declined offers and streams handed to a newer offer are logged once, by the
+                // receive itself (and the leader backs off after a decline).
+                Err(e @ (TransferError::Busy { .. } | TransferError::TakenOver { .. })) => {
+                    tracing::debug!(target: "wraft::snapshot", node, peer, error = %e,
+                        "incoming snapshot transfer ended early")
                 }
                 Err(e) => {
                     tracing::warn!(target: "wraft::snapshot", node, peer, error = %e,
@@ -241,12 +272,13 @@ impl Driver {
             }
         };
         self.snap.sending.insert(to, meta.index);
-        let (transport, storage, cfg, limiter, tx) = (
+        let (transport, storage, cfg, limiter, tx, reoffer) = (
             self.transport.clone(),
             self.storage.clone(),
             self.snap.xfer_cfg.clone(),
             self.snap.limiter.clone(),
             self.snap.tx.clone(),
+            self.snap.reoffer.clone(),
         );
         let term = self.engine.term();
         let node = self.id;
@@ -254,13 +286,13 @@ impl Driver {
             "sending snapshot");
         tokio::spawn(async move {
             let index = id.last_index;
-            let ok = match transport.open_bulk(to).await {
+            // The follower acknowledged bytes durable during this attempt.
+            let moved = AtomicBool::new(false);
+            let outcome = match transport.open_bulk(to).await {
                 Err(e) => {
-                    tracing::warn!(target: "wraft::snapshot", node, peer = to, error = %e,
-                        "cannot open a bulk stream for the snapshot");
                     // Releasing the pin may run retention (file deletes): off the workers.
                     let _ = tokio::task::spawn_blocking(move || drop(offered)).await;
-                    false
+                    Err(format!("cannot open a bulk stream for the snapshot: {e}"))
                 }
                 Ok(stream) => {
                     let progress = tx.clone();
@@ -272,6 +304,7 @@ impl Driver {
                         &cfg,
                         &limiter,
                         |d| {
+                            moved.store(true, Ordering::Relaxed);
                             let _ = progress.send(SnapEvent::Progress {
                                 from: to,
                                 index,
@@ -280,26 +313,46 @@ impl Driver {
                         },
                     )
                     .await;
-                    match r {
-                        Ok(rep) => {
-                            tracing::info!(target: "wraft::snapshot", node, peer = to, index,
-                                outcome = ?rep.outcome, resumed_from = rep.resumed_from,
-                                bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
-                                duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished");
-                            matches!(
-                                rep.outcome,
-                                SendOutcome::Completed | SendOutcome::AlreadyHave
-                            )
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: "wraft::snapshot", node, peer = to, index, error = %e,
-                                "snapshot transfer failed; it is re-offered and resumes");
-                            false
-                        }
-                    }
+                    r.map_err(|e| e.to_string())
                 }
             };
-            let _ = tx.send(SnapEvent::TransferDone { to, index, ok });
+            let completed = matches!(
+                outcome,
+                Ok(ref rep) if matches!(rep.outcome, SendOutcome::Completed | SendOutcome::AlreadyHave)
+            );
+            let wait = {
+                let mut all = reoffer.lock().unwrap_or_else(|p| p.into_inner());
+                let backoff = all.entry(to).or_default();
+                wait_before_reoffer(backoff, completed, moved.load(Ordering::Relaxed))
+            };
+            let retry_in_ms = wait.map_or(0, |d| d.as_millis() as u64);
+            // One line per attempt, and attempts that get nowhere come one backoff step apart.
+            match &outcome {
+                Ok(rep) => match rep.outcome {
+                    SendOutcome::Busy(reason) => {
+                        tracing::info!(target: "wraft::snapshot", node, peer = to, index, %reason, retry_in_ms,
+                            "follower declined the snapshot offer for now; offering again after the wait")
+                    }
+                    _ => {
+                        tracing::info!(target: "wraft::snapshot", node, peer = to, index,
+                            outcome = ?rep.outcome, resumed_from = rep.resumed_from,
+                            bytes_sent = rep.bytes_sent, chunks_resent = rep.chunks_resent,
+                            duration_ms = rep.duration.as_millis() as u64, "snapshot transfer finished")
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(target: "wraft::snapshot", node, peer = to, index, %error, retry_in_ms,
+                        "snapshot transfer failed; it is re-offered and resumes")
+                }
+            }
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
+            let _ = tx.send(SnapEvent::TransferDone {
+                to,
+                index,
+                ok: completed,
+            });
         });
     }
 
@@ -338,5 +391,35 @@ impl Driver {
             Err(e) => tracing::warn!(target: "wraft::snapshot", node = self.id, error = %e,
                 "log compaction failed; retried after the next snapshot"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The users' case: a follower declined every offer for 4.3 s while its stream from the
+    /// old leader timed out, and the engine offered again on every 10 ms tick (428 offers).
+    #[test]
+    fn a_follower_that_keeps_declining_gets_a_handful_of_offers_and_progress_resets_the_wait() {
+        let mut b = ReofferBackoff::default();
+        let (mut t_ms, mut offers) = (0u64, 0);
+        while t_ms < 4300 {
+            offers += 1;
+            let wait = wait_before_reoffer(&mut b, false, false).expect("a wait after a decline");
+            t_ms += wait.as_millis() as u64 + 10;
+        }
+        assert!(offers <= 8, "{offers} offers in 4.3 s");
+        assert_eq!(b.missed(), Duration::from_millis(ReofferBackoff::MAX_MS));
+
+        // A failed attempt that still made bytes durable (a follower killed mid-transfer)
+        // resets the wait: the next attempt resumes at once.
+        assert_eq!(wait_before_reoffer(&mut b, false, true), None);
+        assert_eq!(
+            wait_before_reoffer(&mut b, false, false),
+            Some(Duration::from_millis(ReofferBackoff::FIRST_MS))
+        );
+        assert_eq!(wait_before_reoffer(&mut b, true, false), None);
+        assert_eq!(b.misses(), 0);
     }
 }

@@ -9,18 +9,29 @@
 //! |---|---|---|
 //! | 1 | [`check_offer`]: magic and version, `chunk_bytes` in `1..=chunk_bytes_max`, a file at least a snapshot header long | `Reject{reason}` |
 //! | 2 | the store holds this id complete | `AlreadyHave` |
-//! | 3 | [`crate::limiter::slot_for`]: a free slot, and this id not already arriving | `Busy{in_flight, limit}` |
+//! | 3 | [`slot_for`]: this id already arriving on a stream the offer may not take over, or every slot taken | `AlreadyArriving{from, leader_term, idle_ms}` or `Busy{in_flight, limit}` |
 //! | 4 | [`partial_restart_reason`]: a partial of the *same* file is resumed, anything else restarts from 0 | `Accept{resume_from}` |
+//!
+//! **Takeover** (step 3). A snapshot arrives on at most one stream, and only one stream writes
+//! its partial file. A second offer of the same snapshot takes the first stream over — cancels
+//! it, waits until it has synced and closed the file, then resumes its durable prefix — when
+//! the offer comes from a newer leader term (a deposed leader's transfer is of no use), from
+//! the node that sends the stream (a leader runs one transfer per follower: offering again
+//! means it gave the old stream up), or once the stream has made no progress for
+//! `takeover_idle_ms`. Otherwise it is declined with who sends the snapshot and how long ago
+//! that stream last moved.
 //!
 //! A chunk goes through [`ChunkStream::on_header`] (decoded and bounded *before* its data is
 //! allocated) and [`ChunkStream::on_data`] ([`ChunkVerdict`]: write, drop a stale one, Nack,
 //! or give up).
 
 use wraft_proto::digest::hex;
+use wraft_storage::SnapshotId;
+use wraft_transport::NodeId;
 
 use crate::wire::{
-    CHUNK_HEADER_BYTES, ChunkHeader, MIN_SNAPSHOT_FILE_BYTES, OFFER_MAGIC, Offer, Reply,
-    TRANSFER_PROTOCOL_VERSION, decode_chunk_header, truncate_reason,
+    BusyReason, CHUNK_HEADER_BYTES, ChunkHeader, MIN_SNAPSHOT_FILE_BYTES, OFFER_MAGIC, Offer,
+    Reply, TRANSFER_PROTOCOL_VERSION, decode_chunk_header, truncate_reason,
 };
 
 /// The follower's answer to an offer.
@@ -33,13 +44,9 @@ pub enum OfferDecision {
     },
     /// Step 2: the snapshot is complete here already.
     AlreadyHave,
-    /// Step 3: every slot is taken, or this snapshot is already arriving on another stream.
-    Busy {
-        /// Transfers holding a slot.
-        in_flight: usize,
-        /// `max_incoming_transfers`.
-        limit: usize,
-    },
+    /// Step 3: this snapshot is already arriving on a stream the offer may not take over, or
+    /// every slot is taken by other snapshots.
+    Busy(BusyReason),
     /// Step 4: send from `resume_from` (0, or the durable prefix of the same file).
     Accept {
         /// Bytes already held durably.
@@ -55,10 +62,7 @@ impl OfferDecision {
                 reason: truncate_reason(reason.clone()),
             },
             OfferDecision::AlreadyHave => Reply::AlreadyHave,
-            OfferDecision::Busy { in_flight, limit } => Reply::Busy {
-                in_flight: *in_flight as u32,
-                limit: *limit as u32,
-            },
+            OfferDecision::Busy(reason) => reason.reply(),
             OfferDecision::Accept { resume_from } => Reply::Accept {
                 resume_from: *resume_from,
             },
@@ -87,6 +91,66 @@ pub fn check_offer(offer: &Offer, chunk_bytes_max: u32) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// An incoming transfer holding a slot, as the slot rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arriving {
+    /// The snapshot arriving.
+    pub id: SnapshotId,
+    /// The node sending it.
+    pub from: NodeId,
+    /// The leader term of that node's offer.
+    pub leader_term: u64,
+    /// Milliseconds since its stream last made progress.
+    pub idle_ms: u64,
+}
+
+/// Step 3's answer to an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotDecision {
+    /// A free slot.
+    Take,
+    /// Take over the stream at this index of the transfers holding slots (the same snapshot):
+    /// it is cancelled and gives its slot to the offer once its spool file is closed.
+    TakeOver(usize),
+    /// Declined for now.
+    Busy(BusyReason),
+}
+
+/// Step 3 (pure): may an offer of snapshot `id` from node `from` in `leader_term` start,
+/// given the transfers holding slots (`held`, at most `limit` of them)? See the module docs
+/// for when it takes over a stream of the same snapshot.
+pub fn slot_for(
+    held: &[Arriving],
+    limit: usize,
+    id: SnapshotId,
+    from: NodeId,
+    leader_term: u64,
+    takeover_idle_ms: u64,
+) -> SlotDecision {
+    if let Some(i) = held.iter().position(|a| a.id == id) {
+        let a = held[i];
+        let newer_term = leader_term > a.leader_term;
+        let same_sender = from == a.from && leader_term >= a.leader_term;
+        return if newer_term || same_sender || a.idle_ms >= takeover_idle_ms {
+            SlotDecision::TakeOver(i)
+        } else {
+            SlotDecision::Busy(BusyReason::AlreadyArriving {
+                from: a.from,
+                leader_term: a.leader_term,
+                idle_ms: a.idle_ms,
+            })
+        };
+    }
+    if held.len() >= limit {
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        return SlotDecision::Busy(BusyReason::SlotsFull {
+            in_flight: n(held.len()),
+            limit: n(limit),
+        });
+    }
+    SlotDecision::Take
 }
 
 /// Step 4: may a partial file of the offered id, holding `durable` bytes durably, be resumed?
@@ -119,6 +183,26 @@ pub fn partial_restart_reason<E>(
         // Not even the digest is durable yet: too little to be worth checking otherwise.
         None => Some(format!("holds only {durable} bytes")),
     })
+}
+
+/// When the disk thread makes received bytes durable (and the leader hears of it): once
+/// `every_bytes` are unsynced, or once the oldest unsynced byte was written `interval_ms` ago,
+/// whichever comes first. The second rule keeps slow transfers' steps small: at 4 MB/s and
+/// 100 ms a step is about 400 KB, not `every_bytes`; a fast transfer reaches `every_bytes`
+/// first and syncs as seldom as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPolicy {
+    /// `sync_every_bytes`.
+    pub every_bytes: u64,
+    /// `sync_interval_ms`.
+    pub interval_ms: u64,
+}
+
+impl SyncPolicy {
+    /// Sync now, with `unsynced` bytes written, the oldest of them `age_ms` ago?
+    pub fn due(&self, unsynced: u64, age_ms: u64) -> bool {
+        unsynced > 0 && (unsynced >= self.every_bytes || age_ms >= self.interval_ms)
+    }
 }
 
 /// What to do with a chunk whose data arrived.
@@ -252,7 +336,6 @@ impl ChunkStream {
 mod tests {
     use super::*;
     use crate::wire::encode_chunk_header;
-    use wraft_storage::SnapshotId;
 
     fn offer() -> Offer {
         Offer {
@@ -318,10 +401,10 @@ mod tests {
         ));
         assert_eq!(OfferDecision::AlreadyHave.reply(), Reply::AlreadyHave);
         assert_eq!(
-            OfferDecision::Busy {
+            OfferDecision::Busy(BusyReason::SlotsFull {
                 in_flight: 2,
                 limit: 2
-            }
+            })
             .reply(),
             Reply::Busy {
                 in_flight: 2,
@@ -329,9 +412,133 @@ mod tests {
             }
         );
         assert_eq!(
+            OfferDecision::Busy(BusyReason::AlreadyArriving {
+                from: 3,
+                leader_term: 7,
+                idle_ms: 40
+            })
+            .reply(),
+            Reply::AlreadyArriving {
+                from: 3,
+                leader_term: 7,
+                idle_ms: 40
+            }
+        );
+        assert_eq!(
             OfferDecision::Accept { resume_from: 9 }.reply(),
             Reply::Accept { resume_from: 9 }
         );
+    }
+
+    fn id(last_index: u64) -> SnapshotId {
+        SnapshotId {
+            last_index,
+            last_term: 1,
+        }
+    }
+
+    /// Snapshot 5 arriving from node 3, offered in term 7, last progress `idle_ms` ago.
+    fn arriving(idle_ms: u64) -> Arriving {
+        Arriving {
+            id: id(5),
+            from: 3,
+            leader_term: 7,
+            idle_ms,
+        }
+    }
+
+    #[test]
+    fn an_offer_gets_a_free_slot_unless_all_are_held_by_other_snapshots() {
+        let other = Arriving {
+            id: id(4),
+            ..arriving(0)
+        };
+        assert_eq!(slot_for(&[], 1, id(5), 1, 7, 1000), SlotDecision::Take);
+        assert_eq!(slot_for(&[other], 2, id(5), 1, 7, 1000), SlotDecision::Take);
+        let full = slot_for(&[other], 1, id(5), 1, 9, 1000);
+        assert_eq!(
+            full,
+            SlotDecision::Busy(BusyReason::SlotsFull {
+                in_flight: 1,
+                limit: 1
+            })
+        );
+        let SlotDecision::Busy(why) = full else {
+            unreachable!()
+        };
+        assert_eq!(
+            why.to_string(),
+            "all 1 incoming transfer slots are taken by other snapshots (1 arriving; snapshot.incoming_transfers_max = 1)"
+        );
+    }
+
+    #[test]
+    fn a_newer_term_or_the_same_sender_takes_over_a_stream_of_the_same_snapshot_at_once() {
+        let held = [
+            Arriving {
+                id: id(4),
+                ..arriving(0)
+            },
+            arriving(0),
+        ];
+        // Both slots are held: taking over needs none of its own.
+        assert_eq!(
+            slot_for(&held, 2, id(5), 1, 8, 1000),
+            SlotDecision::TakeOver(1),
+            "a newer leader term"
+        );
+        assert_eq!(
+            slot_for(&held, 2, id(5), 3, 7, 1000),
+            SlotDecision::TakeOver(1),
+            "the node that sends it offers again: it gave the old stream up"
+        );
+    }
+
+    #[test]
+    fn a_rival_of_the_same_or_an_older_term_waits_until_the_stream_is_idle_and_is_told_why() {
+        for term in [6, 7] {
+            let d = slot_for(&[arriving(999)], 2, id(5), 1, term, 1000);
+            assert_eq!(
+                d,
+                SlotDecision::Busy(BusyReason::AlreadyArriving {
+                    from: 3,
+                    leader_term: 7,
+                    idle_ms: 999
+                })
+            );
+            let SlotDecision::Busy(why) = d else {
+                unreachable!()
+            };
+            assert_eq!(
+                why.to_string(),
+                "this snapshot is already arriving from node 3 (leader term 7) on another stream (last progress 999 ms ago)"
+            );
+            assert_eq!(
+                slot_for(&[arriving(1000)], 2, id(5), 1, term, 1000),
+                SlotDecision::TakeOver(0)
+            );
+        }
+        // The node that sends the stream, in an older term than its own offer: not the same
+        // leader (terms only grow), so only idleness lets it take over.
+        assert!(matches!(
+            slot_for(&[arriving(0)], 2, id(5), 3, 6, 1000),
+            SlotDecision::Busy(_)
+        ));
+    }
+
+    #[test]
+    fn bytes_are_synced_at_sync_every_bytes_or_once_the_oldest_is_sync_interval_old() {
+        let p = SyncPolicy {
+            every_bytes: 8 << 20,
+            interval_ms: 100,
+        };
+        assert!(!p.due(0, 10_000), "nothing to sync");
+        assert!(!p.due(400_000, 99));
+        assert!(
+            p.due(400_000, 100),
+            "a slow transfer syncs small steps often"
+        );
+        assert!(p.due(8 << 20, 0), "a fast one syncs every sync_every_bytes");
     }
 
     type NoError = std::convert::Infallible;

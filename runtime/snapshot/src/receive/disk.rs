@@ -2,21 +2,25 @@
 //! that writes, syncs and acknowledges durable offsets, then verifies and publishes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use wraft_storage::{IncomingSnapshot, SnapshotInfo, SnapshotStore, StorageError};
 use wraft_transport::NodeId;
 
-use super::decide::partial_restart_reason;
+use super::decide::{SyncPolicy, partial_restart_reason};
 use crate::limiter::SlotPermit;
 use crate::metrics::LOG;
 use crate::progress::Progress;
 use crate::wire::Offer;
 
 /// From the network task to the disk thread.
-pub(super) struct WriteCmd {
-    pub(super) offset: u64,
-    pub(super) data: Vec<u8>,
+pub(super) enum DiskCmd {
+    /// A checked chunk to write at `offset`.
+    Write { offset: u64, data: Vec<u8> },
+    /// Time passed (`tick_disk`): sync if bytes have waited `sync_interval_ms`. The disk thread
+    /// only ever blocks in `blocking_recv`, so this is how time reaches it.
+    Tick,
 }
 
 /// From the disk thread to the network task.
@@ -46,60 +50,67 @@ pub(super) fn open_spool(
     }
 }
 
-/// The disk side of a receive, on a blocking thread: write, sync every `sync_every` bytes and
-/// report the durable offset, then verify and publish. Holds the slot until the file is closed.
+/// The disk side of a receive, on a blocking thread: write, sync as `sync` says and report the
+/// durable offset, then verify and publish. Holds the slot until the file is closed.
 pub(super) fn disk_loop(
     incoming: IncomingSnapshot,
     permit: SlotPermit,
-    cmds: mpsc::Receiver<WriteCmd>,
+    cmds: mpsc::Receiver<DiskCmd>,
     events: mpsc::Sender<DiskEvent>,
-    sync_every: u64,
+    sync: SyncPolicy,
     file_len: u64,
     progress: Arc<Progress>,
 ) {
-    // `disk_work` consumes (closes) the spool file before the slot is given back, so a
-    // re-offer that finds a free slot also finds the file free.
-    disk_work(incoming, cmds, events, sync_every, file_len, progress);
+    // `disk_work` consumes (closes) the spool file before the slot and the file lock are given
+    // back, so a re-offer that finds a free slot also finds the file free.
+    disk_work(incoming, cmds, events, sync, file_len, progress);
     drop(permit);
 }
 
 fn disk_work(
     mut incoming: IncomingSnapshot,
-    mut cmds: mpsc::Receiver<WriteCmd>,
+    mut cmds: mpsc::Receiver<DiskCmd>,
     events: mpsc::Sender<DiskEvent>,
-    sync_every: u64,
+    sync: SyncPolicy,
     file_len: u64,
     progress: Arc<Progress>,
 ) {
     let mut unsynced: u64 = 0;
+    // When the oldest unsynced byte was written.
+    let mut unsynced_since: Option<Instant> = None;
     let mut reported = incoming.durable_offset();
     let fail = |e| {
         let _ = events.blocking_send(DiskEvent::Failed(e));
     };
     while incoming.written_offset() < file_len {
         let Some(cmd) = cmds.blocking_recv() else {
-            // The transfer was abandoned: make what arrived durable for the next attempt.
+            // The transfer was abandoned (or taken over): make what arrived durable for the
+            // next attempt.
             if let Err(e) = incoming.sync() {
                 tracing::warn!(target: LOG, id = %incoming.id(), error = %e, "could not sync the partial snapshot of an abandoned transfer");
             }
             return;
         };
-        let len = cmd.data.len() as u64;
-        if let Err(e) = incoming.write_at(cmd.offset, &cmd.data) {
-            return fail(e);
-        }
-        unsynced += len;
-        if unsynced >= sync_every {
-            if let Err(e) = incoming.sync() {
+        if let DiskCmd::Write { offset, data } = cmd {
+            if let Err(e) = incoming.write_at(offset, &data) {
                 return fail(e);
             }
-            unsynced = 0;
+            unsynced += data.len() as u64;
+            unsynced_since.get_or_insert_with(Instant::now);
+            progress.touch();
         }
-        progress.touch();
+        let age_ms = unsynced_since.map_or(0, |t| t.elapsed().as_millis() as u64);
+        if sync.due(unsynced, age_ms)
+            && let Err(e) = incoming.sync()
+        {
+            return fail(e);
+        }
         let durable = incoming.durable_offset();
         if durable > reported {
             // The store may also sync on its own (`snapshot_sync_every_bytes`).
+            progress.touch();
             unsynced = incoming.written_offset() - durable;
+            unsynced_since = (unsynced > 0).then(Instant::now);
             reported = durable;
             if events.blocking_send(DiskEvent::Durable(durable)).is_err() {
                 return;

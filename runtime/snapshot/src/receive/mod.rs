@@ -6,12 +6,15 @@
 //! 1. **offer**: read and decode it, check it (`read_offer`) — `Reject`;
 //! 2. **already here**: the store holds this id complete (`answer_already_have`) —
 //!    `AlreadyHave`;
-//! 3. **slot**: take one of the node's incoming slots (`take_slot`) — `Busy`;
+//! 3. **slot**: take one of the node's incoming slots, or take over the stream this snapshot
+//!    is already arriving on, then wait until that stream has closed the partial file
+//!    (`take_slot`) — `Busy` or `AlreadyArriving`; step 2 again if it waited;
 //! 4. **spool**: open or resume the partial file (`open_spool`) — `Accept{resume_from}`;
 //! 5. **stream**: a blocking disk thread (`disk`) owns the spool file; on this task, the
 //!    chunk reader (`read_chunks`, each chunk judged by [`ChunkStream`]), the
 //!    acknowledgement writer (`write_acks`: disk events and Nacks become replies, heartbeats
-//!    during verification) and the progress watchdog run in one `select!`;
+//!    whenever it has been quiet for `heartbeat_ms`), the disk thread's clock (`tick_disk`),
+//!    the progress watchdog and the takeover signal run in one `select!`;
 //! 6. **finish**: the published file, or `Failed{reason}` sent and the prefix kept
 //!    (`finish`).
 
@@ -30,14 +33,14 @@ use wraft_transport::frame::{self, FrameError};
 use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
 
-use self::decide::{ChunkStream, ChunkVerdict, OfferDecision, check_offer};
-use self::disk::{DiskEvent, WriteCmd, disk_loop};
-use crate::limiter::{IncomingSlots, SlotPermit};
+use self::decide::{ChunkStream, ChunkVerdict, OfferDecision, SyncPolicy, check_offer};
+use self::disk::{DiskCmd, DiskEvent, disk_loop};
+use crate::limiter::{Claim, IncomingSlots, SlotPermit};
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
 use crate::progress::Progress;
 use crate::wire::{
-    self, CHUNK_HEADER_BYTES, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_REPLY, Offer,
-    Reply, truncate_reason,
+    self, BusyReason, CHUNK_HEADER_BYTES, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX,
+    KIND_REPLY, Offer, Reply, truncate_reason,
 };
 use crate::{TransferConfig, TransferError};
 
@@ -61,12 +64,15 @@ pub struct Received {
 }
 
 /// Follower side: serve one inbound bulk stream carrying a snapshot offer. Answers `Busy`
-/// (returning [`TransferError::Busy`]) beyond `slots`, `AlreadyHave` if the snapshot is complete
-/// here (returning `Ok` with [`Received::already_had`]), otherwise the offset held durably for
-/// the same id *and digest* (0 if none; a partial of a different file with the same id is
-/// discarded); spools to the store's partial file, syncs every `cfg.sync_every_bytes` and only
-/// then acknowledges the durable offset (also reported through `on_durable`), verifies the
-/// whole-file BLAKE3, publishes atomically and acknowledges *received*.
+/// (returning [`TransferError::Busy`]) beyond `slots`, or `AlreadyArriving` when the snapshot
+/// arrives on another stream this offer may not take over; `AlreadyHave` if the snapshot is
+/// complete here (returning `Ok` with [`Received::already_had`]), otherwise the offset held
+/// durably for the same id *and digest* (0 if none; a partial of a different file with the same
+/// id is discarded); spools to the store's partial file, syncs every `cfg.sync_every_bytes` or
+/// `cfg.sync_interval_ms` and only then acknowledges the durable offset (also reported through
+/// `on_durable`), verifies the whole-file BLAKE3, publishes atomically and acknowledges
+/// *received*. An offer of the same snapshot that takes this stream over (see
+/// [`decide`], step 3) ends it with [`TransferError::TakenOver`].
 ///
 /// Memory: about `(receive_queue_chunks + 1) * chunk` bytes. Disk writes, syncs and the final
 /// verification run on a blocking thread; the caller's task only moves and checks bytes. On
@@ -110,15 +116,23 @@ async fn receive_inner(
     let id = offer.id;
 
     // 2. Already complete here?
-    if let Some(info) = store.list().into_iter().find(|i| i.id() == id) {
+    let complete = || store.list().into_iter().find(|i| i.id() == id);
+    if let Some(info) = complete() {
         return answer_already_have(&mut send, &offer, info, peer, cfg.progress_timeout_ms).await;
     }
 
-    // 3. A slot.
-    let permit = take_slot(&mut send, slots, &offer, peer, cfg.progress_timeout_ms).await?;
+    // 3. A slot (perhaps another stream's), and the partial file to this stream alone.
+    let progress = Arc::new(Progress::new(0));
+    let (permit, waited) = take_slot(&mut send, slots, &offer, peer, &progress, cfg).await?;
+    if waited && let Some(info) = complete() {
+        // The stream taken over had received every byte and published the file meanwhile.
+        drop(permit);
+        return answer_already_have(&mut send, &offer, info, peer, cfg.progress_timeout_ms).await;
+    }
+    let taken_over = permit.taken_over();
 
     // 4. Open (or resume) the spool file.
-    let incoming = open_spool(store, &offer, peer).await?;
+    let (incoming, permit) = open_spool(store, &offer, peer, permit).await?;
     let resume_from = incoming.durable_offset();
     let accept = OfferDecision::Accept { resume_from };
     answer(
@@ -141,21 +155,23 @@ async fn receive_inner(
         offer: &offer,
         cfg,
         m,
-        progress: Arc::new(Progress::new(resume_from)),
+        progress,
         bytes_received: AtomicU64::new(0),
     };
-    r.progress.touch();
-    let (cmd_tx, cmd_rx) = mpsc::channel::<WriteCmd>(cfg.receive_queue_chunks);
+    r.progress.advance(resume_from);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(cfg.receive_queue_chunks);
+    let tick_tx = cmd_tx.clone();
     let (ev_tx, ev_rx) = mpsc::channel::<DiskEvent>(16);
     let (nack_tx, nack_rx) = mpsc::channel::<u64>(4);
     {
         let progress = r.progress.clone();
-        let sync_every = cfg.sync_every_bytes;
+        let sync = SyncPolicy {
+            every_bytes: cfg.sync_every_bytes,
+            interval_ms: cfg.sync_interval_ms,
+        };
         let file_len = offer.file_len;
         tokio::task::spawn_blocking(move || {
-            disk_loop(
-                incoming, permit, cmd_rx, ev_tx, sync_every, file_len, progress,
-            )
+            disk_loop(incoming, permit, cmd_rx, ev_tx, sync, file_len, progress)
         });
     }
     let chunks = ChunkStream::new(
@@ -166,10 +182,14 @@ async fn receive_inner(
     );
     let timeout_ms = cfg.progress_timeout_ms;
     let outcome: Result<SnapshotInfo, TransferError> = tokio::select! {
-        r = write_acks(&r, &mut send, ev_rx, nack_rx, on_durable) => r,
+        r = write_acks(&r, &mut send, resume_from, ev_rx, nack_rx, on_durable) => r,
         r = read_chunks(&r, &mut recv, chunks, cmd_tx, nack_tx) => r.map(|never| match never {}),
+        never = tick_disk(tick_tx, cfg.sync_interval_ms) => match never {},
         () = r.progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
             peer, during: "receiving chunks", offset: r.progress.offset(), timeout_ms,
+        }),
+        by = taken_over => Err(TransferError::TakenOver {
+            peer, id, by: by.from, leader_term: by.leader_term,
         }),
     };
 
@@ -272,47 +292,77 @@ async fn answer_already_have(
     })
 }
 
-/// Step 3: one of `slots` for this offer, or `Busy` answered (best effort) and returned.
+/// Step 3: one of `slots` for this offer — a free one, or that of the stream of the same
+/// snapshot it takes over — and then the partial file to itself: a stream taken over first
+/// syncs and closes it. Returns the permit and whether it had to wait for the file. A declined
+/// offer is answered `Busy` or `AlreadyArriving` (best effort) and returned as
+/// [`TransferError::Busy`].
 async fn take_slot(
     send: &mut quinn::SendStream,
     slots: &IncomingSlots,
     offer: &Offer,
     peer: NodeId,
-    timeout_ms: u64,
-) -> Result<SlotPermit, TransferError> {
-    let id = offer.id;
-    let (in_flight, limit) = match slots.try_acquire(id) {
-        Ok(permit) => return Ok(permit),
-        Err(busy) => busy,
+    progress: &Arc<Progress>,
+    cfg: &TransferConfig,
+) -> Result<(SlotPermit, bool), TransferError> {
+    let (id, term, timeout_ms) = (offer.id, offer.leader_term, cfg.progress_timeout_ms);
+    let declined = async |send: &mut quinn::SendStream, reason: BusyReason| {
+        tracing::info!(target: LOG, %id, peer, leader_term = term, %reason, "declining snapshot offer for now");
+        let reply = OfferDecision::Busy(reason).reply();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(timeout_ms), send_reply(send, &reply)).await;
+        let _ = send.finish();
+        TransferError::Busy { peer, id, reason }
     };
-    tracing::info!(target: LOG, %id, peer, in_flight, limit, "declining snapshot offer: busy");
-    let busy = OfferDecision::Busy { in_flight, limit }.reply();
-    let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), send_reply(send, &busy)).await;
-    let _ = send.finish();
-    Err(TransferError::Busy {
-        peer,
-        id,
-        in_flight,
-        limit,
-    })
+    let Claim {
+        mut permit,
+        took_over,
+    } = match slots.claim(id, peer, term, progress, cfg.takeover_idle_ms) {
+        Ok(claim) => claim,
+        Err(reason) => return Err(declined(send, reason).await),
+    };
+    if let Some(old) = took_over {
+        tracing::info!(target: LOG, %id, peer, leader_term = term, old_from = old.from,
+            old_leader_term = old.leader_term, old_idle_ms = old.idle_ms,
+            "taking over the stream this snapshot was arriving on; it keeps what it made durable for this one");
+    }
+    let taken_over = permit.taken_over();
+    let waited = took_over.is_some();
+    tokio::select! {
+        () = permit.lock_file() => Ok((permit, waited)),
+        by = taken_over => {
+            // A third offer took over while this one waited for the file.
+            let reason = BusyReason::AlreadyArriving { from: by.from, leader_term: by.leader_term, idle_ms: 0 };
+            Err(declined(send, reason).await)
+        }
+        () = tokio::time::sleep(Duration::from_millis(timeout_ms)) => {
+            let during = "waiting for the stream it took over to close the partial file";
+            reject(send, during, Duration::from_millis(timeout_ms)).await;
+            Err(TransferError::ProgressTimeout { peer, during, offset: 0, timeout_ms })
+        }
+    }
 }
 
 /// Step 4: the spool file for the offer, off the async workers (see [`disk::open_spool`]).
+/// The permit goes along and comes back with the file, so that it is released after the file
+/// is closed however this ends (the blocking task outlives a cancelled caller).
 async fn open_spool(
     store: &SnapshotStore,
     offer: &Offer,
     peer: NodeId,
-) -> Result<IncomingSnapshot, TransferError> {
+    permit: SlotPermit,
+) -> Result<(IncomingSnapshot, SlotPermit), TransferError> {
     let storage = |source| TransferError::Storage {
         id: offer.id,
         source,
     };
     let s = store.clone();
     let o = offer.clone();
-    tokio::task::spawn_blocking(move || disk::open_spool(&s, &o, peer))
-        .await
-        .map_err(|e| storage(StorageError::Invalid(format!("spool task: {e}"))))?
-        .map_err(storage)
+    let (opened, permit) =
+        tokio::task::spawn_blocking(move || (disk::open_spool(&s, &o, peer), permit))
+            .await
+            .map_err(|e| storage(StorageError::Invalid(format!("spool task: {e}"))))?;
+    Ok((opened.map_err(storage)?, permit))
 }
 
 /// Send the answer to the offer within `timeout_ms` (`offset`: where the transfer stands, for
@@ -345,7 +395,7 @@ async fn read_chunks(
     r: &Receiving<'_>,
     recv: &mut quinn::RecvStream,
     mut chunks: ChunkStream,
-    cmd_tx: mpsc::Sender<WriteCmd>,
+    cmd_tx: mpsc::Sender<DiskCmd>,
     nack_tx: mpsc::Sender<u64>,
 ) -> Result<Infallible, TransferError> {
     let (peer, id) = (r.peer, r.offer.id);
@@ -423,7 +473,7 @@ async fn read_chunks(
         r.progress.advance(chunks.expected());
         r.m.progress(peer, chunks.expected(), r.offer.file_len);
         if cmd_tx
-            .send(WriteCmd {
+            .send(DiskCmd::Write {
                 offset: h.offset,
                 data,
             })
@@ -439,29 +489,56 @@ async fn read_chunks(
     }
 }
 
-/// Step 5b: turn disk events and Nacks into replies (and heartbeats while the file is
-/// verified) until the file is published (`Ok`) or the disk fails.
+/// Step 5d: nudge the disk thread every quarter of `sync_interval_ms`, so that bytes waiting
+/// for a time-based sync do not wait for the next chunk (which a leader holding to its window
+/// sends only after that sync's acknowledgement). A full queue skips the nudge: the disk thread
+/// has chunks to write then. Never returns.
+async fn tick_disk(tx: mpsc::Sender<DiskCmd>, sync_interval_ms: u64) -> Infallible {
+    let period = Duration::from_millis((sync_interval_ms / 4).max(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let _ = tx.try_send(DiskCmd::Tick);
+    }
+}
+
+/// Step 5b: turn disk events and Nacks into replies until the file is published (`Ok`) or
+/// the disk fails. First it repeats `Durable{resume_from}`, which tells the leader that this
+/// follower sends heartbeats (see [`crate::wire`]); then, whenever nothing was sent for
+/// `heartbeat_ms`, the last durable offset again (or `Verifying` while the file is verified).
 async fn write_acks(
     r: &Receiving<'_>,
     send: &mut quinn::SendStream,
+    resume_from: u64,
     mut ev_rx: mpsc::Receiver<DiskEvent>,
     mut nack_rx: mpsc::Receiver<u64>,
     on_durable: &mut (impl FnMut(u64) + Send),
 ) -> Result<SnapshotInfo, TransferError> {
     let (peer, id, offer) = (r.peer, r.offer.id, r.offer);
-    let heartbeat_ms = (r.cfg.progress_timeout_ms / 4).max(1);
+    // Also a quarter of the progress timeout at most: verification heartbeats keep this
+    // side's own watchdog quiet.
+    let period_ms = r.cfg.heartbeat_ms.min(r.cfg.progress_timeout_ms / 4).max(1);
+    let period = Duration::from_millis(period_ms);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut verifying = false;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+    let mut durable = resume_from;
+    let mut msg = Reply::Durable { offset: durable };
     loop {
-        let msg = tokio::select! {
+        send_reply(send, &msg)
+            .await
+            .map_err(frame_err(peer, "sending an acknowledgement"))?;
+        heartbeat.reset();
+        msg = tokio::select! {
             ev = ev_rx.recv() => match ev {
                 Some(DiskEvent::Durable(offset)) => {
+                    durable = offset;
                     on_durable(offset);
                     Reply::Durable { offset }
                 }
                 Some(DiskEvent::Verifying) => {
                     verifying = true;
-                    heartbeat.reset();
                     Reply::Verifying
                 }
                 Some(DiskEvent::Published(info)) => {
@@ -478,14 +555,16 @@ async fn write_acks(
                 None => return Err(r.storage(StorageError::Invalid("snapshot disk thread ended unexpectedly".into()))),
             },
             Some(offset) = nack_rx.recv() => Reply::Nack { offset },
-            _ = heartbeat.tick(), if verifying => {
-                r.progress.touch();
-                Reply::Verifying
+            _ = heartbeat.tick() => {
+                if verifying {
+                    // The whole-file check moves no bytes: keep this side's watchdog quiet too.
+                    r.progress.touch();
+                    Reply::Verifying
+                } else {
+                    Reply::Durable { offset: durable }
+                }
             }
         };
-        send_reply(send, &msg)
-            .await
-            .map_err(frame_err(peer, "sending an acknowledgement"))?;
     }
 }
 
@@ -514,7 +593,11 @@ async fn finish(
             })
         }
         Err(e) => {
-            tracing::warn!(target: LOG, %id, peer, error = %e, bytes_received, "snapshot receive failed; the received prefix is kept for the next attempt");
+            if matches!(e, TransferError::TakenOver { .. }) {
+                tracing::info!(target: LOG, %id, peer, error = %e, bytes_received, "snapshot stream handed to a newer offer");
+            } else {
+                tracing::warn!(target: LOG, %id, peer, error = %e, bytes_received, "snapshot receive failed; the received prefix is kept for the next attempt");
+            }
             let failed = Reply::Failed {
                 reason: truncate_reason(e.to_string()),
             };

@@ -23,7 +23,7 @@ use wraft_transport::frame::{self, FrameError};
 use crate::receive::send_reply;
 use crate::send::read_reply;
 use crate::wire::{
-    CONTROL_FRAME_BYTES_MAX, KIND_OFFER, KIND_REPLY, OFFER_MAGIC, Offer, Reply,
+    BusyReason, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, KIND_REPLY, OFFER_MAGIC, Offer, Reply,
     TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
 };
 use crate::{
@@ -33,14 +33,20 @@ use crate::{
 
 const LEADER: NodeId = 1;
 const FOLLOWER: NodeId = 2;
+/// A second leader (of a newer term, or a rival of the same one) in [`net3`]'s tests.
+const OTHER_LEADER: NodeId = 3;
 
-/// Two transports (nodes 1 and 2) on loopback; node 2's inbound bulk streams in `bulk2`.
+/// Transports on loopback: nodes 1 and 2 (and 3 with [`net3`]); node 2's inbound bulk streams
+/// in `bulk2`. With [`net_relayed`], nodes reach node 2 through a [`Relay`].
 struct Net {
     t1: Transport,
     t2: Transport,
+    t3: Option<Transport>,
     _in1: Inbound,
     bulk2: mpsc::Receiver<BulkStream>,
     _rest2: (mpsc::Receiver<(NodeId, bytes::Bytes)>,),
+    _in3: Option<Inbound>,
+    relay: Option<Relay>,
 }
 
 fn tls(ca: &ClusterCa, id: NodeId) -> TlsIdentity {
@@ -48,19 +54,26 @@ fn tls(ca: &ClusterCa, id: NodeId) -> TlsIdentity {
     TlsIdentity::from_issued(ca.cert_pem(), &issued).unwrap()
 }
 
-fn net_with(stream_window_bytes: u32) -> Net {
+/// What [`build_net`] builds: the stream window, a third node, a relay in front of node 2.
+struct NetSpec {
+    stream_window_bytes: u32,
+    third_node: bool,
+    relay: bool,
+}
+
+fn build_net(spec: NetSpec) -> Net {
     // `RUST_LOG=wraft::snapshot=debug` shows the transfer's log lines in failing tests.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let ca = ClusterCa::generate("xfer-test", Validity::days_from_now(1)).unwrap();
-    let membership = wraft_transport::Membership::new([LEADER, FOLLOWER]);
+    let membership = wraft_transport::Membership::new([LEADER, FOLLOWER, OTHER_LEADER]);
     let book = AddressBook::default();
     let bind = |id| {
         let mut cfg = TransportConfig::new(id, "127.0.0.1:0".parse().unwrap());
-        cfg.stream_receive_window_bytes = stream_window_bytes;
-        cfg.connection_receive_window_bytes = stream_window_bytes.max(1 << 20) * 4;
+        cfg.stream_receive_window_bytes = spec.stream_window_bytes;
+        cfg.connection_receive_window_bytes = spec.stream_window_bytes.max(1 << 20) * 4;
         let (t, inbound) =
             Transport::bind(cfg, &tls(&ca, id), membership.clone(), book.clone()).unwrap();
         book.insert(id, t.local_addr().unwrap());
@@ -68,27 +81,81 @@ fn net_with(stream_window_bytes: u32) -> Net {
     };
     let (t1, in1) = bind(LEADER);
     let (t2, in2) = bind(FOLLOWER);
+    let (t3, in3) = if spec.third_node {
+        let (t, i) = bind(OTHER_LEADER);
+        (Some(t), Some(i))
+    } else {
+        (None, None)
+    };
+    let relay = if spec.relay {
+        let r = Relay::to(t2.local_addr().unwrap());
+        book.insert(FOLLOWER, r.addr);
+        Some(r)
+    } else {
+        None
+    };
     Net {
         t1,
         t2,
+        t3,
         _in1: in1,
         bulk2: in2.bulk,
         _rest2: (in2.raft,),
+        _in3: in3,
+        relay,
     }
+}
+
+fn net_with(stream_window_bytes: u32) -> Net {
+    let spec = NetSpec {
+        stream_window_bytes,
+        third_node: false,
+        relay: false,
+    };
+    build_net(spec)
 }
 
 fn net() -> Net {
     net_with(8 << 20)
 }
 
+/// Nodes 1, 2 and 3 on loopback.
+fn net3() -> Net {
+    build_net(NetSpec {
+        stream_window_bytes: 8 << 20,
+        third_node: true,
+        relay: false,
+    })
+}
+
+/// Nodes 1 and 2, node 2 reached through a [`Relay`] that a test can cut.
+fn net_relayed() -> Net {
+    build_net(NetSpec {
+        stream_window_bytes: 8 << 20,
+        third_node: false,
+        relay: true,
+    })
+}
+
 impl Net {
     async fn shutdown(self) {
+        if let Some(r) = &self.relay {
+            r.task.abort();
+        }
         self.t1.shutdown().await;
         self.t2.shutdown().await;
+        if let Some(t3) = self.t3 {
+            t3.shutdown().await;
+        }
     }
     /// Open a bulk stream 1 -> 2.
     async fn open(&self) -> BulkStream {
         self.t1.open_bulk(FOLLOWER).await.unwrap()
+    }
+    /// Open a bulk stream 3 -> 2 (only with [`net3`]).
+    async fn open_from_other_leader(&self) -> BulkStream {
+        let t3 = self.t3.as_ref().expect("a net with node 3");
+        t3.open_bulk(FOLLOWER).await.unwrap()
     }
     /// Accept the next bulk stream on node 2. A QUIC stream becomes visible to the peer with
     /// its first byte (the offer), so call this after the sender started.
@@ -97,6 +164,51 @@ impl Net {
             .await
             .expect("an inbound bulk stream")
             .expect("transport alive")
+    }
+}
+
+/// A UDP relay in front of node 2: forwards every datagram until [`Relay::cut`], then drops
+/// every one in both directions, as a `kill -9` of node 2 looks from the network (no
+/// connection close, no stream reset: silence).
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Needs a tokio runtime (the relay is a task).
+    fn to(target: std::net::SocketAddr) -> Relay {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_cut = cut.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut client = None;
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if is_cut.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                let to = if from == target {
+                    match client {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                } else {
+                    client = Some(from);
+                    target
+                };
+                let _ = sock.send_to(&buf[..n], to).await;
+            }
+        });
+        Relay { addr, cut, task }
+    }
+    /// Drop every datagram from now on (`true`), or forward them again (`false`).
+    fn cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -227,6 +339,20 @@ fn spawn_receive(
 
 fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
+}
+
+/// The next reply that is not a heartbeat: a follower repeats `Durable{durable}` right after
+/// `Accept` and whenever it has been quiet for `heartbeat_ms`.
+async fn read_reply_past_heartbeats(
+    recv: &mut wraft_transport::quinn::RecvStream,
+    durable: u64,
+) -> Result<Option<Reply>, FrameError> {
+    loop {
+        match read_reply(recv).await? {
+            Some(Reply::Durable { offset }) if offset == durable => {}
+            other => return Ok(other),
+        }
+    }
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -562,7 +688,7 @@ async fn chunk_failing_its_crc_more_than_chunk_retries_max_aborts_the_transfer()
         if out.send.write_all(&hdr).await.is_err() || out.send.write_all(&bad).await.is_err() {
             break;
         }
-        match read_reply(&mut out.recv).await {
+        match read_reply_past_heartbeats(&mut out.recv, 0).await {
             Ok(Some(Reply::Nack { offset: 0 })) => nacks += 1,
             Ok(Some(Reply::Failed { reason })) => {
                 assert!(reason.contains("failed its CRC32C 9 times"), "{reason}");
@@ -622,15 +748,25 @@ async fn offer_beyond_the_incoming_limit_is_answered_busy_and_the_cap_is_adjusta
     let (send_b, _) = spawn_send(out, &lstore, id_b, cfg(LEADER), BandwidthLimiter::new(None));
     let inb = n.accept().await;
     let recv_b = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, None);
-    assert_eq!(send_b.await.unwrap().unwrap().outcome, SendOutcome::Busy);
-    assert!(matches!(
-        recv_b.await.unwrap().unwrap_err(),
-        TransferError::Busy {
-            in_flight: 1,
-            limit: 1,
-            ..
-        }
-    ));
+    let slots_full = BusyReason::SlotsFull {
+        in_flight: 1,
+        limit: 1,
+    };
+    assert_eq!(
+        send_b.await.unwrap().unwrap().outcome,
+        SendOutcome::Busy(slots_full)
+    );
+    let err = recv_b.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransferError::Busy { reason, .. } if reason == slots_full),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(
+            "all 1 incoming transfer slots are taken by other snapshots (1 arriving; snapshot.incoming_transfers_max = 1)"
+        ),
+        "{err}"
+    );
 
     // Lift the cap at runtime: A finishes promptly.
     limiter.set(None);
@@ -779,11 +915,13 @@ async fn leader_that_stalls_after_the_offer_trips_the_receivers_progress_timeout
     );
     // The leader is told why.
     assert!(matches!(
-        read_reply(&mut out.recv).await.unwrap(),
+        read_reply_past_heartbeats(&mut out.recv, 0).await.unwrap(),
         Some(Reply::Failed { reason }) if reason.contains("no progress for 300 ms")
     ));
     wait_until("the slot is released", || slots.in_flight() == 0).await;
     n.shutdown().await;
 }
 
+mod dead_receiver;
 mod malformed;
+mod takeover;
