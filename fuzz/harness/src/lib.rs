@@ -49,8 +49,9 @@ mod transfer;
 
 pub use node_snapshot::{NODE_SNAPSHOT_READBACK_BYTES_MAX, node_snapshot_parse, reseal_frames};
 pub use transfer::{
-    TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_BYTES_MAX, TRANSFER_DIGEST, TRANSFER_FILE_BYTES,
-    TRANSFER_ID, transfer_chunk, transfer_offer, transfer_reply,
+    MANIFEST_FILE_BYTES, TRANSFER_CHUNK_BYTES, TRANSFER_CHUNK_BYTES_MAX, TRANSFER_DIGEST,
+    TRANSFER_FILE_BYTES, TRANSFER_ID, transfer_chunk, transfer_manifest, transfer_offer,
+    transfer_reply,
 };
 
 /// The `max_frame_bytes` values the frame targets choose between (first input byte).

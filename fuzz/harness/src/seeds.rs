@@ -41,6 +41,7 @@ pub fn all() -> Vec<Seed> {
     transfer_offers(&mut out);
     transfer_replies(&mut out);
     transfer_chunks(&mut out);
+    transfer_manifests(&mut out);
     out
 }
 
@@ -643,6 +644,19 @@ fn transfer_offers(out: &mut Vec<Seed>) {
     push(
         out,
         t,
+        "offer-full-file-version",
+        frame(
+            KIND_OFFER,
+            offer(
+                wraft_snapshot::wire::TRANSFER_PROTOCOL_VERSION_FULL,
+                24 << 20,
+                1 << 20,
+            ),
+        ),
+    );
+    push(
+        out,
+        t,
         "future-version",
         frame(KIND_OFFER, offer(v + 1, 24 << 20, 1 << 20)),
     );
@@ -801,4 +815,53 @@ fn transfer_chunks(out: &mut Vec<Seed>) {
     raw.extend([0u8; 8]);
     raw.extend([0x5au8; 100]);
     push(out, t, "resealed-by-mode", raw);
+}
+
+fn transfer_manifests(out: &mut Vec<Seed>) {
+    use crate::MANIFEST_FILE_BYTES;
+    use wraft_snapshot::wire::{KIND_MANIFEST, ManifestPart};
+    let t = "transfer_manifest";
+    let part = |lens: &[u32], last: bool| -> Vec<u8> {
+        let p = ManifestPart {
+            segments: lens
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (l, [(i as u8).wrapping_mul(17); 32]))
+                .collect(),
+            last,
+        };
+        let payload = wraft_transport::frame::encode_payload(&p).expect("part");
+        let mut v = vec![KIND_MANIFEST];
+        v.extend(
+            u16::try_from(payload.len())
+                .expect("short part")
+                .to_le_bytes(),
+        );
+        v.extend(payload);
+        v
+    };
+    let quarter = (MANIFEST_FILE_BYTES / 4) as u32;
+    // Four segments in two parts; segments 0 and 2 held; from scratch.
+    let two_parts = [
+        vec![0, 2, 0, 34],
+        part(&[quarter, quarter], false),
+        part(&[quarter, quarter], true),
+    ]
+    .concat();
+    push(out, t, "two-parts-two-held", two_parts);
+    // Resumed inside the second segment, nothing held.
+    let resumed = [vec![80, 0], part(&[quarter; 4], true)].concat();
+    push(out, t, "resumed-inside-a-segment", resumed);
+    // Many small segments, every other one held.
+    let small = vec![(MANIFEST_FILE_BYTES / 256) as u32; 256];
+    let mut held = vec![0, 4];
+    held.extend([0, 34, 68, 102]);
+    push(out, t, "many-small", [held, part(&small, true)].concat());
+    // A manifest short of the file at its last part.
+    push(
+        out,
+        t,
+        "short",
+        [vec![0, 0], part(&[quarter], true)].concat(),
+    );
 }

@@ -4,13 +4,16 @@
 //! sockets. A follower reads offers and chunks from the leader; a leader reads replies from
 //! the follower.
 
+use wraft_snapshot::manifest::{
+    Fill, LocalSegments, ManifestIntake, Ranges, SEGMENT_BYTES_MAX, Segment, fetch_ranges, plan,
+};
 use wraft_snapshot::receive::decide::{
     ChunkStream, ChunkVerdict, OfferDecision, check_offer, partial_restart_reason,
 };
 use wraft_snapshot::send::{AckStep, Acks, OfferAnswer, judge_answer};
 use wraft_snapshot::wire::{
-    self, CHUNK_HEADER_BYTES, KIND_OFFER, KIND_REPLY, MIN_SNAPSHOT_FILE_BYTES, REASON_BYTES_MAX,
-    Reply,
+    self, CHUNK_HEADER_BYTES, KIND_MANIFEST, KIND_OFFER, KIND_REPLY, MIN_SNAPSHOT_FILE_BYTES,
+    REASON_BYTES_MAX, Reply,
 };
 use wraft_storage::SnapshotId;
 
@@ -238,4 +241,111 @@ pub fn transfer_chunk(data: &[u8]) {
             ChunkVerdict::Protocol(_) => return,
         }
     }
+}
+
+/// The file of [`transfer_manifest`]'s transfer, bytes.
+pub const MANIFEST_FILE_BYTES: u64 = 256 << 10;
+
+/// Target `transfer_manifest`: the version 2 exchange without sockets. The follower reads
+/// manifest parts ([`wire::decode_manifest_part`], [`ManifestIntake::on_part`]), plans the
+/// file against segments it holds ([`plan`]) and asks for ranges; the leader checks the ranges
+/// asked for ([`Ranges::checked`]) and walks them in chunks. Input: `[resume][held…]` then a
+/// sequence of `[frame kind][payload length u16 LE][payload…]`; the file is
+/// [`MANIFEST_FILE_BYTES`] long, resumed at `resume * 1 KiB`; every segment whose first hash
+/// byte is in `held` is held locally.
+///
+/// Oracle: every decoded part round-trips; a complete manifest covers the file exactly, each
+/// segment 1..=1 MiB; the plan covers `[resume, end)` exactly in order, copying only held
+/// segments; the leader accepts the follower's ranges, and its chunks cover them exactly, each
+/// starting where a Nack may name it; the follower's chunk stream accepts those chunks.
+pub fn transfer_manifest(data: &[u8]) {
+    let [resume, n_held, rest @ ..] = data else {
+        return;
+    };
+    let (held, mut rest) = rest.split_at(usize::from(*n_held % 8).min(rest.len()));
+    let file_len = MANIFEST_FILE_BYTES;
+    let resume_from = (u64::from(*resume) << 10).min(file_len);
+    let mut intake = ManifestIntake::new(file_len);
+    let segments = loop {
+        let [kind, l0, l1, tail @ ..] = rest else {
+            return;
+        };
+        let n = usize::from(u16::from_le_bytes([*l0, *l1])).min(tail.len());
+        let (payload, tail) = tail.split_at(n);
+        rest = tail;
+        let Ok(part) = wire::decode_manifest_part(*kind, payload) else {
+            return;
+        };
+        assert_eq!(*kind, KIND_MANIFEST);
+        let enc = wraft_transport::frame::encode_payload(&part).expect("a part re-encodes");
+        let again = wire::decode_manifest_part(KIND_MANIFEST, &enc).expect("decodes again");
+        assert_eq!(again, part, "manifest part changed in a round trip");
+        match intake.on_part(part) {
+            Ok(true) => break intake.into_segments(),
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    };
+    let mut at = 0;
+    for s in &segments {
+        assert_eq!(s.offset, at, "segments are contiguous");
+        assert!(s.len >= 1 && u64::from(s.len) <= SEGMENT_BYTES_MAX);
+        at = s.end();
+    }
+    assert_eq!(at, file_len, "a complete manifest covers the file");
+
+    let mut local = LocalSegments::default();
+    let held_segments: Vec<Segment> = segments
+        .iter()
+        .filter(|s| held.contains(&s.hash[0]))
+        .copied()
+        .collect();
+    local.add(0, &held_segments);
+    let fills = plan(&segments, resume_from, &local);
+    let mut at = resume_from;
+    for f in &fills {
+        assert_eq!(f.at(), at, "fills are contiguous from the resume offset");
+        if let Fill::Copy { from, .. } = *f {
+            let s = segments
+                .iter()
+                .find(|s| s.offset == f.at())
+                .expect("a segment");
+            assert!(held.contains(&s.hash[0]));
+            assert!(
+                held_segments
+                    .iter()
+                    .any(|h| h.offset == from && h.hash == s.hash)
+            );
+        }
+        at = f.end();
+    }
+    assert_eq!(
+        at,
+        if fills.is_empty() {
+            resume_from
+        } else {
+            file_len
+        }
+    );
+
+    let chunk = u64::from(TRANSFER_CHUNK_BYTES);
+    let asked = fetch_ranges(&fills);
+    let ranges = Ranges::checked(asked.clone(), resume_from, file_len, chunk, usize::MAX)
+        .expect("the leader accepts what a follower plans");
+    let mut stream = ChunkStream::with_ranges(asked, file_len, TRANSFER_CHUNK_BYTES, 0);
+    let mut off = 0;
+    let mut sent = 0;
+    while let Some((o, l)) = ranges.chunk_at(off) {
+        assert!(ranges.is_chunk_start(o));
+        let data = vec![0u8; l as usize];
+        let hdr = wire::encode_chunk_header(o, &data);
+        let h = stream
+            .on_header(&hdr)
+            .expect("a planned chunk's header is in bounds");
+        assert_eq!(stream.on_data(&h, &data), ChunkVerdict::Write);
+        sent += l;
+        off = o + l;
+    }
+    assert_eq!(sent, ranges.bytes());
+    assert!(stream.is_complete());
 }

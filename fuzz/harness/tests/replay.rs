@@ -9,7 +9,7 @@ use wraft_fuzz_harness as h;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 12] = [
+const TARGETS: [(&str, Target); 13] = [
     ("frame_decode", h::frame_decode),
     ("frame_stream", h::frame_stream),
     ("raft_message", h::raft_message),
@@ -22,6 +22,7 @@ const TARGETS: [(&str, Target); 12] = [
     ("transfer_offer", h::transfer_offer),
     ("transfer_reply", h::transfer_reply),
     ("transfer_chunk", h::transfer_chunk),
+    ("transfer_manifest", h::transfer_manifest),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -237,8 +238,38 @@ fn valid_node_snapshot_and_transfer_seeds_reach_the_deep_paths() {
                 }
                 reached += 1;
             }
+            ("transfer_manifest", "two-parts-two-held" | "many-small") => {
+                use wraft_snapshot::manifest::{Fill, LocalSegments, ManifestIntake, plan};
+                let held = &bytes[2..2 + usize::from(bytes[1])];
+                let mut rest = &bytes[2 + held.len()..];
+                let mut intake = ManifestIntake::new(h::MANIFEST_FILE_BYTES);
+                let mut complete = false;
+                while let [kind, l0, l1, tail @ ..] = rest {
+                    let (p, tail) = tail.split_at(usize::from(u16::from_le_bytes([*l0, *l1])));
+                    rest = tail;
+                    complete = intake
+                        .on_part(wire::decode_manifest_part(*kind, p).unwrap())
+                        .unwrap_or_else(|e| panic!("seed {name}: {e}"));
+                }
+                assert!(complete, "seed {name}: manifest incomplete");
+                let segments = intake.into_segments();
+                let mut local = LocalSegments::default();
+                let mine: Vec<_> = segments
+                    .iter()
+                    .filter(|s| held.contains(&s.hash[0]))
+                    .copied()
+                    .collect();
+                local.add(0, &mine);
+                let fills = plan(&segments, 0, &local);
+                let copies = fills
+                    .iter()
+                    .filter(|f| matches!(f, Fill::Copy { .. }))
+                    .count();
+                assert!(copies > 0 && copies < fills.len(), "seed {name}: {fills:?}");
+                reached += 1;
+            }
             _ => {}
         }
     }
-    assert_eq!(reached, 4 + 1 + 1 + 4, "a named seed is missing");
+    assert_eq!(reached, 4 + 1 + 1 + 4 + 2, "a named seed is missing");
 }

@@ -71,6 +71,44 @@ pub struct TransferConfig {
     /// Where this node's transfers show their progress while they run (status pages, the
     /// console). Not a bound: clones of one configuration share the board.
     pub board: TransferBoard,
+    /// Sender: the transfer protocol version each peer was last found to speak (a peer that
+    /// refused a version 2 offer is offered version 1 from then on). Clones share it.
+    pub peer_versions: PeerVersions,
+    /// Both sides: the segments of recently seen snapshot files (version 2), so a file is
+    /// hashed once. Clones share it.
+    pub segments: crate::manifest::SegmentCache,
+}
+
+/// The transfer protocol version each peer speaks, as far as this node has learned; peers not
+/// in it are offered [`crate::TRANSFER_PROTOCOL_VERSION`]. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct PeerVersions(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, u16>>>);
+
+/// Clones are equal (they share what they learn), like [`TransferBoard`]'s.
+impl PartialEq for PeerVersions {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PeerVersions {}
+
+impl PeerVersions {
+    /// The version to offer `peer`.
+    pub fn offer_to(&self, peer: NodeId) -> u16 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&peer)
+            .copied()
+            .unwrap_or(crate::TRANSFER_PROTOCOL_VERSION)
+    }
+
+    /// `peer` refused `version`: offer it the full-file version from now on.
+    pub fn refused(&self, peer: NodeId, version: u16) {
+        if version > crate::wire::TRANSFER_PROTOCOL_VERSION_FULL {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(peer, crate::wire::TRANSFER_PROTOCOL_VERSION_FULL);
+        }
+    }
 }
 
 impl Default for TransferConfig {
@@ -90,6 +128,8 @@ impl Default for TransferConfig {
             chunk_retries_max: 8,
             corrupt_chunk_every: None,
             board: TransferBoard::default(),
+            peer_versions: PeerVersions::default(),
+            segments: crate::manifest::SegmentCache::default(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`receive`] | the follower's side: [`receive_snapshot`], and its decisions without I/O ([`receive::decide`]) |
 //! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
 //! | [`pacing`] | how far and how often the leader runs ahead: the unacknowledged window, chunks under a cap, the re-offer backoff |
+//! | [`manifest`] | incremental transfer: a file cut into content-addressed segments, the plan that copies held ones and fetches the rest |
 //! | [`board`] | the node's transfers in flight and how far each has got: [`TransferBoard`] |
 //!
 //! **Architecture invariant:** nothing here depends on wasmtime (`wraft-host`): the
@@ -36,6 +37,31 @@
 //!                                                <- Verifying         heartbeats during BLAKE3
 //!                                                <- Received{digest}  verified + renamed
 //! ```
+//!
+//! **Incremental (version 2).** A follower that holds snapshots of its own answers an offer
+//! `SendManifest{resume_from}` instead of `Accept`; the transfer then sends only what it lacks:
+//!
+//! ```text
+//!   Offer{version 2, …}                          ->
+//!                                                <- SendManifest{resume_from}  (indexes its own
+//!                                                                               files meanwhile)
+//!   ManifestPart{segments: [(len, BLAKE3)…]}…    ->   every segment of the file, in order
+//!                                                <- Fetch{ranges}…  the bytes no local file holds
+//!                                                <- Durable{resume_from}, then as above
+//!   Chunks of those ranges only                  ->   the rest copied from its own files,
+//!                                                     in file order, by the disk thread
+//! ```
+//!
+//! A segment is a frame of the body (a guest chunk, a module piece; see [`manifest`]); the
+//! guest SDK's chunks are content-defined, so the unchanged part of a machine's state is the
+//! same segments in the next snapshot. The assembled file is the leader's byte for byte and is
+//! checked against its whole-file digest like any other. Resume, takeover, pacing and
+//! heartbeats are unchanged: the durable offset still grows from the front, over copied and
+//! received bytes alike. A follower with no snapshot of its own answers `Accept` (nothing to
+//! reuse; the leader need not hash its file). Each side remembers the segments of the last
+//! files it cut ([`manifest::SegmentCache`]), so a file is hashed once. A follower of the
+//! previous release rejects version 2; the leader then offers it version 1 from then on
+//! ([`PeerVersions`]).
 //!
 //! * Control messages are postcard in `wraft_transport::frame` frames (magic, version, CRC32C).
 //!   Chunks use their own 24-byte header (magic `WC`, version, offset, length, CRC32C of the data,
@@ -100,7 +126,7 @@ pub mod send;
 pub mod wire;
 
 pub use board::{Direction, LiveTransfer, TransferBoard};
-pub use config::{CORRUPT_CHUNK_EVERY_ENV, TransferConfig};
+pub use config::{CORRUPT_CHUNK_EVERY_ENV, PeerVersions, TransferConfig};
 pub use error::TransferError;
 pub use limiter::{BandwidthLimiter, IncomingSlots};
 pub use metrics::register_metrics;

@@ -23,8 +23,9 @@
 //! exists ([`LocalSegments`]) or the bytes must be fetched, and merges neighbouring fetches into
 //! ranges. Nothing here does I/O except through the `read_at` closure the caller passes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use crate::format::{FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
 
@@ -109,6 +110,51 @@ pub fn segments_of(
         });
     }
     Ok(out)
+}
+
+/// Segments of recently seen snapshot files, by the file's whole-file digest: a file is cut and
+/// hashed once, not at every offer or every transfer that reuses it. Holds at most
+/// [`SegmentCache::ENTRIES_MAX`] files (the oldest leaves first). Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentCache(Arc<Mutex<VecDeque<CachedFile>>>);
+
+/// A file's digest and its segments.
+type CachedFile = ([u8; 32], Arc<Vec<Segment>>);
+
+/// Clones are equal (they share their entries).
+impl PartialEq for SegmentCache {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SegmentCache {}
+
+impl SegmentCache {
+    /// Files remembered.
+    pub const ENTRIES_MAX: usize = 8;
+
+    /// The segments of the file with `digest`, computed by `compute` if not remembered.
+    /// `compute` runs without the lock held.
+    pub fn get_or_compute(
+        &self,
+        digest: [u8; 32],
+        compute: impl FnOnce() -> io::Result<Vec<Segment>>,
+    ) -> io::Result<Arc<Vec<Segment>>> {
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = lock().iter().find(|(d, _)| *d == digest) {
+            return Ok(s.clone());
+        }
+        let segments = Arc::new(compute()?);
+        let mut cache = lock();
+        if !cache.iter().any(|(d, _)| *d == digest) {
+            if cache.len() == Self::ENTRIES_MAX {
+                cache.pop_front();
+            }
+            cache.push_back((digest, segments.clone()));
+        }
+        Ok(segments)
+    }
 }
 
 /// Segments a node holds locally, by hash: where to copy each from.
@@ -221,6 +267,161 @@ pub fn fetch_ranges(fills: &[Fill]) -> Vec<(u64, u64)> {
             Fill::Copy { .. } => None,
         })
         .collect()
+}
+
+/// The follower's side of receiving a manifest: parts checked and put together (pure).
+#[derive(Debug)]
+pub struct ManifestIntake {
+    file_len: u64,
+    segments: Vec<Segment>,
+    next: u64,
+    done: bool,
+}
+
+impl ManifestIntake {
+    /// Expect the manifest of a `file_len`-byte file.
+    pub fn new(file_len: u64) -> Self {
+        ManifestIntake {
+            file_len,
+            segments: Vec::new(),
+            next: 0,
+            done: false,
+        }
+    }
+
+    /// Take the next part: `Ok(true)` once the last one is in. `Err(detail)`: the manifest
+    /// breaks the protocol (an empty or oversized segment, segments past the file's end or
+    /// short of it at the last part, more than [`crate::wire::MANIFEST_SEGMENTS_MAX`] segments,
+    /// a part after the last).
+    pub fn on_part(&mut self, part: crate::wire::ManifestPart) -> Result<bool, String> {
+        use crate::wire::{MANIFEST_PART_SEGMENTS_MAX, MANIFEST_SEGMENTS_MAX};
+        if self.done {
+            return Err("manifest part after the last one".into());
+        }
+        if part.segments.len() > MANIFEST_PART_SEGMENTS_MAX
+            || self.segments.len() + part.segments.len() > MANIFEST_SEGMENTS_MAX
+        {
+            return Err(format!(
+                "manifest of more than {MANIFEST_SEGMENTS_MAX} segments, or a part of more than \
+                 {MANIFEST_PART_SEGMENTS_MAX}"
+            ));
+        }
+        for (len, hash) in part.segments {
+            let end = self.next + u64::from(len);
+            if len == 0 || u64::from(len) > SEGMENT_BYTES_MAX || end > self.file_len {
+                return Err(format!(
+                    "manifest segment at offset {} of {len} bytes: expected 1..={SEGMENT_BYTES_MAX} \
+                     bytes ending at or before {}",
+                    self.next, self.file_len
+                ));
+            }
+            self.segments.push(Segment {
+                offset: self.next,
+                len,
+                hash,
+            });
+            self.next = end;
+        }
+        if part.last {
+            if self.next != self.file_len {
+                return Err(format!(
+                    "manifest covers {} of the file's {} bytes",
+                    self.next, self.file_len
+                ));
+            }
+            self.done = true;
+        }
+        Ok(self.done)
+    }
+
+    /// The segments, once complete.
+    pub fn into_segments(self) -> Vec<Segment> {
+        self.segments
+    }
+}
+
+/// The byte ranges a sender sends, in order, and how chunks of at most `chunk_bytes` walk them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranges {
+    /// `(offset, len)`, sorted, disjoint, none empty.
+    ranges: Vec<(u64, u64)>,
+    chunk_bytes: u64,
+}
+
+impl Ranges {
+    /// Everything from `resume_from` to `file_len` (version 1).
+    pub fn from_offset(resume_from: u64, file_len: u64, chunk_bytes: u64) -> Self {
+        let ranges = if resume_from < file_len {
+            vec![(resume_from, file_len - resume_from)]
+        } else {
+            Vec::new()
+        };
+        Ranges {
+            ranges,
+            chunk_bytes,
+        }
+    }
+
+    /// The ranges a follower asked for, checked: each non-empty, sorted and disjoint, within
+    /// `[resume_from, file_len)`, at most `ranges_max` of them. `Err(detail)` names the first
+    /// that is not.
+    pub fn checked(
+        ranges: Vec<(u64, u64)>,
+        resume_from: u64,
+        file_len: u64,
+        chunk_bytes: u64,
+        ranges_max: usize,
+    ) -> Result<Self, String> {
+        if ranges.len() > ranges_max {
+            return Err(format!(
+                "{} ranges asked for, at most {ranges_max}",
+                ranges.len()
+            ));
+        }
+        let mut floor = resume_from;
+        for &(at, len) in &ranges {
+            let end = at.checked_add(len);
+            if len == 0 || at < floor || end.is_none_or(|e| e > file_len) {
+                return Err(format!(
+                    "range ({at}, {len}): expected a non-empty range starting at or after {floor} \
+                     and ending at or before {file_len}"
+                ));
+            }
+            floor = at + len;
+        }
+        Ok(Ranges {
+            ranges,
+            chunk_bytes,
+        })
+    }
+
+    /// The ranges.
+    pub fn as_slice(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// Bytes in all ranges.
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+
+    /// The chunk to send at or after `offset`: `(offset, len)`, or `None` past the last range.
+    /// Chunks start at a range's start and every `chunk_bytes` after it, and never cross the
+    /// range's end.
+    pub fn chunk_at(&self, offset: u64) -> Option<(u64, u64)> {
+        let i = self.ranges.partition_point(|&(at, len)| at + len <= offset);
+        let &(at, len) = self.ranges.get(i)?;
+        let start = offset.max(at);
+        Some((start, self.chunk_bytes.min(at + len - start)))
+    }
+
+    /// Whether `offset` is where a chunk starts (a Nack must name one).
+    pub fn is_chunk_start(&self, offset: u64) -> bool {
+        let i = self.ranges.partition_point(|&(at, len)| at + len <= offset);
+        self.ranges
+            .get(i)
+            .is_some_and(|&(at, _)| offset >= at && (offset - at).is_multiple_of(self.chunk_bytes))
+    }
 }
 
 #[cfg(test)]
@@ -367,5 +568,73 @@ mod tests {
         ));
         assert_eq!(fills.len(), 2);
         assert!(plan(&s, f.len() as u64, &local).is_empty());
+    }
+
+    #[test]
+    fn a_manifest_is_taken_part_by_part_and_must_cover_the_file_exactly() {
+        use crate::wire::ManifestPart;
+        let part = |segments: Vec<u32>, last| ManifestPart {
+            segments: segments.into_iter().map(|l| (l, [l as u8; 32])).collect(),
+            last,
+        };
+        let mut m = ManifestIntake::new(100);
+        assert_eq!(m.on_part(part(vec![60, 30], false)), Ok(false));
+        assert_eq!(m.on_part(part(vec![10], true)), Ok(true));
+        let s = m.into_segments();
+        assert_eq!(s.iter().map(|s| s.offset).collect::<Vec<_>>(), [0, 60, 90]);
+        for (parts, why) in [
+            (
+                vec![part(vec![60, 30], true)],
+                "covers 90 of the file's 100",
+            ),
+            (vec![part(vec![60, 50], true)], "ending at or before 100"),
+            (vec![part(vec![0], false)], "expected 1..="),
+            (
+                vec![part(vec![100], true), part(vec![], true)],
+                "after the last",
+            ),
+        ] {
+            let mut m = ManifestIntake::new(100);
+            let e = parts
+                .into_iter()
+                .map(|p| m.on_part(p))
+                .find_map(Result::err)
+                .expect("a bad manifest was taken");
+            assert!(e.contains(why), "{e}");
+        }
+        let mut m = ManifestIntake::new(u64::MAX);
+        let huge = part(vec![1; crate::wire::MANIFEST_PART_SEGMENTS_MAX + 1], false);
+        assert!(m.on_part(huge).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn chunks_walk_the_asked_ranges_and_a_nack_must_name_a_chunk_start() {
+        let r = Ranges::checked(vec![(10, 25), (50, 5)], 5, 100, 10, 8).unwrap();
+        let mut at = 0;
+        let mut chunks = Vec::new();
+        while let Some((o, l)) = r.chunk_at(at) {
+            chunks.push((o, l));
+            at = o + l;
+        }
+        assert_eq!(chunks, [(10, 10), (20, 10), (30, 5), (50, 5)]);
+        assert_eq!(r.bytes(), 30);
+        assert!(r.is_chunk_start(20) && r.is_chunk_start(50));
+        assert!(!r.is_chunk_start(25) && !r.is_chunk_start(40) && !r.is_chunk_start(0));
+        for (ranges, why) in [
+            (vec![(4, 1)], "starting at or after 5"),
+            (vec![(10, 5), (12, 5)], "starting at or after 15"),
+            (vec![(10, 0)], "non-empty"),
+            (vec![(90, 11)], "ending at or before 100"),
+            (vec![(u64::MAX, 2)], "ending at or before"),
+            (vec![(10, 1); 9], "at most 8"),
+        ] {
+            let e = Ranges::checked(ranges, 5, 100, 10, 8).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let v1 = Ranges::from_offset(30, 45, 10);
+        assert_eq!(v1.chunk_at(0), Some((30, 10)));
+        assert_eq!(v1.chunk_at(40), Some((40, 5)));
+        assert_eq!(v1.chunk_at(45), None);
+        assert!(Ranges::from_offset(45, 45, 10).chunk_at(0).is_none());
     }
 }

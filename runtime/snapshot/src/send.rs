@@ -5,13 +5,15 @@
 //! 1. **open** the file (`open_reader`; the caller pinned it against retention at the offer);
 //! 2. **offer** it and read the answer (`offer`), judged by [`judge_answer`] (pure):
 //!    `Busy`, `AlreadyArriving` and `AlreadyHave` end here, `Accept{resume_from}` goes on;
-//!    under a bandwidth cap the chunks are smaller ([`chunk_bytes_under_cap`]);
-//! 3. **stream** from `resume_from`: three futures in one `select!` — the chunk writer
-//!    (`write_chunks`: one chunk read ahead on a blocking thread, at most a [`Window`] of
-//!    bytes beyond the follower's durable offset, the bandwidth limiter, header + data), the
-//!    acknowledgement reader (`read_acks`, each reply judged by [`Acks::on_reply`], pure; a
-//!    follower that sends heartbeats and falls silent for `silence_timeout_ms` is presumed
-//!    gone), and the progress watchdog;
+//!    version 2, answered `SendManifest{resume_from}`: send the file's **manifest** and read
+//!    the ranges the follower lacks (`manifest_and_ranges`); under a bandwidth cap the chunks
+//!    are smaller ([`chunk_bytes_under_cap`]);
+//! 3. **stream** the ranges (version 1: everything from `resume_from`): three futures in one
+//!    `select!` — the chunk writer (`write_chunks`: one chunk read ahead on a blocking thread,
+//!    at most a [`Window`] of bytes beyond the follower's durable offset, the bandwidth
+//!    limiter, header + data), the acknowledgement reader (`read_acks`, each reply judged by
+//!    [`Acks::on_reply`], pure; a follower that sends heartbeats and falls silent for
+//!    `silence_timeout_ms` is presumed gone), and the progress watchdog;
 //! 4. **finish**: a report, or the stream reset with the reason logged (`finish`).
 
 use std::sync::Arc;
@@ -26,12 +28,14 @@ use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
 
 use crate::limiter::BandwidthLimiter;
+use crate::manifest::{Ranges, segments_of};
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
 use crate::pacing::{Window, chunk_bytes_under_cap, may_write, window_bytes};
 use crate::progress::Progress;
 use crate::wire::{
-    self, BusyReason, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, OFFER_MAGIC,
-    Offer, Reply, TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
+    self, BusyReason, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX, KIND_MANIFEST, KIND_OFFER,
+    MANIFEST_PART_SEGMENTS_MAX, MANIFEST_SEGMENTS_MAX, ManifestPart, OFFER_MAGIC, Offer, Reply,
+    encode_chunk_header,
 };
 use crate::{TransferConfig, TransferError};
 
@@ -57,6 +61,9 @@ pub struct SendReport {
     pub resumed_from: u64,
     /// Chunk payload bytes written to the stream, resends included.
     pub bytes_sent: u64,
+    /// Bytes after `resumed_from` the follower held already and copied from its own snapshots
+    /// (version 2): not sent.
+    pub bytes_reused: u64,
     /// Chunks sent again after the follower rejected one (go-back to the rejected offset).
     pub chunks_resent: u64,
     /// Wall time from offer to the follower's *received* acknowledgement.
@@ -140,9 +147,10 @@ async fn send_inner(
 
     // 2. The offer.
     let chunk_bytes = chunk_bytes_under_cap(cfg.chunk_bytes, limiter.get());
+    let version = cfg.peer_versions.offer_to(peer);
     let o = Offer {
         magic: OFFER_MAGIC,
-        version: TRANSFER_PROTOCOL_VERSION,
+        version,
         id,
         digest: info.digest,
         file_len,
@@ -154,11 +162,35 @@ async fn send_inner(
         outcome,
         resumed_from,
         bytes_sent: 0,
+        bytes_reused: 0,
         chunks_resent: 0,
         duration: Duration::ZERO,
     };
-    let resume_from = match judge_answer(answer, file_len, peer, id)? {
-        OfferAnswer::Accept { resume_from } => resume_from,
+    let judged = judge_answer(answer, file_len, peer, id);
+    if let Err(TransferError::Rejected { reason, .. }) = &judged
+        && reason.starts_with("transfer protocol:")
+    {
+        tracing::info!(target: LOG, %id, peer, version, %reason, "follower refused the transfer protocol version; offering it the full-file version from now on");
+        cfg.peer_versions.refused(peer, version);
+    }
+    let chunk = u64::from(chunk_bytes);
+    let (resume_from, ranges) = match judged? {
+        OfferAnswer::Accept { resume_from } => (
+            resume_from,
+            Ranges::from_offset(resume_from, file_len, chunk),
+        ),
+        OfferAnswer::Manifest { resume_from } if version >= 2 => {
+            let ranges =
+                manifest_and_ranges(&mut send, &mut recv, &reader, peer, resume_from, chunk, cfg)
+                    .await?;
+            (resume_from, ranges)
+        }
+        OfferAnswer::Manifest { .. } => {
+            return Err(TransferError::Protocol {
+                peer,
+                detail: format!("answer to a version {version} offer: SendManifest is version 2"),
+            });
+        }
         OfferAnswer::Busy(reason) => {
             // The caller logs it with the wait before the next offer (once per backoff step).
             tracing::debug!(target: LOG, %id, peer, %reason, "follower declined the snapshot offer for now");
@@ -174,7 +206,8 @@ async fn send_inner(
     if resume_from > 0 {
         m.resume();
     }
-    tracing::info!(target: LOG, %id, peer, file_len, resume_from, chunk_bytes, "sending snapshot");
+    let bytes_reused = file_len - resume_from - ranges.bytes();
+    tracing::info!(target: LOG, %id, peer, file_len, resume_from, send_bytes = ranges.bytes(), bytes_reused, version, chunk_bytes, "sending snapshot");
     m.begin(&cfg.board, peer, id.last_index, file_len, resume_from);
 
     // 3. The stream.
@@ -188,6 +221,7 @@ async fn send_inner(
         limiter,
         m,
         progress: Progress::new(resume_from),
+        ranges,
         rewind: Rewind::new(),
         acked: AtomicU64::new(resume_from),
         written: AtomicU64::new(resume_from),
@@ -197,7 +231,8 @@ async fn send_inner(
         chunks_resent: AtomicU64::new(0),
     };
     s.progress.touch();
-    let acks = Acks::new(peer, id, resume_from, file_len, s.chunk_bytes, info.digest);
+    let acks = Acks::new(peer, id, resume_from, file_len, s.chunk_bytes, info.digest)
+        .with_ranges(s.ranges.clone());
     let window = Window::new(s.chunk_bytes, cfg.sync_every_bytes);
     s.step_bytes.store(window.step_bytes(), Ordering::Relaxed);
     let outcome: Result<(), TransferError> = tokio::select! {
@@ -209,7 +244,7 @@ async fn send_inner(
     };
 
     // 4. The end.
-    finish(&s, &mut send, outcome, resume_from)
+    finish(&s, &mut send, outcome, resume_from, bytes_reused)
 }
 
 /// What the stream's futures share.
@@ -223,6 +258,8 @@ struct Sending<'a> {
     limiter: &'a BandwidthLimiter,
     m: &'a XferMetrics,
     progress: Progress,
+    /// What to send: the ranges the follower asked for.
+    ranges: Ranges,
     /// Go-back requests from the acknowledgement reader to the chunk writer.
     rewind: Rewind,
     /// Bytes the follower acknowledged durable; the writer waits on `acked_wake` for it to
@@ -335,6 +372,11 @@ pub enum OfferAnswer {
     Busy(BusyReason),
     /// The follower has the file already.
     AlreadyHave,
+    /// Version 2: send the manifest; bytes `[0, resume_from)` are durable there.
+    Manifest {
+        /// Bytes the follower already holds durably.
+        resume_from: u64,
+    },
 }
 
 /// Judge the answer to an offer of `file_len` bytes of snapshot `id` to `peer` (pure; `None`:
@@ -350,6 +392,9 @@ pub fn judge_answer(
         None => Err(TransferError::PeerClosed { peer, offset: 0 }),
         Some(Reply::Accept { resume_from }) if resume_from <= file_len => {
             Ok(OfferAnswer::Accept { resume_from })
+        }
+        Some(Reply::SendManifest { resume_from }) if resume_from <= file_len => {
+            Ok(OfferAnswer::Manifest { resume_from })
         }
         Some(Reply::Busy { in_flight, limit }) => Ok(OfferAnswer::Busy(BusyReason::SlotsFull {
             in_flight,
@@ -369,10 +414,125 @@ pub fn judge_answer(
         Some(other) => Err(TransferError::Protocol {
             peer,
             detail: format!(
-                "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, Busy, AlreadyArriving, AlreadyHave or Reject, found {other:?}"
+                "answer to an offer of {file_len} bytes: expected Accept{{resume_from <= {file_len}}}, SendManifest{{resume_from <= {file_len}}}, Busy, AlreadyArriving, AlreadyHave or Reject, found {other:?}"
             ),
         }),
     }
+}
+
+/// Step 2b (version 2): send the file's manifest, then read the ranges the follower lacks
+/// (checked: sorted, disjoint, within `[resume_from, file_len)`).
+async fn manifest_and_ranges(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &Arc<SnapshotReader>,
+    peer: NodeId,
+    resume_from: u64,
+    chunk_bytes: u64,
+    cfg: &TransferConfig,
+) -> Result<Ranges, TransferError> {
+    let id = reader.info().id();
+    let file_len = reader.info().file_len;
+    let timeout_ms = cfg.progress_timeout_ms;
+    let timeout = Duration::from_millis(timeout_ms);
+    let timed_out = |during| TransferError::ProgressTimeout {
+        peer,
+        during,
+        offset: resume_from,
+        timeout_ms,
+    };
+    let frame_err = |during| {
+        move |source| TransferError::Frame {
+            peer,
+            during,
+            source,
+        }
+    };
+    let (r, cache) = (reader.clone(), cfg.segments.clone());
+    let segments = tokio::task::spawn_blocking(move || {
+        cache.get_or_compute(r.info().digest, || {
+            let mut read_at = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+                match r.read_file_at(at, buf) {
+                    Ok(n) if n == buf.len() => Ok(()),
+                    Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            };
+            segments_of(file_len, &mut read_at)
+        })
+    })
+    .await
+    .map_err(|e| TransferError::Storage {
+        id,
+        source: StorageError::Invalid(format!("manifest task: {e}")),
+    })?
+    .map_err(|e| TransferError::Storage {
+        id,
+        source: StorageError::Invalid(format!("reading the file for its manifest: {e}")),
+    })?;
+    let mut parts = segments.chunks(MANIFEST_PART_SEGMENTS_MAX).peekable();
+    loop {
+        let part = parts.next().unwrap_or(&[]);
+        let last = parts.peek().is_none();
+        let msg = ManifestPart {
+            segments: part.iter().map(|s| (s.len, s.hash)).collect(),
+            last,
+        };
+        tokio::time::timeout(
+            timeout,
+            frame::write_msg(send, KIND_MANIFEST, &msg, CONTROL_FRAME_BYTES_MAX),
+        )
+        .await
+        .map_err(|_| timed_out("sending the manifest"))?
+        .map_err(frame_err("sending the manifest"))?;
+        if last {
+            break;
+        }
+    }
+    let mut ranges = Vec::new();
+    loop {
+        let reply = tokio::time::timeout(timeout, read_reply(recv))
+            .await
+            .map_err(|_| timed_out("waiting for the ranges to send"))?
+            .map_err(frame_err("reading the ranges to send"))?;
+        match reply {
+            Some(Reply::Fetch { ranges: part, last }) => {
+                if ranges.len() + part.len() > MANIFEST_SEGMENTS_MAX {
+                    return Err(TransferError::Protocol {
+                        peer,
+                        detail: format!("more than {MANIFEST_SEGMENTS_MAX} ranges asked for"),
+                    });
+                }
+                ranges.extend(part);
+                if last {
+                    break;
+                }
+            }
+            Some(Reply::Failed { reason }) => {
+                return Err(TransferError::PeerFailed { peer, id, reason });
+            }
+            None => {
+                return Err(TransferError::PeerClosed {
+                    peer,
+                    offset: resume_from,
+                });
+            }
+            Some(other) => {
+                return Err(TransferError::Protocol {
+                    peer,
+                    detail: format!("after the manifest: expected Fetch, found {other:?}"),
+                });
+            }
+        }
+    }
+    Ranges::checked(
+        ranges,
+        resume_from,
+        file_len,
+        chunk_bytes,
+        MANIFEST_SEGMENTS_MAX,
+    )
+    .map_err(|detail| TransferError::Protocol { peer, detail })
 }
 
 /// Step 3a: write chunks from `resume_from` to the end, going back whenever the
@@ -382,7 +542,7 @@ async fn write_chunks(
     send: &mut quinn::SendStream,
     resume_from: u64,
 ) -> Result<(), TransferError> {
-    let (file_len, chunk_bytes) = (s.file_len, s.chunk_bytes);
+    let file_len = s.file_len;
     let mut off = resume_from;
     let mut high_water = resume_from;
     let mut new_chunks: u64 = 0;
@@ -391,15 +551,15 @@ async fn write_chunks(
         if let Some(r) = s.rewind.take() {
             off = r;
         }
-        if off >= file_len {
+        let Some((at, len)) = s.ranges.chunk_at(off) else {
             s.rewind.wake.notified().await;
             continue;
-        }
-        let len = chunk_bytes.min(file_len - off);
+        };
+        off = at;
         let acked = s.acked.load(Ordering::Acquire);
         let step = s.step_bytes.load(Ordering::Relaxed);
         // The cap of the moment: lifting it widens the window at once.
-        let window = window_bytes(step, chunk_bytes, s.limiter.get());
+        let window = window_bytes(step, s.chunk_bytes, s.limiter.get());
         if !may_write(off + len, high_water, acked, window) {
             // Wait for an acknowledgement (or a go-back), then decide again.
             tokio::select! {
@@ -415,9 +575,8 @@ async fn write_chunks(
         .map_err(|e| s.storage(StorageError::Invalid(format!("reader task: {e}"))))?
         .map_err(|e| s.storage(e))?;
         let next = off + len;
-        if next < file_len {
-            let l = chunk_bytes.min(file_len - next);
-            ahead = Some((next, read_ahead_spawn(s.reader, next, l)));
+        if let Some((n, l)) = s.ranges.chunk_at(next) {
+            ahead = Some((n, read_ahead_spawn(s.reader, n, l)));
         }
         s.limiter.acquire(len).await;
         let header = encode_chunk_header(off, &data);
@@ -567,6 +726,8 @@ pub struct Acks {
     file_len: u64,
     chunk_bytes: u64,
     digest: [u8; 32],
+    /// Where chunks start (a Nack must name one).
+    ranges: Ranges,
 }
 
 /// What one reply during the stream means.
@@ -604,7 +765,14 @@ impl Acks {
             file_len,
             chunk_bytes,
             digest,
+            ranges: Ranges::from_offset(resume_from, file_len, chunk_bytes),
         }
+    }
+
+    /// The stream sends only `ranges` (version 2), so chunks start where they say.
+    pub fn with_ranges(mut self, ranges: Ranges) -> Self {
+        self.ranges = ranges;
+        self
     }
 
     /// Bytes the follower acknowledged as durable so far.
@@ -648,11 +816,7 @@ impl Acks {
                 self.acked = offset;
                 Ok(AckStep::Durable(offset))
             }
-            Some(Reply::Nack { offset })
-                if offset >= resume_from
-                    && offset < file_len
-                    && (offset - resume_from).is_multiple_of(chunk_bytes) =>
-            {
+            Some(Reply::Nack { offset }) if self.ranges.is_chunk_start(offset) => {
                 Ok(AckStep::Resend(offset))
             }
             Some(Reply::Verifying) => Ok(AckStep::Verifying),
@@ -680,6 +844,7 @@ fn finish(
     send: &mut quinn::SendStream,
     outcome: Result<(), TransferError>,
     resume_from: u64,
+    bytes_reused: u64,
 ) -> Result<SendReport, TransferError> {
     let (peer, id, file_len) = (s.peer, s.id, s.file_len);
     let bytes_sent = s.bytes_sent.load(Ordering::Relaxed);
@@ -687,11 +852,12 @@ fn finish(
     match outcome {
         Ok(()) => {
             let _ = send.finish();
-            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_sent, chunks_resent, "snapshot sent and acknowledged");
+            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_sent, bytes_reused, chunks_resent, "snapshot sent and acknowledged");
             Ok(SendReport {
                 outcome: SendOutcome::Completed,
                 resumed_from: resume_from,
                 bytes_sent,
+                bytes_reused,
                 chunks_resent,
                 duration: Duration::ZERO,
             })
@@ -770,7 +936,7 @@ mod tests {
         let e = j(Some(Reply::Accept { resume_from: 1001 }));
         assert!(
             e.to_string()
-                .contains("expected Accept{resume_from <= 1000}, Busy, AlreadyArriving, AlreadyHave or Reject, found Accept { resume_from: 1001 }"),
+                .contains("expected Accept{resume_from <= 1000}, SendManifest{resume_from <= 1000}, Busy, AlreadyArriving, AlreadyHave or Reject, found Accept { resume_from: 1001 }"),
             "{e}"
         );
         assert!(matches!(

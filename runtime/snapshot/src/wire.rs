@@ -4,8 +4,18 @@
 //! ```text
 //! leader → follower   control frame kind KIND_OFFER (0x20): postcard Offer   (first frame)
 //! follower → leader   control frame kind KIND_REPLY (0x21): postcard Reply   (every answer)
-//! leader → follower   chunk: 24-byte ChunkHeader ‖ data                      (after Accept)
+//! leader → follower   control frame kind KIND_MANIFEST (0x22): postcard ManifestPart
+//!                                                  (version 2, after SendManifest, until `last`)
+//! leader → follower   chunk: 24-byte ChunkHeader ‖ data   (after Accept, or the last Fetch part)
 //! ```
+//!
+//! Version 2 (incremental): the follower answers an acceptable offer `SendManifest{resume_from}`;
+//! the leader sends the file's segments ([`crate::manifest`]: length and BLAKE3 each, in file
+//! order) in [`ManifestPart`]s; the follower answers with the byte ranges it does not hold
+//! (`Fetch` parts, sorted, disjoint, at or after `resume_from`), assembles the rest from its own
+//! snapshots, and the leader sends chunks of those ranges only. A version 1 offer is still
+//! served the version 1 way; a leader whose version 2 offer is refused by a version 1 follower
+//! offers version 1 to it from then on.
 //!
 //! Control frames are `wraft_transport::frame` frames (magic `WF`, version, kind, length,
 //! CRC32C) of at most [`CONTROL_FRAME_BYTES_MAX`] bytes. The postcard layout of [`Offer`] and
@@ -47,8 +57,20 @@ use wraft_transport::frame::{self, FrameError};
 
 /// Magic at the start of every offer: "wraft snapshot transfer".
 pub const OFFER_MAGIC: [u8; 4] = *b"WSXF";
-/// The transfer protocol version this build speaks.
-pub const TRANSFER_PROTOCOL_VERSION: u16 = 1;
+/// The transfer protocol version this build offers (it also serves and falls back to
+/// [`TRANSFER_PROTOCOL_VERSION_FULL`]).
+pub const TRANSFER_PROTOCOL_VERSION: u16 = 2;
+/// The version that always sends the whole file (from the durable offset).
+pub const TRANSFER_PROTOCOL_VERSION_FULL: u16 = 1;
+/// Transport frame kind of a manifest part (leader -> follower, version 2).
+pub const KIND_MANIFEST: u8 = 0x22;
+/// Most segments in one [`ManifestPart`] (37 bytes each at most: fits a control frame).
+pub const MANIFEST_PART_SEGMENTS_MAX: usize = 1600;
+/// Most segments in a manifest: bounds the follower's memory (~44 bytes each) whatever the
+/// leader claims; an honest 1 GiB snapshot has some 50 000.
+pub const MANIFEST_SEGMENTS_MAX: usize = 4 << 20;
+/// Most ranges in one `Fetch` reply (20 bytes each at most: fits a control frame).
+pub const FETCH_PART_RANGES_MAX: usize = 3000;
 /// Transport frame kind of the offer (leader -> follower, first frame of the stream).
 pub const KIND_OFFER: u8 = 0x20;
 /// Transport frame kind of every follower -> leader message.
@@ -147,6 +169,19 @@ pub enum Reply {
         /// Milliseconds since that stream last made progress.
         idle_ms: u64,
     },
+    /// Version 2: accepted; send the manifest (appended after `AlreadyArriving`, tag 10). Bytes `[0, resume_from)` are durable here.
+    SendManifest {
+        /// The durable prefix of the same file.
+        resume_from: u64,
+    },
+    /// Version 2: send these byte ranges `(offset, len)` of the file (sorted, disjoint, at or
+    /// after `resume_from`); more parts follow until `last`.
+    Fetch {
+        /// At most [`FETCH_PART_RANGES_MAX`].
+        ranges: Vec<(u64, u64)>,
+        /// The last part.
+        last: bool,
+    },
 }
 
 /// Why a follower declined an offer for now (`Busy` or `AlreadyArriving` on the wire): the
@@ -207,6 +242,26 @@ impl std::fmt::Display for BusyReason {
             ),
         }
     }
+}
+
+/// One part of a version 2 manifest: the next segments of the file, in order from offset 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    /// `(len, BLAKE3)` per segment; at most [`MANIFEST_PART_SEGMENTS_MAX`].
+    pub segments: Vec<(u32, [u8; 32])>,
+    /// The last part.
+    pub last: bool,
+}
+
+/// A leader -> follower control frame after the offer, as a manifest part. Pure; never panics.
+pub fn decode_manifest_part(kind: u8, payload: &[u8]) -> Result<ManifestPart, FrameError> {
+    if kind != KIND_MANIFEST {
+        return Err(FrameError::UnexpectedKind {
+            expected: "snapshot manifest part (0x22)",
+            found: kind,
+        });
+    }
+    frame::decode_payload(payload)
 }
 
 /// The offer's postcard payload (what goes in its control frame).
@@ -386,7 +441,7 @@ mod tests {
     #[test]
     fn wire_bytes_of_an_offer_a_reply_and_a_chunk_header_are_pinned() {
         let o = encode_offer(&offer()).unwrap();
-        assert_eq!(&o[..7], &[b'W', b'S', b'X', b'F', 1, 0xe8, 0x07]);
+        assert_eq!(&o[..7], &[b'W', b'S', b'X', b'F', 2, 0xe8, 0x07]);
         assert_eq!(o.len(), 4 + 1 + 2 + 1 + 32 + 3 + 3 + 1);
         assert_eq!(
             encode_reply(&Reply::Accept { resume_from: 300 }).unwrap(),
@@ -412,9 +467,48 @@ mod tests {
             .unwrap(),
             [9, 3, 7, 0xac, 0x02]
         );
+        // Version 2, appended after it.
+        assert_eq!(
+            encode_reply(&Reply::SendManifest { resume_from: 2 }).unwrap(),
+            [10, 2]
+        );
+        assert_eq!(
+            encode_reply(&Reply::Fetch {
+                ranges: vec![(1, 2)],
+                last: true
+            })
+            .unwrap(),
+            [11, 1, 1, 2, 1]
+        );
         let h = encode_chunk_header(0x0102, b"ab");
         assert_eq!(&h[..16], b"WC\x01\x00\x02\x01\0\0\0\0\0\0\x02\0\0\0");
         assert_eq!(h[16..20], crc32c::crc32c(b"ab").to_le_bytes());
+    }
+
+    #[test]
+    fn the_largest_manifest_part_and_fetch_part_fit_a_control_frame() {
+        let part = ManifestPart {
+            segments: vec![(u32::MAX, [0xff; 32]); MANIFEST_PART_SEGMENTS_MAX],
+            last: true,
+        };
+        let bytes = frame::encode_payload(&part).unwrap();
+        assert!(
+            bytes.len() <= CONTROL_FRAME_BYTES_MAX as usize,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(decode_manifest_part(KIND_MANIFEST, &bytes).unwrap(), part);
+        assert!(decode_manifest_part(KIND_REPLY, &bytes).is_err());
+        let fetch = Reply::Fetch {
+            ranges: vec![(u64::MAX, u64::MAX); FETCH_PART_RANGES_MAX],
+            last: false,
+        };
+        let bytes = encode_reply(&fetch).unwrap();
+        assert!(
+            bytes.len() <= CONTROL_FRAME_BYTES_MAX as usize,
+            "{}",
+            bytes.len()
+        );
     }
 
     #[test]
@@ -428,7 +522,7 @@ mod tests {
         );
         let err = decode_offer(KIND_OFFER, &[0xff; 7]).unwrap_err();
         assert!(err.contains("offer does not decode"), "{err}");
-        assert!(err.contains("version 1"), "{err}");
+        assert!(err.contains("version 2"), "{err}");
 
         let r = Reply::Failed {
             reason: "disk full".into(),

@@ -31,7 +31,8 @@ use wraft_transport::NodeId;
 
 use crate::wire::{
     BusyReason, CHUNK_HEADER_BYTES, ChunkHeader, MIN_SNAPSHOT_FILE_BYTES, OFFER_MAGIC, Offer,
-    Reply, TRANSFER_PROTOCOL_VERSION, decode_chunk_header, truncate_reason,
+    Reply, TRANSFER_PROTOCOL_VERSION, TRANSFER_PROTOCOL_VERSION_FULL, decode_chunk_header,
+    truncate_reason,
 };
 
 /// The follower's answer to an offer.
@@ -73,9 +74,10 @@ impl OfferDecision {
 /// Step 1: is `offer` acceptable at all for a follower taking chunks of at most
 /// `chunk_bytes_max` bytes? `Err(reason)` is answered `Reject{reason}`.
 pub fn check_offer(offer: &Offer, chunk_bytes_max: u32) -> Result<(), String> {
-    if offer.magic != OFFER_MAGIC || offer.version != TRANSFER_PROTOCOL_VERSION {
+    let versions = TRANSFER_PROTOCOL_VERSION_FULL..=TRANSFER_PROTOCOL_VERSION;
+    if offer.magic != OFFER_MAGIC || !versions.contains(&offer.version) {
         Err(format!(
-            "transfer protocol: expected magic {OFFER_MAGIC:02x?} version {TRANSFER_PROTOCOL_VERSION}, found magic {:02x?} version {}",
+            "transfer protocol: expected magic {OFFER_MAGIC:02x?} version {TRANSFER_PROTOCOL_VERSION_FULL}..={TRANSFER_PROTOCOL_VERSION}, found magic {:02x?} version {}",
             offer.magic, offer.version
         ))
     } else if offer.chunk_bytes == 0 || offer.chunk_bytes > chunk_bytes_max {
@@ -240,10 +242,14 @@ pub enum ChunkVerdict {
 }
 
 /// The follower's view of the chunk stream: the offset it expects next, and the failures of
-/// the chunk there.
+/// the chunk there. Chunks arrive for the ranges it asked for (version 1: everything from the
+/// resume offset), in order, and never cross a range's end.
 #[derive(Debug, Clone)]
 pub struct ChunkStream {
     expected: u64,
+    /// `(offset, len)` asked for, and how many are complete.
+    ranges: Vec<(u64, u64)>,
+    ranges_done: usize,
     file_len: u64,
     chunk_bytes_max: u32,
     retries: u32,
@@ -257,8 +263,27 @@ impl ChunkStream {
     /// Nacks of the same chunk.
     pub fn new(resume_from: u64, file_len: u64, chunk_bytes_max: u32, retries_max: u32) -> Self {
         debug_assert!(resume_from <= file_len);
+        let ranges = if resume_from < file_len {
+            vec![(resume_from, file_len - resume_from)]
+        } else {
+            Vec::new()
+        };
+        Self::with_ranges(ranges, file_len, chunk_bytes_max, retries_max)
+    }
+
+    /// A stream of the byte `ranges` (sorted, disjoint, non-empty, within the file) of a
+    /// `file_len`-byte file: what a version 2 follower asked for.
+    pub fn with_ranges(
+        ranges: Vec<(u64, u64)>,
+        file_len: u64,
+        chunk_bytes_max: u32,
+        retries_max: u32,
+    ) -> Self {
+        debug_assert!(ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
         ChunkStream {
-            expected: resume_from,
+            expected: ranges.first().map_or(file_len, |r| r.0),
+            ranges,
+            ranges_done: 0,
             file_len,
             chunk_bytes_max,
             retries: 0,
@@ -272,9 +297,14 @@ impl ChunkStream {
         self.expected
     }
 
-    /// Every byte of the file was accepted.
+    /// Every byte asked for was accepted.
     pub fn is_complete(&self) -> bool {
-        self.expected == self.file_len
+        self.ranges_done == self.ranges.len()
+    }
+
+    /// Ranges whose every byte was accepted.
+    pub fn ranges_done(&self) -> usize {
+        self.ranges_done
     }
 
     /// Decode and bound a chunk header before its data is read: its length is what the
@@ -306,6 +336,16 @@ impl ChunkStream {
                 h.offset, self.expected
             ));
         }
+        let range_end = self
+            .ranges
+            .get(self.ranges_done)
+            .map_or(self.file_len, |r| r.0 + r.1);
+        if h.offset + u64::from(h.len) > range_end {
+            return ChunkVerdict::Protocol(format!(
+                "chunk at offset {} of {} bytes crosses the end of the range asked for at {range_end}",
+                h.offset, h.len
+            ));
+        }
         let found_crc = crc32c::crc32c(data);
         if found_crc != h.data_crc {
             self.retries += 1;
@@ -328,6 +368,13 @@ impl ChunkStream {
         self.nack_pending = false;
         self.retries = 0;
         self.expected += u64::from(h.len);
+        if self.expected == range_end {
+            self.ranges_done += 1;
+            self.expected = self
+                .ranges
+                .get(self.ranges_done)
+                .map_or(self.file_len, |r| r.0);
+        }
         ChunkVerdict::Write
     }
 }
@@ -356,13 +403,18 @@ mod tests {
     fn an_offer_in_another_protocol_or_with_bad_bounds_is_rejected_with_the_reason() {
         let max = 1 << 20;
         assert_eq!(check_offer(&offer(), max), Ok(()));
-        let v2 = Offer {
-            version: 2,
+        let v1 = Offer {
+            version: 1,
             ..offer()
         };
-        let why = check_offer(&v2, max).unwrap_err();
+        assert_eq!(check_offer(&v1, max), Ok(()));
+        let v3 = Offer {
+            version: 3,
+            ..offer()
+        };
+        let why = check_offer(&v3, max).unwrap_err();
         assert!(
-            why.contains("version 1") && why.contains("version 2"),
+            why.contains("version 1..=2") && why.contains("version 3"),
             "{why}"
         );
         let magic = Offer {

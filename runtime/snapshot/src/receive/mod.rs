@@ -34,13 +34,14 @@ use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
 
 use self::decide::{ChunkStream, ChunkVerdict, OfferDecision, SyncPolicy, check_offer};
-use self::disk::{DiskCmd, DiskEvent, disk_loop};
+use self::disk::{DiskCmd, DiskEvent, Local, disk_loop, index_local};
 use crate::limiter::{Claim, IncomingSlots, SlotPermit};
+use crate::manifest::{Fill, ManifestIntake, fetch_ranges, plan};
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
 use crate::progress::Progress;
 use crate::wire::{
     self, BusyReason, CHUNK_HEADER_BYTES, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX,
-    KIND_REPLY, Offer, Reply, truncate_reason,
+    FETCH_PART_RANGES_MAX, KIND_REPLY, Offer, Reply, truncate_reason,
 };
 use crate::{TransferConfig, TransferError};
 
@@ -57,6 +58,9 @@ pub struct Received {
     pub resumed_from: u64,
     /// Chunk payload bytes received and written by this transfer.
     pub bytes_received: u64,
+    /// Bytes copied from snapshots this node already held instead of being received
+    /// (version 2).
+    pub bytes_reused: u64,
     /// The snapshot was already complete here; nothing was transferred.
     pub already_had: bool,
     /// Wall time from offer to publication.
@@ -134,20 +138,30 @@ async fn receive_inner(
     // 4. Open (or resume) the spool file.
     let (incoming, permit) = open_spool(store, &offer, peer, permit).await?;
     let resume_from = incoming.durable_offset();
-    let accept = OfferDecision::Accept { resume_from };
-    answer(
-        &mut send,
-        &accept,
-        peer,
-        resume_from,
-        cfg.progress_timeout_ms,
-    )
-    .await?;
+    // Version 2 pays off only with snapshots here to reuse; without any, the whole file from the
+    // durable offset is the version 1 answer, and the leader need not hash its file.
+    let (local, fills) = if offer.version >= 2 && !store.list().is_empty() {
+        // 4b. Version 2: what this node holds already, and what it must fetch.
+        assemble(&mut send, &mut recv, store, &offer, peer, resume_from, cfg).await?
+    } else {
+        let accept = OfferDecision::Accept { resume_from };
+        let timeout_ms = cfg.progress_timeout_ms;
+        answer(&mut send, &accept, peer, resume_from, timeout_ms).await?;
+        let everything = (resume_from < offer.file_len).then_some(Fill::Fetch {
+            at: resume_from,
+            len: offer.file_len - resume_from,
+        });
+        (Local::default(), everything.into_iter().collect())
+    };
     m.begin(&cfg.board, peer, id.last_index, offer.file_len, resume_from);
     if resume_from > 0 {
         m.resume();
     }
-    tracing::info!(target: LOG, %id, peer, file_len = offer.file_len, resume_from, leader_term = offer.leader_term, "receiving snapshot");
+    let fetch = fetch_ranges(&fills);
+    let fetch_bytes: u64 = fetch.iter().map(|r| r.1).sum();
+    let reuse_bytes = offer.file_len - resume_from - fetch_bytes;
+    tracing::info!(target: LOG, %id, peer, file_len = offer.file_len, resume_from, fetch_bytes, reuse_bytes,
+        version = offer.version, leader_term = offer.leader_term, "receiving snapshot");
 
     // 5. Stream.
     let r = Receiving {
@@ -157,6 +171,7 @@ async fn receive_inner(
         m,
         progress,
         bytes_received: AtomicU64::new(0),
+        bytes_reused: AtomicU64::new(0),
     };
     r.progress.advance(resume_from);
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(cfg.receive_queue_chunks);
@@ -170,12 +185,15 @@ async fn receive_inner(
             interval_ms: cfg.sync_interval_ms,
         };
         let file_len = offer.file_len;
+        let sources = local.sources;
         tokio::task::spawn_blocking(move || {
-            disk_loop(incoming, permit, cmd_rx, ev_tx, sync, file_len, progress)
+            disk_loop(
+                incoming, permit, sources, cmd_rx, ev_tx, sync, file_len, progress,
+            )
         });
     }
-    let chunks = ChunkStream::new(
-        resume_from,
+    let chunks = ChunkStream::with_ranges(
+        fetch,
         offer.file_len,
         offer.chunk_bytes,
         cfg.chunk_retries_max,
@@ -183,7 +201,7 @@ async fn receive_inner(
     let timeout_ms = cfg.progress_timeout_ms;
     let outcome: Result<SnapshotInfo, TransferError> = tokio::select! {
         r = write_acks(&r, &mut send, resume_from, ev_rx, nack_rx, on_durable) => r,
-        r = read_chunks(&r, &mut recv, chunks, cmd_tx, nack_tx) => r.map(|never| match never {}),
+        r = read_chunks(&r, &mut recv, chunks, Copies::new(fills), cmd_tx, nack_tx) => r.map(|never| match never {}),
         never = tick_disk(tick_tx, cfg.sync_interval_ms) => match never {},
         () = r.progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
             peer, during: "receiving chunks", offset: r.progress.offset(), timeout_ms,
@@ -205,6 +223,7 @@ struct Receiving<'a> {
     m: &'a XferMetrics,
     progress: Arc<Progress>,
     bytes_received: AtomicU64,
+    bytes_reused: AtomicU64,
 }
 
 impl Receiving<'_> {
@@ -287,6 +306,7 @@ async fn answer_already_have(
         info,
         resumed_from: offer.file_len,
         bytes_received: 0,
+        bytes_reused: 0,
         already_had: true,
         duration: Duration::ZERO,
     })
@@ -388,6 +408,131 @@ async fn answer(
     .map_err(frame_err(peer, "answering the offer"))
 }
 
+/// Step 4b (version 2): index this node's snapshots by segment while the leader sends the
+/// file's manifest, plan the file (copy what is held, fetch the rest) and ask for the ranges to
+/// fetch. Answers `SendManifest{resume_from}` first.
+async fn assemble(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    store: &SnapshotStore,
+    offer: &Offer,
+    peer: NodeId,
+    resume_from: u64,
+    cfg: &TransferConfig,
+) -> Result<(Local, Vec<Fill>), TransferError> {
+    let timeout_ms = cfg.progress_timeout_ms;
+    let timeout = Duration::from_millis(timeout_ms);
+    let (s, cache) = (store.clone(), cfg.segments.clone());
+    let indexing = tokio::task::spawn_blocking(move || index_local(&s, &cache));
+    tokio::time::timeout(
+        timeout,
+        send_reply(send, &Reply::SendManifest { resume_from }),
+    )
+    .await
+    .map_err(|_| TransferError::ProgressTimeout {
+        peer,
+        during: "answering the offer",
+        offset: resume_from,
+        timeout_ms,
+    })?
+    .map_err(frame_err(peer, "answering the offer"))?;
+    let mut intake = ManifestIntake::new(offer.file_len);
+    loop {
+        let f = tokio::time::timeout(timeout, frame::read_frame(recv, CONTROL_FRAME_BYTES_MAX))
+            .await
+            .map_err(|_| TransferError::ProgressTimeout {
+                peer,
+                during: "receiving the manifest",
+                offset: resume_from,
+                timeout_ms,
+            })?
+            .map_err(frame_err(peer, "reading the manifest"))?
+            .ok_or(TransferError::PeerClosed {
+                peer,
+                offset: resume_from,
+            })?;
+        let part = wire::decode_manifest_part(f.kind, &f.payload)
+            .map_err(frame_err(peer, "decoding the manifest"))?;
+        if intake
+            .on_part(part)
+            .map_err(|detail| TransferError::Protocol { peer, detail })?
+        {
+            break;
+        }
+    }
+    let local = indexing.await.map_err(|e| TransferError::Storage {
+        id: offer.id,
+        source: StorageError::Invalid(format!("indexing task: {e}")),
+    })?;
+    let fills = plan(&intake.into_segments(), resume_from, &local.segments);
+    let ranges = fetch_ranges(&fills);
+    let mut parts = ranges.chunks(FETCH_PART_RANGES_MAX).peekable();
+    loop {
+        let part = parts.next().unwrap_or(&[]);
+        let last = parts.peek().is_none();
+        let msg = Reply::Fetch {
+            ranges: part.to_vec(),
+            last,
+        };
+        send_reply(send, &msg)
+            .await
+            .map_err(frame_err(peer, "asking for ranges"))?;
+        if last {
+            break;
+        }
+    }
+    Ok((local, fills))
+}
+
+/// The held segments to copy, in file order between the ranges fetched (bookkeeping only; the
+/// disk thread copies).
+struct Copies {
+    fills: std::vec::IntoIter<Fill>,
+    /// Ranges to fetch reached so far: the copies before the next one wait until this many
+    /// ranges are complete.
+    entered: usize,
+}
+
+impl Copies {
+    fn new(fills: Vec<Fill>) -> Self {
+        Copies {
+            fills: fills.into_iter(),
+            entered: 0,
+        }
+    }
+
+    /// Queue the copies up to the next range to fetch, and enter it. `false`: the disk thread
+    /// stopped.
+    async fn queue(&mut self, r: &Receiving<'_>, cmd_tx: &mpsc::Sender<DiskCmd>) -> bool {
+        for f in self.fills.by_ref() {
+            match f {
+                Fill::Copy {
+                    at,
+                    len,
+                    source,
+                    from,
+                } => {
+                    r.bytes_reused.fetch_add(u64::from(len), Ordering::Relaxed);
+                    let cmd = DiskCmd::Copy {
+                        at,
+                        len,
+                        source,
+                        from,
+                    };
+                    if cmd_tx.send(cmd).await.is_err() {
+                        return false;
+                    }
+                }
+                Fill::Fetch { .. } => {
+                    self.entered += 1;
+                    return true;
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Step 5a: read chunks, judge each ([`ChunkStream`]), queue the good ones for the disk
 /// thread and ask again for the damaged ones. Returns only on an error; once every byte is
 /// queued it waits (the disk thread finalizes and [`write_acks`] ends the transfer).
@@ -395,10 +540,15 @@ async fn read_chunks(
     r: &Receiving<'_>,
     recv: &mut quinn::RecvStream,
     mut chunks: ChunkStream,
+    mut copies: Copies,
     cmd_tx: mpsc::Sender<DiskCmd>,
     nack_tx: mpsc::Sender<u64>,
 ) -> Result<Infallible, TransferError> {
     let (peer, id) = (r.peer, r.offer.id);
+    // The segments held here, up to the first range to fetch, go first.
+    if !copies.queue(r, &cmd_tx).await {
+        std::future::pending::<()>().await;
+    }
     if chunks.is_complete() {
         // Everything was durable already; the disk thread finalizes on its own.
         std::future::pending::<()>().await;
@@ -472,14 +622,15 @@ async fn read_chunks(
         r.m.bytes().increment(len);
         r.progress.advance(chunks.expected());
         r.m.progress(peer, chunks.expected(), r.offer.file_len);
-        if cmd_tx
+        let queued = cmd_tx
             .send(DiskCmd::Write {
                 offset: h.offset,
                 data,
             })
             .await
-            .is_err()
-        {
+            .is_ok();
+        // A range complete: the held segments after it go next.
+        if !queued || (chunks.ranges_done() == copies.entered && !copies.queue(r, &cmd_tx).await) {
             // The disk thread stopped; its event says why.
             std::future::pending::<()>().await;
         }
@@ -588,6 +739,7 @@ async fn finish(
                 info,
                 resumed_from: resume_from,
                 bytes_received,
+                bytes_reused: r.bytes_reused.load(Ordering::Relaxed),
                 already_had: false,
                 duration: Duration::ZERO,
             })

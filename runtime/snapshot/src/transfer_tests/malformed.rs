@@ -33,7 +33,7 @@ async fn malformed_or_truncated_frames_are_clear_errors_not_panics() {
     let follower = open_store(Arc::new(StdFs), fdir.path());
     let offer = Offer {
         magic: OFFER_MAGIC,
-        version: TRANSFER_PROTOCOL_VERSION,
+        version: TRANSFER_PROTOCOL_VERSION_FULL,
         id: ID,
         digest: [1; 32],
         file_len: 1 << 20,
@@ -81,7 +81,7 @@ async fn malformed_or_truncated_frames_are_clear_errors_not_panics() {
     assert!(matches!(reply, Some(Reply::Reject { .. })), "{reply:?}");
     // A future protocol version is rejected with a reason naming both versions.
     let v2 = Offer {
-        version: 2,
+        version: 3,
         ..offer.clone()
     };
     let v2 = frame::encode_frame(
@@ -93,7 +93,7 @@ async fn malformed_or_truncated_frames_are_clear_errors_not_panics() {
     let (err, reply) = receive_raw(&mut n, &follower, &v2).await;
     assert!(matches!(&err, TransferError::Protocol { .. }), "{err}");
     assert!(
-        matches!(&reply, Some(Reply::Reject { reason }) if reason.contains("version 1") && reason.contains("version 2")),
+        matches!(&reply, Some(Reply::Reject { reason }) if reason.contains("version 1..=2") && reason.contains("version 3")),
         "{reply:?}"
     );
     // A good offer followed by a chunk whose header is damaged.

@@ -24,7 +24,7 @@ use crate::receive::send_reply;
 use crate::send::read_reply;
 use crate::wire::{
     BusyReason, CONTROL_FRAME_BYTES_MAX, KIND_OFFER, KIND_REPLY, OFFER_MAGIC, Offer, Reply,
-    TRANSFER_PROTOCOL_VERSION, encode_chunk_header,
+    TRANSFER_PROTOCOL_VERSION_FULL, encode_chunk_header,
 };
 use crate::{
     BandwidthLimiter, IncomingSlots, Received, SendOutcome, SendReport, TransferConfig,
@@ -662,7 +662,7 @@ async fn chunk_failing_its_crc_more_than_chunk_retries_max_aborts_the_transfer()
     let mut out = n.open().await;
     let offer = Offer {
         magic: OFFER_MAGIC,
-        version: TRANSFER_PROTOCOL_VERSION,
+        version: TRANSFER_PROTOCOL_VERSION_FULL,
         id: ID,
         digest: [3; 32],
         file_len: 1 << 20,
@@ -883,7 +883,7 @@ async fn leader_that_stalls_after_the_offer_trips_the_receivers_progress_timeout
     let mut out = n.t1.open_bulk(FOLLOWER).await.unwrap();
     let offer = Offer {
         magic: OFFER_MAGIC,
-        version: TRANSFER_PROTOCOL_VERSION,
+        version: TRANSFER_PROTOCOL_VERSION_FULL,
         id: ID,
         digest: [9; 32],
         file_len: 1 << 20,
@@ -923,5 +923,6 @@ async fn leader_that_stalls_after_the_offer_trips_the_receivers_progress_timeout
 }
 
 mod dead_receiver;
+mod delta;
 mod malformed;
 mod takeover;

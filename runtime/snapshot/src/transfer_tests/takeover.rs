@@ -10,7 +10,7 @@ use super::*;
 async fn raw_offer(out: &mut BulkStream, leader: &Leader, term: u64, chunk_bytes: u32) {
     let offer = Offer {
         magic: OFFER_MAGIC,
-        version: TRANSFER_PROTOCOL_VERSION,
+        version: TRANSFER_PROTOCOL_VERSION_FULL,
         id: ID,
         digest: leader.info.digest,
         file_len: leader.info.file_len,

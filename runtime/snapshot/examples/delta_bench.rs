@@ -1,0 +1,351 @@
+//! Incremental snapshot catch-up next to a full transfer of the same file, measured alternately
+//! in one run.
+//!
+//! Run: `cargo run --release -p wraft-snapshot --example delta_bench`
+//!
+//! The state is a key-value map (keys `user/0000000000`…, values of ~1 KiB of words and numbers,
+//! which zstd compresses about 3.7:1, as it does text) of `BENCH_STATE_MIB` MiB of records
+//! (default 1024), snapshotted by the guest SDK's default format (content-defined pieces, one
+//! zstd frame each), natively: the bytes a wasm guest writes are the same. Snapshot A is the
+//! state; snapshot B is the state after `BENCH_CHANGE_PERMILLE` (default 10 = 1 %) of the keys
+//! were rewritten, either **clustered** (a contiguous run of keys: a hot range, time-ordered
+//! keys) or **uniform** (keys drawn at random over the whole map). Each node snapshot file
+//! holds a header frame, a 2 MiB module frame, a sessions frame and the machine's chunks, as
+//! the node writes them.
+//!
+//! For each workload, on two in-process transports (mTLS, 127.0.0.1), durable syncs:
+//! - **full**: B into an empty follower store (the whole file);
+//! - **delta**: B into a follower store that holds A (it receives what A lacks and copies the
+//!   rest from A),
+//!
+//! alternating full, delta, full, delta (`BENCH_REPS` pairs, default 2). It reports the bytes
+//! sent and the time of each, and their ratios. `BENCH_DIR` chooses the file system (default:
+//! the working directory's).
+
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wraft_guest::{
+    AppError, DefaultSnapshot, EntryCtx, Json, Records, SnapshotFormat, StateMachine,
+};
+use wraft_snapshot::format::FrameKind;
+use wraft_snapshot::{
+    BandwidthLimiter, IncomingSlots, TransferConfig, receive_snapshot, send_snapshot,
+};
+use wraft_storage::{
+    Membership, SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore, StdFs, StorageConfig,
+};
+use wraft_transport::certs::{ClusterCa, TlsIdentity, Validity};
+use wraft_transport::{AddressBook, Inbound, Transport, TransportConfig};
+
+#[derive(Default, Serialize, Deserialize)]
+struct Map {
+    map: std::collections::BTreeMap<String, String>,
+}
+
+impl StateMachine for Map {
+    const NAME: &'static str = "kv";
+    const VERSION: &'static str = "bench";
+    type Codec = Json;
+    type Snapshot = DefaultSnapshot;
+    type Command = (String, String);
+    type Output = ();
+    type Query = ();
+    type Reply = ();
+    fn apply(&mut self, _: &EntryCtx, (k, v): (String, String)) -> Result<(), AppError> {
+        self.map.insert(k, v);
+        Ok(())
+    }
+    fn query(&self, _: ()) -> Result<(), AppError> {
+        Ok(())
+    }
+}
+
+impl Records for Map {
+    type Record<'a> = (&'a str, &'a str);
+    type OwnedRecord = (String, String);
+    fn records(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    fn restore_record(&mut self, (k, v): (String, String)) -> Result<(), String> {
+        self.map.insert(k, v);
+        Ok(())
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    "kilo", "lima", "mike", "november", "oscar", "papa",
+];
+const VALUE_BYTES: usize = 1024;
+
+fn value(rng: &mut fastrand::Rng) -> String {
+    let mut v = String::with_capacity(VALUE_BYTES + 16);
+    while v.len() < VALUE_BYTES {
+        v.push_str(WORDS[rng.usize(..WORDS.len())]);
+        v.push_str(&rng.u32(..100_000).to_string());
+        v.push(' ');
+    }
+    v.truncate(VALUE_BYTES);
+    v
+}
+
+fn key(i: u64) -> String {
+    format!("user/{i:010}")
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn frame(w: &mut wraft_storage::SnapshotWriter, kind: FrameKind, payload: &[u8]) {
+    let mut h = Vec::with_capacity(9);
+    h.push(kind as u8);
+    h.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    h.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    w.write_chunk(&h).unwrap();
+    w.write_chunk(payload).unwrap();
+}
+
+/// Write `state` as a node snapshot at `index` into `store`; returns the file and the guest's
+/// snapshot bytes.
+fn write_snapshot(
+    store: &SnapshotStore,
+    state: Rc<Map>,
+    index: u64,
+    module: &[u8],
+) -> SnapshotInfo {
+    let id = SnapshotId {
+        last_index: index,
+        last_term: 1,
+    };
+    let mut w = store
+        .begin(SnapshotMeta {
+            id,
+            membership: Membership {
+                voters: vec![1, 2],
+                learners: vec![],
+            },
+            format: "wraft-node/1".into(),
+        })
+        .unwrap();
+    frame(
+        &mut w,
+        FrameKind::Header,
+        format!("header at {index}").as_bytes(),
+    );
+    frame(&mut w, FrameKind::Module, module);
+    frame(
+        &mut w,
+        FrameKind::Sessions,
+        format!("sessions at {index}").as_bytes(),
+    );
+    frame(&mut w, FrameKind::MachineBegin, &0u32.to_le_bytes());
+    let mut r = <DefaultSnapshot as SnapshotFormat<Map>>::begin_snapshot(state).unwrap();
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    while let Some(c) =
+        <DefaultSnapshot as SnapshotFormat<Map>>::next_chunk(&mut r, 1 << 20).unwrap()
+    {
+        frame(&mut w, FrameKind::MachineChunk, &c);
+        chunks += 1;
+        bytes += c.len() as u64;
+    }
+    frame(
+        &mut w,
+        FrameKind::MachineEnd,
+        &[chunks.to_le_bytes(), bytes.to_le_bytes()].concat(),
+    );
+    frame(&mut w, FrameKind::End, &1u32.to_le_bytes());
+    w.finish().unwrap()
+}
+
+fn bind(
+    ca: &ClusterCa,
+    id: u64,
+    m: &wraft_transport::Membership,
+    book: &AddressBook,
+) -> (Transport, Inbound) {
+    let issued = ca.issue_node(id, &[], Validity::days_from_now(1)).unwrap();
+    let tls = TlsIdentity::from_issued(ca.cert_pem(), &issued).unwrap();
+    let cfg = TransportConfig::new(id, "127.0.0.1:0".parse().unwrap());
+    let (t, inbound) = Transport::bind(cfg, &tls, m.clone(), book.clone()).unwrap();
+    book.insert(id, t.local_addr().unwrap());
+    (t, inbound)
+}
+
+fn open(dir: &Path) -> SnapshotStore {
+    SnapshotStore::open(Arc::new(StdFs), dir, &StorageConfig::default())
+        .unwrap()
+        .0
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+struct Run {
+    sent: u64,
+    took: Duration,
+}
+
+async fn transfer(
+    t1: &Transport,
+    in2: &mut Inbound,
+    leader: &SnapshotStore,
+    id: SnapshotId,
+    follower_dir: &Path,
+) -> Run {
+    let fstore = open(follower_dir);
+    let lcfg = TransferConfig::default();
+    let fcfg = TransferConfig::default();
+    let slots = IncomingSlots::new(2);
+    let limiter = BandwidthLimiter::new(None);
+    let out = t1.open_bulk(2).await.unwrap();
+    let send = send_snapshot(
+        out,
+        leader,
+        leader.pin(id).unwrap(),
+        1,
+        &lcfg,
+        &limiter,
+        |_| {},
+    );
+    let recv = async {
+        let inb = in2.bulk.recv().await.unwrap();
+        receive_snapshot(inb, &fstore, &fcfg, &slots, |_| {}).await
+    };
+    let (s, r) = tokio::join!(send, recv);
+    let (s, r) = (s.unwrap(), r.unwrap());
+    assert_eq!(
+        r.info.digest,
+        leader.list().iter().find(|i| i.id() == id).unwrap().digest
+    );
+    Run {
+        sent: s.bytes_sent,
+        took: s.duration,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let state_mib = env_u64("BENCH_STATE_MIB", 1024);
+    let permille = env_u64("BENCH_CHANGE_PERMILLE", 10);
+    let reps = env_u64("BENCH_REPS", 2).max(1);
+    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into());
+    let root = tempfile::Builder::new()
+        .prefix("wraft-delta-bench")
+        .tempdir_in(&base)
+        .unwrap();
+    let record_bytes = (VALUE_BYTES + 16 + 4) as u64;
+    let keys = (state_mib << 20) / record_bytes;
+    let changed = keys * permille / 1000;
+    println!(
+        "state {state_mib} MiB: {keys} keys of {VALUE_BYTES}-byte values; {changed} keys ({permille}‰) rewritten; best of {reps} pairs; dir {}",
+        root.path().display()
+    );
+
+    let t = Instant::now();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut state = Map::default();
+    for i in 0..keys {
+        state.map.insert(key(i), value(&mut rng));
+    }
+    let mut module = vec![0u8; 2 << 20];
+    rng.fill(&mut module);
+    println!("built the state in {:.1} s", t.elapsed().as_secs_f64());
+
+    let ca = ClusterCa::generate("bench", Validity::days_from_now(1)).unwrap();
+    let membership = wraft_transport::Membership::new([1, 2]);
+    let book = AddressBook::default();
+    let (t1, _in1) = bind(&ca, 1, &membership, &book);
+    let (t2, mut in2) = bind(&ca, 2, &membership, &book);
+
+    // A, once, as the follower's snapshot.
+    let held = root.path().join("held");
+    let mut state = Rc::new(state);
+    let t = Instant::now();
+    let a = write_snapshot(&open(&held), state.clone(), 1000, &module);
+    println!(
+        "snapshot A: {:.1} MiB file in {:.1} s",
+        mib(a.file_len),
+        t.elapsed().as_secs_f64()
+    );
+
+    for (wi, workload) in ["clustered", "uniform"].into_iter().enumerate() {
+        let s = Rc::get_mut(&mut state).expect("no reader holds the state");
+        let mut rng = fastrand::Rng::with_seed(100 + wi as u64);
+        let start = rng.u64(..keys - changed);
+        let mut undo = Vec::new();
+        for n in 0..changed {
+            let i = if workload == "clustered" {
+                start + n
+            } else {
+                rng.u64(..keys)
+            };
+            if let Some(old) = s.map.insert(key(i), value(&mut rng)) {
+                undo.push((key(i), old));
+            }
+        }
+        let ldir = root.path().join(format!("leader-{workload}"));
+        let leader = open(&ldir);
+        let index = 2000 + wi as u64;
+        let b = write_snapshot(&leader, state.clone(), index, &module);
+        let id = b.id();
+        let (mut full, mut delta): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            let fdir = root.path().join(format!("empty-{workload}-{rep}"));
+            let r = transfer(&t1, &mut in2, &leader, id, &fdir).await;
+            let _ = std::fs::remove_dir_all(&fdir);
+            full.push(r);
+            let ddir = root.path().join(format!("holding-a-{workload}-{rep}"));
+            copy_dir(&held, &ddir);
+            let r = transfer(&t1, &mut in2, &leader, id, &ddir).await;
+            let _ = std::fs::remove_dir_all(&ddir);
+            delta.push(r);
+            println!(
+                "  {workload} pair {rep}: full {:.1} MiB in {:.2} s | delta {:.1} MiB in {:.2} s",
+                mib(full[rep as usize].sent),
+                full[rep as usize].took.as_secs_f64(),
+                mib(delta[rep as usize].sent),
+                delta[rep as usize].took.as_secs_f64()
+            );
+        }
+        let best = |v: &[Run]| v.iter().map(|r| r.took).min().unwrap();
+        let (f, d) = (best(&full), best(&delta));
+        let sent = delta.iter().map(|r| r.sent).max().unwrap();
+        println!(
+            "{workload}: file {:.1} MiB | delta sent {:.2} MiB = {:.2} % of full | best full {:.2} s, best delta {:.2} s: {:.1}x faster",
+            mib(b.file_len),
+            mib(sent),
+            100.0 * sent as f64 / b.file_len as f64,
+            f.as_secs_f64(),
+            d.as_secs_f64(),
+            f.as_secs_f64() / d.as_secs_f64()
+        );
+        drop(leader);
+        let _ = std::fs::remove_dir_all(&ldir);
+        // Back to A's state for the next workload.
+        let s = Rc::get_mut(&mut state).expect("no reader holds the state");
+        for (k, v) in undo.into_iter().rev() {
+            s.map.insert(k, v);
+        }
+    }
+    t1.shutdown().await;
+    t2.shutdown().await;
+}

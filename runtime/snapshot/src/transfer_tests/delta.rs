@@ -1,0 +1,244 @@
+//! Version 2 transfers: a follower that holds an earlier snapshot receives only the segments it
+//! lacks, assembles the rest from its own files, and ends with the leader's exact bytes.
+
+use super::*;
+use crate::format::FrameKind;
+use crate::manifest::segments_of;
+
+const OLD: SnapshotId = SnapshotId {
+    last_index: 900,
+    last_term: 3,
+};
+const FRAME_PAYLOAD: usize = 16 << 10;
+
+/// A body of guest-chunk frames, frame `i` holding the bytes of `seeds[i]`.
+fn framed(seeds: &[u64]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for &seed in seeds {
+        let p = body(seed, FRAME_PAYLOAD);
+        b.push(FrameKind::MachineChunk as u8);
+        b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        b.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
+        b.extend_from_slice(&p);
+    }
+    b
+}
+
+fn seeds(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+/// Bytes of the segment holding the storage header and metadata of `info`'s file.
+fn header_segment_bytes(info: &SnapshotInfo) -> u64 {
+    let mut f = std::fs::File::open(&info.path).unwrap();
+    let mut read_at = |at: u64, buf: &mut [u8]| {
+        use std::io::{Read, Seek, SeekFrom};
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(buf)
+    };
+    u64::from(segments_of(info.file_len, &mut read_at).unwrap()[0].len)
+}
+
+struct Pair {
+    leader: Leader,
+    _fdir: tempfile::TempDir,
+    follower: SnapshotStore,
+}
+
+/// A leader holding `new` as snapshot [`ID`], a follower holding `old` as [`OLD`].
+fn pair(old: &[u64], new: &[u64]) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(Arc::new(StdFs), dir.path());
+    let info = make_snapshot(&store, ID, &framed(new));
+    let fdir = tempfile::tempdir().unwrap();
+    let follower = open_store(Arc::new(StdFs), fdir.path());
+    make_snapshot(&follower, OLD, &framed(old));
+    Pair {
+        leader: Leader {
+            _dir: dir,
+            store,
+            info,
+        },
+        _fdir: fdir,
+        follower,
+    }
+}
+
+async fn transfer(n: &mut Net, p: &Pair, lcfg: TransferConfig) -> (SendReport, Received) {
+    let slots = IncomingSlots::new(2);
+    let out = n.open().await;
+    let (send, _) = spawn_send(out, &p.leader.store, ID, lcfg, BandwidthLimiter::new(None));
+    let inb = n.accept().await;
+    let recv = spawn_receive(inb, &p.follower, cfg(FOLLOWER), &slots, None);
+    let report = send.await.unwrap().unwrap();
+    let got = recv.await.unwrap().unwrap();
+    assert_eq!(report.outcome, SendOutcome::Completed);
+    assert_eq!(got.info.digest, p.leader.info.digest);
+    assert_eq!(
+        file_bytes(&got.info.path),
+        file_bytes(&p.leader.info.path),
+        "assembled file differs from the leader's"
+    );
+    (report, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holding_the_previous_snapshot_receives_only_the_changed_frames() {
+    let mut n = net();
+    let old = seeds(200);
+    // Frames 50 and 120 change, one frame is inserted before 80 (every later byte moves).
+    let mut new = old.clone();
+    new[50] = 10_050;
+    new[120] = 10_120;
+    new.insert(80, 10_080);
+    let p = pair(&old, &new);
+    let (report, got) = transfer(&mut n, &p, cfg(LEADER)).await;
+
+    let file_len = p.leader.info.file_len;
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    // The header segment (new index, new digest) and the three new frames; nothing else.
+    let expected = header_segment_bytes(&p.leader.info) + 3 * frame;
+    assert_eq!(report.bytes_sent, expected, "bytes sent of {file_len}");
+    assert_eq!(got.bytes_received, expected);
+    assert_eq!(report.bytes_reused, file_len - expected);
+    assert_eq!(got.bytes_reused, file_len - expected);
+    assert_eq!(report.chunks_resent, 0);
+    assert!(expected * 40 < file_len, "{expected} of {file_len}");
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holding_an_unrelated_snapshot_receives_the_whole_file() {
+    let mut n = net();
+    let p = pair(&(1000..1050).collect::<Vec<_>>(), &seeds(60));
+    let (report, got) = transfer(&mut n, &p, cfg(LEADER)).await;
+    let file_len = p.leader.info.file_len;
+    assert_eq!((report.bytes_sent, report.bytes_reused), (file_len, 0));
+    assert_eq!((got.bytes_received, got.bytes_reused), (file_len, 0));
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_refuses_version_2_is_offered_the_whole_file_from_then_on() {
+    let mut n = net();
+    let p = pair(&seeds(40), &seeds(41));
+    let lcfg = cfg(LEADER);
+    // A follower of the previous release: version 2 is not one it knows.
+    let out = n.open().await;
+    let (send, _) = spawn_send(
+        out,
+        &p.leader.store,
+        ID,
+        lcfg.clone(),
+        BandwidthLimiter::new(None),
+    );
+    let mut inb = n.accept().await;
+    let f = frame::read_frame(&mut inb.recv, CONTROL_FRAME_BYTES_MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let offer = crate::wire::decode_offer(f.kind, &f.payload).unwrap();
+    assert_eq!(offer.version, crate::TRANSFER_PROTOCOL_VERSION);
+    let refusal = Reply::Reject {
+        reason: "transfer protocol: expected magic [57, 53, 58, 46] version 1, found magic [57, 53, 58, 46] version 2".into(),
+    };
+    send_reply(&mut inb.send, &refusal).await.unwrap();
+    let e = send.await.unwrap().unwrap_err();
+    assert!(matches!(e, TransferError::Rejected { .. }), "{e}");
+    assert_eq!(lcfg.peer_versions.offer_to(FOLLOWER), 1);
+    assert_eq!(
+        lcfg.peer_versions.offer_to(3),
+        crate::TRANSFER_PROTOCOL_VERSION
+    );
+
+    // The next offer is version 1 and sends every byte, though the follower could reuse most.
+    let (report, got) = transfer(&mut n, &p, lcfg).await;
+    let file_len = p.leader.info.file_len;
+    assert_eq!((report.bytes_sent, report.bytes_reused), (file_len, 0));
+    assert_eq!(got.bytes_received, file_len);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_corrupted_on_the_wire_in_a_delta_transfer_are_resent_within_their_ranges() {
+    let mut n = net();
+    let old = seeds(100);
+    let mut new = old.clone();
+    for i in [10, 11, 12, 60] {
+        new[i] += 5_000;
+    }
+    let p = pair(&old, &new);
+    let lcfg = TransferConfig {
+        // Chunks smaller than a frame: a range is several chunks, and every second is damaged.
+        chunk_bytes: 4 << 10,
+        corrupt_chunk_every: NonZeroU32::new(2),
+        ..cfg(LEADER)
+    };
+    let (report, got) = transfer(&mut n, &p, lcfg).await;
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    let fetched = header_segment_bytes(&p.leader.info) + 4 * frame;
+    assert_eq!(got.bytes_received, fetched);
+    assert!(report.chunks_resent > 0);
+    assert_eq!(report.bytes_reused, p.leader.info.file_len - fetched);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_transfer_cut_by_a_crash_resumes_at_its_durable_offset_and_still_reuses() {
+    let mut n = net();
+    let old = seeds(200);
+    let mut new = old.clone();
+    for i in (5..200).step_by(10) {
+        new[i] += 20_000;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lstore = open_store(Arc::new(StdFs), dir.path());
+    let linfo = make_snapshot(&lstore, ID, &framed(&new));
+    let file_len = linfo.file_len;
+    let fs = FaultFs::new();
+    let fdir = PathBuf::from("/snap");
+    let follower = open_store(Arc::new(fs.clone()), &fdir);
+    make_snapshot(&follower, OLD, &framed(&old));
+    let c = cfg(FOLLOWER);
+
+    // Slow enough on the 20 fetched frames that the crash lands mid-transfer.
+    let limiter = BandwidthLimiter::new(Some(128 << 10));
+    let out = n.open().await;
+    let (send1, _) = spawn_send(out, &lstore, ID, cfg(LEADER), limiter.clone());
+    let (tx, mut durable_rx) = mpsc::unbounded_channel();
+    let inb = n.accept().await;
+    let recv1 = spawn_receive(inb, &follower, c.clone(), &IncomingSlots::new(2), Some(tx));
+    let mut last_durable = 0;
+    while last_durable < file_len / 3 {
+        last_durable = durable_rx.recv().await.expect("durable ack");
+    }
+    recv1.abort();
+    fs.crash(CrashMode::LoseUnsynced);
+    let _ = send1.await.unwrap();
+
+    let (follower, rec) = SnapshotStore::open(Arc::new(fs.clone()), &fdir, &storage_cfg()).unwrap();
+    let (_, durable) = rec.resumable.first().copied().expect("a resumable partial");
+    assert!(durable >= last_durable && durable < file_len, "{durable}");
+    limiter.set(None);
+    let out = n.open().await;
+    let (send2, _) = spawn_send(out, &lstore, ID, cfg(LEADER), limiter);
+    let inb = n.accept().await;
+    let recv2 = spawn_receive(inb, &follower, c, &IncomingSlots::new(2), None);
+    let report = send2.await.unwrap().unwrap();
+    let got = recv2.await.unwrap().unwrap();
+    assert_eq!((report.resumed_from, got.resumed_from), (durable, durable));
+    assert_eq!(report.bytes_sent + report.bytes_reused, file_len - durable);
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    // Only changed frames past the durable offset (and at most the one it cuts) are sent.
+    assert!(
+        report.bytes_sent <= 20 * frame && report.bytes_reused > 0,
+        "sent {} reused {} after resuming at {durable} of {file_len}",
+        report.bytes_sent,
+        report.bytes_reused
+    );
+    assert_eq!(
+        fs.read_file(&got.info.path).unwrap(),
+        file_bytes(&linfo.path)
+    );
+    n.shutdown().await;
+}

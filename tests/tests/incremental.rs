@@ -1,0 +1,134 @@
+//! Incremental snapshot transfer with real `wraft node` processes: a follower that holds an
+//! earlier snapshot receives only the parts of the leader's snapshot it does not hold.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wraft_tests::{Cluster, guest, kv_put, noise};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `key=value` fields of the last log line containing `what`.
+fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no log line with {what:?}:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
+fn field(fields: &BTreeMap<String, String>, key: &str) -> u64 {
+    fields
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key} in {fields:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_the_snapshot() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        // Snapshots only when asked; the log is cut 10 entries below each one.
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 10;
+        c.snapshot.retain_count = 2;
+    });
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = cluster.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy");
+    // ~8 MB of state that compresses as little as real data does: ~120 content-defined pieces.
+    let keys = 2000;
+    for i in 0..keys {
+        client
+            .propose("kv", &kv_put(&format!("k{i:05}"), &noise(i, 4096)))
+            .await
+            .expect("put");
+    }
+    for id in cluster.ids() {
+        client
+            .snapshot_trigger_and_wait(Some(cluster.addr(id)), CATCH_UP_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("snapshot on node {id}: {e}"));
+    }
+    let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
+    cluster.kill(follower);
+
+    // Ten neighbouring keys (half a percent) change, twice each: past the log's margin.
+    for round in 0..2 {
+        for i in 1000..1010 {
+            let value = noise(100_000 * (round + 1) + i, 4096);
+            client
+                .propose("kv", &kv_put(&format!("k{i:05}"), &value))
+                .await
+                .expect("put");
+        }
+    }
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("leader snapshot");
+    cluster.restart(follower);
+    let commit = cluster.status(leader).await.expect("status").commit_index;
+    cluster
+        .wait_applied(&[follower], commit, CATCH_UP_TIMEOUT)
+        .await;
+
+    let log = cluster.log(follower);
+    assert!(log.contains("snapshot installed"), "no install:\n{log}");
+    let got = last_fields(&log, "receiving snapshot");
+    let (file_len, fetch, reuse) = (
+        field(&got, "file_len"),
+        field(&got, "fetch_bytes"),
+        field(&got, "reuse_bytes"),
+    );
+    eprintln!("follower {follower} fetched {fetch} of {file_len} bytes, reused {reuse}");
+    assert_eq!(fetch + reuse, file_len, "{got:?}");
+    assert!(
+        fetch * 20 < file_len,
+        "fetched {fetch} of {file_len} bytes for 10 changed keys of {keys}"
+    );
+    let sent = last_fields(&cluster.log(leader), "snapshot sent and acknowledged");
+    assert_eq!(field(&sent, "bytes_sent"), fetch, "{sent:?}");
+
+    // `wraft snapshot inspect` of the installed file says the same: all but what was fetched is
+    // shared with the follower's own earlier snapshot next to it.
+    let listed = cluster
+        .node_client(follower)
+        .await
+        .snapshots(Some(cluster.addr(follower)))
+        .await
+        .expect("list");
+    let newest = listed.iter().max_by_key(|l| l.index).expect("a snapshot");
+    let report = wraft::cli::snapshot_inspect(std::path::Path::new(&newest.path)).expect("inspect");
+    assert!(report.ok, "{}", report.render());
+    let shared = report
+        .shared_with_previous
+        .as_ref()
+        .unwrap_or_else(|| panic!("nothing to compare with:\n{}", report.render()));
+    assert!(shared.index < newest.index);
+    assert_eq!(shared.bytes_new, fetch, "{}", report.render());
+    assert!(report.render().contains("a node holding that one fetches"));
+
+    // The follower's state is the leader's.
+    for i in [0, 999, 1000, 1005, 1009, 1010, keys - 1] {
+        let q = wraft_tests::kv_get(&format!("k{i:05}"));
+        let want = cluster
+            .node_client(leader)
+            .await
+            .query("kv", &q, wraft_proto::Consistency::Stale)
+            .await
+            .expect("leader read");
+        let have = cluster
+            .node_client(follower)
+            .await
+            .query("kv", &q, wraft_proto::Consistency::Stale)
+            .await
+            .expect("follower read");
+        assert_eq!(have, want, "key {i}");
+    }
+}
