@@ -362,7 +362,8 @@ async fn wait_for_transfer_start(cluster: &Cluster, id: u64) {
     wait_for_log(cluster, id, "the transfer to start", "receiving snapshot").await;
 }
 
-/// Until node `id` logs a durable offset of an incoming snapshot (it acks one every 8 MiB).
+/// Until node `id` logs a durable offset of an incoming snapshot (it acks one at least every
+/// 8 MiB or 100 ms of receiving).
 async fn wait_for_durable_offset(cluster: &Cluster, id: u64) {
     let needle = "incoming snapshot durable up to offset";
     wait_for_log(cluster, id, "a durable offset on the follower", needle).await;
@@ -390,7 +391,7 @@ fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
-    // ~24 MB at 3 MB/s: the follower acks a durable offset every 8 MiB.
+    // ~24 MB at 3 MB/s: the follower acks a durable offset every 100 ms of receiving.
     let (mut cluster, leader, follower, _client) = big_snapshot_cluster(24, 3 << 20).await;
     cluster.restart(follower);
     wait_for_durable_offset(&cluster, follower).await;

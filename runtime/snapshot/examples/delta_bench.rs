@@ -19,8 +19,10 @@
 //!   rest from A),
 //!
 //! alternating full, delta, full, delta (`BENCH_REPS` pairs, default 2). It reports the bytes
-//! sent and the time of each, and their ratios. `BENCH_DIR` chooses the file system (default:
-//! the working directory's).
+//! sent and the time of each, and their ratios. `BENCH_CAP_MIB_S` caps the sender (default: no
+//! cap; loopback then moves ~500 MiB/s, so a full transfer is bound by the follower's disk, as
+//! an incremental one is by writing the whole assembled file); a cap of 119 MiB/s is a 1 Gbit/s
+//! link. `BENCH_DIR` chooses the file system (default: the working directory's).
 
 use std::path::Path;
 use std::rc::Rc;
@@ -215,7 +217,8 @@ async fn transfer(
     let lcfg = TransferConfig::default();
     let fcfg = TransferConfig::default();
     let slots = IncomingSlots::new(2);
-    let limiter = BandwidthLimiter::new(None);
+    let cap = Some(env_u64("BENCH_CAP_MIB_S", 0) << 20).filter(|c| *c > 0);
+    let limiter = BandwidthLimiter::new(cap);
     let out = t1.open_bulk(2).await.unwrap();
     let send = send_snapshot(
         out,
@@ -256,7 +259,8 @@ async fn main() {
     let keys = (state_mib << 20) / record_bytes;
     let changed = keys * permille / 1000;
     println!(
-        "state {state_mib} MiB: {keys} keys of {VALUE_BYTES}-byte values; {changed} keys ({permille}‰) rewritten; best of {reps} pairs; dir {}",
+        "state {state_mib} MiB: {keys} keys of {VALUE_BYTES}-byte values; {changed} keys ({permille}‰) rewritten; best of {reps} pairs; sender cap {} MiB/s; dir {}",
+        env_u64("BENCH_CAP_MIB_S", 0),
         root.path().display()
     );
 
