@@ -34,6 +34,19 @@ fn deps(manifest: &str) -> Vec<String> {
     out
 }
 
+/// Where the workspace manifest puts crate `name` (`name = { path = "…" }`).
+fn crate_path(workspace: &str, name: &str) -> String {
+    workspace
+        .lines()
+        .map(str::trim)
+        .find_map(|l| {
+            let (n, rest) = l.split_once('=')?;
+            let rest = rest.split_once("path = \"")?.1;
+            (n.trim() == name).then(|| rest.split('"').next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| panic!("{name} has no path in the workspace manifest"))
+}
+
 fn manifest(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("Cargo.toml"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -48,9 +61,13 @@ fn neither_this_crate_nor_the_wraft_crates_it_uses_depend_on_the_host() {
         "parsed: {mine:?}"
     );
     let mut checked = vec![("wraft-snapshot".to_owned(), mine.clone())];
+    let root = here.join("../..");
+    let workspace = manifest(&root);
     for d in mine.iter().filter(|d| d.starts_with("wraft-")) {
-        let dir = here.join("..").join(d.trim_start_matches("wraft-"));
-        checked.push((d.clone(), deps(&manifest(&dir))));
+        checked.push((
+            d.clone(),
+            deps(&manifest(&root.join(crate_path(&workspace, d)))),
+        ));
     }
     for (krate, deps) in &checked {
         for d in deps {
