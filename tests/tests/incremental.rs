@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wraft_tests::{Cluster, guest, kv_put, noise};
+use wraft_tests::{Cluster, guest, http_get, kv_put, noise};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,6 +22,18 @@ fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The value of `wraft_snapshot_reused_bytes_total` for `direction` on node `id`.
+async fn reused_metric(cluster: &Cluster, id: u64, direction: &str) -> u64 {
+    let (status, text) = http_get(cluster.metrics_addr(id).await, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    let label = format!("direction=\"{direction}\"");
+    text.lines()
+        .find(|l| l.starts_with("wraft_snapshot_reused_bytes_total{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no reused bytes for {direction} on node {id}:\n{text}"))
+        as u64
+}
+
 fn field(fields: &BTreeMap<String, String>, key: &str) -> u64 {
     fields
         .get(key)
@@ -37,6 +49,7 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
         c.snapshot.log_entries_max = 0;
         c.snapshot.log_retain_margin_entries = 10;
         c.snapshot.retain_count = 2;
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     });
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let client = cluster.client().await;
@@ -94,6 +107,9 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
     );
     let sent = last_fields(&cluster.log(leader), "snapshot sent and acknowledged");
     assert_eq!(field(&sent, "bytes_sent"), fetch, "{sent:?}");
+
+    assert_eq!(reused_metric(&cluster, follower, "receive").await, reuse);
+    assert_eq!(reused_metric(&cluster, leader, "send").await, reuse);
 
     // `wraft snapshot inspect` of the installed file says the same: all but what was fetched is
     // shared with the follower's own earlier snapshot next to it.

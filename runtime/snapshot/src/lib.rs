@@ -98,7 +98,8 @@
 //! Metrics (every series has `node`): `wraft_snapshot_transfers_in_flight{direction}` (gauge),
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
 //! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
-//! `wraft_snapshot_chunks_resent_total` (counters), `wraft_snapshot_transfer_seconds{direction,
+//! `wraft_snapshot_chunks_resent_total`, `wraft_snapshot_reused_bytes_total{direction}` (bytes
+//! a version 2 follower took from its own snapshots: not sent, copied) (counters), `wraft_snapshot_transfer_seconds{direction,
 //! outcome}` (histogram; outcome `ok|busy|timeout|error`), `wraft_snapshot_transfers_total{direction,
 //! outcome}` (counter, the same outcomes), `wraft_snapshot_transfer_size_bytes{direction,peer}` and
 //! `wraft_snapshot_transfer_done_bytes{direction,peer}` (gauges: the progress of the newest

@@ -23,6 +23,7 @@ pub fn register_metrics(node: NodeId) {
         }
         metrics::gauge!("wraft_snapshot_transfers_in_flight", "node" => node.to_string(), "direction" => direction).increment(0.0);
         metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => node.to_string(), "direction" => direction).increment(0);
+        metrics::counter!("wraft_snapshot_reused_bytes_total", "node" => node.to_string(), "direction" => direction).increment(0);
     }
     metrics::counter!("wraft_snapshot_checksum_failures_total", "node" => node.to_string())
         .increment(0);
@@ -73,6 +74,11 @@ impl XferMetrics {
         } else {
             metrics::counter!("wraft_snapshot_received_bytes_total", "node" => self.node.clone())
         }
+    }
+    /// Bytes of the file the follower took from its own snapshots instead of the stream
+    /// (version 2): not sent (send), copied locally (receive).
+    pub(crate) fn reused(&self, bytes: u64) {
+        metrics::counter!("wraft_snapshot_reused_bytes_total", "node" => self.node.clone(), "direction" => self.direction.as_str()).increment(bytes);
     }
     pub(crate) fn resume(&self) {
         metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => self.node.clone(), "direction" => self.direction.as_str()).increment(1);

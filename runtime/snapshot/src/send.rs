@@ -207,6 +207,7 @@ async fn send_inner(
         m.resume();
     }
     let bytes_reused = file_len - resume_from - ranges.bytes();
+    m.reused(bytes_reused);
     tracing::info!(target: LOG, %id, peer, file_len, resume_from, send_bytes = ranges.bytes(), bytes_reused, version, chunk_bytes, "sending snapshot");
     m.begin(&cfg.board, peer, id.last_index, file_len, resume_from);
 

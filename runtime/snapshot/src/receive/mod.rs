@@ -513,6 +513,7 @@ impl Copies {
                     from,
                 } => {
                     r.bytes_reused.fetch_add(u64::from(len), Ordering::Relaxed);
+                    r.m.reused(u64::from(len));
                     let cmd = DiskCmd::Copy {
                         at,
                         len,
