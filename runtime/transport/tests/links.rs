@@ -440,3 +440,47 @@ async fn crashed_peer_restarted_on_same_port_is_detected_by_stateless_reset_not_
     t1.shutdown().await;
     t2b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_closed_bulk_connection_ends_its_streams_and_the_next_stream_dials_afresh() {
+    let f = Fixture::new([1, 2]);
+    let (t1, _in1) = f.bind(1, &f.node_tls(1));
+    let (t2, in2) = f.bind(2, &f.node_tls(2));
+    let mut bulk2 = in2.bulk;
+    let mut old = t1.open_bulk(2).await.unwrap();
+    old.send.write_all(b"first").await.unwrap();
+    let mut accepted = bulk2.recv().await.expect("a bulk stream");
+    let mut buf = [0u8; 5];
+    accepted.recv.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"first");
+
+    // What the leader does when a follower falls silent: the connection goes, and with it
+    // the stream on it.
+    t1.close_bulk(2);
+    let e = tokio::time::timeout(Duration::from_secs(5), accepted.recv.read_to_end(16))
+        .await
+        .expect("the stream ends when its connection is closed")
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            wraft_transport::quinn::ReadToEndError::Read(wraft_transport::quinn::ReadError::ConnectionLost(
+                wraft_transport::quinn::ConnectionError::ApplicationClosed(c)
+            )) if c.error_code == wraft_transport::quinn::VarInt::from_u32(wraft_transport::CODE_LINK_CLOSED)
+        ),
+        "{e:?}"
+    );
+    assert!(old.send.write_all(b"more").await.is_err());
+    t1.close_bulk(2); // nothing open: a no-op
+
+    let mut new = t1.open_bulk(2).await.unwrap();
+    new.send.write_all(b"second").await.unwrap();
+    new.send.finish().unwrap();
+    let mut s = bulk2
+        .recv()
+        .await
+        .expect("a bulk stream on a new connection");
+    assert_eq!(s.recv.read_to_end(16).await.unwrap(), b"second");
+    t1.shutdown().await;
+    t2.shutdown().await;
+}

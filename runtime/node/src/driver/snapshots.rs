@@ -313,6 +313,11 @@ impl Driver {
                         },
                     )
                     .await;
+                    if let Err(TransferError::PeerSilent { .. }) = &r {
+                        // A follower that died leaves the bulk connection open until the QUIC
+                        // idle timeout: the next offer must not wait on it.
+                        transport.close_bulk(to);
+                    }
                     r.map_err(|e| e.to_string())
                 }
             };

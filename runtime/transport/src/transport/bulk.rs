@@ -25,6 +25,30 @@ impl Transport {
         })
     }
 
+    /// Close the bulk connection to `to`, if one is open (the peer sees `CODE_LINK_CLOSED`), so
+    /// that the next [`Transport::open_bulk`] dials afresh. For a caller that found the peer
+    /// silent: a connection to a peer that died stays open until the QUIC idle timeout, and a
+    /// stream opened on it meanwhile waits that long for nothing. Streams still open on it end.
+    pub fn close_bulk(&self, to: NodeId) {
+        let slot = self
+            .inner
+            .bulk_conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut slot) = slot.try_lock()
+            && let Some(c) = slot.take()
+        {
+            c.close(
+                quinn::VarInt::from_u32(super::CODE_LINK_CLOSED),
+                b"peer silent",
+            );
+            info!(target: LOG, peer = to, "bulk connection closed: the peer fell silent");
+        }
+    }
+
     async fn bulk_connection(&self, to: NodeId) -> Result<Connection, TransportError> {
         if *self.inner.shared.shutdown.borrow() {
             return Err(TransportError::ShutDown);
