@@ -80,8 +80,8 @@ pub use crate::log::{
     WriterEvent,
 };
 pub use crate::snapshot::{
-    IncomingSnapshot, Membership, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo, SnapshotMeta,
-    SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
+    IncomingSnapshot, Membership, PartialSource, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo,
+    SnapshotMeta, SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
     inspect_snapshot_file,
 };
 pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile};

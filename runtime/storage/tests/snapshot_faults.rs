@@ -459,3 +459,67 @@ fn an_accepted_received_snapshot_counts_toward_retention_like_the_nodes_own() {
     write(&store, 70, 100).expect("own");
     assert_eq!(indexes(&store), vec![60, 70]);
 }
+
+#[test]
+fn an_interrupted_partial_of_another_snapshot_is_kept_as_a_source_until_a_transfer_completes() {
+    let (old_info, old_file) = sender_file_at(30, 20_000);
+    let (new_info, new_file) = sender_file_at(40, 20_000);
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs).expect("open");
+    assert!(store.partial_source().expect("look").is_none());
+
+    // A transfer of snapshot 30 makes 12 000 bytes durable, writes 500 more (under
+    // `snapshot_sync_every_bytes`: not synced), and stops.
+    let mut inc = store.incoming(old_info.meta.id).expect("incoming");
+    inc.write_at(0, &old_file[..12_000]).expect("write");
+    inc.sync().expect("sync");
+    inc.write_at(12_000, &old_file[12_000..12_500])
+        .expect("write");
+    assert_eq!(inc.durable_offset(), 12_000);
+    drop(inc);
+
+    // A transfer of snapshot 40 begins: the durable prefix of 30's stays, as a source.
+    let inc = store.incoming(new_info.meta.id).expect("incoming");
+    let src = store
+        .partial_source()
+        .expect("look")
+        .expect("a kept prefix");
+    assert_eq!((src.id(), src.len()), (old_info.meta.id, 12_000));
+    let mut got = vec![0u8; 100];
+    src.read_at(11_900, &mut got).expect("read");
+    assert_eq!(got, old_file[11_900..12_000]);
+    assert!(
+        src.read_at(11_950, &mut got).is_err(),
+        "past the kept prefix"
+    );
+    assert!(
+        fs.paths().iter().all(|p| !p
+            .to_string_lossy()
+            .contains(&format!("{}.partial.progress", old_info.meta.id))),
+        "its progress file goes"
+    );
+
+    // A crash and a reopen keep it (power loss: only what was synced).
+    drop(inc);
+    fs.crash(wraft_storage::fault::CrashMode::LoseUnsynced);
+    let (store, _) = open(&fs).expect("reopen");
+    let src = store
+        .partial_source()
+        .expect("look")
+        .expect("kept across a crash");
+    assert_eq!(src.len(), 12_000);
+
+    // The transfer of 40 completes: the source has served and goes.
+    let mut inc = store.incoming(new_info.meta.id).expect("resume");
+    let from = inc.durable_offset() as usize;
+    inc.write_at(from as u64, &new_file[from..]).expect("write");
+    inc.finalize().expect("finalize");
+    assert!(store.partial_source().expect("look").is_none());
+    assert!(
+        fs.paths()
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".partial")),
+        "{:?}",
+        fs.paths()
+    );
+}

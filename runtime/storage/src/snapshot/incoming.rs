@@ -10,6 +10,7 @@ use crate::vfs::{OpenMode, VfsFile, read_exact_at};
 
 use super::format::{feed_digest, verify_file_prehashed};
 use super::progress::{read_progress, read_progress_seq, write_progress_slot};
+use super::source::{remove_sources, retire_partial};
 use super::{SnapshotId, SnapshotInfo, SnapshotStore, invalid, parse_id};
 
 impl SnapshotStore {
@@ -44,7 +45,9 @@ impl SnapshotStore {
         let vfs = inner.vfs.as_ref();
         let path = inner.path(id, ".partial");
         let ppath = inner.path(id, ".partial.progress");
-        // Only one transfer at a time: remove partials of other ids.
+        // Only one partial per transfer running: the partial of another id whose transfer is
+        // not running keeps its durable prefix as the source of segments (see `source`).
+        let mut others = Vec::new();
         for name in vfs
             .list(&inner.dir)
             .map_err(io_err("list snapshot directory", &inner.dir))?
@@ -53,11 +56,16 @@ impl SnapshotStore {
                 .strip_suffix(".partial")
                 .or_else(|| name.strip_suffix(".partial.progress"))
                 .and_then(parse_id);
-            if other.is_some_and(|o| o != id && !inner.lock().incoming_open.contains(&o)) {
-                let p = inner.dir.join(&name);
-                vfs.remove_file(&p)
-                    .map_err(io_err("remove other incoming snapshot", &p))?;
+            if let Some(o) = other
+                && o != id
+                && !inner.lock().incoming_open.contains(&o)
+                && !others.contains(&o)
+            {
+                others.push(o);
             }
+        }
+        for o in others {
+            retire_partial(inner, o)?;
         }
         let resumed = match (
             vfs.open(&path, OpenMode::ReadWrite),
@@ -301,6 +309,8 @@ impl IncomingSnapshot {
         self.finished = true;
         let info = SnapshotInfo { path, ..info };
         self.store.publish(info.clone(), true)?;
+        // A prefix kept from an interrupted transfer has served (or is of an older snapshot).
+        remove_sources(&inner, false)?;
         Ok(info)
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Files in the directory: `<index:020>-<term:020>.snap` (complete), `.snap.tmp` (being written
 //! locally; deleted on open), `.partial` + `.partial.progress` (being received; resumable),
-//! `.snap.corrupt` (failed verification; kept for the operator, never read).
+//! `.partial.source` (at most one: the durable prefix of an interrupted transfer of another
+//! snapshot, a source of segments for the next transfer), `.snap.corrupt` (failed verification;
+//! kept for the operator, never read).
 //!
 //! Its parts:
 //! * `format`: the file layout (drawn there), its verification, and the whole-file digest;
@@ -12,7 +14,8 @@
 //! * `reader`: [`SnapshotReader`], a complete snapshot streamed out;
 //! * `retention`: listing, pins, acceptance of received snapshots, and deletion of old ones;
 //! * `incoming`: [`IncomingSnapshot`], a snapshot being received, resumable after a crash;
-//! * `progress`: the `.partial.progress` file holding a transfer's durable offset.
+//! * `progress`: the `.partial.progress` file holding a transfer's durable offset;
+//! * `source`: [`PartialSource`], the `.partial.source` file.
 
 mod format;
 mod incoming;
@@ -20,6 +23,7 @@ mod progress;
 mod reader;
 mod recovery;
 mod retention;
+mod source;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +41,7 @@ pub use self::format::{SNAPSHOT_HEADER_BYTES, inspect_snapshot_file};
 pub use self::incoming::IncomingSnapshot;
 pub use self::reader::SnapshotReader;
 pub use self::retention::SnapshotPin;
+pub use self::source::PartialSource;
 pub use self::writer::SnapshotWriter;
 
 /// Identity of a snapshot: the last log index it covers and that entry's term.

@@ -65,6 +65,12 @@ impl SnapshotStore {
                 partials.push(id);
             } else if let Some(id) = name.strip_suffix(".partial.progress").and_then(parse_id) {
                 progress.push(id);
+            } else if name
+                .strip_suffix(super::source::SOURCE_SUFFIX)
+                .and_then(parse_id)
+                .is_some()
+            {
+                // Kept prefixes: only the longest stays (below).
             } else if !name.ends_with(".snap.corrupt") {
                 tracing::warn!(file = %path.display(), "ignoring unexpected file in the snapshot directory");
             }
@@ -144,6 +150,8 @@ impl SnapshotStore {
                 }
             }
         }
+        rec.removed
+            .extend(super::source::remove_sources(inner, true)?);
         if !rec.removed.is_empty() || !rec.quarantined.is_empty() {
             inner.sync_dir()?;
         }
