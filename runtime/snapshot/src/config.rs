@@ -71,18 +71,22 @@ pub struct TransferConfig {
     /// Where this node's transfers show their progress while they run (status pages, the
     /// console). Not a bound: clones of one configuration share the board.
     pub board: TransferBoard,
-    /// Sender: the transfer protocol version each peer was last found to speak (a peer that
-    /// refused a version 2 offer is offered version 1 from then on). Clones share it.
+    /// Sender: which peers refused a version 2 offer of which snapshot (that snapshot is
+    /// offered to them in version 1; a newer one in version 2 again). Clones share it.
     pub peer_versions: PeerVersions,
     /// Both sides: the segments of recently seen snapshot files (version 2), so a file is
     /// hashed once. Clones share it.
     pub segments: crate::manifest::SegmentCache,
 }
 
-/// The transfer protocol version each peer speaks, as far as this node has learned; peers not
-/// in it are offered [`crate::TRANSFER_PROTOCOL_VERSION`]. Cheap to clone (shared).
+/// Which peers refused a version 2 offer, and of which snapshot: that snapshot is offered to
+/// them in version 1 from then on; a newer snapshot is offered in version 2 again, so a peer
+/// upgraded in a rolling upgrade gets incremental transfers back without the leader
+/// restarting. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
-pub struct PeerVersions(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, u16>>>);
+pub struct PeerVersions(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, wraft_storage::SnapshotId>>>,
+);
 
 /// Clones are equal (they share what they learn), like [`TransferBoard`]'s.
 impl PartialEq for PeerVersions {
@@ -94,19 +98,21 @@ impl PartialEq for PeerVersions {
 impl Eq for PeerVersions {}
 
 impl PeerVersions {
-    /// The version to offer `peer`.
-    pub fn offer_to(&self, peer: NodeId) -> u16 {
+    /// The version to offer `peer` for snapshot `id`.
+    pub fn offer_to(&self, peer: NodeId, id: wraft_storage::SnapshotId) -> u16 {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&peer)
-            .copied()
-            .unwrap_or(crate::TRANSFER_PROTOCOL_VERSION)
+        match map.get(&peer) {
+            Some(refused) if *refused >= id => crate::wire::TRANSFER_PROTOCOL_VERSION_FULL,
+            _ => crate::TRANSFER_PROTOCOL_VERSION,
+        }
     }
 
-    /// `peer` refused `version`: offer it the full-file version from now on.
-    pub fn refused(&self, peer: NodeId, version: u16) {
+    /// `peer` refused `version` for snapshot `id`: offer it that snapshot (and older ones) in
+    /// the full-file version.
+    pub fn refused(&self, peer: NodeId, version: u16, id: wraft_storage::SnapshotId) {
         if version > crate::wire::TRANSFER_PROTOCOL_VERSION_FULL {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            map.insert(peer, crate::wire::TRANSFER_PROTOCOL_VERSION_FULL);
+            map.insert(peer, id);
         }
     }
 }

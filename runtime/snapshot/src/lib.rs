@@ -58,10 +58,15 @@
 //! checked against its whole-file digest like any other. Resume, takeover, pacing and
 //! heartbeats are unchanged: the durable offset still grows from the front, over copied and
 //! received bytes alike. A follower with no snapshot of its own answers `Accept` (nothing to
-//! reuse; the leader need not hash its file). Each side remembers the segments of the last
+//! reuse; the leader need not hash its file). What an interrupted transfer of *another* snapshot
+//! made durable counts as held ([`wraft_storage::PartialSource`]): after a leader change to a
+//! leader with a newer snapshot, those bytes are copied, not sent again. Each side remembers the
+//! segments of the last
 //! files it cut ([`manifest::SegmentCache`]), so a file is hashed once. A follower of the
-//! previous release rejects version 2; the leader then offers it version 1 from then on
-//! ([`PeerVersions`]).
+//! previous release rejects version 2; the leader then offers it that snapshot in version 1,
+//! and a newer one in version 2 again ([`PeerVersions`]). Neither side waits on the other's
+//! hashing in silence: the manifest goes out as the file is hashed, and the follower repeats
+//! `Durable{resume_from}` while it indexes its own files.
 //!
 //! * Control messages are postcard in `wraft_transport::frame` frames (magic, version, CRC32C).
 //!   Chunks use their own 24-byte header (magic `WC`, version, offset, length, CRC32C of the data,

@@ -97,26 +97,58 @@ pub fn segments_of(
     file_len: u64,
     read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> io::Result<Vec<Segment>> {
-    let cuts = cut_points(file_len, read_at)?;
-    let mut buf = vec![0u8; SEGMENT_BYTES_MAX as usize];
-    let mut out = Vec::with_capacity(cuts.len());
-    for (offset, len) in cuts {
-        let b = &mut buf[..len as usize];
-        read_at(offset, b)?;
-        out.push(Segment {
-            offset,
-            len,
-            hash: *blake3::hash(b).as_bytes(),
-        });
-    }
+    let mut out = Vec::new();
+    for_each_segment(file_len, read_at, &mut |s| {
+        out.push(s);
+        Ok(())
+    })?;
     Ok(out)
 }
 
+/// [`segments_of`], handing each segment to `each` as soon as it is hashed (a sender streams the
+/// manifest while it is computed).
+pub fn for_each_segment(
+    file_len: u64,
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    each: &mut dyn FnMut(Segment) -> io::Result<()>,
+) -> io::Result<()> {
+    let cuts = cut_points(file_len, read_at)?;
+    let mut buf = vec![0u8; SEGMENT_BYTES_MAX as usize];
+    for (offset, len) in cuts {
+        let b = &mut buf[..len as usize];
+        read_at(offset, b)?;
+        each(Segment {
+            offset,
+            len,
+            hash: *blake3::hash(b).as_bytes(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Most segments a manifest of a `file_len`-byte file may have: every frame is at least 9
+/// bytes, and honest files average kilobytes per segment, so a sixty-fourth of the length (and
+/// at most [`crate::wire::MANIFEST_SEGMENTS_MAX`]) bounds the receiver's memory by what the
+/// file itself would take.
+pub fn manifest_segments_max(file_len: u64) -> usize {
+    let by_len = usize::try_from(file_len / 64).unwrap_or(usize::MAX);
+    by_len
+        .saturating_add(1024)
+        .min(crate::wire::MANIFEST_SEGMENTS_MAX)
+}
+
 /// Segments of recently seen snapshot files, by the file's whole-file digest: a file is cut and
-/// hashed once, not at every offer or every transfer that reuses it. Holds at most
-/// [`SegmentCache::ENTRIES_MAX`] files (the oldest leaves first). Cheap to clone (shared).
-#[derive(Debug, Clone, Default)]
-pub struct SegmentCache(Arc<Mutex<VecDeque<CachedFile>>>);
+/// hashed once, not at every offer or every transfer that reuses it. Holds at most its
+/// capacity of files, the least recently used leaving first; give it at least the snapshots a
+/// node retains plus a few, or every index pass evicts its own entries. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct SegmentCache(Arc<Mutex<(usize, VecDeque<CachedFile>)>>);
+
+impl Default for SegmentCache {
+    fn default() -> Self {
+        Self::with_capacity(Self::ENTRIES_DEFAULT)
+    }
+}
 
 /// A file's digest and its segments.
 type CachedFile = ([u8; 32], Arc<Vec<Segment>>);
@@ -131,8 +163,42 @@ impl PartialEq for SegmentCache {
 impl Eq for SegmentCache {}
 
 impl SegmentCache {
-    /// Files remembered.
-    pub const ENTRIES_MAX: usize = 8;
+    /// Files remembered by default.
+    pub const ENTRIES_DEFAULT: usize = 16;
+
+    /// A cache of at most `capacity` files (at least 1).
+    pub fn with_capacity(capacity: usize) -> Self {
+        SegmentCache(Arc::new(Mutex::new((capacity.max(1), VecDeque::new()))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, VecDeque<CachedFile>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The segments of the file with `digest`, if remembered (it becomes the most recent).
+    pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<Vec<Segment>>> {
+        let mut c = self.lock();
+        let i = c.1.iter().position(|(d, _)| d == digest)?;
+        let hit = c.1.remove(i)?;
+        let s = hit.1.clone();
+        c.1.push_back(hit);
+        Some(s)
+    }
+
+    /// Remember `segments` as those of the file with `digest`.
+    pub fn insert(&self, digest: [u8; 32], segments: Arc<Vec<Segment>>) {
+        let mut c = self.lock();
+        c.1.retain(|(d, _)| *d != digest);
+        if c.1.len() >= c.0 {
+            c.1.pop_front();
+        }
+        c.1.push_back((digest, segments));
+    }
+
+    /// Forget the file with `digest` (its bytes were found not to be what was remembered).
+    pub fn forget(&self, digest: &[u8; 32]) {
+        self.lock().1.retain(|(d, _)| d != digest);
+    }
 
     /// The segments of the file with `digest`, computed by `compute` if not remembered.
     /// `compute` runs without the lock held.
@@ -141,18 +207,11 @@ impl SegmentCache {
         digest: [u8; 32],
         compute: impl FnOnce() -> io::Result<Vec<Segment>>,
     ) -> io::Result<Arc<Vec<Segment>>> {
-        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, s)) = lock().iter().find(|(d, _)| *d == digest) {
-            return Ok(s.clone());
+        if let Some(s) = self.get(&digest) {
+            return Ok(s);
         }
         let segments = Arc::new(compute()?);
-        let mut cache = lock();
-        if !cache.iter().any(|(d, _)| *d == digest) {
-            if cache.len() == Self::ENTRIES_MAX {
-                cache.pop_front();
-            }
-            cache.push_back((digest, segments.clone()));
-        }
+        self.insert(digest, segments.clone());
         Ok(segments)
     }
 }
@@ -200,6 +259,8 @@ pub enum Fill {
         source: usize,
         /// Offset in that file.
         from: u64,
+        /// BLAKE3 the bytes must have (checked when copied: a local file may have rotted).
+        hash: [u8; 32],
     },
     /// Receive `len` bytes at `at` from the sender.
     Fetch {
@@ -251,6 +312,7 @@ pub fn plan(segments: &[Segment], resume_from: u64, local: &LocalSegments) -> Ve
                 len: s.len,
                 source,
                 from,
+                hash: s.hash,
             }),
             None => fetch(&mut fills, s.offset, u64::from(s.len)),
         }
@@ -298,12 +360,15 @@ impl ManifestIntake {
         if self.done {
             return Err("manifest part after the last one".into());
         }
+        let max = manifest_segments_max(self.file_len);
+        debug_assert!(max <= MANIFEST_SEGMENTS_MAX);
         if part.segments.len() > MANIFEST_PART_SEGMENTS_MAX
-            || self.segments.len() + part.segments.len() > MANIFEST_SEGMENTS_MAX
+            || self.segments.len() + part.segments.len() > max
         {
             return Err(format!(
-                "manifest of more than {MANIFEST_SEGMENTS_MAX} segments, or a part of more than \
-                 {MANIFEST_PART_SEGMENTS_MAX}"
+                "manifest of more than {max} segments for a file of {} bytes, or a part of more \
+                 than {MANIFEST_PART_SEGMENTS_MAX}",
+                self.file_len
             ));
         }
         for (len, hash) in part.segments {
@@ -532,15 +597,53 @@ mod tests {
                 len,
                 source,
                 from,
+                hash,
             } = *f
             {
                 assert_eq!(source, 3);
                 let (at, from, len) = (at as usize, from as usize, len as usize);
                 assert_eq!(new[at..at + len], old[from..from + len]);
+                assert_eq!(hash, *blake3::hash(&new[at..at + len]).as_bytes());
             }
         }
         let fetched: u64 = fetch_ranges(&fills).iter().map(|r| r.1).sum();
         assert_eq!(fetched, 72 + (9 + 3) + (9 + 4) + (9 + 3));
+    }
+
+    #[test]
+    fn the_segment_cache_keeps_the_most_recently_used_files_and_forgets_on_demand() {
+        let c = SegmentCache::with_capacity(2);
+        let seg = |n: u32| {
+            Arc::new(vec![Segment {
+                offset: 0,
+                len: n,
+                hash: [n as u8; 32],
+            }])
+        };
+        let computed = std::cell::Cell::new(0);
+        let get = |d: u8, n: u32| {
+            c.get_or_compute([d; 32], || {
+                computed.set(computed.get() + 1);
+                Ok(seg(n).to_vec())
+            })
+            .unwrap()[0]
+                .len
+        };
+        assert_eq!(get(1, 10), 10);
+        assert_eq!(get(2, 20), 20);
+        assert_eq!(get(1, 99), 10, "remembered");
+        // 1 was used last: 2 leaves for 3.
+        assert_eq!(get(3, 30), 30);
+        assert!(c.get(&[1; 32]).is_some() && c.get(&[2; 32]).is_none());
+        assert_eq!(computed.get(), 3);
+        c.forget(&[1; 32]);
+        assert_eq!(get(1, 11), 11, "computed again after forget");
+        assert_eq!(manifest_segments_max(0), 1024);
+        assert_eq!(manifest_segments_max(64 << 10), 2048);
+        assert_eq!(
+            manifest_segments_max(u64::MAX),
+            crate::wire::MANIFEST_SEGMENTS_MAX
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use wraft_proto::digest::hex;
 use wraft_storage::{SnapshotId, SnapshotPin, SnapshotReader, SnapshotStore, StorageError};
 use wraft_transport::frame::{self, FrameError};
@@ -28,7 +29,7 @@ use wraft_transport::quinn;
 use wraft_transport::{BulkStream, NodeId};
 
 use crate::limiter::BandwidthLimiter;
-use crate::manifest::{Ranges, segments_of};
+use crate::manifest::{Ranges, for_each_segment};
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
 use crate::pacing::{Window, chunk_bytes_under_cap, may_write, window_bytes};
 use crate::progress::Progress;
@@ -147,7 +148,7 @@ async fn send_inner(
 
     // 2. The offer.
     let chunk_bytes = chunk_bytes_under_cap(cfg.chunk_bytes, limiter.get());
-    let version = cfg.peer_versions.offer_to(peer);
+    let version = cfg.peer_versions.offer_to(peer, id);
     let o = Offer {
         magic: OFFER_MAGIC,
         version,
@@ -170,8 +171,8 @@ async fn send_inner(
     if let Err(TransferError::Rejected { reason, .. }) = &judged
         && reason.starts_with("transfer protocol:")
     {
-        tracing::info!(target: LOG, %id, peer, version, %reason, "follower refused the transfer protocol version; offering it the full-file version from now on");
-        cfg.peer_versions.refused(peer, version);
+        tracing::info!(target: LOG, %id, peer, version, %reason, "follower refused the transfer protocol version; offering it this snapshot in the full-file version");
+        cfg.peer_versions.refused(peer, version, id);
     }
     let chunk = u64::from(chunk_bytes);
     let (resume_from, ranges) = match judged? {
@@ -449,36 +450,50 @@ async fn manifest_and_ranges(
             source,
         }
     };
+    // The manifest goes out part by part as the file is hashed (a remembered file at once), so
+    // the follower hears from this side while a large file is read.
+    let (parts_tx, mut parts_rx) = mpsc::channel::<Vec<(u32, [u8; 32])>>(4);
     let (r, cache) = (reader.clone(), cfg.segments.clone());
-    let segments = tokio::task::spawn_blocking(move || {
-        cache.get_or_compute(r.info().digest, || {
-            let mut read_at = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
-                match r.read_file_at(at, buf) {
-                    Ok(n) if n == buf.len() => Ok(()),
-                    Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                }
-            };
-            segments_of(file_len, &mut read_at)
-        })
-    })
-    .await
-    .map_err(|e| TransferError::Storage {
-        id,
-        source: StorageError::Invalid(format!("manifest task: {e}")),
-    })?
-    .map_err(|e| TransferError::Storage {
-        id,
-        source: StorageError::Invalid(format!("reading the file for its manifest: {e}")),
-    })?;
-    let mut parts = segments.chunks(MANIFEST_PART_SEGMENTS_MAX).peekable();
-    loop {
-        let part = parts.next().unwrap_or(&[]);
-        let last = parts.peek().is_none();
-        let msg = ManifestPart {
-            segments: part.iter().map(|s| (s.len, s.hash)).collect(),
-            last,
+    let hashing = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let send_part = |part: &mut Vec<(u32, [u8; 32])>| -> std::io::Result<()> {
+            parts_tx
+                .blocking_send(std::mem::take(part))
+                .map_err(|_| std::io::Error::other("the transfer ended"))
         };
+        let mut part = Vec::with_capacity(MANIFEST_PART_SEGMENTS_MAX);
+        if let Some(known) = cache.get(&r.info().digest) {
+            for s in known.iter() {
+                part.push((s.len, s.hash));
+                if part.len() == MANIFEST_PART_SEGMENTS_MAX {
+                    send_part(&mut part)?;
+                }
+            }
+            return send_part(&mut part);
+        }
+        let mut read_at = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            match r.read_file_at(at, buf) {
+                Ok(n) if n == buf.len() => Ok(()),
+                Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }
+        };
+        let mut all = Vec::new();
+        for_each_segment(file_len, &mut read_at, &mut |s| {
+            all.push(s);
+            part.push((s.len, s.hash));
+            if part.len() == MANIFEST_PART_SEGMENTS_MAX {
+                send_part(&mut part)?;
+            }
+            Ok(())
+        })?;
+        cache.insert(r.info().digest, Arc::new(all));
+        send_part(&mut part)
+    });
+    let mut parts_sent = 0usize;
+    while let Some(segments) = parts_rx.recv().await {
+        // Parts are full until the last, which holds the rest (possibly nothing).
+        let last = segments.len() < MANIFEST_PART_SEGMENTS_MAX;
+        let msg = ManifestPart { segments, last };
         tokio::time::timeout(
             timeout,
             frame::write_msg(send, KIND_MANIFEST, &msg, CONTROL_FRAME_BYTES_MAX),
@@ -486,10 +501,22 @@ async fn manifest_and_ranges(
         .await
         .map_err(|_| timed_out("sending the manifest"))?
         .map_err(frame_err("sending the manifest"))?;
+        parts_sent += 1;
         if last {
             break;
         }
     }
+    hashing
+        .await
+        .map_err(|e| TransferError::Storage {
+            id,
+            source: StorageError::Invalid(format!("manifest task: {e}")),
+        })?
+        .map_err(|e| TransferError::Storage {
+            id,
+            source: StorageError::Invalid(format!("reading the file for its manifest: {e}")),
+        })?;
+    tracing::debug!(target: LOG, %id, peer, parts_sent, "manifest sent");
     let mut ranges = Vec::new();
     loop {
         let reply = tokio::time::timeout(timeout, read_reply(recv))
@@ -509,6 +536,8 @@ async fn manifest_and_ranges(
                     break;
                 }
             }
+            // The follower indexes its own files meanwhile, and says it is alive.
+            Some(Reply::Durable { offset }) if offset == resume_from => {}
             Some(Reply::Failed { reason }) => {
                 return Err(TransferError::PeerFailed { peer, id, reason });
             }
@@ -521,7 +550,9 @@ async fn manifest_and_ranges(
             Some(other) => {
                 return Err(TransferError::Protocol {
                     peer,
-                    detail: format!("after the manifest: expected Fetch, found {other:?}"),
+                    detail: format!(
+                        "after the manifest: expected Fetch or Durable{{offset: {resume_from}}}, found {other:?}"
+                    ),
                 });
             }
         }

@@ -15,7 +15,8 @@
 //! (`Fetch` parts, sorted, disjoint, at or after `resume_from`), assembles the rest from its own
 //! snapshots, and the leader sends chunks of those ranges only. A version 1 offer is still
 //! served the version 1 way; a leader whose version 2 offer is refused by a version 1 follower
-//! offers version 1 to it from then on.
+//! offers that snapshot to it in version 1 (and a newer one in version 2 again). While it indexes
+//! its own files, a version 2 follower repeats `Durable{resume_from}` as a heartbeat.
 //!
 //! Control frames are `wraft_transport::frame` frames (magic `WF`, version, kind, length,
 //! CRC32C) of at most [`CONTROL_FRAME_BYTES_MAX`] bytes. The postcard layout of [`Offer`] and

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use wraft_storage::{IncomingSnapshot, SnapshotInfo, SnapshotReader, SnapshotStore, StorageError};
+use wraft_storage::{
+    IncomingSnapshot, PartialSource, SnapshotInfo, SnapshotReader, SnapshotStore, StorageError,
+};
 use wraft_transport::NodeId;
 
 use super::decide::{SyncPolicy, partial_restart_reason};
@@ -26,6 +28,7 @@ pub(super) enum DiskCmd {
         len: u32,
         source: usize,
         from: u64,
+        hash: [u8; 32],
     },
     /// Time passed (`tick_disk`): sync if bytes have waited `sync_interval_ms`. The disk thread
     /// only ever blocks in `blocking_recv`, so this is how time reaches it.
@@ -36,8 +39,32 @@ pub(super) enum DiskCmd {
 /// its file until the transfer ends, so retention cannot delete a file being copied from.
 #[derive(Default)]
 pub(super) struct Local {
-    pub(super) sources: Vec<Arc<SnapshotReader>>,
+    pub(super) sources: Vec<Source>,
     pub(super) segments: LocalSegments,
+}
+
+/// A file held segments are copied from.
+pub(super) enum Source {
+    /// A complete snapshot (pinned while read).
+    Snapshot(Arc<SnapshotReader>),
+    /// The durable prefix of an interrupted transfer of another snapshot.
+    Partial(PartialSource),
+}
+
+impl Source {
+    fn read_exact_at(&self, at: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        match self {
+            Source::Snapshot(r) => match r.read_file_at(at, buf)? {
+                n if n == buf.len() => Ok(()),
+                n => Err(StorageError::Invalid(format!(
+                    "local snapshot {}: read {n} bytes at offset {at}, expected {}",
+                    r.info().id(),
+                    buf.len()
+                ))),
+            },
+            Source::Partial(p) => p.read_at(at, buf),
+        }
+    }
 }
 
 /// Index every complete snapshot in `store` by segment. Blocking: reads and hashes each file
@@ -63,11 +90,34 @@ pub(super) fn index_local(store: &SnapshotStore, cache: &SegmentCache) -> Local 
         match cache.get_or_compute(info.digest, || segments_of(info.file_len, &mut read_at)) {
             Ok(segments) => {
                 local.segments.add(local.sources.len(), &segments);
-                local.sources.push(reader);
+                local.sources.push(Source::Snapshot(reader));
             }
             Err(e) => {
                 tracing::warn!(target: LOG, %id, error = %e, "cannot read a local snapshot to reuse its segments; skipping it");
             }
+        }
+    }
+    // What an interrupted transfer of another snapshot made durable (not cached: it is a
+    // prefix, with no digest of its own).
+    match store.partial_source() {
+        Ok(Some(p)) => {
+            let mut read_at = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+                p.read_at(at, buf)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            match segments_of(p.len(), &mut read_at) {
+                Ok(segments) => {
+                    local.segments.add(local.sources.len(), &segments);
+                    local.sources.push(Source::Partial(p));
+                }
+                Err(e) => {
+                    tracing::warn!(target: LOG, id = %p.id(), error = %e, "cannot read the kept prefix of an interrupted transfer; skipping it");
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(target: LOG, error = %e, "cannot look for the kept prefix of an interrupted transfer; skipping it");
         }
     }
     local
@@ -107,7 +157,8 @@ pub(super) fn open_spool(
 pub(super) fn disk_loop(
     incoming: IncomingSnapshot,
     permit: SlotPermit,
-    sources: Vec<Arc<SnapshotReader>>,
+    sources: Vec<Source>,
+    cache: SegmentCache,
     cmds: mpsc::Receiver<DiskCmd>,
     events: mpsc::Sender<DiskEvent>,
     sync: SyncPolicy,
@@ -116,14 +167,18 @@ pub(super) fn disk_loop(
 ) {
     // `disk_work` consumes (closes) the spool file before the slot and the file lock are given
     // back, so a re-offer that finds a free slot also finds the file free.
-    disk_work(incoming, &sources, cmds, events, sync, file_len, progress);
+    disk_work(
+        incoming, &sources, &cache, cmds, events, sync, file_len, progress,
+    );
     drop(sources);
     drop(permit);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn disk_work(
     mut incoming: IncomingSnapshot,
-    sources: &[Arc<SnapshotReader>],
+    sources: &[Source],
+    cache: &SegmentCache,
     mut cmds: mpsc::Receiver<DiskCmd>,
     events: mpsc::Sender<DiskEvent>,
     sync: SyncPolicy,
@@ -156,7 +211,17 @@ fn disk_work(
                 len,
                 source,
                 from,
-            } => copy_local(&mut incoming, sources, at, len, source, from, &mut copy_buf),
+                hash,
+            } => {
+                let copy = Copy {
+                    at,
+                    len,
+                    source,
+                    from,
+                    hash,
+                };
+                copy_local(&mut incoming, sources, cache, &copy, &mut copy_buf)
+            }
             DiskCmd::Tick => Ok(0),
         };
         match written {
@@ -195,27 +260,49 @@ fn disk_work(
     }
 }
 
-/// Copy a segment this node holds into the file being received. Blocking: one read, one write.
-fn copy_local(
-    incoming: &mut IncomingSnapshot,
-    sources: &[Arc<SnapshotReader>],
+/// A held segment to copy ([`DiskCmd::Copy`]).
+struct Copy {
     at: u64,
     len: u32,
     source: usize,
     from: u64,
+    hash: [u8; 32],
+}
+
+/// Copy a segment this node holds into the file being received, checking it still has the
+/// hash it was indexed with (a local file may have rotted since: the transfer then fails before
+/// writing the bytes, keeping what it made durable, and the file is hashed afresh next time, so
+/// the next attempt fetches that segment). Blocking: one read, a BLAKE3, one write.
+fn copy_local(
+    incoming: &mut IncomingSnapshot,
+    sources: &[Source],
+    cache: &SegmentCache,
+    c: &Copy,
     buf: &mut Vec<u8>,
 ) -> Result<usize, StorageError> {
-    let reader = sources.get(source).ok_or_else(|| {
-        StorageError::Invalid(format!("local snapshot source {source} does not exist"))
+    let reader = sources.get(c.source).ok_or_else(|| {
+        StorageError::Invalid(format!("local snapshot source {} does not exist", c.source))
     })?;
-    buf.resize(len as usize, 0);
-    let n = reader.read_file_at(from, buf)?;
-    if n != buf.len() {
+    buf.resize(c.len as usize, 0);
+    reader.read_exact_at(c.from, buf)?;
+    let found = blake3::hash(buf);
+    if *found.as_bytes() != c.hash {
+        let what = match reader {
+            Source::Snapshot(r) => {
+                cache.forget(&r.info().digest);
+                format!("local snapshot {}", r.info().path.display())
+            }
+            Source::Partial(p) => format!("the kept prefix of snapshot {}", p.id()),
+        };
         return Err(StorageError::Invalid(format!(
-            "local snapshot {}: read {n} bytes at offset {from}, expected {len}",
-            reader.info().id()
+            "{what}: the {} bytes at offset {} no longer hash to what they did when indexed \
+             (expected {}, found {}); they will be fetched next time",
+            c.len,
+            c.from,
+            wraft_proto::digest::hex(&c.hash),
+            found.to_hex()
         )));
     }
-    incoming.write_at(at, buf)?;
+    incoming.write_at(c.at, buf)?;
     Ok(buf.len())
 }

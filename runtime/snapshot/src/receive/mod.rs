@@ -140,18 +140,35 @@ async fn receive_inner(
     let resume_from = incoming.durable_offset();
     // Version 2 pays off only with snapshots here to reuse; without any, the whole file from the
     // durable offset is the version 1 answer, and the leader need not hash its file.
-    let (local, fills) = if offer.version >= 2 && !store.list().is_empty() {
-        // 4b. Version 2: what this node holds already, and what it must fetch.
-        assemble(&mut send, &mut recv, store, &offer, peer, resume_from, cfg).await?
+    let holds_any = !store.list().is_empty() || store.partial_source().is_ok_and(|p| p.is_some());
+    let planned = if offer.version >= 2 && holds_any {
+        // 4b. Version 2: what this node holds already, and what it must fetch. A newer offer
+        // may take the stream over meanwhile, as it may later.
+        let by = permit.taken_over();
+        tokio::select! {
+            r = assemble(&mut send, &mut recv, store, &offer, peer, resume_from, cfg) => r,
+            by = by => Err(TransferError::TakenOver { peer, id, by: by.from, leader_term: by.leader_term }),
+        }
     } else {
         let accept = OfferDecision::Accept { resume_from };
         let timeout_ms = cfg.progress_timeout_ms;
-        answer(&mut send, &accept, peer, resume_from, timeout_ms).await?;
         let everything = (resume_from < offer.file_len).then_some(Fill::Fetch {
             at: resume_from,
             len: offer.file_len - resume_from,
         });
-        (Local::default(), everything.into_iter().collect())
+        answer(&mut send, &accept, peer, resume_from, timeout_ms)
+            .await
+            .map(|()| (Local::default(), everything.into_iter().collect()))
+    };
+    let (local, fills) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            // The file first, then the slot and its lock: a stream waiting to take over must
+            // find the file closed.
+            drop(incoming);
+            drop(permit);
+            return Err(e);
+        }
     };
     m.begin(&cfg.board, peer, id.last_index, offer.file_len, resume_from);
     if resume_from > 0 {
@@ -185,10 +202,10 @@ async fn receive_inner(
             interval_ms: cfg.sync_interval_ms,
         };
         let file_len = offer.file_len;
-        let sources = local.sources;
+        let (sources, cache) = (local.sources, cfg.segments.clone());
         tokio::task::spawn_blocking(move || {
             disk_loop(
-                incoming, permit, sources, cmd_rx, ev_tx, sync, file_len, progress,
+                incoming, permit, sources, cache, cmd_rx, ev_tx, sync, file_len, progress,
             )
         });
     }
@@ -460,12 +477,40 @@ async fn assemble(
             break;
         }
     }
-    let local = indexing.await.map_err(|e| TransferError::Storage {
-        id: offer.id,
-        source: StorageError::Invalid(format!("indexing task: {e}")),
-    })?;
+    // Indexing large snapshots takes seconds: the leader hears from this side meanwhile (it
+    // takes a repeated `Durable{resume_from}` for what it is in the stream: a heartbeat).
+    let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(1));
+    let mut indexing = indexing;
+    let local = loop {
+        tokio::select! {
+            r = &mut indexing => break r.map_err(|e| TransferError::Storage {
+                id: offer.id,
+                source: StorageError::Invalid(format!("indexing task: {e}")),
+            })?,
+            () = tokio::time::sleep(heartbeat) => {
+                send_reply(send, &Reply::Durable { offset: resume_from })
+                    .await
+                    .map_err(frame_err(peer, "sending a heartbeat while indexing"))?;
+            }
+        }
+    };
     let fills = plan(&intake.into_segments(), resume_from, &local.segments);
     let ranges = fetch_ranges(&fills);
+    if let Err(e) = ask_for(send, &ranges, peer).await {
+        // Releasing the pins may run retention (file deletes): off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(local)).await;
+        return Err(e);
+    }
+    Ok((local, fills))
+}
+
+/// Send `ranges` to fetch, in `Fetch` parts of at most [`FETCH_PART_RANGES_MAX`] (one empty
+/// part if there is none).
+async fn ask_for(
+    send: &mut quinn::SendStream,
+    ranges: &[(u64, u64)],
+    peer: NodeId,
+) -> Result<(), TransferError> {
     let mut parts = ranges.chunks(FETCH_PART_RANGES_MAX).peekable();
     loop {
         let part = parts.next().unwrap_or(&[]);
@@ -478,10 +523,9 @@ async fn assemble(
             .await
             .map_err(frame_err(peer, "asking for ranges"))?;
         if last {
-            break;
+            return Ok(());
         }
     }
-    Ok((local, fills))
 }
 
 /// The held segments to copy, in file order between the ranges fetched (bookkeeping only; the
@@ -511,6 +555,7 @@ impl Copies {
                     len,
                     source,
                     from,
+                    hash,
                 } => {
                     r.bytes_reused.fetch_add(u64::from(len), Ordering::Relaxed);
                     r.m.reused(u64::from(len));
@@ -519,6 +564,7 @@ impl Copies {
                         len,
                         source,
                         from,
+                        hash,
                     };
                     if cmd_tx.send(cmd).await.is_err() {
                         return false;

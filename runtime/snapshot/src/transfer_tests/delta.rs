@@ -119,7 +119,8 @@ async fn a_follower_holding_an_unrelated_snapshot_receives_the_whole_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_that_refuses_version_2_is_offered_the_whole_file_from_then_on() {
+async fn a_follower_that_refuses_version_2_is_offered_that_snapshot_whole_and_a_newer_one_in_version_2()
+ {
     let mut n = net();
     let p = pair(&seeds(40), &seeds(41));
     let lcfg = cfg(LEADER);
@@ -145,11 +146,16 @@ async fn a_follower_that_refuses_version_2_is_offered_the_whole_file_from_then_o
     send_reply(&mut inb.send, &refusal).await.unwrap();
     let e = send.await.unwrap().unwrap_err();
     assert!(matches!(e, TransferError::Rejected { .. }), "{e}");
-    assert_eq!(lcfg.peer_versions.offer_to(FOLLOWER), 1);
-    assert_eq!(
-        lcfg.peer_versions.offer_to(3),
-        crate::TRANSFER_PROTOCOL_VERSION
-    );
+    assert_eq!(lcfg.peer_versions.offer_to(FOLLOWER, ID), 1);
+    assert_eq!(lcfg.peer_versions.offer_to(FOLLOWER, OLD), 1);
+    let newer = SnapshotId {
+        last_index: ID.last_index + 1,
+        ..ID
+    };
+    // A newer snapshot is tried in version 2 again (the peer may have been upgraded since).
+    let v2 = crate::TRANSFER_PROTOCOL_VERSION;
+    assert_eq!(lcfg.peer_versions.offer_to(FOLLOWER, newer), v2);
+    assert_eq!(lcfg.peer_versions.offer_to(3, ID), v2);
 
     // The next offer is version 1 and sends every byte, though the follower could reuse most.
     let (report, got) = transfer(&mut n, &p, lcfg).await;
@@ -239,6 +245,190 @@ async fn a_delta_transfer_cut_by_a_crash_resumes_at_its_durable_offset_and_still
     assert_eq!(
         fs.read_file(&got.info.path).unwrap(),
         file_bytes(&linfo.path)
+    );
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_snapshot_reuses_what_an_interrupted_transfer_of_an_older_one_made_durable() {
+    let mut n = net();
+    let old = seeds(100);
+    let mut new = old.clone();
+    for s in &mut new[90..] {
+        *s += 7_000;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lstore = open_store(Arc::new(StdFs), dir.path());
+    let old_info = make_snapshot(&lstore, OLD, &framed(&old));
+    let new_info = make_snapshot(&lstore, ID, &framed(&new));
+    let fdir = tempfile::tempdir().unwrap();
+    let follower = open_store(Arc::new(StdFs), fdir.path());
+    let slots = IncomingSlots::new(2);
+
+    // The follower, empty, receives the older snapshot slowly; its leader goes away at half.
+    let limiter = BandwidthLimiter::new(Some(512 << 10));
+    let out = n.open().await;
+    let (send1, _) = spawn_send(out, &lstore, OLD, cfg(LEADER), limiter);
+    let (tx, mut durable_rx) = mpsc::unbounded_channel();
+    let inb = n.accept().await;
+    let recv1 = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, Some(tx));
+    let mut durable = 0;
+    while durable < old_info.file_len / 2 {
+        durable = durable_rx.recv().await.expect("durable ack");
+    }
+    send1.abort();
+    let _ = recv1.await;
+    wait_until("the interrupted stream lets its file go", || {
+        slots.in_flight() == 0
+    })
+    .await;
+
+    // The next leader offers its newer snapshot: the 90 frames the follower made durable of
+    // the older one are copied, not sent again.
+    let out = n.open().await;
+    let (send2, _) = spawn_send(out, &lstore, ID, cfg(LEADER), BandwidthLimiter::new(None));
+    let inb = n.accept().await;
+    let recv2 = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, None);
+    let report = send2.await.unwrap().unwrap();
+    let got = recv2.await.unwrap().unwrap();
+    let file_len = new_info.file_len;
+    assert_eq!(report.bytes_sent + report.bytes_reused, file_len);
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    assert!(
+        report.bytes_reused + 2 * frame >= durable - header_segment_bytes(&old_info),
+        "reused {} of the {durable} bytes made durable",
+        report.bytes_reused
+    );
+    assert_eq!(got.bytes_reused, report.bytes_reused);
+    assert_eq!(file_bytes(&got.info.path), file_bytes(&new_info.path));
+    assert!(
+        follower.partial_source().unwrap().is_none(),
+        "the kept prefix goes"
+    );
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_waits_out_a_follower_that_indexes_for_longer_than_the_progress_timeout() {
+    let mut n = net();
+    let p = pair(&seeds(8), &seeds(8));
+    let lcfg = TransferConfig {
+        progress_timeout_ms: 400,
+        ..cfg(LEADER)
+    };
+    let out = n.open().await;
+    let (send, _) = spawn_send(out, &p.leader.store, ID, lcfg, BandwidthLimiter::new(None));
+
+    // A follower that holds every byte already, but takes 1.2 s to find out: it says so with
+    // heartbeats, the way a follower indexing gigabytes of its own snapshots does.
+    let mut inb = n.accept().await;
+    let f = frame::read_frame(&mut inb.recv, CONTROL_FRAME_BYTES_MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let offer = crate::wire::decode_offer(f.kind, &f.payload).unwrap();
+    send_reply(&mut inb.send, &Reply::SendManifest { resume_from: 0 })
+        .await
+        .unwrap();
+    loop {
+        let f = frame::read_frame(&mut inb.recv, CONTROL_FRAME_BYTES_MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        if crate::wire::decode_manifest_part(f.kind, &f.payload)
+            .unwrap()
+            .last
+        {
+            break;
+        }
+    }
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send_reply(&mut inb.send, &Reply::Durable { offset: 0 })
+            .await
+            .unwrap();
+    }
+    let fetch_nothing = Reply::Fetch {
+        ranges: vec![],
+        last: true,
+    };
+    send_reply(&mut inb.send, &fetch_nothing).await.unwrap();
+    send_reply(&mut inb.send, &Reply::Durable { offset: 0 })
+        .await
+        .unwrap();
+    let all = Reply::Durable {
+        offset: offer.file_len,
+    };
+    send_reply(&mut inb.send, &all).await.unwrap();
+    let received = Reply::Received {
+        digest: offer.digest,
+    };
+    send_reply(&mut inb.send, &received).await.unwrap();
+    let report = send.await.unwrap().expect("the leader waited");
+    assert_eq!(report.outcome, SendOutcome::Completed);
+    assert_eq!(
+        (report.bytes_sent, report.bytes_reused),
+        (0, offer.file_len)
+    );
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_snapshot_that_rotted_after_it_was_indexed_is_not_copied_and_is_fetched_next_time()
+{
+    let mut n = net();
+    let old = seeds(40);
+    let mut new = old.clone();
+    new[30] += 9_000;
+    let p = pair(&old, &new);
+    let fcfg = cfg(FOLLOWER);
+    // The follower indexed its snapshot earlier (its segments are remembered)...
+    let held = p.follower.list()[0].clone();
+    let path = held.path.clone();
+    fcfg.segments
+        .get_or_compute(held.digest, || {
+            let bytes = std::fs::read(&path).unwrap();
+            let mut read_at = |at: u64, buf: &mut [u8]| {
+                buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+                Ok(())
+            };
+            segments_of(bytes.len() as u64, &mut read_at)
+        })
+        .unwrap();
+    // ...and then a byte of frame 10 rotted on disk.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = header_segment_bytes(&held) as usize + 10 * (9 + FRAME_PAYLOAD) + 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let slots = IncomingSlots::new(2);
+    let attempt = async |n: &mut Net| {
+        let out = n.open().await;
+        let (send, _) = spawn_send(
+            out,
+            &p.leader.store,
+            ID,
+            cfg(LEADER),
+            BandwidthLimiter::new(None),
+        );
+        let inb = n.accept().await;
+        let recv = spawn_receive(inb, &p.follower, fcfg.clone(), &slots, None);
+        (send.await.unwrap(), recv.await.unwrap())
+    };
+    let (sent, got) = attempt(&mut n).await;
+    let e = got.expect_err("the rotted bytes are not copied");
+    assert!(e.to_string().contains("no longer hash"), "{e}");
+    assert!(sent.is_err());
+    wait_until("the slot is free", || slots.in_flight() == 0).await;
+
+    let (sent, got) = attempt(&mut n).await;
+    let (report, got) = (sent.unwrap(), got.unwrap());
+    assert_eq!(file_bytes(&got.info.path), file_bytes(&p.leader.info.path));
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    assert!(
+        report.bytes_sent >= 2 * frame,
+        "the changed frame and the rotted one are sent: {}",
+        report.bytes_sent
     );
     n.shutdown().await;
 }
