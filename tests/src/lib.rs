@@ -763,6 +763,20 @@ pub fn parse(bytes: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
+/// `key=value` fields of the last line of a node's `log` containing `what` (quotes trimmed).
+/// Panics, showing the log, if there is none.
+pub fn last_fields(log: &str, what: &str) -> std::collections::BTreeMap<String, String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no log line with {what:?}:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
 /// `len` letters of deterministic noise from `seed`: values that zstd cannot shrink much
 /// (a letter carries 4.7 bits), so a kv snapshot stays about as large as the state written.
 pub fn noise(seed: u64, len: usize) -> String {

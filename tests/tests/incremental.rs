@@ -4,23 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wraft_tests::{Cluster, guest, http_get, kv_put, noise};
+use wraft_tests::{Cluster, guest, http_get, kv_put, last_fields, noise};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `key=value` fields of the last log line containing `what`.
-fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no log line with {what:?}:\n{log}"));
-    line.split_whitespace()
-        .filter_map(|f| f.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect()
-}
 
 /// The value of `wraft_snapshot_reused_bytes_total` for `direction` on node `id`.
 async fn reused_metric(cluster: &Cluster, id: u64, direction: &str) -> u64 {

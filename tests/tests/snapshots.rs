@@ -13,7 +13,7 @@ use serde_json::json;
 use wraft_client::Client;
 use wraft_config::NodeConfig;
 use wraft_proto::SnapshotListing;
-use wraft_tests::{Cluster, guest, json as to_json, kv_put, noise, parse, wait_for};
+use wraft_tests::{Cluster, guest, json as to_json, kv_put, last_fields, noise, parse, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -374,19 +374,6 @@ async fn wait_for_log(cluster: &Cluster, id: u64, what: &str, needle: &str) {
         cluster.log(id).contains(needle).then_some(())
     })
     .await;
-}
-
-/// `key=value` fields of the last log line containing `what`.
-fn last_fields(log: &str, what: &str) -> BTreeMap<String, String> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no log line with {what:?}:\n{log}"));
-    line.split_whitespace()
-        .filter_map(|f| f.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

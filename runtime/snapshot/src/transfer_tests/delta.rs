@@ -66,12 +66,19 @@ fn pair(old: &[u64], new: &[u64]) -> Pair {
 
 async fn transfer(n: &mut Net, p: &Pair, lcfg: TransferConfig) -> (SendReport, Received) {
     let slots = IncomingSlots::new(2);
-    let out = n.open().await;
-    let (send, _) = spawn_send(out, &p.leader.store, ID, lcfg, BandwidthLimiter::new(None));
-    let inb = n.accept().await;
-    let recv = spawn_receive(inb, &p.follower, cfg(FOLLOWER), &slots, None);
-    let report = send.await.unwrap().unwrap();
-    let got = recv.await.unwrap().unwrap();
+    let none = BandwidthLimiter::new(None);
+    let (report, got) = transfer_between(
+        n,
+        &p.leader.store,
+        ID,
+        lcfg,
+        none,
+        &p.follower,
+        cfg(FOLLOWER),
+        &slots,
+    )
+    .await;
+    let (report, got) = (report.unwrap(), got.unwrap());
     assert_eq!(report.outcome, SendOutcome::Completed);
     assert_eq!(got.info.digest, p.leader.info.digest);
     assert_eq!(
@@ -285,12 +292,19 @@ async fn a_newer_snapshot_reuses_what_an_interrupted_transfer_of_an_older_one_ma
 
     // The next leader offers its newer snapshot: the 90 frames the follower made durable of
     // the older one are copied, not sent again.
-    let out = n.open().await;
-    let (send2, _) = spawn_send(out, &lstore, ID, cfg(LEADER), BandwidthLimiter::new(None));
-    let inb = n.accept().await;
-    let recv2 = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, None);
-    let report = send2.await.unwrap().unwrap();
-    let got = recv2.await.unwrap().unwrap();
+    let none = BandwidthLimiter::new(None);
+    let (report, got) = transfer_between(
+        &mut n,
+        &lstore,
+        ID,
+        cfg(LEADER),
+        none,
+        &follower,
+        cfg(FOLLOWER),
+        &slots,
+    )
+    .await;
+    let (report, got) = (report.unwrap(), got.unwrap());
     let file_len = new_info.file_len;
     assert_eq!(report.bytes_sent + report.bytes_reused, file_len);
     let frame = (9 + FRAME_PAYLOAD) as u64;
@@ -403,17 +417,19 @@ async fn a_local_snapshot_that_rotted_after_it_was_indexed_is_not_copied_and_is_
 
     let slots = IncomingSlots::new(2);
     let attempt = async |n: &mut Net| {
-        let out = n.open().await;
-        let (send, _) = spawn_send(
-            out,
-            &p.leader.store,
+        let none = BandwidthLimiter::new(None);
+        let (store, follower) = (&p.leader.store, &p.follower);
+        transfer_between(
+            n,
+            store,
             ID,
             cfg(LEADER),
-            BandwidthLimiter::new(None),
-        );
-        let inb = n.accept().await;
-        let recv = spawn_receive(inb, &p.follower, fcfg.clone(), &slots, None);
-        (send.await.unwrap(), recv.await.unwrap())
+            none,
+            follower,
+            fcfg.clone(),
+            &slots,
+        )
+        .await
     };
     let (sent, got) = attempt(&mut n).await;
     let e = got.expect_err("the rotted bytes are not copied");

@@ -318,6 +318,29 @@ fn spawn_send_pinned(
     (h, acks)
 }
 
+/// One whole transfer of `id` from `leader` to `follower` on a new stream: what each end
+/// returned.
+#[allow(clippy::too_many_arguments)]
+async fn transfer_between(
+    n: &mut Net,
+    leader: &SnapshotStore,
+    id: SnapshotId,
+    lcfg: TransferConfig,
+    limiter: BandwidthLimiter,
+    follower: &SnapshotStore,
+    fcfg: TransferConfig,
+    slots: &IncomingSlots,
+) -> (
+    Result<SendReport, TransferError>,
+    Result<Received, TransferError>,
+) {
+    let out = n.open().await;
+    let (send, _) = spawn_send(out, leader, id, lcfg, limiter);
+    let inb = n.accept().await;
+    let recv = spawn_receive(inb, follower, fcfg, slots, None);
+    (send.await.unwrap(), recv.await.unwrap())
+}
+
 fn spawn_receive(
     stream: BulkStream,
     store: &SnapshotStore,
@@ -809,18 +832,19 @@ async fn partial_of_another_leaders_different_file_with_the_same_id_restarts_fro
     })
     .await;
 
-    let out = n.open().await;
-    let (send2, _) = spawn_send(
-        out,
+    let none = BandwidthLimiter::new(None);
+    let (report, got) = transfer_between(
+        &mut n,
         &new_leader.store,
         ID,
         cfg(LEADER),
-        BandwidthLimiter::new(None),
-    );
-    let inb = n.accept().await;
-    let recv2 = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, None);
-    let report = send2.await.unwrap().unwrap();
-    let got = recv2.await.unwrap().unwrap();
+        none,
+        &follower,
+        cfg(FOLLOWER),
+        &slots,
+    )
+    .await;
+    let (report, got) = (report.unwrap(), got.unwrap());
     assert_eq!(
         report.resumed_from, 0,
         "a prefix of another file must not be resumed"

@@ -158,20 +158,21 @@ async fn a_rival_of_the_same_term_is_told_why_and_takes_over_once_the_stream_is_
         TransferConfig::default().takeover_idle_ms + 100,
     ))
     .await;
-    let out = n.open().await;
-    let (send, _) = spawn_send(
-        out,
+    let none = BandwidthLimiter::new(None);
+    let (report, got) = transfer_between(
+        &mut n,
         &leader.store,
         ID,
         cfg(LEADER),
-        BandwidthLimiter::new(None),
-    );
-    let inb = n.accept().await;
-    let recv = spawn_receive(inb, &follower, cfg(FOLLOWER), &slots, None);
-    let report = send.await.unwrap().unwrap();
+        none,
+        &follower,
+        cfg(FOLLOWER),
+        &slots,
+    )
+    .await;
+    let (report, got) = (report.unwrap(), got.unwrap());
     assert_eq!(report.outcome, SendOutcome::Completed);
     assert!(report.resumed_from >= 1 << 20, "{report:?}");
-    let got = recv.await.unwrap().unwrap();
     assert_eq!(file_bytes(&got.info.path), file_bytes(&leader.info.path));
     let err = recv_old.await.unwrap().unwrap_err().to_string();
     assert!(
