@@ -216,6 +216,31 @@ impl SegmentCache {
     }
 }
 
+/// Name the segments of this node's complete snapshot `id` now and remember them in `cache`:
+/// called when a snapshot is created or received, off the consensus path, so that the first
+/// incremental transfer it takes part in (as the file sent, or as one a follower copies from)
+/// does not wait for its hashing. Blocking: one read of the file and BLAKE3.
+pub fn remember_segments(
+    store: &wraft_storage::SnapshotStore,
+    id: wraft_storage::SnapshotId,
+    cache: &SegmentCache,
+) -> io::Result<()> {
+    let reader = store
+        .open_reader(id)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let info = reader.info().clone();
+    let mut read_at = |at: u64, buf: &mut [u8]| -> io::Result<()> {
+        match reader.read_file_at(at, buf) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(_) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    };
+    cache
+        .get_or_compute(info.digest, || segments_of(info.file_len, &mut read_at))
+        .map(|_| ())
+}
+
 /// Segments a node holds locally, by hash: where to copy each from.
 #[derive(Debug, Default)]
 pub struct LocalSegments {
@@ -644,6 +669,46 @@ mod tests {
             manifest_segments_max(u64::MAX),
             crate::wire::MANIFEST_SEGMENTS_MAX
         );
+    }
+
+    #[test]
+    fn a_snapshot_of_the_store_is_remembered_with_the_segments_its_file_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = wraft_storage::SnapshotStore::open(
+            Arc::new(wraft_storage::StdFs),
+            dir.path(),
+            &wraft_storage::StorageConfig::default(),
+        )
+        .unwrap()
+        .0;
+        let id = wraft_storage::SnapshotId {
+            last_index: 7,
+            last_term: 1,
+        };
+        let mut w = store
+            .begin(wraft_storage::SnapshotMeta {
+                id,
+                membership: wraft_storage::Membership {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+                format: "test/1".into(),
+            })
+            .unwrap();
+        let body = file(0, &[b"one", b"two"]);
+        w.write_chunk(&body[60..]).unwrap();
+        let info = w.finish().unwrap();
+        let cache = SegmentCache::default();
+        remember_segments(&store, id, &cache).unwrap();
+        let bytes = std::fs::read(&info.path).unwrap();
+        let want = segs(&bytes);
+        assert_eq!(*cache.get(&info.digest).expect("remembered"), want);
+        assert_eq!(want.len(), 3, "header, and one per frame");
+        let missing = wraft_storage::SnapshotId {
+            last_index: 8,
+            last_term: 1,
+        };
+        assert!(remember_segments(&store, missing, &cache).is_err());
     }
 
     #[test]

@@ -150,6 +150,23 @@ impl Driver {
         Ok(())
     }
 
+    /// Name the segments of snapshot `id`'s file now, on a blocking thread, so that the first
+    /// incremental transfer it takes part in does not wait for its hashing (see
+    /// [`wraft_snapshot::manifest::remember_segments`]). A failure only costs that wait later.
+    fn remember_segments(&self, id: SnapshotId) {
+        let (store, cache) = (
+            self.storage.snapshots.clone(),
+            self.snap.xfer_cfg.segments.clone(),
+        );
+        let node = self.id;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = wraft_snapshot::manifest::remember_segments(&store, id, &cache) {
+                tracing::debug!(target: "wraft::snapshot", node, %id, error = %e,
+                    "could not name the segments of a new snapshot ahead of a transfer");
+            }
+        });
+    }
+
     pub(crate) fn on_snap_event(&mut self, ev: SnapEvent) {
         match ev {
             SnapEvent::Created { meta, info } => {
@@ -160,6 +177,7 @@ impl Driver {
                 }
                 self.metrics.snapshot_bytes.set(info.file_len as f64);
                 self.metrics.snapshot_index.set(meta.index as f64);
+                self.remember_segments(info.id());
                 let _ = self.apply_tx.send(ApplyMsg::BaseChanged {
                     id: snapshot_id(&meta),
                 });
@@ -187,6 +205,7 @@ impl Driver {
                 self.step(Event::SnapshotInstallFailed { meta });
             }
             SnapEvent::Received { from, term, meta } => {
+                self.remember_segments(snapshot_id(&meta));
                 self.step(Event::SnapshotReceived { from, term, meta });
             }
             SnapEvent::Progress {
