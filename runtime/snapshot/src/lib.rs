@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`format`](mod@format) | the node snapshot file's body: frames, header, [`format::NodeSnapshot::parse`], the writer |
 //! | [`wire`] | the transfer protocol's messages: [`wire::Offer`], [`wire::Reply`], the chunk header, their limits |
-//! | [`send`] | the leader's side: [`send_snapshot`] |
+//! | [`send`] | the leader's side: [`send_snapshot`], and its judgements of the replies without I/O ([`send::Acks`], [`send::judge_answer`]) |
 //! | [`receive`] | the follower's side: [`receive_snapshot`], and its decisions without I/O ([`receive::decide`]) |
 //! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
 //! | [`pacing`] | how far and how often the leader runs ahead: the unacknowledged window, chunks under a cap, the re-offer backoff |
