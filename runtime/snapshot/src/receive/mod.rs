@@ -138,11 +138,10 @@ async fn receive_inner(
     let taken_over = permit.taken_over();
 
     // 4. Open (or resume) the spool file.
-    let (incoming, permit) = open_spool(store, &offer, peer, permit).await?;
+    let (incoming, permit, holds_any) = open_spool(store, &offer, peer, permit).await?;
     let resume_from = incoming.durable_offset();
     // Version 2 pays off only with snapshots here to reuse; without any, the whole file from the
     // durable offset is the version 1 answer, and the leader need not hash its file.
-    let holds_any = !store.list().is_empty() || store.partial_source().is_ok_and(|p| p.is_some());
     let planned = if offer.version >= 2 && holds_any {
         // 4b. Version 2: what this node holds already, and what it must fetch. A newer offer
         // may take the stream over meanwhile, as it may later.
@@ -382,7 +381,9 @@ async fn take_slot(
     }
 }
 
-/// Step 4: the spool file for the offer, off the async workers (see [`disk::open_spool`]).
+/// Step 4: the spool file for the offer, off the async workers (see [`disk::open_spool`]), and
+/// whether this node holds anything a version 2 transfer could reuse (a complete snapshot, or
+/// the kept prefix of an interrupted one: a directory read, done there too).
 /// The permit goes along and comes back with the file, so that it is released after the file
 /// is closed however this ends (the blocking task outlives a cancelled caller).
 async fn open_spool(
@@ -390,18 +391,22 @@ async fn open_spool(
     offer: &Offer,
     peer: NodeId,
     permit: SlotPermit,
-) -> Result<(IncomingSnapshot, SlotPermit), TransferError> {
+) -> Result<(IncomingSnapshot, SlotPermit, bool), TransferError> {
     let storage = |source| TransferError::Storage {
         id: offer.id,
         source,
     };
     let s = store.clone();
     let o = offer.clone();
-    let (opened, permit) =
-        tokio::task::spawn_blocking(move || (disk::open_spool(&s, &o, peer), permit))
-            .await
-            .map_err(|e| storage(StorageError::Invalid(format!("spool task: {e}"))))?;
-    Ok((opened.map_err(storage)?, permit))
+    let (opened, permit, holds_any) = tokio::task::spawn_blocking(move || {
+        let opened = disk::open_spool(&s, &o, peer);
+        // After the spool is open: opening it keeps another snapshot's partial as a source.
+        let holds_any = !s.list().is_empty() || s.partial_source().is_ok_and(|p| p.is_some());
+        (opened, permit, holds_any)
+    })
+    .await
+    .map_err(|e| storage(StorageError::Invalid(format!("spool task: {e}"))))?;
+    Ok((opened.map_err(storage)?, permit, holds_any))
 }
 
 /// Send the answer to the offer within `timeout_ms` (`offset`: where the transfer stands, for
