@@ -125,7 +125,10 @@ pub fn required_role(request: &Request) -> Role {
         | Request::TransferLeader { .. }
         | Request::SnapshotTrigger
         | Request::SetTransferRate { .. }
-        | Request::SnapshotRead { .. } => Role::Admin,
+        | Request::SnapshotRead { .. }
+        | Request::ModuleHas { .. }
+        | Request::ModulePut { .. }
+        | Request::ModuleGet { .. } => Role::Admin,
     }
 }
 
@@ -149,6 +152,8 @@ fn request_what(request: &Request) -> &'static str {
         Request::SnapshotTrigger => "taking a snapshot",
         Request::SetTransferRate { .. } => "changing the snapshot transfer rate",
         Request::SnapshotRead { .. } => "reading a snapshot",
+        Request::ModuleHas { .. } | Request::ModuleGet { .. } => "reading a module",
+        Request::ModulePut { .. } => "storing a module",
     }
 }
 

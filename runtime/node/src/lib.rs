@@ -47,6 +47,7 @@ mod health;
 mod http;
 mod limits;
 pub mod metrics;
+mod modules;
 mod node;
 pub mod recover;
 mod server;
@@ -58,7 +59,7 @@ pub mod watch;
 pub use apply::ApplyState;
 pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
-pub use node::{Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
+pub use node::{MODULE_STORE_DIR, Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
 pub use tls_reload::{TLS_WATCH_DEBOUNCE_MS, TlsReload, TlsReloadError, TlsReloader};
 pub use watch::{Subscription, WatchBounds, WatchError, WatchEvent, WatchHub, WatchOutcome};
 

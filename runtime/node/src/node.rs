@@ -96,7 +96,12 @@ pub struct Node {
     tls: crate::tls_reload::TlsReloader,
     stop: mpsc::Sender<StopRequest>,
     watch: WatchHub,
+    modules: Arc<crate::modules::Modules>,
 }
+
+/// The module store's directory inside the data directory (`wraft_storage::ModuleStore`): the
+/// modules deployed by hash, and those of the machines this node runs.
+pub const MODULE_STORE_DIR: &str = "module-store";
 
 /// How long a leader that handed over keeps answering after its stop is done, milliseconds:
 /// a client retrying here then learns the new leader (`NotLeader`) instead of finding the
@@ -194,6 +199,31 @@ impl Node {
         let host = Arc::new(HostEngine::new(hcfg).map_err(|e| NodeError::Host(e.to_string()))?);
         let book = AddressBook::new(cfg.address_book());
 
+        // TLS: the transport's, and this node's identity toward the other members' client
+        // servers (forwarding, modules).
+        let certs = CertDir::new(&cfg.tls.dir);
+        let tls = load_node_tls(&certs, id)?;
+        let node_tls = crate::http::HttpTls::new(&tls)?;
+
+        // Modules by hash: the store, and the calls to the other members.
+        let module_dir = data_dir.join(MODULE_STORE_DIR);
+        let module_store =
+            wraft_storage::ModuleStore::open(Arc::new(wraft_storage::StdFs), &module_dir).map_err(
+                |source| NodeError::Storage {
+                    dir: module_dir,
+                    source: Box::new(source),
+                },
+            )?;
+        let modules = Arc::new(crate::modules::Modules::new(
+            id,
+            Arc::new(module_store),
+            crate::http::Forwarder::new(
+                node_tls.clone(),
+                book.clone(),
+                TransportConfig::new(id, cfg.node.listen).resolve_timeout_ms,
+            ),
+        ));
+
         // The applier, restored from the newest valid snapshot (if any)
         // before the engine replays the log above it.
         let published = Arc::new(Mutex::new(ApplyState::default()));
@@ -212,6 +242,7 @@ impl Node {
             watch_hub.clone(),
         );
         applier.set_check_interval(cfg.raft.divergence_check_entries);
+        applier.set_modules(modules.clone());
         let snapshot_meta = match recovered.snapshot() {
             Some(info) => {
                 let header = applier
@@ -304,8 +335,6 @@ impl Node {
         let engine = Engine::new(ecfg, init).map_err(|e| NodeError::Engine(e.to_string()))?;
 
         // Transport.
-        let certs = CertDir::new(&cfg.tls.dir);
-        let tls = load_node_tls(&certs, id)?;
         let tmembers = wraft_transport::Membership::new(
             engine
                 .membership()
@@ -373,6 +402,7 @@ impl Node {
             snapshots: storage.snapshots.clone(),
             limits: Arc::new(cfg.client.clone()),
             metrics: crate::metrics::ClientMetrics::new(id),
+            modules: modules.clone(),
         };
         let server = tokio::spawn(crate::server::serve_clients(
             inbound.clients,
@@ -406,10 +436,11 @@ impl Node {
         }
 
         let http_addr = http_listener.as_ref().map(|(_, a)| *a);
-        let mut http_tls = None;
+        // One identity for the HTTPS listener, its forwarder and the module calls, so that a
+        // TLS reload swaps it for all of them.
+        let http_tls = Some(node_tls.clone());
         if let Some((listener, bound)) = http_listener {
-            let https = crate::http::HttpTls::new(&tls)?;
-            http_tls = Some(https.clone());
+            let https = node_tls.clone();
             let token_path = cfg.tls.dir.join(&cfg.http.token_key_file);
             let token_key =
                 crate::tokens::TokenKey::load(&token_path).map_err(crate::http::HttpError::from)?;
@@ -501,6 +532,7 @@ impl Node {
             tls,
             stop,
             watch: watch_hub,
+            modules,
         })
     }
 
@@ -548,18 +580,19 @@ impl Node {
 
     /// Send a request to this node directly (in-process), as a client would.
     pub async fn call(&self, request: Request) -> Response {
-        let module_sha256 = match &request {
+        match &request {
             Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
                 let module = module.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || sha256(&module))
-                        .await
-                        .map_err(|e| RequestError::Internal(e.to_string()))?,
-                )
+                let sha = tokio::task::spawn_blocking(move || sha256(&module))
+                    .await
+                    .map_err(|e| RequestError::Internal(e.to_string()))?;
+                self.modules.deploy(&self.requests, request, sha).await
             }
-            _ => None,
-        };
-        ClientCall::call(&self.requests, request, module_sha256).await
+            Request::ModuleHas { .. } | Request::ModulePut { .. } | Request::ModuleGet { .. } => {
+                self.modules.serve(request).await
+            }
+            _ => ClientCall::call(&self.requests, request, None).await,
+        }
     }
 
     /// Stop serving at once, flush, and wait for the driver to exit. Calls in flight fail;

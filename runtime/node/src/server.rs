@@ -162,6 +162,8 @@ pub(crate) struct Api {
     pub(crate) snapshots: SnapshotStore,
     pub(crate) limits: Arc<ClientSection>,
     pub(crate) metrics: ClientMetrics,
+    /// The module store and the calls to the other members' (deploys by hash).
+    pub(crate) modules: Arc<crate::modules::Modules>,
 }
 
 impl Api {
@@ -189,7 +191,10 @@ impl Api {
                     offset,
                     bytes_max,
                 } => read_snapshot(self.snapshots.clone(), index, term, offset, bytes_max).await,
-                request => handle(request, &self.driver, &self.host, limits).await,
+                request @ (Request::ModuleHas { .. }
+                | Request::ModulePut { .. }
+                | Request::ModuleGet { .. }) => self.modules.serve(request).await,
+                request => handle(request, &self.driver, &self.host, &self.modules, limits).await,
             }
         };
         let response = tokio::time::timeout(Duration::from_millis(outcome_ms), serve)
@@ -258,6 +263,9 @@ pub(crate) fn request_kind(request: &Request) -> &'static str {
         Request::SnapshotRead { .. } => "snapshot_read",
         Request::NodeInfo => "node_info",
         Request::Transfers => "transfers",
+        Request::ModuleHas { .. } => "module_has",
+        Request::ModulePut { .. } => "module_put",
+        Request::ModuleGet { .. } => "module_get",
     }
 }
 
@@ -309,10 +317,10 @@ async fn handle(
     request: Request,
     driver: &mpsc::Sender<ClientCall>,
     host: &Arc<HostEngine>,
+    modules: &crate::modules::Modules,
     limits: &ClientSection,
 ) -> Response {
     // Bounds and validation happen here, off the driver.
-    let mut module_sha256 = None;
     match &request {
         Request::Propose { command, .. } if command.len() as u64 > limits.command_bytes_max => {
             return Err(RequestError::Rejected(format!(
@@ -353,11 +361,11 @@ async fn handle(
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?;
             match checked {
-                Ok(sha) => module_sha256 = Some(sha),
+                Ok(sha) => return modules.deploy(driver, request, sha).await,
                 Err(e) => return Err(RequestError::Rejected(format!("module refused: {e}"))),
             }
         }
         _ => {}
     }
-    ClientCall::call(driver, request, module_sha256).await
+    ClientCall::call(driver, request, None).await
 }

@@ -191,6 +191,32 @@ pub enum Request {
     /// The InstallSnapshot transfers this node is sending or receiving right now; answered
     /// with [`Reply::Transfers`]. A node older than this variant closes the stream.
     Transfers,
+    // ---- Modules by hash (a deploy entry carries the module's SHA-256, not its bytes) ----
+    /// Keep `module` in this node's module store under `sha256`, durably, before the deploy
+    /// that names it is proposed. Sent by the deploying leader to every member; answered with
+    /// [`Reply::Done`] once the bytes are on disk. A node older than this variant cannot decode
+    /// it, which tells the leader to put the module in the log as before. Admin (members).
+    ModulePut {
+        /// SHA-256 of `module`; refused if it does not match.
+        sha256: [u8; 32],
+        /// The component.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+    },
+    /// Whether this node holds the module stored under `sha256`; answered with
+    /// [`Reply::ModuleHeld`]. The deploying leader asks first, so that a module a member
+    /// already holds is not sent again, and a member that cannot decode this (an older
+    /// version) gets the module in the log instead. Admin (members).
+    ModuleHas {
+        /// SHA-256 of the module.
+        sha256: [u8; 32],
+    },
+    /// The module stored under `sha256` on this node; answered with [`Reply::Module`], or
+    /// `Rejected` if this node does not hold it. Admin (members).
+    ModuleGet {
+        /// SHA-256 of the module wanted.
+        sha256: [u8; 32],
+    },
 }
 
 impl Request {
@@ -323,6 +349,18 @@ pub enum Reply {
     NodeInfo(NodeInfo),
     /// Answer to [`Request::Transfers`]: sends first, each direction by peer.
     Transfers(Vec<TransferStatus>),
+    /// Answer to [`Request::ModuleHas`].
+    ModuleHeld {
+        /// Whether this node holds the module.
+        held: bool,
+    },
+    /// Answer to [`Request::ModuleGet`]: the module's bytes (checked by the caller against the
+    /// hash it asked for).
+    Module {
+        /// The component.
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+    },
 }
 
 /// One InstallSnapshot transfer in flight on a node (answer to [`Request::Transfers`]).
@@ -558,6 +596,24 @@ pub enum Command {
         last_index: u64,
         /// Its term then.
         term: u64,
+    },
+    /// Deploy or upgrade a machine whose module travels out of the log: the entry names the
+    /// module by its SHA-256 and size, and every member keeps the bytes in its module store
+    /// (the deploying leader stores them on a majority of voters before it proposes this; a
+    /// member without them fetches them by hash from another member before it applies this
+    /// entry, and verifies them). What deploys propose when every member understands it; a
+    /// deploy entry is then a few hundred bytes whatever the module's size.
+    DeployByHash {
+        /// Machine name.
+        name: String,
+        /// SHA-256 of the module.
+        sha256: [u8; 32],
+        /// Its size, bytes.
+        module_bytes: u64,
+        /// Which WASI the machine may import; every replica links the same.
+        wasi: WasiProfile,
+        /// The limits every replica runs it with.
+        limits: MachineLimits,
     },
 }
 

@@ -179,6 +179,41 @@ pub enum StorageError {
         /// The data directory.
         dir: PathBuf,
     },
+
+    /// [`crate::ModuleStore::put`] was handed bytes that do not hash to the name they were
+    /// given. Nothing was written.
+    #[error(
+        "refusing to store module {expected}: the {len} bytes given have SHA-256 {found}, so they \
+         were damaged in transit or belong to another module; nothing was written, fetch the \
+         module again"
+    )]
+    ModuleHashMismatch {
+        /// The SHA-256 the module was to be stored under (lowercase hex).
+        expected: String,
+        /// The SHA-256 of the bytes given (lowercase hex).
+        found: String,
+        /// Length of the bytes given.
+        len: u64,
+    },
+
+    /// A module file failed verification (magic, version, hash field, length or body SHA-256).
+    ///
+    /// [`crate::ModuleStore::get`] logs this error in a warning, removes the file and reports the
+    /// module absent, so the caller fetches it again; it does not return it.
+    #[error(
+        "module file {} is invalid: {detail} (expected {expected}, found {found})",
+        file.display()
+    )]
+    ModuleInvalid {
+        /// The module file.
+        file: PathBuf,
+        /// What failed (`"magic"`, `"body SHA-256"`, ...).
+        detail: &'static str,
+        /// The value the format required.
+        expected: String,
+        /// The value on disk.
+        found: String,
+    },
 }
 
 /// Shorthand for results in this crate.

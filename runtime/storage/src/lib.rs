@@ -1,4 +1,5 @@
-//! Durable storage for a wraft node: the Raft log, the hard state and the snapshot store.
+//! Durable storage for a wraft node: the Raft log, the hard state, the snapshot store and the
+//! module store.
 //!
 //! # Model
 //!
@@ -11,6 +12,10 @@
 //!   them. See [`Log`].
 //! * `snap/` — the **snapshot store**: one file per snapshot, header + guest payload, protected by
 //!   a whole-file BLAKE3 digest and published by rename. See [`SnapshotStore`].
+//!
+//! Apart from those, a [`ModuleStore`] (opened on its own, in a directory of the caller's choosing)
+//! keeps WebAssembly modules named by their SHA-256, so that a deploy log entry can carry only the
+//! hash.
 //!
 //! # Group commit
 //!
@@ -62,6 +67,7 @@ mod config;
 mod error;
 pub mod fault;
 mod log;
+mod modules;
 mod record;
 mod snapshot;
 mod vfs;
@@ -79,6 +85,7 @@ pub use crate::log::{
     DurablePoint, EventCallback, Log, LogRecovery, LogStats, TornTail, WriteBatch, WriteTicket,
     WriterEvent,
 };
+pub use crate::modules::{MODULE_HEADER_BYTES, ModuleStore, StoredModule};
 pub use crate::snapshot::{
     IncomingSnapshot, Membership, PartialSource, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo,
     SnapshotMeta, SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,

@@ -116,7 +116,47 @@ impl Applier {
                 self.deploy(index, name, sha256, module, wasi, Some(limits))
                     .await?
             }
+            Command::DeployByHash {
+                name,
+                sha256,
+                module_bytes,
+                wasi,
+                limits,
+            } => {
+                let module = self
+                    .module_by_hash(index, &name, sha256, module_bytes)
+                    .await?;
+                self.module_refs.insert(index, sha256);
+                self.deploy(index, name, sha256, module, wasi, Some(limits))
+                    .await?
+            }
         })
+    }
+
+    /// The module a by-hash deploy entry names: from this node's store, or fetched from
+    /// another member. Not having it is a node-local failure (the applier halts and tries
+    /// again later), never the entry's result: every replica applies the same module.
+    async fn module_by_hash(
+        &self,
+        index: u64,
+        name: &str,
+        sha256: [u8; 32],
+        module_bytes: u64,
+    ) -> Result<Vec<u8>, LocalFailure> {
+        let local = |error: String| LocalFailure {
+            diverged: false,
+            machine: name.to_owned(),
+            index,
+            error,
+        };
+        let Some(modules) = &self.modules else {
+            return Err(local("this applier has no module store".into()));
+        };
+        let members: Vec<u64> = self.addresses.snapshot().into_keys().collect();
+        modules
+            .obtain(sha256, module_bytes, &members)
+            .await
+            .map_err(local)
     }
 
     pub(super) async fn deploy(

@@ -498,7 +498,8 @@ impl Watched {
         match cmd {
             Command::Deploy { name, .. }
             | Command::DeployWith { name, .. }
-            | Command::DeployLimited { name, .. } => Some((name.clone(), Watched::Deploy)),
+            | Command::DeployLimited { name, .. }
+            | Command::DeployByHash { name, .. } => Some((name.clone(), Watched::Deploy)),
             Command::Remove { name } => Some((name.clone(), Watched::Remove)),
             _ => None,
         }

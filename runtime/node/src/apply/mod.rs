@@ -223,6 +223,12 @@ pub struct Applier {
     /// Node-local history of applied results for watch subscribers; published to after every
     /// applied run of entries, never waited on.
     watch: crate::watch::WatchHub,
+    /// The module store and the other members' (deploys by hash); `None` only in appliers
+    /// built without a node around them, which cannot apply a by-hash deploy.
+    modules: Option<Arc<crate::modules::Modules>>,
+    /// By-hash deploy entries applied here, so that their modules are kept while the log
+    /// still holds the entries (a lagging member may fetch them from this node).
+    module_refs: crate::modules::LogReferences,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -271,7 +277,14 @@ impl Applier {
             recorded: BTreeMap::new(),
             check_interval: 0,
             watch,
+            modules: None,
+            module_refs: Default::default(),
         }
+    }
+
+    /// Take by-hash deploys' modules from `modules` (and keep the running ones there).
+    pub fn set_modules(&mut self, modules: Arc<crate::modules::Modules>) {
+        self.modules = Some(modules);
     }
 
     /// Report the outcome digest after every `entries` applied entries (0: never).

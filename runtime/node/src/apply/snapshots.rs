@@ -68,6 +68,10 @@ impl Applier {
         }
         self.applied = r.header.index;
         self.base = Some(id);
+        // The other members may fetch these modules from here.
+        if let Some(modules) = &self.modules {
+            modules.keep_running(self.running_modules());
+        }
         // Snapshots do not carry the outcome digest: in step again from the next checkpoint.
         self.chain = OutcomeChain::unknown();
     }
@@ -146,6 +150,27 @@ impl Applier {
                 m.versions.drain(..v);
             }
         }
+        self.collect_modules();
+    }
+
+    /// Every version of every machine, by module hash.
+    fn running_modules(&self) -> Vec<([u8; 32], bytes::Bytes)> {
+        self.machines
+            .values()
+            .flat_map(|m| &m.versions)
+            .map(|v| (v.module.sha256(), v.bytes.clone()))
+            .collect()
+    }
+
+    /// Remove the stored modules that no machine runs and no retained entry names.
+    fn collect_modules(&mut self) {
+        let Some(modules) = self.modules.clone() else {
+            return;
+        };
+        let first = self.storage.log.first_index();
+        let mut keep: std::collections::HashSet<[u8; 32]> = self.module_refs.from(first).collect();
+        keep.extend(self.running_modules().into_iter().map(|(sha, _)| sha));
+        modules.collect(keep);
     }
 
     /// Follower: restore the received snapshot into fresh instances, then

@@ -35,12 +35,23 @@ pub const REQUEST_QUEUE_MAX: usize = 65_536;
 /// A request from a client connection to the driver.
 pub(crate) struct ClientCall {
     pub request: Request,
-    /// SHA-256 of a deploy's module, computed off the driver (the driver must not spend
-    /// milliseconds hashing a large module while heartbeats wait). `None` for other requests.
-    /// Both senders (the client server and `Node::call`) set it for every deploy; the driver
-    /// hashes a deploy itself only if a future sender does not.
-    pub module_sha256: Option<[u8; 32]>,
+    /// A deploy's module as checked off the driver (the driver must not spend milliseconds
+    /// hashing a large module while heartbeats wait). `None` for other requests. Both senders
+    /// (the client server and `Node::call`) set it for every deploy; the driver hashes a
+    /// deploy itself only if a future sender does not.
+    pub module: Option<CheckedModule>,
     pub reply: oneshot::Sender<Response>,
+}
+
+/// What the sender of a deploy established about its module before handing it to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CheckedModule {
+    /// SHA-256 of the module.
+    pub sha256: [u8; 32],
+    /// Every member that answered holds it, and so does a majority of the voters (this node
+    /// among them): the driver proposes [`wraft_proto::Command::DeployByHash`], an entry of a
+    /// few hundred bytes, instead of the module in the log (see `crate::modules`).
+    pub stored: bool,
 }
 
 impl ClientCall {
@@ -49,13 +60,13 @@ impl ClientCall {
     pub(crate) async fn call(
         driver: &mpsc::Sender<ClientCall>,
         request: Request,
-        module_sha256: Option<[u8; 32]>,
+        module: Option<CheckedModule>,
     ) -> Response {
         let (tx, rx) = oneshot::channel();
         driver
             .send(ClientCall {
                 request,
-                module_sha256,
+                module,
                 reply: tx,
             })
             .await

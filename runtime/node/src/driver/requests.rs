@@ -13,7 +13,7 @@ use wraft_proto::{
 };
 
 use crate::codec::{command_kind, encode_command};
-use crate::driver::ClientCall;
+use crate::driver::{CheckedModule, ClientCall};
 use crate::driver::{Driver, PendingProposal, PendingRead};
 
 impl Driver {
@@ -31,23 +31,35 @@ impl Driver {
     }
 
     /// Propose a deploy carrying this node's configured limits, which every replica then
-    /// applies to the machine (see `MachineLimits`).
+    /// applies to the machine (see `MachineLimits`): by hash if the sender stored the module
+    /// on the members (`CheckedModule::stored`), else with the module in the entry.
     pub(crate) fn propose_deploy(
         &mut self,
         tag: wraft_proto::RequestTag,
         name: String,
         module: Vec<u8>,
         wasi: WasiProfile,
-        module_sha256: Option<[u8; 32]>,
+        checked: Option<CheckedModule>,
         reply: oneshot::Sender<Response>,
     ) {
-        let sha256 = module_sha256.unwrap_or_else(|| sha256(&module));
-        let command = Command::DeployLimited {
-            name,
-            sha256,
-            module,
-            wasi,
-            limits: self.deploy_limits,
+        let command = match checked {
+            Some(CheckedModule {
+                sha256,
+                stored: true,
+            }) => Command::DeployByHash {
+                name,
+                sha256,
+                module_bytes: module.len() as u64,
+                wasi,
+                limits: self.deploy_limits,
+            },
+            checked => Command::DeployLimited {
+                name,
+                sha256: checked.map_or_else(|| sha256(&module), |c| c.sha256),
+                module,
+                wasi,
+                limits: self.deploy_limits,
+            },
         };
         self.propose_command(Some(tag), &command, PendingProposal::Client(reply));
     }
@@ -79,7 +91,7 @@ impl Driver {
     pub(crate) fn on_request(&mut self, call: ClientCall) {
         let ClientCall {
             request,
-            module_sha256,
+            module,
             reply,
         } = call;
         if let Some(e) = self.refuse_while_stopping(&request) {
@@ -95,15 +107,23 @@ impl Driver {
                 let command = Command::Apply { machine, command };
                 self.propose_command(Some(tag), &command, PendingProposal::Client(reply));
             }
-            Request::Deploy { tag, name, module } => {
-                self.propose_deploy(tag, name, module, WasiProfile::None, module_sha256, reply)
-            }
+            Request::Deploy {
+                tag,
+                name,
+                module: bytes,
+            } => self.propose_deploy(tag, name, bytes, WasiProfile::None, module, reply),
             Request::DeployWith {
                 tag,
                 name,
-                module,
+                module: bytes,
                 wasi,
-            } => self.propose_deploy(tag, name, module, wasi, module_sha256, reply),
+            } => self.propose_deploy(tag, name, bytes, wasi, module, reply),
+            // Served by the client server off the driver (`crate::modules`).
+            Request::ModuleHas { .. } | Request::ModulePut { .. } | Request::ModuleGet { .. } => {
+                let _ = reply.send(Err(RequestError::Internal(
+                    "module requests are served off the driver".into(),
+                )));
+            }
             Request::OpenSession => {
                 self.propose_command(None, &Command::OpenSession, PendingProposal::Client(reply));
             }

@@ -10,11 +10,33 @@ use tokio::sync::Mutex;
 use wraft_proto::{KIND_REQUEST, PeerAddr, Request, RequestError, Response};
 use wraft_transport::AddressBook;
 use wraft_transport::client::{ClientConfig, ClientConnection};
+use wraft_transport::frame::FrameError;
 
 /// Handshake deadline for a connection to the leader, milliseconds.
 const FORWARD_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Largest forwarded frame: a deploy carries the module.
 const FORWARD_FRAME_BYTES_MAX: u32 = (64 << 20) + (64 << 10);
+
+/// Why [`Forwarder::call_member`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemberCallError {
+    /// The member closed the stream without answering: it could not decode the request
+    /// (a version from before it), or it stopped meanwhile.
+    Unanswered(String),
+    /// No connection, or it failed.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for MemberCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemberCallError::Unanswered(s) => {
+                write!(f, "{s} (closed the stream without an answer)")
+            }
+            MemberCallError::Unreachable(s) => f.write_str(s),
+        }
+    }
+}
 
 pub(crate) struct Forwarder {
     /// The node's identity, swapped by TLS reloads.
@@ -72,6 +94,47 @@ impl Forwarder {
         }
     }
 
+    /// Send `request` to member `id`, at the address the book has for it, and return its
+    /// answer; `Err` says why no answer came (the cached connection is dropped then). For the
+    /// module store's calls between members (`crate::modules`).
+    pub(crate) async fn call_member(
+        &self,
+        id: u64,
+        request: &Request,
+    ) -> Result<Response, MemberCallError> {
+        let Some(addr) = self.book.get(id) else {
+            return Err(MemberCallError::Unreachable(format!(
+                "no address known for node {id}"
+            )));
+        };
+        let conn = self
+            .connection(id, &addr)
+            .await
+            .map_err(|e| MemberCallError::Unreachable(e.to_string()))?;
+        match conn
+            .request::<Request, Response>(KIND_REQUEST, request)
+            .await
+        {
+            Ok((_, response)) => Ok(response),
+            Err(e) => {
+                self.conns.lock().await.1.remove(&id);
+                // A node that cannot decode a request (a version older than the request)
+                // closes the stream without an answer.
+                let unanswered = matches!(
+                    &e,
+                    wraft_transport::TransportError::Frame(FrameError::Truncated { needed })
+                        if *needed == wraft_transport::frame::FRAME_HEADER_BYTES
+                );
+                let what = format!("node {id} at {addr}: {e}");
+                Err(if unanswered {
+                    MemberCallError::Unanswered(what)
+                } else {
+                    MemberCallError::Unreachable(what)
+                })
+            }
+        }
+    }
+
     async fn connection(
         &self,
         leader: u64,
@@ -93,9 +156,7 @@ impl Forwarder {
             conns.remove(&leader);
         }
         let unreachable = |detail: String| {
-            RequestError::Busy(format!(
-                "cannot reach the leader, node {leader} at {addr}, to forward: {detail}"
-            ))
+            RequestError::Busy(format!("cannot reach node {leader} at {addr}: {detail}"))
         };
         let targets = wraft_transport::client::resolve(addr, self.resolve_timeout_ms)
             .await

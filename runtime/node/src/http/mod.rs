@@ -46,7 +46,7 @@ use wraft_transport::certs::TlsIdentity;
 use crate::server::Api;
 use crate::tokens::TokenKey;
 
-pub(crate) use forward::Forwarder;
+pub(crate) use forward::{Forwarder, MemberCallError};
 
 /// Everything a request handler needs; shared by every connection of one node.
 pub(crate) struct HttpState {

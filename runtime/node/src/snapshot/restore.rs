@@ -264,7 +264,8 @@ fn replay_page(
             Ok(
                 Command::Deploy { name, .. }
                 | Command::DeployWith { name, .. }
-                | Command::DeployLimited { name, .. },
+                | Command::DeployLimited { name, .. }
+                | Command::DeployByHash { name, .. },
             ) if name == machine => Some(ReplayCommand::Deploy),
             _ => None,
         };

@@ -1,0 +1,573 @@
+//! Modules by hash: a deploy entry names its module by SHA-256 and size, and the bytes travel
+//! beside the log, between the members' module stores (`DIR/modules`, see
+//! `wraft_storage::ModuleStore`).
+//!
+//! - **Before the proposal.** The deploying leader validates the module, stores it itself, asks
+//!   every other member whether it holds it (`ModuleHas`) and sends it to those that do not
+//!   (`ModulePut`, answered once the bytes are durable there). Only if every member answered
+//!   and a majority of the voters (the leader among them) holds the module does it propose
+//!   [`Command::DeployByHash`](wraft_proto::Command::DeployByHash); a member that cannot decode
+//!   these requests (an older version) makes it put the module in the log as before
+//!   (`DeployLimited`), and too few voters holding it fails the deploy with a retryable error.
+//!   A committed deploy's module is thus durable on a majority, as its entry is, and survives
+//!   what the entry survives.
+//! - **At apply.** A member takes the module from its own store, or fetches it by hash from
+//!   the other members in turn (`ModuleGet`), checks its size and hash and stores it, before it
+//!   applies the entry. If no member has it, the applier halts on a node-local failure and tries
+//!   again later, as for any module it cannot load; the consensus path never waits for it.
+//! - **Kept.** Every version of every deployed machine (snapshots still carry their modules'
+//!   bytes, so a node restored from one stores them too), every module named by a by-hash deploy
+//!   entry still in the log, and anything stored in the last [`RECENT_KEEP`] (a module pushed
+//!   before its entry commits). The rest is removed after each snapshot.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use wraft_proto::digest::{hex, sha256};
+use wraft_proto::{Reply, Request, RequestError, Response};
+use wraft_storage::ModuleStore;
+
+use crate::driver::{CheckedModule, ClientCall};
+use crate::http::{Forwarder, MemberCallError};
+
+/// How long a module stored on this node is kept whatever references it, so that a module
+/// pushed before its deploy entry commits is not collected before it applies.
+pub(crate) const RECENT_KEEP: Duration = Duration::from_secs(3600);
+
+/// Deadline for one member's answer to a module request: the base, plus one second per
+/// [`CALL_BYTES_PER_SEC`] of module.
+const CALL_TIMEOUT_BASE: Duration = Duration::from_secs(10);
+const CALL_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// Who holds what, and how to reach the others. One per node, shared by the client server
+/// (deploys, and the members' requests) and the applier (fetches, collection).
+pub(crate) struct Modules {
+    node: u64,
+    store: Arc<ModuleStore>,
+    peers: Forwarder,
+    /// Modules stored here by this process, and when: kept for [`RECENT_KEEP`].
+    recent: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+/// Where a deploy's module goes, as [`Modules::distribute`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Every member answered and a majority of the voters holds it: deploy by hash.
+    ByHash {
+        /// The members that hold it now (this node among them).
+        holders: Vec<u64>,
+    },
+    /// A member cannot take modules by hash: the module goes in the entry.
+    InLog {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Modules {
+    pub(crate) fn new(node: u64, store: Arc<ModuleStore>, peers: Forwarder) -> Modules {
+        Modules {
+            node,
+            store,
+            peers,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remember(&self, sha: [u8; 32]) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sha, Instant::now());
+    }
+
+    /// Store `module` here (blocking pool), durably.
+    async fn put_local(&self, sha: [u8; 32], module: Arc<Vec<u8>>) -> Result<bool, String> {
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.put(&sha, &module))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.remember(sha);
+        Ok(stored)
+    }
+
+    /// The module stored here under `sha`, verified; `None` if absent.
+    async fn get_local(&self, sha: [u8; 32]) -> Result<Option<Vec<u8>>, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.get(&sha))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Serve a member's `ModuleHas`, `ModulePut` or `ModuleGet`.
+    pub(crate) async fn serve(&self, request: Request) -> Response {
+        match request {
+            Request::ModuleHas { sha256 } => {
+                let store = self.store.clone();
+                let held = tokio::task::spawn_blocking(move || store.contains(&sha256))
+                    .await
+                    .map_err(|e| RequestError::Internal(e.to_string()))?;
+                Ok(Reply::ModuleHeld { held })
+            }
+            Request::ModulePut {
+                sha256: sha,
+                module,
+            } => {
+                let bytes = module.len();
+                match self.put_local(sha, Arc::new(module)).await {
+                    Ok(stored) => {
+                        if stored {
+                            metrics::counter!("wraft_module_bytes_total", "node" => self.node.to_string(), "direction" => "received")
+                                .increment(bytes as u64);
+                        }
+                        Ok(Reply::Done {
+                            message: format!(
+                                "node {} holds module {} ({bytes} bytes)",
+                                self.node,
+                                short(&sha)
+                            ),
+                        })
+                    }
+                    Err(e) => Err(RequestError::Rejected(format!(
+                        "node {} cannot store module {}: {e}",
+                        self.node,
+                        short(&sha)
+                    ))),
+                }
+            }
+            Request::ModuleGet { sha256: sha } => match self.get_local(sha).await {
+                Ok(Some(module)) => {
+                    metrics::counter!("wraft_module_bytes_total", "node" => self.node.to_string(), "direction" => "served")
+                        .increment(module.len() as u64);
+                    Ok(Reply::Module { module })
+                }
+                Ok(None) => Err(RequestError::Rejected(format!(
+                    "node {} does not hold module {}",
+                    self.node,
+                    short(&sha)
+                ))),
+                Err(e) => Err(RequestError::Internal(format!(
+                    "node {} cannot read module {}: {e}",
+                    self.node,
+                    short(&sha)
+                ))),
+            },
+            _ => Err(RequestError::Internal("not a module request".into())),
+        }
+    }
+
+    /// Store `module` here and on every other member that lacks it, before a deploy names it
+    /// by hash (see the module docs for the rule).
+    pub(crate) async fn distribute(
+        &self,
+        sha: [u8; 32],
+        module: Arc<Vec<u8>>,
+        voters: &[u64],
+        learners: &[u64],
+    ) -> Result<Placement, RequestError> {
+        self.put_local(sha, module.clone())
+            .await
+            .map_err(|e| RequestError::Internal(format!("storing the module on this node: {e}")))?;
+        let timeout = call_timeout(module.len() as u64);
+        let others: Vec<u64> = voters
+            .iter()
+            .chain(learners)
+            .copied()
+            .filter(|&id| id != self.node)
+            .collect();
+        let answers = join_all(others.iter().map(|&id| {
+            let module = module.clone();
+            async move {
+                let r = tokio::time::timeout(timeout, self.place_on(id, sha, module)).await;
+                (
+                    id,
+                    r.unwrap_or_else(|_| {
+                        Err(MemberCallError::Unreachable(format!(
+                            "node {id} did not answer within {} ms",
+                            timeout.as_millis()
+                        )))
+                    }),
+                )
+            }
+        }))
+        .await;
+        let placement = placement(self.node, voters, answers)?;
+        if let Placement::ByHash { holders } = &placement {
+            for id in voters.iter().chain(learners) {
+                if !holders.contains(id) {
+                    tracing::warn!(target: "wraft::deploy", node = self.node, member = id,
+                        module = %short(&sha),
+                        "a member did not take the module now; it fetches it from another member when it applies the deploy");
+                }
+            }
+        }
+        Ok(placement)
+    }
+
+    /// Make member `id` hold the module: ask, and send it if it does not.
+    async fn place_on(
+        &self,
+        id: u64,
+        sha: [u8; 32],
+        module: Arc<Vec<u8>>,
+    ) -> Result<(), MemberCallError> {
+        let refused = |e: String| MemberCallError::Unreachable(format!("node {id}: {e}"));
+        match self
+            .peers
+            .call_member(id, &Request::ModuleHas { sha256: sha })
+            .await?
+        {
+            Ok(Reply::ModuleHeld { held: true }) => return Ok(()),
+            Ok(Reply::ModuleHeld { held: false }) => {}
+            Ok(other) => return Err(refused(unexpected(&other))),
+            Err(e) => return Err(refused(e.to_string())),
+        }
+        let request = Request::ModulePut {
+            sha256: sha,
+            module: module.to_vec(),
+        };
+        match self.peers.call_member(id, &request).await? {
+            Ok(_) => {
+                metrics::counter!("wraft_module_bytes_total", "node" => self.node.to_string(), "direction" => "pushed")
+                    .increment(module.len() as u64);
+                Ok(())
+            }
+            Err(e) => Err(refused(e.to_string())),
+        }
+    }
+
+    /// The module `sha` of `module_bytes` bytes, from this node's store or fetched from the
+    /// other `members` in turn (each answer checked against the size and the hash, and stored
+    /// here before it is returned). `Err` names what every member said.
+    pub(crate) async fn obtain(
+        &self,
+        sha: [u8; 32],
+        module_bytes: u64,
+        members: &[u64],
+    ) -> Result<Vec<u8>, String> {
+        if let Some(m) = self.get_local(sha).await? {
+            return Ok(m);
+        }
+        let mut tried = Vec::new();
+        for &id in members.iter().filter(|&&id| id != self.node) {
+            let timeout = call_timeout(module_bytes);
+            let answer = tokio::time::timeout(
+                timeout,
+                self.peers
+                    .call_member(id, &Request::ModuleGet { sha256: sha }),
+            )
+            .await;
+            let module = match answer {
+                Err(_) => {
+                    tried.push(format!(
+                        "node {id}: no answer within {} ms",
+                        timeout.as_millis()
+                    ));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tried.push(e.to_string());
+                    continue;
+                }
+                Ok(Ok(Err(e))) => {
+                    tried.push(format!("node {id}: {e}"));
+                    continue;
+                }
+                Ok(Ok(Ok(Reply::Module { module }))) => module,
+                Ok(Ok(Ok(other))) => {
+                    tried.push(format!("node {id}: {}", unexpected(&other)));
+                    continue;
+                }
+            };
+            if let Err(e) = check(&module, sha, module_bytes) {
+                tracing::warn!(target: "wraft::deploy", node = self.node, from = id,
+                    module = %short(&sha), "a member sent a wrong module; trying the next: {e}");
+                tried.push(format!("node {id}: {e}"));
+                continue;
+            }
+            let module = Arc::new(module);
+            self.put_local(sha, module.clone()).await?;
+            metrics::counter!("wraft_module_bytes_total", "node" => self.node.to_string(), "direction" => "fetched")
+                .increment(module_bytes);
+            tracing::info!(target: "wraft::deploy", node = self.node, from = id,
+                module = %short(&sha), bytes = module_bytes, "fetched a module by hash");
+            return Ok(Arc::try_unwrap(module).unwrap_or_else(|m| (*m).clone()));
+        }
+        Err(format!(
+            "module {} ({module_bytes} bytes) is not on this node and no member sent it: {}",
+            short(&sha),
+            if tried.is_empty() {
+                "no other member is known".to_owned()
+            } else {
+                tried.join("; ")
+            }
+        ))
+    }
+
+    /// Store modules this node runs (from a snapshot) if they are not stored yet, so that the
+    /// other members can fetch them from here.
+    pub(crate) fn keep_running(self: &Arc<Self>, modules: Vec<([u8; 32], bytes::Bytes)>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for (sha, bytes) in modules {
+                if this.store.contains(&sha) {
+                    continue;
+                }
+                if let Err(e) = this.store.put(&sha, &bytes) {
+                    tracing::warn!(target: "wraft::deploy", node = this.node, module = %short(&sha),
+                        error = %e, "cannot store a module of a restored machine");
+                }
+            }
+        });
+    }
+
+    /// Remove every stored module that `keep` does not name and that was not stored here in
+    /// the last [`RECENT_KEEP`] (blocking pool; logged).
+    pub(crate) fn collect(self: &Arc<Self>, keep: HashSet<[u8; 32]>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let recent: HashSet<[u8; 32]> = {
+                let mut r = this.recent.lock().unwrap_or_else(|p| p.into_inner());
+                r.retain(|_, at| at.elapsed() < RECENT_KEEP);
+                r.keys().copied().collect()
+            };
+            match this
+                .store
+                .retain(|sha| keep.contains(sha) || recent.contains(sha))
+            {
+                Ok(removed) if !removed.is_empty() => {
+                    let bytes: u64 = removed.iter().map(|m| m.bytes).sum();
+                    tracing::info!(target: "wraft::deploy", node = this.node,
+                        modules = removed.len(), bytes, "removed modules nothing references any more");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: "wraft::deploy", node = this.node, error = %e,
+                        "collecting unreferenced modules failed; they are kept")
+                }
+            }
+        });
+    }
+
+    /// Deploy `request` (a `Deploy` or `DeployWith` whose module has SHA-256 `sha`): if this
+    /// node leads, place the module on the members first and deploy by hash when that is
+    /// safe; otherwise hand it to the driver as it is (which redirects to the leader, or puts
+    /// the module in the log).
+    pub(crate) async fn deploy(
+        &self,
+        driver: &mpsc::Sender<ClientCall>,
+        request: Request,
+        sha: [u8; 32],
+    ) -> Response {
+        let status = match ClientCall::call(driver, Request::Status, None).await? {
+            Reply::Status(s) => s,
+            other => return Err(RequestError::Internal(unexpected(&other))),
+        };
+        let mut checked = CheckedModule {
+            sha256: sha,
+            stored: false,
+        };
+        if status.role == "leader" {
+            let module = match &request {
+                Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
+                    Arc::new(module.clone())
+                }
+                _ => return Err(RequestError::Internal("not a deploy".into())),
+            };
+            let t = Instant::now();
+            match self
+                .distribute(sha, module.clone(), &status.voters, &status.learners)
+                .await?
+            {
+                Placement::ByHash { holders } => {
+                    tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
+                        bytes = module.len(), ?holders, duration_ms = t.elapsed().as_millis() as u64,
+                        "module stored on the members; deploying it by hash");
+                    checked.stored = true;
+                }
+                Placement::InLog { reason } => {
+                    tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
+                        "deploying with the module in the log: {reason}");
+                }
+            }
+        }
+        ClientCall::call(driver, request, Some(checked)).await
+    }
+}
+
+/// Where a module goes, from each other member's answer to [`Modules::place_on`]: in the log
+/// if a member could not decode the request (an older version: it could not decode a by-hash
+/// entry either); by hash if a majority of `voters` holds it (`node`, the leader, holds it);
+/// otherwise nowhere: the deploy fails, retryable, saying which members failed.
+fn placement(
+    node: u64,
+    voters: &[u64],
+    answers: Vec<(u64, Result<(), MemberCallError>)>,
+) -> Result<Placement, RequestError> {
+    let mut holders = vec![node];
+    let mut missing = Vec::new();
+    for (id, answer) in answers {
+        match answer {
+            Ok(()) => holders.push(id),
+            Err(MemberCallError::Unanswered(why)) => {
+                return Ok(Placement::InLog {
+                    reason: format!(
+                        "{why}: a member that cannot take modules by hash (an older version) \
+                         gets the module in the log"
+                    ),
+                });
+            }
+            Err(MemberCallError::Unreachable(why)) => missing.push(why),
+        }
+    }
+    let voters_holding = voters.iter().filter(|v| holders.contains(v)).count();
+    if voters_holding * 2 <= voters.len() {
+        return Err(RequestError::Busy(format!(
+            "the module reached only {voters_holding} of {} voters, not a majority, so it is \
+             not deployed ({}); retry when a majority is reachable",
+            voters.len(),
+            missing.join("; ")
+        )));
+    }
+    holders.sort_unstable();
+    Ok(Placement::ByHash { holders })
+}
+
+/// The size and hash check of a fetched module.
+fn check(module: &[u8], sha: [u8; 32], module_bytes: u64) -> Result<(), String> {
+    if module.len() as u64 != module_bytes {
+        return Err(format!(
+            "{} bytes where the deploy entry says {module_bytes}",
+            module.len()
+        ));
+    }
+    let found = sha256(module);
+    if found != sha {
+        return Err(format!(
+            "its SHA-256 is {}, not {}",
+            short(&found),
+            short(&sha)
+        ));
+    }
+    Ok(())
+}
+
+fn call_timeout(module_bytes: u64) -> Duration {
+    CALL_TIMEOUT_BASE + Duration::from_secs(module_bytes / CALL_BYTES_PER_SEC)
+}
+
+fn unexpected(reply: &Reply) -> String {
+    let name = format!("{reply:?}");
+    format!(
+        "unexpected answer {}",
+        name.split(['(', ' ', '{']).next().unwrap_or("?")
+    )
+}
+
+/// The first 16 hex characters of a module's SHA-256, as logs and `wraft machines` show it.
+pub(crate) fn short(sha: &[u8; 32]) -> String {
+    hex(sha)[..16].to_owned()
+}
+
+/// The modules a retained part of the log still names: by-hash deploy entries by index.
+#[derive(Debug, Default)]
+pub(crate) struct LogReferences {
+    by_index: BTreeMap<u64, [u8; 32]>,
+}
+
+impl LogReferences {
+    /// A by-hash deploy entry at `index` names `sha`.
+    pub(crate) fn insert(&mut self, index: u64, sha: [u8; 32]) {
+        self.by_index.insert(index, sha);
+    }
+
+    /// The modules named at or above `first_index` (the log's first retained entry); the
+    /// references below it are forgotten.
+    pub(crate) fn from(&mut self, first_index: u64) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.by_index = self.by_index.split_off(&first_index);
+        self.by_index.values().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_module_must_have_the_size_and_hash_of_the_entry() {
+        let module = b"component bytes".to_vec();
+        let sha = sha256(&module);
+        assert_eq!(check(&module, sha, module.len() as u64), Ok(()));
+        let e = check(&module, sha, 3).unwrap_err();
+        assert!(e.contains("15 bytes where the deploy entry says 3"), "{e}");
+        let mut flipped = module.clone();
+        flipped[0] ^= 1;
+        let e = check(&flipped, sha, module.len() as u64).unwrap_err();
+        assert!(e.contains(&format!("not {}", short(&sha))), "{e}");
+    }
+
+    #[test]
+    fn a_module_is_deployed_by_hash_only_when_a_majority_holds_it_and_every_member_understands() {
+        let ok = |id| (id, Ok(()));
+        let down = |id: u64| {
+            (
+                id,
+                Err(MemberCallError::Unreachable(format!("node {id} down"))),
+            )
+        };
+        let old = |id: u64| (id, Err(MemberCallError::Unanswered(format!("node {id}"))));
+        let voters = [1, 2, 3];
+        assert_eq!(
+            placement(1, &voters, vec![ok(2), ok(3)]),
+            Ok(Placement::ByHash {
+                holders: vec![1, 2, 3]
+            })
+        );
+        // One voter down: the leader and one more are a majority; the third fetches later.
+        assert_eq!(
+            placement(2, &voters, vec![down(1), ok(3)]),
+            Ok(Placement::ByHash {
+                holders: vec![2, 3]
+            })
+        );
+        // A learner holding it does not make a majority of voters.
+        let e = placement(1, &voters, vec![down(2), down(3), ok(4)]).unwrap_err();
+        match e {
+            RequestError::Busy(m) => {
+                assert!(m.contains("only 1 of 3 voters"), "{m}");
+                assert!(m.contains("node 2 down; node 3 down"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An older member anywhere, even a learner, puts the module in the log.
+        assert!(matches!(
+            placement(1, &voters, vec![ok(2), ok(3), old(4)]),
+            Ok(Placement::InLog { reason }) if reason.contains("node 4")
+        ));
+        // A single voter holds it alone.
+        assert_eq!(
+            placement(1, &[1], vec![]),
+            Ok(Placement::ByHash { holders: vec![1] })
+        );
+        // Five voters: three is a majority, two is not.
+        let five = [1, 2, 3, 4, 5];
+        assert!(placement(1, &five, vec![ok(2), ok(3), down(4), down(5)]).is_ok());
+        assert!(placement(1, &five, vec![ok(2), down(3), down(4), down(5)]).is_err());
+    }
+
+    #[test]
+    fn log_references_below_the_first_retained_entry_are_forgotten() {
+        let mut refs = LogReferences::default();
+        refs.insert(5, [5; 32]);
+        refs.insert(9, [9; 32]);
+        refs.insert(12, [12; 32]);
+        assert_eq!(refs.from(9).collect::<Vec<_>>(), vec![[9; 32], [12; 32]]);
+        assert_eq!(refs.from(10).collect::<Vec<_>>(), vec![[12; 32]]);
+        assert_eq!(refs.from(13).count(), 0);
+    }
+}

@@ -1,0 +1,221 @@
+//! Modules by hash with real `wraft node` processes: a deploy entry carries the module's SHA-256
+//! and size, every member keeps the bytes in its module store, and a member that lacks them (it
+//! was down, or its copy rotted) fetches them from another member before it applies the entry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wraft_engine::EntryKind;
+use wraft_proto::Command;
+use wraft_proto::digest::{hex, sha256};
+use wraft_storage::{Storage, StorageConfig};
+use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where node `id` keeps the module `sha`.
+fn stored_module(cluster: &Cluster, id: u64, sha: &[u8; 32]) -> PathBuf {
+    cluster
+        .config(id)
+        .node
+        .data_dir
+        .join(wraft_node::MODULE_STORE_DIR)
+        .join(format!("{}.wasm", hex(sha)))
+}
+
+/// Every deploy entry in node `id`'s log (the node must be stopped): its index, its variant and
+/// the size of the whole entry, bytes.
+fn deploy_entries(cluster: &Cluster, id: u64) -> Vec<(u64, &'static str, usize, Command)> {
+    let dir = &cluster.config(id).node.data_dir;
+    let (storage, recovered) =
+        Storage::open(dir, &StorageConfig::default(), None).expect("open the stopped node's data");
+    let mut found = Vec::new();
+    let mut next = recovered.log.first_index;
+    while next <= recovered.log.last_index {
+        let page = storage
+            .log
+            .entries(next, recovered.log.last_index + 1, 64 << 20)
+            .expect("read the log");
+        next = page.last().expect("a page of entries").index + 1;
+        for le in page {
+            let kind: EntryKind = postcard::from_bytes(&le.payload).expect("entry decodes");
+            let EntryKind::Command { data, .. } = kind else {
+                continue;
+            };
+            let command: Command = postcard::from_bytes(&data).expect("command decodes");
+            let variant = match &command {
+                Command::Deploy { .. } => "Deploy",
+                Command::DeployWith { .. } => "DeployWith",
+                Command::DeployLimited { .. } => "DeployLimited",
+                Command::DeployByHash { .. } => "DeployByHash",
+                _ => continue,
+            };
+            found.push((le.index, variant, le.payload.len(), command));
+        }
+    }
+    found
+}
+
+async fn wait_value(cluster: &Cluster, id: u64, key: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let got = cluster.stale_query(id, "kv", &kv_get(key)).await;
+        if let Ok(answer) = &got
+            && kv_value(answer).as_deref() == Some(want)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} never answered {key}={want}: {got:?}\n{}",
+            cluster.log(id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_entry_carries_the_module_hash_and_every_member_stores_the_module() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let kv = guest("kv");
+    let sha = sha256(&kv);
+    let client = cluster.client().await;
+    client.deploy("kv", kv.clone()).await.expect("deploy");
+    client.propose("kv", &kv_put("a", "1")).await.expect("put");
+    for id in cluster.ids() {
+        wait_value(&cluster, id, "a", "1").await;
+        let path = stored_module(&cluster, id, &sha);
+        let len = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("node {id} does not store the module at {path:?}: {e}"))
+            .len();
+        assert!(
+            len > kv.len() as u64,
+            "node {id}: {len} bytes for {}",
+            kv.len()
+        );
+    }
+    assert!(
+        cluster
+            .log(leader)
+            .contains("module stored on the members; deploying it by hash"),
+        "{}",
+        cluster.log(leader)
+    );
+
+    // The log holds the hash, not the module: one deploy entry of a few hundred bytes.
+    let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
+    cluster.kill(follower);
+    let deploys = deploy_entries(&cluster, follower);
+    assert_eq!(
+        deploys.len(),
+        1,
+        "{:?}",
+        deploys.iter().map(|d| d.1).collect::<Vec<_>>()
+    );
+    let (_, variant, entry_bytes, command) = &deploys[0];
+    assert_eq!(*variant, "DeployByHash");
+    assert!(*entry_bytes < 1024, "deploy entry of {entry_bytes} bytes");
+    match command {
+        Command::DeployByHash {
+            name,
+            sha256,
+            module_bytes,
+            ..
+        } => {
+            assert_eq!(
+                (name.as_str(), sha256, *module_bytes),
+                ("kv", &sha, kv.len() as u64)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Restarted, the member applies the entry again from its own store.
+    cluster.restart(follower);
+    wait_value(&cluster, follower, "a", "1").await;
+    assert!(
+        !cluster.log(follower).contains("fetched a module by hash"),
+        "{}",
+        cluster.log(follower)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_the_deploy_or_lost_its_copy_fetches_the_module_by_hash() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let absent = *cluster.ids().iter().find(|i| **i != leader).unwrap();
+    cluster.kill(absent);
+
+    // Two of three voters take the module: a majority, so the deploy goes by hash.
+    let kv = guest("kv");
+    let sha = sha256(&kv);
+    let client = cluster.client().await;
+    client.deploy("kv", kv.clone()).await.expect("deploy");
+    client.propose("kv", &kv_put("b", "2")).await.expect("put");
+    assert!(!stored_module(&cluster, absent, &sha).exists());
+
+    cluster.restart(absent);
+    wait_value(&cluster, absent, "b", "2").await;
+    let fetched = |log: &str| log.matches("fetched a module by hash").count();
+    assert_eq!(fetched(&cluster.log(absent)), 1, "{}", cluster.log(absent));
+    assert!(stored_module(&cluster, absent, &sha).exists());
+
+    // Its copy rots while it is down: the restart finds it, drops it and fetches it again.
+    cluster.kill(absent);
+    let path = stored_module(&cluster, absent, &sha);
+    let mut bytes = std::fs::read(&path).expect("stored module");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("flip a byte");
+    cluster.restart(absent);
+    client.propose("kv", &kv_put("b", "3")).await.expect("put");
+    wait_value(&cluster, absent, "b", "3").await;
+    assert_eq!(fetched(&cluster.log(absent)), 2, "{}", cluster.log(absent));
+    assert_eq!(
+        std::fs::read(&path).expect("fetched again")[middle],
+        bytes[middle] ^ 0x40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_deploy_entry_was_compacted_away_keeps_the_module_from_the_snapshot() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        // Snapshots only when asked; the log is cut 10 entries below each one.
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 10;
+    });
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let absent = *cluster.ids().iter().find(|i| **i != leader).unwrap();
+    cluster.kill(absent);
+    let kv = guest("kv");
+    let sha = sha256(&kv);
+    let client = cluster.client().await;
+    client.deploy("kv", kv).await.expect("deploy");
+    for i in 0..30 {
+        client
+            .propose("kv", &kv_put("c", &i.to_string()))
+            .await
+            .expect("put");
+    }
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("leader snapshot");
+
+    cluster.restart(absent);
+    wait_value(&cluster, absent, "c", "29").await;
+    let log = cluster.log(absent);
+    assert!(log.contains("snapshot installed"), "{log}");
+    assert!(!log.contains("fetched a module by hash"), "{log}");
+    // Restored from the snapshot's copy, it holds the module for the members that may ask.
+    let path = stored_module(&cluster, absent, &sha);
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while !path.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no {path:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
