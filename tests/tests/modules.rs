@@ -219,3 +219,70 @@ async fn a_member_whose_deploy_entry_was_compacted_away_keeps_the_module_from_th
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_nothing_references_is_collected_once_its_entry_leaves_the_log() {
+    let mut cluster = Cluster::start_with(1, |c| {
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 10;
+    });
+    // Nothing is kept for being recent: only references count.
+    cluster.set_env(1, wraft_node::MODULE_RECENT_KEEP_MS_ENV, "0");
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let (kv, counter) = (guest("kv"), guest("counter"));
+    let client = cluster.client().await;
+    client.deploy("kv", kv.clone()).await.expect("deploy kv");
+    client
+        .deploy("counter", counter.clone())
+        .await
+        .expect("deploy counter");
+    client
+        .remove_machine("counter")
+        .await
+        .expect("remove counter");
+    let snapshot = || async {
+        client
+            .snapshot_trigger_and_wait(Some(cluster.addr(1)), CATCH_UP_TIMEOUT)
+            .await
+            .expect("snapshot");
+    };
+    let (kv_path, counter_path) = (
+        stored_module(&cluster, 1, &sha256(&kv)),
+        stored_module(&cluster, 1, &sha256(&counter)),
+    );
+    // The removed machine's deploy entry is still in the log (within the margin): kept.
+    client.propose("kv", &kv_put("d", "0")).await.expect("put");
+    snapshot().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(counter_path.exists(), "{}", cluster.log(1));
+    // Past the margin, nothing names it: removed after the next snapshot. The running
+    // machine's module stays.
+    for i in 1..=15 {
+        client
+            .propose("kv", &kv_put("d", &i.to_string()))
+            .await
+            .expect("put");
+    }
+    snapshot().await;
+    client.propose("kv", &kv_put("d", "16")).await.expect("put");
+    snapshot().await;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while counter_path.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", cluster.log(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(kv_path.exists());
+    assert!(
+        cluster
+            .log(1)
+            .contains("removed modules nothing references any more"),
+        "{}",
+        cluster.log(1)
+    );
+    // And the node still starts from what it kept.
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    wait_value(&cluster, 1, "d", "16").await;
+}

@@ -36,6 +36,10 @@ struct EngineInner {
     linker_wasi: Linker<StoreState>,
     compat_hash: String,
     stop: Arc<AtomicBool>,
+    /// One lock per module compiled since start: a second load of a module being compiled
+    /// (a deploy's apply while its background precompile runs) waits for the first and then
+    /// reads the compile cache, instead of compiling it again.
+    compiling: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<std::sync::Mutex<()>>>>,
 }
 
 impl Drop for EngineInner {
@@ -109,6 +113,7 @@ impl HostEngine {
                 linker_wasi,
                 compat_hash,
                 stop,
+                compiling: Default::default(),
             }),
         })
     }
@@ -116,6 +121,17 @@ impl HostEngine {
     /// The settings this engine was built with.
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// The lock held while module `sha256` is compiled (see `EngineInner::compiling`).
+    pub(crate) fn compile_lock(&self, sha256: &[u8; 32]) -> Arc<std::sync::Mutex<()>> {
+        self.inner
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*sha256)
+            .or_default()
+            .clone()
     }
 
     /// The wasmtime engine underneath: for stores and compiling.

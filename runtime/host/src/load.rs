@@ -56,6 +56,51 @@ impl HostEngine {
         self.load_capped(bytes, wasi, usize::MAX)
     }
 
+    /// The checks of [`load_with`](Self::load_with) that need no compiling: the size cap, full
+    /// validation, and the import and export names for `wasi`. Tens of milliseconds where a
+    /// compile takes seconds: what a deploy checks before it sends the module to the members.
+    pub fn check(&self, bytes: &[u8], wasi: WasiProfile) -> Result<(), LoadError> {
+        validate_component_for(bytes, self.config().module_bytes_max, true, wasi).map(|_| ())
+    }
+
+    /// Compile `bytes` into the compile cache on a thread of its own at background priority
+    /// (nice 10 on Linux, as background machine threads), unless the cache already holds it: a member
+    /// does this for a module a deploy is about to name, so that applying the deploy finds it
+    /// compiled, while the node's own threads keep the CPU they need. A load of the same module
+    /// meanwhile waits for this compile instead of repeating it. Failures are only logged: the
+    /// load that needs the module reports its own.
+    pub fn precompile_in_background(&self, bytes: Arc<Vec<u8>>) {
+        if self.config().cache_dir.is_none() {
+            return;
+        }
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wraft-precompile".into())
+            .spawn(move || {
+                crate::worker::lower_this_threads_priority();
+                let sha256 = wraft_proto::digest::sha256(&bytes);
+                let started = std::time::Instant::now();
+                // The most permissive profile: this compiles; the deploy's load checks the
+                // imports against the machine's own profile.
+                match engine.compile_cached(&bytes, &sha256, WasiProfile::Deterministic, usize::MAX)
+                {
+                    Ok((_, true)) => {}
+                    Ok((_, false)) => {
+                        tracing::info!(target: "wraft::host",
+                            module = %&wraft_proto::digest::hex(&sha256)[..16],
+                            duration_ms = started.elapsed().as_millis() as u64,
+                            "module compiled ahead of its deploy (background)")
+                    }
+                    Err(e) => tracing::info!(target: "wraft::host",
+                        module = %&wraft_proto::digest::hex(&sha256)[..16], error = %e,
+                        "compiling a module ahead of its deploy failed; its load will say why"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(target: "wraft::host", error = %e, "cannot start a precompile thread");
+        }
+    }
+
     fn load_capped(
         &self,
         bytes: &[u8],
@@ -116,6 +161,15 @@ impl HostEngine {
         // the cheap name checks run regardless.
         validate_component_for(bytes, module_bytes_max, cached.is_none(), wasi)?;
         if let Some(c) = cached {
+            return Ok((c, true));
+        }
+        // One compile of a module at a time; whoever waited finds the cache entry written.
+        let lock = self.compile_lock(sha256);
+        let _compiling = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache_path
+            .as_ref()
+            .and_then(|p| cache::read(self.wasmtime(), p))
+        {
             return Ok((c, true));
         }
         let c = Component::new(self.wasmtime(), bytes)

@@ -41,7 +41,7 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// Lower the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: `setpriority` on the
 /// thread id renices one thread). Best effort: a failure is logged and the thread runs at normal
 /// priority.
-fn lower_this_threads_priority() {
+pub(crate) fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.

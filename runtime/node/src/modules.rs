@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
+use wraft_host::{HostEngine, WasiProfile};
 use wraft_proto::digest::{hex, sha256};
 use wraft_proto::{Reply, Request, RequestError, Response};
 use wraft_storage::ModuleStore;
@@ -37,6 +38,9 @@ use crate::http::{Forwarder, MemberCallError};
 /// pushed before its deploy entry commits is not collected before it applies.
 pub(crate) const RECENT_KEEP: Duration = Duration::from_secs(3600);
 
+/// End-to-end tests of collection only: [`RECENT_KEEP`] in milliseconds instead.
+pub const RECENT_KEEP_MS_ENV: &str = "WRAFT_TEST_MODULE_RECENT_KEEP_MS";
+
 /// Deadline for one member's answer to a module request: the base, plus one second per
 /// [`CALL_BYTES_PER_SEC`] of module.
 const CALL_TIMEOUT_BASE: Duration = Duration::from_secs(10);
@@ -46,10 +50,13 @@ const CALL_BYTES_PER_SEC: u64 = 8 << 20;
 /// (deploys, and the members' requests) and the applier (fetches, collection).
 pub(crate) struct Modules {
     node: u64,
+    host: Arc<HostEngine>,
     store: Arc<ModuleStore>,
     peers: Forwarder,
-    /// Modules stored here by this process, and when: kept for [`RECENT_KEEP`].
+    /// Modules stored here by this process, and when: kept for `recent_keep`.
     recent: Mutex<HashMap<[u8; 32], Instant>>,
+    /// [`RECENT_KEEP`], unless a test set [`RECENT_KEEP_MS_ENV`].
+    recent_keep: Duration,
 }
 
 /// Where a deploy's module goes, as [`Modules::distribute`] decided.
@@ -68,12 +75,22 @@ pub(crate) enum Placement {
 }
 
 impl Modules {
-    pub(crate) fn new(node: u64, store: Arc<ModuleStore>, peers: Forwarder) -> Modules {
+    pub(crate) fn new(
+        node: u64,
+        host: Arc<HostEngine>,
+        store: Arc<ModuleStore>,
+        peers: Forwarder,
+    ) -> Modules {
         Modules {
             node,
+            host,
             store,
             peers,
             recent: Mutex::new(HashMap::new()),
+            recent_keep: std::env::var(RECENT_KEEP_MS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(RECENT_KEEP, Duration::from_millis),
         }
     }
 
@@ -119,9 +136,13 @@ impl Modules {
                 module,
             } => {
                 let bytes = module.len();
-                match self.put_local(sha, Arc::new(module)).await {
+                let module = Arc::new(module);
+                match self.put_local(sha, module.clone()).await {
                     Ok(stored) => {
                         if stored {
+                            // A deploy is about to name it: compile it meanwhile, in the
+                            // background, so that applying the deploy finds it compiled.
+                            self.host.precompile_in_background(module);
                             metrics::counter!("wraft_module_bytes_total", "node" => self.node.to_string(), "direction" => "received")
                                 .increment(bytes as u64);
                         }
@@ -333,7 +354,7 @@ impl Modules {
         tokio::task::spawn_blocking(move || {
             let recent: HashSet<[u8; 32]> = {
                 let mut r = this.recent.lock().unwrap_or_else(|p| p.into_inner());
-                r.retain(|_, at| at.elapsed() < RECENT_KEEP);
+                r.retain(|_, at| at.elapsed() < this.recent_keep);
                 r.keys().copied().collect()
             };
             match this
@@ -354,16 +375,23 @@ impl Modules {
         });
     }
 
-    /// Deploy `request` (a `Deploy` or `DeployWith` whose module has SHA-256 `sha`): if this
-    /// node leads, place the module on the members first and deploy by hash when that is
-    /// safe; otherwise hand it to the driver as it is (which redirects to the leader, or puts
-    /// the module in the log).
+    /// Deploy `request` (a `Deploy` or `DeployWith` whose module has SHA-256 `sha` and passed
+    /// [`HostEngine::check`]): if this node leads, place the module on the members first (they
+    /// compile it meanwhile, in the background) and deploy by hash when that is safe. Either
+    /// way the module is compiled here before anything is proposed, so a module that cannot
+    /// be compiled is refused to the client and never reaches the log; then the driver
+    /// proposes it (or redirects to the leader).
     pub(crate) async fn deploy(
         &self,
         driver: &mpsc::Sender<ClientCall>,
         request: Request,
         sha: [u8; 32],
     ) -> Response {
+        let (module, wasi) = match &request {
+            Request::Deploy { module, .. } => (Arc::new(module.clone()), WasiProfile::None),
+            Request::DeployWith { module, wasi, .. } => (Arc::new(module.clone()), *wasi),
+            _ => return Err(RequestError::Internal("not a deploy".into())),
+        };
         let status = match ClientCall::call(driver, Request::Status, None).await? {
             Reply::Status(s) => s,
             other => return Err(RequestError::Internal(unexpected(&other))),
@@ -373,12 +401,6 @@ impl Modules {
             stored: false,
         };
         if status.role == "leader" {
-            let module = match &request {
-                Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
-                    Arc::new(module.clone())
-                }
-                _ => return Err(RequestError::Internal("not a deploy".into())),
-            };
             let t = Instant::now();
             match self
                 .distribute(sha, module.clone(), &status.voters, &status.learners)
@@ -395,6 +417,14 @@ impl Modules {
                         "deploying with the module in the log: {reason}");
                 }
             }
+        }
+        let host = self.host.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || host.load_with(&module, wasi).map(|_| ()))
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))?;
+        if let Err(e) = compiled {
+            return Err(RequestError::Rejected(format!("module refused: {e}")));
         }
         ClientCall::call(driver, request, Some(checked)).await
     }

@@ -216,6 +216,7 @@ impl Node {
             )?;
         let modules = Arc::new(crate::modules::Modules::new(
             id,
+            host.clone(),
             Arc::new(module_store),
             crate::http::Forwarder::new(
                 node_tls.clone(),

@@ -351,12 +351,13 @@ async fn handle(
                     "machine name {name:?} must be 1–64 characters of [A-Za-z0-9_-]"
                 )));
             }
-            // Validate and precompile before anything reaches the log: a bad
-            // module is refused to the client and never poisons the log.
+            // Validate before anything reaches the log (`modules.deploy` compiles it too): a
+            // bad module is refused to the client and never poisons the log.
             let host = host.clone();
             let bytes = module.clone();
             let checked = tokio::task::spawn_blocking(move || {
-                host.load_with(&bytes, wasi).map(|m| m.sha256())
+                host.check(&bytes, wasi)
+                    .map(|()| wraft_proto::digest::sha256(&bytes))
             })
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?;
