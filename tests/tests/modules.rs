@@ -117,6 +117,10 @@ async fn a_deploy_entry_carries_the_module_hash_and_every_member_stores_the_modu
     let (_, variant, entry_bytes, command) = &deploys[0];
     assert_eq!(*variant, "DeployByHash");
     assert!(*entry_bytes < 1024, "deploy entry of {entry_bytes} bytes");
+    eprintln!(
+        "the deploy entry of a {}-byte module is {entry_bytes} bytes",
+        kv.len()
+    );
     match command {
         Command::DeployByHash {
             name,

@@ -377,10 +377,10 @@ impl Modules {
 
     /// Deploy `request` (a `Deploy` or `DeployWith` whose module has SHA-256 `sha` and passed
     /// [`HostEngine::check`]): if this node leads, place the module on the members first (they
-    /// compile it meanwhile, in the background) and deploy by hash when that is safe. Either
-    /// way the module is compiled here before anything is proposed, so a module that cannot
-    /// be compiled is refused to the client and never reaches the log; then the driver
-    /// proposes it (or redirects to the leader).
+    /// compile it meanwhile, in the background), compile it here, and deploy by hash when that
+    /// is safe: a module that cannot be compiled is refused to the client and never reaches
+    /// the log. A follower hands the deploy to its driver unchanged, which redirects to the
+    /// leader (or, if this node leads by now, asks for a retry).
     pub(crate) async fn deploy(
         &self,
         driver: &mpsc::Sender<ClientCall>,
@@ -399,23 +399,26 @@ impl Modules {
         let mut checked = CheckedModule {
             sha256: sha,
             stored: false,
+            compiled: false,
         };
-        if status.role == "leader" {
-            let t = Instant::now();
-            match self
-                .distribute(sha, module.clone(), &status.voters, &status.learners)
-                .await?
-            {
-                Placement::ByHash { holders } => {
-                    tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
-                        bytes = module.len(), ?holders, duration_ms = t.elapsed().as_millis() as u64,
-                        "module stored on the members; deploying it by hash");
-                    checked.stored = true;
-                }
-                Placement::InLog { reason } => {
-                    tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
-                        "deploying with the module in the log: {reason}");
-                }
+        if status.role != "leader" {
+            // The driver redirects to the leader, which compiles it.
+            return ClientCall::call(driver, request, Some(checked)).await;
+        }
+        let t = Instant::now();
+        match self
+            .distribute(sha, module.clone(), &status.voters, &status.learners)
+            .await?
+        {
+            Placement::ByHash { holders } => {
+                tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
+                    bytes = module.len(), ?holders, duration_ms = t.elapsed().as_millis() as u64,
+                    "module stored on the members; deploying it by hash");
+                checked.stored = true;
+            }
+            Placement::InLog { reason } => {
+                tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
+                    "deploying with the module in the log: {reason}");
             }
         }
         let host = self.host.clone();
@@ -426,6 +429,7 @@ impl Modules {
         if let Err(e) = compiled {
             return Err(RequestError::Rejected(format!("module refused: {e}")));
         }
+        checked.compiled = true;
         ClientCall::call(driver, request, Some(checked)).await
     }
 }

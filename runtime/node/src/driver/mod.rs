@@ -52,6 +52,9 @@ pub(crate) struct CheckedModule {
     /// among them): the driver proposes [`wraft_proto::Command::DeployByHash`], an entry of a
     /// few hundred bytes, instead of the module in the log (see `crate::modules`).
     pub stored: bool,
+    /// It was compiled on this node (a leader compiles a deploy's module before proposing it;
+    /// a follower only checks it, and the driver then redirects to the leader).
+    pub compiled: bool,
 }
 
 impl ClientCall {

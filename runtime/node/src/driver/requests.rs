@@ -42,10 +42,20 @@ impl Driver {
         checked: Option<CheckedModule>,
         reply: oneshot::Sender<Response>,
     ) {
+        if checked.is_some_and(|c| !c.compiled) && self.engine.role() == Role::Leader {
+            // Checked while this node followed, so not compiled here: a module that cannot be
+            // compiled must never reach the log. The retry finds this node leading.
+            let _ = reply.send(Err(RequestError::Busy(format!(
+                "node {} became the leader while the deploy was checked; retry",
+                self.id
+            ))));
+            return;
+        }
         let command = match checked {
             Some(CheckedModule {
                 sha256,
                 stored: true,
+                ..
             }) => Command::DeployByHash {
                 name,
                 sha256,
