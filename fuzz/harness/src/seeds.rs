@@ -208,6 +208,12 @@ fn proto(out: &mut Vec<Seed>) {
         },
         Request::Status,
         Request::OpenSession,
+        Request::ModuleHas { sha256: [5; 32] },
+        Request::ModulePut {
+            sha256: [5; 32],
+            module: b"\0asm\x0d\0\x01\0".to_vec(),
+        },
+        Request::ModuleGet { sha256: [5; 32] },
     ];
     let info = MachineInfo {
         name: "kv".into(),
@@ -217,7 +223,7 @@ fn proto(out: &mut Vec<Seed>) {
         deployed_at: 3,
         healthy: true,
     };
-    let responses: [Response; 7] = [
+    let responses: [Response; 9] = [
         Ok(Reply::Applied {
             index: 9,
             output: b"{}".to_vec(),
@@ -249,6 +255,10 @@ fn proto(out: &mut Vec<Seed>) {
         }),
         Ok(Reply::SessionOpened { client_id: 17 }),
         Err(RequestError::SessionUnknown { client_id: 17 }),
+        Ok(Reply::ModuleHeld { held: true }),
+        Ok(Reply::Module {
+            module: b"\0asm\x0d\0\x01\0".to_vec(),
+        }),
     ];
     let commands = [
         Command::Apply {
@@ -274,6 +284,18 @@ fn proto(out: &mut Vec<Seed>) {
             sha256: [5; 32],
             module: b"\0asm".to_vec(),
             wasi: WasiProfile::Deterministic,
+            limits: MachineLimits {
+                fuel_per_entry: 100_000_000,
+                fuel_per_call: 1_000_000_000,
+                memory_bytes_max: 1 << 30,
+                output_bytes_max: 16 << 20,
+            },
+        },
+        Command::DeployByHash {
+            name: "js-kv".into(),
+            sha256: [5; 32],
+            module_bytes: 12_115_445,
+            wasi: WasiProfile::None,
             limits: MachineLimits {
                 fuel_per_entry: 100_000_000,
                 fuel_per_call: 1_000_000_000,

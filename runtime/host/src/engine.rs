@@ -40,6 +40,21 @@ struct EngineInner {
     /// (a deploy's apply while its background precompile runs) waits for the first and then
     /// reads the compile cache, instead of compiling it again.
     compiling: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<std::sync::Mutex<()>>>>,
+    /// Background precompiles running (at most [`PRECOMPILES_MAX`]).
+    precompiling: std::sync::atomic::AtomicUsize,
+}
+
+/// Most background precompiles at once; a module pushed while they run is compiled when it
+/// is loaded instead.
+pub const PRECOMPILES_MAX: usize = 1;
+
+/// A background precompile slot, given back on drop.
+pub(crate) struct PrecompileSlot(Arc<EngineInner>);
+
+impl Drop for PrecompileSlot {
+    fn drop(&mut self) {
+        self.0.precompiling.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for EngineInner {
@@ -114,6 +129,7 @@ impl HostEngine {
                 compat_hash,
                 stop,
                 compiling: Default::default(),
+                precompiling: Default::default(),
             }),
         })
     }
@@ -132,6 +148,16 @@ impl HostEngine {
             .entry(*sha256)
             .or_default()
             .clone()
+    }
+
+    /// Take a background precompile slot, if one of [`PRECOMPILES_MAX`] is free.
+    pub(crate) fn try_precompile_slot(&self) -> Option<PrecompileSlot> {
+        let n = &self.inner.precompiling;
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+            (c < PRECOMPILES_MAX).then_some(c + 1)
+        })
+        .ok()
+        .map(|_| PrecompileSlot(self.inner.clone()))
     }
 
     /// The wasmtime engine underneath: for stores and compiling.

@@ -73,10 +73,16 @@ impl HostEngine {
         if self.config().cache_dir.is_none() {
             return;
         }
+        let Some(slot) = self.try_precompile_slot() else {
+            tracing::debug!(target: "wraft::host",
+                "a precompile is running; this module compiles when it is loaded");
+            return;
+        };
         let engine = self.clone();
         let spawned = std::thread::Builder::new()
             .name("wraft-precompile".into())
             .spawn(move || {
+                let _slot = slot;
                 crate::worker::lower_this_threads_priority();
                 let sha256 = wraft_proto::digest::sha256(&bytes);
                 let started = std::time::Instant::now();
@@ -163,9 +169,12 @@ impl HostEngine {
         if let Some(c) = cached {
             return Ok((c, true));
         }
-        // One compile of a module at a time; whoever waited finds the cache entry written.
-        let lock = self.compile_lock(sha256);
-        let _compiling = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // One compile of a module at a time; whoever waited finds the cache entry written
+        // (without a cache there is nothing to wait for).
+        let lock = cache_path.as_ref().map(|_| self.compile_lock(sha256));
+        let _compiling = lock
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(c) = cache_path
             .as_ref()
             .and_then(|p| cache::read(self.wasmtime(), p))

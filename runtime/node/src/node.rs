@@ -97,6 +97,7 @@ pub struct Node {
     stop: mpsc::Sender<StopRequest>,
     watch: WatchHub,
     modules: Arc<crate::modules::Modules>,
+    host: Arc<HostEngine>,
 }
 
 /// The module store's directory inside the data directory (`wraft_storage::ModuleStore`): the
@@ -222,7 +223,8 @@ impl Node {
                 node_tls.clone(),
                 book.clone(),
                 TransportConfig::new(id, cfg.node.listen).resolve_timeout_ms,
-            ),
+            )
+            .with_frame_bytes_max(cfg.guest.module_bytes_max + (1 << 20)),
         ));
 
         // The applier, restored from the newest valid snapshot (if any)
@@ -244,6 +246,22 @@ impl Node {
         );
         applier.set_check_interval(cfg.raft.divergence_check_entries);
         applier.set_modules(modules.clone());
+        // Every by-hash deploy entry the log retains keeps its module (those at or below the
+        // snapshot are not applied again); read before the snapshot's restore collects what
+        // nothing references.
+        {
+            let (m, st) = (modules.clone(), storage.clone());
+            let (from, through) = (recovered.log.first_index, recovered.log.last_index);
+            let found = tokio::task::spawn_blocking(move || m.reference_log(&st, from, through))
+                .await
+                .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            match found {
+                Ok(n) => tracing::info!(target: "wraft::deploy", node = id, from, through,
+                    entries = n, "read the by-hash deploy entries of the log"),
+                Err(e) => tracing::warn!(target: "wraft::deploy", node = id, error = %e,
+                    "cannot read the log for the modules it names; they are kept only while recent"),
+            }
+        }
         let snapshot_meta = match recovered.snapshot() {
             Some(info) => {
                 let header = applier
@@ -534,6 +552,7 @@ impl Node {
             stop,
             watch: watch_hub,
             modules,
+            host,
         })
     }
 
@@ -583,10 +602,17 @@ impl Node {
     pub async fn call(&self, request: Request) -> Response {
         match &request {
             Request::Deploy { module, .. } | Request::DeployWith { module, .. } => {
-                let module = module.clone();
-                let sha = tokio::task::spawn_blocking(move || sha256(&module))
-                    .await
-                    .map_err(|e| RequestError::Internal(e.to_string()))?;
+                let wasi = match &request {
+                    Request::DeployWith { wasi, .. } => *wasi,
+                    _ => wraft_host::WasiProfile::None,
+                };
+                let (module, host) = (module.clone(), self.host.clone());
+                let sha = tokio::task::spawn_blocking(move || {
+                    host.check(&module, wasi).map(|()| sha256(&module))
+                })
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))?
+                .map_err(|e| RequestError::Rejected(format!("module refused: {e}")))?;
                 self.modules.deploy(&self.requests, request, sha).await
             }
             Request::ModuleHas { .. } | Request::ModulePut { .. } | Request::ModuleGet { .. } => {

@@ -126,7 +126,6 @@ impl Applier {
                 let module = self
                     .module_by_hash(index, &name, sha256, module_bytes)
                     .await?;
-                self.module_refs.insert(index, sha256);
                 self.deploy(index, name, sha256, module, wasi, Some(limits))
                     .await?
             }
@@ -152,6 +151,7 @@ impl Applier {
         let Some(modules) = &self.modules else {
             return Err(local("this applier has no module store".into()));
         };
+        modules.reference(index, sha256);
         let members: Vec<u64> = self.addresses.snapshot().into_keys().collect();
         modules
             .obtain(sha256, module_bytes, &members)

@@ -58,17 +58,20 @@ impl Applier {
                     let ts = self.last_timestamp_ms;
                     let cmd: Command = match postcard::from_bytes(data) {
                         Ok(c) => c,
+                        // Leaders propose only commands they encoded, so an entry this node
+                        // cannot decode was written by a newer version. Recording a refusal
+                        // here while the others apply it would make this replica diverge:
+                        // a node-local failure instead, until the node is upgraded.
                         Err(e) => {
-                            self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
-                                .await?;
-                            outcomes.push((
+                            return Err(LocalFailure {
+                                machine: "(every machine)".into(),
                                 index,
-                                client,
-                                Err(RequestError::Rejected(format!(
-                                    "entry {index} is not a wraft command: {e}"
-                                ))),
-                            ));
-                            continue;
+                                error: format!(
+                                    "entry {index} is a command this version of wraft cannot \
+                                     decode ({e}); a newer version wrote it: upgrade this node"
+                                ),
+                                diverged: false,
+                            });
                         }
                     };
                     // Deduplicate before anything reaches a guest. The decision is taken

@@ -226,9 +226,6 @@ pub struct Applier {
     /// The module store and the other members' (deploys by hash); `None` only in appliers
     /// built without a node around them, which cannot apply a by-hash deploy.
     modules: Option<Arc<crate::modules::Modules>>,
-    /// By-hash deploy entries applied here, so that their modules are kept while the log
-    /// still holds the entries (a lagging member may fetch them from this node).
-    module_refs: crate::modules::LogReferences,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -278,7 +275,6 @@ impl Applier {
             check_interval: 0,
             watch,
             modules: None,
-            module_refs: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ impl Applier {
         self.swap_in(restored, id);
         // Watch history starts above the snapshot: replayed entries are published as applied.
         self.watch.reset(self.applied);
+        // Whatever was stored before the restart and nothing references any more goes now.
+        self.collect_modules();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             machines = header.machines.len(), duration_ms = t.elapsed().as_millis() as u64,
             "snapshot loaded");
@@ -164,13 +166,9 @@ impl Applier {
 
     /// Remove the stored modules that no machine runs and no retained entry names.
     fn collect_modules(&mut self) {
-        let Some(modules) = self.modules.clone() else {
-            return;
-        };
-        let first = self.storage.log.first_index();
-        let mut keep: std::collections::HashSet<[u8; 32]> = self.module_refs.from(first).collect();
-        keep.extend(self.running_modules().into_iter().map(|(sha, _)| sha));
-        modules.collect(keep);
+        if let Some(modules) = &self.modules {
+            modules.collect(self.storage.log.first_index(), self.running_modules());
+        }
     }
 
     /// Follower: restore the received snapshot into fresh instances, then

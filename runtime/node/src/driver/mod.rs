@@ -44,17 +44,44 @@ pub(crate) struct ClientCall {
 }
 
 /// What the sender of a deploy established about its module before handing it to the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CheckedModule {
     /// SHA-256 of the module.
     pub sha256: [u8; 32],
-    /// Every member that answered holds it, and so does a majority of the voters (this node
-    /// among them): the driver proposes [`wraft_proto::Command::DeployByHash`], an entry of a
-    /// few hundred bytes, instead of the module in the log (see `crate::modules`).
-    pub stored: bool,
+    /// Where the deploying leader placed it, if it may be deployed by hash (see
+    /// `crate::modules`); `None`: the module goes in the entry.
+    pub placed: Option<Placed>,
     /// It was compiled on this node (a leader compiles a deploy's module before proposing it;
     /// a follower only checks it, and the driver then redirects to the leader).
     pub compiled: bool,
+}
+
+/// The members a deploy's module was placed on, as the leader saw the configuration then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// Every member (voters and learners) considered.
+    pub members: Vec<u64>,
+    /// Those that hold the module (this node among them).
+    pub holders: Vec<u64>,
+}
+
+impl Placed {
+    /// Whether a by-hash entry is still safe under `membership`: no member joined since the
+    /// placement (it was neither given the module nor asked whether it can take it by hash),
+    /// and the holders are a majority of the voters.
+    pub(crate) fn still_holds(&self, membership: &wraft_engine::Membership) -> bool {
+        let unasked = membership
+            .voters
+            .iter()
+            .chain(&membership.learners)
+            .any(|m| !self.members.contains(m));
+        let holding = membership
+            .voters
+            .iter()
+            .filter(|v| self.holders.contains(v))
+            .count();
+        !unasked && holding * 2 > membership.voters.len()
+    }
 }
 
 impl ClientCall {

@@ -31,8 +31,9 @@ impl Driver {
     }
 
     /// Propose a deploy carrying this node's configured limits, which every replica then
-    /// applies to the machine (see `MachineLimits`): by hash if the sender stored the module
-    /// on the members (`CheckedModule::stored`), else with the module in the entry.
+    /// applies to the machine (see `MachineLimits`): by hash if the sender placed the module
+    /// on the members and that still holds for the current membership (`Placed`), else with
+    /// the module in the entry.
     pub(crate) fn propose_deploy(
         &mut self,
         tag: wraft_proto::RequestTag,
@@ -42,7 +43,7 @@ impl Driver {
         checked: Option<CheckedModule>,
         reply: oneshot::Sender<Response>,
     ) {
-        if checked.is_some_and(|c| !c.compiled) && self.engine.role() == Role::Leader {
+        if checked.as_ref().is_some_and(|c| !c.compiled) && self.engine.role() == Role::Leader {
             // Checked while this node followed, so not compiled here: a module that cannot be
             // compiled must never reach the log. The retry finds this node leading.
             let _ = reply.send(Err(RequestError::Busy(format!(
@@ -51,19 +52,27 @@ impl Driver {
             ))));
             return;
         }
-        let command = match checked {
-            Some(CheckedModule {
-                sha256,
-                stored: true,
-                ..
-            }) => Command::DeployByHash {
+        let by_hash = checked
+            .as_ref()
+            .and_then(|c| c.placed.as_ref())
+            .filter(|p| {
+                let ok = p.still_holds(self.engine.membership());
+                if !ok {
+                    tracing::info!(target: "wraft::deploy", node = self.id, placed = ?p,
+                    membership = ?self.engine.membership(),
+                    "the membership changed since the module was placed; deploying it in the log");
+                }
+                ok
+            });
+        let command = match (checked.as_ref(), by_hash) {
+            (Some(c), Some(_)) => Command::DeployByHash {
                 name,
-                sha256,
+                sha256: c.sha256,
                 module_bytes: module.len() as u64,
                 wasi,
                 limits: self.deploy_limits,
             },
-            checked => Command::DeployLimited {
+            (checked, _) => Command::DeployLimited {
                 name,
                 sha256: checked.map_or_else(|| sha256(&module), |c| c.sha256),
                 module,

@@ -46,6 +46,8 @@ pub(crate) struct Forwarder {
     resolve_timeout_ms: u64,
     /// Open connections per leader, opened under the identity of the generation kept with them.
     conns: Mutex<(u64, HashMap<u64, ClientConnection>)>,
+    /// Largest request or answer frame, bytes.
+    frame_bytes_max: u32,
 }
 
 impl Forwarder {
@@ -59,7 +61,16 @@ impl Forwarder {
             book,
             resolve_timeout_ms,
             conns: Mutex::new((0, HashMap::new())),
+            frame_bytes_max: FORWARD_FRAME_BYTES_MAX,
         }
+    }
+
+    /// Frames up to `bytes` (at least the forwarding default): for calls that carry a whole
+    /// module, up to `guest.module_bytes_max` plus the message around it.
+    pub(crate) fn with_frame_bytes_max(mut self, bytes: u64) -> Forwarder {
+        self.frame_bytes_max =
+            bytes.clamp(u64::from(FORWARD_FRAME_BYTES_MAX), u64::from(u32::MAX)) as u32;
+        self
     }
 
     /// Node `id`'s address, if known.
@@ -71,7 +82,12 @@ impl Forwarder {
     /// fails before an answer makes a command's outcome unknown (`Timeout`, safe to retry
     /// with the same tag) and anything else retryable (`Busy`).
     pub(crate) async fn send(&self, leader: u64, addr: &PeerAddr, request: &Request) -> Response {
-        let conn = self.connection(leader, addr).await?;
+        let conn = self.connection(leader, addr).await.map_err(|e| match e {
+            RequestError::Busy(m) => {
+                RequestError::Busy(format!("cannot forward to the leader: {m}"))
+            }
+            other => other,
+        })?;
         match conn
             .request::<Request, Response>(KIND_REQUEST, request)
             .await
@@ -162,7 +178,7 @@ impl Forwarder {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let config = ClientConfig {
-            max_frame_bytes: FORWARD_FRAME_BYTES_MAX,
+            max_frame_bytes: self.frame_bytes_max,
             connect_timeout_ms: FORWARD_CONNECT_TIMEOUT_MS,
             ..ClientConfig::default()
         };
