@@ -266,8 +266,11 @@ async fn a_stop_on_a_slow_network_does_not_wait_out_quic_draining() {
     let status = cluster.wait_exit(follower, Duration::from_secs(10)).await;
     let took = sent.elapsed();
     assert_eq!(status.code(), Some(0), "exit status {status}");
+    // Draining would take three probe timeouts, each over the 300 ms round trip: past a
+    // second. The margin above the stop's timeout is for the process's own exit on a loaded
+    // machine (a CI run with the whole suite saw 760 ms, the node reporting its stop at 102).
     assert!(
-        took < Duration::from_millis(TIMEOUT_MS + 400),
+        took < Duration::from_millis(TIMEOUT_MS + 550),
         "a follower stopped after {} ms; its stop timeout is {TIMEOUT_MS} ms\n{}",
         took.as_millis(),
         cluster.log(follower)
