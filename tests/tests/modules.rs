@@ -9,7 +9,7 @@ use wraft_engine::EntryKind;
 use wraft_proto::Command;
 use wraft_proto::digest::{hex, sha256};
 use wraft_storage::{Storage, StorageConfig};
-use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value};
+use wraft_tests::{Cluster, guest, http_get, kv_get, kv_put, kv_value};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +57,15 @@ fn deploy_entries(cluster: &Cluster, id: u64) -> Vec<(u64, &'static str, usize, 
     found
 }
 
+/// The value of metric `name` on node `id`, for the series whose labels contain `label`.
+async fn metric(cluster: &Cluster, id: u64, name: &str, label: &str) -> Option<f64> {
+    let (status, text) = http_get(cluster.metrics_addr(id).await, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 async fn wait_value(cluster: &Cluster, id: u64, key: &str, want: &str) {
     let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     loop {
@@ -77,7 +86,9 @@ async fn wait_value(cluster: &Cluster, id: u64, key: &str, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_entry_carries_the_module_hash_and_every_member_stores_the_module() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let kv = guest("kv");
     let sha = sha256(&kv);
@@ -96,6 +107,22 @@ async fn a_deploy_entry_carries_the_module_hash_and_every_member_stores_the_modu
             kv.len()
         );
     }
+    let mut placed = 0.0;
+    for id in cluster.ids() {
+        let held = metric(&cluster, id, "wraft_module_store_modules", "").await;
+        assert_eq!(held, Some(1.0), "node {id}");
+        let bytes = metric(&cluster, id, "wraft_module_store_bytes", "").await;
+        assert_eq!(bytes, Some(kv.len() as f64), "node {id}");
+        placed += metric(
+            &cluster,
+            id,
+            "wraft_deploys_placed_total",
+            "placement=\"by_hash\"",
+        )
+        .await
+        .unwrap_or(0.0);
+    }
+    assert_eq!(placed, 1.0);
     let by_hash = |c: &Cluster| {
         c.ids().iter().any(|id| {
             c.log(*id)

@@ -33,6 +33,9 @@
 //! | `wraft_watch_compacted_total` | counter | watches answered "compacted" (asked for, or fell behind, results no longer held) |
 //! | `wraft_guest_traps_total` | counter | guest traps, by `machine` |
 //! | `wraft_deploys_total` | counter | deploys and upgrades applied, by `outcome` |
+//! | `wraft_deploys_placed_total` | counter | leader: deploys about to be proposed, by `placement` (`by_hash`; `in_log`: a member of an older or unknown version) |
+//! | `wraft_module_bytes_total` | counter | module bytes between members, by `direction` (`pushed`, `received`, `fetched`, `served`) |
+//! | `wraft_module_store_bytes` / `wraft_module_store_modules` | gauge | what the node's module store (`DIR/module-store`) holds |
 //! | `wraft_transport_dropped_msgs_total` | counter | raft messages dropped by full or down peer queues |
 //! | `wraft_snapshot_created_total` | counter | local snapshots, by `outcome` (ok / failed) |
 //! | `wraft_snapshot_create_seconds` | histogram | cut → durable file, local snapshots |

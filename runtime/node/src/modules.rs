@@ -154,11 +154,16 @@ impl Modules {
     /// Store `module` here (blocking pool), durably.
     async fn put_local(&self, sha: [u8; 32], module: Arc<Vec<u8>>) -> Result<bool, String> {
         self.pin(sha);
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put(&sha, &module))
+        let (store, this_node) = (self.store.clone(), self.node);
+        let stored = tokio::task::spawn_blocking(move || store.put(&sha, &module))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if stored {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || publish_store(&store, this_node));
+        }
+        Ok(stored)
     }
 
     /// The module stored here under `sha`, verified; `None` if absent.
@@ -453,6 +458,7 @@ impl Modules {
             }
             // A running machine's module must be here for the members that may fetch it.
             this.store_missing(&running);
+            publish_store(&this.store, this.node);
         });
     }
 
@@ -495,6 +501,8 @@ impl Modules {
                 tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
                     bytes = module.len(), ?holders, duration_ms = t.elapsed().as_millis() as u64,
                     "module stored on the members; deploying it by hash");
+                metrics::counter!("wraft_deploys_placed_total", "node" => self.node.to_string(), "placement" => "by_hash")
+                    .increment(1);
                 checked.placed = Some(Placed {
                     members: status
                         .voters
@@ -506,6 +514,8 @@ impl Modules {
                 });
             }
             Placement::InLog { reason } => {
+                metrics::counter!("wraft_deploys_placed_total", "node" => self.node.to_string(), "placement" => "in_log")
+                    .increment(1);
                 tracing::info!(target: "wraft::deploy", node = self.node, module = %short(&sha),
                     "deploying with the module in the log: {reason}");
             }
@@ -570,6 +580,16 @@ fn placement(
     }
     holders.sort_unstable();
     Ok(Placement::ByHash { holders })
+}
+
+/// Publish what `store` holds (blocking: lists the files' headers).
+fn publish_store(store: &ModuleStore, node: u64) {
+    if let Ok(stored) = store.list() {
+        let n = node.to_string();
+        metrics::gauge!("wraft_module_store_modules", "node" => n.clone()).set(stored.len() as f64);
+        metrics::gauge!("wraft_module_store_bytes", "node" => n)
+            .set(stored.iter().map(|m| m.bytes).sum::<u64>() as f64);
+    }
 }
 
 /// The size and hash check of a fetched module.
