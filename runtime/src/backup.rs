@@ -5,8 +5,12 @@
 //!   since) into a local file, one bounded chunk per request (`Request::SnapshotRead`, at most
 //!   [`wraft_proto::SNAPSHOT_READ_BYTES_MAX`] in memory), into `FILE.partial`; the result is
 //!   checked exactly as `wraft snapshot inspect` checks a file, its digest compared with the one
-//!   the node listed, then fsynced and renamed to `FILE`. A crash leaves `FILE` as it was (or
-//!   absent) and at most a `FILE.partial`, which the next save overwrites.
+//!   the node listed. A node's snapshot names its machines' modules by hash; the save fetches
+//!   each from the node (`Request::ModuleGet`) and rewrites the file with the modules' bytes
+//!   inside, so a backup restores on machines that hold nothing (through `FILE.partial.d`, a
+//!   snapshot directory of its own). The result is fsynced and renamed to `FILE`. A crash
+//!   leaves `FILE` as it was (or absent) and at most a `FILE.partial` and `FILE.partial.d`,
+//!   which the next save overwrites.
 //! - [`restore`] seeds an empty data directory from such a file, offline: the snapshot is
 //!   rewritten under a new membership and address book (its header frame replaced, every other
 //!   frame copied byte for byte), into `.DIR.restoring`, which is renamed to `DIR` only once
@@ -47,6 +51,13 @@ pub struct Saved {
     pub listing: SnapshotListing,
     /// Where it is now.
     pub file: PathBuf,
+    /// Length of the saved file (the node's file, plus the modules it names by hash).
+    pub file_bytes: u64,
+    /// Whole-file BLAKE3 digest of the saved file, hex (the node's listing's when the node's
+    /// file carried every module already).
+    pub digest: String,
+    /// Modules fetched from the node and carried in the file.
+    pub modules_fetched: usize,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -77,11 +88,18 @@ pub async fn save(
             .into());
         }
         match download(client, &ep, &listing, file, &mut progress).await {
-            Ok(()) => {
+            Ok(Downloaded {
+                file_bytes,
+                digest,
+                modules_fetched,
+            }) => {
                 return Ok(Saved {
                     from: ep,
                     listing,
                     file: file.to_owned(),
+                    file_bytes,
+                    digest,
+                    modules_fetched,
                     elapsed: started.elapsed(),
                 });
             }
@@ -204,19 +222,26 @@ async fn snapshot_to_save(client: &Client, ep: &PeerAddr) -> Result<SnapshotList
     }
 }
 
+/// What [`download`] wrote.
+struct Downloaded {
+    file_bytes: u64,
+    digest: String,
+    modules_fetched: usize,
+}
+
 async fn download(
     client: &Client,
     ep: &PeerAddr,
     listing: &SnapshotListing,
     file: &Path,
     progress: &mut impl FnMut(&SnapshotListing, u64),
-) -> Result<(), Failed> {
+) -> Result<Downloaded, Failed> {
     let partial = partial_path(file);
     let mut out = std::fs::File::create(&partial)
         .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let mut offset = 0u64;
     let mut last_report = Instant::now();
-    let result: Result<(), Failed> = async {
+    let result: Result<Downloaded, Failed> = async {
         while offset < listing.file_bytes {
             let (file_bytes, data) = match client
                 .snapshot_read(
@@ -270,13 +295,31 @@ async fn download(
             )
             .into());
         }
-        Ok(())
+        let modules_fetched = carry_modules(client, ep, &partial).await?;
+        let report = crate::cli::snapshot_inspect(&partial)?;
+        if !report.ok || report.machines.iter().any(|m| !m.module_carried) {
+            return Err(format!(
+                "the snapshot with its modules failed verification: {}",
+                report
+                    .error
+                    .unwrap_or_else(|| "a module is not carried".into())
+            )
+            .into());
+        }
+        Ok(Downloaded {
+            file_bytes: report.file_bytes,
+            digest: report.digest,
+            modules_fetched,
+        })
     }
     .await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
+    let downloaded = match result {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     std::fs::rename(&partial, file).map_err(|e| {
         format!(
             "cannot rename {} to {}: {e}",
@@ -285,7 +328,73 @@ async fn download(
         )
     })?;
     sync_parent(file)?;
-    Ok(())
+    Ok(downloaded)
+}
+
+/// Make the verified download at `partial` carry every module its snapshot names by hash: fetch
+/// each from the node at `ep`, and replace `partial` with a copy written with the modules inside
+/// (checked against their records' SHA-256 and size, and fsynced). Returns the modules fetched
+/// (0: the file carried them all and is left as it is).
+async fn carry_modules(client: &Client, ep: &PeerAddr, partial: &Path) -> Result<usize, Failed> {
+    let info = wraft_storage::inspect_snapshot_file(partial, false)
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    let body = FileBody::open(partial, info.body_offset(), info.body_len)?;
+    let snap = NodeSnapshot::parse(Arc::new(body))?;
+    if snap.self_contained() {
+        return Ok(0);
+    }
+    let mut modules = Vec::with_capacity(snap.header.machines.len());
+    let mut fetched = 0;
+    for (record, carried) in snap.header.machines.iter().zip(&snap.modules) {
+        if carried.is_some() {
+            modules.push(bytes::Bytes::new());
+            continue;
+        }
+        let module = client
+            .module_get(ep.clone(), record.module_sha256)
+            .await
+            .map_err(|e| {
+                format!(
+                    "node {ep} cannot send the module of machine {:?} ({} bytes, SHA-256 {}),                      which its snapshot names by hash: {e}",
+                    record.name,
+                    record.module_bytes,
+                    wraft_proto::digest::hex(&record.module_sha256)
+                )
+            })?;
+        modules.push(module.into());
+        fetched += 1;
+    }
+    let dir = partial.with_extension("partial.d");
+    let partial = partial.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<(), AnyError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        let written = (|| -> Result<(), AnyError> {
+            let (store, _) = SnapshotStore::open(Arc::new(StdFs), &dir, &StorageConfig::default())?;
+            let copy = NodeSnapshotWriter::copy_inlining_modules(
+                &store,
+                &snap,
+                &modules,
+                RESTORE_IO_CHUNK_BYTES,
+            )?;
+            drop(snap);
+            std::fs::rename(&copy.path, &partial).map_err(|e| {
+                format!(
+                    "cannot rename {} to {}: {e}",
+                    copy.path.display(),
+                    partial.display()
+                )
+            })?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        written
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(fetched)
 }
 
 /// `FILE.partial`, beside `FILE` (same file system, so the rename is atomic).
@@ -437,6 +546,21 @@ fn write_restored(opts: &RestoreOptions, tmp: &Path) -> Result<PathBuf, AnyError
         info.body_len,
     )?);
     let source = NodeSnapshot::parse(body.clone())?;
+    if let Some((m, _)) = source
+        .header
+        .machines
+        .iter()
+        .zip(&source.modules)
+        .find(|(_, carried)| carried.is_none())
+    {
+        return Err(format!(
+            "{} names the module of machine {:?} by hash (SHA-256 {}) and does not carry it: it              is a node's own snapshot file, not a backup. Make backups with `wraft snapshot save`,              which puts the modules inside",
+            opts.file.display(),
+            m.name,
+            wraft_proto::digest::hex(&m.module_sha256)
+        )
+        .into());
+    }
     let mut header = source.header.clone();
     header.membership =
         wraft_engine::Membership::with_voters(opts.members.iter().map(|(id, _)| *id));

@@ -313,6 +313,9 @@ pub struct MachineReport {
     pub module_sha256: String,
     /// Component size, bytes.
     pub module_bytes: u64,
+    /// Whether the file carries the component's bytes (a backup does); `false`: it names the
+    /// component by hash, and the node's module store holds it.
+    pub module_carried: bool,
     /// Guest snapshot size, bytes, and chunk count.
     pub state_bytes: u64,
     /// Guest snapshot chunks.
@@ -395,12 +398,12 @@ impl SnapshotReport {
             self.addresses
         );
         out += &format!(
-            "  {:<16} {:<10} {:<8} {:>6} {:>12} {:>12} {:>7} {:>10}  SHA256\n",
+            "  {:<16} {:<10} {:<8} {:>6} {:>12} {:>12} {:>7} {:>10}  SHA256 (MODULE CARRIED, OR BY HASH)\n",
             "MACHINE", "KIND", "VERSION", "FORMAT", "MODULE", "STATE", "CHUNKS", "DEPLOYED"
         );
         for m in &self.machines {
             out += &format!(
-                "  {:<16} {:<10} {:<8} {:>6} {:>12} {:>12} {:>7} {:>10}  {}\n",
+                "  {:<16} {:<10} {:<8} {:>6} {:>12} {:>12} {:>7} {:>10}  {} {}\n",
                 m.name,
                 m.kind,
                 m.version,
@@ -409,7 +412,12 @@ impl SnapshotReport {
                 m.state_bytes,
                 m.state_chunks,
                 m.deployed_at,
-                &m.module_sha256[..16]
+                &m.module_sha256[..16],
+                if m.module_carried {
+                    "carried"
+                } else {
+                    "by hash"
+                }
             );
         }
         out += &format!("  segments {}", self.segments);
@@ -556,6 +564,7 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
             snapshot_format: m.snapshot_format,
             module_sha256: hex(&m.module_sha256),
             module_bytes: m.module_bytes,
+            module_carried: snap.modules[i].is_some(),
             state_bytes: sec.bytes,
             state_chunks: sec.chunks,
             deployed_at: m.deployed_at,

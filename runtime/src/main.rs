@@ -496,13 +496,14 @@ async fn run(cmd: Cmd, ctx: &Ctx) -> Result<(), AnyError> {
                 .await?;
                 println!(
                     "saved snapshot at index {} (term {}) from {} to {}: {} bytes, digest {} \
-                     verified, {:.1} s",
+                     verified ({} modules fetched and carried inside), {:.1} s",
                     saved.listing.index,
                     saved.listing.term,
                     saved.from,
                     saved.file.display(),
-                    saved.listing.file_bytes,
-                    saved.listing.digest,
+                    saved.file_bytes,
+                    saved.digest,
+                    saved.modules_fetched,
                     saved.elapsed.as_secs_f64()
                 );
                 Ok(())

@@ -61,6 +61,17 @@ async fn answers(client: &Client, keys: &[String]) -> BTreeMap<String, Vec<u8>> 
     out
 }
 
+/// The newest snapshot file in a node's data directory.
+fn newest_snapshot_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let mut snaps: Vec<_> = std::fs::read_dir(data_dir.join("snap"))
+        .expect("snap dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    snaps.sort();
+    snaps.pop().expect("a snapshot file")
+}
+
 /// `--members` for a cluster: `1=ADDR,2=ADDR,...`.
 fn members_arg(cluster: &Cluster) -> String {
     cluster
@@ -124,6 +135,38 @@ async fn a_saved_snapshot_restored_into_a_new_cluster_answers_as_the_original_an
         assert_eq!(report["ok"], true, "{inspect}");
         let saved_index = report["index"].clone();
         assert_eq!(report["machines"].as_array().map(Vec::len), Some(2));
+        // A node's own snapshot names its modules by hash; the backup carries them.
+        let saved_machines = report["machines"].as_array().expect("machines");
+        assert!(
+            saved_machines.iter().all(|m| m["module_carried"] == true),
+            "{inspect}"
+        );
+        let own = newest_snapshot_file(&old.config(1).node.data_dir);
+        let own_report: serde_json::Value = serde_json::from_str(&ok(cli(
+            &old,
+            &["snapshot", "inspect", "--json", own.to_str().unwrap()],
+        )))
+        .expect("inspect JSON");
+        let own_machines = own_report["machines"].as_array().expect("machines");
+        assert!(
+            own_machines.iter().all(|m| m["module_carried"] == false),
+            "{own_report}"
+        );
+        // Such a file is not a backup: restore refuses it and writes nothing.
+        let target = backups.path().join("from-own-file");
+        let out = Command::new(wraft_bin())
+            .args(["restore", own.to_str().unwrap(), "--data-dir"])
+            .arg(&target)
+            .args(["--node-id", "1", "--members", &members_arg(&old)])
+            .output()
+            .expect("running wraft restore");
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("not a backup") && text(&out).contains("wraft snapshot save"),
+            "{}",
+            text(&out)
+        );
+        assert!(!target.exists());
 
         // Destroy the whole cluster: processes and data.
         for id in old.ids() {

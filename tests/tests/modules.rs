@@ -241,8 +241,9 @@ async fn a_member_that_missed_the_deploy_or_lost_its_copy_fetches_the_module_by_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_whose_deploy_entry_was_compacted_away_keeps_the_module_from_the_snapshot() {
+async fn a_snapshot_names_its_modules_by_hash_and_a_member_installing_it_fetches_them() {
     let mut cluster = Cluster::start_with(3, |c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
         // Snapshots only when asked; the log is cut 10 entries below each one.
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.log_entries_max = 0;
@@ -252,7 +253,7 @@ async fn a_member_whose_deploy_entry_was_compacted_away_keeps_the_module_from_th
     let absent = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(absent);
     let kv = guest("kv");
-    let sha = sha256(&kv);
+    let (sha, module_bytes) = (sha256(&kv), kv.len() as u64);
     let client = cluster.client().await;
     client.deploy("kv", kv).await.expect("deploy");
     for i in 0..30 {
@@ -261,23 +262,43 @@ async fn a_member_whose_deploy_entry_was_compacted_away_keeps_the_module_from_th
             .await
             .expect("put");
     }
-    client
+    let snap = client
         .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
         .await
         .expect("leader snapshot");
+    // The snapshot names the module; it does not carry its bytes.
+    assert!(
+        snap.file_bytes < 16 << 10 && snap.file_bytes * 20 < module_bytes,
+        "a snapshot of one small machine is {} bytes, its module {module_bytes}",
+        snap.file_bytes
+    );
 
+    // The absent member's deploy entry is compacted away: it installs the snapshot, and takes
+    // the module by hash from a member that has it.
     cluster.restart(absent);
     wait_value(&cluster, absent, "c", "29").await;
     let log = cluster.log(absent);
     assert!(log.contains("snapshot installed"), "{log}");
-    assert!(!log.contains("fetched a module by hash"), "{log}");
-    // Restored from the snapshot's copy, it holds the module for the members that may ask.
-    let path = stored_module(&cluster, absent, &sha);
-    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
-    while !path.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "no {path:?}\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(log.contains("fetched a module by hash"), "{log}");
+    assert!(stored_module(&cluster, absent, &sha).exists(), "{log}");
+    assert_eq!(
+        metric(&cluster, absent, "wraft_module_bytes_total", "fetched").await,
+        Some(module_bytes as f64),
+        "{log}"
+    );
+
+    // Restarted, it restores from its own copy of the snapshot and its own store: nothing is
+    // fetched again.
+    cluster.restart(absent);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    client.propose("kv", &kv_put("c", "30")).await.expect("put");
+    wait_value(&cluster, absent, "c", "30").await;
+    assert_eq!(
+        metric(&cluster, absent, "wraft_module_bytes_total", "fetched").await,
+        None,
+        "{}",
+        cluster.log(absent)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,4 +376,71 @@ async fn a_module_nothing_references_is_collected_once_its_entry_leaves_the_log(
     cluster.restart(1);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     wait_value(&cluster, 1, "d", "4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_only_an_older_retained_snapshot_names_is_kept_for_the_fallback_to_it() {
+    let mut cluster = Cluster::start_with(1, |c| {
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 0;
+        c.snapshot.retain_count = 2;
+    });
+    // Nothing is kept for being recent: only references count.
+    cluster.set_env(1, wraft_node::MODULE_RECENT_KEEP_MS_ENV, "0");
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let counter = guest("counter");
+    let counter_path = stored_module(&cluster, 1, &sha256(&counter));
+    let addr = cluster.addr(1);
+    let snapshot = async |client: &wraft_client::Client| {
+        let s = client
+            .snapshot_trigger_and_wait(Some(addr), CATCH_UP_TIMEOUT)
+            .await
+            .expect("snapshot");
+        // Collection runs in the background after the snapshot.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s
+    };
+    let client = cluster.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy kv");
+    client.deploy("counter", counter).await.expect("deploy");
+    client.propose("kv", &kv_put("d", "0")).await.expect("put");
+    let first = snapshot(&client).await;
+    client.remove_machine("counter").await.expect("remove");
+    client.propose("kv", &kv_put("d", "1")).await.expect("put");
+    let second = snapshot(&client).await;
+    // The log now starts above the counter's deploy entry and no machine runs it; the first
+    // snapshot, still retained, names it.
+    assert!(counter_path.exists(), "{}", cluster.log(1));
+
+    // The newest snapshot is damaged: the node falls back to the first one, which needs the
+    // counter's module, and this single node can fetch it from nobody.
+    cluster.kill(1);
+    let newest = PathBuf::from(&second.path);
+    let mut bytes = std::fs::read(&newest).expect("read snapshot");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&newest, &bytes).expect("write snapshot");
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    wait_value(&cluster, 1, "d", "1").await;
+    let log = cluster.log(1);
+    assert!(log.contains("quarantined"), "{log}");
+    assert!(
+        log.contains(&format!("index={} machines=2", first.index)),
+        "the first snapshot, with both machines, was not loaded:\n{log}"
+    );
+
+    // Once no retained snapshot names it, it goes.
+    let client = cluster.client().await;
+    for v in ["2", "3"] {
+        client.propose("kv", &kv_put("d", v)).await.expect("put");
+        snapshot(&client).await;
+    }
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while counter_path.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", cluster.log(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

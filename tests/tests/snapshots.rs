@@ -411,18 +411,20 @@ async fn killing_the_follower_mid_transfer_resumes_from_its_durable_offset() {
     assert_eq!(sent, file_bytes - resumed, "{done:?}");
 }
 
+/// Values of 32 KiB in the wire-fault test: about 2.6 MB of snapshot, three 1 MiB chunks.
+const BIG_VALUES: u64 = 132;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_corrupted_on_the_wire_is_rejected_and_re_sent() {
     let mut cluster = Cluster::start_with(3, |c| {
         small_snapshots(c);
         c.snapshot.hint_threshold_entries = 0;
     });
-    // Arm the wire fault on every node (only a sender uses it): every 3rd
-    // chunk sent (resends counted) has a bit flipped after its CRC32C was
-    // computed. The ~2.7 MB file is 3 chunks of 1 MiB, so the last chunk is
-    // corrupted once and its resend (the 4th send) is clean. (With N = 2 the
-    // go-back resend of chunk 1 is always an even-numbered send and the
-    // transfer can never finish: see /work/brief/XFER_REQUESTS.md.)
+    // Arm the wire fault on every node (only a sender uses it): every 3rd chunk sent (resends
+    // counted) has a bit flipped after its CRC32C was computed. The ~2.6 MB file (guest state
+    // only: the module is named by hash) is 3 chunks of 1 MiB, so the last chunk is corrupted
+    // once and its resend (the 4th send) is clean. (With N = 2 the go-back resend of chunk 1 is
+    // always an even-numbered send and the transfer could never finish.)
     for id in cluster.ids() {
         cluster.set_env(id, "WRAFT_TEST_CORRUPT_CHUNK_EVERY", "3");
         cluster.restart(id);
@@ -430,7 +432,7 @@ async fn a_chunk_corrupted_on_the_wire_is_rejected_and_re_sent() {
     let (leader, client) = deploy_kv(&cluster).await;
     let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(follower);
-    for i in 0..96 {
+    for i in 0..BIG_VALUES {
         client
             .propose("kv", &kv_put(&format!("big{i:06}"), &noise(i, 32 << 10)))
             .await
@@ -441,10 +443,10 @@ async fn a_chunk_corrupted_on_the_wire_is_rejected_and_re_sent() {
         .await
         .expect("trigger");
     cluster.restart(follower);
-    let prefixes = big_prefixes(96);
+    let prefixes = big_prefixes(BIG_VALUES);
     let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
     let state = converge_prefixes(&cluster, leader, &[follower], &prefixes).await;
-    assert_eq!(state.len(), 96);
+    assert_eq!(state.len(), BIG_VALUES as usize);
     let done = last_fields(&cluster.log(leader), "snapshot transfer finished");
     let resent: u64 = done["chunks_resent"].parse().unwrap();
     assert!(resent > 0, "no chunk was re-sent: {done:?}");

@@ -66,7 +66,10 @@ fn rewrite(snap: &NodeSnapshot, sections: &[Vec<Vec<u8>>]) -> Vec<u8> {
     let h = &snap.header;
     let mut w = BodyWriter::in_memory(h).expect("a parsed header re-encodes");
     for (i, m) in snap.modules.iter().enumerate() {
-        w.module(i as u32, m).expect("module frame");
+        match m {
+            Some(m) => w.module(i as u32, m).expect("module frame"),
+            None => w.module_ref(i as u32).expect("module reference frame"),
+        }
     }
     w.sessions(&snap.sessions).expect("sessions frame");
     if h.format_version >= 2 {
@@ -113,11 +116,18 @@ pub fn node_snapshot_parse(data: &[u8]) {
     assert!(snap.machine_chunks(machines).is_none());
     for (i, m) in snap.header.machines.iter().enumerate() {
         assert_eq!(snap.machine_index(&m.name).map(|j| j <= i), Some(true));
-        assert_eq!(
-            wraft_proto::digest::sha256(&snap.modules[i]),
-            m.module_sha256,
-            "accepted a module whose SHA-256 is not its record's"
-        );
+        match &snap.modules[i] {
+            Some(carried) => assert_eq!(
+                wraft_proto::digest::sha256(carried),
+                m.module_sha256,
+                "accepted a module whose SHA-256 is not its record's"
+            ),
+            None => assert!(
+                snap.header.format_version >= wraft_snapshot::format::MODULE_REF_VERSION,
+                "accepted a module reference in a version {} body",
+                snap.header.format_version
+            ),
+        }
     }
     let Some(sections) = read_sections(&snap) else {
         return;

@@ -589,7 +589,12 @@ pub fn node_snapshot_body(version: u32, modules: &[&[u8]], chunks: &[&[u8]]) -> 
     };
     let mut w = BodyWriter::in_memory(&header).expect("header");
     for (i, m) in modules.iter().enumerate() {
-        w.module(i as u32, m).expect("module");
+        // From version 3 on, a node names the first machine's module by reference.
+        if version >= 3 && i == 0 {
+            w.module_ref(i as u32).expect("module reference");
+        } else {
+            w.module(i as u32, m).expect("module");
+        }
     }
     let mut sessions = wraft_engine::SessionTable::new(10, 1000);
     let tag = ClientTag {
@@ -631,6 +636,8 @@ fn node_snapshots(out: &mut Vec<Seed>) {
     let two = node_snapshot_body(2, &modules, &chunks);
     push(out, t, "two-machines", [&[0u8][..], &two].concat());
     push(out, t, "two-machines-resealed", [&[1u8][..], &two].concat());
+    let by_ref = node_snapshot_body(3, &modules, &chunks);
+    push(out, t, "module-by-reference", [&[0u8][..], &by_ref].concat());
     let v1 = node_snapshot_body(1, &modules[..1], &chunks[..1]);
     push(out, t, "version-1", [&[0u8][..], &v1].concat());
     let none = node_snapshot_body(2, &[], &[]);

@@ -459,6 +459,23 @@ impl Client {
         }
     }
 
+    /// The module stored under SHA-256 `sha256` on the node at `addr` (verified there; the
+    /// caller checks it again); [`ClientError::Rejected`] if that node does not hold it. Admin
+    /// clients only. `wraft snapshot save` fetches the modules a node's snapshot names by hash
+    /// this way.
+    pub async fn module_get(
+        &self,
+        addr: impl Into<PeerAddr>,
+        sha256: [u8; 32],
+    ) -> Result<Vec<u8>, ClientError> {
+        let conn = self.connection_to(&addr.into()).await?;
+        match exchange(&conn, &Request::ModuleGet { sha256 }).await? {
+            Ok(Reply::Module { module }) => Ok(module),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// Ask the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<String, ClientError> {
         done(self.call(Request::TransferLeader { to }, true).await?)

@@ -15,10 +15,15 @@
 //!   the other members in turn (`ModuleGet`), checks its size and hash and stores it, before it
 //!   applies the entry. If no member has it, the applier halts on a node-local failure and tries
 //!   again later, as for any module it cannot load; the consensus path never waits for it.
-//! - **Kept.** Every version of every deployed machine (snapshots still carry their modules'
-//!   bytes, so a node restored from one stores them too), every module named by a by-hash deploy
-//!   entry still in the log, and anything stored in the last [`RECENT_KEEP`] (a module pushed
-//!   before its entry commits). The rest is removed after each snapshot.
+//! - **In snapshots.** A node snapshot names each machine's module by reference (a ModuleRef
+//!   frame: the hash and size in its header), not by its bytes, so retained snapshots do not each
+//!   repeat the component. The node stores every module it references before the snapshot is
+//!   published ([`Modules::hold`]); a node restoring a snapshot takes the module from its store or
+//!   fetches it by hash, as at apply. Backups (`wraft snapshot save`) carry the modules inline.
+//! - **Kept.** Every version of every deployed machine, every module a retained snapshot names,
+//!   every module named by a by-hash deploy entry still in the log, and anything stored in the
+//!   last [`RECENT_KEEP`] (a module pushed before its entry commits). The rest is removed after
+//!   each snapshot.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -418,17 +423,44 @@ impl Modules {
         }
     }
 
-    /// Remove every stored module that no machine runs (`running`), no by-hash entry at or
-    /// above `first_index` (the log's first retained entry) names, and that was not pinned in
-    /// the last `recent_keep`; then store any running module that is missing (blocking pool;
-    /// logged).
+    /// Make the store hold `modules` durably: the ones a snapshot being written names by
+    /// reference. Each is pinned before it is stored, so no collection removes it between this
+    /// call and the snapshot's publication; from then on the snapshot keeps it. Blocking: a
+    /// module already stored is read and verified (a damaged copy is replaced).
+    pub(crate) fn hold(&self, modules: &[([u8; 32], bytes::Bytes)]) -> Result<(), String> {
+        for (sha, bytes) in modules {
+            self.pin(*sha);
+            self.store
+                .put(sha, bytes)
+                .map_err(|e| format!("storing module {} for a snapshot: {e}", short(sha)))?;
+        }
+        Ok(())
+    }
+
+    /// Remove every stored module that no machine runs (`running`), no snapshot in `snapshots`
+    /// names, no by-hash entry at or above `first_index` (the log's first retained entry)
+    /// names, and that was not pinned in the last `recent_keep`; then store any running module
+    /// that is missing (blocking pool; logged). If a snapshot's header cannot be read, nothing
+    /// is removed.
     pub(crate) fn collect(
         self: &Arc<Self>,
         first_index: u64,
         running: Vec<([u8; 32], bytes::Bytes)>,
+        snapshots: wraft_storage::SnapshotStore,
     ) {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            // Read before the lock: a snapshot published meanwhile names running or pinned
+            // modules only (see `hold`).
+            let in_snapshots = match snapshot_modules(&snapshots) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target: "wraft::deploy", node = this.node, error = %e,
+                        "cannot tell which modules the snapshots name; none is removed");
+                    this.store_missing(&running);
+                    return;
+                }
+            };
             let removed = {
                 // Held from deciding to removing: a pin, put or read meanwhile waits.
                 let mut keep = this.keep();
@@ -440,6 +472,7 @@ impl Modules {
                     .keys()
                     .chain(keep.log.values())
                     .chain(running.iter().map(|(sha, _)| sha))
+                    .chain(&in_snapshots)
                     .copied()
                     .collect();
                 this.store.retain(|sha| named.contains(sha))
@@ -583,6 +616,25 @@ fn placement(
 }
 
 /// Publish what `store` holds (blocking: lists the files' headers).
+/// Every module the node snapshots in `snapshots` name (by reference or carried). A snapshot
+/// removed by retention meanwhile is skipped; any other failure is an error.
+fn snapshot_modules(snapshots: &wraft_storage::SnapshotStore) -> Result<HashSet<[u8; 32]>, String> {
+    let mut named = HashSet::new();
+    for info in snapshots.list() {
+        if info.meta.format != wraft_snapshot::format::NODE_SNAPSHOT_FORMAT {
+            continue;
+        }
+        match wraft_snapshot::format::NodeSnapshot::read_header(snapshots, info.id()) {
+            Ok(h) => named.extend(h.machines.iter().map(|m| m.module_sha256)),
+            Err(wraft_snapshot::format::FormatError::Storage(
+                wraft_storage::StorageError::SnapshotNotFound(_),
+            )) => {}
+            Err(e) => return Err(format!("snapshot {}: {e}", info.id())),
+        }
+    }
+    Ok(named)
+}
+
 fn publish_store(store: &ModuleStore, node: u64) {
     if let Ok(stored) = store.list() {
         let n = node.to_string();

@@ -21,7 +21,8 @@ impl Applier {
         let t = std::time::Instant::now();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             term = id.last_term, "loading snapshot");
-        let restored = snapshot::restore_all(&self.host, &self.storage, id).await?;
+        let restored =
+            snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id).await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
         // Watch history starts above the snapshot: replayed entries are published as applied.
@@ -123,9 +124,10 @@ impl Applier {
         let base = self.base;
         let events = self.events.clone();
         let node = self.node;
+        let modules = self.modules.clone();
         tokio::spawn(async move {
             let index = meta.index;
-            let ev = match snapshot::create_snapshot(node, storage, base, cut).await {
+            let ev = match snapshot::create_snapshot(node, storage, modules, base, cut).await {
                 Ok(info) => SnapEvent::Created { meta, info },
                 Err(error) => SnapEvent::Failed { index, error },
             };
@@ -167,7 +169,11 @@ impl Applier {
     /// Remove the stored modules that no machine runs and no retained entry names.
     fn collect_modules(&mut self) {
         if let Some(modules) = &self.modules {
-            modules.collect(self.storage.log.first_index(), self.running_modules());
+            modules.collect(
+                self.storage.log.first_index(),
+                self.running_modules(),
+                self.storage.snapshots.clone(),
+            );
         }
     }
 
@@ -182,7 +188,7 @@ impl Applier {
         let t = std::time::Instant::now();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
             term = meta.term, "installing snapshot from the leader");
-        match snapshot::restore_all(&self.host, &self.storage, id).await {
+        match snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id).await {
             Ok(r) => {
                 self.swap_in(r, id);
                 // The state jumped: the watch history is discontinuous, subscribers behind the

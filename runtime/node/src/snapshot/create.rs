@@ -26,6 +26,7 @@ use wraft_snapshot::format::{
 use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
 
 use super::restore::{MachineCut, build_instance, open_base};
+use crate::modules::Modules;
 
 /// Everything a snapshot at `meta.index` holds besides guest state.
 pub struct Cut {
@@ -43,9 +44,13 @@ pub struct Cut {
 
 /// Write a node snapshot of `cut` from shadow instances (see the module
 /// docs). Runs on its own task; never touches the live machines.
+///
+/// With `modules`, each machine's module is named by reference and first made durable in the
+/// node's module store ([`Modules::hold`]); without (a node that has no module store), carried.
 pub async fn create_snapshot(
     node: u64,
     storage: Arc<Storage>,
+    modules: Option<Arc<Modules>>,
     base: Option<SnapshotId>,
     cut: Cut,
 ) -> Result<SnapshotInfo, String> {
@@ -88,10 +93,13 @@ pub async fn create_snapshot(
     let writer: SharedWriter = {
         let storage = storage.clone();
         let header = header.clone();
-        let modules: Vec<Bytes> = cut
+        let running: Vec<([u8; 32], Bytes)> = cut
             .machines
             .iter()
-            .map(|m| m.versions[m.versions.len() - 1].bytes.clone())
+            .map(|m| {
+                let v = &m.versions[m.versions.len() - 1];
+                (v.module.sha256(), v.bytes.clone())
+            })
             .collect();
         let sessions = cut.sessions.clone();
         let limits: Vec<_> = cut
@@ -100,9 +108,19 @@ pub async fn create_snapshot(
             .map(|m| m.versions[m.versions.len() - 1].module.limits())
             .collect();
         tokio::task::spawn_blocking(move || {
+            if let Some(m) = &modules {
+                m.hold(&running).map_err(|detail| FormatError::Io {
+                    file: "module store".into(),
+                    detail,
+                })?;
+            }
             let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
-            for (i, b) in modules.iter().enumerate() {
-                w.module(i as u32, b)?;
+            for (i, (_, b)) in running.iter().enumerate() {
+                if modules.is_some() {
+                    w.module_ref(i as u32)?;
+                } else {
+                    w.module(i as u32, b)?;
+                }
             }
             w.sessions(&sessions)?;
             w.limits(&limits)?;

@@ -17,6 +17,7 @@ use wraft_storage::{SnapshotId, Storage};
 
 use crate::divergence::{self, Digest};
 use crate::limits::APPLY_BATCH_ENTRIES_MAX;
+use crate::modules::Modules;
 
 /// A machine section of a node snapshot as the host's restore source.
 ///
@@ -355,11 +356,14 @@ pub struct Restored {
 }
 
 /// Restore every machine of snapshot `id` into fresh instances (loading the
-/// modules it carries through `host`, compile cache first). Nothing running
-/// is touched; the caller swaps the result in.
+/// modules through `host`, compile cache first). A module the snapshot carries is taken from
+/// it; one it names by reference comes from `modules` (this node's store, or fetched by hash
+/// from the members of the snapshot's membership and address book). Nothing running is
+/// touched; the caller swaps the result in.
 pub async fn restore_all(
     host: &Arc<HostEngine>,
     storage: &Arc<Storage>,
+    modules: Option<&Arc<Modules>>,
     id: SnapshotId,
 ) -> Result<Restored, String> {
     let snap = {
@@ -369,9 +373,37 @@ pub async fn restore_all(
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
     };
-    let mut machines = Vec::with_capacity(snap.header.machines.len());
+    let members: BTreeSet<u64> = snap
+        .header
+        .membership
+        .voters
+        .iter()
+        .chain(&snap.header.membership.learners)
+        .copied()
+        .chain(snap.header.addresses.iter().map(|(id, _)| *id))
+        .collect();
+    let members: Vec<u64> = members.into_iter().collect();
+    // Every module first (a fetch may take seconds), then the instances.
+    let mut bytes_of = Vec::with_capacity(snap.header.machines.len());
     for (i, rec) in snap.header.machines.iter().enumerate() {
-        let bytes = snap.modules[i].clone();
+        bytes_of.push(match (&snap.modules[i], modules) {
+            (Some(carried), _) => carried.clone(),
+            (None, Some(modules)) => Bytes::from(
+                modules
+                    .obtain(rec.module_sha256, rec.module_bytes, &members)
+                    .await
+                    .map_err(|e| format!("the module of {:?}: {e}", rec.name))?,
+            ),
+            (None, None) => {
+                return Err(format!(
+                    "the snapshot names the module of {:?} by hash and this node has no module store",
+                    rec.name
+                ));
+            }
+        });
+    }
+    let mut machines = Vec::with_capacity(snap.header.machines.len());
+    for ((i, rec), bytes) in snap.header.machines.iter().enumerate().zip(bytes_of) {
         let h2 = host.clone();
         let b2 = bytes.clone();
         let wasi = rec.wasi;

@@ -9,12 +9,16 @@
 //!
 //! ```text
 //! frame   := kind u8 | payload_len u32 LE | crc32c(payload) u32 LE | payload
-//! body    := Header Module{n} Sessions Limits (MachineBegin MachineChunk* MachineEnd){n} End
-//!            (version 1 files have no Limits frame)
+//! body    := Header (Module | ModuleRef){n} Sessions Limits (MachineBegin MachineChunk* MachineEnd){n} End
+//!            (version 1 files have no Limits frame; before version 3 every module is a Module frame)
 //! Header        postcard NodeSnapshotHeader (format version, index, term, membership,
 //!               machine registry with module hashes, replicated address book, clock)
 //! Module        machine index u32 LE ‖ the component bytes (the log entry that
 //!               deployed it is compacted away; the module travels with the state)
+//! ModuleRef     machine index u32 LE: the module is named by its record's SHA-256 and size and
+//!               held in the node's module store (version 3 on; what a node writes, so
+//!               retained snapshots do not each repeat megabytes of component). A backup
+//!               carries Module frames instead (`NodeSnapshotWriter::copy_inlining_modules`)
 //! Sessions      postcard SessionTable (client deduplication)
 //! Limits        postcard Vec<Option<MachineLimits>>, one per machine: the replicated limits
 //!               of its deploy (None: deployed before limits were replicated)
@@ -62,9 +66,12 @@ pub use write::{BodyWriter, NodeSnapshotWriter};
 /// `SnapshotMeta::format` of every node snapshot file written by this version.
 pub const NODE_SNAPSHOT_FORMAT: &str = "wraft-node/1";
 /// Version of [`NodeSnapshotHeader`] and the frame layout written. Version 2 adds the
-/// [`FrameKind::Limits`] frame (each machine's replicated limits); version 1 files are still
-/// read, their machines running with the node's configured limits as they did.
-pub const NODE_SNAPSHOT_VERSION: u32 = 2;
+/// [`FrameKind::Limits`] frame (each machine's replicated limits); version 3 lets a machine's
+/// module be a [`FrameKind::ModuleRef`] instead of its bytes. Version 1 and 2 files are still
+/// read, a version 1 file's machines running with the node's configured limits as they did.
+pub const NODE_SNAPSHOT_VERSION: u32 = 3;
+/// First version whose modules may be [`FrameKind::ModuleRef`] frames.
+pub const MODULE_REF_VERSION: u32 = 3;
 /// Bytes of a frame header (kind, length, CRC32C).
 pub const FRAME_HEADER_BYTES: u64 = 9;
 /// Largest frame payload accepted by the reader, bytes (a module or a guest
@@ -83,6 +90,8 @@ pub enum FrameKind {
     Sessions = 3,
     /// Each machine's replicated limits (version 2 on).
     Limits = 4,
+    /// A machine's module, by reference (version 3 on).
+    ModuleRef = 5,
     /// Start of a machine's guest snapshot.
     MachineBegin = 0x10,
     /// One chunk of guest snapshot.
@@ -100,6 +109,7 @@ impl FrameKind {
             2 => Self::Module,
             3 => Self::Sessions,
             4 => Self::Limits,
+            5 => Self::ModuleRef,
             0x10 => Self::MachineBegin,
             0x11 => Self::MachineChunk,
             0x12 => Self::MachineEnd,
@@ -120,7 +130,8 @@ pub struct MachineRecord {
     pub version: String,
     /// The guest's snapshot format; passed to `restore`.
     pub snapshot_format: u32,
-    /// SHA-256 of the component, checked against the Module frame.
+    /// SHA-256 of the component, checked against the Module frame (or, for a ModuleRef, by
+    /// whoever supplies the bytes).
     pub module_sha256: [u8; 32],
     /// Length of the component, bytes.
     pub module_bytes: u64,

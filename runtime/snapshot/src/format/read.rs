@@ -14,7 +14,7 @@ use wraft_storage::{SnapshotId, SnapshotStore};
 
 use super::{
     BodySource, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, FormatError, FrameKind,
-    NODE_SNAPSHOT_FORMAT, NODE_SNAPSHOT_VERSION, NodeSnapshotHeader,
+    MODULE_REF_VERSION, NODE_SNAPSHOT_FORMAT, NODE_SNAPSHOT_VERSION, NodeSnapshotHeader,
 };
 
 /// Where one machine's guest snapshot lives in the body.
@@ -33,8 +33,10 @@ pub struct MachineSection {
 pub struct NodeSnapshot {
     /// The header frame.
     pub header: NodeSnapshotHeader,
-    /// Component bytes per machine, in registry order (SHA-256 checked).
-    pub modules: Vec<Bytes>,
+    /// Component bytes per machine, in registry order (SHA-256 checked); `None` for a module
+    /// the body names by reference (a ModuleRef frame: its record's SHA-256 and size), which
+    /// the node's module store holds.
+    pub modules: Vec<Option<Bytes>>,
     /// The client-session table.
     pub sessions: SessionTable,
     /// Replicated limits per machine, in registry order (`None`: the node's configured limits,
@@ -42,6 +44,8 @@ pub struct NodeSnapshot {
     pub limits: Vec<Option<MachineLimits>>,
     /// Guest snapshot location per machine, in registry order.
     pub sections: Vec<MachineSection>,
+    /// Body offset of the Sessions frame (the end of the modules).
+    pub(super) modules_end: u64,
     src: Arc<dyn BodySource>,
 }
 
@@ -199,6 +203,7 @@ impl NodeSnapshot {
         let (header, off) = read_header(s)?;
         let machines = header.machines.len();
         let (modules, off) = read_modules(s, off, &header)?;
+        let modules_end = off;
         let (sessions, off) = read_sessions(s, off)?;
         let (limits, off) = read_limits(s, off, &header)?;
         let (sections, off) = index_sections(s, off, machines)?;
@@ -209,8 +214,30 @@ impl NodeSnapshot {
             sessions,
             limits,
             sections,
+            modules_end,
             src,
         })
+    }
+
+    /// Read only the header frame of snapshot `id` in `store` (what a node's module collection
+    /// needs of every retained snapshot: which modules it names). Cost: one small read.
+    pub fn read_header(
+        store: &SnapshotStore,
+        id: SnapshotId,
+    ) -> Result<NodeSnapshotHeader, FormatError> {
+        let reader = store.open_reader(id)?;
+        Ok(read_header(&reader)?.0)
+    }
+
+    /// Whether every module is carried in the body (a self-contained file, as a backup must
+    /// be), not named by reference.
+    pub fn self_contained(&self) -> bool {
+        self.modules.iter().all(Option::is_some)
+    }
+
+    /// The body this snapshot was parsed from.
+    pub fn body(&self) -> &Arc<dyn BodySource> {
+        &self.src
     }
 
     /// A chunk source for machine `idx`'s guest snapshot (CRC-checked chunk by
@@ -251,15 +278,25 @@ fn read_header(s: &dyn BodySource) -> Result<(NodeSnapshotHeader, u64), FormatEr
     Ok((header, f.end()))
 }
 
-/// Step 2: one Module frame per machine, in registry order, each matching its record's SHA-256.
+/// Step 2: one Module frame per machine, in registry order, each matching its record's SHA-256;
+/// from version 3 on, a ModuleRef frame (the machine's index alone) may stand for it.
 fn read_modules(
     s: &dyn BodySource,
     mut off: u64,
     header: &NodeSnapshotHeader,
-) -> Result<(Vec<Bytes>, u64), FormatError> {
+) -> Result<(Vec<Option<Bytes>>, u64), FormatError> {
     let mut modules = Vec::with_capacity(header.machines.len());
     for (i, m) in header.machines.iter().enumerate() {
         let f = frame_at(s, off)?;
+        if f.kind == FrameKind::ModuleRef && header.format_version >= MODULE_REF_VERSION {
+            let p = payload(s, &f)?;
+            if p != (i as u32).to_le_bytes() {
+                return Err(invalid(s, "module reference", off, i, hex(&p)));
+            }
+            modules.push(None);
+            off = f.end();
+            continue;
+        }
         expect_kind(s, &f, FrameKind::Module)?;
         let p = payload(s, &f)?;
         if p.len() < 4 || u32::from_le_bytes([p[0], p[1], p[2], p[3]]) != i as u32 {
@@ -276,7 +313,7 @@ fn read_modules(
                 hex(&sha),
             ));
         }
-        modules.push(bytes);
+        modules.push(Some(bytes));
         off = f.end();
     }
     Ok((modules, off))

@@ -56,8 +56,23 @@ fn fill<S: BodySink>(
     modules: &[&[u8]],
     chunks: &[Vec<u8>],
 ) {
+    fill_referencing(w, h, modules, chunks, &[]);
+}
+
+/// [`fill`], naming the modules of the machines in `by_ref` by reference.
+fn fill_referencing<S: BodySink>(
+    w: &mut BodyWriter<S>,
+    h: &NodeSnapshotHeader,
+    modules: &[&[u8]],
+    chunks: &[Vec<u8>],
+    by_ref: &[u32],
+) {
     for (i, m) in modules.iter().enumerate() {
-        w.module(i as u32, m).unwrap();
+        if by_ref.contains(&(i as u32)) {
+            w.module_ref(i as u32).unwrap();
+        } else {
+            w.module(i as u32, m).unwrap();
+        }
     }
     let mut st = SessionTable::new(10, 1000);
     let tag = wraft_engine::ClientTag {
@@ -175,7 +190,8 @@ fn node_snapshot_round_trips_every_section() {
     };
     let snap = NodeSnapshot::open(&s, id).unwrap();
     assert_eq!(snap.header, h);
-    assert_eq!(&snap.modules[1][..], modules[1]);
+    assert_eq!(snap.modules[1].as_deref(), Some(modules[1]));
+    assert!(snap.self_contained());
     assert_eq!(snap.sessions.len(), 1);
     assert_eq!(snap.limits, vec![limits(0), limits(1)]);
     for i in 0..2 {
@@ -288,7 +304,7 @@ fn a_copy_under_a_new_header_keeps_every_other_section_and_a_corrupt_source_is_r
     assert_eq!(info.meta.membership.voters, vec![7, 8]);
     let copy = NodeSnapshot::open(&dst, id).unwrap();
     assert_eq!(copy.header, new_header);
-    assert_eq!(&copy.modules[0][..], modules[0]);
+    assert_eq!(copy.modules[0].as_deref(), Some(modules[0]));
     assert_eq!(copy.sessions.len(), 1);
     assert_eq!(copy.limits, vec![limits(0), limits(1)]);
     for i in 0..2 {
@@ -308,4 +324,108 @@ fn a_copy_under_a_new_header_keeps_every_other_section_and_a_corrupt_source_is_r
         NodeSnapshotWriter::copy_with_header(&none, &new_header, &junk, 100).expect_err("refused");
     assert!(err.to_string().contains("header frame"), "{err}");
     assert!(none.list().is_empty());
+}
+
+fn all_chunks(snap: &NodeSnapshot, i: usize) -> Vec<Vec<u8>> {
+    let mut src = snap.machine_chunks(i).unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = src.next_chunk().unwrap() {
+        got.push(c);
+    }
+    got
+}
+
+#[test]
+fn a_version_3_body_names_modules_by_reference_and_a_copy_carries_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let module0 = vec![0x42u8; 100_000];
+    let modules: [&[u8]; 2] = [&module0, b"module-one!"];
+    let chunks = vec![vec![1u8; 1000], vec![3u8; 5000]];
+    let h = header(10, &modules);
+    assert!(h.format_version >= MODULE_REF_VERSION);
+    let mut w = NodeSnapshotWriter::begin(&s, &h).unwrap();
+    fill_referencing(&mut w, &h, &modules, &chunks, &[0]);
+    let by_ref = w.finish(2).unwrap();
+    assert!(
+        by_ref.file_len < 50_000,
+        "a module named by reference is not in the file: {} bytes",
+        by_ref.file_len
+    );
+    let id = by_ref.id();
+    let snap = NodeSnapshot::open(&s, id).unwrap();
+    assert_eq!(snap.header, h);
+    assert_eq!(snap.modules[0], None);
+    assert_eq!(snap.modules[1].as_deref(), Some(modules[1]));
+    assert!(!snap.self_contained());
+    assert_eq!(NodeSnapshot::read_header(&s, id).unwrap(), h);
+
+    // A module that is not the one the record names is refused; nothing is published.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = store(bad_dir.path());
+    let mut other = module0.clone();
+    other[7] ^= 1;
+    let err = NodeSnapshotWriter::copy_inlining_modules(&bad, &snap, &[other.into()], 4096)
+        .expect_err("a wrong module");
+    assert!(
+        err.to_string().contains("module given for a reference"),
+        "{err}"
+    );
+    let err = NodeSnapshotWriter::copy_inlining_modules(&bad, &snap, &[], 4096)
+        .expect_err("no module given");
+    assert!(err.to_string().contains("machine 0"), "{err}");
+    assert!(bad.list().is_empty());
+
+    // The self-contained copy: the same header and sections, with the module's bytes.
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = store(dst_dir.path());
+    let copy =
+        NodeSnapshotWriter::copy_inlining_modules(&dst, &snap, &[module0.clone().into()], 1000)
+            .unwrap();
+    assert_eq!(copy.file_len, by_ref.file_len + 100_000);
+    let full = NodeSnapshot::open(&dst, id).unwrap();
+    assert!(full.self_contained());
+    assert_eq!(full.header, h);
+    assert_eq!(full.modules[0].as_deref(), Some(&module0[..]));
+    assert_eq!(full.modules[1].as_deref(), Some(modules[1]));
+    assert_eq!(full.sessions, snap.sessions);
+    assert_eq!(full.limits, snap.limits);
+    for i in 0..2 {
+        assert_eq!(all_chunks(&full, i), chunks);
+    }
+    // Written twice, byte for byte the same: two saves of one snapshot are one backup.
+    let again_dir = tempfile::tempdir().unwrap();
+    let again = store(again_dir.path());
+    let copy2 =
+        NodeSnapshotWriter::copy_inlining_modules(&again, &snap, &[module0.into()], 777).unwrap();
+    assert_eq!(copy2.digest, copy.digest);
+}
+
+#[test]
+fn a_module_reference_before_version_3_or_for_another_machine_is_refused() {
+    let modules: [&[u8]; 2] = [b"module-zero", b"module-one!"];
+    let chunks = vec![vec![1u8; 10]];
+    let mut v2 = header(10, &modules);
+    v2.format_version = 2;
+    let mut w = BodyWriter::in_memory(&v2).unwrap();
+    fill_referencing(&mut w, &v2, &modules, &chunks, &[1]);
+    let body = w.into_body(2).unwrap();
+    let err = NodeSnapshot::parse(Arc::new(MemoryBody::new(body, "v2")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("frame order") && err.contains("ModuleRef"),
+        "{err}"
+    );
+
+    let h = header(10, &modules);
+    let mut w = BodyWriter::in_memory(&h).unwrap();
+    w.module_ref(1).unwrap();
+    w.module_ref(1).unwrap();
+    let err = NodeSnapshot::parse(Arc::new(MemoryBody::new(w.into_body(2).unwrap(), "v3")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("module reference"), "{err}");
 }

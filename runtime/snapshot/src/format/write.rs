@@ -76,7 +76,65 @@ impl NodeSnapshotWriter {
             });
         }
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        let mut at = FRAME_HEADER_BYTES + u64::from(len);
+        w.copy_rest(src, FRAME_HEADER_BYTES + u64::from(len), io_chunk_bytes)?;
+        w.seal()
+    }
+
+    /// Write a self-contained copy of the node snapshot `src` into `store`: the same header,
+    /// every module as a Module frame (`modules`, one per machine in registry order, for those
+    /// `src` names by reference; each checked against its record's SHA-256 and size), and every
+    /// frame after the modules copied byte for byte, `io_chunk_bytes` at a time. What a backup
+    /// is made of: it restores on a node that holds none of its modules. Nothing is visible in
+    /// `store` unless the whole copy succeeds.
+    pub fn copy_inlining_modules(
+        store: &SnapshotStore,
+        src: &super::NodeSnapshot,
+        modules: &[bytes::Bytes],
+        io_chunk_bytes: usize,
+    ) -> Result<wraft_storage::SnapshotInfo, FormatError> {
+        let header = &src.header;
+        let mut w = Self::begin(store, header)?;
+        for (i, (record, carried)) in header.machines.iter().zip(&src.modules).enumerate() {
+            let bytes = match (carried, modules.get(i)) {
+                (Some(b), _) | (None, Some(b)) => b,
+                (None, None) => {
+                    return Err(FormatError::Io {
+                        file: src.body().name(),
+                        detail: format!("no bytes given for the module of machine {i}"),
+                    });
+                }
+            };
+            let sha = wraft_proto::digest::sha256(bytes);
+            if sha != record.module_sha256 || bytes.len() as u64 != record.module_bytes {
+                return Err(FormatError::Invalid {
+                    file: src.body().name(),
+                    what: "module given for a reference",
+                    offset: 0,
+                    expected: format!(
+                        "{} bytes, SHA-256 {}",
+                        record.module_bytes,
+                        wraft_proto::digest::hex(&record.module_sha256)
+                    ),
+                    found: format!(
+                        "{} bytes, SHA-256 {}",
+                        bytes.len(),
+                        wraft_proto::digest::hex(&sha)
+                    ),
+                });
+            }
+            w.module(i as u32, bytes)?;
+        }
+        w.copy_rest(src.body().as_ref(), src.modules_end, io_chunk_bytes)?;
+        w.seal()
+    }
+
+    /// Copy `src`'s body from `at` to its end, as it is, after what was written so far.
+    fn copy_rest(
+        &mut self,
+        src: &dyn super::BodySource,
+        mut at: u64,
+        io_chunk_bytes: usize,
+    ) -> Result<(), FormatError> {
         let end = src.body_len();
         let mut buf = vec![0u8; io_chunk_bytes.max(4096)];
         while at < end {
@@ -93,19 +151,25 @@ impl NodeSnapshotWriter {
                     detail: format!("body ends at {at}, {end} expected"),
                 });
             }
-            let sink = w.inner.as_mut().ok_or_else(|| FormatError::Io {
-                file: "snapshot being written".into(),
-                detail: "writer already finished".into(),
-            })?;
+            let sink = self.inner.as_mut().ok_or_else(finished)?;
             sink.append(&buf[..n])?;
-            w.body_bytes += n as u64;
+            self.body_bytes += n as u64;
             at += n as u64;
         }
-        let sink = w.inner.take().ok_or_else(|| FormatError::Io {
-            file: "snapshot being written".into(),
-            detail: "writer already finished".into(),
-        })?;
+        Ok(())
+    }
+
+    /// Seal a copy whose last bytes (its End frame) were copied.
+    fn seal(mut self) -> Result<wraft_storage::SnapshotInfo, FormatError> {
+        let sink = self.inner.take().ok_or_else(finished)?;
         Ok(sink.finish()?)
+    }
+}
+
+fn finished() -> FormatError {
+    FormatError::Io {
+        file: "snapshot being written".into(),
+        detail: "writer already finished".into(),
     }
 }
 
@@ -145,10 +209,7 @@ impl<S: BodySink> BodyWriter<S> {
                     found: payload.len() as u64,
                 })
             })?;
-        let w = self.inner.as_mut().ok_or_else(|| FormatError::Io {
-            file: "snapshot being written".into(),
-            detail: "writer already finished".into(),
-        })?;
+        let w = self.inner.as_mut().ok_or_else(finished)?;
         let mut head = [0u8; FRAME_HEADER_BYTES as usize];
         head[0] = kind as u8;
         head[1..5].copy_from_slice(&len.to_le_bytes());
@@ -165,6 +226,12 @@ impl<S: BodySink> BodyWriter<S> {
         p.extend_from_slice(&idx.to_le_bytes());
         p.extend_from_slice(bytes);
         self.frame(FrameKind::Module, &p)
+    }
+
+    /// Name machine `idx`'s module by reference: its record's SHA-256 and size (the header
+    /// must be of version [`super::MODULE_REF_VERSION`] or later for a reader to accept it).
+    pub fn module_ref(&mut self, idx: u32) -> Result<(), FormatError> {
+        self.frame(FrameKind::ModuleRef, &idx.to_le_bytes())
     }
 
     /// Write the session table.
@@ -201,10 +268,7 @@ impl<S: BodySink> BodyWriter<S> {
     /// Write the End frame and hand back the sink.
     fn end(&mut self, machines: u32) -> Result<S, FormatError> {
         self.frame(FrameKind::End, &encode(&machines)?)?;
-        self.inner.take().ok_or_else(|| FormatError::Io {
-            file: "snapshot being written".into(),
-            detail: "writer already finished".into(),
-        })
+        self.inner.take().ok_or_else(finished)
     }
 }
 
