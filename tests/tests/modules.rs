@@ -444,3 +444,48 @@ async fn a_module_only_an_older_retained_snapshot_names_is_kept_for_the_fallback
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
+    use wraft_tests::faults::proxy::{CLIENTS, FaultProxy, LinkFault};
+    const REQUEST_TIMEOUT_MS: u64 = 200;
+    let proxy = std::sync::Arc::new(FaultProxy::new(1));
+    let p = proxy.clone();
+    let cluster = Cluster::start_with(1, move |c| {
+        p.front_members(c);
+        c.client.request_timeout_ms = REQUEST_TIMEOUT_MS;
+    });
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    // 60 ms each way between the client and the node: QUIC's slow start alone makes the
+    // module's upload take several round trips.
+    let slow = LinkFault {
+        delay_ms: 60,
+        ..Default::default()
+    };
+    proxy.set(CLIENTS, 1, slow);
+    proxy.set(1, CLIENTS, slow);
+    let client = cluster.client_for(vec![proxy.fronts()[&1]]).await;
+    let kv = guest("kv");
+    let started = std::time::Instant::now();
+    client
+        .deploy("kv", kv.clone())
+        .await
+        .unwrap_or_else(|e| panic!("deploy over a slow link: {e}\n{}", cluster.log(1)));
+    let took = started.elapsed();
+    // The upload alone outlasted the request deadline: the node read it whole anyway.
+    assert!(
+        took > Duration::from_millis(3 * REQUEST_TIMEOUT_MS),
+        "the deploy took {took:?}: the link is not slow enough to test anything"
+    );
+    assert!(
+        !cluster
+            .log(1)
+            .contains("no whole request within the deadline"),
+        "{}",
+        cluster.log(1)
+    );
+    client
+        .propose("kv", &kv_put("slow", "link"))
+        .await
+        .expect("put");
+}

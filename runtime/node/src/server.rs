@@ -1,7 +1,9 @@
 //! Serving client connections: one request per QUIC stream, answered on the
-//! same stream. Three deadlines bound what a stream can hold: the request
-//! must arrive whole and get its outcome within `client.request_timeout_ms`
-//! each (a deploy's outcome, which includes compiling the module, within
+//! same stream. Three deadlines bound what a stream can hold: the request's bytes
+//! must never pause for `client.request_timeout_ms` and arrive whole within
+//! `client.deploy_timeout_ms` (so a module uploaded over a slow link is read whole, and a
+//! stalled sender is dropped), the request must get its outcome within
+//! `client.request_timeout_ms` (a deploy's outcome, which includes compiling the module, within
 //! `client.deploy_timeout_ms`), and the response must be taken by the client within
 //! `client.response_write_timeout_ms`, or the stream is reset with
 //! [`CODE_RESPONSE_WRITE_TIMEOUT`] and its bytes and in-flight slot freed.
@@ -122,29 +124,30 @@ async fn serve_one(stream: ClientStream, api: &Api) {
         .max(api.host.config().module_bytes_max as u64)
         + 4096)
         .min(u32::MAX as u64) as u32;
-    let deadline = Duration::from_millis(limits.request_timeout_ms);
-    let request = match tokio::time::timeout(
-        deadline,
-        frame::read_msg::<_, Request>(&mut recv, frame_max),
+    let request = match frame::read_msg_within::<_, Request>(
+        &mut recv,
+        frame_max,
+        Duration::from_millis(limits.request_timeout_ms),
+        Duration::from_millis(limits.deploy_timeout_ms.max(limits.request_timeout_ms)),
     )
     .await
     {
-        Ok(Ok(Some((KIND_REQUEST, req)))) => {
+        Ok(Some((KIND_REQUEST, req))) => {
             wraft_transport::client::take_stream_end(&mut recv);
             req
         }
-        Ok(Ok(Some((kind, _)))) => {
+        Ok(Some((kind, _))) => {
             tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
             return;
         }
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
-            let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
+        Ok(None) => return,
+        Err(e @ frame::FrameError::TimedOut { .. }) => {
+            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: no whole request within the deadline");
             return;
         }
-        Err(_) => {
-            tracing::info!(target: "wraft::client", %identity, "closing a client stream: no request within the deadline");
+        Err(e) => {
+            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
+            let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
             return;
         }
     };

@@ -79,6 +79,23 @@ pub enum FrameError {
         /// Bytes still missing.
         needed: usize,
     },
+    /// [`read_msg_within`] gave up: the sender stalled, or the frame took too long in all.
+    #[error(
+        "no whole frame after {after_ms} ms: {got} of {len} payload bytes arrived (a frame may \
+         pause at most {idle_ms} ms and take at most {total_ms} ms in all)"
+    )]
+    TimedOut {
+        /// How long the reader waited, ms.
+        after_ms: u64,
+        /// Payload bytes received (0 if the header had not arrived).
+        got: u64,
+        /// Payload length from the header (0 if the header had not arrived).
+        len: u64,
+        /// The longest pause allowed, ms.
+        idle_ms: u64,
+        /// The longest the whole frame may take, ms.
+        total_ms: u64,
+    },
     /// A frame of a kind the reader did not expect at this point.
     #[error("unexpected frame kind {found:#04x} (expected {expected})")]
     UnexpectedKind {
@@ -302,6 +319,32 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_frame_bytes: u32,
 ) -> Result<Option<Frame>, FrameError> {
+    let Some(h) = read_header(r, max_frame_bytes).await? else {
+        return Ok(None);
+    };
+    let mut payload = vec![0u8; h.len as usize];
+    let mut got = 0;
+    while got < payload.len() {
+        let n = r.read(&mut payload[got..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                needed: payload.len() - got,
+            });
+        }
+        got += n;
+    }
+    check_payload(h, &payload)?;
+    Ok(Some(Frame {
+        kind: h.kind,
+        payload,
+    }))
+}
+
+/// Read and check a frame header; `None` at a clean end of stream.
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: u32,
+) -> Result<Option<FrameHeader>, FrameError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut got = 0;
     while got < FRAME_HEADER_BYTES {
@@ -322,23 +365,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             });
         }
     }
-    let h = decode_header(&header, max_frame_bytes)?;
-    let mut payload = vec![0u8; h.len as usize];
-    let mut got = 0;
-    while got < payload.len() {
-        let n = r.read(&mut payload[got..]).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                needed: payload.len() - got,
-            });
-        }
-        got += n;
-    }
-    check_payload(h, &payload)?;
-    Ok(Some(Frame {
-        kind: h.kind,
-        payload,
-    }))
+    decode_header(&header, max_frame_bytes).map(Some)
 }
 
 /// Read one frame and decode it as `T`; `Ok(None)` at a clean end of stream.
@@ -350,6 +377,55 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
         None => Ok(None),
         Some(f) => Ok(Some((f.kind, f.decode()?))),
     }
+}
+
+/// [`read_msg`] for a server that must not wait forever, nor cut a big request on a slow link:
+/// every read must make progress within `idle` (the first bytes included), and the whole frame
+/// must arrive within `total`. So a 12 MB module sent over a slow uplink is read whole, while a
+/// sender that stalls is dropped after `idle`. Past either: [`FrameError::TimedOut`], saying how
+/// far the frame got.
+pub async fn read_msg_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max_frame_bytes: u32,
+    idle: std::time::Duration,
+    total: std::time::Duration,
+) -> Result<Option<(u8, T)>, FrameError> {
+    let started = tokio::time::Instant::now();
+    let end = started + total.max(idle);
+    let timed_out = |got: u64, len: u64| FrameError::TimedOut {
+        after_ms: started.elapsed().as_millis() as u64,
+        got,
+        len,
+        idle_ms: idle.as_millis() as u64,
+        total_ms: total.as_millis() as u64,
+    };
+    let next = || (tokio::time::Instant::now() + idle).min(end);
+    let header = match tokio::time::timeout_at(next(), read_header(r, max_frame_bytes)).await {
+        Ok(h) => h?,
+        Err(_) => return Err(timed_out(0, 0)),
+    };
+    let Some(h) = header else { return Ok(None) };
+    let len = u64::from(h.len);
+    let mut payload = vec![0u8; h.len as usize];
+    let mut got = 0usize;
+    while got < payload.len() {
+        let n = match tokio::time::timeout_at(next(), r.read(&mut payload[got..])).await {
+            Ok(n) => n?,
+            Err(_) => return Err(timed_out(got as u64, len)),
+        };
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                needed: payload.len() - got,
+            });
+        }
+        got += n;
+    }
+    check_payload(h, &payload)?;
+    let f = Frame {
+        kind: h.kind,
+        payload,
+    };
+    Ok(Some((f.kind, f.decode()?)))
 }
 
 /// Write one frame (header, then payload). Waits for stream flow control.
@@ -379,6 +455,85 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `frame` into `w` `step` bytes at a time, one step per `every` of (paused) time,
+    /// stopping after `stop_after` bytes.
+    async fn trickle(
+        mut w: tokio::io::DuplexStream,
+        frame: Vec<u8>,
+        step: usize,
+        every: std::time::Duration,
+        stop_after: usize,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let mut at = 0;
+        while at < frame.len().min(stop_after) {
+            let end = (at + step).min(frame.len()).min(stop_after);
+            w.write_all(&frame[at..end]).await.unwrap();
+            at = end;
+            tokio::time::sleep(every).await;
+        }
+        // Hold the stream open: a stalled sender, not a closed one.
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_frame_on_a_slow_link_is_read_whole_and_a_stalled_one_times_out() {
+        use std::time::Duration;
+        let (idle, total) = (Duration::from_secs(1), Duration::from_secs(30));
+        // 200 KB at 20 KB/s takes 10 s: ten times `idle`, but never a second without progress.
+        let msg = vec![7u8; 200_000];
+        let frame = encode_frame(0x42, &encode_payload(&msg).unwrap(), 1 << 20).unwrap();
+        let step = Duration::from_millis(500);
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(trickle(w, frame.clone(), 10_000, step, usize::MAX));
+        let (kind, got): (u8, Vec<u8>) = read_msg_within(&mut r, 1 << 20, idle, total)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((kind, got), (0x42, msg.clone()));
+        assert!(started.elapsed() >= Duration::from_secs(9));
+
+        // The same sender, stalled after half: cut one `idle` after its last bytes.
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(trickle(w, frame.clone(), 10_000, step, 100_000));
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+            .await
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(waited, step * 9 + idle, "{e}");
+        match e {
+            FrameError::TimedOut { got, len, .. } => {
+                assert_eq!(got, 100_000 - FRAME_HEADER_BYTES as u64);
+                assert_eq!(len as usize, frame.len() - FRAME_HEADER_BYTES);
+            }
+            other => panic!("{other}"),
+        }
+
+        // A sender that never pauses long but never finishes: cut at `total`.
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(trickle(w, frame.clone(), 1_000, step, usize::MAX));
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), total, "{e}");
+        assert!(e.to_string().contains("at most 30000 ms in all"), "{e}");
+
+        // No header at all: cut at `idle`.
+        let (_w, mut r) = tokio::io::duplex(1 << 20);
+        let started = tokio::time::Instant::now();
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, FrameError::TimedOut { got: 0, len: 0, .. }),
+            "{e}"
+        );
+        assert_eq!(started.elapsed(), idle);
+    }
 
     const MAX: u32 = 1024;
 

@@ -13,8 +13,9 @@
 //! Each datagram is judged by its logical direction, `S → D` (a request of
 //! `S`'s connection to `D`, or an answer on `D`'s connection to `S`): the
 //! link's [`LinkFault`] decides whether it is dropped or delayed. Datagrams
-//! from unknown sources (clients following a redirect to a front) are relayed
-//! without faults: the suite faults the network between nodes, not clients.
+//! from unknown sources (clients, following a redirect to a front or given one)
+//! count as coming from [`CLIENTS`]: relayed without faults unless a test sets
+//! the links between [`CLIENTS`] and a node.
 //!
 //! Cost: one tokio task per front and one per upstream socket, one
 //! `send_to` per relayed datagram (plus a task per delayed datagram). The
@@ -28,6 +29,10 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
+
+/// The id the links of every client (any source that is not a node) go by: node id 0, which no
+/// node has.
+pub const CLIENTS: u64 = 0;
 
 /// Largest datagram relayed, bytes (QUIC never sends more than 64 KiB).
 pub const DATAGRAM_BYTES_MAX: usize = 65_536;
@@ -269,11 +274,8 @@ async fn relay(
     sock: Arc<UdpSocket>,
     dest: SocketAddr,
 ) {
-    let fault = match (from, to) {
-        (Some(f), Some(t)) => lock(&shared.links).get(&(f, t)).copied(),
-        _ => None,
-    }
-    .unwrap_or_default();
+    let link = (from.unwrap_or(CLIENTS), to.unwrap_or(CLIENTS));
+    let fault = lock(&shared.links).get(&link).copied().unwrap_or_default();
     let mut delay_ms = fault.delay_ms;
     if fault.drop_probability > 0.0 || fault.jitter_ms > 0 {
         let mut rng = lock(&shared.rng);
