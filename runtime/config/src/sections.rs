@@ -333,9 +333,9 @@ pub struct ClientSection {
     pub command_bytes_max: u64,
     /// Most client connections served at once.
     pub connections_max: u64,
-    /// A request not answered within this time gets `Timeout`. A request's bytes may not pause
-    /// for longer than this either (a request still arriving, such as a module uploaded over a
-    /// slow link, may take up to `deploy_timeout_ms` in all).
+    /// A request not answered within this time gets `Timeout`. A request must also arrive
+    /// whole within it, without pausing for longer; one bigger than `command_bytes_max` (a
+    /// module, uploaded over a slow link) may take up to `deploy_timeout_ms` in all.
     pub request_timeout_ms: u64,
     /// The same for a deploy, whose outcome includes validating and compiling the module on
     /// the leader before it is proposed (an interpreter-based JS or Python component takes

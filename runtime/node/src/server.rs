@@ -1,8 +1,8 @@
 //! Serving client connections: one request per QUIC stream, answered on the
 //! same stream. Three deadlines bound what a stream can hold: the request's bytes
-//! must never pause for `client.request_timeout_ms` and arrive whole within
-//! `client.deploy_timeout_ms` (so a module uploaded over a slow link is read whole, and a
-//! stalled sender is dropped), the request must get its outcome within
+//! must never pause for `client.request_timeout_ms` and arrive whole within it (a request
+//! bigger than any command, i.e. a module, within `client.deploy_timeout_ms`, so that one
+//! uploaded over a slow link is read whole), the request must get its outcome within
 //! `client.request_timeout_ms` (a deploy's outcome, which includes compiling the module, within
 //! `client.deploy_timeout_ms`), and the response must be taken by the client within
 //! `client.response_write_timeout_ms`, or the stream is reset with
@@ -128,7 +128,15 @@ async fn serve_one(stream: ClientStream, api: &Api) {
         &mut recv,
         frame_max,
         Duration::from_millis(limits.request_timeout_ms),
-        Duration::from_millis(limits.deploy_timeout_ms.max(limits.request_timeout_ms)),
+        |len| {
+            // Only a request bigger than any command (a module) gets the deploy's time to
+            // arrive; anything else arrives whole within the request deadline, as before.
+            Duration::from_millis(if len > limits.command_bytes_max + 4096 {
+                limits.deploy_timeout_ms.max(limits.request_timeout_ms)
+            } else {
+                limits.request_timeout_ms
+            })
+        },
     )
     .await
     {

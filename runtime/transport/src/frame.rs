@@ -380,38 +380,40 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
 }
 
 /// [`read_msg`] for a server that must not wait forever, nor cut a big request on a slow link:
-/// every read must make progress within `idle` (the first bytes included), and the whole frame
-/// must arrive within `total`. So a 12 MB module sent over a slow uplink is read whole, while a
-/// sender that stalls is dropped after `idle`. Past either: [`FrameError::TimedOut`], saying how
-/// far the frame got.
+/// every read must make progress within `idle` (the header within `idle` of the start), and the
+/// whole frame must arrive within `total(payload length)` of the start (at least `idle`). So a
+/// server can give a 12 MB module sent over a slow uplink minutes, a small request seconds, and
+/// drop a sender that stalls after `idle`. Past either: [`FrameError::TimedOut`], saying how far
+/// the frame got.
 pub async fn read_msg_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     max_frame_bytes: u32,
     idle: std::time::Duration,
-    total: std::time::Duration,
+    total: impl Fn(u64) -> std::time::Duration,
 ) -> Result<Option<(u8, T)>, FrameError> {
     let started = tokio::time::Instant::now();
-    let end = started + total.max(idle);
-    let timed_out = |got: u64, len: u64| FrameError::TimedOut {
+    let timed_out = |got: u64, len: u64, total: std::time::Duration| FrameError::TimedOut {
         after_ms: started.elapsed().as_millis() as u64,
         got,
         len,
         idle_ms: idle.as_millis() as u64,
         total_ms: total.as_millis() as u64,
     };
-    let next = || (tokio::time::Instant::now() + idle).min(end);
-    let header = match tokio::time::timeout_at(next(), read_header(r, max_frame_bytes)).await {
+    let header = match tokio::time::timeout(idle, read_header(r, max_frame_bytes)).await {
         Ok(h) => h?,
-        Err(_) => return Err(timed_out(0, 0)),
+        Err(_) => return Err(timed_out(0, 0, idle)),
     };
     let Some(h) = header else { return Ok(None) };
     let len = u64::from(h.len);
+    let total = total(len).max(idle);
+    let end = started + total;
+    let next = || (tokio::time::Instant::now() + idle).min(end);
     let mut payload = vec![0u8; h.len as usize];
     let mut got = 0usize;
     while got < payload.len() {
         let n = match tokio::time::timeout_at(next(), r.read(&mut payload[got..])).await {
             Ok(n) => n?,
-            Err(_) => return Err(timed_out(got as u64, len)),
+            Err(_) => return Err(timed_out(got as u64, len, total)),
         };
         if n == 0 {
             return Err(FrameError::Truncated {
@@ -488,7 +490,7 @@ mod tests {
         let (w, mut r) = tokio::io::duplex(1 << 20);
         let started = tokio::time::Instant::now();
         tokio::spawn(trickle(w, frame.clone(), 10_000, step, usize::MAX));
-        let (kind, got): (u8, Vec<u8>) = read_msg_within(&mut r, 1 << 20, idle, total)
+        let (kind, got): (u8, Vec<u8>) = read_msg_within(&mut r, 1 << 20, idle, |_| total)
             .await
             .unwrap()
             .unwrap();
@@ -499,7 +501,7 @@ mod tests {
         let (w, mut r) = tokio::io::duplex(1 << 20);
         let started = tokio::time::Instant::now();
         tokio::spawn(trickle(w, frame.clone(), 10_000, step, 100_000));
-        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, |_| total)
             .await
             .unwrap_err();
         let waited = started.elapsed();
@@ -516,16 +518,34 @@ mod tests {
         let (w, mut r) = tokio::io::duplex(1 << 20);
         let started = tokio::time::Instant::now();
         tokio::spawn(trickle(w, frame.clone(), 1_000, step, usize::MAX));
-        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, |_| total)
             .await
             .unwrap_err();
         assert_eq!(started.elapsed(), total, "{e}");
         assert!(e.to_string().contains("at most 30000 ms in all"), "{e}");
 
+        // The total may depend on the declared length: a small frame gets less time.
+        let small =
+            encode_frame(0x42, &encode_payload(&vec![1u8; 20_000]).unwrap(), 1 << 20).unwrap();
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(trickle(w, small, 1_000, step, usize::MAX));
+        let by_len = |len: u64| {
+            if len > 100_000 {
+                total
+            } else {
+                Duration::from_secs(2)
+            }
+        };
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, by_len)
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(2), "{e}");
+
         // No header at all: cut at `idle`.
         let (_w, mut r) = tokio::io::duplex(1 << 20);
         let started = tokio::time::Instant::now();
-        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, total)
+        let e = read_msg_within::<_, Vec<u8>>(&mut r, 1 << 20, idle, |_| total)
             .await
             .unwrap_err();
         assert!(
