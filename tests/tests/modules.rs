@@ -329,6 +329,15 @@ async fn a_module_nothing_references_is_collected_once_its_entry_leaves_the_log(
     client.deploy("kv", kv.clone()).await.expect("deploy kv");
     client.propose("kv", &kv_put("d", "0")).await.expect("put");
     snapshot(cluster.client().await).await;
+    // A cluster of one has no member to fetch a module from: its snapshots carry them.
+    let listed = client.snapshots(Some(addr)).await.expect("snapshots");
+    let newest = listed.last().expect("a snapshot");
+    assert!(
+        newest.file_bytes > kv.len() as u64,
+        "a one-node snapshot of {} bytes does not carry the {}-byte module",
+        newest.file_bytes,
+        kv.len()
+    );
     // A machine deployed and removed between two snapshots: its deploy entry stays in the log
     // (which reaches back to the previous snapshot) until the next one.
     client
@@ -380,19 +389,21 @@ async fn a_module_nothing_references_is_collected_once_its_entry_leaves_the_log(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_only_an_older_retained_snapshot_names_is_kept_for_the_fallback_to_it() {
-    let mut cluster = Cluster::start_with(1, |c| {
+    let mut cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.log_entries_max = 0;
         c.snapshot.log_retain_margin_entries = 0;
         c.snapshot.retain_count = 2;
     });
     // Nothing is kept for being recent: only references count.
-    cluster.set_env(1, wraft_node::MODULE_RECENT_KEEP_MS_ENV, "0");
-    cluster.restart(1);
-    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    for id in cluster.ids() {
+        cluster.set_env(id, wraft_node::MODULE_RECENT_KEEP_MS_ENV, "0");
+        cluster.restart(id);
+    }
+    let node = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let counter = guest("counter");
-    let counter_path = stored_module(&cluster, 1, &sha256(&counter));
-    let addr = cluster.addr(1);
+    let counter_path = stored_module(&cluster, node, &sha256(&counter));
+    let addr = cluster.addr(node);
     let snapshot = async |client: &wraft_client::Client| {
         let s = client
             .snapshot_trigger_and_wait(Some(addr), CATCH_UP_TIMEOUT)
@@ -412,35 +423,41 @@ async fn a_module_only_an_older_retained_snapshot_names_is_kept_for_the_fallback
     let second = snapshot(&client).await;
     // The log now starts above the counter's deploy entry and no machine runs it; the first
     // snapshot, still retained, names it.
-    assert!(counter_path.exists(), "{}", cluster.log(1));
+    assert!(counter_path.exists(), "{}", cluster.log(node));
 
     // The newest snapshot is damaged: the node falls back to the first one, which needs the
-    // counter's module, and this single node can fetch it from nobody.
-    cluster.kill(1);
+    // counter's module, and takes it from its own store.
+    cluster.kill(node);
     let newest = PathBuf::from(&second.path);
     let mut bytes = std::fs::read(&newest).expect("read snapshot");
     let at = bytes.len() / 2;
     bytes[at] ^= 0x5a;
     std::fs::write(&newest, &bytes).expect("write snapshot");
-    cluster.restart(1);
+    cluster.restart(node);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    wait_value(&cluster, 1, "d", "1").await;
-    let log = cluster.log(1);
+    wait_value(&cluster, node, "d", "1").await;
+    let log = cluster.log(node);
     assert!(log.contains("quarantined"), "{log}");
     assert!(
         log.contains(&format!("index={} machines=2", first.index)),
         "the first snapshot, with both machines, was not loaded:\n{log}"
     );
+    assert!(!log.contains("fetched a module by hash"), "{log}");
 
     // Once no retained snapshot names it, it goes.
     let client = cluster.client().await;
     for v in ["2", "3"] {
         client.propose("kv", &kv_put("d", v)).await.expect("put");
+        wait_value(&cluster, node, "d", v).await;
         snapshot(&client).await;
     }
     let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     while counter_path.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "{}", cluster.log(1));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            cluster.log(node)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -454,6 +471,8 @@ async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
     let cluster = Cluster::start_with(1, move |c| {
         p.front_members(c);
         c.client.request_timeout_ms = REQUEST_TIMEOUT_MS;
+        // The module (817 KB) must be bigger than any command to get a deploy's time to arrive.
+        c.client.command_bytes_max = 64 << 10;
     });
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     // 60 ms each way between the client and the node: QUIC's slow start alone makes the

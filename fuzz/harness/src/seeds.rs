@@ -637,7 +637,12 @@ fn node_snapshots(out: &mut Vec<Seed>) {
     push(out, t, "two-machines", [&[0u8][..], &two].concat());
     push(out, t, "two-machines-resealed", [&[1u8][..], &two].concat());
     let by_ref = node_snapshot_body(3, &modules, &chunks);
-    push(out, t, "module-by-reference", [&[0u8][..], &by_ref].concat());
+    push(
+        out,
+        t,
+        "module-by-reference",
+        [&[0u8][..], &by_ref].concat(),
+    );
     let v1 = node_snapshot_body(1, &modules[..1], &chunks[..1]);
     push(out, t, "version-1", [&[0u8][..], &v1].concat());
     let none = node_snapshot_body(2, &[], &[]);

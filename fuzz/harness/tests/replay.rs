@@ -151,7 +151,11 @@ fn valid_node_snapshot_and_transfer_seeds_reach_the_deep_paths() {
         match (target, name.as_str()) {
             (
                 "node_snapshot_parse",
-                "two-machines" | "two-machines-resealed" | "version-1" | "no-machines",
+                "two-machines"
+                | "two-machines-resealed"
+                | "version-1"
+                | "no-machines"
+                | "module-by-reference",
             ) => {
                 let snap = NodeSnapshot::parse(Arc::new(MemoryBody::new(
                     bytes[1..].to_vec(),
@@ -271,5 +275,5 @@ fn valid_node_snapshot_and_transfer_seeds_reach_the_deep_paths() {
             _ => {}
         }
     }
-    assert_eq!(reached, 4 + 1 + 1 + 4 + 2, "a named seed is missing");
+    assert_eq!(reached, 5 + 1 + 1 + 4 + 2, "a named seed is missing");
 }

@@ -344,10 +344,17 @@ impl Modules {
         module_bytes: u64,
         members: &[u64],
     ) -> Result<Vec<u8>, String> {
-        if let Some(m) = self.get_local(sha).await? {
-            return Ok(m);
-        }
         let mut tried = Vec::new();
+        match self.get_local(sha).await {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            // This node's disk failed to read it: the members may still have it.
+            Err(e) => {
+                tracing::warn!(target: "wraft::deploy", node = self.node, module = %short(&sha),
+                    error = %e, "cannot read a stored module; asking the members");
+                tried.push(format!("this node: {e}"));
+            }
+        }
         for &id in members.iter().filter(|&&id| id != self.node) {
             let timeout = call_timeout(module_bytes);
             let answer = tokio::time::timeout(
@@ -419,6 +426,16 @@ impl Modules {
             if let Err(e) = self.store.put(sha, bytes) {
                 tracing::warn!(target: "wraft::deploy", node = self.node, module = %short(sha),
                     error = %e, "cannot store a module of a running machine");
+            }
+        }
+    }
+
+    /// Record the replicated addresses of a snapshot being restored, so that a module it names
+    /// can be fetched from a member added after this node's configuration was written.
+    pub(crate) fn learn_addresses(&self, addresses: &[(u64, wraft_proto::PeerAddr)]) {
+        for (id, addr) in addresses {
+            if *id != self.node {
+                self.peers.learn(*id, addr.clone());
             }
         }
     }

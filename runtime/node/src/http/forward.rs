@@ -78,6 +78,12 @@ impl Forwarder {
         self.book.get(id)
     }
 
+    /// Record where node `id` is (a replicated address, from a snapshot being restored: the
+    /// book otherwise learns it only once the snapshot is swapped in).
+    pub(crate) fn learn(&self, id: u64, addr: PeerAddr) {
+        self.book.insert(id, addr);
+    }
+
     /// Send `request` to node `leader` at `addr` and return its answer. A connection that
     /// fails before an answer makes a command's outcome unknown (`Timeout`, safe to retry
     /// with the same tag) and anything else retryable (`Busy`).

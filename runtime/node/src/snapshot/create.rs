@@ -90,25 +90,24 @@ pub async fn create_snapshot(
             })
             .collect(),
     };
+    // Modules by reference, unless no other member could send them: a snapshot of a cluster
+    // of one carries its modules, as its only other copy is this node's module store.
+    let membership = &cut.meta.membership;
+    let by_ref: Option<Arc<Modules>> =
+        modules.filter(|_| membership.voters.len() + membership.learners.len() > 1);
     let writer: SharedWriter = {
         let storage = storage.clone();
         let header = header.clone();
-        let running: Vec<([u8; 32], Bytes)> = cut
-            .machines
-            .iter()
-            .map(|m| {
-                let v = &m.versions[m.versions.len() - 1];
-                (v.module.sha256(), v.bytes.clone())
-            })
-            .collect();
+        let running = running_modules(&cut);
         let sessions = cut.sessions.clone();
         let limits: Vec<_> = cut
             .machines
             .iter()
             .map(|m| m.versions[m.versions.len() - 1].module.limits())
             .collect();
+        let by_ref = by_ref.clone();
         tokio::task::spawn_blocking(move || {
-            if let Some(m) = &modules {
+            if let Some(m) = &by_ref {
                 m.hold(&running).map_err(|detail| FormatError::Io {
                     file: "module store".into(),
                     detail,
@@ -116,7 +115,7 @@ pub async fn create_snapshot(
             }
             let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
             for (i, (_, b)) in running.iter().enumerate() {
-                if modules.is_some() {
+                if by_ref.is_some() {
                     w.module_ref(i as u32)?;
                 } else {
                     w.module(i as u32, b)?;
@@ -147,7 +146,13 @@ pub async fn create_snapshot(
     }
     drop(base_snap);
     let n = cut.machines.len() as u32;
+    let held_again = by_ref.map(|m| (m, running_modules(&cut)));
     let info = tokio::task::spawn_blocking(move || {
+        // Pinned and stored again just before publishing: an export may outlast the first
+        // pin, and a collection meanwhile may have removed a module no machine runs any more.
+        if let Some((m, running)) = &held_again {
+            m.hold(running)?;
+        }
         // A machine thread may still hold its sink (an `Arc` clone) for a
         // moment after answering; take the writer out instead of unwrapping.
         let w = lock(&writer)?
@@ -201,4 +206,15 @@ fn with_writer(
         .as_mut()
         .ok_or_else(|| "snapshot writer already sealed".to_string())?;
     write(writer).map_err(|e| e.to_string())
+}
+
+/// Each machine's running module, by hash, in registry order.
+fn running_modules(cut: &Cut) -> Vec<([u8; 32], Bytes)> {
+    cut.machines
+        .iter()
+        .map(|m| {
+            let v = &m.versions[m.versions.len() - 1];
+            (v.module.sha256(), v.bytes.clone())
+        })
+        .collect()
 }

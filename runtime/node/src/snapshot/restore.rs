@@ -383,6 +383,11 @@ pub async fn restore_all(
         .chain(snap.header.addresses.iter().map(|(id, _)| *id))
         .collect();
     let members: Vec<u64> = members.into_iter().collect();
+    if let Some(m) = modules
+        && snap.modules.iter().any(Option::is_none)
+    {
+        m.learn_addresses(&snap.header.addresses);
+    }
     // Every module first (a fetch may take seconds), then the instances.
     let mut bytes_of = Vec::with_capacity(snap.header.machines.len());
     for (i, rec) in snap.header.machines.iter().enumerate() {
