@@ -61,15 +61,15 @@ async fn answers(client: &Client, keys: &[String]) -> BTreeMap<String, Vec<u8>> 
     out
 }
 
-/// The newest snapshot file in a node's data directory.
-fn newest_snapshot_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+/// The newest snapshot file in a node's data directory, if it has one.
+fn newest_snapshot_file(data_dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let mut snaps: Vec<_> = std::fs::read_dir(data_dir.join("snap"))
         .expect("snap dir")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "snap"))
         .collect();
     snaps.sort();
-    snaps.pop().expect("a snapshot file")
+    snaps.pop()
 }
 
 /// `--members` for a cluster: `1=ADDR,2=ADDR,...`.
@@ -141,7 +141,12 @@ async fn a_saved_snapshot_restored_into_a_new_cluster_answers_as_the_original_an
             saved_machines.iter().all(|m| m["module_carried"] == true),
             "{inspect}"
         );
-        let own = newest_snapshot_file(&old.config(1).node.data_dir);
+        // The node the save took its snapshot on (the leader, most often) has one.
+        let own = old
+            .ids()
+            .into_iter()
+            .find_map(|id| newest_snapshot_file(&old.config(id).node.data_dir))
+            .expect("a node's own snapshot file");
         let own_report: serde_json::Value = serde_json::from_str(&ok(cli(
             &old,
             &["snapshot", "inspect", "--json", own.to_str().unwrap()],
