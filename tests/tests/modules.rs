@@ -9,7 +9,7 @@ use wraft_engine::EntryKind;
 use wraft_proto::Command;
 use wraft_proto::digest::{hex, sha256};
 use wraft_storage::{Storage, StorageConfig};
-use wraft_tests::{Cluster, guest, http_get, kv_get, kv_put, kv_value};
+use wraft_tests::{Cluster, guest, http_get, kv_get, kv_put, kv_value, wait_for};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -507,4 +507,67 @@ async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
         .propose("kv", &kv_put("slow", "link"))
         .await
         .expect("put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_the_snapshots_module_from_a_follower_not_the_leader() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        // Snapshots only when asked; the log is cut at each one.
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 0;
+    });
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = cluster.client().await;
+    // Node 2 leads: node 4's own order of asking starts at node 2, so only the leader's being
+    // asked last keeps the fetch off it.
+    let leader = 2;
+    wait_for("node 2 to lead", CATCH_UP_TIMEOUT, async || {
+        let _ = client.transfer_leader(leader).await;
+        (cluster.wait_for_leader(LEADER_TIMEOUT).await == leader).then_some(())
+    })
+    .await;
+    let kv = guest("kv");
+    let module_bytes = kv.len() as u64;
+    client.deploy("kv", kv).await.expect("deploy");
+    for i in 0..20 {
+        client
+            .propose("kv", &kv_put("j", &i.to_string()))
+            .await
+            .expect("put");
+    }
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("leader snapshot");
+
+    // Node 4 joins empty: the leader sends it the snapshot (a few hundred bytes); the module
+    // the snapshot names comes from a follower.
+    let addr4 = cluster.add_node(4);
+    client.add_learner(4, addr4).await.expect("add learner");
+    wait_value(&cluster, 4, "j", "19").await;
+    let log = cluster.log(4);
+    assert!(log.contains("snapshot installed"), "{log}");
+    let fetched = log
+        .lines()
+        .find(|l| l.contains("fetched a module by hash"))
+        .unwrap_or_else(|| panic!("no fetch:\n{log}"));
+    assert!(!fetched.contains(&format!("from={leader} ")), "{fetched}");
+    assert_eq!(
+        metric(&cluster, leader, "wraft_module_bytes_total", "served").await,
+        None,
+        "the leader served the module"
+    );
+    let mut served = 0.0;
+    for id in cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader && *id != 4)
+    {
+        served += metric(&cluster, id, "wraft_module_bytes_total", "served")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(served, module_bytes as f64);
 }

@@ -12,14 +12,16 @@
 //!   A committed deploy's module is thus durable on a majority, as its entry is, and survives
 //!   what the entry survives.
 //! - **At apply.** A member takes the module from its own store, or fetches it by hash from
-//!   the other members in turn (`ModuleGet`), checks its size and hash and stores it, before it
+//!   the other members in turn (`ModuleGet`; each node starts at a member of its own, so nodes
+//!   fetching at once spread over the members), checks its size and hash and stores it, before it
 //!   applies the entry. If no member has it, the applier halts on a node-local failure and tries
 //!   again later, as for any module it cannot load; the consensus path never waits for it.
 //! - **In snapshots.** A node snapshot names each machine's module by reference (a ModuleRef
 //!   frame: the hash and size in its header), not by its bytes, so retained snapshots do not each
 //!   repeat the component. The node stores every module it references before the snapshot is
 //!   published ([`Modules::hold`]); a node restoring a snapshot takes the module from its store or
-//!   fetches it by hash, as at apply. Backups (`wraft snapshot save`) carry the modules inline.
+//!   fetches it by hash, as at apply, asking the leader that sent the snapshot last (a joining
+//!   node takes the module from a follower, and the leader only sends the small snapshot). Backups (`wraft snapshot save`) carry the modules inline.
 //! - **Kept.** Every version of every deployed machine, every module a retained snapshot names,
 //!   every module named by a by-hash deploy entry still in the log, and anything stored in the
 //!   last [`RECENT_KEEP`] (a module pushed before its entry commits). The rest is removed after
@@ -336,13 +338,15 @@ impl Modules {
     }
 
     /// The module `sha` of `module_bytes` bytes, from this node's store or fetched from the
-    /// other `members` in turn (each answer checked against the size and the hash, and stored
-    /// here before it is returned). `Err` names what every member said.
+    /// other `members` in turn, in [`fetch_order`] (`last` asked last: the leader sending a
+    /// snapshot). Each answer is checked against the size and the hash, and stored here before
+    /// it is returned. `Err` names what every member said.
     pub(crate) async fn obtain(
         &self,
         sha: [u8; 32],
         module_bytes: u64,
         members: &[u64],
+        last: Option<u64>,
     ) -> Result<Vec<u8>, String> {
         let mut tried = Vec::new();
         match self.get_local(sha).await {
@@ -355,7 +359,7 @@ impl Modules {
                 tried.push(format!("this node: {e}"));
             }
         }
-        for &id in members.iter().filter(|&&id| id != self.node) {
+        for id in fetch_order(self.node, members, last) {
             let timeout = call_timeout(module_bytes);
             let answer = tokio::time::timeout(
                 timeout,
@@ -633,6 +637,26 @@ fn placement(
 }
 
 /// Publish what `store` holds (blocking: lists the files' headers).
+/// Whom node `this` asks for a module, in turn: every other member once, starting at a place
+/// that depends on `this` (so nodes fetching at once spread over the members instead of all
+/// asking the lowest id), with `last` moved to the end.
+fn fetch_order(this: u64, members: &[u64], last: Option<u64>) -> Vec<u64> {
+    let mut others: Vec<u64> = members.iter().copied().filter(|&id| id != this).collect();
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
+        let start = (this % others.len() as u64) as usize;
+        others.rotate_left(start);
+    }
+    if let Some(l) = last
+        && let Some(at) = others.iter().position(|&id| id == l)
+    {
+        let l = others.remove(at);
+        others.push(l);
+    }
+    others
+}
+
 /// Every module the node snapshots in `snapshots` name (by reference or carried). A snapshot
 /// removed by retention meanwhile is skipped; any other failure is an error.
 fn snapshot_modules(snapshots: &wraft_storage::SnapshotStore) -> Result<HashSet<[u8; 32]>, String> {
@@ -714,6 +738,25 @@ struct Keep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_are_asked_from_a_place_of_each_nodes_own_with_the_sender_last() {
+        // Every other member once, this node never.
+        assert_eq!(fetch_order(4, &[1, 2, 3], None), vec![2, 3, 1]);
+        assert_eq!(fetch_order(5, &[3, 1, 2, 2], None), vec![3, 1, 2]);
+        assert_eq!(fetch_order(2, &[1, 2, 3], None), vec![1, 3]);
+        // Two joiners start at different members.
+        assert_ne!(
+            fetch_order(4, &[1, 2, 3], None)[0],
+            fetch_order(5, &[1, 2, 3], None)[0]
+        );
+        // The leader sending the snapshot is asked last, wherever the rotation put it.
+        assert_eq!(fetch_order(4, &[1, 2, 3], Some(2)), vec![3, 1, 2]);
+        assert_eq!(fetch_order(6, &[1, 2, 3], Some(1)), vec![2, 3, 1]);
+        // An unknown leader changes nothing; no members, no one to ask.
+        assert_eq!(fetch_order(4, &[1, 2, 3], Some(9)), vec![2, 3, 1]);
+        assert!(fetch_order(1, &[1], Some(1)).is_empty());
+    }
 
     #[test]
     fn a_fetched_module_must_have_the_size_and_hash_of_the_entry() {

@@ -154,7 +154,7 @@ impl Applier {
         modules.reference(index, sha256);
         let members: Vec<u64> = self.addresses.snapshot().into_keys().collect();
         modules
-            .obtain(sha256, module_bytes, &members)
+            .obtain(sha256, module_bytes, &members, None)
             .await
             .map_err(local)
     }

@@ -113,9 +113,14 @@ impl Applier {
     pub(super) async fn reset_to_base(&mut self) -> Result<(), String> {
         match self.base {
             Some(id) => {
-                let restored =
-                    snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id)
-                        .await?;
+                let restored = snapshot::restore_all(
+                    &self.host,
+                    &self.storage,
+                    self.modules.as_ref(),
+                    id,
+                    None,
+                )
+                .await?;
                 self.swap_in(restored, id);
             }
             None => {

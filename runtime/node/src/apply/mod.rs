@@ -125,6 +125,9 @@ pub enum ApplyMsg {
     Install {
         /// The snapshot (already complete in the store).
         meta: SnapshotMeta,
+        /// The leader that sent it, if known: asked last for a module the snapshot names (it
+        /// is busy sending snapshots already).
+        leader: Option<u64>,
     },
 }
 
@@ -382,7 +385,7 @@ impl Applier {
             }
             ApplyMsg::Snapshot { meta } => self.start_snapshot(meta),
             ApplyMsg::BaseChanged { id } => self.base_changed(id),
-            ApplyMsg::Install { meta } => self.install(meta).await,
+            ApplyMsg::Install { meta, leader } => self.install(meta, leader).await,
             ApplyMsg::Read {
                 index,
                 target,

@@ -22,7 +22,8 @@ impl Applier {
         tracing::info!(target: "wraft::snapshot", node = self.node, index = id.last_index,
             term = id.last_term, "loading snapshot");
         let restored =
-            snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id).await?;
+            snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id, None)
+                .await?;
         let header = restored.header.clone();
         self.swap_in(restored, id);
         // Watch history starts above the snapshot: replayed entries are published as applied.
@@ -180,7 +181,7 @@ impl Applier {
     /// Follower: restore the received snapshot into fresh instances, then
     /// swap them in at once. The consensus loop is not involved; client
     /// writes cannot arrive (the engine emits no applies while installing).
-    pub(super) async fn install(&mut self, meta: SnapshotMeta) {
+    pub(super) async fn install(&mut self, meta: SnapshotMeta, leader: Option<u64>) {
         let id = SnapshotId {
             last_index: meta.index,
             last_term: meta.term,
@@ -188,7 +189,9 @@ impl Applier {
         let t = std::time::Instant::now();
         tracing::info!(target: "wraft::snapshot", node = self.node, index = meta.index,
             term = meta.term, "installing snapshot from the leader");
-        match snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id).await {
+        match snapshot::restore_all(&self.host, &self.storage, self.modules.as_ref(), id, leader)
+            .await
+        {
             Ok(r) => {
                 self.swap_in(r, id);
                 // The state jumped: the watch history is discontinuous, subscribers behind the

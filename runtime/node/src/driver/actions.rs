@@ -116,7 +116,8 @@ impl Driver {
                     // If a newer offer already replaced it, the applier's install fails and the
                     // leader sends again.
                     self.snap.installing = self.storage.snapshots.pin(snapshot_id(&meta)).ok();
-                    let _ = self.apply_tx.send(ApplyMsg::Install { meta });
+                    let leader = self.engine.leader();
+                    let _ = self.apply_tx.send(ApplyMsg::Install { meta, leader });
                 }
                 Action::CompactLog { up_to } => self.compact_log(up_to),
                 Action::RoleChanged { role, term, leader } => {

@@ -358,13 +358,14 @@ pub struct Restored {
 /// Restore every machine of snapshot `id` into fresh instances (loading the
 /// modules through `host`, compile cache first). A module the snapshot carries is taken from
 /// it; one it names by reference comes from `modules` (this node's store, or fetched by hash
-/// from the members of the snapshot's membership and address book). Nothing running is
-/// touched; the caller swaps the result in.
+/// from the members of the snapshot's membership and address book, `last` asked last).
+/// Nothing running is touched; the caller swaps the result in.
 pub async fn restore_all(
     host: &Arc<HostEngine>,
     storage: &Arc<Storage>,
     modules: Option<&Arc<Modules>>,
     id: SnapshotId,
+    last: Option<u64>,
 ) -> Result<Restored, String> {
     let snap = {
         let storage = storage.clone();
@@ -395,7 +396,7 @@ pub async fn restore_all(
             (Some(carried), _) => carried.clone(),
             (None, Some(modules)) => Bytes::from(
                 modules
-                    .obtain(rec.module_sha256, rec.module_bytes, &members)
+                    .obtain(rec.module_sha256, rec.module_bytes, &members, last)
                     .await
                     .map_err(|e| format!("the module of {:?}: {e}", rec.name))?,
             ),
