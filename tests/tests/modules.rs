@@ -465,7 +465,7 @@ async fn a_module_only_an_older_retained_snapshot_names_is_kept_for_the_fallback
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
     use wraft_tests::faults::proxy::{CLIENTS, FaultProxy, LinkFault};
-    const REQUEST_TIMEOUT_MS: u64 = 200;
+    const REQUEST_TIMEOUT_MS: u64 = 1_000;
     let proxy = std::sync::Arc::new(FaultProxy::new(1));
     let p = proxy.clone();
     let cluster = Cluster::start_with(1, move |c| {
@@ -475,10 +475,11 @@ async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
         c.client.command_bytes_max = 64 << 10;
     });
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    // 60 ms each way between the client and the node: QUIC's slow start alone makes the
-    // module's upload take several round trips.
+    // 80 ms each way between the client and the node: the module's upload takes seconds
+    // (QUIC's slow start and loss recovery over the proxy), and no pause in it comes near the
+    // request deadline.
     let slow = LinkFault {
-        delay_ms: 60,
+        delay_ms: 80,
         ..Default::default()
     };
     proxy.set(CLIENTS, 1, slow);
@@ -491,9 +492,10 @@ async fn a_module_uploaded_over_a_slow_link_is_read_whole() {
         .await
         .unwrap_or_else(|e| panic!("deploy over a slow link: {e}\n{}", cluster.log(1)));
     let took = started.elapsed();
-    // The upload alone outlasted the request deadline: the node read it whole anyway.
+    // The deploy (upload, then compile) outlasted the request deadline, which the upload
+    // alone had to meet before.
     assert!(
-        took > Duration::from_millis(3 * REQUEST_TIMEOUT_MS),
+        took > Duration::from_millis(REQUEST_TIMEOUT_MS),
         "the deploy took {took:?}: the link is not slow enough to test anything"
     );
     assert!(
