@@ -67,8 +67,10 @@ async fn wait_count(cluster: &Cluster, id: u64, want: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_local_watchdog_stop_halts_that_node_and_never_becomes_a_replicated_result() {
     let mb = guest("misbehave");
-    // Enough fuel per entry that "Loop" runs for about a second before it traps.
-    let mut cluster = Cluster::start_with(3, |c| c.guest.fuel_per_entry = 2_000_000_000);
+    // Enough fuel per entry that "Loop" runs for about a second before it traps, far past the
+    // slow node's 100 ms watchdog (2e9 ran out in 0.15 s here, close enough to 100 ms that a
+    // re-derivation sometimes finished under the watchdog and the halt never came).
+    let mut cluster = Cluster::start_with(3, |c| c.guest.fuel_per_entry = 20_000_000_000);
     let (_, slow) = leader_and_follower(&cluster).await;
     cluster.reconfigure(slow, |c| c.guest.watchdog_ms = 100);
     cluster.restart(slow);
