@@ -20,7 +20,7 @@ impl Client {
     /// `node 2 (127.0.0.1:7002)`: the node behind `conn`, dialed at `addr`.
     pub(crate) fn name(&self, addr: &PeerAddr, conn: &ClientConnection) -> NodeRef {
         let id = match conn.server() {
-            Some(wraft_transport::Identity::Node(id)) => Some(id),
+            Some(wraft_transport::Identity::Node(id)) => Some(*id),
             _ => None,
         };
         NodeRef {

@@ -191,16 +191,29 @@ impl SessionTable {
         }
     }
 
-    /// Sets a session's state and moves it in the activity index.
+    /// Sets a session's state and moves it in the activity index (unless it stays at the same
+    /// time: the entries of one batch mostly share their millisecond).
     fn touch(&mut self, client_id: u64, last_seq: u64, output: Bytes, now_ms: u64) {
-        let new = Session {
-            last_seq,
-            output,
-            last_active_ms: now_ms,
-        };
-        if let Some(old) = self.sessions.insert(client_id, new) {
-            self.by_activity.remove(&(old.last_active_ms, client_id));
+        if let Some(s) = self.sessions.get_mut(&client_id) {
+            if s.last_active_ms != now_ms {
+                self.by_activity.remove(&(s.last_active_ms, client_id));
+                self.by_activity.insert((now_ms, client_id));
+            }
+            *s = Session {
+                last_seq,
+                output,
+                last_active_ms: now_ms,
+            };
+            return;
         }
+        self.sessions.insert(
+            client_id,
+            Session {
+                last_seq,
+                output,
+                last_active_ms: now_ms,
+            },
+        );
         self.by_activity.insert((now_ms, client_id));
     }
 
@@ -275,6 +288,27 @@ mod tests {
         t.open(2, 3_600_000);
         assert_eq!(t.admit(tag(1, 1), 3_600_000), SessionCheck::Unknown);
         assert_eq!(t.len(), 1);
+    }
+
+    /// Commands of one session in the same millisecond leave it where it was in the activity
+    /// index (one place per session, whatever the order of the same-time touches); a later one
+    /// moves it, so expiry and eviction still follow the last activity.
+    #[test]
+    fn touches_at_the_same_time_keep_one_place_per_session_in_the_activity_index() {
+        let mut t = SessionTable::new(2, 100);
+        t.open(1, 10);
+        t.open(2, 10);
+        for seq in 1..=5 {
+            assert_eq!(t.admit(tag(1, seq), 10), SessionCheck::Fresh);
+        }
+        assert_eq!(t.by_activity.len(), 2);
+        assert_eq!(t.admit(tag(1, 6), 60), SessionCheck::Fresh);
+        assert_eq!(t.by_activity.len(), 2);
+        assert!(t.by_activity.contains(&(60, 1)) && t.by_activity.contains(&(10, 2)));
+        // At 150 session 2 (last active at 10) expires, session 1 (at 60) does not.
+        assert_eq!(t.admit(tag(1, 7), 150), SessionCheck::Fresh);
+        assert!(t.contains(1) && !t.contains(2));
+        assert_eq!(t.by_activity.len(), 1);
     }
 
     #[test]

@@ -48,9 +48,12 @@ pub(crate) struct DecodeError {
 
 /// The storage record of an engine entry.
 pub(crate) fn encode_entry(e: &Entry) -> Result<LogEntry, EncodeError> {
-    let payload = postcard::to_stdvec(&e.kind).map_err(|source| EncodeError {
-        what: format!("log entry {}", e.index),
-        source,
+    let capacity = e.kind.approx_bytes();
+    let payload = postcard::to_extend(&e.kind, Vec::with_capacity(capacity)).map_err(|source| {
+        EncodeError {
+            what: format!("log entry {}", e.index),
+            source,
+        }
     })?;
     Ok(LogEntry {
         index: e.index,
@@ -74,7 +77,11 @@ pub(crate) fn decode_entry(le: &LogEntry) -> Result<Entry, DecodeError> {
 
 /// The payload of a log entry carrying `c`.
 pub(crate) fn encode_command(c: &Command) -> Result<Bytes, EncodeError> {
-    postcard::to_stdvec(c)
+    let capacity = match c {
+        Command::Apply { machine, command } => 16 + machine.len() + command.len(),
+        _ => 64,
+    };
+    postcard::to_extend(c, Vec::with_capacity(capacity))
         .map(Bytes::from)
         .map_err(|source| EncodeError {
             what: "command".into(),

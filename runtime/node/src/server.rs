@@ -8,6 +8,7 @@
 //! `client.response_write_timeout_ms`, or the stream is reset with
 //! [`CODE_RESPONSE_WRITE_TIMEOUT`] and its bytes and in-flight slot freed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use std::panic::AssertUnwindSafe;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use wraft_transport::ClientStream;
 use wraft_transport::frame;
+use wraft_transport::{ClientStream, Identity};
 
 use crate::auth::Caller;
 use crate::driver::ClientCall;
@@ -34,6 +35,10 @@ use wraft_storage::{SnapshotId, SnapshotStore};
 
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
+
+/// Most certificate identities whose role [`serve_clients`] keeps worked out (it starts over
+/// past this).
+const CALLERS_CACHED_MAX: usize = 1024;
 
 /// How long a stopping node keeps writing the answers to calls in flight, milliseconds.
 pub const CLIENT_DRAIN_MS_MAX: u64 = 250;
@@ -55,6 +60,9 @@ pub(super) async fn serve_clients(
     let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = bool> + Send>>> =
         FuturesUnordered::new();
     let mut requests = 0usize;
+    // Who each certificate identity is and what it may do, worked out once per identity rather
+    // than per request (the limits that decide the role are fixed for `api`'s lifetime).
+    let mut callers: HashMap<Identity, Arc<Caller>> = HashMap::new();
     loop {
         let stream = tokio::select! {
             _ = shutdown.changed() => {
@@ -84,10 +92,17 @@ pub(super) async fn serve_clients(
             }));
             continue;
         }
+        if callers.len() >= CALLERS_CACHED_MAX && !callers.contains_key(&stream.identity) {
+            callers.clear();
+        }
+        let caller = callers
+            .entry(stream.identity.clone())
+            .or_insert_with(|| Arc::new(Caller::of_identity(&stream.identity, &api.limits)))
+            .clone();
         let api = api.clone();
         requests += 1;
         in_flight.push(contained(true, async move {
-            serve_one(stream, &api).await;
+            serve_one(stream, &api, &caller).await;
         }));
     }
 }
@@ -111,7 +126,7 @@ fn contained(
     })
 }
 
-async fn serve_one(stream: ClientStream, api: &Api) {
+async fn serve_one(stream: ClientStream, api: &Api, caller: &Caller) {
     let ClientStream {
         identity,
         send,
@@ -159,8 +174,7 @@ async fn serve_one(stream: ClientStream, api: &Api) {
             return;
         }
     };
-    let caller = Caller::of_identity(&identity, limits);
-    let response = api.serve(&caller, request).await;
+    let response = api.serve(caller, request).await;
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
 }
 

@@ -288,6 +288,39 @@ pub fn encode_payload<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     })
 }
 
+/// Room a message buffer starts with when its caller gives no better guess: a client's put and
+/// most answers fit, so encoding them costs one allocation instead of a chain of regrowths.
+pub const MSG_CAPACITY_DEFAULT: usize = 512;
+
+/// postcard-encode `msg` into a buffer that starts with room for `capacity` bytes (a guess: the
+/// buffer grows past it if needed). Costs one allocation when the guess holds.
+pub fn encode_payload_sized<T: Serialize>(msg: &T, capacity: usize) -> Result<Vec<u8>, FrameError> {
+    postcard::to_extend(msg, Vec::with_capacity(capacity)).map_err(|source| FrameError::Encode {
+        ty: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// postcard-encode `msg` as one whole frame, header and payload in one buffer (the header is
+/// written in place once the payload is encoded). `capacity` is a guess of the payload's size,
+/// as for [`encode_payload_sized`]. The same bytes as [`encode_frame`] of [`encode_payload`].
+pub fn encode_msg_frame<T: Serialize>(
+    kind: u8,
+    msg: &T,
+    max_frame_bytes: u32,
+    capacity: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Vec::with_capacity(FRAME_HEADER_BYTES + capacity);
+    buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let mut buf = postcard::to_extend(msg, buf).map_err(|source| FrameError::Encode {
+        ty: std::any::type_name::<T>(),
+        source,
+    })?;
+    let header = encode_header(kind, &buf[FRAME_HEADER_BYTES..], max_frame_bytes)?;
+    buf[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+    Ok(buf)
+}
+
 /// postcard-decode a frame payload as `T`.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     postcard::from_bytes(payload).map_err(|source| FrameError::Decode {
@@ -450,13 +483,44 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
     msg: &T,
     max_frame_bytes: u32,
 ) -> Result<(), FrameError> {
-    let payload = encode_payload(msg)?;
-    write_frame(w, kind, &payload, max_frame_bytes).await
+    let frame = encode_msg_frame(kind, msg, max_frame_bytes, MSG_CAPACITY_DEFAULT)?;
+    w.write_all(&frame).await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One buffer, header written in place, gives the same bytes as the payload framed
+    /// afterwards, whether the capacity guess is short, exact or generous; and an oversized
+    /// payload is refused the same way.
+    #[test]
+    fn a_message_framed_in_one_buffer_is_the_same_frame() {
+        let msgs: Vec<(u32, Vec<u8>, String)> = vec![
+            (0, vec![], String::new()),
+            (7, vec![1, 2, 3], "x".repeat(40)),
+            (u32::MAX, vec![9; 5000], "é".repeat(300)),
+        ];
+        for msg in &msgs {
+            let payload = encode_payload(msg).unwrap();
+            let expected = encode_frame(5, &payload, u32::MAX).unwrap();
+            for capacity in [0, 1, payload.len(), payload.len() + 1000] {
+                assert_eq!(
+                    encode_msg_frame(5, msg, u32::MAX, capacity).unwrap(),
+                    expected
+                );
+                assert_eq!(encode_payload_sized(msg, capacity).unwrap(), payload);
+            }
+            let small = (payload.len() as u32).saturating_sub(1);
+            if !payload.is_empty() {
+                assert!(matches!(
+                    encode_msg_frame(5, msg, small, 0),
+                    Err(FrameError::TooLarge { .. })
+                ));
+            }
+        }
+    }
 
     /// Writes `frame` into `w` `step` bytes at a time, one step per `every` of (paused) time,
     /// stopping after `stop_after` bytes.

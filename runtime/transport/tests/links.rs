@@ -308,7 +308,7 @@ async fn client_with_client_certificate_gets_framed_responses_with_its_identity(
     )
     .await
     .unwrap();
-    assert_eq!(client.server(), Some(Identity::Node(1)));
+    assert_eq!(client.server(), Some(&Identity::Node(1)));
     let (kind, resp): (u8, String) = client.request(0x40, &"get k".to_string()).await.unwrap();
     assert_eq!((kind, resp.as_str()), (0x41, "app:get k"));
     let (_, resp): (u8, String) = client.request(0x40, &"put k v".to_string()).await.unwrap();

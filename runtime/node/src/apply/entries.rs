@@ -584,7 +584,7 @@ pub(super) fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
 /// naming the cause, the same on every replica. postcard cannot fail on these types today
 /// (strings, bytes and integers only).
 pub(super) fn encode_cached(resp: &Response) -> Bytes {
-    match postcard::to_stdvec(resp) {
+    match postcard::to_extend(resp, Vec::with_capacity(64)) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             let fallback: Response = Err(RequestError::Internal(format!(
