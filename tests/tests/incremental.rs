@@ -135,3 +135,100 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
         assert_eq!(have, want, "key {i}");
     }
 }
+
+/// Multi-source catch-up: an empty node joining three nodes that all hold the snapshot takes
+/// most of the file's bytes from the two followers (segments checked against the leader's
+/// manifest), at most half from the leader, and ends with the leader's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_node_joining_takes_most_of_the_snapshot_from_the_followers() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        // Snapshots only when asked; the log is cut at each one.
+        c.snapshot.hint_threshold_entries = 0;
+        c.snapshot.log_entries_max = 0;
+        c.snapshot.log_retain_margin_entries = 0;
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = cluster.client().await;
+    client.deploy("kv", guest("kv")).await.expect("deploy");
+    // ~8 MB of state in ~120 content-defined pieces: the followers' snapshots, taken at other
+    // indexes than the leader's, hold the same pieces.
+    let keys = 2000;
+    for i in 0..keys {
+        client
+            .propose("kv", &kv_put(&format!("k{i:05}"), &noise(i, 4096)))
+            .await
+            .expect("put");
+    }
+    for id in cluster.ids() {
+        client
+            .snapshot_trigger_and_wait(Some(cluster.addr(id)), CATCH_UP_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("snapshot on node {id}: {e}"));
+    }
+    client
+        .propose("kv", &kv_put("last", "1"))
+        .await
+        .expect("put");
+    client
+        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("leader snapshot");
+
+    let addr4 = cluster.add_node(4);
+    client.add_learner(4, addr4).await.expect("add learner");
+    let commit = cluster.status(leader).await.expect("status").commit_index;
+    cluster.wait_applied(&[4], commit, CATCH_UP_TIMEOUT).await;
+
+    let log = cluster.log(4);
+    assert!(log.contains("snapshot installed"), "no install:\n{log}");
+    let got = last_fields(&log, "receiving snapshot");
+    let (file_len, fetch, members) = (
+        field(&got, "file_len"),
+        field(&got, "fetch_bytes"),
+        field(&got, "member_bytes"),
+    );
+    eprintln!("node 4: {fetch} of {file_len} bytes from the leader, {members} from members");
+    assert_eq!(
+        fetch + members + field(&got, "reuse_bytes"),
+        file_len,
+        "{got:?}"
+    );
+    assert!(
+        fetch * 2 <= file_len,
+        "{fetch} of {file_len} from the leader: {got:?}"
+    );
+    let sent = last_fields(&cluster.log(leader), "snapshot sent and acknowledged");
+    assert_eq!(field(&sent, "bytes_sent"), fetch, "{sent:?}");
+    // Both followers sent a share, and the state is the leader's.
+    for id in cluster.ids().into_iter().filter(|&i| i != leader && i != 4) {
+        let (status, text) = http_get(cluster.metrics_addr(4).await, "/metrics").expect("/metrics");
+        assert_eq!(status, 200);
+        let from = format!("from=\"{id}\"");
+        let bytes = text
+            .lines()
+            .find(|l| l.starts_with("wraft_snapshot_member_bytes_total{") && l.contains(&from))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("nothing from node {id}:\n{text}"));
+        assert!(
+            bytes as u64 * 5 > file_len,
+            "node {id} sent {bytes} of {file_len}"
+        );
+    }
+    for k in ["k00000".to_string(), "k01999".into(), "last".into()] {
+        let q = wraft_tests::kv_get(&k);
+        let want = cluster
+            .node_client(leader)
+            .await
+            .query("kv", &q, wraft_proto::Consistency::Stale)
+            .await
+            .expect("leader read");
+        let have = cluster
+            .node_client(4)
+            .await
+            .query("kv", &q, wraft_proto::Consistency::Stale)
+            .await
+            .expect("node 4 read");
+        assert_eq!(have, want, "key {k}");
+    }
+}

@@ -214,6 +214,13 @@ fn proto(out: &mut Vec<Seed>) {
             module: b"\0asm\x0d\0\x01\0".to_vec(),
         },
         Request::ModuleGet { sha256: [5; 32] },
+        Request::SnapshotSegmentsHeld {
+            hashes: vec![[6; 32], [7; 32]],
+        },
+        Request::SnapshotSegment {
+            hash: [6; 32],
+            len: 65_536,
+        },
     ];
     let info = MachineInfo {
         name: "kv".into(),

@@ -128,7 +128,9 @@ pub fn required_role(request: &Request) -> Role {
         | Request::SnapshotRead { .. }
         | Request::ModuleHas { .. }
         | Request::ModulePut { .. }
-        | Request::ModuleGet { .. } => Role::Admin,
+        | Request::ModuleGet { .. }
+        | Request::SnapshotSegmentsHeld { .. }
+        | Request::SnapshotSegment { .. } => Role::Admin,
     }
 }
 
@@ -154,6 +156,9 @@ fn request_what(request: &Request) -> &'static str {
         Request::SnapshotRead { .. } => "reading a snapshot",
         Request::ModuleHas { .. } | Request::ModuleGet { .. } => "reading a module",
         Request::ModulePut { .. } => "storing a module",
+        Request::SnapshotSegmentsHeld { .. } | Request::SnapshotSegment { .. } => {
+            "reading snapshot segments"
+        }
     }
 }
 

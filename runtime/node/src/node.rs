@@ -409,6 +409,11 @@ impl Node {
             storage.clone(),
             xfer_cfg.clone(),
             Arc::new(IncomingSlots::new(xfer_cfg.incoming_transfers_max)),
+            Arc::new(crate::snapshot::Members::new(
+                id,
+                book.clone(),
+                modules.clone(),
+            )),
             snap_tx.clone(),
         ));
 
@@ -419,6 +424,8 @@ impl Node {
             driver: req_tx.clone(),
             host: host.clone(),
             snapshots: storage.snapshots.clone(),
+            segments: xfer_cfg.segments.clone(),
+            snapshot_limiter: limiter.clone(),
             limits: Arc::new(cfg.client.clone()),
             metrics: crate::metrics::ClientMetrics::new(id),
             modules: modules.clone(),

@@ -31,6 +31,7 @@ use wraft_proto::{
     CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Reply, Request, RequestError,
     Response, SNAPSHOT_READ_BYTES_MAX,
 };
+use wraft_snapshot::manifest::SegmentCache;
 use wraft_storage::{SnapshotId, SnapshotStore};
 
 /// Most client requests being served at once by one node.
@@ -185,6 +186,11 @@ pub(crate) struct Api {
     pub(crate) driver: mpsc::Sender<ClientCall>,
     pub(crate) host: Arc<HostEngine>,
     pub(crate) snapshots: SnapshotStore,
+    /// The snapshots' segments, indexed once per file (shared with the transfers).
+    pub(crate) segments: SegmentCache,
+    /// This node's outgoing snapshot bandwidth (`snapshot.transfer_bytes_per_sec_max`): the
+    /// segments it sends other members count against it, as its transfers do.
+    pub(crate) snapshot_limiter: Arc<wraft_snapshot::BandwidthLimiter>,
     pub(crate) limits: Arc<ClientSection>,
     pub(crate) metrics: ClientMetrics,
     /// The module store and the calls to the other members' (deploys by hash).
@@ -216,6 +222,13 @@ impl Api {
                     offset,
                     bytes_max,
                 } => read_snapshot(self.snapshots.clone(), index, term, offset, bytes_max).await,
+                Request::SnapshotSegmentsHeld { hashes } => {
+                    segments_held(self.snapshots.clone(), self.segments.clone(), hashes).await
+                }
+                Request::SnapshotSegment { hash, len } => {
+                    self.snapshot_limiter.acquire(u64::from(len)).await;
+                    read_segment(self.snapshots.clone(), self.segments.clone(), hash, len).await
+                }
                 request @ (Request::ModuleHas { .. }
                 | Request::ModulePut { .. }
                 | Request::ModuleGet { .. }) => self.modules.serve(request).await,
@@ -233,6 +246,55 @@ impl Api {
             .answered(kind, outcome_kind(&response), started.elapsed());
         response
     }
+}
+
+/// [`Request::SnapshotSegmentsHeld`]: which of `hashes` this node's snapshots hold (each file
+/// indexed by segment once, then cached), on the blocking pool.
+async fn segments_held(
+    snapshots: SnapshotStore,
+    cache: SegmentCache,
+    hashes: Vec<[u8; 32]>,
+) -> Response {
+    if hashes.len() > wraft_proto::SEGMENTS_ASKED_MAX {
+        return Err(RequestError::Rejected(format!(
+            "{} segment hashes asked; at most {} per request",
+            hashes.len(),
+            wraft_proto::SEGMENTS_ASKED_MAX
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        Ok(Reply::SegmentsHeld {
+            held: wraft_snapshot::peers::segments_held(&snapshots, &cache, &hashes),
+        })
+    })
+    .await
+    .map_err(|e| RequestError::Internal(e.to_string()))?
+}
+
+/// [`Request::SnapshotSegment`]: the bytes of one segment from whichever snapshot here holds
+/// it, checked against its hash, on the blocking pool.
+async fn read_segment(
+    snapshots: SnapshotStore,
+    cache: SegmentCache,
+    hash: [u8; 32],
+    len: u32,
+) -> Response {
+    if u64::from(len) > SNAPSHOT_READ_BYTES_MAX {
+        return Err(RequestError::Rejected(format!(
+            "a segment of {len} bytes asked; segments are at most {SNAPSHOT_READ_BYTES_MAX}"
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        match wraft_snapshot::peers::read_segment(&snapshots, &cache, hash, len) {
+            Ok(Some(data)) => Ok(Reply::Segment { data }),
+            Ok(None) => Err(RequestError::Rejected(
+                "no snapshot on this node holds that segment (retired by a newer one?)".into(),
+            )),
+            Err(e) => Err(RequestError::Internal(e)),
+        }
+    })
+    .await
+    .map_err(|e| RequestError::Internal(e.to_string()))?
 }
 
 /// One [`Request::SnapshotRead`]: up to [`SNAPSHOT_READ_BYTES_MAX`] bytes of a complete
@@ -291,6 +353,8 @@ pub(crate) fn request_kind(request: &Request) -> &'static str {
         Request::ModuleHas { .. } => "module_has",
         Request::ModulePut { .. } => "module_put",
         Request::ModuleGet { .. } => "module_get",
+        Request::SnapshotSegmentsHeld { .. } => "snapshot_segments_held",
+        Request::SnapshotSegment { .. } => "snapshot_segment",
     }
 }
 

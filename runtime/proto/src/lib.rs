@@ -217,7 +217,28 @@ pub enum Request {
         /// SHA-256 of the module wanted.
         sha256: [u8; 32],
     },
+    // ---- Snapshot segments between members (multi-source catch-up) ----
+    /// Which of these snapshot segments (named by BLAKE3) this node's snapshots hold; answered
+    /// with [`Reply::SegmentsHeld`], one flag per hash. A follower receiving a snapshot asks the
+    /// other members before it asks the leader for the rest. At most
+    /// [`SEGMENTS_ASKED_MAX`] hashes. Admin (members).
+    SnapshotSegmentsHeld {
+        /// BLAKE3 of each segment.
+        hashes: Vec<[u8; 32]>,
+    },
+    /// The bytes of the snapshot segment with BLAKE3 `hash` (`len` bytes, at most
+    /// [`SNAPSHOT_READ_BYTES_MAX`]); answered with [`Reply::Segment`], or `Rejected` if no
+    /// snapshot here holds it. Admin (members).
+    SnapshotSegment {
+        /// BLAKE3 of the segment.
+        hash: [u8; 32],
+        /// Its length.
+        len: u32,
+    },
 }
+
+/// Most hashes one [`Request::SnapshotSegmentsHeld`] carries.
+pub const SEGMENTS_ASKED_MAX: usize = 1 << 17;
 
 impl Request {
     /// The deduplication tag of a request that carries one (commands, deploys, removals).
@@ -360,6 +381,18 @@ pub enum Reply {
         /// The component.
         #[serde(with = "serde_bytes")]
         module: Vec<u8>,
+    },
+    /// Answer to [`Request::SnapshotSegmentsHeld`]: one flag per hash asked.
+    SegmentsHeld {
+        /// Whether this node holds each segment.
+        held: Vec<bool>,
+    },
+    /// Answer to [`Request::SnapshotSegment`]: its bytes (checked by the caller against the
+    /// hash it asked for).
+    Segment {
+        /// The segment.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 

@@ -65,6 +65,22 @@ pub enum TransferError {
         /// File offset reached.
         offset: u64,
     },
+    /// Receiver: no member could send a part of the snapshot this follower read from the
+    /// members instead of the leader (multi-source catch-up); each failing member is
+    /// distrusted, so the next transfer resumes from the durable offset without it.
+    #[error(
+        "snapshot {id} from node {leader}: the part at offset {offset} could not be read from any member holding it: {detail}"
+    )]
+    PeerSource {
+        /// The leader sending the rest.
+        leader: NodeId,
+        /// The snapshot.
+        id: SnapshotId,
+        /// The part's offset.
+        offset: u64,
+        /// Each member asked and why it failed.
+        detail: String,
+    },
     /// The follower refused the offer (unsupported version, chunk size over its limit, ...).
     #[error("snapshot {id}: node {peer} rejected the offer: {reason}")]
     Rejected {

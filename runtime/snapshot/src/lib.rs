@@ -11,6 +11,7 @@
 //! | [`limiter`] | what bounds transfers across a node: [`BandwidthLimiter`], [`IncomingSlots`] |
 //! | [`pacing`] | how far and how often the leader runs ahead: the unacknowledged window, chunks under a cap, the re-offer backoff |
 //! | [`manifest`] | incremental transfer: a file cut into content-addressed segments, the plan that copies held ones and fetches the rest |
+//! | [`peers`] | multi-source catch-up: which segments the other members hold, reading them next to the leader's stream, [`SnapshotPeers`] |
 //! | [`board`] | the node's transfers in flight and how far each has got: [`TransferBoard`] |
 //!
 //! **Architecture invariant:** nothing here depends on wasmtime (`wraft-host`): the
@@ -104,7 +105,9 @@
 //! `wraft_snapshot_sent_bytes_total`, `wraft_snapshot_received_bytes_total`,
 //! `wraft_snapshot_transfer_resumes_total{direction}`, `wraft_snapshot_checksum_failures_total`,
 //! `wraft_snapshot_chunks_resent_total`, `wraft_snapshot_reused_bytes_total{direction}` (bytes
-//! a version 2 follower took from its own snapshots: not sent, copied) (counters), `wraft_snapshot_transfer_seconds{direction,
+//! a version 2 follower took from its own snapshots: not sent, copied),
+//! `wraft_snapshot_member_bytes_total{from}` (bytes a follower read from member `from` instead of
+//! the leader) (counters), `wraft_snapshot_transfer_seconds{direction,
 //! outcome}` (histogram; outcome `ok|busy|timeout|error`), `wraft_snapshot_transfers_total{direction,
 //! outcome}` (counter, the same outcomes), `wraft_snapshot_transfer_size_bytes{direction,peer}` and
 //! `wraft_snapshot_transfer_done_bytes{direction,peer}` (gauges: the progress of the newest
@@ -126,6 +129,7 @@ pub mod limiter;
 pub mod manifest;
 mod metrics;
 pub mod pacing;
+pub mod peers;
 mod progress;
 pub mod receive;
 pub mod send;
@@ -136,7 +140,8 @@ pub use config::{CORRUPT_CHUNK_EVERY_ENV, PeerVersions, TransferConfig};
 pub use error::TransferError;
 pub use limiter::{BandwidthLimiter, IncomingSlots};
 pub use metrics::register_metrics;
-pub use receive::{Received, receive_snapshot};
+pub use peers::SnapshotPeers;
+pub use receive::{Received, receive_snapshot, receive_snapshot_from};
 pub use send::{SendOutcome, SendReport, send_snapshot};
 pub use wire::TRANSFER_PROTOCOL_VERSION;
 

@@ -294,20 +294,32 @@ pub enum Fill {
         /// Bytes.
         len: u64,
     },
+    /// Read one whole segment from another member that holds the same file (multi-source
+    /// catch-up; see [`spread_fetches`]).
+    Peer {
+        /// Destination offset (and the offset in the member's copy: the same file).
+        at: u64,
+        /// Bytes.
+        len: u32,
+        /// BLAKE3 the bytes must have (a member may send wrong ones).
+        hash: [u8; 32],
+        /// Which of the caller's members, by position.
+        peer: usize,
+    },
 }
 
 impl Fill {
     /// Destination offset.
     pub fn at(&self) -> u64 {
         match *self {
-            Fill::Copy { at, .. } | Fill::Fetch { at, .. } => at,
+            Fill::Copy { at, .. } | Fill::Fetch { at, .. } | Fill::Peer { at, .. } => at,
         }
     }
 
     /// Offset just past it.
     pub fn end(&self) -> u64 {
         match *self {
-            Fill::Copy { at, len, .. } => at + u64::from(len),
+            Fill::Copy { at, len, .. } | Fill::Peer { at, len, .. } => at + u64::from(len),
             Fill::Fetch { at, len } => at + len,
         }
     }
@@ -345,15 +357,104 @@ pub fn plan(segments: &[Segment], resume_from: u64, local: &LocalSegments) -> Ve
     fills
 }
 
-/// The byte ranges `(at, len)` of `fills` that must be fetched, in order.
+/// The byte ranges `(at, len)` of `fills` that must be fetched from the sender, in order.
 pub fn fetch_ranges(fills: &[Fill]) -> Vec<(u64, u64)> {
     fills
         .iter()
         .filter_map(|f| match *f {
             Fill::Fetch { at, len } => Some((at, len)),
-            Fill::Copy { .. } => None,
+            Fill::Copy { .. } | Fill::Peer { .. } => None,
         })
         .collect()
+}
+
+/// Spread what `fills` fetches over the sender and other members (multi-source catch-up):
+/// in file order, blocks of about `block_bytes` of whole segments go to the sender, member 0,
+/// member 1, …, in turn. A segment whose block is a member's goes to that member if it holds it
+/// (`held[i]` is what member `i` said it holds), else to the next member that does, else to the
+/// sender. A member's segment becomes a [`Fill::Peer`] (checked by its BLAKE3 on arrival); the
+/// sender's stay `Fetch`es, neighbouring ones merged, and so does any part of a range that is
+/// not a whole segment (the piece from a resumed transfer's durable offset). With no members the
+/// fills come back as they were. The fills stay in order and cover the same bytes. Pure.
+pub fn spread_fetches(
+    fills: Vec<Fill>,
+    segments: &[Segment],
+    held: &[std::collections::HashSet<[u8; 32]>],
+    block_bytes: u64,
+) -> Vec<Fill> {
+    let members = held.len();
+    if members == 0 {
+        return fills;
+    }
+    let mut out: Vec<Fill> = Vec::with_capacity(fills.len());
+    let fetch = |out: &mut Vec<Fill>, at: u64, len: u64| match out.last_mut() {
+        Some(Fill::Fetch { at: a, len: l }) if *a + *l == at => *l += len,
+        _ => out.push(Fill::Fetch { at, len }),
+    };
+    // Whose block it is (0: the sender, 1 + i: member i), and how full the block is.
+    let (mut owner, mut used) = (0usize, 0u64);
+    for f in fills {
+        let Fill::Fetch { at, len } = f else {
+            out.push(f);
+            continue;
+        };
+        let end = at + len;
+        let mut pos = at;
+        let first = segments.partition_point(|s| s.end() <= at);
+        for s in segments[first..].iter().take_while(|s| s.offset < end) {
+            if s.offset < pos || s.end() > end {
+                // Not a whole segment of this range: the sender's.
+                let to = s.end().min(end);
+                fetch(&mut out, pos, to - pos);
+                pos = to;
+                continue;
+            }
+            let member = match owner {
+                0 => None,
+                o => (0..members)
+                    .map(|k| (o - 1 + k) % members)
+                    .find(|&m| held[m].contains(&s.hash)),
+            };
+            match member {
+                Some(peer) => out.push(Fill::Peer {
+                    at: s.offset,
+                    len: s.len,
+                    hash: s.hash,
+                    peer,
+                }),
+                None => fetch(&mut out, s.offset, u64::from(s.len)),
+            }
+            pos = s.end();
+            used += u64::from(s.len);
+            if used >= block_bytes {
+                owner = (owner + 1) % (members + 1);
+                used = 0;
+            }
+        }
+        if pos < end {
+            // Past the last segment (a manifest always covers the file; defensive).
+            fetch(&mut out, pos, end - pos);
+        }
+    }
+    out
+}
+
+/// The hashes of the whole segments `fills` fetches (what to ask other members for), in order.
+pub fn fetched_segments(fills: &[Fill], segments: &[Segment]) -> Vec<[u8; 32]> {
+    let mut out = Vec::new();
+    for f in fills {
+        let Fill::Fetch { at, len } = *f else {
+            continue;
+        };
+        let end = at + len;
+        let first = segments.partition_point(|s| s.end() <= at);
+        for s in segments[first..].iter().take_while(|s| s.offset < end) {
+            if s.offset >= at && s.end() <= end {
+                out.push(s.hash);
+            }
+        }
+    }
+    out
 }
 
 /// The follower's side of receiving a manifest: parts checked and put together (pure).
@@ -606,6 +707,7 @@ mod tests {
             .map(|f| match f {
                 Fill::Copy { .. } => 'c',
                 Fill::Fetch { .. } => 'f',
+                Fill::Peer { .. } => 'p',
             })
             .collect();
         // header (new meta: fetched), one, TWO, three, five+six (merged), four
@@ -633,6 +735,71 @@ mod tests {
         }
         let fetched: u64 = fetch_ranges(&fills).iter().map(|r| r.1).sum();
         assert_eq!(fetched, 72 + (9 + 3) + (9 + 4) + (9 + 3));
+    }
+
+    /// Fetches spread over the sender and two members in turn, by blocks of whole segments:
+    /// copies stay where they were, the fills still cover the file in order, each member's
+    /// segment carries its hash and is one it holds, the sender keeps about a third, and a
+    /// segment no member holds stays the sender's.
+    #[test]
+    fn fetches_spread_over_the_sender_and_the_members_holding_each_segment() {
+        use std::collections::HashSet;
+        let payloads: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        let new = file(8, &refs);
+        let s = segs(&new);
+        // This node holds frames 10..15 already.
+        let mut local = LocalSegments::default();
+        local.add(0, &s[11..16]);
+        let planned = plan(&s, 0, &local);
+        let wanted = fetched_segments(&planned, &s);
+        assert_eq!(wanted.len(), s.len() - 5);
+        let all: HashSet<[u8; 32]> = s.iter().map(|x| x.hash).collect();
+        assert_eq!(spread_fetches(planned.clone(), &s, &[], 300), planned);
+        // Member 1 lacks frame 25.
+        let mut lacks = all.clone();
+        lacks.remove(&s[26].hash);
+        let fills = spread_fetches(planned.clone(), &s, &[all.clone(), lacks.clone()], 300);
+        assert_eq!(fills.first().unwrap().at(), 0);
+        assert_eq!(fills.last().unwrap().end(), new.len() as u64);
+        for w in fills.windows(2) {
+            assert_eq!(w[0].end(), w[1].at());
+        }
+        let copies = |f: &[Fill]| f.iter().filter(|f| matches!(f, Fill::Copy { .. })).count();
+        assert_eq!(copies(&fills), copies(&planned));
+        let mut by = [0u64; 3];
+        for f in &fills {
+            match *f {
+                Fill::Fetch { len, .. } => by[0] += len,
+                Fill::Peer {
+                    at,
+                    len,
+                    hash,
+                    peer,
+                } => {
+                    let (a, l) = (at as usize, len as usize);
+                    assert_eq!(hash, *blake3::hash(&new[a..a + l]).as_bytes());
+                    assert!(s.iter().any(|x| x.offset == at && x.len == len));
+                    assert!(peer == 0 || hash != s[26].hash);
+                    by[1 + peer] += u64::from(len);
+                }
+                Fill::Copy { .. } => {}
+            }
+        }
+        let fetched: u64 = fetch_ranges(&planned).iter().map(|r| r.1).sum();
+        assert_eq!(by.iter().sum::<u64>(), fetched);
+        for b in by {
+            assert!(b * 5 > fetched && b * 2 < fetched, "{by:?} of {fetched}");
+        }
+        // Members holding nothing leave everything to the sender.
+        let none = spread_fetches(planned.clone(), &s, &[HashSet::new()], 300);
+        assert_eq!(fetch_ranges(&none), fetch_ranges(&planned));
+        // A transfer resumed inside a segment fetches the rest of it from the sender.
+        let resume = s[3].offset + 5;
+        let fills = spread_fetches(plan(&s, resume, &local), &s, &[all.clone(), all], 300);
+        assert!(matches!(fills[0], Fill::Fetch { at, .. } if at == resume));
+        assert!(fills[0].end() >= s[3].end());
+        assert_eq!(fills.last().unwrap().end(), new.len() as u64);
     }
 
     #[test]

@@ -80,6 +80,11 @@ impl XferMetrics {
     pub(crate) fn reused(&self, bytes: u64) {
         metrics::counter!("wraft_snapshot_reused_bytes_total", "node" => self.node.clone(), "direction" => self.direction.as_str()).increment(bytes);
     }
+    /// Bytes of the file a follower read from member `from` instead of the leader (multi-source
+    /// catch-up).
+    pub(crate) fn member_bytes(&self, from: NodeId, bytes: u64) {
+        metrics::counter!("wraft_snapshot_member_bytes_total", "node" => self.node.clone(), "from" => from.to_string()).increment(bytes);
+    }
     pub(crate) fn resume(&self) {
         metrics::counter!("wraft_snapshot_transfer_resumes_total", "node" => self.node.clone(), "direction" => self.direction.as_str()).increment(1);
     }

@@ -143,6 +143,12 @@ impl Driver {
                     "module requests are served off the driver".into(),
                 )));
             }
+            // Served by the client server off the driver (`crate::server`).
+            Request::SnapshotSegmentsHeld { .. } | Request::SnapshotSegment { .. } => {
+                let _ = reply.send(Err(RequestError::Internal(
+                    "snapshot segment requests are served off the driver".into(),
+                )));
+            }
             Request::OpenSession => {
                 self.propose_command(None, &Command::OpenSession, PendingProposal::Client(reply));
             }

@@ -15,8 +15,8 @@ use crate::snapshot::SnapEvent;
 use wraft_proto::Command;
 use wraft_snapshot::pacing::ReofferBackoff;
 use wraft_snapshot::{
-    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, TransferError, receive_snapshot,
-    send_snapshot,
+    BandwidthLimiter, IncomingSlots, SendOutcome, TransferConfig, TransferError,
+    receive_snapshot_from, send_snapshot,
 };
 
 use crate::driver::{Driver, PendingProposal};
@@ -66,22 +66,38 @@ pub(crate) async fn serve_bulk(
     storage: Arc<Storage>,
     cfg: TransferConfig,
     slots: Arc<IncomingSlots>,
+    members: Arc<dyn wraft_snapshot::SnapshotPeers>,
     events: mpsc::UnboundedSender<SnapEvent>,
 ) {
     while let Some(stream) = streams.recv().await {
-        let (storage, cfg, slots, events) =
-            (storage.clone(), cfg.clone(), slots.clone(), events.clone());
+        let (storage, cfg, slots, events, members) = (
+            storage.clone(),
+            cfg.clone(),
+            slots.clone(),
+            events.clone(),
+            members.clone(),
+        );
         tokio::spawn(async move {
             let peer = stream.peer;
             let on_durable = |offset: u64| {
                 tracing::info!(target: "wraft::snapshot", node, peer, durable_offset = offset,
                     "incoming snapshot durable up to offset");
             };
-            match receive_snapshot(stream, &storage.snapshots, &cfg, &slots, on_durable).await {
+            let received = receive_snapshot_from(
+                stream,
+                &storage.snapshots,
+                &cfg,
+                &slots,
+                Some(members),
+                on_durable,
+            )
+            .await;
+            match received {
                 Ok(r) => {
                     let meta = engine_meta(&r.info.meta);
                     tracing::info!(target: "wraft::snapshot", node, from = r.from, index = meta.index,
                         resumed_from = r.resumed_from, bytes = r.bytes_received, already_had = r.already_had,
+                        bytes_reused = r.bytes_reused, from_members = ?r.bytes_from_members,
                         duration_ms = r.duration.as_millis() as u64, "snapshot received");
                     let _ = events.send(SnapEvent::Received {
                         from: r.from,

@@ -86,6 +86,11 @@ pub(crate) enum Placement {
 }
 
 impl Modules {
+    /// The calls to the other members (shared with the snapshot receiver's reads).
+    pub(crate) fn forwarder(&self) -> &Forwarder {
+        &self.peers
+    }
+
     pub(crate) fn new(
         node: u64,
         host: Arc<HostEngine>,

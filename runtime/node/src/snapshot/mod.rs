@@ -10,12 +10,14 @@
 //! driver (`lib.rs`). Notes, invariants and figures: `runtime/snapshot/SNAPSHOT_NOTES.md`.
 
 mod create;
+mod members;
 mod restore;
 
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotInfo;
 
 pub(crate) use create::{Cut, create_snapshot};
+pub(crate) use members::Members;
 pub(crate) use restore::{
     BuildError, MachineCut, Restored, VersionCut, build_instance, migrate, open_base, restore_all,
 };

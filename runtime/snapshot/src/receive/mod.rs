@@ -20,7 +20,7 @@
 
 mod assemble;
 pub mod decide;
-mod disk;
+pub(crate) mod disk;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,12 +40,17 @@ use self::disk::{DiskCmd, DiskEvent, Local, disk_loop};
 use crate::limiter::{Claim, IncomingSlots, SlotPermit};
 use crate::manifest::{Fill, fetch_ranges};
 use crate::metrics::{InFlight, LOG, XferMetrics, outcome_label};
+use crate::peers::{PeerReads, SnapshotPeers};
 use crate::progress::Progress;
 use crate::wire::{
     self, BusyReason, CHUNK_HEADER_BYTES, CODE_TRANSFER_ABORTED, CONTROL_FRAME_BYTES_MAX,
     KIND_REPLY, Offer, Reply, truncate_reason,
 };
 use crate::{TransferConfig, TransferError};
+
+/// Bytes of members' segments read ahead of the disk thread at most (multi-source catch-up):
+/// what a follower holds in memory for them.
+const PEER_READ_AHEAD_BYTES: u64 = 16 << 20;
 
 /// What [`receive_snapshot`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,9 @@ pub struct Received {
     /// Bytes copied from snapshots this node already held instead of being received
     /// (version 2).
     pub bytes_reused: u64,
+    /// Bytes read from other members instead of the leader, by member (multi-source catch-up,
+    /// [`receive_snapshot_from`]).
+    pub bytes_from_members: Vec<(NodeId, u64)>,
     /// The snapshot was already complete here; nothing was transferred.
     pub already_had: bool,
     /// Wall time from offer to publication.
@@ -88,13 +96,28 @@ pub async fn receive_snapshot(
     store: &SnapshotStore,
     cfg: &TransferConfig,
     slots: &IncomingSlots,
+    on_durable: impl FnMut(u64) + Send,
+) -> Result<Received, TransferError> {
+    receive_snapshot_from(stream, store, cfg, slots, None, on_durable).await
+}
+
+/// [`receive_snapshot`], also reading parts of the file from the other members that hold it
+/// (multi-source catch-up, [`crate::peers`]): a version 2 offer is then answered with a manifest
+/// request even by a node that holds no snapshot, and the segments to fetch are spread over the
+/// leader and those members. [`Received::bytes_from_members`] says how much each sent.
+pub async fn receive_snapshot_from(
+    stream: BulkStream,
+    store: &SnapshotStore,
+    cfg: &TransferConfig,
+    slots: &IncomingSlots,
+    peers: Option<Arc<dyn SnapshotPeers>>,
     mut on_durable: impl FnMut(u64) + Send,
 ) -> Result<Received, TransferError> {
     cfg.validate()?;
     let m = XferMetrics::new(cfg.node_id, crate::Direction::Receive);
     let _in_flight = InFlight::new(m.in_flight());
     let start = Instant::now();
-    let result = receive_inner(stream, store, cfg, slots, &mut on_durable, &m).await;
+    let result = receive_inner(stream, store, cfg, slots, peers, &mut on_durable, &m).await;
     let duration = start.elapsed();
     m.finished(outcome_label(&result), duration);
     result.map(|mut r| {
@@ -108,6 +131,7 @@ async fn receive_inner(
     store: &SnapshotStore,
     cfg: &TransferConfig,
     slots: &IncomingSlots,
+    peers: Option<Arc<dyn SnapshotPeers>>,
     on_durable: &mut (impl FnMut(u64) + Send),
     m: &XferMetrics,
 ) -> Result<Received, TransferError> {
@@ -140,14 +164,22 @@ async fn receive_inner(
     // 4. Open (or resume) the spool file.
     let (incoming, permit, holds_any) = open_spool(store, &offer, peer, permit).await?;
     let resume_from = incoming.durable_offset();
-    // Version 2 pays off only with snapshots here to reuse; without any, the whole file from the
-    // durable offset is the version 1 answer, and the leader need not hash its file.
-    let planned = if offer.version >= 2 && holds_any {
+    // Other members may hold segments of the file (version 2: they are checked against the
+    // leader's manifest).
+    let candidates = match &peers {
+        Some(p) if resume_from < offer.file_len => p.candidates(peer),
+        _ => Vec::new(),
+    };
+    // Version 2 pays off only with snapshots here to reuse or members to read from; without
+    // either, the whole file from the durable offset is the version 1 answer, and the leader
+    // need not hash its file.
+    let planned = if offer.version >= 2 && (holds_any || !candidates.is_empty()) {
         // 4b. Version 2: what this node holds already, and what it must fetch. A newer offer
         // may take the stream over meanwhile, as it may later.
         let by = permit.taken_over();
         tokio::select! {
-            r = assemble(&mut send, &mut recv, store, &offer, peer, resume_from, cfg) => r,
+            r = assemble(&mut send, &mut recv, store, &offer, peer, resume_from,
+                peers.as_ref().map(|p| (p, &candidates[..])), cfg) => r,
             by = by => Err(TransferError::TakenOver { peer, id, by: by.from, leader_term: by.leader_term }),
         }
     } else {
@@ -159,9 +191,15 @@ async fn receive_inner(
         });
         answer(&mut send, &accept, peer, resume_from, timeout_ms)
             .await
-            .map(|()| (Local::default(), everything.into_iter().collect()))
+            .map(|()| {
+                (
+                    Local::default(),
+                    everything.into_iter().collect(),
+                    Vec::new(),
+                )
+            })
     };
-    let (local, fills) = match planned {
+    let (local, fills, holders) = match planned {
         Ok(p) => p,
         Err(e) => {
             // The file first, then the slot and its lock: a stream waiting to take over must
@@ -177,9 +215,29 @@ async fn receive_inner(
     }
     let fetch = fetch_ranges(&fills);
     let fetch_bytes: u64 = fetch.iter().map(|r| r.1).sum();
-    let reuse_bytes = offer.file_len - resume_from - fetch_bytes;
+    let member_bytes: u64 = fills
+        .iter()
+        .map(|f| match f {
+            Fill::Peer { len, .. } => u64::from(*len),
+            Fill::Copy { .. } | Fill::Fetch { .. } => 0,
+        })
+        .sum();
+    let reuse_bytes = offer.file_len - resume_from - fetch_bytes - member_bytes;
     tracing::info!(target: LOG, %id, peer, file_len = offer.file_len, resume_from, fetch_bytes, reuse_bytes,
-        version = offer.version, leader_term = offer.leader_term, "receiving snapshot");
+        member_bytes, members = ?holders.iter().map(|h| h.0).collect::<Vec<_>>(), version = offer.version,
+        leader_term = offer.leader_term, "receiving snapshot");
+    let reads = match peers {
+        Some(p) if member_bytes > 0 => Some(PeerReads::new(
+            p,
+            holders,
+            id,
+            peer,
+            &fills,
+            PEER_READ_AHEAD_BYTES,
+            Duration::from_millis(cfg.progress_timeout_ms),
+        )),
+        _ => None,
+    };
 
     // 5. Stream.
     let r = Receiving {
@@ -190,6 +248,7 @@ async fn receive_inner(
         progress,
         bytes_received: AtomicU64::new(0),
         bytes_reused: AtomicU64::new(0),
+        from_members: std::sync::Mutex::new(Vec::new()),
     };
     r.progress.advance(resume_from);
     let (cmd_tx, cmd_rx) = mpsc::channel::<DiskCmd>(cfg.receive_queue_chunks);
@@ -219,7 +278,7 @@ async fn receive_inner(
     let timeout_ms = cfg.progress_timeout_ms;
     let outcome: Result<SnapshotInfo, TransferError> = tokio::select! {
         r = write_acks(&r, &mut send, resume_from, ev_rx, nack_rx, on_durable) => r,
-        r = read_chunks(&r, &mut recv, chunks, Copies::new(fills), cmd_tx, nack_tx) => r.map(|never| match never {}),
+        r = read_chunks(&r, &mut recv, chunks, Copies::new(fills, reads), cmd_tx, nack_tx) => r.map(|never| match never {}),
         never = tick_disk(tick_tx, cfg.sync_interval_ms) => match never {},
         () = r.progress.stalled(timeout_ms) => Err(TransferError::ProgressTimeout {
             peer, during: "receiving chunks", offset: r.progress.offset(), timeout_ms,
@@ -242,6 +301,8 @@ struct Receiving<'a> {
     progress: Arc<Progress>,
     bytes_received: AtomicU64,
     bytes_reused: AtomicU64,
+    /// Bytes read from each member (multi-source catch-up).
+    from_members: std::sync::Mutex<Vec<(NodeId, u64)>>,
 }
 
 impl Receiving<'_> {
@@ -325,6 +386,7 @@ async fn answer_already_have(
         resumed_from: offer.file_len,
         bytes_received: 0,
         bytes_reused: 0,
+        bytes_from_members: Vec::new(),
         already_had: true,
         duration: Duration::ZERO,
     })
@@ -445,7 +507,7 @@ async fn read_chunks(
 ) -> Result<Infallible, TransferError> {
     let (peer, id) = (r.peer, r.offer.id);
     // The segments held here, up to the first range to fetch, go first.
-    if !copies.queue(r, &cmd_tx).await {
+    if !copies.queue(r, &cmd_tx).await? {
         std::future::pending::<()>().await;
     }
     if chunks.is_complete() {
@@ -529,7 +591,7 @@ async fn read_chunks(
             .await
             .is_ok();
         // A range complete: the held segments after it go next.
-        if !queued || (chunks.ranges_done() == copies.entered && !copies.queue(r, &cmd_tx).await) {
+        if !queued || (chunks.ranges_done() == copies.entered && !copies.queue(r, &cmd_tx).await?) {
             // The disk thread stopped; its event says why.
             std::future::pending::<()>().await;
         }
@@ -631,7 +693,14 @@ async fn finish(
     let bytes_received = r.bytes_received.load(Ordering::Relaxed);
     match outcome {
         Ok(info) => {
-            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_received, "snapshot received, verified and published");
+            let bytes_from_members = r
+                .from_members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            tracing::info!(target: LOG, %id, peer, file_len, resume_from, bytes_received,
+                bytes_reused = r.bytes_reused.load(Ordering::Relaxed), from_members = ?bytes_from_members,
+                "snapshot received, verified and published");
             Ok(Received {
                 from: peer,
                 leader_term: r.offer.leader_term,
@@ -639,6 +708,7 @@ async fn finish(
                 resumed_from: resume_from,
                 bytes_received,
                 bytes_reused: r.bytes_reused.load(Ordering::Relaxed),
+                bytes_from_members,
                 already_had: false,
                 duration: Duration::ZERO,
             })

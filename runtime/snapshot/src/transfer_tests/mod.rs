@@ -949,4 +949,5 @@ async fn leader_that_stalls_after_the_offer_trips_the_receivers_progress_timeout
 mod dead_receiver;
 mod delta;
 mod malformed;
+mod members;
 mod takeover;
