@@ -424,7 +424,7 @@ impl Node {
             driver: req_tx.clone(),
             host: host.clone(),
             snapshots: storage.snapshots.clone(),
-            segments: xfer_cfg.segments.clone(),
+            segments: wraft_snapshot::peers::SegmentIndex::new(xfer_cfg.segments.clone()),
             snapshot_limiter: limiter.clone(),
             limits: Arc::new(cfg.client.clone()),
             metrics: crate::metrics::ClientMetrics::new(id),

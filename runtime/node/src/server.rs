@@ -31,7 +31,7 @@ use wraft_proto::{
     CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Reply, Request, RequestError,
     Response, SNAPSHOT_READ_BYTES_MAX,
 };
-use wraft_snapshot::manifest::SegmentCache;
+use wraft_snapshot::peers::SegmentIndex;
 use wraft_storage::{SnapshotId, SnapshotStore};
 
 /// Most client requests being served at once by one node.
@@ -186,8 +186,9 @@ pub(crate) struct Api {
     pub(crate) driver: mpsc::Sender<ClientCall>,
     pub(crate) host: Arc<HostEngine>,
     pub(crate) snapshots: SnapshotStore,
-    /// The snapshots' segments, indexed once per file (shared with the transfers).
-    pub(crate) segments: SegmentCache,
+    /// This node's snapshots indexed by segment, for the members' reads (each file hashed once,
+    /// shared with the transfers).
+    pub(crate) segments: SegmentIndex,
     /// This node's outgoing snapshot bandwidth (`snapshot.transfer_bytes_per_sec_max`): the
     /// segments it sends other members count against it, as its transfers do.
     pub(crate) snapshot_limiter: Arc<wraft_snapshot::BandwidthLimiter>,
@@ -226,8 +227,15 @@ impl Api {
                     segments_held(self.snapshots.clone(), self.segments.clone(), hashes).await
                 }
                 Request::SnapshotSegment { hash, len } => {
-                    self.snapshot_limiter.acquire(u64::from(len)).await;
-                    read_segment(self.snapshots.clone(), self.segments.clone(), hash, len).await
+                    let answer =
+                        read_segment(self.snapshots.clone(), self.segments.clone(), hash, len)
+                            .await;
+                    // What leaves counts against this node's snapshot bandwidth, as its own
+                    // transfers do (a refusal costs nothing).
+                    if let Ok(Reply::Segment { data }) = &answer {
+                        self.snapshot_limiter.acquire(data.len() as u64).await;
+                    }
+                    answer
                 }
                 request @ (Request::ModuleHas { .. }
                 | Request::ModulePut { .. }
@@ -248,11 +256,11 @@ impl Api {
     }
 }
 
-/// [`Request::SnapshotSegmentsHeld`]: which of `hashes` this node's snapshots hold (each file
-/// indexed by segment once, then cached), on the blocking pool.
+/// [`Request::SnapshotSegmentsHeld`]: which of `hashes` this node's snapshots hold, on the
+/// blocking pool.
 async fn segments_held(
     snapshots: SnapshotStore,
-    cache: SegmentCache,
+    index: SegmentIndex,
     hashes: Vec<[u8; 32]>,
 ) -> Response {
     if hashes.len() > wraft_proto::SEGMENTS_ASKED_MAX {
@@ -264,7 +272,7 @@ async fn segments_held(
     }
     tokio::task::spawn_blocking(move || {
         Ok(Reply::SegmentsHeld {
-            held: wraft_snapshot::peers::segments_held(&snapshots, &cache, &hashes),
+            held: index.held(&snapshots, &hashes),
         })
     })
     .await
@@ -275,7 +283,7 @@ async fn segments_held(
 /// it, checked against its hash, on the blocking pool.
 async fn read_segment(
     snapshots: SnapshotStore,
-    cache: SegmentCache,
+    index: SegmentIndex,
     hash: [u8; 32],
     len: u32,
 ) -> Response {
@@ -284,14 +292,12 @@ async fn read_segment(
             "a segment of {len} bytes asked; segments are at most {SNAPSHOT_READ_BYTES_MAX}"
         )));
     }
-    tokio::task::spawn_blocking(move || {
-        match wraft_snapshot::peers::read_segment(&snapshots, &cache, hash, len) {
-            Ok(Some(data)) => Ok(Reply::Segment { data }),
-            Ok(None) => Err(RequestError::Rejected(
-                "no snapshot on this node holds that segment (retired by a newer one?)".into(),
-            )),
-            Err(e) => Err(RequestError::Internal(e)),
-        }
+    tokio::task::spawn_blocking(move || match index.read(&snapshots, hash, len) {
+        Ok(Some(data)) => Ok(Reply::Segment { data }),
+        Ok(None) => Err(RequestError::Rejected(
+            "no snapshot on this node holds that segment (retired by a newer one?)".into(),
+        )),
+        Err(e) => Err(RequestError::Internal(e)),
     })
     .await
     .map_err(|e| RequestError::Internal(e.to_string()))?

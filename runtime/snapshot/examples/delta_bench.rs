@@ -19,7 +19,14 @@
 //!   rest from A),
 //!
 //! alternating full, delta, full, delta (`BENCH_REPS` pairs, default 2). It reports the bytes
-//! sent and the time of each, and their ratios. `BENCH_CAP_MIB_S` caps the sender (default: no
+//! sent and the time of each, and their ratios.
+//!
+//! Then, for each workload, **join** next to **full** (`BENCH_REPS` pairs): B into an empty
+//! follower that may read segments from two other members (multi-source catch-up), one
+//! holding A and one holding B's state at another index, as two followers that took their own
+//! snapshots would. The members answer in process (no network) through the same calls a node
+//! serves (`wraft_snapshot::peers`), each under its own copy of the sender's cap. It reports
+//! the bytes each source sent. `BENCH_CAP_MIB_S` caps the sender (default: no
 //! cap; loopback then moves ~500 MiB/s, so a full transfer is bound by the follower's disk, as
 //! an incremental one is by writing the whole assembled file); a cap of 119 MiB/s is a 1 Gbit/s
 //! link. `BENCH_DIR` chooses the file system (default: the working directory's).
@@ -34,8 +41,10 @@ use wraft_guest::{
     AppError, DefaultSnapshot, EntryCtx, Json, Records, SnapshotFormat, StateMachine,
 };
 use wraft_snapshot::format::FrameKind;
+use wraft_snapshot::peers::{PeerHeld, PeerRead, SegmentIndex};
 use wraft_snapshot::{
-    BandwidthLimiter, IncomingSlots, TransferConfig, receive_snapshot, send_snapshot,
+    BandwidthLimiter, IncomingSlots, SnapshotPeers, TransferConfig, receive_snapshot_from,
+    send_snapshot,
 };
 use wraft_storage::{
     Membership, SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore, StdFs, StorageConfig,
@@ -204,6 +213,48 @@ fn copy_dir(from: &Path, to: &Path) {
 struct Run {
     sent: u64,
     took: Duration,
+    /// Bytes read from each member (join runs).
+    from_members: Vec<(u64, u64)>,
+}
+
+/// Members answering in process from their stores, each under its own cap.
+struct Members(Vec<(u64, SnapshotStore, Arc<BandwidthLimiter>, SegmentIndex)>);
+
+impl SnapshotPeers for Members {
+    fn candidates(&self, leader: u64) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|m| m.0)
+            .filter(|&id| id != leader)
+            .collect()
+    }
+    fn held(&self, peer: u64, hashes: Vec<[u8; 32]>) -> PeerHeld {
+        let m = self.0.iter().find(|m| m.0 == peer).cloned();
+        Box::pin(async move {
+            let (_, store, _, index) = m.ok_or("no such member")?;
+            tokio::task::spawn_blocking(move || index.held(&store, &hashes))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn read(&self, peer: u64, hash: [u8; 32], len: u32) -> PeerRead {
+        let m = self.0.iter().find(|m| m.0 == peer).cloned();
+        Box::pin(async move {
+            let (_, store, limiter, index) = m.ok_or("no such member")?;
+            limiter.acquire(u64::from(len)).await;
+            tokio::task::spawn_blocking(move || index.read(&store, hash, len))
+                .await
+                .map_err(|e| e.to_string())??
+                .ok_or_else(|| "not held".to_string())
+        })
+    }
+    fn distrust(&self, peer: u64, why: &str) {
+        panic!("member {peer} distrusted: {why}");
+    }
+}
+
+fn cap() -> Option<u64> {
+    Some(env_u64("BENCH_CAP_MIB_S", 0) << 20).filter(|c| *c > 0)
 }
 
 async fn transfer(
@@ -212,13 +263,13 @@ async fn transfer(
     leader: &SnapshotStore,
     id: SnapshotId,
     follower_dir: &Path,
+    members: Option<Arc<dyn SnapshotPeers>>,
 ) -> Run {
     let fstore = open(follower_dir);
     let lcfg = TransferConfig::default();
     let fcfg = TransferConfig::default();
     let slots = IncomingSlots::new(2);
-    let cap = Some(env_u64("BENCH_CAP_MIB_S", 0) << 20).filter(|c| *c > 0);
-    let limiter = BandwidthLimiter::new(cap);
+    let limiter = BandwidthLimiter::new(cap());
     let out = t1.open_bulk(2).await.unwrap();
     let send = send_snapshot(
         out,
@@ -231,7 +282,7 @@ async fn transfer(
     );
     let recv = async {
         let inb = in2.bulk.recv().await.unwrap();
-        receive_snapshot(inb, &fstore, &fcfg, &slots, |_| {}).await
+        receive_snapshot_from(inb, &fstore, &fcfg, &slots, members, |_| {}).await
     };
     let (s, r) = tokio::join!(send, recv);
     let (s, r) = (s.unwrap(), r.unwrap());
@@ -242,6 +293,7 @@ async fn transfer(
     Run {
         sent: s.bytes_sent,
         took: s.duration,
+        from_members: r.bytes_from_members,
     }
 }
 
@@ -314,12 +366,12 @@ async fn main() {
         let (mut full, mut delta): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
         for rep in 0..reps {
             let fdir = root.path().join(format!("empty-{workload}-{rep}"));
-            let r = transfer(&t1, &mut in2, &leader, id, &fdir).await;
+            let r = transfer(&t1, &mut in2, &leader, id, &fdir, None).await;
             let _ = std::fs::remove_dir_all(&fdir);
             full.push(r);
             let ddir = root.path().join(format!("holding-a-{workload}-{rep}"));
             copy_dir(&held, &ddir);
-            let r = transfer(&t1, &mut in2, &leader, id, &ddir).await;
+            let r = transfer(&t1, &mut in2, &leader, id, &ddir, None).await;
             let _ = std::fs::remove_dir_all(&ddir);
             delta.push(r);
             println!(
@@ -342,6 +394,62 @@ async fn main() {
             d.as_secs_f64(),
             f.as_secs_f64() / d.as_secs_f64()
         );
+        // Join: an empty follower with two members to read from.
+        let (mdir_a, mdir_b) = (
+            root.path().join(format!("member-a-{workload}")),
+            root.path().join(format!("member-b-{workload}")),
+        );
+        copy_dir(&held, &mdir_a);
+        write_snapshot(&open(&mdir_b), state.clone(), index + 1, &module);
+        let members: Arc<dyn SnapshotPeers> = Arc::new(Members(vec![
+            (
+                3,
+                open(&mdir_a),
+                Arc::new(BandwidthLimiter::new(cap())),
+                SegmentIndex::default(),
+            ),
+            (
+                4,
+                open(&mdir_b),
+                Arc::new(BandwidthLimiter::new(cap())),
+                SegmentIndex::default(),
+            ),
+        ]));
+        let (mut full, mut join): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            let fdir = root.path().join(format!("empty-{workload}-{rep}"));
+            full.push(transfer(&t1, &mut in2, &leader, id, &fdir, None).await);
+            let _ = std::fs::remove_dir_all(&fdir);
+            let jdir = root.path().join(format!("joining-{workload}-{rep}"));
+            let r = transfer(&t1, &mut in2, &leader, id, &jdir, Some(members.clone())).await;
+            let _ = std::fs::remove_dir_all(&jdir);
+            println!(
+                "  {workload} join pair {rep}: full {:.1} MiB in {:.2} s | join {:.1} MiB from the leader, {} in {:.2} s",
+                mib(full[rep as usize].sent),
+                full[rep as usize].took.as_secs_f64(),
+                mib(r.sent),
+                r.from_members
+                    .iter()
+                    .map(|(m, b)| format!("{:.1} MiB from member {m}", mib(*b)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.took.as_secs_f64()
+            );
+            join.push(r);
+        }
+        let (f, j) = (best(&full), best(&join));
+        let leader_max = join.iter().map(|r| r.sent).max().unwrap();
+        println!(
+            "{workload} join: at most {:.1} MiB = {:.1} % of the file from the leader | best full {:.2} s, best join {:.2} s: {:.2}x",
+            mib(leader_max),
+            100.0 * leader_max as f64 / b.file_len as f64,
+            f.as_secs_f64(),
+            j.as_secs_f64(),
+            f.as_secs_f64() / j.as_secs_f64()
+        );
+        drop(members);
+        let _ = std::fs::remove_dir_all(&mdir_a);
+        let _ = std::fs::remove_dir_all(&mdir_b);
         drop(leader);
         let _ = std::fs::remove_dir_all(&ldir);
         // Back to A's state for the next workload.

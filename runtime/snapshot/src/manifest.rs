@@ -371,8 +371,8 @@ pub fn fetch_ranges(fills: &[Fill]) -> Vec<(u64, u64)> {
 /// Spread what `fills` fetches over the sender and other members (multi-source catch-up):
 /// in file order, blocks of about `block_bytes` of whole segments go to the sender, member 0,
 /// member 1, …, in turn. A segment whose block is a member's goes to that member if it holds it
-/// (`held[i]` is what member `i` said it holds), else to the next member that does, else to the
-/// sender. A member's segment becomes a [`Fill::Peer`] (checked by its BLAKE3 on arrival); the
+/// (`held[i]` is what member `i` said it holds), else to whichever of the sender and the members
+/// holding it has been given the fewest bytes so far. A member's segment becomes a [`Fill::Peer`] (checked by its BLAKE3 on arrival); the
 /// sender's stay `Fetch`es, neighbouring ones merged, and so does any part of a range that is
 /// not a whole segment (the piece from a resumed transfer's durable offset). With no members the
 /// fills come back as they were. The fills stay in order and cover the same bytes. Pure.
@@ -393,6 +393,8 @@ pub fn spread_fetches(
     };
     // Whose block it is (0: the sender, 1 + i: member i), and how full the block is.
     let (mut owner, mut used) = (0usize, 0u64);
+    // Bytes given to each source so far (same numbering).
+    let mut given = vec![0u64; members + 1];
     for f in fills {
         let Fill::Fetch { at, len } = f else {
             out.push(f);
@@ -411,10 +413,15 @@ pub fn spread_fetches(
             }
             let member = match owner {
                 0 => None,
-                o => (0..members)
-                    .map(|k| (o - 1 + k) % members)
-                    .find(|&m| held[m].contains(&s.hash)),
+                o if held[o - 1].contains(&s.hash) => Some(o - 1),
+                // The block's member lacks it: whoever of the sender and the members holding it
+                // has been given the least so far.
+                _ => (0..members)
+                    .filter(|&m| held[m].contains(&s.hash))
+                    .min_by_key(|&m| given[1 + m])
+                    .filter(|&m| given[1 + m] < given[0]),
             };
+            given[member.map_or(0, |m| 1 + m)] += u64::from(s.len);
             match member {
                 Some(peer) => out.push(Fill::Peer {
                     at: s.offset,

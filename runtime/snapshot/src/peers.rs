@@ -5,7 +5,7 @@
 //! same segments in every snapshot of every replica, whatever its index. So once the follower
 //! has the leader's manifest and knows what it lacks, it asks the other members which of those
 //! segments they hold ([`SnapshotPeers::held`]: one request each, all at once; a member answers
-//! from an index of its own snapshots, [`segments_held`]), spreads the segments to fetch over
+//! from an index of its own snapshots, [`SegmentIndex`]), spreads the segments to fetch over
 //! the leader and those members ([`crate::manifest::spread_fetches`]), and asks the leader only
 //! for its share. The members' segments are read ahead of the disk thread ([`PeerReads`], a
 //! bounded number of bytes in flight) and each is checked against the manifest's BLAKE3 before
@@ -25,7 +25,6 @@ use wraft_transport::NodeId;
 
 use crate::TransferError;
 use crate::manifest::{Fill, SegmentCache};
-use crate::receive::disk::index_local;
 
 /// One read from a member: the bytes, or why not.
 pub type PeerRead = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
@@ -47,42 +46,142 @@ pub trait SnapshotPeers: Send + Sync + 'static {
     fn distrust(&self, peer: NodeId, why: &str);
 }
 
-/// Serving side: which of `hashes` this node's snapshots hold (see [`SnapshotPeers::held`]).
-/// Blocking: indexes the node's snapshots (each file hashed once, then cached in `cache`).
-pub fn segments_held(
-    store: &SnapshotStore,
-    cache: &SegmentCache,
-    hashes: &[[u8; 32]],
-) -> Vec<bool> {
-    let local = index_local(store, cache);
-    hashes
-        .iter()
-        .map(|h| local.segments.find(h).is_some())
-        .collect()
+/// Serving side: this node's complete snapshots indexed by segment, for the members' questions
+/// ([`SnapshotPeers::held`], [`SnapshotPeers::read`]). The index (which snapshot holds each
+/// segment, and where) is rebuilt only when the list of snapshots changed, from the per-file
+/// segment lists of the node's [`SegmentCache`] (each file hashed once). It holds no reader, so
+/// it never keeps retention from deleting a snapshot: a read opens (and pins) the snapshot for
+/// the one segment. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct SegmentIndex {
+    cache: SegmentCache,
+    built: Arc<std::sync::Mutex<Option<Arc<Built>>>>,
 }
 
-/// Serving side: the `len` bytes of the segment with BLAKE3 `hash` from this node's snapshots,
-/// checked against the hash (a rotted copy is not sent); `Ok(None)` if none holds it. Blocking.
-pub fn read_segment(
-    store: &SnapshotStore,
-    cache: &SegmentCache,
-    hash: [u8; 32],
-    len: u32,
-) -> Result<Option<Vec<u8>>, String> {
-    let local = index_local(store, cache);
-    let Some((source, from)) = local.segments.find(&hash) else {
-        return Ok(None);
-    };
-    let mut buf = vec![0u8; len as usize];
-    local.sources[source]
-        .read_exact_at(from, &mut buf)
-        .map_err(|e| e.to_string())?;
-    if *blake3::hash(&buf).as_bytes() != hash {
-        return Err(format!(
-            "this node's copy of the segment at offset {from} of a snapshot does not match its hash"
-        ));
+/// One build of a [`SegmentIndex`].
+struct Built {
+    /// The store's snapshots when it was built (a snapshot that could not be indexed is listed
+    /// here but not below, so it is not retried at every request).
+    listed: Vec<(wraft_storage::SnapshotId, [u8; 32])>,
+    /// The snapshots indexed, as listed then (id and digest).
+    snapshots: Vec<(wraft_storage::SnapshotId, [u8; 32])>,
+    /// Segment → (position in `snapshots`, offset, length).
+    by_hash: std::collections::HashMap<[u8; 32], (usize, u64, u32)>,
+}
+
+impl SegmentIndex {
+    /// An index over the per-file segment lists kept in `cache` (the node's transfers share it).
+    pub fn new(cache: SegmentCache) -> Self {
+        SegmentIndex {
+            cache,
+            built: Arc::default(),
+        }
     }
-    Ok(Some(buf))
+
+    /// The index for `store`'s snapshots now: the last one if the list is unchanged. Blocking
+    /// (hashes a file the cache does not know yet).
+    fn current(&self, store: &SnapshotStore) -> Arc<Built> {
+        let listed: Vec<(wraft_storage::SnapshotId, [u8; 32])> =
+            store.list().iter().map(|i| (i.id(), i.digest)).collect();
+        let mut slot = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = slot.as_ref()
+            && b.listed == listed
+        {
+            return b.clone();
+        }
+        let mut built = Built {
+            listed,
+            snapshots: Vec::new(),
+            by_hash: std::collections::HashMap::new(),
+        };
+        for info in store.list() {
+            let Ok(reader) = store.open_reader(info.id()) else {
+                continue; // retired meanwhile
+            };
+            let mut read_at = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+                match reader.read_file_at(at, buf) {
+                    Ok(n) if n == buf.len() => Ok(()),
+                    Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            };
+            let segments = match self.cache.get_or_compute(info.digest, || {
+                crate::manifest::segments_of(info.file_len, &mut read_at)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target: crate::metrics::LOG, id = %info.id(), error = %e,
+                        "cannot index a snapshot's segments for the members; not serving from it");
+                    continue;
+                }
+            };
+            let n = built.snapshots.len();
+            built.snapshots.push((info.id(), info.digest));
+            for seg in segments.iter() {
+                built
+                    .by_hash
+                    .entry(seg.hash)
+                    .or_insert((n, seg.offset, seg.len));
+            }
+        }
+        let built = Arc::new(built);
+        *slot = Some(built.clone());
+        built
+    }
+
+    /// Which of `hashes` this node's snapshots hold. Blocking.
+    pub fn held(&self, store: &SnapshotStore, hashes: &[[u8; 32]]) -> Vec<bool> {
+        let built = self.current(store);
+        hashes
+            .iter()
+            .map(|h| built.by_hash.contains_key(h))
+            .collect()
+    }
+
+    /// The bytes of the segment with BLAKE3 `hash` (`len` bytes), checked against the hash (a
+    /// rotted copy is not sent); `Ok(None)` if no snapshot here holds it (any more). Blocking:
+    /// one read.
+    pub fn read(
+        &self,
+        store: &SnapshotStore,
+        hash: [u8; 32],
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, String> {
+        for attempt in 0..2 {
+            let built = self.current(store);
+            let Some(&(n, offset, seg_len)) = built.by_hash.get(&hash) else {
+                return Ok(None);
+            };
+            if seg_len != len {
+                return Err(format!(
+                    "the segment with that hash is {seg_len} bytes here, not {len}"
+                ));
+            }
+            let reader = match store.open_reader(built.snapshots[n].0) {
+                Ok(r) => r,
+                Err(_) if attempt == 0 => {
+                    // Retired since the index was built: build it again.
+                    *self.built.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut buf = vec![0u8; len as usize];
+            match reader.read_file_at(offset, &mut buf) {
+                Ok(got) if got == buf.len() => {}
+                Ok(got) => return Err(format!("read {got} of {len} bytes at offset {offset}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            if *blake3::hash(&buf).as_bytes() != hash {
+                return Err(format!(
+                    "this node's copy of the segment at offset {offset} of snapshot {} does not match its hash",
+                    built.snapshots[n].0
+                ));
+            }
+            return Ok(Some(buf));
+        }
+        Ok(None)
+    }
 }
 
 /// Ask every candidate at once which of `hashes` it holds, within `timeout`: the members that
@@ -129,6 +228,10 @@ pub(crate) async fn ask_held(
     }
     found
 }
+
+/// Most member reads in flight at once (besides the bytes bound): a segment is often a few
+/// tens of KiB, and each read is a request the member serves.
+const READS_IN_FLIGHT_MAX: usize = 8;
 
 /// A read running on its own task.
 type Reading = tokio::task::JoinHandle<Result<Vec<u8>, String>>;
@@ -212,24 +315,30 @@ impl PeerReads {
 
     fn refill(&mut self) {
         while let Some(w) = self.waiting.front().copied() {
-            if !self.running.is_empty() && self.in_flight + u64::from(w.len) > self.window_bytes {
+            if !self.running.is_empty()
+                && (self.in_flight + u64::from(w.len) > self.window_bytes
+                    || self.running.len() >= READS_IN_FLIGHT_MAX)
+            {
                 return;
             }
             self.waiting.pop_front();
             self.in_flight += u64::from(w.len);
             // A member that failed earlier in this transfer is not asked; another that holds
             // the segment is (with none, `take` reports it).
-            let w = match self.good_holder(&w, None) {
-                Some(peer) => Wanted { peer, ..w },
-                None => w,
+            let task = match self.good_holder(&w, None) {
+                Some(peer) => {
+                    let w = Wanted { peer, ..w };
+                    let read =
+                        checked_read(self.peers.clone(), self.holders[peer].0, w, self.timeout);
+                    (w, tokio::spawn(read))
+                }
+                // Every member holding it failed earlier: `take` reports it.
+                None => (
+                    w,
+                    tokio::spawn(async { Err("every member holding it failed".to_string()) }),
+                ),
             };
-            let task = tokio::spawn(checked_read(
-                self.peers.clone(),
-                self.holders[w.peer].0,
-                w,
-                self.timeout,
-            ));
-            self.running.push_back((w, task));
+            self.running.push_back(task);
         }
     }
 
@@ -312,6 +421,15 @@ impl PeerReads {
             id: self.id,
             offset,
             detail,
+        }
+    }
+}
+
+impl Drop for PeerReads {
+    /// Reads started ahead of a transfer that ended (an error, a takeover) stop with it.
+    fn drop(&mut self) {
+        for (_, task) in &self.running {
+            task.abort();
         }
     }
 }

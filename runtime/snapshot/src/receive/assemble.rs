@@ -104,7 +104,14 @@ pub(super) async fn assemble(
     let holders = match members {
         Some((peers, candidates)) if !candidates.is_empty() => {
             let mut wanted = fetched_segments(&planned, &segments);
-            wanted.truncate(HELD_ASK_HASHES_MAX);
+            wanted.sort_unstable();
+            wanted.dedup();
+            if wanted.len() > wraft_proto::SEGMENTS_ASKED_MAX {
+                tracing::info!(target: crate::metrics::LOG, id = %offer.id, peer, segments = wanted.len(),
+                    asked = wraft_proto::SEGMENTS_ASKED_MAX,
+                    "more segments to fetch than one question to the members holds; the rest come from the leader");
+                wanted.truncate(wraft_proto::SEGMENTS_ASKED_MAX);
+            }
             if wanted.is_empty() {
                 Vec::new()
             } else {
@@ -142,10 +149,6 @@ pub(super) async fn assemble(
 
 /// A member read from, with the segments it said it holds.
 pub(super) type Holder = (NodeId, HashSet<[u8; 32]>);
-
-/// Most segment hashes one question to a member carries (32 bytes each: 4 MiB); segments past
-/// them come from the leader.
-const HELD_ASK_HASHES_MAX: usize = 1 << 17;
 
 /// Send `ranges` to fetch, in `Fetch` parts of at most [`FETCH_PART_RANGES_MAX`] (one empty
 /// part if there is none).

@@ -38,13 +38,13 @@ pub(super) enum DiskCmd {
 /// The snapshots this node holds, indexed by segment (version 2 transfers). Each reader pins
 /// its file until the transfer ends, so retention cannot delete a file being copied from.
 #[derive(Default)]
-pub(crate) struct Local {
-    pub(crate) sources: Vec<Source>,
-    pub(crate) segments: LocalSegments,
+pub(super) struct Local {
+    pub(super) sources: Vec<Source>,
+    pub(super) segments: LocalSegments,
 }
 
 /// A file held segments are copied from.
-pub(crate) enum Source {
+pub(super) enum Source {
     /// A complete snapshot (pinned while read).
     Snapshot(Arc<SnapshotReader>),
     /// The durable prefix of an interrupted transfer of another snapshot.
@@ -52,7 +52,7 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    pub(crate) fn read_exact_at(&self, at: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+    fn read_exact_at(&self, at: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         match self {
             Source::Snapshot(r) => match r.read_file_at(at, buf)? {
                 n if n == buf.len() => Ok(()),
@@ -69,7 +69,7 @@ impl Source {
 
 /// Index every complete snapshot in `store` by segment. Blocking: reads and hashes each file
 /// (BLAKE3, ~4 GB/s). A file that cannot be read is skipped (its segments are fetched).
-pub(crate) fn index_local(store: &SnapshotStore, cache: &SegmentCache) -> Local {
+pub(super) fn index_local(store: &SnapshotStore, cache: &SegmentCache) -> Local {
     let mut local = Local::default();
     for info in store.list() {
         let id = info.id();

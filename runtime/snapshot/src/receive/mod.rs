@@ -20,7 +20,7 @@
 
 mod assemble;
 pub mod decide;
-pub(crate) mod disk;
+mod disk;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,8 +49,9 @@ use crate::wire::{
 use crate::{TransferConfig, TransferError};
 
 /// Bytes of members' segments read ahead of the disk thread at most (multi-source catch-up):
-/// what a follower holds in memory for them.
-const PEER_READ_AHEAD_BYTES: u64 = 16 << 20;
+/// what a follower holds in memory for them. Small enough to arrive within the read timeout
+/// (half of `progress_timeout_ms`) from a member capped at 1 MB/s.
+const PEER_READ_AHEAD_BYTES: u64 = 4 << 20;
 
 /// What [`receive_snapshot`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,7 +235,9 @@ async fn receive_inner(
             peer,
             &fills,
             PEER_READ_AHEAD_BYTES,
-            Duration::from_millis(cfg.progress_timeout_ms),
+            // Half the progress timeout: a member that does not answer in time leaves room to
+            // read its segment from another before either side's watchdog fires.
+            Duration::from_millis((cfg.progress_timeout_ms / 2).max(1)),
         )),
         _ => None,
     };

@@ -7,7 +7,7 @@ use super::*;
 use crate::SnapshotPeers;
 use crate::format::FrameKind;
 use crate::manifest::SegmentCache;
-use crate::peers::{PeerHeld, PeerRead, read_segment, segments_held};
+use crate::peers::{PeerHeld, PeerRead, SegmentIndex};
 use crate::receive::receive_snapshot_from;
 
 const FRAME_PAYLOAD: usize = 64 << 10;
@@ -30,8 +30,10 @@ fn framed(n: u64) -> Vec<u8> {
 enum Behaviour {
     /// Reads from its store, as a real member does.
     Honest,
-    /// Flips a byte of every part of the body it sends (its digest read stays right).
+    /// Flips a byte of every segment it sends.
     Corrupting,
+    /// Says which segments it holds, then never answers a read.
+    Silent,
 }
 
 /// Members backed by snapshot stores in this process.
@@ -54,7 +56,7 @@ impl SnapshotPeers for Fake {
         let m = self.members.iter().find(|m| m.0 == peer).cloned();
         Box::pin(async move {
             let (_, store, _) = m.ok_or("no such member")?;
-            Ok(segments_held(&store, &SegmentCache::default(), &hashes))
+            Ok(SegmentIndex::new(SegmentCache::default()).held(&store, &hashes))
         })
     }
 
@@ -62,8 +64,12 @@ impl SnapshotPeers for Fake {
         let m = self.members.iter().find(|m| m.0 == peer).cloned();
         Box::pin(async move {
             let (_, store, behaviour) = m.ok_or("no such member")?;
-            let mut data =
-                read_segment(&store, &SegmentCache::default(), hash, len)?.ok_or("not held")?;
+            if behaviour == Behaviour::Silent {
+                std::future::pending::<()>().await;
+            }
+            let mut data = SegmentIndex::new(SegmentCache::default())
+                .read(&store, hash, len)?
+                .ok_or("not held")?;
             if behaviour == Behaviour::Corrupting {
                 data[0] ^= 1;
             }
@@ -221,5 +227,25 @@ async fn with_no_member_sending_right_bytes_the_transfer_fails_and_the_next_goes
     assert_eq!(report.outcome, SendOutcome::Completed);
     assert!(got.bytes_from_members.is_empty());
     assert_eq!(file_bytes(&got.info.path), file_bytes(&c.leader.info.path));
+    n.shutdown().await;
+}
+
+/// A member that says it holds segments and then never sends them costs one read timeout (half
+/// the progress timeout): it is left out, its segments come from the other member, and the
+/// transfer completes before either side's watchdog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_answers_is_timed_out_left_out_and_its_parts_read_elsewhere() {
+    let mut n = net();
+    let c = cluster(120, &[(M1, Behaviour::Silent), (M2, Behaviour::Honest)]);
+    let started = std::time::Instant::now();
+    let (report, got) = transfer(&mut n, &c).await;
+    let (report, got) = (report.unwrap(), got.unwrap());
+    assert_eq!(report.outcome, SendOutcome::Completed);
+    assert_eq!(file_bytes(&got.info.path), file_bytes(&c.leader.info.path));
+    assert_eq!(*c.peers.distrusted.lock().unwrap(), vec![M1]);
+    assert!(got.bytes_from_members.iter().all(|m| m.0 == M2));
+    assert!(!got.bytes_from_members.is_empty());
+    let timeout = Duration::from_millis(cfg(FOLLOWER).progress_timeout_ms / 2);
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
     n.shutdown().await;
 }
