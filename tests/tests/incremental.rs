@@ -28,22 +28,25 @@ fn field(fields: &BTreeMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric {key} in {fields:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_the_snapshot() {
-    let mut cluster = Cluster::start_with(3, |c| {
-        // Snapshots only when asked; the log is cut 10 entries below each one.
+/// Keys of [`three_nodes_with_state`].
+const KEYS: u64 = 2000;
+
+/// Three nodes that snapshot only when asked (keeping the log `margin` entries below each
+/// snapshot, and two snapshots), with ~8 MB of kv state that compresses as little as real data
+/// does (~120 content-defined pieces), and a snapshot taken on every node: the cluster, its
+/// leader and a client.
+async fn three_nodes_with_state(margin: u64) -> (Cluster, u64, wraft_client::Client) {
+    let cluster = Cluster::start_with(3, |c| {
         c.snapshot.hint_threshold_entries = 0;
         c.snapshot.log_entries_max = 0;
-        c.snapshot.log_retain_margin_entries = 10;
+        c.snapshot.log_retain_margin_entries = margin;
         c.snapshot.retain_count = 2;
         c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     });
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let client = cluster.client().await;
     client.deploy("kv", guest("kv")).await.expect("deploy");
-    // ~8 MB of state that compresses as little as real data does: ~120 content-defined pieces.
-    let keys = 2000;
-    for i in 0..keys {
+    for i in 0..KEYS {
         client
             .propose("kv", &kv_put(&format!("k{i:05}"), &noise(i, 4096)))
             .await
@@ -55,6 +58,14 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
             .await
             .unwrap_or_else(|e| panic!("snapshot on node {id}: {e}"));
     }
+    (cluster, leader, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_the_snapshot() {
+    // The log is cut 10 entries below each snapshot.
+    let (mut cluster, leader, client) = three_nodes_with_state(10).await;
+    let keys = KEYS;
     let follower = *cluster.ids().iter().find(|i| **i != leader).unwrap();
     cluster.kill(follower);
 
@@ -141,31 +152,9 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
 /// manifest), at most half from the leader, and ends with the leader's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_node_joining_takes_most_of_the_snapshot_from_the_followers() {
-    let mut cluster = Cluster::start_with(3, |c| {
-        // Snapshots only when asked; the log is cut at each one.
-        c.snapshot.hint_threshold_entries = 0;
-        c.snapshot.log_entries_max = 0;
-        c.snapshot.log_retain_margin_entries = 0;
-        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    });
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let client = cluster.client().await;
-    client.deploy("kv", guest("kv")).await.expect("deploy");
-    // ~8 MB of state in ~120 content-defined pieces: the followers' snapshots, taken at other
-    // indexes than the leader's, hold the same pieces.
-    let keys = 2000;
-    for i in 0..keys {
-        client
-            .propose("kv", &kv_put(&format!("k{i:05}"), &noise(i, 4096)))
-            .await
-            .expect("put");
-    }
-    for id in cluster.ids() {
-        client
-            .snapshot_trigger_and_wait(Some(cluster.addr(id)), CATCH_UP_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("snapshot on node {id}: {e}"));
-    }
+    // The followers' snapshots, taken at other indexes than the leader's next one, hold the
+    // same pieces of the state. The log is cut at each snapshot.
+    let (mut cluster, leader, client) = three_nodes_with_state(0).await;
     client
         .propose("kv", &kv_put("last", "1"))
         .await
