@@ -28,6 +28,24 @@ fn field(fields: &BTreeMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric {key} in {fields:?}"))
 }
 
+/// Node `other` reads each of `keys` as node `leader` does (stale reads: each node's own state).
+async fn assert_reads_match(cluster: &Cluster, leader: u64, other: u64, keys: &[String]) {
+    for k in keys {
+        let q = wraft_tests::kv_get(k);
+        let mut answers = Vec::new();
+        for id in [leader, other] {
+            let answer = cluster
+                .node_client(id)
+                .await
+                .query("kv", &q, wraft_proto::Consistency::Stale)
+                .await
+                .unwrap_or_else(|e| panic!("read of {k} on node {id}: {e}"));
+            answers.push(answer);
+        }
+        assert_eq!(answers[1], answers[0], "key {k} on node {other}");
+    }
+}
+
 /// Keys of [`three_nodes_with_state`].
 const KEYS: u64 = 2000;
 
@@ -129,22 +147,11 @@ async fn a_follower_that_missed_a_few_writes_fetches_only_the_changed_part_of_th
     assert!(report.render().contains("a node holding that one fetches"));
 
     // The follower's state is the leader's.
-    for i in [0, 999, 1000, 1005, 1009, 1010, keys - 1] {
-        let q = wraft_tests::kv_get(&format!("k{i:05}"));
-        let want = cluster
-            .node_client(leader)
-            .await
-            .query("kv", &q, wraft_proto::Consistency::Stale)
-            .await
-            .expect("leader read");
-        let have = cluster
-            .node_client(follower)
-            .await
-            .query("kv", &q, wraft_proto::Consistency::Stale)
-            .await
-            .expect("follower read");
-        assert_eq!(have, want, "key {i}");
-    }
+    let keys: Vec<String> = [0, 999, 1000, 1005, 1009, 1010, keys - 1]
+        .iter()
+        .map(|i| format!("k{i:05}"))
+        .collect();
+    assert_reads_match(&cluster, leader, follower, &keys).await;
 }
 
 /// Multi-source catch-up: an empty node joining three nodes that all hold the snapshot takes
@@ -204,20 +211,6 @@ async fn an_empty_node_joining_takes_most_of_the_snapshot_from_the_followers() {
             "node {id} sent {bytes} of {file_len}"
         );
     }
-    for k in ["k00000".to_string(), "k01999".into(), "last".into()] {
-        let q = wraft_tests::kv_get(&k);
-        let want = cluster
-            .node_client(leader)
-            .await
-            .query("kv", &q, wraft_proto::Consistency::Stale)
-            .await
-            .expect("leader read");
-        let have = cluster
-            .node_client(4)
-            .await
-            .query("kv", &q, wraft_proto::Consistency::Stale)
-            .await
-            .expect("node 4 read");
-        assert_eq!(have, want, "key {k}");
-    }
+    let keys = ["k00000".to_string(), "k01999".into(), "last".into()];
+    assert_reads_match(&cluster, leader, 4, &keys).await;
 }
