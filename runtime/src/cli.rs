@@ -341,6 +341,9 @@ pub struct SnapshotReport {
     pub format: String,
     /// File length, bytes.
     pub file_bytes: u64,
+    /// Bytes of the file not stored in it but shared with older snapshot files next to it
+    /// (read from them; the disk it saves).
+    pub stored_shared_bytes: u64,
     /// Whole-file BLAKE3 digest from the header, hex.
     pub digest: String,
     /// Whether the digest matched the file's bytes.
@@ -420,6 +423,15 @@ impl SnapshotReport {
                 }
             );
         }
+        if self.stored_shared_bytes > 0 {
+            out += &format!(
+                "  stored {} bytes; {} bytes ({:.1} %) are shared with older snapshot files next \
+                 to it, not stored again\n",
+                self.file_bytes - self.stored_shared_bytes,
+                self.stored_shared_bytes,
+                100.0 * self.stored_shared_bytes as f64 / self.file_bytes.max(1) as f64
+            );
+        }
         out += &format!("  segments {}", self.segments);
         match &self.shared_with_previous {
             Some(p) => {
@@ -448,9 +460,9 @@ fn file_segments(
     path: &Path,
     file_len: u64,
 ) -> Result<Vec<wraft_snapshot::manifest::Segment>, AnyError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut read_at = |at: u64, buf: &mut [u8]| f.read_exact_at(buf, at);
+    let f =
+        wraft_storage::open_snapshot_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut read_at = |at: u64, buf: &mut [u8]| wraft_storage::read_exact_at(f.as_ref(), buf, at);
     wraft_snapshot::manifest::segments_of(file_len, &mut read_at)
         .map_err(|e| format!("{}: reading its segments: {e}", path.display()).into())
 }
@@ -489,6 +501,7 @@ pub fn snapshot_inspect(path: &Path) -> Result<SnapshotReport, AnyError> {
         term: info.meta.id.last_term,
         format: info.meta.format.clone(),
         file_bytes: info.file_len,
+        stored_shared_bytes: info.shared_bytes,
         digest: hex(&info.digest),
         digest_ok: false,
         voters: info.meta.membership.voters.clone(),

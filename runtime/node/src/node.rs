@@ -246,6 +246,14 @@ impl Node {
         );
         applier.set_check_interval(cfg.raft.divergence_check_entries);
         applier.set_modules(modules.clone());
+        // Every retained snapshot, the one being sent and one received, and a few more: an
+        // index pass must not evict its own entries. Shared by creation and the transfers.
+        let segments = wraft_snapshot::manifest::SegmentCache::with_capacity(
+            (cfg.snapshot.retain_count as usize)
+                .saturating_add(4)
+                .max(wraft_snapshot::manifest::SegmentCache::ENTRIES_DEFAULT),
+        );
+        applier.set_segments(segments.clone());
         // Every by-hash deploy entry the log retains keeps its module (those at or below the
         // snapshot are not applied again); read before the snapshot's restore collects what
         // nothing references.
@@ -390,13 +398,7 @@ impl Node {
             chunk_bytes: cfg.snapshot.chunk_bytes.min(u32::MAX as u64) as u32,
             progress_timeout_ms: cfg.snapshot.transfer_progress_timeout_ms,
             incoming_transfers_max: cfg.snapshot.incoming_transfers_max as usize,
-            // Every retained snapshot, the one being sent and one received, and a few more: an
-            // index pass must not evict its own entries.
-            segments: wraft_snapshot::manifest::SegmentCache::with_capacity(
-                (cfg.snapshot.retain_count as usize)
-                    .saturating_add(4)
-                    .max(wraft_snapshot::manifest::SegmentCache::ENTRIES_DEFAULT),
-            ),
+            segments,
             ..TransferConfig::default()
         }
         .with_test_faults_from_env();

@@ -11,7 +11,10 @@
 //!   segment starts by restating the floor and hard state, so deleting old segments never loses
 //!   them. See [`Log`].
 //! * `snap/` — the **snapshot store**: one file per snapshot, header + guest payload, protected by
-//!   a whole-file BLAKE3 digest and published by rename. See [`SnapshotStore`].
+//!   a whole-file BLAKE3 digest and published by rename. A file may leave out the segments an
+//!   older file holds (holes plus a trailer naming where they lie), so retained snapshots of
+//!   slowly changing state share their unchanged bytes; a retired snapshot others still borrow
+//!   from stays as a `.pack`. See [`SnapshotStore`].
 //!
 //! Apart from those, a [`ModuleStore`] (opened on its own, in a directory of the caller's choosing)
 //! keeps WebAssembly modules named by their SHA-256, so that a deploy log entry can carry only the
@@ -87,11 +90,11 @@ pub use crate::log::{
 };
 pub use crate::modules::{MODULE_HEADER_BYTES, ModuleStore, StoredModule};
 pub use crate::snapshot::{
-    IncomingSnapshot, Membership, PartialSource, SNAPSHOT_HEADER_BYTES, SnapshotId, SnapshotInfo,
-    SnapshotMeta, SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore, SnapshotWriter,
-    inspect_snapshot_file,
+    IncomingSnapshot, Membership, PartialSource, SNAPSHOT_HEADER_BYTES, SharedSegments, SnapshotId,
+    SnapshotInfo, SnapshotMeta, SnapshotPin, SnapshotReader, SnapshotRecovery, SnapshotStore,
+    SnapshotWriter, inspect_snapshot_file, open_snapshot_file,
 };
-pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile};
+pub use crate::vfs::{OpenMode, StdFs, Vfs, VfsFile, read_exact_at};
 
 /// One Raft log entry as stored. The node driver encodes the engine's entry kind into `payload`
 /// (postcard); storage treats it as opaque bytes.

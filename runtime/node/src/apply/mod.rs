@@ -229,6 +229,10 @@ pub struct Applier {
     /// The module store and the other members' (deploys by hash); `None` only in appliers
     /// built without a node around them, which cannot apply a by-hash deploy.
     modules: Option<Arc<crate::modules::Modules>>,
+    /// The segments of the node's snapshot files (shared with the transfers): a new snapshot
+    /// shares the unchanged ones instead of writing them again. `None`: every snapshot is
+    /// written whole.
+    segments: Option<wraft_snapshot::manifest::SegmentCache>,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -278,7 +282,13 @@ impl Applier {
             check_interval: 0,
             watch,
             modules: None,
+            segments: None,
         }
+    }
+
+    /// Let new snapshots share unchanged segments with older ones, found through `segments`.
+    pub fn set_segments(&mut self, segments: wraft_snapshot::manifest::SegmentCache) {
+        self.segments = Some(segments);
     }
 
     /// Take by-hash deploys' modules from `modules` (and keep the running ones there).

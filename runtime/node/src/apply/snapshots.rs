@@ -126,9 +126,11 @@ impl Applier {
         let events = self.events.clone();
         let node = self.node;
         let modules = self.modules.clone();
+        let segments = self.segments.clone();
         tokio::spawn(async move {
             let index = meta.index;
-            let ev = match snapshot::create_snapshot(node, storage, modules, base, cut).await {
+            let created = snapshot::create_snapshot(node, storage, modules, segments, base, cut);
+            let ev = match created.await {
                 Ok(info) => SnapEvent::Created { meta, info },
                 Err(error) => SnapEvent::Failed { index, error },
             };

@@ -23,6 +23,7 @@ use wraft_host::{FnSink, MachineHandle};
 use wraft_snapshot::format::{
     FormatError, MachineRecord, NODE_SNAPSHOT_VERSION, NodeSnapshotHeader, NodeSnapshotWriter,
 };
+use wraft_snapshot::manifest::{SegmentCache, shared_segments};
 use wraft_storage::{SnapshotId, SnapshotInfo, Storage};
 
 use super::restore::{MachineCut, build_instance, open_base};
@@ -47,10 +48,13 @@ pub struct Cut {
 ///
 /// With `modules`, each machine's module is named by reference and first made durable in the
 /// node's module store ([`Modules::hold`]); without (a node that has no module store), carried.
+/// With `segments`, every frame an older snapshot holds is shared with it, not written again
+/// ([`NodeSnapshotWriter::begin_sharing`]).
 pub async fn create_snapshot(
     node: u64,
     storage: Arc<Storage>,
     modules: Option<Arc<Modules>>,
+    segments: Option<SegmentCache>,
     base: Option<SnapshotId>,
     cut: Cut,
 ) -> Result<SnapshotInfo, String> {
@@ -113,7 +117,14 @@ pub async fn create_snapshot(
                     detail,
                 })?;
             }
-            let mut w = NodeSnapshotWriter::begin(&storage.snapshots, &header)?;
+            let store = &storage.snapshots;
+            let mut w = match &segments {
+                Some(cache) => {
+                    let shared = Arc::new(shared_segments(store, cache));
+                    NodeSnapshotWriter::begin_sharing(store, &header, shared)?
+                }
+                None => NodeSnapshotWriter::begin(store, &header)?,
+            };
             for (i, (_, b)) in running.iter().enumerate() {
                 if by_ref.is_some() {
                     w.module_ref(i as u32)?;
@@ -167,7 +178,7 @@ pub async fn create_snapshot(
     // compressed by a guest that compresses (the host never sees the raw state), and the file
     // adds the modules and sessions, so file / guest is no compression ratio.
     tracing::info!(target: "wraft::snapshot", node, index, machines = n, file_bytes = info.file_len,
-        guest_bytes, duration_ms = (secs * 1000.0) as u64, file = %info.path.display(),
+        shared_bytes = info.shared_bytes, guest_bytes, duration_ms = (secs * 1000.0) as u64, file = %info.path.display(),
         "created snapshot");
     Ok(info)
 }

@@ -30,9 +30,10 @@ impl BodySource for SnapshotReader {
     }
 }
 
-/// A body read straight from a file (for `wraft snapshot inspect`).
+/// A body read straight from a file (for `wraft snapshot inspect`). A file that shares bytes
+/// with older snapshots reads them from the files next to it, as the store does.
 pub struct FileBody {
-    file: std::fs::File,
+    file: std::sync::Arc<dyn wraft_storage::VfsFile>,
     path: String,
     offset: u64,
     len: u64,
@@ -42,7 +43,7 @@ impl FileBody {
     /// The body of the snapshot file at `path`, whose header storage verified
     /// (`body_offset`, `body_len` from [`wraft_storage::SnapshotInfo`]).
     pub fn open(path: &Path, body_offset: u64, body_len: u64) -> Result<Self, FormatError> {
-        let file = std::fs::File::open(path).map_err(|e| FormatError::Io {
+        let file = wraft_storage::open_snapshot_file(path).map_err(|e| FormatError::Io {
             file: path.display().to_string(),
             detail: format!("open: {e}"),
         })?;
@@ -60,13 +61,11 @@ impl BodySource for FileBody {
         self.len
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, String> {
-        use std::os::unix::fs::FileExt;
         if offset >= self.len {
             return Ok(0);
         }
         let n = buf.len().min((self.len - offset) as usize);
-        self.file
-            .read_exact_at(&mut buf[..n], self.offset + offset)
+        wraft_storage::read_exact_at(self.file.as_ref(), &mut buf[..n], self.offset + offset)
             .map_err(|e| e.to_string())?;
         Ok(n)
     }
@@ -116,12 +115,25 @@ impl BodySource for MemoryBody {
 pub trait BodySink {
     /// Append `bytes` to the body.
     fn append(&mut self, bytes: &[u8]) -> Result<(), FormatError>;
+
+    /// Append one whole frame, its header and its payload: the unit a sink may share with an
+    /// older snapshot instead of writing it. By default two appends.
+    fn append_frame(&mut self, head: &[u8], payload: &[u8]) -> Result<(), FormatError> {
+        self.append(head)?;
+        self.append(payload)
+    }
 }
 
 impl BodySink for SnapshotWriter {
     /// One `pwrite` (the storage writer also feeds its whole-file digest).
     fn append(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
         Ok(self.write_chunk(bytes)?)
+    }
+
+    /// A storage segment: shared with an older snapshot holding the same frame if the writer
+    /// was begun sharing ([`super::NodeSnapshotWriter::begin_sharing`]), else written.
+    fn append_frame(&mut self, head: &[u8], payload: &[u8]) -> Result<(), FormatError> {
+        Ok(self.write_segment(&[head, payload])?)
     }
 }
 

@@ -26,20 +26,42 @@ impl NodeSnapshotWriter {
     /// Start a snapshot file in `store` for `header` and write the header
     /// frame. Nothing is visible until [`NodeSnapshotWriter::finish`].
     pub fn begin(store: &SnapshotStore, header: &NodeSnapshotHeader) -> Result<Self, FormatError> {
-        let meta = wraft_storage::SnapshotMeta {
-            id: SnapshotId {
-                last_index: header.index,
-                last_term: header.term,
-            },
-            membership: wraft_storage::Membership {
-                voters: header.membership.voters.iter().copied().collect(),
-                learners: header.membership.learners.iter().copied().collect(),
-            },
-            format: NODE_SNAPSHOT_FORMAT.to_owned(),
-        };
-        BodyWriter::start(store.begin(meta)?, header)
+        BodyWriter::start(store.begin(storage_meta(header))?, header)
     }
 
+    /// [`NodeSnapshotWriter::begin`], sharing every frame that `shared` says an older snapshot
+    /// of `store` holds instead of writing it again (build it with
+    /// [`crate::manifest::shared_segments`]): unchanged guest chunks cost no disk.
+    pub fn begin_sharing(
+        store: &SnapshotStore,
+        header: &NodeSnapshotHeader,
+        shared: std::sync::Arc<wraft_storage::SharedSegments>,
+    ) -> Result<Self, FormatError> {
+        BodyWriter::start(store.begin_sharing(storage_meta(header), shared)?, header)
+    }
+
+    /// Bytes shared with older snapshots so far.
+    pub fn shared_bytes(&self) -> u64 {
+        self.inner.as_ref().map_or(0, SnapshotWriter::shared_bytes)
+    }
+}
+
+/// The storage metadata of a node snapshot file with `header`.
+fn storage_meta(header: &NodeSnapshotHeader) -> wraft_storage::SnapshotMeta {
+    wraft_storage::SnapshotMeta {
+        id: SnapshotId {
+            last_index: header.index,
+            last_term: header.term,
+        },
+        membership: wraft_storage::Membership {
+            voters: header.membership.voters.iter().copied().collect(),
+            learners: header.membership.learners.iter().copied().collect(),
+        },
+        format: NODE_SNAPSHOT_FORMAT.to_owned(),
+    }
+}
+
+impl NodeSnapshotWriter {
     /// Write the End frame, then seal the file (fdatasync, rename, retention).
     pub fn finish(mut self, machines: u32) -> Result<wraft_storage::SnapshotInfo, FormatError> {
         Ok(self.end(machines)?.finish()?)
@@ -214,8 +236,7 @@ impl<S: BodySink> BodyWriter<S> {
         head[0] = kind as u8;
         head[1..5].copy_from_slice(&len.to_le_bytes());
         head[5..9].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-        w.append(&head)?;
-        w.append(payload)?;
+        w.append_frame(&head, payload)?;
         self.body_bytes += FRAME_HEADER_BYTES + payload.len() as u64;
         Ok(())
     }

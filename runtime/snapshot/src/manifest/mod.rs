@@ -241,6 +241,34 @@ pub fn remember_segments(
         .map(|_| ())
 }
 
+/// Where every segment of `store`'s complete snapshots lies, by hash, for a new snapshot to
+/// share instead of writing again ([`crate::format::NodeSnapshotWriter::begin_sharing`]):
+/// newest snapshots first, so a segment is taken from the most recent file that has it (the
+/// store follows it to the file that holds its bytes). Segments come from `cache`, computed and
+/// remembered for a file not seen yet. Blocking: for each file not in `cache`, one read and
+/// BLAKE3.
+///
+/// A snapshot that cannot be read is left out (its segments are written again) with a warning.
+pub fn shared_segments(
+    store: &wraft_storage::SnapshotStore,
+    cache: &SegmentCache,
+) -> wraft_storage::SharedSegments {
+    let mut shared = wraft_storage::SharedSegments::default();
+    for info in store.list().iter().rev() {
+        if let Err(e) = remember_segments(store, info.id(), cache) {
+            tracing::warn!(target: "wraft::snapshot", id = %info.id(), error = %e,
+                "cannot index an older snapshot: the new one will not share its bytes");
+            continue;
+        }
+        if let Some(segments) = cache.get(&info.digest) {
+            for s in segments.iter() {
+                shared.insert(s.hash, info.id(), s.offset, u64::from(s.len));
+            }
+        }
+    }
+    shared
+}
+
 /// Segments a node holds locally, by hash: where to copy each from.
 #[derive(Debug, Default)]
 pub struct LocalSegments {

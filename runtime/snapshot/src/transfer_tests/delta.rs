@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::format::FrameKind;
-use crate::manifest::segments_of;
+use crate::manifest::{SegmentCache, segments_of};
 
 const OLD: SnapshotId = SnapshotId {
     last_index: 900,
@@ -30,12 +30,8 @@ fn seeds(n: u64) -> Vec<u64> {
 
 /// Bytes of the segment holding the storage header and metadata of `info`'s file.
 fn header_segment_bytes(info: &SnapshotInfo) -> u64 {
-    let mut f = std::fs::File::open(&info.path).unwrap();
-    let mut read_at = |at: u64, buf: &mut [u8]| {
-        use std::io::{Read, Seek, SeekFrom};
-        f.seek(SeekFrom::Start(at))?;
-        f.read_exact(buf)
-    };
+    let f = wraft_storage::open_snapshot_file(&info.path).unwrap();
+    let mut read_at = |at: u64, buf: &mut [u8]| wraft_storage::read_exact_at(f.as_ref(), buf, at);
     u64::from(segments_of(info.file_len, &mut read_at).unwrap()[0].len)
 }
 
@@ -111,6 +107,82 @@ async fn a_follower_holding_the_previous_snapshot_receives_only_the_changed_fram
     assert_eq!(got.bytes_reused, file_len - expected);
     assert_eq!(report.chunks_resent, 0);
     assert!(expected * 40 < file_len, "{expected} of {file_len}");
+    n.shutdown().await;
+}
+
+/// Write snapshot [`ID`] of `frames` into `store` sharing every frame an older snapshot there
+/// holds, as a node does.
+fn make_sharing_snapshot(store: &SnapshotStore, frames: &[u64]) -> SnapshotInfo {
+    let shared = crate::manifest::shared_segments(store, &SegmentCache::default());
+    let meta = SnapshotMeta {
+        id: ID,
+        membership: Membership {
+            voters: vec![LEADER, FOLLOWER],
+            learners: vec![],
+        },
+        format: "test/1".into(),
+    };
+    let mut w = store.begin_sharing(meta, Arc::new(shared)).unwrap();
+    for f in framed(frames).chunks(9 + FRAME_PAYLOAD) {
+        w.write_segment(&[&f[..9], &f[9..]]).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stored_sharing_its_predecessors_frames_transfers_as_the_same_bytes() {
+    let mut n = net();
+    let old = seeds(120);
+    let mut new = old.clone();
+    new[7] = 10_007;
+    new.push(10_500);
+    let mut p = pair(&old, &new);
+    // The leader also holds OLD, and stores ID sharing its unchanged frames.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader = open_store(Arc::new(StdFs), leader_dir.path());
+    make_snapshot(&leader, OLD, &framed(&old));
+    let info = make_sharing_snapshot(&leader, &new);
+    let frame = (9 + FRAME_PAYLOAD) as u64;
+    assert_eq!(
+        info.shared_bytes,
+        119 * frame,
+        "every unchanged frame shared"
+    );
+    assert_eq!(info.digest, p.leader.info.digest, "the same logical file");
+    let physical = std::fs::metadata(&info.path).unwrap().len();
+    assert!(physical > info.file_len, "holes and a trailer");
+    p.leader = Leader {
+        _dir: leader_dir,
+        store: leader,
+        info,
+    };
+    // Delta into a follower holding OLD, then whole into an empty one: the leader's logical
+    // bytes both times.
+    let (report, got) = transfer(&mut n, &p, cfg(LEADER)).await;
+    assert_eq!(
+        report.bytes_sent,
+        header_segment_bytes(&p.leader.info) + 2 * frame
+    );
+    assert_eq!(got.info.shared_bytes, 0, "a received file is stored whole");
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = open_store(Arc::new(StdFs), empty_dir.path());
+    let slots = IncomingSlots::new(2);
+    let (report, got) = transfer_between(
+        &mut n,
+        &p.leader.store,
+        ID,
+        cfg(LEADER),
+        BandwidthLimiter::new(None),
+        &empty,
+        cfg(FOLLOWER),
+        &slots,
+    )
+    .await;
+    assert_eq!(report.unwrap().bytes_sent, p.leader.info.file_len);
+    assert_eq!(
+        file_bytes(&got.unwrap().info.path),
+        file_bytes(&p.leader.info.path)
+    );
     n.shutdown().await;
 }
 

@@ -360,8 +360,13 @@ fn spawn_receive(
     })
 }
 
+/// The logical bytes of the snapshot file at `path` (a file sharing bytes with older ones
+/// reads them from there).
 fn file_bytes(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
+    let f = wraft_storage::open_snapshot_file(path).unwrap();
+    let mut b = vec![0u8; f.len().unwrap() as usize];
+    wraft_storage::read_exact_at(f.as_ref(), &mut b, 0).unwrap();
+    b
 }
 
 /// The next reply that is not a heartbeat: a follower repeats `Durable{durable}` right after

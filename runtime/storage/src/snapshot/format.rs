@@ -15,14 +15,20 @@
 //! The digest covers every byte of the file except itself and the header CRC; it is hashed in
 //! streaming order (the body length, unknown until the end, goes last), so a snapshot is written in
 //! one pass with the header patched before the file is synced and renamed into place.
+//!
+//! This is the file's **logical** layout. A file may store some of its bytes as holes shared with
+//! older snapshot files, listed in a trailer after its last logical byte (see `shared`); every
+//! check here reads the logical bytes.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::StorageConfig;
 use crate::error::{Result, StorageError, io_err};
 use crate::record::{u32_at, u64_at};
-use crate::vfs::{OpenMode, Vfs, read_exact_at};
+use crate::vfs::{Vfs, VfsFile, read_exact_at};
 
+use super::shared::{Borrow, open_logical};
 use super::{SnapshotInfo, SnapshotMeta, invalid};
 
 pub(super) const SNAP_MAGIC: &[u8; 8] = b"WRAFTSNP";
@@ -41,23 +47,24 @@ pub(super) fn verify_file(
     cfg: &StorageConfig,
     full: bool,
 ) -> Result<SnapshotInfo> {
-    verify_file_prehashed(vfs, path, cfg, full, None)
+    verify_file_prehashed(vfs, path, cfg, full, None).map(|(info, _)| info)
 }
 
 /// [`verify_file`], where `prehashed` (if given) already holds the digest input for the whole
 /// file as it was written — `file[..16]` then `file[SNAPSHOT_HEADER_BYTES..]` — and `len` says
 /// how many file bytes it covers. It is used instead of re-reading the body only if `len` is the
 /// file's length; otherwise the body is read and hashed as usual.
+///
+/// Everything is checked on the file's logical bytes (borrowed ranges read from their owners;
+/// see `shared`), whose borrows are returned with the information.
 pub(super) fn verify_file_prehashed(
     vfs: &dyn Vfs,
     path: &Path,
     cfg: &StorageConfig,
     full: bool,
     prehashed: Option<(blake3::Hasher, u64)>,
-) -> Result<SnapshotInfo> {
-    let file = vfs
-        .open(path, OpenMode::Read)
-        .map_err(io_err("open snapshot", path))?;
+) -> Result<(SnapshotInfo, Arc<Vec<Borrow>>)> {
+    let (file, borrows) = open_logical(vfs, path)?;
     let file_len = file.len().map_err(io_err("stat snapshot", path))?;
     if file_len < SNAPSHOT_HEADER_BYTES {
         return Err(invalid(
@@ -157,20 +164,32 @@ pub(super) fn verify_file_prehashed(
             ));
         }
     }
-    Ok(SnapshotInfo {
+    let info = SnapshotInfo {
         meta,
         body_len,
         digest,
         file_len,
         path: path.to_path_buf(),
-    })
+        shared_bytes: borrows.iter().map(|b| b.len).sum(),
+    };
+    Ok((info, borrows))
 }
 
 /// Read and check the snapshot file at `path` without opening a store (no retention, no
 /// quarantine, nothing written): the header, its CRC, the lengths and, with `full`, the whole-file
 /// BLAKE3 digest (one sequential read). For tools such as `wraft snapshot inspect`.
+///
+/// A file that shares bytes with older snapshots reads them from the files next to it, as the
+/// store does; it fails, naming the missing file, if they are not there.
 pub fn inspect_snapshot_file(path: &Path, full: bool) -> Result<SnapshotInfo> {
     verify_file(&crate::vfs::StdFs, path, &StorageConfig::default(), full)
+}
+
+/// The logical bytes of the snapshot file at `path` (header included), for reading it outside a
+/// store: the file itself, or for a file that shares bytes with older snapshots, a read-only
+/// view that takes them from the files next to it.
+pub fn open_snapshot_file(path: &Path) -> Result<Arc<dyn VfsFile>> {
+    open_logical(&crate::vfs::StdFs, path).map(|(file, _)| file)
 }
 
 /// Feed `data`, found at file offset `offset`, into a whole-file digest: every byte but the

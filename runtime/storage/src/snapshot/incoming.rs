@@ -281,7 +281,9 @@ impl IncomingSnapshot {
             &inner.cfg,
             true,
             prehashed,
-        ) {
+        )
+        .map(|(info, _)| info)
+        {
             Ok(info) if info.meta.id == self.id => info,
             Ok(info) => {
                 let e = invalid(
@@ -308,7 +310,7 @@ impl IncomingSnapshot {
         inner.sync_dir()?;
         self.finished = true;
         let info = SnapshotInfo { path, ..info };
-        self.store.publish(info.clone(), true)?;
+        self.store.publish(info.clone(), true, Arc::default())?;
         // A prefix kept from an interrupted transfer has served (or is of an older snapshot).
         remove_sources(&inner, false)?;
         Ok(info)

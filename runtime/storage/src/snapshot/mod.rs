@@ -4,7 +4,8 @@
 //! locally; deleted on open), `.partial` + `.partial.progress` (being received; resumable),
 //! `.partial.source` (at most one: the durable prefix of an interrupted transfer of another
 //! snapshot, a source of segments for the next transfer), `.snap.corrupt` (failed verification;
-//! kept for the operator, never read).
+//! kept for the operator, never read), `.pack` (a retired snapshot whose bytes newer ones still
+//! share; see `shared`).
 //!
 //! Its parts:
 //! * `format`: the file layout (drawn there), its verification, and the whole-file digest;
@@ -15,7 +16,9 @@
 //! * `retention`: listing, pins, acceptance of received snapshots, and deletion of old ones;
 //! * `incoming`: [`IncomingSnapshot`], a snapshot being received, resumable after a crash;
 //! * `progress`: the `.partial.progress` file holding a transfer's durable offset;
-//! * `source`: [`PartialSource`], the `.partial.source` file.
+//! * `source`: [`PartialSource`], the `.partial.source` file;
+//! * `shared`: files that borrow unchanged bytes from older ones instead of repeating them
+//!   (trailer, logical view, `.pack` files of retired owners).
 
 mod format;
 mod incoming;
@@ -23,10 +26,11 @@ mod progress;
 mod reader;
 mod recovery;
 mod retention;
+mod shared;
 mod source;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,10 +41,11 @@ use crate::config::{FsyncPolicy, StorageConfig};
 use crate::error::{Result, StorageError, io_err};
 use crate::vfs::{Vfs, VfsFile};
 
-pub use self::format::{SNAPSHOT_HEADER_BYTES, inspect_snapshot_file};
+pub use self::format::{SNAPSHOT_HEADER_BYTES, inspect_snapshot_file, open_snapshot_file};
 pub use self::incoming::IncomingSnapshot;
 pub use self::reader::SnapshotReader;
 pub use self::retention::SnapshotPin;
+pub use self::shared::{Borrow, SharedSegments};
 pub use self::source::PartialSource;
 pub use self::writer::SnapshotWriter;
 
@@ -93,6 +98,9 @@ pub struct SnapshotInfo {
     pub file_len: u64,
     /// Path of the file.
     pub path: PathBuf,
+    /// Bytes of the file that are not written in it but shared with (borrowed from) an older
+    /// snapshot file: the disk it saves.
+    pub shared_bytes: u64,
 }
 
 impl SnapshotInfo {
@@ -127,6 +135,28 @@ struct SnapState {
     received: HashSet<SnapshotId>,
     pins: HashMap<SnapshotId, usize>,
     incoming_open: HashSet<SnapshotId>,
+    /// Borrows of every complete file and pack that has any (see `shared`).
+    shares: HashMap<SnapshotId, Arc<Vec<Borrow>>>,
+    /// Retired snapshots kept as `.pack` files because newer ones borrow from them.
+    packs: BTreeSet<SnapshotId>,
+    /// Owners each snapshot writer in progress borrows from, by writer number.
+    writing: HashMap<u64, BTreeSet<SnapshotId>>,
+    /// Number of the next writer.
+    next_writer: u64,
+}
+
+impl SnapState {
+    /// Snapshots whose bytes a complete snapshot or a writer in progress borrows: they must stay
+    /// on disk (as `.snap` or `.pack`). Packs' own borrows do not count.
+    fn owners_in_use(&self) -> BTreeSet<SnapshotId> {
+        let mut used: BTreeSet<SnapshotId> = self.writing.values().flatten().copied().collect();
+        for (id, borrows) in &self.shares {
+            if self.complete.contains_key(id) {
+                used.extend(borrows.iter().map(|b| b.owner));
+            }
+        }
+        used
+    }
 }
 
 #[derive(Debug)]

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::config::StorageConfig;
 use crate::error::{Result, StorageError, io_err};
-use crate::vfs::{OpenMode, Vfs, VfsFile, read_exact_at};
+use crate::vfs::{Vfs, VfsFile, read_exact_at};
 
 use super::format::verify_file;
 use super::retention::SnapshotPin;
+use super::shared::open_logical;
 use super::{SnapshotId, SnapshotInfo, SnapshotStore};
 
 impl SnapshotStore {
@@ -23,11 +24,7 @@ impl SnapshotStore {
             .get(&id)
             .cloned()
             .ok_or(StorageError::SnapshotNotFound(id))?;
-        let file = self
-            .inner
-            .vfs
-            .open(&info.path, OpenMode::Read)
-            .map_err(io_err("open snapshot", &info.path))?;
+        let (file, _) = open_logical(self.inner.vfs.as_ref(), &info.path)?;
         Ok(SnapshotReader {
             info,
             file,

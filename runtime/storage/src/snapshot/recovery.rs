@@ -8,8 +8,9 @@ use crate::config::StorageConfig;
 use crate::error::{Result, io_err};
 use crate::vfs::{OpenMode, Vfs};
 
-use super::format::verify_file;
+use super::format::verify_file_prehashed;
 use super::progress::read_progress;
+use super::shared::{PACK_SUFFIX, borrows_in};
 use super::{Inner, SnapState, SnapshotId, SnapshotRecovery, SnapshotStore, parse_id};
 
 impl SnapshotStore {
@@ -44,12 +45,15 @@ impl SnapshotStore {
         let mut candidates = Vec::new();
         let mut partials = Vec::new();
         let mut progress = Vec::new();
+        let mut packs = Vec::new();
         for name in vfs
             .list(dir)
             .map_err(io_err("list snapshot directory", dir))?
         {
             let path = dir.join(&name);
-            if let Some(stem) = name.strip_suffix(".snap") {
+            if let Some(id) = name.strip_suffix(PACK_SUFFIX).and_then(parse_id) {
+                packs.push(id);
+            } else if let Some(stem) = name.strip_suffix(".snap") {
                 match parse_id(stem) {
                     Some(id) => candidates.push(id),
                     None => {
@@ -80,16 +84,19 @@ impl SnapshotStore {
         for id in candidates {
             let path = inner.path(id, ".snap");
             let full = rec.latest.is_none();
-            match verify_file(vfs, &path, &inner.cfg, full) {
-                Ok(info) if info.meta.id == id => {
+            match verify_file_prehashed(vfs, &path, &inner.cfg, full, None) {
+                Ok((info, borrows)) if info.meta.id == id => {
                     if full {
                         rec.latest = Some(info.clone());
+                    }
+                    if !borrows.is_empty() {
+                        st.shares.insert(id, borrows);
                     }
                     st.complete.insert(id, info);
                 }
                 result => {
                     let why = match result {
-                        Ok(info) => format!(
+                        Ok((info, _)) => format!(
                             "header names snapshot {} but the file name says {id}",
                             info.meta.id
                         ),
@@ -107,6 +114,22 @@ impl SnapshotStore {
                     rec.quarantined.push(bad);
                 }
             }
+        }
+        // Packs: their borrows only serve to follow a range to the file that holds it. One
+        // whose trailer cannot be read lends nothing (a snapshot borrowing from it fails its
+        // digest and falls back like any damaged file).
+        for id in packs {
+            let path = inner.path(id, PACK_SUFFIX);
+            match borrows_in(vfs, &path) {
+                Ok(b) if !b.is_empty() => {
+                    st.shares.insert(id, Arc::new(b));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "pack trailer unreadable");
+                }
+            }
+            st.packs.insert(id);
         }
         let newest = rec.latest.as_ref().map(|i| i.id());
         partials.sort_unstable_by(|a, b| b.cmp(a));

@@ -1,7 +1,10 @@
 //! Listing, pinning, accepting received snapshots, and retention (deleting old ones).
 
+use std::sync::Arc;
+
 use crate::error::{Result, StorageError, io_err};
 
+use super::shared::{Borrow, PACK_SUFFIX};
 use super::{SnapshotId, SnapshotInfo, SnapshotStore};
 
 impl SnapshotStore {
@@ -54,6 +57,10 @@ impl SnapshotStore {
     /// except the newest one above all of the node's own. So received snapshots the node ignores
     /// never push out the snapshot it works from, and at most one of them is kept. Runs
     /// automatically after each new snapshot, acceptance, and release of a pin.
+    ///
+    /// A deleted snapshot whose bytes a remaining one (or a writer in progress) borrows is kept
+    /// as `<id>.pack` instead, and a pack is deleted once nothing borrows from it (see `shared`).
+    /// Returns the snapshots that stopped being snapshots (deleted or kept as packs).
     pub fn gc(&self) -> Result<Vec<SnapshotId>> {
         let inner = &self.inner;
         let doomed: Vec<SnapshotInfo> = {
@@ -85,23 +92,95 @@ impl SnapshotStore {
             }
             out
         };
+        let mut changed = false;
         for info in &doomed {
-            inner
-                .vfs
-                .remove_file(&info.path)
-                .map_err(io_err("remove old snapshot", &info.path))?;
+            let id = info.id();
+            // Decided and recorded under the lock, so a writer cannot start borrowing from a
+            // snapshot between the check and the deletion.
+            let keep = {
+                let mut st = inner.lock();
+                let keep = st.owners_in_use().contains(&id);
+                if keep {
+                    st.packs.insert(id);
+                } else {
+                    st.shares.remove(&id);
+                }
+                keep
+            };
+            if keep {
+                let pack = inner.path(id, PACK_SUFFIX);
+                inner
+                    .vfs
+                    .rename(&info.path, &pack)
+                    .map_err(io_err("keep old snapshot as a pack", &info.path))?;
+                tracing::debug!(file = %pack.display(), "old snapshot kept as a pack: newer snapshots share its bytes");
+            } else {
+                inner
+                    .vfs
+                    .remove_file(&info.path)
+                    .map_err(io_err("remove old snapshot", &info.path))?;
+            }
+            changed = true;
         }
-        if !doomed.is_empty() {
+        // The borrowers' deletion is made durable before a pack they used goes: a crash never
+        // leaves a snapshot whose owner is gone.
+        if changed {
+            inner.sync_dir()?;
+        }
+        if self.drop_unused_packs()? {
             inner.sync_dir()?;
         }
         Ok(doomed.iter().map(SnapshotInfo::id).collect())
     }
 
-    pub(super) fn publish(&self, info: SnapshotInfo, received: bool) -> Result<()> {
+    /// Delete the packs nothing borrows from any more. Returns whether any was deleted (the
+    /// caller syncs the directory).
+    pub(super) fn drop_unused_packs(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let unused: Vec<SnapshotId> = {
+            let mut st = inner.lock();
+            let used = st.owners_in_use();
+            let unused: Vec<SnapshotId> = st
+                .packs
+                .iter()
+                .filter(|p| !used.contains(p))
+                .copied()
+                .collect();
+            for id in &unused {
+                st.packs.remove(id);
+                st.shares.remove(id);
+            }
+            unused
+        };
+        for id in &unused {
+            let path = inner.path(*id, PACK_SUFFIX);
+            inner
+                .vfs
+                .remove_file(&path)
+                .map_err(io_err("remove unused pack", &path))?;
+        }
+        Ok(!unused.is_empty())
+    }
+
+    /// Snapshots kept only as packs (retired, their bytes still shared by newer ones), oldest
+    /// first.
+    pub fn packs(&self) -> Vec<SnapshotId> {
+        self.inner.lock().packs.iter().copied().collect()
+    }
+
+    pub(super) fn publish(
+        &self,
+        info: SnapshotInfo,
+        received: bool,
+        borrows: Arc<Vec<Borrow>>,
+    ) -> Result<()> {
         {
             let mut st = self.inner.lock();
             if received {
                 st.received.insert(info.id());
+            }
+            if !borrows.is_empty() {
+                st.shares.insert(info.id(), borrows);
             }
             st.complete.insert(info.id(), info);
         }

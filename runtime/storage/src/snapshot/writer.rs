@@ -8,12 +8,33 @@ use crate::error::{Result, StorageError, io_err};
 use crate::vfs::{OpenMode, VfsFile};
 
 use super::format::{SNAP_MAGIC, SNAP_VERSION, SNAPSHOT_HEADER_BYTES};
-use super::{SnapshotInfo, SnapshotMeta, SnapshotStore};
+use super::shared::{Borrow, SharedSegments, encode_trailer, resolve};
+use super::{SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore};
 
 impl SnapshotStore {
     /// Start writing a snapshot locally (from the guest's chunks). Nothing is visible until
     /// [`SnapshotWriter::finish`]; dropping the writer deletes the temporary file.
     pub fn begin(&self, meta: SnapshotMeta) -> Result<SnapshotWriter> {
+        self.begin_with(meta, None)
+    }
+
+    /// [`SnapshotStore::begin`], for a writer whose [`SnapshotWriter::write_segment`] looks each
+    /// segment up in `shared` and shares it with the snapshot holding it instead of writing it
+    /// again (see `shared`): a snapshot of slowly changing state then costs the disk only what
+    /// changed.
+    pub fn begin_sharing(
+        &self,
+        meta: SnapshotMeta,
+        shared: Arc<SharedSegments>,
+    ) -> Result<SnapshotWriter> {
+        self.begin_with(meta, Some(shared))
+    }
+
+    fn begin_with(
+        &self,
+        meta: SnapshotMeta,
+        shared: Option<Arc<SharedSegments>>,
+    ) -> Result<SnapshotWriter> {
         let inner = &self.inner;
         let id = meta.id;
         if inner.lock().complete.contains_key(&id) {
@@ -48,6 +69,11 @@ impl SnapshotStore {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&hdr[..16]);
         hasher.update(&meta_bytes);
+        let number = {
+            let mut st = inner.lock();
+            st.next_writer += 1;
+            st.next_writer
+        };
         Ok(SnapshotWriter {
             store: self.clone(),
             meta,
@@ -59,6 +85,9 @@ impl SnapshotStore {
             body_len: 0,
             hasher,
             done: false,
+            number,
+            borrows: Vec::new(),
+            shared,
         })
     }
 }
@@ -75,6 +104,12 @@ pub struct SnapshotWriter {
     body_len: u64,
     hasher: blake3::Hasher,
     done: bool,
+    /// This writer's number in the store's table of owners in use.
+    number: u64,
+    /// Ranges left as holes, their bytes held by older snapshots (see `shared`).
+    borrows: Vec<Borrow>,
+    /// Where segments already lie ([`SnapshotStore::begin_sharing`]).
+    shared: Option<Arc<SharedSegments>>,
 }
 
 impl fmt::Debug for SnapshotWriter {
@@ -89,15 +124,7 @@ impl fmt::Debug for SnapshotWriter {
 impl SnapshotWriter {
     /// Append a chunk of guest payload. Cost: one `pwrite` and hashing (~4 GB/s).
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<()> {
-        let max = self.store.inner.cfg.snapshot_file_bytes_max;
-        if self.pos + chunk.len() as u64 > max {
-            return Err(StorageError::LimitExceeded {
-                what: "snapshot file",
-                limit_name: "snapshot_file_bytes_max",
-                limit: max,
-                found: self.pos + chunk.len() as u64,
-            });
-        }
+        self.check_room(chunk.len() as u64)?;
         self.file
             .write_all_at(chunk, self.pos)
             .map_err(io_err("write snapshot body", &self.tmp))?;
@@ -105,6 +132,103 @@ impl SnapshotWriter {
         self.pos += chunk.len() as u64;
         self.body_len += chunk.len() as u64;
         Ok(())
+    }
+
+    /// Append one segment, given in parts (a frame's header and payload): shared with the
+    /// snapshot that holds the same bytes if the writer was begun with
+    /// [`SnapshotStore::begin_sharing`] and one does, else written. Cost: without sharing, as
+    /// [`SnapshotWriter::write_chunk`]; with it, one more BLAKE3 pass over the bytes and a
+    /// lookup, and no write for a shared segment.
+    pub fn write_segment(&mut self, parts: &[&[u8]]) -> Result<()> {
+        if let Some(shared) = self.shared.clone() {
+            let mut h = blake3::Hasher::new();
+            for p in parts {
+                h.update(p);
+            }
+            let len = parts.iter().map(|p| p.len() as u64).sum();
+            if let Some((owner, at)) = shared.find(h.finalize().as_bytes(), len)
+                && self.share(parts, owner, at)?
+            {
+                return Ok(());
+            }
+        }
+        for p in parts {
+            self.write_chunk(p)?;
+        }
+        Ok(())
+    }
+
+    /// Append `bytes` (given in parts, e.g. a frame's header and payload) without writing them,
+    /// if snapshot `owner` holds the same bytes at `owner_at`: the file then borrows them (a hole
+    /// and an entry in its trailer; see `shared`). The caller vouches that the bytes are equal
+    /// (it found them by their BLAKE3); they still go into this file's digest, which every full
+    /// verification checks against the bytes actually read from the owner.
+    ///
+    /// Returns `false`, having done nothing, when the bytes cannot be borrowed: `owner` is no
+    /// longer on disk, or the range straddles bytes the owner holds and bytes it borrows itself.
+    /// The caller then writes them ([`SnapshotWriter::write_chunk`]). From a `true` until this
+    /// writer is finished or dropped, `owner` (or whichever snapshot holds the range) stays on
+    /// disk. Cost: hashing `bytes` for the digest and a lookup; no I/O.
+    pub fn share(&mut self, bytes: &[&[u8]], owner: SnapshotId, owner_at: u64) -> Result<bool> {
+        let len: u64 = bytes.iter().map(|b| b.len() as u64).sum();
+        if len == 0 {
+            return Ok(true);
+        }
+        self.check_room(len)?;
+        {
+            let mut st = self.store.inner.lock();
+            let on_disk = |id: &SnapshotId| st.complete.contains_key(id) || st.packs.contains(id);
+            if !on_disk(&owner) {
+                return Ok(false);
+            }
+            let theirs = st.shares.get(&owner).map_or(&[][..], |b| b.as_slice());
+            let Some((holder, holder_at)) = resolve(owner, owner_at, len, theirs) else {
+                return Ok(false);
+            };
+            if holder == self.meta.id || !on_disk(&holder) {
+                return Ok(false);
+            }
+            st.writing.entry(self.number).or_default().insert(holder);
+            match self.borrows.last_mut() {
+                Some(b)
+                    if b.end() == self.pos
+                        && b.owner == holder
+                        && b.owner_at + b.len == holder_at =>
+                {
+                    b.len += len;
+                }
+                _ => self.borrows.push(Borrow {
+                    at: self.pos,
+                    len,
+                    owner: holder,
+                    owner_at: holder_at,
+                }),
+            }
+        }
+        for b in bytes {
+            self.hasher.update(b);
+        }
+        self.pos += len;
+        self.body_len += len;
+        Ok(true)
+    }
+
+    fn check_room(&self, len: u64) -> Result<()> {
+        let max = self.store.inner.cfg.snapshot_file_bytes_max;
+        if self.pos + len > max {
+            return Err(StorageError::LimitExceeded {
+                what: "snapshot file",
+                limit_name: "snapshot_file_bytes_max",
+                limit: max,
+                found: self.pos + len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes borrowed so far ([`SnapshotWriter::share`]).
+    pub fn shared_bytes(&self) -> u64 {
+        self.borrows.iter().map(|b| b.len).sum()
     }
 
     /// Seal the snapshot: patch the header (length, digest, checksum), `fdatasync`, rename into
@@ -121,6 +245,14 @@ impl SnapshotWriter {
         self.file
             .write_all_at(&self.hdr, 0)
             .map_err(io_err("write snapshot header", &self.tmp))?;
+        if !self.borrows.is_empty() {
+            // The trailer starts at the logical end, which also gives a file that ends in a
+            // hole its full logical length.
+            let trailer = encode_trailer(&self.borrows)?;
+            self.file
+                .write_all_at(&trailer, self.pos)
+                .map_err(io_err("write snapshot trailer", &self.tmp))?;
+        }
         inner.sync_file(self.file.as_ref(), &self.tmp)?;
         let path = inner.path(self.meta.id, ".snap");
         inner
@@ -135,8 +267,11 @@ impl SnapshotWriter {
             digest,
             file_len: self.pos,
             path,
+            shared_bytes: self.shared_bytes(),
         };
-        self.store.publish(info.clone(), false)?;
+        let borrows = std::sync::Arc::new(std::mem::take(&mut self.borrows));
+        // Published (its borrows now count) before this writer's own claim goes (on drop).
+        self.store.publish(info.clone(), false, borrows)?;
         Ok(info)
     }
 }
@@ -145,6 +280,13 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.store.inner.vfs.remove_file(&self.tmp);
+        }
+        let claimed = self.store.inner.lock().writing.remove(&self.number);
+        // Owners only this writer kept may now be retired packs nothing needs.
+        if claimed.is_some()
+            && let Err(e) = self.store.gc()
+        {
+            tracing::warn!(error = %e, "snapshot retention after a writer finished failed");
         }
     }
 }
