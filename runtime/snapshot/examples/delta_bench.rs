@@ -119,37 +119,43 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
+/// One frame, as one storage segment (shared if the writer shares and an older file has it).
 fn frame(w: &mut wraft_storage::SnapshotWriter, kind: FrameKind, payload: &[u8]) {
     let mut h = Vec::with_capacity(9);
     h.push(kind as u8);
     h.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     h.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    w.write_chunk(&h).unwrap();
-    w.write_chunk(payload).unwrap();
+    w.write_segment(&[&h, payload]).unwrap();
 }
 
-/// Write `state` as a node snapshot at `index` into `store`; returns the file and the guest's
-/// snapshot bytes.
+/// Write `state` as a node snapshot at `index` into `store`, sharing the frames older snapshots
+/// there hold if `share` (as a node does); returns the file.
 fn write_snapshot(
     store: &SnapshotStore,
     state: Rc<Map>,
     index: u64,
     module: &[u8],
+    share: bool,
 ) -> SnapshotInfo {
     let id = SnapshotId {
         last_index: index,
         last_term: 1,
     };
-    let mut w = store
-        .begin(SnapshotMeta {
-            id,
-            membership: Membership {
-                voters: vec![1, 2],
-                learners: vec![],
-            },
-            format: "wraft-node/1".into(),
-        })
-        .unwrap();
+    let meta = SnapshotMeta {
+        id,
+        membership: Membership {
+            voters: vec![1, 2],
+            learners: vec![],
+        },
+        format: "wraft-node/1".into(),
+    };
+    let mut w = if share {
+        let cache = wraft_snapshot::manifest::SegmentCache::default();
+        let shared = wraft_snapshot::manifest::shared_segments(store, &cache);
+        store.begin_sharing(meta, Arc::new(shared)).unwrap()
+    } else {
+        store.begin(meta).unwrap()
+    };
     frame(
         &mut w,
         FrameKind::Header,
@@ -198,6 +204,47 @@ fn open(dir: &Path) -> SnapshotStore {
     SnapshotStore::open(Arc::new(StdFs), dir, &StorageConfig::default())
         .unwrap()
         .0
+}
+
+/// A store keeping `retain` snapshots.
+fn open_retaining(dir: &Path, retain: usize) -> SnapshotStore {
+    let cfg = StorageConfig {
+        snapshot_retain_count: retain,
+        ..StorageConfig::default()
+    };
+    SnapshotStore::open(Arc::new(StdFs), dir, &cfg).unwrap().0
+}
+
+/// Bytes the files of `dir` take on disk (allocated blocks: holes cost nothing).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// Rewrite `changed` of the `keys` keys of `s`, as `workload` says; returns the undo list.
+fn change(
+    s: &mut Map,
+    workload: &str,
+    keys: u64,
+    changed: u64,
+    rng: &mut fastrand::Rng,
+) -> Vec<(String, String)> {
+    let start = rng.u64(..keys - changed);
+    let mut undo = Vec::new();
+    for n in 0..changed {
+        let i = if workload == "clustered" {
+            start + n
+        } else {
+            rng.u64(..keys)
+        };
+        if let Some(old) = s.map.insert(key(i), value(rng)) {
+            undo.push((key(i), old));
+        }
+    }
+    undo
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -257,17 +304,25 @@ fn cap() -> Option<u64> {
     Some(env_u64("BENCH_CAP_MIB_S", 0) << 20).filter(|c| *c > 0)
 }
 
+/// The leader's and the followers' transfer settings. Each keeps its segment cache across
+/// transfers, as a node does (it names a snapshot's segments when it creates or receives it).
+struct Cfgs {
+    leader: TransferConfig,
+    follower: TransferConfig,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn transfer(
     t1: &Transport,
     in2: &mut Inbound,
+    cfgs: &Cfgs,
     leader: &SnapshotStore,
     id: SnapshotId,
     follower_dir: &Path,
     members: Option<Arc<dyn SnapshotPeers>>,
 ) -> Run {
     let fstore = open(follower_dir);
-    let lcfg = TransferConfig::default();
-    let fcfg = TransferConfig::default();
+    let (lcfg, fcfg) = (&cfgs.leader, &cfgs.follower);
     let slots = IncomingSlots::new(2);
     let limiter = BandwidthLimiter::new(cap());
     let out = t1.open_bulk(2).await.unwrap();
@@ -276,13 +331,13 @@ async fn transfer(
         leader,
         leader.pin(id).unwrap(),
         1,
-        &lcfg,
+        lcfg,
         &limiter,
         |_| {},
     );
     let recv = async {
         let inb = in2.bulk.recv().await.unwrap();
-        receive_snapshot_from(inb, &fstore, &fcfg, &slots, members, |_| {}).await
+        receive_snapshot_from(inb, &fstore, fcfg, &slots, members, |_| {}).await
     };
     let (s, r) = tokio::join!(send, recv);
     let (s, r) = (s.unwrap(), r.unwrap());
@@ -336,7 +391,13 @@ async fn main() {
     let held = root.path().join("held");
     let mut state = Rc::new(state);
     let t = Instant::now();
-    let a = write_snapshot(&open(&held), state.clone(), 1000, &module);
+    let a = write_snapshot(&open(&held), state.clone(), 1000, &module, false);
+    let cfgs = Cfgs {
+        leader: TransferConfig::default(),
+        follower: TransferConfig::default(),
+    };
+    wraft_snapshot::manifest::remember_segments(&open(&held), a.id(), &cfgs.follower.segments)
+        .unwrap();
     println!(
         "snapshot A: {:.1} MiB file in {:.1} s",
         mib(a.file_len),
@@ -346,32 +407,61 @@ async fn main() {
     for (wi, workload) in ["clustered", "uniform"].into_iter().enumerate() {
         let s = Rc::get_mut(&mut state).expect("no reader holds the state");
         let mut rng = fastrand::Rng::with_seed(100 + wi as u64);
-        let start = rng.u64(..keys - changed);
-        let mut undo = Vec::new();
-        for n in 0..changed {
-            let i = if workload == "clustered" {
-                start + n
-            } else {
-                rng.u64(..keys)
-            };
-            if let Some(old) = s.map.insert(key(i), value(&mut rng)) {
-                undo.push((key(i), old));
-            }
-        }
+        let undo = change(s, workload, keys, changed, &mut rng);
         let ldir = root.path().join(format!("leader-{workload}"));
         let leader = open(&ldir);
         let index = 2000 + wi as u64;
-        let b = write_snapshot(&leader, state.clone(), index, &module);
+        let t = Instant::now();
+        let b = write_snapshot(&leader, state.clone(), index, &module, false);
+        let whole_took = t.elapsed();
         let id = b.id();
+        wraft_snapshot::manifest::remember_segments(&leader, id, &cfgs.leader.segments).unwrap();
+
+        // Retained snapshots: A, then B and C (another change of the same kind) written
+        // sharing what the older files hold, as a node writes them, next to B written whole.
+        let rdir = root.path().join(format!("retained-{workload}"));
+        copy_dir(&held, &rdir);
+        let one = disk_bytes(&rdir);
+        let retained = open_retaining(&rdir, 3);
+        let t = Instant::now();
+        let b_shared = write_snapshot(&retained, state.clone(), index, &module, true);
+        let shared_took = t.elapsed();
+        let s = Rc::get_mut(&mut state).expect("no reader holds the state");
+        let undo2 = change(s, workload, keys, changed, &mut rng);
+        write_snapshot(&retained, state.clone(), index + 10, &module, true);
+        let three = disk_bytes(&rdir);
+        println!(
+            "{workload} retained: one snapshot {:.1} MiB on disk, three {:.1} MiB = {:.3}x one | B written whole {:.2} s, sharing {:.2} s ({:.1} of {:.1} MiB shared)",
+            mib(one),
+            mib(three),
+            three as f64 / one as f64,
+            whole_took.as_secs_f64(),
+            shared_took.as_secs_f64(),
+            mib(b_shared.shared_bytes),
+            mib(b_shared.file_len)
+        );
+        drop(retained);
+        let _ = std::fs::remove_dir_all(&rdir);
+        let s = Rc::get_mut(&mut state).expect("no reader holds the state");
+        for (k, v) in undo2.into_iter().rev() {
+            s.map.insert(k, v);
+        }
         let (mut full, mut delta): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
         for rep in 0..reps {
             let fdir = root.path().join(format!("empty-{workload}-{rep}"));
-            let r = transfer(&t1, &mut in2, &leader, id, &fdir, None).await;
+            let r = transfer(&t1, &mut in2, &cfgs, &leader, id, &fdir, None).await;
             let _ = std::fs::remove_dir_all(&fdir);
             full.push(r);
             let ddir = root.path().join(format!("holding-a-{workload}-{rep}"));
             copy_dir(&held, &ddir);
-            let r = transfer(&t1, &mut in2, &leader, id, &ddir, None).await;
+            let before = disk_bytes(&ddir);
+            let r = transfer(&t1, &mut in2, &cfgs, &leader, id, &ddir, None).await;
+            if rep == 0 {
+                println!(
+                    "  {workload}: the follower's disk grew by {:.1} MiB for B",
+                    mib(disk_bytes(&ddir) - before)
+                );
+            }
             let _ = std::fs::remove_dir_all(&ddir);
             delta.push(r);
             println!(
@@ -384,6 +474,30 @@ async fn main() {
         }
         let best = |v: &[Run]| v.iter().map(|r| r.took).min().unwrap();
         let (f, d) = (best(&full), best(&delta));
+        // What any verified delta costs at least: the follower reads every byte it keeps and
+        // checks the whole-file digest (one pass of BLAKE3 over the file).
+        let floor = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                let r = leader.open_reader(id).unwrap();
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut at = 0;
+                while at < b.file_len {
+                    let n = r.read_file_at(at, &mut buf).unwrap();
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+                std::hint::black_box(h.finalize());
+                t.elapsed()
+            })
+            .min()
+            .unwrap();
+        println!(
+            "{workload}: floor of a verified delta (read + BLAKE3 of the file, page cache) {:.2} s; delta / floor {:.2}",
+            floor.as_secs_f64(),
+            d.as_secs_f64() / floor.as_secs_f64()
+        );
         let sent = delta.iter().map(|r| r.sent).max().unwrap();
         println!(
             "{workload}: file {:.1} MiB | delta sent {:.2} MiB = {:.2} % of full | best full {:.2} s, best delta {:.2} s: {:.1}x faster",
@@ -400,7 +514,7 @@ async fn main() {
             root.path().join(format!("member-b-{workload}")),
         );
         copy_dir(&held, &mdir_a);
-        write_snapshot(&open(&mdir_b), state.clone(), index + 1, &module);
+        write_snapshot(&open(&mdir_b), state.clone(), index + 1, &module, false);
         let members: Arc<dyn SnapshotPeers> = Arc::new(Members(vec![
             (
                 3,
@@ -418,10 +532,19 @@ async fn main() {
         let (mut full, mut join): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
         for rep in 0..reps {
             let fdir = root.path().join(format!("empty-{workload}-{rep}"));
-            full.push(transfer(&t1, &mut in2, &leader, id, &fdir, None).await);
+            full.push(transfer(&t1, &mut in2, &cfgs, &leader, id, &fdir, None).await);
             let _ = std::fs::remove_dir_all(&fdir);
             let jdir = root.path().join(format!("joining-{workload}-{rep}"));
-            let r = transfer(&t1, &mut in2, &leader, id, &jdir, Some(members.clone())).await;
+            let r = transfer(
+                &t1,
+                &mut in2,
+                &cfgs,
+                &leader,
+                id,
+                &jdir,
+                Some(members.clone()),
+            )
+            .await;
             let _ = std::fs::remove_dir_all(&jdir);
             println!(
                 "  {workload} join pair {rep}: full {:.1} MiB in {:.2} s | join {:.1} MiB from the leader, {} in {:.2} s",

@@ -381,3 +381,143 @@ fn a_sharing_file_reads_through_its_owners_outside_a_store() {
         "{e}"
     );
 }
+
+/// The raw file bytes of snapshot `index` built from `pieces` in a store of its own (what a
+/// leader ships).
+fn sender_file(index: u64, pieces: &[Vec<u8>]) -> Vec<u8> {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    let info = write(&store, index, pieces, None, |_| false).expect("sender snapshot");
+    fs.read_file(&info.path).expect("sender bytes")
+}
+
+/// Receive `file` (snapshot `index` of `pieces`) into `store`, sharing every piece `unchanged`
+/// says snapshot `owner` holds, writing the rest; `stop_after` pieces, then returns without
+/// finalizing (a crash or an abandoned transfer). Returns whether it finalized.
+fn receive_sharing(
+    store: &SnapshotStore,
+    index: u64,
+    file: &[u8],
+    owner: u64,
+    unchanged: impl Fn(usize) -> bool,
+    stop_after: usize,
+) -> wraft_storage::Result<bool> {
+    let mut inc = store.incoming(id(index))?;
+    let head = piece_at(0) as usize;
+    let start = inc.durable_offset() as usize;
+    if start < head {
+        inc.write_at(start as u64, &file[start..head])?;
+    }
+    for i in 0..PIECES {
+        let at = piece_at(i);
+        let bytes = &file[at as usize..at as usize + PIECE];
+        if at + PIECE as u64 <= inc.written_offset() {
+            continue;
+        }
+        if i >= stop_after {
+            return Ok(false);
+        }
+        if !(unchanged(i) && inc.share_at(at, bytes, id(owner), piece_at(i))?) {
+            inc.write_at(at, bytes)?;
+        }
+        if i % 3 == 2 {
+            inc.sync()?;
+        }
+    }
+    inc.finalize()?;
+    Ok(true)
+}
+
+#[test]
+fn a_received_snapshot_shares_what_the_node_holds_and_resumes_after_a_crash_at_every_byte() {
+    let base = FaultFs::new();
+    let (store, _) = open(&base);
+    let held = body(&[], 0);
+    write(&store, 10, &held, None, |_| false).expect("s10");
+    drop(store);
+    let changed = [1, 6, 7];
+    let pieces = body(&changed, 1);
+    let file = sender_file(20, &pieces);
+    let unchanged = |i: usize| !changed.contains(&i);
+    let start = base.bytes_written();
+    let probe = base.fork();
+    assert!(receive_sharing(&open(&probe).0, 20, &file, 10, unchanged, PIECES).expect("probe"));
+    let total = probe.bytes_written() - start;
+    let modes = [
+        CrashMode::LoseUnsynced,
+        CrashMode::KeepWritten,
+        CrashMode::KeepDataLoseNames,
+    ];
+    let mut checked = 0;
+    for cut in 0..=total {
+        let fs = base.fork();
+        let (store, _) = open(&fs);
+        fs.set_write_budget(Some(cut));
+        let _ = receive_sharing(&store, 20, &file, 10, unchanged, PIECES);
+        drop(store);
+        for mode in modes {
+            let crashed = fs.fork();
+            crashed.crash(mode);
+            let ctx = format!("cut at byte {cut} of {total}, {mode:?}");
+            let (store, rec) = open(&crashed);
+            assert!(rec.quarantined.is_empty(), "{ctx}: {:?}", rec.quarantined);
+            // Whatever survived, the transfer completes (resumed or afresh) with the leader's
+            // bytes, sharing what the node holds.
+            if store.list().iter().all(|i| i.id() != id(20)) {
+                let done = receive_sharing(&store, 20, &file, 10, unchanged, PIECES)
+                    .unwrap_or_else(|e| panic!("{ctx}: resuming: {e}"));
+                assert!(done, "{ctx}");
+            }
+            let r = store.open_reader(id(20)).expect("reader");
+            let mut got = vec![0u8; file.len()];
+            r.read_file_at(0, &mut got).expect("read");
+            assert_eq!(got, file, "{ctx}");
+            r.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(r.info().shared_bytes > 0, "{ctx}");
+            assert_eq!(read_body(&store, 10), held.concat(), "{ctx}");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} crash points over {total} bytes");
+}
+
+#[test]
+fn an_interrupted_sharing_transfer_keeps_its_owner_across_a_restart_until_it_is_abandoned() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    let held = body(&[], 0);
+    write(&store, 10, &held, None, |_| false).expect("s10");
+    let pieces = body(&[2], 1);
+    let file = sender_file(90, &pieces);
+    // Half the pieces, made durable, then the process dies.
+    assert!(!receive_sharing(&store, 90, &file, 10, |i| i != 2, 6).expect("half"));
+    drop(store);
+    fs.crash(CrashMode::LoseUnsynced);
+    let (store, rec) = open(&fs);
+    let (resumable, durable) = rec.resumable.first().copied().expect("resumable");
+    assert_eq!(resumable, id(90));
+    assert!(durable > piece_at(3), "{durable}");
+    // Two new snapshots retire s10; the partial still borrows from it, so it stays as a pack.
+    write(&store, 20, &body(&[0], 2), None, |_| false).expect("s20");
+    write(&store, 30, &body(&[0], 3), None, |_| false).expect("s30");
+    assert_eq!(store.packs(), vec![id(10)]);
+    // Resumed, it completes from its durable offset with the leader's bytes.
+    assert!(receive_sharing(&store, 90, &file, 10, |i| i != 2, PIECES).expect("resume"));
+    let r = store.open_reader(id(90)).expect("reader");
+    r.verify().expect("digest");
+    assert!(r.info().shared_bytes >= (PIECES as u64 - 1) * PIECE as u64 - PIECE as u64);
+    drop(r);
+
+    // Abandoned instead, the partial's claim goes and so does the pack.
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    write(&store, 10, &held, None, |_| false).expect("s10");
+    assert!(!receive_sharing(&store, 90, &file, 10, |i| i != 2, 6).expect("half"));
+    write(&store, 20, &body(&[0], 2), None, |_| false).expect("s20");
+    write(&store, 30, &body(&[0], 3), None, |_| false).expect("s30");
+    assert_eq!(store.packs(), vec![id(10)]);
+    store.incoming(id(90)).expect("resume").abort();
+    assert!(store.packs().is_empty());
+    let files = names(&fs);
+    assert!(files.iter().all(|f| !f.contains(".partial")), "{files:?}");
+}

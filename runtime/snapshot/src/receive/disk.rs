@@ -256,7 +256,16 @@ fn disk_work(
         Ok(info) => {
             let _ = events.blocking_send(DiskEvent::Published(Box::new(info)));
         }
-        Err(e) => fail(e),
+        Err(e) => {
+            // Shared bytes are checked only by this digest: forget what was remembered of the
+            // files they came from, so the next attempt hashes them afresh.
+            for s in sources {
+                if let Source::Snapshot(r) = s {
+                    cache.forget(&r.info().digest);
+                }
+            }
+            fail(e)
+        }
     }
 }
 
@@ -269,10 +278,12 @@ struct Copy {
     hash: [u8; 32],
 }
 
-/// Copy a segment this node holds into the file being received, checking it still has the
-/// hash it was indexed with (a local file may have rotted since: the transfer then fails before
-/// writing the bytes, keeping what it made durable, and the file is hashed afresh next time, so
-/// the next attempt fetches that segment). Blocking: one read, a BLAKE3, one write.
+/// Take a segment this node holds into the file being received: shared with the complete
+/// snapshot that holds it (no write), or copied from a kept prefix (or when it cannot be
+/// shared) after checking it still has the hash it was indexed with (a local file may have
+/// rotted since: the transfer then fails before writing the bytes, keeping what it made
+/// durable, and the file is hashed afresh next time, so the next attempt fetches that
+/// segment). Blocking: one read; to copy, a BLAKE3 and one write.
 fn copy_local(
     incoming: &mut IncomingSnapshot,
     sources: &[Source],
@@ -285,6 +296,16 @@ fn copy_local(
     })?;
     buf.resize(c.len as usize, 0);
     reader.read_exact_at(c.from, buf)?;
+    // A complete snapshot's bytes are shared, not written again: the received file leaves a
+    // hole there (see `wraft_storage`'s `shared`). They are not hashed here: they stay where
+    // they are, and the whole-file digest checked before publication covers them (a mismatch
+    // makes the cache forget the sources, so the next attempt hashes them afresh and fetches
+    // what rotted). This saves a BLAKE3 pass over everything a delta reuses.
+    if let Source::Snapshot(r) = reader
+        && incoming.share_at(c.at, buf, r.info().id(), c.from)?
+    {
+        return Ok(buf.len());
+    }
     let found = blake3::hash(buf);
     if *found.as_bytes() != c.hash {
         let what = match reader {

@@ -163,7 +163,11 @@ async fn a_snapshot_stored_sharing_its_predecessors_frames_transfers_as_the_same
         report.bytes_sent,
         header_segment_bytes(&p.leader.info) + 2 * frame
     );
-    assert_eq!(got.info.shared_bytes, 0, "a received file is stored whole");
+    assert_eq!(
+        got.info.shared_bytes,
+        p.leader.info.file_len - report.bytes_sent,
+        "what the follower held is shared, not written again"
+    );
     let empty_dir = tempfile::tempdir().unwrap();
     let empty = open_store(Arc::new(StdFs), empty_dir.path());
     let slots = IncomingSlots::new(2);
@@ -321,9 +325,10 @@ async fn a_delta_transfer_cut_by_a_crash_resumes_at_its_durable_offset_and_still
         report.bytes_sent,
         report.bytes_reused
     );
-    assert_eq!(
-        fs.read_file(&got.info.path).unwrap(),
-        file_bytes(&linfo.path)
+    assert_eq!(stored_bytes(&follower, ID), file_bytes(&linfo.path));
+    assert!(
+        got.info.shared_bytes > 0,
+        "the resumed file shares what the follower held"
     );
     n.shutdown().await;
 }
@@ -460,8 +465,8 @@ async fn a_leader_waits_out_a_follower_that_indexes_for_longer_than_the_progress
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_snapshot_that_rotted_after_it_was_indexed_is_not_copied_and_is_fetched_next_time()
-{
+async fn a_local_snapshot_that_rotted_after_it_was_indexed_fails_the_digest_and_is_fetched_next_time()
+ {
     let mut n = net();
     let old = seeds(40);
     let mut new = old.clone();
@@ -503,10 +508,14 @@ async fn a_local_snapshot_that_rotted_after_it_was_indexed_is_not_copied_and_is_
         )
         .await
     };
+    // The rotted bytes are shared like the rest, and the whole-file digest catches them: nothing
+    // is published, and the follower forgets what it remembered of its file.
     let (sent, got) = attempt(&mut n).await;
-    let e = got.expect_err("the rotted bytes are not copied");
-    assert!(e.to_string().contains("no longer hash"), "{e}");
+    let e = got.expect_err("a file with rotted shared bytes is not published");
+    assert!(e.to_string().contains("digest"), "{e}");
     assert!(sent.is_err());
+    assert!(p.follower.list().iter().all(|i| i.id() != ID));
+    assert!(fcfg.segments.get(&held.digest).is_none());
     wait_until("the slot is free", || slots.in_flight() == 0).await;
 
     let (sent, got) = attempt(&mut n).await;

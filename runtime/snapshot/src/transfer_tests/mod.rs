@@ -360,6 +360,14 @@ fn spawn_receive(
     })
 }
 
+/// The logical bytes of complete snapshot `id` of `store` (whatever file system it is on).
+fn stored_bytes(store: &SnapshotStore, id: SnapshotId) -> Vec<u8> {
+    let r = store.open_reader(id).unwrap();
+    let mut b = vec![0u8; r.info().file_len as usize];
+    assert_eq!(r.read_file_at(0, &mut b).unwrap(), b.len());
+    b
+}
+
 /// The logical bytes of the snapshot file at `path` (a file sharing bytes with older ones
 /// reads them from there).
 fn file_bytes(path: &Path) -> Vec<u8> {

@@ -10,6 +10,10 @@ use crate::vfs::{OpenMode, VfsFile, read_exact_at};
 
 use super::format::{feed_digest, verify_file_prehashed};
 use super::progress::{read_progress, read_progress_seq, write_progress_slot};
+use super::shared::{
+    Borrow, SHARE_RECORD_BYTES, SHARES_SUFFIX, append_share_records, encode_trailer, push_borrow,
+    read_share_records,
+};
 use super::source::{remove_sources, retire_partial};
 use super::{SnapshotId, SnapshotInfo, SnapshotStore, invalid, parse_id};
 
@@ -67,6 +71,8 @@ impl SnapshotStore {
         for o in others {
             retire_partial(inner, o)?;
         }
+        let spath = inner.path(id, SHARES_SUFFIX);
+        let mut borrows = Vec::new();
         let resumed = match (
             vfs.open(&path, OpenMode::ReadWrite),
             read_progress(vfs, &ppath),
@@ -75,12 +81,31 @@ impl SnapshotStore {
                 let len = file
                     .len()
                     .map_err(io_err("stat incoming snapshot", &path))?;
+                // Shared ranges below the durable offset hold; those above it were not covered
+                // by a durable progress record.
+                borrows = read_share_records(vfs, &spath);
+                borrows.retain(|b| b.end() <= durable);
+                let missing = {
+                    let st = inner.lock();
+                    borrows
+                        .iter()
+                        .find(|b| {
+                            !st.complete.contains_key(&b.owner) && !st.packs.contains(&b.owner)
+                        })
+                        .map(|b| b.owner)
+                };
                 let durable = if len < durable {
                     tracing::warn!(file = %path.display(), durable, len, "incoming snapshot shorter than its recorded durable offset; restarting from 0");
+                    0
+                } else if let Some(owner) = missing {
+                    tracing::warn!(file = %path.display(), %owner, "a snapshot the incoming one shares bytes with is gone; restarting from 0");
                     0
                 } else {
                     durable
                 };
+                if durable == 0 {
+                    borrows.clear();
+                }
                 file.set_len(durable)
                     .map_err(io_err("truncate incoming snapshot", &path))?;
                 let progress = vfs
@@ -93,6 +118,7 @@ impl SnapshotStore {
         let (file, progress, durable) = match resumed {
             Some(r) => r,
             None => {
+                borrows.clear();
                 let _ = vfs.remove_file(&path);
                 let _ = vfs.remove_file(&ppath);
                 let file = vfs
@@ -110,6 +136,27 @@ impl SnapshotStore {
             }
         };
         let progress_seq = read_progress_seq(vfs, &ppath).unwrap_or(1);
+        // The shares file holds exactly the ranges kept (or goes).
+        let shares = if borrows.is_empty() {
+            let _ = vfs.remove_file(&spath);
+            inner.lock().incoming_claims.remove(&id);
+            None
+        } else {
+            let f = vfs
+                .open(&spath, OpenMode::ReadWrite)
+                .map_err(io_err("open shared ranges of an incoming snapshot", &spath))?;
+            f.set_len(borrows.len() as u64 * SHARE_RECORD_BYTES)
+                .map_err(io_err("cut shared ranges of an incoming snapshot", &spath))?;
+            inner.sync_file(f.as_ref(), &spath)?;
+            inner
+                .lock()
+                .incoming_claims
+                .insert(id, borrows.iter().map(|b| b.owner).collect());
+            Some(f)
+        };
+        // Bytes below the durable offset include holes: `finalize` re-reads the file through
+        // them instead of resuming the running digest from the partial's own bytes.
+        let hasher = borrows.is_empty().then(blake3::Hasher::new);
         Ok(IncomingSnapshot {
             store: self.clone(),
             id,
@@ -122,8 +169,12 @@ impl SnapshotStore {
             unsynced_bytes: 0,
             progress_seq,
             finished: false,
-            hasher: Some(blake3::Hasher::new()),
+            hasher,
             hashed_end: 0,
+            borrows_recorded: borrows.len(),
+            borrows,
+            shares,
+            spath,
         })
     }
 }
@@ -146,6 +197,13 @@ pub struct IncomingSnapshot {
     /// below `hashed_end` (a repeat): `finalize` then re-reads the whole file.
     hasher: Option<blake3::Hasher>,
     hashed_end: u64,
+    /// Ranges left as holes, their bytes held by this node's snapshots (see `shared`).
+    borrows: Vec<Borrow>,
+    /// How many of `borrows` the shares file holds durably.
+    borrows_recorded: usize,
+    /// The `.partial.shares` file, once a range was shared.
+    shares: Option<Arc<dyn VfsFile>>,
+    spath: PathBuf,
 }
 
 impl fmt::Debug for IncomingSnapshot {
@@ -222,6 +280,65 @@ impl IncomingSnapshot {
         Ok(())
     }
 
+    /// Take `data`, the next bytes of the file (at [`IncomingSnapshot::written_offset`]), from
+    /// this node's complete snapshot `owner`, which holds them at `owner_at`, without writing
+    /// them: the file borrows them (a hole, listed in its trailer when published; see
+    /// `shared`). The caller read `data` there and checked it against the segment's hash; it
+    /// still goes into the running digest. The range is recorded durably with the next sync,
+    /// and `owner` stays on disk while this partial exists.
+    ///
+    /// Returns `false`, having done nothing, if the bytes cannot be borrowed (not at the end of
+    /// what was received, `owner` gone, or a range its owner half borrows itself): write them.
+    /// Cost: no I/O.
+    pub fn share_at(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        owner: SnapshotId,
+        owner_at: u64,
+    ) -> Result<bool> {
+        let len = data.len() as u64;
+        if offset != self.written_end || len == 0 {
+            return Ok(false);
+        }
+        let end = offset + len;
+        let max = self.store.inner.cfg.snapshot_file_bytes_max;
+        if end > max {
+            return Err(StorageError::LimitExceeded {
+                what: "incoming snapshot",
+                limit_name: "snapshot_file_bytes_max",
+                limit: max,
+                found: end,
+            });
+        }
+        {
+            let mut st = self.store.inner.lock();
+            let Some((holder, holder_at)) = st.lendable(owner, owner_at, len, self.id) else {
+                return Ok(false);
+            };
+            st.incoming_claims
+                .entry(self.id)
+                .or_default()
+                .insert(holder);
+            push_borrow(
+                &mut self.borrows,
+                self.borrows_recorded,
+                offset,
+                len,
+                holder,
+                holder_at,
+            );
+        }
+        self.hash_written(offset, data)?;
+        self.written_end = end;
+        Ok(true)
+    }
+
+    /// Bytes taken from this node's snapshots instead of written ([`IncomingSnapshot::share_at`]).
+    pub fn shared_bytes(&self) -> u64 {
+        self.borrows.iter().map(|b| b.len).sum()
+    }
+
     /// Feed the digest with `data` just written at `offset`. A resumed transfer first hashes the
     /// prefix it already holds (one read of it, as `finalize` would have done); a write below what
     /// was hashed (a repeat, which could differ) drops the running digest for a full re-read.
@@ -251,7 +368,45 @@ impl IncomingSnapshot {
     /// Make everything written durable and record the new durable offset.
     pub fn sync(&mut self) -> Result<()> {
         let inner = self.store.inner.clone();
+        if !self.borrows.is_empty() {
+            // Bytes shared at the end leave the file shorter than what was received: give it
+            // its length (a hole), which a resumed transfer checks against its durable offset.
+            let len = self
+                .file
+                .len()
+                .map_err(io_err("stat incoming snapshot", &self.path))?;
+            if len < self.written_end {
+                self.file
+                    .set_len(self.written_end)
+                    .map_err(io_err("extend incoming snapshot", &self.path))?;
+            }
+        }
         inner.sync_file(self.file.as_ref(), &self.path)?;
+        // The shared ranges below the new durable offset are durable before it is.
+        if self.borrows.len() > self.borrows_recorded {
+            let f = match &self.shares {
+                Some(f) => f.clone(),
+                None => {
+                    let vfs = inner.vfs.as_ref();
+                    let _ = vfs.remove_file(&self.spath);
+                    let f = vfs.open(&self.spath, OpenMode::CreateNew).map_err(io_err(
+                        "create shared ranges of an incoming snapshot",
+                        &self.spath,
+                    ))?;
+                    inner.sync_dir()?;
+                    self.shares = Some(f.clone());
+                    f
+                }
+            };
+            append_share_records(
+                f.as_ref(),
+                &self.spath,
+                self.borrows_recorded as u64,
+                &self.borrows[self.borrows_recorded..],
+            )?;
+            inner.sync_file(f.as_ref(), &self.spath)?;
+            self.borrows_recorded = self.borrows.len();
+        }
         self.progress_seq += 1;
         write_progress_slot(
             self.progress.as_ref(),
@@ -272,6 +427,12 @@ impl IncomingSnapshot {
     /// verification failure the partial is deleted (the next attempt starts from 0) and the error
     /// says what did not match.
     pub fn finalize(mut self) -> Result<SnapshotInfo> {
+        if !self.borrows.is_empty() {
+            let trailer = encode_trailer(&self.borrows)?;
+            self.file
+                .write_all_at(&trailer, self.written_end)
+                .map_err(io_err("write incoming snapshot trailer", &self.path))?;
+        }
         self.sync()?;
         let inner = self.store.inner.clone();
         let prehashed = self.hasher.take().map(|h| (h, self.hashed_end));
@@ -281,11 +442,9 @@ impl IncomingSnapshot {
             &inner.cfg,
             true,
             prehashed,
-        )
-        .map(|(info, _)| info)
-        {
-            Ok(info) if info.meta.id == self.id => info,
-            Ok(info) => {
+        ) {
+            Ok((info, borrows)) if info.meta.id == self.id => (info, borrows),
+            Ok((info, _)) => {
                 let e = invalid(
                     &self.path,
                     "snapshot id in received header",
@@ -307,10 +466,14 @@ impl IncomingSnapshot {
             .map_err(io_err("rename received snapshot into place", &path))?;
         inner.sync_dir()?;
         let _ = inner.vfs.remove_file(&self.ppath);
+        let _ = inner.vfs.remove_file(&self.spath);
         inner.sync_dir()?;
         self.finished = true;
+        let (info, borrows) = info;
         let info = SnapshotInfo { path, ..info };
-        self.store.publish(info.clone(), true, Arc::default())?;
+        // Published (its borrows now keep their owners) before the partial's claim goes.
+        self.store.publish(info.clone(), true, borrows)?;
+        inner.lock().incoming_claims.remove(&self.id);
         // A prefix kept from an interrupted transfer has served (or is of an older snapshot).
         remove_sources(&inner, false)?;
         Ok(info)
@@ -325,7 +488,14 @@ impl IncomingSnapshot {
         let vfs = &self.store.inner.vfs;
         let _ = vfs.remove_file(&self.path);
         let _ = vfs.remove_file(&self.ppath);
+        let _ = vfs.remove_file(&self.spath);
         self.finished = true;
+        let claimed = self.store.inner.lock().incoming_claims.remove(&self.id);
+        if claimed.is_some()
+            && let Err(e) = self.store.gc()
+        {
+            tracing::warn!(error = %e, "snapshot retention after an abandoned transfer failed");
+        }
     }
 }
 

@@ -141,6 +141,9 @@ struct SnapState {
     packs: BTreeSet<SnapshotId>,
     /// Owners each snapshot writer in progress borrows from, by writer number.
     writing: HashMap<u64, BTreeSet<SnapshotId>>,
+    /// Owners each incoming snapshot borrows from, by its id, for as long as its partial file
+    /// exists (a resumed transfer reads them again).
+    incoming_claims: HashMap<SnapshotId, BTreeSet<SnapshotId>>,
     /// Number of the next writer.
     next_writer: u64,
 }
@@ -149,13 +152,38 @@ impl SnapState {
     /// Snapshots whose bytes a complete snapshot or a writer in progress borrows: they must stay
     /// on disk (as `.snap` or `.pack`). Packs' own borrows do not count.
     fn owners_in_use(&self) -> BTreeSet<SnapshotId> {
-        let mut used: BTreeSet<SnapshotId> = self.writing.values().flatten().copied().collect();
+        let mut used: BTreeSet<SnapshotId> = self
+            .writing
+            .values()
+            .chain(self.incoming_claims.values())
+            .flatten()
+            .copied()
+            .collect();
         for (id, borrows) in &self.shares {
             if self.complete.contains_key(id) {
                 used.extend(borrows.iter().map(|b| b.owner));
             }
         }
         used
+    }
+
+    /// Where `borrower` can borrow the `len` bytes at `owner_at` of `owner` from: the file that
+    /// holds them (following one of `owner`'s own borrows), if it is on disk and is not the
+    /// borrower. `None`: write them instead.
+    fn lendable(
+        &self,
+        owner: SnapshotId,
+        owner_at: u64,
+        len: u64,
+        borrower: SnapshotId,
+    ) -> Option<(SnapshotId, u64)> {
+        let on_disk = |id: &SnapshotId| self.complete.contains_key(id) || self.packs.contains(id);
+        if !on_disk(&owner) {
+            return None;
+        }
+        let theirs = self.shares.get(&owner).map_or(&[][..], |b| b.as_slice());
+        let (holder, at) = shared::resolve(owner, owner_at, len, theirs)?;
+        (holder != borrower && on_disk(&holder)).then_some((holder, at))
     }
 }
 

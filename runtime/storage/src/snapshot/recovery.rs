@@ -10,7 +10,7 @@ use crate::vfs::{OpenMode, Vfs};
 
 use super::format::verify_file_prehashed;
 use super::progress::read_progress;
-use super::shared::{PACK_SUFFIX, borrows_in};
+use super::shared::{PACK_SUFFIX, SHARES_SUFFIX, borrows_in, read_share_records};
 use super::{Inner, SnapState, SnapshotId, SnapshotRecovery, SnapshotStore, parse_id};
 
 impl SnapshotStore {
@@ -46,6 +46,7 @@ impl SnapshotStore {
         let mut partials = Vec::new();
         let mut progress = Vec::new();
         let mut packs = Vec::new();
+        let mut shares = Vec::new();
         for name in vfs
             .list(dir)
             .map_err(io_err("list snapshot directory", dir))?
@@ -69,6 +70,8 @@ impl SnapshotStore {
                 partials.push(id);
             } else if let Some(id) = name.strip_suffix(".partial.progress").and_then(parse_id) {
                 progress.push(id);
+            } else if let Some(id) = name.strip_suffix(SHARES_SUFFIX).and_then(parse_id) {
+                shares.push(id);
             } else if name
                 .strip_suffix(super::source::SOURCE_SUFFIX)
                 .and_then(parse_id)
@@ -166,11 +169,30 @@ impl SnapshotStore {
                         .open(&path, OpenMode::Read)
                         .and_then(|f| f.len())
                         .map_err(io_err("stat incoming snapshot", &path))?;
-                    rec.resumable.push((id, if len < d { 0 } else { d }));
+                    let d = if len < d { 0 } else { d };
+                    rec.resumable.push((id, d));
+                    // What its shared ranges borrow stays on disk until it resumes.
+                    let owners: std::collections::BTreeSet<SnapshotId> =
+                        read_share_records(vfs, &inner.path(id, SHARES_SUFFIX))
+                            .into_iter()
+                            .filter(|b| b.end() <= d)
+                            .map(|b| b.owner)
+                            .collect();
+                    if !owners.is_empty() {
+                        inner.lock().incoming_claims.insert(id, owners);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "incoming snapshot progress unreadable; it will restart from 0")
                 }
+            }
+        }
+        for id in shares {
+            if Some(id) != keep {
+                let path = inner.path(id, SHARES_SUFFIX);
+                vfs.remove_file(&path)
+                    .map_err(io_err("remove stale shared ranges", &path))?;
+                rec.removed.push(path);
             }
         }
         rec.removed

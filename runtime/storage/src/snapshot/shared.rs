@@ -321,6 +321,36 @@ impl VfsFile for SharedFile {
     }
 }
 
+/// Append a borrow of `len` bytes at `at` (the end of `borrows`) from `holder` at `holder_at`,
+/// extending the last one when it continues it in both files, unless that one is among the
+/// first `frozen` (already recorded durably).
+pub(super) fn push_borrow(
+    borrows: &mut Vec<Borrow>,
+    frozen: usize,
+    at: u64,
+    len: u64,
+    holder: SnapshotId,
+    holder_at: u64,
+) {
+    let n = borrows.len();
+    match borrows.last_mut() {
+        Some(b)
+            if n > frozen
+                && b.end() == at
+                && b.owner == holder
+                && b.owner_at + b.len == holder_at =>
+        {
+            b.len += len;
+        }
+        _ => borrows.push(Borrow {
+            at,
+            len,
+            owner: holder,
+            owner_at: holder_at,
+        }),
+    }
+}
+
 /// Where the `len` bytes at `owner_at` of `owner` are held: in `owner` itself, or (they lie
 /// inside one of its borrows) in that borrow's owner. `None` if they straddle held and borrowed
 /// bytes. `borrows_of(owner)` gives a file's borrows, sorted.
@@ -339,4 +369,70 @@ pub(super) fn resolve(
         Some(b) if b.at < end => None,
         _ => Some((owner, owner_at)),
     }
+}
+
+/// Suffix of an incoming transfer's durable list of shared ranges.
+pub(super) const SHARES_SUFFIX: &str = ".partial.shares";
+const SHARE_RECORD_MAGIC: &[u8; 4] = b"WSSH";
+/// magic, at, len, owner index, owner term, owner_at, crc32c of the first 44 bytes.
+pub(super) const SHARE_RECORD_BYTES: u64 = 48;
+
+/// Append `borrows` to the `.partial.shares` file `f` of `records` records so far: fixed records
+/// with their own CRC32C, so a torn append loses only its own records.
+pub(super) fn append_share_records(
+    f: &dyn VfsFile,
+    path: &Path,
+    records: u64,
+    borrows: &[Borrow],
+) -> Result<()> {
+    let mut out = Vec::with_capacity(borrows.len() * SHARE_RECORD_BYTES as usize);
+    for b in borrows {
+        let start = out.len();
+        out.extend_from_slice(SHARE_RECORD_MAGIC);
+        for v in [
+            b.at,
+            b.len,
+            b.owner.last_index,
+            b.owner.last_term,
+            b.owner_at,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    f.write_all_at(&out, records * SHARE_RECORD_BYTES)
+        .map_err(io_err("write shared ranges of an incoming snapshot", path))
+}
+
+/// The valid records of a `.partial.shares` file, in order, up to the first damaged one (a torn
+/// append). A missing file holds none.
+pub(super) fn read_share_records(vfs: &dyn Vfs, path: &Path) -> Vec<Borrow> {
+    let Ok(f) = vfs.open(path, OpenMode::Read) else {
+        return Vec::new();
+    };
+    let Ok(bytes) = crate::vfs::read_all(f.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Borrow> = Vec::new();
+    for r in bytes.chunks_exact(SHARE_RECORD_BYTES as usize) {
+        if &r[..4] != SHARE_RECORD_MAGIC || crc32c::crc32c(&r[..44]) != u32_at(r, 44) {
+            break;
+        }
+        let b = Borrow {
+            at: u64_at(r, 4),
+            len: u64_at(r, 12),
+            owner: SnapshotId {
+                last_index: u64_at(r, 20),
+                last_term: u64_at(r, 28),
+            },
+            owner_at: u64_at(r, 36),
+        };
+        let in_order = out.last().is_none_or(|p| p.end() <= b.at);
+        if b.len == 0 || !in_order || b.at.checked_add(b.len).is_none() {
+            break;
+        }
+        out.push(b);
+    }
+    out
 }

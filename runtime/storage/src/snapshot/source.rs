@@ -12,6 +12,7 @@ use crate::error::{Result, io_err};
 use crate::vfs::{OpenMode, VfsFile, read_exact_at};
 
 use super::progress::read_progress;
+use super::shared::SHARES_SUFFIX;
 use super::{Inner, SnapshotId, SnapshotStore, parse_id};
 
 /// Suffix of the kept prefix.
@@ -109,9 +110,15 @@ pub(super) fn retire_partial(inner: &Inner, other: SnapshotId) -> Result<()> {
     let vfs = inner.vfs.as_ref();
     let path = inner.path(other, ".partial");
     let ppath = inner.path(other, ".partial.progress");
+    let spath = inner.path(other, SHARES_SUFFIX);
     let durable = read_progress(vfs, &ppath).unwrap_or(0);
+    // A prefix with shared ranges holds holes where they are: not worth keeping (the ranges are
+    // in this node's snapshots anyway).
+    let has_holes = vfs.open(&spath, OpenMode::Read).is_ok();
+    let _ = vfs.remove_file(&spath);
+    inner.lock().incoming_claims.remove(&other);
     let kept = match vfs.open(&path, OpenMode::ReadWrite) {
-        Ok(f) if durable > 0 && f.len().is_ok_and(|l| l >= durable) => {
+        Ok(f) if !has_holes && durable > 0 && f.len().is_ok_and(|l| l >= durable) => {
             f.set_len(durable)
                 .map_err(io_err("cut partial snapshot to its durable offset", &path))?;
             inner.sync_file(f.as_ref(), &path)?;

@@ -8,7 +8,7 @@ use crate::error::{Result, StorageError, io_err};
 use crate::vfs::{OpenMode, VfsFile};
 
 use super::format::{SNAP_MAGIC, SNAP_VERSION, SNAPSHOT_HEADER_BYTES};
-use super::shared::{Borrow, SharedSegments, encode_trailer, resolve};
+use super::shared::{Borrow, SharedSegments, encode_trailer, push_borrow};
 use super::{SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore};
 
 impl SnapshotStore {
@@ -177,33 +177,11 @@ impl SnapshotWriter {
         self.check_room(len)?;
         {
             let mut st = self.store.inner.lock();
-            let on_disk = |id: &SnapshotId| st.complete.contains_key(id) || st.packs.contains(id);
-            if !on_disk(&owner) {
-                return Ok(false);
-            }
-            let theirs = st.shares.get(&owner).map_or(&[][..], |b| b.as_slice());
-            let Some((holder, holder_at)) = resolve(owner, owner_at, len, theirs) else {
+            let Some((holder, holder_at)) = st.lendable(owner, owner_at, len, self.meta.id) else {
                 return Ok(false);
             };
-            if holder == self.meta.id || !on_disk(&holder) {
-                return Ok(false);
-            }
             st.writing.entry(self.number).or_default().insert(holder);
-            match self.borrows.last_mut() {
-                Some(b)
-                    if b.end() == self.pos
-                        && b.owner == holder
-                        && b.owner_at + b.len == holder_at =>
-                {
-                    b.len += len;
-                }
-                _ => self.borrows.push(Borrow {
-                    at: self.pos,
-                    len,
-                    owner: holder,
-                    owner_at: holder_at,
-                }),
-            }
+            push_borrow(&mut self.borrows, 0, self.pos, len, holder, holder_at);
         }
         for b in bytes {
             self.hasher.update(b);
