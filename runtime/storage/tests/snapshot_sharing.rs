@@ -222,10 +222,16 @@ fn retention_keeps_a_borrowed_owner_as_a_pack_and_deletes_it_when_nothing_borrow
         vec![name(1, ".pack"), name(3, ".snap"), name(4, ".snap")]
     );
     // And the next one retires s3, the last borrower: the pack goes.
-    write(&store, 5, &body(&[], 5), Some(4), |_| true).expect("s5");
+    let s5 = write(&store, 5, &s4, Some(4), |_| true).expect("s5");
+    assert_eq!(s5.shared_bytes, (PIECES * PIECE) as u64);
     assert_eq!(names(&fs), vec![name(4, ".snap"), name(5, ".snap")]);
     assert!(store.packs().is_empty());
     assert_eq!(read_body(&store, 5), s4.concat());
+    store
+        .open_reader(id(5))
+        .expect("reader")
+        .verify()
+        .expect("digest");
 }
 
 #[test]
@@ -393,7 +399,8 @@ fn sender_file(index: u64, pieces: &[Vec<u8>]) -> Vec<u8> {
 
 /// Receive `file` (snapshot `index` of `pieces`) into `store`, sharing every piece `unchanged`
 /// says snapshot `owner` holds, writing the rest; `stop_after` pieces, then returns without
-/// finalizing (a crash or an abandoned transfer). Returns whether it finalized.
+/// finalizing (a crash or an abandoned transfer). Returns whether it finalized, and the offset
+/// it started (resumed) at.
 fn receive_sharing(
     store: &SnapshotStore,
     index: u64,
@@ -401,7 +408,7 @@ fn receive_sharing(
     owner: u64,
     unchanged: impl Fn(usize) -> bool,
     stop_after: usize,
-) -> wraft_storage::Result<bool> {
+) -> wraft_storage::Result<(bool, u64)> {
     let mut inc = store.incoming(id(index))?;
     let head = piece_at(0) as usize;
     let start = inc.durable_offset() as usize;
@@ -415,7 +422,7 @@ fn receive_sharing(
             continue;
         }
         if i >= stop_after {
-            return Ok(false);
+            return Ok((false, start as u64));
         }
         if !(unchanged(i) && inc.share_at(at, bytes, id(owner), piece_at(i))?) {
             inc.write_at(at, bytes)?;
@@ -425,7 +432,7 @@ fn receive_sharing(
         }
     }
     inc.finalize()?;
-    Ok(true)
+    Ok((true, start as u64))
 }
 
 #[test]
@@ -441,7 +448,11 @@ fn a_received_snapshot_shares_what_the_node_holds_and_resumes_after_a_crash_at_e
     let unchanged = |i: usize| !changed.contains(&i);
     let start = base.bytes_written();
     let probe = base.fork();
-    assert!(receive_sharing(&open(&probe).0, 20, &file, 10, unchanged, PIECES).expect("probe"));
+    assert!(
+        receive_sharing(&open(&probe).0, 20, &file, 10, unchanged, PIECES)
+            .expect("probe")
+            .0
+    );
     let total = probe.bytes_written() - start;
     let modes = [
         CrashMode::LoseUnsynced,
@@ -464,9 +475,14 @@ fn a_received_snapshot_shares_what_the_node_holds_and_resumes_after_a_crash_at_e
             // Whatever survived, the transfer completes (resumed or afresh) with the leader's
             // bytes, sharing what the node holds.
             if store.list().iter().all(|i| i.id() != id(20)) {
-                let done = receive_sharing(&store, 20, &file, 10, unchanged, PIECES)
+                let (done, start) = receive_sharing(&store, 20, &file, 10, unchanged, PIECES)
                     .unwrap_or_else(|e| panic!("{ctx}: resuming: {e}"));
                 assert!(done, "{ctx}");
+                let durable = rec.resumable.first().map_or(0, |(_, d)| *d);
+                assert_eq!(
+                    start, durable,
+                    "{ctx}: resumed elsewhere than its durable offset"
+                );
             }
             let r = store.open_reader(id(20)).expect("reader");
             let mut got = vec![0u8; file.len()];
@@ -490,7 +506,11 @@ fn an_interrupted_sharing_transfer_keeps_its_owner_across_a_restart_until_it_is_
     let pieces = body(&[2], 1);
     let file = sender_file(90, &pieces);
     // Half the pieces, made durable, then the process dies.
-    assert!(!receive_sharing(&store, 90, &file, 10, |i| i != 2, 6).expect("half"));
+    assert!(
+        !receive_sharing(&store, 90, &file, 10, |i| i != 2, 6)
+            .expect("half")
+            .0
+    );
     drop(store);
     fs.crash(CrashMode::LoseUnsynced);
     let (store, rec) = open(&fs);
@@ -502,7 +522,9 @@ fn an_interrupted_sharing_transfer_keeps_its_owner_across_a_restart_until_it_is_
     write(&store, 30, &body(&[0], 3), None, |_| false).expect("s30");
     assert_eq!(store.packs(), vec![id(10)]);
     // Resumed, it completes from its durable offset with the leader's bytes.
-    assert!(receive_sharing(&store, 90, &file, 10, |i| i != 2, PIECES).expect("resume"));
+    let (done, start) = receive_sharing(&store, 90, &file, 10, |i| i != 2, PIECES).expect("resume");
+    assert!(done);
+    assert_eq!(start, durable, "resumed from its durable offset");
     let r = store.open_reader(id(90)).expect("reader");
     r.verify().expect("digest");
     assert!(r.info().shared_bytes >= (PIECES as u64 - 1) * PIECE as u64 - PIECE as u64);
@@ -512,7 +534,11 @@ fn an_interrupted_sharing_transfer_keeps_its_owner_across_a_restart_until_it_is_
     let fs = FaultFs::new();
     let (store, _) = open(&fs);
     write(&store, 10, &held, None, |_| false).expect("s10");
-    assert!(!receive_sharing(&store, 90, &file, 10, |i| i != 2, 6).expect("half"));
+    assert!(
+        !receive_sharing(&store, 90, &file, 10, |i| i != 2, 6)
+            .expect("half")
+            .0
+    );
     write(&store, 20, &body(&[0], 2), None, |_| false).expect("s20");
     write(&store, 30, &body(&[0], 3), None, |_| false).expect("s30");
     assert_eq!(store.packs(), vec![id(10)]);
@@ -520,4 +546,78 @@ fn an_interrupted_sharing_transfer_keeps_its_owner_across_a_restart_until_it_is_
     assert!(store.packs().is_empty());
     let files = names(&fs);
     assert!(files.iter().all(|f| !f.contains(".partial")), "{files:?}");
+}
+
+#[test]
+fn an_owner_that_fails_its_header_check_is_kept_as_a_pack_for_the_good_snapshot_that_shares_it() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    let s1 = body(&[], 0);
+    write(&store, 1, &s1, None, |_| false).expect("s1");
+    let s2 = body(&[4], 2);
+    write(&store, 2, &s2, Some(1), |i| i != 4).expect("s2");
+    drop(store);
+    // A bit of s1's header rots: s1 fails its (header-only) check at open, but s2, the newest,
+    // verifies in full, reading the bytes it shares from s1.
+    assert!(fs.flip_bit(&PathBuf::from(DIR).join(name(1, ".snap")), 20, 3));
+    let (store, rec) = open(&fs);
+    assert_eq!(rec.latest.expect("latest").id(), id(2));
+    assert_eq!(
+        rec.quarantined,
+        vec![PathBuf::from(DIR).join(name(1, ".pack"))]
+    );
+    assert_eq!(store.packs(), vec![id(1)]);
+    assert_eq!(read_body(&store, 2), s2.concat());
+    assert!(store.list().iter().all(|i| i.id() != id(1)));
+}
+
+#[test]
+fn a_writer_does_not_share_bytes_an_owner_no_longer_holds() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    let s1 = body(&[], 0);
+    write(&store, 1, &s1, None, |_| false).expect("s1");
+    // Piece 3 of s1 rots after an index named it.
+    let at = piece_at(3) as usize + 10;
+    assert!(fs.flip_bit(&PathBuf::from(DIR).join(name(1, ".snap")), at, 0));
+    let info = write(&store, 2, &s1, Some(1), |_| true).expect("s2");
+    assert_eq!(
+        info.shared_bytes,
+        ((PIECES - 1) * PIECE) as u64,
+        "every piece but the rotted one shared"
+    );
+    assert_eq!(read_body(&store, 2), s1.concat());
+    store
+        .open_reader(id(2))
+        .expect("reader")
+        .verify()
+        .expect("digest");
+}
+
+#[test]
+fn an_interrupted_sharing_transfer_retired_by_another_leaves_a_source_holding_its_bytes() {
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    write(&store, 10, &body(&[], 0), None, |_| false).expect("s10");
+    let file = sender_file(90, &body(&[2], 1));
+    assert!(
+        !receive_sharing(&store, 90, &file, 10, |i| i != 2, 7)
+            .expect("part")
+            .0
+    );
+    // A transfer of another snapshot begins: the first partial's durable prefix is kept as a
+    // source, its shared ranges filled in.
+    let other = store.incoming(id(95)).expect("another transfer");
+    let source = store.partial_source().expect("source").expect("kept");
+    assert_eq!(source.id(), id(90));
+    assert!(source.len() > piece_at(5), "{}", source.len());
+    let mut got = vec![0u8; source.len() as usize];
+    source.read_at(0, &mut got).expect("read");
+    assert_eq!(got, file[..got.len()]);
+    drop(other);
+    let files = names(&fs);
+    assert!(
+        files.iter().all(|f| !f.ends_with(".partial.shares")),
+        "{files:?}"
+    );
 }

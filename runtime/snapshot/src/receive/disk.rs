@@ -279,11 +279,12 @@ struct Copy {
 }
 
 /// Take a segment this node holds into the file being received: shared with the complete
-/// snapshot that holds it (no write), or copied from a kept prefix (or when it cannot be
-/// shared) after checking it still has the hash it was indexed with (a local file may have
-/// rotted since: the transfer then fails before writing the bytes, keeping what it made
-/// durable, and the file is hashed afresh next time, so the next attempt fetches that
-/// segment). Blocking: one read; to copy, a BLAKE3 and one write.
+/// snapshot that holds it (no write; checked only by the whole-file digest, whose failure
+/// discards the partial and makes the next attempt hash the local files afresh), or copied from
+/// a kept prefix (or when it cannot be shared) after checking it still has the hash it was
+/// indexed with (a local file may have rotted since: the transfer then fails before writing the
+/// bytes, keeping what it made durable, and the file is hashed afresh next time, so the next
+/// attempt fetches that segment). Blocking: one read; to copy, a BLAKE3 and one write.
 fn copy_local(
     incoming: &mut IncomingSnapshot,
     sources: &[Source],

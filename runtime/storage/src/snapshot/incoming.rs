@@ -26,7 +26,7 @@ impl SnapshotStore {
         let inner = &self.inner;
         {
             let mut st = inner.lock();
-            if st.complete.contains_key(&id) {
+            if st.complete.contains_key(&id) || st.packs.contains(&id) {
                 return Err(StorageError::Invalid(format!(
                     "snapshot {id} is already complete"
                 )));
@@ -121,6 +121,9 @@ impl SnapshotStore {
                 borrows.clear();
                 let _ = vfs.remove_file(&path);
                 let _ = vfs.remove_file(&ppath);
+                // Gone before the directory sync below: records of an older partial must never
+                // come back next to this one.
+                let _ = vfs.remove_file(&spath);
                 let file = vfs
                     .open(&path, OpenMode::CreateNew)
                     .map_err(io_err("create incoming snapshot", &path))?;

@@ -119,7 +119,8 @@ impl SnapshotInfo {
 pub struct SnapshotRecovery {
     /// Newest snapshot whose digest verified.
     pub latest: Option<SnapshotInfo>,
-    /// Newer snapshots that failed verification, renamed to `*.snap.corrupt`.
+    /// Snapshots that failed verification, renamed to `*.snap.corrupt` (or to `*.pack` when a
+    /// good snapshot shares bytes with them).
     pub quarantined: Vec<PathBuf>,
     /// Leftover files deleted (unfinished local writes, superseded or orphaned partials).
     pub removed: Vec<PathBuf>,
@@ -139,6 +140,9 @@ struct SnapState {
     shares: HashMap<SnapshotId, Arc<Vec<Borrow>>>,
     /// Retired snapshots kept as `.pack` files because newer ones borrow from them.
     packs: BTreeSet<SnapshotId>,
+    /// Packs whose own borrows are unknown (their trailer could not be read at open): nothing new
+    /// borrows from them, as a range of theirs might be a hole.
+    unlendable: BTreeSet<SnapshotId>,
     /// Owners each snapshot writer in progress borrows from, by writer number.
     writing: HashMap<u64, BTreeSet<SnapshotId>>,
     /// Owners each incoming snapshot borrows from, by its id, for as long as its partial file
@@ -177,7 +181,10 @@ impl SnapState {
         len: u64,
         borrower: SnapshotId,
     ) -> Option<(SnapshotId, u64)> {
-        let on_disk = |id: &SnapshotId| self.complete.contains_key(id) || self.packs.contains(id);
+        let on_disk = |id: &SnapshotId| {
+            (self.complete.contains_key(id) || self.packs.contains(id))
+                && !self.unlendable.contains(id)
+        };
         if !on_disk(&owner) {
             return None;
         }
@@ -193,6 +200,8 @@ struct Inner {
     dir: PathBuf,
     cfg: StorageConfig,
     state: Mutex<SnapState>,
+    /// Held by a retention pass ([`SnapshotStore::gc`]) from start to end.
+    gc_lock: Mutex<()>,
 }
 
 impl Inner {

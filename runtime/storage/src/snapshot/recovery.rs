@@ -31,6 +31,7 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             cfg: cfg.clone(),
             state: Mutex::new(SnapState::default()),
+            gc_lock: Mutex::new(()),
         });
         let store = SnapshotStore { inner };
         let rec = store.recover()?;
@@ -84,6 +85,7 @@ impl SnapshotStore {
         }
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         let mut st = inner.lock();
+        let mut failed = Vec::new();
         for id in candidates {
             let path = inner.path(id, ".snap");
             let full = rec.latest.is_none();
@@ -105,18 +107,35 @@ impl SnapshotStore {
                         ),
                         Err(e) => e.to_string(),
                     };
-                    let bad = inner.path(id, ".snap.corrupt");
-                    tracing::warn!(
-                        file = %path.display(),
-                        error = %why,
-                        quarantined_as = %bad.display(),
-                        "snapshot failed verification; falling back to the previous snapshot"
-                    );
-                    vfs.rename(&path, &bad)
-                        .map_err(io_err("quarantine corrupt snapshot", &path))?;
-                    rec.quarantined.push(bad);
+                    failed.push((id, path, why));
                 }
             }
+        }
+        // A failed file that a good one borrows from stays, as a pack: the borrower's own
+        // checks vouch for the bytes it reads there, and quarantining it would lose the
+        // borrower too. The others are quarantined.
+        let used = st.owners_in_use();
+        for (id, path, why) in failed {
+            if used.contains(&id) {
+                let pack = inner.path(id, PACK_SUFFIX);
+                tracing::warn!(file = %path.display(), error = %why, kept_as = %pack.display(),
+                    "snapshot failed verification; kept as a pack since newer snapshots share bytes with it");
+                vfs.rename(&path, &pack)
+                    .map_err(io_err("keep failed snapshot as a pack", &path))?;
+                packs.push(id);
+                rec.quarantined.push(pack);
+                continue;
+            }
+            let bad = inner.path(id, ".snap.corrupt");
+            tracing::warn!(
+                file = %path.display(),
+                error = %why,
+                quarantined_as = %bad.display(),
+                "snapshot failed verification; falling back to the previous snapshot"
+            );
+            vfs.rename(&path, &bad)
+                .map_err(io_err("quarantine corrupt snapshot", &path))?;
+            rec.quarantined.push(bad);
         }
         // Packs: their borrows only serve to follow a range to the file that holds it. One
         // whose trailer cannot be read lends nothing (a snapshot borrowing from it fails its
@@ -129,7 +148,8 @@ impl SnapshotStore {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "pack trailer unreadable");
+                    tracing::warn!(file = %path.display(), error = %e, "pack trailer unreadable: nothing new borrows from it");
+                    st.unlendable.insert(id);
                 }
             }
             st.packs.insert(id);

@@ -63,6 +63,9 @@ impl SnapshotStore {
     /// Returns the snapshots that stopped being snapshots (deleted or kept as packs).
     pub fn gc(&self) -> Result<Vec<SnapshotId>> {
         let inner = &self.inner;
+        // One pass at a time: a second pass must not delete a pack whose last borrower the
+        // first has doomed but not yet removed durably.
+        let _one = inner.gc_lock.lock().unwrap_or_else(|p| p.into_inner());
         let doomed: Vec<SnapshotInfo> = {
             let mut st = inner.lock();
             let own: Vec<SnapshotId> = st
@@ -92,6 +95,16 @@ impl SnapshotStore {
             }
             out
         };
+        // Owners the doomed files borrow from are kept as packs for now too: they go (below)
+        // only once those borrowers' deletion is durable.
+        let doomed_owners: std::collections::BTreeSet<SnapshotId> = {
+            let st = inner.lock();
+            doomed
+                .iter()
+                .filter_map(|i| st.shares.get(&i.id()))
+                .flat_map(|b| b.iter().map(|b| b.owner))
+                .collect()
+        };
         let mut changed = false;
         for info in &doomed {
             let id = info.id();
@@ -99,7 +112,7 @@ impl SnapshotStore {
             // snapshot between the check and the deletion.
             let keep = {
                 let mut st = inner.lock();
-                let keep = st.owners_in_use().contains(&id);
+                let keep = doomed_owners.contains(&id) || st.owners_in_use().contains(&id);
                 if keep {
                     st.packs.insert(id);
                 } else {
@@ -149,6 +162,7 @@ impl SnapshotStore {
             for id in &unused {
                 st.packs.remove(id);
                 st.shares.remove(id);
+                st.unlendable.remove(id);
             }
             unused
         };

@@ -128,12 +128,17 @@ pub(super) fn encode_trailer(borrows: &[Borrow]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The path of snapshot `owner`'s bytes next to `path`: its `.snap` if present, else its pack.
-fn owner_path(vfs: &dyn Vfs, dir: &Path, owner: SnapshotId) -> Option<PathBuf> {
-    [".snap", PACK_SUFFIX]
-        .iter()
-        .map(|ext| dir.join(format!("{owner}{ext}")))
-        .find(|p| vfs.open(p, OpenMode::Read).is_ok())
+/// Snapshot `owner`'s file in `dir`, open: its `.snap` if present, else its pack, else its
+/// `.snap` again (retention may rename one to the other at any moment; the handle stays good).
+pub(super) fn open_owner(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    owner: SnapshotId,
+) -> Option<(PathBuf, Arc<dyn VfsFile>)> {
+    [".snap", PACK_SUFFIX, ".snap"].iter().find_map(|ext| {
+        let p = dir.join(format!("{owner}{ext}"));
+        vfs.open(&p, OpenMode::Read).ok().map(|f| (p, f))
+    })
 }
 
 /// Open the snapshot file at `path` as its logical bytes: the file itself if it has no trailer,
@@ -153,7 +158,7 @@ pub(super) fn open_logical(vfs: &dyn Vfs, path: &Path) -> Result<(Arc<dyn VfsFil
         if owners.contains_key(&b.owner) {
             continue;
         }
-        let Some(p) = owner_path(vfs, dir, b.owner) else {
+        let Some((p, f)) = open_owner(vfs, dir, b.owner) else {
             return Err(invalid(
                 path,
                 "older snapshot file it shares bytes with (copy the whole directory, or make a \
@@ -170,9 +175,6 @@ pub(super) fn open_logical(vfs: &dyn Vfs, path: &Path) -> Result<(Arc<dyn VfsFil
                 "itself",
             ));
         }
-        let f = vfs
-            .open(&p, OpenMode::Read)
-            .map_err(io_err("open the snapshot it shares bytes with", &p))?;
         owners.insert(b.owner, f);
     }
     let borrows = Arc::new(borrows);

@@ -12,7 +12,7 @@ use crate::error::{Result, io_err};
 use crate::vfs::{OpenMode, VfsFile, read_exact_at};
 
 use super::progress::read_progress;
-use super::shared::SHARES_SUFFIX;
+use super::shared::{Borrow, SHARES_SUFFIX, open_owner, read_share_records};
 use super::{Inner, SnapshotId, SnapshotStore, parse_id};
 
 /// Suffix of the kept prefix.
@@ -112,23 +112,28 @@ pub(super) fn retire_partial(inner: &Inner, other: SnapshotId) -> Result<()> {
     let ppath = inner.path(other, ".partial.progress");
     let spath = inner.path(other, SHARES_SUFFIX);
     let durable = read_progress(vfs, &ppath).unwrap_or(0);
-    // A prefix with shared ranges holds holes where they are: not worth keeping (the ranges are
-    // in this node's snapshots anyway).
-    let has_holes = vfs.open(&spath, OpenMode::Read).is_ok();
-    let _ = vfs.remove_file(&spath);
-    inner.lock().incoming_claims.remove(&other);
+    let mut shared = read_share_records(vfs, &spath);
+    shared.retain(|b| b.end() <= durable);
     let kept = match vfs.open(&path, OpenMode::ReadWrite) {
-        Ok(f) if !has_holes && durable > 0 && f.len().is_ok_and(|l| l >= durable) => {
-            f.set_len(durable)
-                .map_err(io_err("cut partial snapshot to its durable offset", &path))?;
-            inner.sync_file(f.as_ref(), &path)?;
-            drop(f);
-            let source = inner.path(other, SOURCE_SUFFIX);
-            vfs.rename(&path, &source)
-                .map_err(io_err("keep partial snapshot as a source", &path))?;
-            inner.sync_dir()?;
-            tracing::info!(file = %source.display(), durable, "keeping the durable prefix of an interrupted transfer as a source for the next one");
-            true
+        Ok(f) if durable > 0 && f.len().is_ok_and(|l| l >= durable) => {
+            // Its shared ranges are holes: fill them from their owners (which the partial's
+            // claim kept), so the prefix holds its bytes as a source must. Rare (a transfer
+            // of another snapshot took over): the bytes sharing saved are written once here.
+            if let Err(e) = fill_holes(inner, f.as_ref(), &path, &shared) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot fill the shared ranges of an interrupted transfer; not keeping it as a source");
+                false
+            } else {
+                f.set_len(durable)
+                    .map_err(io_err("cut partial snapshot to its durable offset", &path))?;
+                inner.sync_file(f.as_ref(), &path)?;
+                drop(f);
+                let source = inner.path(other, SOURCE_SUFFIX);
+                vfs.rename(&path, &source)
+                    .map_err(io_err("keep partial snapshot as a source", &path))?;
+                inner.sync_dir()?;
+                tracing::info!(file = %source.display(), durable, "keeping the durable prefix of an interrupted transfer as a source for the next one");
+                true
+            }
         }
         _ => false,
     };
@@ -136,6 +141,9 @@ pub(super) fn retire_partial(inner: &Inner, other: SnapshotId) -> Result<()> {
         let _ = vfs.remove_file(&path);
     }
     let _ = vfs.remove_file(&ppath);
+    // Last: a crash before this leaves records next to no partial, which opening removes.
+    let _ = vfs.remove_file(&spath);
+    inner.lock().incoming_claims.remove(&other);
     for (_, extra) in sources(inner)?.into_iter().skip(1) {
         vfs.remove_file(&extra)
             .map_err(io_err("remove kept partial snapshot", &extra))?;
@@ -157,4 +165,37 @@ pub(super) fn remove_sources(inner: &Inner, keep_longest: bool) -> Result<Vec<Pa
         inner.sync_dir()?;
     }
     Ok(removed)
+}
+
+/// Copy each shared range of a partial from its owner into the partial at its offset, then make
+/// it durable. Blocking: one read and one write of the ranges.
+fn fill_holes(
+    inner: &Inner,
+    f: &dyn VfsFile,
+    path: &std::path::Path,
+    shared: &[Borrow],
+) -> Result<()> {
+    if shared.is_empty() {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for b in shared {
+        let Some((opath, owner)) = open_owner(inner.vfs.as_ref(), &inner.dir, b.owner) else {
+            return Err(crate::error::StorageError::Invalid(format!(
+                "snapshot {} (shared by {}) is gone",
+                b.owner,
+                path.display()
+            )));
+        };
+        let mut done = 0;
+        while done < b.len {
+            let n = (b.len - done).min(buf.len() as u64) as usize;
+            read_exact_at(owner.as_ref(), &mut buf[..n], b.owner_at + done)
+                .map_err(io_err("read shared range", &opath))?;
+            f.write_all_at(&buf[..n], b.at + done)
+                .map_err(io_err("fill shared range", path))?;
+            done += n as u64;
+        }
+    }
+    inner.sync_file(f, path)
 }

@@ -1,14 +1,15 @@
 //! Writing a snapshot locally from the guest's chunks, published by rename when finished.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Result, StorageError, io_err};
-use crate::vfs::{OpenMode, VfsFile};
+use crate::vfs::{OpenMode, VfsFile, read_exact_at};
 
 use super::format::{SNAP_MAGIC, SNAP_VERSION, SNAPSHOT_HEADER_BYTES};
-use super::shared::{Borrow, SharedSegments, encode_trailer, push_borrow};
+use super::shared::{Borrow, SharedSegments, encode_trailer, open_owner, push_borrow};
 use super::{SnapshotId, SnapshotInfo, SnapshotMeta, SnapshotStore};
 
 impl SnapshotStore {
@@ -37,10 +38,13 @@ impl SnapshotStore {
     ) -> Result<SnapshotWriter> {
         let inner = &self.inner;
         let id = meta.id;
-        if inner.lock().complete.contains_key(&id) {
-            return Err(StorageError::Invalid(format!(
-                "snapshot {id} already exists"
-            )));
+        {
+            let st = inner.lock();
+            if st.complete.contains_key(&id) || st.packs.contains(&id) {
+                return Err(StorageError::Invalid(format!(
+                    "snapshot {id} already exists"
+                )));
+            }
         }
         let meta_bytes = postcard::to_allocvec(&meta)
             .map_err(|e| StorageError::Invalid(format!("snapshot metadata: {e}")))?;
@@ -88,6 +92,10 @@ impl SnapshotStore {
             number,
             borrows: Vec::new(),
             shared,
+            holders: HashMap::new(),
+            scratch: Vec::new(),
+            mismatches: 0,
+            published: false,
         })
     }
 }
@@ -110,6 +118,13 @@ pub struct SnapshotWriter {
     borrows: Vec<Borrow>,
     /// Where segments already lie ([`SnapshotStore::begin_sharing`]).
     shared: Option<Arc<SharedSegments>>,
+    /// Open files of the snapshots borrowed from, to check their bytes.
+    holders: HashMap<SnapshotId, Arc<dyn VfsFile>>,
+    scratch: Vec<u8>,
+    /// Segments an index placed in an older file that holds other bytes there.
+    mismatches: u64,
+    /// Published: the store's table now keeps the owners this writer claimed.
+    published: bool,
 }
 
 impl fmt::Debug for SnapshotWriter {
@@ -175,11 +190,24 @@ impl SnapshotWriter {
             return Ok(true);
         }
         self.check_room(len)?;
+        let id = self.meta.id;
+        let Some((holder, holder_at)) = self.store.inner.lock().lendable(owner, owner_at, len, id)
+        else {
+            return Ok(false);
+        };
+        // The bytes there must be these bytes, whatever a hash index said: an owner that rotted
+        // since it was indexed would otherwise make this snapshot's logical bytes differ from its
+        // digest. Cost: one read of the range (no write).
+        if !self.holder_has(holder, holder_at, bytes)? {
+            self.mismatches += 1;
+            return Ok(false);
+        }
         {
             let mut st = self.store.inner.lock();
-            let Some((holder, holder_at)) = st.lendable(owner, owner_at, len, self.meta.id) else {
+            // Claimed only if retention did not retire it meanwhile.
+            if st.lendable(owner, owner_at, len, id) != Some((holder, holder_at)) {
                 return Ok(false);
-            };
+            }
             st.writing.entry(self.number).or_default().insert(holder);
             push_borrow(&mut self.borrows, 0, self.pos, len, holder, holder_at);
         }
@@ -188,6 +216,35 @@ impl SnapshotWriter {
         }
         self.pos += len;
         self.body_len += len;
+        Ok(true)
+    }
+
+    /// Whether snapshot `holder`'s file holds `bytes` at `at`. A file that cannot be opened or
+    /// read holds nothing.
+    fn holder_has(&mut self, holder: SnapshotId, at: u64, bytes: &[&[u8]]) -> Result<bool> {
+        let inner = self.store.inner.clone();
+        let file = match self.holders.get(&holder) {
+            Some(f) => f.clone(),
+            None => match open_owner(inner.vfs.as_ref(), &inner.dir, holder) {
+                Some((_, f)) => {
+                    self.holders.insert(holder, f.clone());
+                    f
+                }
+                None => return Ok(false),
+            },
+        };
+        let len: usize = bytes.iter().map(|b| b.len()).sum();
+        self.scratch.resize(len, 0);
+        if read_exact_at(file.as_ref(), &mut self.scratch, at).is_err() {
+            return Ok(false);
+        }
+        let mut from = 0;
+        for b in bytes {
+            if self.scratch[from..from + b.len()] != **b {
+                return Ok(false);
+            }
+            from += b.len();
+        }
         Ok(true)
     }
 
@@ -247,9 +304,14 @@ impl SnapshotWriter {
             path,
             shared_bytes: self.shared_bytes(),
         };
+        if self.mismatches > 0 {
+            tracing::warn!(id = %self.meta.id, segments = self.mismatches,
+                "older snapshot files did not hold the bytes their index named (damaged since they were indexed?); those segments were written instead of shared");
+        }
         let borrows = std::sync::Arc::new(std::mem::take(&mut self.borrows));
         // Published (its borrows now count) before this writer's own claim goes (on drop).
         self.store.publish(info.clone(), false, borrows)?;
+        self.published = true;
         Ok(info)
     }
 }
@@ -258,6 +320,11 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.store.inner.vfs.remove_file(&self.tmp);
+        }
+        // Renamed into place but never published (an error in between): its file still borrows
+        // from the owners, so the claim stays until a restart reads the file's trailer.
+        if self.done && !self.published {
+            return;
         }
         let claimed = self.store.inner.lock().writing.remove(&self.number);
         // Owners only this writer kept may now be retired packs nothing needs.
