@@ -66,6 +66,12 @@ pub const SNAP_ID: SnapshotId = SnapshotId {
     last_index: 100,
     last_term: 3,
 };
+/// An older snapshot that [`snapshot_open`] always places next to the fuzzed one, whole and
+/// valid: a fuzzed file may share bytes with it (see `wraft_storage`'s shared snapshot files).
+pub const OWNER_ID: SnapshotId = SnapshotId {
+    last_index: 60,
+    last_term: 3,
+};
 /// Size of the progress file of an incoming snapshot (two 24-byte slots).
 pub const PROGRESS_FILE_BYTES: usize = 48;
 /// Most log indexes [`wal_recovery`] reads back after a successful open.
@@ -500,12 +506,40 @@ fn read_back(store: &SnapshotStore, id: SnapshotId) {
         .unwrap_or_else(|e| panic!("recovered snapshot {id} fails verify(): {e}"));
 }
 
+/// The bytes of [`OWNER_ID`]'s file, and its body: made once.
+pub fn owner_snapshot() -> &'static (Vec<u8>, Vec<u8>) {
+    static OWNER: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| {
+        let body: Vec<u8> = (0..6000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let fs = Arc::new(FaultFs::new());
+        let (store, _) =
+            SnapshotStore::open(fs.clone(), Path::new(SNAP_DIR), &storage_config()).expect("open");
+        let mut w = store
+            .begin(wraft_storage::SnapshotMeta {
+                id: OWNER_ID,
+                membership: wraft_storage::Membership {
+                    voters: vec![1, 2, 3],
+                    learners: vec![],
+                },
+                format: "wraft-machines/1".into(),
+            })
+            .expect("begin");
+        for chunk in body.chunks(1000) {
+            w.write_chunk(chunk).expect("write");
+        }
+        let info = w.finish().expect("finish");
+        (fs.read_file(&info.path).expect("owner file"), body)
+    })
+}
+
 /// Target `snapshot_open`: a snapshot directory holding a fuzzed
-/// `<SNAP_ID>.snap` and, when the first input byte is odd, also a fuzzed
+/// `<SNAP_ID>.snap` (next to a valid older snapshot [`OWNER_ID`] it may share bytes with) and,
+/// when the first input byte is odd, also a fuzzed
 /// incoming transfer (`.partial` + `.partial.progress` of a newer id, the
 /// progress file being the last 48 input bytes). `SnapshotStore::open` must
 /// return a typed error or a store whose newest snapshot reads back and
-/// verifies; a snapshot it accepts must carry the id its file name says.
+/// verifies (the fuzzed one, or the owner when the fuzzed one is refused); a snapshot it accepts
+/// must carry the id its file name says.
 /// Input: `[mode][file bytes…]`; mode bit 1 (value 2) first recomputes the
 /// header CRC and the digest ([`reseal_snapshot`]).
 pub fn snapshot_open(data: &[u8]) {
@@ -530,6 +564,11 @@ pub fn snapshot_open(data: &[u8]) {
         reseal_snapshot(&mut snap);
     }
     create_durable(&fs, &snap_path(".snap"), &snap);
+    create_durable(
+        &fs,
+        &dir.join(format!("{OWNER_ID}.snap")),
+        &owner_snapshot().0,
+    );
     if let Some(progress) = progress {
         create_durable(&fs, &dir.join(format!("{newer}.partial")), &snap);
         create_durable(
@@ -543,11 +582,15 @@ pub fn snapshot_open(data: &[u8]) {
         return;
     };
     if let Some(latest) = &rec.latest {
-        assert_eq!(
-            latest.meta.id, SNAP_ID,
-            "accepted a snapshot under another id's name"
+        assert!(
+            latest.meta.id == SNAP_ID || latest.meta.id == OWNER_ID,
+            "accepted a snapshot under another id's name: {}",
+            latest.meta.id
         );
         read_back(&store, latest.meta.id);
+    }
+    for info in store.list() {
+        read_back(&store, info.id());
     }
     for (id, durable) in &rec.resumable {
         assert_eq!(*id, newer);

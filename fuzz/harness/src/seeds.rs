@@ -19,7 +19,7 @@ use wraft_proto::{
 };
 use wraft_storage::fault::FaultFs;
 use wraft_storage::{
-    HardState, Log, LogEntry, SnapshotId, SnapshotMeta, SnapshotStore, WriteBatch,
+    HardState, Log, LogEntry, OpenMode, SnapshotId, SnapshotMeta, SnapshotStore, Vfs, WriteBatch,
 };
 use wraft_transport::frame;
 
@@ -491,6 +491,41 @@ pub fn real_snapshot(body: &[u8]) -> Vec<u8> {
     fs.read_file(&snap_path(".snap")).expect("snapshot file")
 }
 
+/// A real snapshot file for `SNAP_ID` of `body` that shares every 1000-byte piece the owner
+/// ([`crate::owner_snapshot`]) holds at the same body offset instead of storing it.
+fn sharing_snapshot(body: &[u8]) -> Vec<u8> {
+    let (owner_file, owner_body) = crate::owner_snapshot();
+    let fs = Arc::new(FaultFs::new());
+    let dir = Path::new(SNAP_DIR);
+    fs.create_dir_all(dir).expect("mkdir");
+    let owner_path = dir.join(format!("{}.snap", crate::OWNER_ID));
+    let f = fs.open(&owner_path, OpenMode::CreateNew).expect("owner");
+    f.write_all_at(owner_file, 0).expect("write owner");
+    f.sync_data().expect("sync owner");
+    fs.sync_dir(dir).expect("sync dir");
+    let (store, _) = SnapshotStore::open(fs.clone(), dir, &storage_config()).expect("open");
+    let owner_body_at = owner_file.len() as u64 - owner_body.len() as u64;
+    let mut w = store
+        .begin(SnapshotMeta {
+            id: SNAP_ID,
+            membership: wraft_storage::Membership {
+                voters: vec![1, 2, 3],
+                learners: vec![4],
+            },
+            format: "wraft-machines/1".into(),
+        })
+        .expect("begin");
+    for (i, chunk) in body.chunks(1000).enumerate() {
+        let at = owner_body_at + (i * 1000) as u64;
+        if !w.share(&[chunk], crate::OWNER_ID, at).expect("share") {
+            w.write_chunk(chunk).expect("write");
+        }
+    }
+    let info = w.finish().expect("finish");
+    assert!(info.shared_bytes > 0, "the seed shares nothing");
+    fs.read_file(&snap_path(".snap")).expect("snapshot file")
+}
+
 /// The progress file of an incoming transfer that made `durable` bytes durable.
 fn real_progress(file: &[u8], durable: usize) -> Vec<u8> {
     let fs = Arc::new(FaultFs::new());
@@ -537,6 +572,21 @@ fn snapshots(out: &mut Vec<Seed>) {
         "snapshot_open",
         "snapshot-and-partial",
         [&[1u8][..], &file, &progress].concat(),
+    );
+    // A file that stores only what the owner next to it does not hold: holes and a trailer.
+    push(
+        out,
+        "snapshot_open",
+        "snapshot-sharing",
+        [
+            &[0u8][..],
+            &sharing_snapshot(&{
+                let mut b = crate::owner_snapshot().1.clone();
+                b[2500] ^= 0xff;
+                b
+            }),
+        ]
+        .concat(),
     );
     // The transfer: contiguous chunks, a sync, a crash-and-resume, a rewrite
     // of already received bytes, then finalize.

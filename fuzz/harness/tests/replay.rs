@@ -129,8 +129,22 @@ fn valid_seeds_reach_recovery_success_paths() {
                     .unwrap();
                 f.write_all_at(file, 0).unwrap();
                 f.sync_data().unwrap();
+                // As the target does: the older snapshot a file may share bytes with.
+                let owner = fs
+                    .open(
+                        &dir.join(format!("{}.snap", h::OWNER_ID)),
+                        wraft_storage::OpenMode::CreateNew,
+                    )
+                    .unwrap();
+                owner.write_all_at(&h::owner_snapshot().0, 0).unwrap();
+                owner.sync_data().unwrap();
+                fs.sync_dir(dir).unwrap();
                 let (_s, rec) = SnapshotStore::open(fs, dir, &h::storage_config()).unwrap();
-                assert!(rec.latest.is_some(), "seed {name} not recovered");
+                assert_eq!(
+                    rec.latest.map(|l| l.meta.id),
+                    Some(h::SNAP_ID),
+                    "seed {name} not recovered"
+                );
             }
             _ => {}
         }

@@ -269,6 +269,13 @@ fn disk_work(
     }
 }
 
+/// Shared bytes count this much less than written ones toward the next sync: a sync after
+/// only shared bytes costs the records and the progress (two `fdatasync`s) and writes no data,
+/// but it still moves the durable offset the leader's window follows. Measured on a 1 %
+/// delta of 1 GiB of state (`delta_bench`): 4 takes 0.24–0.28 s, 1 takes 0.29–0.32 s, 16
+/// 0.26–0.28 s, and syncing on time alone (64) 0.36–0.37 s.
+const SHARED_SYNC_DIVISOR: usize = 4;
+
 /// A held segment to copy ([`DiskCmd::Copy`]).
 struct Copy {
     at: u64,
@@ -284,7 +291,8 @@ struct Copy {
 /// a kept prefix (or when it cannot be shared) after checking it still has the hash it was
 /// indexed with (a local file may have rotted since: the transfer then fails before writing the
 /// bytes, keeping what it made durable, and the file is hashed afresh next time, so the next
-/// attempt fetches that segment). Blocking: one read; to copy, a BLAKE3 and one write.
+/// attempt fetches that segment). Returns what the bytes count toward the next sync. Blocking:
+/// one read; to copy, a BLAKE3 and one write.
 fn copy_local(
     incoming: &mut IncomingSnapshot,
     sources: &[Source],
@@ -305,7 +313,7 @@ fn copy_local(
     if let Source::Snapshot(r) = reader
         && incoming.share_at(c.at, buf, r.info().id(), c.from)?
     {
-        return Ok(buf.len());
+        return Ok((buf.len() / SHARED_SYNC_DIVISOR).max(1));
     }
     let found = blake3::hash(buf);
     if *found.as_bytes() != c.hash {
