@@ -588,7 +588,7 @@ async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_fi
             creations >= 2 && creations < crossings,
             "node {id}: {creations} creations for {crossings} threshold crossings"
         );
-        // Retention: the newest `retain_count` files, nothing else.
+        // Retention: the newest `retain_count` snapshots, and packs they share bytes with.
         let listed = snapshots_of(&cluster, id).await;
         assert_eq!(listed.len(), 2, "node {id}: {listed:?}");
         assert!(listed[0].index < listed[1].index);
@@ -607,7 +607,32 @@ async fn hints_during_a_creation_coalesce_and_retention_keeps_only_the_newest_fi
             .iter()
             .map(|s| format!("{:020}-{:020}.snap", s.index, s.term))
             .collect();
-        assert_eq!(files, expected, "node {id}: files in {}", dir.display());
+        // Besides them, only packs: older snapshots whose bytes the retained ones share.
+        let (snaps, others): (Vec<String>, Vec<String>) =
+            files.into_iter().partition(|f| f.ends_with(".snap"));
+        assert_eq!(snaps, expected, "node {id}: files in {}", dir.display());
+        let oldest = format!("{:020}", listed[0].index);
+        assert!(
+            others
+                .iter()
+                .all(|f| f.ends_with(".pack") && f.as_str() < oldest.as_str()),
+            "node {id}: unexpected files in {}: {others:?}",
+            dir.display()
+        );
+        if !others.is_empty() {
+            let shared: u64 = expected
+                .iter()
+                .map(|f| {
+                    wraft_storage::inspect_snapshot_file(&dir.join(f), true)
+                        .unwrap_or_else(|e| panic!("{f}: {e}"))
+                        .shared_bytes
+                })
+                .sum();
+            assert!(
+                shared > 0,
+                "node {id}: packs {others:?} but nothing shares bytes"
+            );
+        }
     }
 }
 

@@ -595,13 +595,14 @@ fn a_writer_does_not_share_bytes_an_owner_no_longer_holds() {
 }
 
 #[test]
-fn an_interrupted_sharing_transfer_retired_by_another_leaves_a_source_holding_its_bytes() {
+fn an_interrupted_sharing_transfer_retired_by_another_keeps_its_prefix_only_if_mostly_fetched() {
     let fs = FaultFs::new();
     let (store, _) = open(&fs);
     write(&store, 10, &body(&[], 0), None, |_| false).expect("s10");
-    let file = sender_file(90, &body(&[2], 1));
+    // Mostly fetched: pieces 0 and 1 shared, 2..6 changed.
+    let file = sender_file(90, &body(&[2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 1));
     assert!(
-        !receive_sharing(&store, 90, &file, 10, |i| i != 2, 7)
+        !receive_sharing(&store, 90, &file, 10, |i| i < 2, 7)
             .expect("part")
             .0
     );
@@ -618,6 +619,24 @@ fn an_interrupted_sharing_transfer_retired_by_another_leaves_a_source_holding_it
     let files = names(&fs);
     assert!(
         files.iter().all(|f| !f.ends_with(".partial.shares")),
+        "{files:?}"
+    );
+
+    // Mostly shared, it is dropped instead: its shared bytes are in s10 anyway.
+    let fs = FaultFs::new();
+    let (store, _) = open(&fs);
+    write(&store, 10, &body(&[], 0), None, |_| false).expect("s10");
+    let file = sender_file(90, &body(&[2], 1));
+    assert!(
+        !receive_sharing(&store, 90, &file, 10, |i| i != 2, 7)
+            .expect("part")
+            .0
+    );
+    let _other = store.incoming(id(95)).expect("another transfer");
+    assert!(store.partial_source().expect("source").is_none());
+    let files = names(&fs);
+    assert!(
+        files.iter().all(|f| !f.contains(&id(90).to_string())),
         "{files:?}"
     );
 }

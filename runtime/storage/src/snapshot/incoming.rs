@@ -28,7 +28,7 @@ impl SnapshotStore {
             let mut st = inner.lock();
             if st.complete.contains_key(&id) || st.packs.contains(&id) {
                 return Err(StorageError::Invalid(format!(
-                    "snapshot {id} is already complete"
+                    "snapshot {id} already exists here"
                 )));
             }
             if !st.incoming_open.insert(id) {
@@ -68,8 +68,13 @@ impl SnapshotStore {
                 others.push(o);
             }
         }
+        let retired = !others.is_empty();
         for o in others {
             retire_partial(inner, o)?;
+        }
+        if retired {
+            // Their claims went: owners only they kept may be packs nothing needs.
+            self.gc()?;
         }
         let spath = inner.path(id, SHARES_SUFFIX);
         let mut borrows = Vec::new();
@@ -142,7 +147,9 @@ impl SnapshotStore {
         // The shares file holds exactly the ranges kept (or goes).
         let shares = if borrows.is_empty() {
             let _ = vfs.remove_file(&spath);
-            inner.lock().incoming_claims.remove(&id);
+            if inner.lock().incoming_claims.remove(&id).is_some() {
+                self.gc()?;
+            }
             None
         } else {
             let f = vfs
@@ -474,9 +481,11 @@ impl IncomingSnapshot {
         self.finished = true;
         let (info, borrows) = info;
         let info = SnapshotInfo { path, ..info };
-        // Published (its borrows now keep their owners) before the partial's claim goes.
-        self.store.publish(info.clone(), true, borrows)?;
+        // Published (its borrows now keep their owners) before the partial's claim goes; the
+        // claim goes even if the retention pass inside failed (the snapshot is complete).
+        let published = self.store.publish(info.clone(), true, borrows);
         inner.lock().incoming_claims.remove(&self.id);
+        published?;
         // A prefix kept from an interrupted transfer has served (or is of an older snapshot).
         remove_sources(&inner, false)?;
         Ok(info)

@@ -114,7 +114,16 @@ impl SnapshotStore {
         // A failed file that a good one borrows from stays, as a pack: the borrower's own
         // checks vouch for the bytes it reads there, and quarantining it would lose the
         // borrower too. The others are quarantined.
-        let used = st.owners_in_use();
+        let mut used = st.owners_in_use();
+        // Also what an interrupted transfer's shared ranges name (read again below for the
+        // partial that resumes; a stale one's extra pack goes with the next retention pass).
+        for id in &shares {
+            used.extend(
+                read_share_records(vfs, &inner.path(*id, SHARES_SUFFIX))
+                    .iter()
+                    .map(|b| b.owner),
+            );
+        }
         for (id, path, why) in failed {
             if used.contains(&id) {
                 let pack = inner.path(id, PACK_SUFFIX);

@@ -116,11 +116,21 @@ pub(super) fn retire_partial(inner: &Inner, other: SnapshotId) -> Result<()> {
     shared.retain(|b| b.end() <= durable);
     let kept = match vfs.open(&path, OpenMode::ReadWrite) {
         Ok(f) if durable > 0 && f.len().is_ok_and(|l| l >= durable) => {
-            // Its shared ranges are holes: fill them from their owners (which the partial's
-            // claim kept), so the prefix holds its bytes as a source must. Rare (a transfer
-            // of another snapshot took over): the bytes sharing saved are written once here.
-            if let Err(e) = fill_holes(inner, f.as_ref(), &path, &shared) {
-                tracing::warn!(file = %path.display(), error = %e, "cannot fill the shared ranges of an interrupted transfer; not keeping it as a source");
+            // Its shared ranges are holes. Worth filling from their owners (which the partial's
+            // claim kept) only when they are the smaller part: a prefix mostly shared holds
+            // few fetched bytes, and the shared ones are in this node's snapshots, which the
+            // next transfer indexes anyway; filling would rewrite them (up to the whole file)
+            // before the follower answers the offer.
+            let shared_len: u64 = shared.iter().map(|b| b.len).sum();
+            let fill = if shared_len > durable - shared_len {
+                Err(format!(
+                    "{shared_len} of its {durable} bytes are shared with this node's snapshots"
+                ))
+            } else {
+                fill_holes(inner, f.as_ref(), &path, &shared).map_err(|e| e.to_string())
+            };
+            if let Err(why) = fill {
+                tracing::info!(file = %path.display(), why = %why, "not keeping the prefix of an interrupted transfer as a source");
                 false
             } else {
                 f.set_len(durable)

@@ -175,15 +175,16 @@ impl SnapshotWriter {
 
     /// Append `bytes` (given in parts, e.g. a frame's header and payload) without writing them,
     /// if snapshot `owner` holds the same bytes at `owner_at`: the file then borrows them (a hole
-    /// and an entry in its trailer; see `shared`). The caller vouches that the bytes are equal
-    /// (it found them by their BLAKE3); they still go into this file's digest, which every full
-    /// verification checks against the bytes actually read from the owner.
+    /// and an entry in its trailer; see `shared`). The bytes there are read and compared first,
+    /// so an owner damaged since an index named it is never shared from.
     ///
     /// Returns `false`, having done nothing, when the bytes cannot be borrowed: `owner` is no
-    /// longer on disk, or the range straddles bytes the owner holds and bytes it borrows itself.
-    /// The caller then writes them ([`SnapshotWriter::write_chunk`]). From a `true` until this
-    /// writer is finished or dropped, `owner` (or whichever snapshot holds the range) stays on
-    /// disk. Cost: hashing `bytes` for the digest and a lookup; no I/O.
+    /// longer on disk, the range straddles bytes the owner holds and bytes it borrows itself, or
+    /// the file there holds other bytes (counted and logged at [`SnapshotWriter::finish`]) or
+    /// cannot be read. The caller then writes them ([`SnapshotWriter::write_chunk`]). From a
+    /// `true` until this writer is finished or dropped, `owner` (or whichever snapshot holds the
+    /// range) stays on disk. Cost: one read of the range, a comparison, and hashing `bytes` for
+    /// the digest; no write.
     pub fn share(&mut self, bytes: &[&[u8]], owner: SnapshotId, owner_at: u64) -> Result<bool> {
         let len: u64 = bytes.iter().map(|b| b.len() as u64).sum();
         if len == 0 {
@@ -198,14 +199,19 @@ impl SnapshotWriter {
         // The bytes there must be these bytes, whatever a hash index said: an owner that rotted
         // since it was indexed would otherwise make this snapshot's logical bytes differ from its
         // digest. Cost: one read of the range (no write).
-        if !self.holder_has(holder, holder_at, bytes)? {
-            self.mismatches += 1;
-            return Ok(false);
+        match self.holder_has(holder, holder_at, bytes) {
+            Some(true) => {}
+            Some(false) => {
+                self.mismatches += 1;
+                return Ok(false);
+            }
+            None => return Ok(false),
         }
         {
             let mut st = self.store.inner.lock();
             // Claimed only if retention did not retire it meanwhile.
             if st.lendable(owner, owner_at, len, id) != Some((holder, holder_at)) {
+                self.holders.remove(&holder);
                 return Ok(false);
             }
             st.writing.entry(self.number).or_default().insert(holder);
@@ -219,9 +225,9 @@ impl SnapshotWriter {
         Ok(true)
     }
 
-    /// Whether snapshot `holder`'s file holds `bytes` at `at`. A file that cannot be opened or
-    /// read holds nothing.
-    fn holder_has(&mut self, holder: SnapshotId, at: u64, bytes: &[&[u8]]) -> Result<bool> {
+    /// Whether snapshot `holder`'s file holds `bytes` at `at`; `None` if it cannot be opened or
+    /// read there.
+    fn holder_has(&mut self, holder: SnapshotId, at: u64, bytes: &[&[u8]]) -> Option<bool> {
         let inner = self.store.inner.clone();
         let file = match self.holders.get(&holder) {
             Some(f) => f.clone(),
@@ -230,22 +236,20 @@ impl SnapshotWriter {
                     self.holders.insert(holder, f.clone());
                     f
                 }
-                None => return Ok(false),
+                None => return None,
             },
         };
         let len: usize = bytes.iter().map(|b| b.len()).sum();
         self.scratch.resize(len, 0);
-        if read_exact_at(file.as_ref(), &mut self.scratch, at).is_err() {
-            return Ok(false);
-        }
+        read_exact_at(file.as_ref(), &mut self.scratch, at).ok()?;
         let mut from = 0;
         for b in bytes {
             if self.scratch[from..from + b.len()] != **b {
-                return Ok(false);
+                return Some(false);
             }
             from += b.len();
         }
-        Ok(true)
+        Some(true)
     }
 
     fn check_room(&self, len: u64) -> Result<()> {
@@ -310,8 +314,11 @@ impl SnapshotWriter {
         }
         let borrows = std::sync::Arc::new(std::mem::take(&mut self.borrows));
         // Published (its borrows now count) before this writer's own claim goes (on drop).
-        self.store.publish(info.clone(), false, borrows)?;
+        // Once in the table of complete snapshots (even if the retention pass inside failed),
+        // its borrows keep the owners and this writer's claim may go.
+        let published = self.store.publish(info.clone(), false, borrows);
         self.published = true;
+        published?;
         Ok(info)
     }
 }
