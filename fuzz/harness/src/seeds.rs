@@ -469,21 +469,24 @@ fn wal(out: &mut Vec<Seed>) {
     );
 }
 
+/// The metadata of the seeds' snapshot `SNAP_ID`.
+fn seed_meta() -> SnapshotMeta {
+    SnapshotMeta {
+        id: SNAP_ID,
+        membership: wraft_storage::Membership {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+        },
+        format: "wraft-machines/1".into(),
+    }
+}
+
 /// A real snapshot file (header, metadata, body) for `SNAP_ID`.
 pub fn real_snapshot(body: &[u8]) -> Vec<u8> {
     let fs = Arc::new(FaultFs::new());
     let (store, _) =
         SnapshotStore::open(fs.clone(), Path::new(SNAP_DIR), &storage_config()).expect("open");
-    let mut w = store
-        .begin(SnapshotMeta {
-            id: SNAP_ID,
-            membership: wraft_storage::Membership {
-                voters: vec![1, 2, 3],
-                learners: vec![4],
-            },
-            format: "wraft-machines/1".into(),
-        })
-        .expect("begin");
+    let mut w = store.begin(seed_meta()).expect("begin");
     for chunk in body.chunks(1000) {
         w.write_chunk(chunk).expect("write");
     }
@@ -505,16 +508,7 @@ fn sharing_snapshot(body: &[u8]) -> Vec<u8> {
     fs.sync_dir(dir).expect("sync dir");
     let (store, _) = SnapshotStore::open(fs.clone(), dir, &storage_config()).expect("open");
     let owner_body_at = owner_file.len() as u64 - owner_body.len() as u64;
-    let mut w = store
-        .begin(SnapshotMeta {
-            id: SNAP_ID,
-            membership: wraft_storage::Membership {
-                voters: vec![1, 2, 3],
-                learners: vec![4],
-            },
-            format: "wraft-machines/1".into(),
-        })
-        .expect("begin");
+    let mut w = store.begin(seed_meta()).expect("begin");
     for (i, chunk) in body.chunks(1000).enumerate() {
         let at = owner_body_at + (i * 1000) as u64;
         if !w.share(&[chunk], crate::OWNER_ID, at).expect("share") {

@@ -103,6 +103,15 @@ fn read_body(store: &SnapshotStore, index: u64) -> Vec<u8> {
     out
 }
 
+/// Snapshot `index` passes a full verification (its whole-file digest over its logical bytes).
+fn verify(store: &SnapshotStore, index: u64) {
+    store
+        .open_reader(id(index))
+        .expect("reader")
+        .verify()
+        .unwrap_or_else(|e| panic!("snapshot {index}: {e}"));
+}
+
 fn names(fs: &FaultFs) -> Vec<String> {
     let mut n: Vec<String> = fs
         .paths()
@@ -142,11 +151,7 @@ fn a_sharing_snapshot_reads_back_exactly_and_writes_only_the_changed_pieces() {
     );
     // A full verification (what opening does for the newest) reads the shared bytes from the
     // first file and checks the whole-file digest.
-    store
-        .open_reader(id(20))
-        .expect("reader")
-        .verify()
-        .expect("digest");
+    verify(&store, 20);
     drop(store);
     let (store, rec) = open(&fs);
     let latest = rec.latest.expect("latest");
@@ -169,11 +174,7 @@ fn a_range_the_owner_borrows_is_followed_to_the_file_that_holds_it() {
     let info = write(&store, 30, &s30, Some(20), |_| true).expect("s30");
     assert_eq!(info.shared_bytes, (PIECES * PIECE) as u64);
     assert_eq!(read_body(&store, 30), s30.concat());
-    store
-        .open_reader(id(30))
-        .expect("reader")
-        .verify()
-        .expect("digest");
+    verify(&store, 30);
 
     // A range straddling held and borrowed bytes is refused (the caller writes it).
     let mut w = store.begin(meta(40)).expect("begin");
@@ -227,11 +228,7 @@ fn retention_keeps_a_borrowed_owner_as_a_pack_and_deletes_it_when_nothing_borrow
     assert_eq!(names(&fs), vec![name(4, ".snap"), name(5, ".snap")]);
     assert!(store.packs().is_empty());
     assert_eq!(read_body(&store, 5), s4.concat());
-    store
-        .open_reader(id(5))
-        .expect("reader")
-        .verify()
-        .expect("digest");
+    verify(&store, 5);
 }
 
 #[test]
@@ -587,11 +584,7 @@ fn a_writer_does_not_share_bytes_an_owner_no_longer_holds() {
         "every piece but the rotted one shared"
     );
     assert_eq!(read_body(&store, 2), s1.concat());
-    store
-        .open_reader(id(2))
-        .expect("reader")
-        .verify()
-        .expect("digest");
+    verify(&store, 2);
 }
 
 #[test]

@@ -267,15 +267,7 @@ impl IncomingSnapshot {
             });
         }
         let end = offset + data.len() as u64;
-        let max = self.store.inner.cfg.snapshot_file_bytes_max;
-        if end > max {
-            return Err(StorageError::LimitExceeded {
-                what: "incoming snapshot",
-                limit_name: "snapshot_file_bytes_max",
-                limit: max,
-                found: end,
-            });
-        }
+        self.check_room(end)?;
         self.file
             .write_all_at(data, offset)
             .map_err(io_err("write incoming snapshot", &self.path))?;
@@ -312,15 +304,7 @@ impl IncomingSnapshot {
             return Ok(false);
         }
         let end = offset + len;
-        let max = self.store.inner.cfg.snapshot_file_bytes_max;
-        if end > max {
-            return Err(StorageError::LimitExceeded {
-                what: "incoming snapshot",
-                limit_name: "snapshot_file_bytes_max",
-                limit: max,
-                found: end,
-            });
-        }
+        self.check_room(end)?;
         {
             let mut st = self.store.inner.lock();
             let Some((holder, holder_at)) = st.lendable(owner, owner_at, len, self.id) else {
@@ -342,6 +326,20 @@ impl IncomingSnapshot {
         self.hash_written(offset, data)?;
         self.written_end = end;
         Ok(true)
+    }
+
+    /// A file of `end` bytes is within `snapshot_file_bytes_max`.
+    fn check_room(&self, end: u64) -> Result<()> {
+        let max = self.store.inner.cfg.snapshot_file_bytes_max;
+        if end > max {
+            return Err(StorageError::LimitExceeded {
+                what: "incoming snapshot",
+                limit_name: "snapshot_file_bytes_max",
+                limit: max,
+                found: end,
+            });
+        }
+        Ok(())
     }
 
     /// Bytes taken from this node's snapshots instead of written ([`IncomingSnapshot::share_at`]).
