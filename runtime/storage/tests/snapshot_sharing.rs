@@ -127,6 +127,43 @@ fn name(index: u64, ext: &str) -> String {
     format!("{}{ext}", id(index))
 }
 
+/// Run `work` on a store over a copy of `base` cut off after each possible number of bytes
+/// written (as many as `work` writes when not cut), crash each result in every mode, and hand
+/// the reopened store to `check` with a description of the point, whether `work` finished,
+/// and what opening found. Returns the number of points checked.
+fn at_every_crash_point(
+    base: &FaultFs,
+    work: impl Fn(&SnapshotStore) -> bool,
+    check: impl Fn(&str, bool, CrashMode, &FaultFs, SnapshotStore, wraft_storage::SnapshotRecovery),
+) -> usize {
+    let start = base.bytes_written();
+    let probe = base.fork();
+    assert!(work(&open(&probe).0), "the uncut run fails");
+    let total = probe.bytes_written() - start;
+    let mut checked = 0;
+    for cut in 0..=total {
+        let fs = base.fork();
+        let (store, _) = open(&fs);
+        fs.set_write_budget(Some(cut));
+        let finished = work(&store);
+        drop(store);
+        for mode in [
+            CrashMode::LoseUnsynced,
+            CrashMode::KeepWritten,
+            CrashMode::KeepDataLoseNames,
+        ] {
+            let crashed = fs.fork();
+            crashed.crash(mode);
+            let (store, rec) = open(&crashed);
+            let ctx = format!("cut at byte {cut} of {total}, {mode:?}");
+            check(&ctx, finished, mode, &crashed, store, rec);
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} crash points over {total} bytes");
+    checked
+}
+
 #[test]
 fn a_sharing_snapshot_reads_back_exactly_and_writes_only_the_changed_pieces() {
     let fs = FaultFs::new();
@@ -274,64 +311,42 @@ fn a_crash_at_every_byte_of_a_sharing_write_and_its_retention_leaves_the_old_or_
     write(&store, 1, &s1, None, |_| false).expect("s1");
     write(&store, 2, &s2, Some(1), |i| i != 2).expect("s2");
     drop(store);
-    let start = base.bytes_written();
-    let probe = base.fork();
-    write(&open(&probe).0, 3, &s3, Some(2), |i| i != 2 && i != 7).expect("probe");
-    let total = probe.bytes_written() - start;
-    let modes = [
-        CrashMode::LoseUnsynced,
-        CrashMode::KeepWritten,
-        CrashMode::KeepDataLoseNames,
-    ];
-    let mut checked = 0;
-    for cut in 0..=total {
-        let fs = base.fork();
-        let (store, _) = open(&fs);
-        fs.set_write_budget(Some(cut));
-        let finished = write(&store, 3, &s3, Some(2), |i| i != 2 && i != 7).is_ok();
-        drop(store);
-        for mode in modes {
-            let crashed = fs.fork();
-            crashed.crash(mode);
-            let ctx = format!("cut at byte {cut} of {total}, {mode:?}");
-            let (store, rec) = open(&crashed);
-            assert!(rec.quarantined.is_empty(), "{ctx}: {:?}", rec.quarantined);
-            let latest = rec.latest.unwrap_or_else(|| panic!("{ctx}: no snapshot"));
-            let want = match latest.id().last_index {
-                2 => &s2,
-                3 => &s3,
-                other => panic!("{ctx}: unexpected snapshot {other}"),
-            };
-            if finished && mode == CrashMode::LoseUnsynced {
-                assert_eq!(latest.id(), id(3), "{ctx}: a finished snapshot was lost");
-            }
-            for info in store.list() {
-                let expect = [(1, &s1), (2, &s2), (3, &s3)]
-                    .iter()
-                    .find(|(i, _)| *i == info.id().last_index)
-                    .map(|(_, b)| b.concat())
-                    .unwrap_or_else(|| panic!("{ctx}: unexpected {:?}", info.id()));
-                assert_eq!(read_body(&store, info.id().last_index), expect, "{ctx}");
-            }
-            assert_eq!(
-                read_body(&store, latest.id().last_index),
-                want.concat(),
-                "{ctx}"
-            );
-            // No pack nothing borrows: s1 is a pack only while s2 or s3 is a snapshot.
-            let files = names(&crashed);
-            assert!(
-                !files.contains(&name(1, ".pack")) || store.packs() == vec![id(1)],
-                "{ctx}: {files:?}"
-            );
-            assert!(
-                files.iter().all(|f| !f.ends_with(".tmp")),
-                "{ctx}: {files:?}"
-            );
-            checked += 1;
+    let work = |store: &SnapshotStore| write(store, 3, &s3, Some(2), |i| i != 2 && i != 7).is_ok();
+    at_every_crash_point(&base, work, |ctx, finished, mode, crashed, store, rec| {
+        assert!(rec.quarantined.is_empty(), "{ctx}: {:?}", rec.quarantined);
+        let latest = rec.latest.unwrap_or_else(|| panic!("{ctx}: no snapshot"));
+        let want = match latest.id().last_index {
+            2 => &s2,
+            3 => &s3,
+            other => panic!("{ctx}: unexpected snapshot {other}"),
+        };
+        if finished && mode == CrashMode::LoseUnsynced {
+            assert_eq!(latest.id(), id(3), "{ctx}: a finished snapshot was lost");
         }
-    }
-    eprintln!("{checked} crash points over {total} bytes");
+        for info in store.list() {
+            let expect = [(1, &s1), (2, &s2), (3, &s3)]
+                .iter()
+                .find(|(i, _)| *i == info.id().last_index)
+                .map(|(_, b)| b.concat())
+                .unwrap_or_else(|| panic!("{ctx}: unexpected {:?}", info.id()));
+            assert_eq!(read_body(&store, info.id().last_index), expect, "{ctx}");
+        }
+        assert_eq!(
+            read_body(&store, latest.id().last_index),
+            want.concat(),
+            "{ctx}"
+        );
+        // No pack nothing borrows: s1 is a pack only while s2 or s3 is a snapshot.
+        let files = names(crashed);
+        assert!(
+            !files.contains(&name(1, ".pack")) || store.packs() == vec![id(1)],
+            "{ctx}: {files:?}"
+        );
+        assert!(
+            files.iter().all(|f| !f.ends_with(".tmp")),
+            "{ctx}: {files:?}"
+        );
+    });
 }
 
 #[test]
@@ -443,55 +458,31 @@ fn a_received_snapshot_shares_what_the_node_holds_and_resumes_after_a_crash_at_e
     let pieces = body(&changed, 1);
     let file = sender_file(20, &pieces);
     let unchanged = |i: usize| !changed.contains(&i);
-    let start = base.bytes_written();
-    let probe = base.fork();
-    assert!(
-        receive_sharing(&open(&probe).0, 20, &file, 10, unchanged, PIECES)
-            .expect("probe")
-            .0
-    );
-    let total = probe.bytes_written() - start;
-    let modes = [
-        CrashMode::LoseUnsynced,
-        CrashMode::KeepWritten,
-        CrashMode::KeepDataLoseNames,
-    ];
-    let mut checked = 0;
-    for cut in 0..=total {
-        let fs = base.fork();
-        let (store, _) = open(&fs);
-        fs.set_write_budget(Some(cut));
-        let _ = receive_sharing(&store, 20, &file, 10, unchanged, PIECES);
-        drop(store);
-        for mode in modes {
-            let crashed = fs.fork();
-            crashed.crash(mode);
-            let ctx = format!("cut at byte {cut} of {total}, {mode:?}");
-            let (store, rec) = open(&crashed);
-            assert!(rec.quarantined.is_empty(), "{ctx}: {:?}", rec.quarantined);
-            // Whatever survived, the transfer completes (resumed or afresh) with the leader's
-            // bytes, sharing what the node holds.
-            if store.list().iter().all(|i| i.id() != id(20)) {
-                let (done, start) = receive_sharing(&store, 20, &file, 10, unchanged, PIECES)
-                    .unwrap_or_else(|e| panic!("{ctx}: resuming: {e}"));
-                assert!(done, "{ctx}");
-                let durable = rec.resumable.first().map_or(0, |(_, d)| *d);
-                assert_eq!(
-                    start, durable,
-                    "{ctx}: resumed elsewhere than its durable offset"
-                );
-            }
-            let r = store.open_reader(id(20)).expect("reader");
-            let mut got = vec![0u8; file.len()];
-            r.read_file_at(0, &mut got).expect("read");
-            assert_eq!(got, file, "{ctx}");
-            r.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
-            assert!(r.info().shared_bytes > 0, "{ctx}");
-            assert_eq!(read_body(&store, 10), held.concat(), "{ctx}");
-            checked += 1;
+    let work = |store: &SnapshotStore| {
+        receive_sharing(store, 20, &file, 10, unchanged, PIECES).is_ok_and(|(done, _)| done)
+    };
+    at_every_crash_point(&base, work, |ctx, _, _, _, store, rec| {
+        assert!(rec.quarantined.is_empty(), "{ctx}: {:?}", rec.quarantined);
+        // Whatever survived, the transfer completes (resumed or afresh) with the leader's
+        // bytes, sharing what the node holds.
+        if store.list().iter().all(|i| i.id() != id(20)) {
+            let (done, start) = receive_sharing(&store, 20, &file, 10, unchanged, PIECES)
+                .unwrap_or_else(|e| panic!("{ctx}: resuming: {e}"));
+            assert!(done, "{ctx}");
+            let durable = rec.resumable.first().map_or(0, |(_, d)| *d);
+            assert_eq!(
+                start, durable,
+                "{ctx}: resumed elsewhere than its durable offset"
+            );
         }
-    }
-    eprintln!("{checked} crash points over {total} bytes");
+        let r = store.open_reader(id(20)).expect("reader");
+        let mut got = vec![0u8; file.len()];
+        r.read_file_at(0, &mut got).expect("read");
+        assert_eq!(got, file, "{ctx}");
+        r.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert!(r.info().shared_bytes > 0, "{ctx}");
+        assert_eq!(read_body(&store, 10), held.concat(), "{ctx}");
+    });
 }
 
 #[test]
