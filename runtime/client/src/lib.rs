@@ -369,7 +369,9 @@ impl Client {
     }
 
     /// [`Client::snapshot_trigger`], then poll until the node lists a
-    /// snapshot at or above that index (at most `timeout`).
+    /// snapshot at or above that index and has taken it as its newest (its
+    /// status says so: its machines rebuild from it from then on), at most
+    /// `timeout`. The file is listed a moment before the node takes it.
     pub async fn snapshot_trigger_and_wait(
         &self,
         addr: Option<impl Into<PeerAddr>>,
@@ -385,6 +387,7 @@ impl Client {
                 .into_iter()
                 .rev()
                 .find(|l| l.index >= index)
+                && self.status_of(Some(target.clone())).await?.snapshot_index >= index
             {
                 return Ok(l);
             }
