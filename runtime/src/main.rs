@@ -8,6 +8,14 @@ use clap::Parser;
 use wraft_client::{Client, ClientOptions};
 use wraft_proto::Consistency;
 
+/// jemalloc, not glibc's malloc: at 256 clients glibc's `malloc`/`free` (mostly `_int_malloc`,
+/// `malloc_consolidate` and `unlink_chunk` on buffers allocated by one thread and freed by
+/// another) took about 20 % of the machine. jemalloc's per-thread caches and arenas cut the
+/// whole machine's CPU per put by a sixth (BENCHMARKS.md, series k).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod args;
 
 use args::*;
