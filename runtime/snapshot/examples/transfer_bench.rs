@@ -16,6 +16,11 @@
 //! the working directory's file system), `BENCH_MTU` (transport `mtu_upper_bound_bytes`,
 //! default 1452 = the transport default).
 
+// The allocator a node runs with (the `wraft` binary's), so the figures are a node's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
