@@ -190,10 +190,15 @@ async fn a_replica_that_computes_other_results_for_the_same_log_is_detected_and_
     for _ in 0..2 {
         c.propose("mb", br#""Ok""#).await.expect("ok");
     }
-    c.propose("mb", br#"{"UnfaithfulRestore":true}"#)
+    let armed = c
+        .propose("mb", br#"{"UnfaithfulRestore":true}"#)
         .await
         .expect("arm the unfaithful restore");
-    wait_count(&cluster, odd, b"2").await;
+    // The snapshot must hold the armed flag: the follower counting 2 may still be one entry
+    // short of it, and a snapshot taken there is faithful, so nothing would diverge.
+    cluster
+        .wait_applied(&[odd], armed.index, CATCH_UP_TIMEOUT)
+        .await;
     c.snapshot_trigger_and_wait(Some(cluster.addr(odd)), Duration::from_secs(30))
         .await
         .expect("snapshot on one follower");
@@ -234,11 +239,15 @@ async fn a_rebuild_whose_replay_changes_acknowledged_results_stops_the_replica()
     let c = cluster.client().await;
     c.deploy("mb", mb).await.expect("deploy");
     c.propose("mb", br#""Ok""#).await.expect("ok");
-    c.propose("mb", br#"{"UnfaithfulRestore":true}"#)
+    let armed = c
+        .propose("mb", br#"{"UnfaithfulRestore":true}"#)
         .await
         .expect("arm the unfaithful restore");
     for id in cluster.ids() {
-        wait_count(&cluster, id, b"1").await;
+        // Counting 1 is not enough: each snapshot must hold the armed flag (the next entry).
+        cluster
+            .wait_applied(&[id], armed.index, CATCH_UP_TIMEOUT)
+            .await;
         c.snapshot_trigger_and_wait(Some(cluster.addr(id)), Duration::from_secs(30))
             .await
             .expect("snapshot");
