@@ -12,6 +12,11 @@
 //! STATE_MB=100 LOG_ENTRIES=100000 SECS=8 WORKERS=8 cargo run --release -p wraft --example snapshot_bench
 //! ```
 
+// The allocator the `wraft` binary runs nodes with, so the figures are a node's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
