@@ -98,6 +98,11 @@ pub struct Node {
     watch: WatchHub,
     modules: Arc<crate::modules::Modules>,
     host: Arc<HostEngine>,
+    /// Tells when the node's storage, which holds the data directory's lock, is closed:
+    /// [`Node::shutdown`] returns once every task that used it has let go, so the directory is
+    /// free for the next start.
+    released: Option<wraft_storage::DirReleased>,
+    data_dir: std::path::PathBuf,
 }
 
 /// The module store's directory inside the data directory (`wraft_storage::ModuleStore`): the
@@ -112,6 +117,10 @@ pub const STOP_LINGER_MS: u64 = 200;
 /// The most a stopping node waits for its driver past the stop's own deadline (the driver
 /// reports at its deadline; this bounds a driver that is itself stuck, e.g. on a full disk).
 pub const STOP_GRACE_MS: u64 = 2_000;
+
+/// The most [`Node::shutdown`] waits, once the driver has ended, for the tasks still using the
+/// data directory (snapshot transfers and creations, the applier) to let go of it.
+pub const STORAGE_RELEASE_WAIT_MS: u64 = 10_000;
 
 impl Node {
     /// Open storage, recover, bind the endpoint and start serving.
@@ -500,6 +509,7 @@ impl Node {
         let tls = crate::tls_reload::TlsReloader::new(id, certs, transport.clone(), &tls, http_tls);
         tls.clone().spawn_watch(shutdown_rx.clone());
 
+        let released = storage.release_signal();
         let driver = Driver {
             id,
             engine,
@@ -562,6 +572,8 @@ impl Node {
             watch: watch_hub,
             modules,
             host,
+            released,
+            data_dir: data_dir.clone(),
         })
     }
 
@@ -635,10 +647,44 @@ impl Node {
     /// a leader leaves its followers to elect a new one after their election timeout. A
     /// service's stop is [`Node::stop_gracefully`].
     pub async fn shutdown(self) {
-        let _ = self.server_shutdown.send(true);
-        let _ = self.shutdown.send(true);
-        let _ = self.server.await;
-        let _ = self.driver.await;
+        let Node {
+            shutdown,
+            server_shutdown,
+            server,
+            driver,
+            released,
+            data_dir: dir,
+            requests,
+            tls,
+            stop,
+            watch,
+            modules,
+            host,
+            ..
+        } = self;
+        let _ = server_shutdown.send(true);
+        let _ = shutdown.send(true);
+        let _ = server.await;
+        let _ = driver.await;
+        drop((requests, tls, stop, watch, modules, host));
+        // The driver has closed the transport and the applier's queue; what still holds the
+        // storage (a snapshot transfer or creation, the applier finishing its batch) ends soon
+        // after. Until it does, the data directory stays locked and a node started on it in this
+        // process would fail with `Locked`: wait for it, within a bound.
+        let Some(released) = released else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        while !released.is_released() {
+            if started.elapsed() >= Duration::from_millis(STORAGE_RELEASE_WAIT_MS) {
+                tracing::warn!(target: "wraft::node", dir = %dir.display(),
+                    waited_ms = STORAGE_RELEASE_WAIT_MS,
+                    "stopped, but a background task still uses the data directory; it stays \
+                     locked until that task ends");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stop like a service (SIGTERM): a leader hands leadership to the most caught-up voter

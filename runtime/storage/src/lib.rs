@@ -128,6 +128,8 @@ pub struct Storage {
     pub snapshots: SnapshotStore,
     /// The data directory's exclusive lock (real file system only), released on drop.
     _lock: Option<DirLock>,
+    /// Taken once by [`Storage::release_signal`].
+    released: std::sync::Mutex<Option<DirReleased>>,
 }
 
 /// Name of the lock file [`Storage::open`] holds in a data directory.
@@ -138,10 +140,31 @@ pub const LOCK_FILE: &str = "LOCK";
 /// refused with [`StorageError::Locked`] instead. The kernel drops the lock when the process dies,
 /// so a crash never leaves a stale lock behind.
 #[derive(Debug)]
-struct DirLock(#[allow(dead_code)] std::fs::File);
+struct DirLock {
+    #[allow(dead_code)]
+    file: std::fs::File,
+    /// Dropped after `file` (fields drop in order), so a [`DirReleased`] sees the lock gone.
+    _released: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Tells whether the data directory of a [`Storage`] has been unlocked, i.e. the storage and
+/// its lock file are closed ([`Storage::release_signal`]). An embedding process that stops a
+/// node and opens its directory again waits for this.
+#[derive(Debug)]
+pub struct DirReleased(std::sync::mpsc::Receiver<()>);
+
+impl DirReleased {
+    /// Whether the lock has been released (no `Storage` holds the directory any more).
+    pub fn is_released(&self) -> bool {
+        matches!(
+            self.0.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        )
+    }
+}
 
 impl DirLock {
-    fn acquire(dir: &Path) -> Result<DirLock> {
+    fn acquire(dir: &Path) -> Result<(DirLock, DirReleased)> {
         std::fs::create_dir_all(dir).map_err(io_err("create_dir_all", dir))?;
         let path = dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
@@ -151,7 +174,16 @@ impl DirLock {
             .open(&path)
             .map_err(io_err("open", &path))?;
         match file.try_lock() {
-            Ok(()) => Ok(DirLock(file)),
+            Ok(()) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                Ok((
+                    DirLock {
+                        file,
+                        _released: tx,
+                    },
+                    DirReleased(rx),
+                ))
+            }
             Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
                 dir: dir.to_path_buf(),
             }),
@@ -191,10 +223,21 @@ impl Storage {
         cfg: &StorageConfig,
         on_event: Option<EventCallback>,
     ) -> Result<(Storage, Recovered)> {
-        let lock = DirLock::acquire(dir)?;
+        let (lock, released) = DirLock::acquire(dir)?;
         let (mut storage, recovered) = Self::open_with_vfs(Arc::new(StdFs), dir, cfg, on_event)?;
         storage._lock = Some(lock);
+        storage.released = std::sync::Mutex::new(Some(released));
         Ok((storage, recovered))
+    }
+
+    /// What tells when this storage's directory lock is released (after the last handle to the
+    /// `Storage` is dropped and its files are closed). `None` for storage without a lock (opened
+    /// through another VFS) and after the first call.
+    pub fn release_signal(&self) -> Option<DirReleased> {
+        self.released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Open (or create) a node's storage under `dir` through `vfs` and recover it.
@@ -241,6 +284,7 @@ impl Storage {
                 log,
                 snapshots,
                 _lock: None,
+                released: std::sync::Mutex::new(None),
             },
             Recovered {
                 log: log_rec,

@@ -596,7 +596,25 @@ fn a_data_directory_in_use_is_refused_until_its_storage_is_dropped() {
         "a second open of a directory in use must be refused, got: {err}"
     );
     assert!(err.to_string().contains("in use"), "{err}");
-    drop(first);
+    let released = first
+        .release_signal()
+        .expect("a locked directory has a release signal");
+    assert!(
+        first.release_signal().is_none(),
+        "the signal is handed out once"
+    );
+    let shared = std::sync::Arc::new(first);
+    let other = shared.clone();
+    drop(shared);
+    assert!(
+        !released.is_released(),
+        "another handle still holds the storage"
+    );
+    drop(other);
+    assert!(
+        released.is_released(),
+        "the last handle's drop releases the lock"
+    );
     Storage::open(dir.path(), &StorageConfig::default(), None)
         .expect("the lock is released when the first Storage is dropped");
 }
