@@ -646,7 +646,17 @@ impl Node {
     /// Stop serving at once, flush, and wait for the driver to exit. Calls in flight fail;
     /// a leader leaves its followers to elect a new one after their election timeout. A
     /// service's stop is [`Node::stop_gracefully`].
+    ///
+    /// Returns once the data directory is unlocked, so that this process can start a node on it
+    /// again, waiting at most [`STORAGE_RELEASE_WAIT_MS`] for background tasks (a snapshot
+    /// creation or transfer) to let go of it.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_millis(STORAGE_RELEASE_WAIT_MS))
+            .await;
+    }
+
+    /// [`Node::shutdown`], waiting at most `release_wait` for the data directory to be unlocked.
+    async fn shutdown_within(self, release_wait: Duration) {
         let Node {
             shutdown,
             server_shutdown,
@@ -676,9 +686,9 @@ impl Node {
         };
         let started = std::time::Instant::now();
         while !released.is_released() {
-            if started.elapsed() >= Duration::from_millis(STORAGE_RELEASE_WAIT_MS) {
+            if started.elapsed() >= release_wait {
                 tracing::warn!(target: "wraft::node", dir = %dir.display(),
-                    waited_ms = STORAGE_RELEASE_WAIT_MS,
+                    waited_ms = release_wait.as_millis() as u64,
                     "stopped, but a background task still uses the data directory; it stays \
                      locked until that task ends");
                 return;
@@ -695,7 +705,8 @@ impl Node {
     /// as [`Node::shutdown`] does.
     ///
     /// Bounded by `timeout` (plus [`STOP_GRACE_MS`] for a driver that does not answer); what
-    /// did not finish in time is listed in the report's `cut_short`. The log is durable
+    /// did not finish in time is listed in the report's `cut_short`. Within that bound it also
+    /// waits for the data directory to be unlocked, as [`Node::shutdown`] does. The log is durable
     /// throughout: only availability depends on the handoff. A follower or learner has
     /// nothing to hand over and stops at once.
     pub async fn stop_gracefully(self, timeout: Duration) -> StopReport {
@@ -732,7 +743,11 @@ impl Node {
             let left = timeout.saturating_sub(started.elapsed());
             tokio::time::sleep(left.min(Duration::from_millis(STOP_LINGER_MS))).await;
         }
-        self.shutdown().await;
+        // The stop's own bound holds: the directory's release is awaited only within it.
+        let budget = (timeout + Duration::from_millis(STOP_GRACE_MS))
+            .saturating_sub(started.elapsed())
+            .min(Duration::from_millis(STORAGE_RELEASE_WAIT_MS));
+        self.shutdown_within(budget).await;
         StopReport {
             elapsed: started.elapsed(),
             ..report
