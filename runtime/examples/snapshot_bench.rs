@@ -296,7 +296,13 @@ async fn main() -> Result<(), AnyError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let node = nodes[(follower - 1) as usize].take().ok_or("node")?;
+    let released = node.dir_released();
     node.shutdown().await;
+    if let Some(r) = released
+        && !wraft_node::wait_dir_released(&r, Duration::from_secs(30)).await
+    {
+        return Err("the stopped follower still holds its data directory after 30 s".into());
+    }
     let cfg = layout.nodes[(follower - 1) as usize].0.clone();
     let t = Instant::now();
     let node = Node::start(cfg).await?;

@@ -60,9 +60,12 @@ pub use apply::ApplyState;
 pub use driver::stop::StopReport;
 pub use driver::{DRIVER_BATCH_EVENTS_MAX, REQUEST_QUEUE_MAX};
 pub use modules::RECENT_KEEP_MS_ENV as MODULE_RECENT_KEEP_MS_ENV;
-pub use node::{MODULE_STORE_DIR, Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS};
+pub use node::{
+    MODULE_STORE_DIR, Node, NodeError, STOP_GRACE_MS, STOP_LINGER_MS, wait_dir_released,
+};
 pub use tls_reload::{TLS_WATCH_DEBOUNCE_MS, TlsReload, TlsReloadError, TlsReloader};
 pub use watch::{Subscription, WatchBounds, WatchError, WatchEvent, WatchHub, WatchOutcome};
+pub use wraft_storage::DirReleased;
 
 /// What this build says about itself in [`wraft_proto::Request::NodeInfo`]: the workspace's
 /// package version (`wraft-node` and the `wraft` binary share it) and the git commit, if the

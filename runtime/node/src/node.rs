@@ -98,11 +98,8 @@ pub struct Node {
     watch: WatchHub,
     modules: Arc<crate::modules::Modules>,
     host: Arc<HostEngine>,
-    /// Tells when the node's storage, which holds the data directory's lock, is closed:
-    /// [`Node::shutdown`] returns once every task that used it has let go, so the directory is
-    /// free for the next start.
+    /// Turns once the node's storage has let go of the data directory's lock.
     released: Option<wraft_storage::DirReleased>,
-    data_dir: std::path::PathBuf,
 }
 
 /// The module store's directory inside the data directory (`wraft_storage::ModuleStore`): the
@@ -117,10 +114,6 @@ pub const STOP_LINGER_MS: u64 = 200;
 /// The most a stopping node waits for its driver past the stop's own deadline (the driver
 /// reports at its deadline; this bounds a driver that is itself stuck, e.g. on a full disk).
 pub const STOP_GRACE_MS: u64 = 2_000;
-
-/// The most [`Node::shutdown`] waits, once the driver has ended, for the tasks still using the
-/// data directory (snapshot transfers and creations, the applier) to let go of it.
-pub const STORAGE_RELEASE_WAIT_MS: u64 = 10_000;
 
 impl Node {
     /// Open storage, recover, bind the endpoint and start serving.
@@ -573,8 +566,13 @@ impl Node {
             modules,
             host,
             released,
-            data_dir: data_dir.clone(),
         })
+    }
+
+    /// What tells when this node has let go of its data directory's lock, after
+    /// [`Node::shutdown`] or [`Node::stop_gracefully`] (see [`wait_dir_released`]).
+    pub fn dir_released(&self) -> Option<wraft_storage::DirReleased> {
+        self.released.clone()
     }
 
     /// This node's id.
@@ -647,54 +645,14 @@ impl Node {
     /// a leader leaves its followers to elect a new one after their election timeout. A
     /// service's stop is [`Node::stop_gracefully`].
     ///
-    /// Returns once the data directory is unlocked, so that this process can start a node on it
-    /// again, waiting at most [`STORAGE_RELEASE_WAIT_MS`] for background tasks (a snapshot
-    /// creation or transfer) to let go of it.
+    /// Background tasks (a snapshot being created or received, the applier's last batch) may
+    /// hold the data directory a little longer. To start a node on it again in this process,
+    /// take [`Node::dir_released`] first and wait for it ([`wait_dir_released`]).
     pub async fn shutdown(self) {
-        self.shutdown_within(Duration::from_millis(STORAGE_RELEASE_WAIT_MS))
-            .await;
-    }
-
-    /// [`Node::shutdown`], waiting at most `release_wait` for the data directory to be unlocked.
-    async fn shutdown_within(self, release_wait: Duration) {
-        let Node {
-            shutdown,
-            server_shutdown,
-            server,
-            driver,
-            released,
-            data_dir: dir,
-            requests,
-            tls,
-            stop,
-            watch,
-            modules,
-            host,
-            ..
-        } = self;
-        let _ = server_shutdown.send(true);
-        let _ = shutdown.send(true);
-        let _ = server.await;
-        let _ = driver.await;
-        drop((requests, tls, stop, watch, modules, host));
-        // The driver has closed the transport and the applier's queue; what still holds the
-        // storage (a snapshot transfer or creation, the applier finishing its batch) ends soon
-        // after. Until it does, the data directory stays locked and a node started on it in this
-        // process would fail with `Locked`: wait for it, within a bound.
-        let Some(released) = released else {
-            return;
-        };
-        let started = std::time::Instant::now();
-        while !released.is_released() {
-            if started.elapsed() >= release_wait {
-                tracing::warn!(target: "wraft::node", dir = %dir.display(),
-                    waited_ms = release_wait.as_millis() as u64,
-                    "stopped, but a background task still uses the data directory; it stays \
-                     locked until that task ends");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let _ = self.server_shutdown.send(true);
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.driver.await;
     }
 
     /// Stop like a service (SIGTERM): a leader hands leadership to the most caught-up voter
@@ -705,8 +663,7 @@ impl Node {
     /// as [`Node::shutdown`] does.
     ///
     /// Bounded by `timeout` (plus [`STOP_GRACE_MS`] for a driver that does not answer); what
-    /// did not finish in time is listed in the report's `cut_short`. Within that bound it also
-    /// waits for the data directory to be unlocked, as [`Node::shutdown`] does. The log is durable
+    /// did not finish in time is listed in the report's `cut_short`. The log is durable
     /// throughout: only availability depends on the handoff. A follower or learner has
     /// nothing to hand over and stops at once.
     pub async fn stop_gracefully(self, timeout: Duration) -> StopReport {
@@ -743,16 +700,27 @@ impl Node {
             let left = timeout.saturating_sub(started.elapsed());
             tokio::time::sleep(left.min(Duration::from_millis(STOP_LINGER_MS))).await;
         }
-        // The stop's own bound holds: the directory's release is awaited only within it.
-        let budget = (timeout + Duration::from_millis(STOP_GRACE_MS))
-            .saturating_sub(started.elapsed())
-            .min(Duration::from_millis(STORAGE_RELEASE_WAIT_MS));
-        self.shutdown_within(budget).await;
+        self.shutdown().await;
         StopReport {
             elapsed: started.elapsed(),
             ..report
         }
     }
+}
+
+/// Wait until `released` turns ([`Node::dir_released`]), at most `timeout`; whether it did.
+/// A node stopped in this process holds its data directory until its background tasks end
+/// (a snapshot creation can take seconds); a node started on the directory before then fails
+/// with `Locked`.
+pub async fn wait_dir_released(released: &wraft_storage::DirReleased, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !released.is_released() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 /// The storage configuration of a node with config `cfg` (also what offline tools open its

@@ -126,10 +126,9 @@ pub struct Storage {
     pub log: Log,
     /// Snapshot files.
     pub snapshots: SnapshotStore,
-    /// The data directory's exclusive lock (real file system only), released on drop.
-    _lock: Option<DirLock>,
-    /// Taken once by [`Storage::release_signal`].
-    released: std::sync::Mutex<Option<DirReleased>>,
+    /// The data directory's exclusive lock (real file system only), released on drop (after
+    /// the log, whose drop joins its writer thread, and the snapshot store: fields drop in order).
+    lock: Option<DirLock>,
 }
 
 /// Name of the lock file [`Storage::open`] holds in a data directory.
@@ -144,27 +143,25 @@ struct DirLock {
     #[allow(dead_code)]
     file: std::fs::File,
     /// Dropped after `file` (fields drop in order), so a [`DirReleased`] sees the lock gone.
-    _released: std::sync::mpsc::SyncSender<()>,
+    alive: Arc<()>,
 }
 
-/// Tells whether the data directory of a [`Storage`] has been unlocked, i.e. the storage and
-/// its lock file are closed ([`Storage::release_signal`]). An embedding process that stops a
-/// node and opens its directory again waits for this.
-#[derive(Debug)]
-pub struct DirReleased(std::sync::mpsc::Receiver<()>);
+/// Tells whether the lock a [`Storage`] held on its data directory has been released: every
+/// handle to that `Storage` is dropped and the lock file is closed ([`Storage::release_signal`]).
+/// A process that stops a node and opens its directory again waits for this. Other handles to
+/// the node's snapshot files (a snapshot pin, a transfer still winding down) may outlive it.
+#[derive(Debug, Clone)]
+pub struct DirReleased(std::sync::Weak<()>);
 
 impl DirReleased {
-    /// Whether the lock has been released (no `Storage` holds the directory any more).
+    /// Whether the lock has been released.
     pub fn is_released(&self) -> bool {
-        matches!(
-            self.0.try_recv(),
-            Err(std::sync::mpsc::TryRecvError::Disconnected)
-        )
+        self.0.strong_count() == 0
     }
 }
 
 impl DirLock {
-    fn acquire(dir: &Path) -> Result<(DirLock, DirReleased)> {
+    fn acquire(dir: &Path) -> Result<DirLock> {
         std::fs::create_dir_all(dir).map_err(io_err("create_dir_all", dir))?;
         let path = dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
@@ -174,16 +171,10 @@ impl DirLock {
             .open(&path)
             .map_err(io_err("open", &path))?;
         match file.try_lock() {
-            Ok(()) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                Ok((
-                    DirLock {
-                        file,
-                        _released: tx,
-                    },
-                    DirReleased(rx),
-                ))
-            }
+            Ok(()) => Ok(DirLock {
+                file,
+                alive: Arc::new(()),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
                 dir: dir.to_path_buf(),
             }),
@@ -223,21 +214,19 @@ impl Storage {
         cfg: &StorageConfig,
         on_event: Option<EventCallback>,
     ) -> Result<(Storage, Recovered)> {
-        let (lock, released) = DirLock::acquire(dir)?;
+        let lock = DirLock::acquire(dir)?;
         let (mut storage, recovered) = Self::open_with_vfs(Arc::new(StdFs), dir, cfg, on_event)?;
-        storage._lock = Some(lock);
-        storage.released = std::sync::Mutex::new(Some(released));
+        storage.lock = Some(lock);
         Ok((storage, recovered))
     }
 
-    /// What tells when this storage's directory lock is released (after the last handle to the
-    /// `Storage` is dropped and its files are closed). `None` for storage without a lock (opened
-    /// through another VFS) and after the first call.
+    /// What tells when this storage's directory lock is released: after the last handle to the
+    /// `Storage` is dropped, its log closed and the lock file closed. `None` for storage without
+    /// a lock (opened through another VFS).
     pub fn release_signal(&self) -> Option<DirReleased> {
-        self.released
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.lock
+            .as_ref()
+            .map(|l| DirReleased(Arc::downgrade(&l.alive)))
     }
 
     /// Open (or create) a node's storage under `dir` through `vfs` and recover it.
@@ -283,8 +272,7 @@ impl Storage {
             Storage {
                 log,
                 snapshots,
-                _lock: None,
-                released: std::sync::Mutex::new(None),
+                lock: None,
             },
             Recovered {
                 log: log_rec,
