@@ -102,7 +102,7 @@ pub mod rt;
 mod snapshot;
 pub mod testing;
 
-pub use codec::{Codec, Json, Postcard};
+pub use codec::{Codec, Json, JsonOrPostcard, Postcard};
 pub use snapshot::{
     CDC_AVG_BYTES, CDC_MAX_BYTES, CDC_MIN_BYTES, DefaultSnapshot, FRAME_HEADER_BYTES, Records,
     SnapshotFormat, decode_record,
@@ -196,7 +196,8 @@ pub trait StateMachine: Default + Sized + 'static {
     /// [`Records::restore_old_record`].
     const OLDEST_SNAPSHOT_FORMAT: u32 = Self::SNAPSHOT_FORMAT;
 
-    /// Wire encoding of commands, queries, outputs and replies: [`Json`] or [`Postcard`].
+    /// Wire encoding of commands, queries, outputs and replies: [`Json`], [`Postcard`] or
+    /// [`JsonOrPostcard`].
     type Codec: Codec;
     /// How snapshots are written and read: [`DefaultSnapshot`] or your own [`SnapshotFormat`].
     type Snapshot: SnapshotFormat<Self>;

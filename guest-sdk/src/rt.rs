@@ -76,7 +76,8 @@ pub fn apply_one<M: StateMachine>(
         let cmd = M::Codec::decode::<M::Command>(command)
             .map_err(|e| AppError::new(AppError::CODE_BAD_COMMAND, e))?;
         let out = m.apply(ctx, cmd)?;
-        M::Codec::encode(&out).map_err(|e| AppError::new(AppError::CODE_BAD_OUTPUT, e))
+        M::Codec::encode_reply(&out, command)
+            .map_err(|e| AppError::new(AppError::CODE_BAD_OUTPUT, e))
     })();
     host::end_entry();
     r
@@ -87,7 +88,7 @@ pub fn query_one<M: StateMachine>(m: &M, request: &[u8]) -> Result<Vec<u8>, AppE
     let q = M::Codec::decode::<M::Query>(request)
         .map_err(|e| AppError::new(AppError::CODE_BAD_QUERY, e))?;
     let reply = m.query(q)?;
-    M::Codec::encode(&reply).map_err(|e| AppError::new(AppError::CODE_BAD_OUTPUT, e))
+    M::Codec::encode_reply(&reply, request).map_err(|e| AppError::new(AppError::CODE_BAD_OUTPUT, e))
 }
 
 /// The component's exports for machine `M`; named by [`machine!`](crate::machine).

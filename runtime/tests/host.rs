@@ -863,3 +863,69 @@ fn guest_snapshot_bytes_are_identical_to_native_sdk_output() {
     assert!(wasm.len() >= 3, "{} chunks", wasm.len());
     assert_eq!(wasm, native);
 }
+
+#[test]
+fn kv_component_takes_binary_and_json_commands_and_answers_each_in_its_form() {
+    // The binary form (a 0 byte, then postcard) decided inside wasm exactly as natively: the
+    // component's answers are byte-identical to the native SDK's, command by command.
+    use wraft_example_kv::binary;
+    use wraft_guest::JsonOrPostcard;
+    let commands: Vec<Vec<u8>> = vec![
+        bin(&binary::Command::Put {
+            key: "a".into(),
+            value: "1".into(),
+            prev_kv: true,
+        }),
+        serde_json::to_vec(&json!({"op":"put","key":"a","value":"2"})).unwrap(),
+        bin(&binary::Command::Put {
+            key: "b".into(),
+            value: "3".into(),
+            prev_kv: false,
+        }),
+        bin(&binary::Command::Cas {
+            key: "a".into(),
+            expected: Some("2".into()),
+            new: None,
+        }),
+        vec![JsonOrPostcard::BINARY_TAG, 7], // no such command: a replicated error
+    ];
+    let h = kv().start().unwrap();
+    let mut native = wraft_guest::testing::Harness::<wraft_example_kv::Kv>::new();
+    for (i, c) in commands.iter().enumerate() {
+        let wasm = h
+            .apply_blocking(raw_entry(i as u64 + 1, c.clone()))
+            .unwrap();
+        let here = native.apply(c);
+        match (&wasm, &here) {
+            (Ok(w), Ok(n)) => assert_eq!(w, n, "command {i}"),
+            (Err(w), Err(n)) => assert_eq!((w.code, &w.message), (n.code, &n.message)),
+            _ => panic!("command {i}: component {wasm:?}, native {here:?}"),
+        }
+    }
+    let first = h
+        .apply_blocking(raw_entry(9, commands[0].clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first[0], JsonOrPostcard::BINARY_TAG);
+    let get = bin(&binary::Query::Get { key: "b".into() });
+    let reply = h.query_blocking(get).unwrap().unwrap();
+    assert_eq!(
+        postcard::from_bytes::<binary::Reply>(&reply[1..]).unwrap(),
+        binary::Reply::Value {
+            value: Some("3".into())
+        }
+    );
+}
+
+fn bin(value: &impl serde::Serialize) -> Vec<u8> {
+    wraft_guest::JsonOrPostcard::encode_binary(value).unwrap()
+}
+
+fn raw_entry(index: u64, command: Vec<u8>) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        timestamp_ms: 1_700_000_000_000 + index,
+        command,
+    }
+}

@@ -1,5 +1,5 @@
 //! A replicated string key/value store: put, delete and compare-and-swap commands; get and prefix
-//! scan queries; JSON on the wire.
+//! scan queries; JSON on the wire, or postcard for programs ([`binary`]).
 //!
 //! ```text
 //! {"op":"put","key":"a","value":"1"}                       -> {"prev":null}
@@ -9,12 +9,17 @@
 //! query {"op":"get","key":"a"}                              -> {"value":null}
 //! query {"op":"scan","prefix":"user/","limit":100}          -> {"entries":[["user/1","x"]],"more":false}
 //! ```
+//!
+//! A program can send the same commands and queries in the binary form instead: a 0 byte, then
+//! the postcard encoding of a [`binary::Command`] or [`binary::Query`]; the answer comes back as
+//! a 0 byte and a [`binary::Output`] or [`binary::Reply`] ([`JsonOrPostcard`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use serde::{Deserialize, Serialize};
-use wraft_guest::{AppError, DefaultSnapshot, EntryCtx, Json, Records, StateMachine};
+use serde::ser::SerializeStructVariant;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use wraft_guest::{AppError, DefaultSnapshot, EntryCtx, JsonOrPostcard, Records, StateMachine};
 
 /// Most entries one scan returns; a scan with more matches reports `more: true`.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
@@ -55,9 +60,10 @@ pub enum Command {
     },
 }
 
-/// The result of a write.
+/// The result of a write. In JSON untagged (`{"prev":…}`, `{"swapped":…}`, `null`); in the binary
+/// form a [`binary::Output`].
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(remote = "Self", untagged)]
 pub enum Output {
     /// Put and delete return the previous value.
     Prev { prev: Option<String> },
@@ -209,14 +215,156 @@ mod command_de {
 
     impl<'de> Deserialize<'de> for Command {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
-            d.deserialize_any(CommandVisitor)
+            if d.is_human_readable() {
+                d.deserialize_any(CommandVisitor)
+            } else {
+                super::binary::Command::deserialize(d).map(Command::from)
+            }
         }
+    }
+}
+
+/// The binary form of commands, queries, outputs and replies, for programs: postcard after a 0
+/// byte ([`JsonOrPostcard`]). The same fields as the JSON form, but every enum is tagged by its
+/// variant's index in declaration order (a format that does not describe itself cannot carry the
+/// JSON form's internal tags and untagged outputs). Variants and fields are only ever appended.
+pub mod binary {
+    use serde::{Deserialize, Serialize};
+
+    /// A write: [`crate::Command`].
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+    pub enum Command {
+        /// Set `key` to `value`; the previous value comes back if `prev_kv`.
+        Put {
+            key: String,
+            value: String,
+            prev_kv: bool,
+        },
+        /// Remove `key`.
+        Delete { key: String },
+        /// Compare-and-swap (`None` = absent).
+        Cas {
+            key: String,
+            expected: Option<String>,
+            new: Option<String>,
+        },
+    }
+
+    /// A read: [`crate::Query`].
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+    pub enum Query {
+        /// The value of `key`.
+        Get { key: String },
+        /// Entries whose key starts with `prefix`, after `after`, at most `limit`.
+        Scan {
+            prefix: String,
+            after: Option<String>,
+            limit: Option<u64>,
+        },
+    }
+
+    /// The result of a write: [`crate::Output`].
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+    pub enum Output {
+        /// Put (with `prev_kv`) and delete: the previous value.
+        Prev { prev: Option<String> },
+        /// Compare-and-swap: whether it swapped, and the value now.
+        Cas {
+            swapped: bool,
+            current: Option<String>,
+        },
+        /// A put without `prev_kv`.
+        Written,
+    }
+
+    /// The answer to a read: [`crate::Reply`].
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+    pub enum Reply {
+        /// Answer to `get`.
+        Value { value: Option<String> },
+        /// Answer to `scan`.
+        Entries {
+            entries: Vec<(String, String)>,
+            more: bool,
+        },
+    }
+}
+
+impl From<binary::Command> for Command {
+    fn from(c: binary::Command) -> Command {
+        match c {
+            binary::Command::Put {
+                key,
+                value,
+                prev_kv,
+            } => Command::Put {
+                key,
+                value,
+                prev_kv,
+            },
+            binary::Command::Delete { key } => Command::Delete { key },
+            binary::Command::Cas { key, expected, new } => Command::Cas { key, expected, new },
+        }
+    }
+}
+
+impl From<binary::Query> for Query {
+    fn from(q: binary::Query) -> Query {
+        match q {
+            binary::Query::Get { key } => Query::Get { key },
+            binary::Query::Scan {
+                prefix,
+                after,
+                limit,
+            } => Query::Scan {
+                prefix,
+                after,
+                // A limit beyond the address space is as good as no limit (it is capped anyway).
+                limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            },
+        }
+    }
+}
+
+impl Serialize for Output {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return Output::serialize(self, s);
+        }
+        // What `binary::Output`'s derived impl writes, without copying the strings into one.
+        match self {
+            Output::Prev { prev } => {
+                let mut v = s.serialize_struct_variant("Output", 0, "Prev", 1)?;
+                v.serialize_field("prev", prev)?;
+                v.end()
+            }
+            Output::Cas { swapped, current } => {
+                let mut v = s.serialize_struct_variant("Output", 1, "Cas", 2)?;
+                v.serialize_field("swapped", swapped)?;
+                v.serialize_field("current", current)?;
+                v.end()
+            }
+            Output::Written => s.serialize_unit_variant("Output", 2, "Written"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Output {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Output, D::Error> {
+        if d.is_human_readable() {
+            return Output::deserialize(d);
+        }
+        Ok(match binary::Output::deserialize(d)? {
+            binary::Output::Prev { prev } => Output::Prev { prev },
+            binary::Output::Cas { swapped, current } => Output::Cas { swapped, current },
+            binary::Output::Written => Output::Written,
+        })
     }
 }
 
 /// A read.
 #[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(remote = "Self", tag = "op", rename_all = "snake_case")]
 pub enum Query {
     /// The value of `key`.
     Get { key: String },
@@ -230,9 +378,9 @@ pub enum Query {
     },
 }
 
-/// The answer to a read.
+/// The answer to a read. In JSON untagged; in the binary form a [`binary::Reply`].
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(remote = "Self", untagged)]
 pub enum Reply {
     /// Answer to `get`.
     Value { value: Option<String> },
@@ -241,6 +389,77 @@ pub enum Reply {
         entries: Vec<(String, String)>,
         more: bool,
     },
+}
+
+impl Serialize for Query {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return Query::serialize(self, s);
+        }
+        // What `binary::Query`'s derived impl writes.
+        match self {
+            Query::Get { key } => {
+                let mut v = s.serialize_struct_variant("Query", 0, "Get", 1)?;
+                v.serialize_field("key", key)?;
+                v.end()
+            }
+            Query::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                let mut v = s.serialize_struct_variant("Query", 1, "Scan", 3)?;
+                v.serialize_field("prefix", prefix)?;
+                v.serialize_field("after", after)?;
+                v.serialize_field("limit", &limit.map(|l| l as u64))?;
+                v.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Query {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Query, D::Error> {
+        if d.is_human_readable() {
+            Query::deserialize(d)
+        } else {
+            binary::Query::deserialize(d).map(Query::from)
+        }
+    }
+}
+
+impl Serialize for Reply {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return Reply::serialize(self, s);
+        }
+        // What `binary::Reply`'s derived impl writes, without copying the entries into one.
+        match self {
+            Reply::Value { value } => {
+                let mut v = s.serialize_struct_variant("Reply", 0, "Value", 1)?;
+                v.serialize_field("value", value)?;
+                v.end()
+            }
+            Reply::Entries { entries, more } => {
+                let mut v = s.serialize_struct_variant("Reply", 1, "Entries", 2)?;
+                v.serialize_field("entries", entries)?;
+                v.serialize_field("more", more)?;
+                v.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reply, D::Error> {
+        if d.is_human_readable() {
+            return Reply::deserialize(d);
+        }
+        Ok(match binary::Reply::deserialize(d)? {
+            binary::Reply::Value { value } => Reply::Value { value },
+            binary::Reply::Entries { entries, more } => Reply::Entries { entries, more },
+        })
+    }
 }
 
 fn check_key(key: &str) -> Result<(), AppError> {
@@ -268,7 +487,7 @@ impl Kv {
 impl StateMachine for Kv {
     const NAME: &'static str = "kv";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    type Codec = Json;
+    type Codec = JsonOrPostcard;
     type Snapshot = DefaultSnapshot;
     type Command = Command;
     type Output = Output;
@@ -404,6 +623,178 @@ mod tests {
             query(&h, json!({"op":"get","key":"a"})),
             json!({"value":null})
         );
+    }
+
+    /// `bytes` (a 0 byte, then postcard) decoded as `T`.
+    fn from_binary<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+        assert_eq!(
+            bytes.first(),
+            Some(&JsonOrPostcard::BINARY_TAG),
+            "{bytes:?}"
+        );
+        postcard::from_bytes(&bytes[1..]).unwrap()
+    }
+
+    fn bin(value: &impl Serialize) -> Vec<u8> {
+        JsonOrPostcard::encode_binary(value).unwrap()
+    }
+
+    #[test]
+    fn a_binary_put_is_these_bytes() {
+        // `wraft bench --codec postcard` writes these bytes by hand: they must not drift.
+        let put = binary::Command::Put {
+            key: "k1".into(),
+            value: "v".repeat(200),
+            prev_kv: false,
+        };
+        let mut want = vec![0, 0, 2, b'k', b'1', 0xc8, 0x01];
+        want.extend(std::iter::repeat_n(b'v', 200));
+        want.push(0);
+        assert_eq!(bin(&put), want);
+    }
+
+    #[test]
+    fn binary_and_json_commands_share_one_state_and_are_answered_in_their_own_form() {
+        let mut h = Harness::<Kv>::new();
+        let put = |key: &str, value: &str, prev_kv| binary::Command::Put {
+            key: key.into(),
+            value: value.into(),
+            prev_kv,
+        };
+        let out = h.apply(&bin(&put("a", "1", true))).unwrap();
+        assert_eq!(
+            from_binary::<binary::Output>(&out),
+            binary::Output::Prev { prev: None }
+        );
+        let out = h.apply(&bin(&put("a", "2", false))).unwrap();
+        assert_eq!(from_binary::<binary::Output>(&out), binary::Output::Written);
+        // A JSON client sees the binary client's write, and the other way round.
+        assert_eq!(
+            query(&h, json!({"op":"get","key":"a"})),
+            json!({"value":"2"})
+        );
+        apply(&mut h, json!({"op":"put","key":"b","value":"3"})).unwrap();
+        let reply = h
+            .query(&bin(&binary::Query::Get { key: "b".into() }))
+            .unwrap();
+        assert_eq!(
+            from_binary::<binary::Reply>(&reply),
+            binary::Reply::Value {
+                value: Some("3".into())
+            }
+        );
+        let cas = binary::Command::Cas {
+            key: "a".into(),
+            expected: Some("2".into()),
+            new: None,
+        };
+        assert_eq!(
+            from_binary::<binary::Output>(&h.apply(&bin(&cas)).unwrap()),
+            binary::Output::Cas {
+                swapped: true,
+                current: None
+            }
+        );
+        let out = h
+            .apply(&bin(&binary::Command::Delete { key: "b".into() }))
+            .unwrap();
+        assert_eq!(
+            from_binary::<binary::Output>(&out),
+            binary::Output::Prev {
+                prev: Some("3".into())
+            }
+        );
+        for k in ["p/1", "p/2", "p/3"] {
+            h.apply(&bin(&put(k, k, false))).unwrap();
+        }
+        let scan = binary::Query::Scan {
+            prefix: "p/".into(),
+            after: Some("p/1".into()),
+            limit: Some(1),
+        };
+        assert_eq!(
+            from_binary::<binary::Reply>(&h.query(&bin(&scan)).unwrap()),
+            binary::Reply::Entries {
+                entries: vec![("p/2".into(), "p/2".into())],
+                more: true
+            }
+        );
+    }
+
+    #[test]
+    fn the_binary_forms_written_by_hand_match_the_derived_ones() {
+        let outputs = [
+            (
+                Output::Prev { prev: None },
+                binary::Output::Prev { prev: None },
+            ),
+            (
+                Output::Cas {
+                    swapped: false,
+                    current: Some("x".into()),
+                },
+                binary::Output::Cas {
+                    swapped: false,
+                    current: Some("x".into()),
+                },
+            ),
+            (Output::Written, binary::Output::Written),
+        ];
+        for (ours, derived) in outputs {
+            assert_eq!(bin(&ours), bin(&derived));
+            assert_eq!(from_binary::<Output>(&bin(&derived)), ours);
+        }
+        let replies = [
+            (
+                Reply::Value { value: None },
+                binary::Reply::Value { value: None },
+            ),
+            (
+                Reply::Entries {
+                    entries: vec![("a".into(), "b".into())],
+                    more: false,
+                },
+                binary::Reply::Entries {
+                    entries: vec![("a".into(), "b".into())],
+                    more: false,
+                },
+            ),
+        ];
+        for (ours, derived) in replies {
+            assert_eq!(bin(&ours), bin(&derived));
+            assert_eq!(from_binary::<Reply>(&bin(&derived)), ours);
+        }
+        let scan = Query::Scan {
+            prefix: "p".into(),
+            after: None,
+            limit: Some(5),
+        };
+        let derived = binary::Query::Scan {
+            prefix: "p".into(),
+            after: None,
+            limit: Some(5),
+        };
+        assert_eq!(bin(&scan), bin(&derived));
+        assert_eq!(
+            bin(&Query::Get { key: "k".into() }),
+            bin(&binary::Query::Get { key: "k".into() })
+        );
+    }
+
+    #[test]
+    fn a_malformed_binary_command_is_a_replicated_error_that_changes_nothing() {
+        let mut h = Harness::<Kv>::new();
+        let mut truncated = bin(&binary::Command::Put {
+            key: "a".into(),
+            value: "1".into(),
+            prev_kv: true,
+        });
+        truncated.pop();
+        for bad in [truncated, vec![0, 9], vec![0]] {
+            let e = h.apply(&bad).unwrap_err();
+            assert_eq!(e.code, AppError::CODE_BAD_COMMAND, "{bad:?}: {e:?}");
+        }
+        assert!(h.state().is_empty());
     }
 
     #[test]

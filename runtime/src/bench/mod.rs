@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Issue linearizable gets (of pre-written keys) instead of puts.
     #[arg(long)]
     pub reads: bool,
+    /// How the puts and gets are encoded: `json`, as typed at the CLI (every series before l
+    /// used it), or `postcard`, the kv machine's binary form, as a program would send them.
+    #[arg(long, value_enum, default_value_t = KvCodec::Json)]
+    pub codec: KvCodec,
     /// Keys written before a read run and read back uniformly at random.
     #[arg(long, default_value_t = 1000)]
     pub read_keys: u64,
@@ -122,6 +126,62 @@ impl BenchArgs {
     }
 }
 
+/// How the load generator encodes kv commands and queries (`--codec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCodec {
+    /// `{"op":"put",…}`, what a person types.
+    Json,
+    /// The kv machine's binary form: a 0 byte, then postcard (`examples/kv`, `binary`).
+    Postcard,
+}
+
+/// The kv machine's binary command and query, as far as the benchmark sends them: the first
+/// variant of each of `examples/kv`'s `binary::Command` and `binary::Query`, so index 0. A test
+/// pins the bytes to the ones the kv crate's own test pins.
+#[derive(serde::Serialize)]
+enum KvBinaryCommand<'a> {
+    Put {
+        key: &'a str,
+        value: &'a str,
+        prev_kv: bool,
+    },
+}
+
+#[derive(serde::Serialize)]
+enum KvBinaryQuery<'a> {
+    Get { key: &'a str },
+}
+
+/// A kv put of `value` at `key` that asks for no previous value (etcd's put returns none
+/// unless asked, `prev_kv`; neither does this).
+fn put_command(codec: KvCodec, key: &str, value: &str) -> Vec<u8> {
+    match codec {
+        KvCodec::Json => {
+            format!(r#"{{"op":"put","key":"{key}","value":"{value}","prev_kv":false}}"#).into()
+        }
+        KvCodec::Postcard => binary(&KvBinaryCommand::Put {
+            key,
+            value,
+            prev_kv: false,
+        }),
+    }
+}
+
+/// A kv get of `key`.
+fn get_query(codec: KvCodec, key: &str) -> Vec<u8> {
+    match codec {
+        KvCodec::Json => format!(r#"{{"op":"get","key":"{key}"}}"#).into(),
+        KvCodec::Postcard => binary(&KvBinaryQuery::Get { key }),
+    }
+}
+
+fn binary(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(320);
+    out.push(0);
+    // Cannot fail: the value is strings and a bool, and the vector grows.
+    postcard::to_extend(value, out).unwrap_or_default()
+}
+
 /// The key worker `i` uses for its `n`-th put (the etcd kit's pattern).
 fn put_key(i: usize, n: u64) -> String {
     format!("k{:07}", (i as u64 * 1_000_003 + n) % 10_000_000)
@@ -136,9 +196,11 @@ struct WorkerResult {
 
 /// The closed loop: one request in flight per worker until `end`; only
 /// operations that start at or after `measure_from` are recorded.
+#[allow(clippy::too_many_arguments)]
 async fn worker(
     i: usize,
     client: Arc<Client>,
+    codec: KvCodec,
     reads: bool,
     read_keys: u64,
     value: Arc<str>,
@@ -158,22 +220,15 @@ async fn worker(
             break;
         }
         let outcome: Result<(), ClientError> = if reads {
-            let q = format!(
-                r#"{{"op":"get","key":"k{:07}"}}"#,
-                rng.u64(0..read_keys.max(1))
-            );
+            let key = format!("k{:07}", rng.u64(0..read_keys.max(1)));
+            let q = get_query(codec, &key);
             client
-                .query("kv", q.as_bytes(), Consistency::Linearizable)
+                .query("kv", &q, Consistency::Linearizable)
                 .await
                 .map(|_| ())
         } else {
-            let cmd = format!(
-                // etcd's put returns no previous value unless asked (prev_kv); neither does this.
-                r#"{{"op":"put","key":"{}","value":"{}","prev_kv":false}}"#,
-                put_key(i, n),
-                value
-            );
-            client.propose("kv", cmd.as_bytes()).await.map(|_| ())
+            let cmd = put_command(codec, &put_key(i, n), &value);
+            client.propose("kv", &cmd).await.map(|_| ())
         };
         n += 1;
         if t >= measure_from {
@@ -284,6 +339,10 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
     let json = serde_json::json!({
         "system": "wraft",
         "workload": if args.reads { "linearizable-get" } else { "put" },
+        "codec": match args.codec {
+            KvCodec::Json => "json",
+            KvCodec::Postcard => "postcard",
+        },
         "durable": !args.relaxed_fsync,
         "nodes": args.nodes,
         "processes": args.processes,
@@ -315,12 +374,13 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
     });
     eprintln!();
     eprintln!(
-        "wraft bench: {} {}, {} nodes ({}), {} clients / {} conns, {} B values, {} s{}",
+        "wraft bench: {} ({:?}) {}, {} nodes ({}), {} clients / {} conns, {} B values, {} s{}",
         if args.reads {
             "linearizable gets"
         } else {
             "puts"
         },
+        args.codec,
         if args.relaxed_fsync {
             "WITHOUT FSYNC (not durable)"
         } else {
@@ -474,6 +534,7 @@ async fn drive(
         tasks.push(tokio::spawn(worker(
             i,
             clients[i % conns].clone(),
+            args.codec,
             args.reads,
             args.read_keys,
             value.clone(),
@@ -519,6 +580,24 @@ mod tests {
         fn parse_from<'a>(argv: impl IntoIterator<Item = &'a str>) -> BenchArgs {
             Cli::parse_from(argv).args
         }
+    }
+
+    #[test]
+    fn the_binary_put_and_get_are_the_kv_machines_bytes() {
+        // The same bytes as `a_binary_put_is_these_bytes` in examples/kv.
+        let mut want = vec![0, 0, 2, b'k', b'1', 0xc8, 0x01];
+        want.extend(std::iter::repeat_n(b'v', 200));
+        want.push(0);
+        assert_eq!(put_command(KvCodec::Postcard, "k1", &"v".repeat(200)), want);
+        assert_eq!(get_query(KvCodec::Postcard, "k1"), [0, 0, 2, b'k', b'1']);
+        assert_eq!(
+            put_command(KvCodec::Json, "k1", "v"),
+            br#"{"op":"put","key":"k1","value":"v","prev_kv":false}"#
+        );
+        assert_eq!(
+            get_query(KvCodec::Json, "k1"),
+            br#"{"op":"get","key":"k1"}"#
+        );
     }
 
     #[test]
