@@ -709,3 +709,114 @@ async fn the_transfer_rate_cap_can_be_lifted_while_a_transfer_runs() {
     converge_prefixes(&cluster, leader, &[follower], &prefixes).await;
     assert!(cluster.log(leader).contains("transfer rate cap changed"));
 }
+
+/// `snapshot.follower_export`: a follower exports its running machines at the cut (no shadow
+/// replaying the log), the leader a shadow; both give the same bytes for the same index, and a
+/// follower restarted from its live snapshot holds the exact state. A follower configured with
+/// `"shadow"` uses a shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_snapshots_its_running_machines_and_the_leader_a_shadow_of_the_same_bytes() {
+    let mut cluster = Cluster::start(3);
+    let (leader, client) = deploy_kv(&cluster).await;
+    put_many(&client, "k", 0..60).await;
+    let ids = cluster.ids();
+    let followers: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+    let (live, shadowed) = (followers[0], followers[1]);
+    cluster.reconfigure(shadowed, |c| {
+        c.snapshot.follower_export = wraft_config::SnapshotExport::Shadow
+    });
+    cluster.restart(shadowed);
+    // Writes stopped: every node applies the same last index, so the three cuts coincide.
+    let want = converge(&cluster, leader, &followers).await;
+
+    let mut listed = Vec::new();
+    for id in [live, shadowed, leader] {
+        let l = cluster
+            .node_client(id)
+            .await
+            .snapshot_trigger_and_wait(Some(cluster.addr(id)), CATCH_UP_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("snapshot on node {id}: {e}"));
+        let from = last_fields(&cluster.log(id), "created snapshot")["from"].clone();
+        listed.push((id, from, l.index, l.digest));
+    }
+    let froms: Vec<&str> = listed.iter().map(|(_, f, ..)| f.as_str()).collect();
+    assert_eq!(froms, ["live", "shadow", "shadow"], "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|l| (l.2, &l.3) == (listed[0].2, &listed[0].3)),
+        "the same state at the same index, the same file contents: {listed:?}"
+    );
+
+    cluster.restart(live);
+    assert_eq!(converge(&cluster, leader, &[live]).await, want);
+    assert!(cluster.log(live).contains("loading snapshot"));
+}
+
+/// A follower exporting its running machines pauses its applies; if it is about to lead it must
+/// not stay paused. Leadership handed to it mid-export makes it abandon the export at the next
+/// chunk (a failed snapshot, retried later), apply on, and serve as leader; as leader it
+/// snapshots from a shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_elected_during_a_live_export_abandons_it_and_leads() {
+    // Room for a snapshot call that spins for a while (the deploy carries these limits).
+    let cluster = Cluster::start_with(3, |c| c.guest.fuel_per_call = 20_000_000_000);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let client = cluster.client().await;
+    client
+        .deploy("mb", guest("misbehave"))
+        .await
+        .expect("deploy");
+    for _ in 0..3 {
+        client.propose("mb", br#""Ok""#).await.expect("ok");
+    }
+    // Half a second or so of spinning per snapshot chunk (no clock in a guest).
+    let armed = client
+        .propose("mb", br#"{"SlowSnapshot":500000000}"#)
+        .await
+        .expect("arm the slow snapshot");
+    let next = *cluster.ids().iter().find(|i| **i != leader).unwrap();
+    cluster
+        .wait_applied(&[next], armed.index, CATCH_UP_TIMEOUT)
+        .await;
+
+    let node = cluster.node_client(next).await;
+    let index = node
+        .snapshot_trigger(Some(cluster.addr(next)))
+        .await
+        .expect("trigger on the follower");
+    wait_for_log(&cluster, next, "creating snapshot", "from=\"live\"").await;
+    client
+        .transfer_leader(next)
+        .await
+        .expect("hand leadership over");
+    let failed = wait_for(
+        "the live export to be abandoned",
+        CATCH_UP_TIMEOUT,
+        async || {
+            let log = cluster.log(next);
+            log.lines()
+                .find(|l| l.contains("snapshot failed") && l.contains("abandoned"))
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(failed.contains(&format!("index={index}")), "{failed}");
+    assert_eq!(
+        cluster.wait_for_leader(LEADER_TIMEOUT).await,
+        next,
+        "leadership moved to the follower"
+    );
+    // It applied on: the count goes on from 3.
+    let out = client.propose("mb", br#""Ok""#).await.expect("ok").output;
+    assert_eq!(out, b"\"4\"");
+    // As leader it snapshots from a shadow, slow export and all.
+    node.snapshot_trigger_and_wait(Some(cluster.addr(next)), CATCH_UP_TIMEOUT)
+        .await
+        .expect("snapshot as leader");
+    assert_eq!(
+        last_fields(&cluster.log(next), "created snapshot")["from"],
+        "shadow"
+    );
+}

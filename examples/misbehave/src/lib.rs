@@ -22,6 +22,8 @@ pub struct Misbehave {
     corrupt_restore: bool,
     #[serde(default)]
     unfaithful_restore: bool,
+    #[serde(default)]
+    slow_snapshot: u64,
 }
 
 /// What to do.
@@ -49,6 +51,9 @@ pub enum Command {
     /// an unfaithful snapshot, which only divergence detection (in a cluster) or the snapshot
     /// fidelity check of `wraft build` (before deploying) can notice.
     UnfaithfulRestore(bool),
+    /// Spin this many iterations before yielding each snapshot chunk (0: none): an export that
+    /// takes a while, without a clock. Burns fuel of the snapshot call.
+    SlowSnapshot(u64),
     /// Hand `data` (e.g. a zstd bomb) to the host's `decompress` import with this cap.
     /// Outputs the decompressed length; the host's refusal becomes an [`AppError`] with code
     /// [`CODE_DECOMPRESS_REFUSED`] and the host's message.
@@ -132,6 +137,10 @@ impl StateMachine for Misbehave {
                 self.unfaithful_restore = on;
                 Ok(String::new())
             }
+            Command::SlowSnapshot(spins) => {
+                self.slow_snapshot = spins;
+                Ok(String::new())
+            }
             Command::Decompress {
                 data,
                 max_output_bytes,
@@ -165,18 +174,31 @@ pub struct Picky;
 
 type Inner = DefaultSnapshot;
 
+/// The default reader, and how long to spin before each chunk.
+pub struct SlowReader {
+    spins: u64,
+    inner: <Inner as SnapshotFormat<Misbehave>>::Reader,
+}
+
 impl SnapshotFormat<Misbehave> for Picky {
-    type Reader = <Inner as SnapshotFormat<Misbehave>>::Reader;
+    type Reader = SlowReader;
     type Restorer = <Inner as SnapshotFormat<Misbehave>>::Restorer;
 
     fn begin_snapshot(state: Rc<Misbehave>) -> Result<Self::Reader, String> {
         if state.fail_snapshot {
             return Err("misbehave: snapshot refused on purpose".into());
         }
-        Inner::begin_snapshot(state)
+        Ok(SlowReader {
+            spins: state.slow_snapshot,
+            inner: Inner::begin_snapshot(state)?,
+        })
     }
     fn next_chunk(r: &mut Self::Reader, max_bytes: usize) -> Result<Option<Vec<u8>>, String> {
-        Inner::next_chunk(r, max_bytes)
+        let mut i = 0u64;
+        while i < r.spins {
+            i = black_box(i + 1);
+        }
+        Inner::next_chunk(&mut r.inner, max_bytes)
     }
     fn begin_restore(format: u32) -> Result<Self::Restorer, String> {
         <Inner as SnapshotFormat<Misbehave>>::begin_restore(format)

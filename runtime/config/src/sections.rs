@@ -227,6 +227,21 @@ impl Default for StorageSection {
     }
 }
 
+/// Where a follower's snapshot of its machines comes from (`snapshot.follower_export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotExport {
+    /// The running machines, exported at the cut (the default). The follower's applies pause
+    /// for the export, so reads it serves and its watch streams wait; consensus does not (its
+    /// acknowledgements never wait for the applier). A follower that becomes a candidate or
+    /// leader abandons the export at the next chunk.
+    Live,
+    /// Shadow instances restored from the previous snapshot and replayed up to the cut, on
+    /// another thread: nothing pauses, but every entry since the previous snapshot is applied a
+    /// second time and the state is held twice while it is exported. What a leader always uses.
+    Shadow,
+}
+
 /// `[snapshot]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -251,6 +266,8 @@ pub struct SnapshotSection {
     pub transfer_progress_timeout_ms: u64,
     /// Most incoming transfers at once; more are answered `Busy`.
     pub incoming_transfers_max: u64,
+    /// Where a follower's snapshot comes from: `"live"` or `"shadow"` ([`SnapshotExport`]).
+    pub follower_export: SnapshotExport,
 }
 
 impl Default for SnapshotSection {
@@ -264,6 +281,7 @@ impl Default for SnapshotSection {
             transfer_bytes_per_sec_max: 0,
             transfer_progress_timeout_ms: 10_000,
             incoming_transfers_max: 2,
+            follower_export: SnapshotExport::Live,
         }
     }
 }

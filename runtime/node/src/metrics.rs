@@ -37,7 +37,7 @@
 //! | `wraft_module_bytes_total` | counter | module bytes between members, by `direction` (`pushed`, `received`, `fetched`, `served`) |
 //! | `wraft_module_store_bytes` / `wraft_module_store_modules` | gauge | what the node's module store (`DIR/module-store`) holds |
 //! | `wraft_transport_dropped_msgs_total` | counter | raft messages dropped by full or down peer queues |
-//! | `wraft_snapshot_created_total` | counter | local snapshots, by `outcome` (ok / failed) |
+//! | `wraft_snapshot_created_total` | counter | local snapshots, by `outcome` (ok / failed) and `from` (live / shadow: `snapshot.follower_export`) |
 //! | `wraft_snapshot_create_seconds` | histogram | cut → durable file, local snapshots |
 //! | `wraft_snapshot_bytes` | gauge | size of the newest local snapshot file |
 //! | `wraft_snapshot_index` | gauge | index of the newest snapshot (created or installed) |
@@ -155,7 +155,9 @@ impl DriverMetrics {
             .set(1.0);
         // Labelled counters start at zero, so their first increase is seen.
         for outcome in ["ok", "failed"] {
-            metrics::counter!("wraft_snapshot_created_total", "node" => n.clone(), "outcome" => outcome).increment(0);
+            for from in ["live", "shadow"] {
+                metrics::counter!("wraft_snapshot_created_total", "node" => n.clone(), "outcome" => outcome, "from" => from).increment(0);
+            }
             metrics::counter!("wraft_snapshot_installs_total", "node" => n.clone(), "outcome" => outcome).increment(0);
         }
         DriverMetrics {
@@ -181,8 +183,8 @@ impl DriverMetrics {
         }
     }
 
-    pub fn snapshot_created(&self, outcome: &'static str) {
-        metrics::counter!("wraft_snapshot_created_total", "node" => self.node.clone(), "outcome" => outcome)
+    pub fn snapshot_created(&self, outcome: &'static str, from: &'static str) {
+        metrics::counter!("wraft_snapshot_created_total", "node" => self.node.clone(), "outcome" => outcome, "from" => from)
             .increment(1);
     }
 

@@ -247,6 +247,9 @@ impl Node {
             watch_hub.clone(),
         );
         applier.set_check_interval(cfg.raft.divergence_check_entries);
+        // Kept by the driver from the engine's role changes (a node starts as a follower).
+        let following = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        applier.set_following(following.clone());
         applier.set_modules(modules.clone());
         // Every retained snapshot, the one being sent and one received, and a few more: an
         // index pass must not evict its own entries. Shared by creation and the transfers.
@@ -531,6 +534,8 @@ impl Node {
                 limiter,
                 reoffer: Default::default(),
                 retain_count: cfg.snapshot.retain_count,
+                follower_export: cfg.snapshot.follower_export,
+                following,
             },
             health: HealthState::new(readiness_tx),
             stopping: None,

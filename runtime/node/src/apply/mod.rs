@@ -114,6 +114,9 @@ pub enum ApplyMsg {
     Snapshot {
         /// What the snapshot covers.
         meta: SnapshotMeta,
+        /// Export the running machines at the cut, pausing applies until they are exported
+        /// (a follower's choice, `snapshot.follower_export`), instead of shadow instances.
+        live: bool,
     },
     /// Snapshot `id` is durable and is now the base for rebuilds.
     BaseChanged {
@@ -233,6 +236,9 @@ pub struct Applier {
     /// shares the unchanged ones instead of writing them again. `None`: every snapshot is
     /// written whole.
     segments: Option<wraft_snapshot::manifest::SegmentCache>,
+    /// True while the node is a follower (the driver keeps it): a live export checks it at
+    /// every chunk and is abandoned once the node may lead.
+    following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Outcome = (u64, Option<ClientTag>, Response);
@@ -283,7 +289,14 @@ impl Applier {
             watch,
             modules: None,
             segments: None,
+            following: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Read whether the node is a follower from `following` (see [`ApplyMsg::Snapshot`]'s
+    /// `live`); without it a live export is abandoned at its first chunk.
+    pub fn set_following(&mut self, following: Arc<std::sync::atomic::AtomicBool>) {
+        self.following = following;
     }
 
     /// Let new snapshots share unchanged segments with older ones, found through `segments`.
@@ -393,7 +406,7 @@ impl Applier {
                         replay_ms = t.elapsed().as_millis() as u64, "recovery complete");
                 }
             }
-            ApplyMsg::Snapshot { meta } => self.start_snapshot(meta),
+            ApplyMsg::Snapshot { meta, live } => self.start_snapshot(meta, live).await,
             ApplyMsg::BaseChanged { id } => self.base_changed(id),
             ApplyMsg::Install { meta, leader } => self.install(meta, leader).await,
             ApplyMsg::Read {

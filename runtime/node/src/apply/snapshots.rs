@@ -99,14 +99,17 @@ impl Applier {
     }
 
     /// Start creating a snapshot of the state as of now (`meta.index` must be
-    /// the applied index). The live machines keep applying: the export runs
-    /// from shadow instances on another task (see `crate::snapshot`).
-    pub(super) fn start_snapshot(&mut self, meta: SnapshotMeta) {
+    /// the applied index). With `live` (a follower), the running machines are exported here,
+    /// and nothing else is applied until they are; otherwise they keep applying and the export
+    /// runs from shadow instances on another task (see `crate::snapshot`).
+    pub(super) async fn start_snapshot(&mut self, meta: SnapshotMeta, live: bool) {
+        let asked = if live { "live" } else { "shadow" };
         if let Some(h) = &self.halted {
             // The live state may hold work past the failure point: never cut it.
             let _ = self.events.send(SnapEvent::Failed {
                 index: meta.index,
                 error: format!("applying is halted: {}", h.describe()),
+                from: asked,
             });
             return;
         }
@@ -117,10 +120,35 @@ impl Applier {
                     "snapshot requested at {} but the machines are at {}",
                     meta.index, self.applied
                 ),
+                from: asked,
             });
             return;
         }
         let cut = self.cut(meta.clone());
+        let handles: Option<Vec<&MachineHandle>> =
+            self.machines.values().map(|m| m.handle.as_ref()).collect();
+        if let (true, Some(handles)) = (live, handles) {
+            let index = meta.index;
+            let source = snapshot::Source::Live {
+                handles,
+                following: self.following.clone(),
+            };
+            let created = snapshot::create_snapshot(
+                self.node,
+                self.storage.clone(),
+                self.modules.clone(),
+                self.segments.clone(),
+                source,
+                cut,
+            )
+            .await;
+            let from = "live";
+            let _ = self.events.send(match created {
+                Ok(info) => SnapEvent::Created { meta, info, from },
+                Err(error) => SnapEvent::Failed { index, error, from },
+            });
+            return;
+        }
         let storage = self.storage.clone();
         let base = self.base;
         let events = self.events.clone();
@@ -129,10 +157,19 @@ impl Applier {
         let segments = self.segments.clone();
         tokio::spawn(async move {
             let index = meta.index;
-            let created = snapshot::create_snapshot(node, storage, modules, segments, base, cut);
+            let source = snapshot::Source::Shadow { base };
+            let created = snapshot::create_snapshot(node, storage, modules, segments, source, cut);
             let ev = match created.await {
-                Ok(info) => SnapEvent::Created { meta, info },
-                Err(error) => SnapEvent::Failed { index, error },
+                Ok(info) => SnapEvent::Created {
+                    meta,
+                    info,
+                    from: "shadow",
+                },
+                Err(error) => SnapEvent::Failed {
+                    index,
+                    error,
+                    from: "shadow",
+                },
             };
             let _ = events.send(ev);
         });

@@ -131,6 +131,9 @@ impl Driver {
                         .is_leader
                         .set(if role == Role::Leader { 1.0 } else { 0.0 });
                     self.metrics.term.set(term as f64);
+                    self.snap
+                        .following
+                        .store(role == Role::Follower, std::sync::atomic::Ordering::Release);
                     tracing::info!(target: "wraft::raft", node = self.id, ?role, term, ?leader, "role changed");
                     if role == Role::Leader && self.apply_halted {
                         self.hand_off_leadership();

@@ -40,6 +40,10 @@ pub(crate) struct SnapState {
     /// meanwhile). One entry per follower ever sent to: bounded by the membership.
     pub(crate) reoffer: Arc<Mutex<HashMap<u64, ReofferBackoff>>>,
     pub(crate) retain_count: u64,
+    /// `snapshot.follower_export`.
+    pub(crate) follower_export: wraft_config::SnapshotExport,
+    /// True while this node is a follower; read by the applier's live exports.
+    pub(crate) following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// After an attempt to send to a follower: `None` if the next offer may go out at once (the
@@ -162,7 +166,10 @@ impl Driver {
             .ok_or_else(|| format!("index {applied_index} is not in the log"))?;
         self.snap.creating = Some(applied_index);
         self.metrics.snapshot_create_started = Some(std::time::Instant::now());
-        let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta });
+        // A leader never pauses its applies (its clients wait on them); a follower may.
+        let live = self.snap.follower_export == wraft_config::SnapshotExport::Live
+            && self.engine.role() == Role::Follower;
+        let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta, live });
         Ok(())
     }
 
@@ -185,9 +192,9 @@ impl Driver {
 
     pub(crate) fn on_snap_event(&mut self, ev: SnapEvent) {
         match ev {
-            SnapEvent::Created { meta, info } => {
+            SnapEvent::Created { meta, info, from } => {
                 self.snap.creating = None;
-                self.metrics.snapshot_created("ok");
+                self.metrics.snapshot_created("ok", from);
                 if let Some(t) = self.metrics.snapshot_create_started.take() {
                     self.metrics.snapshot_create_seconds.record(t.elapsed());
                 }
@@ -199,11 +206,11 @@ impl Driver {
                 });
                 self.step(Event::SnapshotCreated { meta });
             }
-            SnapEvent::Failed { index, error } => {
+            SnapEvent::Failed { index, error, from } => {
                 self.snap.creating = None;
-                self.metrics.snapshot_created("failed");
+                self.metrics.snapshot_created("failed", from);
                 self.metrics.snapshot_create_started = None;
-                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error,
+                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
                     "snapshot failed; it is retried at the next threshold crossing");
                 self.step(Event::SnapshotFailed);
             }

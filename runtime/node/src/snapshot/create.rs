@@ -14,6 +14,7 @@
 //! guarantees anyway (it keeps the fallback snapshot replayable).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -43,8 +44,27 @@ pub struct Cut {
     pub addresses: BTreeMap<u64, wraft_proto::PeerAddr>,
 }
 
-/// Write a node snapshot of `cut` from shadow instances (see the module
-/// docs). Runs on its own task; never touches the live machines.
+/// Where the machines' state in a snapshot comes from.
+pub enum Source<'a> {
+    /// Shadow instances, rebuilt from the snapshot `base` (or from the deploy entries) and the
+    /// log up to the cut: the live machines keep applying meanwhile.
+    Shadow {
+        /// The rebuild base: the node's latest snapshot.
+        base: Option<SnapshotId>,
+    },
+    /// The running machines, one handle per machine of the cut in registry order, which the
+    /// caller does not use until this returns. Abandoned, at the next chunk, once `following`
+    /// is false (the node may be about to lead and must not be held up applying).
+    Live {
+        /// The live instances, in the cut's machine order.
+        handles: Vec<&'a MachineHandle>,
+        /// Kept true by the driver while the node is a follower.
+        following: Arc<AtomicBool>,
+    },
+}
+
+/// Write a node snapshot of `cut` from `source` (see the module docs). A shadow creation runs on
+/// its own task and never touches the live machines; a live one is awaited by the applier.
 ///
 /// With `modules`, each machine's module is named by reference and first made durable in the
 /// node's module store ([`Modules::hold`]); without (a node that has no module store), carried.
@@ -55,18 +75,36 @@ pub async fn create_snapshot(
     storage: Arc<Storage>,
     modules: Option<Arc<Modules>>,
     segments: Option<SegmentCache>,
-    base: Option<SnapshotId>,
+    source: Source<'_>,
     cut: Cut,
 ) -> Result<SnapshotInfo, String> {
     let started = Instant::now();
     let index = cut.meta.index;
-    tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
-        machines = cut.machines.len(), base = ?base.map(|b| b.last_index), "creating snapshot");
-    let base_snap = {
-        let storage = storage.clone();
-        tokio::task::spawn_blocking(move || open_base(&storage, base))
-            .await
-            .map_err(|e| e.to_string())??
+    let from = match &source {
+        Source::Shadow { .. } => "shadow",
+        Source::Live { .. } => "live",
+    };
+    let base_snap = match &source {
+        Source::Shadow { base } => {
+            tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
+                machines = cut.machines.len(), base = ?base.map(|b| b.last_index), from, "creating snapshot");
+            let (storage, base) = (storage.clone(), *base);
+            tokio::task::spawn_blocking(move || open_base(&storage, base))
+                .await
+                .map_err(|e| e.to_string())??
+        }
+        Source::Live { handles, .. } => {
+            tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
+                machines = cut.machines.len(), from, "creating snapshot");
+            if handles.len() != cut.machines.len() {
+                return Err(format!(
+                    "{} live machines for the {} of the cut",
+                    handles.len(),
+                    cut.machines.len()
+                ));
+            }
+            None
+        }
     };
     let header = NodeSnapshotHeader {
         format_version: NODE_SNAPSHOT_VERSION,
@@ -143,11 +181,20 @@ pub async fn create_snapshot(
     let mut guest_bytes = 0u64;
     for (i, m) in cut.machines.iter().enumerate() {
         let t = Instant::now();
+        if let Source::Live { handles, following } = &source {
+            let (chunks, bytes) = export(&writer, i as u32, handles[i], Some(following))
+                .await
+                .map_err(|e| format!("exporting {:?} live: {e}", m.name))?;
+            guest_bytes += bytes;
+            tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
+                total_ms = t.elapsed().as_millis() as u64, "machine exported live");
+            continue;
+        }
         let shadow = build_instance(&storage, base_snap.as_ref(), m, index + 1, true, None)
             .await
             .map_err(|e| format!("rebuilding {:?} at {index} for the snapshot: {e}", m.name))?;
         let rebuilt = t.elapsed();
-        let result = export(&writer, i as u32, &shadow).await;
+        let result = export(&writer, i as u32, &shadow, None).await;
         tokio::task::spawn_blocking(move || shadow.shutdown());
         let (chunks, bytes) = result.map_err(|e| format!("exporting {:?}: {e}", m.name))?;
         guest_bytes += bytes;
@@ -178,22 +225,33 @@ pub async fn create_snapshot(
     // compressed by a guest that compresses (the host never sees the raw state), and the file
     // adds the modules and sessions, so file / guest is no compression ratio.
     tracing::info!(target: "wraft::snapshot", node, index, machines = n, file_bytes = info.file_len,
-        shared_bytes = info.shared_bytes, guest_bytes, duration_ms = (secs * 1000.0) as u64, file = %info.path.display(),
+        shared_bytes = info.shared_bytes, guest_bytes, duration_ms = (secs * 1000.0) as u64, from, file = %info.path.display(),
         "created snapshot");
     Ok(info)
 }
 
-/// Stream `handle`'s guest snapshot into `writer` as machine section `idx`.
+/// Stream `handle`'s guest snapshot into `writer` as machine section `idx`; with `following`,
+/// give up at the first chunk after it turns false.
 async fn export(
     writer: &SharedWriter,
     idx: u32,
     handle: &MachineHandle,
+    following: Option<&Arc<AtomicBool>>,
 ) -> Result<(u64, u64), String> {
     with_writer(writer, |w| w.machine_begin(idx))?;
     let w = writer.clone();
+    let following = following.cloned();
     // The sink runs on the machine's thread: each chunk goes to the file as
     // the guest yields it.
-    let sink = FnSink(move |chunk: Vec<u8>| with_writer(&w, |w| w.machine_chunk(&chunk)));
+    let sink = FnSink(move |chunk: Vec<u8>| {
+        if following
+            .as_ref()
+            .is_some_and(|f| !f.load(Ordering::Acquire))
+        {
+            return Err("abandoned: this node is no longer a follower".into());
+        }
+        with_writer(&w, |w| w.machine_chunk(&chunk))
+    });
     let summary = handle.snapshot(sink).await.map_err(|e| e.to_string())?;
     with_writer(writer, |w| w.machine_end(summary.chunks, summary.bytes))?;
     Ok((summary.chunks, summary.bytes))

@@ -16,7 +16,7 @@ mod restore;
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotInfo;
 
-pub(crate) use create::{Cut, create_snapshot};
+pub(crate) use create::{Cut, Source, create_snapshot};
 pub(crate) use members::Members;
 pub(crate) use restore::{
     BuildError, MachineCut, Restored, VersionCut, build_instance, migrate, open_base, restore_all,
@@ -31,6 +31,8 @@ pub enum SnapEvent {
         meta: SnapshotMeta,
         /// The file.
         info: SnapshotInfo,
+        /// Where the machines' state came from: `"live"` or `"shadow"`.
+        from: &'static str,
     },
     /// A local snapshot attempt failed (logged); the engine re-hints later.
     Failed {
@@ -38,6 +40,8 @@ pub enum SnapEvent {
         index: u64,
         /// Why.
         error: String,
+        /// Where the machines' state was to come from: `"live"` or `"shadow"`.
+        from: &'static str,
     },
     /// Follower: the machines now run from the snapshot.
     Installed {
