@@ -889,17 +889,34 @@ fn kv_component_takes_binary_and_json_commands_and_answers_each_in_its_form() {
         }),
         vec![JsonOrPostcard::BINARY_TAG, 7], // no such command: a replicated error
     ];
+    // The answers: binary for binary commands, JSON for the JSON one, an error for the last.
+    let expected: Vec<Option<Vec<u8>>> = vec![
+        Some(bin(&binary::Output::Prev { prev: None })),
+        Some(br#"{"prev":"1"}"#.to_vec()),
+        Some(bin(&binary::Output::Written)),
+        Some(bin(&binary::Output::Cas {
+            swapped: true,
+            current: None,
+        })),
+        None,
+    ];
     let h = kv().start().unwrap();
     let mut native = wraft_guest::testing::Harness::<wraft_example_kv::Kv>::new();
-    for (i, c) in commands.iter().enumerate() {
+    for (i, (c, want)) in commands.iter().zip(&expected).enumerate() {
         let wasm = h
             .apply_blocking(raw_entry(i as u64 + 1, c.clone()))
             .unwrap();
         let here = native.apply(c);
-        match (&wasm, &here) {
-            (Ok(w), Ok(n)) => assert_eq!(w, n, "command {i}"),
-            (Err(w), Err(n)) => assert_eq!((w.code, &w.message), (n.code, &n.message)),
-            _ => panic!("command {i}: component {wasm:?}, native {here:?}"),
+        match (&wasm, &here, want) {
+            (Ok(w), Ok(n), Some(want)) => {
+                assert_eq!(w, want, "command {i}");
+                assert_eq!(n, want, "command {i} natively");
+            }
+            (Err(w), Err(n), None) => {
+                assert_eq!(w.code, wraft_guest::AppError::CODE_BAD_COMMAND, "{w:?}");
+                assert_eq!((w.code, &w.message), (n.code, &n.message));
+            }
+            _ => panic!("command {i}: component {wasm:?}, native {here:?}, wanted {want:?}"),
         }
     }
     let first = h

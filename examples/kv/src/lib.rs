@@ -35,18 +35,16 @@ pub struct Kv {
     map: BTreeMap<String, String>,
 }
 
-/// A write. Decoded by hand (see `command_de`): serde's derived decoder for an internally tagged
-/// enum first copies the whole object into a buffer of its own, which was a third of the
-/// machine's time per put.
-#[derive(Serialize, Debug, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "snake_case")]
+/// A write. In JSON `{"op":"put",…}`, decoded by hand (see `command_de`: serde's derived decoder
+/// for an internally tagged enum first copies the whole object into a buffer of its own, which
+/// was a third of the machine's time per put); in the binary form a [`binary::Command`].
+#[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Set `key` to `value`. The previous value comes back unless `prev_kv` is false (etcd's
     /// `prev_kv` option: a writer that does not need it saves encoding and shipping it).
     Put {
         key: String,
         value: String,
-        #[serde(skip_serializing_if = "is_true")]
         prev_kv: bool,
     },
     /// Remove `key`.
@@ -62,8 +60,7 @@ pub enum Command {
 
 /// The result of a write. In JSON untagged (`{"prev":…}`, `{"swapped":…}`, `null`); in the binary
 /// form a [`binary::Output`].
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-#[serde(remote = "Self", untagged)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     /// Put and delete return the previous value.
     Prev { prev: Option<String> },
@@ -74,10 +71,6 @@ pub enum Output {
     },
     /// A put with `prev_kv: false`: nothing to report (`null`).
     Written,
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 /// `Command`'s decoder: the same JSON as the derived one would take (`op` anywhere in the object,
@@ -227,7 +220,11 @@ mod command_de {
 /// The binary form of commands, queries, outputs and replies, for programs: postcard after a 0
 /// byte ([`JsonOrPostcard`]). The same fields as the JSON form, but every enum is tagged by its
 /// variant's index in declaration order (a format that does not describe itself cannot carry the
-/// JSON form's internal tags and untagged outputs). Variants and fields are only ever appended.
+/// JSON form's internal tags and untagged outputs).
+///
+/// Postcard carries no field names or lengths, so the layout is the contract: new variants are
+/// only ever appended, and a variant's fields never change (a new field set is a new variant).
+/// The leading 0 byte is not optional: without it, a `Put` would be read as JSON and refused.
 pub mod binary {
     use serde::{Deserialize, Serialize};
 
@@ -329,7 +326,7 @@ impl From<binary::Query> for Query {
 impl Serialize for Output {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            return Output::serialize(self, s);
+            return json::Output::serialize(self, s);
         }
         // What `binary::Output`'s derived impl writes, without copying the strings into one.
         match self {
@@ -352,7 +349,7 @@ impl Serialize for Output {
 impl<'de> Deserialize<'de> for Output {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Output, D::Error> {
         if d.is_human_readable() {
-            return Output::deserialize(d);
+            return json::Output::deserialize(d);
         }
         Ok(match binary::Output::deserialize(d)? {
             binary::Output::Prev { prev } => Output::Prev { prev },
@@ -362,25 +359,21 @@ impl<'de> Deserialize<'de> for Output {
     }
 }
 
-/// A read.
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(remote = "Self", tag = "op", rename_all = "snake_case")]
+/// A read. In JSON `{"op":"get",…}`; in the binary form a [`binary::Query`].
+#[derive(Debug, PartialEq, Eq)]
 pub enum Query {
     /// The value of `key`.
     Get { key: String },
     /// Entries whose key starts with `prefix`, in key order, starting after `after` if given.
     Scan {
         prefix: String,
-        #[serde(default)]
         after: Option<String>,
-        #[serde(default)]
         limit: Option<usize>,
     },
 }
 
 /// The answer to a read. In JSON untagged; in the binary form a [`binary::Reply`].
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-#[serde(remote = "Self", untagged)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
     /// Answer to `get`.
     Value { value: Option<String> },
@@ -391,10 +384,114 @@ pub enum Reply {
     },
 }
 
+/// The JSON forms, as serde derives them for the public types (`remote`): kept private, so that
+/// the only `serialize`/`deserialize` a caller finds are the public types' own, which choose the
+/// form by `is_human_readable()`.
+mod json {
+    use serde::{Deserialize, Serialize};
+
+    fn is_true(b: &bool) -> bool {
+        *b
+    }
+
+    #[derive(Serialize)]
+    #[serde(remote = "super::Command", tag = "op", rename_all = "snake_case")]
+    pub(super) enum Command {
+        Put {
+            key: String,
+            value: String,
+            #[serde(skip_serializing_if = "is_true")]
+            prev_kv: bool,
+        },
+        Delete {
+            key: String,
+        },
+        Cas {
+            key: String,
+            expected: Option<String>,
+            new: Option<String>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Output", untagged)]
+    pub(super) enum Output {
+        Prev {
+            prev: Option<String>,
+        },
+        Cas {
+            swapped: bool,
+            current: Option<String>,
+        },
+        Written,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Query", tag = "op", rename_all = "snake_case")]
+    pub(super) enum Query {
+        Get {
+            key: String,
+        },
+        Scan {
+            prefix: String,
+            #[serde(default)]
+            after: Option<String>,
+            #[serde(default)]
+            limit: Option<usize>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Reply", untagged)]
+    pub(super) enum Reply {
+        Value {
+            value: Option<String>,
+        },
+        Entries {
+            entries: Vec<(String, String)>,
+            more: bool,
+        },
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return json::Command::serialize(self, s);
+        }
+        // What `binary::Command`'s derived impl writes.
+        match self {
+            Command::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
+                let mut v = s.serialize_struct_variant("Command", 0, "Put", 3)?;
+                v.serialize_field("key", key)?;
+                v.serialize_field("value", value)?;
+                v.serialize_field("prev_kv", prev_kv)?;
+                v.end()
+            }
+            Command::Delete { key } => {
+                let mut v = s.serialize_struct_variant("Command", 1, "Delete", 1)?;
+                v.serialize_field("key", key)?;
+                v.end()
+            }
+            Command::Cas { key, expected, new } => {
+                let mut v = s.serialize_struct_variant("Command", 2, "Cas", 3)?;
+                v.serialize_field("key", key)?;
+                v.serialize_field("expected", expected)?;
+                v.serialize_field("new", new)?;
+                v.end()
+            }
+        }
+    }
+}
+
 impl Serialize for Query {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            return Query::serialize(self, s);
+            return json::Query::serialize(self, s);
         }
         // What `binary::Query`'s derived impl writes.
         match self {
@@ -421,7 +518,7 @@ impl Serialize for Query {
 impl<'de> Deserialize<'de> for Query {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Query, D::Error> {
         if d.is_human_readable() {
-            Query::deserialize(d)
+            json::Query::deserialize(d)
         } else {
             binary::Query::deserialize(d).map(Query::from)
         }
@@ -431,7 +528,7 @@ impl<'de> Deserialize<'de> for Query {
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            return Reply::serialize(self, s);
+            return json::Reply::serialize(self, s);
         }
         // What `binary::Reply`'s derived impl writes, without copying the entries into one.
         match self {
@@ -453,7 +550,7 @@ impl Serialize for Reply {
 impl<'de> Deserialize<'de> for Reply {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reply, D::Error> {
         if d.is_human_readable() {
-            return Reply::deserialize(d);
+            return json::Reply::deserialize(d);
         }
         Ok(match binary::Reply::deserialize(d)? {
             binary::Reply::Value { value } => Reply::Value { value },
@@ -775,9 +872,63 @@ mod tests {
             limit: Some(5),
         };
         assert_eq!(bin(&scan), bin(&derived));
+        assert_eq!(from_binary::<Query>(&bin(&derived)), scan);
         assert_eq!(
             bin(&Query::Get { key: "k".into() }),
             bin(&binary::Query::Get { key: "k".into() })
+        );
+        let commands = [
+            (
+                Command::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                    prev_kv: false,
+                },
+                binary::Command::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                    prev_kv: false,
+                },
+            ),
+            (
+                Command::Delete { key: "k".into() },
+                binary::Command::Delete { key: "k".into() },
+            ),
+            (
+                Command::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    new: Some("n".into()),
+                },
+                binary::Command::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    new: Some("n".into()),
+                },
+            ),
+        ];
+        for (ours, derived) in commands {
+            assert_eq!(bin(&ours), bin(&derived));
+            assert_eq!(from_binary::<Command>(&bin(&derived)), ours);
+        }
+        // The JSON forms are unchanged by the binary ones.
+        assert_eq!(
+            serde_json::to_value(Command::Put {
+                key: "k".into(),
+                value: "v".into(),
+                prev_kv: false
+            })
+            .unwrap(),
+            json!({"op":"put","key":"k","value":"v","prev_kv":false})
+        );
+        assert_eq!(serde_json::to_value(Output::Written).unwrap(), json!(null));
+        assert_eq!(
+            serde_json::from_value::<Query>(json!({"op":"scan","prefix":"p"})).unwrap(),
+            Query::Scan {
+                prefix: "p".into(),
+                after: None,
+                limit: None
+            }
         );
     }
 
@@ -790,7 +941,23 @@ mod tests {
             prev_kv: true,
         });
         truncated.pop();
-        for bad in [truncated, vec![0, 9], vec![0]] {
+        // Put, key "a", value of one byte that is not UTF-8, prev_kv.
+        let not_utf8 = vec![0, 0, 1, b'a', 1, 0xff, 1];
+        // Put, key "a", value "1", prev_kv = 2 (not a bool).
+        let not_bool = vec![0, 0, 1, b'a', 1, b'1', 2];
+        // Cas, key "a", expected with option tag 2.
+        let not_option = vec![0, 2, 1, b'a', 2];
+        let mut trailing = bin(&binary::Command::Delete { key: "a".into() });
+        trailing.push(0);
+        for bad in [
+            truncated,
+            not_utf8,
+            not_bool,
+            not_option,
+            trailing,
+            vec![0, 9],
+            vec![0],
+        ] {
             let e = h.apply(&bad).unwrap_err();
             assert_eq!(e.code, AppError::CODE_BAD_COMMAND, "{bad:?}: {e:?}");
         }

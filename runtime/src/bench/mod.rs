@@ -178,8 +178,7 @@ fn get_query(codec: KvCodec, key: &str) -> Vec<u8> {
 fn binary(value: &impl serde::Serialize) -> Vec<u8> {
     let mut out = Vec::with_capacity(320);
     out.push(0);
-    // Cannot fail: the value is strings and a bool, and the vector grows.
-    postcard::to_extend(value, out).unwrap_or_default()
+    postcard::to_extend(value, out).expect("strings and a bool always encode into a growing Vec")
 }
 
 /// The key worker `i` uses for its `n`-th put (the etcd kit's pattern).
@@ -590,6 +589,22 @@ mod tests {
         want.push(0);
         assert_eq!(put_command(KvCodec::Postcard, "k1", &"v".repeat(200)), want);
         assert_eq!(get_query(KvCodec::Postcard, "k1"), [0, 0, 2, b'k', b'1']);
+        // And what the kv machine's own binary types encode to.
+        use wraft_example_kv::binary;
+        let kv_put = binary::Command::Put {
+            key: "k1".into(),
+            value: "v".repeat(200),
+            prev_kv: false,
+        };
+        let kv_get = binary::Query::Get { key: "k1".into() };
+        assert_eq!(
+            put_command(KvCodec::Postcard, "k1", &"v".repeat(200)),
+            wraft_guest::JsonOrPostcard::encode_binary(&kv_put).unwrap()
+        );
+        assert_eq!(
+            get_query(KvCodec::Postcard, "k1"),
+            wraft_guest::JsonOrPostcard::encode_binary(&kv_get).unwrap()
+        );
         assert_eq!(
             put_command(KvCodec::Json, "k1", "v"),
             br#"{"op":"put","key":"k1","value":"v","prev_kv":false}"#
