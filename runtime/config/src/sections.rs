@@ -232,9 +232,10 @@ impl Default for StorageSection {
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotExport {
     /// The running machines, exported at the cut (the default). The follower's applies pause
-    /// for the export, so reads it serves and its watch streams wait; consensus does not (its
-    /// acknowledgements never wait for the applier). A follower that becomes a candidate or
-    /// leader abandons the export at the next chunk.
+    /// for the export, so reads it serves, its watch streams and its readiness wait; consensus
+    /// does not (its acknowledgements never wait for the applier). A follower that becomes a
+    /// pre-candidate, candidate or leader abandons the export before its next chunk and takes
+    /// the snapshot from shadows instead.
     Live,
     /// Shadow instances restored from the previous snapshot and replayed up to the cut, on
     /// another thread: nothing pauses, but every entry since the previous snapshot is applied a

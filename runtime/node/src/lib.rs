@@ -22,8 +22,9 @@
 //!   re-deriving on node-local failures, the applier's snapshots.
 //! - `divergence` — outcome digests and checkpoints that catch replicas that disagree.
 //! - `server` — client streams: one task per connection, bounded in-flight requests.
-//! - `snapshot` — node snapshots with the machines: creation from shadow instances
-//!   (`create`), restore and rebuilds (`restore`). The file format and InstallSnapshot over
+//! - `snapshot` — node snapshots with the machines: creation from the running machines on a
+//!   follower and from shadow instances on the leader (`create`), restore and rebuilds
+//!   (`restore`). The file format and InstallSnapshot over
 //!   QUIC are `wraft-snapshot`, which needs no wasm host.
 //! - [`recover`] — quorum-loss recovery, offline: a surviving node forced to be the only voter.
 //! - `limits` — bounds shared by the applier and snapshot creation.

@@ -127,13 +127,16 @@ impl Applier {
         let cut = self.cut(meta.clone());
         let handles: Option<Vec<&MachineHandle>> =
             self.machines.values().map(|m| m.handle.as_ref()).collect();
-        if let (true, Some(handles)) = (live, handles) {
+        // The driver chose live while the node was a follower; if it has stopped being one
+        // since, the shadow takes the same cut and nothing pauses.
+        let following = self.following.load(std::sync::atomic::Ordering::Acquire);
+        if let (true, true, Some(handles)) = (live, following, handles) {
             let index = meta.index;
             let source = snapshot::Source::Live {
                 handles,
                 following: self.following.clone(),
             };
-            let created = snapshot::create_snapshot(
+            let exported = snapshot::export_snapshot(
                 self.node,
                 self.storage.clone(),
                 self.modules.clone(),
@@ -142,11 +145,23 @@ impl Applier {
                 cut,
             )
             .await;
+            // Applies go on now; sealing the file (module pins, fdatasync, rename) does not
+            // need the machines.
+            let events = self.events.clone();
             let from = "live";
-            let _ = self.events.send(match created {
-                Ok(info) => SnapEvent::Created { meta, info, from },
-                Err(error) => SnapEvent::Failed { index, error, from },
-            });
+            match exported {
+                Ok(exported) => {
+                    tokio::spawn(async move {
+                        let _ = events.send(match snapshot::finish_snapshot(exported).await {
+                            Ok(info) => SnapEvent::Created { meta, info, from },
+                            Err(error) => SnapEvent::Failed { index, error, from },
+                        });
+                    });
+                }
+                Err(error) => {
+                    let _ = events.send(SnapEvent::Failed { index, error, from });
+                }
+            }
             return;
         }
         let storage = self.storage.clone();

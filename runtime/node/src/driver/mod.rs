@@ -251,6 +251,10 @@ impl Driver {
             }
         }
         tracing::info!(target: "wraft::node", node = self.id, "shutting down");
+        // A live export in the applier gives up at its next chunk instead of running to its end.
+        self.snap
+            .following
+            .store(false, std::sync::atomic::Ordering::Release);
         if self.stopping.is_some() {
             // A graceful stop is bounded by its deadline: send the close frames, do not wait
             // out the connections' draining (see `Transport::shutdown_within`).

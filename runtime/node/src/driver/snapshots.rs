@@ -148,6 +148,14 @@ impl Driver {
     /// right now: every entry up to it is already queued for the applier,
     /// and the snapshot request queues behind them).
     pub(crate) fn start_snapshot(&mut self, applied_index: u64) -> Result<(), String> {
+        // A leader never pauses its applies (its clients wait on them); a follower may.
+        let live = self.snap.follower_export == wraft_config::SnapshotExport::Live
+            && self.engine.role() == Role::Follower;
+        self.start_snapshot_from(applied_index, live)
+    }
+
+    /// [`Self::start_snapshot`], from the live machines or from shadows as `live` says.
+    fn start_snapshot_from(&mut self, applied_index: u64, live: bool) -> Result<(), String> {
         if let Some(i) = self.snap.creating {
             return Err(format!("joined the snapshot being created at index {i}"));
         }
@@ -166,9 +174,6 @@ impl Driver {
             .ok_or_else(|| format!("index {applied_index} is not in the log"))?;
         self.snap.creating = Some(applied_index);
         self.metrics.snapshot_create_started = Some(std::time::Instant::now());
-        // A leader never pauses its applies (its clients wait on them); a follower may.
-        let live = self.snap.follower_export == wraft_config::SnapshotExport::Live
-            && self.engine.role() == Role::Follower;
         let _ = self.apply_tx.send(ApplyMsg::Snapshot { meta, live });
         Ok(())
     }
@@ -210,9 +215,27 @@ impl Driver {
                 self.snap.creating = None;
                 self.metrics.snapshot_created("failed", from);
                 self.metrics.snapshot_create_started = None;
-                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
-                    "snapshot failed; it is retried at the next threshold crossing");
                 self.step(Event::SnapshotFailed);
+                if from != "live" {
+                    tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
+                        "snapshot failed; it is retried at the next threshold crossing");
+                    return;
+                }
+                // A live export given up (the node may lead) or failed: take the snapshot from
+                // shadows now, which pause nothing. A live export that failed for any other
+                // reason (a guest fault in its snapshot code, a disk error) is not tried again
+                // by this process: the guest's export may have left the live instance faulted
+                // or grown, and a shadow keeps that off the apply path.
+                if error != crate::snapshot::ABANDONED {
+                    self.snap.follower_export = wraft_config::SnapshotExport::Shadow;
+                }
+                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
+                    live_again = self.snap.follower_export == wraft_config::SnapshotExport::Live,
+                    "snapshot failed; taking it from shadow instances instead");
+                let applied = self.engine.applied_index();
+                if let Err(e) = self.start_snapshot_from(applied, false) {
+                    tracing::debug!(target: "wraft::snapshot", node = self.id, "shadow snapshot not taken: {e}");
+                }
             }
             SnapEvent::Installed { meta } => {
                 // The installed snapshot is now the node's own: it counts toward retention

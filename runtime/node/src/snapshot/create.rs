@@ -1,17 +1,19 @@
 //! Taking a node snapshot of the running machines, off the consensus path.
 //!
-//! **Creation never pauses the live machines for the export.** At the cut
-//! index the applier only clones its registry (module handles and bytes are
-//! reference counted), the session table and the entry clock — a few
-//! milliseconds — and goes on applying. A separate task then builds a
-//! *shadow* instance of every machine on its own thread: restored from the
-//! previous node snapshot (or fresh from the deploy entry) and replayed from
-//! the log up to the cut index, exactly as a trap rebuild would. The shadow's
-//! guest snapshot is streamed chunk by chunk straight into the snapshot file
-//! and the shadow is dropped. The price is CPU (restore + replay + export on a
-//! spare core) and, while a machine is exported, a second copy of its state in
-//! memory; the log must reach back to the previous snapshot, which compaction
-//! guarantees anyway (it keeps the fallback snapshot replayable).
+//! At the cut index the applier clones its registry (module handles and bytes are reference
+//! counted), the session table and the entry clock — a few milliseconds. Then, by [`Source`]:
+//!
+//! - **Live** (a follower): the applier exports each running machine itself and applies nothing
+//!   until the last chunk is in the file; sealing the file ([`finish_snapshot`]) runs on a task of
+//!   its own. No second apply of the log, no second copy of the state. The export gives up,
+//!   before the next machine or chunk, once the driver says the node is no longer a follower.
+//! - **Shadow** (the leader, whose clients wait on its applies): the applier goes on applying,
+//!   and a task builds a *shadow* instance of every machine on its own thread, restored from the
+//!   previous node snapshot (or fresh from the deploy entry) and replayed from the log up to the
+//!   cut index, exactly as a trap rebuild would, then streams its guest snapshot into the file.
+//!   The price is CPU (restore + replay + export) and, while a machine is exported, a second
+//!   copy of its state in memory; the log must reach back to the previous snapshot, which
+//!   compaction guarantees anyway (it keeps the fallback snapshot replayable).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +55,8 @@ pub enum Source<'a> {
         base: Option<SnapshotId>,
     },
     /// The running machines, one handle per machine of the cut in registry order, which the
-    /// caller does not use until this returns. Abandoned, at the next chunk, once `following`
-    /// is false (the node may be about to lead and must not be held up applying).
+    /// caller does not use until this returns. Abandoned, before the next machine or chunk, once
+    /// `following` is false (the node may be about to lead and must not be held up applying).
     Live {
         /// The live instances, in the cut's machine order.
         handles: Vec<&'a MachineHandle>,
@@ -63,13 +65,25 @@ pub enum Source<'a> {
     },
 }
 
-/// Write a node snapshot of `cut` from `source` (see the module docs). A shadow creation runs on
-/// its own task and never touches the live machines; a live one is awaited by the applier.
-///
-/// With `modules`, each machine's module is named by reference and first made durable in the
-/// node's module store ([`Modules::hold`]); without (a node that has no module store), carried.
-/// With `segments`, every frame an older snapshot holds is shared with it, not written again
-/// ([`NodeSnapshotWriter::begin_sharing`]).
+/// The error of a live export given up because the node stopped being a follower.
+pub const ABANDONED: &str = "abandoned: this node is no longer a follower";
+
+/// A snapshot whose machines are all in its file, not yet sealed ([`finish_snapshot`]).
+pub struct Exported {
+    node: u64,
+    index: u64,
+    started: Instant,
+    from: &'static str,
+    writer: SharedWriter,
+    machines: u32,
+    guest_bytes: u64,
+    held_again: Option<(Arc<Modules>, RunningModules)>,
+}
+
+/// Each machine's running module, by hash, in registry order ([`running_modules`]).
+type RunningModules = Vec<([u8; 32], Bytes)>;
+
+/// [`export_snapshot`], then [`finish_snapshot`].
 pub async fn create_snapshot(
     node: u64,
     storage: Arc<Storage>,
@@ -78,6 +92,24 @@ pub async fn create_snapshot(
     source: Source<'_>,
     cut: Cut,
 ) -> Result<SnapshotInfo, String> {
+    finish_snapshot(export_snapshot(node, storage, modules, segments, source, cut).await?).await
+}
+
+/// Write every machine of `cut` from `source` into a new snapshot file (see the module docs).
+/// A shadow export never touches the live machines; a live one is awaited by the applier.
+///
+/// With `modules`, each machine's module is named by reference and first made durable in the
+/// node's module store ([`Modules::hold`]); without (a node that has no module store), carried.
+/// With `segments`, every frame an older snapshot holds is shared with it, not written again
+/// ([`NodeSnapshotWriter::begin_sharing`]).
+pub async fn export_snapshot(
+    node: u64,
+    storage: Arc<Storage>,
+    modules: Option<Arc<Modules>>,
+    segments: Option<SegmentCache>,
+    source: Source<'_>,
+    cut: Cut,
+) -> Result<Exported, String> {
     let started = Instant::now();
     let index = cut.meta.index;
     let from = match &source {
@@ -182,9 +214,16 @@ pub async fn create_snapshot(
     for (i, m) in cut.machines.iter().enumerate() {
         let t = Instant::now();
         if let Source::Live { handles, following } = &source {
-            let (chunks, bytes) = export(&writer, i as u32, handles[i], Some(following))
-                .await
-                .map_err(|e| format!("exporting {:?} live: {e}", m.name))?;
+            if !following.load(Ordering::Acquire) {
+                return Err(ABANDONED.into());
+            }
+            let (chunks, bytes) = match export(&writer, i as u32, handles[i], Some(following)).await
+            {
+                Ok(done) => done,
+                // The sink's refusal, whatever the host wrapped it in.
+                Err(_) if !following.load(Ordering::Acquire) => return Err(ABANDONED.into()),
+                Err(e) => return Err(format!("exporting {:?} live: {e}", m.name)),
+            };
             guest_bytes += bytes;
             tracing::debug!(target: "wraft::snapshot", node, index, machine = %m.name, chunks, bytes,
                 total_ms = t.elapsed().as_millis() as u64, "machine exported live");
@@ -203,8 +242,31 @@ pub async fn create_snapshot(
             "machine exported");
     }
     drop(base_snap);
-    let n = cut.machines.len() as u32;
-    let held_again = by_ref.map(|m| (m, running_modules(&cut)));
+    Ok(Exported {
+        node,
+        index,
+        started,
+        from,
+        writer,
+        machines: cut.machines.len() as u32,
+        guest_bytes,
+        held_again: by_ref.map(|m| (m, running_modules(&cut))),
+    })
+}
+
+/// Seal `exported`'s file: store the modules it names again, then write its index and trailer
+/// and make it durable under its final name.
+pub async fn finish_snapshot(exported: Exported) -> Result<SnapshotInfo, String> {
+    let Exported {
+        node,
+        index,
+        started,
+        from,
+        writer,
+        machines: n,
+        guest_bytes,
+        held_again,
+    } = exported;
     let info = tokio::task::spawn_blocking(move || {
         // Pinned and stored again just before publishing: an export may outlast the first
         // pin, and a collection meanwhile may have removed a module no machine runs any more.
@@ -248,7 +310,7 @@ async fn export(
             .as_ref()
             .is_some_and(|f| !f.load(Ordering::Acquire))
         {
-            return Err("abandoned: this node is no longer a follower".into());
+            return Err(ABANDONED.into());
         }
         with_writer(&w, |w| w.machine_chunk(&chunk))
     });
@@ -278,7 +340,7 @@ fn with_writer(
 }
 
 /// Each machine's running module, by hash, in registry order.
-fn running_modules(cut: &Cut) -> Vec<([u8; 32], Bytes)> {
+fn running_modules(cut: &Cut) -> RunningModules {
     cut.machines
         .iter()
         .map(|m| {
