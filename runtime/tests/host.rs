@@ -868,21 +868,21 @@ fn guest_snapshot_bytes_are_identical_to_native_sdk_output() {
 fn kv_component_takes_binary_and_json_commands_and_answers_each_in_its_form() {
     // The binary form (a 0 byte, then postcard) decided inside wasm exactly as natively: the
     // component's answers are byte-identical to the native SDK's, command by command.
-    use wraft_example_kv::binary;
+    use wraft_example_kv::{Command, Output, Query, Reply};
     use wraft_guest::JsonOrPostcard;
     let commands: Vec<Vec<u8>> = vec![
-        bin(&binary::Command::Put {
+        bin(&Command::Put {
             key: "a".into(),
             value: "1".into(),
             prev_kv: true,
         }),
         serde_json::to_vec(&json!({"op":"put","key":"a","value":"2"})).unwrap(),
-        bin(&binary::Command::Put {
+        bin(&Command::Put {
             key: "b".into(),
             value: "3".into(),
             prev_kv: false,
         }),
-        bin(&binary::Command::Cas {
+        bin(&Command::Cas {
             key: "a".into(),
             expected: Some("2".into()),
             new: None,
@@ -891,10 +891,10 @@ fn kv_component_takes_binary_and_json_commands_and_answers_each_in_its_form() {
     ];
     // The answers: binary for binary commands, JSON for the JSON one, an error for the last.
     let expected: Vec<Option<Vec<u8>>> = vec![
-        Some(bin(&binary::Output::Prev { prev: None })),
+        Some(bin(&Output::Prev { prev: None })),
         Some(br#"{"prev":"1"}"#.to_vec()),
-        Some(bin(&binary::Output::Written)),
-        Some(bin(&binary::Output::Cas {
+        Some(bin(&Output::Written)),
+        Some(bin(&Output::Cas {
             swapped: true,
             current: None,
         })),
@@ -924,11 +924,11 @@ fn kv_component_takes_binary_and_json_commands_and_answers_each_in_its_form() {
         .unwrap()
         .unwrap();
     assert_eq!(first[0], JsonOrPostcard::BINARY_TAG);
-    let get = bin(&binary::Query::Get { key: "b".into() });
+    let get = bin(&Query::Get { key: "b".into() });
     let reply = h.query_blocking(get).unwrap().unwrap();
     assert_eq!(
-        postcard::from_bytes::<binary::Reply>(&reply[1..]).unwrap(),
-        binary::Reply::Value {
+        postcard::from_bytes::<Reply>(&reply[1..]).unwrap(),
+        Reply::Value {
             value: Some("3".into())
         }
     );

@@ -1,5 +1,5 @@
 //! A replicated string key/value store: put, delete and compare-and-swap commands; get and prefix
-//! scan queries; JSON on the wire, or postcard for programs ([`binary`]).
+//! scan queries; JSON on the wire, or postcard for programs ([`JsonOrPostcard`]).
 //!
 //! ```text
 //! {"op":"put","key":"a","value":"1"}                       -> {"prev":null}
@@ -11,13 +11,14 @@
 //! ```
 //!
 //! A program can send the same commands and queries in the binary form instead: a 0 byte, then
-//! the postcard encoding of a [`binary::Command`] or [`binary::Query`]; the answer comes back as
-//! a 0 byte and a [`binary::Output`] or [`binary::Reply`] ([`JsonOrPostcard`]).
+//! the postcard encoding of a [`Command`] or [`Query`]; the answer comes back as a 0 byte and the
+//! postcard of an [`Output`] or [`Reply`] ([`JsonOrPostcard`]). A Rust program encodes and
+//! decodes these very types with postcard: their serde impls write the binary form for any format
+//! that is not human-readable (layout: the private `bin` module).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use serde::ser::SerializeStructVariant;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use wraft_guest::{AppError, DefaultSnapshot, EntryCtx, JsonOrPostcard, Records, StateMachine};
 
@@ -37,7 +38,7 @@ pub struct Kv {
 
 /// A write. In JSON `{"op":"put",…}`, decoded by hand (see `command_de`: serde's derived decoder
 /// for an internally tagged enum first copies the whole object into a buffer of its own, which
-/// was a third of the machine's time per put); in the binary form a [`binary::Command`].
+/// was a third of the machine's time per put); in the binary form tagged by variant index.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Set `key` to `value`. The previous value comes back unless `prev_kv` is false (etcd's
@@ -59,7 +60,7 @@ pub enum Command {
 }
 
 /// The result of a write. In JSON untagged (`{"prev":…}`, `{"swapped":…}`, `null`); in the binary
-/// form a [`binary::Output`].
+/// form tagged by variant index.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     /// Put and delete return the previous value.
@@ -71,6 +72,31 @@ pub enum Output {
     },
     /// A put with `prev_kv: false`: nothing to report (`null`).
     Written,
+}
+
+/// A read. In JSON `{"op":"get",…}`; in the binary form tagged by variant index.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Query {
+    /// The value of `key`.
+    Get { key: String },
+    /// Entries whose key starts with `prefix`, in key order, starting after `after` if given.
+    Scan {
+        prefix: String,
+        after: Option<String>,
+        limit: Option<usize>,
+    },
+}
+
+/// The answer to a read. In JSON untagged; in the binary form tagged by variant index.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer to `get`.
+    Value { value: Option<String> },
+    /// Answer to `scan`; `more` is true if the limit cut the list short.
+    Entries {
+        entries: Vec<(String, String)>,
+        more: bool,
+    },
 }
 
 /// `Command`'s decoder: the same JSON as the derived one would take (`op` anywhere in the object,
@@ -211,177 +237,10 @@ mod command_de {
             if d.is_human_readable() {
                 d.deserialize_any(CommandVisitor)
             } else {
-                super::binary::Command::deserialize(d).map(Command::from)
+                super::bin::Command::deserialize(d)
             }
         }
     }
-}
-
-/// The binary form of commands, queries, outputs and replies, for programs: postcard after a 0
-/// byte ([`JsonOrPostcard`]). The same fields as the JSON form, but every enum is tagged by its
-/// variant's index in declaration order (a format that does not describe itself cannot carry the
-/// JSON form's internal tags and untagged outputs).
-///
-/// Postcard carries no field names or lengths, so the layout is the contract: new variants are
-/// only ever appended, and a variant's fields never change (a new field set is a new variant).
-/// The leading 0 byte is not optional: without it, a `Put` would be read as JSON and refused.
-pub mod binary {
-    use serde::{Deserialize, Serialize};
-
-    /// A write: [`crate::Command`].
-    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
-    pub enum Command {
-        /// Set `key` to `value`; the previous value comes back if `prev_kv`.
-        Put {
-            key: String,
-            value: String,
-            prev_kv: bool,
-        },
-        /// Remove `key`.
-        Delete { key: String },
-        /// Compare-and-swap (`None` = absent).
-        Cas {
-            key: String,
-            expected: Option<String>,
-            new: Option<String>,
-        },
-    }
-
-    /// A read: [`crate::Query`].
-    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
-    pub enum Query {
-        /// The value of `key`.
-        Get { key: String },
-        /// Entries whose key starts with `prefix`, after `after`, at most `limit`.
-        Scan {
-            prefix: String,
-            after: Option<String>,
-            limit: Option<u64>,
-        },
-    }
-
-    /// The result of a write: [`crate::Output`].
-    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
-    pub enum Output {
-        /// Put (with `prev_kv`) and delete: the previous value.
-        Prev { prev: Option<String> },
-        /// Compare-and-swap: whether it swapped, and the value now.
-        Cas {
-            swapped: bool,
-            current: Option<String>,
-        },
-        /// A put without `prev_kv`.
-        Written,
-    }
-
-    /// The answer to a read: [`crate::Reply`].
-    #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
-    pub enum Reply {
-        /// Answer to `get`.
-        Value { value: Option<String> },
-        /// Answer to `scan`.
-        Entries {
-            entries: Vec<(String, String)>,
-            more: bool,
-        },
-    }
-}
-
-impl From<binary::Command> for Command {
-    fn from(c: binary::Command) -> Command {
-        match c {
-            binary::Command::Put {
-                key,
-                value,
-                prev_kv,
-            } => Command::Put {
-                key,
-                value,
-                prev_kv,
-            },
-            binary::Command::Delete { key } => Command::Delete { key },
-            binary::Command::Cas { key, expected, new } => Command::Cas { key, expected, new },
-        }
-    }
-}
-
-impl From<binary::Query> for Query {
-    fn from(q: binary::Query) -> Query {
-        match q {
-            binary::Query::Get { key } => Query::Get { key },
-            binary::Query::Scan {
-                prefix,
-                after,
-                limit,
-            } => Query::Scan {
-                prefix,
-                after,
-                // A limit beyond the address space is as good as no limit (it is capped anyway).
-                limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
-            },
-        }
-    }
-}
-
-impl Serialize for Output {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return json::Output::serialize(self, s);
-        }
-        // What `binary::Output`'s derived impl writes, without copying the strings into one.
-        match self {
-            Output::Prev { prev } => {
-                let mut v = s.serialize_struct_variant("Output", 0, "Prev", 1)?;
-                v.serialize_field("prev", prev)?;
-                v.end()
-            }
-            Output::Cas { swapped, current } => {
-                let mut v = s.serialize_struct_variant("Output", 1, "Cas", 2)?;
-                v.serialize_field("swapped", swapped)?;
-                v.serialize_field("current", current)?;
-                v.end()
-            }
-            Output::Written => s.serialize_unit_variant("Output", 2, "Written"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Output {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Output, D::Error> {
-        if d.is_human_readable() {
-            return json::Output::deserialize(d);
-        }
-        Ok(match binary::Output::deserialize(d)? {
-            binary::Output::Prev { prev } => Output::Prev { prev },
-            binary::Output::Cas { swapped, current } => Output::Cas { swapped, current },
-            binary::Output::Written => Output::Written,
-        })
-    }
-}
-
-/// A read. In JSON `{"op":"get",…}`; in the binary form a [`binary::Query`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Query {
-    /// The value of `key`.
-    Get { key: String },
-    /// Entries whose key starts with `prefix`, in key order, starting after `after` if given.
-    Scan {
-        prefix: String,
-        after: Option<String>,
-        limit: Option<usize>,
-    },
-}
-
-/// The answer to a read. In JSON untagged; in the binary form a [`binary::Reply`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// Answer to `get`.
-    Value { value: Option<String> },
-    /// Answer to `scan`; `more` is true if the limit cut the list short.
-    Entries {
-        entries: Vec<(String, String)>,
-        more: bool,
-    },
 }
 
 /// The JSON forms, as serde derives them for the public types (`remote`): kept private, so that
@@ -454,110 +313,106 @@ mod json {
     }
 }
 
-impl Serialize for Command {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return json::Command::serialize(self, s);
-        }
-        // What `binary::Command`'s derived impl writes.
-        match self {
-            Command::Put {
-                key,
-                value,
-                prev_kv,
-            } => {
-                let mut v = s.serialize_struct_variant("Command", 0, "Put", 3)?;
-                v.serialize_field("key", key)?;
-                v.serialize_field("value", value)?;
-                v.serialize_field("prev_kv", prev_kv)?;
-                v.end()
-            }
-            Command::Delete { key } => {
-                let mut v = s.serialize_struct_variant("Command", 1, "Delete", 1)?;
-                v.serialize_field("key", key)?;
-                v.end()
-            }
-            Command::Cas { key, expected, new } => {
-                let mut v = s.serialize_struct_variant("Command", 2, "Cas", 3)?;
-                v.serialize_field("key", key)?;
-                v.serialize_field("expected", expected)?;
-                v.serialize_field("new", new)?;
-                v.end()
-            }
-        }
+/// The binary forms (postcard after [`JsonOrPostcard`]'s 0 byte), as serde derives them, for the
+/// public types (`remote`): the same fields as the JSON forms, but every enum is tagged by its
+/// variant's index in declaration order, since a format that does not describe itself cannot
+/// carry the JSON forms' internal tags and untagged outputs. Postcard carries no field names or
+/// lengths, so this layout is the contract: new variants are only ever appended, and a variant's
+/// fields never change (a new field set is a new variant). The tests pin the bytes.
+mod bin {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Command")]
+    pub(super) enum Command {
+        Put {
+            key: String,
+            value: String,
+            prev_kv: bool,
+        },
+        Delete {
+            key: String,
+        },
+        Cas {
+            key: String,
+            expected: Option<String>,
+            new: Option<String>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Output")]
+    pub(super) enum Output {
+        Prev {
+            prev: Option<String>,
+        },
+        Cas {
+            swapped: bool,
+            current: Option<String>,
+        },
+        Written,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Query")]
+    pub(super) enum Query {
+        Get {
+            key: String,
+        },
+        Scan {
+            prefix: String,
+            after: Option<String>,
+            limit: Option<usize>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "super::Reply")]
+    pub(super) enum Reply {
+        Value {
+            value: Option<String>,
+        },
+        Entries {
+            entries: Vec<(String, String)>,
+            more: bool,
+        },
     }
 }
 
-impl Serialize for Query {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return json::Query::serialize(self, s);
-        }
-        // What `binary::Query`'s derived impl writes.
-        match self {
-            Query::Get { key } => {
-                let mut v = s.serialize_struct_variant("Query", 0, "Get", 1)?;
-                v.serialize_field("key", key)?;
-                v.end()
-            }
-            Query::Scan {
-                prefix,
-                after,
-                limit,
-            } => {
-                let mut v = s.serialize_struct_variant("Query", 1, "Scan", 3)?;
-                v.serialize_field("prefix", prefix)?;
-                v.serialize_field("after", after)?;
-                v.serialize_field("limit", &limit.map(|l| l as u64))?;
-                v.end()
+/// Serde impls for a type with a JSON form (`json::$t`) and a binary form (`bin::$t`), chosen by
+/// `is_human_readable()`.
+macro_rules! two_forms {
+    (serialize $t:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    json::$t::serialize(self, s)
+                } else {
+                    bin::$t::serialize(self, s)
+                }
             }
         }
-    }
+    };
+    (deserialize $t:ident) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                if d.is_human_readable() {
+                    json::$t::deserialize(d)
+                } else {
+                    bin::$t::deserialize(d)
+                }
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for Query {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Query, D::Error> {
-        if d.is_human_readable() {
-            json::Query::deserialize(d)
-        } else {
-            binary::Query::deserialize(d).map(Query::from)
-        }
-    }
-}
-
-impl Serialize for Reply {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return json::Reply::serialize(self, s);
-        }
-        // What `binary::Reply`'s derived impl writes, without copying the entries into one.
-        match self {
-            Reply::Value { value } => {
-                let mut v = s.serialize_struct_variant("Reply", 0, "Value", 1)?;
-                v.serialize_field("value", value)?;
-                v.end()
-            }
-            Reply::Entries { entries, more } => {
-                let mut v = s.serialize_struct_variant("Reply", 1, "Entries", 2)?;
-                v.serialize_field("entries", entries)?;
-                v.serialize_field("more", more)?;
-                v.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Reply {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reply, D::Error> {
-        if d.is_human_readable() {
-            return json::Reply::deserialize(d);
-        }
-        Ok(match binary::Reply::deserialize(d)? {
-            binary::Reply::Value { value } => Reply::Value { value },
-            binary::Reply::Entries { entries, more } => Reply::Entries { entries, more },
-        })
-    }
-}
+two_forms!(serialize Command);
+two_forms!(serialize Output);
+two_forms!(deserialize Output);
+two_forms!(serialize Query);
+two_forms!(deserialize Query);
+two_forms!(serialize Reply);
+two_forms!(deserialize Reply);
 
 fn check_key(key: &str) -> Result<(), AppError> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
@@ -739,7 +594,7 @@ mod tests {
     #[test]
     fn a_binary_put_is_these_bytes() {
         // `wraft bench --codec postcard` writes these bytes by hand: they must not drift.
-        let put = binary::Command::Put {
+        let put = Command::Put {
             key: "k1".into(),
             value: "v".repeat(200),
             prev_kv: false,
@@ -753,65 +608,58 @@ mod tests {
     #[test]
     fn binary_and_json_commands_share_one_state_and_are_answered_in_their_own_form() {
         let mut h = Harness::<Kv>::new();
-        let put = |key: &str, value: &str, prev_kv| binary::Command::Put {
+        let put = |key: &str, value: &str, prev_kv| Command::Put {
             key: key.into(),
             value: value.into(),
             prev_kv,
         };
         let out = h.apply(&bin(&put("a", "1", true))).unwrap();
-        assert_eq!(
-            from_binary::<binary::Output>(&out),
-            binary::Output::Prev { prev: None }
-        );
+        assert_eq!(from_binary::<Output>(&out), Output::Prev { prev: None });
         let out = h.apply(&bin(&put("a", "2", false))).unwrap();
-        assert_eq!(from_binary::<binary::Output>(&out), binary::Output::Written);
+        assert_eq!(from_binary::<Output>(&out), Output::Written);
         // A JSON client sees the binary client's write, and the other way round.
         assert_eq!(
             query(&h, json!({"op":"get","key":"a"})),
             json!({"value":"2"})
         );
         apply(&mut h, json!({"op":"put","key":"b","value":"3"})).unwrap();
-        let reply = h
-            .query(&bin(&binary::Query::Get { key: "b".into() }))
-            .unwrap();
+        let reply = h.query(&bin(&Query::Get { key: "b".into() })).unwrap();
         assert_eq!(
-            from_binary::<binary::Reply>(&reply),
-            binary::Reply::Value {
+            from_binary::<Reply>(&reply),
+            Reply::Value {
                 value: Some("3".into())
             }
         );
-        let cas = binary::Command::Cas {
+        let cas = Command::Cas {
             key: "a".into(),
             expected: Some("2".into()),
             new: None,
         };
         assert_eq!(
-            from_binary::<binary::Output>(&h.apply(&bin(&cas)).unwrap()),
-            binary::Output::Cas {
+            from_binary::<Output>(&h.apply(&bin(&cas)).unwrap()),
+            Output::Cas {
                 swapped: true,
                 current: None
             }
         );
-        let out = h
-            .apply(&bin(&binary::Command::Delete { key: "b".into() }))
-            .unwrap();
+        let out = h.apply(&bin(&Command::Delete { key: "b".into() })).unwrap();
         assert_eq!(
-            from_binary::<binary::Output>(&out),
-            binary::Output::Prev {
+            from_binary::<Output>(&out),
+            Output::Prev {
                 prev: Some("3".into())
             }
         );
         for k in ["p/1", "p/2", "p/3"] {
             h.apply(&bin(&put(k, k, false))).unwrap();
         }
-        let scan = binary::Query::Scan {
+        let scan = Query::Scan {
             prefix: "p/".into(),
             after: Some("p/1".into()),
             limit: Some(1),
         };
         assert_eq!(
-            from_binary::<binary::Reply>(&h.query(&bin(&scan)).unwrap()),
-            binary::Reply::Entries {
+            from_binary::<Reply>(&h.query(&bin(&scan)).unwrap()),
+            Reply::Entries {
                 entries: vec![("p/2".into(), "p/2".into())],
                 more: true
             }
@@ -819,64 +667,8 @@ mod tests {
     }
 
     #[test]
-    fn the_binary_forms_written_by_hand_match_the_derived_ones() {
-        let outputs = [
-            (
-                Output::Prev { prev: None },
-                binary::Output::Prev { prev: None },
-            ),
-            (
-                Output::Cas {
-                    swapped: false,
-                    current: Some("x".into()),
-                },
-                binary::Output::Cas {
-                    swapped: false,
-                    current: Some("x".into()),
-                },
-            ),
-            (Output::Written, binary::Output::Written),
-        ];
-        for (ours, derived) in outputs {
-            assert_eq!(bin(&ours), bin(&derived));
-            assert_eq!(from_binary::<Output>(&bin(&derived)), ours);
-        }
-        let replies = [
-            (
-                Reply::Value { value: None },
-                binary::Reply::Value { value: None },
-            ),
-            (
-                Reply::Entries {
-                    entries: vec![("a".into(), "b".into())],
-                    more: false,
-                },
-                binary::Reply::Entries {
-                    entries: vec![("a".into(), "b".into())],
-                    more: false,
-                },
-            ),
-        ];
-        for (ours, derived) in replies {
-            assert_eq!(bin(&ours), bin(&derived));
-            assert_eq!(from_binary::<Reply>(&bin(&derived)), ours);
-        }
-        let scan = Query::Scan {
-            prefix: "p".into(),
-            after: None,
-            limit: Some(5),
-        };
-        let derived = binary::Query::Scan {
-            prefix: "p".into(),
-            after: None,
-            limit: Some(5),
-        };
-        assert_eq!(bin(&scan), bin(&derived));
-        assert_eq!(from_binary::<Query>(&bin(&derived)), scan);
-        assert_eq!(
-            bin(&Query::Get { key: "k".into() }),
-            bin(&binary::Query::Get { key: "k".into() })
-        );
+    fn every_variant_has_pinned_binary_bytes_and_the_json_forms_are_unchanged() {
+        let some = |v: &str| Some(v.to_owned());
         let commands = [
             (
                 Command::Put {
@@ -884,32 +676,65 @@ mod tests {
                     value: "v".into(),
                     prev_kv: false,
                 },
-                binary::Command::Put {
-                    key: "k".into(),
-                    value: "v".into(),
-                    prev_kv: false,
-                },
+                vec![0, 0, 1, b'k', 1, b'v', 0],
             ),
-            (
-                Command::Delete { key: "k".into() },
-                binary::Command::Delete { key: "k".into() },
-            ),
+            (Command::Delete { key: "k".into() }, vec![0, 1, 1, b'k']),
             (
                 Command::Cas {
                     key: "k".into(),
                     expected: None,
-                    new: Some("n".into()),
+                    new: some("n"),
                 },
-                binary::Command::Cas {
-                    key: "k".into(),
-                    expected: None,
-                    new: Some("n".into()),
-                },
+                vec![0, 2, 1, b'k', 0, 1, 1, b'n'],
             ),
         ];
-        for (ours, derived) in commands {
-            assert_eq!(bin(&ours), bin(&derived));
-            assert_eq!(from_binary::<Command>(&bin(&derived)), ours);
+        for (c, bytes) in commands {
+            assert_eq!(bin(&c), bytes, "{c:?}");
+            assert_eq!(from_binary::<Command>(&bytes), c);
+        }
+        let outputs = [
+            (Output::Prev { prev: None }, vec![0, 0, 0]),
+            (
+                Output::Cas {
+                    swapped: true,
+                    current: some("x"),
+                },
+                vec![0, 1, 1, 1, 1, b'x'],
+            ),
+            (Output::Written, vec![0, 2]),
+        ];
+        for (o, bytes) in outputs {
+            assert_eq!(bin(&o), bytes, "{o:?}");
+            assert_eq!(from_binary::<Output>(&bytes), o);
+        }
+        let queries = [
+            (Query::Get { key: "k".into() }, vec![0, 0, 1, b'k']),
+            (
+                Query::Scan {
+                    prefix: "p".into(),
+                    after: None,
+                    limit: Some(5),
+                },
+                vec![0, 1, 1, b'p', 0, 1, 5],
+            ),
+        ];
+        for (q, bytes) in queries {
+            assert_eq!(bin(&q), bytes, "{q:?}");
+            assert_eq!(from_binary::<Query>(&bytes), q);
+        }
+        let replies = [
+            (Reply::Value { value: some("v") }, vec![0, 0, 1, 1, b'v']),
+            (
+                Reply::Entries {
+                    entries: vec![("a".into(), "b".into())],
+                    more: false,
+                },
+                vec![0, 1, 1, 1, b'a', 1, b'b', 0],
+            ),
+        ];
+        for (r, bytes) in replies {
+            assert_eq!(bin(&r), bytes, "{r:?}");
+            assert_eq!(from_binary::<Reply>(&bytes), r);
         }
         // The JSON forms are unchanged by the binary ones.
         assert_eq!(
@@ -935,7 +760,7 @@ mod tests {
     #[test]
     fn a_malformed_binary_command_is_a_replicated_error_that_changes_nothing() {
         let mut h = Harness::<Kv>::new();
-        let mut truncated = bin(&binary::Command::Put {
+        let mut truncated = bin(&Command::Put {
             key: "a".into(),
             value: "1".into(),
             prev_kv: true,
@@ -947,7 +772,7 @@ mod tests {
         let not_bool = vec![0, 0, 1, b'a', 1, b'1', 2];
         // Cas, key "a", expected with option tag 2.
         let not_option = vec![0, 2, 1, b'a', 2];
-        let mut trailing = bin(&binary::Command::Delete { key: "a".into() });
+        let mut trailing = bin(&Command::Delete { key: "a".into() });
         trailing.push(0);
         for bad in [
             truncated,

@@ -131,12 +131,12 @@ impl BenchArgs {
 pub enum KvCodec {
     /// `{"op":"put",…}`, what a person types.
     Json,
-    /// The kv machine's binary form: a 0 byte, then postcard (`examples/kv`, `binary`).
+    /// The kv machine's binary form: a 0 byte, then postcard (`examples/kv`, its `bin` module).
     Postcard,
 }
 
 /// The kv machine's binary command and query, as far as the benchmark sends them: the first
-/// variant of each of `examples/kv`'s `binary::Command` and `binary::Query`, so index 0. A test
+/// variant of each of `examples/kv`'s `Command` and `Query`, so index 0. A test
 /// pins the bytes to the ones the kv crate's own test pins.
 #[derive(serde::Serialize)]
 enum KvBinaryCommand<'a> {
@@ -590,13 +590,13 @@ mod tests {
         assert_eq!(put_command(KvCodec::Postcard, "k1", &"v".repeat(200)), want);
         assert_eq!(get_query(KvCodec::Postcard, "k1"), [0, 0, 2, b'k', b'1']);
         // And what the kv machine's own binary types encode to.
-        use wraft_example_kv::binary;
-        let kv_put = binary::Command::Put {
+        use wraft_example_kv::{Command, Query};
+        let kv_put = Command::Put {
             key: "k1".into(),
             value: "v".repeat(200),
             prev_kv: false,
         };
-        let kv_get = binary::Query::Get { key: "k1".into() };
+        let kv_get = Query::Get { key: "k1".into() };
         assert_eq!(
             put_command(KvCodec::Postcard, "k1", &"v".repeat(200)),
             wraft_guest::JsonOrPostcard::encode_binary(&kv_put).unwrap()

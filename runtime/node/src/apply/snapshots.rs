@@ -173,8 +173,13 @@ impl Applier {
         tokio::spawn(async move {
             let index = meta.index;
             let source = snapshot::Source::Shadow { base };
-            let created = snapshot::create_snapshot(node, storage, modules, segments, source, cut);
-            let ev = match created.await {
+            let exported =
+                snapshot::export_snapshot(node, storage, modules, segments, source, cut).await;
+            let created = match exported {
+                Ok(exported) => snapshot::finish_snapshot(exported).await,
+                Err(error) => Err(error),
+            };
+            let ev = match created {
                 Ok(info) => SnapEvent::Created {
                     meta,
                     info,

@@ -83,18 +83,6 @@ pub struct Exported {
 /// Each machine's running module, by hash, in registry order ([`running_modules`]).
 type RunningModules = Vec<([u8; 32], Bytes)>;
 
-/// [`export_snapshot`], then [`finish_snapshot`].
-pub async fn create_snapshot(
-    node: u64,
-    storage: Arc<Storage>,
-    modules: Option<Arc<Modules>>,
-    segments: Option<SegmentCache>,
-    source: Source<'_>,
-    cut: Cut,
-) -> Result<SnapshotInfo, String> {
-    finish_snapshot(export_snapshot(node, storage, modules, segments, source, cut).await?).await
-}
-
 /// Write every machine of `cut` from `source` into a new snapshot file (see the module docs).
 /// A shadow export never touches the live machines; a live one is awaited by the applier.
 ///

@@ -16,9 +16,7 @@ mod restore;
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotInfo;
 
-pub(crate) use create::{
-    ABANDONED, Cut, Source, create_snapshot, export_snapshot, finish_snapshot,
-};
+pub(crate) use create::{ABANDONED, Cut, Source, export_snapshot, finish_snapshot};
 pub(crate) use members::Members;
 pub(crate) use restore::{
     BuildError, MachineCut, Restored, VersionCut, build_instance, migrate, open_base, restore_all,
