@@ -243,6 +243,16 @@ pub enum SnapshotExport {
     Shadow,
 }
 
+impl SnapshotExport {
+    /// The config value: `"live"` or `"shadow"` (also the label of metrics and log lines).
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotExport::Live => "live",
+            SnapshotExport::Shadow => "shadow",
+        }
+    }
+}
+
 /// `[snapshot]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

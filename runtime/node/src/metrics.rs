@@ -155,8 +155,11 @@ impl DriverMetrics {
             .set(1.0);
         // Labelled counters start at zero, so their first increase is seen.
         for outcome in ["ok", "failed"] {
-            for from in ["live", "shadow"] {
-                metrics::counter!("wraft_snapshot_created_total", "node" => n.clone(), "outcome" => outcome, "from" => from).increment(0);
+            for from in [
+                wraft_config::SnapshotExport::Live,
+                wraft_config::SnapshotExport::Shadow,
+            ] {
+                metrics::counter!("wraft_snapshot_created_total", "node" => n.clone(), "outcome" => outcome, "from" => from.name()).increment(0);
             }
             metrics::counter!("wraft_snapshot_installs_total", "node" => n.clone(), "outcome" => outcome).increment(0);
         }
@@ -183,8 +186,8 @@ impl DriverMetrics {
         }
     }
 
-    pub fn snapshot_created(&self, outcome: &'static str, from: &'static str) {
-        metrics::counter!("wraft_snapshot_created_total", "node" => self.node.clone(), "outcome" => outcome, "from" => from)
+    pub fn snapshot_created(&self, outcome: &'static str, from: wraft_config::SnapshotExport) {
+        metrics::counter!("wraft_snapshot_created_total", "node" => self.node.clone(), "outcome" => outcome, "from" => from.name())
             .increment(1);
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use wraft_config::SnapshotExport;
 use wraft_engine::SnapshotMeta;
 use wraft_storage::SnapshotId;
 
@@ -103,13 +104,18 @@ impl Applier {
     /// and nothing else is applied until they are; otherwise they keep applying and the export
     /// runs from shadow instances on another task (see `crate::snapshot`).
     pub(super) async fn start_snapshot(&mut self, meta: SnapshotMeta, live: bool) {
-        let asked = if live { "live" } else { "shadow" };
+        let asked = if live {
+            SnapshotExport::Live
+        } else {
+            SnapshotExport::Shadow
+        };
         if let Some(h) = &self.halted {
             // The live state may hold work past the failure point: never cut it.
             let _ = self.events.send(SnapEvent::Failed {
                 index: meta.index,
                 error: format!("applying is halted: {}", h.describe()),
                 from: asked,
+                refused: true,
             });
             return;
         }
@@ -121,6 +127,7 @@ impl Applier {
                     meta.index, self.applied
                 ),
                 from: asked,
+                refused: true,
             });
             return;
         }
@@ -148,18 +155,28 @@ impl Applier {
             // Applies go on now; sealing the file (module pins, fdatasync, rename) does not
             // need the machines.
             let events = self.events.clone();
-            let from = "live";
+            let from = SnapshotExport::Live;
             match exported {
                 Ok(exported) => {
                     tokio::spawn(async move {
                         let _ = events.send(match snapshot::finish_snapshot(exported).await {
                             Ok(info) => SnapEvent::Created { meta, info, from },
-                            Err(error) => SnapEvent::Failed { index, error, from },
+                            Err(error) => SnapEvent::Failed {
+                                index,
+                                error,
+                                from,
+                                refused: false,
+                            },
                         });
                     });
                 }
                 Err(error) => {
-                    let _ = events.send(SnapEvent::Failed { index, error, from });
+                    let _ = events.send(SnapEvent::Failed {
+                        index,
+                        error,
+                        from,
+                        refused: false,
+                    });
                 }
             }
             return;
@@ -183,12 +200,13 @@ impl Applier {
                 Ok(info) => SnapEvent::Created {
                     meta,
                     info,
-                    from: "shadow",
+                    from: SnapshotExport::Shadow,
                 },
                 Err(error) => SnapEvent::Failed {
                     index,
                     error,
-                    from: "shadow",
+                    from: SnapshotExport::Shadow,
+                    refused: false,
                 },
             };
             let _ = events.send(ev);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use wraft_config::SnapshotExport;
 use wraft_engine::{Event, Membership, Role, SnapshotMeta};
 use wraft_storage::{SnapshotId, SnapshotPin, Storage, WriteBatch};
 
@@ -41,7 +42,7 @@ pub(crate) struct SnapState {
     pub(crate) reoffer: Arc<Mutex<HashMap<u64, ReofferBackoff>>>,
     pub(crate) retain_count: u64,
     /// `snapshot.follower_export`.
-    pub(crate) follower_export: wraft_config::SnapshotExport,
+    pub(crate) follower_export: SnapshotExport,
     /// True while this node is a follower; read by the applier's live exports.
     pub(crate) following: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -149,7 +150,7 @@ impl Driver {
     /// and the snapshot request queues behind them).
     pub(crate) fn start_snapshot(&mut self, applied_index: u64) -> Result<(), String> {
         // A leader never pauses its applies (its clients wait on them); a follower may.
-        let live = self.snap.follower_export == wraft_config::SnapshotExport::Live
+        let live = self.snap.follower_export == SnapshotExport::Live
             && self.engine.role() == Role::Follower;
         self.start_snapshot_from(applied_index, live)
     }
@@ -211,13 +212,18 @@ impl Driver {
                 });
                 self.step(Event::SnapshotCreated { meta });
             }
-            SnapEvent::Failed { index, error, from } => {
+            SnapEvent::Failed {
+                index,
+                error,
+                from,
+                refused,
+            } => {
                 self.snap.creating = None;
                 self.metrics.snapshot_created("failed", from);
                 self.metrics.snapshot_create_started = None;
                 self.step(Event::SnapshotFailed);
-                if from != "live" {
-                    tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
+                if from != SnapshotExport::Live || refused {
+                    tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from = from.name(),
                         "snapshot failed; it is retried at the next threshold crossing");
                     return;
                 }
@@ -227,10 +233,10 @@ impl Driver {
                 // by this process: the guest's export may have left the live instance faulted
                 // or grown, and a shadow keeps that off the apply path.
                 if error != crate::snapshot::ABANDONED {
-                    self.snap.follower_export = wraft_config::SnapshotExport::Shadow;
+                    self.snap.follower_export = SnapshotExport::Shadow;
                 }
-                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from,
-                    live_again = self.snap.follower_export == wraft_config::SnapshotExport::Live,
+                tracing::warn!(target: "wraft::snapshot", node = self.id, index, %error, from = from.name(),
+                    live_again = self.snap.follower_export == SnapshotExport::Live,
                     "snapshot failed; taking it from shadow instances instead");
                 let applied = self.engine.applied_index();
                 if let Err(e) = self.start_snapshot_from(applied, false) {

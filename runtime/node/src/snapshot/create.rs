@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use wraft_config::SnapshotExport;
 use wraft_engine::{SessionTable, SnapshotMeta};
 use wraft_host::{FnSink, MachineHandle};
 use wraft_snapshot::format::{
@@ -73,7 +74,7 @@ pub struct Exported {
     node: u64,
     index: u64,
     started: Instant,
-    from: &'static str,
+    from: SnapshotExport,
     writer: SharedWriter,
     machines: u32,
     guest_bytes: u64,
@@ -101,13 +102,13 @@ pub async fn export_snapshot(
     let started = Instant::now();
     let index = cut.meta.index;
     let from = match &source {
-        Source::Shadow { .. } => "shadow",
-        Source::Live { .. } => "live",
+        Source::Shadow { .. } => SnapshotExport::Shadow,
+        Source::Live { .. } => SnapshotExport::Live,
     };
     let base_snap = match &source {
         Source::Shadow { base } => {
             tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
-                machines = cut.machines.len(), base = ?base.map(|b| b.last_index), from, "creating snapshot");
+                machines = cut.machines.len(), base = ?base.map(|b| b.last_index), from = from.name(), "creating snapshot");
             let (storage, base) = (storage.clone(), *base);
             tokio::task::spawn_blocking(move || open_base(&storage, base))
                 .await
@@ -115,7 +116,7 @@ pub async fn export_snapshot(
         }
         Source::Live { handles, .. } => {
             tracing::info!(target: "wraft::snapshot", node, index, term = cut.meta.term,
-                machines = cut.machines.len(), from, "creating snapshot");
+                machines = cut.machines.len(), from = from.name(), "creating snapshot");
             if handles.len() != cut.machines.len() {
                 return Err(format!(
                     "{} live machines for the {} of the cut",
@@ -275,7 +276,7 @@ pub async fn finish_snapshot(exported: Exported) -> Result<SnapshotInfo, String>
     // compressed by a guest that compresses (the host never sees the raw state), and the file
     // adds the modules and sessions, so file / guest is no compression ratio.
     tracing::info!(target: "wraft::snapshot", node, index, machines = n, file_bytes = info.file_len,
-        shared_bytes = info.shared_bytes, guest_bytes, duration_ms = (secs * 1000.0) as u64, from, file = %info.path.display(),
+        shared_bytes = info.shared_bytes, guest_bytes, duration_ms = (secs * 1000.0) as u64, from = from.name(), file = %info.path.display(),
         "created snapshot");
     Ok(info)
 }

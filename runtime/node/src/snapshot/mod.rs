@@ -31,8 +31,8 @@ pub enum SnapEvent {
         meta: SnapshotMeta,
         /// The file.
         info: SnapshotInfo,
-        /// Where the machines' state came from: `"live"` or `"shadow"`.
-        from: &'static str,
+        /// Where the machines' state came from.
+        from: wraft_config::SnapshotExport,
     },
     /// A local snapshot attempt failed (logged); the engine re-hints later.
     Failed {
@@ -40,8 +40,11 @@ pub enum SnapEvent {
         index: u64,
         /// Why.
         error: String,
-        /// Where the machines' state was to come from: `"live"` or `"shadow"`.
-        from: &'static str,
+        /// Where the machines' state was to come from.
+        from: wraft_config::SnapshotExport,
+        /// The applier refused before exporting anything (it is halted, or not at the cut):
+        /// another source would be refused too.
+        refused: bool,
     },
     /// Follower: the machines now run from the snapshot.
     Installed {
