@@ -56,7 +56,7 @@ impl Applier {
                     let client = *client;
                     self.last_timestamp_ms = self.last_timestamp_ms.max(*timestamp_ms);
                     let ts = self.last_timestamp_ms;
-                    let cmd: Command = match postcard::from_bytes(data) {
+                    let cmd = match EntryCommand::decode(data) {
                         Ok(c) => c,
                         // Leaders propose only commands they encoded, so an entry this node
                         // cannot decode was written by a newer version. Recording a refusal
@@ -106,23 +106,24 @@ impl Applier {
                             // Outcomes stay in index order: the pending batch goes first.
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await?;
-                            self.note_skipped(&cmd, index);
+                            self.note_skipped(cmd.machine(), index);
                             outcomes.push((index, None, resp));
                             continue;
                         }
                     }
                     match cmd {
-                        Command::Apply { machine, command } => {
+                        EntryCommand::Apply { machine, command } => {
                             watched.push((
                                 index,
-                                machine.clone(),
-                                Watched::Apply(Bytes::copy_from_slice(&command)),
+                                machine.to_owned(),
+                                Watched::Apply(data.slice_ref(command)),
                             ));
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                     .await?;
-                                batch_machine = machine;
+                                machine.clone_into(&mut batch_machine);
                             }
+                            let command = command.to_vec();
                             batch.push((
                                 index,
                                 client,
@@ -134,7 +135,7 @@ impl Applier {
                                 },
                             ));
                         }
-                        other => {
+                        EntryCommand::Admin(other) => {
                             self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                 .await?;
                             // A checkpoint compares the digest up to the entries before it.
@@ -232,8 +233,9 @@ impl Applier {
         }
     }
 
-    pub(super) fn note_skipped(&mut self, cmd: &Command, index: u64) {
-        if let Command::Apply { machine, .. } = cmd
+    /// Record that the entry at `index`, for `machine` if it names one, was not applied.
+    pub(super) fn note_skipped(&mut self, machine: Option<&str>, index: u64) {
+        if let Some(machine) = machine
             && let Some(m) = self.machines.get_mut(machine)
         {
             m.skipped.insert(index);
@@ -488,6 +490,35 @@ impl Applier {
 }
 
 /// An entry watch subscribers see, until its outcome is known.
+/// An entry's command as the applier reads it: a command for a machine (almost every entry)
+/// borrowed from the entry's bytes, anything else decoded whole.
+enum EntryCommand<'a> {
+    Apply { machine: &'a str, command: &'a [u8] },
+    Admin(Command),
+}
+
+impl<'a> EntryCommand<'a> {
+    fn decode(data: &'a [u8]) -> Result<EntryCommand<'a>, postcard::Error> {
+        if let Ok(wraft_proto::ApplyRef::Apply { machine, command }) = postcard::from_bytes(data) {
+            return Ok(EntryCommand::Apply { machine, command });
+        }
+        match postcard::from_bytes::<Command>(data)? {
+            // The borrowed form reads every apply the owned one does (pinned in wraft-proto's
+            // tests); were that ever not so, failing here is node-local, never a divergence.
+            Command::Apply { .. } => Err(postcard::Error::DeserializeBadEncoding),
+            other => Ok(EntryCommand::Admin(other)),
+        }
+    }
+
+    /// The machine this command is for, if it is a machine's command.
+    fn machine(&self) -> Option<&str> {
+        match self {
+            EntryCommand::Apply { machine, .. } => Some(machine),
+            EntryCommand::Admin(_) => None,
+        }
+    }
+}
+
 pub(super) enum Watched {
     /// A command for a machine, with its bytes.
     Apply(Bytes),
