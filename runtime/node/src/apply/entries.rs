@@ -22,7 +22,7 @@ impl Applier {
     pub(super) async fn apply_entries(&mut self, entries: &[Entry]) -> Result<(), LocalFailure> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
         // Consecutive commands for the same machine go to the guest in one batch.
-        let mut batch: Vec<(u64, Option<ClientTag>, wraft_host::Entry)> = Vec::new();
+        let mut batch: Vec<(u64, Option<ClientTag>, Queued)> = Vec::new();
         let mut batch_machine = String::new();
         // Outcomes up to here have their outputs stored in the session table.
         let mut completed = 0usize;
@@ -113,22 +113,21 @@ impl Applier {
                     }
                     match cmd {
                         EntryCommand::Apply { machine, command } => {
+                            let command = data.slice_ref(command);
                             watched.push((
                                 index,
                                 machine.to_owned(),
-                                Watched::Apply(data.slice_ref(command)),
+                                Watched::Apply(command.clone()),
                             ));
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                     .await?;
                                 machine.clone_into(&mut batch_machine);
                             }
-                            let command = command.to_vec();
                             batch.push((
                                 index,
                                 client,
-                                wraft_host::Entry {
-                                    index,
+                                Queued {
                                     term: entry.term,
                                     timestamp_ms: ts,
                                     command,
@@ -246,7 +245,7 @@ impl Applier {
     pub(super) async fn flush_batch(
         &mut self,
         machine: &str,
-        batch: &mut Vec<(u64, Option<ClientTag>, wraft_host::Entry)>,
+        batch: &mut Vec<(u64, Option<ClientTag>, Queued)>,
         outcomes: &mut Vec<Outcome>,
     ) -> Result<(), LocalFailure> {
         if batch.is_empty() {
@@ -268,7 +267,8 @@ impl Applier {
         }
         let mut rest: VecDeque<_> = items.into();
         while !rest.is_empty() {
-            let entries: Vec<wraft_host::Entry> = rest.iter().map(|(_, _, e)| e.clone()).collect();
+            let entries: Vec<wraft_host::Entry> =
+                rest.iter().map(|(i, _, q)| q.host_entry(*i)).collect();
             let handle = match self.machines.get(machine).and_then(|m| m.handle.as_ref()) {
                 Some(h) => h,
                 None => break,
@@ -294,8 +294,8 @@ impl Applier {
                     tracing::warn!(target: "wraft::apply", machine, first_index = first, error = %e,
                         "batch call failed; rebuilding the instance and applying one entry at a time");
                     self.rebuild(machine, first).await;
-                    while let Some((index, tag, entry)) = rest.pop_front() {
-                        let r = self.apply_one(machine, entry).await?;
+                    while let Some((index, tag, queued)) = rest.pop_front() {
+                        let r = self.apply_one(machine, queued.host_entry(index)).await?;
                         outcomes.push((index, tag, r));
                     }
                 }
@@ -490,6 +490,26 @@ impl Applier {
 }
 
 /// An entry watch subscribers see, until its outcome is known.
+/// A command waiting in the applier's batch for its machine. Its bytes are a slice of the
+/// entry's, so a batch that has to be replayed one entry at a time (a trap) still has them
+/// without a copy kept for that case; the guest call gets the one copy it needs.
+pub(super) struct Queued {
+    term: u64,
+    timestamp_ms: u64,
+    command: Bytes,
+}
+
+impl Queued {
+    fn host_entry(&self, index: u64) -> wraft_host::Entry {
+        wraft_host::Entry {
+            index,
+            term: self.term,
+            timestamp_ms: self.timestamp_ms,
+            command: self.command.to_vec(),
+        }
+    }
+}
+
 /// An entry's command as the applier reads it: a command for a machine (almost every entry)
 /// borrowed from the entry's bytes, anything else decoded whole.
 enum EntryCommand<'a> {
