@@ -49,33 +49,82 @@ pub enum SessionCheck {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Session {
     /// Latest admitted sequence number; 0 for a session with no command yet.
     last_seq: u64,
     /// Output of `last_seq` (empty until completed).
     output: Bytes,
     last_active_ms: u64,
+    /// The time this session is filed under in [`SessionTable::by_activity`]: at most
+    /// `last_active_ms`. Derived, like the index; not part of the encoding or of equality.
+    #[serde(skip)]
+    indexed_ms: u64,
+}
+
+impl Session {
+    fn new(last_seq: u64, output: Bytes, now_ms: u64) -> Session {
+        Session {
+            last_seq,
+            output,
+            last_active_ms: now_ms,
+            indexed_ms: now_ms,
+        }
+    }
+}
+
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        (self.last_seq, &self.output, self.last_active_ms)
+            == (other.last_seq, &other.output, other.last_active_ms)
+    }
+}
+
+impl Eq for Session {}
+
+impl std::hash::Hash for Session {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.last_seq, &self.output, self.last_active_ms).hash(state);
+    }
 }
 
 /// Bounded, deterministic table of client sessions.
 ///
 /// Costs: `open`, `admit` and `complete` are O(log n) in the number of sessions, plus O(log n)
 /// per session that `open` or `admit` expires or evicts (an index ordered by last activity finds
-/// them without a scan). Memory: one cached output per client (the latest), bounded by
-/// `max_clients`.
+/// them without a scan). The index is updated lazily: a session that becomes active again keeps
+/// its place until expiry or eviction reaches it and refiles it, so a busy client costs one
+/// lookup per command, not a move in the index. Memory: one cached output per client (the
+/// latest), bounded by `max_clients`.
 ///
 /// Assumes each client keeps at most one request outstanding per session and numbers its
 /// requests from 1 without gaps.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(from = "TableRepr", into = "TableRepr")]
 pub struct SessionTable {
     max_clients: usize,
     expiry_ms: u64,
     sessions: BTreeMap<u64, Session>,
-    /// `(last_active_ms, client_id)` of every session: the front is both the next to expire and
-    /// the least recently active. Derived from `sessions`; not part of the encoding.
+    /// `(indexed_ms, client_id)` of every session, exactly one place each, filed at a time at
+    /// most its last activity: so the front, once refiled at its true time, is both the next
+    /// to expire and the least recently active. Derived from `sessions`; not part of the
+    /// encoding or of equality.
     by_activity: BTreeSet<(u64, u64)>,
+}
+
+impl PartialEq for SessionTable {
+    fn eq(&self, other: &Self) -> bool {
+        (self.max_clients, self.expiry_ms, &self.sessions)
+            == (other.max_clients, other.expiry_ms, &other.sessions)
+    }
+}
+
+impl Eq for SessionTable {}
+
+impl std::hash::Hash for SessionTable {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.max_clients, self.expiry_ms, &self.sessions).hash(state);
+    }
 }
 
 /// The encoded form of a [`SessionTable`] (what snapshots hold); field order is the format.
@@ -88,15 +137,16 @@ struct TableRepr {
 
 impl From<TableRepr> for SessionTable {
     fn from(r: TableRepr) -> Self {
-        let by_activity = r
-            .sessions
-            .iter()
-            .map(|(&id, s)| (s.last_active_ms, id))
-            .collect();
+        let mut sessions = r.sessions;
+        let mut by_activity = BTreeSet::new();
+        for (&id, s) in sessions.iter_mut() {
+            s.indexed_ms = s.last_active_ms;
+            by_activity.insert((s.indexed_ms, id));
+        }
         SessionTable {
             max_clients: r.max_clients,
             expiry_ms: r.expiry_ms,
-            sessions: r.sessions,
+            sessions,
             by_activity,
         }
     }
@@ -152,7 +202,9 @@ impl SessionTable {
         }
         if self.sessions.len() >= self.max_clients {
             // Deterministic LRU: oldest activity, then smallest id.
-            if let Some((_, victim)) = self.by_activity.pop_first() {
+            if let Some(victim) = self.least_recently_active() {
+                self.by_activity
+                    .remove(&(self.sessions[&victim].indexed_ms, victim));
                 self.sessions.remove(&victim);
             }
         }
@@ -191,37 +243,55 @@ impl SessionTable {
         }
     }
 
-    /// Sets a session's state and moves it in the activity index (unless it stays at the same
-    /// time: the entries of one batch mostly share their millisecond).
+    /// Sets a session's state. Its place in the activity index stays where it is unless the
+    /// new time is earlier than that place (entry times can go back when leadership moves to a
+    /// node whose clock is behind), which would break the index's invariant.
     fn touch(&mut self, client_id: u64, last_seq: u64, output: Bytes, now_ms: u64) {
         if let Some(s) = self.sessions.get_mut(&client_id) {
-            if s.last_active_ms != now_ms {
-                self.by_activity.remove(&(s.last_active_ms, client_id));
+            s.last_seq = last_seq;
+            s.output = output;
+            s.last_active_ms = now_ms;
+            if now_ms < s.indexed_ms {
+                self.by_activity.remove(&(s.indexed_ms, client_id));
                 self.by_activity.insert((now_ms, client_id));
+                s.indexed_ms = now_ms;
             }
-            *s = Session {
-                last_seq,
-                output,
-                last_active_ms: now_ms,
-            };
             return;
         }
-        self.sessions.insert(
-            client_id,
-            Session {
-                last_seq,
-                output,
-                last_active_ms: now_ms,
-            },
-        );
+        self.sessions
+            .insert(client_id, Session::new(last_seq, output, now_ms));
         self.by_activity.insert((now_ms, client_id));
+    }
+
+    /// Refiles sessions at the front of the activity index under their true time until the
+    /// front's is; returns that session: the least recently active, the smallest id first.
+    fn least_recently_active(&mut self) -> Option<u64> {
+        loop {
+            let &(indexed_ms, id) = self.by_activity.first()?;
+            let s = self.sessions.get_mut(&id)?;
+            if s.indexed_ms == s.last_active_ms {
+                return Some(id);
+            }
+            debug_assert_eq!(indexed_ms, s.indexed_ms);
+            self.by_activity.pop_first();
+            s.indexed_ms = s.last_active_ms;
+            self.by_activity.insert((s.indexed_ms, id));
+        }
     }
 
     /// Drops sessions idle longer than `expiry_ms` as of `now_ms`.
     fn expire(&mut self, now_ms: u64) {
-        while let Some(&(last_active_ms, id)) = self.by_activity.first() {
-            if now_ms.saturating_sub(last_active_ms) <= self.expiry_ms {
-                break; // the oldest is live, so every other one is too
+        while let Some(&(indexed_ms, _)) = self.by_activity.first() {
+            // Every session was active at or after the time it is filed under: if the front's
+            // is recent enough, no session is due.
+            if now_ms.saturating_sub(indexed_ms) <= self.expiry_ms {
+                break;
+            }
+            let Some(id) = self.least_recently_active() else {
+                break;
+            };
+            if now_ms.saturating_sub(self.sessions[&id].last_active_ms) <= self.expiry_ms {
+                break; // the least recently active is live, so every other one is too
             }
             self.by_activity.pop_first();
             self.sessions.remove(&id);
@@ -304,8 +374,8 @@ mod tests {
         assert_eq!(t.by_activity.len(), 2);
         assert_eq!(t.admit(tag(1, 6), 60), SessionCheck::Fresh);
         assert_eq!(t.by_activity.len(), 2);
-        assert!(t.by_activity.contains(&(60, 1)) && t.by_activity.contains(&(10, 2)));
-        // At 150 session 2 (last active at 10) expires, session 1 (at 60) does not.
+        // At 150 session 2 (last active at 10) expires, session 1 (at 60) does not, although
+        // the index still files it at 10 until expiry looks at it.
         assert_eq!(t.admit(tag(1, 7), 150), SessionCheck::Fresh);
         assert!(t.contains(1) && !t.contains(2));
         assert_eq!(t.by_activity.len(), 1);
@@ -507,12 +577,8 @@ mod tests {
             {
                 self.sessions.remove(&victim);
             }
-            let session = Session {
-                last_seq: 0,
-                output: Bytes::new(),
-                last_active_ms: now_ms,
-            };
-            self.sessions.insert(id, session);
+            self.sessions
+                .insert(id, Session::new(0, Bytes::new(), now_ms));
         }
 
         fn admit(&mut self, t: ClientTag, out: Bytes, now_ms: u64) -> SessionCheck {
@@ -524,11 +590,7 @@ mod tests {
                 },
                 Some(s) if t.seq == s.last_seq => SessionCheck::Duplicate(s.output.clone()),
                 Some(s) => {
-                    *s = Session {
-                        last_seq: t.seq,
-                        output: out,
-                        last_active_ms: now_ms,
-                    };
+                    *s = Session::new(t.seq, out, now_ms);
                     SessionCheck::Fresh
                 }
             }
