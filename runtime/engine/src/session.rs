@@ -90,9 +90,9 @@ impl std::hash::Hash for Session {
 
 /// Bounded, deterministic table of client sessions.
 ///
-/// Costs: `open`, `admit` and `complete` are O(log n) in the number of sessions, plus O(log n)
-/// per session that `open` or `admit` expires or evicts (an index ordered by last activity finds
-/// them without a scan). The index is updated lazily: a session that becomes active again keeps
+/// Costs: `open`, `admit` and `complete` are O(log n) in the number of sessions, amortized,
+/// plus O(log n) per session that `open` or `admit` expires, evicts or refiles (an index ordered
+/// by last activity finds them without a scan). The index is updated lazily: a session that becomes active again keeps
 /// its place until expiry or eviction reaches it and refiles it, so a busy client costs one
 /// lookup per command, not a move in the index. Memory: one cached output per client (the
 /// latest), bounded by `max_clients`.
@@ -268,7 +268,16 @@ impl SessionTable {
     fn least_recently_active(&mut self) -> Option<u64> {
         loop {
             let &(indexed_ms, id) = self.by_activity.first()?;
-            let s = self.sessions.get_mut(&id)?;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                // Cannot happen (a session leaves the index when it leaves the table); if it
+                // did, dropping the stray entry keeps expiry and eviction going.
+                debug_assert!(
+                    false,
+                    "activity index names session {id}, which is not held"
+                );
+                self.by_activity.pop_first();
+                continue;
+            };
             if s.indexed_ms == s.last_active_ms {
                 return Some(id);
             }

@@ -489,7 +489,6 @@ impl Applier {
     }
 }
 
-/// An entry watch subscribers see, until its outcome is known.
 /// A command waiting in the applier's batch for its machine. Its bytes are a slice of the
 /// entry's, so a batch that has to be replayed one entry at a time (a trap) still has them
 /// without a copy kept for that case; the guest call gets the one copy it needs.
@@ -539,6 +538,7 @@ impl<'a> EntryCommand<'a> {
     }
 }
 
+/// An entry watch subscribers see, until its outcome is known.
 pub(super) enum Watched {
     /// A command for a machine, with its bytes.
     Apply(Bytes),
