@@ -31,4 +31,5 @@ print(f"{label} floors (p50 ms): fdatasync append {d['fsync_append_p50_ms']} ove
       f" append x{d['fsync_concurrent_threads']} {d['fsync_concurrent_p50_ms']}"
       f" overwrite x{d['fsync_concurrent_threads']} {d.get('fsync_concurrent_overwrite_p50_ms')}"
       f" udp rtt {d['udp_rtt_p50_ms']} status rtt {d['request_rtt_p50_ms']}"
+      f" hand-off rtt {d.get('handoff_rtt_p50_ms')}"
       f" client workers {d.get('client_worker_threads')}")

@@ -1,5 +1,6 @@
 //! The machine figures every benchmark number sits next to: `fdatasync` latency (alone and
-//! from one thread per node at once), the loopback UDP round trip, the load average.
+//! from one thread per node at once), the loopback UDP round trip, the round trip of a hand-off
+//! between an async worker and a thread of its own, the load average.
 
 use super::*;
 
@@ -174,6 +175,53 @@ pub fn udp_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
     echo.join()
         .map_err(|_| std::io::Error::other("udp echo thread panicked"))??;
     Ok(Percentiles::of(&h))
+}
+
+/// A hand-off from an async task to a thread of its own and back, as a node makes one to its
+/// log writer (the driver never blocks on the disk) and one to a machine's thread (consensus
+/// never waits for a guest): `samples` serial round trips of a job over a bounded Tokio channel
+/// to a thread blocked in `blocking_recv`, answered over a `oneshot` that wakes a runtime of
+/// one worker, which is what a node on a shared machine runs (the node's own primitives).
+/// Both ends park between samples, as they do between a single client's puts.
+pub fn handoff_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
+    let n = samples.max(1);
+    // A thread of its own: the probe's runtime must not be nested in the caller's.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(16);
+        let thread = std::thread::spawn(move || {
+            while let Some(reply) = rx.blocking_recv() {
+                let _ = reply.send(());
+            }
+        });
+        let h = rt.block_on(async move {
+            let task = tokio::spawn(async move {
+                let mut h = histogram();
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let (reply, answered) = tokio::sync::oneshot::channel();
+                    tx.send(reply)
+                        .await
+                        .map_err(|_| std::io::Error::other("hand-off thread stopped"))?;
+                    answered
+                        .await
+                        .map_err(|_| std::io::Error::other("hand-off thread stopped"))?;
+                    record(&mut h, t.elapsed());
+                }
+                Ok::<_, std::io::Error>(h)
+            });
+            task.await.map_err(std::io::Error::other)?
+        })?;
+        thread
+            .join()
+            .map_err(|_| std::io::Error::other("hand-off thread panicked"))?;
+        Ok(Percentiles::of(&h))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("hand-off probe panicked"))?
 }
 
 /// The 1-, 5- and 15-minute load averages from `/proc/loadavg` (zeros if unreadable).

@@ -315,6 +315,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         .await??
     };
     let udp = tokio::task::spawn_blocking(|| udp_rtt_probe(2000)).await??;
+    let handoff = tokio::task::spawn_blocking(|| handoff_rtt_probe(2000)).await??;
 
     let relaxed = args.relaxed_fsync;
     let layout = local::layout(&root, args.nodes, |cfg| {
@@ -374,6 +375,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         "fsync_concurrent_overwrite_p50_ms": fsync_concurrent_overwrite.p50_ms,
         "fsync_concurrent_threads": args.nodes,
         "udp_rtt_p50_ms": udp.p50_ms,
+        "handoff_rtt_p50_ms": handoff.p50_ms,
         "request_rtt_p50_ms": r.request_rtt.p50_ms,
         "load1_before": load_before[0],
         "load1_after": load_after[0],
@@ -440,6 +442,11 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         &fsync_concurrent_overwrite,
     );
     row("loopback UDP round trip", udp.serial_rate_per_s(), &udp);
+    row(
+        "hand-off to a thread and back",
+        handoff.serial_rate_per_s(),
+        &handoff,
+    );
     row(
         "client→leader status round trip",
         r.request_rtt.serial_rate_per_s(),
@@ -653,6 +660,13 @@ mod tests {
         assert_eq!(append.count, 5);
         assert_eq!(overwrite.count, 5);
         assert!(append.p50_ms > 0.0 && overwrite.p50_ms > 0.0);
+    }
+
+    #[test]
+    fn handoff_probe_times_every_round_trip() {
+        let p = handoff_rtt_probe(50).unwrap_or_else(|e| panic!("probe: {e}"));
+        assert_eq!(p.count, 50);
+        assert!(p.p50_ms > 0.0 && p.p50_ms <= p.max_ms);
     }
 
     #[test]
