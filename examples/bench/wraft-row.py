@@ -32,4 +32,5 @@ print(f"{label} floors (p50 ms): fdatasync append {d['fsync_append_p50_ms']} ove
       f" overwrite x{d['fsync_concurrent_threads']} {d.get('fsync_concurrent_overwrite_p50_ms')}"
       f" udp rtt {d['udp_rtt_p50_ms']} status rtt {d['request_rtt_p50_ms']}"
       f" hand-off rtt {d.get('handoff_rtt_p50_ms')}"
+      f" paced: status rtt {d.get('request_rtt_paced_p50_ms')} hand-off rtt {d.get('handoff_rtt_paced_p50_ms')}"
       f" client workers {d.get('client_worker_threads')}")

@@ -182,8 +182,12 @@ pub fn udp_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
 /// never waits for a guest): `samples` serial round trips of a job over a bounded Tokio channel
 /// to a thread blocked in `blocking_recv`, answered over a `oneshot` that wakes a runtime of
 /// one worker, which is what a node on a shared machine runs (the node's own primitives).
-/// Both ends park between samples, as they do between a single client's puts.
-pub fn handoff_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
+///
+/// With `gap` zero the samples run back to back and both threads stay on awake vCPUs; with a
+/// gap (a blocking sleep between samples) each hand-off wakes a thread that has been idle that
+/// long, as at one client, where every thread on a put's path waits most of a put between its
+/// turns. On a VM whose idle vCPUs halt the two differ tenfold (BENCHMARKS.md series o).
+pub fn handoff_rtt_probe(samples: usize, gap: Duration) -> std::io::Result<Percentiles> {
     let n = samples.max(1);
     // A thread of its own: the probe's runtime must not be nested in the caller's.
     std::thread::spawn(move || {
@@ -210,6 +214,11 @@ pub fn handoff_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
                         .await
                         .map_err(|_| std::io::Error::other("hand-off thread stopped"))?;
                     record(&mut h, t.elapsed());
+                    if !gap.is_zero() {
+                        // Blocking on purpose: this runtime runs nothing else, and a sleeping
+                        // worker is what a node's idle worker is.
+                        std::thread::sleep(gap);
+                    }
                 }
                 Ok::<_, std::io::Error>(h)
             });
