@@ -55,11 +55,6 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
-    /// Tell the OS that `[offset, offset + len)`, already made durable, will not be read soon, so
-    /// that its cached pages can be dropped. Advice only: it never changes what a read returns.
-    fn release_cached(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
-    }
 }
 
 /// Read exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file is shorter.
@@ -110,14 +105,6 @@ impl VfsFile for StdFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
-    fn release_cached(&self, offset: u64, len: u64) {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Some(len) = std::num::NonZeroU64::new(len) {
-            let _ = rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed);
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let _ = (offset, len);
-    }
 }
 
 impl Vfs for StdFs {
@@ -155,33 +142,5 @@ impl Vfs for StdFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Dropping the cached pages of a synced range is advice: every byte reads back the same,
-    /// and the file can still be written past it (a receive goes on after each sync).
-    #[test]
-    fn released_pages_read_back_unchanged() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let path = dir.path().join("spool");
-        let f = StdFs
-            .open(&path, OpenMode::CreateNew)
-            .unwrap_or_else(|e| panic!("open: {e}"));
-        let first: Vec<u8> = (0..3 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
-        f.write_all_at(&first, 0)
-            .unwrap_or_else(|e| panic!("write: {e}"));
-        f.sync_data().unwrap_or_else(|e| panic!("sync: {e}"));
-        f.release_cached(0, first.len() as u64);
-        f.release_cached(0, 0);
-        f.write_all_at(b"tail", first.len() as u64)
-            .unwrap_or_else(|e| panic!("write: {e}"));
-        let all = read_all(f.as_ref()).unwrap_or_else(|e| panic!("read: {e}"));
-        assert_eq!(all.len(), first.len() + 4);
-        assert!(all[..first.len()] == first[..], "released range changed");
-        assert_eq!(&all[first.len()..], b"tail");
     }
 }

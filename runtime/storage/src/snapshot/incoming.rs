@@ -373,11 +373,7 @@ impl IncomingSnapshot {
         Ok(())
     }
 
-    /// Make everything written durable and record the new durable offset, then let the OS drop
-    /// the newly durable bytes from its page cache: a transfer is written once and read once
-    /// (when it is installed), and keeping it cached would push out what the node reads every
-    /// moment (its log, its machines' memory). On a VM whose memory the host backs lazily the
-    /// recycled pages also make the next writes cheaper (BENCHMARKS.md series o).
+    /// Make everything written durable and record the new durable offset.
     pub fn sync(&mut self) -> Result<()> {
         let inner = self.store.inner.clone();
         if !self.borrows.is_empty() {
@@ -427,8 +423,6 @@ impl IncomingSnapshot {
             self.written_end,
         )?;
         inner.sync_file(self.progress.as_ref(), &self.ppath)?;
-        self.file
-            .release_cached(self.durable, self.written_end - self.durable);
         self.durable = self.written_end;
         self.unsynced_bytes = 0;
         Ok(())
