@@ -181,12 +181,14 @@ pub fn udp_rtt_probe(samples: usize) -> std::io::Result<Percentiles> {
 /// log writer (the driver never blocks on the disk) and one to a machine's thread (consensus
 /// never waits for a guest): `samples` serial round trips of a job over a bounded Tokio channel
 /// to a thread blocked in `blocking_recv`, answered over a `oneshot` that wakes a runtime of
-/// one worker, which is what a node on a shared machine runs (the node's own primitives).
+/// one worker, which is what a node on a shared machine runs. These are the machine thread's
+/// primitives; the log writer is woken through a `Condvar` and answers through a callback.
 ///
-/// With `gap` zero the samples run back to back and both threads stay on awake vCPUs; with a
-/// gap (a blocking sleep between samples) each hand-off wakes a thread that has been idle that
-/// long, as at one client, where every thread on a put's path waits most of a put between its
-/// turns. On a VM whose idle vCPUs halt the two differ tenfold (BENCHMARKS.md series o).
+/// With `gap` zero the samples run back to back; with a gap (a blocking sleep between samples)
+/// each hand-off wakes a thread that has been idle that long, as at one client, where every
+/// thread on a put's path waits most of a put between its turns. On this VM back to back took
+/// 3–4 µs in some runs and 43–55 µs in others, paced 5–9 µs in every run (BENCHMARKS.md
+/// series o): read it as a range, not a floor.
 pub fn handoff_rtt_probe(samples: usize, gap: Duration) -> std::io::Result<Percentiles> {
     let n = samples.max(1);
     // A thread of its own: the probe's runtime must not be nested in the caller's.
