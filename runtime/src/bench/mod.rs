@@ -494,6 +494,28 @@ struct DriveResult {
     request_rtt_paced: Percentiles,
 }
 
+/// 500 serial `status` round trips to the leader, with `gap` of idle after each (zero: back to
+/// back).
+async fn status_round_trips(
+    admin: &Client,
+    leader: std::net::SocketAddr,
+    gap: Duration,
+) -> Result<Histogram<u64>, AnyError> {
+    let mut h = histogram();
+    for _ in 0..500 {
+        let t = Instant::now();
+        admin.status_of(Some(leader)).await?;
+        record(&mut h, t.elapsed());
+        if !gap.is_zero() {
+            // Blocking on purpose, before the load starts: `drive` runs on the `block_on`
+            // thread, not on a worker that in-process nodes share, and Tokio's timer would
+            // stretch 400 µs to a millisecond.
+            std::thread::sleep(gap);
+        }
+    }
+    Ok(h)
+}
+
 async fn drive(
     args: &BenchArgs,
     conns: usize,
@@ -519,22 +541,8 @@ async fn drive(
 
     // One client round trip with no disk or consensus on the path: back to back, then with
     // every process idle between samples, as at one client (see `handoff_rtt_probe`).
-    let mut rtt = histogram();
-    for _ in 0..500 {
-        let t = Instant::now();
-        admin.status_of(Some(leader_addr)).await?;
-        record(&mut rtt, t.elapsed());
-    }
-    let mut rtt_paced = histogram();
-    for _ in 0..500 {
-        let t = Instant::now();
-        admin.status_of(Some(leader_addr)).await?;
-        record(&mut rtt_paced, t.elapsed());
-        // Blocking on purpose, before the load starts: `drive` runs on the `block_on` thread,
-        // not on a worker that in-process nodes share, and Tokio's timer would stretch 400 µs
-        // to a millisecond.
-        std::thread::sleep(PACED_PROBE_GAP);
-    }
+    let rtt = status_round_trips(&admin, leader_addr, Duration::ZERO).await?;
+    let rtt_paced = status_round_trips(&admin, leader_addr, PACED_PROBE_GAP).await?;
 
     let mut clients = Vec::with_capacity(conns);
     for _ in 0..conns {
