@@ -160,7 +160,7 @@ enum KvBinaryQuery<'a> {
 
 /// A kv put of `value` at `key` that asks for no previous value (etcd's put returns none
 /// unless asked, `prev_kv`; neither does this).
-fn put_command(codec: KvCodec, key: &str, value: &str) -> Vec<u8> {
+pub fn put_command(codec: KvCodec, key: &str, value: &str) -> Vec<u8> {
     match codec {
         KvCodec::Json => {
             format!(r#"{{"op":"put","key":"{key}","value":"{value}","prev_kv":false}}"#).into()
@@ -188,7 +188,7 @@ fn binary(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 /// The key worker `i` uses for its `n`-th put (the etcd kit's pattern).
-fn put_key(i: usize, n: u64) -> String {
+pub fn put_key(i: usize, n: u64) -> String {
     format!("k{:07}", (i as u64 * 1_000_003 + n) % 10_000_000)
 }
 
