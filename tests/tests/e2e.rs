@@ -910,6 +910,60 @@ async fn a_query_that_traps_among_concurrent_reads_fails_alone_and_the_others_ar
 }
 
 #[test]
+fn the_benchmark_runs_a_round_per_line_on_stdin_and_sums_the_rounds_it_ran() {
+    // Three rounds asked for, two lines given: two rounds measured on the one cluster, each
+    // reported as it ends, then the sum, and a clean exit at the end of input.
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = dir.path().join("kv.wasm");
+    std::fs::write(&module, wraft_tests::guest("kv")).expect("write kv module");
+    let mut child = std::process::Command::new(wraft_tests::wraft_bin())
+        .args(["bench", "--clients", "2", "--conns", "1", "--secs", "1"])
+        .args([
+            "--warmup-secs",
+            "0",
+            "--fsync-samples",
+            "20",
+            "--rounds",
+            "3",
+        ])
+        .arg("--rounds-on-stdin")
+        .arg("--module")
+        .arg(&module)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running wraft bench");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\ngo\n").expect("write two lines");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wraft bench output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wraft bench failed:\n{stderr}");
+    assert!(stderr.contains("stopping after 2 rounds"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (rounds, total) = (&lines[..2], &lines[2]);
+    for (i, r) in rounds.iter().enumerate() {
+        assert_eq!(r["round"], i as u64 + 1, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops"].as_u64().is_some_and(|n| n > 0), "{r}");
+    }
+    assert_eq!(total["rounds"], 2, "{total}");
+    let sum: u64 = rounds.iter().filter_map(|r| r["ops"].as_u64()).sum();
+    assert_eq!(total["ops"].as_u64(), Some(sum), "{total}");
+    // Two one-second windows: the rate is over both.
+    let rate = total["ops_per_s"].as_f64().expect("ops_per_s");
+    assert!((rate - sum as f64 / 2.0).abs() <= 1.0, "{total}");
+}
+
+#[test]
 fn the_benchmark_reports_puts_next_to_the_disk_and_network_floors_it_ran_on() {
     // A one-second `wraft bench` over node processes: every put acknowledged, the floors measured
     // in the same run, and a one-connection load generator on one async worker.

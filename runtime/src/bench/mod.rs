@@ -75,6 +75,16 @@ pub struct BenchArgs {
     /// Unmeasured load before the measurement, seconds.
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
+    /// Measured windows: each is `--warmup-secs` of load then `--secs` measured, and the cluster
+    /// sits idle (still running) between them. With more than one, each round's result is also
+    /// printed as a JSON line of its own as it ends; the last line sums them all.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Start each round only when a line arrives on standard input (it ends early at end of
+    /// input). For a harness that takes turns with another system's load against a cluster
+    /// that stays up, so that both are measured on the same minutes of a shared machine.
+    #[arg(long)]
+    pub rounds_on_stdin: bool,
     /// Size of each put's value, bytes (256 matches the etcd kit).
     #[arg(long, default_value_t = 256)]
     pub value_bytes: usize,
@@ -262,8 +272,9 @@ async fn worker(
 /// on stdout. Fails if the cluster cannot start, has no leader, or refuses
 /// the kv deploy.
 pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
-    if args.clients == 0 || args.conns == 0 || args.nodes == 0 || args.secs == 0 {
-        return Err("--clients, --conns, --nodes and --secs must be at least 1".into());
+    if args.clients == 0 || args.conns == 0 || args.nodes == 0 || args.secs == 0 || args.rounds == 0
+    {
+        return Err("--clients, --conns, --nodes, --secs and --rounds must be at least 1".into());
     }
     if args.reads && !(1..=READ_KEYS_MAX).contains(&args.read_keys) {
         return Err(format!("--read-keys must be 1..={READ_KEYS_MAX}").into());
@@ -348,7 +359,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
     let r = result?;
     let load_after = load_average();
 
-    let ops_per_s = r.latency.count as f64 / args.secs as f64;
+    let ops_per_s = r.latency.count as f64 / (args.secs * r.rounds as u64) as f64;
     let json = serde_json::json!({
         "system": "wraft",
         "workload": if args.reads { "linearizable-get" } else { "put" },
@@ -364,6 +375,7 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
         "conns": conns,
         "value_bytes": args.value_bytes,
         "secs": args.secs,
+        "rounds": r.rounds,
         "ops": r.latency.count,
         "ops_per_s": ops_per_s.round(),
         "p50_ms": r.latency.p50_ms,
@@ -486,6 +498,8 @@ pub async fn run(args: BenchArgs) -> Result<(), AnyError> {
 }
 
 struct DriveResult {
+    /// Rounds measured (fewer than asked if standard input ended first).
+    rounds: usize,
     latency: Percentiles,
     errors: u64,
     first_error: Option<String>,
@@ -573,42 +587,86 @@ async fn drive(
         }
     }
 
-    eprintln!(
-        "running {} workers: {} s warm-up, {} s measured…",
-        args.clients, args.warmup_secs, args.secs
-    );
     let value: Arc<str> = "v".repeat(args.value_bytes).into();
-    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
-    let end = measure_from + Duration::from_secs(args.secs);
-    let mut tasks = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        tasks.push(tokio::spawn(worker(
-            i,
-            clients[i % conns].clone(),
-            args.codec,
-            args.reads,
-            args.read_keys,
-            value.clone(),
-            measure_from,
-            end,
-        )));
-    }
     let mut all = histogram();
     let mut errors = 0;
     let mut first_error = None;
-    for t in tasks {
-        let r = t.await?;
-        for us in r.latency_us {
-            all.saturating_record(u64::from(us));
+    let mut rounds = 0;
+    while rounds < args.rounds {
+        if args.rounds_on_stdin {
+            eprintln!(
+                "round {}: waiting for a line on standard input…",
+                rounds + 1
+            );
+            let line = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|n| n > 0)
+            })
+            .await??;
+            if !line {
+                eprintln!("standard input ended: stopping after {rounds} rounds");
+                break;
+            }
         }
-        errors += r.errors;
-        if first_error.is_none() {
-            first_error = r.first_error;
+        eprintln!(
+            "running {} workers: {} s warm-up, {} s measured…",
+            args.clients, args.warmup_secs, args.secs
+        );
+        let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
+        let end = measure_from + Duration::from_secs(args.secs);
+        let mut tasks = Vec::with_capacity(args.clients);
+        for i in 0..args.clients {
+            tasks.push(tokio::spawn(worker(
+                i,
+                clients[i % conns].clone(),
+                args.codec,
+                args.reads,
+                args.read_keys,
+                value.clone(),
+                measure_from,
+                end,
+            )));
+        }
+        let mut round = histogram();
+        let mut round_errors = 0;
+        for t in tasks {
+            let r = t.await?;
+            for us in r.latency_us {
+                round.saturating_record(u64::from(us));
+            }
+            round_errors += r.errors;
+            if first_error.is_none() {
+                first_error = r.first_error;
+            }
+        }
+        cluster.check_alive()?;
+        rounds += 1;
+        errors += round_errors;
+        all.add(&round)
+            .map_err(|e| format!("merging a round's latencies: {e}"))?;
+        if args.rounds > 1 {
+            let p = Percentiles::of(&round);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "system": "wraft",
+                    "round": rounds,
+                    "ops": p.count,
+                    "ops_per_s": (p.count as f64 / args.secs as f64).round(),
+                    "p50_ms": p.p50_ms,
+                    "p99_ms": p.p99_ms,
+                    "p999_ms": p.p999_ms,
+                    "errors": round_errors,
+                })
+            );
         }
     }
-    cluster.check_alive()?;
+    if rounds == 0 {
+        return Err("standard input ended before the first round".into());
+    }
     let after = admin.status_of(Some(leader_addr)).await?;
     Ok(DriveResult {
+        rounds,
         latency: Percentiles::of(&all),
         errors,
         first_error,

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""wraft and etcd taking turns on one machine: both 3-node clusters stay up the whole time and
+the two load generators alternate, ROUNDS measured windows each, so that every wraft window has
+an etcd window within seconds of it. On a shared VM whose speed swings by a third from one
+minute to the next (BENCHMARKS.md series p), pairs of whole runs a minute apart measure the
+swing as much as the systems; turns seconds apart do not.
+
+Each round: wait until the machine is idle (under IDLE_MAX busy over a second, or 20 s), then
+the two turns, wraft first in odd rounds and etcd first in even ones. A turn is WARMUP seconds
+of load and SECS measured; the whole machine's busy CPU is read from /proc/stat over the
+measured window only (0.3 s in from each end), as wraft-row.py and etcd-row.sh do.
+
+Usage: interleave.py [extra wraft bench args]. Environment: W (the wraft binary), MODULE (kv
+component), KIT (the etcd kit, built; default /tmp/etcd-kit), CLIENTS (256), CONNS (16),
+SECS (10), WARMUP (2), ROUNDS (6), IDLE_MAX (0.15). Linux only; needs etcd on the PATH.
+Prints a line per round and a summary; ends both clusters."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+W = os.environ.get('W', '/work/target-bench/release/wraft')
+KIT = os.environ.get('KIT', '/tmp/etcd-kit')
+CLIENTS = os.environ.get('CLIENTS', '256')
+CONNS = os.environ.get('CONNS', '16')
+SECS = int(os.environ.get('SECS', '10'))
+WARMUP = int(os.environ.get('WARMUP', '2'))
+ROUNDS = int(os.environ.get('ROUNDS', '6'))
+IDLE_MAX = float(os.environ.get('IDLE_MAX', '0.15'))
+ETCD_DATA = '/tmp/etcd-data'
+LOADGEN = os.path.join(KIT, 'target/release/etcd-loadgen')
+
+
+def stat():
+    """(busy, idle, steal) jiffies of the whole machine."""
+    v = list(map(int, open('/proc/stat').readline().split()[1:]))
+    return v[0] + v[1] + v[2] + v[5] + v[6], v[3] + v[4], v[7]
+
+
+def busy_between(a, b):
+    busy, idle, steal = (b[i] - a[i] for i in range(3))
+    return busy, busy + idle + steal, steal
+
+
+def wait_idle():
+    """Seconds waited until one second with the machine under IDLE_MAX busy (at most 20)."""
+    t0 = time.time()
+    while time.time() - t0 < 20:
+        a = stat()
+        time.sleep(1)
+        busy, total, _ = busy_between(a, stat())
+        if total and busy / total < IDLE_MAX:
+            break
+    return time.time() - t0
+
+
+def windowed(start_load):
+    """Start the load (a callable), sample /proc/stat over the measured window; returns the
+    callable's result and the window's (busy jiffies, total jiffies, steal jiffies)."""
+    samples = {}
+
+    def timer():
+        time.sleep(WARMUP + 0.3)
+        samples['a'] = stat()
+        time.sleep(SECS - 0.6)
+        samples['b'] = stat()
+
+    t = threading.Thread(target=timer)
+    t.start()
+    result = start_load()
+    t.join()
+    return result, busy_between(samples['a'], samples['b'])
+
+
+def cpu_us_per_op(window, ops_per_s):
+    busy, _, _ = window
+    return busy * 10000 / (ops_per_s * (SECS - 0.6)) if ops_per_s else float('nan')
+
+
+def etcd_leader_port():
+    for port in (23791, 23792, 23793):
+        out = subprocess.run(['curl', '-s', '-X', 'POST',
+                              f'http://127.0.0.1:{port}/v3/maintenance/status', '-d', '{}'],
+                             capture_output=True, text=True).stdout
+        try:
+            d = json.loads(out)
+            if d['header']['member_id'] == d['leader']:
+                return port
+        except (ValueError, KeyError):
+            pass
+    return None
+
+
+def etcd_turn(port):
+    """WARMUP s of etcd load, then SECS measured, as etcd-row.sh runs it."""
+    base = [LOADGEN, '--endpoints', f'127.0.0.1:{port}', '--clients', CLIENTS,
+            '--conns', CONNS, '--value-bytes', '256']
+
+    def load():
+        subprocess.run(base + ['--secs', str(WARMUP)], capture_output=True, check=True)
+        out = subprocess.run(base + ['--secs', str(SECS)], capture_output=True, text=True,
+                             check=True).stdout
+        return json.loads(out)
+    return windowed(load)
+
+
+def main():
+    subprocess.run(['rm', '-rf', ETCD_DATA], check=True)
+    subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'start', ETCD_DATA],
+                   capture_output=True, check=True)
+    bench = None
+    try:
+        time.sleep(3)
+        port = etcd_leader_port()
+        if port is None:
+            sys.exit('etcd elected no leader')
+        log = open('/tmp/interleave-wraft.log', 'w')
+        bench = subprocess.Popen(
+            [W, 'bench', '--processes', '--clients', CLIENTS, '--conns', CONNS,
+             '--secs', str(SECS), '--warmup-secs', str(WARMUP), '--rounds', str(ROUNDS),
+             '--rounds-on-stdin', '--module', os.environ.get('MODULE', '/tmp/kv.wasm')]
+            + sys.argv[1:],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+
+        def wraft_turn():
+            def load():
+                bench.stdin.write('go\n')
+                bench.stdin.flush()
+                line = bench.stdout.readline()
+                if not line:
+                    sys.exit('wraft bench ended early; see /tmp/interleave-wraft.log')
+                return json.loads(line)
+            return windowed(load)
+
+        rows = []
+        for r in range(1, ROUNDS + 1):
+            turns = {}
+            for system in (('wraft', 'etcd') if r % 2 else ('etcd', 'wraft')):
+                waited = wait_idle()
+                turns[system] = (wraft_turn() if system == 'wraft' else etcd_turn(port)) + (waited,)
+            (w, ww, wwait), (e, ew, ewait) = turns['wraft'], turns['etcd']
+            row = {
+                'round': r, 'first': 'wraft' if r % 2 else 'etcd',
+                'wraft_ops_per_s': w['ops_per_s'], 'etcd_ops_per_s': e['ops_per_s'],
+                'ratio': w['ops_per_s'] / e['ops_per_s'],
+                'wraft_p99_ms': w['p99_ms'], 'etcd_p99_ms': e['p99_ms'],
+                'p99_ratio': w['p99_ms'] / e['p99_ms'],
+                'wraft_cpu_us_per_op': cpu_us_per_op(ww, w['ops_per_s']),
+                'etcd_cpu_us_per_op': cpu_us_per_op(ew, e['ops_per_s']),
+                'steal_pct': 100 * (ww[2] + ew[2]) / max(1, ww[1] + ew[1]),
+                'idle_wait_s': round(wwait + ewait, 1),
+                'wraft_errors': w.get('errors', 0),
+            }
+            rows.append(row)
+            print(f"round {r} ({row['first']} first): wraft {w['ops_per_s']:.0f} ops/s "
+                  f"p99 {w['p99_ms']} ms {row['wraft_cpu_us_per_op']:.1f} µs/op | etcd "
+                  f"{e['ops_per_s']:.0f} ops/s p99 {e['p99_ms']} ms "
+                  f"{row['etcd_cpu_us_per_op']:.1f} µs/op | {row['ratio']:.2f}x, p99 "
+                  f"{row['p99_ratio']:.2f} | steal {row['steal_pct']:.1f}% | waited "
+                  f"{row['idle_wait_s']} s for idle", flush=True)
+        bench.stdin.close()
+        bench.wait(timeout=120)
+        ratios = sorted(x['ratio'] for x in rows)
+        p99s = sorted(x['p99_ratio'] for x in rows)
+        print(f"summary: {len(rows)} rounds, ratio min {ratios[0]:.2f} median "
+              f"{ratios[len(ratios) // 2]:.2f} max {ratios[-1]:.2f}; p99 ratio "
+              f"{p99s[0]:.2f}-{p99s[-1]:.2f}")
+        print(json.dumps({'rounds': rows}))
+    finally:
+        if bench and bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'stop', ETCD_DATA],
+                       capture_output=True)
+
+
+if __name__ == '__main__':
+    main()
