@@ -55,12 +55,14 @@ impl Client {
         skip: Option<&PeerAddr>,
         deadline: Instant,
     ) -> Result<(PeerAddr, ClientConnection), Vec<(PeerAddr, String)>> {
-        let mut guard = self.conn.lock().await;
-        if let Some((a, c)) = guard.as_ref()
-            && Some(a) != skip
-            && c.connection().close_reason().is_none()
-        {
-            return Ok((a.clone(), c.clone()));
+        let usable = |(a, _): &(PeerAddr, ClientConnection)| Some(a) != skip;
+        if let Some(found) = self.live_connection(usable) {
+            return Ok(found);
+        }
+        let _dialing = self.dialing.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(found) = self.live_connection(usable) {
+            return Ok(found);
         }
         let eps = &self.opts.endpoints;
         let rotated: Vec<&PeerAddr> = (0..eps.len())
@@ -95,7 +97,7 @@ impl Client {
         match winner {
             Some((addr, conn)) => {
                 self.set_suspect(&addr, false);
-                *guard = Some((addr.clone(), conn.clone()));
+                self.set_connection(Some((addr.clone(), conn.clone())));
                 Ok((addr, conn))
             }
             None => Err(failures),
@@ -119,9 +121,42 @@ impl Client {
         if let Ok(mut s) = self.suspects.lock() {
             if failed {
                 s.insert(addr.clone(), Instant::now());
-            } else {
+            } else if !s.is_empty() {
+                // Every answered call clears its node: skip hashing the address when no node
+                // is suspect, as in a healthy cluster.
                 s.remove(addr);
             }
+        }
+    }
+
+    /// The cached connection and its address, if it is still open and `usable`.
+    pub(crate) fn live_connection(
+        &self,
+        usable: impl Fn(&(PeerAddr, ClientConnection)) -> bool,
+    ) -> Option<(PeerAddr, ClientConnection)> {
+        let guard = self.conn.lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|found| usable(found) && found.1.connection().close_reason().is_none())
+            .cloned()
+    }
+
+    /// Replace the cached connection.
+    pub(crate) fn set_connection(&self, to: Option<(PeerAddr, ClientConnection)>) {
+        if let Ok(mut guard) = self.conn.lock() {
+            *guard = to;
+        }
+    }
+
+    /// Drop `broken` from the cache so that the next call dials, unless another call has
+    /// already replaced it.
+    pub(crate) fn forget_connection(&self, broken: &ClientConnection) {
+        if let Ok(mut guard) = self.conn.lock()
+            && guard
+                .as_ref()
+                .is_some_and(|(_, c)| c.connection().stable_id() == broken.connection().stable_id())
+        {
+            *guard = None;
         }
     }
 
@@ -151,15 +186,16 @@ impl Client {
         addr: &PeerAddr,
         left: Duration,
     ) -> Result<ClientConnection, String> {
-        let mut guard = self.conn.lock().await;
-        if let Some((a, c)) = guard.as_ref()
-            && a == addr
-            && c.connection().close_reason().is_none()
-        {
-            return Ok(c.clone());
+        let to_addr = |(a, _): &(PeerAddr, ClientConnection)| a == addr;
+        if let Some((_, c)) = self.live_connection(to_addr) {
+            return Ok(c);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some((_, c)) = self.live_connection(to_addr) {
+            return Ok(c);
         }
         let conn = dial(addr.clone(), self.tls.clone(), connect_timeout_ms(left)).await?;
-        *guard = Some((addr.clone(), conn.clone()));
+        self.set_connection(Some((addr.clone(), conn.clone())));
         Ok(conn)
     }
 }

@@ -169,7 +169,12 @@ impl std::fmt::Display for NodeRef {
 pub struct Client {
     opts: ClientOptions,
     tls: Arc<TlsIdentity>,
-    conn: tokio::sync::Mutex<Option<(PeerAddr, ClientConnection)>>,
+    /// The connection calls use, and the address it was dialed at. Read by every call under a
+    /// plain lock held only to clone it; dials are serialized by `dialing`.
+    conn: Mutex<Option<(PeerAddr, ClientConnection)>>,
+    /// Held while dialing (or deciding to), so that concurrent calls finding no usable
+    /// connection make one dial between them, not one each.
+    dialing: tokio::sync::Mutex<()>,
     sessions: Mutex<Vec<Session>>,
     leader_hint: Mutex<Option<PeerAddr>>,
     /// Nodes whose connection failed, and when (see [`SUSPECT_NODE_MS`]).
@@ -187,7 +192,8 @@ impl Client {
         Ok(Client {
             tls: Arc::new(opts.tls.clone()),
             opts,
-            conn: tokio::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(Vec::new()),
             leader_hint: Mutex::new(None),
             suspects: Mutex::new(HashMap::new()),
@@ -205,13 +211,11 @@ impl Client {
 
     /// Apply `command` to machine `machine`; returns its output.
     pub async fn propose(&self, machine: &str, command: &[u8]) -> Result<Applied, ClientError> {
-        let machine = machine.to_owned();
-        let command = command.to_vec();
         let reply = self
             .tagged(|tag| Request::Propose {
                 tag,
-                machine: machine.clone(),
-                command: command.clone(),
+                machine: machine.to_owned(),
+                command: command.to_vec(),
             })
             .await?;
         match reply {
@@ -665,7 +669,7 @@ impl Client {
                     last = e;
                     self.set_suspect(&target, true);
                     self.set_hint(None);
-                    *self.conn.lock().await = None;
+                    self.forget_connection(&conn);
                     rotate = self.position_after(&target, rotate);
                     skip = None;
                     sleep_within(backoff, start + deadline).await;
