@@ -112,10 +112,12 @@ def main():
                    capture_output=True, check=True)
     bench = None
     try:
-        time.sleep(3)
-        port = etcd_leader_port()
+        port, t0 = None, time.time()
+        while port is None and time.time() - t0 < 30:
+            time.sleep(0.5)
+            port = etcd_leader_port()
         if port is None:
-            sys.exit('etcd elected no leader')
+            sys.exit('etcd elected no leader within 30 s')
         log = open('/tmp/interleave-wraft.log', 'w')
         bench = subprocess.Popen(
             [W, 'bench', '--processes', '--clients', CLIENTS, '--conns', CONNS,
