@@ -90,7 +90,14 @@ impl HostEngine {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.wasm_stack_bytes_max)
-            .cranelift_opt_level(OptLevel::Speed);
+            .cranelift_opt_level(OptLevel::Speed)
+            // Initialize guest memory by copying the data segments, not from a copy-on-write
+            // image: on Linux that image is a memfd wasmtime seals read-only, and sealing fails
+            // (EBUSY) while the kernel holds a reference to one of its pages, as a memory
+            // monitor sampling pages does; instantiating then failed at random. A node
+            // instantiates a machine only at deploy, start and restore, where a copy of the
+            // data segments costs little.
+            .memory_init_cow(false);
         // Diagnostics only: with `WRAFT_WASM_PERFMAP` set, wasmtime writes `/tmp/perf-<pid>.map`
         // so that `perf report` names guest functions (no effect on compiled code).
         if std::env::var_os("WRAFT_WASM_PERFMAP").is_some() {
