@@ -5,10 +5,14 @@ an etcd window within seconds of it. On a shared VM whose speed swings by a thir
 minute to the next (BENCHMARKS.md series p), pairs of whole runs a minute apart measure the
 swing as much as the systems; turns seconds apart do not.
 
-Each round: wait until the machine is idle (under IDLE_MAX busy over a second, or 20 s), then
-the two turns, wraft first in odd rounds and etcd first in even ones. A turn is WARMUP seconds
-of load and SECS measured; the whole machine's busy CPU is read from /proc/stat over the
-measured window only (0.3 s in from each end), as wraft-row.py and etcd-row.sh do.
+Each round has two turns, wraft first in odd rounds and etcd first in even ones; each turn
+starts once the machine is idle (under IDLE_MAX busy over a second, or after 20 s) and is
+WARMUP seconds of load then SECS measured. The whole machine's busy CPU per operation is read
+from /proc/stat: for wraft over its measured window (0.3 s in from each end), as wraft-row.py
+does; for etcd around the measured load generator's whole run, divided by the puts it
+counted, as etcd-row.sh does. After each etcd turn its history is compacted (etcd-row.sh
+starts every run on an empty cluster; a cluster that stays up would otherwise carry every
+revision of every earlier turn).
 
 Usage: interleave.py [extra wraft bench args]. Environment: W (the wraft binary), MODULE (kv
 component), KIT (the etcd kit, built; default /tmp/etcd-kit), CLIENTS (256), CONNS (16),
@@ -16,6 +20,7 @@ SECS (10), WARMUP (2), ROUNDS (6), IDLE_MAX (0.15). Linux only; needs etcd on th
 Prints a line per round and a summary; ends both clusters."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -79,54 +84,90 @@ def cpu_us_per_op(window, ops_per_s):
     return busy * 10000 / (ops_per_s * (SECS - 0.6)) if ops_per_s else float('nan')
 
 
+def etcd_post(port, path, body):
+    out = subprocess.run(['curl', '-s', '-X', 'POST', f'http://127.0.0.1:{port}{path}', '-d',
+                          json.dumps(body)], capture_output=True, text=True).stdout
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {}
+
+
 def etcd_leader_port():
     for port in (23791, 23792, 23793):
-        out = subprocess.run(['curl', '-s', '-X', 'POST',
-                              f'http://127.0.0.1:{port}/v3/maintenance/status', '-d', '{}'],
-                             capture_output=True, text=True).stdout
-        try:
-            d = json.loads(out)
-            if d['header']['member_id'] == d['leader']:
-                return port
-        except (ValueError, KeyError):
-            pass
+        d = etcd_post(port, '/v3/maintenance/status', {})
+        if 'leader' in d and d.get('header', {}).get('member_id') == d['leader']:
+            return port
     return None
 
 
 def etcd_turn(port):
-    """WARMUP s of etcd load, then SECS measured, as etcd-row.sh runs it."""
+    """WARMUP s of etcd load, then SECS measured, CPU read around the measured run (as
+    etcd-row.sh does); then compact the history the turn wrote."""
     base = [LOADGEN, '--endpoints', f'127.0.0.1:{port}', '--clients', CLIENTS,
             '--conns', CONNS, '--value-bytes', '256']
+    subprocess.run(base + ['--secs', str(WARMUP)], capture_output=True, check=True)
+    a = stat()
+    out = subprocess.run(base + ['--secs', str(SECS)], capture_output=True, text=True,
+                         check=True).stdout
+    window = busy_between(a, stat())
+    result = json.loads(out)
+    revision = etcd_post(port, '/v3/maintenance/status', {}).get('header', {}).get('revision')
+    if revision:
+        etcd_post(port, '/v3/kv/compaction', {'revision': revision, 'physical': True})
+    return result, window
 
-    def load():
-        subprocess.run(base + ['--secs', str(WARMUP)], capture_output=True, check=True)
-        out = subprocess.run(base + ['--secs', str(SECS)], capture_output=True, text=True,
-                             check=True).stdout
-        return json.loads(out)
-    return windowed(load)
+
+def cpu_us_per_etcd_op(window, result):
+    busy, _, _ = window
+    return busy * 10000 / result['ops'] if result.get('ops') else float('nan')
+
+
+def wait_for_text(path, text, count, proc, timeout=300):
+    """Wait until `path` holds `text` at least `count` times (the bench's log)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if open(path).read().count(text) >= count:
+            return
+        if proc.poll() is not None:
+            sys.exit(f'wraft bench ended early; see {path}')
+        time.sleep(0.2)
+    sys.exit(f'wraft bench not ready after {timeout} s; see {path}')
 
 
 def main():
     subprocess.run(['rm', '-rf', ETCD_DATA], check=True)
-    subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'start', ETCD_DATA],
-                   capture_output=True, check=True)
     bench = None
     try:
+        subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'start', ETCD_DATA],
+                       capture_output=True, check=True)
         port, t0 = None, time.time()
         while port is None and time.time() - t0 < 30:
             time.sleep(0.5)
             port = etcd_leader_port()
         if port is None:
             sys.exit('etcd elected no leader within 30 s')
-        log = open('/tmp/interleave-wraft.log', 'w')
+        log_path = '/tmp/interleave-wraft.log'
+        log = open(log_path, 'w')
+        # A session of its own: on any failure below, the bench and the node processes it
+        # started are killed together (a killed bench cannot stop its nodes itself).
         bench = subprocess.Popen(
             [W, 'bench', '--processes', '--clients', CLIENTS, '--conns', CONNS,
              '--secs', str(SECS), '--warmup-secs', str(WARMUP), '--rounds', str(ROUNDS),
              '--rounds-on-stdin', '--module', os.environ.get('MODULE', '/tmp/kv.wasm')]
             + sys.argv[1:],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+            start_new_session=True)
+        wraft_turns = 0
 
         def wraft_turn():
+            nonlocal wraft_turns
+            wraft_turns += 1
+            # The bench says when it waits for the round's line: after its probes, the
+            # cluster's start and the deploy (whose compiles are seconds of CPU) for the first.
+            wait_for_text(log_path, 'waiting for a line', wraft_turns, bench)
+            waited = wait_idle()
+
             def load():
                 bench.stdin.write('go\n')
                 bench.stdin.flush()
@@ -134,14 +175,17 @@ def main():
                 if not line:
                     sys.exit('wraft bench ended early; see /tmp/interleave-wraft.log')
                 return json.loads(line)
-            return windowed(load)
+            return windowed(load) + (waited,)
 
         rows = []
         for r in range(1, ROUNDS + 1):
             turns = {}
             for system in (('wraft', 'etcd') if r % 2 else ('etcd', 'wraft')):
-                waited = wait_idle()
-                turns[system] = (wraft_turn() if system == 'wraft' else etcd_turn(port)) + (waited,)
+                if system == 'wraft':
+                    turns[system] = wraft_turn()
+                else:
+                    waited = wait_idle()
+                    turns[system] = etcd_turn(port) + (waited,)
             (w, ww, wwait), (e, ew, ewait) = turns['wraft'], turns['etcd']
             row = {
                 'round': r, 'first': 'wraft' if r % 2 else 'etcd',
@@ -150,7 +194,7 @@ def main():
                 'wraft_p99_ms': w['p99_ms'], 'etcd_p99_ms': e['p99_ms'],
                 'p99_ratio': w['p99_ms'] / e['p99_ms'],
                 'wraft_cpu_us_per_op': cpu_us_per_op(ww, w['ops_per_s']),
-                'etcd_cpu_us_per_op': cpu_us_per_op(ew, e['ops_per_s']),
+                'etcd_cpu_us_per_op': cpu_us_per_etcd_op(ew, e),
                 'steal_pct': 100 * (ww[2] + ew[2]) / max(1, ww[1] + ew[1]),
                 'idle_wait_s': round(wwait + ewait, 1),
                 'wraft_errors': w.get('errors', 0),
@@ -172,7 +216,7 @@ def main():
         print(json.dumps({'rounds': rows}))
     finally:
         if bench and bench.poll() is None:
-            bench.kill()
+            os.killpg(bench.pid, signal.SIGKILL)
             bench.wait()
         subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'stop', ETCD_DATA],
                        capture_output=True)

@@ -75,9 +75,10 @@ pub struct BenchArgs {
     /// Unmeasured load before the measurement, seconds.
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
-    /// Measured windows: each is `--warmup-secs` of load then `--secs` measured, and the cluster
-    /// sits idle (still running) between them. With more than one, each round's result is also
-    /// printed as a JSON line of its own as it ends; the last line sums them all.
+    /// Measured windows on the same cluster: each is `--warmup-secs` of load then `--secs`
+    /// measured, one after the other (with `--rounds-on-stdin`, the cluster sits idle between
+    /// them until the next line). With more than one, each round's result is also printed as a
+    /// JSON line of its own as it ends; the last line sums them all.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Start each round only when a line arrives on standard input (it ends early at end of
