@@ -474,6 +474,68 @@ async fn status_round_trips(
     Ok(h)
 }
 
+/// What one measured window gave.
+struct RoundResult {
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Wait for a line on standard input before round `round`; false at end of input.
+async fn next_line_on_stdin(round: usize) -> Result<bool, AnyError> {
+    eprintln!("round {round}: waiting for a line on standard input…");
+    let got = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|n| n > 0)
+    })
+    .await??;
+    Ok(got)
+}
+
+/// One window: every worker for `--warmup-secs` unmeasured, then `--secs` measured.
+async fn measure_round(
+    args: &BenchArgs,
+    clients: &[Arc<Client>],
+    value: Arc<str>,
+) -> Result<RoundResult, AnyError> {
+    eprintln!(
+        "running {} workers: {} s warm-up, {} s measured…",
+        args.clients, args.warmup_secs, args.secs
+    );
+    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let end = measure_from + Duration::from_secs(args.secs);
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|i| {
+            tokio::spawn(worker(
+                i,
+                clients[i % clients.len()].clone(),
+                args.codec,
+                args.reads,
+                args.read_keys,
+                value.clone(),
+                measure_from,
+                end,
+            ))
+        })
+        .collect();
+    let mut round = RoundResult {
+        latency: histogram(),
+        errors: 0,
+        first_error: None,
+    };
+    for t in tasks {
+        let r = t.await?;
+        for us in r.latency_us {
+            round.latency.saturating_record(u64::from(us));
+        }
+        round.errors += r.errors;
+        if round.first_error.is_none() {
+            round.first_error = r.first_error;
+        }
+    }
+    Ok(round)
+}
+
 async fn drive(
     args: &BenchArgs,
     conns: usize,
@@ -537,59 +599,21 @@ async fn drive(
     let mut first_error = None;
     let mut rounds = 0;
     while rounds < args.rounds {
-        if args.rounds_on_stdin {
-            eprintln!(
-                "round {}: waiting for a line on standard input…",
-                rounds + 1
-            );
-            let line = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map(|n| n > 0)
-            })
-            .await??;
-            if !line {
-                eprintln!("standard input ended: stopping after {rounds} rounds");
-                break;
-            }
+        if args.rounds_on_stdin && !next_line_on_stdin(rounds + 1).await? {
+            eprintln!("standard input ended: stopping after {rounds} rounds");
+            break;
         }
-        eprintln!(
-            "running {} workers: {} s warm-up, {} s measured…",
-            args.clients, args.warmup_secs, args.secs
-        );
-        let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
-        let end = measure_from + Duration::from_secs(args.secs);
-        let mut tasks = Vec::with_capacity(args.clients);
-        for i in 0..args.clients {
-            tasks.push(tokio::spawn(worker(
-                i,
-                clients[i % conns].clone(),
-                args.codec,
-                args.reads,
-                args.read_keys,
-                value.clone(),
-                measure_from,
-                end,
-            )));
-        }
-        let mut round = histogram();
-        let mut round_errors = 0;
-        for t in tasks {
-            let r = t.await?;
-            for us in r.latency_us {
-                round.saturating_record(u64::from(us));
-            }
-            round_errors += r.errors;
-            if first_error.is_none() {
-                first_error = r.first_error;
-            }
-        }
+        let round = measure_round(args, &clients, value.clone()).await?;
         cluster.check_alive()?;
         rounds += 1;
-        errors += round_errors;
-        all.add(&round)
+        errors += round.errors;
+        if first_error.is_none() {
+            first_error = round.first_error;
+        }
+        all.add(&round.latency)
             .map_err(|e| format!("merging a round's latencies: {e}"))?;
         if args.rounds > 1 {
-            let p = Percentiles::of(&round);
+            let p = Percentiles::of(&round.latency);
             println!(
                 "{}",
                 serde_json::json!({
@@ -600,7 +624,7 @@ async fn drive(
                     "p50_ms": p.p50_ms,
                     "p99_ms": p.p99_ms,
                     "p999_ms": p.p999_ms,
-                    "errors": round_errors,
+                    "errors": round.errors,
                 })
             );
         }
