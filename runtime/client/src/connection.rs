@@ -224,6 +224,7 @@ async fn dial(
         idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS,
         connect_timeout_ms: timeout_ms,
         max_frame_bytes: FRAME_BYTES_MAX,
+        multiplex: true,
         ..ClientConfig::default()
     };
     let socks = wraft_transport::client::resolve(&addr, timeout_ms)

@@ -424,6 +424,20 @@ pub async fn read_msg_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
     idle: std::time::Duration,
     total: impl Fn(u64) -> std::time::Duration,
 ) -> Result<Option<(u8, T)>, FrameError> {
+    match read_frame_within(r, max_frame_bytes, idle, total).await? {
+        None => Ok(None),
+        Some(f) => Ok(Some((f.kind, f.decode()?))),
+    }
+}
+
+/// [`read_frame`] within the deadlines of [`read_msg_within`]: the frame's payload is left for
+/// the caller to decode as its kind says.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: u32,
+    idle: std::time::Duration,
+    total: impl Fn(u64) -> std::time::Duration,
+) -> Result<Option<Frame>, FrameError> {
     let started = tokio::time::Instant::now();
     let timed_out = |got: u64, len: u64, total: std::time::Duration| FrameError::TimedOut {
         after_ms: started.elapsed().as_millis() as u64,
@@ -456,11 +470,10 @@ pub async fn read_msg_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
         got += n;
     }
     check_payload(h, &payload)?;
-    let f = Frame {
+    Ok(Some(Frame {
         kind: h.kind,
         payload,
-    };
-    Ok(Some((f.kind, f.decode()?)))
+    }))
 }
 
 /// Write one frame (header, then payload). Waits for stream flow control.

@@ -37,6 +37,7 @@
 pub mod certs;
 pub mod client;
 pub mod frame;
+pub mod mux;
 pub mod tls;
 mod transport;
 mod udp;

@@ -186,6 +186,7 @@ impl Forwarder {
         let config = ClientConfig {
             max_frame_bytes: self.frame_bytes_max,
             connect_timeout_ms: FORWARD_CONNECT_TIMEOUT_MS,
+            multiplex: true,
             ..ClientConfig::default()
         };
         let mut last = String::from("no address");

@@ -1,5 +1,5 @@
 //! Serving client connections: one request per QUIC stream, answered on the
-//! same stream. Three deadlines bound what a stream can hold: the request's bytes
+//! same stream, or many on one multiplexed stream ([`session`]). Three deadlines bound what a stream can hold: the request's bytes
 //! must never pause for `client.request_timeout_ms` and arrive whole within it (a request
 //! bigger than any command, i.e. a module, within `client.deploy_timeout_ms`, so that one
 //! uploaded over a slow link is read whole), the request must get its outcome within
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
@@ -20,6 +21,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use wraft_transport::frame;
+use wraft_transport::mux::KIND_MUX_OPEN;
 use wraft_transport::{ClientStream, Identity};
 
 use crate::auth::Caller;
@@ -33,6 +35,8 @@ use wraft_proto::{
 };
 use wraft_snapshot::peers::SegmentIndex;
 use wraft_storage::{SnapshotId, SnapshotStore};
+
+mod session;
 
 /// Most client requests being served at once by one node.
 pub const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
@@ -57,10 +61,9 @@ pub(super) async fn serve_clients(
     api: Api,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Each future says whether it was a request (counted against the bound) or a refusal.
-    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = bool> + Send>>> =
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
         FuturesUnordered::new();
-    let mut requests = 0usize;
+    let slots = Slots::default();
     // Who each certificate identity is and what it may do, worked out once per identity rather
     // than per request (the limits that decide the role are fixed for `api`'s lifetime).
     let mut callers: HashMap<Identity, Arc<Caller>> = HashMap::new();
@@ -73,26 +76,21 @@ pub(super) async fn serve_clients(
                 let _ = tokio::time::timeout(Duration::from_millis(CLIENT_DRAIN_MS_MAX), drain).await;
                 return;
             }
-            Some(was_request) = in_flight.next(), if !in_flight.is_empty() => {
-                requests -= usize::from(was_request);
-                continue;
-            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             s = streams.recv() => match s { Some(s) => s, None => return },
         };
-        if requests >= CLIENT_REQUESTS_IN_FLIGHT_MAX {
+        let Some(slot) = slots.take() else {
             // Over the bound: refuse this one cheaply rather than queue it.
             let ClientStream { identity, send, .. } = stream;
-            let resp: Response = Err(RequestError::Busy(format!(
-                "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
-            )));
+            let resp = busy();
             let deadline_ms = api.limits.response_write_timeout_ms;
             api.metrics
                 .answered("unread", outcome_kind(&resp), Duration::ZERO);
-            in_flight.push(contained(false, async move {
+            in_flight.push(contained(async move {
                 write_response(send, &resp, deadline_ms, &identity).await;
             }));
             continue;
-        }
+        };
         if callers.len() >= CALLERS_CACHED_MAX && !callers.contains_key(&stream.identity) {
             callers.clear();
         }
@@ -101,33 +99,77 @@ pub(super) async fn serve_clients(
             .or_insert_with(|| Arc::new(Caller::of_identity(&stream.identity, &api.limits)))
             .clone();
         let api = api.clone();
-        requests += 1;
-        in_flight.push(contained(true, async move {
-            serve_one(stream, &api, &caller).await;
+        let session = session::Session {
+            slots: slots.clone(),
+            shutdown: shutdown.clone(),
+        };
+        in_flight.push(contained(async move {
+            serve_one(stream, &api, &caller, slot, session).await;
         }));
+    }
+}
+
+/// The answer to a request over [`CLIENT_REQUESTS_IN_FLIGHT_MAX`].
+fn busy() -> Response {
+    Err(RequestError::Busy(format!(
+        "{CLIENT_REQUESTS_IN_FLIGHT_MAX} requests in flight on this node"
+    )))
+}
+
+/// The count of client requests being served by a node, on streams of their own and on
+/// multiplexed streams alike, bounded by [`CLIENT_REQUESTS_IN_FLIGHT_MAX`].
+#[derive(Clone, Default)]
+pub(crate) struct Slots(Arc<AtomicUsize>);
+
+/// One request's place in [`Slots`], given back when dropped.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slots {
+    /// A place for one more request, or `None` if the node already serves as many as it may.
+    pub(crate) fn take(&self) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < CLIENT_REQUESTS_IN_FLIGHT_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.0.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Box `serve` for the set of in-flight streams, so that a panic while serving one stream loses
 /// that stream only (as when each had its own task), not the task serving all of them.
 fn contained(
-    was_request: bool,
     serve: impl Future<Output = ()> + Send + 'static,
-) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         if let Err(panic) = AssertUnwindSafe(serve).catch_unwind().await {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(target: "wraft::client", panic = %what, "serving a client stream panicked; that stream is dropped");
+            tracing::error!(target: "wraft::client", panic = %panic_message(&*panic), "serving a client stream panicked; that stream is dropped");
         }
-        was_request
     })
 }
 
-async fn serve_one(stream: ClientStream, api: &Api, caller: &Caller) {
+/// What a caught panic said, if it said it as a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+async fn serve_one(
+    stream: ClientStream,
+    api: &Api,
+    caller: &Caller,
+    slot: Slot,
+    session: session::Session,
+) {
     let ClientStream {
         identity,
         send,
@@ -140,7 +182,7 @@ async fn serve_one(stream: ClientStream, api: &Api, caller: &Caller) {
         .max(api.host.config().module_bytes_max as u64)
         + 4096)
         .min(u32::MAX as u64) as u32;
-    let request = match frame::read_msg_within::<_, Request>(
+    let first = frame::read_frame_within(
         &mut recv,
         frame_max,
         Duration::from_millis(limits.request_timeout_ms),
@@ -154,29 +196,48 @@ async fn serve_one(stream: ClientStream, api: &Api, caller: &Caller) {
             })
         },
     )
-    .await
-    {
-        Ok(Some((KIND_REQUEST, req))) => {
-            wraft_transport::client::take_stream_end(&mut recv);
-            req
-        }
-        Ok(Some((kind, _))) => {
-            tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
-            return;
-        }
+    .await;
+    let first = match first {
+        Ok(Some(f)) => f,
         Ok(None) => return,
         Err(e @ frame::FrameError::TimedOut { .. }) => {
             tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: no whole request within the deadline");
             return;
         }
-        Err(e) => {
-            tracing::info!(target: "wraft::client", %identity, error = %e, "closing a client stream: bad request frame");
-            let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
+        Err(e) => return bad_request_frame(&mut recv, &identity, &e),
+    };
+    let request = match first.kind {
+        KIND_REQUEST => match first.decode::<Request>() {
+            Ok(req) => {
+                wraft_transport::client::take_stream_end(&mut recv);
+                req
+            }
+            Err(e) => return bad_request_frame(&mut recv, &identity, &e),
+        },
+        KIND_MUX_OPEN => {
+            // A stream for many requests: it holds no place of its own, each of its requests
+            // takes one.
+            drop(slot);
+            return session.serve(send, recv, api, caller, &identity).await;
+        }
+        kind => {
+            tracing::debug!(target: "wraft::client", %identity, kind, "unexpected frame kind");
             return;
         }
     };
     let response = api.serve(caller, request).await;
     write_response(send, &response, limits.response_write_timeout_ms, &identity).await;
+    drop(slot);
+}
+
+/// Stop reading a stream whose request frame is malformed, telling the client why.
+fn bad_request_frame(
+    recv: &mut wraft_transport::quinn::RecvStream,
+    identity: &Identity,
+    error: &frame::FrameError,
+) {
+    tracing::info!(target: "wraft::client", %identity, %error, "closing a client stream: bad request frame");
+    let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
 }
 
 /// Serving one request, the same for a QUIC stream and an HTTP request: authorisation, the

@@ -1,6 +1,9 @@
 //! Client side of `wraft-client/1`: connect to any cluster node with a client
 //! certificate and run framed request/response exchanges on bidirectional
-//! streams. Request and response types are the caller's (postcard).
+//! streams, or tagged on one multiplexed stream ([`crate::mux`]) where the node accepts it.
+//! Request and response types are the caller's (postcard).
+
+mod mux;
 
 use futures_util::FutureExt;
 use std::net::SocketAddr;
@@ -32,6 +35,11 @@ pub struct ClientConfig {
     /// Kernel send/receive buffer asked for on the connection's UDP socket, bytes. Default 4 MiB
     /// (capped by the kernel's `net.core.rmem_max`).
     pub udp_buffer_bytes: usize,
+    /// Ask the node for one multiplexed stream for the connection's requests (a wraft node's
+    /// client service accepts it) instead of opening a stream per request. Until the node
+    /// accepts, and for good if it does not, each request takes a stream of its own. Default
+    /// false: a server that is not a wraft node may not understand the request.
+    pub multiplex: bool,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +50,7 @@ impl Default for ClientConfig {
             keep_alive_interval_ms: 1000,
             idle_timeout_ms: 10_000,
             udp_buffer_bytes: crate::udp::DEFAULT_UDP_BUFFER_BYTES,
+            multiplex: false,
         }
     }
 }
@@ -57,6 +66,8 @@ pub struct ClientConnection {
     /// names the node that answered after every call, and parsing the X.509 each time cost
     /// about 1 % of a loaded machine's CPU.
     server: Option<Identity>,
+    /// The multiplexed stream, once the node has accepted it.
+    mux: mux::MuxSlot,
 }
 
 fn server_identity(conn: &Connection) -> Option<Identity> {
@@ -210,12 +221,23 @@ impl ClientConnection {
         let (lane, lane_rx) = mpsc::channel(LANE_QUEUE_MAX);
         tokio::spawn(send_lane(conn.clone(), lane_rx));
         let server = server_identity(&conn);
+        let mux = mux::MuxSlot::default();
+        if config.multiplex {
+            // Opened in the background: the first requests need not wait for it.
+            tokio::spawn(mux::open(
+                conn.clone(),
+                mux.clone(),
+                Duration::from_millis(config.connect_timeout_ms),
+                config.max_frame_bytes,
+            ));
+        }
         Ok(ClientConnection {
             endpoint,
             conn,
             max_frame_bytes: config.max_frame_bytes,
             lane,
             server,
+            mux,
         })
     }
 
@@ -229,15 +251,20 @@ impl ClientConnection {
         Ok(self.conn.open_bi().await?)
     }
 
-    /// One request/response exchange on a fresh stream: write `req` as one
-    /// frame of `kind`, finish the send side, read one response frame. Fails
-    /// on connection loss, a malformed response, or a stream that ends
-    /// without a response.
+    /// One request/response exchange: `req` as one frame of `kind`, answered by one response
+    /// frame. On the multiplexed stream if the connection has one and the request is small;
+    /// otherwise on a fresh stream whose send side is finished after the request. Fails on
+    /// connection loss, a malformed response, or a stream that ends without a response.
     pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         kind: u8,
         req: &Req,
     ) -> Result<(u8, Resp), TransportError> {
+        if let Some(mux) = self.mux.get()
+            && let Some(answer) = mux.request(kind, req, self.max_frame_bytes).await
+        {
+            return answer;
+        }
         let buf =
             frame::encode_msg_frame(kind, req, self.max_frame_bytes, frame::MSG_CAPACITY_DEFAULT)?;
         let mut recv = if buf.len() <= LANE_FRAME_BYTES_MAX {
@@ -263,6 +290,12 @@ impl ClientConnection {
             }
             .into()),
         }
+    }
+
+    /// True once the node has accepted a multiplexed stream for this connection's requests
+    /// (and it has not ended since).
+    pub fn multiplexed(&self) -> bool {
+        self.mux.get().is_some_and(|m| m.is_open())
     }
 
     /// The underlying quinn connection.

@@ -1,0 +1,322 @@
+//! A node's multiplexed client streams, against real `wraft node` processes: a client's
+//! requests share one stream, and the bounds a stream per request has (a request's bytes
+//! arrive in time, responses are taken in time, a malformed frame ends only its stream) hold
+//! for a multiplexed stream too, while the cluster goes on committing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wraft_proto::{
+    CODE_RESPONSE_WRITE_TIMEOUT, Consistency, KIND_REQUEST, KIND_RESPONSE, Request, RequestError,
+    Response,
+};
+use wraft_tests::{Cluster, guest, kv_get, kv_put};
+use wraft_transport::certs::{CertDir, TlsIdentity};
+use wraft_transport::client::{ClientConfig, ClientConnection};
+use wraft_transport::mux::{self, FrameBuffer, KIND_MUX, KIND_MUX_OPEN, KIND_MUX_OPENED};
+use wraft_transport::quinn;
+use wraft_transport::tls::{self, Alpn, AuthCounters};
+use wraft_transport::{CODE_BAD_FRAME, Identity, frame};
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+const SERVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn started(tweak: impl Fn(&mut wraft_config::NodeConfig)) -> (Cluster, u64) {
+    let cluster = Cluster::start_with(3, tweak);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    (cluster, leader)
+}
+
+fn admin_tls(cluster: &Cluster) -> TlsIdentity {
+    CertDir::new(cluster.certs_dir())
+        .load_tls(&Identity::Client("admin".into()))
+        .expect("admin certificate")
+}
+
+/// Deploy kv, then commit a write and read it back, each within [`SERVE_TIMEOUT`].
+async fn assert_still_commits(cluster: &Cluster, key: &str) {
+    let c = cluster.client().await;
+    if c.machines()
+        .await
+        .map(|m| m.iter().all(|m| m.name != "kv"))
+        .unwrap_or(true)
+    {
+        c.deploy("kv", guest("kv")).await.expect("deploy kv");
+    }
+    tokio::time::timeout(SERVE_TIMEOUT, c.propose("kv", &kv_put(key, "v")))
+        .await
+        .unwrap_or_else(|_| panic!("write of {key} not committed within {SERVE_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("write of {key} failed: {e}"));
+    tokio::time::timeout(
+        SERVE_TIMEOUT,
+        c.query("kv", &kv_get(key), Consistency::Linearizable),
+    )
+    .await
+    .expect("read in time")
+    .expect("read");
+}
+
+/// A raw multiplexed stream on `conn`, accepted by the node.
+async fn open_mux(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write_frame(&mut send, KIND_MUX_OPEN, &[1], u32::MAX)
+        .await
+        .expect("open");
+    let f = tokio::time::timeout(SERVE_TIMEOUT, frame::read_frame(&mut recv, 64))
+        .await
+        .expect("accepted in time")
+        .expect("frame")
+        .expect("not the end");
+    assert_eq!(
+        (f.kind, f.payload.as_slice()),
+        (KIND_MUX_OPENED, &[1u8][..])
+    );
+    (send, recv)
+}
+
+/// The next tagged response on `recv`: `Ok((id, response))`, or `Err` with the stream's reset
+/// code (or `None` if it ended or broke otherwise).
+async fn next_response(
+    recv: &mut quinn::RecvStream,
+    buf: &mut FrameBuffer,
+) -> Result<(u64, Response), Option<u64>> {
+    loop {
+        if let Some((kind, payload)) = buf.next_frame(u32::MAX).expect("a good frame") {
+            assert_eq!(kind, KIND_MUX);
+            let (id, inner, body) = mux::decode_tagged(&payload).expect("tag");
+            assert_eq!(inner, KIND_RESPONSE);
+            return Ok((id, frame::decode_payload(body).expect("a response")));
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => buf.extend(&chunk.bytes),
+            Ok(None) => return Err(None),
+            Err(quinn::ReadError::Reset(code)) => return Err(Some(code.into_inner())),
+            Err(_) => return Err(None),
+        }
+    }
+}
+
+/// Connect to node `id` as the admin, granting the node `window_bytes` of credit per stream.
+async fn connect_raw(
+    cluster: &Cluster,
+    id: u64,
+    window_bytes: u32,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let rustls_cfg =
+        tls::client_config(&admin_tls(cluster), Alpn::Client, &AuthCounters::new()).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(window_bytes.into());
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let conn = endpoint
+        .connect_with(cc, cluster.addr(id), &tls::server_name_for(id))
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, conn)
+}
+
+fn tagged_request(id: u64, req: &Request) -> Vec<u8> {
+    mux::encode_tagged(id, KIND_REQUEST, req, u32::MAX).expect("encode")
+}
+
+/// Hundreds of concurrent requests from one client connection share its multiplexed stream:
+/// the node never has to grant the client more streams, and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_concurrent_requests_share_one_multiplexed_stream() {
+    const CALLS: usize = 400;
+    let (cluster, leader) = started(|_| {}).await;
+    assert_still_commits(&cluster, "before").await;
+    let config = ClientConfig {
+        multiplex: true,
+        ..ClientConfig::default()
+    };
+    let conn = ClientConnection::connect(cluster.addr(leader), None, &admin_tls(&cluster), &config)
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    while !conn.multiplexed() {
+        assert!(
+            Instant::now() < deadline,
+            "the node never accepted the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let req = if i % 2 == 0 {
+                    Request::Status
+                } else {
+                    Request::Query {
+                        machine: "kv".into(),
+                        request: kv_get("before"),
+                        consistency: Consistency::Linearizable,
+                    }
+                };
+                conn.request::<Request, Response>(KIND_REQUEST, &req).await
+            })
+        })
+        .collect();
+    for call in calls {
+        let (kind, response) = tokio::time::timeout(SERVE_TIMEOUT, call)
+            .await
+            .expect("answered in time")
+            .expect("join")
+            .expect("answered");
+        assert_eq!(kind, KIND_RESPONSE);
+        response.expect("served");
+    }
+    assert!(conn.multiplexed());
+    let stats = conn.connection().stats();
+    assert_eq!(
+        stats.frame_rx.max_streams_bidi, 0,
+        "the node granted more streams: requests went a stream each"
+    );
+    conn.close().await;
+}
+
+/// On a multiplexed stream a request that does not decode is answered `Rejected` and the
+/// stream serves on; a frame that is not a tagged request ends that stream (reset with
+/// `CODE_BAD_FRAME`) and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_frame_on_a_multiplexed_stream_ends_only_that_stream() {
+    let (cluster, leader) = started(|_| {}).await;
+    let (_endpoint, conn) = connect_raw(&cluster, leader, 1 << 20).await;
+    let (mut send, mut recv) = open_mux(&conn).await;
+    let mut buf = FrameBuffer::new();
+    // A tagged request whose body is not a request (a newer client's, say).
+    let mut garbage = Vec::new();
+    mux::encode_tagged_into(&mut garbage, 1, KIND_REQUEST, &(250u8, "?"), u32::MAX).unwrap();
+    send.write_all(&garbage).await.unwrap();
+    send.write_all(&tagged_request(2, &Request::Status))
+        .await
+        .unwrap();
+    let mut answers = vec![
+        next_response(&mut recv, &mut buf).await.expect("answer"),
+        next_response(&mut recv, &mut buf).await.expect("answer"),
+    ];
+    answers.sort_by_key(|(id, _)| *id);
+    assert!(
+        matches!(&answers[0], (1, Err(RequestError::Rejected(m))) if m.contains("cannot read the request")),
+        "{answers:?}"
+    );
+    assert!(matches!(&answers[1], (2, Ok(_))), "{answers:?}");
+    // A tagged frame of a kind that is not a request.
+    let mut wrong = Vec::new();
+    mux::encode_tagged_into(&mut wrong, 3, 0x55, &Request::Status, u32::MAX).unwrap();
+    send.write_all(&wrong).await.unwrap();
+    let ended = tokio::time::timeout(SERVE_TIMEOUT, next_response(&mut recv, &mut buf))
+        .await
+        .expect("ended in time");
+    assert_eq!(
+        ended.map(|(id, _)| id),
+        Err(Some(u64::from(CODE_BAD_FRAME)))
+    );
+    // The connection serves on: a new multiplexed stream, and the cluster commits.
+    let (mut send, mut recv) = open_mux(&conn).await;
+    send.write_all(&tagged_request(1, &Request::Status))
+        .await
+        .unwrap();
+    let (id, status) = next_response(&mut recv, &mut FrameBuffer::new())
+        .await
+        .expect("answered");
+    assert_eq!(id, 1);
+    status.expect("status");
+    assert!(
+        cluster
+            .log(leader)
+            .contains("closing a multiplexed client stream"),
+        "the node says why it ended the stream"
+    );
+    assert_still_commits(&cluster, "after-bad-frame").await;
+}
+
+/// A request frame begun and never finished ends its multiplexed stream at the request
+/// deadline, not before and not much after; the requests before it were answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_left_unfinished_on_a_multiplexed_stream_ends_it_at_the_deadline() {
+    // Long enough for a deploy (a guest compile) on a loaded debug build.
+    const DEADLINE_MS: u64 = 10_000;
+    let (cluster, leader) = started(|c| c.client.request_timeout_ms = DEADLINE_MS).await;
+    let (_endpoint, conn) = connect_raw(&cluster, leader, 1 << 20).await;
+    let (mut send, mut recv) = open_mux(&conn).await;
+    let mut buf = FrameBuffer::new();
+    send.write_all(&tagged_request(1, &Request::Status))
+        .await
+        .unwrap();
+    let (id, _) = next_response(&mut recv, &mut buf).await.expect("answered");
+    assert_eq!(id, 1);
+    let next = tagged_request(2, &Request::Status);
+    let start = Instant::now();
+    send.write_all(&next[..next.len() / 2]).await.unwrap();
+    assert_still_commits(&cluster, "during-unfinished-request").await;
+    let ended = tokio::time::timeout(
+        Duration::from_millis(DEADLINE_MS * 3),
+        next_response(&mut recv, &mut buf),
+    )
+    .await
+    .expect("the node ends the stream");
+    let took = start.elapsed();
+    assert_eq!(
+        ended.map(|(id, _)| id),
+        Err(Some(u64::from(CODE_BAD_FRAME)))
+    );
+    assert!(
+        took >= Duration::from_millis(DEADLINE_MS),
+        "ended before the deadline: {took:?}"
+    );
+    eprintln!("an unfinished request ended its stream after {took:?} (deadline {DEADLINE_MS} ms)");
+}
+
+/// Responses a client never takes off its multiplexed stream are given up at the write
+/// deadline: the stream is reset with `CODE_RESPONSE_WRITE_TIMEOUT`, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_never_taken_off_a_multiplexed_stream_are_reset_at_the_write_deadline() {
+    const WRITE_DEADLINE_MS: u64 = 3_000;
+    const QUERIES: u64 = 20;
+    let (cluster, leader) = started(|c| {
+        c.client.response_write_timeout_ms = WRITE_DEADLINE_MS;
+    })
+    .await;
+    assert_still_commits(&cluster, "before").await;
+    let c = cluster.client().await;
+    c.propose("kv", &kv_put("big", &"v".repeat(256 << 10)))
+        .await
+        .expect("put big");
+    // 16 KiB of credit per stream, and the client never reads: 5 MiB of answers stay put.
+    let (_endpoint, conn) = connect_raw(&cluster, leader, 16 << 10).await;
+    let (mut send, mut recv) = open_mux(&conn).await;
+    let start = Instant::now();
+    for id in 0..QUERIES {
+        let query = Request::Query {
+            machine: "kv".into(),
+            request: kv_get("big"),
+            consistency: Consistency::Stale,
+        };
+        send.write_all(&tagged_request(id, &query)).await.unwrap();
+    }
+    let code = tokio::time::timeout(Duration::from_secs(60), recv.received_reset())
+        .await
+        .expect("reset within a minute")
+        .expect("reset, not a lost connection");
+    let took = start.elapsed();
+    assert_eq!(
+        code.map(|c| c.into_inner()),
+        Some(u64::from(CODE_RESPONSE_WRITE_TIMEOUT))
+    );
+    assert!(
+        took >= Duration::from_millis(WRITE_DEADLINE_MS),
+        "given up before the deadline: {took:?}"
+    );
+    assert!(
+        cluster
+            .log(leader)
+            .contains("responses not taken within client.response_write_timeout_ms")
+    );
+    eprintln!("unread responses reset after {took:?} (deadline {WRITE_DEADLINE_MS} ms)");
+    assert_still_commits(&cluster, "after-unread-responses").await;
+}
