@@ -14,10 +14,15 @@ counted, as etcd-row.sh does. After each etcd turn its history is compacted (etc
 starts every run on an empty cluster; a cluster that stays up would otherwise carry every
 revision of every earlier turn).
 
-Usage: interleave.py [extra wraft bench args]. Environment: W (the wraft binary), MODULE (kv
-component), KIT (the etcd kit, built; default /tmp/etcd-kit), CLIENTS (256), CONNS (16),
-SECS (10), WARMUP (2), ROUNDS (6), IDLE_MAX (0.15). Linux only; needs etcd on the PATH.
-Prints a line per round and a summary; ends both clusters."""
+With W_BASE set (an earlier wraft binary), a third cluster runs that build and takes turns
+too: a change is then measured against the build before it and against etcd in the same
+minutes. The turns of a round rotate, so each system goes first, second and last equally.
+
+Usage: interleave.py [extra wraft bench args]. Environment: W (the wraft binary), W_BASE
+(optional, the build to compare with), MODULE (kv component), KIT (the etcd kit, built;
+default /tmp/etcd-kit), CLIENTS (256), CONNS (16), SECS (10), WARMUP (2), ROUNDS (6),
+IDLE_MAX (0.15). Linux only; needs etcd on the PATH. Prints a line per round and a summary;
+ends every cluster."""
 import json
 import os
 import signal
@@ -27,6 +32,7 @@ import threading
 import time
 
 W = os.environ.get('W', '/work/target-bench/release/wraft')
+W_BASE = os.environ.get('W_BASE')
 KIT = os.environ.get('KIT', '/tmp/etcd-kit')
 CLIENTS = os.environ.get('CLIENTS', '256')
 CONNS = os.environ.get('CONNS', '16')
@@ -135,9 +141,51 @@ def wait_for_text(path, text, count, proc, timeout=300):
     sys.exit(f'wraft bench not ready after {timeout} s; see {path}')
 
 
+class WraftBench:
+    """One `wraft bench --rounds-on-stdin` cluster, its turns started by a line on stdin."""
+
+    def __init__(self, binary, log_path):
+        self.log_path = log_path
+        self.turns = 0
+        # A session of its own: on any failure, the bench and the node processes it started
+        # are killed together (a killed bench cannot stop its nodes itself).
+        self.proc = subprocess.Popen(
+            [binary, 'bench', '--processes', '--clients', CLIENTS, '--conns', CONNS,
+             '--secs', str(SECS), '--warmup-secs', str(WARMUP), '--rounds', str(ROUNDS),
+             '--rounds-on-stdin', '--module', os.environ.get('MODULE', '/tmp/kv.wasm')]
+            + sys.argv[1:],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log_path, 'w'),
+            text=True, bufsize=1, start_new_session=True)
+
+    def turn(self):
+        self.turns += 1
+        # The bench says when it waits for the round's line: after its probes, the cluster's
+        # start and the deploy (whose compiles are seconds of CPU) for the first.
+        wait_for_text(self.log_path, 'waiting for a line', self.turns, self.proc)
+        waited = wait_idle()
+
+        def load():
+            self.proc.stdin.write('go\n')
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            if not line:
+                sys.exit(f'wraft bench ended early; see {self.log_path}')
+            return json.loads(line)
+        return windowed(load) + (waited,)
+
+    def finish(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 def main():
     subprocess.run(['rm', '-rf', ETCD_DATA], check=True)
-    bench = None
+    benches = {}
     try:
         subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'start', ETCD_DATA],
                        capture_output=True, check=True)
@@ -147,48 +195,26 @@ def main():
             port = etcd_leader_port()
         if port is None:
             sys.exit('etcd elected no leader within 30 s')
-        log_path = '/tmp/interleave-wraft.log'
-        log = open(log_path, 'w')
-        # A session of its own: on any failure below, the bench and the node processes it
-        # started are killed together (a killed bench cannot stop its nodes itself).
-        bench = subprocess.Popen(
-            [W, 'bench', '--processes', '--clients', CLIENTS, '--conns', CONNS,
-             '--secs', str(SECS), '--warmup-secs', str(WARMUP), '--rounds', str(ROUNDS),
-             '--rounds-on-stdin', '--module', os.environ.get('MODULE', '/tmp/kv.wasm')]
-            + sys.argv[1:],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
-            start_new_session=True)
-        wraft_turns = 0
-
-        def wraft_turn():
-            nonlocal wraft_turns
-            wraft_turns += 1
-            # The bench says when it waits for the round's line: after its probes, the
-            # cluster's start and the deploy (whose compiles are seconds of CPU) for the first.
-            wait_for_text(log_path, 'waiting for a line', wraft_turns, bench)
-            waited = wait_idle()
-
-            def load():
-                bench.stdin.write('go\n')
-                bench.stdin.flush()
-                line = bench.stdout.readline()
-                if not line:
-                    sys.exit('wraft bench ended early; see /tmp/interleave-wraft.log')
-                return json.loads(line)
-            return windowed(load) + (waited,)
-
+        benches['wraft'] = WraftBench(W, '/tmp/interleave-wraft.log')
+        systems = ['wraft', 'etcd']
+        if W_BASE:
+            benches['base'] = WraftBench(W_BASE, '/tmp/interleave-base.log')
+            systems = ['wraft', 'base', 'etcd']
         rows = []
         for r in range(1, ROUNDS + 1):
             turns = {}
-            for system in (('wraft', 'etcd') if r % 2 else ('etcd', 'wraft')):
-                if system == 'wraft':
-                    turns[system] = wraft_turn()
-                else:
+            # Round 1 in the listed order, each next round rotated by one.
+            shift = (r - 1) % len(systems)
+            order = systems[shift:] + systems[:shift]
+            for system in order:
+                if system == 'etcd':
                     waited = wait_idle()
                     turns[system] = etcd_turn(port) + (waited,)
+                else:
+                    turns[system] = benches[system].turn()
             (w, ww, wwait), (e, ew, ewait) = turns['wraft'], turns['etcd']
             row = {
-                'round': r, 'first': 'wraft' if r % 2 else 'etcd',
+                'round': r, 'order': order,
                 'wraft_ops_per_s': w['ops_per_s'], 'etcd_ops_per_s': e['ops_per_s'],
                 'ratio': w['ops_per_s'] / e['ops_per_s'],
                 'wraft_p99_ms': w['p99_ms'], 'etcd_p99_ms': e['p99_ms'],
@@ -199,25 +225,39 @@ def main():
                 'idle_wait_s': round(wwait + ewait, 1),
                 'wraft_errors': w.get('errors', 0),
             }
+            line = (f"round {r} ({' '.join(order)}): wraft {w['ops_per_s']:.0f} ops/s "
+                    f"p99 {w['p99_ms']} ms {row['wraft_cpu_us_per_op']:.1f} µs/op")
+            if 'base' in turns:
+                b, bw, _ = turns['base']
+                row.update({
+                    'base_ops_per_s': b['ops_per_s'], 'base_p99_ms': b['p99_ms'],
+                    'base_cpu_us_per_op': cpu_us_per_op(bw, b['ops_per_s']),
+                    'base_ratio': b['ops_per_s'] / e['ops_per_s'],
+                    'vs_base': w['ops_per_s'] / b['ops_per_s'],
+                    'base_errors': b.get('errors', 0),
+                })
+                line += (f" | base {b['ops_per_s']:.0f} ops/s p99 {b['p99_ms']} ms "
+                         f"{row['base_cpu_us_per_op']:.1f} µs/op ({row['vs_base']:.2f}x)")
             rows.append(row)
-            print(f"round {r} ({row['first']} first): wraft {w['ops_per_s']:.0f} ops/s "
-                  f"p99 {w['p99_ms']} ms {row['wraft_cpu_us_per_op']:.1f} µs/op | etcd "
-                  f"{e['ops_per_s']:.0f} ops/s p99 {e['p99_ms']} ms "
+            print(f"{line} | etcd {e['ops_per_s']:.0f} ops/s p99 {e['p99_ms']} ms "
                   f"{row['etcd_cpu_us_per_op']:.1f} µs/op | {row['ratio']:.2f}x, p99 "
                   f"{row['p99_ratio']:.2f} | steal {row['steal_pct']:.1f}% | waited "
                   f"{row['idle_wait_s']} s for idle", flush=True)
-        bench.stdin.close()
-        bench.wait(timeout=120)
-        ratios = sorted(x['ratio'] for x in rows)
-        p99s = sorted(x['p99_ratio'] for x in rows)
-        print(f"summary: {len(rows)} rounds, ratio min {ratios[0]:.2f} median "
-              f"{ratios[len(ratios) // 2]:.2f} max {ratios[-1]:.2f}; p99 ratio "
-              f"{p99s[0]:.2f}-{p99s[-1]:.2f}")
+        for bench in benches.values():
+            bench.finish()
+
+        def spread(key):
+            v = sorted(x[key] for x in rows)
+            return f"min {v[0]:.2f} median {v[len(v) // 2]:.2f} max {v[-1]:.2f}"
+        summary = (f"summary: {len(rows)} rounds, ratio {spread('ratio')}; p99 ratio "
+                   f"{spread('p99_ratio')}")
+        if W_BASE:
+            summary += f"; base ratio {spread('base_ratio')}; wraft/base {spread('vs_base')}"
+        print(summary)
         print(json.dumps({'rounds': rows}))
     finally:
-        if bench and bench.poll() is None:
-            os.killpg(bench.pid, signal.SIGKILL)
-            bench.wait()
+        for bench in benches.values():
+            bench.kill()
         subprocess.run([os.path.join(KIT, 'etcd-cluster.sh'), 'stop', ETCD_DATA],
                        capture_output=True)
 
