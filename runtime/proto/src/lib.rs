@@ -36,6 +36,12 @@ pub const KIND_RESPONSE: u8 = 0x21;
 /// Distinct from the transport's codes 0–3.
 pub const CODE_RESPONSE_WRITE_TIMEOUT: u32 = 0x21;
 
+/// How a node answers, on a multiplexed stream, a request it cannot decode (a newer client's
+/// or member's): `Rejected` with a message that starts with this. On a stream of its own such
+/// a request gets no answer at all (the stream is closed), as from every older node; a member
+/// asking something of another treats both alike, as "that node predates the request".
+pub const UNREADABLE_REQUEST: &str = "this node cannot read the request";
+
 /// Version of the client protocol carried in every request.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
 

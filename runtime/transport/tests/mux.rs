@@ -185,6 +185,15 @@ async fn a_broken_stream_fails_its_waiting_callers_and_requests_go_a_stream_each
         assert!(err.to_string().contains("multiplexed"), "{err}");
     }
     assert!(!client.multiplexed());
+    // The client resets its half at once, so the server frees the stream now, not when the
+    // connection goes.
+    let reset = tokio::time::timeout(Duration::from_secs(5), s.recv.read_chunk(usize::MAX, true))
+        .await
+        .expect("the client's half ends at once");
+    assert!(
+        matches!(reset, Err(wraft_transport::quinn::ReadError::Reset(_))),
+        "{reset:?}"
+    );
     let asked = tokio::spawn({
         let client = client.clone();
         async move { client.request::<u32, u32>(0x40, &7).await }
@@ -215,7 +224,9 @@ async fn against_a_server_that_does_not_multiplex_requests_go_a_stream_each() {
             let mut s = in1.clients.recv().await.expect("stream");
             let f = frame::read_frame(&mut s.recv, MAX).await.unwrap().unwrap();
             if f.kind != 0x40 {
-                // What an old node does with a frame kind it does not know: drop the stream.
+                // What an old node does with the opening: its payload does not decode as a
+                // request, so it stops the stream as a bad frame and drops its sending half.
+                let _ = s.recv.stop(wraft_transport::CODE_BAD_FRAME.into());
                 refused += 1;
                 continue;
             }
@@ -246,6 +257,50 @@ async fn against_a_server_that_does_not_multiplex_requests_go_a_stream_each() {
     let (_in1, refused) = server.await.unwrap();
     assert_eq!(refused, 1, "the opening was asked once");
     assert!(!client.multiplexed());
+    client.close().await;
+    t1.shutdown().await;
+}
+
+/// A node that answers the opening with something else (a refusal while it is saturated) is
+/// asked again a little later, and then the requests go on the multiplexed stream.
+#[tokio::test]
+async fn an_opening_refused_for_now_is_asked_again() {
+    let f = Fixture::new([1]);
+    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
+    let client = ClientConnection::connect(
+        t1.local_addr().unwrap(),
+        Some(1),
+        &f.client_tls("app"),
+        &multiplexing(),
+    )
+    .await
+    .expect("connect");
+    let mut first = in1.clients.recv().await.expect("the opening");
+    let f0 = frame::read_frame(&mut first.recv, MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f0.kind, KIND_MUX_OPEN);
+    frame::write_msg(&mut first.send, 0x21, &"busy", MAX)
+        .await
+        .unwrap();
+    first.send.finish().unwrap();
+    let asked_again = tokio::time::Instant::now();
+    let mut s = accept_mux(&mut in1).await;
+    assert!(
+        asked_again.elapsed() >= Duration::from_millis(400),
+        "asked again after a pause"
+    );
+    eventually(5, "the stream accepted", || client.multiplexed()).await;
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request::<u32, u32>(0x40, &5).await })
+    };
+    let asked = read_requests(&mut s, &mut FrameBuffer::new(), 1).await;
+    let mut out = Vec::new();
+    mux::encode_tagged_into(&mut out, asked[0].0, 0x41, &6u32, MAX).unwrap();
+    s.send.write_all(&out).await.unwrap();
+    assert_eq!(call.await.unwrap().expect("answered").1, 6);
     client.close().await;
     t1.shutdown().await;
 }

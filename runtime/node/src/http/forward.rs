@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use wraft_proto::{KIND_REQUEST, PeerAddr, Request, RequestError, Response};
+use wraft_proto::{KIND_REQUEST, PeerAddr, Request, RequestError, Response, UNREADABLE_REQUEST};
 use wraft_transport::AddressBook;
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame::FrameError;
@@ -137,6 +137,13 @@ impl Forwarder {
             .request::<Request, Response>(KIND_REQUEST, request)
             .await
         {
+            // A node answering on a multiplexed stream says so when it cannot decode the
+            // request, rather than closing a stream of its own without an answer.
+            Ok((_, Err(RequestError::Rejected(why)))) if why.starts_with(UNREADABLE_REQUEST) => {
+                Err(MemberCallError::Unanswered(format!(
+                    "node {id} at {addr}: {why}"
+                )))
+            }
             Ok((_, response)) => Ok(response),
             Err(e) => {
                 self.conns.lock().await.1.remove(&id);

@@ -13,6 +13,7 @@
 //! QUIC flow control holds the client back. A request that does not decode (a newer client's)
 //! is answered `Rejected`; a frame that is not a tagged request ends the stream.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use wraft_proto::{
     CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST, KIND_RESPONSE, Request, RequestError, Response,
+    UNREADABLE_REQUEST,
 };
 use wraft_transport::Identity;
 use wraft_transport::frame;
@@ -35,8 +37,18 @@ use wraft_transport::quinn::{RecvStream, SendStream};
 use super::{Api, Slot, Slots, busy, outcome_kind, panic_message};
 use crate::auth::Caller;
 
-/// Most requests one multiplexed stream has being served or answered but not yet written.
-pub const SESSION_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+/// Most requests one multiplexed stream has being served or answered but not yet written:
+/// past it the node stops reading the stream. A stream per request held at most 64 requests
+/// per connection (QUIC's stream limit); a multiplexed stream is the connection's busiest
+/// path, but one client must still not take the whole node's
+/// [`super::CLIENT_REQUESTS_IN_FLIGHT_MAX`] through a few streams.
+pub const SESSION_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Most bytes of responses handed to the stream in one write, unless one response alone is
+/// bigger: every write must be taken by the client within
+/// `client.response_write_timeout_ms`, so the deadline covers about one response's worth, not
+/// every answer that piled up meanwhile.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 const LOG: &str = "wraft::client";
 
@@ -50,21 +62,8 @@ pub(super) struct Session {
 /// (`None` for an answer decided without one).
 type Serving<'a> = Pin<Box<dyn Future<Output = (u64, Response, Option<Slot>)> + Send + 'a>>;
 
-/// Responses being written: the stream back, the buffer for reuse, how the write went.
-type Writing = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    SendStream,
-                    Vec<u8>,
-                    Result<
-                        Result<(), wraft_transport::quinn::WriteError>,
-                        tokio::time::error::Elapsed,
-                    >,
-                ),
-            > + Send,
-    >,
->;
+/// An encoded response and the place its request holds until the response is written.
+type Answer = (Vec<u8>, Option<Slot>);
 
 impl Session {
     /// Accept the multiplexed stream `send`/`recv` and serve its requests until the client ends
@@ -88,13 +87,14 @@ impl Session {
         let frame_max = (MUX_REQUEST_FRAME_BYTES_MAX - frame::FRAME_HEADER_BYTES) as u32;
         let mut buf = FrameBuffer::new();
         let mut serving: FuturesUnordered<Serving<'_>> = FuturesUnordered::new();
-        // Responses encoded and not yet handed to the stream, and how many.
-        let mut out: Vec<u8> = Vec::new();
-        let mut out_count = 0usize;
-        // The write under way, how many responses it carries, and when it must be done.
-        let mut writing: Option<Writing> = None;
-        let mut writing_count = 0usize;
-        let mut send = Some(send);
+        // Responses encoded, not yet handed to the stream.
+        let mut answers: VecDeque<Answer> = VecDeque::new();
+        // The write under way: its bytes, how far it got, the places of its responses' requests
+        // (given back once it is written), and when the client must have taken it.
+        let mut writing: Vec<u8> = Vec::new();
+        let mut written = 0usize;
+        let mut writing_slots: Vec<Option<Slot>> = Vec::new();
+        let mut write_deadline: Option<Instant> = None;
         // When the first byte of the request frame not yet whole arrived.
         let mut partial_since: Option<Instant> = None;
         let mut reading = true;
@@ -110,99 +110,79 @@ impl Session {
                             took_any = true;
                         }
                         Ok((_, kind, _)) => {
-                            return end(
-                                send,
-                                recv,
-                                identity,
-                                &format!("a tagged frame of kind {kind:#04x}, not a request"),
-                            );
+                            let why = format!("a tagged frame of kind {kind:#04x}, not a request");
+                            return end(send, recv, identity, &why);
                         }
                         Err(e) => return end(send, recv, identity, &e.to_string()),
                     },
                     Ok(Some((kind, _))) => {
-                        return end(
-                            send,
-                            recv,
-                            identity,
-                            &format!("a frame of kind {kind:#04x}, not a tagged request"),
-                        );
+                        let why = format!("a frame of kind {kind:#04x}, not a tagged request");
+                        return end(send, recv, identity, &why);
                     }
-                    Err(e) => return end(send, recv, identity, &format!("bad request frame: {e}")),
+                    Err(e) => {
+                        let why = format!("bad request frame: {e}");
+                        return end(send, recv, identity, &why);
+                    }
                 }
             }
-            // The bytes left over begin the next request, whose clock starts now.
-            partial_since = match (buf.holds_partial(), partial_since) {
+            if written == writing.len() {
+                // The last write is all taken: its requests give their places back, and the
+                // next responses go out.
+                writing.clear();
+                written = 0;
+                writing_slots.clear();
+                while let Some((bytes, _)) = answers.front()
+                    && (writing.is_empty() || writing.len() + bytes.len() <= WRITE_BATCH_BYTES)
+                {
+                    let (bytes, slot) = answers.pop_front().expect("a front answer");
+                    writing.extend_from_slice(&bytes);
+                    writing_slots.push(slot);
+                }
+                write_deadline = (!writing.is_empty()).then(|| Instant::now() + write_within);
+                if writing.is_empty() && !reading && serving.is_empty() {
+                    // The client has sent its last request and had every answer.
+                    let _ = send.finish();
+                    return;
+                }
+            }
+            let held = serving.len() + answers.len() + writing_slots.len();
+            let can_read = reading && held < SESSION_REQUESTS_IN_FLIGHT_MAX;
+            // The bytes left over begin the next request, whose clock starts now; and it does
+            // not run while the node itself is not reading.
+            partial_since = match (can_read && buf.holds_partial(), partial_since) {
                 (false, _) => None,
                 (true, since) if since.is_none() || took_any => Some(Instant::now()),
                 (true, since) => since,
             };
-            if let (None, Some(mut stream)) = (&writing, send.take()) {
-                if !out.is_empty() {
-                    let bytes = std::mem::take(&mut out);
-                    writing_count = std::mem::take(&mut out_count);
-                    writing = Some(Box::pin(async move {
-                        let written =
-                            tokio::time::timeout(write_within, stream.write_all(&bytes)).await;
-                        (stream, bytes, written)
-                    }));
-                } else if !reading && serving.is_empty() {
-                    // The client has sent its last request and had every answer.
-                    let _ = stream.finish();
-                    return;
-                } else {
-                    send = Some(stream);
-                }
-            }
-            let held = serving.len() + out_count + writing_count;
-            let can_read = reading && held < SESSION_REQUESTS_IN_FLIGHT_MAX;
             let partial_deadline = partial_since.map(|since| since + read_within);
             tokio::select! {
                 Some((id, response, slot)) = serving.next(), if !serving.is_empty() => {
-                    encode(&mut out, id, &response, identity);
-                    out_count += 1;
-                    drop(slot);
+                    answers.push_back((encode(id, &response, identity), slot));
                     // Every answer ready now goes out in the same write.
                     while let Some(Some((id, response, slot))) = serving.next().now_or_never() {
-                        encode(&mut out, id, &response, identity);
-                        out_count += 1;
-                        drop(slot);
+                        answers.push_back((encode(id, &response, identity), slot));
                     }
                 }
-                (stream, mut bytes, written) = async {
-                    match writing.as_mut() {
-                        Some(w) => w.await,
-                        None => std::future::pending().await,
+                took = send.write(&writing[written..]), if written < writing.len() => match took {
+                    Ok(n) => written += n,
+                    Err(e) => {
+                        tracing::debug!(target: LOG, %identity, error = %e, "responses not delivered");
+                        return;
                     }
-                } => {
-                    writing = None;
-                    writing_count = 0;
-                    match written {
-                        Ok(Ok(())) => {
-                            bytes.clear();
-                            if out.is_empty() {
-                                out = bytes;
-                            }
-                            send = Some(stream);
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(target: LOG, %identity, error = %e, "responses not delivered");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(target: LOG, %identity, deadline_ms = limits.response_write_timeout_ms,
-                                "resetting a multiplexed client stream: responses not taken within client.response_write_timeout_ms");
-                            let mut stream = stream;
-                            let _ = stream.reset(CODE_RESPONSE_WRITE_TIMEOUT.into());
-                            let _ = recv.stop(CODE_RESPONSE_WRITE_TIMEOUT.into());
-                            return;
-                        }
-                    }
+                },
+                _ = sleep_until(write_deadline), if write_deadline.is_some() => {
+                    tracing::info!(target: LOG, %identity, deadline_ms = limits.response_write_timeout_ms,
+                        "resetting a multiplexed client stream: responses not taken within client.response_write_timeout_ms");
+                    let _ = send.reset(CODE_RESPONSE_WRITE_TIMEOUT.into());
+                    let _ = recv.stop(CODE_RESPONSE_WRITE_TIMEOUT.into());
+                    return;
                 }
                 chunk = recv.read_chunk(usize::MAX, true), if can_read => match chunk {
                     Ok(Some(chunk)) => buf.extend(&chunk.bytes),
                     Ok(None) => {
                         if buf.holds_partial() {
-                            return end(send, recv, identity, "the stream ended inside a request frame");
+                            let why = "the stream ended inside a request frame";
+                            return end(send, recv, identity, why);
                         }
                         reading = false;
                     }
@@ -214,7 +194,8 @@ impl Session {
                 _ = sleep_until(partial_deadline), if partial_deadline.is_some() => {
                     tracing::info!(target: LOG, %identity, deadline_ms = limits.request_timeout_ms,
                         "closing a multiplexed client stream: no whole request within the deadline");
-                    return end(send, recv, identity, "request frame not whole within client.request_timeout_ms");
+                    let why = "request frame not whole within client.request_timeout_ms";
+                    return end(send, recv, identity, why);
                 }
                 _ = self.shutdown.changed(), if reading => {
                     // A stopping node answers what it was asked and takes nothing new.
@@ -237,7 +218,7 @@ impl Session {
             Ok(request) => request,
             Err(e) => {
                 let response = Err(RequestError::Rejected(format!(
-                    "this node cannot read the request ({e}); is the client newer than the node?"
+                    "{UNREADABLE_REQUEST} ({e}); is the client newer than the node?"
                 )));
                 return Box::pin(std::future::ready((id, response, Some(slot))));
             }
@@ -261,27 +242,24 @@ impl Session {
     }
 }
 
-/// Append `response` for request `id` to `out`. A response too big for a frame (it cannot be,
-/// frames are capped at 4 GiB) is answered `Internal` instead, so the caller is not left
-/// waiting.
-fn encode(out: &mut Vec<u8>, id: u64, response: &Response, identity: &Identity) {
-    if let Err(e) = mux::encode_tagged_into(out, id, KIND_RESPONSE, response, u32::MAX) {
+/// `response` to request `id` as a tagged frame. One that does not encode (it cannot: frames
+/// are capped at 4 GiB) is answered `Internal` instead, so the caller is not left waiting.
+fn encode(id: u64, response: &Response, identity: &Identity) -> Vec<u8> {
+    mux::encode_tagged(id, KIND_RESPONSE, response, u32::MAX).unwrap_or_else(|e| {
         tracing::error!(target: LOG, %identity, error = %e, "a response did not encode");
         let failed: Response = Err(RequestError::Internal(format!(
             "the response did not encode: {e}"
         )));
-        let _ = mux::encode_tagged_into(out, id, KIND_RESPONSE, &failed, u32::MAX);
-    }
+        mux::encode_tagged(id, KIND_RESPONSE, &failed, u32::MAX).unwrap_or_default()
+    })
 }
 
 /// End a multiplexed stream the client broke the protocol on: its requests in flight are
 /// dropped, and both directions are reset so the client sees at once that they will not be
 /// answered.
-fn end(send: Option<SendStream>, mut recv: RecvStream, identity: &Identity, why: &str) {
+fn end(mut send: SendStream, mut recv: RecvStream, identity: &Identity, why: &str) {
     tracing::info!(target: LOG, %identity, why, "closing a multiplexed client stream");
-    if let Some(mut send) = send {
-        let _ = send.reset(wraft_transport::CODE_BAD_FRAME.into());
-    }
+    let _ = send.reset(wraft_transport::CODE_BAD_FRAME.into());
     let _ = recv.stop(wraft_transport::CODE_BAD_FRAME.into());
 }
 

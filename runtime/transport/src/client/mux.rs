@@ -10,7 +10,7 @@ use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::LANE_QUEUE_MAX;
 use crate::frame::{self, FrameError};
@@ -36,6 +36,9 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     next_id: AtomicU64,
+    /// Signalled by [`Shared::fail`]: the writer then resets its half of the stream, so the
+    /// node frees it now rather than when the connection goes.
+    failed: Notify,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
         for (_, caller) in waiting {
             let _ = caller.send(Err(broken(conn, why)));
         }
+        self.failed.notify_one();
     }
 }
 
@@ -155,37 +159,69 @@ impl MuxClient {
     }
 }
 
-/// Ask the node for a multiplexed stream and, if it accepts within `timeout`, put it in
-/// `slot`. A node that does not multiplex ends the stream or answers something else; then
-/// nothing is put, and every request keeps a stream of its own.
-pub(super) async fn open(conn: Connection, slot: MuxSlot, timeout: Duration, max_frame_bytes: u32) {
+/// First wait before asking again for a multiplexed stream the node answered with something
+/// else (a refusal while it was saturated), ms; doubled each time up to
+/// [`REOPEN_BACKOFF_MAX_MS`].
+const REOPEN_BACKOFF_MS: u64 = 500;
+const REOPEN_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// How the node answered the opening of a multiplexed stream.
+enum Opening {
+    Accepted(SendStream, RecvStream),
+    /// It does not multiplex: it ended or stopped the stream (every older node does), or did
+    /// not answer in time.
+    Unsupported(String),
+    /// It answered something else: a refusal (busy), worth asking again later.
+    Refused(u8),
+}
+
+async fn ask_to_open(conn: &Connection, timeout: Duration, max_frame_bytes: u32) -> Opening {
     let opened = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         frame::write_frame(&mut send, KIND_MUX_OPEN, &[MUX_VERSION], max_frame_bytes).await?;
-        let reply = frame::read_frame(&mut recv, 64).await?;
+        let reply = frame::read_frame(&mut recv, max_frame_bytes).await?;
         Ok::<_, TransportError>((send, recv, reply))
     };
-    let (send, recv) = match tokio::time::timeout(timeout, opened).await {
+    match tokio::time::timeout(timeout, opened).await {
         Ok(Ok((send, recv, Some(reply))))
             if reply.kind == KIND_MUX_OPENED && reply.payload == [MUX_VERSION] =>
         {
-            (send, recv)
+            Opening::Accepted(send, recv)
         }
-        Ok(Ok((mut send, mut recv, reply))) => {
-            tracing::debug!(target: LOG, remote = %conn.remote_address(), reply = ?reply.map(|f| f.kind),
-                "node does not multiplex requests: a stream per request");
+        Ok(Ok((mut send, mut recv, Some(reply)))) => {
             let _ = send.reset(VarInt::from_u32(0));
             let _ = recv.stop(VarInt::from_u32(0));
-            return;
+            Opening::Refused(reply.kind)
         }
-        Ok(Err(e)) => {
-            tracing::debug!(target: LOG, remote = %conn.remote_address(), error = %e,
-                "no multiplexed stream: a stream per request");
-            return;
+        Ok(Ok((_, _, None))) => Opening::Unsupported("the node ended the stream".into()),
+        Ok(Err(e)) => Opening::Unsupported(e.to_string()),
+        Err(_) => Opening::Unsupported(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// Ask the node for a multiplexed stream and, once it accepts, put it in `slot`. A node that
+/// does not multiplex ends the stream: then nothing is put, and every request keeps a stream
+/// of its own. A node that refuses (it was saturated) is asked again later, for as long as
+/// the connection is open and used.
+pub(super) async fn open(conn: Connection, slot: MuxSlot, timeout: Duration, max_frame_bytes: u32) {
+    let mut backoff_ms = REOPEN_BACKOFF_MS;
+    let (send, recv) = loop {
+        match ask_to_open(&conn, timeout, max_frame_bytes).await {
+            Opening::Accepted(send, recv) => break (send, recv),
+            Opening::Unsupported(why) => {
+                tracing::debug!(target: LOG, remote = %conn.remote_address(), why,
+                    "no multiplexed stream: a stream per request");
+                return;
+            }
+            Opening::Refused(kind) => {
+                tracing::debug!(target: LOG, remote = %conn.remote_address(), kind, backoff_ms,
+                    "multiplexed stream refused for now: a stream per request meanwhile");
+            }
         }
-        Err(_) => {
-            tracing::debug!(target: LOG, remote = %conn.remote_address(), timeout_ms = timeout.as_millis() as u64,
-                "no answer to the multiplexed stream's opening: a stream per request");
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(REOPEN_BACKOFF_MAX_MS);
+        // Only this task still holds the slot: nobody uses the connection any more.
+        if Arc::strong_count(&slot) == 1 || conn.close_reason().is_some() {
             return;
         }
     };
@@ -195,6 +231,7 @@ pub(super) async fn open(conn: Connection, slot: MuxSlot, timeout: Duration, max
             waiting: HashMap::new(),
         }),
         next_id: AtomicU64::new(0),
+        failed: Notify::new(),
     });
     let (lane, lane_rx) = mpsc::channel(LANE_QUEUE_MAX);
     // Dropped when the writer ends (every handle to the connection gone): the reader then
@@ -228,7 +265,17 @@ async fn write_requests(
 ) {
     let mut batch = Vec::new();
     let mut out = Vec::new();
-    while let Some(first) = lane.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = lane.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            () = shared.failed.notified() => {
+                let _ = send.reset(VarInt::from_u32(0));
+                return;
+            }
+        };
         // The caller that woke us usually has siblings that are runnable too: let them queue
         // their requests before writing.
         tokio::task::yield_now().await;
