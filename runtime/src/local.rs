@@ -40,6 +40,17 @@ pub fn free_udp_port() -> std::io::Result<SocketAddr> {
     s.local_addr()
 }
 
+/// Ask the OS for `n` distinct free UDP ports on 127.0.0.1. All are held bound until every one
+/// is chosen: ports asked for one at a time, each released before the next, can come back the
+/// same (two nodes of one cluster then configured with one address, the second unable to
+/// start).
+pub fn free_udp_ports(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let held = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(UdpSocket::local_addr).collect()
+}
+
 /// Issue certificates into `dir`: a CA (created if absent), node certificates
 /// for `nodes`, client certificates for `clients`.
 pub fn issue_certs(
@@ -109,10 +120,11 @@ pub fn layout(
     issue_certs(&certs, &ids, &["admin".to_owned()], LOCAL_CERT_DAYS)?;
     // The key bearer tokens are signed with (`wraft token create --certs DIR`).
     wraft_node::tokens::TokenKey::load_or_create(&certs.join("token.key"))?;
-    let mut members = BTreeMap::new();
-    for id in &ids {
-        members.insert(*id, free_udp_port()?);
-    }
+    let members: BTreeMap<u64, SocketAddr> = ids
+        .iter()
+        .copied()
+        .zip(free_udp_ports(ids.len())?)
+        .collect();
     let mut nodes = Vec::new();
     for id in ids {
         let mut cfg = NodeConfig {
@@ -156,4 +168,19 @@ pub fn layout(
         certs,
         nodes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster's ports are distinct however many are asked for at once.
+    #[test]
+    fn ports_asked_for_together_are_distinct() {
+        for _ in 0..20 {
+            let ports = free_udp_ports(16).expect("ports");
+            let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+            assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        }
+    }
 }
