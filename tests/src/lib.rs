@@ -633,6 +633,70 @@ impl Cluster {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
+    /// The cluster's admin client certificate and key.
+    pub fn admin_tls(&self) -> wraft_transport::certs::TlsIdentity {
+        wraft_transport::certs::CertDir::new(self.certs_dir())
+            .load_tls(&wraft_transport::Identity::Client("admin".into()))
+            .expect("admin certificate")
+    }
+
+    /// A raw QUIC client connection to node `id` as the admin, granting the node only
+    /// `window_bytes` of credit per stream: a larger response cannot leave the node until the
+    /// test reads it. The endpoint must outlive the connection.
+    pub async fn connect_stingy(
+        &self,
+        id: u64,
+        window_bytes: u32,
+    ) -> (
+        wraft_transport::quinn::Endpoint,
+        wraft_transport::quinn::Connection,
+    ) {
+        use wraft_transport::quinn;
+        use wraft_transport::tls::{self, Alpn, AuthCounters};
+        let rustls_cfg =
+            tls::client_config(&self.admin_tls(), Alpn::Client, &AuthCounters::new()).expect("tls");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(window_bytes.into());
+        let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+        cc.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let conn = endpoint
+            .connect_with(cc, self.addr(id), &tls::server_name_for(id))
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (endpoint, conn)
+    }
+
+    /// Deploy kv if the cluster has not got it, then commit a write of `key` and read it back
+    /// linearizably, each within 15 s: the cluster still serves.
+    pub async fn assert_still_commits(&self, key: &str) {
+        const SERVE_TIMEOUT: Duration = Duration::from_secs(15);
+        let c = self.client().await;
+        if c.machines()
+            .await
+            .map(|m| m.iter().all(|m| m.name != "kv"))
+            .unwrap_or(true)
+        {
+            c.deploy("kv", guest("kv")).await.expect("deploy kv");
+        }
+        let start = Instant::now();
+        tokio::time::timeout(SERVE_TIMEOUT, c.propose("kv", &kv_put(key, "v")))
+            .await
+            .unwrap_or_else(|_| panic!("write of {key} not committed within {SERVE_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("write of {key} failed: {e}"));
+        let got = tokio::time::timeout(
+            SERVE_TIMEOUT,
+            c.query("kv", &kv_get(key), Consistency::Linearizable),
+        )
+        .await
+        .expect("read in time")
+        .expect("read");
+        assert_eq!(kv_value(&got).as_deref(), Some("v"));
+        eprintln!("{key}: write + linearizable read in {:?}", start.elapsed());
+    }
+
     /// The address node `id`'s current process serves `/metrics`, `/livez` and `/readyz` on
     /// (configure `node.metrics_listen = "127.0.0.1:0"`; the node logs the port it bound).
     pub async fn metrics_addr(&self, id: u64) -> SocketAddr {

@@ -16,7 +16,7 @@ use wraft_client::ClientError;
 use wraft_engine::{Message, MessageBody};
 use wraft_proto::{CODE_RESPONSE_WRITE_TIMEOUT, KIND_REQUEST};
 use wraft_proto::{Consistency, Request, RequestTag, Response};
-use wraft_tests::{Cluster, guest, kv_get, kv_put, kv_value, wait_for};
+use wraft_tests::{Cluster, guest, kv_get, kv_put, wait_for};
 use wraft_transport::certs::{CertDir, TlsIdentity};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame;
@@ -34,48 +34,15 @@ async fn started(n: u64, tweak: impl Fn(&mut wraft_config::NodeConfig)) -> (Clus
     (cluster, leader)
 }
 
-fn admin_tls(cluster: &Cluster) -> TlsIdentity {
-    CertDir::new(cluster.certs_dir())
-        .load_tls(&Identity::Client("admin".into()))
-        .expect("admin certificate")
-}
-
 async fn connect(cluster: &Cluster, id: u64) -> ClientConnection {
     ClientConnection::connect(
         cluster.addr(id),
         None,
-        &admin_tls(cluster),
+        &cluster.admin_tls(),
         &ClientConfig::default(),
     )
     .await
     .expect("connect")
-}
-
-/// Deploy kv once per cluster, then commit a write and read it back
-/// linearizably, each within [`SERVE_TIMEOUT`].
-async fn assert_still_commits(cluster: &Cluster, key: &str) {
-    let c = cluster.client().await;
-    if c.machines()
-        .await
-        .map(|m| m.iter().all(|m| m.name != "kv"))
-        .unwrap_or(true)
-    {
-        c.deploy("kv", guest("kv")).await.expect("deploy kv");
-    }
-    let start = Instant::now();
-    tokio::time::timeout(SERVE_TIMEOUT, c.propose("kv", &kv_put(key, "v")))
-        .await
-        .unwrap_or_else(|_| panic!("write of {key} not committed within {SERVE_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("write of {key} failed: {e}"));
-    let got = tokio::time::timeout(
-        SERVE_TIMEOUT,
-        c.query("kv", &kv_get(key), Consistency::Linearizable),
-    )
-    .await
-    .expect("read in time")
-    .expect("read");
-    assert_eq!(kv_value(&got).as_deref(), Some("v"));
-    eprintln!("{key}: write + linearizable read in {:?}", start.elapsed());
 }
 
 /// Resident set size of node `id`'s process, KiB (found by its config path).
@@ -199,7 +166,7 @@ async fn oversized_truncated_corrupt_and_undecodable_frames_close_only_their_str
         cluster.log(leader).contains("bad request frame"),
         "the node logs why it closed the streams"
     );
-    assert_still_commits(&cluster, "after-bad-frames").await;
+    cluster.assert_still_commits("after-bad-frames").await;
     // Over the frame cap on the client's side: refused at once, not retried
     // against every node until the call deadline.
     // (Retried, it would end as `NoLeader` after `call_timeout_ms`.)
@@ -230,10 +197,10 @@ async fn hundreds_of_held_connections_and_refused_handshakes_cost_bounded_memory
     let held_target = held_target.div_ceil(50) * 50;
     const REFUSED: usize = 200;
     let (cluster, leader) = started(3, |_| {}).await;
-    assert_still_commits(&cluster, "before-flood").await;
+    cluster.assert_still_commits("before-flood").await;
     let rss_before = node_rss_kib(&cluster, leader).expect("leader rss");
 
-    let tls = Arc::new(admin_tls(&cluster));
+    let tls = Arc::new(cluster.admin_tls());
     let addr = cluster.addr(leader);
     let start = Instant::now();
     let mut held = Vec::with_capacity(held_target);
@@ -299,7 +266,7 @@ async fn hundreds_of_held_connections_and_refused_handshakes_cost_bounded_memory
     assert_eq!(refused, REFUSED, "a foreign certificate was served");
 
     // While the connections are held, the cluster still commits.
-    assert_still_commits(&cluster, "during-flood").await;
+    cluster.assert_still_commits("during-flood").await;
     let rss_during = node_rss_kib(&cluster, leader).expect("leader rss");
     let per_conn_kib = rss_during.saturating_sub(rss_before) / held_target as u64;
     eprintln!(
@@ -314,7 +281,7 @@ async fn hundreds_of_held_connections_and_refused_handshakes_cost_bounded_memory
     for c in held.drain(..) {
         c.connection().close(0u32.into(), b"done");
     }
-    assert_still_commits(&cluster, "after-flood").await;
+    cluster.assert_still_commits("after-flood").await;
     for id in cluster.ids() {
         let s = cluster.status(id).await.expect("every node answers");
         assert!(s.leader.is_some(), "{s:?}");
@@ -327,7 +294,7 @@ async fn slowloris_streams_are_ended_at_the_request_deadline() {
     // Long enough for a deploy (a guest compile) on a loaded debug build.
     const DEADLINE_MS: u64 = 10_000;
     let (cluster, leader) = started(3, |c| c.client.request_timeout_ms = DEADLINE_MS).await;
-    assert_still_commits(&cluster, "before-slowloris").await;
+    cluster.assert_still_commits("before-slowloris").await;
     let conn = Arc::new(connect(&cluster, leader).await);
     let status = request_frame(&Request::Status);
     let start = Instant::now();
@@ -360,7 +327,7 @@ async fn slowloris_streams_are_ended_at_the_request_deadline() {
         }));
     }
     // Meanwhile, other clients are served.
-    assert_still_commits(&cluster, "during-slowloris").await;
+    cluster.assert_still_commits("during-slowloris").await;
     let mut slowest = Duration::ZERO;
     for t in tasks {
         let took = tokio::time::timeout(Duration::from_millis(DEADLINE_MS * 4), t)
@@ -378,31 +345,7 @@ async fn slowloris_streams_are_ended_at_the_request_deadline() {
         slowest < Duration::from_millis(DEADLINE_MS * 3),
         "a slowloris stream outlived the deadline: {slowest:?}"
     );
-    assert_still_commits(&cluster, "after-slowloris").await;
-}
-
-/// Connect to node `id` as the admin client, granting the node only
-/// `window_bytes` of credit per stream: a larger response cannot leave the
-/// node until this client reads it. The endpoint must outlive the connection.
-async fn connect_stingy(
-    cluster: &Cluster,
-    id: u64,
-    window_bytes: u32,
-) -> (quinn::Endpoint, quinn::Connection) {
-    let rustls_cfg =
-        tls::client_config(&admin_tls(cluster), Alpn::Client, &AuthCounters::new()).expect("tls");
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(window_bytes.into());
-    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let conn = endpoint
-        .connect_with(cc, cluster.addr(id), &tls::server_name_for(id))
-        .expect("connect")
-        .await
-        .expect("handshake");
-    (endpoint, conn)
+    cluster.assert_still_commits("after-slowloris").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +366,9 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
     // one machine share its thread, and this test is about unread responses,
     // not about a query flood delaying applies of the same machine.
     c.deploy("hoard", guest("kv")).await.expect("deploy");
-    assert_still_commits(&cluster, "before-unread-responses").await;
+    cluster
+        .assert_still_commits("before-unread-responses")
+        .await;
     let value = "v".repeat(512 << 10);
     c.propose("hoard", &kv_put("big", &value))
         .await
@@ -441,7 +386,7 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
     let mut conns = Vec::new();
     let mut hoarded = Vec::new();
     for _ in 0..CONNS {
-        let (endpoint, conn) = connect_stingy(&cluster, leader, 16 << 10).await;
+        let (endpoint, conn) = cluster.connect_stingy(leader, 16 << 10).await;
         for _ in 0..STREAMS_PER_CONN {
             let (mut send, recv) = conn.open_bi().await.expect("stream");
             send.write_all(&query).await.expect("write query");
@@ -450,7 +395,7 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
         }
         conns.push((endpoint, conn));
     }
-    assert_still_commits(&cluster, "while-responses-unread").await;
+    cluster.assert_still_commits("while-responses-unread").await;
     let rss_during = node_rss_kib(&cluster, leader).expect("rss");
     let grew_mib = rss_during.saturating_sub(rss_before) / 1024;
     eprintln!(
@@ -525,7 +470,7 @@ async fn a_client_that_never_reads_its_responses_does_not_stall_other_clients() 
     for (_, conn) in conns {
         conn.close(0u32.into(), b"done");
     }
-    assert_still_commits(&cluster, "after-unread-responses").await;
+    cluster.assert_still_commits("after-unread-responses").await;
 }
 
 /// Open a QUIC connection to node `to` at `addr` on the raft ALPN,
@@ -620,7 +565,7 @@ async fn peers_impersonating_members_are_refused_and_the_cluster_keeps_serving()
     // 2. The cluster's admin client certificate on the raft ALPN.
     assert_refused(
         "a client certificate on the raft ALPN",
-        raft_dial(addr, leader, member, &admin_tls(&cluster)).await,
+        raft_dial(addr, leader, member, &cluster.admin_tls()).await,
     );
 
     // 3. A genuine member certificate whose hello claims another member's id.
@@ -650,7 +595,7 @@ async fn peers_impersonating_members_are_refused_and_the_cluster_keeps_serving()
     }
     let s = cluster.status(leader).await.expect("status");
     assert_eq!(s.voters.len(), 3, "{s:?}");
-    assert_still_commits(&cluster, "after-impersonation").await;
+    cluster.assert_still_commits("after-impersonation").await;
 }
 
 /// A raft frame carrying a heartbeat `from` → `to` at `term`.
@@ -723,7 +668,7 @@ async fn raft_messages_whose_sender_differs_from_their_link_are_dropped_and_logg
     assert_eq!(after.term, before.term, "a forged heartbeat moved the term");
     assert_eq!(after.role, "leader", "{after:?}");
     assert_eq!(after.leader, Some(leader), "{after:?}");
-    assert_still_commits(&cluster, "after-forged-sender").await;
+    cluster.assert_still_commits("after-forged-sender").await;
 
     // Control: the same heartbeat under the link's own id does reach the
     // engine (the leader follows it into the forged term), so the assertions
@@ -739,7 +684,9 @@ async fn raft_messages_whose_sender_differs_from_their_link_are_dropped_and_logg
     drop(s);
     conn.close(0u32.into(), b"done");
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    assert_still_commits(&cluster, "after-control-heartbeat").await;
+    cluster
+        .assert_still_commits("after-control-heartbeat")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -778,7 +725,7 @@ async fn a_guest_that_burns_its_fuel_on_every_call_costs_bounded_time_per_call()
     assert!(slowest < Duration::from_secs(10), "a call took {slowest:?}");
     // The burner machine itself still works.
     c.propose("mb", br#""Ok""#).await.expect("ok after burns");
-    assert_still_commits(&cluster, "after-fuel-burn").await;
+    cluster.assert_still_commits("after-fuel-burn").await;
 }
 
 /// A zstd frame (RFC 8878) of `blocks` RLE blocks of 128 KiB zeros:
@@ -824,13 +771,13 @@ async fn a_zstd_bomb_handed_to_decompress_is_refused_alike_on_every_replica() {
         )
         .await;
     }
-    assert_still_commits(&cluster, "after-zstd-bomb").await;
+    cluster.assert_still_commits("after-zstd-bomb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_a_reissued_certificate_rejoins_the_cluster() {
     let (mut cluster, leader) = started(3, |_| {}).await;
-    assert_still_commits(&cluster, "before-rotation").await;
+    cluster.assert_still_commits("before-rotation").await;
     let follower = cluster
         .ids()
         .into_iter()
@@ -847,7 +794,7 @@ async fn a_node_restarted_with_a_reissued_certificate_rejoins_the_cluster() {
     let new = std::fs::read_to_string(certs.cert_path(&node)).expect("new cert");
     assert_ne!(old, new, "a new certificate was issued");
     cluster.restart(follower);
-    assert_still_commits(&cluster, "after-rotation").await;
+    cluster.assert_still_commits("after-rotation").await;
     let last = cluster
         .status(leader)
         .await

@@ -3,20 +3,17 @@
 //! arrive in time, responses are taken in time, a malformed frame ends only its stream) hold
 //! for a multiplexed stream too, while the cluster goes on committing.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wraft_proto::{
     CODE_RESPONSE_WRITE_TIMEOUT, Consistency, KIND_REQUEST, KIND_RESPONSE, Request, RequestError,
     Response,
 };
-use wraft_tests::{Cluster, guest, kv_get, kv_put};
-use wraft_transport::certs::{CertDir, TlsIdentity};
+use wraft_tests::{Cluster, kv_get, kv_put};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::mux::{self, FrameBuffer, KIND_MUX, KIND_MUX_OPEN, KIND_MUX_OPENED};
 use wraft_transport::quinn;
-use wraft_transport::tls::{self, Alpn, AuthCounters};
-use wraft_transport::{CODE_BAD_FRAME, Identity, frame};
+use wraft_transport::{CODE_BAD_FRAME, frame};
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -25,35 +22,6 @@ async fn started(tweak: impl Fn(&mut wraft_config::NodeConfig)) -> (Cluster, u64
     let cluster = Cluster::start_with(3, tweak);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     (cluster, leader)
-}
-
-fn admin_tls(cluster: &Cluster) -> TlsIdentity {
-    CertDir::new(cluster.certs_dir())
-        .load_tls(&Identity::Client("admin".into()))
-        .expect("admin certificate")
-}
-
-/// Deploy kv, then commit a write and read it back, each within [`SERVE_TIMEOUT`].
-async fn assert_still_commits(cluster: &Cluster, key: &str) {
-    let c = cluster.client().await;
-    if c.machines()
-        .await
-        .map(|m| m.iter().all(|m| m.name != "kv"))
-        .unwrap_or(true)
-    {
-        c.deploy("kv", guest("kv")).await.expect("deploy kv");
-    }
-    tokio::time::timeout(SERVE_TIMEOUT, c.propose("kv", &kv_put(key, "v")))
-        .await
-        .unwrap_or_else(|_| panic!("write of {key} not committed within {SERVE_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("write of {key} failed: {e}"));
-    tokio::time::timeout(
-        SERVE_TIMEOUT,
-        c.query("kv", &kv_get(key), Consistency::Linearizable),
-    )
-    .await
-    .expect("read in time")
-    .expect("read");
 }
 
 /// A raw multiplexed stream on `conn`, accepted by the node.
@@ -96,28 +64,6 @@ async fn next_response(
     }
 }
 
-/// Connect to node `id` as the admin, granting the node `window_bytes` of credit per stream.
-async fn connect_raw(
-    cluster: &Cluster,
-    id: u64,
-    window_bytes: u32,
-) -> (quinn::Endpoint, quinn::Connection) {
-    let rustls_cfg =
-        tls::client_config(&admin_tls(cluster), Alpn::Client, &AuthCounters::new()).expect("tls");
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg).expect("quic");
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(window_bytes.into());
-    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let conn = endpoint
-        .connect_with(cc, cluster.addr(id), &tls::server_name_for(id))
-        .expect("connect")
-        .await
-        .expect("handshake");
-    (endpoint, conn)
-}
-
 fn tagged_request(id: u64, req: &Request) -> Vec<u8> {
     mux::encode_tagged(id, KIND_REQUEST, req, u32::MAX).expect("encode")
 }
@@ -128,12 +74,12 @@ fn tagged_request(id: u64, req: &Request) -> Vec<u8> {
 async fn a_clients_concurrent_requests_share_one_multiplexed_stream() {
     const CALLS: usize = 400;
     let (cluster, leader) = started(|_| {}).await;
-    assert_still_commits(&cluster, "before").await;
+    cluster.assert_still_commits("before").await;
     let config = ClientConfig {
         multiplex: true,
         ..ClientConfig::default()
     };
-    let conn = ClientConnection::connect(cluster.addr(leader), None, &admin_tls(&cluster), &config)
+    let conn = ClientConnection::connect(cluster.addr(leader), None, &cluster.admin_tls(), &config)
         .await
         .expect("connect");
     let deadline = Instant::now() + SERVE_TIMEOUT;
@@ -185,7 +131,7 @@ async fn a_clients_concurrent_requests_share_one_multiplexed_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_frame_on_a_multiplexed_stream_ends_only_that_stream() {
     let (cluster, leader) = started(|_| {}).await;
-    let (_endpoint, conn) = connect_raw(&cluster, leader, 1 << 20).await;
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 1 << 20).await;
     let (mut send, mut recv) = open_mux(&conn).await;
     let mut buf = FrameBuffer::new();
     // A tagged request whose body is not a request (a newer client's, say).
@@ -232,7 +178,7 @@ async fn a_bad_frame_on_a_multiplexed_stream_ends_only_that_stream() {
             .contains("closing a multiplexed client stream"),
         "the node says why it ended the stream"
     );
-    assert_still_commits(&cluster, "after-bad-frame").await;
+    cluster.assert_still_commits("after-bad-frame").await;
 }
 
 /// A request frame begun and never finished ends its multiplexed stream at the request
@@ -242,7 +188,7 @@ async fn a_request_left_unfinished_on_a_multiplexed_stream_ends_it_at_the_deadli
     // Long enough for a deploy (a guest compile) on a loaded debug build.
     const DEADLINE_MS: u64 = 10_000;
     let (cluster, leader) = started(|c| c.client.request_timeout_ms = DEADLINE_MS).await;
-    let (_endpoint, conn) = connect_raw(&cluster, leader, 1 << 20).await;
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 1 << 20).await;
     let (mut send, mut recv) = open_mux(&conn).await;
     let mut buf = FrameBuffer::new();
     send.write_all(&tagged_request(1, &Request::Status))
@@ -261,7 +207,9 @@ async fn a_request_left_unfinished_on_a_multiplexed_stream_ends_it_at_the_deadli
     );
     let start = Instant::now();
     send.write_all(&next[..next.len() - 10]).await.unwrap();
-    assert_still_commits(&cluster, "during-unfinished-request").await;
+    cluster
+        .assert_still_commits("during-unfinished-request")
+        .await;
     let ended = tokio::time::timeout(
         Duration::from_millis(DEADLINE_MS * 3),
         next_response(&mut recv, &mut buf),
@@ -290,13 +238,13 @@ async fn responses_never_taken_off_a_multiplexed_stream_are_reset_at_the_write_d
         c.client.response_write_timeout_ms = WRITE_DEADLINE_MS;
     })
     .await;
-    assert_still_commits(&cluster, "before").await;
+    cluster.assert_still_commits("before").await;
     let c = cluster.client().await;
     c.propose("kv", &kv_put("big", &"v".repeat(256 << 10)))
         .await
         .expect("put big");
     // 16 KiB of credit per stream, and the client never reads: 5 MiB of answers stay put.
-    let (_endpoint, conn) = connect_raw(&cluster, leader, 16 << 10).await;
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 16 << 10).await;
     let (mut send, mut recv) = open_mux(&conn).await;
     let start = Instant::now();
     for id in 0..QUERIES {
@@ -326,5 +274,5 @@ async fn responses_never_taken_off_a_multiplexed_stream_are_reset_at_the_write_d
             .contains("responses not taken within client.response_write_timeout_ms")
     );
     eprintln!("unread responses reset after {took:?} (deadline {WRITE_DEADLINE_MS} ms)");
-    assert_still_commits(&cluster, "after-unread-responses").await;
+    cluster.assert_still_commits("after-unread-responses").await;
 }

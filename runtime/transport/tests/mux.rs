@@ -11,7 +11,7 @@ use common::{Fixture, eventually};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::frame;
 use wraft_transport::mux::{self, FrameBuffer, KIND_MUX, KIND_MUX_OPEN, KIND_MUX_OPENED};
-use wraft_transport::{ClientStream, Inbound};
+use wraft_transport::{ClientStream, Inbound, Transport};
 
 const MAX: u32 = 1 << 20;
 
@@ -34,6 +34,27 @@ async fn accept_mux(inbound: &mut Inbound) -> ClientStream {
         .await
         .expect("ack");
     s
+}
+
+/// A multiplexing client connected to `t1`, with a client certificate from `f`.
+async fn dial(f: &Fixture, t1: &Transport) -> ClientConnection {
+    ClientConnection::connect(
+        t1.local_addr().unwrap(),
+        Some(1),
+        &f.client_tls("app"),
+        &multiplexing(),
+    )
+    .await
+    .expect("connect")
+}
+
+/// A client connected to node 1 of `f`, its multiplexed stream accepted by the test.
+async fn connected(f: &Fixture) -> (Transport, Inbound, ClientConnection, ClientStream) {
+    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
+    let client = dial(f, &t1).await;
+    let s = accept_mux(&mut in1).await;
+    eventually(5, "the stream accepted", || client.multiplexed()).await;
+    (t1, in1, client, s)
 }
 
 /// Read tagged requests off `s` until `n` have arrived: `(id, kind, u32 body)`.
@@ -69,17 +90,7 @@ async fn read_requests(
 async fn answers_in_any_order_reach_the_callers_that_asked() {
     const CALLS: u32 = 50;
     let f = Fixture::new([1]);
-    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
-    let client = ClientConnection::connect(
-        t1.local_addr().unwrap(),
-        Some(1),
-        &f.client_tls("app"),
-        &multiplexing(),
-    )
-    .await
-    .expect("connect");
-    let mut s = accept_mux(&mut in1).await;
-    eventually(5, "the stream accepted", || client.multiplexed()).await;
+    let (t1, mut in1, client, mut s) = connected(&f).await;
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
             let client = client.clone();
@@ -110,17 +121,7 @@ async fn answers_in_any_order_reach_the_callers_that_asked() {
 #[tokio::test]
 async fn a_caller_that_gives_up_is_forgotten_and_the_others_are_answered() {
     let f = Fixture::new([1]);
-    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
-    let client = ClientConnection::connect(
-        t1.local_addr().unwrap(),
-        Some(1),
-        &f.client_tls("app"),
-        &multiplexing(),
-    )
-    .await
-    .expect("connect");
-    let mut s = accept_mux(&mut in1).await;
-    eventually(5, "the stream accepted", || client.multiplexed()).await;
+    let (t1, _in1, client, mut s) = connected(&f).await;
     let gave_up = tokio::time::timeout(
         Duration::from_millis(200),
         client.request::<u32, u32>(0x40, &1),
@@ -156,17 +157,7 @@ async fn a_caller_that_gives_up_is_forgotten_and_the_others_are_answered() {
 #[tokio::test]
 async fn a_broken_stream_fails_its_waiting_callers_and_requests_go_a_stream_each() {
     let f = Fixture::new([1]);
-    let (t1, mut in1) = f.bind(1, &f.node_tls(1));
-    let client = ClientConnection::connect(
-        t1.local_addr().unwrap(),
-        Some(1),
-        &f.client_tls("app"),
-        &multiplexing(),
-    )
-    .await
-    .expect("connect");
-    let mut s = accept_mux(&mut in1).await;
-    eventually(5, "the stream accepted", || client.multiplexed()).await;
+    let (t1, mut in1, client, mut s) = connected(&f).await;
     let calls: Vec<_> = (0..5u32)
         .map(|i| {
             let client = client.clone();
@@ -239,14 +230,7 @@ async fn against_a_server_that_does_not_multiplex_requests_go_a_stream_each() {
         }
         (in1, refused)
     });
-    let client = ClientConnection::connect(
-        t1.local_addr().unwrap(),
-        Some(1),
-        &f.client_tls("app"),
-        &multiplexing(),
-    )
-    .await
-    .expect("connect");
+    let client = dial(&f, &t1).await;
     for i in 0..3u32 {
         let (_, answer) = client
             .request::<u32, u32>(0x40, &i)
@@ -267,14 +251,7 @@ async fn against_a_server_that_does_not_multiplex_requests_go_a_stream_each() {
 async fn an_opening_refused_for_now_is_asked_again() {
     let f = Fixture::new([1]);
     let (t1, mut in1) = f.bind(1, &f.node_tls(1));
-    let client = ClientConnection::connect(
-        t1.local_addr().unwrap(),
-        Some(1),
-        &f.client_tls("app"),
-        &multiplexing(),
-    )
-    .await
-    .expect("connect");
+    let client = dial(&f, &t1).await;
     let mut first = in1.clients.recv().await.expect("the opening");
     let f0 = frame::read_frame(&mut first.recv, MAX)
         .await
