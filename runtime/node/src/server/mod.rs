@@ -526,3 +526,30 @@ async fn handle(
     }
     ClientCall::call(driver, request, None).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node's places for requests run out at the bound, whoever holds them (a stream of its
+    /// own or a multiplexed stream's request), and each comes back when its holder is dropped.
+    #[test]
+    fn request_places_run_out_at_the_bound_and_come_back() {
+        let slots = Slots::default();
+        let on_a_stream: Vec<Slot> = (0..CLIENT_REQUESTS_IN_FLIGHT_MAX / 2)
+            .map(|_| slots.take().expect("a place"))
+            .collect();
+        let multiplexed = slots.clone();
+        let mut on_a_session: Vec<Slot> = (CLIENT_REQUESTS_IN_FLIGHT_MAX / 2
+            ..CLIENT_REQUESTS_IN_FLIGHT_MAX)
+            .map(|_| multiplexed.take().expect("a place"))
+            .collect();
+        assert!(slots.take().is_none(), "one past the bound");
+        assert!(multiplexed.take().is_none(), "the count is shared");
+        on_a_session.pop();
+        let again = slots.take().expect("the freed place");
+        assert!(multiplexed.take().is_none());
+        drop((on_a_stream, on_a_session, again));
+        assert_eq!(slots.0.load(Ordering::Acquire), 0);
+    }
+}
