@@ -95,16 +95,7 @@ type LaneItem = (Vec<u8>, oneshot::Sender<Result<RecvStream, TransportError>>);
 async fn send_lane(conn: Connection, mut rx: mpsc::Receiver<LaneItem>) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
-        // The caller that woke us usually has siblings that are runnable too (their responses
-        // arrived in the same packet): let them queue their requests before writing.
-        tokio::task::yield_now().await;
-        batch.push(first);
-        while batch.len() < LANE_QUEUE_MAX {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut batch).await;
         for (frame, reply) in batch.drain(..) {
             // A caller that gave up (timed out, dropped its future) must not have its request
             // sent after all: check before taking a stream and again before writing.
@@ -127,6 +118,20 @@ async fn send_lane(conn: Connection, mut rx: mpsc::Receiver<LaneItem>) {
             };
             let opened = opened.await;
             let _ = reply.send(opened);
+        }
+    }
+}
+
+/// Put `first` and every request queued behind it on `rx` (up to [`LANE_QUEUE_MAX`]) in
+/// `batch`, for one write. The caller that woke the lane usually has siblings that are runnable
+/// too (their responses arrived in the same packet): they get to queue their requests first.
+async fn gather<T>(first: T, rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
+    tokio::task::yield_now().await;
+    batch.push(first);
+    while batch.len() < LANE_QUEUE_MAX {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::LANE_QUEUE_MAX;
+use super::{LANE_QUEUE_MAX, gather};
 use crate::frame::{self, FrameError};
 use crate::mux::{
     self, FrameBuffer, KIND_MUX, KIND_MUX_OPEN, KIND_MUX_OPENED, MUX_REQUEST_FRAME_BYTES_MAX,
@@ -276,16 +276,7 @@ async fn write_requests(
                 return;
             }
         };
-        // The caller that woke us usually has siblings that are runnable too: let them queue
-        // their requests before writing.
-        tokio::task::yield_now().await;
-        batch.push(first);
-        while batch.len() < LANE_QUEUE_MAX {
-            match lane.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut lane, &mut batch).await;
         out.clear();
         {
             // A caller that gave up (timed out, dropped its future) must not have its request
