@@ -27,6 +27,7 @@
 //! | `wraft_storage_disk_free_bytes` / `wraft_storage_disk_size_bytes` | gauge | space available to the node / size of the file system holding `node.data_dir` |
 //! | `wraft_client_requests_total` | counter | client requests answered, by `request` kind and `outcome` (`ok` or the error kind) |
 //! | `wraft_client_request_seconds` | histogram | a client request's time in the node, by `request` kind |
+//! | `wraft_client_requests_in_flight` | gauge | client requests being served, until their answers are written (at most 16,384; past it, `Busy`) |
 //! | `wraft_watch_history_entries` / `wraft_watch_history_bytes` | gauge | results held for watch subscribers (`node.watch_history_*_max`) |
 //! | `wraft_watch_history_evicted_total` | counter | results that fell out of the watch history |
 //! | `wraft_watch_subscriptions` | gauge | live watch subscriptions |
@@ -298,12 +299,15 @@ impl ApplyMetrics {
 #[derive(Clone)]
 pub(crate) struct ClientMetrics {
     node: String,
+    /// Requests holding a place among the node's `CLIENT_REQUESTS_IN_FLIGHT_MAX`.
+    pub in_flight: metrics::Gauge,
 }
 
 impl ClientMetrics {
     pub fn new(node: u64) -> Self {
         ClientMetrics {
             node: node.to_string(),
+            in_flight: metrics::gauge!("wraft_client_requests_in_flight", "node" => node.to_string()),
         }
     }
 

@@ -63,7 +63,7 @@ pub(super) async fn serve_clients(
 ) {
     let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
         FuturesUnordered::new();
-    let slots = Slots::default();
+    let slots = Slots::published(api.metrics.in_flight.clone());
     // Who each certificate identity is and what it may do, worked out once per identity rather
     // than per request (the limits that decide the role are fixed for `api`'s lifetime).
     let mut callers: HashMap<Identity, Arc<Caller>> = HashMap::new();
@@ -117,28 +117,56 @@ fn busy() -> Response {
 }
 
 /// The count of client requests being served by a node, on streams of their own and on
-/// multiplexed streams alike, bounded by [`CLIENT_REQUESTS_IN_FLIGHT_MAX`].
+/// multiplexed streams alike, bounded by [`CLIENT_REQUESTS_IN_FLIGHT_MAX`] and published as
+/// `wraft_client_requests_in_flight`.
 #[derive(Clone, Default)]
-pub(crate) struct Slots(Arc<AtomicUsize>);
+pub(crate) struct Slots(Arc<SlotCount>);
+
+#[derive(Default)]
+pub(crate) struct SlotCount {
+    held: AtomicUsize,
+    gauge: Option<metrics::Gauge>,
+}
 
 /// One request's place in [`Slots`], given back when dropped.
-pub(crate) struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot(Arc<SlotCount>);
 
 impl Slots {
+    /// No places taken; the count goes to `gauge`.
+    pub(crate) fn published(gauge: metrics::Gauge) -> Self {
+        gauge.set(0.0);
+        Slots(Arc::new(SlotCount {
+            held: AtomicUsize::new(0),
+            gauge: Some(gauge),
+        }))
+    }
+
     /// A place for one more request, or `None` if the node already serves as many as it may.
     pub(crate) fn take(&self) -> Option<Slot> {
         self.0
+            .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < CLIENT_REQUESTS_IN_FLIGHT_MAX).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(self.0.clone()))
+            .ok()?;
+        if let Some(g) = &self.0.gauge {
+            g.increment(1.0);
+        }
+        Some(Slot(self.0.clone()))
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.0.held.load(Ordering::Acquire)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0.gauge {
+            g.decrement(1.0);
+        }
     }
 }
 
@@ -550,6 +578,6 @@ mod tests {
         let again = slots.take().expect("the freed place");
         assert!(multiplexed.take().is_none());
         drop((on_a_stream, on_a_session, again));
-        assert_eq!(slots.0.load(Ordering::Acquire), 0);
+        assert_eq!(slots.held(), 0);
     }
 }
