@@ -9,7 +9,7 @@ use wraft_proto::{
     CODE_RESPONSE_WRITE_TIMEOUT, Consistency, KIND_REQUEST, KIND_RESPONSE, Request, RequestError,
     Response,
 };
-use wraft_tests::{Cluster, kv_get, kv_put};
+use wraft_tests::{Cluster, http_get, kv_get, kv_put};
 use wraft_transport::client::{ClientConfig, ClientConnection};
 use wraft_transport::mux::{self, FrameBuffer, KIND_MUX, KIND_MUX_OPEN, KIND_MUX_OPENED};
 use wraft_transport::quinn;
@@ -275,4 +275,84 @@ async fn responses_never_taken_off_a_multiplexed_stream_are_reset_at_the_write_d
     );
     eprintln!("unread responses reset after {took:?} (deadline {WRITE_DEADLINE_MS} ms)");
     cluster.assert_still_commits("after-unread-responses").await;
+}
+
+/// `wraft_client_requests_in_flight` of the node whose metrics are served at `addr`.
+async fn requests_in_flight(addr: std::net::SocketAddr) -> u64 {
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+        .await
+        .expect("join")
+        .expect("scrape");
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|l| l.starts_with("wraft_client_requests_in_flight{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("wraft_client_requests_in_flight in the scrape") as u64
+}
+
+/// One multiplexed stream holds at most `SESSION_REQUESTS_IN_FLIGHT_MAX` (1,024) requests,
+/// however many arrive at once: past it the node stops taking the stream's requests, so one
+/// client cannot take the places the node keeps for all of them. The places come back when the
+/// stream goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_stream_holds_at_most_its_bound_of_requests() {
+    const SENT: u64 = 3_000;
+    const STREAM_HELD_MAX: u64 = 1_024;
+    let (cluster, leader) = started(|c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.client.response_write_timeout_ms = 300_000;
+    })
+    .await;
+    let metrics = cluster.metrics_addr(leader).await;
+    assert_eq!(requests_in_flight(metrics).await, 0);
+    // 1 KiB of credit per stream and never read: the answers stay in the node, so every
+    // request taken keeps its place.
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 1 << 10).await;
+    let (mut send, _recv) = open_mux(&conn).await;
+    let mut burst = Vec::new();
+    for id in 0..SENT {
+        mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
+            .expect("encode");
+    }
+    send.write_all(&burst).await.expect("send the burst");
+    // The count climbs to the bound and stays there.
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    let mut highest = 0;
+    let mut at_bound_since: Option<Instant> = None;
+    loop {
+        let held = requests_in_flight(metrics).await;
+        highest = highest.max(held);
+        if held >= STREAM_HELD_MAX {
+            let since = *at_bound_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream's requests never held their places: {held} in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        highest, STREAM_HELD_MAX,
+        "one stream held more requests than its bound"
+    );
+    // The others are served meanwhile.
+    cluster.assert_still_commits("beside-a-full-stream").await;
+    // The stream goes: its requests give their places back.
+    conn.close(0u32.into(), b"done");
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let held = requests_in_flight(metrics).await;
+        if held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} places still held after the stream went"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

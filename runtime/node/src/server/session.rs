@@ -9,8 +9,9 @@
 //!
 //! Past either of the last two the stream is reset, with [`CODE_RESPONSE_WRITE_TIMEOUT`] for
 //! responses not taken. One stream also holds at most [`SESSION_REQUESTS_IN_FLIGHT_MAX`]
-//! requests being served or waiting to be written; beyond that the node stops reading it and
-//! QUIC flow control holds the client back. A request that does not decode (a newer client's)
+//! requests being served or waiting to be written; beyond that the node takes none of its
+//! requests (those already received wait their turn), stops reading it, and QUIC flow control
+//! holds the client back. A request that does not decode (a newer client's)
 //! is answered `Rejected`; a frame that is not a tagged request ends the stream.
 
 use std::collections::VecDeque;
@@ -99,9 +100,12 @@ impl Session {
         let mut partial_since: Option<Instant> = None;
         let mut reading = true;
         loop {
-            // Every whole request frame read so far, into service.
+            // Every whole request frame read so far, into service, up to the stream's bound (a
+            // read can bring many): the rest wait in `buf` until places come back.
             let mut took_any = false;
-            loop {
+            while serving.len() + answers.len() + writing_slots.len()
+                < SESSION_REQUESTS_IN_FLIGHT_MAX
+            {
                 match buf.next_frame(frame_max) {
                     Ok(None) => break,
                     Ok(Some((KIND_MUX, payload))) => match mux::decode_tagged(&payload) {
