@@ -1,7 +1,8 @@
 //! A node's multiplexed client streams, against real `wraft node` processes: a client's
 //! requests share one stream, and the bounds a stream per request has (a request's bytes
 //! arrive in time, responses are taken in time, a malformed frame ends only its stream) hold
-//! for a multiplexed stream too, while the cluster goes on committing.
+//! for a multiplexed stream too, as do the bounds on how many requests one stream and the whole
+//! node hold, while the cluster goes on committing.
 
 use std::time::{Duration, Instant};
 
@@ -355,4 +356,101 @@ async fn a_multiplexed_stream_holds_at_most_its_bound_of_requests() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `wraft_client_requests_in_flight` reaches `target` (within a minute: a debug build answers
+/// thousands of status requests).
+async fn wait_in_flight(addr: std::net::SocketAddr, target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = requests_in_flight(addr).await;
+        if held == target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} requests in flight, never {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When the node serves as many requests as it may (16,384), a request on a multiplexed stream
+/// is answered `Busy` at once, as one on a stream of its own is; and clients that never take
+/// their answers do not keep the node from stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_answers_busy_on_a_multiplexed_stream_and_still_stops_in_time() {
+    const STREAMS: u64 = 16;
+    const PER_STREAM: u64 = 1_100; // past the stream's bound of 1,024
+    const NODE_HELD_MAX: u64 = 16_384;
+    const SHUTDOWN_MS: u64 = 5_000;
+    let (mut cluster, leader) = started(|c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.node.shutdown_timeout_ms = SHUTDOWN_MS;
+        c.client.response_write_timeout_ms = 300_000;
+    })
+    .await;
+    let metrics = cluster.metrics_addr(leader).await;
+    // Never read: every request taken keeps its place.
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 1 << 10).await;
+    // A stream opened while there is room, used once there is none.
+    let (mut send, mut recv) = open_mux(&conn).await;
+    let mut held_streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (mut send, recv) = open_mux(&conn).await;
+        let mut burst = Vec::new();
+        for id in 0..PER_STREAM {
+            mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
+                .expect("encode");
+        }
+        send.write_all(&burst).await.expect("send the burst");
+        held_streams.push((send, recv));
+    }
+    wait_in_flight(metrics, NODE_HELD_MAX).await;
+    // Its request finds no place.
+    send.write_all(&tagged_request(7, &Request::Status))
+        .await
+        .expect("send");
+    let (id, answer) = tokio::time::timeout(
+        SERVE_TIMEOUT,
+        next_response(&mut recv, &mut FrameBuffer::new()),
+    )
+    .await
+    .expect("answered at once")
+    .expect("answered");
+    assert_eq!(id, 7);
+    assert!(
+        matches!(&answer, Err(RequestError::Busy(m)) if m.contains("requests in flight")),
+        "{answer:?}"
+    );
+    // Nor does a new stream's opening: the client asks again later, sending its requests a
+    // stream each meanwhile (`wraft_transport::client`).
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write_frame(&mut send, KIND_MUX_OPEN, &[1], u32::MAX)
+        .await
+        .expect("open");
+    let refused = tokio::time::timeout(SERVE_TIMEOUT, frame::read_frame(&mut recv, 1 << 16))
+        .await
+        .expect("answered at once")
+        .expect("frame")
+        .expect("not the end");
+    assert_eq!(refused.kind, KIND_RESPONSE);
+    let refused: Response = refused.decode().expect("a response");
+    assert!(matches!(refused, Err(RequestError::Busy(_))), "{refused:?}");
+    assert_eq!(requests_in_flight(metrics).await, NODE_HELD_MAX);
+    // Stopping: the answers nobody takes do not hold the node up.
+    let start = Instant::now();
+    cluster.signal(leader, libc::SIGTERM);
+    let status = cluster
+        .wait_exit(leader, Duration::from_millis(SHUTDOWN_MS * 2))
+        .await;
+    eprintln!(
+        "stopped in {:?} with {NODE_HELD_MAX} answers untaken ({status})",
+        start.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_millis(SHUTDOWN_MS),
+        "the node stopped only at its shutdown timeout"
+    );
 }
