@@ -454,3 +454,47 @@ async fn a_full_node_answers_busy_on_a_multiplexed_stream_and_still_stops_in_tim
         "the node stopped only at its shutdown timeout"
     );
 }
+
+/// While a stream holds its bound of requests the node does not read it, so the deadline for
+/// a request frame to arrive whole does not run: the bytes of the next request already read
+/// (a read ends wherever a packet does, often inside a frame) wait with the stream, however
+/// long its answers go untaken, and are served once places come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_waits_while_a_full_stream_is_not_read() {
+    const SENT: u64 = 1_100;
+    const REQUEST_DEADLINE_MS: u64 = 1_000;
+    let (cluster, leader) = started(|c| {
+        c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.client.request_timeout_ms = REQUEST_DEADLINE_MS;
+        c.client.response_write_timeout_ms = 300_000;
+    })
+    .await;
+    let metrics = cluster.metrics_addr(leader).await;
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 4 << 10).await;
+    let (mut send, mut recv) = open_mux(&conn).await;
+    let mut burst = Vec::new();
+    for id in 0..SENT {
+        mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
+            .expect("encode");
+    }
+    send.write_all(&burst).await.expect("send the burst");
+    wait_in_flight(metrics, 1_024).await;
+    // Three request deadlines with the stream full and its answers untaken.
+    tokio::time::sleep(Duration::from_millis(3 * REQUEST_DEADLINE_MS)).await;
+    let mut buf = FrameBuffer::new();
+    let mut answered = std::collections::BTreeSet::new();
+    while (answered.len() as u64) < SENT {
+        let (id, status) = tokio::time::timeout(SERVE_TIMEOUT, next_response(&mut recv, &mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|reset| {
+                panic!(
+                    "the stream ended after {} answers (reset {reset:?})",
+                    answered.len()
+                )
+            });
+        status.expect("status");
+        assert!(answered.insert(id), "request {id} answered twice");
+    }
+    assert_eq!(answered.last(), Some(&(SENT - 1)));
+}
