@@ -21,11 +21,12 @@ minutes. The turns of a round rotate, so each system goes first, second and last
 Usage: interleave.py [extra wraft bench args]. Environment: W (the wraft binary), W_BASE
 (optional, the build to compare with), MODULE (kv component), KIT (the etcd kit, built;
 default /tmp/etcd-kit), CLIENTS (256), CONNS (16), SECS (10), WARMUP (2), ROUNDS (6),
-IDLE_MAX (0.15). Linux only; needs etcd on the PATH. Prints a line per round and a summary;
-ends every cluster."""
+IDLE_MAX (0.15). Linux only; needs etcd on the PATH. Prints a line per round and a summary (the
+median and the pooled ratio: all of a system's puts over all of etcd's); ends every cluster."""
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -247,12 +248,18 @@ def main():
             bench.finish()
 
         def spread(key):
-            v = sorted(x[key] for x in rows)
-            return f"min {v[0]:.2f} median {v[len(v) // 2]:.2f} max {v[-1]:.2f}"
-        summary = (f"summary: {len(rows)} rounds, ratio {spread('ratio')}; p99 ratio "
-                   f"{spread('p99_ratio')}")
+            v = [x[key] for x in rows]
+            return f"min {min(v):.2f} median {statistics.median(v):.2f} max {max(v):.2f}"
+
+        def pooled(system):
+            """All of `system`'s puts over all of etcd's, in the same rounds."""
+            return (sum(x[f'{system}_ops_per_s'] for x in rows)
+                    / sum(x['etcd_ops_per_s'] for x in rows))
+        summary = (f"summary: {len(rows)} rounds, ratio {spread('ratio')}, pooled "
+                   f"{pooled('wraft'):.2f}; p99 ratio {spread('p99_ratio')}")
         if W_BASE:
-            summary += f"; base ratio {spread('base_ratio')}; wraft/base {spread('vs_base')}"
+            summary += (f"; base ratio {spread('base_ratio')}, pooled {pooled('base'):.2f}; "
+                        f"wraft/base {spread('vs_base')}")
         print(summary)
         print(json.dumps({'rounds': rows}))
     finally:
