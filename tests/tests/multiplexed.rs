@@ -456,12 +456,13 @@ async fn a_full_node_answers_busy_on_a_multiplexed_stream_and_still_stops_in_tim
 }
 
 /// While a stream holds its bound of requests the node does not read it, so the deadline for
-/// a request frame to arrive whole does not run: the bytes of the next request already read
-/// (a read ends wherever a packet does, often inside a frame) wait with the stream, however
-/// long its answers go untaken, and are served once places come back.
+/// a request frame to arrive whole does not run: the part of a request read with the one that
+/// reached the bound waits with the stream, however long its answers go untaken. When places
+/// come back the requests already read are taken first, then the stream is read again: the
+/// client's end of the stream finds no request left unread, and every request is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_request_deadline_waits_while_a_full_stream_is_not_read() {
-    const SENT: u64 = 1_100;
+async fn requests_read_past_a_full_streams_bound_wait_without_a_deadline_and_are_all_answered() {
+    const STREAM_HELD_MAX: u64 = 1_024;
     const REQUEST_DEADLINE_MS: u64 = 1_000;
     let (cluster, leader) = started(|c| {
         c.node.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -470,31 +471,49 @@ async fn the_request_deadline_waits_while_a_full_stream_is_not_read() {
     })
     .await;
     let metrics = cluster.metrics_addr(leader).await;
-    let (_endpoint, conn) = cluster.connect_stingy(leader, 4 << 10).await;
+    // 32 bytes of credit: less than one answer, so no place comes back until the test reads.
+    let (_endpoint, conn) = cluster.connect_stingy(leader, 32).await;
     let (mut send, mut recv) = open_mux(&conn).await;
+    let status = |id| tagged_request(id, &Request::Status);
     let mut burst = Vec::new();
-    for id in 0..SENT {
-        mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
-            .expect("encode");
+    for id in 0..STREAM_HELD_MAX - 1 {
+        burst.extend(status(id));
     }
     send.write_all(&burst).await.expect("send the burst");
-    wait_in_flight(metrics, 1_024).await;
+    wait_in_flight(metrics, STREAM_HELD_MAX - 1).await;
+    // One small write, read at once: the request that fills the stream, one more whole, and
+    // half of the next.
+    let (filling, whole, cut) = (
+        status(STREAM_HELD_MAX - 1),
+        status(STREAM_HELD_MAX),
+        status(STREAM_HELD_MAX + 1),
+    );
+    let half = cut.len() / 2;
+    send.write_all(&[filling, whole, cut[..half].to_vec()].concat())
+        .await
+        .expect("send");
+    wait_in_flight(metrics, STREAM_HELD_MAX).await;
     // Three request deadlines with the stream full and its answers untaken.
     tokio::time::sleep(Duration::from_millis(3 * REQUEST_DEADLINE_MS)).await;
+    send.write_all(&cut[half..]).await.expect("send the rest");
+    send.finish().expect("finish");
     let mut buf = FrameBuffer::new();
     let mut answered = std::collections::BTreeSet::new();
-    while (answered.len() as u64) < SENT {
-        let (id, status) = tokio::time::timeout(SERVE_TIMEOUT, next_response(&mut recv, &mut buf))
+    let ended = loop {
+        match tokio::time::timeout(SERVE_TIMEOUT, next_response(&mut recv, &mut buf))
             .await
             .expect("answered in time")
-            .unwrap_or_else(|reset| {
-                panic!(
-                    "the stream ended after {} answers (reset {reset:?})",
-                    answered.len()
-                )
-            });
-        status.expect("status");
-        assert!(answered.insert(id), "request {id} answered twice");
-    }
-    assert_eq!(answered.last(), Some(&(SENT - 1)));
+        {
+            Ok((id, status)) => {
+                status.expect("status");
+                assert!(answered.insert(id), "request {id} answered twice");
+            }
+            Err(ended) => break ended,
+        }
+    };
+    assert_eq!(
+        (answered.len() as u64, ended),
+        (STREAM_HELD_MAX + 2, None),
+        "every request answered, then the stream ended cleanly (not reset)"
+    );
 }

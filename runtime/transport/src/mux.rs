@@ -131,9 +131,17 @@ impl FrameBuffer {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// True if bytes of a frame not yet whole are held.
+    /// True if any bytes are held: a frame not yet whole, or whole frames not yet taken.
     pub fn holds_partial(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    /// True if a whole, well-formed frame is held, ready for [`FrameBuffer::next_frame`].
+    pub fn holds_whole_frame(&self, max_frame_bytes: u32) -> bool {
+        matches!(
+            frame::decode_frame(&self.buf, max_frame_bytes),
+            Ok(Decoded::Frame { .. })
+        )
     }
 
     /// The next whole frame, as its kind and checked payload; `None` until one has arrived.

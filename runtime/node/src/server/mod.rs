@@ -119,11 +119,13 @@ fn busy() -> Response {
 /// The count of client requests being served by a node, on streams of their own and on
 /// multiplexed streams alike, bounded by [`CLIENT_REQUESTS_IN_FLIGHT_MAX`] and published as
 /// `wraft_client_requests_in_flight`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
+#[cfg_attr(test, derive(Default))]
 pub(crate) struct Slots(Arc<SlotCount>);
 
+/// The places taken, and the gauge they are published to (none in unit tests).
 #[derive(Default)]
-pub(crate) struct SlotCount {
+struct SlotCount {
     held: AtomicUsize,
     gauge: Option<metrics::Gauge>,
 }

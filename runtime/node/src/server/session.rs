@@ -100,6 +100,14 @@ impl Session {
         let mut partial_since: Option<Instant> = None;
         let mut reading = true;
         loop {
+            if written == writing.len() {
+                // The last write is all taken: its requests give their places back, before
+                // any request waiting in `buf` is taken (so that none waits while the stream
+                // is read: its end, or the request deadline, would find it there).
+                writing.clear();
+                written = 0;
+                writing_slots.clear();
+            }
             // Every whole request frame read so far, into service, up to the stream's bound (a
             // read can bring many): the rest wait in `buf` until places come back.
             let mut took_any = false;
@@ -129,12 +137,8 @@ impl Session {
                     }
                 }
             }
-            if written == writing.len() {
-                // The last write is all taken: its requests give their places back, and the
-                // next responses go out.
-                writing.clear();
-                written = 0;
-                writing_slots.clear();
+            if writing.is_empty() {
+                // The next responses go out.
                 while let Some((bytes, _)) = answers.front()
                     && (writing.is_empty() || writing.len() + bytes.len() <= WRITE_BATCH_BYTES)
                 {
@@ -151,6 +155,8 @@ impl Session {
             }
             let held = serving.len() + answers.len() + writing_slots.len();
             let can_read = reading && held < SESSION_REQUESTS_IN_FLIGHT_MAX;
+            // Whole requests wait in `buf` only while the stream is at its bound.
+            debug_assert!(!(can_read && buf.holds_whole_frame(frame_max)));
             // The bytes left over begin the next request, whose clock starts now; and it does
             // not run while the node itself is not reading.
             partial_since = match (can_read && buf.holds_partial(), partial_since) {
