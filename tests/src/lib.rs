@@ -193,6 +193,19 @@ struct NodeProc {
     starts: u32,
     /// Extra environment for the node's process (next start on).
     env: Vec<(String, String)>,
+    /// The node's UDP port, bound by the harness while the node is not running: its address is
+    /// fixed in every member's configuration, and a port left free while it is down can be
+    /// handed to any process binding port 0 meanwhile (another test's client), so the node
+    /// could not start again.
+    port_held: Option<std::net::UdpSocket>,
+}
+
+impl NodeProc {
+    /// Keep the node's port from being handed out while it is down (best effort: a process
+    /// that took it in the moment since the node's exit keeps it).
+    fn hold_port(&mut self) {
+        self.port_held = std::net::UdpSocket::bind(self.config.node.listen).ok();
+    }
 }
 
 /// A cluster of `wraft node` processes on loopback. Dropping it kills them.
@@ -255,6 +268,7 @@ impl Cluster {
                 child: None,
                 starts: 0,
                 env: Vec::new(),
+                port_held: None,
             },
         );
         self.restart(id);
@@ -447,6 +461,7 @@ impl Cluster {
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            node.hold_port();
         }
         self.forget_client(id);
     }
@@ -467,6 +482,7 @@ impl Cluster {
             let child = node.child.as_mut().expect("node was started");
             if let Some(status) = child.try_wait().expect("try_wait") {
                 node.child = None;
+                node.hold_port();
                 self.forget_client(id);
                 return status;
             }
@@ -501,6 +517,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id)?;
         let status = node.child.as_mut()?.try_wait().ok()??;
         node.child = None;
+        node.hold_port();
         self.forget_client(id);
         Some(status.to_string())
     }
@@ -525,6 +542,7 @@ impl Cluster {
             .open(&node.log_path)
             .expect("node log");
         let _ = writeln!(log, "==== harness: start #{} of node {id}", node.starts);
+        node.port_held = None;
         let err = log.try_clone().expect("log handle");
         let filter =
             std::env::var("WRAFT_E2E_LOG").unwrap_or_else(|_| "info,quinn=warn".to_owned());
