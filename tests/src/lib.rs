@@ -455,7 +455,16 @@ impl Cluster {
         .await
     }
 
-    /// `kill -9` node `id` and reap it.
+    /// Let go of stopped node `id`'s port, which the harness holds while the node is down (see
+    /// `NodeProc::port_held`): for a tool that takes a bound listen address for a running node
+    /// (`wraft recover`). The next start holds nothing either way.
+    pub fn release_port(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is running");
+        node.port_held = None;
+    }
+
+    /// `kill -9` node `id` and reap it; its port stays held for it until it starts again.
     pub fn kill(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(mut child) = node.child.take() {

@@ -303,6 +303,7 @@ async fn after_losing_two_of_three_nodes_a_forced_survivor_keeps_every_acknowled
         std::fs::remove_dir_all(&c.config(id).node.data_dir).expect("losing a node for good");
     }
     c.kill(1);
+    c.release_port(1);
     let config = c.dir().join("node-1.toml");
     let config = config.to_str().unwrap();
 

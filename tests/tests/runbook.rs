@@ -246,6 +246,7 @@ async fn quorum_loss_forced_recovery_and_members_added_back() {
     std::fs::remove_dir_all(&c.config(2).node.data_dir).expect("losing node 2");
     c.kill(3);
     c.kill(1);
+    c.release_port(1);
     let config = [("CONFIG", c.dir().join("node-1.toml").display().to_string())];
     let out = run_block(bin.path(), "quorum-loss-inspect", &config);
     assert!(out.contains(&format!("last log index {last}")), "{out}");
