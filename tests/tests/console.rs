@@ -443,11 +443,17 @@ async fn console_shows_a_live_snapshot_transfer_with_its_progress_and_rate() {
             .await
             .expect("put");
     }
-    client
-        .snapshot_trigger_and_wait(Some(cluster.addr(leader)), Duration::from_secs(60))
-        .await
-        .expect("snapshot");
+    // Every member up snapshots, so that whichever leads once the follower is back has
+    // compacted what it missed (on a loaded machine leadership can move meanwhile: a fresh-clone
+    // run lost its transfer when the snapshot was taken on a leader that had just stepped down).
+    for id in cluster.running() {
+        client
+            .snapshot_trigger_and_wait(Some(cluster.addr(id)), Duration::from_secs(60))
+            .await
+            .expect("snapshot");
+    }
     cluster.restart(follower);
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
 
     let certs = cluster.certs_dir().to_owned();
     let reader = mint_token(&certs, "watcher", "read");
