@@ -69,6 +69,12 @@ fn tagged_request(id: u64, req: &Request) -> Vec<u8> {
     mux::encode_tagged(id, KIND_REQUEST, req, u32::MAX).expect("encode")
 }
 
+/// Tagged status requests `ids`, back to back, for one write.
+fn status_burst(ids: std::ops::Range<u64>) -> Vec<u8> {
+    ids.flat_map(|id| tagged_request(id, &Request::Status))
+        .collect()
+}
+
 /// Hundreds of concurrent requests from one client connection share its multiplexed stream:
 /// the node never has to grant the client more streams, and every request is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,12 +317,9 @@ async fn a_multiplexed_stream_holds_at_most_its_bound_of_requests() {
     // request taken keeps its place.
     let (_endpoint, conn) = cluster.connect_stingy(leader, 1 << 10).await;
     let (mut send, _recv) = open_mux(&conn).await;
-    let mut burst = Vec::new();
-    for id in 0..SENT {
-        mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
-            .expect("encode");
-    }
-    send.write_all(&burst).await.expect("send the burst");
+    send.write_all(&status_burst(0..SENT))
+        .await
+        .expect("send the burst");
     // The count climbs to the bound and stays there.
     let deadline = Instant::now() + SERVE_TIMEOUT;
     let mut highest = 0;
@@ -398,12 +401,9 @@ async fn a_full_node_answers_busy_on_a_multiplexed_stream_and_still_stops_in_tim
     let mut held_streams = Vec::new();
     for _ in 0..STREAMS {
         let (mut send, recv) = open_mux(&conn).await;
-        let mut burst = Vec::new();
-        for id in 0..PER_STREAM {
-            mux::encode_tagged_into(&mut burst, id, KIND_REQUEST, &Request::Status, u32::MAX)
-                .expect("encode");
-        }
-        send.write_all(&burst).await.expect("send the burst");
+        send.write_all(&status_burst(0..PER_STREAM))
+            .await
+            .expect("send the burst");
         held_streams.push((send, recv));
     }
     wait_in_flight(metrics, NODE_HELD_MAX).await;
@@ -475,11 +475,9 @@ async fn requests_read_past_a_full_streams_bound_wait_without_a_deadline_and_are
     let (_endpoint, conn) = cluster.connect_stingy(leader, 32).await;
     let (mut send, mut recv) = open_mux(&conn).await;
     let status = |id| tagged_request(id, &Request::Status);
-    let mut burst = Vec::new();
-    for id in 0..STREAM_HELD_MAX - 1 {
-        burst.extend(status(id));
-    }
-    send.write_all(&burst).await.expect("send the burst");
+    send.write_all(&status_burst(0..STREAM_HELD_MAX - 1))
+        .await
+        .expect("send the burst");
     wait_in_flight(metrics, STREAM_HELD_MAX - 1).await;
     // One small write, read at once: the request that fills the stream, one more whole, and
     // half of the next.
