@@ -35,7 +35,7 @@ fn entries(from: usize, n: usize) -> Vec<Entry> {
             index: i as u64 + 1,
             term: 1,
             timestamp_ms: 0,
-            command: put(i),
+            command: put(i).into(),
         })
         .collect()
 }

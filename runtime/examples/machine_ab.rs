@@ -36,7 +36,7 @@ fn entry(k: usize, value: &str) -> Entry {
         index: k as u64 + 1,
         term: 1,
         timestamp_ms: 0,
-        command: put_command(KvCodec::Postcard, &put_key(worker, n), value),
+        command: put_command(KvCodec::Postcard, &put_key(worker, n), value).into(),
     }
 }
 

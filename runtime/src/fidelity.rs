@@ -320,7 +320,7 @@ fn entry(index: u64, command: &[u8]) -> Entry {
         index,
         term: 1,
         timestamp_ms: index,
-        command: command.to_vec(),
+        command: bytes::Bytes::copy_from_slice(command),
     }
 }
 

@@ -65,7 +65,7 @@ fn entry(index: u64, cmd: Value) -> Entry {
         index,
         term: 1,
         timestamp_ms: 1_700_000_000_000 + index,
-        command: serde_json::to_vec(&cmd).unwrap(),
+        command: serde_json::to_vec(&cmd).unwrap().into(),
     }
 }
 
@@ -943,6 +943,6 @@ fn raw_entry(index: u64, command: Vec<u8>) -> Entry {
         index,
         term: 1,
         timestamp_ms: 1_700_000_000_000 + index,
-        command,
+        command: command.into(),
     }
 }

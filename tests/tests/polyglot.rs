@@ -581,7 +581,7 @@ fn entry(index: u64, command: serde_json::Value) -> Entry {
         index,
         term: 1,
         timestamp_ms: 1_700_000_000_000 + index,
-        command: to_json(command),
+        command: to_json(command).into(),
     }
 }
 

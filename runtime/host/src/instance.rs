@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, Trap};
 use wraft_proto::WasiProfile;
@@ -27,8 +28,9 @@ pub struct Entry {
     pub term: u64,
     /// Leader-assigned timestamp, ms since the Unix epoch.
     pub timestamp_ms: u64,
-    /// The client's command bytes.
-    pub command: Vec<u8>,
+    /// The client's command bytes (usually a slice of the log entry's own buffer: lowering
+    /// copies them into guest memory, and nothing else does).
+    pub command: Bytes,
 }
 
 /// A deterministic application error returned by a guest: a replicated result.
@@ -258,11 +260,11 @@ impl Instance {
             self.last_entry = (entry.index, entry.timestamp_ms);
         }
         self.enter("apply", self.config.fuel_per_call)?;
-        let e = to_wit(entry);
+        let e = to_wit(&entry);
         match self
             .exports
             .wraft_machine_machine()
-            .call_apply(&mut self.store, &e)
+            .call_apply(&mut self.store, e)
         {
             Ok(r) => Ok(self.check_output(r)),
             Err(err) => Err(self.fault("apply", err)),
@@ -282,7 +284,7 @@ impl Instance {
         }
         self.enter("apply-batch", self.config.fuel_per_call)?;
         let n = entries.len();
-        let es: Vec<wtypes::Entry> = entries.into_iter().map(to_wit).collect();
+        let es: Vec<wtypes::Entry<'_>> = entries.iter().map(to_wit).collect();
         match self
             .exports
             .wraft_machine_machine()
@@ -439,14 +441,14 @@ impl Instance {
     }
 }
 
-fn to_wit(e: Entry) -> wtypes::Entry {
+fn to_wit(e: &Entry) -> wtypes::Entry<'_> {
     wtypes::Entry {
         meta: wtypes::EntryMeta {
             index: e.index,
             term: e.term,
             timestamp_ms: e.timestamp_ms,
         },
-        command: e.command,
+        command: &e.command,
     }
 }
 

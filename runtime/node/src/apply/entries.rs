@@ -491,7 +491,7 @@ impl Applier {
 
 /// A command waiting in the applier's batch for its machine. Its bytes are a slice of the
 /// entry's, so a batch that has to be replayed one entry at a time (a trap) still has them
-/// without a copy kept for that case; the guest call gets the one copy it needs.
+/// without a copy kept for that case; lowering into guest memory is the one copy.
 pub(super) struct Queued {
     term: u64,
     timestamp_ms: u64,
@@ -504,7 +504,7 @@ impl Queued {
             index,
             term: self.term,
             timestamp_ms: self.timestamp_ms,
-            command: self.command.to_vec(),
+            command: self.command.clone(),
         }
     }
 }

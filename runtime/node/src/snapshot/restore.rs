@@ -174,7 +174,7 @@ pub async fn build_instance(
                         index: item.index,
                         term: item.term,
                         timestamp_ms: last_ts,
-                        command,
+                        command: command.into(),
                     });
                     if batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                         compare(replay_batch(&handle, &mut batch).await?)?;
