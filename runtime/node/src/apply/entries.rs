@@ -30,7 +30,7 @@ impl Applier {
         let mut chained = 0usize;
         // What watch subscribers get of this run, in index order: matched with the outcomes
         // once the whole run is kept (a local failure discards it with them).
-        let mut watched: Vec<(u64, String, Watched)> = Vec::new();
+        let mut watched: Vec<(u64, String, Watched)> = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -155,7 +155,7 @@ impl Applier {
         self.complete_sessions(&outcomes[completed..]);
         self.fold_outcomes(&outcomes[chained..])?;
         let mut watched = watched.into_iter().peekable();
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(watched.len());
         for (index, _, resp) in outcomes {
             self.applied = index;
             if let Some((_, machine, what)) = watched.next_if(|(i, _, _)| *i == index)
@@ -635,7 +635,13 @@ pub(super) fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
 /// naming the cause, the same on every replica. postcard cannot fail on these types today
 /// (strings, bytes and integers only).
 pub(super) fn encode_cached(resp: &Response) -> Bytes {
-    match postcard::to_extend(resp, Vec::with_capacity(64)) {
+    // Most answers are a few bytes: encoded on the stack, they take one allocation of their
+    // exact size (a `Vec` with room to spare would take a second, for `Bytes`' shared header).
+    let mut small = [0u8; 128];
+    if let Ok(encoded) = postcard::to_slice(resp, &mut small) {
+        return Bytes::copy_from_slice(encoded);
+    }
+    match postcard::to_stdvec(resp) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             let fallback: Response = Err(RequestError::Internal(format!(
@@ -652,4 +658,34 @@ pub(super) fn decode_cached(b: &Bytes) -> Response {
             "cached response does not decode: {e}"
         )))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the session table keeps is the answer's postcard encoding, whichever way it was
+    /// encoded (on the stack or in a growing buffer): it is replicated state, in every snapshot.
+    #[test]
+    fn cached_answers_are_their_postcard_encoding_at_every_size() {
+        for n in [
+            0usize, 1, 100, 115, 116, 117, 118, 119, 120, 127, 128, 129, 4096,
+        ] {
+            let answers: [Response; 2] = [
+                Ok(Reply::Applied {
+                    index: u64::MAX - n as u64,
+                    output: vec![7; n],
+                }),
+                Err(RequestError::App {
+                    code: n as u32,
+                    message: "m".repeat(n),
+                }),
+            ];
+            for resp in answers {
+                let cached = encode_cached(&resp);
+                assert_eq!(cached[..], postcard::to_stdvec(&resp).expect("encodes")[..]);
+                assert_eq!(format!("{:?}", decode_cached(&cached)), format!("{resp:?}"));
+            }
+        }
+    }
 }
