@@ -49,11 +49,9 @@ pub(crate) struct DecodeError {
 /// The storage record of an engine entry.
 pub(crate) fn encode_entry(e: &Entry) -> Result<LogEntry, EncodeError> {
     let capacity = e.kind.approx_bytes();
-    let payload = postcard::to_extend(&e.kind, Vec::with_capacity(capacity)).map_err(|source| {
-        EncodeError {
-            what: format!("log entry {}", e.index),
-            source,
-        }
+    let payload = wraft_proto::encode::to_vec(&e.kind, capacity).map_err(|source| EncodeError {
+        what: format!("log entry {}", e.index),
+        source,
     })?;
     Ok(LogEntry {
         index: e.index,
@@ -81,7 +79,7 @@ pub(crate) fn encode_command(c: &Command) -> Result<Bytes, EncodeError> {
         Command::Apply { machine, command } => 16 + machine.len() + command.len(),
         _ => 64,
     };
-    postcard::to_extend(c, Vec::with_capacity(capacity))
+    wraft_proto::encode::to_vec(c, capacity)
         .map(Bytes::from)
         .map_err(|source| EncodeError {
             what: "command".into(),

@@ -7,12 +7,13 @@
 //!   writes (deploys, machine commands, session registrations, checkpoints).
 //! - [`WasiProfile`] and [`MachineLimits`], which deploys carry to every replica.
 //! - [`digest`]: SHA-256 naming and hex, the one home of both.
+//! - [`encode`]: postcard into a `Vec`, without a `memcpy` call per varint.
 //!
 //! Everything is encoded with postcard inside checksummed, versioned frames
 //! (`wraft-transport`'s framing). Adding a variant at the end of an enum is a
 //! compatible change; anything else bumps [`CLIENT_PROTOCOL_VERSION`].
 //!
-//! This crate does no I/O and needs only serde: the client, the node and the fuzz targets all
+//! This crate does no I/O and needs only serde and postcard: the client, the node and the fuzz targets all
 //! depend on it, so an application builds none of the wasm host.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod addr;
 pub mod digest;
+pub mod encode;
 mod wasi_profile;
 
 pub use addr::{HOST_NAME_BYTES_MAX, PeerAddr, PeerAddrError};

@@ -282,7 +282,7 @@ pub fn encode_frame(kind: u8, payload: &[u8], max_frame_bytes: u32) -> Result<Ve
 
 /// postcard-encode `msg` (the frame payload only, no header).
 pub fn encode_payload<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    postcard::to_allocvec(msg).map_err(|source| FrameError::Encode {
+    wraft_proto::encode::to_vec(msg, 0).map_err(|source| FrameError::Encode {
         ty: std::any::type_name::<T>(),
         source,
     })
@@ -295,7 +295,7 @@ pub const MSG_CAPACITY_DEFAULT: usize = 512;
 /// postcard-encode `msg` into a buffer that starts with room for `capacity` bytes (a guess: the
 /// buffer grows past it if needed). Costs one allocation when the guess holds.
 pub fn encode_payload_sized<T: Serialize>(msg: &T, capacity: usize) -> Result<Vec<u8>, FrameError> {
-    postcard::to_extend(msg, Vec::with_capacity(capacity)).map_err(|source| FrameError::Encode {
+    wraft_proto::encode::to_vec(msg, capacity).map_err(|source| FrameError::Encode {
         ty: std::any::type_name::<T>(),
         source,
     })
@@ -312,7 +312,7 @@ pub fn encode_msg_frame<T: Serialize>(
 ) -> Result<Vec<u8>, FrameError> {
     let mut buf = Vec::with_capacity(FRAME_HEADER_BYTES + capacity);
     buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
-    let mut buf = postcard::to_extend(msg, buf).map_err(|source| FrameError::Encode {
+    wraft_proto::encode::append(msg, &mut buf).map_err(|source| FrameError::Encode {
         ty: std::any::type_name::<T>(),
         source,
     })?;

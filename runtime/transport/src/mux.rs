@@ -55,7 +55,7 @@ pub fn encode_tagged_into<T: Serialize>(
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     out.extend_from_slice(&id.to_le_bytes());
     out.push(kind);
-    let encoded = postcard::to_extend(msg, Append(&mut *out)).map(drop);
+    let encoded = wraft_proto::encode::append(msg, out);
     let written = encoded
         .map_err(|source| FrameError::Encode {
             ty: std::any::type_name::<T>(),
@@ -77,15 +77,6 @@ pub fn encode_tagged_into<T: Serialize>(
             out.truncate(start);
             Err(e)
         }
-    }
-}
-
-/// A `Vec` postcard appends to in place (`Extend` is not implemented for `&mut Vec`).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
     }
 }
 
