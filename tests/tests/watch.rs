@@ -101,7 +101,7 @@ async fn a_watch_from_now_sees_the_deploy_then_every_result_in_log_order_with_it
     let events = take(&mut sub, 6).await;
     for (e, (index, cmd, output)) in events.iter().zip(&writes) {
         assert_eq!(e.index, *index);
-        assert_eq!(e.machine, "kv");
+        assert_eq!(&*e.machine, "kv");
         assert_eq!(&e.command[..], &cmd[..]);
         assert_eq!(e.outcome, WatchOutcome::Output(output.clone().into()));
     }

@@ -52,8 +52,10 @@ pub const WATCH_EVENT_OVERHEAD_BYTES: u64 = 64;
 pub struct WatchEvent {
     /// The log index of the entry.
     pub index: u64,
-    /// The machine it was applied to.
-    pub machine: String,
+    /// The machine it was applied to (shared by its events: naming it costs no allocation per
+    /// applied entry).
+    #[serde(serialize_with = "as_str")]
+    pub machine: Arc<str>,
     /// The command's bytes as the client proposed them (empty for lifecycle events).
     #[serde(serialize_with = "as_bytes")]
     pub command: Bytes,
@@ -89,6 +91,10 @@ pub enum WatchOutcome {
 
 fn as_bytes<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(b)
+}
+
+fn as_str<S: serde::Serializer>(text: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(text)
 }
 
 impl WatchEvent {
@@ -476,7 +482,7 @@ impl Subscription {
         }
         let start = h.events.partition_point(|e| e.index < self.next);
         for e in h.events.range(start..).take(WATCH_SCAN_EVENTS_MAX) {
-            if e.machine == self.machine {
+            if *e.machine == *self.machine {
                 self.next = e.index + 1;
                 return Scan::Event(e.clone());
             }

@@ -30,7 +30,9 @@ impl Applier {
         let mut chained = 0usize;
         // What watch subscribers get of this run, in index order: matched with the outcomes
         // once the whole run is kept (a local failure discards it with them).
-        let mut watched: Vec<(u64, String, Watched)> = Vec::with_capacity(entries.len());
+        let mut watched: Vec<(u64, Arc<str>, Watched)> = Vec::with_capacity(entries.len());
+        // The name the last watched command was for, shared by the events of its machine.
+        let mut watched_name: Option<Arc<str>> = None;
         for entry in entries {
             if entry.index <= self.applied {
                 continue; // replayed after a restart of the driver side; already applied
@@ -114,11 +116,11 @@ impl Applier {
                     match cmd {
                         EntryCommand::Apply { machine, command } => {
                             let command = data.slice_ref(command);
-                            watched.push((
-                                index,
-                                machine.to_owned(),
-                                Watched::Apply(command.clone()),
-                            ));
+                            let name = match &watched_name {
+                                Some(n) if **n == *machine => n.clone(),
+                                _ => watched_name.insert(Arc::from(machine)).clone(),
+                            };
+                            watched.push((index, name, Watched::Apply(command.clone())));
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
                                     .await?;
@@ -140,8 +142,8 @@ impl Applier {
                             // A checkpoint compares the digest up to the entries before it.
                             self.fold_outcomes(&outcomes[chained..])?;
                             chained = outcomes.len();
-                            if let Some(w) = Watched::admin(&other) {
-                                watched.push((index, w.0, w.1));
+                            if let Some((name, w)) = Watched::admin(&other) {
+                                watched.push((index, name.into(), w));
                             }
                             let resp = self.apply_admin(index, ts, other).await?;
                             outcomes.push((index, client, resp));

@@ -140,7 +140,7 @@ fn put_bytes(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8])
 pub(crate) fn event_json(event: &WatchEvent) -> (&'static str, Value) {
     let mut obj = serde_json::Map::new();
     obj.insert("index".into(), json!(event.index));
-    obj.insert("machine".into(), json!(event.machine));
+    obj.insert("machine".into(), json!(&*event.machine));
     put_bytes(&mut obj, "command", &event.command);
     let kind = match &event.outcome {
         WatchOutcome::Output(out) => {
