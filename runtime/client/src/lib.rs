@@ -562,7 +562,8 @@ impl Client {
         let mut rotate = 0usize;
         let mut skip: Option<PeerAddr> = None;
         let mut connected = false;
-        let mut last = String::from("no attempt");
+        // Why the last attempt failed; empty (no allocation) until one has.
+        let mut last = String::new();
         while let Some(left) = deadline
             .checked_sub(start.elapsed())
             .filter(|l| !l.is_zero())
@@ -676,6 +677,9 @@ impl Client {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
+        }
+        if last.is_empty() {
+            last.push_str("no attempt");
         }
         let waited_ms = start.elapsed().as_millis() as u64;
         if *sent > 0 {
