@@ -562,8 +562,8 @@ impl Client {
         let mut rotate = 0usize;
         let mut skip: Option<PeerAddr> = None;
         let mut connected = false;
-        // Why the last attempt failed; empty (no allocation) until one has.
-        let mut last = String::new();
+        // Why the last attempt failed; `None` (no allocation) until one has.
+        let mut last: Option<String> = None;
         while let Some(left) = deadline
             .checked_sub(start.elapsed())
             .filter(|l| !l.is_zero())
@@ -589,11 +589,13 @@ impl Client {
                         self.set_suspect(addr, true);
                     }
                     self.set_hint(None);
-                    last = failures
-                        .into_iter()
-                        .map(|(_, e)| e)
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    last = Some(
+                        failures
+                            .into_iter()
+                            .map(|(_, e)| e)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    );
                     sleep_within(backoff, start + deadline).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
@@ -632,10 +634,10 @@ impl Client {
                     return Ok(reply);
                 }
                 Ok(Err(RequestError::NotLeader { leader })) if follow_leader => {
-                    last = format!(
+                    last = Some(format!(
                         "{} is not the leader and knows none",
                         self.name(&target, &conn)
-                    );
+                    ));
                     // A hint naming a node we just failed to reach is stale
                     // (followers name the old leader until they elect anew).
                     let hint = leader
@@ -653,13 +655,13 @@ impl Client {
                     }
                 }
                 Ok(Err(RequestError::Busy(m))) => {
-                    last = format!("{}: busy: {m}", self.name(&target, &conn));
+                    last = Some(format!("{}: busy: {m}", self.name(&target, &conn)));
                     sleep_within(backoff, start + deadline).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Ok(Err(RequestError::Timeout(m))) => {
                     // Outcome unknown; retrying with the same tag is safe.
-                    last = format!("{}: timed out: {m}", self.name(&target, &conn));
+                    last = Some(format!("{}: timed out: {m}", self.name(&target, &conn)));
                 }
                 Ok(Err(e)) => {
                     self.set_answered_by(&target, &conn);
@@ -667,7 +669,7 @@ impl Client {
                 }
                 Err(e) => {
                     // The connection broke: forget this node, try the others.
-                    last = e;
+                    last = Some(e);
                     self.set_suspect(&target, true);
                     self.set_hint(None);
                     self.forget_connection(&conn);
@@ -678,9 +680,7 @@ impl Client {
                 }
             }
         }
-        if last.is_empty() {
-            last.push_str("no attempt");
-        }
+        let last = last.unwrap_or_else(|| "no attempt".to_owned());
         let waited_ms = start.elapsed().as_millis() as u64;
         if *sent > 0 {
             // Sent at least once and no outcome: it may have been applied.
