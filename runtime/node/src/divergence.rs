@@ -372,6 +372,35 @@ mod tests {
         }
     }
 
+    /// Two digests pinned as bytes, computed outside wraft (Python's `blake3` over the inputs
+    /// as defined above): a change made to both the code and its reference copy still fails.
+    #[test]
+    fn digests_are_pinned() {
+        let hex = wraft_proto::digest::hex;
+        let put = outcome_digest(&Ok(Reply::Applied {
+            index: 1,
+            output: br#"{"prev":null}"#.to_vec(),
+        }));
+        assert_eq!(
+            hex(&put),
+            "7c3d9a47bda080cc62d73b7cb2b2ddf2e823112c1930f2a02fc814c2724bb630"
+        );
+        let refused = outcome_digest(&Err(RequestError::App {
+            code: 7,
+            message: "bad".into(),
+        }));
+        assert_eq!(
+            hex(&refused),
+            "f5821c8e36beed422c675b7574b132bbe2dd55f5c8c9fcd89a3d940fa74885ec"
+        );
+        let mut chain = OutcomeChain::genesis();
+        chain.push(1, &put);
+        assert_eq!(
+            hex(&chain.push(2, &refused).expect("known chain")),
+            "cc1cfe947dcf0646a46bb2e09e2d3294d964bd084958db5595bc7cf35919d990"
+        );
+    }
+
     #[test]
     fn only_the_most_recent_digests_are_kept() {
         let mut c = OutcomeChain::genesis();

@@ -116,10 +116,7 @@ impl Applier {
                     match cmd {
                         EntryCommand::Apply { machine, command } => {
                             let command = data.slice_ref(command);
-                            let name = match &watched_name {
-                                Some(n) if **n == *machine => n.clone(),
-                                _ => watched_name.insert(Arc::from(machine)).clone(),
-                            };
+                            let name = shared_name(&mut watched_name, machine);
                             watched.push((index, name, Watched::Apply(command.clone())));
                             if batch_machine != machine || batch.len() >= APPLY_BATCH_ENTRIES_MAX {
                                 self.flush_batch(&batch_machine, &mut batch, &mut outcomes)
@@ -619,6 +616,15 @@ pub(super) fn is_deterministic(e: &CallError) -> bool {
     }
 }
 
+/// `machine` as an `Arc<str>`: the one in `last` if it names the same machine (no allocation),
+/// else a new one, kept in `last` for the entries after.
+fn shared_name(last: &mut Option<Arc<str>>, machine: &str) -> Arc<str> {
+    match last {
+        Some(n) if **n == *machine => n.clone(),
+        _ => last.insert(Arc::from(machine)).clone(),
+    }
+}
+
 pub(super) fn app_response(index: u64, r: wraft_host::EntryResult) -> Response {
     match r {
         Ok(output) => Ok(Reply::Applied { index, output }),
@@ -665,6 +671,22 @@ pub(super) fn decode_cached(b: &Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events of consecutive entries for one machine share its name; a run that alternates
+    /// machines names each entry's own.
+    #[test]
+    fn watched_entries_name_their_own_machine() {
+        let mut last = None;
+        let names: Vec<Arc<str>> = ["a", "a", "b", "a", "b", "b", "a"]
+            .into_iter()
+            .map(|m| shared_name(&mut last, m))
+            .collect();
+        let texts: Vec<&str> = names.iter().map(|n| &**n).collect();
+        assert_eq!(texts, ["a", "a", "b", "a", "b", "b", "a"]);
+        assert!(Arc::ptr_eq(&names[0], &names[1]));
+        assert!(Arc::ptr_eq(&names[4], &names[5]));
+        assert!(!Arc::ptr_eq(&names[1], &names[3]));
+    }
 
     /// What the session table keeps is the answer's postcard encoding, whichever way it was
     /// encoded (on the stack or in a growing buffer): it is replicated state, in every snapshot.
