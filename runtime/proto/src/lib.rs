@@ -13,8 +13,9 @@
 //! (`wraft-transport`'s framing). Adding a variant at the end of an enum is a
 //! compatible change; anything else bumps [`CLIENT_PROTOCOL_VERSION`].
 //!
-//! This crate does no I/O and needs only serde and postcard: the client, the node and the fuzz targets all
-//! depend on it, so an application builds none of the wasm host.
+//! This crate does no I/O and needs only serde and postcard (and small helpers: sha2,
+//! thiserror): the client, the node and the fuzz targets all depend on it, so an application
+//! builds none of the wasm host.
 
 #![forbid(unsafe_code)]
 
