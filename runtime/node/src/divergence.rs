@@ -111,8 +111,9 @@ impl OutcomeChain {
 }
 
 /// What of an outcome enters the digest: what the guest decided (its output, or its
-/// application error), and only the kind of anything else, whose text is the node's.
-fn fold_outcome(h: &mut Feed, outcome: &Response) {
+/// application error), and only the kind of anything else, whose text is the node's. The
+/// digest is BLAKE3 of the pieces handed to `h`, in order.
+fn fold_outcome(outcome: &Response, mut h: impl FeedBytes) {
     match outcome {
         Ok(Reply::Applied { output, .. }) => {
             h.update(&[0]);
@@ -153,8 +154,19 @@ fn fold_outcome(h: &mut Feed, outcome: &Response) {
 /// The digest of one outcome alone (what [`OutcomeChain`] folds in).
 pub fn outcome_digest(outcome: &Response) -> Digest {
     let mut h = Feed::new();
-    fold_outcome(&mut h, outcome);
+    fold_outcome(outcome, &mut h);
     h.finalize()
+}
+
+/// Where [`fold_outcome`] puts the pieces of a digest's input.
+trait FeedBytes {
+    fn update(&mut self, bytes: &[u8]);
+}
+
+impl FeedBytes for &mut Feed {
+    fn update(&mut self, bytes: &[u8]) {
+        Feed::update(self, bytes);
+    }
 }
 
 /// Bytes an outcome's digest input gathers on the stack before it streams through a
@@ -284,47 +296,19 @@ mod tests {
         assert_eq!(a.at(1), b.at(1));
     }
 
-    /// The digests as they were first defined, streamed through one `blake3::Hasher`: what
-    /// every version computes must stay exactly this, or replicas of two versions would report
-    /// each other diverged at their first checkpoint.
+    /// The same pieces streamed through one `blake3::Hasher`, as digests were first computed:
+    /// every version must compute exactly these, or replicas of two versions would report each
+    /// other diverged at their first checkpoint (`digests_are_pinned` pins the pieces).
     fn reference_outcome(outcome: &Response) -> Digest {
         let mut h = blake3::Hasher::new();
-        match outcome {
-            Ok(Reply::Applied { output, .. }) => {
-                h.update(&[0]);
-                h.update(&(output.len() as u64).to_le_bytes());
-                h.update(output);
-            }
-            Err(RequestError::App { code, message }) => {
-                h.update(&[1]);
-                h.update(&code.to_le_bytes());
-                h.update(&(message.len() as u64).to_le_bytes());
-                h.update(message.as_bytes());
-            }
-            Ok(Reply::SessionOpened { client_id }) => {
-                h.update(&[2]);
-                h.update(&client_id.to_le_bytes());
-            }
-            Ok(_) => {
-                h.update(&[3]);
-            }
-            Err(RequestError::MachineFault(_)) => {
-                h.update(&[4]);
-            }
-            Err(RequestError::NoSuchMachine(_)) => {
-                h.update(&[5]);
-            }
-            Err(RequestError::Rejected(_)) => {
-                h.update(&[6]);
-            }
-            Err(RequestError::SessionUnknown { .. }) => {
-                h.update(&[7]);
-            }
-            Err(_) => {
-                h.update(&[8]);
-            }
-        }
+        fold_outcome(outcome, &mut h);
         *h.finalize().as_bytes()
+    }
+
+    impl FeedBytes for &mut blake3::Hasher {
+        fn update(&mut self, bytes: &[u8]) {
+            blake3::Hasher::update(self, bytes);
+        }
     }
 
     fn reference_chain(prev: &Digest, index: u64, outcome: &Digest) -> Digest {
